@@ -1,0 +1,144 @@
+//! A client for the control plane's HTTP API; the `portcullis` CLI is built on it.
+
+use std::time::Duration;
+
+use reqwest::{Response, StatusCode};
+use serde::de::DeserializeOwned;
+
+use crate::http::{Problem, StatusReport};
+use crate::tokens::{IssuedToken, TokenRequest};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with a problem document.
+    #[error("{}: {}", .0.title, .0.detail)]
+    Problem(Problem),
+    /// The server answered with an error that is not a problem document.
+    #[error("unexpected HTTP {status} from the control plane")]
+    Status { status: StatusCode },
+    #[error("cannot reach the control plane at {url}: {message}")]
+    Transport { url: String, message: String },
+    #[error("unexpected response from the control plane: {0}")]
+    Decode(String),
+}
+
+/// Liveness and readiness as seen by `GET /healthz` and `GET /readyz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthReport {
+    pub alive: bool,
+    pub ready: bool,
+    /// Why the server is not ready, from its problem document.
+    pub not_ready_reason: Option<String>,
+}
+
+pub struct ControlPlaneClient {
+    base_url: String,
+    admin_token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl ControlPlaneClient {
+    pub fn new(base_url: &str, admin_token: Option<String>) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| ClientError::Transport {
+                url: base_url.to_owned(),
+                message: e.to_string(),
+            })?;
+        Ok(Self {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            admin_token,
+            http,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    fn transport(&self, error: reqwest::Error) -> ClientError {
+        ClientError::Transport {
+            url: self.base_url.clone(),
+            message: error.to_string(),
+        }
+    }
+
+    fn authorised(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.admin_token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    async fn decode<T: DeserializeOwned>(&self, response: Response) -> Result<T, ClientError> {
+        let status = response.status();
+        if status.is_success() {
+            return response
+                .json::<T>()
+                .await
+                .map_err(|e| ClientError::Decode(e.to_string()));
+        }
+        Err(self.problem(response).await)
+    }
+
+    async fn problem(&self, response: Response) -> ClientError {
+        let status = response.status();
+        match response.json::<Problem>().await {
+            Ok(problem) => ClientError::Problem(problem),
+            Err(_) => ClientError::Status { status },
+        }
+    }
+
+    pub async fn issue_token(&self, request: &TokenRequest) -> Result<IssuedToken, ClientError> {
+        let response = self
+            .authorised(self.http.post(self.url("/admin/v1/tokens")))
+            .json(request)
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        self.decode(response).await
+    }
+
+    pub async fn status(&self) -> Result<StatusReport, ClientError> {
+        let response = self
+            .authorised(self.http.get(self.url("/admin/v1/status")))
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        self.decode(response).await
+    }
+
+    pub async fn health(&self) -> Result<HealthReport, ClientError> {
+        let alive = self
+            .http
+            .get(self.url("/healthz"))
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?
+            .status()
+            .is_success();
+        let ready = self
+            .http
+            .get(self.url("/readyz"))
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        if ready.status().is_success() {
+            return Ok(HealthReport {
+                alive,
+                ready: true,
+                not_ready_reason: None,
+            });
+        }
+        let reason = match self.problem(ready).await {
+            ClientError::Problem(problem) => problem.detail,
+            other => other.to_string(),
+        };
+        Ok(HealthReport {
+            alive,
+            ready: false,
+            not_ready_reason: Some(reason),
+        })
+    }
+}

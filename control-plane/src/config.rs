@@ -1,0 +1,170 @@
+//! Command-line and environment configuration of the control plane.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, ValueEnum};
+
+/// Where the admin token comes from; shared by the server and the `portcullis` CLI.
+#[derive(Args, Clone, Default)]
+pub struct AdminTokenArgs {
+    /// The admin API bearer token (prefer --admin-token-file: arguments are visible
+    /// to other local users).
+    #[arg(
+        long,
+        env = "PORTCULLIS_ADMIN_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "admin_token_file",
+        global = true
+    )]
+    pub admin_token: Option<String>,
+
+    /// A file holding the admin API bearer token (surrounding whitespace ignored).
+    #[arg(long, env = "PORTCULLIS_ADMIN_TOKEN_FILE", global = true)]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminTokenError {
+    #[error("no admin token: set --admin-token-file (PORTCULLIS_ADMIN_TOKEN_FILE) or --admin-token (PORTCULLIS_ADMIN_TOKEN)")]
+    Missing,
+    #[error("cannot read the admin token file {path}: {source}")]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the admin token is empty")]
+    Empty,
+}
+
+impl AdminTokenArgs {
+    /// The configured token, read from the file if one is given.
+    pub fn load(&self) -> Result<String, AdminTokenError> {
+        let token = match (&self.admin_token, &self.admin_token_file) {
+            (Some(token), _) => token.trim().to_owned(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|source| AdminTokenError::Unreadable {
+                    path: path.clone(),
+                    source,
+                })?
+                .trim()
+                .to_owned(),
+            (None, None) => return Err(AdminTokenError::Missing),
+        };
+        if token.is_empty() {
+            return Err(AdminTokenError::Empty);
+        }
+        Ok(token)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    /// redb database in --data-dir: durable, single replica (the default).
+    Embedded,
+    /// In-process memory: lost on restart, for tests and demos.
+    Memory,
+    /// A Redis server at --redis-url: shared by all replicas.
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The Portcullis control plane: signing keys, token minting and shared state for the
+/// Envoy filter.
+#[derive(Parser, Clone)]
+#[command(name = "portcullis-control-plane", version)]
+pub struct ServerConfig {
+    /// Address to serve HTTP on.
+    #[arg(long, env = "PORTCULLIS_LISTEN", default_value = "127.0.0.1:9090")]
+    pub listen: SocketAddr,
+
+    /// State store backend.
+    #[arg(long, env = "PORTCULLIS_STORE", value_enum, default_value_t = StoreKind::Embedded)]
+    pub store: StoreKind,
+
+    /// Directory of the embedded store's database.
+    #[arg(long, env = "PORTCULLIS_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Redis URL for --store redis, e.g. redis://127.0.0.1:6379/0.
+    #[arg(long, env = "PORTCULLIS_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    #[command(flatten)]
+    pub admin_token: AdminTokenArgs,
+
+    /// `iss` of minted tokens.
+    #[arg(long, env = "PORTCULLIS_ISSUER", default_value = "portcullis")]
+    pub issuer: String,
+
+    /// Default `aud` of minted tokens.
+    #[arg(long, env = "PORTCULLIS_AUDIENCE", default_value = "portcullis")]
+    pub audience: String,
+
+    /// Default lifetime of minted access tokens, in seconds (1..=86400).
+    #[arg(
+        long,
+        env = "PORTCULLIS_ACCESS_TOKEN_TTL",
+        default_value_t = 900,
+        value_parser = clap::value_parser!(u64).range(1..=86_400)
+    )]
+    pub access_token_ttl: u64,
+
+    /// Log output format; the level comes from RUST_LOG (default `info`).
+    #[arg(long, env = "PORTCULLIS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Installs the global `tracing` subscriber (level from `RUST_LOG`, default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A subscriber may already be installed (tests); keep it.
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_token_is_read_from_a_file_and_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "from-a-file-0123456789\n").unwrap();
+        let args = AdminTokenArgs {
+            admin_token: None,
+            admin_token_file: Some(path),
+        };
+        assert_eq!(args.load().unwrap(), "from-a-file-0123456789");
+    }
+
+    #[test]
+    fn missing_admin_token_is_an_error_that_names_the_options() {
+        let message = AdminTokenArgs::default().load().unwrap_err().to_string();
+        assert!(message.contains("--admin-token-file"));
+        assert!(message.contains("PORTCULLIS_ADMIN_TOKEN"));
+    }
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let config = ServerConfig::try_parse_from(["portcullis-control-plane"]).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(config.store, StoreKind::Embedded);
+        assert_eq!(config.data_dir, PathBuf::from("./data"));
+        assert_eq!(config.access_token_ttl, 900);
+        assert_eq!(config.issuer, "portcullis");
+        assert!(ServerConfig::try_parse_from(["x", "--access-token-ttl", "0"]).is_err());
+    }
+}

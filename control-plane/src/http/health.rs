@@ -1,0 +1,59 @@
+//! Liveness, readiness and metrics.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use super::{ApiError, AppState};
+
+/// A store that does not answer a ping within this long is not ready.
+const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
+const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+/// The process is up and serving HTTP.
+async fn healthz() -> impl IntoResponse {
+    Json(json!({ "status": "alive" }))
+}
+
+/// Whether the store answers, i.e. whether requests can be served.
+pub(super) async fn store_is_ready(state: &AppState) -> Result<(), String> {
+    match tokio::time::timeout(READINESS_TIMEOUT, state.store.ping()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => {
+            tracing::warn!(error = %error, kind = error.kind(), "readiness: store ping failed");
+            Err(format!("the {} store is not reachable", state.store.backend()))
+        }
+        Err(_) => {
+            tracing::warn!("readiness: store ping timed out");
+            Err(format!("the {} store did not answer in time", state.store.backend()))
+        }
+    }
+}
+
+async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    store_is_ready(&state).await.map_err(ApiError::NotReady)?;
+    Ok(Json(json!({
+        "status": "ready",
+        "store": state.store.backend().as_str(),
+    })))
+}
+
+async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let body = state
+        .metrics
+        .render()
+        .map_err(|e| ApiError::Internal(format!("cannot render metrics: {e}")))?;
+    Ok(([(CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], body))
+}

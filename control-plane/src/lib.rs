@@ -1,0 +1,27 @@
+//! The Portcullis control plane: owns the signing keys and shared state (in Redis or
+//! an embedded database) and serves the JWKS and the admin API the Envoy filter and
+//! operators use.
+//!
+//! - [`store`]: the storage primitives and their backends.
+//! - [`http`]: the HTTP API; [`app`] builds the router.
+//! - [`signing`], [`tokens`]: the ES256 signing key and token minting.
+//! - [`server`]: process startup and graceful shutdown; [`client`]: the admin API
+//!   client behind the `portcullis` CLI.
+#![cfg_attr(
+    test,
+    allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod admin_credential;
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod random;
+pub mod server;
+pub mod signing;
+pub mod store;
+pub mod tokens;
+
+pub use http::{app, AppState, Dependencies};

@@ -1,0 +1,536 @@
+//! [`EmbeddedStore`]: a redb database file in the data directory. The zero-setup
+//! default: durable across restarts, but owned by one process (redb locks the file),
+//! so it suits a single replica.
+//!
+//! Every operation is one redb transaction, so each is atomic just like the Redis
+//! scripts; redb allows one write transaction at a time, which serialises writers.
+//! redb is synchronous, so the work runs on tokio's blocking pool.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use redb::{Database, ReadableTable, ReadTransaction, TableDefinition, WriteTransaction};
+
+use super::{
+    feed_page, feed_window, is_live, is_live_opt, require_positive_ttl, FeedEntry, FeedPage,
+    LogAppendError, LogEntry, SetMember, Store, StoreBackend, StoreError, MAX_PAGE_SIZE,
+};
+
+/// The database file inside the data directory.
+pub const DATABASE_FILE: &str = "portcullis.redb";
+
+/// Records without expiry store this as their expiry.
+const NEVER: u64 = u64::MAX;
+
+/// counter name -> (value, expires_at_ms)
+const COUNTERS: TableDefinition<&str, (i64, u64)> = TableDefinition::new("counters");
+/// (set, member) -> expires_at_ms
+const SET_MEMBERS: TableDefinition<(&str, &str), u64> = TableDefinition::new("set_members");
+/// record key -> (expires_at_ms or NEVER, value)
+const RECORDS: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("records");
+/// feed -> (head cursor, last trimmed cursor)
+const FEEDS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("feeds");
+/// (feed, cursor) -> (appended_at_ms, data)
+const FEED_ENTRIES: TableDefinition<(&str, u64), (u64, &[u8])> =
+    TableDefinition::new("feed_entries");
+/// log -> last seq
+const LOGS: TableDefinition<&str, u64> = TableDefinition::new("logs");
+/// (log, seq) -> data
+const LOG_ENTRIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("log_entries");
+
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the database in `data_dir`, creating the directory if needed.
+    /// Fails if another process has the database open.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            StoreError::Backend(format!(
+                "cannot create data directory {}: {e}",
+                data_dir.display()
+            ))
+        })?;
+        let path = data_dir.join(DATABASE_FILE);
+        let db = Database::create(&path).map_err(|e| match redb::Error::from(e) {
+            redb::Error::DatabaseAlreadyOpen => StoreError::Backend(format!(
+                "{} is already open in another process",
+                path.display()
+            )),
+            other => StoreError::from(other),
+        })?;
+        // Create every table up front so read transactions never meet a missing one.
+        let txn = db.begin_write()?;
+        txn.open_table(COUNTERS)?;
+        txn.open_table(SET_MEMBERS)?;
+        txn.open_table(RECORDS)?;
+        txn.open_table(FEEDS)?;
+        txn.open_table(FEED_ENTRIES)?;
+        txn.open_table(LOGS)?;
+        txn.open_table(LOG_ENTRIES)?;
+        txn.commit()?;
+        Ok(Self {
+            db: Arc::new(db),
+            path,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `work` in one write transaction, committed if it returns `Ok`.
+    async fn write<T, E>(
+        &self,
+        work: impl FnOnce(&WriteTransaction) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let db = Arc::clone(&self.db);
+        blocking(move || {
+            let txn = db.begin_write().map_err(StoreError::from)?;
+            let out = work(&txn)?;
+            txn.commit().map_err(StoreError::from)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&ReadTransaction) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = Arc::clone(&self.db);
+        blocking(move || work(&db.begin_read()?)).await
+    }
+}
+
+async fn blocking<T, E>(work: impl FnOnce() -> Result<T, E> + Send + 'static) -> Result<T, E>
+where
+    T: Send + 'static,
+    E: From<StoreError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(join) => Err(E::from(StoreError::Backend(format!(
+            "embedded store task failed: {join}"
+        )))),
+    }
+}
+
+fn live_record(
+    table: &impl ReadableTable<&'static str, (u64, &'static [u8])>,
+    key: &str,
+    now_ms: u64,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(table.get(key)?.and_then(|guard| {
+        let (expires_at, value) = guard.value();
+        is_live(expires_at, now_ms).then(|| value.to_vec())
+    }))
+}
+
+fn write_record(
+    table: &mut redb::Table<&'static str, (u64, &'static [u8])>,
+    key: &str,
+    value: Option<&[u8]>,
+    expires_at_ms: Option<u64>,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    match value {
+        Some(value) if is_live_opt(expires_at_ms, now_ms) => {
+            table.insert(key, (expires_at_ms.unwrap_or(NEVER), value))?;
+        }
+        _ => {
+            table.remove(key)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes the expired members of `set`.
+fn prune_set(
+    table: &mut redb::Table<(&'static str, &'static str), u64>,
+    set: &str,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    let mut expired = Vec::new();
+    for item in table.range((set, "")..)? {
+        let (key, at) = item?;
+        let (owner, member) = key.value();
+        if owner != set {
+            break;
+        }
+        if !is_live(at.value(), now_ms) {
+            expired.push(member.to_owned());
+        }
+    }
+    for member in expired {
+        table.remove((set, member.as_str()))?;
+    }
+    Ok(())
+}
+
+fn log_push(txn: &WriteTransaction, log: &str, entry: &[u8]) -> Result<u64, StoreError> {
+    let mut logs = txn.open_table(LOGS)?;
+    let seq = logs.get(log)?.map_or(0, |g| g.value()) + 1;
+    logs.insert(log, seq)?;
+    txn.open_table(LOG_ENTRIES)?.insert((log, seq), entry)?;
+    Ok(seq)
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    fn backend(&self) -> StoreBackend {
+        StoreBackend::Embedded
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|txn| {
+            txn.open_table(LOGS)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn incr_counter(
+        &self,
+        key: &str,
+        delta: i64,
+        ttl_ms: u64,
+        now_ms: u64,
+    ) -> Result<i64, StoreError> {
+        require_positive_ttl(ttl_ms)?;
+        let key = key.to_owned();
+        self.write(move |txn| {
+            let mut table = txn.open_table(COUNTERS)?;
+            let (value, expires_at) = match table.get(key.as_str())?.map(|g| g.value()) {
+                Some((value, at)) if is_live(at, now_ms) => (value, at),
+                _ => (0, now_ms.saturating_add(ttl_ms)),
+            };
+            let value = value
+                .checked_add(delta)
+                .ok_or_else(|| StoreError::InvalidArgument("counter overflow".to_owned()))?;
+            table.insert(key.as_str(), (value, expires_at))?;
+            Ok(value)
+        })
+        .await
+    }
+
+    async fn get_counter(&self, key: &str, now_ms: u64) -> Result<i64, StoreError> {
+        let key = key.to_owned();
+        self.read(move |txn| {
+            let table = txn.open_table(COUNTERS)?;
+            Ok(match table.get(key.as_str())?.map(|g| g.value()) {
+                Some((value, at)) if is_live(at, now_ms) => value,
+                _ => 0,
+            })
+        })
+        .await
+    }
+
+    async fn set_add(
+        &self,
+        set: &str,
+        member: &str,
+        expires_at_ms: u64,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let (set, member) = (set.to_owned(), member.to_owned());
+        self.write(move |txn| {
+            let mut table = txn.open_table(SET_MEMBERS)?;
+            prune_set(&mut table, &set, now_ms)?;
+            let key = (set.as_str(), member.as_str());
+            if !is_live(expires_at_ms, now_ms) {
+                table.remove(key)?;
+                return Ok(false);
+            }
+            let added = table.insert(key, expires_at_ms)?.is_none();
+            Ok(added)
+        })
+        .await
+    }
+
+    async fn set_remove(&self, set: &str, member: &str) -> Result<(), StoreError> {
+        let (set, member) = (set.to_owned(), member.to_owned());
+        self.write(move |txn| {
+            txn.open_table(SET_MEMBERS)?
+                .remove((set.as_str(), member.as_str()))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_contains(
+        &self,
+        set: &str,
+        member: &str,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let (set, member) = (set.to_owned(), member.to_owned());
+        self.read(move |txn| {
+            let table = txn.open_table(SET_MEMBERS)?;
+            let at = table.get((set.as_str(), member.as_str()))?.map(|g| g.value());
+            Ok(at.is_some_and(|at| is_live(at, now_ms)))
+        })
+        .await
+    }
+
+    async fn set_members(&self, set: &str, now_ms: u64) -> Result<Vec<SetMember>, StoreError> {
+        let set = set.to_owned();
+        self.write(move |txn| {
+            let mut table = txn.open_table(SET_MEMBERS)?;
+            prune_set(&mut table, &set, now_ms)?;
+            let mut members = Vec::new();
+            for item in table.range((set.as_str(), "")..)? {
+                let (key, at) = item?;
+                let (owner, member) = key.value();
+                if owner != set {
+                    break;
+                }
+                members.push(SetMember {
+                    member: member.to_owned(),
+                    expires_at_ms: at.value(),
+                });
+            }
+            // redb orders by member already; sorting keeps the contract explicit.
+            members.sort_by(|a, b| a.member.cmp(&b.member));
+            Ok(members)
+        })
+        .await
+    }
+
+    async fn record_get(&self, key: &str, now_ms: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = key.to_owned();
+        self.read(move |txn| live_record(&txn.open_table(RECORDS)?, &key, now_ms))
+            .await
+    }
+
+    async fn record_put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expires_at_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let key = key.to_owned();
+        self.write(move |txn| {
+            let mut table = txn.open_table(RECORDS)?;
+            write_record(&mut table, &key, Some(&value), expires_at_ms, now_ms)
+        })
+        .await
+    }
+
+    async fn record_delete(&self, key: &str) -> Result<(), StoreError> {
+        let key = key.to_owned();
+        self.write(move |txn| {
+            txn.open_table(RECORDS)?.remove(key.as_str())?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn record_compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Option<Vec<u8>>,
+        expires_at_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let key = key.to_owned();
+        let expected = expected.map(<[u8]>::to_vec);
+        self.write(move |txn| {
+            let mut table = txn.open_table(RECORDS)?;
+            if live_record(&table, &key, now_ms)? != expected {
+                return Ok(false);
+            }
+            write_record(&mut table, &key, new.as_deref(), expires_at_ms, now_ms)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn feed_append(
+        &self,
+        feed: &str,
+        entry: Vec<u8>,
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        let feed = feed.to_owned();
+        self.write(move |txn| {
+            let mut feeds = txn.open_table(FEEDS)?;
+            let (head, trimmed) = feeds.get(feed.as_str())?.map_or((0, 0), |g| g.value());
+            let cursor = head + 1;
+            feeds.insert(feed.as_str(), (cursor, trimmed))?;
+            txn.open_table(FEED_ENTRIES)?
+                .insert((feed.as_str(), cursor), (now_ms, entry.as_slice()))?;
+            Ok(cursor)
+        })
+        .await
+    }
+
+    async fn feed_read(
+        &self,
+        feed: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<FeedPage, StoreError> {
+        let feed = feed.to_owned();
+        self.read(move |txn| {
+            let feeds = txn.open_table(FEEDS)?;
+            let (head, trimmed) = feeds.get(feed.as_str())?.map_or((0, 0), |g| g.value());
+            let Some((first, last)) = feed_window(after, limit, head, trimmed) else {
+                return Ok(feed_page(after, head, true, Vec::new()));
+            };
+            let mut entries = Vec::new();
+            if first <= last {
+                let table = txn.open_table(FEED_ENTRIES)?;
+                for item in table.range((feed.as_str(), first)..=(feed.as_str(), last))? {
+                    let (key, value) = item?;
+                    let (appended_at_ms, data) = value.value();
+                    entries.push(FeedEntry {
+                        cursor: key.value().1,
+                        appended_at_ms,
+                        data: data.to_vec(),
+                    });
+                }
+            }
+            Ok(feed_page(after, head, false, entries))
+        })
+        .await
+    }
+
+    async fn feed_trim(&self, feed: &str, keep_last: usize) -> Result<u64, StoreError> {
+        let feed = feed.to_owned();
+        self.write(move |txn| {
+            let mut feeds = txn.open_table(FEEDS)?;
+            let Some((head, trimmed)) = feeds.get(feed.as_str())?.map(|g| g.value()) else {
+                return Ok(0);
+            };
+            let target = head.saturating_sub(keep_last as u64);
+            if target <= trimmed {
+                return Ok(0);
+            }
+            let mut entries = txn.open_table(FEED_ENTRIES)?;
+            for cursor in trimmed + 1..=target {
+                entries.remove((feed.as_str(), cursor))?;
+            }
+            feeds.insert(feed.as_str(), (head, target))?;
+            Ok(target - trimmed)
+        })
+        .await
+    }
+
+    async fn log_append(&self, log: &str, entry: Vec<u8>) -> Result<u64, StoreError> {
+        let log = log.to_owned();
+        self.write(move |txn| log_push(txn, &log, &entry)).await
+    }
+
+    async fn log_append_if_last(
+        &self,
+        log: &str,
+        expected_last_seq: Option<u64>,
+        entry: Vec<u8>,
+    ) -> Result<u64, LogAppendError> {
+        let log = log.to_owned();
+        self.write(move |txn| {
+            let last = txn
+                .open_table(LOGS)
+                .map_err(StoreError::from)?
+                .get(log.as_str())
+                .map_err(StoreError::from)?
+                .map_or(0, |g| g.value());
+            if last != expected_last_seq.unwrap_or(0) {
+                return Err(LogAppendError::Conflict {
+                    last_seq: (last > 0).then_some(last),
+                });
+            }
+            Ok(log_push(txn, &log, &entry)?)
+        })
+        .await
+    }
+
+    async fn log_range(
+        &self,
+        log: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        let log = log.to_owned();
+        let limit = limit.min(MAX_PAGE_SIZE);
+        self.read(move |txn| {
+            let table = txn.open_table(LOG_ENTRIES)?;
+            let mut entries = Vec::new();
+            if limit == 0 {
+                return Ok(entries);
+            }
+            for item in table.range((log.as_str(), from_seq.max(1))..=(log.as_str(), u64::MAX))? {
+                let (key, data) = item?;
+                entries.push(LogEntry {
+                    seq: key.value().1,
+                    data: data.value().to_vec(),
+                });
+                if entries.len() == limit {
+                    break;
+                }
+            }
+            Ok(entries)
+        })
+        .await
+    }
+
+    async fn log_last(&self, log: &str) -> Result<Option<LogEntry>, StoreError> {
+        let log = log.to_owned();
+        self.read(move |txn| {
+            let Some(seq) = txn.open_table(LOGS)?.get(log.as_str())?.map(|g| g.value()) else {
+                return Ok(None);
+            };
+            let data = txn
+                .open_table(LOG_ENTRIES)?
+                .get((log.as_str(), seq))?
+                .ok_or_else(|| {
+                    StoreError::CorruptData(format!("log {log:?} has no entry {seq}"))
+                })?
+                .value()
+                .to_vec();
+            Ok(Some(LogEntry { seq, data }))
+        })
+        .await
+    }
+}
+
+impl From<redb::Error> for StoreError {
+    fn from(error: redb::Error) -> Self {
+        match error {
+            redb::Error::Io(e) => StoreError::Unavailable(format!("embedded store I/O: {e}")),
+            redb::Error::Corrupted(e) => StoreError::CorruptData(e),
+            redb::Error::ValueTooLarge(n) => {
+                StoreError::InvalidArgument(format!("value of {n} bytes is too large"))
+            }
+            other => StoreError::Backend(other.to_string()),
+        }
+    }
+}
+
+macro_rules! redb_error_into_store_error {
+    ($($ty:ty),*) => {$(
+        impl From<$ty> for StoreError {
+            fn from(error: $ty) -> Self {
+                StoreError::from(redb::Error::from(error))
+            }
+        }
+    )*};
+}
+
+redb_error_into_store_error!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);

@@ -1,0 +1,354 @@
+//! [`MemoryStore`]: everything in one mutex-guarded struct. For tests and throwaway
+//! runs; nothing survives a restart and nothing is shared between replicas.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+
+use super::{
+    feed_page, feed_window, is_live, is_live_opt, require_positive_ttl, FeedEntry, FeedPage,
+    LogAppendError, LogEntry, SetMember, Store, StoreBackend, StoreError, MAX_PAGE_SIZE,
+};
+
+#[derive(Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    counters: HashMap<String, Counter>,
+    sets: HashMap<String, HashMap<String, u64>>,
+    records: HashMap<String, Record>,
+    feeds: HashMap<String, Feed>,
+    logs: HashMap<String, Vec<Vec<u8>>>,
+}
+
+struct Counter {
+    value: i64,
+    expires_at_ms: u64,
+}
+
+struct Record {
+    value: Vec<u8>,
+    expires_at_ms: Option<u64>,
+}
+
+#[derive(Default)]
+struct Feed {
+    head: u64,
+    trimmed: u64,
+    /// (cursor, appended_at_ms, data), oldest first; cursors `trimmed+1..=head`.
+    entries: BTreeMap<u64, (u64, Vec<u8>)>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> Result<MutexGuard<'_, State>, StoreError> {
+        // A panic while holding the lock can only come from a bug in this file; the
+        // data may be half-updated, so refuse to go on rather than serve it.
+        self.state
+            .lock()
+            .map_err(|_| StoreError::Backend("memory store lock poisoned".to_owned()))
+    }
+}
+
+impl State {
+    fn live_record(&mut self, key: &str, now_ms: u64) -> Option<&Record> {
+        if let Some(record) = self.records.get(key) {
+            if !is_live_opt(record.expires_at_ms, now_ms) {
+                self.records.remove(key);
+                return None;
+            }
+        }
+        self.records.get(key)
+    }
+
+    fn write_record(
+        &mut self,
+        key: &str,
+        value: Option<Vec<u8>>,
+        expires_at_ms: Option<u64>,
+        now_ms: u64,
+    ) {
+        match value {
+            Some(value) if is_live_opt(expires_at_ms, now_ms) => {
+                self.records.insert(
+                    key.to_owned(),
+                    Record {
+                        value,
+                        expires_at_ms,
+                    },
+                );
+            }
+            _ => {
+                self.records.remove(key);
+            }
+        }
+    }
+
+    fn log_push(&mut self, log: &str, entry: Vec<u8>) -> u64 {
+        let entries = self.logs.entry(log.to_owned()).or_default();
+        entries.push(entry);
+        entries.len() as u64
+    }
+
+    fn log_len(&self, log: &str) -> u64 {
+        self.logs.get(log).map_or(0, |e| e.len() as u64)
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn backend(&self) -> StoreBackend {
+        StoreBackend::Memory
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.state().map(|_| ())
+    }
+
+    async fn incr_counter(
+        &self,
+        key: &str,
+        delta: i64,
+        ttl_ms: u64,
+        now_ms: u64,
+    ) -> Result<i64, StoreError> {
+        require_positive_ttl(ttl_ms)?;
+        let mut state = self.state()?;
+        let counter = state.counters.entry(key.to_owned()).or_insert(Counter {
+            value: 0,
+            expires_at_ms: 0,
+        });
+        if !is_live(counter.expires_at_ms, now_ms) {
+            counter.value = 0;
+            counter.expires_at_ms = now_ms.saturating_add(ttl_ms);
+        }
+        counter.value = counter
+            .value
+            .checked_add(delta)
+            .ok_or_else(|| StoreError::InvalidArgument("counter overflow".to_owned()))?;
+        Ok(counter.value)
+    }
+
+    async fn get_counter(&self, key: &str, now_ms: u64) -> Result<i64, StoreError> {
+        let state = self.state()?;
+        Ok(state
+            .counters
+            .get(key)
+            .filter(|c| is_live(c.expires_at_ms, now_ms))
+            .map_or(0, |c| c.value))
+    }
+
+    async fn set_add(
+        &self,
+        set: &str,
+        member: &str,
+        expires_at_ms: u64,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let mut state = self.state()?;
+        let members = state.sets.entry(set.to_owned()).or_default();
+        members.retain(|_, at| is_live(*at, now_ms));
+        if !is_live(expires_at_ms, now_ms) {
+            members.remove(member);
+            return Ok(false);
+        }
+        Ok(members
+            .insert(member.to_owned(), expires_at_ms)
+            .is_none())
+    }
+
+    async fn set_remove(&self, set: &str, member: &str) -> Result<(), StoreError> {
+        let mut state = self.state()?;
+        if let Some(members) = state.sets.get_mut(set) {
+            members.remove(member);
+        }
+        Ok(())
+    }
+
+    async fn set_contains(
+        &self,
+        set: &str,
+        member: &str,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let state = self.state()?;
+        Ok(state
+            .sets
+            .get(set)
+            .and_then(|m| m.get(member))
+            .is_some_and(|at| is_live(*at, now_ms)))
+    }
+
+    async fn set_members(&self, set: &str, now_ms: u64) -> Result<Vec<SetMember>, StoreError> {
+        let mut state = self.state()?;
+        let Some(members) = state.sets.get_mut(set) else {
+            return Ok(Vec::new());
+        };
+        members.retain(|_, at| is_live(*at, now_ms));
+        let mut live: Vec<SetMember> = members
+            .iter()
+            .map(|(member, at)| SetMember {
+                member: member.clone(),
+                expires_at_ms: *at,
+            })
+            .collect();
+        live.sort_by(|a, b| a.member.cmp(&b.member));
+        Ok(live)
+    }
+
+    async fn record_get(&self, key: &str, now_ms: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut state = self.state()?;
+        Ok(state.live_record(key, now_ms).map(|r| r.value.clone()))
+    }
+
+    async fn record_put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expires_at_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut state = self.state()?;
+        state.write_record(key, Some(value), expires_at_ms, now_ms);
+        Ok(())
+    }
+
+    async fn record_delete(&self, key: &str) -> Result<(), StoreError> {
+        let mut state = self.state()?;
+        state.records.remove(key);
+        Ok(())
+    }
+
+    async fn record_compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Option<Vec<u8>>,
+        expires_at_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let mut state = self.state()?;
+        let current = state.live_record(key, now_ms).map(|r| r.value.as_slice());
+        if current != expected {
+            return Ok(false);
+        }
+        state.write_record(key, new, expires_at_ms, now_ms);
+        Ok(true)
+    }
+
+    async fn feed_append(
+        &self,
+        feed: &str,
+        entry: Vec<u8>,
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        let mut state = self.state()?;
+        let feed = state.feeds.entry(feed.to_owned()).or_default();
+        feed.head += 1;
+        feed.entries.insert(feed.head, (now_ms, entry));
+        Ok(feed.head)
+    }
+
+    async fn feed_read(
+        &self,
+        feed: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<FeedPage, StoreError> {
+        let state = self.state()?;
+        let empty = Feed::default();
+        let feed = state.feeds.get(feed).unwrap_or(&empty);
+        let Some((first, last)) = feed_window(after, limit, feed.head, feed.trimmed) else {
+            return Ok(feed_page(after, feed.head, true, Vec::new()));
+        };
+        if first > last {
+            return Ok(feed_page(after, feed.head, false, Vec::new()));
+        }
+        let entries = feed
+            .entries
+            .range(first..=last)
+            .map(|(cursor, (at, data))| FeedEntry {
+                cursor: *cursor,
+                appended_at_ms: *at,
+                data: data.clone(),
+            })
+            .collect();
+        Ok(feed_page(after, feed.head, false, entries))
+    }
+
+    async fn feed_trim(&self, feed: &str, keep_last: usize) -> Result<u64, StoreError> {
+        let mut state = self.state()?;
+        let Some(feed) = state.feeds.get_mut(feed) else {
+            return Ok(0);
+        };
+        let target = feed.head.saturating_sub(keep_last as u64);
+        if target <= feed.trimmed {
+            return Ok(0);
+        }
+        let removed = target - feed.trimmed;
+        feed.entries = feed.entries.split_off(&(target + 1));
+        feed.trimmed = target;
+        Ok(removed)
+    }
+
+    async fn log_append(&self, log: &str, entry: Vec<u8>) -> Result<u64, StoreError> {
+        let mut state = self.state()?;
+        Ok(state.log_push(log, entry))
+    }
+
+    async fn log_append_if_last(
+        &self,
+        log: &str,
+        expected_last_seq: Option<u64>,
+        entry: Vec<u8>,
+    ) -> Result<u64, LogAppendError> {
+        let mut state = self.state()?;
+        let last = state.log_len(log);
+        if last != expected_last_seq.unwrap_or(0) {
+            return Err(LogAppendError::Conflict {
+                last_seq: (last > 0).then_some(last),
+            });
+        }
+        Ok(state.log_push(log, entry))
+    }
+
+    async fn log_range(
+        &self,
+        log: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        let state = self.state()?;
+        let Some(entries) = state.logs.get(log) else {
+            return Ok(Vec::new());
+        };
+        let start = from_seq.max(1);
+        Ok(entries
+            .iter()
+            .enumerate()
+            .skip(usize::try_from(start - 1).unwrap_or(usize::MAX))
+            .take(limit.min(MAX_PAGE_SIZE))
+            .map(|(i, data)| LogEntry {
+                seq: i as u64 + 1,
+                data: data.clone(),
+            })
+            .collect())
+    }
+
+    async fn log_last(&self, log: &str) -> Result<Option<LogEntry>, StoreError> {
+        let state = self.state()?;
+        Ok(state.logs.get(log).and_then(|entries| {
+            entries.last().map(|data| LogEntry {
+                seq: entries.len() as u64,
+                data: data.clone(),
+            })
+        }))
+    }
+}

@@ -1,0 +1,129 @@
+//! [`MeteredStore`]: wraps any store and counts its failures by operation and kind
+//! (`portcullis_store_errors_total`), so every backend is observed the same way.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::{
+    FeedPage, LogAppendError, LogEntry, SetMember, Store, StoreBackend, StoreError,
+};
+use crate::metrics::Metrics;
+
+pub struct MeteredStore {
+    inner: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+}
+
+impl MeteredStore {
+    pub fn new(inner: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
+        Self { inner, metrics }
+    }
+
+    fn observe<T>(&self, operation: &'static str, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(error) = &result {
+            self.metrics.record_store_error(operation, error.kind());
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl Store for MeteredStore {
+    fn backend(&self) -> StoreBackend {
+        self.inner.backend()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.observe("ping", self.inner.ping().await)
+    }
+
+    async fn incr_counter(&self, key: &str, delta: i64, ttl_ms: u64, now_ms: u64) -> Result<i64, StoreError> {
+        self.observe("incr_counter", self.inner.incr_counter(key, delta, ttl_ms, now_ms).await)
+    }
+
+    async fn get_counter(&self, key: &str, now_ms: u64) -> Result<i64, StoreError> {
+        self.observe("get_counter", self.inner.get_counter(key, now_ms).await)
+    }
+
+    async fn set_add(&self, set: &str, member: &str, expires_at_ms: u64, now_ms: u64) -> Result<bool, StoreError> {
+        self.observe("set_add", self.inner.set_add(set, member, expires_at_ms, now_ms).await)
+    }
+
+    async fn set_remove(&self, set: &str, member: &str) -> Result<(), StoreError> {
+        self.observe("set_remove", self.inner.set_remove(set, member).await)
+    }
+
+    async fn set_contains(&self, set: &str, member: &str, now_ms: u64) -> Result<bool, StoreError> {
+        self.observe("set_contains", self.inner.set_contains(set, member, now_ms).await)
+    }
+
+    async fn set_members(&self, set: &str, now_ms: u64) -> Result<Vec<SetMember>, StoreError> {
+        self.observe("set_members", self.inner.set_members(set, now_ms).await)
+    }
+
+    async fn record_get(&self, key: &str, now_ms: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.observe("record_get", self.inner.record_get(key, now_ms).await)
+    }
+
+    async fn record_put(&self, key: &str, value: Vec<u8>, expires_at_ms: Option<u64>, now_ms: u64) -> Result<(), StoreError> {
+        self.observe("record_put", self.inner.record_put(key, value, expires_at_ms, now_ms).await)
+    }
+
+    async fn record_delete(&self, key: &str) -> Result<(), StoreError> {
+        self.observe("record_delete", self.inner.record_delete(key).await)
+    }
+
+    async fn record_compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Option<Vec<u8>>,
+        expires_at_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let result = self
+            .inner
+            .record_compare_and_swap(key, expected, new, expires_at_ms, now_ms)
+            .await;
+        self.observe("record_compare_and_swap", result)
+    }
+
+    async fn feed_append(&self, feed: &str, entry: Vec<u8>, now_ms: u64) -> Result<u64, StoreError> {
+        self.observe("feed_append", self.inner.feed_append(feed, entry, now_ms).await)
+    }
+
+    async fn feed_read(&self, feed: &str, after: u64, limit: usize) -> Result<FeedPage, StoreError> {
+        self.observe("feed_read", self.inner.feed_read(feed, after, limit).await)
+    }
+
+    async fn feed_trim(&self, feed: &str, keep_last: usize) -> Result<u64, StoreError> {
+        self.observe("feed_trim", self.inner.feed_trim(feed, keep_last).await)
+    }
+
+    async fn log_append(&self, log: &str, entry: Vec<u8>) -> Result<u64, StoreError> {
+        self.observe("log_append", self.inner.log_append(log, entry).await)
+    }
+
+    async fn log_append_if_last(
+        &self,
+        log: &str,
+        expected_last_seq: Option<u64>,
+        entry: Vec<u8>,
+    ) -> Result<u64, LogAppendError> {
+        let result = self.inner.log_append_if_last(log, expected_last_seq, entry).await;
+        // A conflict is an expected outcome of optimistic appends, not a store failure.
+        if let Err(LogAppendError::Store(error)) = &result {
+            self.metrics.record_store_error("log_append_if_last", error.kind());
+        }
+        result
+    }
+
+    async fn log_range(&self, log: &str, from_seq: u64, limit: usize) -> Result<Vec<LogEntry>, StoreError> {
+        self.observe("log_range", self.inner.log_range(log, from_seq, limit).await)
+    }
+
+    async fn log_last(&self, log: &str) -> Result<Option<LogEntry>, StoreError> {
+        self.observe("log_last", self.inner.log_last(log).await)
+    }
+}

@@ -1,0 +1,530 @@
+//! [`RedisStore`]: state shared by every replica, in a real Redis.
+//!
+//! One [`ConnectionManager`] (a multiplexed connection that reconnects by itself) is
+//! created on first use, so the process can start, and report not-ready, while Redis
+//! is still down. Multi-step operations are Lua scripts (`scripts.rs`); keys are built
+//! in `keys.rs`.
+
+pub mod keys;
+pub mod scripts;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ErrorKind, RedisError, Value};
+use tokio::sync::OnceCell;
+
+use super::{
+    feed_page, is_live, is_live_opt, require_positive_ttl, FeedEntry, FeedPage, LogAppendError,
+    LogEntry, SetMember, Store, StoreBackend, StoreError, MAX_PAGE_SIZE,
+};
+
+/// How long after their logical expiry Redis keeps keys before dropping them. Expiry
+/// is decided from the caller's clock; the grace absorbs clock skew between replicas
+/// and the Redis host so GC never removes something still live.
+const GC_GRACE_MS: u64 = 60_000;
+
+/// Timeouts for the connection to Redis.
+#[derive(Debug, Clone, Copy)]
+pub struct RedisTimeouts {
+    pub connect: Duration,
+    pub response: Duration,
+}
+
+impl Default for RedisTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(1),
+            response: Duration::from_secs(2),
+        }
+    }
+}
+
+pub struct RedisStore {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    connection: OnceCell<ConnectionManager>,
+}
+
+impl RedisStore {
+    /// Validates the URL; the connection is made on first use.
+    pub fn new(url: &str, timeouts: RedisTimeouts) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| StoreError::InvalidArgument(format!("invalid Redis URL: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(timeouts.connect)
+            .set_response_timeout(timeouts.response)
+            // Few, short retries per reconnect: callers see errors quickly (readiness
+            // turns red), and the next command starts a new reconnect anyway.
+            .set_number_of_retries(2)
+            .set_factor(50)
+            .set_max_delay(500);
+        Ok(Self {
+            client,
+            config,
+            connection: OnceCell::new(),
+        })
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+        let manager = self
+            .connection
+            .get_or_try_init(|| {
+                ConnectionManager::new_with_config(self.client.clone(), self.config.clone())
+            })
+            .await
+            .map_err(store_error)?;
+        Ok(manager.clone())
+    }
+
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.connection().await?;
+        invocation.invoke_async(&mut conn).await.map_err(store_error)
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        let mut conn = self.connection().await?;
+        cmd.query_async(&mut conn).await.map_err(store_error)
+    }
+}
+
+/// Maps redis-rs errors onto [`StoreError`], deciding what is transient.
+fn store_error(error: RedisError) -> StoreError {
+    if error.is_timeout() {
+        return StoreError::Timeout(error.to_string());
+    }
+    if error.is_io_error() || error.is_connection_dropped() || error.is_connection_refusal() {
+        return StoreError::Unavailable(error.to_string());
+    }
+    match error.kind() {
+        ErrorKind::BusyLoadingError
+        | ErrorKind::TryAgain
+        | ErrorKind::ClusterDown
+        | ErrorKind::MasterDown
+        | ErrorKind::ReadOnly => StoreError::Busy(error.to_string()),
+        // `BUSY Redis is busy running a script`: another script is hogging the server.
+        ErrorKind::ExtensionError if error.code() == Some("BUSY") => {
+            StoreError::Busy(error.to_string())
+        }
+        ErrorKind::TypeError | ErrorKind::ParseError => StoreError::CorruptData(error.to_string()),
+        ErrorKind::ResponseError | ErrorKind::NoScriptError | ErrorKind::ExecAbortError => {
+            StoreError::Script(error.to_string())
+        }
+        _ => StoreError::Backend(error.to_string()),
+    }
+}
+
+/// Whole-millisecond lifetimes for PEXPIRE, always at least the grace period.
+fn gc_lifetime_ms(expires_at_ms: u64, now_ms: u64) -> u64 {
+    expires_at_ms.saturating_sub(now_ms).saturating_add(GC_GRACE_MS)
+}
+
+fn int(value: &Value, what: &str) -> Result<u64, StoreError> {
+    match value {
+        Value::Int(n) => u64::try_from(*n)
+            .map_err(|_| StoreError::CorruptData(format!("negative {what}: {n}"))),
+        Value::BulkString(bytes) => std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|s| parse_score(s))
+            .ok_or_else(|| StoreError::CorruptData(format!("{what} is not a number"))),
+        other => Err(StoreError::CorruptData(format!(
+            "{what}: unexpected reply {other:?}"
+        ))),
+    }
+}
+
+fn bytes(value: Value, what: &str) -> Result<Vec<u8>, StoreError> {
+    match value {
+        Value::BulkString(bytes) => Ok(bytes),
+        other => Err(StoreError::CorruptData(format!(
+            "{what}: unexpected reply {other:?}"
+        ))),
+    }
+}
+
+/// Sorted-set scores are doubles; ours are whole milliseconds, possibly rendered as
+/// `1.7e12` by some Redis versions.
+fn parse_score(text: &str) -> Option<u64> {
+    text.parse::<u64>().ok().or_else(|| {
+        let f = text.parse::<f64>().ok()?;
+        (f.is_finite() && f >= 0.0 && f <= u64::MAX as f64).then_some(f as u64)
+    })
+}
+
+fn parse_expiry(raw: Option<Vec<u8>>) -> Result<Option<u64>, StoreError> {
+    raw.map(|raw| {
+        std::str::from_utf8(&raw)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or_else(|| StoreError::CorruptData("record expiry is not a number".to_owned()))
+    })
+    .transpose()
+}
+
+/// Feed entries are stored as the 8-byte big-endian append time, then the data.
+fn encode_feed_entry(appended_at_ms: u64, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + data.len());
+    out.extend_from_slice(&appended_at_ms.to_be_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+fn decode_feed_entry(cursor: u64, raw: Vec<u8>) -> Result<FeedEntry, StoreError> {
+    let (time, data) = raw
+        .split_at_checked(8)
+        .ok_or_else(|| StoreError::CorruptData(format!("feed entry {cursor} is truncated")))?;
+    let mut at = [0u8; 8];
+    at.copy_from_slice(time);
+    Ok(FeedEntry {
+        cursor,
+        appended_at_ms: u64::from_be_bytes(at),
+        data: data.to_vec(),
+    })
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn backend(&self) -> StoreBackend {
+        StoreBackend::Redis
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let reply: String = self.query(&redis::cmd("PING")).await?;
+        if reply == "PONG" {
+            Ok(())
+        } else {
+            Err(StoreError::CorruptData(format!("unexpected PING reply {reply:?}")))
+        }
+    }
+
+    async fn incr_counter(
+        &self,
+        key: &str,
+        delta: i64,
+        ttl_ms: u64,
+        now_ms: u64,
+    ) -> Result<i64, StoreError> {
+        require_positive_ttl(ttl_ms)?;
+        let mut script = scripts::INCR_COUNTER.prepare_invoke();
+        script
+            .key(keys::counter(key))
+            .arg(delta)
+            .arg(now_ms)
+            .arg(now_ms.saturating_add(ttl_ms))
+            .arg(ttl_ms.saturating_add(GC_GRACE_MS));
+        self.invoke(script).await
+    }
+
+    async fn get_counter(&self, key: &str, now_ms: u64) -> Result<i64, StoreError> {
+        let (value, expires_at): (Option<i64>, Option<u64>) = self
+            .query(redis::cmd("HMGET").arg(keys::counter(key)).arg("v").arg("x"))
+            .await?;
+        Ok(match (value, expires_at) {
+            (Some(value), Some(at)) if is_live(at, now_ms) => value,
+            _ => 0,
+        })
+    }
+
+    async fn set_add(
+        &self,
+        set: &str,
+        member: &str,
+        expires_at_ms: u64,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let mut script = scripts::SET_ADD.prepare_invoke();
+        script
+            .key(keys::set(set))
+            .arg(member)
+            .arg(expires_at_ms)
+            .arg(now_ms)
+            .arg(GC_GRACE_MS);
+        let added: i64 = self.invoke(script).await?;
+        Ok(added == 1)
+    }
+
+    async fn set_remove(&self, set: &str, member: &str) -> Result<(), StoreError> {
+        let _: i64 = self
+            .query(redis::cmd("ZREM").arg(keys::set(set)).arg(member))
+            .await?;
+        Ok(())
+    }
+
+    async fn set_contains(
+        &self,
+        set: &str,
+        member: &str,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let score: Option<String> = self
+            .query(redis::cmd("ZSCORE").arg(keys::set(set)).arg(member))
+            .await?;
+        match score {
+            None => Ok(false),
+            Some(score) => {
+                let at = parse_score(&score).ok_or_else(|| {
+                    StoreError::CorruptData(format!("set score {score:?} is not a number"))
+                })?;
+                Ok(is_live(at, now_ms))
+            }
+        }
+    }
+
+    async fn set_members(&self, set: &str, now_ms: u64) -> Result<Vec<SetMember>, StoreError> {
+        let mut script = scripts::SET_MEMBERS.prepare_invoke();
+        script.key(keys::set(set)).arg(now_ms);
+        let flat: Vec<String> = self.invoke(script).await?;
+        let mut members = flat
+            .chunks(2)
+            .map(|pair| match pair {
+                [member, score] => Ok(SetMember {
+                    member: member.clone(),
+                    expires_at_ms: parse_score(score).ok_or_else(|| {
+                        StoreError::CorruptData(format!("set score {score:?} is not a number"))
+                    })?,
+                }),
+                _ => Err(StoreError::CorruptData(
+                    "odd-length set member listing".to_owned(),
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        members.sort_by(|a, b| a.member.cmp(&b.member));
+        Ok(members)
+    }
+
+    async fn record_get(&self, key: &str, now_ms: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let (value, expires_at): (Option<Vec<u8>>, Option<Vec<u8>>) = self
+            .query(redis::cmd("HMGET").arg(keys::record(key)).arg("v").arg("x"))
+            .await?;
+        let expires_at = parse_expiry(expires_at)?;
+        Ok(value.filter(|_| is_live_opt(expires_at, now_ms)))
+    }
+
+    async fn record_put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expires_at_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let key = keys::record(key);
+        match expires_at_ms {
+            Some(at) if !is_live(at, now_ms) => self.record_delete_key(&key).await,
+            Some(at) => {
+                let mut script = scripts::RECORD_PUT_EXPIRING.prepare_invoke();
+                script
+                    .key(&key)
+                    .arg(value)
+                    .arg(at)
+                    .arg(gc_lifetime_ms(at, now_ms));
+                let _: i64 = self.invoke(script).await?;
+                Ok(())
+            }
+            None => {
+                let mut conn = self.connection().await?;
+                redis::pipe()
+                    .atomic()
+                    .del(&key)
+                    .ignore()
+                    .hset(&key, "v", value)
+                    .ignore()
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .map_err(store_error)
+            }
+        }
+    }
+
+    async fn record_delete(&self, key: &str) -> Result<(), StoreError> {
+        self.record_delete_key(&keys::record(key)).await
+    }
+
+    async fn record_compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Option<Vec<u8>>,
+        expires_at_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        // An already-expired replacement is a delete, as in the other backends.
+        let new = new.filter(|_| is_live_opt(expires_at_ms, now_ms));
+        let mut script = scripts::RECORD_COMPARE_AND_SWAP.prepare_invoke();
+        script
+            .key(keys::record(key))
+            .arg(now_ms)
+            .arg(if expected.is_some() { "1" } else { "0" })
+            .arg(expected.unwrap_or_default())
+            .arg(if new.is_some() { "1" } else { "0" })
+            .arg(new.unwrap_or_default())
+            .arg(expires_at_ms.map_or(String::new(), |at| at.to_string()))
+            .arg(expires_at_ms.map_or(0, |at| gc_lifetime_ms(at, now_ms)));
+        let swapped: i64 = self.invoke(script).await?;
+        Ok(swapped == 1)
+    }
+
+    async fn feed_append(
+        &self,
+        feed: &str,
+        entry: Vec<u8>,
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        let mut script = scripts::FEED_APPEND.prepare_invoke();
+        script
+            .key(keys::feed_meta(feed))
+            .key(keys::feed_entries(feed))
+            .arg(encode_feed_entry(now_ms, &entry));
+        self.invoke(script).await
+    }
+
+    async fn feed_read(
+        &self,
+        feed: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<FeedPage, StoreError> {
+        let mut script = scripts::FEED_READ.prepare_invoke();
+        script
+            .key(keys::feed_meta(feed))
+            .key(keys::feed_entries(feed))
+            .arg(after)
+            .arg(limit.min(MAX_PAGE_SIZE));
+        let reply: Vec<Value> = self.invoke(script).await?;
+        let mut items = reply.into_iter();
+        let (Some(head), Some(too_old)) = (items.next(), items.next()) else {
+            return Err(StoreError::CorruptData("short feed read reply".to_owned()));
+        };
+        let head = int(&head, "feed head")?;
+        if int(&too_old, "feed flag")? == 1 {
+            return Ok(feed_page(after, head, true, Vec::new()));
+        }
+        let mut entries = Vec::new();
+        while let Some(cursor) = items.next() {
+            let cursor = int(&cursor, "feed cursor")?;
+            let raw = items
+                .next()
+                .ok_or_else(|| StoreError::CorruptData("feed entry missing".to_owned()))?;
+            entries.push(decode_feed_entry(cursor, bytes(raw, "feed entry")?)?);
+        }
+        Ok(feed_page(after, head, false, entries))
+    }
+
+    async fn feed_trim(&self, feed: &str, keep_last: usize) -> Result<u64, StoreError> {
+        let mut script = scripts::FEED_TRIM.prepare_invoke();
+        script
+            .key(keys::feed_meta(feed))
+            .key(keys::feed_entries(feed))
+            .arg(keep_last);
+        self.invoke(script).await
+    }
+
+    async fn log_append(&self, log: &str, entry: Vec<u8>) -> Result<u64, StoreError> {
+        let mut script = scripts::LOG_APPEND.prepare_invoke();
+        script
+            .key(keys::log_seq(log))
+            .key(keys::log_entries(log))
+            .arg(entry);
+        self.invoke(script).await
+    }
+
+    async fn log_append_if_last(
+        &self,
+        log: &str,
+        expected_last_seq: Option<u64>,
+        entry: Vec<u8>,
+    ) -> Result<u64, LogAppendError> {
+        let mut script = scripts::LOG_APPEND_IF_LAST.prepare_invoke();
+        script
+            .key(keys::log_seq(log))
+            .key(keys::log_entries(log))
+            .arg(expected_last_seq.unwrap_or(0))
+            .arg(entry);
+        let (appended, seq): (i64, u64) = self.invoke(script).await?;
+        if appended == 1 {
+            Ok(seq)
+        } else {
+            Err(LogAppendError::Conflict {
+                last_seq: (seq > 0).then_some(seq),
+            })
+        }
+    }
+
+    async fn log_range(
+        &self,
+        log: &str,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        let limit = limit.min(MAX_PAGE_SIZE) as u64;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let first = from_seq.max(1);
+        let seqs: Vec<u64> = (first..first.saturating_add(limit)).collect();
+        // Entries are immutable and sequence numbers have no gaps, so one HMGET is a
+        // consistent read: the first missing entry is the end of the log.
+        let values: Vec<Option<Vec<u8>>> = self
+            .query(redis::cmd("HMGET").arg(keys::log_entries(log)).arg(&seqs))
+            .await?;
+        Ok(seqs
+            .into_iter()
+            .zip(values)
+            .map_while(|(seq, data)| data.map(|data| LogEntry { seq, data }))
+            .collect())
+    }
+
+    async fn log_last(&self, log: &str) -> Result<Option<LogEntry>, StoreError> {
+        let seq: Option<u64> = self.query(redis::cmd("GET").arg(keys::log_seq(log))).await?;
+        let Some(seq) = seq.filter(|s| *s > 0) else {
+            return Ok(None);
+        };
+        // The entry for `seq` was written in the same script that set `seq`, and log
+        // entries never change, so this second read is consistent with the first.
+        let data: Option<Vec<u8>> = self
+            .query(redis::cmd("HGET").arg(keys::log_entries(log)).arg(seq))
+            .await?;
+        let data =
+            data.ok_or_else(|| StoreError::CorruptData(format!("log {log:?} has no entry {seq}")))?;
+        Ok(Some(LogEntry { seq, data }))
+    }
+}
+
+impl RedisStore {
+    async fn record_delete_key(&self, key: &str) -> Result<(), StoreError> {
+        let _: i64 = self.query(redis::cmd("DEL").arg(key)).await?;
+        Ok(())
+    }
+}
+
+impl From<RedisError> for StoreError {
+    fn from(error: RedisError) -> Self {
+        store_error(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_parse_in_integer_and_exponent_form() {
+        assert_eq!(parse_score("1700000000000"), Some(1_700_000_000_000));
+        assert_eq!(parse_score("1.7e12"), Some(1_700_000_000_000));
+        assert_eq!(parse_score("nope"), None);
+        assert_eq!(parse_score("-1"), None);
+    }
+
+    #[test]
+    fn feed_entries_round_trip_with_their_append_time() {
+        let raw = encode_feed_entry(42, b"revoked");
+        let entry = decode_feed_entry(7, raw).unwrap();
+        assert_eq!(entry.cursor, 7);
+        assert_eq!(entry.appended_at_ms, 42);
+        assert_eq!(entry.data, b"revoked");
+        assert!(decode_feed_entry(1, vec![0; 3]).is_err());
+    }
+}

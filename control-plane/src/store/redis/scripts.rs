@@ -1,0 +1,253 @@
+//! The Lua scripts behind every multi-step Redis operation.
+//!
+//! A script runs atomically on the server, so a read-decide-write sequence cannot
+//! interleave with another client's. Each script documents its KEYS and ARGV and why it
+//! must be a script. Rules all scripts follow:
+//!
+//! - Time comes in ARGV (`now_ms`, expiry instants), never from the server's clock, so
+//!   expiry is decided exactly as in the other backends. `PEXPIRE` is set only as
+//!   garbage collection (remaining lifetime plus a grace period).
+//! - Numbers that must stay exact (timestamps, cursors) are computed in Rust and passed
+//!   as strings, or produced by Redis integer commands (`HINCRBY`, `INCR`); Lua's
+//!   doubles only compare them.
+//! - All KEYS of one call share a hash tag (see `keys.rs`).
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Increment a fixed-window counter.
+///
+/// KEYS[1]: counter hash (`v` value, `x` window expiry ms)
+/// ARGV[1]: delta; ARGV[2]: now_ms; ARGV[3]: expiry of a new window (now + ttl);
+/// ARGV[4]: GC lifetime of a new window in ms (ttl + grace)
+///
+/// Why a script: deciding that the window expired, resetting it and incrementing must
+/// be one step, or two clients could both reset and lose an increment.
+pub static INCR_COUNTER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local x = redis.call('HGET', KEYS[1], 'x')
+if (not x) or tonumber(x) <= tonumber(ARGV[2]) then
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'x', ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+return redis.call('HINCRBY', KEYS[1], 'v', ARGV[1])
+",
+    )
+});
+
+/// Add a member to an expiring set, or replace its expiry.
+///
+/// KEYS[1]: sorted set (score = member expiry ms)
+/// ARGV[1]: member; ARGV[2]: expires_at_ms; ARGV[3]: now_ms; ARGV[4]: GC grace ms
+/// Returns 1 if the member was not live before, else 0.
+///
+/// Why a script: pruning, adding and extending the key's GC lifetime to the newest
+/// member must see one consistent set.
+pub static SET_ADD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+if tonumber(ARGV[2]) <= tonumber(ARGV[3]) then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  return 0
+end
+local added = redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+local lifetime = tonumber(newest[2]) - tonumber(ARGV[3]) + tonumber(ARGV[4])
+redis.call('PEXPIRE', KEYS[1], string.format('%d', lifetime))
+return added
+",
+    )
+});
+
+/// Prune expired members and list the rest.
+///
+/// KEYS[1]: sorted set; ARGV[1]: now_ms
+/// Returns a flat array member, score, member, score, ...
+///
+/// Why a script: the listing must not include members the prune just decided were
+/// expired, and pruning belongs with the read that needs it.
+pub static SET_MEMBERS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+return redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+",
+    )
+});
+
+/// Write a record with an expiry.
+///
+/// KEYS[1]: record hash (`v` value, `x` expiry ms)
+/// ARGV[1]: value; ARGV[2]: expires_at_ms; ARGV[3]: GC lifetime ms
+///
+/// Why a script: readers must never see the new value with the old expiry (or none).
+/// Records without expiry are written with a plain `DEL` + `HSET` in `MULTI`.
+pub static RECORD_PUT_EXPIRING: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'x', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+",
+    )
+});
+
+/// Compare-and-swap a record.
+///
+/// KEYS[1]: record hash
+/// ARGV[1]: now_ms
+/// ARGV[2]: '1' if a live value equal to ARGV[3] is expected, '0' if the record must be
+///          absent or expired
+/// ARGV[3]: expected value
+/// ARGV[4]: '1' to write ARGV[5], '0' to delete the record
+/// ARGV[5]: new value
+/// ARGV[6]: new expires_at_ms, or '' for none
+/// ARGV[7]: GC lifetime ms (when ARGV[6] is set)
+/// Returns 1 if swapped, 0 if the current value did not match.
+///
+/// Why a script: compare and write must be atomic; single-use refresh tokens and the
+/// one-current-signing-key rule depend on exactly one writer winning.
+pub static RECORD_COMPARE_AND_SWAP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local cur = redis.call('HMGET', KEYS[1], 'v', 'x')
+local v = cur[1]
+if v and cur[2] and tonumber(cur[2]) <= tonumber(ARGV[1]) then
+  v = false
+end
+if ARGV[2] == '1' then
+  if (not v) or v ~= ARGV[3] then return 0 end
+elseif v then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+if ARGV[4] == '1' then
+  if ARGV[6] == '' then
+    redis.call('HSET', KEYS[1], 'v', ARGV[5])
+  else
+    redis.call('HSET', KEYS[1], 'v', ARGV[5], 'x', ARGV[6])
+    redis.call('PEXPIRE', KEYS[1], ARGV[7])
+  end
+end
+return 1
+",
+    )
+});
+
+/// Append to a change feed.
+///
+/// KEYS[1]: feed meta hash (`seq` newest cursor, `trimmed` newest trimmed cursor)
+/// KEYS[2]: feed entries hash (cursor -> encoded entry)
+/// ARGV[1]: encoded entry (append time + data)
+/// Returns the new cursor.
+///
+/// Why a script: a reader must never see a cursor without its entry.
+pub static FEED_APPEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local cursor = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('HSET', KEYS[2], cursor, ARGV[1])
+return cursor
+",
+    )
+});
+
+/// Read a page of a change feed.
+///
+/// KEYS[1]: feed meta hash; KEYS[2]: feed entries hash
+/// ARGV[1]: after (cursor); ARGV[2]: limit
+/// Returns {head, too_old (0/1), cursor1, entry1, cursor2, entry2, ...}.
+///
+/// Why a script: the head, the trim point and the entries must come from one snapshot,
+/// or a concurrent trim could make a page silently skip entries.
+pub static FEED_READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local head = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+local trimmed = tonumber(redis.call('HGET', KEYS[1], 'trimmed') or '0')
+local after = tonumber(ARGV[1])
+if after < trimmed or after > head then
+  return {head, 1}
+end
+local out = {head, 0}
+local last = math.min(head, after + tonumber(ARGV[2]))
+for cursor = after + 1, last do
+  local entry = redis.call('HGET', KEYS[2], cursor)
+  if entry then
+    table.insert(out, cursor)
+    table.insert(out, entry)
+  end
+end
+return out
+",
+    )
+});
+
+/// Trim a change feed to its newest entries.
+///
+/// KEYS[1]: feed meta hash; KEYS[2]: feed entries hash
+/// ARGV[1]: keep_last
+/// Returns how many entries were dropped.
+///
+/// Why a script: the entries and the trim point readers compare against must change
+/// together.
+pub static FEED_TRIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local head = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+local trimmed = tonumber(redis.call('HGET', KEYS[1], 'trimmed') or '0')
+local target = head - tonumber(ARGV[1])
+if target <= trimmed then
+  return 0
+end
+for cursor = trimmed + 1, target do
+  redis.call('HDEL', KEYS[2], cursor)
+end
+redis.call('HSET', KEYS[1], 'trimmed', string.format('%d', target))
+return target - trimmed
+",
+    )
+});
+
+/// Append to a log.
+///
+/// KEYS[1]: log sequence string; KEYS[2]: log entries hash
+/// ARGV[1]: entry
+/// Returns the new sequence number.
+///
+/// Why a script: a reader must never see a sequence number without its entry.
+pub static LOG_APPEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local seq = redis.call('INCR', KEYS[1])
+redis.call('HSET', KEYS[2], seq, ARGV[1])
+return seq
+",
+    )
+});
+
+/// Append to a log only if its last sequence number is as expected.
+///
+/// KEYS[1]: log sequence string; KEYS[2]: log entries hash
+/// ARGV[1]: expected last seq (0: empty log); ARGV[2]: entry
+/// Returns {1, new seq} or, on conflict, {0, actual last seq}.
+///
+/// Why a script: check and append must be atomic so a hash chain never forks.
+pub static LOG_APPEND_IF_LAST: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local last = tonumber(redis.call('GET', KEYS[1]) or '0')
+if last ~= tonumber(ARGV[1]) then
+  return {0, last}
+end
+local seq = redis.call('INCR', KEYS[1])
+redis.call('HSET', KEYS[2], seq, ARGV[2])
+return {1, seq}
+",
+    )
+});

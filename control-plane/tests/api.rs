@@ -1,0 +1,368 @@
+//! The HTTP API through `app(...).oneshot(...)`, without a socket.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use axum::http::{Request, StatusCode};
+use axum::response::Response;
+use axum::Router;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use portcullis_control_plane::admin_credential::AdminCredential;
+use portcullis_control_plane::clock::SystemClock;
+use portcullis_control_plane::metrics::Metrics;
+use portcullis_control_plane::random::OsRandom;
+use portcullis_control_plane::store::{MemoryStore, Store};
+use portcullis_control_plane::tokens::TokenPolicy;
+use portcullis_control_plane::{app, AppState, Dependencies};
+use serde_json::{json, Value};
+use tower::ServiceExt as _;
+
+const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+fn dependencies(store: Arc<dyn Store>) -> Dependencies {
+    Dependencies {
+        store,
+        admin: Arc::new(AdminCredential::new(ADMIN_TOKEN).unwrap()),
+        token_policy: TokenPolicy {
+            issuer: "portcullis-test".into(),
+            default_audience: "demo-api".into(),
+            default_ttl_seconds: 900,
+        },
+        clock: Arc::new(SystemClock),
+        rng: Arc::new(OsRandom),
+        metrics: Arc::new(Metrics::new()),
+    }
+}
+
+async fn test_state() -> AppState {
+    AppState::initialise(dependencies(Arc::new(MemoryStore::new())))
+        .await
+        .unwrap()
+}
+
+async fn send(app: &Router, request: Request<Body>) -> Response {
+    app.clone().oneshot(request).await.unwrap()
+}
+
+fn get(path: &str) -> Request<Body> {
+    Request::get(path).body(Body::empty()).unwrap()
+}
+
+fn admin_post(path: &str, body: &Value) -> Request<Body> {
+    Request::post(path)
+        .header(AUTHORIZATION, format!("Bearer {ADMIN_TOKEN}"))
+        .header(CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+async fn body_json(response: Response) -> Value {
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes))
+    })
+}
+
+/// Asserts an RFC 9457 problem response and returns its body.
+async fn assert_problem(response: Response, status: StatusCode) -> Value {
+    assert_eq!(response.status(), status);
+    assert_eq!(
+        response.headers().get(CONTENT_TYPE).unwrap(),
+        "application/problem+json"
+    );
+    let problem = body_json(response).await;
+    assert_eq!(problem["status"], status.as_u16());
+    assert!(problem["type"].as_str().unwrap().starts_with("urn:portcullis:problem:"));
+    assert!(!problem["title"].as_str().unwrap().is_empty());
+    assert!(!problem["detail"].as_str().unwrap().is_empty());
+    problem
+}
+
+#[tokio::test]
+async fn healthz_and_readyz_answer_with_a_healthy_store() {
+    let app = app(test_state().await);
+    let response = send(&app, get("/healthz")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(body_json(response).await["status"], "alive");
+    let response = send(&app, get("/readyz")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(body_json(response).await, json!({"status": "ready", "store": "memory"}));
+}
+
+#[tokio::test]
+async fn jwks_publishes_the_current_es256_key() {
+    let state = test_state().await;
+    let app = app(state.clone());
+    let response = send(&app, get("/.well-known/jwks.json")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let jwks = body_json(response).await;
+    let keys = jwks["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0]["kty"], "EC");
+    assert_eq!(keys[0]["crv"], "P-256");
+    assert_eq!(keys[0]["alg"], "ES256");
+    assert_eq!(keys[0]["use"], "sig");
+    assert_eq!(keys[0]["kid"], state.signing_key.kid());
+    assert!(keys[0].get("d").is_none(), "the private key must never be published");
+}
+
+#[tokio::test]
+async fn admin_request_without_a_token_gets_a_bearer_challenge() {
+    let app = app(test_state().await);
+    let request = Request::post("/admin/v1/tokens")
+        .header(CONTENT_TYPE, "application/json")
+        .body(Body::from(r#"{"sub":"alice"}"#))
+        .unwrap();
+    let response = send(&app, request).await;
+    assert_eq!(
+        response.headers().get(WWW_AUTHENTICATE).unwrap(),
+        r#"Bearer realm="portcullis-admin""#
+    );
+    let problem = assert_problem(response, StatusCode::UNAUTHORIZED).await;
+    assert_eq!(problem["type"], "urn:portcullis:problem:missing-credentials");
+}
+
+#[tokio::test]
+async fn admin_request_with_another_scheme_counts_as_missing_credentials() {
+    let app = app(test_state().await);
+    let request = Request::get("/admin/v1/status")
+        .header(AUTHORIZATION, format!("Basic {ADMIN_TOKEN}"))
+        .body(Body::empty())
+        .unwrap();
+    let response = send(&app, request).await;
+    assert_eq!(
+        response.headers().get(WWW_AUTHENTICATE).unwrap(),
+        r#"Bearer realm="portcullis-admin""#
+    );
+    assert_problem(response, StatusCode::UNAUTHORIZED).await;
+}
+
+#[tokio::test]
+async fn admin_request_with_a_wrong_token_is_rejected_as_invalid_token() {
+    let app = app(test_state().await);
+    for wrong in ["wrong-token", &format!("{ADMIN_TOKEN}x"), &ADMIN_TOKEN[1..]] {
+        let request = Request::get("/admin/v1/status")
+            .header(AUTHORIZATION, format!("Bearer {wrong}"))
+            .body(Body::empty())
+            .unwrap();
+        let response = send(&app, request).await;
+        assert_eq!(
+            response.headers().get(WWW_AUTHENTICATE).unwrap(),
+            r#"Bearer realm="portcullis-admin", error="invalid_token""#
+        );
+        let problem = assert_problem(response, StatusCode::UNAUTHORIZED).await;
+        assert_eq!(problem["type"], "urn:portcullis:problem:invalid-token");
+    }
+}
+
+#[tokio::test]
+async fn minted_token_verifies_against_the_jwks_with_an_independent_library() {
+    let state = test_state().await;
+    let app = app(state.clone());
+    let response = send(
+        &app,
+        admin_post(
+            "/admin/v1/tokens",
+            &json!({
+                "sub": "alice",
+                "scopes": ["read", "write"],
+                "ttlSeconds": 120,
+                "claims": {"tenant": "acme", "roles": ["ops"]}
+            }),
+        ),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let issued = body_json(response).await;
+    assert_eq!(issued["tokenType"], "Bearer");
+    assert_eq!(issued["expiresIn"], 120);
+    let token = issued["accessToken"].as_str().unwrap();
+
+    let jwks: JwkSet =
+        serde_json::from_value(body_json(send(&app, get("/.well-known/jwks.json")).await).await)
+            .unwrap();
+    let header = jsonwebtoken::decode_header(token).unwrap();
+    assert_eq!(header.alg, Algorithm::ES256);
+    let kid = header.kid.unwrap();
+    assert_eq!(kid, state.signing_key.kid());
+    let jwk = jwks.find(&kid).expect("the token's kid is in the JWKS");
+    let key = DecodingKey::from_jwk(jwk).unwrap();
+
+    let mut validation = Validation::new(Algorithm::ES256);
+    validation.set_audience(&["demo-api"]);
+    validation.set_issuer(&["portcullis-test"]);
+    validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
+    let claims = jsonwebtoken::decode::<Value>(token, &key, &validation)
+        .unwrap()
+        .claims;
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["scope"], "read write");
+    assert_eq!(claims["ver"], 1);
+    assert_eq!(claims["tenant"], "acme");
+    assert_eq!(claims["roles"], json!(["ops"]));
+    assert_eq!(claims["jti"], issued["jti"]);
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        120
+    );
+
+    // A flipped signature byte must not verify.
+    let mut forged = token.to_owned();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    assert!(jsonwebtoken::decode::<Value>(&forged, &key, &validation).is_err());
+}
+
+#[tokio::test]
+async fn token_defaults_come_from_the_policy() {
+    let app = app(test_state().await);
+    let response = send(&app, admin_post("/admin/v1/tokens", &json!({"sub": "bob"}))).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let issued = body_json(response).await;
+    assert_eq!(issued["expiresIn"], 900);
+    let payload = issued["accessToken"].as_str().unwrap().split('.').nth(1).unwrap();
+    use base64::Engine as _;
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["aud"], "demo-api");
+    assert!(claims.get("scope").is_none());
+}
+
+#[tokio::test]
+async fn malformed_or_invalid_token_requests_are_400_problems() {
+    let app = app(test_state().await);
+    let raw = |body: &'static str| {
+        Request::post("/admin/v1/tokens")
+            .header(AUTHORIZATION, format!("Bearer {ADMIN_TOKEN}"))
+            .header(CONTENT_TYPE, "application/json")
+            .body(Body::from(body))
+            .unwrap()
+    };
+    for body in [
+        "{not json",
+        r#"{"scopes": ["read"]}"#,
+        r#"{"sub": "alice", "unexpected": 1}"#,
+        r#"{"sub": 42}"#,
+    ] {
+        assert_problem(send(&app, raw(body)).await, StatusCode::BAD_REQUEST).await;
+    }
+    let problem = assert_problem(
+        send(&app, admin_post("/admin/v1/tokens", &json!({"sub": "a", "ttlSeconds": 0}))).await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert!(problem["detail"].as_str().unwrap().starts_with("ttlSeconds"));
+    let problem = assert_problem(
+        send(
+            &app,
+            admin_post("/admin/v1/tokens", &json!({"sub": "a", "claims": {"iss": "evil"}})),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert!(problem["detail"].as_str().unwrap().contains("iss"));
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_json_is_a_415_problem() {
+    let app = app(test_state().await);
+    let request = Request::post("/admin/v1/tokens")
+        .header(AUTHORIZATION, format!("Bearer {ADMIN_TOKEN}"))
+        .header(CONTENT_TYPE, "text/plain")
+        .body(Body::from(r#"{"sub":"alice"}"#))
+        .unwrap();
+    assert_problem(send(&app, request).await, StatusCode::UNSUPPORTED_MEDIA_TYPE).await;
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_a_413_problem() {
+    let app = app(test_state().await);
+    let body = json!({"sub": "a", "claims": {"blob": "x".repeat(100_000)}});
+    assert_problem(
+        send(&app, admin_post("/admin/v1/tokens", &body)).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn unknown_paths_are_404_problems() {
+    let app = app(test_state().await);
+    let problem = assert_problem(send(&app, get("/nope")).await, StatusCode::NOT_FOUND).await;
+    assert_eq!(problem["type"], "urn:portcullis:problem:not-found");
+}
+
+#[tokio::test]
+async fn wrong_methods_are_405_problems_that_keep_the_allow_header() {
+    let app = app(test_state().await);
+    let request = Request::delete("/healthz").body(Body::empty()).unwrap();
+    let response = send(&app, request).await;
+    let allow = response.headers().get(ALLOW).unwrap().to_str().unwrap().to_owned();
+    assert!(allow.contains("GET"), "{allow}");
+    assert_problem(response, StatusCode::METHOD_NOT_ALLOWED).await;
+}
+
+#[tokio::test]
+async fn status_reports_the_backend_readiness_and_current_kid() {
+    let state = test_state().await;
+    let app = app(state.clone());
+    let request = Request::get("/admin/v1/status")
+        .header(AUTHORIZATION, format!("Bearer {ADMIN_TOKEN}"))
+        .body(Body::empty())
+        .unwrap();
+    let response = send(&app, request).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let status = body_json(response).await;
+    assert_eq!(status["store"], "memory");
+    assert_eq!(status["ready"], true);
+    assert_eq!(status["currentKid"], state.signing_key.kid());
+    assert_eq!(status["issuer"], "portcullis-test");
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_and_status_and_issued_tokens() {
+    let app = app(test_state().await);
+    send(&app, admin_post("/admin/v1/tokens", &json!({"sub": "alice"}))).await;
+    send(&app, get("/nope")).await;
+    send(&app, get("/healthz")).await;
+    let response = send(&app, get("/metrics")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response
+        .headers()
+        .get(CONTENT_TYPE)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    assert!(text.contains("portcullis_tokens_issued_total 1"), "{text}");
+    assert!(text.contains(
+        r#"portcullis_http_requests_total{route="/admin/v1/tokens",method="POST",status="200"} 1"#
+    ), "{text}");
+    assert!(text.contains(
+        r#"portcullis_http_requests_total{route="unmatched",method="GET",status="404"} 1"#
+    ), "{text}");
+    assert!(text.contains(
+        r#"portcullis_http_requests_total{route="/healthz",method="GET",status="200"} 1"#
+    ), "{text}");
+}
+
+#[tokio::test]
+async fn replicas_starting_at_once_share_one_signing_key() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let replicas: Vec<_> = (0..10)
+        .map(|_| tokio::spawn(AppState::initialise(dependencies(Arc::clone(&store)))))
+        .collect();
+    let mut kids = std::collections::BTreeSet::new();
+    for replica in replicas {
+        kids.insert(replica.await.unwrap().unwrap().signing_key.kid().to_owned());
+    }
+    assert_eq!(kids.len(), 1, "{kids:?}");
+}

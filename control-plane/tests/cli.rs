@@ -1,0 +1,276 @@
+//! The built binaries: the server on a free port, driven by the `portcullis` CLI.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::Value;
+
+const SERVER: &str = env!("CARGO_BIN_EXE_portcullis-control-plane");
+const CLI: &str = env!("CARGO_BIN_EXE_portcullis");
+const ADMIN_TOKEN: &str = "cli-test-admin-token-0123456789";
+
+/// Environment variables that would leak the caller's configuration into the test.
+const PORTCULLIS_ENV: &[&str] = &[
+    "PORTCULLIS_LISTEN",
+    "PORTCULLIS_STORE",
+    "PORTCULLIS_DATA_DIR",
+    "PORTCULLIS_REDIS_URL",
+    "PORTCULLIS_ADMIN_TOKEN",
+    "PORTCULLIS_ADMIN_TOKEN_FILE",
+    "PORTCULLIS_ISSUER",
+    "PORTCULLIS_AUDIENCE",
+    "PORTCULLIS_ACCESS_TOKEN_TTL",
+    "PORTCULLIS_LOG_FORMAT",
+    "PORTCULLIS_URL",
+];
+
+fn command(binary: &str) -> Command {
+    let mut command = Command::new(binary);
+    for var in PORTCULLIS_ENV {
+        command.env_remove(var);
+    }
+    command
+}
+
+/// A control plane process, killed on drop.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Self {
+        let port = support::free_port();
+        let child = command(SERVER)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .env("PORTCULLIS_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut server = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        server.wait_until_healthy();
+        server
+    }
+
+    fn wait_until_healthy(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("server exited early: {status}");
+            }
+            if cli(&self.url, &["health"]).status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("server did not become healthy");
+    }
+
+    /// Sends SIGTERM and returns whether the process exited successfully.
+    fn terminate(mut self) -> bool {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            assert!(Instant::now() < deadline, "server ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cli(url: &str, args: &[&str]) -> Output {
+    command(CLI).args(["--url", url]).args(args).output().unwrap()
+}
+
+fn cli_admin(url: &str, args: &[&str]) -> Output {
+    command(CLI)
+        .args(["--url", url])
+        .env("PORTCULLIS_ADMIN_TOKEN", ADMIN_TOKEN)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "command failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+async fn jwks(url: &str) -> JwkSet {
+    reqwest::get(format!("{url}/.well-known/jwks.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+fn status_kid(url: &str) -> String {
+    let status: Value = serde_json::from_str(&stdout(&cli_admin(url, &["status"]))).unwrap();
+    status["currentKid"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn cli_issues_a_token_that_verifies_against_the_servers_jwks() {
+    let server = Server::start(&["--store", "memory", "--audience", "demo-api"]);
+    let output = cli_admin(
+        &server.url,
+        &[
+            "token", "issue", "--sub", "alice", "--scope", "read", "--scope", "write",
+            "--ttl", "60", "--claim", "tenant=acme", "--claim", "level=3",
+        ],
+    );
+    let text = stdout(&output);
+    let token = text.trim_end();
+    assert_eq!(text.lines().count(), 1, "only the token is printed: {text:?}");
+    assert_eq!(token.split('.').count(), 3);
+
+    let kid = jsonwebtoken::decode_header(token).unwrap().kid.unwrap();
+    let jwks = jwks(&server.url).await;
+    let key = DecodingKey::from_jwk(jwks.find(&kid).unwrap()).unwrap();
+    let mut validation = Validation::new(Algorithm::ES256);
+    validation.set_audience(&["demo-api"]);
+    validation.set_issuer(&["portcullis"]);
+    let claims = jsonwebtoken::decode::<Value>(token, &key, &validation)
+        .unwrap()
+        .claims;
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["scope"], "read write");
+    assert_eq!(claims["tenant"], "acme");
+    assert_eq!(claims["level"], 3);
+    assert_eq!(claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(), 60);
+
+    let json: Value = serde_json::from_str(&stdout(&cli_admin(
+        &server.url,
+        &["token", "issue", "--sub", "bob", "--json"],
+    )))
+    .unwrap();
+    assert_eq!(json["tokenType"], "Bearer");
+    assert_eq!(json["expiresIn"], 900);
+    assert!(json["accessToken"].as_str().unwrap().starts_with("ey"));
+
+    assert_eq!(status_kid(&server.url), kid);
+    assert!(stdout(&cli(&server.url, &["health"])).contains("ready: true"));
+    assert!(server.terminate(), "graceful shutdown exits 0");
+}
+
+#[test]
+fn cli_errors_print_the_problem_and_exit_non_zero() {
+    let server = Server::start(&["--store", "memory"]);
+    let output = command(CLI)
+        .args(["--url", &server.url, "--admin-token", "not-the-admin-token"])
+        .args(["token", "issue", "--sub", "alice"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("Invalid admin token: The bearer token is not the admin token."),
+        "{stderr}"
+    );
+
+    let output = cli_admin(&server.url, &["token", "issue", "--sub", "a", "--ttl", "0"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.starts_with("Invalid request: ttlSeconds"), "{stderr}");
+
+    let output = cli(&server.url, &["status"]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--admin-token-file"));
+
+    let unreachable = format!("http://127.0.0.1:{}", support::free_port());
+    let output = cli(&unreachable, &["health"]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot reach the control plane"));
+}
+
+#[test]
+fn admin_token_file_is_accepted_by_server_and_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n")).unwrap();
+    let server = Server::start(&["--store", "memory"]);
+    let output = command(CLI)
+        .args(["--url", &server.url, "--admin-token-file"])
+        .arg(&token_file)
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(stdout(&output).contains("\"store\": \"memory\""));
+}
+
+#[test]
+fn server_refuses_to_start_without_an_admin_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = command(SERVER)
+        .args(["--store", "memory", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no admin token"), "{stderr}");
+    assert!(stderr.contains("PORTCULLIS_ADMIN_TOKEN_FILE"), "{stderr}");
+
+    let output = command(SERVER)
+        .args(["--store", "memory", "--admin-token", "short"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("at least 16"));
+
+    let output = command(SERVER)
+        .args(["--store", "redis", "--admin-token", ADMIN_TOKEN])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--redis-url"));
+}
+
+#[test]
+fn embedded_store_keeps_the_signing_key_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let args = ["--store", "embedded", "--data-dir", path_str(&data_dir)];
+    let first = Server::start(&args);
+    let kid = status_kid(&first.url);
+    assert!(first.terminate());
+    assert!(data_dir.join("portcullis.redb").is_file());
+    let second = Server::start(&args);
+    assert_eq!(status_kid(&second.url), kid);
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().unwrap()
+}

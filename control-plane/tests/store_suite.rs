@@ -1,0 +1,601 @@
+//! One store test suite, run against every backend: `store_suite!` turns each test
+//! function into `<test>::memory`, `<test>::embedded` and `<test>::redis`
+//! (run one backend with e.g. `cargo test --test store_suite ::redis`).
+//!
+//! The Redis runs use a real `redis-server` started for this test binary; without one
+//! they fail.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use portcullis_control_plane::store::redis::RedisTimeouts;
+use portcullis_control_plane::store::{
+    EmbeddedStore, LogAppendError, MemoryStore, RedisStore, SetMember, Store, StoreError,
+};
+
+fn memory_store() -> Arc<dyn Store> {
+    Arc::new(MemoryStore::new())
+}
+
+fn embedded_store() -> (Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    (Arc::new(store), dir)
+}
+
+fn redis_store() -> Arc<dyn Store> {
+    let url = support::shared_redis_url();
+    Arc::new(RedisStore::new(&url, RedisTimeouts::default()).unwrap())
+}
+
+macro_rules! store_suite {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                super::$test(super::memory_store()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                let (store, dir) = super::embedded_store();
+                super::$test(store).await;
+                drop(dir);
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                super::$test(super::redis_store()).await;
+            }
+        }
+    )*};
+}
+
+store_suite!(
+    ping_succeeds_on_a_healthy_store,
+    reads_of_missing_things_are_empty,
+    counter_increments_accumulate_within_a_window,
+    counter_window_is_fixed_and_resets_after_expiry,
+    counter_rejects_a_zero_ttl_as_a_permanent_error,
+    concurrent_increments_are_never_lost,
+    set_members_expire_individually,
+    set_add_reports_new_members_and_replaces_expiry,
+    records_round_trip_and_expire,
+    record_put_with_a_past_expiry_deletes,
+    compare_and_swap_only_succeeds_on_the_expected_value,
+    compare_and_swap_treats_expired_records_as_absent,
+    concurrent_compare_and_swap_has_exactly_one_winner,
+    feed_cursors_increase_and_pages_follow_on,
+    feed_trim_makes_old_cursors_too_old,
+    feed_cursor_ahead_of_the_head_must_resync,
+    concurrent_feed_appends_get_distinct_cursors,
+    log_appends_are_sequential_and_ranges_read_back,
+    log_append_if_last_detects_conflicts,
+    concurrent_conditional_appends_build_one_unbroken_chain,
+    names_are_isolated_across_primitives_and_escaped,
+    binary_values_round_trip,
+);
+
+async fn ping_succeeds_on_a_healthy_store(store: Arc<dyn Store>) {
+    store.ping().await.unwrap();
+}
+
+async fn reads_of_missing_things_are_empty(store: Arc<dyn Store>) {
+    assert_eq!(store.get_counter("none", 0).await.unwrap(), 0);
+    assert!(!store.set_contains("none", "m", 0).await.unwrap());
+    assert!(store.set_members("none", 0).await.unwrap().is_empty());
+    assert_eq!(store.record_get("none", 0).await.unwrap(), None);
+    let page = store.feed_read("none", 0, 10).await.unwrap();
+    assert!(page.entries.is_empty());
+    assert!(!page.cursor_too_old);
+    assert_eq!((page.head, page.next_cursor), (0, 0));
+    assert_eq!(store.feed_trim("none", 0).await.unwrap(), 0);
+    assert!(store.log_range("none", 1, 10).await.unwrap().is_empty());
+    assert_eq!(store.log_last("none").await.unwrap(), None);
+    store.set_remove("none", "m").await.unwrap();
+    store.record_delete("none").await.unwrap();
+}
+
+async fn counter_increments_accumulate_within_a_window(store: Arc<dyn Store>) {
+    assert_eq!(store.incr_counter("hits", 1, 1000, 0).await.unwrap(), 1);
+    assert_eq!(store.incr_counter("hits", 2, 1000, 10).await.unwrap(), 3);
+    assert_eq!(store.incr_counter("hits", -1, 1000, 20).await.unwrap(), 2);
+    assert_eq!(store.get_counter("hits", 30).await.unwrap(), 2);
+    assert_eq!(store.get_counter("other", 30).await.unwrap(), 0);
+}
+
+async fn counter_window_is_fixed_and_resets_after_expiry(store: Arc<dyn Store>) {
+    let t0 = 1_700_000_000_000;
+    assert_eq!(store.incr_counter("w", 5, 1000, t0).await.unwrap(), 5);
+    // A later increment does not extend the window.
+    assert_eq!(store.incr_counter("w", 1, 1000, t0 + 999).await.unwrap(), 6);
+    assert_eq!(store.get_counter("w", t0 + 999).await.unwrap(), 6);
+    assert_eq!(store.get_counter("w", t0 + 1000).await.unwrap(), 0);
+    // The first increment after expiry starts a new window at that time.
+    assert_eq!(store.incr_counter("w", 2, 1000, t0 + 1500).await.unwrap(), 2);
+    assert_eq!(store.get_counter("w", t0 + 2499).await.unwrap(), 2);
+    assert_eq!(store.get_counter("w", t0 + 2500).await.unwrap(), 0);
+}
+
+async fn counter_rejects_a_zero_ttl_as_a_permanent_error(store: Arc<dyn Store>) {
+    let error = store.incr_counter("z", 1, 0, 0).await.unwrap_err();
+    assert!(matches!(error, StoreError::InvalidArgument(_)), "{error:?}");
+    assert!(!error.is_transient());
+}
+
+async fn concurrent_increments_are_never_lost(store: Arc<dyn Store>) {
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                for _ in 0..4 {
+                    seen.push(store.incr_counter("busy", 1, 60_000, 0).await.unwrap());
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut seen = BTreeSet::new();
+    for task in tasks {
+        for value in task.await.unwrap() {
+            assert!(seen.insert(value), "value {value} returned twice");
+        }
+    }
+    // Every increment saw a distinct intermediate value: 1..=200.
+    assert_eq!(seen, (1..=200).collect());
+    assert_eq!(store.get_counter("busy", 1).await.unwrap(), 200);
+}
+
+async fn set_members_expire_individually(store: Arc<dyn Store>) {
+    let t0 = 1_700_000_000_000;
+    assert!(store.set_add("revoked", "b", t0 + 200, t0).await.unwrap());
+    assert!(store.set_add("revoked", "a", t0 + 100, t0).await.unwrap());
+    assert!(store.set_contains("revoked", "a", t0 + 99).await.unwrap());
+    assert!(!store.set_contains("revoked", "a", t0 + 100).await.unwrap());
+    assert_eq!(
+        store.set_members("revoked", t0 + 50).await.unwrap(),
+        vec![
+            SetMember {
+                member: "a".into(),
+                expires_at_ms: t0 + 100
+            },
+            SetMember {
+                member: "b".into(),
+                expires_at_ms: t0 + 200
+            },
+        ]
+    );
+    assert_eq!(
+        store.set_members("revoked", t0 + 150).await.unwrap(),
+        vec![SetMember {
+            member: "b".into(),
+            expires_at_ms: t0 + 200
+        }]
+    );
+    // Pruned members stay gone even for a reader with an older clock.
+    assert!(!store.set_contains("revoked", "a", t0).await.unwrap());
+    assert!(store.set_members("revoked", t0 + 200).await.unwrap().is_empty());
+}
+
+async fn set_add_reports_new_members_and_replaces_expiry(store: Arc<dyn Store>) {
+    assert!(store.set_add("s", "m", 100, 0).await.unwrap());
+    assert!(!store.set_add("s", "m", 500, 0).await.unwrap());
+    assert!(store.set_contains("s", "m", 499).await.unwrap());
+    // A member whose expiry passed counts as new again.
+    assert!(store.set_add("s", "m", 1000, 600).await.unwrap());
+    // An expiry in the past removes the member.
+    assert!(!store.set_add("s", "m", 600, 700).await.unwrap());
+    assert!(!store.set_contains("s", "m", 700).await.unwrap());
+    assert!(store.set_add("s", "n", 1000, 0).await.unwrap());
+    store.set_remove("s", "n").await.unwrap();
+    assert!(!store.set_contains("s", "n", 1).await.unwrap());
+}
+
+async fn records_round_trip_and_expire(store: Arc<dyn Store>) {
+    let t0 = 1_700_000_000_000;
+    store.record_put("k", b"forever".to_vec(), None, t0).await.unwrap();
+    assert_eq!(
+        store.record_get("k", u64::MAX - 1).await.unwrap().as_deref(),
+        Some(&b"forever"[..])
+    );
+    store
+        .record_put("k", b"brief".to_vec(), Some(t0 + 100), t0)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.record_get("k", t0 + 99).await.unwrap().as_deref(),
+        Some(&b"brief"[..])
+    );
+    assert_eq!(store.record_get("k", t0 + 100).await.unwrap(), None);
+    // Overwriting without expiry clears the old expiry.
+    store.record_put("k", b"again".to_vec(), None, t0).await.unwrap();
+    assert_eq!(
+        store.record_get("k", t0 + 100).await.unwrap().as_deref(),
+        Some(&b"again"[..])
+    );
+    store.record_delete("k").await.unwrap();
+    assert_eq!(store.record_get("k", t0).await.unwrap(), None);
+}
+
+async fn record_put_with_a_past_expiry_deletes(store: Arc<dyn Store>) {
+    store.record_put("p", b"v".to_vec(), None, 0).await.unwrap();
+    store.record_put("p", b"w".to_vec(), Some(10), 10).await.unwrap();
+    assert_eq!(store.record_get("p", 0).await.unwrap(), None);
+}
+
+async fn compare_and_swap_only_succeeds_on_the_expected_value(store: Arc<dyn Store>) {
+    let cas = |expected: Option<&'static [u8]>, new: Option<&'static [u8]>| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .record_compare_and_swap("c", expected, new.map(<[u8]>::to_vec), None, 0)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(cas(None, Some(b"v1")).await);
+    assert!(!cas(None, Some(b"v2")).await, "record exists, None must not match");
+    assert!(!cas(Some(b"other"), Some(b"v2")).await);
+    assert_eq!(store.record_get("c", 0).await.unwrap().as_deref(), Some(&b"v1"[..]));
+    assert!(cas(Some(b"v1"), Some(b"v2")).await);
+    assert!(!cas(Some(b"v1"), Some(b"v3")).await, "stale expectation");
+    assert!(cas(Some(b"v2"), None).await);
+    assert_eq!(store.record_get("c", 0).await.unwrap(), None);
+    assert!(!cas(Some(b"v2"), Some(b"v4")).await, "record is gone");
+}
+
+async fn compare_and_swap_treats_expired_records_as_absent(store: Arc<dyn Store>) {
+    let t0 = 1_700_000_000_000;
+    store
+        .record_put("e", b"old".to_vec(), Some(t0 + 100), t0)
+        .await
+        .unwrap();
+    assert!(!store
+        .record_compare_and_swap("e", None, Some(b"new".to_vec()), None, t0 + 99)
+        .await
+        .unwrap());
+    assert!(!store
+        .record_compare_and_swap("e", Some(b"old"), Some(b"x".to_vec()), None, t0 + 100)
+        .await
+        .unwrap());
+    assert!(store
+        .record_compare_and_swap("e", None, Some(b"new".to_vec()), Some(t0 + 300), t0 + 100)
+        .await
+        .unwrap());
+    assert_eq!(
+        store.record_get("e", t0 + 299).await.unwrap().as_deref(),
+        Some(&b"new"[..])
+    );
+    assert_eq!(store.record_get("e", t0 + 300).await.unwrap(), None);
+}
+
+async fn concurrent_compare_and_swap_has_exactly_one_winner(store: Arc<dyn Store>) {
+    let attempts: Vec<_> = (0..50u32)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let won = store
+                    .record_compare_and_swap("once", None, Some(i.to_be_bytes().to_vec()), None, 0)
+                    .await
+                    .unwrap();
+                (i, won)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for attempt in attempts {
+        let (i, won) = attempt.await.unwrap();
+        if won {
+            winners.push(i);
+        }
+    }
+    assert_eq!(winners.len(), 1, "winners: {winners:?}");
+    let value = winners[0].to_be_bytes().to_vec();
+    assert_eq!(store.record_get("once", 0).await.unwrap(), Some(value.clone()));
+
+    // Consuming a single-use value: exactly one of many concurrent consumers succeeds.
+    let consumers: Vec<_> = (0..50)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            let value = value.clone();
+            tokio::spawn(async move {
+                store
+                    .record_compare_and_swap("once", Some(&value), None, None, 0)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut consumed = 0;
+    for consumer in consumers {
+        consumed += usize::from(consumer.await.unwrap());
+    }
+    assert_eq!(consumed, 1);
+    assert_eq!(store.record_get("once", 0).await.unwrap(), None);
+}
+
+async fn feed_cursors_increase_and_pages_follow_on(store: Arc<dyn Store>) {
+    let t0 = 1_700_000_000_000;
+    for i in 1..=5u64 {
+        let cursor = store
+            .feed_append("revocations", format!("e{i}").into_bytes(), t0 + i)
+            .await
+            .unwrap();
+        assert_eq!(cursor, i);
+    }
+    let first = store.feed_read("revocations", 0, 2).await.unwrap();
+    assert!(!first.cursor_too_old);
+    assert_eq!(first.head, 5);
+    assert_eq!(first.next_cursor, 2);
+    let cursors: Vec<u64> = first.entries.iter().map(|e| e.cursor).collect();
+    assert_eq!(cursors, vec![1, 2]);
+    assert_eq!(first.entries[0].data, b"e1");
+    assert_eq!(first.entries[1].appended_at_ms, t0 + 2);
+
+    let rest = store.feed_read("revocations", first.next_cursor, 100).await.unwrap();
+    let data: Vec<&[u8]> = rest.entries.iter().map(|e| e.data.as_slice()).collect();
+    assert_eq!(data, vec![&b"e3"[..], b"e4", b"e5"]);
+    assert_eq!(rest.next_cursor, 5);
+
+    let caught_up = store.feed_read("revocations", 5, 100).await.unwrap();
+    assert!(caught_up.entries.is_empty());
+    assert!(!caught_up.cursor_too_old);
+    assert_eq!(caught_up.next_cursor, 5);
+}
+
+async fn feed_trim_makes_old_cursors_too_old(store: Arc<dyn Store>) {
+    for i in 1..=10u64 {
+        store.feed_append("f", vec![i as u8], i).await.unwrap();
+    }
+    assert_eq!(store.feed_trim("f", 3).await.unwrap(), 7);
+    assert_eq!(store.feed_trim("f", 3).await.unwrap(), 0, "trim is idempotent");
+    for stale in [0, 1, 6] {
+        let page = store.feed_read("f", stale, 10).await.unwrap();
+        assert!(page.cursor_too_old, "cursor {stale} should be too old");
+        assert!(page.entries.is_empty());
+        assert_eq!(page.head, 10);
+        assert_eq!(page.next_cursor, stale);
+    }
+    let page = store.feed_read("f", 7, 10).await.unwrap();
+    assert!(!page.cursor_too_old);
+    let cursors: Vec<u64> = page.entries.iter().map(|e| e.cursor).collect();
+    assert_eq!(cursors, vec![8, 9, 10]);
+    // Cursors keep increasing after a trim; nothing is reused.
+    assert_eq!(store.feed_append("f", vec![11], 11).await.unwrap(), 11);
+    assert_eq!(store.feed_trim("f", 0).await.unwrap(), 4);
+    assert!(store.feed_read("f", 10, 10).await.unwrap().cursor_too_old);
+    let page = store.feed_read("f", 11, 10).await.unwrap();
+    assert!(!page.cursor_too_old && page.entries.is_empty());
+}
+
+async fn feed_cursor_ahead_of_the_head_must_resync(store: Arc<dyn Store>) {
+    store.feed_append("g", b"x".to_vec(), 0).await.unwrap();
+    // A cursor from before a reset (e.g. an emptied Redis) cannot be continued.
+    let page = store.feed_read("g", 50, 10).await.unwrap();
+    assert!(page.cursor_too_old);
+    assert_eq!(page.head, 1);
+}
+
+async fn concurrent_feed_appends_get_distinct_cursors(store: Arc<dyn Store>) {
+    let tasks: Vec<_> = (0..50u8)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.feed_append("busy", vec![i], 0).await.unwrap() })
+        })
+        .collect();
+    let mut cursors = BTreeSet::new();
+    for task in tasks {
+        assert!(cursors.insert(task.await.unwrap()));
+    }
+    assert_eq!(cursors, (1..=50).collect());
+    let mut seen = BTreeSet::new();
+    let mut after = 0;
+    loop {
+        let page = store.feed_read("busy", after, 7).await.unwrap();
+        if page.entries.is_empty() {
+            break;
+        }
+        for entry in &page.entries {
+            assert!(entry.cursor > after);
+            seen.insert(entry.data[0]);
+        }
+        after = page.next_cursor;
+    }
+    assert_eq!(seen, (0..50).collect());
+}
+
+async fn log_appends_are_sequential_and_ranges_read_back(store: Arc<dyn Store>) {
+    for (i, entry) in ["a", "b", "c"].iter().enumerate() {
+        let seq = store.log_append("audit", entry.as_bytes().to_vec()).await.unwrap();
+        assert_eq!(seq, i as u64 + 1);
+    }
+    let all = store.log_range("audit", 1, 10).await.unwrap();
+    let seqs: Vec<u64> = all.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, vec![1, 2, 3]);
+    assert_eq!(all[2].data, b"c");
+    let middle = store.log_range("audit", 2, 1).await.unwrap();
+    assert_eq!((middle.len(), middle[0].seq, middle[0].data.as_slice()), (1, 2, &b"b"[..]));
+    assert_eq!(store.log_range("audit", 0, 1).await.unwrap()[0].seq, 1);
+    assert!(store.log_range("audit", 4, 10).await.unwrap().is_empty());
+    assert!(store.log_range("audit", 1, 0).await.unwrap().is_empty());
+    let last = store.log_last("audit").await.unwrap().unwrap();
+    assert_eq!((last.seq, last.data.as_slice()), (3, &b"c"[..]));
+}
+
+async fn log_append_if_last_detects_conflicts(store: Arc<dyn Store>) {
+    let conflict = store
+        .log_append_if_last("chain", Some(1), b"x".to_vec())
+        .await
+        .unwrap_err();
+    assert!(matches!(conflict, LogAppendError::Conflict { last_seq: None }), "{conflict:?}");
+    assert_eq!(
+        store.log_append_if_last("chain", None, b"first".to_vec()).await.unwrap(),
+        1
+    );
+    let conflict = store
+        .log_append_if_last("chain", None, b"x".to_vec())
+        .await
+        .unwrap_err();
+    assert!(matches!(conflict, LogAppendError::Conflict { last_seq: Some(1) }), "{conflict:?}");
+    assert_eq!(
+        store.log_append_if_last("chain", Some(1), b"second".to_vec()).await.unwrap(),
+        2
+    );
+    assert_eq!(store.log_range("chain", 1, 10).await.unwrap().len(), 2);
+}
+
+async fn concurrent_conditional_appends_build_one_unbroken_chain(store: Arc<dyn Store>) {
+    // Each writer links its entry to the entry it saw last, like a hash chain; with
+    // optimistic appends no two entries may claim the same predecessor.
+    let writers: Vec<_> = (0..20u32)
+        .map(|writer| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                loop {
+                    let last = store.log_last("chained").await.unwrap();
+                    let previous = last.as_ref().map(|e| e.seq);
+                    let entry = format!("{}:{writer}", previous.unwrap_or(0));
+                    match store
+                        .log_append_if_last("chained", previous, entry.into_bytes())
+                        .await
+                    {
+                        Ok(seq) => return seq,
+                        Err(LogAppendError::Conflict { .. }) => tokio::task::yield_now().await,
+                        Err(LogAppendError::Store(e)) => panic!("store error: {e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let entries = store.log_range("chained", 1, 100).await.unwrap();
+    assert_eq!(entries.len(), 20);
+    let mut writers_seen = BTreeSet::new();
+    for entry in &entries {
+        let text = String::from_utf8(entry.data.clone()).unwrap();
+        let (previous, writer) = text.split_once(':').unwrap();
+        assert_eq!(previous.parse::<u64>().unwrap(), entry.seq - 1, "broken link at {}", entry.seq);
+        assert!(writers_seen.insert(writer.to_owned()));
+    }
+}
+
+async fn names_are_isolated_across_primitives_and_escaped(store: Arc<dyn Store>) {
+    store.incr_counter("x", 7, 1000, 0).await.unwrap();
+    store.record_put("x", b"rec".to_vec(), None, 0).await.unwrap();
+    store.set_add("x", "m", 1000, 0).await.unwrap();
+    store.feed_append("x", b"f".to_vec(), 0).await.unwrap();
+    store.log_append("x", b"l".to_vec()).await.unwrap();
+    assert_eq!(store.get_counter("x", 0).await.unwrap(), 7);
+    assert_eq!(store.record_get("x", 0).await.unwrap().as_deref(), Some(&b"rec"[..]));
+    // Names with hash-tag characters neither break nor collide.
+    store.record_put("a}b{c", b"1".to_vec(), None, 0).await.unwrap();
+    store.record_put("a%7Db%7Bc", b"2".to_vec(), None, 0).await.unwrap();
+    assert_eq!(store.record_get("a}b{c", 0).await.unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(store.record_get("a%7Db%7Bc", 0).await.unwrap().as_deref(), Some(&b"2"[..]));
+    assert_eq!(store.feed_append("a}b", b"x".to_vec(), 0).await.unwrap(), 1);
+}
+
+async fn binary_values_round_trip(store: Arc<dyn Store>) {
+    let bytes: Vec<u8> = (0..=255).collect();
+    store.record_put("bin", bytes.clone(), None, 0).await.unwrap();
+    assert_eq!(store.record_get("bin", 0).await.unwrap(), Some(bytes.clone()));
+    assert!(store
+        .record_compare_and_swap("bin", Some(&bytes), Some(vec![0, 0, 0]), None, 0)
+        .await
+        .unwrap());
+    store.feed_append("bin", bytes.clone(), 0).await.unwrap();
+    assert_eq!(store.feed_read("bin", 0, 1).await.unwrap().entries[0].data, bytes);
+    store.log_append("bin", bytes.clone()).await.unwrap();
+    assert_eq!(store.log_last("bin").await.unwrap().unwrap().data, bytes);
+    store.feed_append("empty", Vec::new(), 0).await.unwrap();
+    assert!(store.feed_read("empty", 0, 1).await.unwrap().entries[0].data.is_empty());
+}
+
+// --- backend-specific ----------------------------------------------------------
+
+#[tokio::test]
+async fn embedded_store_keeps_everything_across_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        store.record_put("key", b"kept".to_vec(), None, 0).await.unwrap();
+        store.incr_counter("count", 3, 60_000, 0).await.unwrap();
+        store.set_add("set", "m", 60_000, 0).await.unwrap();
+        store.feed_append("feed", b"f1".to_vec(), 0).await.unwrap();
+        store.feed_append("feed", b"f2".to_vec(), 0).await.unwrap();
+        store.feed_trim("feed", 1).await.unwrap();
+        store.log_append("log", b"l1".to_vec()).await.unwrap();
+    }
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(store.record_get("key", 1).await.unwrap().as_deref(), Some(&b"kept"[..]));
+    assert_eq!(store.get_counter("count", 1).await.unwrap(), 3);
+    assert!(store.set_contains("set", "m", 1).await.unwrap());
+    assert!(store.feed_read("feed", 0, 10).await.unwrap().cursor_too_old);
+    assert_eq!(store.feed_append("feed", b"f3".to_vec(), 0).await.unwrap(), 3);
+    assert_eq!(store.log_append("log", b"l2".to_vec()).await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn embedded_store_refuses_a_second_opener_of_the_same_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = EmbeddedStore::open(dir.path()).unwrap();
+    let error = EmbeddedStore::open(dir.path()).err().unwrap();
+    assert!(error.to_string().contains("already open"), "{error}");
+}
+
+#[tokio::test]
+async fn redis_store_errors_are_transient_when_nothing_listens() {
+    let url = format!("redis://127.0.0.1:{}/0", support::free_port());
+    let store = RedisStore::new(&url, RedisTimeouts::default()).unwrap();
+    let error = store.ping().await.unwrap_err();
+    assert!(error.is_transient(), "{error:?}");
+    let error = store.record_get("k", 0).await.unwrap_err();
+    assert!(error.is_transient(), "{error:?}");
+}
+
+#[test]
+fn redis_store_rejects_a_malformed_url() {
+    let error = RedisStore::new("not a url", RedisTimeouts::default()).err().unwrap();
+    assert!(matches!(error, StoreError::InvalidArgument(_)), "{error:?}");
+}
+
+#[tokio::test]
+async fn redis_keys_share_hash_tags_and_carry_a_gc_expiry() {
+    let url = support::shared_redis_url();
+    let store = RedisStore::new(&url, RedisTimeouts::default()).unwrap();
+    store.incr_counter("gc", 1, 10_000, 0).await.unwrap();
+    store.feed_append("tagged", b"x".to_vec(), 0).await.unwrap();
+    store.record_put("forever", b"x".to_vec(), None, 0).await.unwrap();
+
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut conn).await.unwrap();
+    keys.sort();
+    assert_eq!(
+        keys,
+        vec![
+            "portcullis:{counter:gc}",
+            "portcullis:{feed:tagged}:entries",
+            "portcullis:{feed:tagged}:meta",
+            "portcullis:{record:forever}",
+        ]
+    );
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg("portcullis:{counter:gc}")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 60_000 && ttl <= 70_000, "GC lifetime is window + grace, got {ttl}");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg("portcullis:{record:forever}")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(ttl, -1, "records without expiry never expire");
+}

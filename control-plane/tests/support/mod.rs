@@ -1,0 +1,153 @@
+//! Test helpers shared by the integration tests: a real `redis-server` on a free port
+//! and small utilities.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free local port")
+}
+
+fn redis_server_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("REDIS_SERVER_BIN") {
+        return PathBuf::from(path);
+    }
+    let candidates = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("redis-server")).collect())
+        .unwrap_or_else(Vec::new);
+    candidates
+        .into_iter()
+        .chain([PathBuf::from("/usr/bin/redis-server")])
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "redis-server not found: the Redis tests need a real Redis. Install it \
+                 (Debian: apt-get install redis-server) or set REDIS_SERVER_BIN"
+            )
+        })
+}
+
+/// A `redis-server` child process on 127.0.0.1, stopped on drop.
+///
+/// The server runs under a tiny `sh` watchdog that kills it when our end of its stdin
+/// closes, which happens however this process ends (drop, panic, abort, SIGKILL), so
+/// no server outlives the test binary even when it is held in a `static`.
+pub struct RedisServer {
+    port: u16,
+    dir: tempfile::TempDir,
+    watchdog: Option<(Child, ChildStdin)>,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir for redis-server");
+        let mut server = Self {
+            port: free_port(),
+            dir,
+            watchdog: None,
+        };
+        server.start_again();
+        server
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self, db: u32) -> String {
+        format!("redis://127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Starts the server (again) on the same port.
+    pub fn start_again(&mut self) {
+        assert!(self.watchdog.is_none(), "redis-server already running");
+        let binary = redis_server_binary();
+        let log = self.dir.path().join("redis.log");
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(r#""$0" "$@" & server=$!; read _; kill "$server"; wait "$server""#)
+            .arg(&binary)
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(["--databases", "256"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(&log)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let stdin = child.stdin.take().expect("watchdog stdin");
+        self.watchdog = Some((child, stdin));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if ping(self.port) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        panic!(
+            "redis-server on port {} did not answer PING within 10s; its log:\n{log}",
+            self.port
+        );
+    }
+
+    /// Stops the server and waits until it has exited.
+    pub fn stop(&mut self) {
+        if let Some((mut child, stdin)) = self.watchdog.take() {
+            drop(stdin);
+            let _ = child.wait();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ping(self.port) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Whether a Redis server answers `PING` on the port.
+pub fn ping(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(
+        &([127, 0, 0, 1], port).into(),
+        Duration::from_millis(200),
+    ) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut reply = [0u8; 7];
+    stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+}
+
+/// One redis-server for the whole test binary; each caller gets its own database so
+/// tests running in parallel never see each other's keys.
+pub fn shared_redis_url() -> String {
+    static SERVER: OnceLock<RedisServer> = OnceLock::new();
+    static NEXT_DB: AtomicU32 = AtomicU32::new(0);
+    let server = SERVER.get_or_init(RedisServer::start);
+    let db = NEXT_DB.fetch_add(1, Ordering::SeqCst);
+    assert!(db < 256, "more Redis tests than databases; raise --databases");
+    server.url(db)
+}

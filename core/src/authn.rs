@@ -1,0 +1,225 @@
+//! The authentication decision for one request under one rule: which tokens are
+//! present, whether each verifies against its provider, whether the rule's
+//! requirement, scopes and roles are met, and what to send upstream.
+//!
+//! Keys, token-version state and the verified-token cache are passed in; when the
+//! decision needs keys the caller does not have yet, the answer says so
+//! ([`Outcome::FetchKeys`]) and the caller asks again once it has them.
+
+use std::sync::Arc;
+
+use base64::Engine;
+
+use crate::config::{Policy, Requirement};
+use crate::jwt::cache::VerifiedTokenCache;
+use crate::jwt::jwks::KeySet;
+use crate::jwt::provider::TokenLocation;
+use crate::jwt::reason::Reason;
+use crate::jwt::versions::VersionState;
+use crate::jwt::VerifiedToken;
+use crate::request::RequestParts;
+use crate::response::Denial;
+use crate::rules::{is_cors_preflight, Rule};
+
+/// Everything one decision reads, indexed by provider where it is per provider.
+pub struct AuthnInput<'a> {
+    pub policy: &'a Policy,
+    pub rule: &'a Rule,
+    pub request: &'a RequestParts,
+    /// The provider's keys; `None` when remote keys have not been fetched yet.
+    pub keys: &'a [Option<KeySet>],
+    pub versions: &'a [VersionState],
+    /// Whether the caller could fetch this provider's keys now (remote, not rate-limited).
+    pub can_fetch_keys: &'a [bool],
+    pub now_unix_secs: u64,
+}
+
+/// A token that verified, with the provider that accepted it.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub provider: usize,
+    pub token: Arc<VerifiedToken>,
+    pub location: TokenLocation,
+}
+
+/// What the filter must do to the request before it goes upstream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamEdits {
+    pub set_headers: Vec<(String, String)>,
+    /// Token locations to scrub (providers with `forwardToken: false`).
+    pub remove_tokens: Vec<TokenLocation>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Let the request through with these edits.
+    Allow { identities: Vec<Authenticated>, edits: UpstreamEdits },
+    Deny { denial: Denial, provider: Option<usize> },
+    /// Fetch this provider's keys, then decide again.
+    FetchKeys(usize),
+}
+
+/// Decides one request. The cache is updated with newly verified tokens.
+pub fn authenticate(input: &AuthnInput<'_>, cache: &mut VerifiedTokenCache) -> Outcome {
+    let rule = input.rule;
+    let providers: &[usize] = match &rule.requirement {
+        Requirement::None => return Outcome::Allow { identities: Vec::new(), edits: UpstreamEdits::default() },
+        Requirement::AnyOf(p) | Requirement::AllOf(p) => p,
+    };
+    if rule.allow_cors_preflight && is_cors_preflight(input.request) {
+        return Outcome::Allow { identities: Vec::new(), edits: UpstreamEdits::default() };
+    }
+
+    // Every token at every location of the rule's providers; a token seen by several
+    // providers (same header) is checked once, against the provider(s) it may belong to.
+    let mut found: Vec<(String, TokenLocation, Vec<usize>)> = Vec::new();
+    for &p in providers {
+        let Some(provider) = input.policy.providers.get(p) else { continue };
+        for extracted in provider.extract(input.request) {
+            match found.iter_mut().find(|(t, l, _)| *t == extracted.token && *l == extracted.location) {
+                Some((_, _, cands)) => cands.push(p),
+                None => found.push((extracted.token, extracted.location, vec![p])),
+            }
+        }
+    }
+    if found.is_empty() {
+        return Outcome::Deny { denial: Denial::MissingCredentials, provider: providers.first().copied() };
+    }
+
+    let mut identities: Vec<Authenticated> = Vec::new();
+    for (token, location, candidates) in &found {
+        // Route by the (unverified) issuer: only providers with that issuer can accept
+        // the token, and only they may trigger a key fetch.
+        let issuer = unverified_issuer(token);
+        let matching: Vec<usize> = candidates
+            .iter()
+            .copied()
+            .filter(|&p| {
+                input.policy.providers.get(p).is_some_and(|pr| Some(pr.issuer()) == issuer.as_deref())
+            })
+            .collect();
+        let routed = if matching.is_empty() { candidates.clone() } else { matching.clone() };
+
+        let mut first_failure: Option<(usize, Reason)> = None;
+        let mut accepted: Option<(usize, Arc<VerifiedToken>)> = None;
+        for p in routed {
+            match check_token(input, cache, p, token) {
+                Ok(v) => {
+                    accepted = Some((p, v));
+                    break;
+                }
+                Err(reason) => {
+                    let wants_keys = matches!(reason, Reason::UnknownKid | Reason::NoKeys);
+                    if wants_keys && !matching.is_empty() && input.can_fetch_keys.get(p).copied().unwrap_or(false) {
+                        return Outcome::FetchKeys(p);
+                    }
+                    if first_failure.is_none() {
+                        first_failure = Some((p, reason));
+                    }
+                }
+            }
+        }
+        match accepted {
+            Some((provider, token)) => identities.push(Authenticated { provider, token, location: location.clone() }),
+            None => {
+                let (p, reason) = first_failure.unwrap_or((candidates.first().copied().unwrap_or(0), Reason::Malformed));
+                let denial = if reason == Reason::NoKeys { Denial::KeysUnavailable } else { Denial::InvalidToken(reason) };
+                return Outcome::Deny { denial, provider: Some(p) };
+            }
+        }
+    }
+
+    if let Requirement::AllOf(required) = &rule.requirement {
+        if let Some(&missing) = required.iter().find(|p| !identities.iter().any(|i| i.provider == **p)) {
+            return Outcome::Deny { denial: Denial::MissingCredentials, provider: Some(missing) };
+        }
+    }
+
+    if !rule.scopes.is_empty() {
+        let granted = identities.iter().any(|i| {
+            let scopes = i.token.scopes();
+            rule.scopes.iter().all(|s| scopes.contains(&s.as_str()))
+        });
+        if !granted {
+            return Outcome::Deny {
+                denial: Denial::InsufficientScope(rule.scopes.clone()),
+                provider: identities.first().map(|i| i.provider),
+            };
+        }
+    }
+    if let Some(roles) = &rule.roles {
+        let granted = identities.iter().any(|i| has_any_role(i.token.claim(&roles.claim), &roles.any_of));
+        if !granted {
+            return Outcome::Deny { denial: Denial::InsufficientRole, provider: identities.first().map(|i| i.provider) };
+        }
+    }
+
+    let mut edits = UpstreamEdits::default();
+    for identity in &identities {
+        if let Some(provider) = input.policy.providers.get(identity.provider) {
+            edits.set_headers.extend(provider.upstream_headers(&identity.token));
+            if !provider.forward_token() && !edits.remove_tokens.contains(&identity.location) {
+                edits.remove_tokens.push(identity.location.clone());
+            }
+        }
+    }
+    Outcome::Allow { identities, edits }
+}
+
+/// Signature and claims (from the cache when possible), then the version check, which
+/// depends on state that changes and so runs on cache hits too.
+fn check_token(
+    input: &AuthnInput<'_>,
+    cache: &mut VerifiedTokenCache,
+    p: usize,
+    token: &str,
+) -> Result<Arc<VerifiedToken>, Reason> {
+    let provider = input.policy.providers.get(p).ok_or(Reason::Malformed)?;
+    let now = input.now_unix_secs;
+    let verified = match cache.get(provider.name(), token, now) {
+        Some(v) => v,
+        None => {
+            // Without keys the token is still parsed, so a malformed one is reported as
+            // such (401) rather than as missing keys.
+            let empty = KeySet::empty();
+            let keys = input.keys.get(p).and_then(|k| k.as_ref()).unwrap_or(&empty);
+            let v = provider.verify(token, keys, now)?;
+            if input.policy.cache_capacity > 0 {
+                cache.insert(provider.name(), token, v, now, input.policy.cache_max_ttl_secs)
+            } else {
+                Arc::new(v)
+            }
+        }
+    };
+    let default_state = VersionState::default();
+    let state = input.versions.get(p).unwrap_or(&default_state);
+    provider.check_version(&verified, state, now)?;
+    Ok(verified)
+}
+
+/// The `iss` of a token before verification, used only to pick a provider.
+fn unverified_issuer(token: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Iss {
+        iss: Option<String>,
+    }
+    let payload = token.split('.').nth(1)?;
+    if payload.len() > 16 * 1024 {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
+    serde_json::from_slice::<Iss>(&bytes).ok()?.iss
+}
+
+fn has_any_role(claim: Option<&serde_json::Value>, wanted: &[String]) -> bool {
+    match claim {
+        Some(serde_json::Value::String(s)) => {
+            s.split_whitespace().any(|r| wanted.iter().any(|w| w == r))
+        }
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .filter_map(|v| v.as_str())
+            .any(|r| wanted.iter().any(|w| w == r)),
+        _ => false,
+    }
+}

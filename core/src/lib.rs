@@ -1,0 +1,18 @@
+//! Portcullis core: the pure logic shared by the Envoy filter and the control plane.
+//!
+//! Nothing here touches a host, a socket or a clock: time, randomness and I/O results
+//! are passed in, so every decision is deterministic and testable natively and under
+//! wasm.
+
+pub mod authn;
+pub mod config;
+pub mod edits;
+pub mod error;
+pub mod jwt;
+pub mod keyfetch;
+pub mod request;
+pub mod response;
+pub mod rules;
+
+pub use error::ConfigError;
+pub use request::RequestParts;

@@ -1,0 +1,165 @@
+//! Local replies for denied requests: RFC 6750 `WWW-Authenticate` challenges for bearer
+//! tokens, with a small JSON body. Nothing from the token or the keys is echoed back.
+
+use crate::jwt::reason::Reason;
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial {
+    /// No credentials where the rule's providers look for them.
+    MissingCredentials,
+    /// A token was presented and rejected.
+    InvalidToken(Reason),
+    /// The token is valid but lacks a required scope (listed).
+    InsufficientScope(Vec<String>),
+    /// The token is valid but carries none of the required roles.
+    InsufficientRole,
+    /// No rule matched and the policy denies unmatched requests.
+    NoMatchingRule,
+    /// The keys needed to check the token could not be obtained.
+    KeysUnavailable,
+}
+
+impl Denial {
+    /// Stable code for metrics and logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Denial::MissingCredentials => "missing_token",
+            Denial::InvalidToken(r) => r.as_str(),
+            Denial::InsufficientScope(_) => "insufficient_scope",
+            Denial::InsufficientRole => "insufficient_role",
+            Denial::NoMatchingRule => "no_matching_rule",
+            Denial::KeysUnavailable => "keys_unavailable",
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            Denial::MissingCredentials | Denial::InvalidToken(_) => 401,
+            Denial::InsufficientScope(_) | Denial::InsufficientRole | Denial::NoMatchingRule => 403,
+            Denial::KeysUnavailable => 503,
+        }
+    }
+
+    /// The reply: status, headers and body.
+    pub fn render(&self, realm: &str) -> LocalReply {
+        let realm = quote_safe(realm);
+        let (challenge, error, description) = match self {
+            Denial::MissingCredentials => (
+                Some(format!("Bearer realm=\"{realm}\"")),
+                "unauthorized",
+                "a bearer token is required".to_string(),
+            ),
+            Denial::InvalidToken(reason) => (
+                Some(format!(
+                    "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{}\"",
+                    reason.as_str()
+                )),
+                "invalid_token",
+                reason.description().to_string(),
+            ),
+            Denial::InsufficientScope(scopes) => {
+                let scope = scopes.iter().map(|s| quote_safe(s)).collect::<Vec<_>>().join(" ");
+                (
+                    Some(format!(
+                        "Bearer realm=\"{realm}\", error=\"insufficient_scope\", scope=\"{scope}\""
+                    )),
+                    "insufficient_scope",
+                    "the token lacks a required scope".to_string(),
+                )
+            }
+            Denial::InsufficientRole => (
+                Some(format!(
+                    "Bearer realm=\"{realm}\", error=\"insufficient_scope\", error_description=\"insufficient_role\""
+                )),
+                "insufficient_scope",
+                "the token lacks a required role".to_string(),
+            ),
+            Denial::NoMatchingRule => (None, "forbidden", "no rule allows this request".to_string()),
+            Denial::KeysUnavailable => (
+                None,
+                "temporarily_unavailable",
+                "the keys to verify the token are not available yet".to_string(),
+            ),
+        };
+        let body = serde_json::json!({
+            "error": error,
+            "reason": self.code(),
+            "error_description": description,
+        })
+        .to_string();
+        let mut headers = vec![
+            ("content-type".to_string(), "application/json".to_string()),
+            ("cache-control".to_string(), "no-store".to_string()),
+        ];
+        if let Some(c) = challenge {
+            headers.push(("www-authenticate".to_string(), c));
+        }
+        if matches!(self, Denial::KeysUnavailable) {
+            headers.push(("retry-after".to_string(), "1".to_string()));
+        }
+        LocalReply { status: self.status(), headers, body }
+    }
+}
+
+/// A reply the filter sends without contacting the upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+/// Values inside an RFC 7235 quoted-string: drop quotes, backslashes and controls.
+fn quote_safe(s: &str) -> String {
+    s.chars().filter(|c| c.is_ascii() && !c.is_ascii_control() && *c != '"' && *c != '\\').collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_token_gets_bare_bearer_challenge_with_realm() {
+        let r = Denial::MissingCredentials.render("api");
+        assert_eq!(r.status, 401);
+        let www: Vec<_> = r.headers.iter().filter(|(n, _)| n == "www-authenticate").collect();
+        assert_eq!(www.len(), 1);
+        assert_eq!(www[0].1, "Bearer realm=\"api\"");
+    }
+
+    #[test]
+    fn invalid_token_challenge_names_the_stable_reason() {
+        let r = Denial::InvalidToken(Reason::Expired).render("api");
+        assert_eq!(r.status, 401);
+        let www = r.headers.iter().find(|(n, _)| n == "www-authenticate").map(|(_, v)| v.as_str());
+        assert_eq!(
+            www,
+            Some("Bearer realm=\"api\", error=\"invalid_token\", error_description=\"expired\"")
+        );
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(body["reason"], "expired");
+    }
+
+    #[test]
+    fn insufficient_scope_is_403_and_lists_the_scopes() {
+        let r = Denial::InsufficientScope(vec!["read".into(), "write".into()]).render("api");
+        assert_eq!(r.status, 403);
+        let www = r.headers.iter().find(|(n, _)| n == "www-authenticate").map(|(_, v)| v.as_str());
+        assert_eq!(www, Some("Bearer realm=\"api\", error=\"insufficient_scope\", scope=\"read write\""));
+    }
+
+    #[test]
+    fn realm_cannot_break_out_of_the_quoted_string() {
+        let r = Denial::MissingCredentials.render("a\"b\\c\r\n");
+        let www = r.headers.iter().find(|(n, _)| n == "www-authenticate").map(|(_, v)| v.as_str());
+        assert_eq!(www, Some("Bearer realm=\"abc\""));
+    }
+
+    #[test]
+    fn unmatched_request_is_403_without_a_challenge() {
+        let r = Denial::NoMatchingRule.render("api");
+        assert_eq!(r.status, 403);
+        assert!(r.headers.iter().all(|(n, _)| n != "www-authenticate"));
+    }
+}

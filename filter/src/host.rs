@@ -1,0 +1,100 @@
+//! The border with Envoy: every host call the filter makes goes through here, and host
+//! statuses become `Result`s. The SDK's convenience methods unwrap host results and
+//! decode header values as UTF-8 with a panic on anything else; a client can send
+//! bytes that are not UTF-8, so headers are read as bytes and decoded lossily.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
+
+/// Milliseconds since the Unix epoch, from the host clock.
+pub fn now_unix_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn lossy_map(map: MapType) -> Vec<(String, String)> {
+    match hostcalls::get_map_bytes(map) {
+        Ok(pairs) => pairs
+            .into_iter()
+            .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned()))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+pub fn request_headers() -> Vec<(String, String)> {
+    lossy_map(MapType::HttpRequestHeaders)
+}
+
+pub fn http_call_response_headers() -> Vec<(String, String)> {
+    lossy_map(MapType::HttpCallResponseHeaders)
+}
+
+pub fn set_request_header(name: &str, value: &str) -> Result<(), Status> {
+    hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value))
+}
+
+pub fn remove_request_header(name: &str) -> Result<(), Status> {
+    hostcalls::remove_map_value(MapType::HttpRequestHeaders, name)
+}
+
+pub fn send_local_reply(status: u16, headers: &[(String, String)], body: &str) -> Result<(), Status> {
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    hostcalls::send_http_response(u32::from(status), headers, Some(body.as_bytes()))
+}
+
+pub fn resume_request() -> Result<(), Status> {
+    hostcalls::resume_http_request()
+}
+
+/// A GET to a named Envoy cluster; the answer arrives in `on_http_call_response`.
+pub fn dispatch_get(cluster: &str, authority: &str, path: &str, timeout_ms: u64) -> Result<u32, Status> {
+    hostcalls::dispatch_http_call(
+        cluster,
+        vec![(":method", "GET"), (":path", path), (":authority", authority), ("accept", "application/json")],
+        None,
+        vec![],
+        Duration::from_millis(timeout_ms),
+    )
+}
+
+pub fn http_call_response_body(size: usize, cap: usize) -> Option<Vec<u8>> {
+    if size > cap {
+        return None;
+    }
+    hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size).ok().flatten()
+}
+
+pub fn plugin_configuration(size: usize) -> Option<Vec<u8>> {
+    hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size).ok().flatten()
+}
+
+pub fn shared_data(key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+    hostcalls::get_shared_data(key).unwrap_or((None, None))
+}
+
+/// Writes shared data if `cas` still matches (`None`: unconditionally).
+pub fn set_shared_data(key: &str, value: &[u8], cas: Option<u32>) -> Result<(), Status> {
+    hostcalls::set_shared_data(key, Some(value), cas)
+}
+
+pub fn set_tick_period(period: Duration) -> Result<(), Status> {
+    hostcalls::set_tick_period(period)
+}
+
+pub fn define_counter(name: &str) -> Option<u32> {
+    hostcalls::define_metric(MetricType::Counter, name).ok()
+}
+
+pub fn increment(metric: u32) {
+    let _ = hostcalls::increment_metric(metric, 1);
+}
+
+pub fn log_critical(message: &str) {
+    let _ = hostcalls::log(LogLevel::Critical, message);
+}

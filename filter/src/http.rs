@@ -1,0 +1,249 @@
+//! The per-request context: builds a [`RequestParts`], asks core for a decision, and
+//! carries it out (continue with upstream edits, or a local reply). When the decision
+//! needs keys this worker does not have (a rotated key's `kid`, or keys not loaded yet)
+//! the request pauses while the JWKS is fetched, then is decided again.
+
+use std::rc::Rc;
+
+use portcullis_core::authn::{authenticate, AuthnInput, Outcome, UpstreamEdits};
+use portcullis_core::config::NoMatchAction;
+use portcullis_core::edits::{remove_cookie, remove_query_param};
+use portcullis_core::jwt::provider::{KeySource, TokenLocation};
+use portcullis_core::keyfetch::FetchKind;
+use portcullis_core::response::Denial;
+use portcullis_core::RequestParts;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+
+use crate::host;
+use crate::runtime::{Runtime, MAX_JWKS_BYTES};
+
+/// Bound on decide → fetch → decide rounds for one request.
+const MAX_ROUNDS: usize = 4;
+
+pub struct AuthnContext {
+    runtime: Option<Rc<Runtime>>,
+    request: Option<RequestParts>,
+    rule: usize,
+    /// Providers whose keys were already re-read from shared data for this request.
+    reloaded: Vec<usize>,
+    /// Providers whose keys this request fetched or could not fetch.
+    tried: Vec<usize>,
+    /// Outstanding JWKS fetch: call token → provider index.
+    fetch: Option<(u32, usize)>,
+}
+
+/// How the decided request continues.
+enum Next {
+    Continue,
+    Paused,
+}
+
+impl AuthnContext {
+    pub fn new(_context_id: u32, runtime: Option<Rc<Runtime>>) -> Self {
+        AuthnContext { runtime, request: None, rule: 0, reloaded: Vec::new(), tried: Vec::new(), fetch: None }
+    }
+
+    fn decide(&mut self, rt: &Runtime) -> Next {
+        let Some(request) = self.request.as_ref() else { return Next::Continue };
+        let Some(rule) = rt.policy.rules.get(self.rule) else { return Next::Continue };
+        for _ in 0..MAX_ROUNDS {
+            let now_ms = host::now_unix_ms();
+            let keys = rt.keys(now_ms, false);
+            let can_fetch = rt.fetchable(&self.tried);
+            let outcome = {
+                let versions = rt.versions.borrow();
+                let input = AuthnInput {
+                    policy: &rt.policy,
+                    rule,
+                    request,
+                    keys: &keys,
+                    versions: &versions,
+                    can_fetch_keys: &can_fetch,
+                    now_unix_secs: now_ms / 1000,
+                };
+                authenticate(&input, &mut rt.cache.borrow_mut())
+            };
+            match outcome {
+                Outcome::Allow { identities, edits } => {
+                    rt.metrics.count("portcullis.requests.allowed");
+                    for i in &identities {
+                        if let Some(p) = rt.policy.providers.get(i.provider) {
+                            rt.metrics.count(&format!("portcullis.provider.{}.allowed", p.name()));
+                        }
+                    }
+                    apply_edits(request, &edits);
+                    return Next::Continue;
+                }
+                Outcome::Deny { denial, provider } => {
+                    let provider_name = provider.and_then(|p| rt.policy.providers.get(p)).map(|p| p.name());
+                    return deny(rt, rule.name.as_str(), rule.shadow, &denial, provider_name);
+                }
+                Outcome::FetchKeys(p) => {
+                    // Another worker may already have fetched the new keys.
+                    if !self.reloaded.contains(&p) {
+                        self.reloaded.push(p);
+                        rt.keys(now_ms, true);
+                        continue;
+                    }
+                    self.tried.push(p);
+                    if let Some(token) = start_fetch(rt, p, now_ms) {
+                        self.fetch = Some((token, p));
+                        return Next::Paused;
+                    }
+                }
+            }
+        }
+        // Only reachable if core keeps asking for keys it cannot get.
+        deny(rt, rule.name.as_str(), rule.shadow, &Denial::KeysUnavailable, None)
+    }
+}
+
+/// Claims and dispatches an on-demand JWKS fetch; `None` when rate-limited or failed.
+fn start_fetch(rt: &Runtime, p: usize, now_ms: u64) -> Option<u32> {
+    let provider = rt.policy.providers.get(p)?;
+    let KeySource::Remote(remote) = provider.key_source() else { return None };
+    if !rt.claim_fetch(p, FetchKind::OnDemand, now_ms) {
+        return None;
+    }
+    match host::dispatch_get(&remote.cluster, &remote.authority, &remote.path, remote.timeout_ms) {
+        Ok(token) => {
+            rt.metrics.count(&format!("portcullis.jwks.{}.fetch_on_demand", provider.name()));
+            Some(token)
+        }
+        Err(status) => {
+            log::warn!(
+                "provider `{}`: cannot call cluster `{}` ({status:?})",
+                provider.name(),
+                remote.cluster
+            );
+            rt.complete_fetch(p, None, None, now_ms);
+            None
+        }
+    }
+}
+
+fn deny(rt: &Runtime, rule: &str, shadow: bool, denial: &Denial, provider: Option<&str>) -> Next {
+    let code = denial.code();
+    if let Some(name) = provider {
+        rt.metrics.count(&format!("portcullis.provider.{name}.denied.{code}"));
+    }
+    if shadow {
+        rt.metrics.count(&format!("portcullis.requests.shadow_denied.{code}"));
+        log::info!("rule `{rule}` (shadow) would deny: {code}");
+        return Next::Continue;
+    }
+    rt.metrics.count(&format!("portcullis.requests.denied.{code}"));
+    log::debug!("rule `{rule}` denied: {code}");
+    let reply = denial.render(&rt.policy.realm);
+    if let Err(status) = host::send_local_reply(reply.status, &reply.headers, &reply.body) {
+        log::error!("could not send the local reply ({status:?})");
+    }
+    Next::Paused
+}
+
+fn apply_edits(request: &RequestParts, edits: &UpstreamEdits) {
+    for (name, value) in &edits.set_headers {
+        let _ = host::set_request_header(name, value);
+    }
+    for location in &edits.remove_tokens {
+        match location {
+            TokenLocation::Header { name, .. } => {
+                let _ = host::remove_request_header(name);
+            }
+            TokenLocation::Cookie(name) => {
+                let cookies: Vec<&str> = request.header_values("cookie").collect();
+                let merged = cookies.join("; ");
+                match remove_cookie(&merged, name) {
+                    Some(rest) => {
+                        let _ = host::set_request_header("cookie", &rest);
+                    }
+                    None => {
+                        let _ = host::remove_request_header("cookie");
+                    }
+                }
+            }
+            TokenLocation::Query(name) => {
+                let _ = host::set_request_header(":path", &remove_query_param(&request.path, name));
+            }
+        }
+    }
+}
+
+/// Status and body of the HTTP call whose response is being delivered.
+pub fn call_response(body_size: usize) -> (Option<String>, Option<Vec<u8>>) {
+    let status = host::http_call_response_headers()
+        .into_iter()
+        .find(|(n, _)| n == ":status")
+        .map(|(_, v)| v);
+    (status, host::http_call_response_body(body_size, MAX_JWKS_BYTES))
+}
+
+fn request_parts(headers: Vec<(String, String)>) -> RequestParts {
+    let mut parts = RequestParts::default();
+    for (name, value) in headers {
+        match name.as_str() {
+            ":method" => parts.method = value,
+            ":authority" => parts.authority = value,
+            ":path" => parts.path = value,
+            n if n.starts_with(':') => {}
+            _ => parts.headers.push((name, value)),
+        }
+    }
+    parts
+}
+
+impl Context for AuthnContext {
+    fn on_http_call_response(&mut self, token_id: u32, _: usize, body_size: usize, _: usize) {
+        let Some(rt) = self.runtime.clone() else { return };
+        let Some((token, provider)) = self.fetch else { return };
+        if token != token_id {
+            return;
+        }
+        self.fetch = None;
+        let (status, body) = call_response(body_size);
+        rt.complete_fetch(provider, status.as_deref(), body, host::now_unix_ms());
+        if let Next::Continue = self.decide(&rt) {
+            if let Err(status) = host::resume_request() {
+                log::warn!("could not resume the request ({status:?})");
+            }
+        }
+    }
+}
+
+impl HttpContext for AuthnContext {
+    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+        let Some(rt) = self.runtime.clone() else {
+            let reply = Denial::KeysUnavailable.render(portcullis_core::config::DEFAULT_REALM);
+            let _ = host::send_local_reply(503, &reply.headers, "{\"error\":\"filter_not_configured\"}");
+            return Action::Pause;
+        };
+        let request = request_parts(host::request_headers());
+
+        // Identity headers are ours to set: drop whatever the client sent under those names.
+        for name in &rt.policy.managed_headers {
+            if request.header_values(name).next().is_some() {
+                let _ = host::remove_request_header(name);
+            }
+        }
+
+        let Some(rule) = rt.policy.rules.iter().position(|r| r.matcher.matches(&request)) else {
+            return match rt.policy.on_no_match {
+                NoMatchAction::Allow => {
+                    rt.metrics.count("portcullis.requests.allowed_no_rule");
+                    Action::Continue
+                }
+                NoMatchAction::Deny => match deny(&rt, "(none)", false, &Denial::NoMatchingRule, None) {
+                    Next::Continue => Action::Continue,
+                    Next::Paused => Action::Pause,
+                },
+            };
+        };
+        self.rule = rule;
+        self.request = Some(request);
+        match self.decide(&rt) {
+            Next::Continue => Action::Continue,
+            Next::Paused => Action::Pause,
+        }
+    }
+}

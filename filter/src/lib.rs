@@ -1,0 +1,113 @@
+//! Portcullis as a proxy-wasm filter for Envoy.
+//!
+//! This crate is the only code that talks to the host. The root context compiles the
+//! plugin configuration once (a bad configuration is logged with the offending field and
+//! the filter refuses to start) and keeps remote JWKS fresh on a tick; each request
+//! context asks `portcullis_core::authn` for a decision and carries it out.
+
+mod host;
+mod http;
+mod metrics;
+mod runtime;
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use portcullis_core::jwt::provider::KeySource;
+use portcullis_core::keyfetch::FetchKind;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{ContextType, LogLevel};
+
+use crate::runtime::Runtime;
+
+/// How often each worker checks whether a remote JWKS is due for a refresh.
+const TICK: Duration = Duration::from_millis(500);
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    // Installed after the SDK's own hook, so ours is the one that runs.
+    std::panic::set_hook(Box::new(|info| {
+        host::log_critical(&format!("panic (this worker's filter is now unusable): {info}"));
+    }));
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(PortcullisRoot::default()) });
+}}
+
+#[derive(Default)]
+struct PortcullisRoot {
+    runtime: Option<Rc<Runtime>>,
+    /// Outstanding periodic JWKS fetches: call token → provider index.
+    fetches: Vec<(u32, usize)>,
+}
+
+impl Context for PortcullisRoot {
+    fn on_http_call_response(&mut self, token_id: u32, _: usize, body_size: usize, _: usize) {
+        let Some(pos) = self.fetches.iter().position(|(t, _)| *t == token_id) else { return };
+        let (_, provider) = self.fetches.swap_remove(pos);
+        if let Some(rt) = &self.runtime {
+            let (status, body) = http::call_response(body_size);
+            rt.complete_fetch(provider, status.as_deref(), body, host::now_unix_ms());
+        }
+    }
+}
+
+impl RootContext for PortcullisRoot {
+    fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
+        let Some(bytes) = host::plugin_configuration(plugin_configuration_size) else {
+            log::error!("no plugin configuration; the filter needs at least `providers` and `rules`");
+            return false;
+        };
+        match portcullis_core::config::compile_json(&bytes) {
+            Ok(policy) => {
+                log::info!(
+                    "configured {} provider(s), {} rule(s)",
+                    policy.providers.len(),
+                    policy.rules.len()
+                );
+                let has_remote = policy.providers.iter().any(|p| matches!(p.key_source(), KeySource::Remote(_)));
+                self.runtime = Some(Rc::new(Runtime::new(policy)));
+                if has_remote && host::set_tick_period(TICK).is_err() {
+                    log::warn!("could not set the tick period; remote keys refresh on demand only");
+                }
+                true
+            }
+            Err(e) => {
+                log::error!("{e}");
+                false
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let Some(rt) = self.runtime.clone() else { return };
+        let now = host::now_unix_ms();
+        for (p, provider) in rt.policy.providers.iter().enumerate() {
+            let KeySource::Remote(remote) = provider.key_source() else { continue };
+            if self.fetches.iter().any(|(_, fp)| *fp == p) {
+                continue;
+            }
+            if !rt.claim_fetch(p, FetchKind::Periodic, now) {
+                continue;
+            }
+            match host::dispatch_get(&remote.cluster, &remote.authority, &remote.path, remote.timeout_ms) {
+                Ok(token) => self.fetches.push((token, p)),
+                Err(status) => {
+                    log::warn!(
+                        "provider `{}`: cannot call cluster `{}` ({status:?}); is it defined?",
+                        provider.name(),
+                        remote.cluster
+                    );
+                    rt.complete_fetch(p, None, None, now);
+                }
+            }
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        // Never `None`: the SDK panics on it. Without a configuration the context fails closed.
+        Some(Box::new(http::AuthnContext::new(context_id, self.runtime.clone())))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}

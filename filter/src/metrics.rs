@@ -1,0 +1,40 @@
+//! Counters defined with the host on first use. Envoy exposes them with the
+//! `wasmcustom.` prefix, e.g. `wasmcustom.portcullis.requests.denied.expired`.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use crate::host;
+
+/// Distinct counter names are bounded by the configuration (providers × reasons), so
+/// the map stays small; this cap guards against a bug creating names without end.
+const MAX_COUNTERS: usize = 4096;
+
+#[derive(Default)]
+pub struct Metrics {
+    ids: RefCell<HashMap<String, u32>>,
+}
+
+impl Metrics {
+    pub fn count(&self, name: &str) {
+        let existing = self.ids.borrow().get(name).copied();
+        let id = match existing {
+            Some(id) => Some(id),
+            None => {
+                let mut ids = self.ids.borrow_mut();
+                if ids.len() >= MAX_COUNTERS {
+                    None
+                } else {
+                    let id = host::define_counter(name);
+                    if let Some(id) = id {
+                        ids.insert(name.to_string(), id);
+                    }
+                    id
+                }
+            }
+        };
+        if let Some(id) = id {
+            host::increment(id);
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Per-VM state shared by the root context and every request context of one worker:
+//! the compiled policy, each provider's keys, token-version state, the verified-token
+//! cache and the metrics. Remote JWKS documents live in Envoy shared data so one fetch
+//! serves every worker; each worker keeps the parsed `KeySet` and re-reads shared data
+//! only when its copy may be stale.
+
+use std::cell::RefCell;
+
+use portcullis_core::config::Policy;
+use portcullis_core::jwt::cache::VerifiedTokenCache;
+use portcullis_core::jwt::jwks::KeySet;
+use portcullis_core::jwt::provider::KeySource;
+use portcullis_core::jwt::versions::VersionState;
+use portcullis_core::keyfetch::{FetchKind, FetchSchedule};
+
+use crate::host;
+use crate::metrics::Metrics;
+
+/// Largest JWKS document accepted from a remote endpoint.
+pub const MAX_JWKS_BYTES: usize = 512 * 1024;
+/// How often a worker re-reads shared data for keys another worker may have fetched.
+const SHARED_KEYS_RECHECK_MS: u64 = 1_000;
+
+pub struct Runtime {
+    pub policy: Policy,
+    keys: RefCell<Vec<KeySlot>>,
+    pub versions: RefCell<Vec<VersionState>>,
+    pub cache: RefCell<VerifiedTokenCache>,
+    pub metrics: Metrics,
+}
+
+#[derive(Default)]
+struct KeySlot {
+    keys: Option<KeySet>,
+    /// The shared-data version the parsed keys came from.
+    cas: Option<u32>,
+    checked_at_ms: u64,
+}
+
+impl Runtime {
+    pub fn new(policy: Policy) -> Self {
+        let keys = policy
+            .providers
+            .iter()
+            .map(|p| match p.key_source() {
+                KeySource::Inline(k) => KeySlot { keys: Some(k.clone()), cas: None, checked_at_ms: u64::MAX },
+                KeySource::Remote(_) => KeySlot::default(),
+            })
+            .collect();
+        let versions = policy.providers.iter().map(|p| p.initial_version_state()).collect();
+        let cache = VerifiedTokenCache::new(policy.cache_capacity.max(1));
+        Runtime {
+            policy,
+            keys: RefCell::new(keys),
+            versions: RefCell::new(versions),
+            cache: RefCell::new(cache),
+            metrics: Metrics::default(),
+        }
+    }
+
+    fn is_remote(&self, p: usize) -> bool {
+        matches!(self.policy.providers.get(p).map(|pr| pr.key_source()), Some(KeySource::Remote(_)))
+    }
+
+    /// Current keys of every provider, re-reading shared data for remote providers whose
+    /// copy is older than the recheck interval (or all of them when `force`).
+    pub fn keys(&self, now_ms: u64, force: bool) -> Vec<Option<KeySet>> {
+        let mut slots = self.keys.borrow_mut();
+        for (p, slot) in slots.iter_mut().enumerate() {
+            if !self.is_remote(p) {
+                continue;
+            }
+            if force || slot.keys.is_none() || now_ms.saturating_sub(slot.checked_at_ms) >= SHARED_KEYS_RECHECK_MS {
+                slot.checked_at_ms = now_ms;
+                self.reload_slot(p, slot);
+            }
+        }
+        slots.iter().map(|s| s.keys.clone()).collect()
+    }
+
+    fn reload_slot(&self, p: usize, slot: &mut KeySlot) {
+        let Some(provider) = self.policy.providers.get(p) else { return };
+        let (data, cas) = host::shared_data(&jwks_key(provider.name()));
+        if cas.is_some() && cas == slot.cas {
+            return;
+        }
+        let Some(bytes) = data else { return };
+        match KeySet::from_jwks_json(&bytes) {
+            Ok((keys, _)) if !keys.is_empty() => {
+                slot.keys = Some(keys);
+                slot.cas = cas;
+            }
+            // Only validated documents are stored, so this is another version's format:
+            // keep what we have.
+            _ => log::warn!("provider `{}`: shared JWKS could not be parsed", provider.name()),
+        }
+    }
+
+    /// Reads this provider's fetch schedule and, if `kind` may start now, claims the fetch
+    /// for this worker (compare-and-swap). True when the caller must dispatch it.
+    pub fn claim_fetch(&self, p: usize, kind: FetchKind, now_ms: u64) -> bool {
+        let Some(provider) = self.policy.providers.get(p) else { return false };
+        let KeySource::Remote(remote) = provider.key_source() else { return false };
+        let key = schedule_key(provider.name());
+        let (data, cas) = host::shared_data(&key);
+        let schedule = data.map(|d| FetchSchedule::decode(&d)).unwrap_or_default();
+        let allowed = match kind {
+            FetchKind::Periodic => {
+                schedule.periodic_due(now_ms, remote.cache_duration_secs.saturating_mul(1000))
+            }
+            FetchKind::OnDemand => schedule
+                .on_demand_allowed(now_ms, remote.unknown_kid_refetch_interval_secs.saturating_mul(1000)),
+        };
+        if !allowed {
+            return false;
+        }
+        let next = schedule.started(kind, now_ms, remote.timeout_ms);
+        host::set_shared_data(&key, &next.encode(), cas).is_ok()
+    }
+
+    /// Handles a JWKS fetch response: a valid document is stored for every worker; a bad
+    /// one keeps the last good keys and schedules a retry with backoff.
+    pub fn complete_fetch(&self, p: usize, status: Option<&str>, body: Option<Vec<u8>>, now_ms: u64) -> bool {
+        let Some(provider) = self.policy.providers.get(p) else { return false };
+        let name = provider.name();
+        let parsed = match (status, body) {
+            (Some("200"), Some(bytes)) => match KeySet::from_jwks_json(&bytes) {
+                Ok((keys, warnings)) if !keys.is_empty() => {
+                    for w in warnings {
+                        log::info!("provider `{name}`: JWKS key skipped: {w}");
+                    }
+                    Some((keys, bytes))
+                }
+                Ok(_) => {
+                    log::warn!("provider `{name}`: JWKS has no usable keys; keeping the previous keys");
+                    None
+                }
+                Err(e) => {
+                    log::warn!("provider `{name}`: JWKS rejected ({e}); keeping the previous keys");
+                    None
+                }
+            },
+            (Some(code), _) => {
+                log::warn!("provider `{name}`: JWKS fetch answered HTTP {code}");
+                None
+            }
+            (None, _) => {
+                log::warn!("provider `{name}`: JWKS fetch failed (timeout or connection error)");
+                None
+            }
+        };
+        let ok = parsed.is_some();
+        if let Some((keys, bytes)) = parsed {
+            if host::set_shared_data(&jwks_key(name), &bytes, None).is_err() {
+                log::warn!("provider `{name}`: could not store the JWKS in shared data");
+            }
+            let mut slots = self.keys.borrow_mut();
+            if let Some(slot) = slots.get_mut(p) {
+                slot.keys = Some(keys);
+                slot.cas = host::shared_data(&jwks_key(name)).1;
+                slot.checked_at_ms = now_ms;
+            }
+            self.metrics.count(&format!("portcullis.jwks.{name}.fetch_ok"));
+        } else {
+            self.metrics.count(&format!("portcullis.jwks.{name}.fetch_failed"));
+        }
+        // Record the outcome in the shared schedule; retry the CAS a few times since other
+        // workers may be updating it concurrently.
+        let key = schedule_key(name);
+        for _ in 0..4 {
+            let (data, cas) = host::shared_data(&key);
+            let schedule = data.map(|d| FetchSchedule::decode(&d)).unwrap_or_default();
+            let next = if ok { schedule.succeeded(now_ms) } else { schedule.failed(now_ms) };
+            if host::set_shared_data(&key, &next.encode(), cas).is_ok() {
+                break;
+            }
+        }
+        ok
+    }
+
+    /// Which providers' keys this request could fetch now (remote and not yet tried).
+    pub fn fetchable(&self, tried: &[usize]) -> Vec<bool> {
+        (0..self.policy.providers.len()).map(|p| self.is_remote(p) && !tried.contains(&p)).collect()
+    }
+}
+
+pub fn jwks_key(provider: &str) -> String {
+    format!("portcullis.v1.jwks.{provider}")
+}
+
+fn schedule_key(provider: &str) -> String {
+    format!("portcullis.v1.jwks.{provider}.schedule")
+}

@@ -1,0 +1,512 @@
+//! End-to-end harness: starts the real components as processes on free loopback ports
+//! (redis-server, the control plane, Envoy loading the freshly built filter) plus an
+//! in-process test server (upstream and JWKS endpoint, both counting their hits), waits
+//! until each is ready, and tears everything down when dropped. A test that fails
+//! prints the tail of every process log it started.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub mod tokens;
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn path_from_env(var: &str, default: PathBuf, hint: &str) -> PathBuf {
+    let path = std::env::var_os(var).map(PathBuf::from).unwrap_or(default);
+    assert!(path.exists(), "{} not found at {} ({hint})", var, path.display());
+    path
+}
+
+pub fn envoy_bin() -> PathBuf {
+    path_from_env("PORTCULLIS_ENVOY", repo_root().join(".venv/bin/envoy"), "run `make setup`")
+}
+
+pub fn filter_wasm() -> PathBuf {
+    path_from_env(
+        "PORTCULLIS_WASM",
+        repo_root().join("target/wasm/wasm32-wasip1/release/portcullis_filter.wasm"),
+        "run `make build-wasm`",
+    )
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("PORTCULLIS_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/debug"));
+    path_from_env(&format!("{name} binary"), dir.join(name), "run `make build-native`")
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// A child process whose output goes to a log file; killed on drop.
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command, logdir: &Path) -> Proc {
+        let log = logdir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc { name: name.to_string(), child: Some(child), log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(Some(_))) | None)
+    }
+
+    /// Sends SIGTERM and waits up to 10 s (then SIGKILL). Returns whether it exited on TERM.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else { return true };
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(60)..];
+            eprintln!("----- last {} lines of {} ({}) -----", tail.len(), self.name, self.log.display());
+            for l in tail {
+                eprintln!("{l}");
+            }
+            eprintln!("----- end of {} -----", self.name);
+        }
+    }
+}
+
+/// Polls `check` until it returns true or the timeout passes.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("http client")
+}
+
+async fn wait_http_ok(url: &str, name: &str, proc: &mut Proc) {
+    let client = http();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = client.get(url).send().await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        if proc.exited() {
+            panic!("{name} exited before becoming ready; log:\n{}", proc.log_text());
+        }
+        assert!(Instant::now() < deadline, "{name} not ready at {url} after 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A scratch directory for one test's logs and data.
+pub struct Workdir(pub tempfile::TempDir);
+
+impl Workdir {
+    pub fn new() -> Workdir {
+        Workdir(tempfile::Builder::new().prefix("portcullis-e2e-").tempdir().expect("tempdir"))
+    }
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Default for Workdir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// redis-server
+
+pub struct Redis {
+    pub proc: Proc,
+    pub port: u16,
+    logdir: PathBuf,
+}
+
+impl Redis {
+    pub async fn start(logdir: &Path) -> Redis {
+        Redis::start_on(logdir, free_port()).await
+    }
+
+    pub async fn start_on(logdir: &Path, port: u16) -> Redis {
+        let server = which("redis-server").expect("redis-server not on PATH (run `make setup`)");
+        let mut cmd = Command::new(server);
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+        let mut proc = Proc::spawn(&format!("redis-{port}"), cmd, logdir);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if redis_ping(port).await {
+                break;
+            }
+            assert!(!proc.exited(), "redis-server exited: {}", proc.log_text());
+            assert!(Instant::now() < deadline, "redis-server did not answer PING");
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        Redis { proc, port, logdir: logdir.to_path_buf() }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        self.proc.kill();
+    }
+
+    pub async fn restart(&mut self) {
+        self.proc.kill();
+        *self = Redis::start_on(&self.logdir.clone(), self.port).await;
+    }
+}
+
+async fn redis_ping(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return false };
+    if s.write_all(b"PING\r\n").await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    matches!(tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await, Ok(Ok(n)) if buf[..n].starts_with(b"+PONG"))
+}
+
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths).map(|p| p.join(name)).find(|p| p.is_file())
+    })
+}
+
+// ---------------------------------------------------------------------------------
+// control plane
+
+#[derive(Debug, Clone)]
+pub enum StoreKind {
+    Memory,
+    Embedded,
+    Redis(String),
+}
+
+pub struct ControlPlane {
+    pub proc: Proc,
+    pub port: u16,
+    pub admin_token: String,
+    pub data_dir: PathBuf,
+    store: StoreKind,
+    logdir: PathBuf,
+}
+
+pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789abcdef";
+
+impl ControlPlane {
+    pub async fn start(logdir: &Path, store: StoreKind) -> ControlPlane {
+        let data_dir = logdir.join("cp-data");
+        ControlPlane::start_with(logdir, store, free_port(), data_dir).await
+    }
+
+    async fn start_with(logdir: &Path, store: StoreKind, port: u16, data_dir: PathBuf) -> ControlPlane {
+        let mut cmd = Command::new(bin("portcullis-control-plane"));
+        cmd.env("PORTCULLIS_LISTEN", format!("127.0.0.1:{port}"))
+            .env("PORTCULLIS_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("PORTCULLIS_DATA_DIR", &data_dir)
+            .env("RUST_LOG", "info");
+        match &store {
+            StoreKind::Memory => cmd.env("PORTCULLIS_STORE", "memory"),
+            StoreKind::Embedded => cmd.env("PORTCULLIS_STORE", "embedded"),
+            StoreKind::Redis(url) => cmd.env("PORTCULLIS_STORE", "redis").env("PORTCULLIS_REDIS_URL", url),
+        };
+        let mut proc = Proc::spawn(&format!("control-plane-{port}"), cmd, logdir);
+        wait_http_ok(&format!("http://127.0.0.1:{port}/healthz"), "control plane", &mut proc).await;
+        ControlPlane {
+            proc,
+            port,
+            admin_token: ADMIN_TOKEN.to_string(),
+            data_dir,
+            store,
+            logdir: logdir.to_path_buf(),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops and starts the process on the same port with the same store and data.
+    pub async fn restart(&mut self) {
+        self.proc.terminate();
+        let (logdir, store, port, data) = (self.logdir.clone(), self.store.clone(), self.port, self.data_dir.clone());
+        *self = ControlPlane::start_with(&logdir, store, port, data).await;
+    }
+
+    /// Mints an access token through the admin API.
+    pub async fn issue_token(&self, sub: &str, scopes: &[&str]) -> String {
+        let r = http()
+            .post(format!("{}/admin/v1/tokens", self.url()))
+            .bearer_auth(&self.admin_token)
+            .json(&json!({ "sub": sub, "scopes": scopes }))
+            .send()
+            .await
+            .expect("token request");
+        assert_eq!(r.status(), 200, "token issue failed: {:?}", r.text().await);
+        let body: Value = r.json().await.expect("token json");
+        body["accessToken"].as_str().expect("accessToken").to_string()
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// in-process test server: upstream + JWKS endpoint
+
+/// What the test server saw and what it serves.
+#[derive(Clone, Default)]
+pub struct TestServerState {
+    pub upstream_hits: Arc<AtomicUsize>,
+    pub jwks_fetches: Arc<AtomicUsize>,
+    pub jwks: Arc<Mutex<Value>>,
+    /// Status code for JWKS answers (200 unless a test breaks it).
+    pub jwks_status: Arc<Mutex<u16>>,
+    pub last_headers: Arc<Mutex<Vec<(String, String)>>>,
+    pub last_path: Arc<Mutex<String>>,
+}
+
+pub struct TestServer {
+    pub port: u16,
+    pub state: TestServerState,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestServer {
+    pub async fn start(jwks: Value) -> TestServer {
+        use axum::extract::State;
+        use axum::http::{HeaderMap, StatusCode, Uri};
+        use axum::response::IntoResponse;
+
+        let state = TestServerState { jwks: Arc::new(Mutex::new(jwks)), ..Default::default() };
+        *state.jwks_status.lock().unwrap() = 200;
+
+        async fn serve_jwks(State(s): State<TestServerState>) -> impl IntoResponse {
+            s.jwks_fetches.fetch_add(1, Ordering::SeqCst);
+            let status = *s.jwks_status.lock().unwrap();
+            let body = s.jwks.lock().unwrap().to_string();
+            (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), [("content-type", "application/json")], body)
+        }
+        async fn upstream(State(s): State<TestServerState>, uri: Uri, headers: HeaderMap) -> impl IntoResponse {
+            s.upstream_hits.fetch_add(1, Ordering::SeqCst);
+            *s.last_headers.lock().unwrap() = headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .collect();
+            *s.last_path.lock().unwrap() = uri.to_string();
+            (StatusCode::OK, "upstream ok")
+        }
+
+        let app = axum::Router::new()
+            .route("/.well-known/jwks.json", axum::routing::get(serve_jwks))
+            .fallback(upstream)
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        TestServer { port, state, task }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.state.upstream_hits.load(Ordering::SeqCst)
+    }
+    pub fn jwks_fetches(&self) -> usize {
+        self.state.jwks_fetches.load(Ordering::SeqCst)
+    }
+    pub fn set_jwks(&self, jwks: Value) {
+        *self.state.jwks.lock().unwrap() = jwks;
+    }
+    pub fn last_header(&self, name: &str) -> Option<String> {
+        self.state.last_headers.lock().unwrap().iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+    }
+    pub fn last_header_count(&self, name: &str) -> usize {
+        self.state.last_headers.lock().unwrap().iter().filter(|(n, _)| n == name).count()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Envoy
+
+pub struct Envoy {
+    pub proc: Proc,
+    pub port: u16,
+    pub admin_port: u16,
+}
+
+/// Where the filter's clusters point.
+pub struct EnvoyClusters {
+    pub upstream_port: u16,
+    /// `jwks` cluster (test server) port.
+    pub jwks_port: Option<u16>,
+    /// `portcullis_control_plane` cluster port.
+    pub control_plane_port: Option<u16>,
+}
+
+impl Envoy {
+    /// The bootstrap the end-to-end tests use: one listener, the filter with
+    /// `plugin_config`, then the router to the upstream.
+    pub fn bootstrap(plugin_config: &Value, clusters: &EnvoyClusters, port: u16, admin_port: u16) -> Value {
+        let cluster = |name: &str, port: u16| {
+            json!({
+                "name": name, "type": "STATIC", "connect_timeout": "1s",
+                "load_assignment": { "cluster_name": name, "endpoints": [ { "lb_endpoints": [
+                    { "endpoint": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": port } } } } ] } ] }
+            })
+        };
+        let mut clusters_json = vec![cluster("upstream", clusters.upstream_port)];
+        if let Some(p) = clusters.jwks_port {
+            clusters_json.push(cluster("jwks", p));
+        }
+        if let Some(p) = clusters.control_plane_port {
+            clusters_json.push(cluster("portcullis_control_plane", p));
+        }
+        json!({
+            "admin": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": admin_port } } },
+            "static_resources": {
+                "listeners": [{
+                    "name": "ingress",
+                    "address": { "socket_address": { "address": "127.0.0.1", "port_value": port } },
+                    "filter_chains": [{ "filters": [{
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                            "stat_prefix": "ingress",
+                            "route_config": { "name": "r", "virtual_hosts": [{ "name": "all", "domains": ["*"],
+                                "routes": [{ "match": { "prefix": "/" }, "route": { "cluster": "upstream" } }] }] },
+                            "http_filters": [
+                                {
+                                    "name": "envoy.filters.http.wasm",
+                                    "typed_config": {
+                                        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                                        "config": {
+                                            "name": "portcullis",
+                                            "root_id": "portcullis",
+                                            "vm_config": {
+                                                "vm_id": "portcullis",
+                                                "runtime": "envoy.wasm.runtime.v8",
+                                                "code": { "local": { "filename": filter_wasm().to_string_lossy() } }
+                                            },
+                                            "failure_policy": "FAIL_CLOSED",
+                                            "configuration": {
+                                                "@type": "type.googleapis.com/google.protobuf.StringValue",
+                                                "value": plugin_config.to_string()
+                                            }
+                                        }
+                                    }
+                                },
+                                { "name": "envoy.filters.http.router", "typed_config": {
+                                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } }
+                            ]
+                        }
+                    }] }]
+                }],
+                "clusters": clusters_json
+            }
+        })
+    }
+
+    /// Starts Envoy (2 workers, so shared data across VMs is exercised) and waits until
+    /// the admin endpoint reports ready.
+    pub async fn start(logdir: &Path, plugin_config: &Value, clusters: &EnvoyClusters) -> Envoy {
+        let (port, admin_port) = (free_port(), free_port());
+        let config = Envoy::bootstrap(plugin_config, clusters, port, admin_port);
+        let path = logdir.join(format!("envoy-{port}.json"));
+        std::fs::write(&path, serde_json::to_vec_pretty(&config).expect("json")).expect("write bootstrap");
+        let mut cmd = Command::new(envoy_bin());
+        cmd.arg("-c")
+            .arg(&path)
+            .args(["--use-dynamic-base-id", "--concurrency", "2", "--log-level", "info"])
+            .args(["--component-log-level", "wasm:debug"]);
+        let mut proc = Proc::spawn(&format!("envoy-{port}"), cmd, logdir);
+        wait_http_ok(&format!("http://127.0.0.1:{admin_port}/ready"), "envoy", &mut proc).await;
+        Envoy { proc, port, admin_port }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// A counter from the admin endpoint (0 when not defined yet).
+    pub async fn counter(&self, name: &str) -> u64 {
+        let text = http()
+            .get(format!("http://127.0.0.1:{}/stats?filter=^{}$", self.admin_port, regex_escape(name)))
+            .send()
+            .await
+            .expect("stats")
+            .text()
+            .await
+            .unwrap_or_default();
+        text.lines()
+            .filter_map(|l| l.split_once(": "))
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c.to_string() } else { format!("\\{c}") }).collect()
+}

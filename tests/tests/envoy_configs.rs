@@ -1,0 +1,132 @@
+//! Every Envoy bootstrap in the repository is accepted by the real Envoy
+//! (`--mode validate`) and its embedded plugin configuration compiles; an invalid plugin
+//! configuration is reported with the offending field and the filter does not start.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use portcullis_e2e::{envoy_bin, free_port, http, repo_root, Envoy, EnvoyClusters, Proc, TestServer, Workdir};
+use serde_json::{json, Value};
+
+/// Every `configuration.value` of a wasm filter in a bootstrap.
+fn embedded_plugin_configs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(map) => {
+            if map.get("@type").and_then(Value::as_str)
+                == Some("type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm")
+            {
+                if let Some(s) = v.pointer("/config/configuration/value").and_then(Value::as_str) {
+                    out.push(s.to_string());
+                }
+            }
+            map.values().for_each(|c| embedded_plugin_configs(c, out));
+        }
+        Value::Array(items) => items.iter().for_each(|c| embedded_plugin_configs(c, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn every_envoy_bootstrap_in_the_repo_passes_envoy_validate_and_its_plugin_config_compiles() {
+    let dir = repo_root().join("envoy");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let out = Command::new(envoy_bin())
+            .current_dir(repo_root())
+            .args(["--mode", "validate", "--use-dynamic-base-id", "-c"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "envoy rejected {}:\n{}{}",
+            path.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let yaml: Value = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let mut configs = Vec::new();
+        embedded_plugin_configs(&yaml, &mut configs);
+        assert!(!configs.is_empty(), "{} has no Portcullis filter", path.display());
+        for c in configs {
+            if let Err(e) = portcullis_core::config::compile_json(c.as_bytes()) {
+                panic!("{}: {e}", path.display());
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked >= 1, "no bootstrap found in {}", dir.display());
+}
+
+#[test]
+fn envoy_validate_rejects_a_broken_bootstrap() {
+    // The validation above can fail: a bootstrap with a route to an undefined cluster.
+    let dir = Workdir::new();
+    let mut config = Envoy::bootstrap(
+        &json!({"rules": []}),
+        &EnvoyClusters { upstream_port: 1, jwks_port: None, control_plane_port: None },
+        free_port(),
+        free_port(),
+    );
+    config["static_resources"]["clusters"] = json!([]);
+    let path = dir.path().join("broken.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let out = Command::new(envoy_bin())
+        .args(["--mode", "validate", "--use-dynamic-base-id", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+/// Starts Envoy with `plugin_config` without waiting for readiness.
+fn spawn_envoy(dir: &Workdir, plugin_config: &Value, upstream: u16) -> (Proc, u16) {
+    let (port, admin) = (free_port(), free_port());
+    let config = Envoy::bootstrap(
+        plugin_config,
+        &EnvoyClusters { upstream_port: upstream, jwks_port: None, control_plane_port: None },
+        port,
+        admin,
+    );
+    let path = dir.path().join(format!("envoy-{port}.json"));
+    std::fs::write(&path, config.to_string()).unwrap();
+    let mut cmd = Command::new(envoy_bin());
+    cmd.arg("-c").arg(&path).args(["--use-dynamic-base-id", "--concurrency", "1", "--log-level", "info"]);
+    (Proc::spawn(&format!("envoy-{port}"), cmd, dir.path()), port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_plugin_config_is_logged_with_the_field_and_the_filter_does_not_start() {
+    let cases = [
+        (
+            json!({"providers": {}, "rules": [{"match": {"pathPrefix": "/"}, "requires": {"provider": "nope"}}]}),
+            "invalid configuration at `rules[0].requires.provider`: unknown provider `nope`",
+        ),
+        (json!({"rules": [], "colour": "blue"}), "unknown field `colour`"),
+        (
+            json!({"rules": [{"match": {"pathRegex": "(unclosed"}, "requires": "none"}]}),
+            "invalid configuration at `rules[0].match.pathRegex`",
+        ),
+    ];
+    for (config, expected) in cases {
+        let dir = Workdir::new();
+        let server = TestServer::start(json!({"keys": []})).await;
+        let (mut envoy, port) = spawn_envoy(&dir, &config, server.port);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !envoy.log_text().contains(expected) {
+            assert!(Instant::now() < deadline, "Envoy never logged `{expected}`:\n{}", envoy.log_text());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Whatever Envoy then does (refuse the listener or exit), no request reaches the
+        // upstream unchecked.
+        if !envoy.exited() {
+            let _ = http().get(format!("http://127.0.0.1:{port}/x")).send().await;
+        }
+        assert_eq!(server.hits(), 0, "a request passed a filter that failed to configure");
+        assert!(!envoy.log_text().contains("panic"));
+    }
+}

@@ -1,0 +1,897 @@
+//! Offline checks of the deployment manifests in `envoy/istio/` and `envoy/kubernetes/`.
+//!
+//! - Every Istio resource validates against the `openAPIV3Schema` of Istio's own CRD
+//!   (`../shared/schemas/istio-wasmplugin-envoyfilter-crds.yaml`), made strict the way
+//!   `kubectl apply --validate=strict` is: unknown fields are errors, except where the CRD
+//!   preserves them. The CEL rules (`x-kubernetes-validations`) that these manifests could
+//!   break are checked by hand; the others are not evaluated.
+//! - Mutated copies (bad enum, wrong type, misspelled field, ...) must fail, so the
+//!   validation is known to bite.
+//! - The plugin configuration embedded in the WasmPlugin (`spec.pluginConfig`) and in the
+//!   EnvoyFilter (`configuration.value`) compiles with the real config compiler, and both
+//!   routes carry the same configuration and the same control-plane cluster.
+//! - Every Kubernetes container has probes and resource limits, and the control plane
+//!   container runs the way `envoy/kubernetes/control-plane.yaml` promises.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+const WASM_FILTER: &str = "envoy.filters.http.wasm";
+const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+const STRING_VALUE_TYPE: &str = "type.googleapis.com/google.protobuf.StringValue";
+const CONTROL_PLANE_CONTAINER: &str = "portcullis-control-plane";
+
+// ---------------------------------------------------------------------------------------
+// Loading
+// ---------------------------------------------------------------------------------------
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn crd_file() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/schemas/istio-wasmplugin-envoyfilter-crds.yaml")
+}
+
+/// One YAML document of a manifest file, as JSON.
+#[derive(Clone)]
+struct Document {
+    /// `file#index`, for messages.
+    origin: String,
+    value: Value,
+}
+
+impl Document {
+    fn kind(&self) -> &str {
+        self.value["kind"].as_str().unwrap_or("")
+    }
+
+    fn name(&self) -> &str {
+        self.value["metadata"]["name"].as_str().unwrap_or("")
+    }
+}
+
+/// All documents of a multi-document YAML file; empty documents are skipped.
+fn read_documents(path: &Path) -> Vec<Document> {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let file = path
+        .strip_prefix(repo_root())
+        .unwrap_or(path)
+        .display()
+        .to_string();
+    let mut documents = Vec::new();
+    for (index, deserializer) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+        let yaml = serde_yaml::Value::deserialize(deserializer)
+            .unwrap_or_else(|e| panic!("{file}: document {index} is not valid YAML: {e}"));
+        let value = serde_json::to_value(&yaml)
+            .unwrap_or_else(|e| panic!("{file}: document {index} is not JSON-compatible: {e}"));
+        if !value.is_null() {
+            documents.push(Document {
+                origin: format!("{file}#{index}"),
+                value,
+            });
+        }
+    }
+    documents
+}
+
+/// The `*.yaml`/`*.yml` files of a directory of the repository, sorted.
+fn yaml_files(dir: &str) -> Vec<PathBuf> {
+    let dir = repo_root().join(dir);
+    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no YAML files in {}", dir.display());
+    files
+}
+
+fn istio_documents() -> Vec<Document> {
+    yaml_files("envoy/istio")
+        .iter()
+        .flat_map(|f| read_documents(f))
+        .collect()
+}
+
+fn kubernetes_documents() -> Vec<Document> {
+    yaml_files("envoy/kubernetes")
+        .iter()
+        .flat_map(|f| read_documents(f))
+        .collect()
+}
+
+/// The CRDs of the shared schema file, as JSON.
+fn crds() -> Vec<Value> {
+    let path = crd_file();
+    assert!(
+        path.is_file(),
+        "Istio CRD schema file not found at {} (expected the shared folder next to the \
+         repository, see ../shared/README.md); cannot validate the Istio manifests",
+        path.display()
+    );
+    let crds: Vec<Value> = read_documents(&path)
+        .into_iter()
+        .map(|d| d.value)
+        .filter(|v| v["kind"] == "CustomResourceDefinition")
+        .collect();
+    assert!(
+        !crds.is_empty(),
+        "{} holds no CustomResourceDefinition",
+        path.display()
+    );
+    crds
+}
+
+// ---------------------------------------------------------------------------------------
+// Schema validation
+// ---------------------------------------------------------------------------------------
+
+/// The `openAPIV3Schema` of the CRD version serving `apiVersion`/`kind`.
+fn crd_schema(crds: &[Value], api_version: &str, kind: &str) -> Result<Value, String> {
+    let (group, version) = api_version
+        .split_once('/')
+        .ok_or_else(|| format!("apiVersion `{api_version}` has no group"))?;
+    let crd = crds
+        .iter()
+        .find(|c| c["spec"]["group"] == group && c["spec"]["names"]["kind"] == kind)
+        .ok_or_else(|| format!("no CRD for group `{group}` kind `{kind}` in the schema file"))?;
+    let versions = crd["spec"]["versions"].as_array().cloned().unwrap_or_default();
+    let served = versions
+        .iter()
+        .find(|v| v["name"] == version)
+        .ok_or_else(|| format!("CRD for `{kind}` has no version `{version}`"))?;
+    if served["served"] != true {
+        return Err(format!("CRD version `{version}` of `{kind}` is not served"));
+    }
+    let schema = &served["schema"]["openAPIV3Schema"];
+    if !schema.is_object() {
+        return Err(format!(
+            "CRD version `{version}` of `{kind}` has no openAPIV3Schema"
+        ));
+    }
+    Ok(schema.clone())
+}
+
+/// Turns a CRD's structural schema into a JSON Schema for the whole object that, like the
+/// API server with strict field validation, rejects fields the schema does not know
+/// (except under `x-kubernetes-preserve-unknown-fields`), and knows the fields the API
+/// server adds to every object (`apiVersion`, `kind`, `metadata`).
+fn object_schema(open_api: &Value) -> Value {
+    let mut schema = open_api.clone();
+    forbid_unknown_fields(&mut schema);
+    if let Some(properties) = schema.get_mut("properties").and_then(Value::as_object_mut) {
+        properties.insert("apiVersion".into(), json!({ "type": "string", "minLength": 1 }));
+        properties.insert("kind".into(), json!({ "type": "string", "minLength": 1 }));
+        properties.insert(
+            "metadata".into(),
+            json!({
+                "type": "object",
+                "required": ["name"],
+                "properties": {
+                    "name": { "type": "string", "minLength": 1 },
+                    "namespace": { "type": "string" },
+                    "labels": { "type": "object", "additionalProperties": { "type": "string" } },
+                    "annotations": { "type": "object", "additionalProperties": { "type": "string" } }
+                }
+            }),
+        );
+    }
+    schema
+}
+
+fn forbid_unknown_fields(schema: &mut Value) {
+    let Some(map) = schema.as_object_mut() else { return };
+    let preserves_unknown = map.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
+    if map.contains_key("properties") && !map.contains_key("additionalProperties") && !preserves_unknown {
+        map.insert("additionalProperties".into(), Value::Bool(false));
+    }
+    if let Some(properties) = map.get_mut("properties").and_then(Value::as_object_mut) {
+        properties.values_mut().for_each(forbid_unknown_fields);
+    }
+    for key in ["items", "additionalProperties", "not"] {
+        if let Some(sub) = map.get_mut(key) {
+            forbid_unknown_fields(sub);
+        }
+    }
+    for key in ["allOf", "anyOf", "oneOf"] {
+        if let Some(subs) = map.get_mut(key).and_then(Value::as_array_mut) {
+            subs.iter_mut().for_each(forbid_unknown_fields);
+        }
+    }
+}
+
+/// The CEL rules of these two CRDs that a manifest can break, evaluated by hand
+/// (the `jsonschema` crate does not run CEL).
+fn cel_rule_errors(kind: &str, spec: &Value) -> Vec<String> {
+    let has = |field: &str| spec.get(field).is_some();
+    let mut errors = Vec::new();
+    if kind == "WasmPlugin" {
+        let set = ["selector", "targetRef", "targetRefs"]
+            .iter()
+            .filter(|f| has(f))
+            .count();
+        if set > 1 {
+            errors.push("/spec: only one of targetRefs or selector can be set".to_string());
+        }
+        if let Some(url) = spec["url"].as_str() {
+            let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
+            if !["", "http", "https", "oci", "file"].contains(&scheme) {
+                errors.push(format!(
+                    "/spec/url: scheme `{scheme}` is not one of http, https, file, oci"
+                ));
+            }
+        }
+    }
+    if kind == "EnvoyFilter" && has("workloadSelector") && has("targetRefs") {
+        errors.push("/spec: only one of targetRefs or workloadSelector can be set".to_string());
+    }
+    errors
+}
+
+/// Validates one Istio resource against its CRD; returns every error found.
+fn validation_errors(crds: &[Value], object: &Value) -> Vec<String> {
+    let api_version = object["apiVersion"].as_str().unwrap_or("");
+    let kind = object["kind"].as_str().unwrap_or("");
+    let schema = match crd_schema(crds, api_version, kind) {
+        Ok(schema) => object_schema(&schema),
+        Err(e) => return vec![e],
+    };
+    let validator = match jsonschema::validator_for(&schema) {
+        Ok(validator) => validator,
+        Err(e) => {
+            return vec![format!(
+                "the CRD schema for `{kind}` is not a valid JSON Schema: {e}"
+            )]
+        }
+    };
+    let mut errors: Vec<String> = validator
+        .iter_errors(object)
+        .map(|e| format!("{}: {e}", e.instance_path))
+        .collect();
+    errors.extend(cel_rule_errors(kind, &object["spec"]));
+    errors
+}
+
+fn the_only<'a>(documents: &'a [Document], what: &str, pick: impl Fn(&Document) -> bool) -> &'a Document {
+    let found: Vec<&Document> = documents.iter().filter(|d| pick(d)).collect();
+    match found.as_slice() {
+        [one] => one,
+        _ => panic!(
+            "expected exactly one {what}, found {}: {:?}",
+            found.len(),
+            found.iter().map(|d| &d.origin).collect::<Vec<_>>()
+        ),
+    }
+}
+
+fn wasm_plugin(documents: &[Document]) -> &Document {
+    the_only(documents, "WasmPlugin", |d| d.kind() == "WasmPlugin")
+}
+
+/// The EnvoyFilter patches (with their document) whose `applyTo` is `apply_to`.
+fn patches<'a>(documents: &'a [Document], apply_to: &str) -> Vec<(&'a Document, &'a Value)> {
+    documents
+        .iter()
+        .filter(|d| d.kind() == "EnvoyFilter")
+        .flat_map(|d| {
+            d.value["spec"]["configPatches"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(move |p| p["applyTo"] == apply_to)
+                .map(move |p| (d, p))
+        })
+        .collect()
+}
+
+/// The single HTTP_FILTER patch that inserts the Wasm filter.
+fn wasm_filter_patch(documents: &[Document]) -> (&Document, &Value) {
+    let found: Vec<_> = patches(documents, "HTTP_FILTER")
+        .into_iter()
+        .filter(|(_, p)| p["patch"]["value"]["name"] == WASM_FILTER)
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "expected exactly one HTTP_FILTER patch adding {WASM_FILTER}"
+    );
+    found[0]
+}
+
+#[test]
+fn istio_manifests_validate_against_the_istio_crds() {
+    let crds = crds();
+    let documents = istio_documents();
+    assert!(!documents.is_empty(), "envoy/istio/ holds no YAML documents");
+    let mut kinds = BTreeSet::new();
+    for document in &documents {
+        let errors = validation_errors(&crds, &document.value);
+        assert!(
+            errors.is_empty(),
+            "{} ({} {}) fails its CRD schema:\n  {}",
+            document.origin,
+            document.kind(),
+            document.name(),
+            errors.join("\n  ")
+        );
+        kinds.insert(document.kind().to_string());
+    }
+    assert_eq!(
+        kinds,
+        BTreeSet::from(["EnvoyFilter".to_string(), "WasmPlugin".to_string()]),
+        "envoy/istio/ should hold WasmPlugin and EnvoyFilter resources"
+    );
+}
+
+/// A named way to break a manifest.
+type Mutation = (&'static str, fn(&mut Value));
+
+fn remove_field(object: &mut Value, field: &str) {
+    if let Some(map) = object.as_object_mut() {
+        map.remove(field);
+    }
+}
+
+fn rename_field(object: &mut Value, from: &str, to: &str) {
+    if let Some(map) = object.as_object_mut() {
+        if let Some(value) = map.remove(from) {
+            map.insert(to.to_string(), value);
+        }
+    }
+}
+
+/// Mutated copies of the real manifests must be rejected: proves the schemas are applied
+/// to the fields these manifests actually use.
+#[test]
+fn istio_schema_validation_rejects_broken_copies() {
+    let crds = crds();
+    let documents = istio_documents();
+    let plugin = wasm_plugin(&documents).value.clone();
+    let (filter_doc, _) = wasm_filter_patch(&documents);
+    let envoy_filter = filter_doc.value.clone();
+    assert!(
+        validation_errors(&crds, &plugin).is_empty(),
+        "baseline WasmPlugin must be valid"
+    );
+    assert!(
+        validation_errors(&crds, &envoy_filter).is_empty(),
+        "baseline EnvoyFilter must be valid"
+    );
+
+    let broken_plugins: Vec<Mutation> = vec![
+        ("unknown phase", |v| v["spec"]["phase"] = json!("NOT_A_PHASE")),
+        ("failStrategy of the wrong type", |v| {
+            v["spec"]["failStrategy"] = json!(true)
+        }),
+        ("priority of the wrong type", |v| {
+            v["spec"]["priority"] = json!("high")
+        }),
+        ("pluginConfig not an object", |v| {
+            v["spec"]["pluginConfig"] = json!("{\"realm\":\"x\"}")
+        }),
+        ("misspelled field", |v| {
+            rename_field(&mut v["spec"], "failStrategy", "failstrategy")
+        }),
+        ("missing url", |v| remove_field(&mut v["spec"], "url")),
+        ("sha256 not a hex digest", |v| {
+            v["spec"]["sha256"] = json!("sha256:abc")
+        }),
+        ("unknown imagePullPolicy", |v| {
+            v["spec"]["imagePullPolicy"] = json!("Sometimes")
+        }),
+        (
+            "selector and targetRefs",
+            |v| {
+                v["spec"]["targetRefs"] =
+                    json!([{ "kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "gw" }])
+            },
+        ),
+        ("url with an unsupported scheme", |v| {
+            v["spec"]["url"] = json!("ftp://example.com/filter.wasm")
+        }),
+        ("metadata without a name", |v| {
+            remove_field(&mut v["metadata"], "name")
+        }),
+    ];
+    for (what, mutate) in broken_plugins {
+        let mut copy = plugin.clone();
+        mutate(&mut copy);
+        assert!(
+            !validation_errors(&crds, &copy).is_empty(),
+            "a WasmPlugin with {what} passed validation"
+        );
+    }
+
+    let broken_filters: Vec<Mutation> = vec![
+        ("unknown applyTo", |v| {
+            v["spec"]["configPatches"][0]["applyTo"] = json!("HTTP_FILTERS")
+        }),
+        ("unknown operation", |v| {
+            v["spec"]["configPatches"][0]["patch"]["operation"] = json!("PREPEND")
+        }),
+        ("unknown context", |v| {
+            v["spec"]["configPatches"][0]["match"]["context"] = json!("INBOUND")
+        }),
+        ("listener and cluster match at once", |v| {
+            v["spec"]["configPatches"][0]["match"]["cluster"] = json!({ "name": "x" })
+        }),
+        ("patch value not an object", |v| {
+            v["spec"]["configPatches"][0]["patch"]["value"] = json!("filter")
+        }),
+        ("configPatches not a list", |v| {
+            v["spec"]["configPatches"] = json!({})
+        }),
+        ("misspelled field", |v| {
+            rename_field(&mut v["spec"], "workloadSelector", "workloadSelectors")
+        }),
+        ("wrong kind for the apiVersion", |v| {
+            v["kind"] = json!("EnvoyFilters")
+        }),
+    ];
+    for (what, mutate) in broken_filters {
+        let mut copy = envoy_filter.clone();
+        mutate(&mut copy);
+        assert!(
+            !validation_errors(&crds, &copy).is_empty(),
+            "an EnvoyFilter with {what} passed validation"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The embedded plugin configuration
+// ---------------------------------------------------------------------------------------
+
+fn compile(origin: &str, bytes: &[u8]) -> portcullis_core::config::Policy {
+    match portcullis_core::config::compile_json(bytes) {
+        Ok(policy) => policy,
+        Err(e) => panic!("{origin}: the embedded plugin configuration does not compile: {e}"),
+    }
+}
+
+fn wasm_plugin_config(documents: &[Document]) -> (String, Value) {
+    let plugin = wasm_plugin(documents);
+    let config = plugin.value["spec"]["pluginConfig"].clone();
+    assert!(
+        config.is_object(),
+        "{}: spec.pluginConfig must be an object",
+        plugin.origin
+    );
+    (plugin.origin.clone(), config)
+}
+
+fn envoy_filter_config(documents: &[Document]) -> (String, String) {
+    let (document, patch) = wasm_filter_patch(documents);
+    let configuration = &patch["patch"]["value"]["typed_config"]["config"]["configuration"];
+    assert_eq!(
+        configuration["@type"], STRING_VALUE_TYPE,
+        "{}: configuration must be a StringValue",
+        document.origin
+    );
+    let text = configuration["value"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{}: configuration.value must be a string", document.origin));
+    (document.origin.clone(), text.to_string())
+}
+
+#[test]
+fn wasm_plugin_config_compiles() {
+    let (origin, config) = wasm_plugin_config(&istio_documents());
+    let bytes = serde_json::to_vec(&config).unwrap_or_else(|e| panic!("{origin}: {e}"));
+    compile(&origin, &bytes);
+}
+
+#[test]
+fn envoy_filter_config_compiles() {
+    let (origin, text) = envoy_filter_config(&istio_documents());
+    compile(&origin, text.as_bytes());
+}
+
+/// Guards against a compiler that accepts anything: docs/plugin-config.md promises that
+/// unknown fields are rejected.
+#[test]
+fn embedded_config_with_an_unknown_field_does_not_compile() {
+    let (_, mut config) = wasm_plugin_config(&istio_documents());
+    config["notAPortcullisField"] = json!(true);
+    let bytes = serde_json::to_vec(&config).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        portcullis_core::config::compile_json(&bytes).is_err(),
+        "a configuration with an unknown top-level field compiled"
+    );
+}
+
+#[test]
+fn wasm_plugin_and_envoy_filter_carry_the_same_plugin_config() {
+    let documents = istio_documents();
+    let (plugin_origin, plugin_config) = wasm_plugin_config(&documents);
+    let (filter_origin, filter_text) = envoy_filter_config(&documents);
+    let filter_config: Value = serde_json::from_str(&filter_text)
+        .unwrap_or_else(|e| panic!("{filter_origin}: configuration.value is not JSON: {e}"));
+    assert_eq!(
+        plugin_config, filter_config,
+        "{plugin_origin} spec.pluginConfig and {filter_origin} configuration.value differ"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// The Envoy side of the EnvoyFilter route, and the control-plane cluster
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn envoy_filter_inserts_the_wasm_filter_before_the_router_on_inbound() {
+    let documents = istio_documents();
+    let (document, patch) = wasm_filter_patch(&documents);
+    let origin = &document.origin;
+    assert_eq!(patch["match"]["context"], "SIDECAR_INBOUND", "{origin}");
+    assert_eq!(patch["patch"]["operation"], "INSERT_BEFORE", "{origin}");
+    let filter = &patch["match"]["listener"]["filterChain"]["filter"];
+    assert_eq!(
+        filter["name"], "envoy.filters.network.http_connection_manager",
+        "{origin}"
+    );
+    assert_eq!(
+        filter["subFilter"]["name"], "envoy.filters.http.router",
+        "{origin}"
+    );
+
+    let typed_config = &patch["patch"]["value"]["typed_config"];
+    assert_eq!(typed_config["@type"], WASM_TYPE, "{origin}");
+    let config = &typed_config["config"];
+    assert_ne!(
+        config["fail_open"], true,
+        "{origin}: an auth filter must fail closed"
+    );
+    let vm = &config["vm_config"];
+    assert_eq!(vm["runtime"], "envoy.wasm.runtime.v8", "{origin}");
+    let code = &vm["code"];
+    let local = code["local"]["filename"]
+        .as_str()
+        .is_some_and(|f| f.ends_with(".wasm"));
+    let remote = code["remote"]["http_uri"]["uri"].is_string()
+        && code["remote"]["sha256"].as_str().is_some_and(|s| s.len() == 64);
+    assert!(
+        local ^ remote,
+        "{origin}: vm_config.code needs a local .wasm file or a remote uri with sha256"
+    );
+}
+
+/// The EnvoyFilters that patch clusters.
+fn cluster_filters(documents: &[Document]) -> Vec<&Document> {
+    documents
+        .iter()
+        .filter(|d| d.kind() == "EnvoyFilter")
+        .filter(|d| {
+            d.value["spec"]["configPatches"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["applyTo"] == "CLUSTER"))
+        })
+        .collect()
+}
+
+#[test]
+fn both_routes_add_the_control_plane_cluster_the_filter_calls() {
+    let documents = istio_documents();
+    let (_, config) = wasm_plugin_config(&documents);
+    let mut jwks_clusters: BTreeSet<&str> = BTreeSet::new();
+    for (name, provider) in config["providers"].as_object().into_iter().flatten() {
+        if let Some(cluster) = provider["remoteJwks"]["cluster"].as_str() {
+            jwks_clusters.insert(cluster);
+        } else {
+            assert!(
+                provider.get("remoteJwks").is_none(),
+                "provider {name}: remoteJwks.cluster missing"
+            );
+        }
+    }
+    assert!(
+        !jwks_clusters.is_empty(),
+        "the example configuration should fetch its JWKS from the control plane"
+    );
+
+    // Each route's file must be self-contained: it adds every cluster the filter calls.
+    for file in ["wasmplugin.yaml", "envoyfilter.yaml"] {
+        let in_file: Vec<Document> = read_documents(&repo_root().join("envoy/istio").join(file));
+        let added: BTreeSet<String> = patches(&in_file, "CLUSTER")
+            .into_iter()
+            .filter(|(_, p)| p["patch"]["operation"] == "ADD")
+            .filter_map(|(_, p)| p["patch"]["value"]["name"].as_str().map(str::to_string))
+            .collect();
+        for cluster in &jwks_clusters {
+            assert!(
+                added.contains(*cluster),
+                "envoy/istio/{file} does not add the cluster `{cluster}`"
+            );
+        }
+    }
+
+    // The cluster EnvoyFilter appears once per route, identical, under one name (so applying
+    // both files cannot add the cluster twice).
+    let clusters = cluster_filters(&documents);
+    assert!(
+        clusters.len() >= 2,
+        "expected the cluster EnvoyFilter in both route files"
+    );
+    for other in &clusters[1..] {
+        assert_eq!(
+            clusters[0].value, other.value,
+            "{} and {} differ",
+            clusters[0].origin, other.origin
+        );
+    }
+
+    for (document, patch) in patches(&documents, "CLUSTER") {
+        let origin = &document.origin;
+        assert_eq!(
+            patch["match"]["context"], "SIDECAR_OUTBOUND",
+            "{origin}: Istio adds clusters only for outbound/gateway"
+        );
+        let cluster = &patch["patch"]["value"];
+        assert!(
+            matches!(cluster["type"].as_str(), Some("STATIC" | "STRICT_DNS")),
+            "{origin}: cluster type"
+        );
+        let address = &cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+            ["socket_address"];
+        assert_eq!(
+            address["address"], "127.0.0.1",
+            "{origin}: the control plane is the pod's sidecar"
+        );
+        assert_eq!(
+            address["port_value"], 9090,
+            "{origin}: the control plane listens on 9090"
+        );
+    }
+}
+
+#[test]
+fn all_istio_resources_select_the_same_workload() {
+    let documents = istio_documents();
+    let plugin_labels = &wasm_plugin(&documents).value["spec"]["selector"]["matchLabels"];
+    assert!(
+        plugin_labels.is_object(),
+        "the WasmPlugin should select an example workload"
+    );
+    for document in documents.iter().filter(|d| d.kind() == "EnvoyFilter") {
+        assert_eq!(
+            &document.value["spec"]["workloadSelector"]["labels"], plugin_labels,
+            "{} selects other workloads than the WasmPlugin",
+            document.origin
+        );
+    }
+    // The sidecar example Deployment carries those labels.
+    let kubernetes = kubernetes_documents();
+    let selected = kubernetes.iter().filter(|d| d.kind() == "Deployment").any(|d| {
+        let labels = &d.value["spec"]["template"]["metadata"]["labels"];
+        plugin_labels
+            .as_object()
+            .into_iter()
+            .flatten()
+            .all(|(k, v)| &labels[k] == v)
+    });
+    assert!(
+        selected,
+        "no Deployment in envoy/kubernetes/ has the pod labels the Istio resources select"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Kubernetes
+// ---------------------------------------------------------------------------------------
+
+fn pod_spec(document: &Document) -> Option<&Value> {
+    match document.kind() {
+        "Pod" => Some(&document.value["spec"]),
+        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" => {
+            Some(&document.value["spec"]["template"]["spec"])
+        }
+        "CronJob" => Some(&document.value["spec"]["jobTemplate"]["spec"]["template"]["spec"]),
+        _ => None,
+    }
+}
+
+fn env_var<'a>(container: &'a Value, name: &str) -> Option<&'a Value> {
+    container["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["name"] == name)
+}
+
+fn probe_path(container: &Value, probe: &str) -> Option<String> {
+    container[probe]["httpGet"]["path"].as_str().map(str::to_string)
+}
+
+#[test]
+fn every_kubernetes_container_has_probes_and_resource_limits() {
+    let documents = kubernetes_documents();
+    let mut workloads = 0;
+    for document in &documents {
+        assert!(
+            document.value["apiVersion"].is_string()
+                && !document.kind().is_empty()
+                && !document.name().is_empty(),
+            "{}: apiVersion, kind and metadata.name are required",
+            document.origin
+        );
+        let Some(pod) = pod_spec(document) else { continue };
+        workloads += 1;
+        let containers = pod["containers"].as_array().cloned().unwrap_or_default();
+        assert!(!containers.is_empty(), "{}: no containers", document.origin);
+        for container in &containers {
+            let at = format!(
+                "{} container `{}`",
+                document.origin,
+                container["name"].as_str().unwrap_or("?")
+            );
+            for probe in ["readinessProbe", "livenessProbe"] {
+                assert!(container[probe].is_object(), "{at}: {probe} missing");
+            }
+            for resource in ["cpu", "memory"] {
+                assert!(
+                    !container["resources"]["limits"][resource].is_null(),
+                    "{at}: resources.limits.{resource} missing"
+                );
+                assert!(
+                    !container["resources"]["requests"][resource].is_null(),
+                    "{at}: resources.requests.{resource} missing"
+                );
+            }
+            let non_root = container["securityContext"]["runAsNonRoot"] == true
+                || pod["securityContext"]["runAsNonRoot"] == true;
+            assert!(non_root, "{at}: must run as non-root");
+        }
+    }
+    assert!(
+        workloads >= 2,
+        "expected the sidecar and the shared control-plane Deployments"
+    );
+}
+
+#[test]
+fn control_plane_containers_run_as_documented() {
+    let documents = kubernetes_documents();
+    let secrets: Vec<&Document> = documents.iter().filter(|d| d.kind() == "Secret").collect();
+    let secret_has = |name: &str, key: &str| {
+        secrets.iter().any(|s| {
+            s.name() == name && (!s.value["stringData"][key].is_null() || !s.value["data"][key].is_null())
+        })
+    };
+    let mut stores = BTreeSet::new();
+    for document in &documents {
+        let Some(pod) = pod_spec(document) else { continue };
+        for container in pod["containers"].as_array().into_iter().flatten() {
+            if container["name"] != CONTROL_PLANE_CONTAINER {
+                continue;
+            }
+            let at = format!("{} container `{CONTROL_PLANE_CONTAINER}`", document.origin);
+            assert_eq!(
+                probe_path(container, "readinessProbe").as_deref(),
+                Some("/readyz"),
+                "{at}"
+            );
+            assert_eq!(
+                probe_path(container, "livenessProbe").as_deref(),
+                Some("/healthz"),
+                "{at}"
+            );
+            assert!(
+                container["ports"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|p| p["containerPort"] == 9090),
+                "{at}: the control plane listens on 9090"
+            );
+            assert_eq!(
+                container["securityContext"]["readOnlyRootFilesystem"], true,
+                "{at}"
+            );
+            assert_eq!(
+                container["securityContext"]["allowPrivilegeEscalation"], false,
+                "{at}"
+            );
+
+            // The data dir is a writable emptyDir mount.
+            let data_dir = env_var(container, "PORTCULLIS_DATA_DIR")
+                .and_then(|e| e["value"].as_str())
+                .unwrap_or_else(|| panic!("{at}: PORTCULLIS_DATA_DIR missing"));
+            let mount = container["volumeMounts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|m| m["mountPath"] == data_dir)
+                .unwrap_or_else(|| panic!("{at}: nothing is mounted at the data dir {data_dir}"));
+            assert_ne!(mount["readOnly"], true, "{at}: the data dir must be writable");
+            let volume = pod["volumes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|v| v["name"] == mount["name"])
+                .unwrap_or_else(|| panic!("{at}: volume {} not declared", mount["name"]));
+            assert!(
+                volume["emptyDir"].is_object(),
+                "{at}: the data dir should be an emptyDir"
+            );
+
+            // The admin token comes from a Secret, never a literal in the manifest.
+            if let Some(token) = env_var(container, "PORTCULLIS_ADMIN_TOKEN") {
+                assert!(
+                    token.get("value").is_none(),
+                    "{at}: PORTCULLIS_ADMIN_TOKEN must come from a Secret"
+                );
+            }
+            let token_file =
+                env_var(container, "PORTCULLIS_ADMIN_TOKEN_FILE").and_then(|e| e["value"].as_str());
+            let token_from_file = token_file.is_some_and(|file| {
+                container["volumeMounts"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|m| {
+                        let path = m["mountPath"].as_str().unwrap_or("");
+                        let volume = pod["volumes"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .find(|v| v["name"] == m["name"]);
+                        file.starts_with(&format!("{}/", path.trim_end_matches('/')))
+                            && volume.is_some_and(|v| {
+                                let secret = v["secret"]["secretName"].as_str().unwrap_or("");
+                                v["secret"]["items"]
+                                    .as_array()
+                                    .into_iter()
+                                    .flatten()
+                                    .any(|i| secret_has(secret, i["key"].as_str().unwrap_or("")))
+                                    || (v["secret"]["items"].is_null()
+                                        && secrets.iter().any(|s| s.name() == secret))
+                            })
+                    })
+            });
+            let token_from_env = env_var(container, "PORTCULLIS_ADMIN_TOKEN").is_some_and(|t| {
+                let r = &t["valueFrom"]["secretKeyRef"];
+                secret_has(r["name"].as_str().unwrap_or(""), r["key"].as_str().unwrap_or(""))
+            });
+            assert!(
+                token_from_file || token_from_env,
+                "{at}: the admin token must come from a Secret in this file"
+            );
+
+            let store = env_var(container, "PORTCULLIS_STORE")
+                .and_then(|e| e["value"].as_str())
+                .unwrap_or("");
+            assert!(
+                matches!(store, "embedded" | "redis"),
+                "{at}: PORTCULLIS_STORE=embedded|redis"
+            );
+            if store == "redis" {
+                let url = env_var(container, "PORTCULLIS_REDIS_URL")
+                    .unwrap_or_else(|| panic!("{at}: PORTCULLIS_STORE=redis needs PORTCULLIS_REDIS_URL"));
+                let r = &url["valueFrom"]["secretKeyRef"];
+                assert!(
+                    url["value"].is_string()
+                        || secret_has(r["name"].as_str().unwrap_or(""), r["key"].as_str().unwrap_or("")),
+                    "{at}: PORTCULLIS_REDIS_URL refers to a missing Secret key"
+                );
+                // Redis state is shared, so this is the variant that may scale out.
+            } else {
+                let replicas = document.value["spec"]["replicas"].as_u64().unwrap_or(1);
+                assert!(
+                    replicas <= 1,
+                    "{at}: the embedded store is per pod; use redis with {replicas} replicas"
+                );
+            }
+            stores.insert(store.to_string());
+        }
+    }
+    assert_eq!(
+        stores,
+        BTreeSet::from(["embedded".to_string(), "redis".to_string()]),
+        "expected a sidecar (embedded) and a shared (redis) control plane example"
+    );
+}
