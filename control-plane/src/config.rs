@@ -29,10 +29,7 @@ pub enum AdminTokenError {
     #[error("no admin token: set --admin-token-file (PORTCULLIS_ADMIN_TOKEN_FILE) or --admin-token (PORTCULLIS_ADMIN_TOKEN)")]
     Missing,
     #[error("cannot read the admin token file {path}: {source}")]
-    Unreadable {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Unreadable { path: PathBuf, source: std::io::Error },
     #[error("the admin token is empty")]
     Empty,
 }

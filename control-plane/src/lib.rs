@@ -7,10 +7,7 @@
 //! - [`signing`], [`tokens`]: the ES256 signing key and token minting.
 //! - [`server`]: process startup and graceful shutdown; [`client`]: the admin API
 //!   client behind the `portcullis` CLI.
-#![cfg_attr(
-    test,
-    allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)
-)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod admin_credential;
 pub mod client;

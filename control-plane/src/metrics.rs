@@ -51,11 +51,7 @@ impl Metrics {
             "Failed store operations, by operation and error kind",
             store_errors.clone(),
         );
-        registry.register(
-            "tokens_issued",
-            "Access tokens minted",
-            tokens_issued.clone(),
-        );
+        registry.register("tokens_issued", "Access tokens minted", tokens_issued.clone());
         Self {
             registry,
             http_requests,
@@ -104,12 +100,10 @@ mod tests {
         metrics.record_token_issued();
         metrics.record_token_issued();
         let text = metrics.render().unwrap();
-        assert!(text.contains(
-            r#"portcullis_http_requests_total{route="/healthz",method="GET",status="200"} 1"#
-        ));
-        assert!(text.contains(
-            r#"portcullis_store_errors_total{operation="ping",kind="unavailable"} 1"#
-        ));
+        assert!(
+            text.contains(r#"portcullis_http_requests_total{route="/healthz",method="GET",status="200"} 1"#)
+        );
+        assert!(text.contains(r#"portcullis_store_errors_total{operation="ping",kind="unavailable"} 1"#));
         assert!(text.contains("portcullis_tokens_issued_total 2"));
     }
 }

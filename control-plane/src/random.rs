@@ -18,9 +18,7 @@ pub struct OsRandom;
 
 impl RandomSource for OsRandom {
     fn fill(&self, dest: &mut [u8]) -> Result<(), RandomError> {
-        OsRng
-            .try_fill_bytes(dest)
-            .map_err(|e| RandomError(e.to_string()))
+        OsRng.try_fill_bytes(dest).map_err(|e| RandomError(e.to_string()))
     }
 }
 
@@ -44,9 +42,7 @@ impl SeededRandom {
 impl RandomSource for SeededRandom {
     fn fill(&self, dest: &mut [u8]) -> Result<(), RandomError> {
         for chunk in dest.chunks_mut(32) {
-            let n = self
-                .counter
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let n = self.counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let block = Sha256::new()
                 .chain_update(self.seed)
                 .chain_update(n.to_be_bytes())

@@ -50,17 +50,16 @@ pub enum StartupError {
 pub fn open_store(config: &ServerConfig) -> Result<Arc<dyn Store>, StartupError> {
     Ok(match config.store {
         StoreKind::Memory => Arc::new(MemoryStore::new()),
-        StoreKind::Embedded => Arc::new(EmbeddedStore::open(&config.data_dir).map_err(
-            |source| StartupError::Store {
-                backend: "embedded",
-                source,
-            },
-        )?),
+        StoreKind::Embedded => {
+            Arc::new(
+                EmbeddedStore::open(&config.data_dir).map_err(|source| StartupError::Store {
+                    backend: "embedded",
+                    source,
+                })?,
+            )
+        }
         StoreKind::Redis => {
-            let url = config
-                .redis_url
-                .as_deref()
-                .ok_or(StartupError::MissingRedisUrl)?;
+            let url = config.redis_url.as_deref().ok_or(StartupError::MissingRedisUrl)?;
             Arc::new(RedisStore::new(url, RedisTimeouts::default()).map_err(|source| {
                 StartupError::Store {
                     backend: "redis",

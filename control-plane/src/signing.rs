@@ -156,8 +156,7 @@ impl SigningKeyPair {
             created_at_ms: self.created_at_ms,
             d: URL_SAFE_NO_PAD.encode(self.key.to_bytes()),
         };
-        serde_json::to_vec(&stored)
-            .map_err(|e| SigningKeyError::Corrupt(format!("cannot encode key: {e}")))
+        serde_json::to_vec(&stored).map_err(|e| SigningKeyError::Corrupt(format!("cannot encode key: {e}")))
     }
 
     fn from_record(record: &[u8]) -> Result<Self, SigningKeyError> {

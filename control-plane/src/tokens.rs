@@ -16,9 +16,7 @@ pub const MAX_TOKEN_TTL_SECONDS: u64 = 86_400;
 /// The current token format version (`ver` claim); the filter can require a minimum.
 pub const TOKEN_VERSION: u64 = 1;
 /// Claims the control plane sets itself; `claims` in a request may not override them.
-pub const RESERVED_CLAIMS: &[&str] = &[
-    "iss", "sub", "aud", "iat", "exp", "nbf", "jti", "ver", "scope",
-];
+pub const RESERVED_CLAIMS: &[&str] = &["iss", "sub", "aud", "iat", "exp", "nbf", "jti", "ver", "scope"];
 
 const MAX_SUBJECT_LEN: usize = 256;
 const MAX_SCOPES: usize = 64;
@@ -112,8 +110,7 @@ pub fn mint_access_token(
     now_ms: u64,
     rng: &dyn RandomSource,
 ) -> Result<IssuedToken, TokenError> {
-    if request.sub.is_empty() || request.sub.len() > MAX_SUBJECT_LEN || !is_printable(&request.sub)
-    {
+    if request.sub.is_empty() || request.sub.len() > MAX_SUBJECT_LEN || !is_printable(&request.sub) {
         return Err(invalid(format!(
             "sub: must be 1 to {MAX_SUBJECT_LEN} bytes without control characters"
         )));
@@ -125,10 +122,7 @@ pub fn mint_access_token(
             "ttlSeconds: must be between 1 and {MAX_TOKEN_TTL_SECONDS}"
         )));
     }
-    let audience = request
-        .audience
-        .as_deref()
-        .unwrap_or(&policy.default_audience);
+    let audience = request.audience.as_deref().unwrap_or(&policy.default_audience);
     if audience.is_empty() || !is_printable(audience) {
         return Err(invalid("audience: must be a non-empty string"));
     }
@@ -244,8 +238,7 @@ mod tests {
             false,
         );
         let verifying = VerifyingKey::from_encoded_point(&point).unwrap();
-        let signature =
-            Signature::from_slice(&URL_SAFE_NO_PAD.decode(parts[2]).unwrap()).unwrap();
+        let signature = Signature::from_slice(&URL_SAFE_NO_PAD.decode(parts[2]).unwrap()).unwrap();
         let input = format!("{}.{}", parts[0], parts[1]);
         assert!(verifying.verify(input.as_bytes(), &signature).is_ok());
         assert!(verifying.verify(b"tampered", &signature).is_err());

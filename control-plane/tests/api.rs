@@ -61,9 +61,8 @@ fn admin_post(path: &str, body: &Value) -> Request<Body> {
 
 async fn body_json(response: Response) -> Value {
     let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
-    serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-        panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes))
-    })
+    serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)))
 }
 
 /// Asserts an RFC 9457 problem response and returns its body.
@@ -75,7 +74,10 @@ async fn assert_problem(response: Response, status: StatusCode) -> Value {
     );
     let problem = body_json(response).await;
     assert_eq!(problem["status"], status.as_u16());
-    assert!(problem["type"].as_str().unwrap().starts_with("urn:portcullis:problem:"));
+    assert!(problem["type"]
+        .as_str()
+        .unwrap()
+        .starts_with("urn:portcullis:problem:"));
     assert!(!problem["title"].as_str().unwrap().is_empty());
     assert!(!problem["detail"].as_str().unwrap().is_empty());
     problem
@@ -89,7 +91,10 @@ async fn healthz_and_readyz_answer_with_a_healthy_store() {
     assert_eq!(body_json(response).await["status"], "alive");
     let response = send(&app, get("/readyz")).await;
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(body_json(response).await, json!({"status": "ready", "store": "memory"}));
+    assert_eq!(
+        body_json(response).await,
+        json!({"status": "ready", "store": "memory"})
+    );
 }
 
 #[tokio::test]
@@ -106,7 +111,10 @@ async fn jwks_publishes_the_current_es256_key() {
     assert_eq!(keys[0]["alg"], "ES256");
     assert_eq!(keys[0]["use"], "sig");
     assert_eq!(keys[0]["kid"], state.signing_key.kid());
-    assert!(keys[0].get("d").is_none(), "the private key must never be published");
+    assert!(
+        keys[0].get("d").is_none(),
+        "the private key must never be published"
+    );
 }
 
 #[tokio::test]
@@ -182,8 +190,7 @@ async fn minted_token_verifies_against_the_jwks_with_an_independent_library() {
     let token = issued["accessToken"].as_str().unwrap();
 
     let jwks: JwkSet =
-        serde_json::from_value(body_json(send(&app, get("/.well-known/jwks.json")).await).await)
-            .unwrap();
+        serde_json::from_value(body_json(send(&app, get("/.well-known/jwks.json")).await).await).unwrap();
     let header = jsonwebtoken::decode_header(token).unwrap();
     assert_eq!(header.alg, Algorithm::ES256);
     let kid = header.kid.unwrap();
@@ -226,7 +233,9 @@ async fn token_defaults_come_from_the_policy() {
     let payload = issued["accessToken"].as_str().unwrap().split('.').nth(1).unwrap();
     use base64::Engine as _;
     let claims: Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap(),
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
     )
     .unwrap();
     assert_eq!(claims["aud"], "demo-api");
@@ -252,7 +261,11 @@ async fn malformed_or_invalid_token_requests_are_400_problems() {
         assert_problem(send(&app, raw(body)).await, StatusCode::BAD_REQUEST).await;
     }
     let problem = assert_problem(
-        send(&app, admin_post("/admin/v1/tokens", &json!({"sub": "a", "ttlSeconds": 0}))).await,
+        send(
+            &app,
+            admin_post("/admin/v1/tokens", &json!({"sub": "a", "ttlSeconds": 0})),
+        )
+        .await,
         StatusCode::BAD_REQUEST,
     )
     .await;
@@ -260,7 +273,10 @@ async fn malformed_or_invalid_token_requests_are_400_problems() {
     let problem = assert_problem(
         send(
             &app,
-            admin_post("/admin/v1/tokens", &json!({"sub": "a", "claims": {"iss": "evil"}})),
+            admin_post(
+                "/admin/v1/tokens",
+                &json!({"sub": "a", "claims": {"iss": "evil"}}),
+            ),
         )
         .await,
         StatusCode::BAD_REQUEST,
@@ -303,7 +319,13 @@ async fn wrong_methods_are_405_problems_that_keep_the_allow_header() {
     let app = app(test_state().await);
     let request = Request::delete("/healthz").body(Body::empty()).unwrap();
     let response = send(&app, request).await;
-    let allow = response.headers().get(ALLOW).unwrap().to_str().unwrap().to_owned();
+    let allow = response
+        .headers()
+        .get(ALLOW)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert!(allow.contains("GET"), "{allow}");
     assert_problem(response, StatusCode::METHOD_NOT_ALLOWED).await;
 }
@@ -343,15 +365,20 @@ async fn metrics_count_requests_by_route_and_status_and_issued_tokens() {
     let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
     let text = String::from_utf8(bytes.to_vec()).unwrap();
     assert!(text.contains("portcullis_tokens_issued_total 1"), "{text}");
-    assert!(text.contains(
-        r#"portcullis_http_requests_total{route="/admin/v1/tokens",method="POST",status="200"} 1"#
-    ), "{text}");
-    assert!(text.contains(
-        r#"portcullis_http_requests_total{route="unmatched",method="GET",status="404"} 1"#
-    ), "{text}");
-    assert!(text.contains(
-        r#"portcullis_http_requests_total{route="/healthz",method="GET",status="200"} 1"#
-    ), "{text}");
+    assert!(
+        text.contains(
+            r#"portcullis_http_requests_total{route="/admin/v1/tokens",method="POST",status="200"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"portcullis_http_requests_total{route="unmatched",method="GET",status="404"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"portcullis_http_requests_total{route="/healthz",method="GET",status="200"} 1"#),
+        "{text}"
+    );
 }
 
 #[tokio::test]

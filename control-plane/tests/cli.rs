@@ -145,8 +145,20 @@ async fn cli_issues_a_token_that_verifies_against_the_servers_jwks() {
     let output = cli_admin(
         &server.url,
         &[
-            "token", "issue", "--sub", "alice", "--scope", "read", "--scope", "write",
-            "--ttl", "60", "--claim", "tenant=acme", "--claim", "level=3",
+            "token",
+            "issue",
+            "--sub",
+            "alice",
+            "--scope",
+            "read",
+            "--scope",
+            "write",
+            "--ttl",
+            "60",
+            "--claim",
+            "tenant=acme",
+            "--claim",
+            "level=3",
         ],
     );
     let text = stdout(&output);
@@ -167,7 +179,10 @@ async fn cli_issues_a_token_that_verifies_against_the_servers_jwks() {
     assert_eq!(claims["scope"], "read write");
     assert_eq!(claims["tenant"], "acme");
     assert_eq!(claims["level"], 3);
-    assert_eq!(claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(), 60);
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        60
+    );
 
     let json: Value = serde_json::from_str(&stdout(&cli_admin(
         &server.url,

@@ -92,12 +92,13 @@ async fn readyz_fails_while_redis_is_down_and_recovers_when_it_returns() {
     redis.start_again();
     wait_for_readyz(&app, StatusCode::OK, Duration::from_secs(15)).await;
 
-    // Redis came back empty (no persistence): the same process keeps its key, and a
-    // fresh replica now creates a new one, which is what key rotation will handle.
+    // This Redis came back empty (no persistence): the running process keeps the key
+    // it loaded at startup, while a replica starting now creates a new one. Documents
+    // a hazard for key rotation to handle (replicas must reload keys from the store).
     let replica = AppState::initialise(dependencies(redis_store(&redis.url(0))))
         .await
         .unwrap();
-    assert_ne!(replica.signing_key.kid(), "");
+    assert_ne!(replica.signing_key.kid(), kid);
     assert_eq!(state.signing_key.kid(), kid);
 }
 

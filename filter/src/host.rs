@@ -98,3 +98,9 @@ pub fn increment(metric: u32) {
 pub fn log_critical(message: &str) {
     let _ = hostcalls::log(LogLevel::Critical, message);
 }
+
+/// Makes later host calls act on another context (to finish a paused request from a
+/// callback that belongs to a different context).
+pub fn set_effective_context(context_id: u32) -> Result<(), Status> {
+    hostcalls::set_effective_context(context_id)
+}

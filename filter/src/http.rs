@@ -22,81 +22,103 @@ use crate::runtime::{Runtime, MAX_JWKS_BYTES};
 const MAX_ROUNDS: usize = 4;
 
 pub struct AuthnContext {
+    id: u32,
     runtime: Option<Rc<Runtime>>,
     request: Option<RequestParts>,
     rule: usize,
+    progress: Progress,
+}
+
+/// What one request has already tried while waiting for keys.
+#[derive(Default)]
+pub struct Progress {
     /// Providers whose keys were already re-read from shared data for this request.
-    reloaded: Vec<usize>,
+    pub(crate) reloaded: Vec<usize>,
     /// Providers whose keys this request fetched or could not fetch.
-    tried: Vec<usize>,
+    pub(crate) tried: Vec<usize>,
     /// Outstanding JWKS fetch: call token → provider index.
-    fetch: Option<(u32, usize)>,
+    pub(crate) fetch: Option<(u32, usize)>,
 }
 
 /// How the decided request continues.
-enum Next {
+pub enum Next {
     Continue,
     Paused,
 }
 
 impl AuthnContext {
-    pub fn new(_context_id: u32, runtime: Option<Rc<Runtime>>) -> Self {
-        AuthnContext { runtime, request: None, rule: 0, reloaded: Vec::new(), tried: Vec::new(), fetch: None }
+    pub fn new(context_id: u32, runtime: Option<Rc<Runtime>>) -> Self {
+        AuthnContext { id: context_id, runtime, request: None, rule: 0, progress: Progress::default() }
     }
+}
 
-    fn decide(&mut self, rt: &Runtime) -> Next {
-        let Some(request) = self.request.as_ref() else { return Next::Continue };
-        let Some(rule) = rt.policy.rules.get(self.rule) else { return Next::Continue };
-        for _ in 0..MAX_ROUNDS {
-            let now_ms = host::now_unix_ms();
-            let keys = rt.keys(now_ms, false);
-            let can_fetch = rt.fetchable(&self.tried);
-            let outcome = {
-                let versions = rt.versions.borrow();
-                let input = AuthnInput {
-                    policy: &rt.policy,
-                    rule,
-                    request,
-                    keys: &keys,
-                    versions: &versions,
-                    can_fetch_keys: &can_fetch,
-                    now_unix_secs: now_ms / 1000,
-                };
-                authenticate(&input, &mut rt.cache.borrow_mut())
+/// Decides `request` under rule `rule` and carries the decision out on the current
+/// (effective) request context. `Paused` with `progress.fetch` set means a JWKS fetch
+/// was dispatched from this context; `Paused` after parking means the request waits for
+/// a fetch another context started ([`Runtime::park`]).
+pub fn decide(
+    rt: &Runtime,
+    context_id: u32,
+    request: &RequestParts,
+    rule_index: usize,
+    progress: &mut Progress,
+) -> Next {
+    let Some(rule) = rt.policy.rules.get(rule_index) else { return Next::Continue };
+    for _ in 0..MAX_ROUNDS {
+        let now_ms = host::now_unix_ms();
+        let keys = rt.keys(now_ms, false);
+        let can_fetch = rt.fetchable(&progress.tried);
+        let outcome = {
+            let versions = rt.versions.borrow();
+            let input = AuthnInput {
+                policy: &rt.policy,
+                rule,
+                request,
+                keys: &keys,
+                versions: &versions,
+                can_fetch_keys: &can_fetch,
+                now_unix_secs: now_ms / 1000,
             };
-            match outcome {
-                Outcome::Allow { identities, edits } => {
-                    rt.metrics.count("portcullis.requests.allowed");
-                    for i in &identities {
-                        if let Some(p) = rt.policy.providers.get(i.provider) {
-                            rt.metrics.count(&format!("portcullis.provider.{}.allowed", p.name()));
-                        }
+            authenticate(&input, &mut rt.cache.borrow_mut())
+        };
+        match outcome {
+            Outcome::Allow { identities, edits } => {
+                rt.metrics.count("portcullis.requests.allowed");
+                for i in &identities {
+                    if let Some(p) = rt.policy.providers.get(i.provider) {
+                        rt.metrics.count(&format!("portcullis.provider.{}.allowed", p.name()));
                     }
-                    apply_edits(request, &edits);
-                    return Next::Continue;
                 }
-                Outcome::Deny { denial, provider } => {
-                    let provider_name = provider.and_then(|p| rt.policy.providers.get(p)).map(|p| p.name());
-                    return deny(rt, rule.name.as_str(), rule.shadow, &denial, provider_name);
+                apply_edits(request, &edits);
+                return Next::Continue;
+            }
+            Outcome::Deny { denial, provider } => {
+                let provider_name = provider.and_then(|p| rt.policy.providers.get(p)).map(|p| p.name());
+                return deny(rt, rule.name.as_str(), rule.shadow, &denial, provider_name);
+            }
+            Outcome::FetchKeys(p) => {
+                // Another worker may already have fetched the new keys.
+                if !progress.reloaded.contains(&p) {
+                    progress.reloaded.push(p);
+                    rt.keys(now_ms, true);
+                    continue;
                 }
-                Outcome::FetchKeys(p) => {
-                    // Another worker may already have fetched the new keys.
-                    if !self.reloaded.contains(&p) {
-                        self.reloaded.push(p);
-                        rt.keys(now_ms, true);
-                        continue;
-                    }
-                    self.tried.push(p);
-                    if let Some(token) = start_fetch(rt, p, now_ms) {
-                        self.fetch = Some((token, p));
-                        return Next::Paused;
-                    }
+                progress.tried.push(p);
+                if let Some(token) = start_fetch(rt, p, now_ms) {
+                    progress.fetch = Some((token, p));
+                    return Next::Paused;
+                }
+                // A fetch some context already started will answer soon: wait for it
+                // rather than reject a token signed by a key just rotated in.
+                if rt.fetch_in_flight(p, now_ms) && rt.park(context_id, p, rule_index, request.clone(), now_ms) {
+                    rt.metrics.count("portcullis.requests.parked");
+                    return Next::Paused;
                 }
             }
         }
-        // Only reachable if core keeps asking for keys it cannot get.
-        deny(rt, rule.name.as_str(), rule.shadow, &Denial::KeysUnavailable, None)
     }
+    // Only reachable if core keeps asking for keys it cannot get.
+    deny(rt, rule.name.as_str(), rule.shadow, &Denial::KeysUnavailable, None)
 }
 
 /// Claims and dispatches an on-demand JWKS fetch; `None` when rate-limited or failed.
@@ -196,17 +218,30 @@ fn request_parts(headers: Vec<(String, String)>) -> RequestParts {
 impl Context for AuthnContext {
     fn on_http_call_response(&mut self, token_id: u32, _: usize, body_size: usize, _: usize) {
         let Some(rt) = self.runtime.clone() else { return };
-        let Some((token, provider)) = self.fetch else { return };
+        let Some((token, provider)) = self.progress.fetch else { return };
         if token != token_id {
             return;
         }
-        self.fetch = None;
+        self.progress.fetch = None;
         let (status, body) = call_response(body_size);
         rt.complete_fetch(provider, status.as_deref(), body, host::now_unix_ms());
-        if let Next::Continue = self.decide(&rt) {
+        let Some(request) = self.request.take() else { return };
+        let next = decide(&rt, self.id, &request, self.rule, &mut self.progress);
+        self.request = Some(request);
+        if let Next::Continue = next {
             if let Err(status) = host::resume_request() {
                 log::warn!("could not resume the request ({status:?})");
             }
+        }
+        // Requests of this worker that waited for the same keys.
+        rt.wake_parked(Some(provider), self.id);
+    }
+}
+
+impl Drop for AuthnContext {
+    fn drop(&mut self) {
+        if let Some(rt) = &self.runtime {
+            rt.unpark(self.id);
         }
     }
 }
@@ -240,8 +275,9 @@ impl HttpContext for AuthnContext {
             };
         };
         self.rule = rule;
+        let next = decide(&rt, self.id, &request, rule, &mut self.progress);
         self.request = Some(request);
-        match self.decide(&rt) {
+        match next {
             Next::Continue => Action::Continue,
             Next::Paused => Action::Pause,
         }

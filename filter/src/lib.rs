@@ -29,11 +29,13 @@ proxy_wasm::main! {{
     std::panic::set_hook(Box::new(|info| {
         host::log_critical(&format!("panic (this worker's filter is now unusable): {info}"));
     }));
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(PortcullisRoot::default()) });
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
+        Box::new(PortcullisRoot { context_id, runtime: None, fetches: Vec::new() })
+    });
 }}
 
-#[derive(Default)]
 struct PortcullisRoot {
+    context_id: u32,
     runtime: Option<Rc<Runtime>>,
     /// Outstanding periodic JWKS fetches: call token → provider index.
     fetches: Vec<(u32, usize)>,
@@ -46,6 +48,7 @@ impl Context for PortcullisRoot {
         if let Some(rt) = &self.runtime {
             let (status, body) = http::call_response(body_size);
             rt.complete_fetch(provider, status.as_deref(), body, host::now_unix_ms());
+            rt.wake_parked(Some(provider), self.context_id);
         }
     }
 }
@@ -79,6 +82,8 @@ impl RootContext for PortcullisRoot {
 
     fn on_tick(&mut self) {
         let Some(rt) = self.runtime.clone() else { return };
+        // Requests waiting for a fetch that finished in another worker (or timed out).
+        rt.wake_parked(None, self.context_id);
         let now = host::now_unix_ms();
         for (p, provider) in rt.policy.providers.iter().enumerate() {
             let KeySource::Remote(remote) = provider.key_source() else { continue };

@@ -13,13 +13,26 @@ use portcullis_core::jwt::provider::KeySource;
 use portcullis_core::jwt::versions::VersionState;
 use portcullis_core::keyfetch::{FetchKind, FetchSchedule};
 
+use portcullis_core::RequestParts;
+
 use crate::host;
+use crate::http::{decide, Next, Progress};
 use crate::metrics::Metrics;
 
 /// Largest JWKS document accepted from a remote endpoint.
 pub const MAX_JWKS_BYTES: usize = 512 * 1024;
 /// How often a worker re-reads shared data for keys another worker may have fetched.
 const SHARED_KEYS_RECHECK_MS: u64 = 1_000;
+/// Requests one worker holds while a key fetch is in flight; more are decided at once.
+const MAX_PARKED: usize = 1024;
+
+/// A request waiting for a JWKS fetch that another context started.
+struct Parked {
+    context_id: u32,
+    provider: usize,
+    rule: usize,
+    request: RequestParts,
+}
 
 pub struct Runtime {
     pub policy: Policy,
@@ -27,6 +40,7 @@ pub struct Runtime {
     pub versions: RefCell<Vec<VersionState>>,
     pub cache: RefCell<VerifiedTokenCache>,
     pub metrics: Metrics,
+    parked: RefCell<Vec<Parked>>,
 }
 
 #[derive(Default)]
@@ -55,6 +69,7 @@ impl Runtime {
             versions: RefCell::new(versions),
             cache: RefCell::new(cache),
             metrics: Metrics::default(),
+            parked: RefCell::new(Vec::new()),
         }
     }
 
@@ -176,6 +191,89 @@ impl Runtime {
             }
         }
         ok
+    }
+
+    fn schedule(&self, p: usize) -> FetchSchedule {
+        let Some(provider) = self.policy.providers.get(p) else { return FetchSchedule::default() };
+        host::shared_data(&schedule_key(provider.name())).0.map(|d| FetchSchedule::decode(&d)).unwrap_or_default()
+    }
+
+    /// Whether some worker has a fetch of this provider's keys outstanding.
+    pub fn fetch_in_flight(&self, p: usize, now_ms: u64) -> bool {
+        self.schedule(p).in_flight(now_ms)
+    }
+
+    /// Holds a paused request until the in-flight fetch of `provider` ends.
+    pub fn park(&self, context_id: u32, provider: usize, rule: usize, request: RequestParts, _now_ms: u64) -> bool {
+        let mut parked = self.parked.borrow_mut();
+        if parked.len() >= MAX_PARKED {
+            return false;
+        }
+        parked.push(Parked { context_id, provider, rule, request });
+        true
+    }
+
+    /// Forgets a request that ended (client gone) while parked.
+    pub fn unpark(&self, context_id: u32) {
+        if let Ok(mut parked) = self.parked.try_borrow_mut() {
+            parked.retain(|p| p.context_id != context_id);
+        }
+    }
+
+    /// Decides parked requests whose wait is over: those of `provider` when given (its
+    /// fetch just completed in this worker), otherwise those whose provider has no fetch
+    /// in flight any more (completed in another worker, or timed out). Each is decided on
+    /// its own context; `current` is the context to switch back to.
+    pub fn wake_parked(&self, provider: Option<usize>, current: u32) {
+        let now_ms = host::now_unix_ms();
+        let ready: Vec<Parked> = {
+            let Ok(mut parked) = self.parked.try_borrow_mut() else { return };
+            if parked.is_empty() {
+                return;
+            }
+            let mut in_flight: Vec<(usize, bool)> = Vec::new();
+            let mut ready = Vec::new();
+            let mut i = 0;
+            while i < parked.len() {
+                let p = parked.get(i).map(|w| w.provider).unwrap_or(usize::MAX);
+                let wake = match provider {
+                    Some(done) => p == done,
+                    None => {
+                        let flying = match in_flight.iter().find(|(q, _)| *q == p) {
+                            Some((_, f)) => *f,
+                            None => {
+                                let f = self.fetch_in_flight(p, now_ms);
+                                in_flight.push((p, f));
+                                f
+                            }
+                        };
+                        !flying
+                    }
+                };
+                if wake {
+                    ready.push(parked.swap_remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+            ready
+        };
+        if ready.is_empty() {
+            return;
+        }
+        self.keys(now_ms, true);
+        let remote: Vec<usize> = (0..self.policy.providers.len()).filter(|p| self.is_remote(*p)).collect();
+        for waiter in ready {
+            if host::set_effective_context(waiter.context_id).is_err() {
+                continue;
+            }
+            // No further fetching for a parked request: decide with the keys there are.
+            let mut progress = Progress { reloaded: remote.clone(), tried: remote.clone(), fetch: None };
+            if let Next::Continue = decide(self, waiter.context_id, &waiter.request, waiter.rule, &mut progress) {
+                let _ = host::resume_request();
+            }
+        }
+        let _ = host::set_effective_context(current);
     }
 
     /// Which providers' keys this request could fetch now (remote and not yet tried).

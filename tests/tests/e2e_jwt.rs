@@ -199,3 +199,30 @@ async fn header_bytes_that_are_not_utf8_do_not_crash_the_filter() {
     assert_eq!(r.status(), 200);
     assert!(!s.envoy.proc.log_text().contains("panic"), "the filter panicked");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_requests_with_a_rotated_key_all_pass_with_a_single_refetch() {
+    let old = FixtureKey::load("es256-a");
+    let new = FixtureKey::load("es256-b");
+    let s = stack(&[&old]).await;
+    eventually(Duration::from_secs(10), "first JWKS fetch", || async { s.server.jwks_fetches() >= 1 }).await;
+    s.server.set_jwks(jwks(&[&old, &new]));
+    let before = s.server.jwks_fetches();
+
+    let token = new.sign(&claims("b", ""));
+    let mut tasks = Vec::new();
+    for _ in 0..24 {
+        let url = s.envoy.url("/api/x");
+        let token = token.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+            client.get(url).bearer_auth(token).send().await.map(|r| r.status().as_u16()).unwrap_or(0)
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    assert!(statuses.iter().all(|s| *s == 200), "statuses: {statuses:?}");
+    assert_eq!(s.server.jwks_fetches(), before + 1, "one refetch served every waiting request");
+}

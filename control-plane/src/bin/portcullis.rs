@@ -15,7 +15,12 @@ use serde_json::{Map, Value};
 #[command(name = "portcullis", version, about = "Talk to the Portcullis control plane")]
 struct Cli {
     /// Base URL of the control plane.
-    #[arg(long, env = "PORTCULLIS_URL", default_value = "http://127.0.0.1:9090", global = true)]
+    #[arg(
+        long,
+        env = "PORTCULLIS_URL",
+        default_value = "http://127.0.0.1:9090",
+        global = true
+    )]
     url: String,
 
     #[command(flatten)]

@@ -124,9 +124,9 @@ impl IntoResponse for ApiError {
         let mut response = problem_response(&self.problem());
         let challenge = match self {
             ApiError::MissingAdminToken => Some(format!(r#"Bearer realm="{ADMIN_REALM}""#)),
-            ApiError::InvalidAdminToken => Some(format!(
-                r#"Bearer realm="{ADMIN_REALM}", error="invalid_token""#
-            )),
+            ApiError::InvalidAdminToken => {
+                Some(format!(r#"Bearer realm="{ADMIN_REALM}", error="invalid_token""#))
+            }
             _ => None,
         };
         if let Some(value) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
@@ -148,9 +148,7 @@ fn problem_response(problem: &Problem) -> Response {
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         match rejection.status() {
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-                ApiError::UnsupportedMediaType(rejection.body_text())
-            }
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(rejection.body_text()),
             StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(rejection.body_text()),
             _ => ApiError::InvalidRequest(rejection.body_text()),
         }
@@ -208,4 +206,36 @@ pub async fn problem_for_bare_errors(response: Response) -> Response {
         .insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE));
     let body = serde_json::to_vec(&problem).unwrap_or_default();
     Response::from_parts(parts, Body::from(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn problem_of(error: ApiError) -> (StatusCode, Problem) {
+        let response = error.into_response();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn internal_errors_hide_their_cause_from_the_client() {
+        let (status, problem) = problem_of(ApiError::Internal("key at /secret/path".into())).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!problem.detail.contains("/secret/path"));
+
+        let (status, problem) =
+            problem_of(ApiError::Store(StoreError::Script("ERR user_script:3".into()))).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!problem.detail.contains("user_script"));
+    }
+
+    #[tokio::test]
+    async fn transient_store_errors_are_503() {
+        let (status, problem) = problem_of(ApiError::Store(StoreError::Unavailable("refused".into()))).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(problem.type_, "urn:portcullis:problem:store-unavailable");
+        assert!(!problem.detail.contains("refused"));
+    }
 }

@@ -37,7 +37,10 @@ pub(super) async fn store_is_ready(state: &AppState) -> Result<(), String> {
         }
         Err(_) => {
             tracing::warn!("readiness: store ping timed out");
-            Err(format!("the {} store did not answer in time", state.store.backend()))
+            Err(format!(
+                "the {} store did not answer in time",
+                state.store.backend()
+            ))
         }
     }
 }

@@ -53,11 +53,9 @@ pub struct AppState {
 impl AppState {
     /// Wraps the store with metrics and makes sure a current signing key exists.
     pub async fn initialise(deps: Dependencies) -> Result<Self, SigningKeyError> {
-        let store: Arc<dyn Store> =
-            Arc::new(MeteredStore::new(deps.store, Arc::clone(&deps.metrics)));
+        let store: Arc<dyn Store> = Arc::new(MeteredStore::new(deps.store, Arc::clone(&deps.metrics)));
         let signing_key =
-            ensure_current_signing_key(store.as_ref(), deps.rng.as_ref(), deps.clock.now_ms())
-                .await?;
+            ensure_current_signing_key(store.as_ref(), deps.rng.as_ref(), deps.clock.now_ms()).await?;
         Ok(Self {
             store,
             signing_key: Arc::new(signing_key),

@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use redb::{Database, ReadableTable, ReadTransaction, TableDefinition, WriteTransaction};
+use redb::{Database, ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::{
-    feed_page, feed_window, is_live, is_live_opt, require_positive_ttl, FeedEntry, FeedPage,
-    LogAppendError, LogEntry, SetMember, Store, StoreBackend, StoreError, MAX_PAGE_SIZE,
+    feed_page, feed_window, is_live, is_live_opt, require_positive_ttl, FeedEntry, FeedPage, LogAppendError,
+    LogEntry, SetMember, Store, StoreBackend, StoreError, MAX_PAGE_SIZE,
 };
 
 /// The database file inside the data directory.
@@ -32,8 +32,7 @@ const RECORDS: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("recor
 /// feed -> (head cursor, last trimmed cursor)
 const FEEDS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("feeds");
 /// (feed, cursor) -> (appended_at_ms, data)
-const FEED_ENTRIES: TableDefinition<(&str, u64), (u64, &[u8])> =
-    TableDefinition::new("feed_entries");
+const FEED_ENTRIES: TableDefinition<(&str, u64), (u64, &[u8])> = TableDefinition::new("feed_entries");
 /// log -> last seq
 const LOGS: TableDefinition<&str, u64> = TableDefinition::new("logs");
 /// (log, seq) -> data
@@ -56,10 +55,9 @@ impl EmbeddedStore {
         })?;
         let path = data_dir.join(DATABASE_FILE);
         let db = Database::create(&path).map_err(|e| match redb::Error::from(e) {
-            redb::Error::DatabaseAlreadyOpen => StoreError::Backend(format!(
-                "{} is already open in another process",
-                path.display()
-            )),
+            redb::Error::DatabaseAlreadyOpen => {
+                StoreError::Backend(format!("{} is already open in another process", path.display()))
+            }
             other => StoreError::from(other),
         })?;
         // Create every table up front so read transactions never meet a missing one.
@@ -197,13 +195,7 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn incr_counter(
-        &self,
-        key: &str,
-        delta: i64,
-        ttl_ms: u64,
-        now_ms: u64,
-    ) -> Result<i64, StoreError> {
+    async fn incr_counter(&self, key: &str, delta: i64, ttl_ms: u64, now_ms: u64) -> Result<i64, StoreError> {
         require_positive_ttl(ttl_ms)?;
         let key = key.to_owned();
         self.write(move |txn| {
@@ -265,12 +257,7 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn set_contains(
-        &self,
-        set: &str,
-        member: &str,
-        now_ms: u64,
-    ) -> Result<bool, StoreError> {
+    async fn set_contains(&self, set: &str, member: &str, now_ms: u64) -> Result<bool, StoreError> {
         let (set, member) = (set.to_owned(), member.to_owned());
         self.read(move |txn| {
             let table = txn.open_table(SET_MEMBERS)?;
@@ -355,12 +342,7 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn feed_append(
-        &self,
-        feed: &str,
-        entry: Vec<u8>,
-        now_ms: u64,
-    ) -> Result<u64, StoreError> {
+    async fn feed_append(&self, feed: &str, entry: Vec<u8>, now_ms: u64) -> Result<u64, StoreError> {
         let feed = feed.to_owned();
         self.write(move |txn| {
             let mut feeds = txn.open_table(FEEDS)?;
@@ -374,12 +356,7 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn feed_read(
-        &self,
-        feed: &str,
-        after: u64,
-        limit: usize,
-    ) -> Result<FeedPage, StoreError> {
+    async fn feed_read(&self, feed: &str, after: u64, limit: usize) -> Result<FeedPage, StoreError> {
         let feed = feed.to_owned();
         self.read(move |txn| {
             let feeds = txn.open_table(FEEDS)?;
@@ -455,12 +432,7 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn log_range(
-        &self,
-        log: &str,
-        from_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<LogEntry>, StoreError> {
+    async fn log_range(&self, log: &str, from_seq: u64, limit: usize) -> Result<Vec<LogEntry>, StoreError> {
         let log = log.to_owned();
         let limit = limit.min(MAX_PAGE_SIZE);
         self.read(move |txn| {
@@ -493,9 +465,7 @@ impl Store for EmbeddedStore {
             let data = txn
                 .open_table(LOG_ENTRIES)?
                 .get((log.as_str(), seq))?
-                .ok_or_else(|| {
-                    StoreError::CorruptData(format!("log {log:?} has no entry {seq}"))
-                })?
+                .ok_or_else(|| StoreError::CorruptData(format!("log {log:?} has no entry {seq}")))?
                 .value()
                 .to_vec();
             Ok(Some(LogEntry { seq, data }))

@@ -7,8 +7,8 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use super::{
-    feed_page, feed_window, is_live, is_live_opt, require_positive_ttl, FeedEntry, FeedPage,
-    LogAppendError, LogEntry, SetMember, Store, StoreBackend, StoreError, MAX_PAGE_SIZE,
+    feed_page, feed_window, is_live, is_live_opt, require_positive_ttl, FeedEntry, FeedPage, LogAppendError,
+    LogEntry, SetMember, Store, StoreBackend, StoreError, MAX_PAGE_SIZE,
 };
 
 #[derive(Default)]
@@ -68,22 +68,11 @@ impl State {
         self.records.get(key)
     }
 
-    fn write_record(
-        &mut self,
-        key: &str,
-        value: Option<Vec<u8>>,
-        expires_at_ms: Option<u64>,
-        now_ms: u64,
-    ) {
+    fn write_record(&mut self, key: &str, value: Option<Vec<u8>>, expires_at_ms: Option<u64>, now_ms: u64) {
         match value {
             Some(value) if is_live_opt(expires_at_ms, now_ms) => {
-                self.records.insert(
-                    key.to_owned(),
-                    Record {
-                        value,
-                        expires_at_ms,
-                    },
-                );
+                self.records
+                    .insert(key.to_owned(), Record { value, expires_at_ms });
             }
             _ => {
                 self.records.remove(key);
@@ -112,13 +101,7 @@ impl Store for MemoryStore {
         self.state().map(|_| ())
     }
 
-    async fn incr_counter(
-        &self,
-        key: &str,
-        delta: i64,
-        ttl_ms: u64,
-        now_ms: u64,
-    ) -> Result<i64, StoreError> {
+    async fn incr_counter(&self, key: &str, delta: i64, ttl_ms: u64, now_ms: u64) -> Result<i64, StoreError> {
         require_positive_ttl(ttl_ms)?;
         let mut state = self.state()?;
         let counter = state.counters.entry(key.to_owned()).or_insert(Counter {
@@ -159,9 +142,7 @@ impl Store for MemoryStore {
             members.remove(member);
             return Ok(false);
         }
-        Ok(members
-            .insert(member.to_owned(), expires_at_ms)
-            .is_none())
+        Ok(members.insert(member.to_owned(), expires_at_ms).is_none())
     }
 
     async fn set_remove(&self, set: &str, member: &str) -> Result<(), StoreError> {
@@ -172,12 +153,7 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn set_contains(
-        &self,
-        set: &str,
-        member: &str,
-        now_ms: u64,
-    ) -> Result<bool, StoreError> {
+    async fn set_contains(&self, set: &str, member: &str, now_ms: u64) -> Result<bool, StoreError> {
         let state = self.state()?;
         Ok(state
             .sets
@@ -243,12 +219,7 @@ impl Store for MemoryStore {
         Ok(true)
     }
 
-    async fn feed_append(
-        &self,
-        feed: &str,
-        entry: Vec<u8>,
-        now_ms: u64,
-    ) -> Result<u64, StoreError> {
+    async fn feed_append(&self, feed: &str, entry: Vec<u8>, now_ms: u64) -> Result<u64, StoreError> {
         let mut state = self.state()?;
         let feed = state.feeds.entry(feed.to_owned()).or_default();
         feed.head += 1;
@@ -256,12 +227,7 @@ impl Store for MemoryStore {
         Ok(feed.head)
     }
 
-    async fn feed_read(
-        &self,
-        feed: &str,
-        after: u64,
-        limit: usize,
-    ) -> Result<FeedPage, StoreError> {
+    async fn feed_read(&self, feed: &str, after: u64, limit: usize) -> Result<FeedPage, StoreError> {
         let state = self.state()?;
         let empty = Feed::default();
         let feed = state.feeds.get(feed).unwrap_or(&empty);
@@ -319,12 +285,7 @@ impl Store for MemoryStore {
         Ok(state.log_push(log, entry))
     }
 
-    async fn log_range(
-        &self,
-        log: &str,
-        from_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<LogEntry>, StoreError> {
+    async fn log_range(&self, log: &str, from_seq: u64, limit: usize) -> Result<Vec<LogEntry>, StoreError> {
         let state = self.state()?;
         let Some(entries) = state.logs.get(log) else {
             return Ok(Vec::new());

@@ -5,9 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{
-    FeedPage, LogAppendError, LogEntry, SetMember, Store, StoreBackend, StoreError,
-};
+use super::{FeedPage, LogAppendError, LogEntry, SetMember, Store, StoreBackend, StoreError};
 use crate::metrics::Metrics;
 
 pub struct MeteredStore {
@@ -39,15 +37,27 @@ impl Store for MeteredStore {
     }
 
     async fn incr_counter(&self, key: &str, delta: i64, ttl_ms: u64, now_ms: u64) -> Result<i64, StoreError> {
-        self.observe("incr_counter", self.inner.incr_counter(key, delta, ttl_ms, now_ms).await)
+        self.observe(
+            "incr_counter",
+            self.inner.incr_counter(key, delta, ttl_ms, now_ms).await,
+        )
     }
 
     async fn get_counter(&self, key: &str, now_ms: u64) -> Result<i64, StoreError> {
         self.observe("get_counter", self.inner.get_counter(key, now_ms).await)
     }
 
-    async fn set_add(&self, set: &str, member: &str, expires_at_ms: u64, now_ms: u64) -> Result<bool, StoreError> {
-        self.observe("set_add", self.inner.set_add(set, member, expires_at_ms, now_ms).await)
+    async fn set_add(
+        &self,
+        set: &str,
+        member: &str,
+        expires_at_ms: u64,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        self.observe(
+            "set_add",
+            self.inner.set_add(set, member, expires_at_ms, now_ms).await,
+        )
     }
 
     async fn set_remove(&self, set: &str, member: &str) -> Result<(), StoreError> {
@@ -66,8 +76,17 @@ impl Store for MeteredStore {
         self.observe("record_get", self.inner.record_get(key, now_ms).await)
     }
 
-    async fn record_put(&self, key: &str, value: Vec<u8>, expires_at_ms: Option<u64>, now_ms: u64) -> Result<(), StoreError> {
-        self.observe("record_put", self.inner.record_put(key, value, expires_at_ms, now_ms).await)
+    async fn record_put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expires_at_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.observe(
+            "record_put",
+            self.inner.record_put(key, value, expires_at_ms, now_ms).await,
+        )
     }
 
     async fn record_delete(&self, key: &str) -> Result<(), StoreError> {
@@ -114,7 +133,8 @@ impl Store for MeteredStore {
         let result = self.inner.log_append_if_last(log, expected_last_seq, entry).await;
         // A conflict is an expected outcome of optimistic appends, not a store failure.
         if let Err(LogAppendError::Store(error)) = &result {
-            self.metrics.record_store_error("log_append_if_last", error.kind());
+            self.metrics
+                .record_store_error("log_append_if_last", error.kind());
         }
         result
     }

@@ -29,10 +29,10 @@ use std::fmt;
 
 use async_trait::async_trait;
 
+pub use self::redis::RedisStore;
 pub use embedded::EmbeddedStore;
 pub use memory::MemoryStore;
 pub use metered::MeteredStore;
-pub use self::redis::RedisStore;
 
 /// Reads of feeds and logs return at most this many entries per call, whatever the
 /// caller asks for, so one call can never stall a backend.
@@ -181,13 +181,7 @@ pub trait Store: Send + Sync {
     /// exist or has expired starts a new window at 0 that expires at
     /// `now_ms + ttl_ms`; later increments keep that expiry (a fixed window).
     /// `ttl_ms` must be positive.
-    async fn incr_counter(
-        &self,
-        key: &str,
-        delta: i64,
-        ttl_ms: u64,
-        now_ms: u64,
-    ) -> Result<i64, StoreError>;
+    async fn incr_counter(&self, key: &str, delta: i64, ttl_ms: u64, now_ms: u64) -> Result<i64, StoreError>;
 
     /// The counter's value, 0 when absent or expired.
     async fn get_counter(&self, key: &str, now_ms: u64) -> Result<i64, StoreError>;
@@ -208,8 +202,7 @@ pub trait Store: Send + Sync {
     async fn set_remove(&self, set: &str, member: &str) -> Result<(), StoreError>;
 
     /// Whether `member` is in the set and has not expired at `now_ms`.
-    async fn set_contains(&self, set: &str, member: &str, now_ms: u64)
-        -> Result<bool, StoreError>;
+    async fn set_contains(&self, set: &str, member: &str, now_ms: u64) -> Result<bool, StoreError>;
 
     /// The live members, sorted by member; expired members are pruned, never returned.
     async fn set_members(&self, set: &str, now_ms: u64) -> Result<Vec<SetMember>, StoreError>;
@@ -246,13 +239,11 @@ pub trait Store: Send + Sync {
     // --- change feeds ------------------------------------------------------------
 
     /// Appends an entry and returns its cursor (strictly increasing per feed).
-    async fn feed_append(&self, feed: &str, entry: Vec<u8>, now_ms: u64)
-        -> Result<u64, StoreError>;
+    async fn feed_append(&self, feed: &str, entry: Vec<u8>, now_ms: u64) -> Result<u64, StoreError>;
 
     /// Up to `limit` (capped at [`MAX_PAGE_SIZE`]) entries after cursor `after`.
     /// Start with `after = 0`.
-    async fn feed_read(&self, feed: &str, after: u64, limit: usize)
-        -> Result<FeedPage, StoreError>;
+    async fn feed_read(&self, feed: &str, after: u64, limit: usize) -> Result<FeedPage, StoreError>;
 
     /// Drops all but the newest `keep_last` entries; returns how many were dropped.
     /// Readers whose cursor falls before the kept entries get `cursor_too_old`.
@@ -274,12 +265,7 @@ pub trait Store: Send + Sync {
     ) -> Result<u64, LogAppendError>;
 
     /// Up to `limit` (capped at [`MAX_PAGE_SIZE`]) entries starting at `from_seq`.
-    async fn log_range(
-        &self,
-        log: &str,
-        from_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<LogEntry>, StoreError>;
+    async fn log_range(&self, log: &str, from_seq: u64, limit: usize) -> Result<Vec<LogEntry>, StoreError>;
 
     /// The newest entry, `None` for an empty log.
     async fn log_last(&self, log: &str) -> Result<Option<LogEntry>, StoreError>;

@@ -22,9 +22,13 @@ fn redis_server_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("REDIS_SERVER_BIN") {
         return PathBuf::from(path);
     }
-    let candidates = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("redis-server")).collect())
-        .unwrap_or_else(Vec::new);
+    let candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("redis-server"))
+                .collect()
+        })
+        .unwrap_or_default();
     candidates
         .into_iter()
         .chain([PathBuf::from("/usr/bin/redis-server")])
@@ -127,10 +131,9 @@ impl Drop for RedisServer {
 
 /// Whether a Redis server answers `PING` on the port.
 pub fn ping(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect_timeout(
-        &([127, 0, 0, 1], port).into(),
-        Duration::from_millis(200),
-    ) else {
+    let Ok(mut stream) =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
+    else {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));

@@ -630,11 +630,12 @@ impl Provider {
                 .max_lifetime
                 .map(|m| i64::try_from(m).unwrap_or(i64::MAX)),
         };
-        let exp = claims::check_times(&claims, &policy, now_unix_secs)?;
+        let times = claims::check_times(&claims, &policy, now_unix_secs)?;
         claims::check_issuer(&claims, &self.issuer)?;
         if let Some(audiences) = &self.audiences {
             claims::check_audience(&claims, audiences)?;
         }
+        claims::check_lifetime(&times, &policy, now_unix_secs)?;
         claims::check_required(&claims, &self.required_claims)?;
         if let Some(expected) = &self.typ {
             match &jws.header.typ {
@@ -647,7 +648,7 @@ impl Provider {
         Ok(VerifiedToken {
             alg: jws.header.alg,
             kid,
-            expires_at: exp.map(|e| u64::try_from(e).unwrap_or(0)),
+            expires_at: times.exp.map(|e| u64::try_from(e).unwrap_or(0)),
             subject,
             payload_b64: jws.payload_b64.to_owned(),
             claims,

@@ -16,8 +16,8 @@ use redis::{ErrorKind, RedisError, Value};
 use tokio::sync::OnceCell;
 
 use super::{
-    feed_page, is_live, is_live_opt, require_positive_ttl, FeedEntry, FeedPage, LogAppendError,
-    LogEntry, SetMember, Store, StoreBackend, StoreError, MAX_PAGE_SIZE,
+    feed_page, is_live, is_live_opt, require_positive_ttl, FeedEntry, FeedPage, LogAppendError, LogEntry,
+    SetMember, Store, StoreBackend, StoreError, MAX_PAGE_SIZE,
 };
 
 /// How long after their logical expiry Redis keeps keys before dropping them. Expiry
@@ -70,9 +70,7 @@ impl RedisStore {
     async fn connection(&self) -> Result<ConnectionManager, StoreError> {
         let manager = self
             .connection
-            .get_or_try_init(|| {
-                ConnectionManager::new_with_config(self.client.clone(), self.config.clone())
-            })
+            .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), self.config.clone()))
             .await
             .map_err(store_error)?;
         Ok(manager.clone())
@@ -107,9 +105,7 @@ fn store_error(error: RedisError) -> StoreError {
         | ErrorKind::MasterDown
         | ErrorKind::ReadOnly => StoreError::Busy(error.to_string()),
         // `BUSY Redis is busy running a script`: another script is hogging the server.
-        ErrorKind::ExtensionError if error.code() == Some("BUSY") => {
-            StoreError::Busy(error.to_string())
-        }
+        ErrorKind::ExtensionError if error.code() == Some("BUSY") => StoreError::Busy(error.to_string()),
         ErrorKind::TypeError | ErrorKind::ParseError => StoreError::CorruptData(error.to_string()),
         ErrorKind::ResponseError | ErrorKind::NoScriptError | ErrorKind::ExecAbortError => {
             StoreError::Script(error.to_string())
@@ -125,11 +121,12 @@ fn gc_lifetime_ms(expires_at_ms: u64, now_ms: u64) -> u64 {
 
 fn int(value: &Value, what: &str) -> Result<u64, StoreError> {
     match value {
-        Value::Int(n) => u64::try_from(*n)
-            .map_err(|_| StoreError::CorruptData(format!("negative {what}: {n}"))),
+        Value::Int(n) => {
+            u64::try_from(*n).map_err(|_| StoreError::CorruptData(format!("negative {what}: {n}")))
+        }
         Value::BulkString(bytes) => std::str::from_utf8(bytes)
             .ok()
-            .and_then(|s| parse_score(s))
+            .and_then(parse_score)
             .ok_or_else(|| StoreError::CorruptData(format!("{what} is not a number"))),
         other => Err(StoreError::CorruptData(format!(
             "{what}: unexpected reply {other:?}"
@@ -197,17 +194,13 @@ impl Store for RedisStore {
         if reply == "PONG" {
             Ok(())
         } else {
-            Err(StoreError::CorruptData(format!("unexpected PING reply {reply:?}")))
+            Err(StoreError::CorruptData(format!(
+                "unexpected PING reply {reply:?}"
+            )))
         }
     }
 
-    async fn incr_counter(
-        &self,
-        key: &str,
-        delta: i64,
-        ttl_ms: u64,
-        now_ms: u64,
-    ) -> Result<i64, StoreError> {
+    async fn incr_counter(&self, key: &str, delta: i64, ttl_ms: u64, now_ms: u64) -> Result<i64, StoreError> {
         require_positive_ttl(ttl_ms)?;
         let mut script = scripts::INCR_COUNTER.prepare_invoke();
         script
@@ -254,21 +247,15 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    async fn set_contains(
-        &self,
-        set: &str,
-        member: &str,
-        now_ms: u64,
-    ) -> Result<bool, StoreError> {
+    async fn set_contains(&self, set: &str, member: &str, now_ms: u64) -> Result<bool, StoreError> {
         let score: Option<String> = self
             .query(redis::cmd("ZSCORE").arg(keys::set(set)).arg(member))
             .await?;
         match score {
             None => Ok(false),
             Some(score) => {
-                let at = parse_score(&score).ok_or_else(|| {
-                    StoreError::CorruptData(format!("set score {score:?} is not a number"))
-                })?;
+                let at = parse_score(&score)
+                    .ok_or_else(|| StoreError::CorruptData(format!("set score {score:?} is not a number")))?;
                 Ok(is_live(at, now_ms))
             }
         }
@@ -367,12 +354,7 @@ impl Store for RedisStore {
         Ok(swapped == 1)
     }
 
-    async fn feed_append(
-        &self,
-        feed: &str,
-        entry: Vec<u8>,
-        now_ms: u64,
-    ) -> Result<u64, StoreError> {
+    async fn feed_append(&self, feed: &str, entry: Vec<u8>, now_ms: u64) -> Result<u64, StoreError> {
         let mut script = scripts::FEED_APPEND.prepare_invoke();
         script
             .key(keys::feed_meta(feed))
@@ -381,12 +363,7 @@ impl Store for RedisStore {
         self.invoke(script).await
     }
 
-    async fn feed_read(
-        &self,
-        feed: &str,
-        after: u64,
-        limit: usize,
-    ) -> Result<FeedPage, StoreError> {
+    async fn feed_read(&self, feed: &str, after: u64, limit: usize) -> Result<FeedPage, StoreError> {
         let mut script = scripts::FEED_READ.prepare_invoke();
         script
             .key(keys::feed_meta(feed))
@@ -453,12 +430,7 @@ impl Store for RedisStore {
         }
     }
 
-    async fn log_range(
-        &self,
-        log: &str,
-        from_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<LogEntry>, StoreError> {
+    async fn log_range(&self, log: &str, from_seq: u64, limit: usize) -> Result<Vec<LogEntry>, StoreError> {
         let limit = limit.min(MAX_PAGE_SIZE) as u64;
         if limit == 0 {
             return Ok(Vec::new());
@@ -487,8 +459,7 @@ impl Store for RedisStore {
         let data: Option<Vec<u8>> = self
             .query(redis::cmd("HGET").arg(keys::log_entries(log)).arg(seq))
             .await?;
-        let data =
-            data.ok_or_else(|| StoreError::CorruptData(format!("log {log:?} has no entry {seq}")))?;
+        let data = data.ok_or_else(|| StoreError::CorruptData(format!("log {log:?} has no entry {seq}")))?;
         Ok(Some(LogEntry { seq, data }))
     }
 }
