@@ -13,11 +13,14 @@ WASM        := $(WASM_TARGET_DIR)/wasm32-wasip1/release/portcullis_filter.wasm
 HAVE_RUSTUP_WASM := $(shell rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 && rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown && echo yes)
 ifeq ($(HAVE_RUSTUP_WASM),yes)
 WASM_CARGO  := cargo
+WASM_PATH   := $(PATH)
 WASIP1_ENV  :=
 UNKNOWN_ENV :=
 BUILD_STD   :=
 else
 WASM_CARGO  := /usr/bin/cargo
+# Debian's cargo-clippy/clippy-driver must win over rustup's proxies for the wasm lint.
+WASM_PATH   := /usr/bin:$(PATH)
 WASIP1_ENV  := RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 RUSTFLAGS="-L /usr/lib/wasm32-wasi -C link-self-contained=no"
 UNKNOWN_ENV := RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1
 BUILD_STD   := -Z build-std=std,panic_abort
@@ -64,9 +67,11 @@ test-wasm:
 	  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(TOOLS)/bin/wasm-bindgen-test-runner \
 	  $(WASM_CARGO) test --target wasm32-unknown-unknown $(BUILD_STD) -p portcullis-core
 
-lint:
+lint: setup
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	PATH="$(WASM_PATH)" CARGO_TARGET_DIR=$(ROOT)/target/wasm-clippy $(WASIP1_ENV) $(WASM_CARGO) clippy \
+	  --target wasm32-wasip1 $(BUILD_STD) -p portcullis-core -p portcullis-filter -- -D warnings
 
 fmt:
 	cargo fmt --all

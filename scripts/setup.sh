@@ -22,7 +22,7 @@ have_rustup_wasm() {
 pkgs=(redis-server wrk curl python3-venv)
 if ! have_rustup_wasm; then
   # No prebuilt wasm std: Debian's Rust with its std sources builds one (build-std).
-  pkgs+=(rustc-web cargo-web rust-web-src rust-web-llvm lld-22 wasi-libc)
+  pkgs+=(rustc-web cargo-web rust-web-src rust-web-llvm lld-22 wasi-libc rust-web-clippy)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

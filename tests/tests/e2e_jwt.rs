@@ -21,6 +21,10 @@ fn plugin_config() -> Value {
                     "cacheDurationSeconds": 600,
                     "unknownKidRefetchIntervalSeconds": 30
                 },
+                "from": [
+                    { "header": "authorization", "prefix": "Bearer " },
+                    { "query": "access_token" }
+                ],
                 "claimToHeaders": [ { "claim": "sub", "header": "x-portcullis-sub" } ]
             }
         },
@@ -225,4 +229,39 @@ async fn concurrent_requests_with_a_rotated_key_all_pass_with_a_single_refetch()
     }
     assert!(statuses.iter().all(|s| *s == 200), "statuses: {statuses:?}");
     assert_eq!(s.server.jwks_fetches(), before + 1, "one refetch served every waiting request");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_good_header_token_with_a_bad_query_token_is_rejected() {
+    let key = FixtureKey::load("es256-a");
+    let s = stack(&[&key]).await;
+    let good = key.sign(&claims("alice", ""));
+    let expired = key.sign(&json!({"iss": "https://issuer.test", "aud": "e2e", "sub": "a", "exp": now() - 3600}));
+
+    let r = get(&s.envoy, &format!("/api/x?access_token={good}"), None).await;
+    assert_eq!(r.status(), 200, "a query token alone is accepted");
+    let r = get(&s.envoy, &format!("/api/x?access_token={expired}"), Some(&good)).await;
+    assert_eq!(r.status(), 401);
+    assert!(www_authenticate(&r).contains("error_description=\"expired\""), "{}", www_authenticate(&r));
+    assert_eq!(s.server.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_or_garbage_jwks_response_keeps_the_last_good_keys() {
+    let old = FixtureKey::load("es256-a");
+    let new = FixtureKey::load("es256-b");
+    let s = stack(&[&old]).await;
+    eventually(Duration::from_secs(10), "first JWKS fetch", || async { s.server.jwks_fetches() >= 1 }).await;
+    let old_token = old.sign(&claims("a", ""));
+    assert_eq!(get(&s.envoy, "/api/x", Some(&old_token)).await.status(), 200);
+
+    // The JWKS endpoint now answers garbage: the refetch for an unknown kid fails.
+    s.server.set_jwks(json!("<html>oops</html>"));
+    let r = get(&s.envoy, "/api/x", Some(&new.sign(&claims("b", "")))).await;
+    assert_eq!(r.status(), 401);
+    assert!(www_authenticate(&r).contains("unknown_kid"));
+    assert!(s.envoy.counter("wasmcustom.portcullis.jwks.test.fetch_failed").await >= 1);
+    // The keys loaded before still verify.
+    assert_eq!(get(&s.envoy, "/api/x", Some(&old_token)).await.status(), 200);
+    assert!(!s.envoy.proc.log_text().contains("panic"));
 }

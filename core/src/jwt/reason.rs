@@ -19,7 +19,7 @@ pub enum Reason {
     BadSignature,
     /// The token names a `kid` that is not in the key set.
     UnknownKid,
-    /// `exp` is in the past (beyond the allowed clock skew), or missing when required.
+    /// `exp` is in the past (beyond the allowed clock skew).
     Expired,
     /// `nbf` or `iat` is in the future (beyond the allowed clock skew).
     NotYetValid,
@@ -29,7 +29,7 @@ pub enum Reason {
     BadAudience,
     /// The token lives longer than the provider's `maxLifetimeSeconds`.
     LifetimeTooLong,
-    /// A required claim is absent.
+    /// A required claim is absent (including `exp` when expiration is required).
     MissingClaim,
     /// A required claim has another value.
     ClaimMismatch,

@@ -1,0 +1,338 @@
+//! The decision for one request: config compile errors name their field, rules match
+//! as documented, and `authenticate` handles token sets, requirements, scopes, roles,
+//! preflight, edits for the upstream and requests for keys.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use portcullis_core::authn::{authenticate, AuthnInput, Outcome};
+use portcullis_core::config::{compile_json, Policy};
+use portcullis_core::jwt::provider::TokenLocation;
+use portcullis_core::jwt::{KeySet, Reason, VerifiedTokenCache, VersionState};
+use portcullis_core::response::Denial;
+use portcullis_core::RequestParts;
+use serde_json::{json, Value};
+
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+const ISS_A: &str = "https://a.example";
+const ISS_B: &str = "https://b.example";
+
+fn policy(rules: Value) -> Policy {
+    let jwks: Value = serde_json::from_str(FIXTURE_JWKS).unwrap();
+    let config = json!({
+        "realm": "t",
+        "providers": {
+            "a": {
+                "issuer": ISS_A, "jwks": jwks.clone(),
+                "from": [ {"header": "authorization", "prefix": "Bearer "}, {"query": "access_token"}, {"cookie": "session"} ],
+                "claimToHeaders": [ {"claim": "sub", "header": "x-sub"} ],
+                "tokenVersion": { "claim": "ver" }
+            },
+            "b": {
+                "issuer": ISS_B, "jwks": jwks,
+                "forwardToken": false,
+                "claimToHeaders": [ {"claim": "sub", "header": "x-sub-b"} ]
+            },
+            "remote": {
+                "issuer": "https://remote.example",
+                "remoteJwks": { "cluster": "idp", "authority": "idp" }
+            }
+        },
+        "rules": rules
+    });
+    compile_json(config.to_string().as_bytes()).unwrap()
+}
+
+fn token(iss: &str, sub: &str, extra: Value) -> String {
+    let mut claims = json!({ "iss": iss, "sub": sub, "exp": NOW + 600, "iat": NOW });
+    if let (Some(c), Value::Object(e)) = (claims.as_object_mut(), extra) {
+        c.extend(e);
+    }
+    sign_hs256(r#"{"alg":"HS256","kid":"oct-hs256"}"#, &claims.to_string(), HS256_SECRET)
+}
+
+fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> RequestParts {
+    RequestParts {
+        method: method.into(),
+        authority: "api.example.com:8443".into(),
+        path: path.into(),
+        headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
+    }
+}
+
+fn decide_with(policy: &Policy, req: &RequestParts, keys: Vec<Option<KeySet>>, can_fetch: Vec<bool>) -> Outcome {
+    let rule = policy.match_rule(req).expect("a rule matches");
+    let versions: Vec<VersionState> = policy.providers.iter().map(|p| p.initial_version_state()).collect();
+    let input = AuthnInput {
+        policy,
+        rule,
+        request: req,
+        keys: &keys,
+        versions: &versions,
+        can_fetch_keys: &can_fetch,
+        now_unix_secs: NOW,
+    };
+    authenticate(&input, &mut VerifiedTokenCache::new(16))
+}
+
+fn decide(policy: &Policy, req: &RequestParts) -> Outcome {
+    let keys = policy
+        .providers
+        .iter()
+        .map(|p| if p.name() == "remote" { None } else { Some(fixture_keys()) })
+        .collect();
+    decide_with(policy, req, keys, vec![false; policy.providers.len()])
+}
+
+fn denial(o: &Outcome) -> Denial {
+    match o {
+        Outcome::Deny { denial, .. } => denial.clone(),
+        other => panic!("expected a denial, got {other:?}"),
+    }
+}
+
+fn bearer(t: &str) -> String {
+    format!("Bearer {t}")
+}
+
+#[test]
+fn config_errors_name_the_offending_field() {
+    let cases = [
+        (json!({"rules": [{"requires": {"provider": "x"}}]}), "rules[0].requires.provider"),
+        (json!({"rules": [{"requires": "none", "match": {"pathRegex": "("}}]}), "rules[0].match.pathRegex"),
+        (json!({"rules": [{"requires": "none", "match": {"path": "/a", "pathPrefix": "/b"}}]}), "rules[0].match.path"),
+        (json!({"rules": [{"requires": "none", "match": {"methods": ["get"]}}]}), "rules[0].match.methods[0]"),
+        (json!({"rules": [{"requires": "none", "scopes": ["a"]}]}), "rules[0].scopes"),
+        (json!({"rules": [{"requires": "sometimes"}]}), "rules[0].requires"),
+        (json!({"rules": [], "extra": 1}), ""),
+        (json!({"realm": "bad\"realm", "rules": []}), "realm"),
+        (json!({"providers": {"p": {"issuer": ""}}}), "providers.p"),
+        (
+            json!({"rules": [{"name": "x", "requires": "none"}, {"name": "x", "requires": "none"}]}),
+            "rules[1].name",
+        ),
+    ];
+    for (config, field) in cases {
+        let err = compile_json(config.to_string().as_bytes()).expect_err(&config.to_string());
+        assert!(err.field.starts_with(field), "{config}: got field `{}` ({})", err.field, err.message);
+        assert!(err.to_string().contains("invalid configuration"), "{err}");
+    }
+    assert!(compile_json(b"").is_err());
+    assert!(compile_json(b"{} trailing").is_err());
+}
+
+#[test]
+fn rules_match_by_host_path_and_method_first_match_wins() {
+    let p = policy(json!([
+        { "name": "exact", "match": { "path": "/health" }, "requires": "none" },
+        { "name": "host", "match": { "hosts": ["*.example.com"], "pathPrefix": "/h/" }, "requires": "none" },
+        { "name": "regex", "match": { "pathRegex": "^/v[0-9]+/", "methods": ["GET"] }, "requires": "none" },
+        { "name": "rest", "match": { "pathPrefix": "/" }, "requires": { "provider": "a" } }
+    ]));
+    let name = |m: &str, path: &str| p.match_rule(&request(m, path, &[])).map(|r| r.name.clone());
+    assert_eq!(name("GET", "/health?x=1").as_deref(), Some("exact"));
+    assert_eq!(name("GET", "/healthz").as_deref(), Some("rest"));
+    assert_eq!(name("GET", "/h/x").as_deref(), Some("host"));
+    assert_eq!(name("GET", "/v2/items").as_deref(), Some("regex"));
+    assert_eq!(name("POST", "/v2/items").as_deref(), Some("rest"));
+    let mut other_host = request("GET", "/h/x", &[]);
+    other_host.authority = "example.com".into();
+    assert_eq!(p.match_rule(&other_host).map(|r| r.name.as_str()), Some("rest"));
+}
+
+#[test]
+fn valid_token_is_allowed_with_identity_headers() {
+    let p = policy(json!([{ "match": {}, "requires": { "provider": "a" } }]));
+    let t = token(ISS_A, "alice", json!({}));
+    match decide(&p, &request("GET", "/x", &[("authorization", &bearer(&t))])) {
+        Outcome::Allow { identities, edits } => {
+            assert_eq!(identities.len(), 1);
+            assert_eq!(edits.set_headers, vec![("x-sub".to_string(), "alice".to_string())]);
+            assert!(edits.remove_tokens.is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn no_token_is_missing_credentials() {
+    let p = policy(json!([{ "match": {}, "requires": { "provider": "a" } }]));
+    assert_eq!(denial(&decide(&p, &request("GET", "/x", &[]))), Denial::MissingCredentials);
+    // Another auth scheme is not a bearer token.
+    let basic = request("GET", "/x", &[("authorization", "Basic dXNlcjpwYXNz")]);
+    assert_eq!(denial(&decide(&p, &basic)), Denial::MissingCredentials);
+}
+
+#[test]
+fn a_good_header_token_plus_a_bad_query_token_is_rejected() {
+    let p = policy(json!([{ "match": {}, "requires": { "provider": "a" } }]));
+    let good = token(ISS_A, "alice", json!({}));
+    let expired = sign_hs256(
+        r#"{"alg":"HS256","kid":"oct-hs256"}"#,
+        &json!({"iss": ISS_A, "sub": "x", "exp": NOW - 3600}).to_string(),
+        HS256_SECRET,
+    );
+    let req = request("GET", &format!("/x?access_token={expired}"), &[("authorization", &bearer(&good))]);
+    assert_eq!(denial(&decide(&p, &req)), Denial::InvalidToken(Reason::Expired));
+    let req = request("GET", "/x?access_token=garbage", &[("authorization", &bearer(&good))]);
+    assert_eq!(denial(&decide(&p, &req)), Denial::InvalidToken(Reason::Malformed));
+}
+
+#[test]
+fn any_of_routes_the_token_to_the_provider_of_its_issuer() {
+    let p = policy(json!([{ "match": {}, "requires": { "anyOf": ["a", "b"] } }]));
+    let t = token(ISS_B, "bob", json!({}));
+    match decide(&p, &request("GET", "/x", &[("authorization", &bearer(&t))])) {
+        Outcome::Allow { identities, edits } => {
+            assert_eq!(p.providers[identities[0].provider].name(), "b");
+            assert_eq!(edits.set_headers, vec![("x-sub-b".to_string(), "bob".to_string())]);
+            // b has forwardToken: false.
+            assert_eq!(
+                edits.remove_tokens,
+                vec![TokenLocation::Header { name: "authorization".into(), prefix: Some("Bearer ".into()) }]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // An issuer neither provider has is rejected by the first candidate.
+    let stranger = token("https://evil.example", "eve", json!({}));
+    assert_eq!(
+        denial(&decide(&p, &request("GET", "/x", &[("authorization", &bearer(&stranger))]))),
+        Denial::InvalidToken(Reason::BadIssuer)
+    );
+}
+
+#[test]
+fn all_of_needs_a_token_from_every_provider() {
+    let p = policy(json!([{ "match": {}, "requires": { "allOf": ["a", "b"] } }]));
+    let a = token(ISS_A, "alice", json!({}));
+    let only_a = request("GET", "/x", &[("authorization", &bearer(&a))]);
+    assert_eq!(denial(&decide(&p, &only_a)), Denial::MissingCredentials);
+
+    let b = token(ISS_B, "svc", json!({}));
+    let both = request("GET", &format!("/x?access_token={a}"), &[("authorization", &bearer(&b))]);
+    match decide(&p, &both) {
+        Outcome::Allow { identities, .. } => assert_eq!(identities.len(), 2),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn scopes_must_all_be_in_one_token() {
+    let p = policy(json!([{ "match": {}, "requires": { "provider": "a" }, "scopes": ["read", "write"] }]));
+    let partial = token(ISS_A, "a", json!({"scope": "read"}));
+    assert_eq!(
+        denial(&decide(&p, &request("GET", "/x", &[("authorization", &bearer(&partial))]))),
+        Denial::InsufficientScope(vec!["read".into(), "write".into()])
+    );
+    let scp = token(ISS_A, "a", json!({"scp": ["write", "read"]}));
+    assert!(matches!(
+        decide(&p, &request("GET", "/x", &[("authorization", &bearer(&scp))])),
+        Outcome::Allow { .. }
+    ));
+}
+
+#[test]
+fn roles_are_read_from_a_claim_path() {
+    let p = policy(json!([{
+        "match": {}, "requires": { "provider": "a" },
+        "roles": { "claim": "realm_access.roles", "anyOf": ["ops", "admin"] }
+    }]));
+    let dev = token(ISS_A, "a", json!({"realm_access": {"roles": ["dev"]}}));
+    assert_eq!(
+        denial(&decide(&p, &request("GET", "/x", &[("authorization", &bearer(&dev))]))),
+        Denial::InsufficientRole
+    );
+    let ops = token(ISS_A, "a", json!({"realm_access": {"roles": ["dev", "ops"]}}));
+    assert!(matches!(
+        decide(&p, &request("GET", "/x", &[("authorization", &bearer(&ops))])),
+        Outcome::Allow { .. }
+    ));
+}
+
+#[test]
+fn cors_preflight_passes_only_when_allowed() {
+    let preflight =
+        request("OPTIONS", "/x", &[("origin", "https://app.example"), ("access-control-request-method", "POST")]);
+    let allowed = policy(json!([{ "match": {}, "requires": { "provider": "a" }, "allowCorsPreflight": true }]));
+    assert!(matches!(decide(&allowed, &preflight), Outcome::Allow { .. }));
+    let strict = policy(json!([{ "match": {}, "requires": { "provider": "a" } }]));
+    assert_eq!(denial(&decide(&strict, &preflight)), Denial::MissingCredentials);
+    // A bare OPTIONS without the preflight headers is not a preflight.
+    assert_eq!(denial(&decide(&allowed, &request("OPTIONS", "/x", &[]))), Denial::MissingCredentials);
+}
+
+#[test]
+fn cookie_and_query_tokens_are_found() {
+    let p = policy(json!([{ "match": {}, "requires": { "provider": "a" } }]));
+    let t = token(ISS_A, "alice", json!({}));
+    let cookie = format!("theme=dark; session={t}");
+    assert!(matches!(decide(&p, &request("GET", "/x", &[("cookie", &cookie)])), Outcome::Allow { .. }));
+    assert!(matches!(decide(&p, &request("GET", &format!("/x?a=1&access_token={t}"), &[])), Outcome::Allow { .. }));
+}
+
+#[test]
+fn unknown_kid_asks_for_keys_only_when_a_fetch_is_possible() {
+    let p = policy(json!([{ "match": {}, "requires": { "provider": "remote" } }]));
+    let t = sign_hs256(
+        r#"{"alg":"HS256","kid":"new-key"}"#,
+        &json!({"iss": "https://remote.example", "sub": "x", "exp": NOW + 60}).to_string(),
+        HS256_SECRET,
+    );
+    let req = request("GET", "/x", &[("authorization", &bearer(&t))]);
+    let remote = p.provider_index("remote").unwrap();
+    let n = p.providers.len();
+    let mut can_fetch = vec![false; n];
+    can_fetch[remote] = true;
+
+    // No keys loaded yet and a fetch is possible: fetch.
+    assert!(matches!(decide_with(&p, &req, vec![None; n], can_fetch.clone()), Outcome::FetchKeys(i) if i == remote));
+    // Keys loaded but the kid is unknown: fetch again (rotation).
+    let mut keys = vec![None; n];
+    keys[remote] = Some(fixture_keys());
+    assert!(matches!(decide_with(&p, &req, keys.clone(), can_fetch), Outcome::FetchKeys(i) if i == remote));
+    // Rate-limited: the token is rejected with the reason.
+    assert_eq!(denial(&decide_with(&p, &req, keys, vec![false; n])), Denial::InvalidToken(Reason::UnknownKid));
+    // No keys and no fetch possible: the service cannot check tokens (503), not 401.
+    assert_eq!(denial(&decide_with(&p, &req, vec![None; n], vec![false; n])), Denial::KeysUnavailable);
+    // Garbage is malformed whether or not keys exist.
+    let garbage = request("GET", "/x", &[("authorization", "Bearer x.y")]);
+    assert_eq!(denial(&decide_with(&p, &garbage, vec![None; n], vec![false; n])), Denial::InvalidToken(Reason::Malformed));
+}
+
+#[test]
+fn cached_tokens_are_still_checked_against_current_versions() {
+    let p = policy(json!([{ "match": {}, "requires": { "provider": "a" } }]));
+    let t = token(ISS_A, "alice", json!({"ver": 1}));
+    let req = request("GET", "/x", &[("authorization", &bearer(&t))]);
+    let rule = p.match_rule(&req).unwrap();
+    let keys: Vec<Option<KeySet>> = vec![Some(fixture_keys()); p.providers.len()];
+    let fetch = vec![false; p.providers.len()];
+    let mut cache = VerifiedTokenCache::new(16);
+    let mut versions: Vec<VersionState> = p.providers.iter().map(|p| p.initial_version_state()).collect();
+    let run = |versions: &[VersionState], cache: &mut VerifiedTokenCache| {
+        let input = AuthnInput {
+            policy: &p,
+            rule,
+            request: &req,
+            keys: &keys,
+            versions,
+            can_fetch_keys: &fetch,
+            now_unix_secs: NOW,
+        };
+        authenticate(&input, cache)
+    };
+    assert!(matches!(run(&versions, &mut cache), Outcome::Allow { .. }));
+    assert_eq!(cache.len(), 1);
+    // The minimum is raised after the token was cached: the cache hit must not bypass it.
+    let a = p.provider_index("a").unwrap();
+    versions[a].global_min_version = 2;
+    assert_eq!(denial(&run(&versions, &mut cache)), Denial::InvalidToken(Reason::VersionTooOld));
+    // During a grace period the old token still passes.
+    versions[a].rotated_at = NOW - 10;
+    versions[a].grace_seconds = 60;
+    assert!(matches!(run(&versions, &mut cache), Outcome::Allow { .. }));
+}
