@@ -59,13 +59,14 @@ test: setup build test-native test-wasm
 	@echo "all test suites passed"
 
 test-native:
+	@echo "real components: $$($(ENVOY) --version | grep -o 'version: [^ ]*' | head -n1 | sed 's/^/envoy /'), $$(redis-server --version | cut -d' ' -f1-3)"
 	cargo test --workspace --no-fail-fast
 
 # Core logic under wasm32-unknown-unknown with wasm-bindgen-test (run by node).
 test-wasm:
 	CARGO_TARGET_DIR=$(ROOT)/target/wasm-test $(UNKNOWN_ENV) \
 	  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(TOOLS)/bin/wasm-bindgen-test-runner \
-	  $(WASM_CARGO) test --target wasm32-unknown-unknown $(BUILD_STD) -p portcullis-core
+	  $(WASM_CARGO) test --target wasm32-unknown-unknown $(BUILD_STD) -p portcullis-core --tests
 
 lint: setup
 	cargo fmt --all -- --check

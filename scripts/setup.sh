@@ -58,6 +58,6 @@ if [ "$have" = "$want" ]; then
   log "wasm-bindgen-cli $want present"
 else
   log "installing wasm-bindgen-cli $want into .tools (a few minutes, once)"
-  cargo install -q --locked --root "$ROOT/.tools" wasm-bindgen-cli --version "$want"
+  cargo install -q --root "$ROOT/.tools" wasm-bindgen-cli --version "$want"
 fi
 log "done"

@@ -53,8 +53,14 @@ pub struct UpstreamEdits {
 #[derive(Debug, Clone)]
 pub enum Outcome {
     /// Let the request through with these edits.
-    Allow { identities: Vec<Authenticated>, edits: UpstreamEdits },
-    Deny { denial: Denial, provider: Option<usize> },
+    Allow {
+        identities: Vec<Authenticated>,
+        edits: UpstreamEdits,
+    },
+    Deny {
+        denial: Denial,
+        provider: Option<usize>,
+    },
     /// Fetch this provider's keys, then decide again.
     FetchKeys(usize),
 }
@@ -63,27 +69,43 @@ pub enum Outcome {
 pub fn authenticate(input: &AuthnInput<'_>, cache: &mut VerifiedTokenCache) -> Outcome {
     let rule = input.rule;
     let providers: &[usize] = match &rule.requirement {
-        Requirement::None => return Outcome::Allow { identities: Vec::new(), edits: UpstreamEdits::default() },
+        Requirement::None => {
+            return Outcome::Allow {
+                identities: Vec::new(),
+                edits: UpstreamEdits::default(),
+            }
+        }
         Requirement::AnyOf(p) | Requirement::AllOf(p) => p,
     };
     if rule.allow_cors_preflight && is_cors_preflight(input.request) {
-        return Outcome::Allow { identities: Vec::new(), edits: UpstreamEdits::default() };
+        return Outcome::Allow {
+            identities: Vec::new(),
+            edits: UpstreamEdits::default(),
+        };
     }
 
     // Every token at every location of the rule's providers; a token seen by several
     // providers (same header) is checked once, against the provider(s) it may belong to.
     let mut found: Vec<(String, TokenLocation, Vec<usize>)> = Vec::new();
     for &p in providers {
-        let Some(provider) = input.policy.providers.get(p) else { continue };
+        let Some(provider) = input.policy.providers.get(p) else {
+            continue;
+        };
         for extracted in provider.extract(input.request) {
-            match found.iter_mut().find(|(t, l, _)| *t == extracted.token && *l == extracted.location) {
+            match found
+                .iter_mut()
+                .find(|(t, l, _)| *t == extracted.token && *l == extracted.location)
+            {
                 Some((_, _, cands)) => cands.push(p),
                 None => found.push((extracted.token, extracted.location, vec![p])),
             }
         }
     }
     if found.is_empty() {
-        return Outcome::Deny { denial: Denial::MissingCredentials, provider: providers.first().copied() };
+        return Outcome::Deny {
+            denial: Denial::MissingCredentials,
+            provider: providers.first().copied(),
+        };
     }
 
     let mut identities: Vec<Authenticated> = Vec::new();
@@ -95,10 +117,18 @@ pub fn authenticate(input: &AuthnInput<'_>, cache: &mut VerifiedTokenCache) -> O
             .iter()
             .copied()
             .filter(|&p| {
-                input.policy.providers.get(p).is_some_and(|pr| Some(pr.issuer()) == issuer.as_deref())
+                input
+                    .policy
+                    .providers
+                    .get(p)
+                    .is_some_and(|pr| Some(pr.issuer()) == issuer.as_deref())
             })
             .collect();
-        let routed = if matching.is_empty() { candidates.clone() } else { matching.clone() };
+        let routed = if matching.is_empty() {
+            candidates.clone()
+        } else {
+            matching.clone()
+        };
 
         let mut first_failure: Option<(usize, Reason)> = None;
         let mut accepted: Option<(usize, Arc<VerifiedToken>)> = None;
@@ -110,7 +140,10 @@ pub fn authenticate(input: &AuthnInput<'_>, cache: &mut VerifiedTokenCache) -> O
                 }
                 Err(reason) => {
                     let wants_keys = matches!(reason, Reason::UnknownKid | Reason::NoKeys);
-                    if wants_keys && !matching.is_empty() && input.can_fetch_keys.get(p).copied().unwrap_or(false) {
+                    if wants_keys
+                        && !matching.is_empty()
+                        && input.can_fetch_keys.get(p).copied().unwrap_or(false)
+                    {
                         return Outcome::FetchKeys(p);
                     }
                     if first_failure.is_none() {
@@ -120,18 +153,36 @@ pub fn authenticate(input: &AuthnInput<'_>, cache: &mut VerifiedTokenCache) -> O
             }
         }
         match accepted {
-            Some((provider, token)) => identities.push(Authenticated { provider, token, location: location.clone() }),
+            Some((provider, token)) => identities.push(Authenticated {
+                provider,
+                token,
+                location: location.clone(),
+            }),
             None => {
-                let (p, reason) = first_failure.unwrap_or((candidates.first().copied().unwrap_or(0), Reason::Malformed));
-                let denial = if reason == Reason::NoKeys { Denial::KeysUnavailable } else { Denial::InvalidToken(reason) };
-                return Outcome::Deny { denial, provider: Some(p) };
+                let (p, reason) =
+                    first_failure.unwrap_or((candidates.first().copied().unwrap_or(0), Reason::Malformed));
+                let denial = if reason == Reason::NoKeys {
+                    Denial::KeysUnavailable
+                } else {
+                    Denial::InvalidToken(reason)
+                };
+                return Outcome::Deny {
+                    denial,
+                    provider: Some(p),
+                };
             }
         }
     }
 
     if let Requirement::AllOf(required) = &rule.requirement {
-        if let Some(&missing) = required.iter().find(|p| !identities.iter().any(|i| i.provider == **p)) {
-            return Outcome::Deny { denial: Denial::MissingCredentials, provider: Some(missing) };
+        if let Some(&missing) = required
+            .iter()
+            .find(|p| !identities.iter().any(|i| i.provider == **p))
+        {
+            return Outcome::Deny {
+                denial: Denial::MissingCredentials,
+                provider: Some(missing),
+            };
         }
     }
 
@@ -148,16 +199,23 @@ pub fn authenticate(input: &AuthnInput<'_>, cache: &mut VerifiedTokenCache) -> O
         }
     }
     if let Some(roles) = &rule.roles {
-        let granted = identities.iter().any(|i| has_any_role(i.token.claim(&roles.claim), &roles.any_of));
+        let granted = identities
+            .iter()
+            .any(|i| has_any_role(i.token.claim(&roles.claim), &roles.any_of));
         if !granted {
-            return Outcome::Deny { denial: Denial::InsufficientRole, provider: identities.first().map(|i| i.provider) };
+            return Outcome::Deny {
+                denial: Denial::InsufficientRole,
+                provider: identities.first().map(|i| i.provider),
+            };
         }
     }
 
     let mut edits = UpstreamEdits::default();
     for identity in &identities {
         if let Some(provider) = input.policy.providers.get(identity.provider) {
-            edits.set_headers.extend(provider.upstream_headers(&identity.token));
+            edits
+                .set_headers
+                .extend(provider.upstream_headers(&identity.token));
             if !provider.forward_token() && !edits.remove_tokens.contains(&identity.location) {
                 edits.remove_tokens.push(identity.location.clone());
             }
@@ -207,15 +265,15 @@ fn unverified_issuer(token: &str) -> Option<String> {
     if payload.len() > 16 * 1024 {
         return None;
     }
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
     serde_json::from_slice::<Iss>(&bytes).ok()?.iss
 }
 
 fn has_any_role(claim: Option<&serde_json::Value>, wanted: &[String]) -> bool {
     match claim {
-        Some(serde_json::Value::String(s)) => {
-            s.split_whitespace().any(|r| wanted.iter().any(|w| w == r))
-        }
+        Some(serde_json::Value::String(s)) => s.split_whitespace().any(|r| wanted.iter().any(|w| w == r)),
         Some(serde_json::Value::Array(items)) => items
             .iter()
             .filter_map(|v| v.as_str())

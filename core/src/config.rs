@@ -152,7 +152,10 @@ impl Policy {
 /// Parses and compiles the plugin configuration bytes.
 pub fn compile_json(bytes: &[u8]) -> Result<Policy, ConfigError> {
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-        return Err(ConfigError::new("", "the plugin configuration is empty; expected a JSON object"));
+        return Err(ConfigError::new(
+            "",
+            "the plugin configuration is empty; expected a JSON object",
+        ));
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let config: PluginConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
@@ -160,7 +163,8 @@ pub fn compile_json(bytes: &[u8]) -> Result<Policy, ConfigError> {
         let field = if path == "." { String::new() } else { path };
         ConfigError::new(field, strip_position(&e.inner().to_string()))
     })?;
-    de.end().map_err(|e| ConfigError::new("", strip_position(&e.to_string())))?;
+    de.end()
+        .map_err(|e| ConfigError::new("", strip_position(&e.to_string())))?;
     compile(config)
 }
 
@@ -190,13 +194,16 @@ pub fn compile(config: PluginConfig) -> Result<Policy, ConfigError> {
                 "provider names use letters, digits, '-', '_' and '.' only",
             ));
         }
-        let provider = Provider::compile(&name, provider_config)
-            .map_err(|e| e.within(&format!("providers.{name}")))?;
+        let provider =
+            Provider::compile(&name, provider_config).map_err(|e| e.within(&format!("providers.{name}")))?;
         providers.push(provider);
     }
 
     if config.rules.len() > MAX_RULES {
-        return Err(ConfigError::new("rules", format!("at most {MAX_RULES} rules are supported")));
+        return Err(ConfigError::new(
+            "rules",
+            format!("at most {MAX_RULES} rules are supported"),
+        ));
     }
     let mut rules = Vec::with_capacity(config.rules.len());
     let mut names = HashSet::new();
@@ -204,7 +211,10 @@ pub fn compile(config: PluginConfig) -> Result<Policy, ConfigError> {
         let at = format!("rules[{i}]");
         let rule = compile_rule(i, rule_config, &providers).map_err(|e| e.within(&at))?;
         if !names.insert(rule.name.clone()) {
-            return Err(ConfigError::new(format!("{at}.name"), format!("duplicate rule name `{}`", rule.name)));
+            return Err(ConfigError::new(
+                format!("{at}.name"),
+                format!("duplicate rule name `{}`", rule.name),
+            ));
         }
         rules.push(rule);
     }
@@ -212,7 +222,10 @@ pub fn compile(config: PluginConfig) -> Result<Policy, ConfigError> {
     let (cache_capacity, cache_max_ttl_secs) = match config.verified_token_cache {
         Some(c) => {
             if c.capacity > 1_000_000 {
-                return Err(ConfigError::new("verifiedTokenCache.capacity", "must be at most 1000000"));
+                return Err(ConfigError::new(
+                    "verifiedTokenCache.capacity",
+                    "must be at most 1000000",
+                ));
             }
             (c.capacity, c.max_ttl_seconds)
         }
@@ -237,7 +250,12 @@ pub fn compile(config: PluginConfig) -> Result<Policy, ConfigError> {
 fn compile_rule(index: usize, config: RuleConfig, providers: &[Provider]) -> Result<Rule, ConfigError> {
     let name = match config.name {
         Some(n) if is_identifier(&n) => n,
-        Some(_) => return Err(ConfigError::new("name", "rule names use letters, digits, '-', '_' and '.' only")),
+        Some(_) => {
+            return Err(ConfigError::new(
+                "name",
+                "rule names use letters, digits, '-', '_' and '.' only",
+            ))
+        }
         None => format!("rule{index}"),
     };
     let matcher = compile_match(config.matches).map_err(|e| e.within("match"))?;
@@ -248,10 +266,9 @@ fn compile_rule(index: usize, config: RuleConfig, providers: &[Provider]) -> Res
         }
         let mut out = Vec::with_capacity(names.len());
         for (i, n) in names.iter().enumerate() {
-            let idx = providers
-                .iter()
-                .position(|p| p.name() == n)
-                .ok_or_else(|| ConfigError::new(format!("{field}[{i}]"), format!("unknown provider `{n}`")))?;
+            let idx = providers.iter().position(|p| p.name() == n).ok_or_else(|| {
+                ConfigError::new(format!("{field}[{i}]"), format!("unknown provider `{n}`"))
+            })?;
             if !out.contains(&idx) {
                 out.push(idx);
             }
@@ -280,7 +297,10 @@ fn compile_rule(index: usize, config: RuleConfig, providers: &[Provider]) -> Res
     }
     for (i, s) in config.scopes.iter().enumerate() {
         if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c == '"' || c == '\\') {
-            return Err(ConfigError::new(format!("scopes[{i}]"), "a scope is a non-empty token without spaces or quotes"));
+            return Err(ConfigError::new(
+                format!("scopes[{i}]"),
+                "a scope is a non-empty token without spaces or quotes",
+            ));
         }
     }
     let roles = match config.roles {
@@ -292,7 +312,10 @@ fn compile_rule(index: usize, config: RuleConfig, providers: &[Provider]) -> Res
             if r.any_of.is_empty() {
                 return Err(ConfigError::new("roles.anyOf", "must list at least one role"));
             }
-            Some(RolesRequirement { claim: r.claim, any_of: r.any_of })
+            Some(RolesRequirement {
+                claim: r.claim,
+                any_of: r.any_of,
+            })
         }
     };
 
@@ -308,12 +331,19 @@ fn compile_rule(index: usize, config: RuleConfig, providers: &[Provider]) -> Res
 }
 
 fn compile_match(config: MatchConfig) -> Result<Matcher, ConfigError> {
-    let set = [config.path.is_some(), config.path_prefix.is_some(), config.path_regex.is_some()]
-        .iter()
-        .filter(|b| **b)
-        .count();
+    let set = [
+        config.path.is_some(),
+        config.path_prefix.is_some(),
+        config.path_regex.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
     if set > 1 {
-        return Err(ConfigError::new("path", "use at most one of `path`, `pathPrefix` and `pathRegex`"));
+        return Err(ConfigError::new(
+            "path",
+            "use at most one of `path`, `pathPrefix` and `pathRegex`",
+        ));
     }
     let path = if let Some(p) = config.path {
         if !p.starts_with('/') {
@@ -344,8 +374,15 @@ fn compile_match(config: MatchConfig) -> Result<Matcher, ConfigError> {
         } else {
             HostMatcher::Exact(lower.clone())
         };
-        if lower.is_empty() || lower.contains('/') || lower.contains(' ') || lower.chars().skip(1).any(|c| c == '*') {
-            return Err(ConfigError::new(format!("hosts[{i}]"), "expected a host name or `*.domain`"));
+        if lower.is_empty()
+            || lower.contains('/')
+            || lower.contains(' ')
+            || lower.chars().skip(1).any(|c| c == '*')
+        {
+            return Err(ConfigError::new(
+                format!("hosts[{i}]"),
+                "expected a host name or `*.domain`",
+            ));
         }
         hosts.push(matcher);
     }
@@ -353,7 +390,10 @@ fn compile_match(config: MatchConfig) -> Result<Matcher, ConfigError> {
     let mut methods = Vec::with_capacity(config.methods.len());
     for (i, m) in config.methods.iter().enumerate() {
         if m.is_empty() || !m.chars().all(|c| c.is_ascii_uppercase()) {
-            return Err(ConfigError::new(format!("methods[{i}]"), "methods are upper-case, e.g. \"GET\""));
+            return Err(ConfigError::new(
+                format!("methods[{i}]"),
+                "methods are upper-case, e.g. \"GET\"",
+            ));
         }
         methods.push(m.clone());
     }
@@ -362,7 +402,10 @@ fn compile_match(config: MatchConfig) -> Result<Matcher, ConfigError> {
 }
 
 fn is_identifier(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn is_quoted_string_safe(c: char) -> bool {

@@ -87,7 +87,12 @@ impl FetchSchedule {
 
     pub fn encode(&self) -> [u8; ENCODED_LEN] {
         let mut out = [0u8; ENCODED_LEN];
-        let fields = [self.in_flight_until_ms, self.retry_not_before_ms, self.last_on_demand_ms, self.fetched_at_ms];
+        let fields = [
+            self.in_flight_until_ms,
+            self.retry_not_before_ms,
+            self.last_on_demand_ms,
+            self.fetched_at_ms,
+        ];
         for (chunk, v) in out.chunks_exact_mut(8).zip(fields) {
             chunk.copy_from_slice(&v.to_be_bytes());
         }
@@ -107,7 +112,14 @@ impl FetchSchedule {
             .get(32..36)
             .and_then(|b| <[u8; 4]>::try_from(b).ok())
             .map(u32::from_be_bytes);
-        match (u64_at(0), u64_at(8), u64_at(16), u64_at(24), failures, bytes.len() == ENCODED_LEN) {
+        match (
+            u64_at(0),
+            u64_at(8),
+            u64_at(16),
+            u64_at(24),
+            failures,
+            bytes.len() == ENCODED_LEN,
+        ) {
             (Some(a), Some(b), Some(c), Some(d), Some(f), true) => FetchSchedule {
                 in_flight_until_ms: a,
                 retry_not_before_ms: b,
@@ -123,6 +135,8 @@ impl FetchSchedule {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn nothing_loaded_means_a_periodic_fetch_is_due() {
@@ -131,7 +145,9 @@ mod tests {
 
     #[test]
     fn periodic_refresh_waits_for_the_cache_duration() {
-        let s = FetchSchedule::default().started(FetchKind::Periodic, 1_000, 1_000).succeeded(1_200);
+        let s = FetchSchedule::default()
+            .started(FetchKind::Periodic, 1_000, 1_000)
+            .succeeded(1_200);
         assert!(!s.periodic_due(1_200 + 599_999, 600_000));
         assert!(s.periodic_due(1_200 + 600_000, 600_000));
     }

@@ -6,7 +6,6 @@
 
 pub mod authn;
 pub mod config;
-pub mod edits;
 pub mod error;
 pub mod jwt;
 pub mod keyfetch;

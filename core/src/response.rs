@@ -98,7 +98,11 @@ impl Denial {
         if matches!(self, Denial::KeysUnavailable) {
             headers.push(("retry-after".to_string(), "1".to_string()));
         }
-        LocalReply { status: self.status(), headers, body }
+        LocalReply {
+            status: self.status(),
+            headers,
+            body,
+        }
     }
 }
 
@@ -112,18 +116,26 @@ pub struct LocalReply {
 
 /// Values inside an RFC 7235 quoted-string: drop quotes, backslashes and controls.
 fn quote_safe(s: &str) -> String {
-    s.chars().filter(|c| c.is_ascii() && !c.is_ascii_control() && *c != '"' && *c != '\\').collect()
+    s.chars()
+        .filter(|c| c.is_ascii() && !c.is_ascii_control() && *c != '"' && *c != '\\')
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn missing_token_gets_bare_bearer_challenge_with_realm() {
         let r = Denial::MissingCredentials.render("api");
         assert_eq!(r.status, 401);
-        let www: Vec<_> = r.headers.iter().filter(|(n, _)| n == "www-authenticate").collect();
+        let www: Vec<_> = r
+            .headers
+            .iter()
+            .filter(|(n, _)| n == "www-authenticate")
+            .collect();
         assert_eq!(www.len(), 1);
         assert_eq!(www[0].1, "Bearer realm=\"api\"");
     }
@@ -132,7 +144,11 @@ mod tests {
     fn invalid_token_challenge_names_the_stable_reason() {
         let r = Denial::InvalidToken(Reason::Expired).render("api");
         assert_eq!(r.status, 401);
-        let www = r.headers.iter().find(|(n, _)| n == "www-authenticate").map(|(_, v)| v.as_str());
+        let www = r
+            .headers
+            .iter()
+            .find(|(n, _)| n == "www-authenticate")
+            .map(|(_, v)| v.as_str());
         assert_eq!(
             www,
             Some("Bearer realm=\"api\", error=\"invalid_token\", error_description=\"expired\"")
@@ -145,14 +161,25 @@ mod tests {
     fn insufficient_scope_is_403_and_lists_the_scopes() {
         let r = Denial::InsufficientScope(vec!["read".into(), "write".into()]).render("api");
         assert_eq!(r.status, 403);
-        let www = r.headers.iter().find(|(n, _)| n == "www-authenticate").map(|(_, v)| v.as_str());
-        assert_eq!(www, Some("Bearer realm=\"api\", error=\"insufficient_scope\", scope=\"read write\""));
+        let www = r
+            .headers
+            .iter()
+            .find(|(n, _)| n == "www-authenticate")
+            .map(|(_, v)| v.as_str());
+        assert_eq!(
+            www,
+            Some("Bearer realm=\"api\", error=\"insufficient_scope\", scope=\"read write\"")
+        );
     }
 
     #[test]
     fn realm_cannot_break_out_of_the_quoted_string() {
         let r = Denial::MissingCredentials.render("a\"b\\c\r\n");
-        let www = r.headers.iter().find(|(n, _)| n == "www-authenticate").map(|(_, v)| v.as_str());
+        let www = r
+            .headers
+            .iter()
+            .find(|(n, _)| n == "www-authenticate")
+            .map(|(_, v)| v.as_str());
         assert_eq!(www, Some("Bearer realm=\"abc\""));
     }
 

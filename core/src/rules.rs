@@ -35,7 +35,9 @@ impl Matcher {
             let host = req.host().to_ascii_lowercase();
             let host_ok = self.hosts.iter().any(|h| match h {
                 HostMatcher::Exact(e) => &host == e,
-                HostMatcher::Subdomain(suffix) => host.len() > suffix.len() && host.ends_with(suffix.as_str()),
+                HostMatcher::Subdomain(suffix) => {
+                    host.len() > suffix.len() && host.ends_with(suffix.as_str())
+                }
             });
             if !host_ok {
                 return false;
@@ -77,5 +79,8 @@ pub struct Rule {
 pub fn is_cors_preflight(req: &RequestParts) -> bool {
     req.method == "OPTIONS"
         && req.header_values("origin").next().is_some()
-        && req.header_values("access-control-request-method").next().is_some()
+        && req
+            .header_values("access-control-request-method")
+            .next()
+            .is_some()
 }

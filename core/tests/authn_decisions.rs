@@ -51,7 +51,11 @@ fn token(iss: &str, sub: &str, extra: Value) -> String {
     if let (Some(c), Value::Object(e)) = (claims.as_object_mut(), extra) {
         c.extend(e);
     }
-    sign_hs256(r#"{"alg":"HS256","kid":"oct-hs256"}"#, &claims.to_string(), HS256_SECRET)
+    sign_hs256(
+        r#"{"alg":"HS256","kid":"oct-hs256"}"#,
+        &claims.to_string(),
+        HS256_SECRET,
+    )
 }
 
 fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> RequestParts {
@@ -59,13 +63,25 @@ fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> RequestParts {
         method: method.into(),
         authority: "api.example.com:8443".into(),
         path: path.into(),
-        headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
+        headers: headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect(),
     }
 }
 
-fn decide_with(policy: &Policy, req: &RequestParts, keys: Vec<Option<KeySet>>, can_fetch: Vec<bool>) -> Outcome {
+fn decide_with(
+    policy: &Policy,
+    req: &RequestParts,
+    keys: Vec<Option<KeySet>>,
+    can_fetch: Vec<bool>,
+) -> Outcome {
     let rule = policy.match_rule(req).expect("a rule matches");
-    let versions: Vec<VersionState> = policy.providers.iter().map(|p| p.initial_version_state()).collect();
+    let versions: Vec<VersionState> = policy
+        .providers
+        .iter()
+        .map(|p| p.initial_version_state())
+        .collect();
     let input = AuthnInput {
         policy,
         rule,
@@ -82,7 +98,13 @@ fn decide(policy: &Policy, req: &RequestParts) -> Outcome {
     let keys = policy
         .providers
         .iter()
-        .map(|p| if p.name() == "remote" { None } else { Some(fixture_keys()) })
+        .map(|p| {
+            if p.name() == "remote" {
+                None
+            } else {
+                Some(fixture_keys())
+            }
+        })
         .collect();
     decide_with(policy, req, keys, vec![false; policy.providers.len()])
 }
@@ -101,11 +123,26 @@ fn bearer(t: &str) -> String {
 #[test]
 fn config_errors_name_the_offending_field() {
     let cases = [
-        (json!({"rules": [{"requires": {"provider": "x"}}]}), "rules[0].requires.provider"),
-        (json!({"rules": [{"requires": "none", "match": {"pathRegex": "("}}]}), "rules[0].match.pathRegex"),
-        (json!({"rules": [{"requires": "none", "match": {"path": "/a", "pathPrefix": "/b"}}]}), "rules[0].match.path"),
-        (json!({"rules": [{"requires": "none", "match": {"methods": ["get"]}}]}), "rules[0].match.methods[0]"),
-        (json!({"rules": [{"requires": "none", "scopes": ["a"]}]}), "rules[0].scopes"),
+        (
+            json!({"rules": [{"requires": {"provider": "x"}}]}),
+            "rules[0].requires.provider",
+        ),
+        (
+            json!({"rules": [{"requires": "none", "match": {"pathRegex": "("}}]}),
+            "rules[0].match.pathRegex",
+        ),
+        (
+            json!({"rules": [{"requires": "none", "match": {"path": "/a", "pathPrefix": "/b"}}]}),
+            "rules[0].match.path",
+        ),
+        (
+            json!({"rules": [{"requires": "none", "match": {"methods": ["get"]}}]}),
+            "rules[0].match.methods[0]",
+        ),
+        (
+            json!({"rules": [{"requires": "none", "scopes": ["a"]}]}),
+            "rules[0].scopes",
+        ),
         (json!({"rules": [{"requires": "sometimes"}]}), "rules[0].requires"),
         (json!({"rules": [], "extra": 1}), ""),
         (json!({"realm": "bad\"realm", "rules": []}), "realm"),
@@ -117,7 +154,12 @@ fn config_errors_name_the_offending_field() {
     ];
     for (config, field) in cases {
         let err = compile_json(config.to_string().as_bytes()).expect_err(&config.to_string());
-        assert!(err.field.starts_with(field), "{config}: got field `{}` ({})", err.field, err.message);
+        assert!(
+            err.field.starts_with(field),
+            "{config}: got field `{}` ({})",
+            err.field,
+            err.message
+        );
         assert!(err.to_string().contains("invalid configuration"), "{err}");
     }
     assert!(compile_json(b"").is_err());
@@ -150,7 +192,10 @@ fn valid_token_is_allowed_with_identity_headers() {
     match decide(&p, &request("GET", "/x", &[("authorization", &bearer(&t))])) {
         Outcome::Allow { identities, edits } => {
             assert_eq!(identities.len(), 1);
-            assert_eq!(edits.set_headers, vec![("x-sub".to_string(), "alice".to_string())]);
+            assert_eq!(
+                edits.set_headers,
+                vec![("x-sub".to_string(), "alice".to_string())]
+            );
             assert!(edits.remove_tokens.is_empty());
         }
         other => panic!("{other:?}"),
@@ -160,7 +205,10 @@ fn valid_token_is_allowed_with_identity_headers() {
 #[test]
 fn no_token_is_missing_credentials() {
     let p = policy(json!([{ "match": {}, "requires": { "provider": "a" } }]));
-    assert_eq!(denial(&decide(&p, &request("GET", "/x", &[]))), Denial::MissingCredentials);
+    assert_eq!(
+        denial(&decide(&p, &request("GET", "/x", &[]))),
+        Denial::MissingCredentials
+    );
     // Another auth scheme is not a bearer token.
     let basic = request("GET", "/x", &[("authorization", "Basic dXNlcjpwYXNz")]);
     assert_eq!(denial(&decide(&p, &basic)), Denial::MissingCredentials);
@@ -175,9 +223,17 @@ fn a_good_header_token_plus_a_bad_query_token_is_rejected() {
         &json!({"iss": ISS_A, "sub": "x", "exp": NOW - 3600}).to_string(),
         HS256_SECRET,
     );
-    let req = request("GET", &format!("/x?access_token={expired}"), &[("authorization", &bearer(&good))]);
+    let req = request(
+        "GET",
+        &format!("/x?access_token={expired}"),
+        &[("authorization", &bearer(&good))],
+    );
     assert_eq!(denial(&decide(&p, &req)), Denial::InvalidToken(Reason::Expired));
-    let req = request("GET", "/x?access_token=garbage", &[("authorization", &bearer(&good))]);
+    let req = request(
+        "GET",
+        "/x?access_token=garbage",
+        &[("authorization", &bearer(&good))],
+    );
     assert_eq!(denial(&decide(&p, &req)), Denial::InvalidToken(Reason::Malformed));
 }
 
@@ -188,11 +244,17 @@ fn any_of_routes_the_token_to_the_provider_of_its_issuer() {
     match decide(&p, &request("GET", "/x", &[("authorization", &bearer(&t))])) {
         Outcome::Allow { identities, edits } => {
             assert_eq!(p.providers[identities[0].provider].name(), "b");
-            assert_eq!(edits.set_headers, vec![("x-sub-b".to_string(), "bob".to_string())]);
+            assert_eq!(
+                edits.set_headers,
+                vec![("x-sub-b".to_string(), "bob".to_string())]
+            );
             // b has forwardToken: false.
             assert_eq!(
                 edits.remove_tokens,
-                vec![TokenLocation::Header { name: "authorization".into(), prefix: Some("Bearer ".into()) }]
+                vec![TokenLocation::Header {
+                    name: "authorization".into(),
+                    prefix: Some("Bearer ".into())
+                }]
             );
         }
         other => panic!("{other:?}"),
@@ -200,7 +262,10 @@ fn any_of_routes_the_token_to_the_provider_of_its_issuer() {
     // An issuer neither provider has is rejected by the first candidate.
     let stranger = token("https://evil.example", "eve", json!({}));
     assert_eq!(
-        denial(&decide(&p, &request("GET", "/x", &[("authorization", &bearer(&stranger))]))),
+        denial(&decide(
+            &p,
+            &request("GET", "/x", &[("authorization", &bearer(&stranger))])
+        )),
         Denial::InvalidToken(Reason::BadIssuer)
     );
 }
@@ -213,7 +278,11 @@ fn all_of_needs_a_token_from_every_provider() {
     assert_eq!(denial(&decide(&p, &only_a)), Denial::MissingCredentials);
 
     let b = token(ISS_B, "svc", json!({}));
-    let both = request("GET", &format!("/x?access_token={a}"), &[("authorization", &bearer(&b))]);
+    let both = request(
+        "GET",
+        &format!("/x?access_token={a}"),
+        &[("authorization", &bearer(&b))],
+    );
     match decide(&p, &both) {
         Outcome::Allow { identities, .. } => assert_eq!(identities.len(), 2),
         other => panic!("{other:?}"),
@@ -225,7 +294,10 @@ fn scopes_must_all_be_in_one_token() {
     let p = policy(json!([{ "match": {}, "requires": { "provider": "a" }, "scopes": ["read", "write"] }]));
     let partial = token(ISS_A, "a", json!({"scope": "read"}));
     assert_eq!(
-        denial(&decide(&p, &request("GET", "/x", &[("authorization", &bearer(&partial))]))),
+        denial(&decide(
+            &p,
+            &request("GET", "/x", &[("authorization", &bearer(&partial))])
+        )),
         Denial::InsufficientScope(vec!["read".into(), "write".into()])
     );
     let scp = token(ISS_A, "a", json!({"scp": ["write", "read"]}));
@@ -243,7 +315,10 @@ fn roles_are_read_from_a_claim_path() {
     }]));
     let dev = token(ISS_A, "a", json!({"realm_access": {"roles": ["dev"]}}));
     assert_eq!(
-        denial(&decide(&p, &request("GET", "/x", &[("authorization", &bearer(&dev))]))),
+        denial(&decide(
+            &p,
+            &request("GET", "/x", &[("authorization", &bearer(&dev))])
+        )),
         Denial::InsufficientRole
     );
     let ops = token(ISS_A, "a", json!({"realm_access": {"roles": ["dev", "ops"]}}));
@@ -255,14 +330,24 @@ fn roles_are_read_from_a_claim_path() {
 
 #[test]
 fn cors_preflight_passes_only_when_allowed() {
-    let preflight =
-        request("OPTIONS", "/x", &[("origin", "https://app.example"), ("access-control-request-method", "POST")]);
-    let allowed = policy(json!([{ "match": {}, "requires": { "provider": "a" }, "allowCorsPreflight": true }]));
+    let preflight = request(
+        "OPTIONS",
+        "/x",
+        &[
+            ("origin", "https://app.example"),
+            ("access-control-request-method", "POST"),
+        ],
+    );
+    let allowed =
+        policy(json!([{ "match": {}, "requires": { "provider": "a" }, "allowCorsPreflight": true }]));
     assert!(matches!(decide(&allowed, &preflight), Outcome::Allow { .. }));
     let strict = policy(json!([{ "match": {}, "requires": { "provider": "a" } }]));
     assert_eq!(denial(&decide(&strict, &preflight)), Denial::MissingCredentials);
     // A bare OPTIONS without the preflight headers is not a preflight.
-    assert_eq!(denial(&decide(&allowed, &request("OPTIONS", "/x", &[]))), Denial::MissingCredentials);
+    assert_eq!(
+        denial(&decide(&allowed, &request("OPTIONS", "/x", &[]))),
+        Denial::MissingCredentials
+    );
 }
 
 #[test]
@@ -270,8 +355,14 @@ fn cookie_and_query_tokens_are_found() {
     let p = policy(json!([{ "match": {}, "requires": { "provider": "a" } }]));
     let t = token(ISS_A, "alice", json!({}));
     let cookie = format!("theme=dark; session={t}");
-    assert!(matches!(decide(&p, &request("GET", "/x", &[("cookie", &cookie)])), Outcome::Allow { .. }));
-    assert!(matches!(decide(&p, &request("GET", &format!("/x?a=1&access_token={t}"), &[])), Outcome::Allow { .. }));
+    assert!(matches!(
+        decide(&p, &request("GET", "/x", &[("cookie", &cookie)])),
+        Outcome::Allow { .. }
+    ));
+    assert!(matches!(
+        decide(&p, &request("GET", &format!("/x?a=1&access_token={t}"), &[])),
+        Outcome::Allow { .. }
+    ));
 }
 
 #[test]
@@ -289,18 +380,29 @@ fn unknown_kid_asks_for_keys_only_when_a_fetch_is_possible() {
     can_fetch[remote] = true;
 
     // No keys loaded yet and a fetch is possible: fetch.
-    assert!(matches!(decide_with(&p, &req, vec![None; n], can_fetch.clone()), Outcome::FetchKeys(i) if i == remote));
+    assert!(
+        matches!(decide_with(&p, &req, vec![None; n], can_fetch.clone()), Outcome::FetchKeys(i) if i == remote)
+    );
     // Keys loaded but the kid is unknown: fetch again (rotation).
     let mut keys = vec![None; n];
     keys[remote] = Some(fixture_keys());
     assert!(matches!(decide_with(&p, &req, keys.clone(), can_fetch), Outcome::FetchKeys(i) if i == remote));
     // Rate-limited: the token is rejected with the reason.
-    assert_eq!(denial(&decide_with(&p, &req, keys, vec![false; n])), Denial::InvalidToken(Reason::UnknownKid));
+    assert_eq!(
+        denial(&decide_with(&p, &req, keys, vec![false; n])),
+        Denial::InvalidToken(Reason::UnknownKid)
+    );
     // No keys and no fetch possible: the service cannot check tokens (503), not 401.
-    assert_eq!(denial(&decide_with(&p, &req, vec![None; n], vec![false; n])), Denial::KeysUnavailable);
+    assert_eq!(
+        denial(&decide_with(&p, &req, vec![None; n], vec![false; n])),
+        Denial::KeysUnavailable
+    );
     // Garbage is malformed whether or not keys exist.
     let garbage = request("GET", "/x", &[("authorization", "Bearer x.y")]);
-    assert_eq!(denial(&decide_with(&p, &garbage, vec![None; n], vec![false; n])), Denial::InvalidToken(Reason::Malformed));
+    assert_eq!(
+        denial(&decide_with(&p, &garbage, vec![None; n], vec![false; n])),
+        Denial::InvalidToken(Reason::Malformed)
+    );
 }
 
 #[test]
@@ -330,7 +432,10 @@ fn cached_tokens_are_still_checked_against_current_versions() {
     // The minimum is raised after the token was cached: the cache hit must not bypass it.
     let a = p.provider_index("a").unwrap();
     versions[a].global_min_version = 2;
-    assert_eq!(denial(&run(&versions, &mut cache)), Denial::InvalidToken(Reason::VersionTooOld));
+    assert_eq!(
+        denial(&run(&versions, &mut cache)),
+        Denial::InvalidToken(Reason::VersionTooOld)
+    );
     // During a grace period the old token still passes.
     versions[a].rotated_at = NOW - 10;
     versions[a].grace_seconds = 60;

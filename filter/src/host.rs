@@ -39,6 +39,10 @@ pub fn set_request_header(name: &str, value: &str) -> Result<(), Status> {
     hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value))
 }
 
+pub fn add_request_header(name: &str, value: &str) -> Result<(), Status> {
+    hostcalls::add_map_value(MapType::HttpRequestHeaders, name, value)
+}
+
 pub fn remove_request_header(name: &str) -> Result<(), Status> {
     hostcalls::remove_map_value(MapType::HttpRequestHeaders, name)
 }
@@ -56,7 +60,12 @@ pub fn resume_request() -> Result<(), Status> {
 pub fn dispatch_get(cluster: &str, authority: &str, path: &str, timeout_ms: u64) -> Result<u32, Status> {
     hostcalls::dispatch_http_call(
         cluster,
-        vec![(":method", "GET"), (":path", path), (":authority", authority), ("accept", "application/json")],
+        vec![
+            (":method", "GET"),
+            (":path", path),
+            (":authority", authority),
+            ("accept", "application/json"),
+        ],
         None,
         vec![],
         Duration::from_millis(timeout_ms),
@@ -67,11 +76,15 @@ pub fn http_call_response_body(size: usize, cap: usize) -> Option<Vec<u8>> {
     if size > cap {
         return None;
     }
-    hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size).ok().flatten()
+    hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size)
+        .ok()
+        .flatten()
 }
 
 pub fn plugin_configuration(size: usize) -> Option<Vec<u8>> {
-    hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size).ok().flatten()
+    hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size)
+        .ok()
+        .flatten()
 }
 
 pub fn shared_data(key: &str) -> (Option<Vec<u8>>, Option<u32>) {

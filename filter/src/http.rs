@@ -7,7 +7,6 @@ use std::rc::Rc;
 
 use portcullis_core::authn::{authenticate, AuthnInput, Outcome, UpstreamEdits};
 use portcullis_core::config::NoMatchAction;
-use portcullis_core::edits::{remove_cookie, remove_query_param};
 use portcullis_core::jwt::provider::{KeySource, TokenLocation};
 use portcullis_core::keyfetch::FetchKind;
 use portcullis_core::response::Denial;
@@ -48,7 +47,13 @@ pub enum Next {
 
 impl AuthnContext {
     pub fn new(context_id: u32, runtime: Option<Rc<Runtime>>) -> Self {
-        AuthnContext { id: context_id, runtime, request: None, rule: 0, progress: Progress::default() }
+        AuthnContext {
+            id: context_id,
+            runtime,
+            request: None,
+            rule: 0,
+            progress: Progress::default(),
+        }
     }
 }
 
@@ -63,7 +68,9 @@ pub fn decide(
     rule_index: usize,
     progress: &mut Progress,
 ) -> Next {
-    let Some(rule) = rt.policy.rules.get(rule_index) else { return Next::Continue };
+    let Some(rule) = rt.policy.rules.get(rule_index) else {
+        return Next::Continue;
+    };
     for _ in 0..MAX_ROUNDS {
         let now_ms = host::now_unix_ms();
         let keys = rt.keys(now_ms, false);
@@ -86,14 +93,17 @@ pub fn decide(
                 rt.metrics.count("portcullis.requests.allowed");
                 for i in &identities {
                     if let Some(p) = rt.policy.providers.get(i.provider) {
-                        rt.metrics.count(&format!("portcullis.provider.{}.allowed", p.name()));
+                        rt.metrics
+                            .count(&format!("portcullis.provider.{}.allowed", p.name()));
                     }
                 }
                 apply_edits(request, &edits);
                 return Next::Continue;
             }
             Outcome::Deny { denial, provider } => {
-                let provider_name = provider.and_then(|p| rt.policy.providers.get(p)).map(|p| p.name());
+                let provider_name = provider
+                    .and_then(|p| rt.policy.providers.get(p))
+                    .map(|p| p.name());
                 return deny(rt, rule.name.as_str(), rule.shadow, &denial, provider_name);
             }
             Outcome::FetchKeys(p) => {
@@ -110,7 +120,9 @@ pub fn decide(
                 }
                 // A fetch some context already started will answer soon: wait for it
                 // rather than reject a token signed by a key just rotated in.
-                if rt.fetch_in_flight(p, now_ms) && rt.park(context_id, p, rule_index, request.clone(), now_ms) {
+                if rt.fetch_in_flight(p, now_ms)
+                    && rt.park(context_id, p, rule_index, request.clone(), now_ms)
+                {
                     rt.metrics.count("portcullis.requests.parked");
                     return Next::Paused;
                 }
@@ -118,19 +130,33 @@ pub fn decide(
         }
     }
     // Only reachable if core keeps asking for keys it cannot get.
-    deny(rt, rule.name.as_str(), rule.shadow, &Denial::KeysUnavailable, None)
+    deny(
+        rt,
+        rule.name.as_str(),
+        rule.shadow,
+        &Denial::KeysUnavailable,
+        None,
+    )
 }
 
 /// Claims and dispatches an on-demand JWKS fetch; `None` when rate-limited or failed.
 fn start_fetch(rt: &Runtime, p: usize, now_ms: u64) -> Option<u32> {
     let provider = rt.policy.providers.get(p)?;
-    let KeySource::Remote(remote) = provider.key_source() else { return None };
+    let KeySource::Remote(remote) = provider.key_source() else {
+        return None;
+    };
     if !rt.claim_fetch(p, FetchKind::OnDemand, now_ms) {
         return None;
     }
-    match host::dispatch_get(&remote.cluster, &remote.authority, &remote.path, remote.timeout_ms) {
+    match host::dispatch_get(
+        &remote.cluster,
+        &remote.authority,
+        &remote.path,
+        remote.timeout_ms,
+    ) {
         Ok(token) => {
-            rt.metrics.count(&format!("portcullis.jwks.{}.fetch_on_demand", provider.name()));
+            rt.metrics
+                .count(&format!("portcullis.jwks.{}.fetch_on_demand", provider.name()));
             Some(token)
         }
         Err(status) => {
@@ -148,10 +174,12 @@ fn start_fetch(rt: &Runtime, p: usize, now_ms: u64) -> Option<u32> {
 fn deny(rt: &Runtime, rule: &str, shadow: bool, denial: &Denial, provider: Option<&str>) -> Next {
     let code = denial.code();
     if let Some(name) = provider {
-        rt.metrics.count(&format!("portcullis.provider.{name}.denied.{code}"));
+        rt.metrics
+            .count(&format!("portcullis.provider.{name}.denied.{code}"));
     }
     if shadow {
-        rt.metrics.count(&format!("portcullis.requests.shadow_denied.{code}"));
+        rt.metrics
+            .count(&format!("portcullis.requests.shadow_denied.{code}"));
         log::info!("rule `{rule}` (shadow) would deny: {code}");
         return Next::Continue;
     }
@@ -168,27 +196,30 @@ fn apply_edits(request: &RequestParts, edits: &UpstreamEdits) {
     for (name, value) in &edits.set_headers {
         let _ = host::set_request_header(name, value);
     }
+    if edits.remove_tokens.is_empty() {
+        return;
+    }
+    // Core computes the request without the tokens; copy the affected parts back.
+    let mut scrubbed = request.clone();
+    for location in &edits.remove_tokens {
+        location.remove_from(&mut scrubbed);
+    }
     for location in &edits.remove_tokens {
         match location {
-            TokenLocation::Header { name, .. } => {
-                let _ = host::remove_request_header(name);
-            }
-            TokenLocation::Cookie(name) => {
-                let cookies: Vec<&str> = request.header_values("cookie").collect();
-                let merged = cookies.join("; ");
-                match remove_cookie(&merged, name) {
-                    Some(rest) => {
-                        let _ = host::set_request_header("cookie", &rest);
-                    }
-                    None => {
-                        let _ = host::remove_request_header("cookie");
-                    }
-                }
-            }
-            TokenLocation::Query(name) => {
-                let _ = host::set_request_header(":path", &remove_query_param(&request.path, name));
+            TokenLocation::Header { name, .. } => replace_header(&scrubbed, name),
+            TokenLocation::Cookie(_) => replace_header(&scrubbed, "cookie"),
+            TokenLocation::Query(_) => {
+                let _ = host::set_request_header(":path", &scrubbed.path);
             }
         }
+    }
+}
+
+/// Replaces every value of `name` with the values it has in `scrubbed`.
+fn replace_header(scrubbed: &RequestParts, name: &str) {
+    let _ = host::remove_request_header(name);
+    for value in scrubbed.header_values(name) {
+        let _ = host::add_request_header(name, value);
     }
 }
 
@@ -218,14 +249,18 @@ fn request_parts(headers: Vec<(String, String)>) -> RequestParts {
 impl Context for AuthnContext {
     fn on_http_call_response(&mut self, token_id: u32, _: usize, body_size: usize, _: usize) {
         let Some(rt) = self.runtime.clone() else { return };
-        let Some((token, provider)) = self.progress.fetch else { return };
+        let Some((token, provider)) = self.progress.fetch else {
+            return;
+        };
         if token != token_id {
             return;
         }
         self.progress.fetch = None;
         let (status, body) = call_response(body_size);
         rt.complete_fetch(provider, status.as_deref(), body, host::now_unix_ms());
-        let Some(request) = self.request.take() else { return };
+        let Some(request) = self.request.take() else {
+            return;
+        };
         let next = decide(&rt, self.id, &request, self.rule, &mut self.progress);
         self.request = Some(request);
         if let Next::Continue = next {

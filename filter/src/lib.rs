@@ -43,7 +43,9 @@ struct PortcullisRoot {
 
 impl Context for PortcullisRoot {
     fn on_http_call_response(&mut self, token_id: u32, _: usize, body_size: usize, _: usize) {
-        let Some(pos) = self.fetches.iter().position(|(t, _)| *t == token_id) else { return };
+        let Some(pos) = self.fetches.iter().position(|(t, _)| *t == token_id) else {
+            return;
+        };
         let (_, provider) = self.fetches.swap_remove(pos);
         if let Some(rt) = &self.runtime {
             let (status, body) = http::call_response(body_size);
@@ -66,7 +68,10 @@ impl RootContext for PortcullisRoot {
                     policy.providers.len(),
                     policy.rules.len()
                 );
-                let has_remote = policy.providers.iter().any(|p| matches!(p.key_source(), KeySource::Remote(_)));
+                let has_remote = policy
+                    .providers
+                    .iter()
+                    .any(|p| matches!(p.key_source(), KeySource::Remote(_)));
                 self.runtime = Some(Rc::new(Runtime::new(policy)));
                 if has_remote && host::set_tick_period(TICK).is_err() {
                     log::warn!("could not set the tick period; remote keys refresh on demand only");
@@ -86,14 +91,21 @@ impl RootContext for PortcullisRoot {
         rt.wake_parked(None, self.context_id);
         let now = host::now_unix_ms();
         for (p, provider) in rt.policy.providers.iter().enumerate() {
-            let KeySource::Remote(remote) = provider.key_source() else { continue };
+            let KeySource::Remote(remote) = provider.key_source() else {
+                continue;
+            };
             if self.fetches.iter().any(|(_, fp)| *fp == p) {
                 continue;
             }
             if !rt.claim_fetch(p, FetchKind::Periodic, now) {
                 continue;
             }
-            match host::dispatch_get(&remote.cluster, &remote.authority, &remote.path, remote.timeout_ms) {
+            match host::dispatch_get(
+                &remote.cluster,
+                &remote.authority,
+                &remote.path,
+                remote.timeout_ms,
+            ) {
                 Ok(token) => self.fetches.push((token, p)),
                 Err(status) => {
                     log::warn!(
@@ -109,7 +121,10 @@ impl RootContext for PortcullisRoot {
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Never `None`: the SDK panics on it. Without a configuration the context fails closed.
-        Some(Box::new(http::AuthnContext::new(context_id, self.runtime.clone())))
+        Some(Box::new(http::AuthnContext::new(
+            context_id,
+            self.runtime.clone(),
+        )))
     }
 
     fn get_type(&self) -> Option<ContextType> {

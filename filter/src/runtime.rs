@@ -57,11 +57,19 @@ impl Runtime {
             .providers
             .iter()
             .map(|p| match p.key_source() {
-                KeySource::Inline(k) => KeySlot { keys: Some(k.clone()), cas: None, checked_at_ms: u64::MAX },
+                KeySource::Inline(k) => KeySlot {
+                    keys: Some(k.clone()),
+                    cas: None,
+                    checked_at_ms: u64::MAX,
+                },
                 KeySource::Remote(_) => KeySlot::default(),
             })
             .collect();
-        let versions = policy.providers.iter().map(|p| p.initial_version_state()).collect();
+        let versions = policy
+            .providers
+            .iter()
+            .map(|p| p.initial_version_state())
+            .collect();
         let cache = VerifiedTokenCache::new(policy.cache_capacity.max(1));
         Runtime {
             policy,
@@ -74,7 +82,10 @@ impl Runtime {
     }
 
     fn is_remote(&self, p: usize) -> bool {
-        matches!(self.policy.providers.get(p).map(|pr| pr.key_source()), Some(KeySource::Remote(_)))
+        matches!(
+            self.policy.providers.get(p).map(|pr| pr.key_source()),
+            Some(KeySource::Remote(_))
+        )
     }
 
     /// Current keys of every provider, re-reading shared data for remote providers whose
@@ -85,7 +96,10 @@ impl Runtime {
             if !self.is_remote(p) {
                 continue;
             }
-            if force || slot.keys.is_none() || now_ms.saturating_sub(slot.checked_at_ms) >= SHARED_KEYS_RECHECK_MS {
+            if force
+                || slot.keys.is_none()
+                || now_ms.saturating_sub(slot.checked_at_ms) >= SHARED_KEYS_RECHECK_MS
+            {
                 slot.checked_at_ms = now_ms;
                 self.reload_slot(p, slot);
             }
@@ -94,7 +108,9 @@ impl Runtime {
     }
 
     fn reload_slot(&self, p: usize, slot: &mut KeySlot) {
-        let Some(provider) = self.policy.providers.get(p) else { return };
+        let Some(provider) = self.policy.providers.get(p) else {
+            return;
+        };
         let (data, cas) = host::shared_data(&jwks_key(provider.name()));
         if cas.is_some() && cas == slot.cas {
             return;
@@ -114,8 +130,12 @@ impl Runtime {
     /// Reads this provider's fetch schedule and, if `kind` may start now, claims the fetch
     /// for this worker (compare-and-swap). True when the caller must dispatch it.
     pub fn claim_fetch(&self, p: usize, kind: FetchKind, now_ms: u64) -> bool {
-        let Some(provider) = self.policy.providers.get(p) else { return false };
-        let KeySource::Remote(remote) = provider.key_source() else { return false };
+        let Some(provider) = self.policy.providers.get(p) else {
+            return false;
+        };
+        let KeySource::Remote(remote) = provider.key_source() else {
+            return false;
+        };
         let key = schedule_key(provider.name());
         let (data, cas) = host::shared_data(&key);
         let schedule = data.map(|d| FetchSchedule::decode(&d)).unwrap_or_default();
@@ -123,8 +143,10 @@ impl Runtime {
             FetchKind::Periodic => {
                 schedule.periodic_due(now_ms, remote.cache_duration_secs.saturating_mul(1000))
             }
-            FetchKind::OnDemand => schedule
-                .on_demand_allowed(now_ms, remote.unknown_kid_refetch_interval_secs.saturating_mul(1000)),
+            FetchKind::OnDemand => schedule.on_demand_allowed(
+                now_ms,
+                remote.unknown_kid_refetch_interval_secs.saturating_mul(1000),
+            ),
         };
         if !allowed {
             return false;
@@ -136,7 +158,9 @@ impl Runtime {
     /// Handles a JWKS fetch response: a valid document is stored for every worker; a bad
     /// one keeps the last good keys and schedules a retry with backoff.
     pub fn complete_fetch(&self, p: usize, status: Option<&str>, body: Option<Vec<u8>>, now_ms: u64) -> bool {
-        let Some(provider) = self.policy.providers.get(p) else { return false };
+        let Some(provider) = self.policy.providers.get(p) else {
+            return false;
+        };
         let name = provider.name();
         let parsed = match (status, body) {
             (Some("200"), Some(bytes)) => match KeySet::from_jwks_json(&bytes) {
@@ -177,7 +201,8 @@ impl Runtime {
             }
             self.metrics.count(&format!("portcullis.jwks.{name}.fetch_ok"));
         } else {
-            self.metrics.count(&format!("portcullis.jwks.{name}.fetch_failed"));
+            self.metrics
+                .count(&format!("portcullis.jwks.{name}.fetch_failed"));
         }
         // Record the outcome in the shared schedule; retry the CAS a few times since other
         // workers may be updating it concurrently.
@@ -185,7 +210,11 @@ impl Runtime {
         for _ in 0..4 {
             let (data, cas) = host::shared_data(&key);
             let schedule = data.map(|d| FetchSchedule::decode(&d)).unwrap_or_default();
-            let next = if ok { schedule.succeeded(now_ms) } else { schedule.failed(now_ms) };
+            let next = if ok {
+                schedule.succeeded(now_ms)
+            } else {
+                schedule.failed(now_ms)
+            };
             if host::set_shared_data(&key, &next.encode(), cas).is_ok() {
                 break;
             }
@@ -194,8 +223,13 @@ impl Runtime {
     }
 
     fn schedule(&self, p: usize) -> FetchSchedule {
-        let Some(provider) = self.policy.providers.get(p) else { return FetchSchedule::default() };
-        host::shared_data(&schedule_key(provider.name())).0.map(|d| FetchSchedule::decode(&d)).unwrap_or_default()
+        let Some(provider) = self.policy.providers.get(p) else {
+            return FetchSchedule::default();
+        };
+        host::shared_data(&schedule_key(provider.name()))
+            .0
+            .map(|d| FetchSchedule::decode(&d))
+            .unwrap_or_default()
     }
 
     /// Whether some worker has a fetch of this provider's keys outstanding.
@@ -204,12 +238,24 @@ impl Runtime {
     }
 
     /// Holds a paused request until the in-flight fetch of `provider` ends.
-    pub fn park(&self, context_id: u32, provider: usize, rule: usize, request: RequestParts, _now_ms: u64) -> bool {
+    pub fn park(
+        &self,
+        context_id: u32,
+        provider: usize,
+        rule: usize,
+        request: RequestParts,
+        _now_ms: u64,
+    ) -> bool {
         let mut parked = self.parked.borrow_mut();
         if parked.len() >= MAX_PARKED {
             return false;
         }
-        parked.push(Parked { context_id, provider, rule, request });
+        parked.push(Parked {
+            context_id,
+            provider,
+            rule,
+            request,
+        });
         true
     }
 
@@ -227,7 +273,9 @@ impl Runtime {
     pub fn wake_parked(&self, provider: Option<usize>, current: u32) {
         let now_ms = host::now_unix_ms();
         let ready: Vec<Parked> = {
-            let Ok(mut parked) = self.parked.try_borrow_mut() else { return };
+            let Ok(mut parked) = self.parked.try_borrow_mut() else {
+                return;
+            };
             if parked.is_empty() {
                 return;
             }
@@ -262,14 +310,26 @@ impl Runtime {
             return;
         }
         self.keys(now_ms, true);
-        let remote: Vec<usize> = (0..self.policy.providers.len()).filter(|p| self.is_remote(*p)).collect();
+        let remote: Vec<usize> = (0..self.policy.providers.len())
+            .filter(|p| self.is_remote(*p))
+            .collect();
         for waiter in ready {
             if host::set_effective_context(waiter.context_id).is_err() {
                 continue;
             }
             // No further fetching for a parked request: decide with the keys there are.
-            let mut progress = Progress { reloaded: remote.clone(), tried: remote.clone(), fetch: None };
-            if let Next::Continue = decide(self, waiter.context_id, &waiter.request, waiter.rule, &mut progress) {
+            let mut progress = Progress {
+                reloaded: remote.clone(),
+                tried: remote.clone(),
+                fetch: None,
+            };
+            if let Next::Continue = decide(
+                self,
+                waiter.context_id,
+                &waiter.request,
+                waiter.rule,
+                &mut progress,
+            ) {
                 let _ = host::resume_request();
             }
         }
@@ -278,7 +338,9 @@ impl Runtime {
 
     /// Which providers' keys this request could fetch now (remote and not yet tried).
     pub fn fetchable(&self, tried: &[usize]) -> Vec<bool> {
-        (0..self.policy.providers.len()).map(|p| self.is_remote(p) && !tried.contains(&p)).collect()
+        (0..self.policy.providers.len())
+            .map(|p| self.is_remote(p) && !tried.contains(&p))
+            .collect()
     }
 }
 

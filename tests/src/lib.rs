@@ -26,7 +26,11 @@ fn path_from_env(var: &str, default: PathBuf, hint: &str) -> PathBuf {
 }
 
 pub fn envoy_bin() -> PathBuf {
-    path_from_env("PORTCULLIS_ENVOY", repo_root().join(".venv/bin/envoy"), "run `make setup`")
+    path_from_env(
+        "PORTCULLIS_ENVOY",
+        repo_root().join(".venv/bin/envoy"),
+        "run `make setup`",
+    )
 }
 
 pub fn filter_wasm() -> PathBuf {
@@ -41,11 +45,18 @@ pub fn bin(name: &str) -> PathBuf {
     let dir = std::env::var_os("PORTCULLIS_BIN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target/debug"));
-    path_from_env(&format!("{name} binary"), dir.join(name), "run `make build-native`")
+    path_from_env(
+        &format!("{name} binary"),
+        dir.join(name),
+        "run `make build-native`",
+    )
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// A child process whose output goes to a log file; killed on drop.
@@ -62,7 +73,11 @@ impl Proc {
         let err = out.try_clone().expect("log file");
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc { name: name.to_string(), child: Some(child), log }
+        Proc {
+            name: name.to_string(),
+            child: Some(child),
+            log,
+        }
     }
 
     pub fn log_text(&self) -> String {
@@ -71,13 +86,21 @@ impl Proc {
 
     /// Whether the process has exited.
     pub fn exited(&mut self) -> bool {
-        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(Some(_))) | None)
+        matches!(
+            self.child.as_mut().map(|c| c.try_wait()),
+            Some(Ok(Some(_))) | None
+        )
     }
 
     /// Sends SIGTERM and waits up to 10 s (then SIGKILL). Returns whether it exited on TERM.
     pub fn terminate(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else { return true };
-        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {
@@ -105,7 +128,12 @@ impl Drop for Proc {
             let text = self.log_text();
             let lines: Vec<&str> = text.lines().collect();
             let tail = &lines[lines.len().saturating_sub(60)..];
-            eprintln!("----- last {} lines of {} ({}) -----", tail.len(), self.name, self.log.display());
+            eprintln!(
+                "----- last {} lines of {} ({}) -----",
+                tail.len(),
+                self.name,
+                self.log.display()
+            );
             for l in tail {
                 eprintln!("{l}");
             }
@@ -125,13 +153,19 @@ where
         if check().await {
             return;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 pub fn http() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("http client")
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client")
 }
 
 async fn wait_http_ok(url: &str, name: &str, proc: &mut Proc) {
@@ -156,7 +190,12 @@ pub struct Workdir(pub tempfile::TempDir);
 
 impl Workdir {
     pub fn new() -> Workdir {
-        Workdir(tempfile::Builder::new().prefix("portcullis-e2e-").tempdir().expect("tempdir"))
+        Workdir(
+            tempfile::Builder::new()
+                .prefix("portcullis-e2e-")
+                .tempdir()
+                .expect("tempdir"),
+        )
     }
     pub fn path(&self) -> &Path {
         self.0.path()
@@ -186,7 +225,16 @@ impl Redis {
     pub async fn start_on(logdir: &Path, port: u16) -> Redis {
         let server = which("redis-server").expect("redis-server not on PATH (run `make setup`)");
         let mut cmd = Command::new(server);
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]);
         let mut proc = Proc::spawn(&format!("redis-{port}"), cmd, logdir);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -197,7 +245,11 @@ impl Redis {
             assert!(Instant::now() < deadline, "redis-server did not answer PING");
             tokio::time::sleep(Duration::from_millis(30)).await;
         }
-        Redis { proc, port, logdir: logdir.to_path_buf() }
+        Redis {
+            proc,
+            port,
+            logdir: logdir.to_path_buf(),
+        }
     }
 
     pub fn url(&self) -> String {
@@ -216,7 +268,9 @@ impl Redis {
 
 async fn redis_ping(port: u16) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return false };
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
     if s.write_all(b"PING\r\n").await.is_err() {
         return false;
     }
@@ -226,7 +280,9 @@ async fn redis_ping(port: u16) -> bool {
 
 pub fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).map(|p| p.join(name)).find(|p| p.is_file())
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
     })
 }
 
@@ -266,10 +322,17 @@ impl ControlPlane {
         match &store {
             StoreKind::Memory => cmd.env("PORTCULLIS_STORE", "memory"),
             StoreKind::Embedded => cmd.env("PORTCULLIS_STORE", "embedded"),
-            StoreKind::Redis(url) => cmd.env("PORTCULLIS_STORE", "redis").env("PORTCULLIS_REDIS_URL", url),
+            StoreKind::Redis(url) => cmd
+                .env("PORTCULLIS_STORE", "redis")
+                .env("PORTCULLIS_REDIS_URL", url),
         };
         let mut proc = Proc::spawn(&format!("control-plane-{port}"), cmd, logdir);
-        wait_http_ok(&format!("http://127.0.0.1:{port}/healthz"), "control plane", &mut proc).await;
+        wait_http_ok(
+            &format!("http://127.0.0.1:{port}/healthz"),
+            "control plane",
+            &mut proc,
+        )
+        .await;
         ControlPlane {
             proc,
             port,
@@ -287,7 +350,12 @@ impl ControlPlane {
     /// Stops and starts the process on the same port with the same store and data.
     pub async fn restart(&mut self) {
         self.proc.terminate();
-        let (logdir, store, port, data) = (self.logdir.clone(), self.store.clone(), self.port, self.data_dir.clone());
+        let (logdir, store, port, data) = (
+            self.logdir.clone(),
+            self.store.clone(),
+            self.port,
+            self.data_dir.clone(),
+        );
         *self = ControlPlane::start_with(&logdir, store, port, data).await;
     }
 
@@ -333,16 +401,27 @@ impl TestServer {
         use axum::http::{HeaderMap, StatusCode, Uri};
         use axum::response::IntoResponse;
 
-        let state = TestServerState { jwks: Arc::new(Mutex::new(jwks)), ..Default::default() };
+        let state = TestServerState {
+            jwks: Arc::new(Mutex::new(jwks)),
+            ..Default::default()
+        };
         *state.jwks_status.lock().unwrap() = 200;
 
         async fn serve_jwks(State(s): State<TestServerState>) -> impl IntoResponse {
             s.jwks_fetches.fetch_add(1, Ordering::SeqCst);
             let status = *s.jwks_status.lock().unwrap();
             let body = s.jwks.lock().unwrap().to_string();
-            (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), [("content-type", "application/json")], body)
+            (
+                StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+                [("content-type", "application/json")],
+                body,
+            )
         }
-        async fn upstream(State(s): State<TestServerState>, uri: Uri, headers: HeaderMap) -> impl IntoResponse {
+        async fn upstream(
+            State(s): State<TestServerState>,
+            uri: Uri,
+            headers: HeaderMap,
+        ) -> impl IntoResponse {
             s.upstream_hits.fetch_add(1, Ordering::SeqCst);
             *s.last_headers.lock().unwrap() = headers
                 .iter()
@@ -374,10 +453,22 @@ impl TestServer {
         *self.state.jwks.lock().unwrap() = jwks;
     }
     pub fn last_header(&self, name: &str) -> Option<String> {
-        self.state.last_headers.lock().unwrap().iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+        self.state
+            .last_headers
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
     }
     pub fn last_header_count(&self, name: &str) -> usize {
-        self.state.last_headers.lock().unwrap().iter().filter(|(n, _)| n == name).count()
+        self.state
+            .last_headers
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(n, _)| n == name)
+            .count()
     }
 }
 
@@ -478,11 +569,26 @@ impl Envoy {
         let mut cmd = Command::new(envoy_bin());
         cmd.arg("-c")
             .arg(&path)
-            .args(["--use-dynamic-base-id", "--concurrency", "2", "--log-level", "info"])
+            .args([
+                "--use-dynamic-base-id",
+                "--concurrency",
+                "2",
+                "--log-level",
+                "info",
+            ])
             .args(["--component-log-level", "wasm:debug"]);
         let mut proc = Proc::spawn(&format!("envoy-{port}"), cmd, logdir);
-        wait_http_ok(&format!("http://127.0.0.1:{admin_port}/ready"), "envoy", &mut proc).await;
-        Envoy { proc, port, admin_port }
+        wait_http_ok(
+            &format!("http://127.0.0.1:{admin_port}/ready"),
+            "envoy",
+            &mut proc,
+        )
+        .await;
+        Envoy {
+            proc,
+            port,
+            admin_port,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -492,7 +598,11 @@ impl Envoy {
     /// A counter from the admin endpoint (0 when not defined yet).
     pub async fn counter(&self, name: &str) -> u64 {
         let text = http()
-            .get(format!("http://127.0.0.1:{}/stats?filter=^{}$", self.admin_port, regex_escape(name)))
+            .get(format!(
+                "http://127.0.0.1:{}/stats?filter=^{}$",
+                self.admin_port,
+                regex_escape(name)
+            ))
             .send()
             .await
             .expect("stats")
@@ -508,5 +618,13 @@ impl Envoy {
 }
 
 fn regex_escape(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c.to_string() } else { format!("\\{c}") }).collect()
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c.to_string()
+            } else {
+                format!("\\{c}")
+            }
+        })
+        .collect()
 }

@@ -19,15 +19,22 @@ impl FixtureKey {
     pub fn load(name: &'static str) -> FixtureKey {
         let dir = repo_root().join("tests/fixtures");
         let pem = std::fs::read(dir.join(format!("{name}.pem"))).expect("fixture pem");
-        let jwk: Value =
-            serde_json::from_slice(&std::fs::read(dir.join(format!("{name}.jwk.json"))).expect("fixture jwk"))
-                .expect("jwk json");
+        let jwk: Value = serde_json::from_slice(
+            &std::fs::read(dir.join(format!("{name}.jwk.json"))).expect("fixture jwk"),
+        )
+        .expect("jwk json");
         let alg = match jwk["alg"].as_str() {
             Some("ES256") => Algorithm::ES256,
             Some("RS256") => Algorithm::RS256,
             other => panic!("unexpected fixture alg {other:?}"),
         };
-        FixtureKey { name, kid: jwk["kid"].as_str().expect("kid").to_string(), alg, jwk, pem }
+        FixtureKey {
+            name,
+            kid: jwk["kid"].as_str().expect("kid").to_string(),
+            alg,
+            jwk,
+            pem,
+        }
     }
 
     /// Signs `claims` with this key, `kid` in the header.
@@ -48,7 +55,10 @@ pub fn jwks(keys: &[&FixtureKey]) -> Value {
 }
 
 pub fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
 }
 
 /// Standard claims for the test issuer, valid for 10 minutes.

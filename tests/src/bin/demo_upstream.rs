@@ -12,9 +12,16 @@ async fn echo(method: Method, uri: Uri, headers: HeaderMap) -> Json<Value> {
     let headers: serde_json::Map<String, Value> = headers
         .iter()
         .filter(|(name, _)| name.as_str() != "authorization" && name.as_str() != "cookie")
-        .map(|(name, value)| (name.to_string(), Value::String(String::from_utf8_lossy(value.as_bytes()).into())))
+        .map(|(name, value)| {
+            (
+                name.to_string(),
+                Value::String(String::from_utf8_lossy(value.as_bytes()).into()),
+            )
+        })
         .collect();
-    Json(json!({ "upstream": "portcullis-demo", "method": method.as_str(), "path": uri.to_string(), "headers": headers }))
+    Json(
+        json!({ "upstream": "portcullis-demo", "method": method.as_str(), "path": uri.to_string(), "headers": headers }),
+    )
 }
 
 #[tokio::main(flavor = "current_thread")]
