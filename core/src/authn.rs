@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 
+use crate::config::StaleAction;
 use crate::config::{Policy, Requirement};
 use crate::jwt::cache::VerifiedTokenCache;
 use crate::jwt::jwks::KeySet;
@@ -19,6 +20,7 @@ use crate::jwt::versions::VersionState;
 use crate::jwt::VerifiedToken;
 use crate::request::RequestParts;
 use crate::response::Denial;
+use crate::revocation::RevocationReplica;
 use crate::rules::{is_cors_preflight, Rule};
 
 /// Everything one decision reads, indexed by provider where it is per provider.
@@ -31,7 +33,16 @@ pub struct AuthnInput<'a> {
     pub versions: &'a [VersionState],
     /// Whether the caller could fetch this provider's keys now (remote, not rate-limited).
     pub can_fetch_keys: &'a [bool],
+    /// The revocation replica, when the policy has a revocation feed.
+    pub revocation: Option<RevocationInput<'a>>,
     pub now_unix_secs: u64,
+}
+
+/// The local revocation replica and whether it is older than the policy allows.
+#[derive(Debug, Clone, Copy)]
+pub struct RevocationInput<'a> {
+    pub replica: &'a RevocationReplica,
+    pub stale: bool,
 }
 
 /// A token that verified, with the provider that accepted it.
@@ -70,18 +81,12 @@ pub fn authenticate(input: &AuthnInput<'_>, cache: &mut VerifiedTokenCache) -> O
     let rule = input.rule;
     let providers: &[usize] = match &rule.requirement {
         Requirement::None => {
-            return Outcome::Allow {
-                identities: Vec::new(),
-                edits: UpstreamEdits::default(),
-            }
+            return Outcome::Allow { identities: Vec::new(), edits: UpstreamEdits::default() }
         }
         Requirement::AnyOf(p) | Requirement::AllOf(p) => p,
     };
     if rule.allow_cors_preflight && is_cors_preflight(input.request) {
-        return Outcome::Allow {
-            identities: Vec::new(),
-            edits: UpstreamEdits::default(),
-        };
+        return Outcome::Allow { identities: Vec::new(), edits: UpstreamEdits::default() };
     }
 
     // Every token at every location of the rule's providers; a token seen by several
@@ -92,20 +97,20 @@ pub fn authenticate(input: &AuthnInput<'_>, cache: &mut VerifiedTokenCache) -> O
             continue;
         };
         for extracted in provider.extract(input.request) {
-            match found
-                .iter_mut()
-                .find(|(t, l, _)| *t == extracted.token && *l == extracted.location)
-            {
+            match found.iter_mut().find(|(t, l, _)| *t == extracted.token && *l == extracted.location) {
                 Some((_, _, cands)) => cands.push(p),
                 None => found.push((extracted.token, extracted.location, vec![p])),
             }
         }
     }
     if found.is_empty() {
-        return Outcome::Deny {
-            denial: Denial::MissingCredentials,
-            provider: providers.first().copied(),
-        };
+        return Outcome::Deny { denial: Denial::MissingCredentials, provider: providers.first().copied() };
+    }
+    if let Some(rev) = &input.revocation {
+        let checked = providers.iter().any(|&p| input.policy.revocation_applies(p));
+        if rev.stale && checked && rule.on_stale == StaleAction::Deny {
+            return Outcome::Deny { denial: Denial::RevocationUnavailable, provider: None };
+        }
     }
 
     let mut identities: Vec<Authenticated> = Vec::new();
@@ -117,18 +122,10 @@ pub fn authenticate(input: &AuthnInput<'_>, cache: &mut VerifiedTokenCache) -> O
             .iter()
             .copied()
             .filter(|&p| {
-                input
-                    .policy
-                    .providers
-                    .get(p)
-                    .is_some_and(|pr| Some(pr.issuer()) == issuer.as_deref())
+                input.policy.providers.get(p).is_some_and(|pr| Some(pr.issuer()) == issuer.as_deref())
             })
             .collect();
-        let routed = if matching.is_empty() {
-            candidates.clone()
-        } else {
-            matching.clone()
-        };
+        let routed = if matching.is_empty() { candidates.clone() } else { matching.clone() };
 
         let mut first_failure: Option<(usize, Reason)> = None;
         let mut accepted: Option<(usize, Arc<VerifiedToken>)> = None;
@@ -153,11 +150,9 @@ pub fn authenticate(input: &AuthnInput<'_>, cache: &mut VerifiedTokenCache) -> O
             }
         }
         match accepted {
-            Some((provider, token)) => identities.push(Authenticated {
-                provider,
-                token,
-                location: location.clone(),
-            }),
+            Some((provider, token)) => {
+                identities.push(Authenticated { provider, token, location: location.clone() })
+            }
             None => {
                 let (p, reason) =
                     first_failure.unwrap_or((candidates.first().copied().unwrap_or(0), Reason::Malformed));
@@ -166,23 +161,14 @@ pub fn authenticate(input: &AuthnInput<'_>, cache: &mut VerifiedTokenCache) -> O
                 } else {
                     Denial::InvalidToken(reason)
                 };
-                return Outcome::Deny {
-                    denial,
-                    provider: Some(p),
-                };
+                return Outcome::Deny { denial, provider: Some(p) };
             }
         }
     }
 
     if let Requirement::AllOf(required) = &rule.requirement {
-        if let Some(&missing) = required
-            .iter()
-            .find(|p| !identities.iter().any(|i| i.provider == **p))
-        {
-            return Outcome::Deny {
-                denial: Denial::MissingCredentials,
-                provider: Some(missing),
-            };
+        if let Some(&missing) = required.iter().find(|p| !identities.iter().any(|i| i.provider == **p)) {
+            return Outcome::Deny { denial: Denial::MissingCredentials, provider: Some(missing) };
         }
     }
 
@@ -199,9 +185,7 @@ pub fn authenticate(input: &AuthnInput<'_>, cache: &mut VerifiedTokenCache) -> O
         }
     }
     if let Some(roles) = &rule.roles {
-        let granted = identities
-            .iter()
-            .any(|i| has_any_role(i.token.claim(&roles.claim), &roles.any_of));
+        let granted = identities.iter().any(|i| has_any_role(i.token.claim(&roles.claim), &roles.any_of));
         if !granted {
             return Outcome::Deny {
                 denial: Denial::InsufficientRole,
@@ -213,9 +197,7 @@ pub fn authenticate(input: &AuthnInput<'_>, cache: &mut VerifiedTokenCache) -> O
     let mut edits = UpstreamEdits::default();
     for identity in &identities {
         if let Some(provider) = input.policy.providers.get(identity.provider) {
-            edits
-                .set_headers
-                .extend(provider.upstream_headers(&identity.token));
+            edits.set_headers.extend(provider.upstream_headers(&identity.token));
             if !provider.forward_token() && !edits.remove_tokens.contains(&identity.location) {
                 edits.remove_tokens.push(identity.location.clone());
             }
@@ -252,6 +234,14 @@ fn check_token(
     let default_state = VersionState::default();
     let state = input.versions.get(p).unwrap_or(&default_state);
     provider.check_version(&verified, state, now)?;
+    if let Some(rev) = &input.revocation {
+        if input.policy.revocation_applies(p) {
+            let jti = verified.claim("jti").and_then(|v| v.as_str());
+            if jti.is_some_and(|j| rev.replica.is_revoked(j, now)) {
+                return Err(Reason::Revoked);
+            }
+        }
+    }
     Ok(verified)
 }
 
@@ -265,19 +255,16 @@ fn unverified_issuer(token: &str) -> Option<String> {
     if payload.len() > 16 * 1024 {
         return None;
     }
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .ok()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
     serde_json::from_slice::<Iss>(&bytes).ok()?.iss
 }
 
 fn has_any_role(claim: Option<&serde_json::Value>, wanted: &[String]) -> bool {
     match claim {
         Some(serde_json::Value::String(s)) => s.split_whitespace().any(|r| wanted.iter().any(|w| w == r)),
-        Some(serde_json::Value::Array(items)) => items
-            .iter()
-            .filter_map(|v| v.as_str())
-            .any(|r| wanted.iter().any(|w| w == r)),
+        Some(serde_json::Value::Array(items)) => {
+            items.iter().filter_map(|v| v.as_str()).any(|r| wanted.iter().any(|w| w == r))
+        }
         _ => false,
     }
 }

@@ -44,6 +44,65 @@ pub struct PluginConfig {
     pub rules: Vec<RuleConfig>,
     #[serde(default)]
     pub verified_token_cache: Option<CacheConfig>,
+    #[serde(default)]
+    pub revocation: Option<RevocationConfig>,
+}
+
+/// Where the control plane's revocation feed is and how fresh it must be.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RevocationConfig {
+    pub cluster: String,
+    pub authority: String,
+    #[serde(default = "default_feed_path")]
+    pub path: String,
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+    #[serde(default = "default_feed_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Past this age without a successful poll, rules apply their `onStale` action.
+    #[serde(default = "default_max_staleness")]
+    pub max_staleness_seconds: u64,
+    /// Providers whose tokens are checked against the feed. Default: all of them.
+    #[serde(default)]
+    pub providers: Option<Vec<String>>,
+}
+
+fn default_feed_path() -> String {
+    "/v1/feed".to_string()
+}
+fn default_poll_interval_ms() -> u64 {
+    1_000
+}
+fn default_feed_timeout_ms() -> u64 {
+    500
+}
+fn default_max_staleness() -> u64 {
+    300
+}
+
+/// What a rule does when the revocation replica is older than the max staleness.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum StaleAction {
+    /// Answer 503: a revoked token must not pass just because the feed is unreachable.
+    #[default]
+    Deny,
+    /// Keep deciding with the last replica received.
+    Allow,
+}
+
+/// Compiled [`RevocationConfig`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationSettings {
+    pub cluster: String,
+    pub authority: String,
+    pub path: String,
+    pub poll_interval_ms: u64,
+    pub timeout_ms: u64,
+    pub max_staleness_secs: u64,
+    /// Indexed by provider: whether its tokens are checked against the feed.
+    pub applies_to: Vec<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -80,6 +139,8 @@ pub struct RuleConfig {
     pub allow_cors_preflight: bool,
     #[serde(default)]
     pub shadow: bool,
+    #[serde(default)]
+    pub on_stale: StaleAction,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -136,6 +197,7 @@ pub struct Policy {
     pub cache_max_ttl_secs: u64,
     /// Every header some provider sets upstream: stripped from incoming requests.
     pub managed_headers: Vec<String>,
+    pub revocation: Option<RevocationSettings>,
 }
 
 impl Policy {
@@ -147,15 +209,17 @@ impl Policy {
     pub fn provider_index(&self, name: &str) -> Option<usize> {
         self.providers.iter().position(|p| p.name() == name)
     }
+
+    /// Whether tokens of provider `p` are checked against the revocation feed.
+    pub fn revocation_applies(&self, p: usize) -> bool {
+        self.revocation.as_ref().is_some_and(|r| r.applies_to.get(p).copied().unwrap_or(false))
+    }
 }
 
 /// Parses and compiles the plugin configuration bytes.
 pub fn compile_json(bytes: &[u8]) -> Result<Policy, ConfigError> {
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-        return Err(ConfigError::new(
-            "",
-            "the plugin configuration is empty; expected a JSON object",
-        ));
+        return Err(ConfigError::new("", "the plugin configuration is empty; expected a JSON object"));
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let config: PluginConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
@@ -163,8 +227,7 @@ pub fn compile_json(bytes: &[u8]) -> Result<Policy, ConfigError> {
         let field = if path == "." { String::new() } else { path };
         ConfigError::new(field, strip_position(&e.inner().to_string()))
     })?;
-    de.end()
-        .map_err(|e| ConfigError::new("", strip_position(&e.to_string())))?;
+    de.end().map_err(|e| ConfigError::new("", strip_position(&e.to_string())))?;
     compile(config)
 }
 
@@ -200,10 +263,7 @@ pub fn compile(config: PluginConfig) -> Result<Policy, ConfigError> {
     }
 
     if config.rules.len() > MAX_RULES {
-        return Err(ConfigError::new(
-            "rules",
-            format!("at most {MAX_RULES} rules are supported"),
-        ));
+        return Err(ConfigError::new("rules", format!("at most {MAX_RULES} rules are supported")));
     }
     let mut rules = Vec::with_capacity(config.rules.len());
     let mut names = HashSet::new();
@@ -222,14 +282,16 @@ pub fn compile(config: PluginConfig) -> Result<Policy, ConfigError> {
     let (cache_capacity, cache_max_ttl_secs) = match config.verified_token_cache {
         Some(c) => {
             if c.capacity > 1_000_000 {
-                return Err(ConfigError::new(
-                    "verifiedTokenCache.capacity",
-                    "must be at most 1000000",
-                ));
+                return Err(ConfigError::new("verifiedTokenCache.capacity", "must be at most 1000000"));
             }
             (c.capacity, c.max_ttl_seconds)
         }
         None => (DEFAULT_CACHE_CAPACITY, DEFAULT_CACHE_MAX_TTL_SECS),
+    };
+
+    let revocation = match config.revocation {
+        None => None,
+        Some(r) => Some(compile_revocation(r, &providers).map_err(|e| e.within("revocation"))?),
     };
 
     let mut managed_headers: Vec<String> = providers.iter().flat_map(|p| p.managed_headers()).collect();
@@ -244,6 +306,57 @@ pub fn compile(config: PluginConfig) -> Result<Policy, ConfigError> {
         cache_capacity,
         cache_max_ttl_secs,
         managed_headers,
+        revocation,
+    })
+}
+
+fn compile_revocation(
+    config: RevocationConfig,
+    providers: &[Provider],
+) -> Result<RevocationSettings, ConfigError> {
+    if config.cluster.is_empty() {
+        return Err(ConfigError::new("cluster", "must name the Envoy cluster of the control plane"));
+    }
+    if config.authority.is_empty() {
+        return Err(ConfigError::new("authority", "must not be empty"));
+    }
+    if !config.path.starts_with('/') || config.path.contains('?') {
+        return Err(ConfigError::new("path", "must start with '/' and have no query string"));
+    }
+    if !(100..=60_000).contains(&config.poll_interval_ms) {
+        return Err(ConfigError::new("pollIntervalMs", "must be between 100 and 60000"));
+    }
+    if !(1..=60_000).contains(&config.timeout_ms) {
+        return Err(ConfigError::new("timeoutMs", "must be between 1 and 60000"));
+    }
+    if config.max_staleness_seconds == 0
+        || config.max_staleness_seconds.saturating_mul(1000) < config.poll_interval_ms
+    {
+        return Err(ConfigError::new("maxStalenessSeconds", "must be at least one poll interval"));
+    }
+    let applies_to = match &config.providers {
+        None => vec![true; providers.len()],
+        Some(names) => {
+            let mut applies = vec![false; providers.len()];
+            for (i, n) in names.iter().enumerate() {
+                let idx = providers.iter().position(|p| p.name() == n).ok_or_else(|| {
+                    ConfigError::new(format!("providers[{i}]"), format!("unknown provider `{n}`"))
+                })?;
+                if let Some(a) = applies.get_mut(idx) {
+                    *a = true;
+                }
+            }
+            applies
+        }
+    };
+    Ok(RevocationSettings {
+        cluster: config.cluster,
+        authority: config.authority,
+        path: config.path,
+        poll_interval_ms: config.poll_interval_ms,
+        timeout_ms: config.timeout_ms,
+        max_staleness_secs: config.max_staleness_seconds,
+        applies_to,
     })
 }
 
@@ -251,10 +364,7 @@ fn compile_rule(index: usize, config: RuleConfig, providers: &[Provider]) -> Res
     let name = match config.name {
         Some(n) if is_identifier(&n) => n,
         Some(_) => {
-            return Err(ConfigError::new(
-                "name",
-                "rule names use letters, digits, '-', '_' and '.' only",
-            ))
+            return Err(ConfigError::new("name", "rule names use letters, digits, '-', '_' and '.' only"))
         }
         None => format!("rule{index}"),
     };
@@ -312,10 +422,7 @@ fn compile_rule(index: usize, config: RuleConfig, providers: &[Provider]) -> Res
             if r.any_of.is_empty() {
                 return Err(ConfigError::new("roles.anyOf", "must list at least one role"));
             }
-            Some(RolesRequirement {
-                claim: r.claim,
-                any_of: r.any_of,
-            })
+            Some(RolesRequirement { claim: r.claim, any_of: r.any_of })
         }
     };
 
@@ -327,23 +434,17 @@ fn compile_rule(index: usize, config: RuleConfig, providers: &[Provider]) -> Res
         roles,
         allow_cors_preflight: config.allow_cors_preflight,
         shadow: config.shadow,
+        on_stale: config.on_stale,
     })
 }
 
 fn compile_match(config: MatchConfig) -> Result<Matcher, ConfigError> {
-    let set = [
-        config.path.is_some(),
-        config.path_prefix.is_some(),
-        config.path_regex.is_some(),
-    ]
-    .iter()
-    .filter(|b| **b)
-    .count();
+    let set = [config.path.is_some(), config.path_prefix.is_some(), config.path_regex.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
     if set > 1 {
-        return Err(ConfigError::new(
-            "path",
-            "use at most one of `path`, `pathPrefix` and `pathRegex`",
-        ));
+        return Err(ConfigError::new("path", "use at most one of `path`, `pathPrefix` and `pathRegex`"));
     }
     let path = if let Some(p) = config.path {
         if !p.starts_with('/') {
@@ -379,10 +480,7 @@ fn compile_match(config: MatchConfig) -> Result<Matcher, ConfigError> {
             || lower.contains(' ')
             || lower.chars().skip(1).any(|c| c == '*')
         {
-            return Err(ConfigError::new(
-                format!("hosts[{i}]"),
-                "expected a host name or `*.domain`",
-            ));
+            return Err(ConfigError::new(format!("hosts[{i}]"), "expected a host name or `*.domain`"));
         }
         hosts.push(matcher);
     }
@@ -390,10 +488,7 @@ fn compile_match(config: MatchConfig) -> Result<Matcher, ConfigError> {
     let mut methods = Vec::with_capacity(config.methods.len());
     for (i, m) in config.methods.iter().enumerate() {
         if m.is_empty() || !m.chars().all(|c| c.is_ascii_uppercase()) {
-            return Err(ConfigError::new(
-                format!("methods[{i}]"),
-                "methods are upper-case, e.g. \"GET\"",
-            ));
+            return Err(ConfigError::new(format!("methods[{i}]"), "methods are upper-case, e.g. \"GET\""));
         }
         methods.push(m.clone());
     }
@@ -404,8 +499,7 @@ fn compile_match(config: MatchConfig) -> Result<Matcher, ConfigError> {
 fn is_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn is_quoted_string_safe(c: char) -> bool {

@@ -76,23 +76,24 @@ impl FetchSchedule {
         self
     }
 
-    pub fn failed(mut self, now_ms: u64) -> Self {
+    pub fn failed(self, now_ms: u64) -> Self {
+        self.failed_with_cap(now_ms, MAX_BACKOFF_MS)
+    }
+
+    /// A failure, backing off from 1 s doubling up to `cap_ms`.
+    pub fn failed_with_cap(mut self, now_ms: u64, cap_ms: u64) -> Self {
         self.in_flight_until_ms = 0;
         self.failures = self.failures.saturating_add(1);
         let shift = self.failures.saturating_sub(1).min(16);
-        let backoff = BASE_BACKOFF_MS.saturating_mul(1u64 << shift).min(MAX_BACKOFF_MS);
+        let backoff = BASE_BACKOFF_MS.saturating_mul(1u64 << shift).min(cap_ms);
         self.retry_not_before_ms = now_ms.saturating_add(backoff);
         self
     }
 
     pub fn encode(&self) -> [u8; ENCODED_LEN] {
         let mut out = [0u8; ENCODED_LEN];
-        let fields = [
-            self.in_flight_until_ms,
-            self.retry_not_before_ms,
-            self.last_on_demand_ms,
-            self.fetched_at_ms,
-        ];
+        let fields =
+            [self.in_flight_until_ms, self.retry_not_before_ms, self.last_on_demand_ms, self.fetched_at_ms];
         for (chunk, v) in out.chunks_exact_mut(8).zip(fields) {
             chunk.copy_from_slice(&v.to_be_bytes());
         }
@@ -108,18 +109,8 @@ impl FetchSchedule {
             let b: [u8; 8] = bytes.get(i..i + 8)?.try_into().ok()?;
             Some(u64::from_be_bytes(b))
         };
-        let failures = bytes
-            .get(32..36)
-            .and_then(|b| <[u8; 4]>::try_from(b).ok())
-            .map(u32::from_be_bytes);
-        match (
-            u64_at(0),
-            u64_at(8),
-            u64_at(16),
-            u64_at(24),
-            failures,
-            bytes.len() == ENCODED_LEN,
-        ) {
+        let failures = bytes.get(32..36).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(u32::from_be_bytes);
+        match (u64_at(0), u64_at(8), u64_at(16), u64_at(24), failures, bytes.len() == ENCODED_LEN) {
             (Some(a), Some(b), Some(c), Some(d), Some(f), true) => FetchSchedule {
                 in_flight_until_ms: a,
                 retry_not_before_ms: b,
@@ -145,9 +136,7 @@ mod tests {
 
     #[test]
     fn periodic_refresh_waits_for_the_cache_duration() {
-        let s = FetchSchedule::default()
-            .started(FetchKind::Periodic, 1_000, 1_000)
-            .succeeded(1_200);
+        let s = FetchSchedule::default().started(FetchKind::Periodic, 1_000, 1_000).succeeded(1_200);
         assert!(!s.periodic_due(1_200 + 599_999, 600_000));
         assert!(s.periodic_due(1_200 + 600_000, 600_000));
     }
@@ -184,6 +173,8 @@ mod tests {
         assert!(!s.periodic_due(59_999, 0));
         assert!(s.periodic_due(60_000, 0));
         assert_eq!(s.succeeded(70_000).failures, 0);
+        let capped = FetchSchedule::default().failed_with_cap(0, 5_000).failed_with_cap(0, 5_000);
+        assert_eq!(capped.failed_with_cap(0, 5_000).failed_with_cap(0, 5_000).retry_not_before_ms, 5_000);
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod jwt;
 pub mod keyfetch;
 pub mod request;
 pub mod response;
+pub mod revocation;
 pub mod rules;
 
 pub use error::ConfigError;

@@ -18,6 +18,8 @@ pub enum Denial {
     NoMatchingRule,
     /// The keys needed to check the token could not be obtained.
     KeysUnavailable,
+    /// The revocation replica is older than allowed and the rule fails closed.
+    RevocationUnavailable,
 }
 
 impl Denial {
@@ -30,6 +32,7 @@ impl Denial {
             Denial::InsufficientRole => "insufficient_role",
             Denial::NoMatchingRule => "no_matching_rule",
             Denial::KeysUnavailable => "keys_unavailable",
+            Denial::RevocationUnavailable => "revocation_unavailable",
         }
     }
 
@@ -37,7 +40,7 @@ impl Denial {
         match self {
             Denial::MissingCredentials | Denial::InvalidToken(_) => 401,
             Denial::InsufficientScope(_) | Denial::InsufficientRole | Denial::NoMatchingRule => 403,
-            Denial::KeysUnavailable => 503,
+            Denial::KeysUnavailable | Denial::RevocationUnavailable => 503,
         }
     }
 
@@ -81,6 +84,11 @@ impl Denial {
                 "temporarily_unavailable",
                 "the keys to verify the token are not available yet".to_string(),
             ),
+            Denial::RevocationUnavailable => (
+                None,
+                "temporarily_unavailable",
+                "revocation state is out of date; try again shortly".to_string(),
+            ),
         };
         let body = serde_json::json!({
             "error": error,
@@ -95,14 +103,10 @@ impl Denial {
         if let Some(c) = challenge {
             headers.push(("www-authenticate".to_string(), c));
         }
-        if matches!(self, Denial::KeysUnavailable) {
+        if matches!(self, Denial::KeysUnavailable | Denial::RevocationUnavailable) {
             headers.push(("retry-after".to_string(), "1".to_string()));
         }
-        LocalReply {
-            status: self.status(),
-            headers,
-            body,
-        }
+        LocalReply { status: self.status(), headers, body }
     }
 }
 
@@ -116,9 +120,7 @@ pub struct LocalReply {
 
 /// Values inside an RFC 7235 quoted-string: drop quotes, backslashes and controls.
 fn quote_safe(s: &str) -> String {
-    s.chars()
-        .filter(|c| c.is_ascii() && !c.is_ascii_control() && *c != '"' && *c != '\\')
-        .collect()
+    s.chars().filter(|c| c.is_ascii() && !c.is_ascii_control() && *c != '"' && *c != '\\').collect()
 }
 
 #[cfg(test)]
@@ -131,11 +133,7 @@ mod tests {
     fn missing_token_gets_bare_bearer_challenge_with_realm() {
         let r = Denial::MissingCredentials.render("api");
         assert_eq!(r.status, 401);
-        let www: Vec<_> = r
-            .headers
-            .iter()
-            .filter(|(n, _)| n == "www-authenticate")
-            .collect();
+        let www: Vec<_> = r.headers.iter().filter(|(n, _)| n == "www-authenticate").collect();
         assert_eq!(www.len(), 1);
         assert_eq!(www[0].1, "Bearer realm=\"api\"");
     }
@@ -144,15 +142,8 @@ mod tests {
     fn invalid_token_challenge_names_the_stable_reason() {
         let r = Denial::InvalidToken(Reason::Expired).render("api");
         assert_eq!(r.status, 401);
-        let www = r
-            .headers
-            .iter()
-            .find(|(n, _)| n == "www-authenticate")
-            .map(|(_, v)| v.as_str());
-        assert_eq!(
-            www,
-            Some("Bearer realm=\"api\", error=\"invalid_token\", error_description=\"expired\"")
-        );
+        let www = r.headers.iter().find(|(n, _)| n == "www-authenticate").map(|(_, v)| v.as_str());
+        assert_eq!(www, Some("Bearer realm=\"api\", error=\"invalid_token\", error_description=\"expired\""));
         let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
         assert_eq!(body["reason"], "expired");
     }
@@ -161,25 +152,14 @@ mod tests {
     fn insufficient_scope_is_403_and_lists_the_scopes() {
         let r = Denial::InsufficientScope(vec!["read".into(), "write".into()]).render("api");
         assert_eq!(r.status, 403);
-        let www = r
-            .headers
-            .iter()
-            .find(|(n, _)| n == "www-authenticate")
-            .map(|(_, v)| v.as_str());
-        assert_eq!(
-            www,
-            Some("Bearer realm=\"api\", error=\"insufficient_scope\", scope=\"read write\"")
-        );
+        let www = r.headers.iter().find(|(n, _)| n == "www-authenticate").map(|(_, v)| v.as_str());
+        assert_eq!(www, Some("Bearer realm=\"api\", error=\"insufficient_scope\", scope=\"read write\""));
     }
 
     #[test]
     fn realm_cannot_break_out_of_the_quoted_string() {
         let r = Denial::MissingCredentials.render("a\"b\\c\r\n");
-        let www = r
-            .headers
-            .iter()
-            .find(|(n, _)| n == "www-authenticate")
-            .map(|(_, v)| v.as_str());
+        let www = r.headers.iter().find(|(n, _)| n == "www-authenticate").map(|(_, v)| v.as_str());
         assert_eq!(www, Some("Bearer realm=\"abc\""));
     }
 

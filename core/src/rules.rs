@@ -1,7 +1,7 @@
 //! Rules: which requests need which credentials. The first rule whose match fits the
 //! request decides; see [`crate::config::NoMatchAction`] for requests no rule matches.
 
-use crate::config::Requirement;
+use crate::config::{Requirement, StaleAction};
 use crate::request::RequestParts;
 
 #[derive(Debug, Clone)]
@@ -73,14 +73,13 @@ pub struct Rule {
     pub allow_cors_preflight: bool,
     /// Evaluate and count, but never block.
     pub shadow: bool,
+    /// What to do when the revocation replica is too old.
+    pub on_stale: StaleAction,
 }
 
 /// True for a CORS preflight request, which browsers send without credentials.
 pub fn is_cors_preflight(req: &RequestParts) -> bool {
     req.method == "OPTIONS"
         && req.header_values("origin").next().is_some()
-        && req
-            .header_values("access-control-request-method")
-            .next()
-            .is_some()
+        && req.header_values("access-control-request-method").next().is_some()
 }

@@ -51,11 +51,7 @@ fn token(iss: &str, sub: &str, extra: Value) -> String {
     if let (Some(c), Value::Object(e)) = (claims.as_object_mut(), extra) {
         c.extend(e);
     }
-    sign_hs256(
-        r#"{"alg":"HS256","kid":"oct-hs256"}"#,
-        &claims.to_string(),
-        HS256_SECRET,
-    )
+    sign_hs256(r#"{"alg":"HS256","kid":"oct-hs256"}"#, &claims.to_string(), HS256_SECRET)
 }
 
 fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> RequestParts {
@@ -63,10 +59,7 @@ fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> RequestParts {
         method: method.into(),
         authority: "api.example.com:8443".into(),
         path: path.into(),
-        headers: headers
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect(),
+        headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
     }
 }
 
@@ -77,11 +70,7 @@ fn decide_with(
     can_fetch: Vec<bool>,
 ) -> Outcome {
     let rule = policy.match_rule(req).expect("a rule matches");
-    let versions: Vec<VersionState> = policy
-        .providers
-        .iter()
-        .map(|p| p.initial_version_state())
-        .collect();
+    let versions: Vec<VersionState> = policy.providers.iter().map(|p| p.initial_version_state()).collect();
     let input = AuthnInput {
         policy,
         rule,
@@ -89,6 +78,7 @@ fn decide_with(
         keys: &keys,
         versions: &versions,
         can_fetch_keys: &can_fetch,
+        revocation: None,
         now_unix_secs: NOW,
     };
     authenticate(&input, &mut VerifiedTokenCache::new(16))
@@ -98,13 +88,7 @@ fn decide(policy: &Policy, req: &RequestParts) -> Outcome {
     let keys = policy
         .providers
         .iter()
-        .map(|p| {
-            if p.name() == "remote" {
-                None
-            } else {
-                Some(fixture_keys())
-            }
-        })
+        .map(|p| if p.name() == "remote" { None } else { Some(fixture_keys()) })
         .collect();
     decide_with(policy, req, keys, vec![false; policy.providers.len()])
 }
@@ -123,14 +107,8 @@ fn bearer(t: &str) -> String {
 #[test]
 fn config_errors_name_the_offending_field() {
     let cases = [
-        (
-            json!({"rules": [{"requires": {"provider": "x"}}]}),
-            "rules[0].requires.provider",
-        ),
-        (
-            json!({"rules": [{"requires": "none", "match": {"pathRegex": "("}}]}),
-            "rules[0].match.pathRegex",
-        ),
+        (json!({"rules": [{"requires": {"provider": "x"}}]}), "rules[0].requires.provider"),
+        (json!({"rules": [{"requires": "none", "match": {"pathRegex": "("}}]}), "rules[0].match.pathRegex"),
         (
             json!({"rules": [{"requires": "none", "match": {"path": "/a", "pathPrefix": "/b"}}]}),
             "rules[0].match.path",
@@ -139,10 +117,7 @@ fn config_errors_name_the_offending_field() {
             json!({"rules": [{"requires": "none", "match": {"methods": ["get"]}}]}),
             "rules[0].match.methods[0]",
         ),
-        (
-            json!({"rules": [{"requires": "none", "scopes": ["a"]}]}),
-            "rules[0].scopes",
-        ),
+        (json!({"rules": [{"requires": "none", "scopes": ["a"]}]}), "rules[0].scopes"),
         (json!({"rules": [{"requires": "sometimes"}]}), "rules[0].requires"),
         (json!({"rules": [], "extra": 1}), ""),
         (json!({"realm": "bad\"realm", "rules": []}), "realm"),
@@ -154,12 +129,7 @@ fn config_errors_name_the_offending_field() {
     ];
     for (config, field) in cases {
         let err = compile_json(config.to_string().as_bytes()).expect_err(&config.to_string());
-        assert!(
-            err.field.starts_with(field),
-            "{config}: got field `{}` ({})",
-            err.field,
-            err.message
-        );
+        assert!(err.field.starts_with(field), "{config}: got field `{}` ({})", err.field, err.message);
         assert!(err.to_string().contains("invalid configuration"), "{err}");
     }
     assert!(compile_json(b"").is_err());
@@ -192,10 +162,7 @@ fn valid_token_is_allowed_with_identity_headers() {
     match decide(&p, &request("GET", "/x", &[("authorization", &bearer(&t))])) {
         Outcome::Allow { identities, edits } => {
             assert_eq!(identities.len(), 1);
-            assert_eq!(
-                edits.set_headers,
-                vec![("x-sub".to_string(), "alice".to_string())]
-            );
+            assert_eq!(edits.set_headers, vec![("x-sub".to_string(), "alice".to_string())]);
             assert!(edits.remove_tokens.is_empty());
         }
         other => panic!("{other:?}"),
@@ -205,10 +172,7 @@ fn valid_token_is_allowed_with_identity_headers() {
 #[test]
 fn no_token_is_missing_credentials() {
     let p = policy(json!([{ "match": {}, "requires": { "provider": "a" } }]));
-    assert_eq!(
-        denial(&decide(&p, &request("GET", "/x", &[]))),
-        Denial::MissingCredentials
-    );
+    assert_eq!(denial(&decide(&p, &request("GET", "/x", &[]))), Denial::MissingCredentials);
     // Another auth scheme is not a bearer token.
     let basic = request("GET", "/x", &[("authorization", "Basic dXNlcjpwYXNz")]);
     assert_eq!(denial(&decide(&p, &basic)), Denial::MissingCredentials);
@@ -223,17 +187,9 @@ fn a_good_header_token_plus_a_bad_query_token_is_rejected() {
         &json!({"iss": ISS_A, "sub": "x", "exp": NOW - 3600}).to_string(),
         HS256_SECRET,
     );
-    let req = request(
-        "GET",
-        &format!("/x?access_token={expired}"),
-        &[("authorization", &bearer(&good))],
-    );
+    let req = request("GET", &format!("/x?access_token={expired}"), &[("authorization", &bearer(&good))]);
     assert_eq!(denial(&decide(&p, &req)), Denial::InvalidToken(Reason::Expired));
-    let req = request(
-        "GET",
-        "/x?access_token=garbage",
-        &[("authorization", &bearer(&good))],
-    );
+    let req = request("GET", "/x?access_token=garbage", &[("authorization", &bearer(&good))]);
     assert_eq!(denial(&decide(&p, &req)), Denial::InvalidToken(Reason::Malformed));
 }
 
@@ -244,17 +200,11 @@ fn any_of_routes_the_token_to_the_provider_of_its_issuer() {
     match decide(&p, &request("GET", "/x", &[("authorization", &bearer(&t))])) {
         Outcome::Allow { identities, edits } => {
             assert_eq!(p.providers[identities[0].provider].name(), "b");
-            assert_eq!(
-                edits.set_headers,
-                vec![("x-sub-b".to_string(), "bob".to_string())]
-            );
+            assert_eq!(edits.set_headers, vec![("x-sub-b".to_string(), "bob".to_string())]);
             // b has forwardToken: false.
             assert_eq!(
                 edits.remove_tokens,
-                vec![TokenLocation::Header {
-                    name: "authorization".into(),
-                    prefix: Some("Bearer ".into())
-                }]
+                vec![TokenLocation::Header { name: "authorization".into(), prefix: Some("Bearer ".into()) }]
             );
         }
         other => panic!("{other:?}"),
@@ -262,10 +212,7 @@ fn any_of_routes_the_token_to_the_provider_of_its_issuer() {
     // An issuer neither provider has is rejected by the first candidate.
     let stranger = token("https://evil.example", "eve", json!({}));
     assert_eq!(
-        denial(&decide(
-            &p,
-            &request("GET", "/x", &[("authorization", &bearer(&stranger))])
-        )),
+        denial(&decide(&p, &request("GET", "/x", &[("authorization", &bearer(&stranger))]))),
         Denial::InvalidToken(Reason::BadIssuer)
     );
 }
@@ -278,11 +225,7 @@ fn all_of_needs_a_token_from_every_provider() {
     assert_eq!(denial(&decide(&p, &only_a)), Denial::MissingCredentials);
 
     let b = token(ISS_B, "svc", json!({}));
-    let both = request(
-        "GET",
-        &format!("/x?access_token={a}"),
-        &[("authorization", &bearer(&b))],
-    );
+    let both = request("GET", &format!("/x?access_token={a}"), &[("authorization", &bearer(&b))]);
     match decide(&p, &both) {
         Outcome::Allow { identities, .. } => assert_eq!(identities.len(), 2),
         other => panic!("{other:?}"),
@@ -294,10 +237,7 @@ fn scopes_must_all_be_in_one_token() {
     let p = policy(json!([{ "match": {}, "requires": { "provider": "a" }, "scopes": ["read", "write"] }]));
     let partial = token(ISS_A, "a", json!({"scope": "read"}));
     assert_eq!(
-        denial(&decide(
-            &p,
-            &request("GET", "/x", &[("authorization", &bearer(&partial))])
-        )),
+        denial(&decide(&p, &request("GET", "/x", &[("authorization", &bearer(&partial))]))),
         Denial::InsufficientScope(vec!["read".into(), "write".into()])
     );
     let scp = token(ISS_A, "a", json!({"scp": ["write", "read"]}));
@@ -315,10 +255,7 @@ fn roles_are_read_from_a_claim_path() {
     }]));
     let dev = token(ISS_A, "a", json!({"realm_access": {"roles": ["dev"]}}));
     assert_eq!(
-        denial(&decide(
-            &p,
-            &request("GET", "/x", &[("authorization", &bearer(&dev))])
-        )),
+        denial(&decide(&p, &request("GET", "/x", &[("authorization", &bearer(&dev))]))),
         Denial::InsufficientRole
     );
     let ops = token(ISS_A, "a", json!({"realm_access": {"roles": ["dev", "ops"]}}));
@@ -333,10 +270,7 @@ fn cors_preflight_passes_only_when_allowed() {
     let preflight = request(
         "OPTIONS",
         "/x",
-        &[
-            ("origin", "https://app.example"),
-            ("access-control-request-method", "POST"),
-        ],
+        &[("origin", "https://app.example"), ("access-control-request-method", "POST")],
     );
     let allowed =
         policy(json!([{ "match": {}, "requires": { "provider": "a" }, "allowCorsPreflight": true }]));
@@ -344,10 +278,7 @@ fn cors_preflight_passes_only_when_allowed() {
     let strict = policy(json!([{ "match": {}, "requires": { "provider": "a" } }]));
     assert_eq!(denial(&decide(&strict, &preflight)), Denial::MissingCredentials);
     // A bare OPTIONS without the preflight headers is not a preflight.
-    assert_eq!(
-        denial(&decide(&allowed, &request("OPTIONS", "/x", &[]))),
-        Denial::MissingCredentials
-    );
+    assert_eq!(denial(&decide(&allowed, &request("OPTIONS", "/x", &[]))), Denial::MissingCredentials);
 }
 
 #[test]
@@ -355,10 +286,7 @@ fn cookie_and_query_tokens_are_found() {
     let p = policy(json!([{ "match": {}, "requires": { "provider": "a" } }]));
     let t = token(ISS_A, "alice", json!({}));
     let cookie = format!("theme=dark; session={t}");
-    assert!(matches!(
-        decide(&p, &request("GET", "/x", &[("cookie", &cookie)])),
-        Outcome::Allow { .. }
-    ));
+    assert!(matches!(decide(&p, &request("GET", "/x", &[("cookie", &cookie)])), Outcome::Allow { .. }));
     assert!(matches!(
         decide(&p, &request("GET", &format!("/x?a=1&access_token={t}"), &[])),
         Outcome::Allow { .. }
@@ -393,10 +321,7 @@ fn unknown_kid_asks_for_keys_only_when_a_fetch_is_possible() {
         Denial::InvalidToken(Reason::UnknownKid)
     );
     // No keys and no fetch possible: the service cannot check tokens (503), not 401.
-    assert_eq!(
-        denial(&decide_with(&p, &req, vec![None; n], vec![false; n])),
-        Denial::KeysUnavailable
-    );
+    assert_eq!(denial(&decide_with(&p, &req, vec![None; n], vec![false; n])), Denial::KeysUnavailable);
     // Garbage is malformed whether or not keys exist.
     let garbage = request("GET", "/x", &[("authorization", "Bearer x.y")]);
     assert_eq!(
@@ -423,6 +348,7 @@ fn cached_tokens_are_still_checked_against_current_versions() {
             keys: &keys,
             versions,
             can_fetch_keys: &fetch,
+            revocation: None,
             now_unix_secs: NOW,
         };
         authenticate(&input, cache)
@@ -432,12 +358,66 @@ fn cached_tokens_are_still_checked_against_current_versions() {
     // The minimum is raised after the token was cached: the cache hit must not bypass it.
     let a = p.provider_index("a").unwrap();
     versions[a].global_min_version = 2;
-    assert_eq!(
-        denial(&run(&versions, &mut cache)),
-        Denial::InvalidToken(Reason::VersionTooOld)
-    );
+    assert_eq!(denial(&run(&versions, &mut cache)), Denial::InvalidToken(Reason::VersionTooOld));
     // During a grace period the old token still passes.
     versions[a].rotated_at = NOW - 10;
     versions[a].grace_seconds = 60;
     assert!(matches!(run(&versions, &mut cache), Outcome::Allow { .. }));
+}
+
+#[test]
+fn revoked_jti_and_stale_replica_follow_the_rule() {
+    use portcullis_core::authn::RevocationInput;
+    use portcullis_core::revocation::{FeedPage, RevocationReplica, RevokedToken};
+    let jwks: Value = serde_json::from_str(FIXTURE_JWKS).unwrap();
+    let config = json!({
+        "providers": {
+            "a": { "issuer": ISS_A, "jwks": jwks.clone() },
+            "b": { "issuer": ISS_B, "jwks": jwks }
+        },
+        "revocation": { "cluster": "cp", "authority": "cp", "maxStalenessSeconds": 5, "providers": ["a"] },
+        "rules": [
+            { "name": "open", "match": { "pathPrefix": "/open" }, "requires": { "anyOf": ["a", "b"] }, "onStale": "allow" },
+            { "name": "strict", "match": {}, "requires": { "anyOf": ["a", "b"] } }
+        ]
+    });
+    let p = compile_json(config.to_string().as_bytes()).unwrap();
+    let mut replica = RevocationReplica::default();
+    replica
+        .apply(
+            FeedPage {
+                cursor: 1,
+                revoked: vec![RevokedToken { jti: "bad".into(), exp: NOW + 600 }],
+                ..Default::default()
+            },
+            NOW,
+        )
+        .unwrap();
+    let keys: Vec<Option<KeySet>> = vec![Some(fixture_keys()); 2];
+    let versions = vec![VersionState::default(); 2];
+    let run = |path: &str, t: &str, stale: bool| {
+        let req = request("GET", path, &[("authorization", &bearer(t))]);
+        let rule = p.match_rule(&req).unwrap();
+        let input = AuthnInput {
+            policy: &p,
+            rule,
+            request: &req,
+            keys: &keys,
+            versions: &versions,
+            can_fetch_keys: &[false, false],
+            revocation: Some(RevocationInput { replica: &replica, stale }),
+            now_unix_secs: NOW,
+        };
+        authenticate(&input, &mut VerifiedTokenCache::new(4))
+    };
+    let revoked = token(ISS_A, "alice", json!({"jti": "bad"}));
+    let fine = token(ISS_A, "alice", json!({"jti": "good"}));
+    assert_eq!(denial(&run("/x", &revoked, false)), Denial::InvalidToken(Reason::Revoked));
+    assert!(matches!(run("/x", &fine, false), Outcome::Allow { .. }));
+    // Provider b is not under the feed: its jti is not looked up.
+    assert!(matches!(run("/x", &token(ISS_B, "svc", json!({"jti": "bad"})), false), Outcome::Allow { .. }));
+    // A stale replica: fail closed by default, or keep using the last replica.
+    assert_eq!(denial(&run("/x", &fine, true)), Denial::RevocationUnavailable);
+    assert!(matches!(run("/open", &fine, true), Outcome::Allow { .. }));
+    assert_eq!(denial(&run("/open", &revoked, true)), Denial::InvalidToken(Reason::Revoked));
 }

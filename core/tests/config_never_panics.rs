@@ -86,7 +86,7 @@ proptest! {
             let versions = vec![VersionState::default()];
             let input = AuthnInput {
                 policy: &policy, rule, request: &req, keys: &keys, versions: &versions,
-                can_fetch_keys: &[true], now_unix_secs: NOW,
+                can_fetch_keys: &[true], revocation: None, now_unix_secs: NOW,
             };
             let _ = authenticate(&input, &mut VerifiedTokenCache::new(4));
         }

@@ -38,19 +38,12 @@ fn request(path: &str, headers: &[(&str, &str)]) -> RequestParts {
         method: "GET".into(),
         authority: "api.example.com".into(),
         path: path.into(),
-        headers: headers
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect(),
+        headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
     }
 }
 
 fn signed(claims: Value) -> String {
-    sign_hs256(
-        r#"{"alg":"HS256","kid":"oct-hs256"}"#,
-        &claims.to_string(),
-        HS256_SECRET,
-    )
+    sign_hs256(r#"{"alg":"HS256","kid":"oct-hs256"}"#, &claims.to_string(), HS256_SECRET)
 }
 
 fn claims(extra: Value) -> Value {
@@ -90,10 +83,7 @@ fn documented_example_compiles_with_defaults() {
         }
         KeySource::Inline(_) => panic!("expected a remote key source"),
     }
-    assert_eq!(
-        p.managed_headers(),
-        vec!["x-portcullis-sub", "x-portcullis-payload"]
-    );
+    assert_eq!(p.managed_headers(), vec!["x-portcullis-sub", "x-portcullis-payload"]);
     let state = p.initial_version_state();
     assert_eq!(state.global_min_version, 1);
     assert_eq!(state.user_min_versions.get("alice"), Some(&2));
@@ -104,10 +94,7 @@ fn default_location_is_the_bearer_authorization_header() {
     let p = compile(base());
     assert_eq!(
         p.locations(),
-        &[TokenLocation::Header {
-            name: "authorization".into(),
-            prefix: Some("Bearer ".into())
-        }]
+        &[TokenLocation::Header { name: "authorization".into(), prefix: Some("Bearer ".into()) }]
     );
 }
 
@@ -131,18 +118,9 @@ fn config_errors_name_the_field_relative_to_the_provider() {
         (json!({"algorithms": ["ES256", "none"]}), "algorithms[1]"),
         (json!({"algorithms": ["ES256", "ES384"]}), "algorithms[1]"),
         (json!({"algorithms": ["rs256"]}), "algorithms[0]"),
-        (
-            json!({"remoteJwks": {"cluster": "c", "authority": "a", "path": "jwks"}}),
-            "remoteJwks.path",
-        ),
-        (
-            json!({"remoteJwks": {"cluster": "", "authority": "a"}}),
-            "remoteJwks.cluster",
-        ),
-        (
-            json!({"remoteJwks": {"cluster": "c", "authority": "a", "timeoutMs": 0}}),
-            "remoteJwks.timeoutMs",
-        ),
+        (json!({"remoteJwks": {"cluster": "c", "authority": "a", "path": "jwks"}}), "remoteJwks.path"),
+        (json!({"remoteJwks": {"cluster": "", "authority": "a"}}), "remoteJwks.cluster"),
+        (json!({"remoteJwks": {"cluster": "c", "authority": "a", "timeoutMs": 0}}), "remoteJwks.timeoutMs"),
         (
             json!({"remoteJwks": {"cluster": "c", "authority": "a", "unknownKidRefetchIntervalSeconds": 0}}),
             "remoteJwks.unknownKidRefetchIntervalSeconds",
@@ -152,27 +130,15 @@ fn config_errors_name_the_field_relative_to_the_provider() {
         (json!({"maxTokenBytes": 0}), "maxTokenBytes"),
         (json!({"maxLifetimeSeconds": 0}), "maxLifetimeSeconds"),
         (json!({"from": []}), "from"),
-        (
-            json!({"from": [{"header": "authorization"}, {"header": "X-Token"}]}),
-            "from[1].header",
-        ),
+        (json!({"from": [{"header": "authorization"}, {"header": "X-Token"}]}), "from[1].header"),
         (json!({"from": [{"cookie": "a b"}]}), "from[0].cookie"),
         (json!({"from": [{"query": "a&b"}]}), "from[0].query"),
-        (
-            json!({"from": [{"cookie": "s", "prefix": "Bearer "}]}),
-            "from[0].prefix",
-        ),
+        (json!({"from": [{"cookie": "s", "prefix": "Bearer "}]}), "from[0].prefix"),
         (json!({"from": [{"header": "a", "prefix": ""}]}), "from[0].prefix"),
         (json!({"from": [{"header": "a", "cookie": "b"}]}), "from[0]"),
         (json!({"from": [{}]}), "from[0]"),
-        (
-            json!({"claimToHeaders": [{"claim": "sub", "header": "X-Sub"}]}),
-            "claimToHeaders[0].header",
-        ),
-        (
-            json!({"claimToHeaders": [{"claim": "sub", "header": "host"}]}),
-            "claimToHeaders[0].header",
-        ),
+        (json!({"claimToHeaders": [{"claim": "sub", "header": "X-Sub"}]}), "claimToHeaders[0].header"),
+        (json!({"claimToHeaders": [{"claim": "sub", "header": "host"}]}), "claimToHeaders[0].header"),
         (
             json!({"claimToHeaders": [{"claim": "sub", "header": "authorization"}]}),
             "claimToHeaders[0].header",
@@ -181,14 +147,8 @@ fn config_errors_name_the_field_relative_to_the_provider() {
             json!({"claimToHeaders": [{"claim": "sub", "header": "x-a"}, {"claim": "iss", "header": "x-a"}]}),
             "claimToHeaders[1].header",
         ),
-        (
-            json!({"claimToHeaders": [{"claim": "", "header": "x-a"}]}),
-            "claimToHeaders[0].claim",
-        ),
-        (
-            json!({"from": [{"header": "x-token"}], "payloadHeader": "x-token"}),
-            "payloadHeader",
-        ),
+        (json!({"claimToHeaders": [{"claim": "", "header": "x-a"}]}), "claimToHeaders[0].claim"),
+        (json!({"from": [{"header": "x-token"}], "payloadHeader": "x-token"}), "payloadHeader"),
         (json!({"typ": ""}), "typ"),
         (json!({"tokenVersion": {"claim": ""}}), "tokenVersion.claim"),
     ];
@@ -249,11 +209,8 @@ fn extract_finds_every_token_at_every_location_in_order() {
             ("cookie", "theme=dark; session=c1"),
         ],
     );
-    let found: Vec<(String, TokenLocation)> = p
-        .extract(&req)
-        .into_iter()
-        .map(|t| (t.token, t.location))
-        .collect();
+    let found: Vec<(String, TokenLocation)> =
+        p.extract(&req).into_iter().map(|t| (t.token, t.location)).collect();
     let tokens: Vec<&str> = found.iter().map(|(t, _)| t.as_str()).collect();
     assert_eq!(tokens, vec!["h1", "h2", "raw", "c1", "q.tok"]);
     assert_eq!(found[3].1, TokenLocation::Cookie("session".into()));
@@ -263,9 +220,7 @@ fn extract_finds_every_token_at_every_location_in_order() {
 #[test]
 fn extract_on_a_request_without_tokens_is_empty() {
     let p = compile(base());
-    assert!(p
-        .extract(&request("/", &[("authorization", "Basic abc")]))
-        .is_empty());
+    assert!(p.extract(&request("/", &[("authorization", "Basic abc")])).is_empty());
     assert!(p.extract(&request("/", &[])).is_empty());
 }
 
@@ -276,14 +231,7 @@ fn remove_tokens_strips_every_location() {
         json!({"forwardToken": false, "from": [{"header": "authorization", "prefix": "Bearer "}, {"cookie": "s"}]}),
     ));
     assert!(!p.forward_token());
-    let mut req = request(
-        "/",
-        &[
-            ("authorization", "Bearer t"),
-            ("cookie", "s=t; k=v"),
-            ("x-other", "1"),
-        ],
-    );
+    let mut req = request("/", &[("authorization", "Bearer t"), ("cookie", "s=t; k=v"), ("x-other", "1")]);
     p.remove_tokens(&mut req);
     assert!(p.extract(&req).is_empty());
     assert_eq!(req.headers.len(), 2);
@@ -339,9 +287,7 @@ fn scopes_come_from_scope_and_scp() {
         )
         .unwrap();
     assert_eq!(t.scopes(), vec!["read", "write", "admin"]);
-    let t = p
-        .verify(&signed(claims(json!({}))), &fixture_keys(), NOW)
-        .unwrap();
+    let t = p.verify(&signed(claims(json!({}))), &fixture_keys(), NOW).unwrap();
     assert!(t.scopes().is_empty());
 }
 
@@ -355,13 +301,8 @@ fn versioned_provider() -> Provider {
 #[test]
 fn without_version_policy_every_token_passes() {
     let p = compile(base());
-    let t = p
-        .verify(&signed(claims(json!({"ver": 0}))), &fixture_keys(), NOW)
-        .unwrap();
-    let state = VersionState {
-        global_min_version: 9,
-        ..VersionState::default()
-    };
+    let t = p.verify(&signed(claims(json!({"ver": 0}))), &fixture_keys(), NOW).unwrap();
+    let state = VersionState { global_min_version: 9, ..VersionState::default() };
     assert_eq!(p.check_version(&t, &state, NOW), Ok(()));
 }
 
@@ -369,24 +310,12 @@ fn without_version_policy_every_token_passes() {
 fn old_versions_are_accepted_only_during_the_grace_period() {
     let p = versioned_provider();
     let state = p.initial_version_state();
-    let old = p
-        .verify(&signed(claims(json!({"ver": 1}))), &fixture_keys(), NOW)
-        .unwrap();
+    let old = p.verify(&signed(claims(json!({"ver": 1}))), &fixture_keys(), NOW).unwrap();
     assert_eq!(p.check_version(&old, &state, NOW + 99), Ok(()));
-    assert_eq!(
-        p.check_version(&old, &state, NOW + 100),
-        Err(Reason::VersionTooOld)
-    );
-    let missing = p
-        .verify(&signed(claims(json!({}))), &fixture_keys(), NOW)
-        .unwrap();
-    assert_eq!(
-        p.check_version(&missing, &state, NOW + 100),
-        Err(Reason::VersionTooOld)
-    );
-    let current = p
-        .verify(&signed(claims(json!({"ver": 2}))), &fixture_keys(), NOW)
-        .unwrap();
+    assert_eq!(p.check_version(&old, &state, NOW + 100), Err(Reason::VersionTooOld));
+    let missing = p.verify(&signed(claims(json!({}))), &fixture_keys(), NOW).unwrap();
+    assert_eq!(p.check_version(&missing, &state, NOW + 100), Err(Reason::VersionTooOld));
+    let current = p.verify(&signed(claims(json!({"ver": 2}))), &fixture_keys(), NOW).unwrap();
     assert_eq!(p.check_version(&current, &state, NOW + 100_000), Ok(()));
 }
 
@@ -395,21 +324,11 @@ fn user_minimum_version_revokes_immediately() {
     let p = versioned_provider();
     let mut state = p.initial_version_state();
     state.user_min_versions = HashMap::from([("alice".to_owned(), 5)]);
-    let t = p
-        .verify(&signed(claims(json!({"ver": 4}))), &fixture_keys(), NOW)
-        .unwrap();
+    let t = p.verify(&signed(claims(json!({"ver": 4}))), &fixture_keys(), NOW).unwrap();
     assert_eq!(p.check_version(&t, &state, NOW), Err(Reason::VersionTooOld));
-    let bob = p
-        .verify(
-            &signed(claims(json!({"ver": 4, "sub": "bob"}))),
-            &fixture_keys(),
-            NOW,
-        )
-        .unwrap();
+    let bob = p.verify(&signed(claims(json!({"ver": 4, "sub": "bob"}))), &fixture_keys(), NOW).unwrap();
     assert_eq!(p.check_version(&bob, &state, NOW), Ok(()));
-    let t5 = p
-        .verify(&signed(claims(json!({"ver": 5}))), &fixture_keys(), NOW)
-        .unwrap();
+    let t5 = p.verify(&signed(claims(json!({"ver": 5}))), &fixture_keys(), NOW).unwrap();
     assert_eq!(p.check_version(&t5, &state, NOW), Ok(()));
 }
 
@@ -418,9 +337,7 @@ fn non_integer_version_claim_is_malformed() {
     let p = versioned_provider();
     let state = p.initial_version_state();
     for ver in [json!("3"), json!(-1), json!(2.5)] {
-        let t = p
-            .verify(&signed(claims(json!({ "ver": ver }))), &fixture_keys(), NOW)
-            .unwrap();
+        let t = p.verify(&signed(claims(json!({ "ver": ver }))), &fixture_keys(), NOW).unwrap();
         assert_eq!(p.check_version(&t, &state, NOW), Err(Reason::Malformed), "{ver}");
     }
 }
@@ -439,10 +356,7 @@ fn version_state_round_trips_as_camel_case_json() {
         json!({"globalMinVersion": 3, "rotatedAt": 10, "graceSeconds": 5, "userMinVersions": {"u": 4}})
     );
     assert_eq!(serde_json::from_value::<VersionState>(json).unwrap(), state);
-    assert_eq!(
-        serde_json::from_value::<VersionState>(json!({})).unwrap(),
-        VersionState::default()
-    );
+    assert_eq!(serde_json::from_value::<VersionState>(json!({})).unwrap(), VersionState::default());
 }
 
 #[test]
@@ -452,20 +366,8 @@ fn custom_version_and_subject_claims_are_used() {
         json!({"tokenVersion": {"claim": "tv", "subjectClaim": "uid", "userMinVersions": {"u1": 3}}}),
     ));
     let state = p.initial_version_state();
-    let t = p
-        .verify(
-            &signed(claims(json!({"tv": 2, "uid": "u1"}))),
-            &fixture_keys(),
-            NOW,
-        )
-        .unwrap();
+    let t = p.verify(&signed(claims(json!({"tv": 2, "uid": "u1"}))), &fixture_keys(), NOW).unwrap();
     assert_eq!(p.check_version(&t, &state, NOW), Err(Reason::VersionTooOld));
-    let t = p
-        .verify(
-            &signed(claims(json!({"tv": 3, "uid": "u1", "ver": 0}))),
-            &fixture_keys(),
-            NOW,
-        )
-        .unwrap();
+    let t = p.verify(&signed(claims(json!({"tv": 3, "uid": "u1", "ver": 0}))), &fixture_keys(), NOW).unwrap();
     assert_eq!(p.check_version(&t, &state, NOW), Ok(()));
 }

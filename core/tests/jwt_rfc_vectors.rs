@@ -126,10 +126,7 @@ fn rfc_examples_pass_the_full_provider_checks_before_exp_and_expire_after() {
         assert_eq!(t.alg, alg);
         assert_eq!(t.expires_at, Some(1_300_819_380));
         assert_eq!(t.claim("http://example.com/is_root"), Some(&json!(true)));
-        assert_eq!(
-            provider.verify(token, &keys, 1_300_819_380).err(),
-            Some(Reason::Expired)
-        );
+        assert_eq!(provider.verify(token, &keys, 1_300_819_380).err(), Some(Reason::Expired));
         assert_eq!(provider.verify(token, &keys, 1_300_819_379).err(), None);
     }
 }
@@ -160,10 +157,7 @@ fn edited_payload_with_original_signature_is_bad_signature() {
     for (token, keys, _) in all_vectors() {
         let parts: Vec<&str> = token.split('.').collect();
         let mutated = format!("{}.{}.{}", parts[0], edited, parts[2]);
-        assert_eq!(
-            verify_compact(&mutated, &keys, None, 8192).err(),
-            Some(Reason::BadSignature)
-        );
+        assert_eq!(verify_compact(&mutated, &keys, None, 8192).err(), Some(Reason::BadSignature));
     }
 }
 
@@ -176,10 +170,7 @@ fn truncated_or_extended_signatures_are_bad_signature() {
         longer.push(0);
         for bad in [&sig[..sig.len() - 1], &longer[..], &[][..]] {
             let mutated = with_signature(token, bad);
-            assert_eq!(
-                verify_compact(&mutated, &keys, None, 8192).err(),
-                Some(Reason::BadSignature)
-            );
+            assert_eq!(verify_compact(&mutated, &keys, None, 8192).err(), Some(Reason::BadSignature));
         }
     }
 }
@@ -187,14 +178,8 @@ fn truncated_or_extended_signatures_are_bad_signature() {
 #[test]
 fn rfc_token_checked_against_another_vectors_key_is_unsupported_algorithm() {
     // Keys are bound to one algorithm: an RS256 token finds no RS256 key in the EC set.
-    assert_eq!(
-        verify_compact(A2_TOKEN, &a3_keys(), None, 8192).err(),
-        Some(Reason::UnsupportedAlgorithm)
-    );
-    assert_eq!(
-        verify_compact(A3_TOKEN, &ed_keys(), None, 8192).err(),
-        Some(Reason::UnsupportedAlgorithm)
-    );
+    assert_eq!(verify_compact(A2_TOKEN, &a3_keys(), None, 8192).err(), Some(Reason::UnsupportedAlgorithm));
+    assert_eq!(verify_compact(A3_TOKEN, &ed_keys(), None, 8192).err(), Some(Reason::UnsupportedAlgorithm));
 }
 
 #[test]
@@ -204,20 +189,14 @@ fn rs256_public_key_used_as_hs256_secret_is_rejected() {
     let header = r#"{"alg":"HS256"}"#;
     for secret in [&n[..], A2_N.as_bytes()] {
         let forged = sign_hs256(header, PAYLOAD, secret);
-        assert_eq!(
-            verify_compact(&forged, &a2_keys(), None, 8192).err(),
-            Some(Reason::UnsupportedAlgorithm)
-        );
+        assert_eq!(verify_compact(&forged, &a2_keys(), None, 8192).err(), Some(Reason::UnsupportedAlgorithm));
         // Same with a kid that names the RSA key.
         let with_kid = keyset(
             &json!({"keys": [{"kty": "RSA", "alg": "RS256", "kid": "rsa", "n": A2_N, "e": "AQAB"}]})
                 .to_string(),
         );
         let forged = sign_hs256(r#"{"alg":"HS256","kid":"rsa"}"#, PAYLOAD, secret);
-        assert_eq!(
-            verify_compact(&forged, &with_kid, None, 8192).err(),
-            Some(Reason::UnsupportedAlgorithm)
-        );
+        assert_eq!(verify_compact(&forged, &with_kid, None, 8192).err(), Some(Reason::UnsupportedAlgorithm));
     }
 }
 
@@ -231,10 +210,7 @@ fn es256_zero_signatures_are_bad_signature() {
     s_zero[32..].fill(0);
     for sig in [der_zero, vec![0u8; 64], r_zero, s_zero] {
         let token = with_signature(A3_TOKEN, &sig);
-        assert_eq!(
-            verify_compact(&token, &a3_keys(), None, 8192).err(),
-            Some(Reason::BadSignature)
-        );
+        assert_eq!(verify_compact(&token, &a3_keys(), None, 8192).err(), Some(Reason::BadSignature));
     }
 }
 

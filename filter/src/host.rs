@@ -60,12 +60,7 @@ pub fn resume_request() -> Result<(), Status> {
 pub fn dispatch_get(cluster: &str, authority: &str, path: &str, timeout_ms: u64) -> Result<u32, Status> {
     hostcalls::dispatch_http_call(
         cluster,
-        vec![
-            (":method", "GET"),
-            (":path", path),
-            (":authority", authority),
-            ("accept", "application/json"),
-        ],
+        vec![(":method", "GET"), (":path", path), (":authority", authority), ("accept", "application/json")],
         None,
         vec![],
         Duration::from_millis(timeout_ms),
@@ -76,15 +71,11 @@ pub fn http_call_response_body(size: usize, cap: usize) -> Option<Vec<u8>> {
     if size > cap {
         return None;
     }
-    hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size)
-        .ok()
-        .flatten()
+    hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size).ok().flatten()
 }
 
 pub fn plugin_configuration(size: usize) -> Option<Vec<u8>> {
-    hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size)
-        .ok()
-        .flatten()
+    hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size).ok().flatten()
 }
 
 pub fn shared_data(key: &str) -> (Option<Vec<u8>>, Option<u32>) {
@@ -102,6 +93,14 @@ pub fn set_tick_period(period: Duration) -> Result<(), Status> {
 
 pub fn define_counter(name: &str) -> Option<u32> {
     hostcalls::define_metric(MetricType::Counter, name).ok()
+}
+
+pub fn define_gauge(name: &str) -> Option<u32> {
+    hostcalls::define_metric(MetricType::Gauge, name).ok()
+}
+
+pub fn record(metric: u32, value: u64) {
+    let _ = hostcalls::record_metric(metric, value);
 }
 
 pub fn increment(metric: u32) {

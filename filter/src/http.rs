@@ -5,7 +5,7 @@
 
 use std::rc::Rc;
 
-use portcullis_core::authn::{authenticate, AuthnInput, Outcome, UpstreamEdits};
+use portcullis_core::authn::{authenticate, AuthnInput, Outcome, RevocationInput, UpstreamEdits};
 use portcullis_core::config::NoMatchAction;
 use portcullis_core::jwt::provider::{KeySource, TokenLocation};
 use portcullis_core::keyfetch::FetchKind;
@@ -47,13 +47,7 @@ pub enum Next {
 
 impl AuthnContext {
     pub fn new(context_id: u32, runtime: Option<Rc<Runtime>>) -> Self {
-        AuthnContext {
-            id: context_id,
-            runtime,
-            request: None,
-            rule: 0,
-            progress: Progress::default(),
-        }
+        AuthnContext { id: context_id, runtime, request: None, rule: 0, progress: Progress::default() }
     }
 }
 
@@ -75,7 +69,10 @@ pub fn decide(
         let now_ms = host::now_unix_ms();
         let keys = rt.keys(now_ms, false);
         let can_fetch = rt.fetchable(&progress.tried);
+        rt.refresh_revocation(now_ms);
         let outcome = {
+            let view = rt.revocation.as_ref().and_then(|r| r.view(now_ms));
+            let revocation = view.as_ref().map(|v| RevocationInput { replica: &v.replica, stale: v.stale });
             let versions = rt.versions.borrow();
             let input = AuthnInput {
                 policy: &rt.policy,
@@ -84,6 +81,7 @@ pub fn decide(
                 keys: &keys,
                 versions: &versions,
                 can_fetch_keys: &can_fetch,
+                revocation,
                 now_unix_secs: now_ms / 1000,
             };
             authenticate(&input, &mut rt.cache.borrow_mut())
@@ -93,17 +91,14 @@ pub fn decide(
                 rt.metrics.count("portcullis.requests.allowed");
                 for i in &identities {
                     if let Some(p) = rt.policy.providers.get(i.provider) {
-                        rt.metrics
-                            .count(&format!("portcullis.provider.{}.allowed", p.name()));
+                        rt.metrics.count(&format!("portcullis.provider.{}.allowed", p.name()));
                     }
                 }
                 apply_edits(request, &edits);
                 return Next::Continue;
             }
             Outcome::Deny { denial, provider } => {
-                let provider_name = provider
-                    .and_then(|p| rt.policy.providers.get(p))
-                    .map(|p| p.name());
+                let provider_name = provider.and_then(|p| rt.policy.providers.get(p)).map(|p| p.name());
                 return deny(rt, rule.name.as_str(), rule.shadow, &denial, provider_name);
             }
             Outcome::FetchKeys(p) => {
@@ -130,13 +125,7 @@ pub fn decide(
         }
     }
     // Only reachable if core keeps asking for keys it cannot get.
-    deny(
-        rt,
-        rule.name.as_str(),
-        rule.shadow,
-        &Denial::KeysUnavailable,
-        None,
-    )
+    deny(rt, rule.name.as_str(), rule.shadow, &Denial::KeysUnavailable, None)
 }
 
 /// Claims and dispatches an on-demand JWKS fetch; `None` when rate-limited or failed.
@@ -148,15 +137,9 @@ fn start_fetch(rt: &Runtime, p: usize, now_ms: u64) -> Option<u32> {
     if !rt.claim_fetch(p, FetchKind::OnDemand, now_ms) {
         return None;
     }
-    match host::dispatch_get(
-        &remote.cluster,
-        &remote.authority,
-        &remote.path,
-        remote.timeout_ms,
-    ) {
+    match host::dispatch_get(&remote.cluster, &remote.authority, &remote.path, remote.timeout_ms) {
         Ok(token) => {
-            rt.metrics
-                .count(&format!("portcullis.jwks.{}.fetch_on_demand", provider.name()));
+            rt.metrics.count(&format!("portcullis.jwks.{}.fetch_on_demand", provider.name()));
             Some(token)
         }
         Err(status) => {
@@ -174,12 +157,10 @@ fn start_fetch(rt: &Runtime, p: usize, now_ms: u64) -> Option<u32> {
 fn deny(rt: &Runtime, rule: &str, shadow: bool, denial: &Denial, provider: Option<&str>) -> Next {
     let code = denial.code();
     if let Some(name) = provider {
-        rt.metrics
-            .count(&format!("portcullis.provider.{name}.denied.{code}"));
+        rt.metrics.count(&format!("portcullis.provider.{name}.denied.{code}"));
     }
     if shadow {
-        rt.metrics
-            .count(&format!("portcullis.requests.shadow_denied.{code}"));
+        rt.metrics.count(&format!("portcullis.requests.shadow_denied.{code}"));
         log::info!("rule `{rule}` (shadow) would deny: {code}");
         return Next::Continue;
     }
@@ -223,13 +204,15 @@ fn replace_header(scrubbed: &RequestParts, name: &str) {
     }
 }
 
-/// Status and body of the HTTP call whose response is being delivered.
+/// Status and body of the JWKS call whose response is being delivered.
 pub fn call_response(body_size: usize) -> (Option<String>, Option<Vec<u8>>) {
-    let status = host::http_call_response_headers()
-        .into_iter()
-        .find(|(n, _)| n == ":status")
-        .map(|(_, v)| v);
-    (status, host::http_call_response_body(body_size, MAX_JWKS_BYTES))
+    call_response_capped(body_size, MAX_JWKS_BYTES)
+}
+
+/// Status and body (`None` when larger than `cap`) of the call being delivered.
+pub fn call_response_capped(body_size: usize, cap: usize) -> (Option<String>, Option<Vec<u8>>) {
+    let status = host::http_call_response_headers().into_iter().find(|(n, _)| n == ":status").map(|(_, v)| v);
+    (status, host::http_call_response_body(body_size, cap))
 }
 
 fn request_parts(headers: Vec<(String, String)>) -> RequestParts {

@@ -8,6 +8,7 @@
 mod host;
 mod http;
 mod metrics;
+mod revocation;
 mod runtime;
 
 use std::rc::Rc;
@@ -30,7 +31,7 @@ proxy_wasm::main! {{
         host::log_critical(&format!("panic (this worker's filter is now unusable): {info}"));
     }));
     proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
-        Box::new(PortcullisRoot { context_id, runtime: None, fetches: Vec::new() })
+        Box::new(PortcullisRoot { context_id, runtime: None, fetches: Vec::new(), feed_call: None })
     });
 }}
 
@@ -39,10 +40,40 @@ struct PortcullisRoot {
     runtime: Option<Rc<Runtime>>,
     /// Outstanding periodic JWKS fetches: call token → provider index.
     fetches: Vec<(u32, usize)>,
+    /// Outstanding revocation feed poll.
+    feed_call: Option<u32>,
+}
+
+impl PortcullisRoot {
+    fn poll_feed(&mut self, rt: &Runtime, path: String) {
+        let Some(sync) = &rt.revocation else { return };
+        let s = &sync.settings;
+        match host::dispatch_get(&s.cluster, &s.authority, &path, s.timeout_ms) {
+            Ok(token) => self.feed_call = Some(token),
+            Err(status) => {
+                log::warn!(
+                    "cannot call cluster `{}` for the revocation feed ({status:?}); is it defined?",
+                    s.cluster
+                );
+                sync.complete_poll(None, None, host::now_unix_ms(), &rt.metrics);
+            }
+        }
+    }
 }
 
 impl Context for PortcullisRoot {
     fn on_http_call_response(&mut self, token_id: u32, _: usize, body_size: usize, _: usize) {
+        if self.feed_call == Some(token_id) {
+            self.feed_call = None;
+            let Some(rt) = self.runtime.clone() else { return };
+            let Some(sync) = &rt.revocation else { return };
+            let (status, body) = http::call_response_capped(body_size, revocation::MAX_FEED_BYTES);
+            if let Some(next) = sync.complete_poll(status.as_deref(), body, host::now_unix_ms(), &rt.metrics)
+            {
+                self.poll_feed(&rt, next);
+            }
+            return;
+        }
         let Some(pos) = self.fetches.iter().position(|(t, _)| *t == token_id) else {
             return;
         };
@@ -68,12 +99,14 @@ impl RootContext for PortcullisRoot {
                     policy.providers.len(),
                     policy.rules.len()
                 );
-                let has_remote = policy
-                    .providers
-                    .iter()
-                    .any(|p| matches!(p.key_source(), KeySource::Remote(_)));
-                self.runtime = Some(Rc::new(Runtime::new(policy)));
-                if has_remote && host::set_tick_period(TICK).is_err() {
+                let has_remote = policy.providers.iter().any(|p| matches!(p.key_source(), KeySource::Remote(_)));
+                let tick = match &policy.revocation {
+                    Some(r) => TICK.min(Duration::from_millis((r.poll_interval_ms / 2).max(100))),
+                    None => TICK,
+                };
+                let needs_tick = has_remote || policy.revocation.is_some();
+                self.runtime = Some(Rc::new(Runtime::new(policy, host::now_unix_ms())));
+                if needs_tick && host::set_tick_period(tick).is_err() {
                     log::warn!("could not set the tick period; remote keys refresh on demand only");
                 }
                 true
@@ -90,6 +123,14 @@ impl RootContext for PortcullisRoot {
         // Requests waiting for a fetch that finished in another worker (or timed out).
         rt.wake_parked(None, self.context_id);
         let now = host::now_unix_ms();
+        if let Some(sync) = &rt.revocation {
+            rt.metrics.gauge("portcullis.revocation.staleness_seconds", sync.staleness_secs(now));
+            if self.feed_call.is_none() {
+                if let Some(path) = sync.claim_poll(now) {
+                    self.poll_feed(&rt, path);
+                }
+            }
+        }
         for (p, provider) in rt.policy.providers.iter().enumerate() {
             let KeySource::Remote(remote) = provider.key_source() else {
                 continue;
@@ -100,12 +141,7 @@ impl RootContext for PortcullisRoot {
             if !rt.claim_fetch(p, FetchKind::Periodic, now) {
                 continue;
             }
-            match host::dispatch_get(
-                &remote.cluster,
-                &remote.authority,
-                &remote.path,
-                remote.timeout_ms,
-            ) {
+            match host::dispatch_get(&remote.cluster, &remote.authority, &remote.path, remote.timeout_ms) {
                 Ok(token) => self.fetches.push((token, p)),
                 Err(status) => {
                     log::warn!(
@@ -121,10 +157,7 @@ impl RootContext for PortcullisRoot {
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Never `None`: the SDK panics on it. Without a configuration the context fails closed.
-        Some(Box::new(http::AuthnContext::new(
-            context_id,
-            self.runtime.clone(),
-        )))
+        Some(Box::new(http::AuthnContext::new(context_id, self.runtime.clone())))
     }
 
     fn get_type(&self) -> Option<ContextType> {

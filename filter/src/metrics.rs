@@ -13,9 +13,22 @@ const MAX_COUNTERS: usize = 4096;
 #[derive(Default)]
 pub struct Metrics {
     ids: RefCell<HashMap<String, u32>>,
+    gauges: RefCell<HashMap<String, u32>>,
 }
 
 impl Metrics {
+    pub fn gauge(&self, name: &str, value: u64) {
+        let existing = self.gauges.borrow().get(name).copied();
+        let id = existing.or_else(|| {
+            let id = host::define_gauge(name)?;
+            self.gauges.borrow_mut().insert(name.to_string(), id);
+            Some(id)
+        });
+        if let Some(id) = id {
+            host::record(id, value);
+        }
+    }
+
     pub fn count(&self, name: &str) {
         let existing = self.ids.borrow().get(name).copied();
         let id = match existing {

@@ -18,6 +18,7 @@ use portcullis_core::RequestParts;
 use crate::host;
 use crate::http::{decide, Next, Progress};
 use crate::metrics::Metrics;
+use crate::revocation::RevocationSync;
 
 /// Largest JWKS document accepted from a remote endpoint.
 pub const MAX_JWKS_BYTES: usize = 512 * 1024;
@@ -41,6 +42,7 @@ pub struct Runtime {
     pub cache: RefCell<VerifiedTokenCache>,
     pub metrics: Metrics,
     parked: RefCell<Vec<Parked>>,
+    pub revocation: Option<RevocationSync>,
 }
 
 #[derive(Default)]
@@ -52,26 +54,20 @@ struct KeySlot {
 }
 
 impl Runtime {
-    pub fn new(policy: Policy) -> Self {
+    pub fn new(policy: Policy, now_ms: u64) -> Self {
         let keys = policy
             .providers
             .iter()
             .map(|p| match p.key_source() {
-                KeySource::Inline(k) => KeySlot {
-                    keys: Some(k.clone()),
-                    cas: None,
-                    checked_at_ms: u64::MAX,
-                },
+                KeySource::Inline(k) => KeySlot { keys: Some(k.clone()), cas: None, checked_at_ms: u64::MAX },
                 KeySource::Remote(_) => KeySlot::default(),
             })
             .collect();
-        let versions = policy
-            .providers
-            .iter()
-            .map(|p| p.initial_version_state())
-            .collect();
+        let versions = policy.providers.iter().map(|p| p.initial_version_state()).collect();
         let cache = VerifiedTokenCache::new(policy.cache_capacity.max(1));
+        let revocation = policy.revocation.clone().map(|r| RevocationSync::new(r, now_ms));
         Runtime {
+            revocation,
             policy,
             keys: RefCell::new(keys),
             versions: RefCell::new(versions),
@@ -82,10 +78,7 @@ impl Runtime {
     }
 
     fn is_remote(&self, p: usize) -> bool {
-        matches!(
-            self.policy.providers.get(p).map(|pr| pr.key_source()),
-            Some(KeySource::Remote(_))
-        )
+        matches!(self.policy.providers.get(p).map(|pr| pr.key_source()), Some(KeySource::Remote(_)))
     }
 
     /// Current keys of every provider, re-reading shared data for remote providers whose
@@ -143,10 +136,8 @@ impl Runtime {
             FetchKind::Periodic => {
                 schedule.periodic_due(now_ms, remote.cache_duration_secs.saturating_mul(1000))
             }
-            FetchKind::OnDemand => schedule.on_demand_allowed(
-                now_ms,
-                remote.unknown_kid_refetch_interval_secs.saturating_mul(1000),
-            ),
+            FetchKind::OnDemand => schedule
+                .on_demand_allowed(now_ms, remote.unknown_kid_refetch_interval_secs.saturating_mul(1000)),
         };
         if !allowed {
             return false;
@@ -201,8 +192,7 @@ impl Runtime {
             }
             self.metrics.count(&format!("portcullis.jwks.{name}.fetch_ok"));
         } else {
-            self.metrics
-                .count(&format!("portcullis.jwks.{name}.fetch_failed"));
+            self.metrics.count(&format!("portcullis.jwks.{name}.fetch_failed"));
         }
         // Record the outcome in the shared schedule; retry the CAS a few times since other
         // workers may be updating it concurrently.
@@ -210,11 +200,7 @@ impl Runtime {
         for _ in 0..4 {
             let (data, cas) = host::shared_data(&key);
             let schedule = data.map(|d| FetchSchedule::decode(&d)).unwrap_or_default();
-            let next = if ok {
-                schedule.succeeded(now_ms)
-            } else {
-                schedule.failed(now_ms)
-            };
+            let next = if ok { schedule.succeeded(now_ms) } else { schedule.failed(now_ms) };
             if host::set_shared_data(&key, &next.encode(), cas).is_ok() {
                 break;
             }
@@ -250,12 +236,7 @@ impl Runtime {
         if parked.len() >= MAX_PARKED {
             return false;
         }
-        parked.push(Parked {
-            context_id,
-            provider,
-            rule,
-            request,
-        });
+        parked.push(Parked { context_id, provider, rule, request });
         true
     }
 
@@ -310,37 +291,45 @@ impl Runtime {
             return;
         }
         self.keys(now_ms, true);
-        let remote: Vec<usize> = (0..self.policy.providers.len())
-            .filter(|p| self.is_remote(*p))
-            .collect();
+        let remote: Vec<usize> = (0..self.policy.providers.len()).filter(|p| self.is_remote(*p)).collect();
         for waiter in ready {
             if host::set_effective_context(waiter.context_id).is_err() {
                 continue;
             }
             // No further fetching for a parked request: decide with the keys there are.
-            let mut progress = Progress {
-                reloaded: remote.clone(),
-                tried: remote.clone(),
-                fetch: None,
-            };
-            if let Next::Continue = decide(
-                self,
-                waiter.context_id,
-                &waiter.request,
-                waiter.rule,
-                &mut progress,
-            ) {
+            let mut progress = Progress { reloaded: remote.clone(), tried: remote.clone(), fetch: None };
+            if let Next::Continue =
+                decide(self, waiter.context_id, &waiter.request, waiter.rule, &mut progress)
+            {
                 let _ = host::resume_request();
             }
         }
         let _ = host::set_effective_context(current);
     }
 
+    /// Picks up a newer revocation replica from shared data; once synced, the replica's
+    /// token versions replace the configured ones for the providers under the feed.
+    pub fn refresh_revocation(&self, now_ms: u64) {
+        let Some(sync) = &self.revocation else { return };
+        if !sync.refresh(now_ms, false) {
+            return;
+        }
+        let Some(view) = sync.view(now_ms) else { return };
+        if !view.synced {
+            return;
+        }
+        if let Ok(mut versions) = self.versions.try_borrow_mut() {
+            for (p, state) in versions.iter_mut().enumerate() {
+                if self.policy.revocation_applies(p) {
+                    *state = view.replica.versions.clone();
+                }
+            }
+        }
+    }
+
     /// Which providers' keys this request could fetch now (remote and not yet tried).
     pub fn fetchable(&self, tried: &[usize]) -> Vec<bool> {
-        (0..self.policy.providers.len())
-            .map(|p| self.is_remote(p) && !tried.contains(&p))
-            .collect()
+        (0..self.policy.providers.len()).map(|p| self.is_remote(p) && !tried.contains(&p)).collect()
     }
 }
 

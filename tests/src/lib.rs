@@ -26,11 +26,7 @@ fn path_from_env(var: &str, default: PathBuf, hint: &str) -> PathBuf {
 }
 
 pub fn envoy_bin() -> PathBuf {
-    path_from_env(
-        "PORTCULLIS_ENVOY",
-        repo_root().join(".venv/bin/envoy"),
-        "run `make setup`",
-    )
+    path_from_env("PORTCULLIS_ENVOY", repo_root().join(".venv/bin/envoy"), "run `make setup`")
 }
 
 pub fn filter_wasm() -> PathBuf {
@@ -45,18 +41,11 @@ pub fn bin(name: &str) -> PathBuf {
     let dir = std::env::var_os("PORTCULLIS_BIN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target/debug"));
-    path_from_env(
-        &format!("{name} binary"),
-        dir.join(name),
-        "run `make build-native`",
-    )
+    path_from_env(&format!("{name} binary"), dir.join(name), "run `make build-native`")
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
 /// A child process whose output goes to a log file; killed on drop.
@@ -73,11 +62,7 @@ impl Proc {
         let err = out.try_clone().expect("log file");
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc {
-            name: name.to_string(),
-            child: Some(child),
-            log,
-        }
+        Proc { name: name.to_string(), child: Some(child), log }
     }
 
     pub fn log_text(&self) -> String {
@@ -86,10 +71,7 @@ impl Proc {
 
     /// Whether the process has exited.
     pub fn exited(&mut self) -> bool {
-        matches!(
-            self.child.as_mut().map(|c| c.try_wait()),
-            Some(Ok(Some(_))) | None
-        )
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(Some(_))) | None)
     }
 
     /// Sends SIGTERM and waits up to 10 s (then SIGKILL). Returns whether it exited on TERM.
@@ -97,10 +79,7 @@ impl Proc {
         let Some(mut child) = self.child.take() else {
             return true;
         };
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {
@@ -128,12 +107,7 @@ impl Drop for Proc {
             let text = self.log_text();
             let lines: Vec<&str> = text.lines().collect();
             let tail = &lines[lines.len().saturating_sub(60)..];
-            eprintln!(
-                "----- last {} lines of {} ({}) -----",
-                tail.len(),
-                self.name,
-                self.log.display()
-            );
+            eprintln!("----- last {} lines of {} ({}) -----", tail.len(), self.name, self.log.display());
             for l in tail {
                 eprintln!("{l}");
             }
@@ -153,19 +127,13 @@ where
         if check().await {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 pub fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("http client")
+    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("http client")
 }
 
 async fn wait_http_ok(url: &str, name: &str, proc: &mut Proc) {
@@ -190,12 +158,7 @@ pub struct Workdir(pub tempfile::TempDir);
 
 impl Workdir {
     pub fn new() -> Workdir {
-        Workdir(
-            tempfile::Builder::new()
-                .prefix("portcullis-e2e-")
-                .tempdir()
-                .expect("tempdir"),
-        )
+        Workdir(tempfile::Builder::new().prefix("portcullis-e2e-").tempdir().expect("tempdir"))
     }
     pub fn path(&self) -> &Path {
         self.0.path()
@@ -225,16 +188,7 @@ impl Redis {
     pub async fn start_on(logdir: &Path, port: u16) -> Redis {
         let server = which("redis-server").expect("redis-server not on PATH (run `make setup`)");
         let mut cmd = Command::new(server);
-        cmd.args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]);
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
         let mut proc = Proc::spawn(&format!("redis-{port}"), cmd, logdir);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -245,11 +199,7 @@ impl Redis {
             assert!(Instant::now() < deadline, "redis-server did not answer PING");
             tokio::time::sleep(Duration::from_millis(30)).await;
         }
-        Redis {
-            proc,
-            port,
-            logdir: logdir.to_path_buf(),
-        }
+        Redis { proc, port, logdir: logdir.to_path_buf() }
     }
 
     pub fn url(&self) -> String {
@@ -279,11 +229,8 @@ async fn redis_ping(port: u16) -> bool {
 }
 
 pub fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(name))
-            .find(|p| p.is_file())
-    })
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(name)).find(|p| p.is_file()))
 }
 
 // ---------------------------------------------------------------------------------
@@ -322,17 +269,10 @@ impl ControlPlane {
         match &store {
             StoreKind::Memory => cmd.env("PORTCULLIS_STORE", "memory"),
             StoreKind::Embedded => cmd.env("PORTCULLIS_STORE", "embedded"),
-            StoreKind::Redis(url) => cmd
-                .env("PORTCULLIS_STORE", "redis")
-                .env("PORTCULLIS_REDIS_URL", url),
+            StoreKind::Redis(url) => cmd.env("PORTCULLIS_STORE", "redis").env("PORTCULLIS_REDIS_URL", url),
         };
         let mut proc = Proc::spawn(&format!("control-plane-{port}"), cmd, logdir);
-        wait_http_ok(
-            &format!("http://127.0.0.1:{port}/healthz"),
-            "control plane",
-            &mut proc,
-        )
-        .await;
+        wait_http_ok(&format!("http://127.0.0.1:{port}/healthz"), "control plane", &mut proc).await;
         ControlPlane {
             proc,
             port,
@@ -350,12 +290,8 @@ impl ControlPlane {
     /// Stops and starts the process on the same port with the same store and data.
     pub async fn restart(&mut self) {
         self.proc.terminate();
-        let (logdir, store, port, data) = (
-            self.logdir.clone(),
-            self.store.clone(),
-            self.port,
-            self.data_dir.clone(),
-        );
+        let (logdir, store, port, data) =
+            (self.logdir.clone(), self.store.clone(), self.port, self.data_dir.clone());
         *self = ControlPlane::start_with(&logdir, store, port, data).await;
     }
 
@@ -387,6 +323,9 @@ pub struct TestServerState {
     pub jwks_status: Arc<Mutex<u16>>,
     pub last_headers: Arc<Mutex<Vec<(String, String)>>>,
     pub last_path: Arc<Mutex<String>>,
+    /// What `/v1/feed` answers (status, body), and how often it was asked.
+    pub feed: Arc<Mutex<(u16, String)>>,
+    pub feed_polls: Arc<AtomicUsize>,
 }
 
 pub struct TestServer {
@@ -401,11 +340,9 @@ impl TestServer {
         use axum::http::{HeaderMap, StatusCode, Uri};
         use axum::response::IntoResponse;
 
-        let state = TestServerState {
-            jwks: Arc::new(Mutex::new(jwks)),
-            ..Default::default()
-        };
+        let state = TestServerState { jwks: Arc::new(Mutex::new(jwks)), ..Default::default() };
         *state.jwks_status.lock().unwrap() = 200;
+        *state.feed.lock().unwrap() = (404, String::new());
 
         async fn serve_jwks(State(s): State<TestServerState>) -> impl IntoResponse {
             s.jwks_fetches.fetch_add(1, Ordering::SeqCst);
@@ -416,6 +353,11 @@ impl TestServer {
                 [("content-type", "application/json")],
                 body,
             )
+        }
+        async fn serve_feed(State(s): State<TestServerState>) -> impl IntoResponse {
+            s.feed_polls.fetch_add(1, Ordering::SeqCst);
+            let (status, body) = s.feed.lock().unwrap().clone();
+            (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), [("content-type", "application/json")], body)
         }
         async fn upstream(
             State(s): State<TestServerState>,
@@ -433,6 +375,7 @@ impl TestServer {
 
         let app = axum::Router::new()
             .route("/.well-known/jwks.json", axum::routing::get(serve_jwks))
+            .route("/v1/feed", axum::routing::get(serve_feed))
             .fallback(upstream)
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -449,26 +392,21 @@ impl TestServer {
     pub fn jwks_fetches(&self) -> usize {
         self.state.jwks_fetches.load(Ordering::SeqCst)
     }
+    /// Sets what the revocation feed answers.
+    pub fn set_feed(&self, status: u16, body: impl Into<String>) {
+        *self.state.feed.lock().unwrap() = (status, body.into());
+    }
+    pub fn feed_polls(&self) -> usize {
+        self.state.feed_polls.load(Ordering::SeqCst)
+    }
     pub fn set_jwks(&self, jwks: Value) {
         *self.state.jwks.lock().unwrap() = jwks;
     }
     pub fn last_header(&self, name: &str) -> Option<String> {
-        self.state
-            .last_headers
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
+        self.state.last_headers.lock().unwrap().iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
     }
     pub fn last_header_count(&self, name: &str) -> usize {
-        self.state
-            .last_headers
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(n, _)| n == name)
-            .count()
+        self.state.last_headers.lock().unwrap().iter().filter(|(n, _)| n == name).count()
     }
 }
 
@@ -569,26 +507,11 @@ impl Envoy {
         let mut cmd = Command::new(envoy_bin());
         cmd.arg("-c")
             .arg(&path)
-            .args([
-                "--use-dynamic-base-id",
-                "--concurrency",
-                "2",
-                "--log-level",
-                "info",
-            ])
+            .args(["--use-dynamic-base-id", "--concurrency", "2", "--log-level", "info"])
             .args(["--component-log-level", "wasm:debug"]);
         let mut proc = Proc::spawn(&format!("envoy-{port}"), cmd, logdir);
-        wait_http_ok(
-            &format!("http://127.0.0.1:{admin_port}/ready"),
-            "envoy",
-            &mut proc,
-        )
-        .await;
-        Envoy {
-            proc,
-            port,
-            admin_port,
-        }
+        wait_http_ok(&format!("http://127.0.0.1:{admin_port}/ready"), "envoy", &mut proc).await;
+        Envoy { proc, port, admin_port }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -598,11 +521,7 @@ impl Envoy {
     /// A counter from the admin endpoint (0 when not defined yet).
     pub async fn counter(&self, name: &str) -> u64 {
         let text = http()
-            .get(format!(
-                "http://127.0.0.1:{}/stats?filter=^{}$",
-                self.admin_port,
-                regex_escape(name)
-            ))
+            .get(format!("http://127.0.0.1:{}/stats?filter=^{}$", self.admin_port, regex_escape(name)))
             .send()
             .await
             .expect("stats")
@@ -619,12 +538,6 @@ impl Envoy {
 
 fn regex_escape(s: &str) -> String {
     s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c.to_string()
-            } else {
-                format!("\\{c}")
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c.to_string() } else { format!("\\{c}") })
         .collect()
 }

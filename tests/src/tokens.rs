@@ -28,13 +28,7 @@ impl FixtureKey {
             Some("RS256") => Algorithm::RS256,
             other => panic!("unexpected fixture alg {other:?}"),
         };
-        FixtureKey {
-            name,
-            kid: jwk["kid"].as_str().expect("kid").to_string(),
-            alg,
-            jwk,
-            pem,
-        }
+        FixtureKey { name, kid: jwk["kid"].as_str().expect("kid").to_string(), alg, jwk, pem }
     }
 
     /// Signs `claims` with this key, `kid` in the header.
@@ -55,10 +49,7 @@ pub fn jwks(keys: &[&FixtureKey]) -> Value {
 }
 
 pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs()
 }
 
 /// Standard claims for the test issuer, valid for 10 minutes.

@@ -46,25 +46,14 @@ struct Stack {
 async fn stack(keys: &[&FixtureKey]) -> Stack {
     let dir = Workdir::new();
     let server = TestServer::start(jwks(keys)).await;
-    let clusters = EnvoyClusters {
-        upstream_port: server.port,
-        jwks_port: Some(server.port),
-        control_plane_port: None,
-    };
+    let clusters =
+        EnvoyClusters { upstream_port: server.port, jwks_port: Some(server.port), control_plane_port: None };
     let envoy = Envoy::start(dir.path(), &plugin_config(), &clusters).await;
-    Stack {
-        envoy,
-        server,
-        _dir: dir,
-    }
+    Stack { envoy, server, _dir: dir }
 }
 
 fn www_authenticate(r: &reqwest::Response) -> String {
-    r.headers()
-        .get("www-authenticate")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string()
+    r.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
 }
 
 async fn get(envoy: &Envoy, path: &str, token: Option<&str>) -> reqwest::Response {
@@ -90,12 +79,7 @@ async fn public_route_passes_and_protected_route_without_token_gets_a_bearer_cha
     let body: Value = r.json().await.expect("json body");
     assert_eq!(body["reason"], "missing_token");
     assert_eq!(s.server.hits(), 1, "a denied request must not reach the upstream");
-    assert!(
-        s.envoy
-            .counter("wasmcustom.portcullis.requests.denied.missing_token")
-            .await
-            >= 1
-    );
+    assert!(s.envoy.counter("wasmcustom.portcullis.requests.denied.missing_token").await >= 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,12 +100,7 @@ async fn valid_token_reaches_the_upstream_with_identity_headers_and_forged_ones_
     assert_eq!(s.server.last_header_count("x-portcullis-sub"), 1);
 
     // Even a public route never lets a client-supplied identity header through.
-    let r = http()
-        .get(s.envoy.url("/public/x"))
-        .header("x-portcullis-sub", "mallory")
-        .send()
-        .await
-        .unwrap();
+    let r = http().get(s.envoy.url("/public/x")).header("x-portcullis-sub", "mallory").send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(s.server.last_header("x-portcullis-sub"), None);
 }
@@ -134,10 +113,7 @@ async fn bad_tokens_get_invalid_token_with_a_stable_reason_and_never_reach_the_u
     let now = now();
     let good = key.sign(&claims("alice", "read"));
     let (head, _) = good.rsplit_once('.').unwrap();
-    let forged_sig = format!(
-        "{head}.{}",
-        other.sign(&claims("alice", "read")).rsplit_once('.').unwrap().1
-    );
+    let forged_sig = format!("{head}.{}", other.sign(&claims("alice", "read")).rsplit_once('.').unwrap().1);
 
     let cases: Vec<(&str, String)> = vec![
         (
@@ -162,35 +138,17 @@ async fn bad_tokens_get_invalid_token_with_a_stable_reason_and_never_reach_the_u
         );
     }
     assert_eq!(s.server.hits(), 0);
-    assert!(
-        s.envoy
-            .counter("wasmcustom.portcullis.provider.test.denied.expired")
-            .await
-            >= 1
-    );
+    assert!(s.envoy.counter("wasmcustom.portcullis.provider.test.denied.expired").await >= 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_scope_gets_403_insufficient_scope() {
     let key = FixtureKey::load("es256-a");
     let s = stack(&[&key]).await;
-    let r = get(
-        &s.envoy,
-        "/admin/users",
-        Some(&key.sign(&claims("alice", "read"))),
-    )
-    .await;
+    let r = get(&s.envoy, "/admin/users", Some(&key.sign(&claims("alice", "read")))).await;
     assert_eq!(r.status(), 403);
-    assert_eq!(
-        www_authenticate(&r),
-        "Bearer realm=\"e2e\", error=\"insufficient_scope\", scope=\"admin\""
-    );
-    let r = get(
-        &s.envoy,
-        "/admin/users",
-        Some(&key.sign(&claims("root", "read admin"))),
-    )
-    .await;
+    assert_eq!(www_authenticate(&r), "Bearer realm=\"e2e\", error=\"insufficient_scope\", scope=\"admin\"");
+    let r = get(&s.envoy, "/admin/users", Some(&key.sign(&claims("root", "read admin")))).await;
     assert_eq!(r.status(), 200);
 }
 
@@ -199,30 +157,15 @@ async fn remote_jwks_is_fetched_once_and_shared_by_every_worker() {
     let key = FixtureKey::load("es256-a");
     let s = stack(&[&key]).await;
     // The periodic tick loads the keys shortly after start.
-    eventually(Duration::from_secs(10), "first JWKS fetch", || async {
-        s.server.jwks_fetches() >= 1
-    })
-    .await;
+    eventually(Duration::from_secs(10), "first JWKS fetch", || async { s.server.jwks_fetches() >= 1 }).await;
     let token = key.sign(&claims("alice", "read"));
     for i in 0..40 {
         // Fresh connections spread requests over both workers.
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(0)
-            .build()
-            .unwrap();
-        let r = client
-            .get(s.envoy.url("/api/x"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
+        let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+        let r = client.get(s.envoy.url("/api/x")).bearer_auth(&token).send().await.unwrap();
         assert_eq!(r.status(), 200, "request {i}");
     }
-    assert_eq!(
-        s.server.jwks_fetches(),
-        1,
-        "one fetch serves both workers until the cache duration passes"
-    );
+    assert_eq!(s.server.jwks_fetches(), 1, "one fetch serves both workers until the cache duration passes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,47 +173,22 @@ async fn token_signed_by_a_rotated_key_passes_on_its_first_request() {
     let old = FixtureKey::load("es256-a");
     let new = FixtureKey::load("es256-b");
     let s = stack(&[&old]).await;
-    eventually(Duration::from_secs(10), "first JWKS fetch", || async {
-        s.server.jwks_fetches() >= 1
-    })
-    .await;
-    assert_eq!(
-        get(&s.envoy, "/api/x", Some(&old.sign(&claims("a", ""))))
-            .await
-            .status(),
-        200
-    );
+    eventually(Duration::from_secs(10), "first JWKS fetch", || async { s.server.jwks_fetches() >= 1 }).await;
+    assert_eq!(get(&s.envoy, "/api/x", Some(&old.sign(&claims("a", "")))).await.status(), 200);
 
     // The issuer rotates: the JWKS now also has the new key.
     s.server.set_jwks(jwks(&[&old, &new]));
     let fetches_before = s.server.jwks_fetches();
     let r = get(&s.envoy, "/api/x", Some(&new.sign(&claims("b", "")))).await;
-    assert_eq!(
-        r.status(),
-        200,
-        "new-key token must pass on the first try: {:?}",
-        r.headers()
-    );
-    assert_eq!(
-        s.server.jwks_fetches(),
-        fetches_before + 1,
-        "exactly one refetch for the unknown kid"
-    );
+    assert_eq!(r.status(), 200, "new-key token must pass on the first try: {:?}", r.headers());
+    assert_eq!(s.server.jwks_fetches(), fetches_before + 1, "exactly one refetch for the unknown kid");
 
     // A kid the issuer does not have: rejected, and the refetch is rate-limited.
     let stranger = FixtureKey::load("rs256-a").sign(&claims("c", ""));
     let r = get(&s.envoy, "/api/x", Some(&stranger)).await;
     assert_eq!(r.status(), 401);
-    assert!(
-        www_authenticate(&r).contains("error_description=\"unknown_kid\""),
-        "{}",
-        www_authenticate(&r)
-    );
-    assert_eq!(
-        s.server.jwks_fetches(),
-        fetches_before + 1,
-        "no second refetch within the interval"
-    );
+    assert!(www_authenticate(&r).contains("error_description=\"unknown_kid\""), "{}", www_authenticate(&r));
+    assert_eq!(s.server.jwks_fetches(), fetches_before + 1, "no second refetch within the interval");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,9 +197,7 @@ async fn header_bytes_that_are_not_utf8_do_not_crash_the_filter() {
     let key = FixtureKey::load("es256-a");
     let s = stack(&[&key]).await;
     let raw = b"GET /api/x HTTP/1.1\r\nHost: e2e\r\nAuthorization: Bearer \xff\xfe.\xc3\x28.\xa0\r\nX-Odd: \xf0\x28\x8c\x28\r\nConnection: close\r\n\r\n".to_vec();
-    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", s.envoy.port))
-        .await
-        .unwrap();
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", s.envoy.port)).await.unwrap();
     conn.write_all(&raw).await.unwrap();
     let mut answer = Vec::new();
     conn.read_to_end(&mut answer).await.unwrap();
@@ -299,10 +215,7 @@ async fn concurrent_requests_with_a_rotated_key_all_pass_with_a_single_refetch()
     let old = FixtureKey::load("es256-a");
     let new = FixtureKey::load("es256-b");
     let s = stack(&[&old]).await;
-    eventually(Duration::from_secs(10), "first JWKS fetch", || async {
-        s.server.jwks_fetches() >= 1
-    })
-    .await;
+    eventually(Duration::from_secs(10), "first JWKS fetch", || async { s.server.jwks_fetches() >= 1 }).await;
     s.server.set_jwks(jwks(&[&old, &new]));
     let before = s.server.jwks_fetches();
 
@@ -312,17 +225,8 @@ async fn concurrent_requests_with_a_rotated_key_all_pass_with_a_single_refetch()
         let url = s.envoy.url("/api/x");
         let token = token.clone();
         tasks.push(tokio::spawn(async move {
-            let client = reqwest::Client::builder()
-                .pool_max_idle_per_host(0)
-                .build()
-                .unwrap();
-            client
-                .get(url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-                .unwrap_or(0)
+            let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+            client.get(url).bearer_auth(token).send().await.map(|r| r.status().as_u16()).unwrap_or(0)
         }));
     }
     let mut statuses = Vec::new();
@@ -330,11 +234,7 @@ async fn concurrent_requests_with_a_rotated_key_all_pass_with_a_single_refetch()
         statuses.push(t.await.unwrap());
     }
     assert!(statuses.iter().all(|s| *s == 200), "statuses: {statuses:?}");
-    assert_eq!(
-        s.server.jwks_fetches(),
-        before + 1,
-        "one refetch served every waiting request"
-    );
+    assert_eq!(s.server.jwks_fetches(), before + 1, "one refetch served every waiting request");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,11 +249,7 @@ async fn a_good_header_token_with_a_bad_query_token_is_rejected() {
     assert_eq!(r.status(), 200, "a query token alone is accepted");
     let r = get(&s.envoy, &format!("/api/x?access_token={expired}"), Some(&good)).await;
     assert_eq!(r.status(), 401);
-    assert!(
-        www_authenticate(&r).contains("error_description=\"expired\""),
-        "{}",
-        www_authenticate(&r)
-    );
+    assert!(www_authenticate(&r).contains("error_description=\"expired\""), "{}", www_authenticate(&r));
     assert_eq!(s.server.hits(), 1);
 }
 
@@ -362,10 +258,7 @@ async fn a_failing_or_garbage_jwks_response_keeps_the_last_good_keys() {
     let old = FixtureKey::load("es256-a");
     let new = FixtureKey::load("es256-b");
     let s = stack(&[&old]).await;
-    eventually(Duration::from_secs(10), "first JWKS fetch", || async {
-        s.server.jwks_fetches() >= 1
-    })
-    .await;
+    eventually(Duration::from_secs(10), "first JWKS fetch", || async { s.server.jwks_fetches() >= 1 }).await;
     let old_token = old.sign(&claims("a", ""));
     assert_eq!(get(&s.envoy, "/api/x", Some(&old_token)).await.status(), 200);
 
@@ -374,12 +267,7 @@ async fn a_failing_or_garbage_jwks_response_keeps_the_last_good_keys() {
     let r = get(&s.envoy, "/api/x", Some(&new.sign(&claims("b", "")))).await;
     assert_eq!(r.status(), 401);
     assert!(www_authenticate(&r).contains("unknown_kid"));
-    assert!(
-        s.envoy
-            .counter("wasmcustom.portcullis.jwks.test.fetch_failed")
-            .await
-            >= 1
-    );
+    assert!(s.envoy.counter("wasmcustom.portcullis.jwks.test.fetch_failed").await >= 1);
     // The keys loaded before still verify.
     assert_eq!(get(&s.envoy, "/api/x", Some(&old_token)).await.status(), 200);
     assert!(!s.envoy.proc.log_text().contains("panic"));

@@ -28,33 +28,21 @@ fn plugin_config() -> Value {
 async fn control_plane_token_is_admitted_by_envoy(store: StoreKind, dir: &Workdir) {
     let cp = ControlPlane::start(dir.path(), store).await;
     let server = TestServer::start(json!({"keys": []})).await;
-    let clusters = EnvoyClusters {
-        upstream_port: server.port,
-        jwks_port: None,
-        control_plane_port: Some(cp.port),
-    };
+    let clusters =
+        EnvoyClusters { upstream_port: server.port, jwks_port: None, control_plane_port: Some(cp.port) };
     let envoy = Envoy::start(dir.path(), &plugin_config(), &clusters).await;
 
     let r = http().get(envoy.url("/api/me")).send().await.unwrap();
     assert_eq!(r.status(), 401);
 
     let token = cp.issue_token("alice", &["read"]).await;
-    let r = http()
-        .get(envoy.url("/api/me"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let r = http().get(envoy.url("/api/me")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(r.status(), 200, "{:?}", r.text().await);
     assert_eq!(server.last_header("x-portcullis-sub").as_deref(), Some("alice"));
 
     // The admin API is not reachable without the admin token, and says so in problem+json.
-    let r = http()
-        .post(format!("{}/admin/v1/tokens", cp.url()))
-        .json(&json!({"sub": "x"}))
-        .send()
-        .await
-        .unwrap();
+    let r =
+        http().post(format!("{}/admin/v1/tokens", cp.url())).json(&json!({"sub": "x"})).send().await.unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
 }
@@ -102,27 +90,16 @@ async fn readyz_fails_when_redis_dies_and_recovers_when_it_returns() {
     assert_eq!(readyz(&url).await, 200);
 
     redis.stop();
-    eventually(Duration::from_secs(15), "/readyz to fail", || async {
-        readyz(&url).await == 503
-    })
-    .await;
+    eventually(Duration::from_secs(15), "/readyz to fail", || async { readyz(&url).await == 503 }).await;
     let r = http().get(format!("{}/readyz", cp.url())).send().await.unwrap();
     assert_eq!(r.headers()["content-type"], "application/problem+json");
 
     redis.restart().await;
-    eventually(Duration::from_secs(30), "/readyz to recover", || async {
-        readyz(&url).await == 200
-    })
-    .await;
+    eventually(Duration::from_secs(30), "/readyz to recover", || async { readyz(&url).await == 200 }).await;
 }
 
 async fn readyz(url: &str) -> u16 {
-    http()
-        .get(format!("{url}/readyz"))
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
+    http().get(format!("{url}/readyz")).send().await.map(|r| r.status().as_u16()).unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,41 +107,20 @@ async fn cli_issues_a_token_that_envoy_admits() {
     let dir = Workdir::new();
     let cp = ControlPlane::start(dir.path(), StoreKind::Memory).await;
     let server = TestServer::start(json!({"keys": []})).await;
-    let clusters = EnvoyClusters {
-        upstream_port: server.port,
-        jwks_port: None,
-        control_plane_port: Some(cp.port),
-    };
+    let clusters =
+        EnvoyClusters { upstream_port: server.port, jwks_port: None, control_plane_port: Some(cp.port) };
     let envoy = Envoy::start(dir.path(), &plugin_config(), &clusters).await;
 
     let out = Command::new(portcullis_e2e::bin("portcullis"))
-        .args([
-            "--url",
-            &cp.url(),
-            "token",
-            "issue",
-            "--sub",
-            "bob",
-            "--scope",
-            "read",
-        ])
+        .args(["--url", &cp.url(), "token", "issue", "--sub", "bob", "--scope", "read"])
         .env("PORTCULLIS_ADMIN_TOKEN", &cp.admin_token)
         .output()
         .expect("run the CLI");
-    assert!(
-        out.status.success(),
-        "CLI failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "CLI failed: {}", String::from_utf8_lossy(&out.stderr));
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert_eq!(token.split('.').count(), 3, "the CLI prints just the token");
 
-    let r = http()
-        .get(envoy.url("/api/me"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let r = http().get(envoy.url("/api/me")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(server.last_header("x-portcullis-sub").as_deref(), Some("bob"));
 

@@ -70,11 +70,7 @@ fn envoy_validate_rejects_a_broken_bootstrap() {
     let dir = Workdir::new();
     let mut config = Envoy::bootstrap(
         &json!({"rules": []}),
-        &EnvoyClusters {
-            upstream_port: 1,
-            jwks_port: None,
-            control_plane_port: None,
-        },
+        &EnvoyClusters { upstream_port: 1, jwks_port: None, control_plane_port: None },
         free_port(),
         free_port(),
     );
@@ -94,24 +90,14 @@ fn spawn_envoy(dir: &Workdir, plugin_config: &Value, upstream: u16) -> (Proc, u1
     let (port, admin) = (free_port(), free_port());
     let config = Envoy::bootstrap(
         plugin_config,
-        &EnvoyClusters {
-            upstream_port: upstream,
-            jwks_port: None,
-            control_plane_port: None,
-        },
+        &EnvoyClusters { upstream_port: upstream, jwks_port: None, control_plane_port: None },
         port,
         admin,
     );
     let path = dir.path().join(format!("envoy-{port}.json"));
     std::fs::write(&path, config.to_string()).unwrap();
     let mut cmd = Command::new(envoy_bin());
-    cmd.arg("-c").arg(&path).args([
-        "--use-dynamic-base-id",
-        "--concurrency",
-        "1",
-        "--log-level",
-        "info",
-    ]);
+    cmd.arg("-c").arg(&path).args(["--use-dynamic-base-id", "--concurrency", "1", "--log-level", "info"]);
     (Proc::spawn(&format!("envoy-{port}"), cmd, dir.path()), port)
 }
 
@@ -134,11 +120,7 @@ async fn invalid_plugin_config_is_logged_with_the_field_and_the_filter_does_not_
         let (mut envoy, port) = spawn_envoy(&dir, &config, server.port);
         let deadline = Instant::now() + Duration::from_secs(20);
         while !envoy.log_text().contains(expected) {
-            assert!(
-                Instant::now() < deadline,
-                "Envoy never logged `{expected}`:\n{}",
-                envoy.log_text()
-            );
+            assert!(Instant::now() < deadline, "Envoy never logged `{expected}`:\n{}", envoy.log_text());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         // Whatever Envoy then does (refuse the listener or exit), no request reaches the
@@ -146,11 +128,7 @@ async fn invalid_plugin_config_is_logged_with_the_field_and_the_filter_does_not_
         if !envoy.exited() {
             let _ = http().get(format!("http://127.0.0.1:{port}/x")).send().await;
         }
-        assert_eq!(
-            server.hits(),
-            0,
-            "a request passed a filter that failed to configure"
-        );
+        assert_eq!(server.hits(), 0, "a request passed a filter that failed to configure");
         assert!(!envoy.log_text().contains("panic"));
     }
 }

@@ -58,11 +58,7 @@ impl Document {
 /// All documents of a multi-document YAML file; empty documents are skipped.
 fn read_documents(path: &Path) -> Vec<Document> {
     let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    let file = path
-        .strip_prefix(repo_root())
-        .unwrap_or(path)
-        .display()
-        .to_string();
+    let file = path.strip_prefix(repo_root()).unwrap_or(path).display().to_string();
     let mut documents = Vec::new();
     for (index, deserializer) in serde_yaml::Deserializer::from_str(&text).enumerate() {
         let yaml = serde_yaml::Value::deserialize(deserializer)
@@ -70,10 +66,7 @@ fn read_documents(path: &Path) -> Vec<Document> {
         let value = serde_json::to_value(&yaml)
             .unwrap_or_else(|e| panic!("{file}: document {index} is not JSON-compatible: {e}"));
         if !value.is_null() {
-            documents.push(Document {
-                origin: format!("{file}#{index}"),
-                value,
-            });
+            documents.push(Document { origin: format!("{file}#{index}"), value });
         }
     }
     documents
@@ -93,17 +86,11 @@ fn yaml_files(dir: &str) -> Vec<PathBuf> {
 }
 
 fn istio_documents() -> Vec<Document> {
-    yaml_files("envoy/istio")
-        .iter()
-        .flat_map(|f| read_documents(f))
-        .collect()
+    yaml_files("envoy/istio").iter().flat_map(|f| read_documents(f)).collect()
 }
 
 fn kubernetes_documents() -> Vec<Document> {
-    yaml_files("envoy/kubernetes")
-        .iter()
-        .flat_map(|f| read_documents(f))
-        .collect()
+    yaml_files("envoy/kubernetes").iter().flat_map(|f| read_documents(f)).collect()
 }
 
 /// The CRDs of the shared schema file, as JSON.
@@ -120,11 +107,7 @@ fn crds() -> Vec<Value> {
         .map(|d| d.value)
         .filter(|v| v["kind"] == "CustomResourceDefinition")
         .collect();
-    assert!(
-        !crds.is_empty(),
-        "{} holds no CustomResourceDefinition",
-        path.display()
-    );
+    assert!(!crds.is_empty(), "{} holds no CustomResourceDefinition", path.display());
     crds
 }
 
@@ -134,9 +117,8 @@ fn crds() -> Vec<Value> {
 
 /// The `openAPIV3Schema` of the CRD version serving `apiVersion`/`kind`.
 fn crd_schema(crds: &[Value], api_version: &str, kind: &str) -> Result<Value, String> {
-    let (group, version) = api_version
-        .split_once('/')
-        .ok_or_else(|| format!("apiVersion `{api_version}` has no group"))?;
+    let (group, version) =
+        api_version.split_once('/').ok_or_else(|| format!("apiVersion `{api_version}` has no group"))?;
     let crd = crds
         .iter()
         .find(|c| c["spec"]["group"] == group && c["spec"]["names"]["kind"] == kind)
@@ -151,9 +133,7 @@ fn crd_schema(crds: &[Value], api_version: &str, kind: &str) -> Result<Value, St
     }
     let schema = &served["schema"]["openAPIV3Schema"];
     if !schema.is_object() {
-        return Err(format!(
-            "CRD version `{version}` of `{kind}` has no openAPIV3Schema"
-        ));
+        return Err(format!("CRD version `{version}` of `{kind}` has no openAPIV3Schema"));
     }
     Ok(schema.clone())
 }
@@ -212,19 +192,14 @@ fn cel_rule_errors(kind: &str, spec: &Value) -> Vec<String> {
     let has = |field: &str| spec.get(field).is_some();
     let mut errors = Vec::new();
     if kind == "WasmPlugin" {
-        let set = ["selector", "targetRef", "targetRefs"]
-            .iter()
-            .filter(|f| has(f))
-            .count();
+        let set = ["selector", "targetRef", "targetRefs"].iter().filter(|f| has(f)).count();
         if set > 1 {
             errors.push("/spec: only one of targetRefs or selector can be set".to_string());
         }
         if let Some(url) = spec["url"].as_str() {
             let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
             if !["", "http", "https", "oci", "file"].contains(&scheme) {
-                errors.push(format!(
-                    "/spec/url: scheme `{scheme}` is not one of http, https, file, oci"
-                ));
+                errors.push(format!("/spec/url: scheme `{scheme}` is not one of http, https, file, oci"));
             }
         }
     }
@@ -244,16 +219,10 @@ fn validation_errors(crds: &[Value], object: &Value) -> Vec<String> {
     };
     let validator = match jsonschema::validator_for(&schema) {
         Ok(validator) => validator,
-        Err(e) => {
-            return vec![format!(
-                "the CRD schema for `{kind}` is not a valid JSON Schema: {e}"
-            )]
-        }
+        Err(e) => return vec![format!("the CRD schema for `{kind}` is not a valid JSON Schema: {e}")],
     };
-    let mut errors: Vec<String> = validator
-        .iter_errors(object)
-        .map(|e| format!("{}: {e}", e.instance_path))
-        .collect();
+    let mut errors: Vec<String> =
+        validator.iter_errors(object).map(|e| format!("{}: {e}", e.instance_path)).collect();
     errors.extend(cel_rule_errors(kind, &object["spec"]));
     errors
 }
@@ -296,11 +265,7 @@ fn wasm_filter_patch(documents: &[Document]) -> (&Document, &Value) {
         .into_iter()
         .filter(|(_, p)| p["patch"]["value"]["name"] == WASM_FILTER)
         .collect();
-    assert_eq!(
-        found.len(),
-        1,
-        "expected exactly one HTTP_FILTER patch adding {WASM_FILTER}"
-    );
+    assert_eq!(found.len(), 1, "expected exactly one HTTP_FILTER patch adding {WASM_FILTER}");
     found[0]
 }
 
@@ -355,92 +320,47 @@ fn istio_schema_validation_rejects_broken_copies() {
     let plugin = wasm_plugin(&documents).value.clone();
     let (filter_doc, _) = wasm_filter_patch(&documents);
     let envoy_filter = filter_doc.value.clone();
-    assert!(
-        validation_errors(&crds, &plugin).is_empty(),
-        "baseline WasmPlugin must be valid"
-    );
-    assert!(
-        validation_errors(&crds, &envoy_filter).is_empty(),
-        "baseline EnvoyFilter must be valid"
-    );
+    assert!(validation_errors(&crds, &plugin).is_empty(), "baseline WasmPlugin must be valid");
+    assert!(validation_errors(&crds, &envoy_filter).is_empty(), "baseline EnvoyFilter must be valid");
 
     let broken_plugins: Vec<Mutation> = vec![
         ("unknown phase", |v| v["spec"]["phase"] = json!("NOT_A_PHASE")),
-        ("failStrategy of the wrong type", |v| {
-            v["spec"]["failStrategy"] = json!(true)
-        }),
-        ("priority of the wrong type", |v| {
-            v["spec"]["priority"] = json!("high")
-        }),
-        ("pluginConfig not an object", |v| {
-            v["spec"]["pluginConfig"] = json!("{\"realm\":\"x\"}")
-        }),
-        ("misspelled field", |v| {
-            rename_field(&mut v["spec"], "failStrategy", "failstrategy")
-        }),
+        ("failStrategy of the wrong type", |v| v["spec"]["failStrategy"] = json!(true)),
+        ("priority of the wrong type", |v| v["spec"]["priority"] = json!("high")),
+        ("pluginConfig not an object", |v| v["spec"]["pluginConfig"] = json!("{\"realm\":\"x\"}")),
+        ("misspelled field", |v| rename_field(&mut v["spec"], "failStrategy", "failstrategy")),
         ("missing url", |v| remove_field(&mut v["spec"], "url")),
-        ("sha256 not a hex digest", |v| {
-            v["spec"]["sha256"] = json!("sha256:abc")
+        ("sha256 not a hex digest", |v| v["spec"]["sha256"] = json!("sha256:abc")),
+        ("unknown imagePullPolicy", |v| v["spec"]["imagePullPolicy"] = json!("Sometimes")),
+        ("selector and targetRefs", |v| {
+            v["spec"]["targetRefs"] =
+                json!([{ "kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "gw" }])
         }),
-        ("unknown imagePullPolicy", |v| {
-            v["spec"]["imagePullPolicy"] = json!("Sometimes")
-        }),
-        (
-            "selector and targetRefs",
-            |v| {
-                v["spec"]["targetRefs"] =
-                    json!([{ "kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "gw" }])
-            },
-        ),
-        ("url with an unsupported scheme", |v| {
-            v["spec"]["url"] = json!("ftp://example.com/filter.wasm")
-        }),
-        ("metadata without a name", |v| {
-            remove_field(&mut v["metadata"], "name")
-        }),
+        ("url with an unsupported scheme", |v| v["spec"]["url"] = json!("ftp://example.com/filter.wasm")),
+        ("metadata without a name", |v| remove_field(&mut v["metadata"], "name")),
     ];
     for (what, mutate) in broken_plugins {
         let mut copy = plugin.clone();
         mutate(&mut copy);
-        assert!(
-            !validation_errors(&crds, &copy).is_empty(),
-            "a WasmPlugin with {what} passed validation"
-        );
+        assert!(!validation_errors(&crds, &copy).is_empty(), "a WasmPlugin with {what} passed validation");
     }
 
     let broken_filters: Vec<Mutation> = vec![
-        ("unknown applyTo", |v| {
-            v["spec"]["configPatches"][0]["applyTo"] = json!("HTTP_FILTERS")
-        }),
-        ("unknown operation", |v| {
-            v["spec"]["configPatches"][0]["patch"]["operation"] = json!("PREPEND")
-        }),
-        ("unknown context", |v| {
-            v["spec"]["configPatches"][0]["match"]["context"] = json!("INBOUND")
-        }),
+        ("unknown applyTo", |v| v["spec"]["configPatches"][0]["applyTo"] = json!("HTTP_FILTERS")),
+        ("unknown operation", |v| v["spec"]["configPatches"][0]["patch"]["operation"] = json!("PREPEND")),
+        ("unknown context", |v| v["spec"]["configPatches"][0]["match"]["context"] = json!("INBOUND")),
         ("listener and cluster match at once", |v| {
             v["spec"]["configPatches"][0]["match"]["cluster"] = json!({ "name": "x" })
         }),
-        ("patch value not an object", |v| {
-            v["spec"]["configPatches"][0]["patch"]["value"] = json!("filter")
-        }),
-        ("configPatches not a list", |v| {
-            v["spec"]["configPatches"] = json!({})
-        }),
-        ("misspelled field", |v| {
-            rename_field(&mut v["spec"], "workloadSelector", "workloadSelectors")
-        }),
-        ("wrong kind for the apiVersion", |v| {
-            v["kind"] = json!("EnvoyFilters")
-        }),
+        ("patch value not an object", |v| v["spec"]["configPatches"][0]["patch"]["value"] = json!("filter")),
+        ("configPatches not a list", |v| v["spec"]["configPatches"] = json!({})),
+        ("misspelled field", |v| rename_field(&mut v["spec"], "workloadSelector", "workloadSelectors")),
+        ("wrong kind for the apiVersion", |v| v["kind"] = json!("EnvoyFilters")),
     ];
     for (what, mutate) in broken_filters {
         let mut copy = envoy_filter.clone();
         mutate(&mut copy);
-        assert!(
-            !validation_errors(&crds, &copy).is_empty(),
-            "an EnvoyFilter with {what} passed validation"
-        );
+        assert!(!validation_errors(&crds, &copy).is_empty(), "an EnvoyFilter with {what} passed validation");
     }
 }
 
@@ -458,11 +378,7 @@ fn compile(origin: &str, bytes: &[u8]) -> portcullis_core::config::Policy {
 fn wasm_plugin_config(documents: &[Document]) -> (String, Value) {
     let plugin = wasm_plugin(documents);
     let config = plugin.value["spec"]["pluginConfig"].clone();
-    assert!(
-        config.is_object(),
-        "{}: spec.pluginConfig must be an object",
-        plugin.origin
-    );
+    assert!(config.is_object(), "{}: spec.pluginConfig must be an object", plugin.origin);
     (plugin.origin.clone(), config)
 }
 
@@ -531,34 +447,20 @@ fn envoy_filter_inserts_the_wasm_filter_before_the_router_on_inbound() {
     assert_eq!(patch["match"]["context"], "SIDECAR_INBOUND", "{origin}");
     assert_eq!(patch["patch"]["operation"], "INSERT_BEFORE", "{origin}");
     let filter = &patch["match"]["listener"]["filterChain"]["filter"];
-    assert_eq!(
-        filter["name"], "envoy.filters.network.http_connection_manager",
-        "{origin}"
-    );
-    assert_eq!(
-        filter["subFilter"]["name"], "envoy.filters.http.router",
-        "{origin}"
-    );
+    assert_eq!(filter["name"], "envoy.filters.network.http_connection_manager", "{origin}");
+    assert_eq!(filter["subFilter"]["name"], "envoy.filters.http.router", "{origin}");
 
     let typed_config = &patch["patch"]["value"]["typed_config"];
     assert_eq!(typed_config["@type"], WASM_TYPE, "{origin}");
     let config = &typed_config["config"];
-    assert_ne!(
-        config["fail_open"], true,
-        "{origin}: an auth filter must fail closed"
-    );
+    assert_ne!(config["fail_open"], true, "{origin}: an auth filter must fail closed");
     let vm = &config["vm_config"];
     assert_eq!(vm["runtime"], "envoy.wasm.runtime.v8", "{origin}");
     let code = &vm["code"];
-    let local = code["local"]["filename"]
-        .as_str()
-        .is_some_and(|f| f.ends_with(".wasm"));
+    let local = code["local"]["filename"].as_str().is_some_and(|f| f.ends_with(".wasm"));
     let remote = code["remote"]["http_uri"]["uri"].is_string()
         && code["remote"]["sha256"].as_str().is_some_and(|s| s.len() == 64);
-    assert!(
-        local ^ remote,
-        "{origin}: vm_config.code needs a local .wasm file or a remote uri with sha256"
-    );
+    assert!(local ^ remote, "{origin}: vm_config.code needs a local .wasm file or a remote uri with sha256");
 }
 
 /// The EnvoyFilters that patch clusters.
@@ -583,10 +485,7 @@ fn both_routes_add_the_control_plane_cluster_the_filter_calls() {
         if let Some(cluster) = provider["remoteJwks"]["cluster"].as_str() {
             jwks_clusters.insert(cluster);
         } else {
-            assert!(
-                provider.get("remoteJwks").is_none(),
-                "provider {name}: remoteJwks.cluster missing"
-            );
+            assert!(provider.get("remoteJwks").is_none(), "provider {name}: remoteJwks.cluster missing");
         }
     }
     assert!(
@@ -603,26 +502,16 @@ fn both_routes_add_the_control_plane_cluster_the_filter_calls() {
             .filter_map(|(_, p)| p["patch"]["value"]["name"].as_str().map(str::to_string))
             .collect();
         for cluster in &jwks_clusters {
-            assert!(
-                added.contains(*cluster),
-                "envoy/istio/{file} does not add the cluster `{cluster}`"
-            );
+            assert!(added.contains(*cluster), "envoy/istio/{file} does not add the cluster `{cluster}`");
         }
     }
 
     // The cluster EnvoyFilter appears once per route, identical, under one name (so applying
     // both files cannot add the cluster twice).
     let clusters = cluster_filters(&documents);
-    assert!(
-        clusters.len() >= 2,
-        "expected the cluster EnvoyFilter in both route files"
-    );
+    assert!(clusters.len() >= 2, "expected the cluster EnvoyFilter in both route files");
     for other in &clusters[1..] {
-        assert_eq!(
-            clusters[0].value, other.value,
-            "{} and {} differ",
-            clusters[0].origin, other.origin
-        );
+        assert_eq!(clusters[0].value, other.value, "{} and {} differ", clusters[0].origin, other.origin);
     }
 
     for (document, patch) in patches(&documents, "CLUSTER") {
@@ -632,20 +521,11 @@ fn both_routes_add_the_control_plane_cluster_the_filter_calls() {
             "{origin}: Istio adds clusters only for outbound/gateway"
         );
         let cluster = &patch["patch"]["value"];
-        assert!(
-            matches!(cluster["type"].as_str(), Some("STATIC" | "STRICT_DNS")),
-            "{origin}: cluster type"
-        );
+        assert!(matches!(cluster["type"].as_str(), Some("STATIC" | "STRICT_DNS")), "{origin}: cluster type");
         let address = &cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
             ["socket_address"];
-        assert_eq!(
-            address["address"], "127.0.0.1",
-            "{origin}: the control plane is the pod's sidecar"
-        );
-        assert_eq!(
-            address["port_value"], 9090,
-            "{origin}: the control plane listens on 9090"
-        );
+        assert_eq!(address["address"], "127.0.0.1", "{origin}: the control plane is the pod's sidecar");
+        assert_eq!(address["port_value"], 9090, "{origin}: the control plane listens on 9090");
     }
 }
 
@@ -653,10 +533,7 @@ fn both_routes_add_the_control_plane_cluster_the_filter_calls() {
 fn all_istio_resources_select_the_same_workload() {
     let documents = istio_documents();
     let plugin_labels = &wasm_plugin(&documents).value["spec"]["selector"]["matchLabels"];
-    assert!(
-        plugin_labels.is_object(),
-        "the WasmPlugin should select an example workload"
-    );
+    assert!(plugin_labels.is_object(), "the WasmPlugin should select an example workload");
     for document in documents.iter().filter(|d| d.kind() == "EnvoyFilter") {
         assert_eq!(
             &document.value["spec"]["workloadSelector"]["labels"], plugin_labels,
@@ -668,16 +545,9 @@ fn all_istio_resources_select_the_same_workload() {
     let kubernetes = kubernetes_documents();
     let selected = kubernetes.iter().filter(|d| d.kind() == "Deployment").any(|d| {
         let labels = &d.value["spec"]["template"]["metadata"]["labels"];
-        plugin_labels
-            .as_object()
-            .into_iter()
-            .flatten()
-            .all(|(k, v)| &labels[k] == v)
+        plugin_labels.as_object().into_iter().flatten().all(|(k, v)| &labels[k] == v)
     });
-    assert!(
-        selected,
-        "no Deployment in envoy/kubernetes/ has the pod labels the Istio resources select"
-    );
+    assert!(selected, "no Deployment in envoy/kubernetes/ has the pod labels the Istio resources select");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -696,11 +566,7 @@ fn pod_spec(document: &Document) -> Option<&Value> {
 }
 
 fn env_var<'a>(container: &'a Value, name: &str) -> Option<&'a Value> {
-    container["env"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|e| e["name"] == name)
+    container["env"].as_array().into_iter().flatten().find(|e| e["name"] == name)
 }
 
 fn probe_path(container: &Value, probe: &str) -> Option<String> {
@@ -724,11 +590,7 @@ fn every_kubernetes_container_has_probes_and_resource_limits() {
         let containers = pod["containers"].as_array().cloned().unwrap_or_default();
         assert!(!containers.is_empty(), "{}: no containers", document.origin);
         for container in &containers {
-            let at = format!(
-                "{} container `{}`",
-                document.origin,
-                container["name"].as_str().unwrap_or("?")
-            );
+            let at = format!("{} container `{}`", document.origin, container["name"].as_str().unwrap_or("?"));
             for probe in ["readinessProbe", "livenessProbe"] {
                 assert!(container[probe].is_object(), "{at}: {probe} missing");
             }
@@ -747,10 +609,7 @@ fn every_kubernetes_container_has_probes_and_resource_limits() {
             assert!(non_root, "{at}: must run as non-root");
         }
     }
-    assert!(
-        workloads >= 2,
-        "expected the sidecar and the shared control-plane Deployments"
-    );
+    assert!(workloads >= 2, "expected the sidecar and the shared control-plane Deployments");
 }
 
 #[test]
@@ -770,32 +629,14 @@ fn control_plane_containers_run_as_documented() {
                 continue;
             }
             let at = format!("{} container `{CONTROL_PLANE_CONTAINER}`", document.origin);
-            assert_eq!(
-                probe_path(container, "readinessProbe").as_deref(),
-                Some("/readyz"),
-                "{at}"
-            );
-            assert_eq!(
-                probe_path(container, "livenessProbe").as_deref(),
-                Some("/healthz"),
-                "{at}"
-            );
+            assert_eq!(probe_path(container, "readinessProbe").as_deref(), Some("/readyz"), "{at}");
+            assert_eq!(probe_path(container, "livenessProbe").as_deref(), Some("/healthz"), "{at}");
             assert!(
-                container["ports"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|p| p["containerPort"] == 9090),
+                container["ports"].as_array().into_iter().flatten().any(|p| p["containerPort"] == 9090),
                 "{at}: the control plane listens on 9090"
             );
-            assert_eq!(
-                container["securityContext"]["readOnlyRootFilesystem"], true,
-                "{at}"
-            );
-            assert_eq!(
-                container["securityContext"]["allowPrivilegeEscalation"], false,
-                "{at}"
-            );
+            assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true, "{at}");
+            assert_eq!(container["securityContext"]["allowPrivilegeEscalation"], false, "{at}");
 
             // The data dir is a writable emptyDir mount.
             let data_dir = env_var(container, "PORTCULLIS_DATA_DIR")
@@ -814,44 +655,31 @@ fn control_plane_containers_run_as_documented() {
                 .flatten()
                 .find(|v| v["name"] == mount["name"])
                 .unwrap_or_else(|| panic!("{at}: volume {} not declared", mount["name"]));
-            assert!(
-                volume["emptyDir"].is_object(),
-                "{at}: the data dir should be an emptyDir"
-            );
+            assert!(volume["emptyDir"].is_object(), "{at}: the data dir should be an emptyDir");
 
             // The admin token comes from a Secret, never a literal in the manifest.
             if let Some(token) = env_var(container, "PORTCULLIS_ADMIN_TOKEN") {
-                assert!(
-                    token.get("value").is_none(),
-                    "{at}: PORTCULLIS_ADMIN_TOKEN must come from a Secret"
-                );
+                assert!(token.get("value").is_none(), "{at}: PORTCULLIS_ADMIN_TOKEN must come from a Secret");
             }
             let token_file =
                 env_var(container, "PORTCULLIS_ADMIN_TOKEN_FILE").and_then(|e| e["value"].as_str());
             let token_from_file = token_file.is_some_and(|file| {
-                container["volumeMounts"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|m| {
-                        let path = m["mountPath"].as_str().unwrap_or("");
-                        let volume = pod["volumes"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .find(|v| v["name"] == m["name"]);
-                        file.starts_with(&format!("{}/", path.trim_end_matches('/')))
-                            && volume.is_some_and(|v| {
-                                let secret = v["secret"]["secretName"].as_str().unwrap_or("");
-                                v["secret"]["items"]
-                                    .as_array()
-                                    .into_iter()
-                                    .flatten()
-                                    .any(|i| secret_has(secret, i["key"].as_str().unwrap_or("")))
-                                    || (v["secret"]["items"].is_null()
-                                        && secrets.iter().any(|s| s.name() == secret))
-                            })
-                    })
+                container["volumeMounts"].as_array().into_iter().flatten().any(|m| {
+                    let path = m["mountPath"].as_str().unwrap_or("");
+                    let volume =
+                        pod["volumes"].as_array().into_iter().flatten().find(|v| v["name"] == m["name"]);
+                    file.starts_with(&format!("{}/", path.trim_end_matches('/')))
+                        && volume.is_some_and(|v| {
+                            let secret = v["secret"]["secretName"].as_str().unwrap_or("");
+                            v["secret"]["items"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .any(|i| secret_has(secret, i["key"].as_str().unwrap_or("")))
+                                || (v["secret"]["items"].is_null()
+                                    && secrets.iter().any(|s| s.name() == secret))
+                        })
+                })
             });
             let token_from_env = env_var(container, "PORTCULLIS_ADMIN_TOKEN").is_some_and(|t| {
                 let r = &t["valueFrom"]["secretKeyRef"];
@@ -862,13 +690,9 @@ fn control_plane_containers_run_as_documented() {
                 "{at}: the admin token must come from a Secret in this file"
             );
 
-            let store = env_var(container, "PORTCULLIS_STORE")
-                .and_then(|e| e["value"].as_str())
-                .unwrap_or("");
-            assert!(
-                matches!(store, "embedded" | "redis"),
-                "{at}: PORTCULLIS_STORE=embedded|redis"
-            );
+            let store =
+                env_var(container, "PORTCULLIS_STORE").and_then(|e| e["value"].as_str()).unwrap_or("");
+            assert!(matches!(store, "embedded" | "redis"), "{at}: PORTCULLIS_STORE=embedded|redis");
             if store == "redis" {
                 let url = env_var(container, "PORTCULLIS_REDIS_URL")
                     .unwrap_or_else(|| panic!("{at}: PORTCULLIS_STORE=redis needs PORTCULLIS_REDIS_URL"));

@@ -107,9 +107,7 @@ mod tests {
 
     #[test]
     fn none_in_any_spelling_is_not_an_algorithm() {
-        for name in [
-            "none", "None", "NONE", "nOnE", "", " HS256", "hs256", "HS256 ", "ES384", "Ed25519",
-        ] {
+        for name in ["none", "None", "NONE", "nOnE", "", " HS256", "hs256", "HS256 ", "ES384", "Ed25519"] {
             assert_eq!(Algorithm::from_name(name), None, "{name:?}");
         }
     }

@@ -62,14 +62,7 @@ fn cache_key(provider: &str, token: &str) -> CacheKey {
 impl VerifiedTokenCache {
     /// A cache holding at most `capacity` tokens (0 disables caching).
     pub fn new(capacity: usize) -> Self {
-        Self {
-            capacity,
-            map: HashMap::new(),
-            nodes: Vec::new(),
-            free: Vec::new(),
-            head: NIL,
-            tail: NIL,
-        }
+        Self { capacity, map: HashMap::new(), nodes: Vec::new(), free: Vec::new(), head: NIL, tail: NIL }
     }
 
     pub fn capacity(&self) -> usize {
@@ -137,13 +130,7 @@ impl VerifiedTokenCache {
             let lru = self.tail;
             self.remove(lru);
         }
-        let node = Node {
-            key,
-            token: Arc::clone(&shared),
-            expires_at,
-            prev: NIL,
-            next: NIL,
-        };
+        let node = Node { key, token: Arc::clone(&shared), expires_at, prev: NIL, next: NIL };
         let idx = match self.free.pop() {
             Some(idx) => match self.nodes.get_mut(idx) {
                 Some(slot) => {
@@ -226,10 +213,7 @@ mod tests {
     fn cached_token_is_returned_until_its_exp() {
         let mut c = VerifiedTokenCache::new(4);
         c.insert("p", "t", token(Some(1100), "a"), 1000, 3600);
-        assert_eq!(
-            c.get("p", "t", 1099).and_then(|t| t.subject.clone()).as_deref(),
-            Some("a")
-        );
+        assert_eq!(c.get("p", "t", 1099).and_then(|t| t.subject.clone()).as_deref(), Some("a"));
         assert!(c.get("p", "t", 1100).is_none());
         assert_eq!(c.len(), 0);
     }

@@ -44,9 +44,7 @@ impl<'de> Deserialize<'de> for UniqueClaims {
 
 /// Parses the decoded payload: a JSON object without duplicate members.
 pub(crate) fn parse_claims(payload: &[u8]) -> Result<Map<String, Value>, Reason> {
-    serde_json::from_slice::<UniqueClaims>(payload)
-        .map(|c| c.0)
-        .map_err(|_| Reason::Malformed)
+    serde_json::from_slice::<UniqueClaims>(payload).map(|c| c.0).map_err(|_| Reason::Malformed)
 }
 
 /// A NumericDate (RFC 7519 §2): an integer or a fraction of seconds. Fractions round up,
@@ -210,10 +208,7 @@ mod tests {
 
     #[test]
     fn duplicate_claims_are_malformed() {
-        assert_eq!(
-            parse_claims(br#"{"sub":"a","sub":"b"}"#).err(),
-            Some(Reason::Malformed)
-        );
+        assert_eq!(parse_claims(br#"{"sub":"a","sub":"b"}"#).err(), Some(Reason::Malformed));
         assert_eq!(parse_claims(br#"["sub"]"#).err(), Some(Reason::Malformed));
         assert!(parse_claims(br#"{"sub":"a","nested":{"x":1}}"#).is_ok());
     }
@@ -231,11 +226,7 @@ mod tests {
 
     #[test]
     fn fractional_exp_expires_at_the_next_second() {
-        let p = TimePolicy {
-            clock_skew: 0,
-            require_expiration: true,
-            max_lifetime: None,
-        };
+        let p = TimePolicy { clock_skew: 0, require_expiration: true, max_lifetime: None };
         let c = claims(json!({"exp": 100.5}));
         assert!(check_times(&c, &p, 100).is_ok());
         assert_eq!(check_times(&c, &p, 101).err(), Some(Reason::Expired));

@@ -76,8 +76,7 @@ impl TokenLocation {
                         *v = kept.join("; ");
                     }
                 }
-                req.headers
-                    .retain(|(n, v)| !(n.eq_ignore_ascii_case("cookie") && v.is_empty()));
+                req.headers.retain(|(n, v)| !(n.eq_ignore_ascii_case("cookie") && v.is_empty()));
             }
             TokenLocation::Query(param) => {
                 let Some(q_start) = req.path.find('?') else {
@@ -92,11 +91,8 @@ impl TokenLocation {
                         !pair.is_empty() && percent_decode(raw_name) != *param
                     })
                     .collect();
-                req.path = if kept.is_empty() {
-                    path.to_owned()
-                } else {
-                    format!("{path}?{}", kept.join("&"))
-                };
+                req.path =
+                    if kept.is_empty() { path.to_owned() } else { format!("{path}?{}", kept.join("&")) };
             }
         }
     }
@@ -126,10 +122,7 @@ fn cookie_pairs(header: &str) -> impl Iterator<Item = (&str, &str)> {
         let (name, value) = pair.split_once('=')?;
         let name = name.trim_matches(|c| c == ' ' || c == '\t');
         let value = value.trim_matches(|c| c == ' ' || c == '\t');
-        let value = value
-            .strip_prefix('"')
-            .and_then(|v| v.strip_suffix('"'))
-            .unwrap_or(value);
+        let value = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(value);
         (!name.is_empty()).then_some((name, value))
     })
 }
@@ -190,18 +183,12 @@ mod tests {
             method: "GET".into(),
             authority: "api.example.com".into(),
             path: path.into(),
-            headers: headers
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
-                .collect(),
+            headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
         }
     }
 
     fn bearer() -> TokenLocation {
-        TokenLocation::Header {
-            name: "authorization".into(),
-            prefix: Some("Bearer ".into()),
-        }
+        TokenLocation::Header { name: "authorization".into(), prefix: Some("Bearer ".into()) }
     }
 
     #[test]
@@ -232,10 +219,7 @@ mod tests {
 
     #[test]
     fn header_without_prefix_takes_whole_value() {
-        let loc = TokenLocation::Header {
-            name: "x-token".into(),
-            prefix: None,
-        };
+        let loc = TokenLocation::Header { name: "x-token".into(), prefix: None };
         let r = req("/", &[("X-Token", " abc ")]);
         assert_eq!(loc.extract(&r), vec!["abc"]);
     }
@@ -245,10 +229,7 @@ mod tests {
         let loc = TokenLocation::Cookie("session".into());
         let r = req(
             "/",
-            &[
-                ("cookie", "a=1; session=tok1;other=x"),
-                ("cookie", "Session=no; session=\"tok2\"; session="),
-            ],
+            &[("cookie", "a=1; session=tok1;other=x"), ("cookie", "Session=no; session=\"tok2\"; session=")],
         );
         assert_eq!(loc.extract(&r), vec!["tok1", "tok2"]);
     }
@@ -256,10 +237,7 @@ mod tests {
     #[test]
     fn query_parameters_are_percent_decoded() {
         let loc = TokenLocation::Query("access_token".into());
-        let r = req(
-            "/x?a=1&access%5Ftoken=ab%2Ecd&access_token=&access_token=e%zz",
-            &[],
-        );
+        let r = req("/x?a=1&access%5Ftoken=ab%2Ecd&access_token=&access_token=e%zz", &[]);
         assert_eq!(loc.extract(&r), vec!["ab.cd", "e%zz"]);
         assert!(loc.extract(&req("/x", &[])).is_empty());
     }

@@ -39,11 +39,7 @@ pub(crate) enum KeyMaterial {
     Hs256(Hs256Key),
     Hs384(Hs384Key),
     Hs512(Hs512Key),
-    Rsa {
-        alg: Rsa,
-        key: RsaPublicKey,
-        modulus_len: usize,
-    },
+    Rsa { alg: Rsa, key: RsaPublicKey, modulus_len: usize },
     Es256(Es256VerifyingKey),
     Ed25519(Ed25519VerifyingKey),
 }
@@ -147,10 +143,8 @@ impl KeySet {
     /// that is not a JWKS is an error (an empty result is not an error here: callers
     /// decide whether an empty set is acceptable).
     pub fn from_jwks_json(bytes: &[u8]) -> Result<(KeySet, Vec<JwksWarning>), JwksError> {
-        let value: Value = serde_json::from_slice(bytes).map_err(|e| JwksError::NotJson {
-            line: e.line(),
-            column: e.column(),
-        })?;
+        let value: Value = serde_json::from_slice(bytes)
+            .map_err(|e| JwksError::NotJson { line: e.line(), column: e.column() })?;
         let doc: JwksDocument = serde_json::from_value(value).map_err(|_| JwksError::NotAKeySet)?;
 
         let mut keys = Vec::new();
@@ -165,11 +159,7 @@ impl KeySet {
                 });
                 continue;
             }
-            let warn = |message: String| JwksWarning {
-                index,
-                kid: kid.clone(),
-                message,
-            };
+            let warn = |message: String| JwksWarning { index, kid: kid.clone(), message };
             let jwk: RawJwk = match serde_json::from_value(raw) {
                 Ok(jwk) => jwk,
                 Err(_) => {
@@ -227,9 +217,7 @@ impl KeySet {
 impl fmt::Debug for KeySet {
     /// Lists kids and algorithms only: never key material.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list()
-            .entries(self.keys.iter().map(|k| (k.kid.as_deref(), k.alg.as_str())))
-            .finish()
+        f.debug_list().entries(self.keys.iter().map(|k| (k.kid.as_deref(), k.alg.as_str()))).finish()
     }
 }
 
@@ -323,11 +311,7 @@ fn load_key(jwk: &RawJwk) -> Result<VerificationKey, String> {
                 Algorithm::PS512 => Rsa::ps512(),
                 _ => Rsa::rs256(),
             };
-            KeyMaterial::Rsa {
-                alg: rsa,
-                key,
-                modulus_len: n.len(),
-            }
+            KeyMaterial::Rsa { alg: rsa, key, modulus_len: n.len() }
         }
         KeyFamily::EcP256 => {
             let x = decode_member("x", jwk.x.as_ref())?;
@@ -335,12 +319,8 @@ fn load_key(jwk: &RawJwk) -> Result<VerificationKey, String> {
             if x.len() != 32 || y.len() != 32 {
                 return Err("P-256 coordinates must be 32 bytes each".to_owned());
             }
-            let jwk = JsonWebKey::EllipticCurve {
-                curve: "P-256".into(),
-                x: x.into(),
-                y: y.into(),
-                secret: None,
-            };
+            let jwk =
+                JsonWebKey::EllipticCurve { curve: "P-256".into(), x: x.into(), y: y.into(), secret: None };
             let key = Es256VerifyingKey::try_from(&jwk).map_err(|_| "not a valid P-256 point".to_owned())?;
             KeyMaterial::Es256(key)
         }
@@ -349,21 +329,13 @@ fn load_key(jwk: &RawJwk) -> Result<VerificationKey, String> {
             if x.len() != 32 {
                 return Err("Ed25519 public key must be 32 bytes".to_owned());
             }
-            let jwk = JsonWebKey::KeyPair {
-                curve: "Ed25519".into(),
-                x: x.into(),
-                secret: None,
-            };
+            let jwk = JsonWebKey::KeyPair { curve: "Ed25519".into(), x: x.into(), secret: None };
             let key = Ed25519VerifyingKey::try_from(&jwk)
                 .map_err(|_| "not a valid Ed25519 public key".to_owned())?;
             KeyMaterial::Ed25519(key)
         }
     };
-    Ok(VerificationKey {
-        kid: jwk.kid.clone(),
-        alg,
-        material,
-    })
+    Ok(VerificationKey { kid: jwk.kid.clone(), alg, material })
 }
 
 fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
@@ -377,11 +349,7 @@ fn bit_length(bytes: &[u8]) -> usize {
         None => 0,
         Some(&top) => {
             let top_bits = 8 - top.leading_zeros() as usize;
-            bytes
-                .len()
-                .saturating_sub(1)
-                .saturating_mul(8)
-                .saturating_add(top_bits)
+            bytes.len().saturating_sub(1).saturating_mul(8).saturating_add(top_bits)
         }
     }
 }
@@ -459,29 +427,19 @@ mod tests {
 
     #[test]
     fn invalid_curve_point_is_skipped() {
-        let (set, warnings) = load(&format!(
-            r#"{{"keys":[{{"kty":"EC","crv":"P-256","x":"{EC_X}","y":"{EC_X}"}}]}}"#
-        ));
+        let (set, warnings) =
+            load(&format!(r#"{{"keys":[{{"kty":"EC","crv":"P-256","x":"{EC_X}","y":"{EC_X}"}}]}}"#));
         assert!(set.is_empty());
         assert_eq!(warnings.len(), 1);
     }
 
     #[test]
     fn documents_that_are_not_a_jwks_are_errors() {
-        assert!(matches!(
-            KeySet::from_jwks_json(b"nope"),
-            Err(JwksError::NotJson { .. })
-        ));
+        assert!(matches!(KeySet::from_jwks_json(b"nope"), Err(JwksError::NotJson { .. })));
         assert_eq!(KeySet::from_jwks_json(b"[]").err(), Some(JwksError::NotAKeySet));
-        assert_eq!(
-            KeySet::from_jwks_json(br#"{"keys":{}}"#).err(),
-            Some(JwksError::NotAKeySet)
-        );
+        assert_eq!(KeySet::from_jwks_json(br#"{"keys":{}}"#).err(), Some(JwksError::NotAKeySet));
         let deep = "[".repeat(100_000);
-        assert!(matches!(
-            KeySet::from_jwks_json(deep.as_bytes()),
-            Err(JwksError::NotJson { .. })
-        ));
+        assert!(matches!(KeySet::from_jwks_json(deep.as_bytes()), Err(JwksError::NotJson { .. })));
     }
 
     #[test]

@@ -72,9 +72,7 @@ struct RawHeader {
 pub(crate) fn b64url_decode(segment: &str) -> Result<Vec<u8>, Reason> {
     // URL_SAFE_NO_PAD rejects padding, the standard alphabet's `+`/`/`, whitespace and
     // non-canonical trailing bits.
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(segment)
-        .map_err(|_| Reason::Malformed)
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(segment).map_err(|_| Reason::Malformed)
 }
 
 /// Splits and decodes a compact JWS without verifying it.
@@ -96,18 +94,9 @@ pub fn decode(token: &str, max_token_bytes: usize) -> Result<DecodedJws<'_>, Rea
     let payload = b64url_decode(payload_b64)?;
     let signature = b64url_decode(signature_b64)?;
     // The signing input is the token up to the second dot.
-    let input_len = header_b64
-        .len()
-        .saturating_add(1)
-        .saturating_add(payload_b64.len());
+    let input_len = header_b64.len().saturating_add(1).saturating_add(payload_b64.len());
     let signing_input = token.get(..input_len).ok_or(Reason::Malformed)?;
-    Ok(DecodedJws {
-        header,
-        signing_input,
-        payload_b64,
-        payload,
-        signature,
-    })
+    Ok(DecodedJws { header, signing_input, payload_b64, payload, signature })
 }
 
 fn parse_header(bytes: &[u8]) -> Result<JoseHeader, Reason> {
@@ -121,11 +110,7 @@ fn parse_header(bytes: &[u8]) -> Result<JoseHeader, Reason> {
         return Err(Reason::Malformed);
     }
     let alg = Algorithm::from_name(&raw.alg).ok_or(Reason::UnsupportedAlgorithm)?;
-    Ok(JoseHeader {
-        alg,
-        kid: raw.kid,
-        typ: raw.typ,
-    })
+    Ok(JoseHeader { alg, kid: raw.kid, typ: raw.typ })
 }
 
 /// Finds the key(s) the header points at and checks the signature.
@@ -149,24 +134,14 @@ pub fn verify_signature(
     let all = keys.keys();
     let candidates: Vec<&VerificationKey> = match &jws.header.kid {
         Some(kid) => {
-            let named: Vec<&VerificationKey> = all
-                .iter()
-                .filter(|k| k.kid.as_deref() == Some(kid.as_str()))
-                .collect();
+            let named: Vec<&VerificationKey> =
+                all.iter().filter(|k| k.kid.as_deref() == Some(kid.as_str())).collect();
             if named.is_empty() {
                 return Err(Reason::UnknownKid);
             }
-            named
-                .into_iter()
-                .filter(|k| k.alg == alg)
-                .take(MAX_CANDIDATE_KEYS)
-                .collect()
+            named.into_iter().filter(|k| k.alg == alg).take(MAX_CANDIDATE_KEYS).collect()
         }
-        None => all
-            .iter()
-            .filter(|k| k.alg == alg)
-            .take(MAX_CANDIDATE_KEYS)
-            .collect(),
+        None => all.iter().filter(|k| k.alg == alg).take(MAX_CANDIDATE_KEYS).collect(),
     };
     if candidates.is_empty() {
         // The key named by `kid` (or every key) is bound to another algorithm.
@@ -216,11 +191,7 @@ fn verify_with_key(key: &VerificationKey, input: &[u8], sig: &[u8]) -> bool {
                 && <Hs512 as jwt_compact::Algorithm>::Signature::try_from_slice(sig)
                     .is_ok_and(|s| Hs512.verify_signature(&s, k, input))
         }
-        KeyMaterial::Rsa {
-            alg,
-            key,
-            modulus_len,
-        } => {
+        KeyMaterial::Rsa { alg, key, modulus_len } => {
             sig.len() == *modulus_len
                 && RsaSignature::try_from_slice(sig).is_ok_and(|s| alg.verify_signature(&s, key, input))
         }
@@ -278,14 +249,8 @@ mod tests {
 
     #[test]
     fn size_is_checked_before_parsing() {
-        assert_eq!(
-            decode("x".repeat(9000).as_str(), 8192).err(),
-            Some(Reason::TooLarge)
-        );
-        assert_eq!(
-            decode("x".repeat(8192).as_str(), 8192).err(),
-            Some(Reason::Malformed)
-        );
+        assert_eq!(decode("x".repeat(9000).as_str(), 8192).err(), Some(Reason::TooLarge));
+        assert_eq!(decode("x".repeat(8192).as_str(), 8192).err(), Some(Reason::Malformed));
     }
 
     #[test]

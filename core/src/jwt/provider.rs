@@ -227,14 +227,11 @@ const RESERVED_HEADERS: [&str; 12] = [
 /// RFC 9110 `token` characters, lower-case only (Envoy and HTTP/2 use lower-case names).
 fn is_lowercase_token(s: &str) -> bool {
     !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b))
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn is_printable(s: &str) -> bool {
@@ -254,20 +251,14 @@ fn check_header_name(field: &str, name: &str) -> Result<(), ConfigError> {
 fn check_upstream_header(field: &str, name: &str) -> Result<(), ConfigError> {
     check_header_name(field, name)?;
     if RESERVED_HEADERS.contains(&name) {
-        return Err(ConfigError::new(
-            field,
-            format!("`{name}` cannot be set from a token"),
-        ));
+        return Err(ConfigError::new(field, format!("`{name}` cannot be set from a token")));
     }
     Ok(())
 }
 
 fn check_range(field: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
     if value < min || value > max {
-        return Err(ConfigError::new(
-            field,
-            format!("must be between {min} and {max}"),
-        ));
+        return Err(ConfigError::new(field, format!("must be between {min} and {max}")));
     }
     Ok(())
 }
@@ -315,24 +306,12 @@ fn compile_remote(cfg: RemoteJwksConfig) -> Result<RemoteJwks, ConfigError> {
     if !cfg.path.starts_with('/') {
         return Err(ConfigError::new("path", "must start with '/'"));
     }
-    if cfg
-        .path
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control() || c == '#')
-    {
-        return Err(ConfigError::new(
-            "path",
-            "must not contain whitespace, control characters or '#'",
-        ));
+    if cfg.path.chars().any(|c| c.is_whitespace() || c.is_control() || c == '#') {
+        return Err(ConfigError::new("path", "must not contain whitespace, control characters or '#'"));
     }
     check_range("cacheDurationSeconds", cfg.cache_duration_seconds, 1, 7 * 86_400)?;
     check_range("timeoutMs", cfg.timeout_ms, 1, 60_000)?;
-    check_range(
-        "unknownKidRefetchIntervalSeconds",
-        cfg.unknown_kid_refetch_interval_seconds,
-        1,
-        86_400,
-    )?;
+    check_range("unknownKidRefetchIntervalSeconds", cfg.unknown_kid_refetch_interval_seconds, 1, 86_400)?;
     Ok(RemoteJwks {
         cluster: cfg.cluster,
         authority: cfg.authority,
@@ -390,9 +369,7 @@ fn compile_location(src: TokenSourceConfig) -> Result<TokenLocation, ConfigError
         }
         (None, None, Some(query)) if src.prefix.is_none() => {
             if query.is_empty()
-                || query
-                    .chars()
-                    .any(|c| c.is_whitespace() || c.is_control() || "&=#?".contains(c))
+                || query.chars().any(|c| c.is_whitespace() || c.is_control() || "&=#?".contains(c))
             {
                 return Err(ConfigError::new("query", "must be a plain query parameter name"));
             }
@@ -401,10 +378,7 @@ fn compile_location(src: TokenSourceConfig) -> Result<TokenLocation, ConfigError
         (None, Some(_), None) | (None, None, Some(_)) => {
             Err(ConfigError::new("prefix", "is only allowed with `header`"))
         }
-        _ => Err(ConfigError::new(
-            "",
-            "must set exactly one of `header`, `cookie`, `query`",
-        )),
+        _ => Err(ConfigError::new("", "must set exactly one of `header`, `cookie`, `query`")),
     }
 }
 
@@ -434,27 +408,18 @@ impl Provider {
                 let (keys, warnings) = compile_inline(&jwks, algorithms.as_deref())?;
                 (KeySource::Inline(keys), warnings)
             }
-            (None, Some(remote)) => (
-                KeySource::Remote(compile_remote(remote).map_err(|e| e.within("remoteJwks"))?),
-                Vec::new(),
-            ),
+            (None, Some(remote)) => {
+                (KeySource::Remote(compile_remote(remote).map_err(|e| e.within("remoteJwks"))?), Vec::new())
+            }
             (Some(_), Some(_)) => {
-                return Err(ConfigError::new(
-                    "jwks",
-                    "set either `jwks` or `remoteJwks`, not both",
-                ));
+                return Err(ConfigError::new("jwks", "set either `jwks` or `remoteJwks`, not both"));
             }
             (None, None) => {
                 return Err(ConfigError::new("", "one of `jwks` or `remoteJwks` is required"));
             }
         };
 
-        check_range(
-            "clockSkewSeconds",
-            cfg.clock_skew_seconds,
-            0,
-            MAX_CLOCK_SKEW_SECONDS,
-        )?;
+        check_range("clockSkewSeconds", cfg.clock_skew_seconds, 0, MAX_CLOCK_SKEW_SECONDS)?;
         if let Some(max) = cfg.max_lifetime_seconds {
             check_range("maxLifetimeSeconds", max, 1, i64::MAX as u64)?;
         }
@@ -465,10 +430,7 @@ impl Provider {
         let mut required_claims = Vec::with_capacity(cfg.required_claims.len());
         for (claim, value) in cfg.required_claims {
             if claim.is_empty() {
-                return Err(ConfigError::new(
-                    "requiredClaims",
-                    "claim names must not be empty",
-                ));
+                return Err(ConfigError::new("requiredClaims", "claim names must not be empty"));
             }
             required_claims.push((claim, value));
         }
@@ -600,10 +562,7 @@ impl Provider {
         self.locations
             .iter()
             .flat_map(|loc| {
-                loc.extract(req).into_iter().map(move |token| ExtractedToken {
-                    location: loc.clone(),
-                    token,
-                })
+                loc.extract(req).into_iter().map(move |token| ExtractedToken { location: loc.clone(), token })
             })
             .collect()
     }
@@ -625,10 +584,7 @@ impl Provider {
         let policy = TimePolicy {
             clock_skew: i64::try_from(self.time.clock_skew).unwrap_or(i64::MAX),
             require_expiration: self.time.require_expiration,
-            max_lifetime: self
-                .time
-                .max_lifetime
-                .map(|m| i64::try_from(m).unwrap_or(i64::MAX)),
+            max_lifetime: self.time.max_lifetime.map(|m| i64::try_from(m).unwrap_or(i64::MAX)),
         };
         let times = claims::check_times(&claims, &policy, now_unix_secs)?;
         claims::check_issuer(&claims, &self.issuer)?;
@@ -657,10 +613,7 @@ impl Provider {
 
     /// The version state from the configuration, before the control plane sends any.
     pub fn initial_version_state(&self) -> VersionState {
-        self.token_version
-            .as_ref()
-            .map(|p| p.initial.clone())
-            .unwrap_or_default()
+        self.token_version.as_ref().map(|p| p.initial.clone()).unwrap_or_default()
     }
 
     /// Token-version check, separate from `verify` so it also runs on cache hits.

@@ -13,10 +13,7 @@ async fn echo(method: Method, uri: Uri, headers: HeaderMap) -> Json<Value> {
         .iter()
         .filter(|(name, _)| name.as_str() != "authorization" && name.as_str() != "cookie")
         .map(|(name, value)| {
-            (
-                name.to_string(),
-                Value::String(String::from_utf8_lossy(value.as_bytes()).into()),
-            )
+            (name.to_string(), Value::String(String::from_utf8_lossy(value.as_bytes()).into()))
         })
         .collect();
     Json(
