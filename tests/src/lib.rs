@@ -357,7 +357,11 @@ impl TestServer {
         async fn serve_feed(State(s): State<TestServerState>) -> impl IntoResponse {
             s.feed_polls.fetch_add(1, Ordering::SeqCst);
             let (status, body) = s.feed.lock().unwrap().clone();
-            (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), [("content-type", "application/json")], body)
+            (
+                StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+                [("content-type", "application/json")],
+                body,
+            )
         }
         async fn upstream(
             State(s): State<TestServerState>,
@@ -540,4 +544,45 @@ fn regex_escape(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c.to_string() } else { format!("\\{c}") })
         .collect()
+}
+
+// ---------------------------------------------------------------------------------
+// the common stack: Envoy with the filter, the test server as upstream, JWKS and feed
+
+/// Envoy with the filter in front of a [`TestServer`] that also serves the JWKS (and the
+/// revocation feed) through the `jwks` cluster.
+// Fields drop in order: the work directory (with the logs a failing test prints) last.
+pub struct FilterStack {
+    pub envoy: Envoy,
+    pub server: TestServer,
+    _dir: Workdir,
+}
+
+impl FilterStack {
+    pub async fn start(plugin_config: &Value, jwks: Value) -> FilterStack {
+        FilterStack::start_with(plugin_config, jwks, |_| {}).await
+    }
+
+    /// Like [`FilterStack::start`], letting the caller set up the test server first.
+    pub async fn start_with(
+        plugin_config: &Value,
+        jwks: Value,
+        prepare: impl FnOnce(&TestServer),
+    ) -> FilterStack {
+        let dir = Workdir::new();
+        let server = TestServer::start(jwks).await;
+        prepare(&server);
+        let clusters = EnvoyClusters {
+            upstream_port: server.port,
+            jwks_port: Some(server.port),
+            control_plane_port: None,
+        };
+        let envoy = Envoy::start(dir.path(), plugin_config, &clusters).await;
+        FilterStack { envoy, server, _dir: dir }
+    }
+}
+
+/// The `WWW-Authenticate` header of a response ("" when absent).
+pub fn www_authenticate(r: &reqwest::Response) -> String {
+    r.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
 }

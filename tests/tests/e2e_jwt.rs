@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use portcullis_e2e::tokens::{claims, jwks, now, FixtureKey};
-use portcullis_e2e::{eventually, http, Envoy, EnvoyClusters, TestServer, Workdir};
+use portcullis_e2e::{eventually, http, www_authenticate, Envoy, FilterStack};
 use serde_json::{json, Value};
 
 fn plugin_config() -> Value {
@@ -36,24 +36,8 @@ fn plugin_config() -> Value {
     })
 }
 
-// Fields drop in order: the work directory (with the logs a failing test prints) last.
-struct Stack {
-    envoy: Envoy,
-    server: TestServer,
-    _dir: Workdir,
-}
-
-async fn stack(keys: &[&FixtureKey]) -> Stack {
-    let dir = Workdir::new();
-    let server = TestServer::start(jwks(keys)).await;
-    let clusters =
-        EnvoyClusters { upstream_port: server.port, jwks_port: Some(server.port), control_plane_port: None };
-    let envoy = Envoy::start(dir.path(), &plugin_config(), &clusters).await;
-    Stack { envoy, server, _dir: dir }
-}
-
-fn www_authenticate(r: &reqwest::Response) -> String {
-    r.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
+async fn stack(keys: &[&FixtureKey]) -> FilterStack {
+    FilterStack::start(&plugin_config(), jwks(keys)).await
 }
 
 async fn get(envoy: &Envoy, path: &str, token: Option<&str>) -> reqwest::Response {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use portcullis_e2e::tokens::{claims, jwks, now, FixtureKey};
-use portcullis_e2e::{eventually, http, Envoy, EnvoyClusters, TestServer, Workdir};
+use portcullis_e2e::{eventually, http, Envoy, FilterStack};
 use serde_json::{json, Value};
 
 fn plugin_config() -> Value {
@@ -30,22 +30,13 @@ fn plugin_config() -> Value {
     })
 }
 
-// Fields drop in order: the work directory (with the logs a failing test prints) last.
-struct Stack {
-    envoy: Envoy,
-    server: TestServer,
-    _dir: Workdir,
-}
-
-async fn stack(key: &FixtureKey, feed: Value) -> Stack {
-    let dir = Workdir::new();
-    let server = TestServer::start(jwks(&[key])).await;
-    server.set_feed(200, feed.to_string());
-    let clusters =
-        EnvoyClusters { upstream_port: server.port, jwks_port: Some(server.port), control_plane_port: None };
-    let envoy = Envoy::start(dir.path(), &plugin_config(), &clusters).await;
-    eventually(Duration::from_secs(10), "first feed poll", || async { server.feed_polls() >= 1 }).await;
-    Stack { envoy, server, _dir: dir }
+async fn stack(key: &FixtureKey, feed: Value) -> FilterStack {
+    let s = FilterStack::start_with(&plugin_config(), jwks(&[key]), |server| {
+        server.set_feed(200, feed.to_string())
+    })
+    .await;
+    eventually(Duration::from_secs(10), "first feed poll", || async { s.server.feed_polls() >= 1 }).await;
+    s
 }
 
 fn snapshot(cursor: u64, revoked: &[(&str, u64)], users: &[(&str, u64)], global: (u64, u64, u64)) -> Value {
@@ -81,7 +72,11 @@ async fn revoked_jti_is_rejected_within_a_poll_and_other_tokens_pass() {
 
     s.server.set_feed(200, snapshot(2, &[("jti-1", now() + 600)], &[], (0, 0, 0)).to_string());
     eventually(Duration::from_secs(2), "the revocation to reach the filter", || async {
-        status(&s.envoy, "/api/x", &victim).await == (401, "Bearer realm=\"e2e\", error=\"invalid_token\", error_description=\"revoked\"".to_string())
+        status(&s.envoy, "/api/x", &victim).await
+            == (
+                401,
+                "Bearer realm=\"e2e\", error=\"invalid_token\", error_description=\"revoked\"".to_string(),
+            )
     })
     .await;
     assert_eq!(status(&s.envoy, "/api/x", &other).await.0, 200);
@@ -172,8 +167,10 @@ async fn malformed_feed_pages_keep_the_last_good_state() {
     ] {
         let polls = s.server.feed_polls();
         s.server.set_feed(200, garbage);
-        eventually(Duration::from_secs(8), "a poll of the bad page", || async { s.server.feed_polls() > polls })
-            .await;
+        eventually(Duration::from_secs(8), "a poll of the bad page", || async {
+            s.server.feed_polls() > polls
+        })
+        .await;
         // Bad pages count as failed polls (the replica goes stale, so fail-closed rules
         // answer 503); the last good state is what the lenient rule still decides with.
         assert_eq!(status(&s.envoy, "/lenient/x", &revoked).await.0, 401);
