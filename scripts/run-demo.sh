@@ -84,6 +84,15 @@ Try, in another terminal from $ROOT:
   # a route that needs a scope the token lacks: 403 insufficient_scope
   curl -i -H "Authorization: Bearer \$TOKEN" -X POST http://127.0.0.1:10000/api/orders
 
+  # revoke that token: within about a second it gets 401 error_description="revoked"
+  target/debug/portcullis revoke token "\$TOKEN"
+  curl -i -H "Authorization: Bearer \$TOKEN" http://127.0.0.1:10000/api/orders
+
+  # rotate the signing key: a token signed by the new key passes on its first request
+  target/debug/portcullis keys rotate
+  TOKEN=\$(target/debug/portcullis token issue --sub alice --scope orders:read)
+  curl -i -H "Authorization: Bearer \$TOKEN" http://127.0.0.1:10000/api/orders
+
 Press Ctrl-C to stop.
 TXT
 wait -n "${pids[@]}" || true

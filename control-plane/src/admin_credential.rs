@@ -31,9 +31,7 @@ impl AdminCredential {
         if token.chars().count() < MIN_ADMIN_TOKEN_LEN {
             return Err(AdminCredentialError::TooShort);
         }
-        Ok(Self {
-            digest: Sha256::digest(token.as_bytes()).into(),
-        })
+        Ok(Self { digest: Sha256::digest(token.as_bytes()).into() })
     }
 
     pub fn verify(&self, presented: &str) -> bool {

@@ -5,8 +5,17 @@ use std::time::Duration;
 use reqwest::{Response, StatusCode};
 use serde::de::DeserializeOwned;
 
-use crate::http::{Problem, StatusReport};
-use crate::tokens::{IssuedToken, TokenRequest};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::http::{
+    GlobalRotateRequest, KeyList, Problem, RevocationAccepted, RevocationRequest, StatusReport,
+    UserRevocation,
+};
+use crate::keys::Rotation;
+use crate::revocations::GlobalState;
+use crate::sessions::RevokedSession;
+use crate::tokens::{IssuedToken, RefreshRequest, TokenRequest};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -42,15 +51,8 @@ impl ControlPlaneClient {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
-            .map_err(|e| ClientError::Transport {
-                url: base_url.to_owned(),
-                message: e.to_string(),
-            })?;
-        Ok(Self {
-            base_url: base_url.trim_end_matches('/').to_owned(),
-            admin_token,
-            http,
-        })
+            .map_err(|e| ClientError::Transport { url: base_url.to_owned(), message: e.to_string() })?;
+        Ok(Self { base_url: base_url.trim_end_matches('/').to_owned(), admin_token, http })
     }
 
     fn url(&self, path: &str) -> String {
@@ -58,10 +60,7 @@ impl ControlPlaneClient {
     }
 
     fn transport(&self, error: reqwest::Error) -> ClientError {
-        ClientError::Transport {
-            url: self.base_url.clone(),
-            message: error.to_string(),
-        }
+        ClientError::Transport { url: self.base_url.clone(), message: error.to_string() }
     }
 
     fn authorised(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
@@ -74,10 +73,7 @@ impl ControlPlaneClient {
     async fn decode<T: DeserializeOwned>(&self, response: Response) -> Result<T, ClientError> {
         let status = response.status();
         if status.is_success() {
-            return response
-                .json::<T>()
-                .await
-                .map_err(|e| ClientError::Decode(e.to_string()));
+            return response.json::<T>().await.map_err(|e| ClientError::Decode(e.to_string()));
         }
         Err(self.problem(response).await)
     }
@@ -101,8 +97,68 @@ impl ControlPlaneClient {
     }
 
     pub async fn status(&self) -> Result<StatusReport, ClientError> {
+        self.get_json("/admin/v1/status").await
+    }
+
+    async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let response =
+            self.authorised(self.http.get(self.url(path))).send().await.map_err(|e| self.transport(e))?;
+        self.decode(response).await
+    }
+
+    async fn post_json<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
         let response = self
-            .authorised(self.http.get(self.url("/admin/v1/status")))
+            .authorised(self.http.post(self.url(path)))
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        self.decode(response).await
+    }
+
+    pub async fn refresh_token(&self, refresh_token: &str) -> Result<IssuedToken, ClientError> {
+        let body = RefreshRequest { refresh_token: refresh_token.to_owned() };
+        self.post_json("/v1/token/refresh", &body).await
+    }
+
+    pub async fn list_keys(&self) -> Result<KeyList, ClientError> {
+        self.get_json("/admin/v1/keys").await
+    }
+
+    pub async fn rotate_keys(&self) -> Result<Rotation, ClientError> {
+        self.post_json("/admin/v1/keys/rotate", &serde_json::json!({})).await
+    }
+
+    pub async fn revoke_jti(&self, jti: &str, exp: u64) -> Result<RevocationAccepted, ClientError> {
+        let body = RevocationRequest { jti: jti.to_owned(), exp };
+        self.post_json("/admin/v1/revocations", &body).await
+    }
+
+    pub async fn revoke_user(&self, sub: &str) -> Result<UserRevocation, ClientError> {
+        self.post_json(&format!("/admin/v1/users/{}/revoke-all", path_segment(sub)), &serde_json::json!({}))
+            .await
+    }
+
+    pub async fn rotate_global(&self, reason: &str, grace_seconds: u64) -> Result<GlobalState, ClientError> {
+        let body = GlobalRotateRequest { reason: reason.to_owned(), grace_seconds };
+        self.post_json("/admin/v1/global/rotate", &body).await
+    }
+
+    pub async fn global(&self) -> Result<GlobalState, ClientError> {
+        self.get_json("/admin/v1/global").await
+    }
+
+    pub async fn user_sessions(&self, sub: &str) -> Result<Value, ClientError> {
+        self.get_json(&format!("/admin/v1/users/{}/sessions", path_segment(sub))).await
+    }
+
+    pub async fn revoke_session(&self, sid: &str) -> Result<RevokedSession, ClientError> {
+        let response = self
+            .authorised(self.http.delete(self.url(&format!("/admin/v1/sessions/{}", path_segment(sid)))))
             .send()
             .await
             .map_err(|e| self.transport(e))?;
@@ -118,27 +174,24 @@ impl ControlPlaneClient {
             .map_err(|e| self.transport(e))?
             .status()
             .is_success();
-        let ready = self
-            .http
-            .get(self.url("/readyz"))
-            .send()
-            .await
-            .map_err(|e| self.transport(e))?;
+        let ready = self.http.get(self.url("/readyz")).send().await.map_err(|e| self.transport(e))?;
         if ready.status().is_success() {
-            return Ok(HealthReport {
-                alive,
-                ready: true,
-                not_ready_reason: None,
-            });
+            return Ok(HealthReport { alive, ready: true, not_ready_reason: None });
         }
         let reason = match self.problem(ready).await {
             ClientError::Problem(problem) => problem.detail,
             other => other.to_string(),
         };
-        Ok(HealthReport {
-            alive,
-            ready: false,
-            not_ready_reason: Some(reason),
-        })
+        Ok(HealthReport { alive, ready: false, not_ready_reason: Some(reason) })
     }
+}
+
+/// Percent-encodes a path segment (subjects may contain `/`, spaces, ...).
+fn path_segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, ValueEnum};
 
+use crate::signing::SigningAlgorithm;
+
 /// Where the admin token comes from; shared by the server and the `portcullis` CLI.
 #[derive(Args, Clone, Default)]
 pub struct AdminTokenArgs {
@@ -40,10 +42,7 @@ impl AdminTokenArgs {
         let token = match (&self.admin_token, &self.admin_token_file) {
             (Some(token), _) => token.trim().to_owned(),
             (None, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|source| AdminTokenError::Unreadable {
-                    path: path.clone(),
-                    source,
-                })?
+                .map_err(|source| AdminTokenError::Unreadable { path: path.clone(), source })?
                 .trim()
                 .to_owned(),
             (None, None) => return Err(AdminTokenError::Missing),
@@ -53,6 +52,49 @@ impl AdminTokenArgs {
         }
         Ok(token)
     }
+}
+
+/// Where the master key (which seals signing keys at rest) comes from.
+#[derive(Args, Clone, Default)]
+pub struct MasterKeyArgs {
+    /// The master key: 32 bytes, base64 (prefer --master-key-file).
+    #[arg(long, env = "PORTCULLIS_MASTER_KEY", hide_env_values = true, conflicts_with = "master_key_file")]
+    pub master_key: Option<String>,
+
+    /// A file holding the base64 master key.
+    #[arg(long, env = "PORTCULLIS_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for MasterKeyArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MasterKeyArgs")
+            .field("master_key", &self.master_key.as_ref().map(|_| ".."))
+            .field("master_key_file", &self.master_key_file)
+            .finish()
+    }
+}
+
+/// Parses `90`, `90s`, `15m`, `24h` or `7d` into seconds.
+pub fn parse_duration_secs(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let value: u64 =
+        digits.parse().map_err(|_| format!("{text:?} is not a duration like 90s, 15m, 24h or 7d"))?;
+    let factor = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: the unit must be s, m, h or d")),
+    };
+    value
+        .checked_mul(factor)
+        .filter(|v| *v > 0)
+        .ok_or_else(|| format!("{text:?} must be positive and reasonable"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -112,6 +154,31 @@ pub struct ServerConfig {
     )]
     pub access_token_ttl: u64,
 
+    /// Default lifetime of refresh tokens (e.g. `7d`, `12h`, `3600`; seconds without a
+    /// unit). Each refresh hands out a new one.
+    #[arg(long, env = "PORTCULLIS_REFRESH_TOKEN_TTL", default_value = "7d", value_parser = parse_duration_secs)]
+    pub refresh_token_ttl: u64,
+
+    #[command(flatten)]
+    pub master_key: MasterKeyArgs,
+
+    /// Algorithm of newly created signing keys.
+    #[arg(long, env = "PORTCULLIS_SIGNING_ALG", value_enum, default_value_t = SigningAlgorithm::Es256)]
+    pub signing_alg: SigningAlgorithm,
+
+    /// How long a replaced signing key stays in the JWKS after a rotation. Never
+    /// less than the longest access-token lifetime (24h).
+    #[arg(long, env = "PORTCULLIS_KEY_OVERLAP", default_value = "24h", value_parser = parse_duration_secs)]
+    pub key_overlap: u64,
+
+    /// Rotate the signing key automatically at this age (off by default).
+    #[arg(long, env = "PORTCULLIS_ROTATE_EVERY", value_parser = parse_duration_secs)]
+    pub rotate_every: Option<u64>,
+
+    /// Change feed entries kept; followers further behind get a snapshot.
+    #[arg(long, env = "PORTCULLIS_FEED_KEEP", default_value_t = crate::revocations::DEFAULT_FEED_KEEP)]
+    pub feed_keep: usize,
+
     /// Log output format; the level comes from RUST_LOG (default `info`).
     #[arg(long, env = "PORTCULLIS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -121,9 +188,7 @@ pub struct ServerConfig {
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     // A subscriber may already be installed (tests); keep it.
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
@@ -140,10 +205,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
         std::fs::write(&path, "from-a-file-0123456789\n").unwrap();
-        let args = AdminTokenArgs {
-            admin_token: None,
-            admin_token_file: Some(path),
-        };
+        let args = AdminTokenArgs { admin_token: None, admin_token_file: Some(path) };
         assert_eq!(args.load().unwrap(), "from-a-file-0123456789");
     }
 
@@ -163,5 +225,24 @@ mod tests {
         assert_eq!(config.access_token_ttl, 900);
         assert_eq!(config.issuer, "portcullis");
         assert!(ServerConfig::try_parse_from(["x", "--access-token-ttl", "0"]).is_err());
+        assert_eq!(config.refresh_token_ttl, 7 * 86_400);
+        assert_eq!(config.key_overlap, 86_400);
+        assert_eq!(config.rotate_every, None);
+        assert_eq!(config.signing_alg, SigningAlgorithm::Es256);
+        assert_eq!(config.feed_keep, 100_000);
+    }
+
+    #[test]
+    fn durations_take_units() {
+        assert_eq!(parse_duration_secs("90"), Ok(90));
+        assert_eq!(parse_duration_secs("15m"), Ok(900));
+        assert_eq!(parse_duration_secs("24h"), Ok(86_400));
+        assert_eq!(parse_duration_secs("7d"), Ok(604_800));
+        assert!(parse_duration_secs("0").is_err());
+        assert!(parse_duration_secs("5w").is_err());
+        let config =
+            ServerConfig::try_parse_from(["x", "--signing-alg", "EdDSA", "--rotate-every", "30d"]).unwrap();
+        assert_eq!(config.signing_alg, SigningAlgorithm::EdDsa);
+        assert_eq!(config.rotate_every, Some(30 * 86_400));
     }
 }

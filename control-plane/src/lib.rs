@@ -4,19 +4,27 @@
 //!
 //! - [`store`]: the storage primitives and their backends.
 //! - [`http`]: the HTTP API; [`app`] builds the router.
-//! - [`signing`], [`tokens`]: the ES256 signing key and token minting.
+//! - [`master_key`], [`signing`], [`keys`]: signing keys (ES256, EdDSA, RS256),
+//!   sealed at rest, rotated with an overlap; [`tokens`]: token minting.
+//! - [`sessions`]: refresh token families; [`revocations`]: revoked jtis, token
+//!   versions and the change feed the filter follows; [`audit`]: the audit log.
 //! - [`server`]: process startup and graceful shutdown; [`client`]: the admin API
 //!   client behind the `portcullis` CLI.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod admin_credential;
+pub mod audit;
 pub mod client;
 pub mod clock;
 pub mod config;
 pub mod http;
+pub mod keys;
+pub mod master_key;
 pub mod metrics;
 pub mod random;
+pub mod revocations;
 pub mod server;
+pub mod sessions;
 pub mod signing;
 pub mod store;
 pub mod tokens;

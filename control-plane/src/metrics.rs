@@ -52,28 +52,17 @@ impl Metrics {
             store_errors.clone(),
         );
         registry.register("tokens_issued", "Access tokens minted", tokens_issued.clone());
-        Self {
-            registry,
-            http_requests,
-            store_errors,
-            tokens_issued,
-        }
+        Self { registry, http_requests, store_errors, tokens_issued }
     }
 
     pub fn record_http_request(&self, route: &str, method: &str, status: u16) {
         self.http_requests
-            .get_or_create(&HttpRequestLabels {
-                route: route.to_owned(),
-                method: method.to_owned(),
-                status,
-            })
+            .get_or_create(&HttpRequestLabels { route: route.to_owned(), method: method.to_owned(), status })
             .inc();
     }
 
     pub fn record_store_error(&self, operation: &'static str, kind: &'static str) {
-        self.store_errors
-            .get_or_create(&StoreErrorLabels { operation, kind })
-            .inc();
+        self.store_errors.get_or_create(&StoreErrorLabels { operation, kind }).inc();
     }
 
     pub fn record_token_issued(&self) {

@@ -8,6 +8,12 @@ use sha2::{Digest, Sha256};
 #[error("no randomness available: {0}")]
 pub struct RandomError(String);
 
+impl RandomError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
 pub trait RandomSource: Send + Sync {
     fn fill(&self, dest: &mut [u8]) -> Result<(), RandomError>;
 }
@@ -21,6 +27,53 @@ impl RandomSource for OsRandom {
         OsRng.try_fill_bytes(dest).map_err(|e| RandomError(e.to_string()))
     }
 }
+
+/// Lends a [`RandomSource`] to libraries that want a `rand_core` RNG (RSA key
+/// generation). `fill_bytes` cannot fail, so a failure is remembered and must be
+/// checked with [`RngAdapter::finish`] afterwards.
+pub struct RngAdapter<'a> {
+    source: &'a dyn RandomSource,
+    failure: Option<RandomError>,
+}
+
+impl<'a> RngAdapter<'a> {
+    pub fn new(source: &'a dyn RandomSource) -> Self {
+        Self { source, failure: None }
+    }
+
+    /// The first failure of the source, if any: the output must then be discarded.
+    pub fn finish(self) -> Result<(), RandomError> {
+        self.failure.map_or(Ok(()), Err)
+    }
+}
+
+impl RngCore for RngAdapter<'_> {
+    fn next_u32(&mut self) -> u32 {
+        let mut bytes = [0u8; 4];
+        self.fill_bytes(&mut bytes);
+        u32::from_le_bytes(bytes)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        let mut bytes = [0u8; 8];
+        self.fill_bytes(&mut bytes);
+        u64::from_le_bytes(bytes)
+    }
+
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        if let Err(error) = self.source.fill(dest) {
+            dest.fill(0);
+            self.failure.get_or_insert(error);
+        }
+    }
+
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+        self.fill_bytes(dest);
+        Ok(())
+    }
+}
+
+impl rand_core::CryptoRng for RngAdapter<'_> {}
 
 /// Deterministic bytes from a seed (SHA-256 in counter mode). For tests only: anyone
 /// who knows the seed knows every key it produces.
@@ -43,10 +96,7 @@ impl RandomSource for SeededRandom {
     fn fill(&self, dest: &mut [u8]) -> Result<(), RandomError> {
         for chunk in dest.chunks_mut(32) {
             let n = self.counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let block = Sha256::new()
-                .chain_update(self.seed)
-                .chain_update(n.to_be_bytes())
-                .finalize();
+            let block = Sha256::new().chain_update(self.seed).chain_update(n.to_be_bytes()).finalize();
             chunk.copy_from_slice(&block[..chunk.len()]);
         }
         Ok(())

@@ -1,5 +1,6 @@
-//! Starting the service: open the store, make sure a signing key exists, serve HTTP
-//! until SIGTERM or SIGINT, then drain in-flight requests.
+//! Starting the service: resolve the master key, open the store, load (or create) the
+//! signing key set, run periodic maintenance, serve HTTP until SIGTERM or SIGINT, then
+//! drain in-flight requests.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,16 +12,20 @@ use crate::admin_credential::{AdminCredential, AdminCredentialError};
 use crate::clock::SystemClock;
 use crate::config::{AdminTokenError, ServerConfig, StoreKind};
 use crate::http::{app, AppState, Dependencies};
+use crate::keys::{KeyPolicy, KeyRingError};
+use crate::master_key::{MasterKey, MasterKeyError};
 use crate::metrics::Metrics;
-use crate::random::OsRandom;
-use crate::signing::SigningKeyError;
+use crate::random::{OsRandom, RandomSource};
 use crate::store::redis::RedisTimeouts;
 use crate::store::{EmbeddedStore, MemoryStore, RedisStore, Store, StoreError};
 use crate::tokens::TokenPolicy;
+use crate::tokens::MAX_TOKEN_TTL_SECONDS;
 
 /// How long startup keeps retrying a store that is not reachable yet (Redis starting
 /// next to us) before giving up.
 const STARTUP_STORE_PATIENCE: Duration = Duration::from_secs(30);
+/// How often maintenance (scheduled rotation, key retirement, feed trim) runs.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -31,17 +36,19 @@ pub enum StartupError {
     #[error("--store redis needs --redis-url (PORTCULLIS_REDIS_URL)")]
     MissingRedisUrl,
     #[error("cannot open the {backend} store: {source}")]
-    Store {
-        backend: &'static str,
-        source: StoreError,
-    },
-    #[error("cannot load or create the signing key: {0}")]
-    SigningKey(#[from] SigningKeyError),
+    Store { backend: &'static str, source: StoreError },
+    #[error("cannot load or create the signing keys: {0}")]
+    SigningKey(#[from] KeyRingError),
+    #[error("master key: {0}")]
+    MasterKey(#[from] MasterKeyError),
+    #[error(
+        "--store redis needs a master key shared by all replicas: set --master-key-file \
+         (PORTCULLIS_MASTER_KEY_FILE) or --master-key (PORTCULLIS_MASTER_KEY), 32 bytes base64 \
+         (e.g. `head -c 32 /dev/urandom | base64`)"
+    )]
+    MissingMasterKey,
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("server failed: {0}")]
     Serve(std::io::Error),
 }
@@ -50,24 +57,47 @@ pub enum StartupError {
 pub fn open_store(config: &ServerConfig) -> Result<Arc<dyn Store>, StartupError> {
     Ok(match config.store {
         StoreKind::Memory => Arc::new(MemoryStore::new()),
-        StoreKind::Embedded => {
-            Arc::new(
-                EmbeddedStore::open(&config.data_dir).map_err(|source| StartupError::Store {
-                    backend: "embedded",
-                    source,
-                })?,
-            )
-        }
+        StoreKind::Embedded => Arc::new(
+            EmbeddedStore::open(&config.data_dir)
+                .map_err(|source| StartupError::Store { backend: "embedded", source })?,
+        ),
         StoreKind::Redis => {
             let url = config.redis_url.as_deref().ok_or(StartupError::MissingRedisUrl)?;
-            Arc::new(RedisStore::new(url, RedisTimeouts::default()).map_err(|source| {
-                StartupError::Store {
-                    backend: "redis",
-                    source,
-                }
-            })?)
+            Arc::new(
+                RedisStore::new(url, RedisTimeouts::default())
+                    .map_err(|source| StartupError::Store { backend: "redis", source })?,
+            )
         }
     })
+}
+
+/// The configured master key; for the embedded store one is generated into the data
+/// directory when none is configured, for memory an ephemeral one. Redis replicas must
+/// share one, so it is required there.
+pub fn resolve_master_key(config: &ServerConfig, rng: &dyn RandomSource) -> Result<MasterKey, StartupError> {
+    if let Some(text) = &config.master_key.master_key {
+        return Ok(MasterKey::from_base64(text)?);
+    }
+    if let Some(path) = &config.master_key.master_key_file {
+        return Ok(MasterKey::read_file(path)?);
+    }
+    match config.store {
+        StoreKind::Redis => Err(StartupError::MissingMasterKey),
+        StoreKind::Memory => {
+            tracing::info!("no master key configured; using an ephemeral one (memory store)");
+            Ok(MasterKey::generate(rng)?)
+        }
+        StoreKind::Embedded => {
+            let (key, created) = MasterKey::load_or_create_in(&config.data_dir, rng)?;
+            let path = config.data_dir.join(crate::master_key::MASTER_KEY_FILE_NAME);
+            if created {
+                tracing::warn!(path = %path.display(), "no master key configured; generated one (back it up: without it the signing keys cannot be decrypted)");
+            } else {
+                tracing::info!(path = %path.display(), "using the master key from the data directory");
+            }
+            Ok(key)
+        }
+    }
 }
 
 /// Runs the control plane until a shutdown signal.
@@ -75,6 +105,7 @@ pub async fn run(config: ServerConfig) -> Result<(), StartupError> {
     // Validate everything that needs no I/O first, so misconfiguration fails fast.
     let admin = AdminCredential::new(&config.admin_token.load()?)?;
     let store = open_store(&config)?;
+    let master_key = resolve_master_key(&config, &OsRandom)?;
     let deps = Dependencies {
         store,
         admin: Arc::new(admin),
@@ -82,26 +113,34 @@ pub async fn run(config: ServerConfig) -> Result<(), StartupError> {
             issuer: config.issuer.clone(),
             default_audience: config.audience.clone(),
             default_ttl_seconds: config.access_token_ttl,
+            refresh_ttl_seconds: config.refresh_token_ttl,
         },
         clock: Arc::new(SystemClock),
         rng: Arc::new(OsRandom),
         metrics: Arc::new(Metrics::new()),
+        master_key: Arc::new(master_key),
+        key_policy: KeyPolicy {
+            algorithm: config.signing_alg,
+            overlap_ms: config.key_overlap.max(MAX_TOKEN_TTL_SECONDS).saturating_mul(1000),
+            rotate_every_ms: config.rotate_every.map(|s| s.saturating_mul(1000)),
+        },
+        feed_keep: config.feed_keep,
     };
     let state = initialise_with_patience(deps).await?;
+    let maintenance = tokio::spawn(maintain_periodically(state.clone()));
     let listener = TcpListener::bind(config.listen)
         .await
-        .map_err(|source| StartupError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+        .map_err(|source| StartupError::Bind { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(StartupError::Serve)?;
     tracing::info!(
         %addr,
         store = state.store.backend().as_str(),
-        kid = state.signing_key.kid(),
+        kid = state.keys.current(state.clock.now_ms()).await.current().kid(),
         "portcullis control plane listening"
     );
-    serve(listener, state, shutdown_signal()).await?;
+    let served = serve(listener, state, shutdown_signal()).await;
+    maintenance.abort();
+    served?;
     tracing::info!("shut down");
     Ok(())
 }
@@ -120,6 +159,20 @@ async fn initialise_with_patience(deps: Dependencies) -> Result<AppState, Startu
     }
 }
 
+/// Runs [`AppState::maintain`] every [`MAINTENANCE_INTERVAL`]; failures are logged
+/// and retried next time.
+async fn maintain_periodically(state: AppState) {
+    let mut interval = tokio::time::interval(MAINTENANCE_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        match state.maintain().await {
+            Ok(done) => tracing::debug!(?done, "maintenance"),
+            Err(error) => tracing::warn!(%error, "maintenance failed; retrying later"),
+        }
+    }
+}
+
 /// Serves the API on `listener` until `shutdown` completes, then finishes in-flight
 /// requests.
 pub async fn serve(
@@ -127,10 +180,7 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartupError> {
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(StartupError::Serve)
+    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await.map_err(StartupError::Serve)
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).

@@ -12,8 +12,11 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use portcullis_control_plane::admin_credential::AdminCredential;
 use portcullis_control_plane::clock::SystemClock;
+use portcullis_control_plane::keys::KeyPolicy;
+use portcullis_control_plane::master_key::MasterKey;
 use portcullis_control_plane::metrics::Metrics;
 use portcullis_control_plane::random::OsRandom;
+use portcullis_control_plane::signing::SigningAlgorithm;
 use portcullis_control_plane::store::{MemoryStore, Store};
 use portcullis_control_plane::tokens::TokenPolicy;
 use portcullis_control_plane::{app, AppState, Dependencies};
@@ -30,17 +33,23 @@ fn dependencies(store: Arc<dyn Store>) -> Dependencies {
             issuer: "portcullis-test".into(),
             default_audience: "demo-api".into(),
             default_ttl_seconds: 900,
+            refresh_ttl_seconds: 604_800,
         },
         clock: Arc::new(SystemClock),
         rng: Arc::new(OsRandom),
         metrics: Arc::new(Metrics::new()),
+        master_key: Arc::new(MasterKey::from_bytes([7; 32])),
+        key_policy: KeyPolicy {
+            algorithm: SigningAlgorithm::Es256,
+            overlap_ms: 86_400_000,
+            rotate_every_ms: None,
+        },
+        feed_keep: 100_000,
     }
 }
 
 async fn test_state() -> AppState {
-    AppState::initialise(dependencies(Arc::new(MemoryStore::new())))
-        .await
-        .unwrap()
+    AppState::initialise(dependencies(Arc::new(MemoryStore::new()))).await.unwrap()
 }
 
 async fn send(app: &Router, request: Request<Body>) -> Response {
@@ -68,16 +77,10 @@ async fn body_json(response: Response) -> Value {
 /// Asserts an RFC 9457 problem response and returns its body.
 async fn assert_problem(response: Response, status: StatusCode) -> Value {
     assert_eq!(response.status(), status);
-    assert_eq!(
-        response.headers().get(CONTENT_TYPE).unwrap(),
-        "application/problem+json"
-    );
+    assert_eq!(response.headers().get(CONTENT_TYPE).unwrap(), "application/problem+json");
     let problem = body_json(response).await;
     assert_eq!(problem["status"], status.as_u16());
-    assert!(problem["type"]
-        .as_str()
-        .unwrap()
-        .starts_with("urn:portcullis:problem:"));
+    assert!(problem["type"].as_str().unwrap().starts_with("urn:portcullis:problem:"));
     assert!(!problem["title"].as_str().unwrap().is_empty());
     assert!(!problem["detail"].as_str().unwrap().is_empty());
     problem
@@ -91,10 +94,7 @@ async fn healthz_and_readyz_answer_with_a_healthy_store() {
     assert_eq!(body_json(response).await["status"], "alive");
     let response = send(&app, get("/readyz")).await;
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(
-        body_json(response).await,
-        json!({"status": "ready", "store": "memory"})
-    );
+    assert_eq!(body_json(response).await, json!({"status": "ready", "store": "memory"}));
 }
 
 #[tokio::test]
@@ -110,11 +110,8 @@ async fn jwks_publishes_the_current_es256_key() {
     assert_eq!(keys[0]["crv"], "P-256");
     assert_eq!(keys[0]["alg"], "ES256");
     assert_eq!(keys[0]["use"], "sig");
-    assert_eq!(keys[0]["kid"], state.signing_key.kid());
-    assert!(
-        keys[0].get("d").is_none(),
-        "the private key must never be published"
-    );
+    assert_eq!(keys[0]["kid"], state.keys.current(0).await.current().kid());
+    assert!(keys[0].get("d").is_none(), "the private key must never be published");
 }
 
 #[tokio::test]
@@ -125,10 +122,7 @@ async fn admin_request_without_a_token_gets_a_bearer_challenge() {
         .body(Body::from(r#"{"sub":"alice"}"#))
         .unwrap();
     let response = send(&app, request).await;
-    assert_eq!(
-        response.headers().get(WWW_AUTHENTICATE).unwrap(),
-        r#"Bearer realm="portcullis-admin""#
-    );
+    assert_eq!(response.headers().get(WWW_AUTHENTICATE).unwrap(), r#"Bearer realm="portcullis-admin""#);
     let problem = assert_problem(response, StatusCode::UNAUTHORIZED).await;
     assert_eq!(problem["type"], "urn:portcullis:problem:missing-credentials");
 }
@@ -141,10 +135,7 @@ async fn admin_request_with_another_scheme_counts_as_missing_credentials() {
         .body(Body::empty())
         .unwrap();
     let response = send(&app, request).await;
-    assert_eq!(
-        response.headers().get(WWW_AUTHENTICATE).unwrap(),
-        r#"Bearer realm="portcullis-admin""#
-    );
+    assert_eq!(response.headers().get(WWW_AUTHENTICATE).unwrap(), r#"Bearer realm="portcullis-admin""#);
     assert_problem(response, StatusCode::UNAUTHORIZED).await;
 }
 
@@ -194,7 +185,7 @@ async fn minted_token_verifies_against_the_jwks_with_an_independent_library() {
     let header = jsonwebtoken::decode_header(token).unwrap();
     assert_eq!(header.alg, Algorithm::ES256);
     let kid = header.kid.unwrap();
-    assert_eq!(kid, state.signing_key.kid());
+    assert_eq!(kid, state.keys.current(0).await.current().kid());
     let jwk = jwks.find(&kid).expect("the token's kid is in the JWKS");
     let key = DecodingKey::from_jwk(jwk).unwrap();
 
@@ -202,19 +193,15 @@ async fn minted_token_verifies_against_the_jwks_with_an_independent_library() {
     validation.set_audience(&["demo-api"]);
     validation.set_issuer(&["portcullis-test"]);
     validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
-    let claims = jsonwebtoken::decode::<Value>(token, &key, &validation)
-        .unwrap()
-        .claims;
+    let claims = jsonwebtoken::decode::<Value>(token, &key, &validation).unwrap().claims;
     assert_eq!(claims["sub"], "alice");
     assert_eq!(claims["scope"], "read write");
     assert_eq!(claims["ver"], 1);
+    assert!(claims["sid"].is_string());
     assert_eq!(claims["tenant"], "acme");
     assert_eq!(claims["roles"], json!(["ops"]));
     assert_eq!(claims["jti"], issued["jti"]);
-    assert_eq!(
-        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
-        120
-    );
+    assert_eq!(claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(), 120);
 
     // A flipped signature byte must not verify.
     let mut forged = token.to_owned();
@@ -232,12 +219,9 @@ async fn token_defaults_come_from_the_policy() {
     assert_eq!(issued["expiresIn"], 900);
     let payload = issued["accessToken"].as_str().unwrap().split('.').nth(1).unwrap();
     use base64::Engine as _;
-    let claims: Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload)
-            .unwrap(),
-    )
-    .unwrap();
+    let claims: Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap())
+            .unwrap();
     assert_eq!(claims["aud"], "demo-api");
     assert!(claims.get("scope").is_none());
 }
@@ -252,33 +236,19 @@ async fn malformed_or_invalid_token_requests_are_400_problems() {
             .body(Body::from(body))
             .unwrap()
     };
-    for body in [
-        "{not json",
-        r#"{"scopes": ["read"]}"#,
-        r#"{"sub": "alice", "unexpected": 1}"#,
-        r#"{"sub": 42}"#,
-    ] {
+    for body in
+        ["{not json", r#"{"scopes": ["read"]}"#, r#"{"sub": "alice", "unexpected": 1}"#, r#"{"sub": 42}"#]
+    {
         assert_problem(send(&app, raw(body)).await, StatusCode::BAD_REQUEST).await;
     }
     let problem = assert_problem(
-        send(
-            &app,
-            admin_post("/admin/v1/tokens", &json!({"sub": "a", "ttlSeconds": 0})),
-        )
-        .await,
+        send(&app, admin_post("/admin/v1/tokens", &json!({"sub": "a", "ttlSeconds": 0}))).await,
         StatusCode::BAD_REQUEST,
     )
     .await;
     assert!(problem["detail"].as_str().unwrap().starts_with("ttlSeconds"));
     let problem = assert_problem(
-        send(
-            &app,
-            admin_post(
-                "/admin/v1/tokens",
-                &json!({"sub": "a", "claims": {"iss": "evil"}}),
-            ),
-        )
-        .await,
+        send(&app, admin_post("/admin/v1/tokens", &json!({"sub": "a", "claims": {"iss": "evil"}}))).await,
         StatusCode::BAD_REQUEST,
     )
     .await;
@@ -300,11 +270,8 @@ async fn a_body_that_is_not_json_is_a_415_problem() {
 async fn an_oversized_body_is_a_413_problem() {
     let app = app(test_state().await);
     let body = json!({"sub": "a", "claims": {"blob": "x".repeat(100_000)}});
-    assert_problem(
-        send(&app, admin_post("/admin/v1/tokens", &body)).await,
-        StatusCode::PAYLOAD_TOO_LARGE,
-    )
-    .await;
+    assert_problem(send(&app, admin_post("/admin/v1/tokens", &body)).await, StatusCode::PAYLOAD_TOO_LARGE)
+        .await;
 }
 
 #[tokio::test]
@@ -319,13 +286,7 @@ async fn wrong_methods_are_405_problems_that_keep_the_allow_header() {
     let app = app(test_state().await);
     let request = Request::delete("/healthz").body(Body::empty()).unwrap();
     let response = send(&app, request).await;
-    let allow = response
-        .headers()
-        .get(ALLOW)
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let allow = response.headers().get(ALLOW).unwrap().to_str().unwrap().to_owned();
     assert!(allow.contains("GET"), "{allow}");
     assert_problem(response, StatusCode::METHOD_NOT_ALLOWED).await;
 }
@@ -343,7 +304,7 @@ async fn status_reports_the_backend_readiness_and_current_kid() {
     let status = body_json(response).await;
     assert_eq!(status["store"], "memory");
     assert_eq!(status["ready"], true);
-    assert_eq!(status["currentKid"], state.signing_key.kid());
+    assert_eq!(status["currentKid"], state.keys.current(0).await.current().kid());
     assert_eq!(status["issuer"], "portcullis-test");
 }
 
@@ -384,12 +345,11 @@ async fn metrics_count_requests_by_route_and_status_and_issued_tokens() {
 #[tokio::test]
 async fn replicas_starting_at_once_share_one_signing_key() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    let replicas: Vec<_> = (0..10)
-        .map(|_| tokio::spawn(AppState::initialise(dependencies(Arc::clone(&store)))))
-        .collect();
+    let replicas: Vec<_> =
+        (0..10).map(|_| tokio::spawn(AppState::initialise(dependencies(Arc::clone(&store))))).collect();
     let mut kids = std::collections::BTreeSet::new();
     for replica in replicas {
-        kids.insert(replica.await.unwrap().unwrap().signing_key.kid().to_owned());
+        kids.insert(replica.await.unwrap().unwrap().keys.current(0).await.current().kid().to_owned());
     }
     assert_eq!(kids.len(), 1, "{kids:?}");
 }

@@ -28,6 +28,13 @@ const PORTCULLIS_ENV: &[&str] = &[
     "PORTCULLIS_ACCESS_TOKEN_TTL",
     "PORTCULLIS_LOG_FORMAT",
     "PORTCULLIS_URL",
+    "PORTCULLIS_MASTER_KEY",
+    "PORTCULLIS_MASTER_KEY_FILE",
+    "PORTCULLIS_SIGNING_ALG",
+    "PORTCULLIS_KEY_OVERLAP",
+    "PORTCULLIS_ROTATE_EVERY",
+    "PORTCULLIS_REFRESH_TOKEN_TTL",
+    "PORTCULLIS_FEED_KEEP",
 ];
 
 fn command(binary: &str) -> Command {
@@ -56,10 +63,7 @@ impl Server {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let mut server = Self {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        };
+        let mut server = Self { child, url: format!("http://127.0.0.1:{port}") };
         server.wait_until_healthy();
         server
     }
@@ -80,10 +84,7 @@ impl Server {
 
     /// Sends SIGTERM and returns whether the process exited successfully.
     fn terminate(mut self) -> bool {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
         assert!(status.success());
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -108,30 +109,16 @@ fn cli(url: &str, args: &[&str]) -> Output {
 }
 
 fn cli_admin(url: &str, args: &[&str]) -> Output {
-    command(CLI)
-        .args(["--url", url])
-        .env("PORTCULLIS_ADMIN_TOKEN", ADMIN_TOKEN)
-        .args(args)
-        .output()
-        .unwrap()
+    command(CLI).args(["--url", url]).env("PORTCULLIS_ADMIN_TOKEN", ADMIN_TOKEN).args(args).output().unwrap()
 }
 
 fn stdout(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "command failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "command failed: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout.clone()).unwrap()
 }
 
 async fn jwks(url: &str) -> JwkSet {
-    reqwest::get(format!("{url}/.well-known/jwks.json"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    reqwest::get(format!("{url}/.well-known/jwks.json")).await.unwrap().json().await.unwrap()
 }
 
 fn status_kid(url: &str) -> String {
@@ -172,23 +159,16 @@ async fn cli_issues_a_token_that_verifies_against_the_servers_jwks() {
     let mut validation = Validation::new(Algorithm::ES256);
     validation.set_audience(&["demo-api"]);
     validation.set_issuer(&["portcullis"]);
-    let claims = jsonwebtoken::decode::<Value>(token, &key, &validation)
-        .unwrap()
-        .claims;
+    let claims = jsonwebtoken::decode::<Value>(token, &key, &validation).unwrap().claims;
     assert_eq!(claims["sub"], "alice");
     assert_eq!(claims["scope"], "read write");
     assert_eq!(claims["tenant"], "acme");
     assert_eq!(claims["level"], 3);
-    assert_eq!(
-        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
-        60
-    );
+    assert_eq!(claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(), 60);
 
-    let json: Value = serde_json::from_str(&stdout(&cli_admin(
-        &server.url,
-        &["token", "issue", "--sub", "bob", "--json"],
-    )))
-    .unwrap();
+    let json: Value =
+        serde_json::from_str(&stdout(&cli_admin(&server.url, &["token", "issue", "--sub", "bob", "--json"])))
+            .unwrap();
     assert_eq!(json["tokenType"], "Bearer");
     assert_eq!(json["expiresIn"], 900);
     assert!(json["accessToken"].as_str().unwrap().starts_with("ey"));
@@ -209,10 +189,7 @@ fn cli_errors_print_the_problem_and_exit_non_zero() {
     assert!(!output.status.success());
     assert!(output.stdout.is_empty());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("Invalid admin token: The bearer token is not the admin token."),
-        "{stderr}"
-    );
+    assert!(stderr.contains("Invalid admin token: The bearer token is not the admin token."), "{stderr}");
 
     let output = cli_admin(&server.url, &["token", "issue", "--sub", "a", "--ttl", "0"]);
     assert!(!output.status.success());
@@ -258,19 +235,92 @@ fn server_refuses_to_start_without_an_admin_token() {
     assert!(stderr.contains("no admin token"), "{stderr}");
     assert!(stderr.contains("PORTCULLIS_ADMIN_TOKEN_FILE"), "{stderr}");
 
-    let output = command(SERVER)
-        .args(["--store", "memory", "--admin-token", "short"])
-        .output()
-        .unwrap();
+    let output = command(SERVER).args(["--store", "memory", "--admin-token", "short"]).output().unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("at least 16"));
 
+    let output = command(SERVER).args(["--store", "redis", "--admin-token", ADMIN_TOKEN]).output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--redis-url"));
+
     let output = command(SERVER)
         .args(["--store", "redis", "--admin-token", ADMIN_TOKEN])
+        .args(["--redis-url", "redis://127.0.0.1:1/0"])
         .output()
         .unwrap();
     assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("--redis-url"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("master key shared by all replicas"), "{stderr}");
+}
+
+#[test]
+fn embedded_store_generates_a_master_key_and_refuses_a_wrong_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let first = Server::start(&["--store", "embedded", "--data-dir", path_str(&data_dir)]);
+    assert!(first.terminate());
+    let key_file = data_dir.join("master.key");
+    assert!(key_file.is_file());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let output = command(SERVER)
+        .args(["--store", "embedded", "--data-dir", path_str(&data_dir), "--listen", "127.0.0.1:0"])
+        .args(["--master-key", "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="])
+        .env("PORTCULLIS_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("the master key does not decrypt signing key"), "{stderr}");
+}
+
+fn json_of(output: &Output) -> Value {
+    serde_json::from_str(&stdout(output)).unwrap()
+}
+
+#[test]
+fn cli_drives_keys_revocations_sessions_and_breach_rotation() {
+    let server = Server::start(&["--store", "memory"]);
+    let url = server.url.as_str();
+    let issued = json_of(&cli_admin(url, &["token", "issue", "--sub", "alice", "--json"]));
+    let refresh = issued["refreshToken"].as_str().unwrap();
+    let sid = issued["sessionId"].as_str().unwrap();
+
+    let refreshed = json_of(&cli(url, &["token", "refresh", refresh]));
+    assert_eq!(refreshed["sessionId"], sid);
+    let output = cli(url, &["token", "refresh", refresh]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).starts_with("Invalid grant:"));
+
+    let sessions = json_of(&cli_admin(url, &["sessions", "list", "alice"]));
+    assert_eq!(sessions["sessions"][0]["revoked"], true, "reuse revoked the family");
+    let second = json_of(&cli_admin(url, &["token", "issue", "--sub", "alice", "--json"]));
+    let revoked = json_of(&cli_admin(url, &["sessions", "revoke", second["sessionId"].as_str().unwrap()]));
+    assert_eq!(revoked["revokedJtis"][0], second["jti"]);
+
+    let token = stdout(&cli_admin(url, &["token", "issue", "--sub", "bob"]));
+    let output = cli_admin(url, &["revoke", "token", token.trim()]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("without verifying"));
+    assert!(json_of(&output)["cursor"].as_u64().unwrap() > 0);
+    let exp = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600)
+        .to_string();
+    assert_eq!(json_of(&cli_admin(url, &["revoke", "jti", "some-jti", "--exp", &exp]))["jti"], "some-jti");
+    assert_eq!(json_of(&cli_admin(url, &["revoke", "user", "bob"]))["minVersion"], 2);
+    let global = json_of(&cli_admin(url, &["breach", "rotate", "--grace", "300", "--reason", "leaked key"]));
+    assert_eq!((global["minVersion"].as_u64(), global["graceSeconds"].as_u64()), (Some(2), Some(300)));
+
+    let before = status_kid(url);
+    let rotation = json_of(&cli_admin(url, &["keys", "rotate"]));
+    assert_eq!(rotation["previousKid"], before.as_str());
+    let keys = json_of(&cli_admin(url, &["keys", "list"]));
+    assert_eq!(keys["keys"].as_array().unwrap().len(), 2);
+    let status: Value = json_of(&cli_admin(url, &["status"]));
+    assert_eq!(status["currentKid"], rotation["kid"]);
+    assert_eq!(status["keySetVersion"], rotation["keySetVersion"]);
+    assert_eq!(status["globalMinVersion"], 2);
 }
 
 #[test]

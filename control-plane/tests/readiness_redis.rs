@@ -12,8 +12,11 @@ use axum::http::{Request, StatusCode};
 use axum::Router;
 use portcullis_control_plane::admin_credential::AdminCredential;
 use portcullis_control_plane::clock::SystemClock;
+use portcullis_control_plane::keys::KeyPolicy;
+use portcullis_control_plane::master_key::MasterKey;
 use portcullis_control_plane::metrics::Metrics;
 use portcullis_control_plane::random::OsRandom;
+use portcullis_control_plane::signing::SigningAlgorithm;
 use portcullis_control_plane::store::redis::RedisTimeouts;
 use portcullis_control_plane::store::{RedisStore, Store};
 use portcullis_control_plane::tokens::TokenPolicy;
@@ -29,10 +32,18 @@ fn dependencies(store: Arc<dyn Store>) -> Dependencies {
             issuer: "portcullis".into(),
             default_audience: "portcullis".into(),
             default_ttl_seconds: 900,
+            refresh_ttl_seconds: 604_800,
         },
         clock: Arc::new(SystemClock),
         rng: Arc::new(OsRandom),
         metrics: Arc::new(Metrics::new()),
+        master_key: Arc::new(MasterKey::from_bytes([7; 32])),
+        key_policy: KeyPolicy {
+            algorithm: SigningAlgorithm::Es256,
+            overlap_ms: 86_400_000,
+            rotate_every_ms: None,
+        },
+        feed_keep: 100_000,
     }
 }
 
@@ -41,15 +52,8 @@ fn redis_store(url: &str) -> Arc<dyn Store> {
 }
 
 async fn readyz(app: &Router) -> (StatusCode, Option<String>) {
-    let response = app
-        .clone()
-        .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let content_type = response
-        .headers()
-        .get(CONTENT_TYPE)
-        .map(|v| v.to_str().unwrap().to_owned());
+    let response = app.clone().oneshot(Request::get("/readyz").body(Body::empty()).unwrap()).await.unwrap();
+    let content_type = response.headers().get(CONTENT_TYPE).map(|v| v.to_str().unwrap().to_owned());
     (response.status(), content_type)
 }
 
@@ -61,10 +65,7 @@ async fn wait_for_readyz(app: &Router, want: StatusCode, within: Duration) -> Op
         if status == want {
             return content_type;
         }
-        assert!(
-            Instant::now() < deadline,
-            "/readyz stayed {status} instead of {want} for {within:?}"
-        );
+        assert!(Instant::now() < deadline, "/readyz stayed {status} instead of {want} for {within:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -72,10 +73,8 @@ async fn wait_for_readyz(app: &Router, want: StatusCode, within: Duration) -> Op
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_fails_while_redis_is_down_and_recovers_when_it_returns() {
     let mut redis = RedisServer::start();
-    let state = AppState::initialise(dependencies(redis_store(&redis.url(0))))
-        .await
-        .unwrap();
-    let kid = state.signing_key.kid().to_owned();
+    let state = AppState::initialise(dependencies(redis_store(&redis.url(0)))).await.unwrap();
+    let kid = state.keys.current(0).await.current().kid().to_owned();
     let app = app(state.clone());
     assert_eq!(readyz(&app).await.0, StatusCode::OK);
 
@@ -92,14 +91,12 @@ async fn readyz_fails_while_redis_is_down_and_recovers_when_it_returns() {
     redis.start_again();
     wait_for_readyz(&app, StatusCode::OK, Duration::from_secs(15)).await;
 
-    // This Redis came back empty (no persistence): the running process keeps the key
-    // it loaded at startup, while a replica starting now creates a new one. Documents
-    // a hazard for key rotation to handle (replicas must reload keys from the store).
-    let replica = AppState::initialise(dependencies(redis_store(&redis.url(0))))
-        .await
-        .unwrap();
-    assert_ne!(replica.signing_key.kid(), kid);
-    assert_eq!(state.signing_key.kid(), kid);
+    // This Redis came back empty (no persistence): a replica starting now creates a
+    // new key set, and the running process adopts it on its next re-read of the store.
+    let replica = AppState::initialise(dependencies(redis_store(&redis.url(0)))).await.unwrap();
+    let new_kid = replica.keys.current(0).await.current().kid().to_owned();
+    assert_ne!(new_kid, kid);
+    assert_eq!(state.keys.reload(0).await.unwrap().current().kid(), new_kid);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,7 +107,7 @@ async fn replicas_starting_at_once_on_redis_share_one_signing_key() {
         .collect();
     let mut kids = std::collections::BTreeSet::new();
     for replica in replicas {
-        kids.insert(replica.await.unwrap().unwrap().signing_key.kid().to_owned());
+        kids.insert(replica.await.unwrap().unwrap().keys.current(0).await.current().kid().to_owned());
     }
     assert_eq!(kids.len(), 1, "{kids:?}");
 }
@@ -118,9 +115,6 @@ async fn replicas_starting_at_once_on_redis_share_one_signing_key() {
 #[tokio::test]
 async fn startup_reports_a_transient_error_while_redis_is_unreachable() {
     let url = format!("redis://127.0.0.1:{}/0", support::free_port());
-    let error = AppState::initialise(dependencies(redis_store(&url)))
-        .await
-        .err()
-        .unwrap();
+    let error = AppState::initialise(dependencies(redis_store(&url))).await.err().unwrap();
     assert!(error.is_transient(), "{error}");
 }

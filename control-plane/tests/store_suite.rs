@@ -159,22 +159,13 @@ async fn set_members_expire_individually(store: Arc<dyn Store>) {
     assert_eq!(
         store.set_members("revoked", t0 + 50).await.unwrap(),
         vec![
-            SetMember {
-                member: "a".into(),
-                expires_at_ms: t0 + 100
-            },
-            SetMember {
-                member: "b".into(),
-                expires_at_ms: t0 + 200
-            },
+            SetMember { member: "a".into(), expires_at_ms: t0 + 100 },
+            SetMember { member: "b".into(), expires_at_ms: t0 + 200 },
         ]
     );
     assert_eq!(
         store.set_members("revoked", t0 + 150).await.unwrap(),
-        vec![SetMember {
-            member: "b".into(),
-            expires_at_ms: t0 + 200
-        }]
+        vec![SetMember { member: "b".into(), expires_at_ms: t0 + 200 }]
     );
     // Pruned members stay gone even for a reader with an older clock.
     assert!(!store.set_contains("revoked", "a", t0).await.unwrap());
@@ -197,29 +188,14 @@ async fn set_add_reports_new_members_and_replaces_expiry(store: Arc<dyn Store>) 
 
 async fn records_round_trip_and_expire(store: Arc<dyn Store>) {
     let t0 = 1_700_000_000_000;
-    store
-        .record_put("k", b"forever".to_vec(), None, t0)
-        .await
-        .unwrap();
-    assert_eq!(
-        store.record_get("k", u64::MAX - 1).await.unwrap().as_deref(),
-        Some(&b"forever"[..])
-    );
-    store
-        .record_put("k", b"brief".to_vec(), Some(t0 + 100), t0)
-        .await
-        .unwrap();
-    assert_eq!(
-        store.record_get("k", t0 + 99).await.unwrap().as_deref(),
-        Some(&b"brief"[..])
-    );
+    store.record_put("k", b"forever".to_vec(), None, t0).await.unwrap();
+    assert_eq!(store.record_get("k", u64::MAX - 1).await.unwrap().as_deref(), Some(&b"forever"[..]));
+    store.record_put("k", b"brief".to_vec(), Some(t0 + 100), t0).await.unwrap();
+    assert_eq!(store.record_get("k", t0 + 99).await.unwrap().as_deref(), Some(&b"brief"[..]));
     assert_eq!(store.record_get("k", t0 + 100).await.unwrap(), None);
     // Overwriting without expiry clears the old expiry.
     store.record_put("k", b"again".to_vec(), None, t0).await.unwrap();
-    assert_eq!(
-        store.record_get("k", t0 + 100).await.unwrap().as_deref(),
-        Some(&b"again"[..])
-    );
+    assert_eq!(store.record_get("k", t0 + 100).await.unwrap().as_deref(), Some(&b"again"[..]));
     store.record_delete("k").await.unwrap();
     assert_eq!(store.record_get("k", t0).await.unwrap(), None);
 }
@@ -234,22 +210,13 @@ async fn compare_and_swap_only_succeeds_on_the_expected_value(store: Arc<dyn Sto
     let cas = |expected: Option<&'static [u8]>, new: Option<&'static [u8]>| {
         let store = Arc::clone(&store);
         async move {
-            store
-                .record_compare_and_swap("c", expected, new.map(<[u8]>::to_vec), None, 0)
-                .await
-                .unwrap()
+            store.record_compare_and_swap("c", expected, new.map(<[u8]>::to_vec), None, 0).await.unwrap()
         }
     };
     assert!(cas(None, Some(b"v1")).await);
-    assert!(
-        !cas(None, Some(b"v2")).await,
-        "record exists, None must not match"
-    );
+    assert!(!cas(None, Some(b"v2")).await, "record exists, None must not match");
     assert!(!cas(Some(b"other"), Some(b"v2")).await);
-    assert_eq!(
-        store.record_get("c", 0).await.unwrap().as_deref(),
-        Some(&b"v1"[..])
-    );
+    assert_eq!(store.record_get("c", 0).await.unwrap().as_deref(), Some(&b"v1"[..]));
     assert!(cas(Some(b"v1"), Some(b"v2")).await);
     assert!(!cas(Some(b"v1"), Some(b"v3")).await, "stale expectation");
     assert!(cas(Some(b"v2"), None).await);
@@ -259,14 +226,8 @@ async fn compare_and_swap_only_succeeds_on_the_expected_value(store: Arc<dyn Sto
 
 async fn compare_and_swap_treats_expired_records_as_absent(store: Arc<dyn Store>) {
     let t0 = 1_700_000_000_000;
-    store
-        .record_put("e", b"old".to_vec(), Some(t0 + 100), t0)
-        .await
-        .unwrap();
-    assert!(!store
-        .record_compare_and_swap("e", None, Some(b"new".to_vec()), None, t0 + 99)
-        .await
-        .unwrap());
+    store.record_put("e", b"old".to_vec(), Some(t0 + 100), t0).await.unwrap();
+    assert!(!store.record_compare_and_swap("e", None, Some(b"new".to_vec()), None, t0 + 99).await.unwrap());
     assert!(!store
         .record_compare_and_swap("e", Some(b"old"), Some(b"x".to_vec()), None, t0 + 100)
         .await
@@ -275,10 +236,7 @@ async fn compare_and_swap_treats_expired_records_as_absent(store: Arc<dyn Store>
         .record_compare_and_swap("e", None, Some(b"new".to_vec()), Some(t0 + 300), t0 + 100)
         .await
         .unwrap());
-    assert_eq!(
-        store.record_get("e", t0 + 299).await.unwrap().as_deref(),
-        Some(&b"new"[..])
-    );
+    assert_eq!(store.record_get("e", t0 + 299).await.unwrap().as_deref(), Some(&b"new"[..]));
     assert_eq!(store.record_get("e", t0 + 300).await.unwrap(), None);
 }
 
@@ -312,10 +270,7 @@ async fn concurrent_compare_and_swap_has_exactly_one_winner(store: Arc<dyn Store
             let store = Arc::clone(&store);
             let value = value.clone();
             tokio::spawn(async move {
-                store
-                    .record_compare_and_swap("once", Some(&value), None, None, 0)
-                    .await
-                    .unwrap()
+                store.record_compare_and_swap("once", Some(&value), None, None, 0).await.unwrap()
             })
         })
         .collect();
@@ -330,10 +285,7 @@ async fn concurrent_compare_and_swap_has_exactly_one_winner(store: Arc<dyn Store
 async fn feed_cursors_increase_and_pages_follow_on(store: Arc<dyn Store>) {
     let t0 = 1_700_000_000_000;
     for i in 1..=5u64 {
-        let cursor = store
-            .feed_append("revocations", format!("e{i}").into_bytes(), t0 + i)
-            .await
-            .unwrap();
+        let cursor = store.feed_append("revocations", format!("e{i}").into_bytes(), t0 + i).await.unwrap();
         assert_eq!(cursor, i);
     }
     let first = store.feed_read("revocations", 0, 2).await.unwrap();
@@ -345,10 +297,7 @@ async fn feed_cursors_increase_and_pages_follow_on(store: Arc<dyn Store>) {
     assert_eq!(first.entries[0].data, b"e1");
     assert_eq!(first.entries[1].appended_at_ms, t0 + 2);
 
-    let rest = store
-        .feed_read("revocations", first.next_cursor, 100)
-        .await
-        .unwrap();
+    let rest = store.feed_read("revocations", first.next_cursor, 100).await.unwrap();
     let data: Vec<&[u8]> = rest.entries.iter().map(|e| e.data.as_slice()).collect();
     assert_eq!(data, vec![&b"e3"[..], b"e4", b"e5"]);
     assert_eq!(rest.next_cursor, 5);
@@ -422,10 +371,7 @@ async fn concurrent_feed_appends_get_distinct_cursors(store: Arc<dyn Store>) {
 
 async fn log_appends_are_sequential_and_ranges_read_back(store: Arc<dyn Store>) {
     for (i, entry) in ["a", "b", "c"].iter().enumerate() {
-        let seq = store
-            .log_append("audit", entry.as_bytes().to_vec())
-            .await
-            .unwrap();
+        let seq = store.log_append("audit", entry.as_bytes().to_vec()).await.unwrap();
         assert_eq!(seq, i as u64 + 1);
     }
     let all = store.log_range("audit", 1, 10).await.unwrap();
@@ -433,10 +379,7 @@ async fn log_appends_are_sequential_and_ranges_read_back(store: Arc<dyn Store>) 
     assert_eq!(seqs, vec![1, 2, 3]);
     assert_eq!(all[2].data, b"c");
     let middle = store.log_range("audit", 2, 1).await.unwrap();
-    assert_eq!(
-        (middle.len(), middle[0].seq, middle[0].data.as_slice()),
-        (1, 2, &b"b"[..])
-    );
+    assert_eq!((middle.len(), middle[0].seq, middle[0].data.as_slice()), (1, 2, &b"b"[..]));
     assert_eq!(store.log_range("audit", 0, 1).await.unwrap()[0].seq, 1);
     assert!(store.log_range("audit", 4, 10).await.unwrap().is_empty());
     assert!(store.log_range("audit", 1, 0).await.unwrap().is_empty());
@@ -445,36 +388,12 @@ async fn log_appends_are_sequential_and_ranges_read_back(store: Arc<dyn Store>) 
 }
 
 async fn log_append_if_last_detects_conflicts(store: Arc<dyn Store>) {
-    let conflict = store
-        .log_append_if_last("chain", Some(1), b"x".to_vec())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(conflict, LogAppendError::Conflict { last_seq: None }),
-        "{conflict:?}"
-    );
-    assert_eq!(
-        store
-            .log_append_if_last("chain", None, b"first".to_vec())
-            .await
-            .unwrap(),
-        1
-    );
-    let conflict = store
-        .log_append_if_last("chain", None, b"x".to_vec())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(conflict, LogAppendError::Conflict { last_seq: Some(1) }),
-        "{conflict:?}"
-    );
-    assert_eq!(
-        store
-            .log_append_if_last("chain", Some(1), b"second".to_vec())
-            .await
-            .unwrap(),
-        2
-    );
+    let conflict = store.log_append_if_last("chain", Some(1), b"x".to_vec()).await.unwrap_err();
+    assert!(matches!(conflict, LogAppendError::Conflict { last_seq: None }), "{conflict:?}");
+    assert_eq!(store.log_append_if_last("chain", None, b"first".to_vec()).await.unwrap(), 1);
+    let conflict = store.log_append_if_last("chain", None, b"x".to_vec()).await.unwrap_err();
+    assert!(matches!(conflict, LogAppendError::Conflict { last_seq: Some(1) }), "{conflict:?}");
+    assert_eq!(store.log_append_if_last("chain", Some(1), b"second".to_vec()).await.unwrap(), 2);
     assert_eq!(store.log_range("chain", 1, 10).await.unwrap().len(), 2);
 }
 
@@ -489,10 +408,7 @@ async fn concurrent_conditional_appends_build_one_unbroken_chain(store: Arc<dyn 
                     let last = store.log_last("chained").await.unwrap();
                     let previous = last.as_ref().map(|e| e.seq);
                     let entry = format!("{}:{writer}", previous.unwrap_or(0));
-                    match store
-                        .log_append_if_last("chained", previous, entry.into_bytes())
-                        .await
-                    {
+                    match store.log_append_if_last("chained", previous, entry.into_bytes()).await {
                         Ok(seq) => return seq,
                         Err(LogAppendError::Conflict { .. }) => tokio::task::yield_now().await,
                         Err(LogAppendError::Store(e)) => panic!("store error: {e}"),
@@ -510,12 +426,7 @@ async fn concurrent_conditional_appends_build_one_unbroken_chain(store: Arc<dyn 
     for entry in &entries {
         let text = String::from_utf8(entry.data.clone()).unwrap();
         let (previous, writer) = text.split_once(':').unwrap();
-        assert_eq!(
-            previous.parse::<u64>().unwrap(),
-            entry.seq - 1,
-            "broken link at {}",
-            entry.seq
-        );
+        assert_eq!(previous.parse::<u64>().unwrap(), entry.seq - 1, "broken link at {}", entry.seq);
         assert!(writers_seen.insert(writer.to_owned()));
     }
 }
@@ -527,24 +438,12 @@ async fn names_are_isolated_across_primitives_and_escaped(store: Arc<dyn Store>)
     store.feed_append("x", b"f".to_vec(), 0).await.unwrap();
     store.log_append("x", b"l".to_vec()).await.unwrap();
     assert_eq!(store.get_counter("x", 0).await.unwrap(), 7);
-    assert_eq!(
-        store.record_get("x", 0).await.unwrap().as_deref(),
-        Some(&b"rec"[..])
-    );
+    assert_eq!(store.record_get("x", 0).await.unwrap().as_deref(), Some(&b"rec"[..]));
     // Names with hash-tag characters neither break nor collide.
     store.record_put("a}b{c", b"1".to_vec(), None, 0).await.unwrap();
-    store
-        .record_put("a%7Db%7Bc", b"2".to_vec(), None, 0)
-        .await
-        .unwrap();
-    assert_eq!(
-        store.record_get("a}b{c", 0).await.unwrap().as_deref(),
-        Some(&b"1"[..])
-    );
-    assert_eq!(
-        store.record_get("a%7Db%7Bc", 0).await.unwrap().as_deref(),
-        Some(&b"2"[..])
-    );
+    store.record_put("a%7Db%7Bc", b"2".to_vec(), None, 0).await.unwrap();
+    assert_eq!(store.record_get("a}b{c", 0).await.unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(store.record_get("a%7Db%7Bc", 0).await.unwrap().as_deref(), Some(&b"2"[..]));
     assert_eq!(store.feed_append("a}b", b"x".to_vec(), 0).await.unwrap(), 1);
 }
 
@@ -552,18 +451,13 @@ async fn binary_values_round_trip(store: Arc<dyn Store>) {
     let bytes: Vec<u8> = (0..=255).collect();
     store.record_put("bin", bytes.clone(), None, 0).await.unwrap();
     assert_eq!(store.record_get("bin", 0).await.unwrap(), Some(bytes.clone()));
-    assert!(store
-        .record_compare_and_swap("bin", Some(&bytes), Some(vec![0, 0, 0]), None, 0)
-        .await
-        .unwrap());
+    assert!(store.record_compare_and_swap("bin", Some(&bytes), Some(vec![0, 0, 0]), None, 0).await.unwrap());
     store.feed_append("bin", bytes.clone(), 0).await.unwrap();
     assert_eq!(store.feed_read("bin", 0, 1).await.unwrap().entries[0].data, bytes);
     store.log_append("bin", bytes.clone()).await.unwrap();
     assert_eq!(store.log_last("bin").await.unwrap().unwrap().data, bytes);
     store.feed_append("empty", Vec::new(), 0).await.unwrap();
-    assert!(store.feed_read("empty", 0, 1).await.unwrap().entries[0]
-        .data
-        .is_empty());
+    assert!(store.feed_read("empty", 0, 1).await.unwrap().entries[0].data.is_empty());
 }
 
 // --- backend-specific ----------------------------------------------------------
@@ -582,10 +476,7 @@ async fn embedded_store_keeps_everything_across_a_reopen() {
         store.log_append("log", b"l1".to_vec()).await.unwrap();
     }
     let store = EmbeddedStore::open(dir.path()).unwrap();
-    assert_eq!(
-        store.record_get("key", 1).await.unwrap().as_deref(),
-        Some(&b"kept"[..])
-    );
+    assert_eq!(store.record_get("key", 1).await.unwrap().as_deref(), Some(&b"kept"[..]));
     assert_eq!(store.get_counter("count", 1).await.unwrap(), 3);
     assert!(store.set_contains("set", "m", 1).await.unwrap());
     assert!(store.feed_read("feed", 0, 10).await.unwrap().cursor_too_old);
@@ -613,9 +504,7 @@ async fn redis_store_errors_are_transient_when_nothing_listens() {
 
 #[test]
 fn redis_store_rejects_a_malformed_url() {
-    let error = RedisStore::new("not a url", RedisTimeouts::default())
-        .err()
-        .unwrap();
+    let error = RedisStore::new("not a url", RedisTimeouts::default()).err().unwrap();
     assert!(matches!(error, StoreError::InvalidArgument(_)), "{error:?}");
 }
 
@@ -640,19 +529,9 @@ async fn redis_keys_share_hash_tags_and_carry_a_gc_expiry() {
             "portcullis:{record:forever}",
         ]
     );
-    let ttl: i64 = redis::cmd("PTTL")
-        .arg("portcullis:{counter:gc}")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert!(
-        ttl > 60_000 && ttl <= 70_000,
-        "GC lifetime is window + grace, got {ttl}"
-    );
-    let ttl: i64 = redis::cmd("PTTL")
-        .arg("portcullis:{record:forever}")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let ttl: i64 = redis::cmd("PTTL").arg("portcullis:{counter:gc}").query_async(&mut conn).await.unwrap();
+    assert!(ttl > 60_000 && ttl <= 70_000, "GC lifetime is window + grace, got {ttl}");
+    let ttl: i64 =
+        redis::cmd("PTTL").arg("portcullis:{record:forever}").query_async(&mut conn).await.unwrap();
     assert_eq!(ttl, -1, "records without expiry never expire");
 }

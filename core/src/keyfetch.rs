@@ -62,7 +62,9 @@ impl FetchSchedule {
     /// The schedule after a fetch of `kind` starts.
     pub fn started(mut self, kind: FetchKind, now_ms: u64, timeout_ms: u64) -> Self {
         self.in_flight_until_ms = now_ms.saturating_add(timeout_ms).saturating_add(500);
-        if kind == FetchKind::OnDemand {
+        // Loading keys for the first time is not a refetch for an unknown kid, so it does
+        // not use up the rate limit that a key rotation right after start will need.
+        if kind == FetchKind::OnDemand && self.fetched_at_ms != 0 {
             self.last_on_demand_ms = now_ms;
         }
         self
@@ -158,6 +160,12 @@ mod tests {
         let s = s.started(FetchKind::OnDemand, 2_000, 1_000).succeeded(2_100);
         assert!(!s.on_demand_allowed(31_999, 30_000));
         assert!(s.on_demand_allowed(32_000, 30_000));
+    }
+
+    #[test]
+    fn the_first_load_does_not_use_up_the_unknown_kid_rate_limit() {
+        let s = FetchSchedule::default().started(FetchKind::OnDemand, 1_000, 1_000).succeeded(1_100);
+        assert!(s.on_demand_allowed(1_200, 30_000), "a rotation right after start is still picked up");
     }
 
     #[test]

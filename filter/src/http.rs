@@ -121,6 +121,9 @@ pub fn decide(
                     rt.metrics.count("portcullis.requests.parked");
                     return Next::Paused;
                 }
+                // A fetch may have finished between the reload above and now: decide
+                // once more with whatever shared data holds.
+                rt.keys(now_ms, true);
             }
         }
     }

@@ -99,7 +99,8 @@ impl RootContext for PortcullisRoot {
                     policy.providers.len(),
                     policy.rules.len()
                 );
-                let has_remote = policy.providers.iter().any(|p| matches!(p.key_source(), KeySource::Remote(_)));
+                let has_remote =
+                    policy.providers.iter().any(|p| matches!(p.key_source(), KeySource::Remote(_)));
                 let tick = match &policy.revocation {
                     Some(r) => TICK.min(Duration::from_millis((r.poll_interval_ms / 2).max(100))),
                     None => TICK,

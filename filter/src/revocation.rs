@@ -22,8 +22,9 @@ use crate::metrics::Metrics;
 const REPLICA_KEY: &str = "portcullis.v1.revocation.replica";
 const GENERATION_KEY: &str = "portcullis.v1.revocation.generation";
 const SCHEDULE_KEY: &str = "portcullis.v1.revocation.schedule";
-/// How often a worker looks for a newer replica in shared data.
-const RECHECK_MS: u64 = 200;
+/// How often a worker looks for a newer replica in shared data. Zero: on every request
+/// (two small shared-data reads), so all workers switch to a new replica at once.
+const RECHECK_MS: u64 = 0;
 /// Longest wait between polls while the control plane is unreachable.
 const MAX_BACKOFF_MS: u64 = 5_000;
 /// Largest feed page accepted.
@@ -72,7 +73,7 @@ impl RevocationSync {
     /// Re-reads shared data when due. Returns true when the replica changed.
     pub fn refresh(&self, now_ms: u64, force: bool) -> bool {
         let Ok(mut local) = self.local.try_borrow_mut() else { return false };
-        if !force && now_ms.saturating_sub(local.checked_at_ms) < RECHECK_MS {
+        if !force && RECHECK_MS > 0 && now_ms.saturating_sub(local.checked_at_ms) < RECHECK_MS {
             return false;
         }
         local.checked_at_ms = now_ms;

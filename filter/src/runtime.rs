@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use portcullis_core::config::Policy;
 use portcullis_core::jwt::cache::VerifiedTokenCache;
 use portcullis_core::jwt::jwks::KeySet;
-use portcullis_core::jwt::provider::KeySource;
+use portcullis_core::jwt::provider::{KeySource, Provider};
 use portcullis_core::jwt::versions::VersionState;
 use portcullis_core::keyfetch::{FetchKind, FetchSchedule};
 
@@ -104,7 +104,7 @@ impl Runtime {
         let Some(provider) = self.policy.providers.get(p) else {
             return;
         };
-        let (data, cas) = host::shared_data(&jwks_key(provider.name()));
+        let (data, cas) = host::shared_data(&jwks_key(provider));
         if cas.is_some() && cas == slot.cas {
             return;
         }
@@ -129,7 +129,7 @@ impl Runtime {
         let KeySource::Remote(remote) = provider.key_source() else {
             return false;
         };
-        let key = schedule_key(provider.name());
+        let key = schedule_key(provider);
         let (data, cas) = host::shared_data(&key);
         let schedule = data.map(|d| FetchSchedule::decode(&d)).unwrap_or_default();
         let allowed = match kind {
@@ -181,13 +181,13 @@ impl Runtime {
         };
         let ok = parsed.is_some();
         if let Some((keys, bytes)) = parsed {
-            if host::set_shared_data(&jwks_key(name), &bytes, None).is_err() {
+            if host::set_shared_data(&jwks_key(provider), &bytes, None).is_err() {
                 log::warn!("provider `{name}`: could not store the JWKS in shared data");
             }
             let mut slots = self.keys.borrow_mut();
             if let Some(slot) = slots.get_mut(p) {
                 slot.keys = Some(keys);
-                slot.cas = host::shared_data(&jwks_key(name)).1;
+                slot.cas = host::shared_data(&jwks_key(provider)).1;
                 slot.checked_at_ms = now_ms;
             }
             self.metrics.count(&format!("portcullis.jwks.{name}.fetch_ok"));
@@ -196,7 +196,7 @@ impl Runtime {
         }
         // Record the outcome in the shared schedule; retry the CAS a few times since other
         // workers may be updating it concurrently.
-        let key = schedule_key(name);
+        let key = schedule_key(provider);
         for _ in 0..4 {
             let (data, cas) = host::shared_data(&key);
             let schedule = data.map(|d| FetchSchedule::decode(&d)).unwrap_or_default();
@@ -212,10 +212,7 @@ impl Runtime {
         let Some(provider) = self.policy.providers.get(p) else {
             return FetchSchedule::default();
         };
-        host::shared_data(&schedule_key(provider.name()))
-            .0
-            .map(|d| FetchSchedule::decode(&d))
-            .unwrap_or_default()
+        host::shared_data(&schedule_key(provider)).0.map(|d| FetchSchedule::decode(&d)).unwrap_or_default()
     }
 
     /// Whether some worker has a fetch of this provider's keys outstanding.
@@ -333,10 +330,17 @@ impl Runtime {
     }
 }
 
-pub fn jwks_key(provider: &str) -> String {
-    format!("portcullis.v1.jwks.{provider}")
+/// Shared-data key of a provider's JWKS. It names the source too, so a reconfigured
+/// provider (same name, another endpoint) never reads keys fetched from the old one.
+fn jwks_key(provider: &Provider) -> String {
+    match provider.key_source() {
+        KeySource::Remote(r) => {
+            format!("portcullis.v1.jwks.{}@{}/{}{}", provider.name(), r.cluster, r.authority, r.path)
+        }
+        KeySource::Inline(_) => format!("portcullis.v1.jwks.{}", provider.name()),
+    }
 }
 
-fn schedule_key(provider: &str) -> String {
-    format!("portcullis.v1.jwks.{provider}.schedule")
+fn schedule_key(provider: &Provider) -> String {
+    format!("{}.schedule", jwks_key(provider))
 }

@@ -253,6 +253,8 @@ pub struct ControlPlane {
 }
 
 pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789abcdef";
+/// Test-only master key (32 bytes, base64) sealing the control plane's signing keys.
+pub const MASTER_KEY: &str = "ZTJlLXRlc3Qtb25seS1tYXN0ZXIta2V5LTMyYnl0ZXM=";
 
 impl ControlPlane {
     pub async fn start(logdir: &Path, store: StoreKind) -> ControlPlane {
@@ -265,6 +267,7 @@ impl ControlPlane {
         cmd.env("PORTCULLIS_LISTEN", format!("127.0.0.1:{port}"))
             .env("PORTCULLIS_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("PORTCULLIS_DATA_DIR", &data_dir)
+            .env("PORTCULLIS_MASTER_KEY", MASTER_KEY)
             .env("RUST_LOG", "info");
         match &store {
             StoreKind::Memory => cmd.env("PORTCULLIS_STORE", "memory"),
@@ -293,6 +296,20 @@ impl ControlPlane {
         let (logdir, store, port, data) =
             (self.logdir.clone(), self.store.clone(), self.port, self.data_dir.clone());
         *self = ControlPlane::start_with(&logdir, store, port, data).await;
+    }
+
+    /// Runs the `portcullis` CLI against this control plane; returns stdout, panics with
+    /// stderr on failure.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(bin("portcullis"))
+            .arg("--url")
+            .arg(self.url())
+            .args(args)
+            .env("PORTCULLIS_ADMIN_TOKEN", &self.admin_token)
+            .output()
+            .expect("run the portcullis CLI");
+        assert!(out.status.success(), "portcullis {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Mints an access token through the admin API.

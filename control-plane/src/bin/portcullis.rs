@@ -1,7 +1,8 @@
 //! `portcullis`: the operator CLI for the control plane's admin API.
 //!
-//! `TOKEN=$(portcullis token issue --sub alice)` prints just the token; errors go to
-//! stderr as `title: detail` with a non-zero exit code.
+//! `TOKEN=$(portcullis token issue --sub alice)` prints just the token; other commands
+//! print the JSON answer. Errors go to stderr as `title: detail` with a non-zero exit
+//! code.
 
 use std::process::ExitCode;
 
@@ -15,12 +16,7 @@ use serde_json::{Map, Value};
 #[command(name = "portcullis", version, about = "Talk to the Portcullis control plane")]
 struct Cli {
     /// Base URL of the control plane.
-    #[arg(
-        long,
-        env = "PORTCULLIS_URL",
-        default_value = "http://127.0.0.1:9090",
-        global = true
-    )]
+    #[arg(long, env = "PORTCULLIS_URL", default_value = "http://127.0.0.1:9090", global = true)]
     url: String,
 
     #[command(flatten)]
@@ -36,6 +32,26 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Revoke a token (by jti or the token itself) or all tokens of a subject.
+    Revoke {
+        #[command(subcommand)]
+        command: RevokeCommand,
+    },
+    /// After a breach: raise the global minimum token version.
+    Breach {
+        #[command(subcommand)]
+        command: BreachCommand,
+    },
+    /// Sessions (refresh token families).
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
     },
     /// Show the control plane's status (needs the admin token).
     Status,
@@ -63,16 +79,77 @@ enum TokenCommand {
         /// otherwise a string. Repeat for several.
         #[arg(long = "claim", value_parser = parse_claim)]
         claims: Vec<(String, Value)>,
-        /// Print the whole JSON response instead of just the token.
+        /// Print the whole JSON response (with the refresh token and session id)
+        /// instead of just the access token.
         #[arg(long)]
         json: bool,
     },
+    /// Exchange a refresh token for a new access and refresh token (prints JSON).
+    Refresh {
+        /// The refresh token (single use).
+        refresh_token: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Make a new signing key current now; the old one keeps verifying until it retires.
+    Rotate,
+    /// List the signing keys with their status.
+    List,
+}
+
+#[derive(Subcommand)]
+enum RevokeCommand {
+    /// Revoke one token by its id until its expiry.
+    Jti {
+        jti: String,
+        /// The token's `exp` (Unix seconds).
+        #[arg(long)]
+        exp: u64,
+    },
+    /// Revoke an access token: its jti and exp are read from the token locally,
+    /// WITHOUT verifying its signature.
+    Token { access_token: String },
+    /// Revoke every token of a subject issued so far.
+    User { sub: String },
+}
+
+#[derive(Subcommand)]
+enum BreachCommand {
+    /// Raise the global minimum version: older tokens stop working after the grace period.
+    Rotate {
+        /// Seconds older tokens stay valid.
+        #[arg(long, default_value_t = 0)]
+        grace: u64,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionsCommand {
+    /// List a subject's sessions.
+    List { sub: String },
+    /// Revoke a session: its refresh token and live access tokens stop working.
+    Revoke { sid: String },
+}
+
+/// Reads `jti` and `exp` from a JWT's payload without verifying anything.
+fn unverified_jti_and_exp(token: &str) -> Result<(String, u64), String> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).ok_or("not a JWT (expected header.payload.signature)")?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .map_err(|_| "the JWT payload is not base64url")?;
+    let claims: Value = serde_json::from_slice(&bytes).map_err(|_| "the JWT payload is not JSON")?;
+    let jti = claims["jti"].as_str().ok_or("the token has no jti claim")?;
+    let exp = claims["exp"].as_u64().ok_or("the token has no numeric exp claim")?;
+    Ok((jti.to_owned(), exp))
 }
 
 fn parse_claim(raw: &str) -> Result<(String, Value), String> {
-    let (key, value) = raw
-        .split_once('=')
-        .ok_or_else(|| format!("expected key=value, got {raw:?}"))?;
+    let (key, value) = raw.split_once('=').ok_or_else(|| format!("expected key=value, got {raw:?}"))?;
     if key.is_empty() {
         return Err("the claim name is empty".to_owned());
     }
@@ -90,28 +167,17 @@ enum CliError {
     Json(#[from] serde_json::Error),
     #[error("not ready: {0}")]
     NotReady(String),
+    #[error("cannot read the token: {0}")]
+    BadToken(String),
 }
 
 async fn run(cli: Cli) -> Result<(), CliError> {
-    let needs_admin = !matches!(cli.command, Command::Health);
-    let token = if needs_admin {
-        Some(cli.admin_token.load()?)
-    } else {
-        None
-    };
+    let needs_admin =
+        !matches!(cli.command, Command::Health | Command::Token { command: TokenCommand::Refresh { .. } });
+    let token = if needs_admin { Some(cli.admin_token.load()?) } else { None };
     let client = ControlPlaneClient::new(&cli.url, token)?;
     match cli.command {
-        Command::Token {
-            command:
-                TokenCommand::Issue {
-                    sub,
-                    scopes,
-                    ttl,
-                    audience,
-                    claims,
-                    json,
-                },
-        } => {
+        Command::Token { command: TokenCommand::Issue { sub, scopes, ttl, audience, claims, json } } => {
             let claims: Map<String, Value> = claims.into_iter().collect();
             let request = TokenRequest {
                 sub,
@@ -127,6 +193,29 @@ async fn run(cli: Cli) -> Result<(), CliError> {
                 println!("{}", issued.access_token);
             }
         }
+        Command::Token { command: TokenCommand::Refresh { refresh_token } } => {
+            print_json(&client.refresh_token(&refresh_token).await?)?
+        }
+        Command::Keys { command } => match command {
+            KeysCommand::Rotate => print_json(&client.rotate_keys().await?)?,
+            KeysCommand::List => print_json(&client.list_keys().await?)?,
+        },
+        Command::Revoke { command } => match command {
+            RevokeCommand::Jti { jti, exp } => print_json(&client.revoke_jti(&jti, exp).await?)?,
+            RevokeCommand::Token { access_token } => {
+                let (jti, exp) = unverified_jti_and_exp(&access_token).map_err(CliError::BadToken)?;
+                eprintln!("note: jti and exp were read from the token without verifying its signature");
+                print_json(&client.revoke_jti(&jti, exp).await?)?;
+            }
+            RevokeCommand::User { sub } => print_json(&client.revoke_user(&sub).await?)?,
+        },
+        Command::Breach { command: BreachCommand::Rotate { grace, reason } } => {
+            print_json(&client.rotate_global(&reason, grace).await?)?
+        }
+        Command::Sessions { command } => match command {
+            SessionsCommand::List { sub } => print_json(&client.user_sessions(&sub).await?)?,
+            SessionsCommand::Revoke { sid } => print_json(&client.revoke_session(&sid).await?)?,
+        },
         Command::Status => {
             let status = client.status().await?;
             println!("{}", serde_json::to_string_pretty(&status)?);
@@ -139,6 +228,11 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             println!("alive: {}, ready: {}", health.alive, health.ready);
         }
     }
+    Ok(())
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<(), CliError> {
+    println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 

@@ -1,22 +1,38 @@
-//! The admin API (`/admin/v1`): token minting and status, behind the admin token.
+//! The admin API (`/admin/v1`), behind the admin token: tokens and sessions, signing
+//! keys, revocations and token versions, status. Every write is recorded in the
+//! audit log.
 
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 use super::error::ApiJson;
 use super::health::store_is_ready;
 use super::{ApiError, AppState};
-use crate::tokens::{mint_access_token, IssuedToken, TokenError, TokenRequest};
+use crate::audit::{self, ACTOR_ADMIN};
+use crate::keys::{KeyInfo, Rotation};
+use crate::revocations::{self, GlobalState};
+use crate::sessions::{self, RevokedSession, SessionInfo};
+use crate::tokens::{IssuedToken, TokenRequest};
 
 pub fn routes(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/tokens", post(issue_token))
         .route("/status", get(status))
+        .route("/keys", get(list_keys))
+        .route("/keys/rotate", post(rotate_keys))
+        .route("/revocations", post(revoke_jti))
+        .route("/users/{sub}", get(user))
+        .route("/users/{sub}/sessions", get(user_sessions))
+        .route("/users/{sub}/revoke-all", post(revoke_user))
+        .route("/sessions/{sid}", delete(revoke_session))
+        .route("/global", get(global))
+        .route("/global/rotate", post(rotate_global))
         .route_layer(middleware::from_fn_with_state(state, require_admin_token))
 }
 
@@ -25,10 +41,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
 fn bearer_token(request: &Request) -> Option<&str> {
     let value = request.headers().get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }
 
 async fn require_admin_token(
@@ -48,19 +61,20 @@ async fn issue_token(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<TokenRequest>,
 ) -> Result<Json<IssuedToken>, ApiError> {
-    let issued = mint_access_token(
-        &request,
-        &state.token_policy,
-        &state.signing_key,
-        state.clock.now_ms(),
-        state.rng.as_ref(),
-    )
-    .map_err(|e| match e {
-        TokenError::InvalidRequest(message) => ApiError::InvalidRequest(message),
-        other => ApiError::Internal(other.to_string()),
-    })?;
+    let now_ms = state.clock.now_ms();
+    let issued = state.minter().issue(&request, now_ms).await?;
     state.metrics.record_token_issued();
-    tracing::info!(sub = %request.sub, jti = %issued.jti, expires_in = issued.expires_in, "issued access token");
+    let sid = issued.session_id.clone().unwrap_or_default();
+    audit::record(
+        state.store.as_ref(),
+        now_ms,
+        ACTOR_ADMIN,
+        "token.issue",
+        &request.sub,
+        Some(json!({ "jti": issued.jti, "sid": sid })),
+    )
+    .await?;
+    tracing::info!(sub = %request.sub, jti = %issued.jti, %sid, expires_in = issued.expires_in, "issued access token");
     Ok(Json(issued))
 }
 
@@ -72,17 +86,225 @@ pub struct StatusReport {
     pub store: String,
     pub ready: bool,
     pub current_kid: String,
+    pub signing_alg: String,
+    pub key_set_version: u64,
+    pub global_min_version: u64,
     pub issuer: String,
     pub audience: String,
 }
 
-async fn status(State(state): State<AppState>) -> Json<StatusReport> {
-    Json(StatusReport {
+async fn status(State(state): State<AppState>) -> Result<Json<StatusReport>, ApiError> {
+    let now_ms = state.clock.now_ms();
+    let keys = state.keys.current(now_ms).await;
+    let global = revocations::global_state(state.store.as_ref(), now_ms).await?;
+    Ok(Json(StatusReport {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         store: state.store.backend().as_str().to_owned(),
         ready: store_is_ready(&state).await.is_ok(),
-        current_kid: state.signing_key.kid().to_owned(),
+        current_kid: keys.current().kid().to_owned(),
+        signing_alg: keys.current().alg().as_str().to_owned(),
+        key_set_version: keys.version,
+        global_min_version: global.min_version.max(revocations::BASE_TOKEN_VERSION),
         issuer: state.token_policy.issuer.clone(),
         audience: state.token_policy.default_audience.clone(),
-    })
+    }))
+}
+
+/// Response of `GET /admin/v1/keys`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyList {
+    pub key_set_version: u64,
+    pub keys: Vec<KeyInfo>,
+}
+
+async fn list_keys(State(state): State<AppState>) -> Result<Json<KeyList>, ApiError> {
+    let now_ms = state.clock.now_ms();
+    let keys = state.keys.reload(now_ms).await?;
+    Ok(Json(KeyList { key_set_version: keys.version, keys: keys.list(now_ms) }))
+}
+
+async fn rotate_keys(State(state): State<AppState>) -> Result<Json<Rotation>, ApiError> {
+    let now_ms = state.clock.now_ms();
+    let rotation = state
+        .keys
+        .rotate(now_ms, None)
+        .await?
+        .ok_or_else(|| ApiError::Internal("an unconditional rotation did not rotate".into()))?;
+    let store = state.store.as_ref();
+    revocations::record_key_set_change(store, rotation.key_set_version, now_ms).await?;
+    audit::record(
+        store,
+        now_ms,
+        ACTOR_ADMIN,
+        "keys.rotate",
+        &rotation.kid,
+        serde_json::to_value(&rotation).ok(),
+    )
+    .await?;
+    Ok(Json(rotation))
+}
+
+/// Body of `POST /admin/v1/revocations`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RevocationRequest {
+    pub jti: String,
+    /// The token's `exp` (Unix seconds): the revocation is kept until then.
+    pub exp: u64,
+}
+
+/// Response of `POST /admin/v1/revocations`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevocationAccepted {
+    pub jti: String,
+    pub exp: u64,
+    /// Feed cursor of the change.
+    pub cursor: u64,
+}
+
+async fn revoke_jti(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<RevocationRequest>,
+) -> Result<Json<RevocationAccepted>, ApiError> {
+    let now_ms = state.clock.now_ms();
+    let store = state.store.as_ref();
+    let cursor = revocations::revoke_jti(store, &request.jti, request.exp, now_ms).await?;
+    audit::record(
+        store,
+        now_ms,
+        ACTOR_ADMIN,
+        "revocation.jti",
+        &request.jti,
+        Some(json!({ "exp": request.exp })),
+    )
+    .await?;
+    tracing::info!(jti = %request.jti, exp = request.exp, "revoked token");
+    Ok(Json(RevocationAccepted { jti: request.jti, exp: request.exp, cursor }))
+}
+
+/// Response of `POST /admin/v1/users/{sub}/revoke-all`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserRevocation {
+    pub sub: String,
+    pub min_version: u64,
+    pub cursor: u64,
+}
+
+async fn revoke_user(
+    State(state): State<AppState>,
+    Path(sub): Path<String>,
+) -> Result<Json<UserRevocation>, ApiError> {
+    let now_ms = state.clock.now_ms();
+    let store = state.store.as_ref();
+    let (min_version, cursor) = revocations::revoke_all_for_user(store, &sub, now_ms).await?;
+    audit::record(
+        store,
+        now_ms,
+        ACTOR_ADMIN,
+        "revocation.user",
+        &sub,
+        Some(json!({ "minVersion": min_version })),
+    )
+    .await?;
+    tracing::info!(%sub, min_version, "revoked all tokens of a subject");
+    Ok(Json(UserRevocation { sub, min_version, cursor }))
+}
+
+/// Response of `GET /admin/v1/users/{sub}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserReport {
+    pub sub: String,
+    /// The subject's own minimum (0: never revoked).
+    pub min_version: u64,
+    /// The `ver` a token minted now would carry.
+    pub current_version: u64,
+    pub sessions: Vec<SessionInfo>,
+}
+
+async fn user(State(state): State<AppState>, Path(sub): Path<String>) -> Result<Json<UserReport>, ApiError> {
+    revocations::validate_id("sub", &sub)?;
+    let now_ms = state.clock.now_ms();
+    let store = state.store.as_ref();
+    Ok(Json(UserReport {
+        min_version: revocations::user_min_version(store, &sub, now_ms).await?,
+        current_version: revocations::token_version_for(store, &sub, now_ms).await?,
+        sessions: sessions::sessions_of(store, &sub, now_ms).await?,
+        sub,
+    }))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SessionList {
+    sessions: Vec<SessionInfo>,
+}
+
+async fn user_sessions(
+    State(state): State<AppState>,
+    Path(sub): Path<String>,
+) -> Result<Json<SessionList>, ApiError> {
+    revocations::validate_id("sub", &sub)?;
+    let sessions = sessions::sessions_of(state.store.as_ref(), &sub, state.clock.now_ms()).await?;
+    Ok(Json(SessionList { sessions }))
+}
+
+async fn revoke_session(
+    State(state): State<AppState>,
+    Path(sid): Path<String>,
+) -> Result<Json<RevokedSession>, ApiError> {
+    revocations::validate_id("sid", &sid)?;
+    let now_ms = state.clock.now_ms();
+    let store = state.store.as_ref();
+    let revoked =
+        sessions::revoke_session(store, &sid, "revoked by an administrator", now_ms).await?.ok_or_else(
+            || ApiError::NoSuchResource(format!("There is no session {sid:?} (or it has expired).")),
+        )?;
+    audit::record(
+        store,
+        now_ms,
+        ACTOR_ADMIN,
+        "session.revoke",
+        &sid,
+        Some(json!({ "sub": revoked.sub, "revokedJtis": revoked.revoked_jtis })),
+    )
+    .await?;
+    tracing::info!(%sid, sub = %revoked.sub, revoked_tokens = revoked.revoked_jtis.len(), "revoked session");
+    Ok(Json(revoked))
+}
+
+async fn global(State(state): State<AppState>) -> Result<Json<GlobalState>, ApiError> {
+    let mut global = revocations::global_state(state.store.as_ref(), state.clock.now_ms()).await?;
+    global.min_version = global.min_version.max(revocations::BASE_TOKEN_VERSION);
+    Ok(Json(global))
+}
+
+/// Body of `POST /admin/v1/global/rotate`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GlobalRotateRequest {
+    pub reason: String,
+    #[serde(default)]
+    pub grace_seconds: u64,
+}
+
+async fn rotate_global(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<GlobalRotateRequest>,
+) -> Result<Json<GlobalState>, ApiError> {
+    let now_ms = state.clock.now_ms();
+    let store = state.store.as_ref();
+    let (global, _cursor) =
+        revocations::rotate_global(store, &request.reason, request.grace_seconds, now_ms).await?;
+    audit::record(store, now_ms, ACTOR_ADMIN, "global.rotate", "global", serde_json::to_value(&global).ok())
+        .await?;
+    tracing::warn!(
+        min_version = global.min_version,
+        grace_seconds = global.grace_seconds,
+        "raised the global minimum token version"
+    );
+    Ok(Json(global))
 }

@@ -45,6 +45,12 @@ pub enum ApiError {
     InvalidAdminToken,
     #[error("not found")]
     NotFound,
+    /// A named resource does not exist (`detail` says which).
+    #[error("not found: {0}")]
+    NoSuchResource(String),
+    /// OAuth-style `invalid_grant`: a refresh token that cannot be used.
+    #[error("invalid grant: {0}")]
+    InvalidGrant(String),
     #[error("not ready: {0}")]
     NotReady(String),
     #[error("store error: {0}")]
@@ -61,7 +67,8 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MissingAdminToken | ApiError::InvalidAdminToken => StatusCode::UNAUTHORIZED,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::NoSuchResource(_) => StatusCode::NOT_FOUND,
+            ApiError::InvalidGrant(_) => StatusCode::BAD_REQUEST,
             ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Store(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Store(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -85,11 +92,9 @@ impl ApiError {
                 "Invalid admin token",
                 "The bearer token is not the admin token.".to_owned(),
             ),
-            ApiError::NotFound => (
-                "not-found",
-                "Not found",
-                "There is no resource at this path.".to_owned(),
-            ),
+            ApiError::NotFound => ("not-found", "Not found", "There is no resource at this path.".to_owned()),
+            ApiError::NoSuchResource(d) => ("not-found", "Not found", d.clone()),
+            ApiError::InvalidGrant(d) => ("invalid_grant", "Invalid grant", d.clone()),
             ApiError::NotReady(d) => ("not-ready", "Not ready", d.clone()),
             ApiError::Store(e) if e.is_transient() => (
                 "store-unavailable",
@@ -139,10 +144,44 @@ impl IntoResponse for ApiError {
 fn problem_response(problem: &Problem) -> Response {
     let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = (status, Json(problem)).into_response();
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE));
     response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE));
-    response
+}
+
+impl From<crate::revocations::RevocationError> for ApiError {
+    fn from(e: crate::revocations::RevocationError) -> Self {
+        use crate::revocations::RevocationError as E;
+        match e {
+            E::InvalidRequest(m) => ApiError::InvalidRequest(m),
+            E::Store(e) => ApiError::Store(e),
+            E::Contended => ApiError::Store(StoreError::Busy(e.to_string())),
+            E::SnapshotTooLarge(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::sessions::SessionError> for ApiError {
+    fn from(e: crate::sessions::SessionError) -> Self {
+        use crate::sessions::SessionError as E;
+        match e {
+            E::InvalidRequest(m) => ApiError::InvalidRequest(m),
+            E::InvalidGrant(m) => ApiError::InvalidGrant(m.to_owned()),
+            E::Store(e) => ApiError::Store(e),
+            E::Contended => ApiError::Store(StoreError::Busy(e.to_string())),
+            E::Random(_) | E::Encoding(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::keys::KeyRingError> for ApiError {
+    fn from(e: crate::keys::KeyRingError) -> Self {
+        use crate::keys::KeyRingError as E;
+        match e {
+            E::Store(e) => ApiError::Store(e),
+            E::Contended => ApiError::Store(StoreError::Busy(e.to_string())),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
 }
 
 impl From<JsonRejection> for ApiError {
@@ -201,9 +240,7 @@ pub async fn problem_for_bare_errors(response: Response) -> Response {
     };
     let (mut parts, _) = response.into_parts();
     parts.headers.remove(CONTENT_LENGTH);
-    parts
-        .headers
-        .insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE));
+    parts.headers.insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE));
     let body = serde_json::to_vec(&problem).unwrap_or_default();
     Response::from_parts(parts, Body::from(body))
 }

@@ -37,10 +37,7 @@ pub(super) async fn store_is_ready(state: &AppState) -> Result<(), String> {
         }
         Err(_) => {
             tracing::warn!("readiness: store ping timed out");
-            Err(format!(
-                "the {} store did not answer in time",
-                state.store.backend()
-            ))
+            Err(format!("the {} store did not answer in time", state.store.backend()))
         }
     }
 }
@@ -54,9 +51,7 @@ async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiE
 }
 
 async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let body = state
-        .metrics
-        .render()
-        .map_err(|e| ApiError::Internal(format!("cannot render metrics: {e}")))?;
+    let body =
+        state.metrics.render().map_err(|e| ApiError::Internal(format!("cannot render metrics: {e}")))?;
     Ok(([(CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], body))
 }

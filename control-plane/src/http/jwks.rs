@@ -1,4 +1,5 @@
-//! The public signing keys, for anyone verifying tokens (the Envoy filter).
+//! The public signing keys, for anyone verifying tokens (the Envoy filter): the
+//! current key and previous keys until they retire.
 
 use axum::extract::State;
 use axum::routing::get;
@@ -12,7 +13,6 @@ pub fn routes() -> Router<AppState> {
 }
 
 async fn jwks(State(state): State<AppState>) -> Json<JwkSet> {
-    Json(JwkSet {
-        keys: vec![state.signing_key.public_jwk()],
-    })
+    let now_ms = state.clock.now_ms();
+    Json(state.keys.current(now_ms).await.jwks(now_ms))
 }

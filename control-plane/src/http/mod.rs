@@ -3,6 +3,7 @@
 
 mod admin;
 pub mod error;
+mod feed;
 mod health;
 mod jwks;
 mod observe;
@@ -14,14 +15,21 @@ use axum::middleware;
 use axum::Router;
 
 use crate::admin_credential::AdminCredential;
+use crate::audit::{self, ACTOR_SYSTEM};
 use crate::clock::Clock;
+use crate::keys::{KeyPolicy, KeyRing, KeyRingError};
+use crate::master_key::MasterKey;
 use crate::metrics::Metrics;
 use crate::random::RandomSource;
-use crate::signing::{ensure_current_signing_key, SigningKeyError, SigningKeyPair};
+use crate::revocations;
+use crate::sessions::Minter;
 use crate::store::{MeteredStore, Store};
 use crate::tokens::TokenPolicy;
 
-pub use admin::StatusReport;
+pub use admin::{
+    GlobalRotateRequest, KeyList, RevocationAccepted, RevocationRequest, StatusReport, UserReport,
+    UserRevocation,
+};
 pub use error::{ApiError, Problem, PROBLEM_CONTENT_TYPE};
 
 /// Request bodies are small JSON documents; refuse anything bigger.
@@ -36,35 +44,103 @@ pub struct Dependencies {
     pub clock: Arc<dyn Clock>,
     pub rng: Arc<dyn RandomSource>,
     pub metrics: Arc<Metrics>,
+    /// Seals private signing keys at rest.
+    pub master_key: Arc<MasterKey>,
+    pub key_policy: KeyPolicy,
+    /// Change feed entries kept by [`AppState::maintain`].
+    pub feed_keep: usize,
 }
 
 /// Shared by all handlers.
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
-    pub signing_key: Arc<SigningKeyPair>,
+    pub keys: Arc<KeyRing>,
     pub admin: Arc<AdminCredential>,
     pub token_policy: Arc<TokenPolicy>,
     pub clock: Arc<dyn Clock>,
     pub rng: Arc<dyn RandomSource>,
     pub metrics: Arc<Metrics>,
+    pub feed_keep: usize,
+}
+
+/// What one [`AppState::maintain`] pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Maintenance {
+    pub rotated_kid: Option<String>,
+    pub retired_version: Option<u64>,
+    pub trimmed_feed_entries: u64,
 }
 
 impl AppState {
-    /// Wraps the store with metrics and makes sure a current signing key exists.
-    pub async fn initialise(deps: Dependencies) -> Result<Self, SigningKeyError> {
+    /// Wraps the store with metrics and loads (or creates) the signing key set.
+    pub async fn initialise(deps: Dependencies) -> Result<Self, KeyRingError> {
         let store: Arc<dyn Store> = Arc::new(MeteredStore::new(deps.store, Arc::clone(&deps.metrics)));
-        let signing_key =
-            ensure_current_signing_key(store.as_ref(), deps.rng.as_ref(), deps.clock.now_ms()).await?;
+        let keys = KeyRing::open(
+            Arc::clone(&store),
+            deps.master_key,
+            Arc::clone(&deps.rng),
+            deps.key_policy,
+            deps.clock.now_ms(),
+        )
+        .await?;
         Ok(Self {
             store,
-            signing_key: Arc::new(signing_key),
+            keys: Arc::new(keys),
             admin: deps.admin,
             token_policy: Arc::new(deps.token_policy),
             clock: deps.clock,
             rng: deps.rng,
             metrics: deps.metrics,
+            feed_keep: deps.feed_keep,
         })
+    }
+
+    pub fn minter(&self) -> Minter<'_> {
+        Minter {
+            store: self.store.as_ref(),
+            keys: &self.keys,
+            policy: &self.token_policy,
+            rng: self.rng.as_ref(),
+        }
+    }
+
+    /// Periodic upkeep, safe to run on every replica at once: scheduled rotation,
+    /// retiring keys past their overlap, trimming the change feed.
+    pub async fn maintain(&self) -> Result<Maintenance, error::ApiError> {
+        let now_ms = self.clock.now_ms();
+        let store = self.store.as_ref();
+        let mut done = Maintenance::default();
+        if let Some(period) = self.keys.policy().rotate_every_ms {
+            if let Some(rotation) = self.keys.rotate(now_ms, Some(period)).await? {
+                revocations::record_key_set_change(store, rotation.key_set_version, now_ms).await?;
+                audit::record(
+                    store,
+                    now_ms,
+                    ACTOR_SYSTEM,
+                    "keys.rotate_scheduled",
+                    &rotation.kid,
+                    serde_json::to_value(&rotation).ok(),
+                )
+                .await?;
+                done.rotated_kid = Some(rotation.kid);
+            }
+        }
+        if let Some(version) = self.keys.retire_expired(now_ms).await? {
+            revocations::record_key_set_change(store, version, now_ms).await?;
+            audit::record(
+                store,
+                now_ms,
+                ACTOR_SYSTEM,
+                "keys.retire",
+                "signing-keys",
+                Some(serde_json::json!({ "keySetVersion": version })),
+            )
+            .await?;
+            done.retired_version = Some(version);
+        }
+        done.trimmed_feed_entries = revocations::trim_feed(store, self.feed_keep).await?;
+        Ok(done)
     }
 }
 
@@ -73,13 +149,11 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(health::routes())
         .merge(jwks::routes())
+        .merge(feed::routes())
         .nest("/admin/v1", admin::routes(state.clone()))
         .fallback(error::not_found)
         .layer(middleware::map_response(error::problem_for_bare_errors))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            observe::observe_request,
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), observe::observe_request))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

@@ -48,10 +48,7 @@ impl EmbeddedStore {
     /// Fails if another process has the database open.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
-            StoreError::Backend(format!(
-                "cannot create data directory {}: {e}",
-                data_dir.display()
-            ))
+            StoreError::Backend(format!("cannot create data directory {}: {e}", data_dir.display()))
         })?;
         let path = data_dir.join(DATABASE_FILE);
         let db = Database::create(&path).map_err(|e| match redb::Error::from(e) {
@@ -70,10 +67,7 @@ impl EmbeddedStore {
         txn.open_table(LOGS)?;
         txn.open_table(LOG_ENTRIES)?;
         txn.commit()?;
-        Ok(Self {
-            db: Arc::new(db),
-            path,
-        })
+        Ok(Self { db: Arc::new(db), path })
     }
 
     pub fn path(&self) -> &Path {
@@ -115,9 +109,7 @@ where
 {
     match tokio::task::spawn_blocking(work).await {
         Ok(result) => result,
-        Err(join) => Err(E::from(StoreError::Backend(format!(
-            "embedded store task failed: {join}"
-        )))),
+        Err(join) => Err(E::from(StoreError::Backend(format!("embedded store task failed: {join}")))),
     }
 }
 
@@ -250,8 +242,7 @@ impl Store for EmbeddedStore {
     async fn set_remove(&self, set: &str, member: &str) -> Result<(), StoreError> {
         let (set, member) = (set.to_owned(), member.to_owned());
         self.write(move |txn| {
-            txn.open_table(SET_MEMBERS)?
-                .remove((set.as_str(), member.as_str()))?;
+            txn.open_table(SET_MEMBERS)?.remove((set.as_str(), member.as_str()))?;
             Ok(())
         })
         .await
@@ -279,10 +270,7 @@ impl Store for EmbeddedStore {
                 if owner != set {
                     break;
                 }
-                members.push(SetMember {
-                    member: member.to_owned(),
-                    expires_at_ms: at.value(),
-                });
+                members.push(SetMember { member: member.to_owned(), expires_at_ms: at.value() });
             }
             // redb orders by member already; sorting keeps the contract explicit.
             members.sort_by(|a, b| a.member.cmp(&b.member));
@@ -293,8 +281,7 @@ impl Store for EmbeddedStore {
 
     async fn record_get(&self, key: &str, now_ms: u64) -> Result<Option<Vec<u8>>, StoreError> {
         let key = key.to_owned();
-        self.read(move |txn| live_record(&txn.open_table(RECORDS)?, &key, now_ms))
-            .await
+        self.read(move |txn| live_record(&txn.open_table(RECORDS)?, &key, now_ms)).await
     }
 
     async fn record_put(
@@ -349,8 +336,7 @@ impl Store for EmbeddedStore {
             let (head, trimmed) = feeds.get(feed.as_str())?.map_or((0, 0), |g| g.value());
             let cursor = head + 1;
             feeds.insert(feed.as_str(), (cursor, trimmed))?;
-            txn.open_table(FEED_ENTRIES)?
-                .insert((feed.as_str(), cursor), (now_ms, entry.as_slice()))?;
+            txn.open_table(FEED_ENTRIES)?.insert((feed.as_str(), cursor), (now_ms, entry.as_slice()))?;
             Ok(cursor)
         })
         .await
@@ -370,11 +356,7 @@ impl Store for EmbeddedStore {
                 for item in table.range((feed.as_str(), first)..=(feed.as_str(), last))? {
                     let (key, value) = item?;
                     let (appended_at_ms, data) = value.value();
-                    entries.push(FeedEntry {
-                        cursor: key.value().1,
-                        appended_at_ms,
-                        data: data.to_vec(),
-                    });
+                    entries.push(FeedEntry { cursor: key.value().1, appended_at_ms, data: data.to_vec() });
                 }
             }
             Ok(feed_page(after, head, false, entries))
@@ -423,9 +405,7 @@ impl Store for EmbeddedStore {
                 .map_err(StoreError::from)?
                 .map_or(0, |g| g.value());
             if last != expected_last_seq.unwrap_or(0) {
-                return Err(LogAppendError::Conflict {
-                    last_seq: (last > 0).then_some(last),
-                });
+                return Err(LogAppendError::Conflict { last_seq: (last > 0).then_some(last) });
             }
             Ok(log_push(txn, &log, &entry)?)
         })
@@ -443,10 +423,7 @@ impl Store for EmbeddedStore {
             }
             for item in table.range((log.as_str(), from_seq.max(1))..=(log.as_str(), u64::MAX))? {
                 let (key, data) = item?;
-                entries.push(LogEntry {
-                    seq: key.value().1,
-                    data: data.value().to_vec(),
-                });
+                entries.push(LogEntry { seq: key.value().1, data: data.value().to_vec() });
                 if entries.len() == limit {
                     break;
                 }

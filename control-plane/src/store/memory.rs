@@ -51,9 +51,7 @@ impl MemoryStore {
     fn state(&self) -> Result<MutexGuard<'_, State>, StoreError> {
         // A panic while holding the lock can only come from a bug in this file; the
         // data may be half-updated, so refuse to go on rather than serve it.
-        self.state
-            .lock()
-            .map_err(|_| StoreError::Backend("memory store lock poisoned".to_owned()))
+        self.state.lock().map_err(|_| StoreError::Backend("memory store lock poisoned".to_owned()))
     }
 }
 
@@ -71,8 +69,7 @@ impl State {
     fn write_record(&mut self, key: &str, value: Option<Vec<u8>>, expires_at_ms: Option<u64>, now_ms: u64) {
         match value {
             Some(value) if is_live_opt(expires_at_ms, now_ms) => {
-                self.records
-                    .insert(key.to_owned(), Record { value, expires_at_ms });
+                self.records.insert(key.to_owned(), Record { value, expires_at_ms });
             }
             _ => {
                 self.records.remove(key);
@@ -104,10 +101,7 @@ impl Store for MemoryStore {
     async fn incr_counter(&self, key: &str, delta: i64, ttl_ms: u64, now_ms: u64) -> Result<i64, StoreError> {
         require_positive_ttl(ttl_ms)?;
         let mut state = self.state()?;
-        let counter = state.counters.entry(key.to_owned()).or_insert(Counter {
-            value: 0,
-            expires_at_ms: 0,
-        });
+        let counter = state.counters.entry(key.to_owned()).or_insert(Counter { value: 0, expires_at_ms: 0 });
         if !is_live(counter.expires_at_ms, now_ms) {
             counter.value = 0;
             counter.expires_at_ms = now_ms.saturating_add(ttl_ms);
@@ -121,11 +115,7 @@ impl Store for MemoryStore {
 
     async fn get_counter(&self, key: &str, now_ms: u64) -> Result<i64, StoreError> {
         let state = self.state()?;
-        Ok(state
-            .counters
-            .get(key)
-            .filter(|c| is_live(c.expires_at_ms, now_ms))
-            .map_or(0, |c| c.value))
+        Ok(state.counters.get(key).filter(|c| is_live(c.expires_at_ms, now_ms)).map_or(0, |c| c.value))
     }
 
     async fn set_add(
@@ -155,11 +145,7 @@ impl Store for MemoryStore {
 
     async fn set_contains(&self, set: &str, member: &str, now_ms: u64) -> Result<bool, StoreError> {
         let state = self.state()?;
-        Ok(state
-            .sets
-            .get(set)
-            .and_then(|m| m.get(member))
-            .is_some_and(|at| is_live(*at, now_ms)))
+        Ok(state.sets.get(set).and_then(|m| m.get(member)).is_some_and(|at| is_live(*at, now_ms)))
     }
 
     async fn set_members(&self, set: &str, now_ms: u64) -> Result<Vec<SetMember>, StoreError> {
@@ -170,10 +156,7 @@ impl Store for MemoryStore {
         members.retain(|_, at| is_live(*at, now_ms));
         let mut live: Vec<SetMember> = members
             .iter()
-            .map(|(member, at)| SetMember {
-                member: member.clone(),
-                expires_at_ms: *at,
-            })
+            .map(|(member, at)| SetMember { member: member.clone(), expires_at_ms: *at })
             .collect();
         live.sort_by(|a, b| a.member.cmp(&b.member));
         Ok(live)
@@ -278,9 +261,7 @@ impl Store for MemoryStore {
         let mut state = self.state()?;
         let last = state.log_len(log);
         if last != expected_last_seq.unwrap_or(0) {
-            return Err(LogAppendError::Conflict {
-                last_seq: (last > 0).then_some(last),
-            });
+            return Err(LogAppendError::Conflict { last_seq: (last > 0).then_some(last) });
         }
         Ok(state.log_push(log, entry))
     }
@@ -296,20 +277,14 @@ impl Store for MemoryStore {
             .enumerate()
             .skip(usize::try_from(start - 1).unwrap_or(usize::MAX))
             .take(limit.min(MAX_PAGE_SIZE))
-            .map(|(i, data)| LogEntry {
-                seq: i as u64 + 1,
-                data: data.clone(),
-            })
+            .map(|(i, data)| LogEntry { seq: i as u64 + 1, data: data.clone() })
             .collect())
     }
 
     async fn log_last(&self, log: &str) -> Result<Option<LogEntry>, StoreError> {
         let state = self.state()?;
         Ok(state.logs.get(log).and_then(|entries| {
-            entries.last().map(|data| LogEntry {
-                seq: entries.len() as u64,
-                data: data.clone(),
-            })
+            entries.last().map(|data| LogEntry { seq: entries.len() as u64, data: data.clone() })
         }))
     }
 }

@@ -37,10 +37,7 @@ impl Store for MeteredStore {
     }
 
     async fn incr_counter(&self, key: &str, delta: i64, ttl_ms: u64, now_ms: u64) -> Result<i64, StoreError> {
-        self.observe(
-            "incr_counter",
-            self.inner.incr_counter(key, delta, ttl_ms, now_ms).await,
-        )
+        self.observe("incr_counter", self.inner.incr_counter(key, delta, ttl_ms, now_ms).await)
     }
 
     async fn get_counter(&self, key: &str, now_ms: u64) -> Result<i64, StoreError> {
@@ -54,10 +51,7 @@ impl Store for MeteredStore {
         expires_at_ms: u64,
         now_ms: u64,
     ) -> Result<bool, StoreError> {
-        self.observe(
-            "set_add",
-            self.inner.set_add(set, member, expires_at_ms, now_ms).await,
-        )
+        self.observe("set_add", self.inner.set_add(set, member, expires_at_ms, now_ms).await)
     }
 
     async fn set_remove(&self, set: &str, member: &str) -> Result<(), StoreError> {
@@ -83,10 +77,7 @@ impl Store for MeteredStore {
         expires_at_ms: Option<u64>,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        self.observe(
-            "record_put",
-            self.inner.record_put(key, value, expires_at_ms, now_ms).await,
-        )
+        self.observe("record_put", self.inner.record_put(key, value, expires_at_ms, now_ms).await)
     }
 
     async fn record_delete(&self, key: &str) -> Result<(), StoreError> {
@@ -101,10 +92,7 @@ impl Store for MeteredStore {
         expires_at_ms: Option<u64>,
         now_ms: u64,
     ) -> Result<bool, StoreError> {
-        let result = self
-            .inner
-            .record_compare_and_swap(key, expected, new, expires_at_ms, now_ms)
-            .await;
+        let result = self.inner.record_compare_and_swap(key, expected, new, expires_at_ms, now_ms).await;
         self.observe("record_compare_and_swap", result)
     }
 
@@ -133,8 +121,7 @@ impl Store for MeteredStore {
         let result = self.inner.log_append_if_last(log, expected_last_seq, entry).await;
         // A conflict is an expected outcome of optimistic appends, not a store failure.
         if let Err(LogAppendError::Store(error)) = &result {
-            self.metrics
-                .record_store_error("log_append_if_last", error.kind());
+            self.metrics.record_store_error("log_append_if_last", error.kind());
         }
         result
     }

@@ -144,10 +144,7 @@ pub enum StoreError {
 impl StoreError {
     /// Connection, timeout and busy errors may succeed on retry; the rest will not.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Unavailable(_) | StoreError::Timeout(_) | StoreError::Busy(_)
-        )
+        matches!(self, StoreError::Unavailable(_) | StoreError::Timeout(_) | StoreError::Busy(_))
     }
 
     /// A stable, low-cardinality name for metrics and logs.
@@ -273,9 +270,7 @@ pub trait Store: Send + Sync {
 
 fn require_positive_ttl(ttl_ms: u64) -> Result<(), StoreError> {
     if ttl_ms == 0 {
-        return Err(StoreError::InvalidArgument(
-            "a counter TTL must be positive".to_owned(),
-        ));
+        return Err(StoreError::InvalidArgument("a counter TTL must be positive".to_owned()));
     }
     Ok(())
 }
@@ -303,12 +298,7 @@ fn feed_window(after: u64, limit: usize, head: u64, trimmed: u64) -> Option<(u64
 
 fn feed_page(after: u64, head: u64, cursor_too_old: bool, entries: Vec<FeedEntry>) -> FeedPage {
     let next_cursor = entries.last().map_or(after, |e| e.cursor);
-    FeedPage {
-        entries,
-        next_cursor,
-        cursor_too_old,
-        head,
-    }
+    FeedPage { entries, next_cursor, cursor_too_old, head }
 }
 
 #[cfg(test)]
@@ -326,10 +316,7 @@ mod tests {
 
     #[test]
     fn feed_window_caps_the_page_size() {
-        assert_eq!(
-            feed_window(0, usize::MAX, 5000, 0),
-            Some((1, MAX_PAGE_SIZE as u64))
-        );
+        assert_eq!(feed_window(0, usize::MAX, 5000, 0), Some((1, MAX_PAGE_SIZE as u64)));
     }
 
     #[test]

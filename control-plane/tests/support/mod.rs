@@ -23,11 +23,7 @@ fn redis_server_binary() -> PathBuf {
         return PathBuf::from(path);
     }
     let candidates: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("redis-server"))
-                .collect()
-        })
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("redis-server")).collect())
         .unwrap_or_default();
     candidates
         .into_iter()
@@ -55,11 +51,7 @@ pub struct RedisServer {
 impl RedisServer {
     pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir for redis-server");
-        let mut server = Self {
-            port: free_port(),
-            dir,
-            watchdog: None,
-        };
+        let mut server = Self { port: free_port(), dir, watchdog: None };
         server.start_again();
         server
     }
@@ -104,10 +96,7 @@ impl RedisServer {
             std::thread::sleep(Duration::from_millis(20));
         }
         let log = std::fs::read_to_string(&log).unwrap_or_default();
-        panic!(
-            "redis-server on port {} did not answer PING within 10s; its log:\n{log}",
-            self.port
-        );
+        panic!("redis-server on port {} did not answer PING within 10s; its log:\n{log}", self.port);
     }
 
     /// Stops the server and waits until it has exited.

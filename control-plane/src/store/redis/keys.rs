@@ -78,10 +78,7 @@ mod tests {
     #[test]
     fn keys_of_one_feed_share_a_hash_tag() {
         assert_eq!(hash_tag(&feed_meta("revocations")), "feed:revocations");
-        assert_eq!(
-            hash_tag(&feed_meta("revocations")),
-            hash_tag(&feed_entries("revocations"))
-        );
+        assert_eq!(hash_tag(&feed_meta("revocations")), hash_tag(&feed_entries("revocations")));
         assert_eq!(hash_tag(&log_seq("audit")), hash_tag(&log_entries("audit")));
     }
 

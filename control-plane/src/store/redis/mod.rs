@@ -34,10 +34,7 @@ pub struct RedisTimeouts {
 
 impl Default for RedisTimeouts {
     fn default() -> Self {
-        Self {
-            connect: Duration::from_secs(1),
-            response: Duration::from_secs(2),
-        }
+        Self { connect: Duration::from_secs(1), response: Duration::from_secs(2) }
     }
 }
 
@@ -60,11 +57,7 @@ impl RedisStore {
             .set_number_of_retries(2)
             .set_factor(50)
             .set_max_delay(500);
-        Ok(Self {
-            client,
-            config,
-            connection: OnceCell::new(),
-        })
+        Ok(Self { client, config, connection: OnceCell::new() })
     }
 
     async fn connection(&self) -> Result<ConnectionManager, StoreError> {
@@ -128,18 +121,14 @@ fn int(value: &Value, what: &str) -> Result<u64, StoreError> {
             .ok()
             .and_then(parse_score)
             .ok_or_else(|| StoreError::CorruptData(format!("{what} is not a number"))),
-        other => Err(StoreError::CorruptData(format!(
-            "{what}: unexpected reply {other:?}"
-        ))),
+        other => Err(StoreError::CorruptData(format!("{what}: unexpected reply {other:?}"))),
     }
 }
 
 fn bytes(value: Value, what: &str) -> Result<Vec<u8>, StoreError> {
     match value {
         Value::BulkString(bytes) => Ok(bytes),
-        other => Err(StoreError::CorruptData(format!(
-            "{what}: unexpected reply {other:?}"
-        ))),
+        other => Err(StoreError::CorruptData(format!("{what}: unexpected reply {other:?}"))),
     }
 }
 
@@ -176,11 +165,7 @@ fn decode_feed_entry(cursor: u64, raw: Vec<u8>) -> Result<FeedEntry, StoreError>
         .ok_or_else(|| StoreError::CorruptData(format!("feed entry {cursor} is truncated")))?;
     let mut at = [0u8; 8];
     at.copy_from_slice(time);
-    Ok(FeedEntry {
-        cursor,
-        appended_at_ms: u64::from_be_bytes(at),
-        data: data.to_vec(),
-    })
+    Ok(FeedEntry { cursor, appended_at_ms: u64::from_be_bytes(at), data: data.to_vec() })
 }
 
 #[async_trait]
@@ -194,9 +179,7 @@ impl Store for RedisStore {
         if reply == "PONG" {
             Ok(())
         } else {
-            Err(StoreError::CorruptData(format!(
-                "unexpected PING reply {reply:?}"
-            )))
+            Err(StoreError::CorruptData(format!("unexpected PING reply {reply:?}")))
         }
     }
 
@@ -213,9 +196,8 @@ impl Store for RedisStore {
     }
 
     async fn get_counter(&self, key: &str, now_ms: u64) -> Result<i64, StoreError> {
-        let (value, expires_at): (Option<i64>, Option<u64>) = self
-            .query(redis::cmd("HMGET").arg(keys::counter(key)).arg("v").arg("x"))
-            .await?;
+        let (value, expires_at): (Option<i64>, Option<u64>) =
+            self.query(redis::cmd("HMGET").arg(keys::counter(key)).arg("v").arg("x")).await?;
         Ok(match (value, expires_at) {
             (Some(value), Some(at)) if is_live(at, now_ms) => value,
             _ => 0,
@@ -230,27 +212,18 @@ impl Store for RedisStore {
         now_ms: u64,
     ) -> Result<bool, StoreError> {
         let mut script = scripts::SET_ADD.prepare_invoke();
-        script
-            .key(keys::set(set))
-            .arg(member)
-            .arg(expires_at_ms)
-            .arg(now_ms)
-            .arg(GC_GRACE_MS);
+        script.key(keys::set(set)).arg(member).arg(expires_at_ms).arg(now_ms).arg(GC_GRACE_MS);
         let added: i64 = self.invoke(script).await?;
         Ok(added == 1)
     }
 
     async fn set_remove(&self, set: &str, member: &str) -> Result<(), StoreError> {
-        let _: i64 = self
-            .query(redis::cmd("ZREM").arg(keys::set(set)).arg(member))
-            .await?;
+        let _: i64 = self.query(redis::cmd("ZREM").arg(keys::set(set)).arg(member)).await?;
         Ok(())
     }
 
     async fn set_contains(&self, set: &str, member: &str, now_ms: u64) -> Result<bool, StoreError> {
-        let score: Option<String> = self
-            .query(redis::cmd("ZSCORE").arg(keys::set(set)).arg(member))
-            .await?;
+        let score: Option<String> = self.query(redis::cmd("ZSCORE").arg(keys::set(set)).arg(member)).await?;
         match score {
             None => Ok(false),
             Some(score) => {
@@ -274,9 +247,7 @@ impl Store for RedisStore {
                         StoreError::CorruptData(format!("set score {score:?} is not a number"))
                     })?,
                 }),
-                _ => Err(StoreError::CorruptData(
-                    "odd-length set member listing".to_owned(),
-                )),
+                _ => Err(StoreError::CorruptData("odd-length set member listing".to_owned())),
             })
             .collect::<Result<Vec<_>, _>>()?;
         members.sort_by(|a, b| a.member.cmp(&b.member));
@@ -284,9 +255,8 @@ impl Store for RedisStore {
     }
 
     async fn record_get(&self, key: &str, now_ms: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let (value, expires_at): (Option<Vec<u8>>, Option<Vec<u8>>) = self
-            .query(redis::cmd("HMGET").arg(keys::record(key)).arg("v").arg("x"))
-            .await?;
+        let (value, expires_at): (Option<Vec<u8>>, Option<Vec<u8>>) =
+            self.query(redis::cmd("HMGET").arg(keys::record(key)).arg("v").arg("x")).await?;
         let expires_at = parse_expiry(expires_at)?;
         Ok(value.filter(|_| is_live_opt(expires_at, now_ms)))
     }
@@ -303,11 +273,7 @@ impl Store for RedisStore {
             Some(at) if !is_live(at, now_ms) => self.record_delete_key(&key).await,
             Some(at) => {
                 let mut script = scripts::RECORD_PUT_EXPIRING.prepare_invoke();
-                script
-                    .key(&key)
-                    .arg(value)
-                    .arg(at)
-                    .arg(gc_lifetime_ms(at, now_ms));
+                script.key(&key).arg(value).arg(at).arg(gc_lifetime_ms(at, now_ms));
                 let _: i64 = self.invoke(script).await?;
                 Ok(())
             }
@@ -382,9 +348,7 @@ impl Store for RedisStore {
         let mut entries = Vec::new();
         while let Some(cursor) = items.next() {
             let cursor = int(&cursor, "feed cursor")?;
-            let raw = items
-                .next()
-                .ok_or_else(|| StoreError::CorruptData("feed entry missing".to_owned()))?;
+            let raw = items.next().ok_or_else(|| StoreError::CorruptData("feed entry missing".to_owned()))?;
             entries.push(decode_feed_entry(cursor, bytes(raw, "feed entry")?)?);
         }
         Ok(feed_page(after, head, false, entries))
@@ -392,19 +356,13 @@ impl Store for RedisStore {
 
     async fn feed_trim(&self, feed: &str, keep_last: usize) -> Result<u64, StoreError> {
         let mut script = scripts::FEED_TRIM.prepare_invoke();
-        script
-            .key(keys::feed_meta(feed))
-            .key(keys::feed_entries(feed))
-            .arg(keep_last);
+        script.key(keys::feed_meta(feed)).key(keys::feed_entries(feed)).arg(keep_last);
         self.invoke(script).await
     }
 
     async fn log_append(&self, log: &str, entry: Vec<u8>) -> Result<u64, StoreError> {
         let mut script = scripts::LOG_APPEND.prepare_invoke();
-        script
-            .key(keys::log_seq(log))
-            .key(keys::log_entries(log))
-            .arg(entry);
+        script.key(keys::log_seq(log)).key(keys::log_entries(log)).arg(entry);
         self.invoke(script).await
     }
 
@@ -424,9 +382,7 @@ impl Store for RedisStore {
         if appended == 1 {
             Ok(seq)
         } else {
-            Err(LogAppendError::Conflict {
-                last_seq: (seq > 0).then_some(seq),
-            })
+            Err(LogAppendError::Conflict { last_seq: (seq > 0).then_some(seq) })
         }
     }
 
@@ -439,9 +395,8 @@ impl Store for RedisStore {
         let seqs: Vec<u64> = (first..first.saturating_add(limit)).collect();
         // Entries are immutable and sequence numbers have no gaps, so one HMGET is a
         // consistent read: the first missing entry is the end of the log.
-        let values: Vec<Option<Vec<u8>>> = self
-            .query(redis::cmd("HMGET").arg(keys::log_entries(log)).arg(&seqs))
-            .await?;
+        let values: Vec<Option<Vec<u8>>> =
+            self.query(redis::cmd("HMGET").arg(keys::log_entries(log)).arg(&seqs)).await?;
         Ok(seqs
             .into_iter()
             .zip(values)
@@ -456,9 +411,8 @@ impl Store for RedisStore {
         };
         // The entry for `seq` was written in the same script that set `seq`, and log
         // entries never change, so this second read is consistent with the first.
-        let data: Option<Vec<u8>> = self
-            .query(redis::cmd("HGET").arg(keys::log_entries(log)).arg(seq))
-            .await?;
+        let data: Option<Vec<u8>> =
+            self.query(redis::cmd("HGET").arg(keys::log_entries(log)).arg(seq)).await?;
         let data = data.ok_or_else(|| StoreError::CorruptData(format!("log {log:?} has no entry {seq}")))?;
         Ok(Some(LogEntry { seq, data }))
     }

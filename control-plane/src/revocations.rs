@@ -1,0 +1,368 @@
+//! Revocation state and the change feed the Envoy filter follows.
+//!
+//! State lives in the store, so every replica answers the same:
+//!
+//! - set [`REVOKED_SET`]: revoked `jti`s, each expiring with its token's `exp`;
+//! - record `user-min-version/<sub>`: a subject's minimum token version (source of
+//!   truth, changed by compare-and-swap), indexed for snapshots in set
+//!   [`USER_VERSIONS_SET`] as members `<sub>\x1f<version>` (a snapshot takes the
+//!   highest per subject, so a crash between the two writes is harmless);
+//! - record [`GLOBAL_RECORD`]: the global minimum version with reason and grace.
+//!
+//! Each change is written to the state first and then appended to feed [`FEED`];
+//! `GET /v1/feed` turns feed entries into [`portcullis_core::revocation::FeedPage`]
+//! deltas, or builds a snapshot from the state when the reader's cursor is 0 or
+//! trimmed away. Applying a change twice is harmless, so a snapshot may overlap the
+//! deltas after its cursor.
+
+use std::collections::BTreeMap;
+
+use portcullis_core::revocation::{
+    FeedPage, GlobalMinVersion, RevokedToken, UserMinVersion, MAX_PAGE_ENTRIES,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Store, StoreError, MAX_PAGE_SIZE};
+
+pub const FEED: &str = "revocations";
+pub const REVOKED_SET: &str = "revoked-jtis";
+pub const USER_VERSIONS_SET: &str = "user-min-versions";
+pub const GLOBAL_RECORD: &str = "global-min-version";
+/// The version of tokens minted before any revocation: `ver` is never below it.
+pub const BASE_TOKEN_VERSION: u64 = 1;
+/// Feed entries kept by the periodic trim; older readers get a snapshot.
+pub const DEFAULT_FEED_KEEP: usize = 100_000;
+/// Revocations of tokens expiring further out than this are refused as bogus.
+const MAX_REVOCATION_SECONDS: u64 = 10 * 366 * 86_400;
+/// Index members never expire (the year 9999).
+const NEVER_MS: u64 = 253_402_300_799_000;
+const SEPARATOR: char = '\u{1f}';
+const CAS_ATTEMPTS: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RevocationError {
+    /// The request is not acceptable; the message names the field.
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("state changed concurrently too often; retry")]
+    Contended,
+    #[error("the revocation snapshot has {0} entries, more than a feed page may carry ({MAX_PAGE_ENTRIES})")]
+    SnapshotTooLarge(usize),
+}
+
+/// One change in the feed (stored JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum FeedChange {
+    Revoked { jti: String, exp: u64 },
+    UserMinVersion { sub: String, min_version: u64 },
+    Global { min_version: u64, rotated_at: u64, grace_seconds: u64 },
+    KeySet { version: u64 },
+}
+
+/// The global minimum token version (`GET /admin/v1/global`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GlobalState {
+    pub min_version: u64,
+    /// Unix seconds; 0 when never rotated.
+    pub rotated_at: u64,
+    pub grace_seconds: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+fn invalid(message: impl Into<String>) -> RevocationError {
+    RevocationError::InvalidRequest(message.into())
+}
+
+fn user_record(sub: &str) -> String {
+    format!("user-min-version/{sub}")
+}
+
+/// Subjects and token ids: 1..=256 bytes, no control characters.
+pub fn validate_id(field: &str, value: &str) -> Result<(), RevocationError> {
+    if value.is_empty() || value.len() > 256 || value.chars().any(char::is_control) {
+        return Err(invalid(format!("{field}: must be 1 to 256 bytes without control characters")));
+    }
+    Ok(())
+}
+
+async fn append(store: &dyn Store, change: &FeedChange, now_ms: u64) -> Result<u64, StoreError> {
+    let bytes = serde_json::to_vec(change)
+        .map_err(|e| StoreError::InvalidArgument(format!("cannot encode feed entry: {e}")))?;
+    store.feed_append(FEED, bytes, now_ms).await
+}
+
+/// Revokes one token until its `exp` (Unix seconds). Returns the feed cursor.
+pub async fn revoke_jti(store: &dyn Store, jti: &str, exp: u64, now_ms: u64) -> Result<u64, RevocationError> {
+    validate_id("jti", jti)?;
+    let now = now_ms / 1000;
+    if exp <= now {
+        return Err(invalid("exp: the token has already expired; there is nothing to revoke"));
+    }
+    if exp > now + MAX_REVOCATION_SECONDS {
+        return Err(invalid("exp: more than 10 years ahead; pass the token's own exp (Unix seconds)"));
+    }
+    store.set_add(REVOKED_SET, jti, exp.saturating_mul(1000), now_ms).await?;
+    Ok(append(store, &FeedChange::Revoked { jti: jti.to_owned(), exp }, now_ms).await?)
+}
+
+async fn read_u64_record(
+    store: &dyn Store,
+    key: &str,
+    now_ms: u64,
+) -> Result<(Option<Vec<u8>>, u64), RevocationError> {
+    let raw = store.record_get(key, now_ms).await?;
+    let value = match &raw {
+        Some(bytes) => std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| StoreError::CorruptData(format!("record {key} is not a number")))?,
+        None => 0,
+    };
+    Ok((raw, value))
+}
+
+/// A subject's minimum token version (0: none set).
+pub async fn user_min_version(store: &dyn Store, sub: &str, now_ms: u64) -> Result<u64, RevocationError> {
+    Ok(read_u64_record(store, &user_record(sub), now_ms).await?.1)
+}
+
+async fn read_global(
+    store: &dyn Store,
+    now_ms: u64,
+) -> Result<(Option<Vec<u8>>, GlobalState), RevocationError> {
+    let raw = store.record_get(GLOBAL_RECORD, now_ms).await?;
+    let state = match &raw {
+        Some(bytes) => serde_json::from_slice(bytes)
+            .map_err(|e| StoreError::CorruptData(format!("record {GLOBAL_RECORD}: {e}")))?,
+        None => GlobalState::default(),
+    };
+    Ok((raw, state))
+}
+
+pub async fn global_state(store: &dyn Store, now_ms: u64) -> Result<GlobalState, RevocationError> {
+    Ok(read_global(store, now_ms).await?.1)
+}
+
+/// The `ver` a token minted now for `sub` carries.
+pub async fn token_version_for(store: &dyn Store, sub: &str, now_ms: u64) -> Result<u64, RevocationError> {
+    let global = global_state(store, now_ms).await?.min_version;
+    let user = user_min_version(store, sub, now_ms).await?;
+    Ok(BASE_TOKEN_VERSION.max(global).max(user))
+}
+
+/// Raises `sub`'s minimum version above every token minted so far. Returns the new
+/// minimum and the feed cursor.
+pub async fn revoke_all_for_user(
+    store: &dyn Store,
+    sub: &str,
+    now_ms: u64,
+) -> Result<(u64, u64), RevocationError> {
+    validate_id("sub", sub)?;
+    let key = user_record(sub);
+    for _ in 0..CAS_ATTEMPTS {
+        let (raw, user) = read_u64_record(store, &key, now_ms).await?;
+        let global = global_state(store, now_ms).await?.min_version;
+        let next = BASE_TOKEN_VERSION.max(global).max(user) + 1;
+        if store
+            .record_compare_and_swap(&key, raw.as_deref(), Some(next.to_string().into_bytes()), None, now_ms)
+            .await?
+        {
+            store.set_add(USER_VERSIONS_SET, &format!("{sub}{SEPARATOR}{next}"), NEVER_MS, now_ms).await?;
+            if user > 0 {
+                store.set_remove(USER_VERSIONS_SET, &format!("{sub}{SEPARATOR}{user}")).await?;
+            }
+            let change = FeedChange::UserMinVersion { sub: sub.to_owned(), min_version: next };
+            return Ok((next, append(store, &change, now_ms).await?));
+        }
+    }
+    Err(RevocationError::Contended)
+}
+
+/// Raises the global minimum version: tokens minted before stop working once
+/// `grace_seconds` have passed. Returns the new state and the feed cursor.
+pub async fn rotate_global(
+    store: &dyn Store,
+    reason: &str,
+    grace_seconds: u64,
+    now_ms: u64,
+) -> Result<(GlobalState, u64), RevocationError> {
+    if reason.trim().is_empty() || reason.len() > 1024 {
+        return Err(invalid("reason: must be 1 to 1024 bytes"));
+    }
+    if grace_seconds > 30 * 86_400 {
+        return Err(invalid("graceSeconds: at most 2592000 (30 days)"));
+    }
+    for _ in 0..CAS_ATTEMPTS {
+        let (raw, current) = read_global(store, now_ms).await?;
+        let next = GlobalState {
+            min_version: BASE_TOKEN_VERSION.max(current.min_version) + 1,
+            rotated_at: now_ms / 1000,
+            grace_seconds,
+            reason: Some(reason.to_owned()),
+        };
+        let bytes = serde_json::to_vec(&next)
+            .map_err(|e| StoreError::InvalidArgument(format!("cannot encode global state: {e}")))?;
+        if store.record_compare_and_swap(GLOBAL_RECORD, raw.as_deref(), Some(bytes), None, now_ms).await? {
+            let change = FeedChange::Global {
+                min_version: next.min_version,
+                rotated_at: next.rotated_at,
+                grace_seconds,
+            };
+            let cursor = append(store, &change, now_ms).await?;
+            return Ok((next, cursor));
+        }
+    }
+    Err(RevocationError::Contended)
+}
+
+/// Records a key set change in the feed, so followers see `keySetVersion` move.
+pub async fn record_key_set_change(store: &dyn Store, version: u64, now_ms: u64) -> Result<u64, StoreError> {
+    append(store, &FeedChange::KeySet { version }, now_ms).await
+}
+
+/// Drops all but the newest `keep` feed entries.
+pub async fn trim_feed(store: &dyn Store, keep: usize) -> Result<u64, StoreError> {
+    store.feed_trim(FEED, keep).await
+}
+
+/// One page for a follower at cursor `after`: a delta, or a snapshot when `after` is
+/// 0 or can no longer be continued.
+pub async fn feed_page(
+    store: &dyn Store,
+    after: u64,
+    limit: usize,
+    key_set_version: u64,
+    now_ms: u64,
+) -> Result<FeedPage, RevocationError> {
+    if after == 0 {
+        return snapshot(store, key_set_version, now_ms).await;
+    }
+    let page = store.feed_read(FEED, after, limit.clamp(1, MAX_PAGE_SIZE)).await?;
+    if page.cursor_too_old {
+        return snapshot(store, key_set_version, now_ms).await;
+    }
+    let mut out = FeedPage {
+        cursor: page.next_cursor,
+        snapshot: false,
+        key_set_version,
+        more: page.next_cursor < page.head,
+        ..FeedPage::default()
+    };
+    let now = now_ms / 1000;
+    for entry in page.entries {
+        let change: FeedChange = serde_json::from_slice(&entry.data)
+            .map_err(|e| StoreError::CorruptData(format!("feed entry {}: {e}", entry.cursor)))?;
+        match change {
+            FeedChange::Revoked { jti, exp } => {
+                if exp > now {
+                    out.revoked.push(RevokedToken { jti, exp });
+                }
+            }
+            FeedChange::UserMinVersion { sub, min_version } => {
+                out.user_min_versions.push(UserMinVersion { sub, min_version });
+            }
+            FeedChange::Global { min_version, rotated_at, grace_seconds } => {
+                out.global = Some(GlobalMinVersion { min_version, rotated_at, grace_seconds });
+            }
+            FeedChange::KeySet { version } => {
+                out.key_set_version = out.key_set_version.max(version);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The whole state. The cursor is the feed head read *before* the state, so changes
+/// made meanwhile are delivered again as deltas (harmless) rather than lost.
+pub async fn snapshot(
+    store: &dyn Store,
+    key_set_version: u64,
+    now_ms: u64,
+) -> Result<FeedPage, RevocationError> {
+    let head = store.feed_read(FEED, u64::MAX, 1).await?.head;
+    let revoked: Vec<RevokedToken> = store
+        .set_members(REVOKED_SET, now_ms)
+        .await?
+        .into_iter()
+        .map(|m| RevokedToken { jti: m.member, exp: m.expires_at_ms / 1000 })
+        .collect();
+    let mut users: BTreeMap<String, u64> = BTreeMap::new();
+    for member in store.set_members(USER_VERSIONS_SET, now_ms).await? {
+        let Some((sub, version)) = member.member.rsplit_once(SEPARATOR) else {
+            continue;
+        };
+        let Ok(version) = version.parse::<u64>() else {
+            continue;
+        };
+        let entry = users.entry(sub.to_owned()).or_insert(0);
+        *entry = (*entry).max(version);
+    }
+    let total = revoked.len() + users.len();
+    if total > MAX_PAGE_ENTRIES {
+        return Err(RevocationError::SnapshotTooLarge(total));
+    }
+    let global = global_state(store, now_ms).await?;
+    Ok(FeedPage {
+        cursor: head,
+        snapshot: true,
+        revoked,
+        user_min_versions: users
+            .into_iter()
+            .map(|(sub, min_version)| UserMinVersion { sub, min_version })
+            .collect(),
+        global: Some(GlobalMinVersion {
+            min_version: global.min_version,
+            rotated_at: global.rotated_at,
+            grace_seconds: global.grace_seconds,
+        }),
+        key_set_version,
+        more: false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    #[test]
+    fn feed_changes_are_tagged_camel_case_json() {
+        let change = FeedChange::UserMinVersion { sub: "a".into(), min_version: 2 };
+        assert_eq!(
+            serde_json::to_string(&change).unwrap(),
+            r#"{"type":"userMinVersion","sub":"a","minVersion":2}"#
+        );
+    }
+
+    #[tokio::test]
+    async fn versions_only_go_up() {
+        let store = MemoryStore::new();
+        assert_eq!(token_version_for(&store, "alice", 0).await.unwrap(), 1);
+        let (min, _) = revoke_all_for_user(&store, "alice", 0).await.unwrap();
+        assert_eq!(min, 2);
+        assert_eq!(token_version_for(&store, "alice", 0).await.unwrap(), 2);
+        let (global, _) = rotate_global(&store, "breach", 60, 5000).await.unwrap();
+        assert_eq!((global.min_version, global.rotated_at), (2, 5));
+        let (min, _) = revoke_all_for_user(&store, "alice", 0).await.unwrap();
+        assert_eq!(min, 3);
+        let (global, _) = rotate_global(&store, "again", 0, 6000).await.unwrap();
+        assert_eq!(global.min_version, 3);
+        assert_eq!(token_version_for(&store, "bob", 0).await.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn snapshots_take_the_highest_version_per_subject() {
+        let store = MemoryStore::new();
+        revoke_all_for_user(&store, "alice", 0).await.unwrap();
+        revoke_all_for_user(&store, "alice", 0).await.unwrap();
+        // A stale index member left by an interrupted bump.
+        store.set_add(USER_VERSIONS_SET, &format!("alice{SEPARATOR}2"), NEVER_MS, 0).await.unwrap();
+        let page = snapshot(&store, 1, 0).await.unwrap();
+        assert_eq!(page.user_min_versions, vec![UserMinVersion { sub: "alice".into(), min_version: 3 }]);
+    }
+}

@@ -1,0 +1,490 @@
+//! Key rotation, refresh tokens, revocations and the change feed through the HTTP
+//! API, run against every store backend like the store suite: `backends!` turns each
+//! test into `<test>::memory`, `<test>::embedded` and `<test>::redis`. Time is a
+//! `FixedClock`; nothing sleeps.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::{Request, StatusCode};
+use axum::response::Response;
+use axum::Router;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use portcullis_control_plane::admin_credential::AdminCredential;
+use portcullis_control_plane::audit::AUDIT_LOG;
+use portcullis_control_plane::clock::FixedClock;
+use portcullis_control_plane::keys::{KeyPolicy, KeyRingError, KEY_SET_RECORD};
+use portcullis_control_plane::master_key::MasterKey;
+use portcullis_control_plane::metrics::Metrics;
+use portcullis_control_plane::random::OsRandom;
+use portcullis_control_plane::signing::SigningAlgorithm;
+use portcullis_control_plane::store::redis::RedisTimeouts;
+use portcullis_control_plane::store::{EmbeddedStore, MemoryStore, RedisStore, Store};
+use portcullis_control_plane::tokens::TokenPolicy;
+use portcullis_control_plane::{app, AppState, Dependencies};
+use portcullis_core::revocation::FeedPage;
+use serde_json::{json, Value};
+use tower::ServiceExt as _;
+
+const ADMIN_TOKEN: &str = "lifecycle-admin-token-0123456789";
+const T0: u64 = 1_700_000_000_000;
+const DAY_MS: u64 = 86_400_000;
+
+struct Backend {
+    store: Arc<dyn Store>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn memory() -> Backend {
+    Backend { store: Arc::new(MemoryStore::new()), _dir: None }
+}
+
+fn embedded() -> Backend {
+    let dir = tempfile::tempdir().unwrap();
+    Backend { store: Arc::new(EmbeddedStore::open(dir.path()).unwrap()), _dir: Some(dir) }
+}
+
+fn redis() -> Backend {
+    let url = support::shared_redis_url();
+    Backend { store: Arc::new(RedisStore::new(&url, RedisTimeouts::default()).unwrap()), _dir: None }
+}
+
+macro_rules! backends {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                super::$test(super::memory()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                super::$test(super::embedded()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                super::$test(super::redis()).await;
+            }
+        }
+    )*};
+}
+
+backends!(
+    refresh_is_single_use_under_concurrency,
+    refresh_rotates_within_the_session_and_reuse_revokes_the_family,
+    key_rotation_keeps_the_old_key_published_until_it_retires,
+    private_keys_are_sealed_and_a_wrong_master_key_is_refused,
+    feed_serves_deltas_after_a_cursor_and_snapshots_otherwise,
+    user_revoke_all_raises_the_minimum_above_every_issued_token,
+    global_rotation_records_reason_and_grace,
+    revoking_a_session_revokes_its_tokens_and_is_audited,
+);
+
+struct Harness {
+    app: Router,
+    state: AppState,
+    clock: Arc<FixedClock>,
+}
+
+fn dependencies(store: Arc<dyn Store>, clock: Arc<FixedClock>, master: [u8; 32]) -> Dependencies {
+    Dependencies {
+        store,
+        admin: Arc::new(AdminCredential::new(ADMIN_TOKEN).unwrap()),
+        token_policy: TokenPolicy {
+            issuer: "portcullis".into(),
+            default_audience: "demo-api".into(),
+            default_ttl_seconds: 900,
+            refresh_ttl_seconds: 7 * 86_400,
+        },
+        clock,
+        rng: Arc::new(OsRandom),
+        metrics: Arc::new(Metrics::new()),
+        master_key: Arc::new(MasterKey::from_bytes(master)),
+        key_policy: KeyPolicy {
+            algorithm: SigningAlgorithm::Es256,
+            overlap_ms: DAY_MS,
+            rotate_every_ms: None,
+        },
+        feed_keep: 100_000,
+    }
+}
+
+async fn harness(backend: &Backend) -> Harness {
+    let clock = Arc::new(FixedClock::new(T0));
+    let state = AppState::initialise(dependencies(Arc::clone(&backend.store), Arc::clone(&clock), [7; 32]))
+        .await
+        .unwrap();
+    Harness { app: app(state.clone()), state, clock }
+}
+
+impl Harness {
+    async fn send(&self, request: Request<Body>) -> Response {
+        self.app.clone().oneshot(request).await.unwrap()
+    }
+
+    async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(AUTHORIZATION, format!("Bearer {ADMIN_TOKEN}"))
+            .header(CONTENT_TYPE, "application/json")
+            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+            .unwrap();
+        let response = self.send(request).await;
+        (response.status(), body_json(response).await)
+    }
+
+    async fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (status, value) = self.admin(method, path, body).await;
+        assert_eq!(status, StatusCode::OK, "{method} {path}: {value}");
+        value
+    }
+
+    async fn refresh(&self, refresh_token: &str) -> (StatusCode, Value) {
+        let request = Request::post("/v1/token/refresh")
+            .header(CONTENT_TYPE, "application/json")
+            .body(Body::from(json!({ "refreshToken": refresh_token }).to_string()))
+            .unwrap();
+        let response = self.send(request).await;
+        (response.status(), body_json(response).await)
+    }
+
+    async fn feed(&self, after: u64, limit: usize) -> FeedPage {
+        let response = self
+            .send(Request::get(format!("/v1/feed?after={after}&limit={limit}")).body(Body::empty()).unwrap())
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 22).await.unwrap();
+        // Exactly the filter's wire type (it denies unknown fields).
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    async fn jwks(&self) -> JwkSet {
+        let response = self.send(Request::get("/.well-known/jwks.json").body(Body::empty()).unwrap()).await;
+        serde_json::from_slice(&axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap()).unwrap()
+    }
+
+    async fn issue(&self, sub: &str) -> Value {
+        self.ok("POST", "/admin/v1/tokens", Some(json!({ "sub": sub }))).await
+    }
+
+    async fn audit_actions(&self) -> Vec<String> {
+        self.state
+            .store
+            .log_range(AUDIT_LOG, 1, 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| serde_json::from_slice::<Value>(&e.data).unwrap()["action"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+async fn body_json(response: Response) -> Value {
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 22).await.unwrap();
+    if bytes.is_empty() {
+        return Value::Null;
+    }
+    serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)))
+}
+
+fn claims(token: &str) -> Value {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap())
+        .unwrap()
+}
+
+/// Verifies `token` against `jwks` (signature only; the clock is fixed in the past).
+fn verifies(token: &str, jwks: &JwkSet) -> bool {
+    let Some(kid) = jsonwebtoken::decode_header(token).unwrap().kid else {
+        return false;
+    };
+    let Some(jwk) = jwks.find(&kid) else {
+        return false;
+    };
+    let mut validation = Validation::new(Algorithm::ES256);
+    validation.validate_exp = false;
+    validation.set_audience(&["demo-api"]);
+    jsonwebtoken::decode::<Value>(token, &DecodingKey::from_jwk(jwk).unwrap(), &validation).is_ok()
+}
+
+fn revoked_jtis(page: &FeedPage) -> BTreeSet<String> {
+    page.revoked.iter().map(|r| r.jti.clone()).collect()
+}
+
+async fn refresh_is_single_use_under_concurrency(backend: Backend) {
+    let h = Arc::new(harness(&backend).await);
+    let issued = h.issue("alice").await;
+    let refresh = issued["refreshToken"].as_str().unwrap().to_owned();
+    let attempts: Vec<_> = (0..20)
+        .map(|_| {
+            let h = Arc::clone(&h);
+            let refresh = refresh.clone();
+            tokio::spawn(async move { h.refresh(&refresh).await })
+        })
+        .collect();
+    let mut successes = 0;
+    for attempt in attempts {
+        let (status, body) = attempt.await.unwrap();
+        if status == StatusCode::OK {
+            successes += 1;
+            assert_eq!(body["sessionId"], issued["sessionId"]);
+        } else {
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(body["type"], "urn:portcullis:problem:invalid_grant");
+            assert_eq!(body["title"], "Invalid grant");
+        }
+    }
+    assert_eq!(successes, 1, "exactly one concurrent refresh wins");
+}
+
+async fn refresh_rotates_within_the_session_and_reuse_revokes_the_family(backend: Backend) {
+    let h = harness(&backend).await;
+    let issued = h.issue("alice").await;
+    let sid = issued["sessionId"].as_str().unwrap();
+    let first_refresh = issued["refreshToken"].as_str().unwrap();
+    assert_eq!(issued["refreshExpiresIn"], 7 * 86_400);
+    assert_eq!(claims(issued["accessToken"].as_str().unwrap())["sid"], sid);
+    // Only a hash of the refresh token is stored.
+    let key = format!("refresh-tokens/{first_refresh}");
+    assert_eq!(h.state.store.record_get(&key, T0).await.unwrap(), None);
+
+    h.clock.set(T0 + 60_000);
+    let (status, second) = h.refresh(first_refresh).await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    assert_eq!(second["sessionId"], sid);
+    assert_ne!(second["refreshToken"], issued["refreshToken"]);
+    assert_ne!(second["jti"], issued["jti"]);
+    let second_claims = claims(second["accessToken"].as_str().unwrap());
+    assert_eq!((second_claims["sub"].as_str(), second_claims["sid"].as_str()), (Some("alice"), Some(sid)));
+
+    h.ok("POST", "/admin/v1/revocations", Some(json!({"jti": "unrelated", "exp": T0 / 1000 + 3600}))).await;
+    let cursor = h.feed(0, 1000).await.cursor;
+    // The first refresh token again: reuse. The family dies.
+    let (status, problem) = h.refresh(first_refresh).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(problem["type"], "urn:portcullis:problem:invalid_grant");
+    let (status, _) = h.refresh(second["refreshToken"].as_str().unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "the family's live refresh token is invalidated");
+
+    let delta = h.feed(cursor, 1000).await;
+    assert!(!delta.snapshot);
+    let expected: BTreeSet<String> =
+        [&issued["jti"], &second["jti"]].iter().map(|j| j.as_str().unwrap().to_owned()).collect();
+    assert_eq!(revoked_jtis(&delta), expected);
+    assert!(revoked_jtis(&h.feed(0, 1000).await).is_superset(&expected));
+    assert!(h.audit_actions().await.contains(&"session.reuse_detected".to_owned()));
+
+    let sessions = h.ok("GET", "/admin/v1/users/alice/sessions", None).await;
+    assert_eq!(sessions["sessions"][0]["revoked"], true);
+    assert_eq!(sessions["sessions"][0]["revokedReason"], "refresh token reuse");
+
+    let (status, _) = h.refresh("never-issued").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+async fn key_rotation_keeps_the_old_key_published_until_it_retires(backend: Backend) {
+    let h = harness(&backend).await;
+    let old_token = h.issue("alice").await["accessToken"].as_str().unwrap().to_owned();
+    let old_kid = jsonwebtoken::decode_header(&old_token).unwrap().kid.unwrap();
+    let version = h.feed(0, 10).await.key_set_version;
+
+    h.clock.set(T0 + 1000);
+    let rotation = h.ok("POST", "/admin/v1/keys/rotate", None).await;
+    let new_kid = rotation["kid"].as_str().unwrap().to_owned();
+    assert_ne!(new_kid, old_kid);
+    assert_eq!(rotation["previousKid"], old_kid.as_str());
+    assert_eq!(rotation["keySetVersion"], version + 1);
+    assert_eq!(rotation["previousRetiresAt"], (T0 + 1000 + DAY_MS) / 1000);
+
+    let new_token = h.issue("alice").await["accessToken"].as_str().unwrap().to_owned();
+    assert_eq!(jsonwebtoken::decode_header(&new_token).unwrap().kid.unwrap(), new_kid);
+    let jwks = h.jwks().await;
+    assert_eq!(jwks.keys.len(), 2);
+    assert!(verifies(&old_token, &jwks) && verifies(&new_token, &jwks));
+    let listed = h.ok("GET", "/admin/v1/keys", None).await;
+    assert_eq!(listed["keys"][0]["status"], "current");
+    assert_eq!(listed["keys"][1]["status"], "previous");
+
+    // Just before the overlap ends the old key still verifies; at its end it retires.
+    h.clock.set(T0 + 1000 + DAY_MS - 1);
+    assert!(verifies(&old_token, &h.jwks().await));
+    h.clock.set(T0 + 1000 + DAY_MS);
+    let jwks = h.jwks().await;
+    assert!(!verifies(&old_token, &jwks));
+    assert!(verifies(&new_token, &jwks));
+    let done = h.state.maintain().await.unwrap();
+    assert_eq!(done.retired_version, Some(version + 2));
+    let listed = h.ok("GET", "/admin/v1/keys", None).await;
+    assert_eq!(listed["keySetVersion"], version + 2);
+    assert_eq!(listed["keys"][1]["status"], "retired");
+    assert_eq!(h.feed(0, 10).await.key_set_version, version + 2);
+    let status = h.ok("GET", "/admin/v1/status", None).await;
+    assert_eq!(
+        (status["currentKid"].as_str(), status["keySetVersion"].as_u64()),
+        (Some(new_kid.as_str()), Some(version + 2))
+    );
+    let actions = h.audit_actions().await;
+    assert!(actions.contains(&"keys.rotate".to_owned()) && actions.contains(&"keys.retire".to_owned()));
+
+    // A second replica on the same store signs with the new key.
+    let replica =
+        AppState::initialise(dependencies(Arc::clone(&backend.store), Arc::clone(&h.clock), [7; 32]))
+            .await
+            .unwrap();
+    assert_eq!(replica.keys.current(T0).await.current().kid(), new_kid);
+}
+
+async fn private_keys_are_sealed_and_a_wrong_master_key_is_refused(backend: Backend) {
+    let h = harness(&backend).await;
+    h.ok("POST", "/admin/v1/keys/rotate", None).await;
+    let record = h.state.store.record_get(KEY_SET_RECORD, T0).await.unwrap().unwrap();
+    let text = String::from_utf8(record.clone()).unwrap();
+    let current = h.state.keys.current(T0).await;
+    let private = current.current().private_bytes().unwrap();
+    use base64::Engine as _;
+    for encoded in [
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(private.as_slice()),
+        base64::engine::general_purpose::STANDARD.encode(private.as_slice()),
+    ] {
+        assert!(!text.contains(&encoded), "the record holds the raw private key");
+    }
+    assert!(!record.windows(private.len()).any(|w| w == private.as_slice()));
+    assert!(!text.contains("\"d\""));
+
+    let clock = Arc::new(FixedClock::new(T0));
+    let error =
+        AppState::initialise(dependencies(Arc::clone(&backend.store), clock, [8; 32])).await.err().unwrap();
+    assert!(matches!(error, KeyRingError::WrongMasterKey { .. }), "{error}");
+    assert!(error.to_string().contains("master key"), "{error}");
+}
+
+async fn feed_serves_deltas_after_a_cursor_and_snapshots_otherwise(backend: Backend) {
+    let h = harness(&backend).await;
+    let exp = T0 / 1000 + 3600;
+    let first = h.ok("POST", "/admin/v1/revocations", Some(json!({"jti": "j1", "exp": exp}))).await;
+    assert!(first["cursor"].as_u64().unwrap() > 0);
+    let (status, problem) =
+        h.admin("POST", "/admin/v1/revocations", Some(json!({"jti": "old", "exp": T0 / 1000 - 1}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(problem["detail"].as_str().unwrap().starts_with("exp:"));
+
+    let snapshot = h.feed(0, 1000).await;
+    assert!(snapshot.snapshot);
+    assert_eq!(revoked_jtis(&snapshot), ["j1".to_owned()].into());
+    assert_eq!(snapshot.revoked[0].exp, exp);
+    assert_eq!(snapshot.global.as_ref().unwrap().min_version, 0);
+    assert!(snapshot.key_set_version >= 1);
+
+    for i in 2..=4 {
+        h.ok("POST", "/admin/v1/revocations", Some(json!({"jti": format!("j{i}"), "exp": exp + i}))).await;
+    }
+    h.ok("POST", "/admin/v1/users/bob/revoke-all", None).await;
+    let page = h.feed(snapshot.cursor, 2).await;
+    assert!(!page.snapshot && page.more);
+    assert_eq!(revoked_jtis(&page), ["j2".to_owned(), "j3".to_owned()].into());
+    let page = h.feed(page.cursor, 2).await;
+    assert!(!page.more);
+    assert_eq!(revoked_jtis(&page), ["j4".to_owned()].into());
+    assert_eq!(page.user_min_versions.len(), 1);
+    assert_eq!(page.user_min_versions[0].sub, "bob");
+    let head = page.cursor;
+    let empty = h.feed(head, 100).await;
+    assert_eq!((empty.cursor, empty.snapshot, empty.more), (head, false, false));
+    assert!(empty.revoked.is_empty());
+
+    // Revocations end with their token.
+    h.clock.set((exp + 1) * 1000);
+    assert!(!revoked_jtis(&h.feed(0, 1000).await).contains("j1"));
+
+    // Trimmed: an old cursor gets a full snapshot.
+    h.state.store.feed_trim("revocations", 1).await.unwrap();
+    let resync = h.feed(snapshot.cursor, 100).await;
+    assert!(resync.snapshot);
+    assert_eq!(resync.cursor, head);
+    assert_eq!(revoked_jtis(&resync), ["j2".to_owned(), "j3".to_owned(), "j4".to_owned()].into());
+    assert_eq!(resync.user_min_versions[0].min_version, 2);
+    // A cursor ahead of the feed (it was reset) also resyncs.
+    assert!(h.feed(head + 1000, 10).await.snapshot);
+
+    // The wire format: compact camelCase JSON.
+    let response = h.send(Request::get("/v1/feed?after=0").body(Body::empty()).unwrap()).await;
+    let text = String::from_utf8(axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap().to_vec())
+        .unwrap();
+    assert!(
+        text.starts_with(r#"{"cursor":"#)
+            && text.contains(r#""userMinVersions":[{"sub":"bob","minVersion":2}]"#),
+        "{text}"
+    );
+    assert!(!text.contains('\n') && !text.contains(": "));
+}
+
+async fn user_revoke_all_raises_the_minimum_above_every_issued_token(backend: Backend) {
+    let h = harness(&backend).await;
+    let before = claims(h.issue("carol").await["accessToken"].as_str().unwrap());
+    assert_eq!(before["ver"], 1);
+    let revoked = h.ok("POST", "/admin/v1/users/carol/revoke-all", None).await;
+    assert_eq!(revoked["minVersion"], 2);
+    let after = claims(h.issue("carol").await["accessToken"].as_str().unwrap());
+    assert_eq!(after["ver"], 2, "new tokens pass the new minimum");
+    assert_eq!(claims(h.issue("dave").await["accessToken"].as_str().unwrap())["ver"], 1);
+    let user = h.ok("GET", "/admin/v1/users/carol", None).await;
+    assert_eq!((user["minVersion"].as_u64(), user["currentVersion"].as_u64()), (Some(2), Some(2)));
+    assert_eq!(user["sessions"].as_array().unwrap().len(), 2);
+    assert_eq!(h.ok("POST", "/admin/v1/users/carol/revoke-all", None).await["minVersion"], 3);
+    let snapshot = h.feed(0, 10).await;
+    assert_eq!(snapshot.user_min_versions.len(), 1);
+    assert_eq!(snapshot.user_min_versions[0].min_version, 3);
+    assert!(h.audit_actions().await.contains(&"revocation.user".to_owned()));
+}
+
+async fn global_rotation_records_reason_and_grace(backend: Backend) {
+    let h = harness(&backend).await;
+    assert_eq!(h.ok("GET", "/admin/v1/global", None).await["minVersion"], 1);
+    let cursor = h.feed(0, 10).await.cursor;
+    h.clock.set(T0 + 5000);
+    let global = h
+        .ok("POST", "/admin/v1/global/rotate", Some(json!({"reason": "key leak", "graceSeconds": 300})))
+        .await;
+    assert_eq!(
+        global,
+        json!({"minVersion": 2, "rotatedAt": (T0 + 5000) / 1000, "graceSeconds": 300, "reason": "key leak"})
+    );
+    assert_eq!(h.ok("GET", "/admin/v1/global", None).await, global);
+    let delta = h.feed(cursor, 10).await;
+    let g = delta.global.unwrap();
+    assert_eq!((g.min_version, g.rotated_at, g.grace_seconds), (2, (T0 + 5000) / 1000, 300));
+    assert_eq!(claims(h.issue("erin").await["accessToken"].as_str().unwrap())["ver"], 2);
+    assert_eq!(h.ok("GET", "/admin/v1/status", None).await["globalMinVersion"], 2);
+    let (status, _) = h.admin("POST", "/admin/v1/global/rotate", Some(json!({"reason": ""}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+async fn revoking_a_session_revokes_its_tokens_and_is_audited(backend: Backend) {
+    let h = harness(&backend).await;
+    let issued = h.issue("frank").await;
+    let sid = issued["sessionId"].as_str().unwrap();
+    let other = h.issue("frank").await;
+    h.ok("POST", "/admin/v1/revocations", Some(json!({"jti": "unrelated", "exp": T0 / 1000 + 3600}))).await;
+    let cursor = h.feed(0, 10).await.cursor;
+    let revoked = h.ok("DELETE", &format!("/admin/v1/sessions/{sid}"), None).await;
+    assert_eq!(revoked["revokedJtis"], json!([issued["jti"]]));
+    let (status, _) = h.refresh(issued["refreshToken"].as_str().unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = h.refresh(other["refreshToken"].as_str().unwrap()).await;
+    assert_eq!(status, StatusCode::OK, "other sessions are untouched");
+    assert_eq!(revoked_jtis(&h.feed(cursor, 10).await), [issued["jti"].as_str().unwrap().to_owned()].into());
+    let (status, problem) = h.admin("DELETE", "/admin/v1/sessions/nope", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{problem}");
+    let actions = h.audit_actions().await;
+    assert!(actions.contains(&"token.issue".to_owned()) && actions.contains(&"session.revoke".to_owned()));
+}

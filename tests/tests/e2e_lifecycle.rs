@@ -1,0 +1,260 @@
+//! Token lifecycle end to end, on both store backends: the control plane (real process;
+//! Redis is a real redis-server) issues, refreshes, rotates and revokes with the CLI; a
+//! real Envoy with the filter keeps its replica from the control plane's feed and
+//! decides every request locally.
+
+use std::time::Duration;
+
+use portcullis_e2e::{
+    eventually, http, www_authenticate, ControlPlane, Envoy, EnvoyClusters, Redis, StoreKind, TestServer,
+    Workdir,
+};
+use serde_json::{json, Value};
+
+fn plugin_config() -> Value {
+    json!({
+        "realm": "e2e",
+        "providers": {
+            "portcullis": {
+                "issuer": "portcullis",
+                "audiences": ["portcullis"],
+                "remoteJwks": {
+                    "cluster": "portcullis_control_plane", "authority": "control-plane",
+                    "unknownKidRefetchIntervalSeconds": 1
+                },
+                "tokenVersion": { "claim": "ver" }
+            }
+        },
+        "revocation": {
+            "cluster": "portcullis_control_plane", "authority": "control-plane",
+            "pollIntervalMs": 250, "maxStalenessSeconds": 3
+        },
+        "rules": [
+            { "name": "lenient", "match": { "pathPrefix": "/lenient/" }, "requires": { "provider": "portcullis" }, "onStale": "allow" },
+            { "name": "api", "match": { "pathPrefix": "/api/" }, "requires": { "provider": "portcullis" } }
+        ]
+    })
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Embedded,
+    Redis,
+}
+
+// Fields drop in order: processes first, the work directory (with their logs) last.
+struct Stack {
+    envoy: Envoy,
+    cp: ControlPlane,
+    _upstream: TestServer,
+    _redis: Option<Redis>,
+    _dir: Workdir,
+}
+
+async fn stack(backend: Backend) -> Stack {
+    let dir = Workdir::new();
+    let (redis, store) = match backend {
+        Backend::Embedded => (None, StoreKind::Embedded),
+        Backend::Redis => {
+            let r = Redis::start(dir.path()).await;
+            let url = r.url();
+            (Some(r), StoreKind::Redis(url))
+        }
+    };
+    let cp = ControlPlane::start(dir.path(), store).await;
+    let upstream = TestServer::start(json!({"keys": []})).await;
+    let clusters =
+        EnvoyClusters { upstream_port: upstream.port, jwks_port: None, control_plane_port: Some(cp.port) };
+    let envoy = Envoy::start(dir.path(), &plugin_config(), &clusters).await;
+    Stack { envoy, cp, _upstream: upstream, _redis: redis, _dir: dir }
+}
+
+/// Status and `error_description` (or "") of a GET with a bearer token.
+async fn call(envoy: &Envoy, path: &str, token: &str) -> (u16, String) {
+    let r = http().get(envoy.url(path)).bearer_auth(token).send().await.expect("request through envoy");
+    let www = www_authenticate(&r);
+    let reason = www.split("error_description=\"").nth(1).and_then(|s| s.split('"').next()).unwrap_or("");
+    (r.status().as_u16(), reason.to_string())
+}
+
+fn issue(cp: &ControlPlane, sub: &str) -> Value {
+    serde_json::from_str(&cp.cli(&["token", "issue", "--sub", sub, "--json"])).expect("token issue --json")
+}
+
+fn access(v: &Value) -> String {
+    v["accessToken"].as_str().expect("accessToken").to_string()
+}
+
+/// Within the poll interval (250 ms) plus a second, as promised.
+const PROPAGATION: Duration = Duration::from_millis(1_250 + 1_000);
+
+async fn revoking_a_jti_with_the_cli_rejects_that_token_only(backend: Backend) {
+    let s = stack(backend).await;
+    let victim = access(&issue(&s.cp, "alice"));
+    let other = access(&issue(&s.cp, "alice"));
+    assert_eq!(call(&s.envoy, "/api/x", &victim).await.0, 200);
+
+    s.cp.cli(&["revoke", "token", &victim]);
+    eventually(PROPAGATION, "the revoked token to be refused", || async {
+        call(&s.envoy, "/api/x", &victim).await == (401, "revoked".to_string())
+    })
+    .await;
+    assert_eq!(call(&s.envoy, "/api/x", &other).await.0, 200, "the user's other token still passes");
+}
+
+async fn revoking_a_user_rejects_all_their_older_tokens_only(backend: Backend) {
+    let s = stack(backend).await;
+    let alice = access(&issue(&s.cp, "alice"));
+    let bob = access(&issue(&s.cp, "bob"));
+    assert_eq!(call(&s.envoy, "/api/x", &alice).await.0, 200);
+
+    s.cp.cli(&["revoke", "user", "alice"]);
+    eventually(PROPAGATION, "alice's token to be refused", || async {
+        call(&s.envoy, "/api/x", &alice).await == (401, "version_too_old".to_string())
+    })
+    .await;
+    assert_eq!(call(&s.envoy, "/api/x", &bob).await.0, 200);
+    let fresh = access(&issue(&s.cp, "alice"));
+    assert_eq!(call(&s.envoy, "/api/x", &fresh).await.0, 200, "tokens minted after the revocation pass");
+}
+
+async fn breach_rotation_keeps_old_tokens_only_for_the_grace(backend: Backend) {
+    let s = stack(backend).await;
+    let old = access(&issue(&s.cp, "alice"));
+    s.cp.cli(&["breach", "rotate", "--grace", "3", "--reason", "e2e drill"]);
+    let rotated = std::time::Instant::now();
+    // Give the feed a poll to deliver the new minimum; the grace still covers the token.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(call(&s.envoy, "/api/x", &old).await.0, 200, "inside the grace period");
+    let current = access(&issue(&s.cp, "alice"));
+    assert_eq!(call(&s.envoy, "/api/x", &current).await.0, 200);
+
+    tokio::time::sleep(Duration::from_secs(4).saturating_sub(rotated.elapsed())).await;
+    eventually(Duration::from_secs(2), "the grace to end", || async {
+        call(&s.envoy, "/api/x", &old).await == (401, "version_too_old".to_string())
+    })
+    .await;
+    assert_eq!(call(&s.envoy, "/api/x", &current).await.0, 200);
+}
+
+async fn a_rotated_signing_key_is_accepted_on_its_first_request(backend: Backend) {
+    let s = stack(backend).await;
+    let old = access(&issue(&s.cp, "alice"));
+    assert_eq!(call(&s.envoy, "/api/x", &old).await.0, 200);
+
+    s.cp.cli(&["keys", "rotate"]);
+    let new = access(&issue(&s.cp, "alice"));
+    assert_eq!(call(&s.envoy, "/api/x", &new).await.0, 200, "no 401 for a freshly rotated key");
+    assert_eq!(call(&s.envoy, "/api/x", &old).await.0, 200, "old-key tokens pass until the old key retires");
+}
+
+async fn refresh_is_single_use_and_reuse_revokes_the_family(backend: Backend) {
+    let s = stack(backend).await;
+    let first = issue(&s.cp, "alice");
+    let refresh = |rt: String| {
+        let url = format!("{}/v1/token/refresh", s.cp.url());
+        async move {
+            let r = http().post(url).json(&json!({ "refreshToken": rt })).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (status, second) = refresh(first["refreshToken"].as_str().unwrap().to_string()).await;
+    assert_eq!(status, 200, "{second}");
+    let second_access = access(&second);
+    assert_eq!(call(&s.envoy, "/api/x", &second_access).await.0, 200);
+
+    // The consumed refresh token again: refused, and the whole family is revoked.
+    let (status, problem) = refresh(first["refreshToken"].as_str().unwrap().to_string()).await;
+    assert_eq!(status, 400);
+    assert_eq!(problem["type"], "urn:portcullis:problem:invalid_grant");
+    for t in [access(&first), second_access.clone()] {
+        eventually(PROPAGATION, "the family's access tokens to be refused", || async {
+            call(&s.envoy, "/api/x", &t).await == (401, "revoked".to_string())
+        })
+        .await;
+    }
+    let (status, _) = refresh(second["refreshToken"].as_str().unwrap().to_string()).await;
+    assert_eq!(status, 400, "the family's live refresh token is dead too");
+
+    // Concurrent refreshes of one token in a new family: exactly one succeeds.
+    let family = issue(&s.cp, "bob");
+    let rt = family["refreshToken"].as_str().unwrap().to_string();
+    let results = futures_join((0..8).map(|_| {
+        let rt = rt.clone();
+        let url = format!("{}/v1/token/refresh", s.cp.url());
+        tokio::spawn(async move {
+            http().post(url).json(&json!({ "refreshToken": rt })).send().await.unwrap().status().as_u16()
+        })
+    }))
+    .await;
+    assert_eq!(results.iter().filter(|s| **s == 200).count(), 1, "{results:?}");
+}
+
+async fn futures_join<I>(tasks: I) -> Vec<u16>
+where
+    I: Iterator<Item = tokio::task::JoinHandle<u16>>,
+{
+    let mut out = Vec::new();
+    for t in tasks.collect::<Vec<_>>() {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+async fn a_stopped_control_plane_degrades_as_configured_and_recovers(backend: Backend) {
+    let mut s = stack(backend).await;
+    let t = access(&issue(&s.cp, "alice"));
+    let revoked = access(&issue(&s.cp, "alice"));
+    s.cp.cli(&["revoke", "token", &revoked]);
+    eventually(PROPAGATION, "replica synced", || async {
+        call(&s.envoy, "/api/x", &revoked).await == (401, "revoked".to_string())
+    })
+    .await;
+
+    s.cp.proc.terminate();
+    // The replica keeps answering.
+    assert_eq!(call(&s.envoy, "/api/x", &t).await.0, 200);
+    assert_eq!(call(&s.envoy, "/api/x", &revoked).await, (401, "revoked".to_string()));
+    eventually(Duration::from_secs(8), "the fail-closed rule to answer 503", || async {
+        call(&s.envoy, "/api/x", &t).await.0 == 503
+    })
+    .await;
+    // The gauge is sampled on the filter's tick, in whole seconds.
+    let staleness = s.envoy.counter("wasmcustom.portcullis.revocation.staleness_seconds").await;
+    assert!(staleness >= 2, "staleness gauge {staleness}");
+    assert_eq!(call(&s.envoy, "/lenient/x", &t).await.0, 200, "onStale: allow keeps serving");
+    assert_eq!(call(&s.envoy, "/lenient/x", &revoked).await, (401, "revoked".to_string()));
+
+    s.cp.restart().await;
+    eventually(Duration::from_secs(10), "recovery once the control plane is back", || async {
+        call(&s.envoy, "/api/x", &t).await.0 == 200
+    })
+    .await;
+    assert_eq!(call(&s.envoy, "/api/x", &revoked).await.0, 401, "revocations survive the restart");
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() { super::$name(super::Backend::Embedded).await }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() { super::$name(super::Backend::Redis).await }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    revoking_a_jti_with_the_cli_rejects_that_token_only,
+    revoking_a_user_rejects_all_their_older_tokens_only,
+    breach_rotation_keeps_old_tokens_only_for_the_grace,
+    a_rotated_signing_key_is_accepted_on_its_first_request,
+    refresh_is_single_use_and_reuse_revokes_the_family,
+    a_stopped_control_plane_degrades_as_configured_and_recovers,
+);
