@@ -22,9 +22,6 @@ use crate::metrics::Metrics;
 const REPLICA_KEY: &str = "portcullis.v1.revocation.replica";
 const GENERATION_KEY: &str = "portcullis.v1.revocation.generation";
 const SCHEDULE_KEY: &str = "portcullis.v1.revocation.schedule";
-/// How often a worker looks for a newer replica in shared data. Zero: on every request
-/// (two small shared-data reads), so all workers switch to a new replica at once.
-const RECHECK_MS: u64 = 0;
 /// Longest wait between polls while the control plane is unreachable.
 const MAX_BACKOFF_MS: u64 = 5_000;
 /// Largest feed page accepted.
@@ -41,7 +38,6 @@ struct Local {
     replica: RevocationReplica,
     generation: u64,
     synced_at_ms: u64,
-    checked_at_ms: u64,
     /// When this worker started: before the first sync, staleness counts from here.
     started_at_ms: u64,
     failures_logged: u32,
@@ -63,20 +59,18 @@ impl RevocationSync {
                 replica: RevocationReplica::default(),
                 generation: 0,
                 synced_at_ms: 0,
-                checked_at_ms: 0,
                 started_at_ms: now_ms,
                 failures_logged: 0,
             }),
         }
     }
 
-    /// Re-reads shared data when due. Returns true when the replica changed.
-    pub fn refresh(&self, now_ms: u64, force: bool) -> bool {
+    /// Picks up what other workers stored: the sync time, and the replica when its
+    /// generation changed. Called on every request (two small shared-data reads; the
+    /// replica itself is read only when it changed), so all workers switch to a new
+    /// replica at once. Returns true when the replica changed.
+    pub fn refresh(&self) -> bool {
         let Ok(mut local) = self.local.try_borrow_mut() else { return false };
-        if !force && RECHECK_MS > 0 && now_ms.saturating_sub(local.checked_at_ms) < RECHECK_MS {
-            return false;
-        }
-        local.checked_at_ms = now_ms;
         local.synced_at_ms = schedule().fetched_at_ms;
         let generation = host::shared_data(GENERATION_KEY).0.map(|b| decode_u64(&b)).unwrap_or(0);
         if generation == local.generation {
@@ -128,7 +122,7 @@ impl RevocationSync {
     }
 
     fn poll_path(&self) -> String {
-        self.refresh(host::now_unix_ms(), true);
+        self.refresh();
         let cursor = self.local.try_borrow().map(|l| l.replica.cursor).unwrap_or(0);
         format!("{}?after={cursor}&limit={PAGE_LIMIT}", self.settings.path)
     }
@@ -142,7 +136,7 @@ impl RevocationSync {
         now_ms: u64,
         metrics: &Metrics,
     ) -> Option<String> {
-        self.refresh(now_ms, true);
+        self.refresh();
         let outcome = match (status, body) {
             (Some("200"), Some(bytes)) => {
                 let mut replica = self.local.try_borrow().map(|l| l.replica.clone()).unwrap_or_default();
@@ -205,7 +199,6 @@ impl RevocationSync {
         // the runtime sees the change and applies the new token versions.
         if let Ok(mut l) = self.local.try_borrow_mut() {
             l.synced_at_ms = now_ms;
-            l.checked_at_ms = 0;
         }
     }
 }

@@ -308,7 +308,7 @@ impl Runtime {
     /// token versions replace the configured ones for the providers under the feed.
     pub fn refresh_revocation(&self, now_ms: u64) {
         let Some(sync) = &self.revocation else { return };
-        if !sync.refresh(now_ms, false) {
+        if !sync.refresh() {
             return;
         }
         let Some(view) = sync.view(now_ms) else { return };
