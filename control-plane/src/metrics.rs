@@ -22,11 +22,18 @@ struct StoreErrorLabels {
     kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenStatusLabels {
+    /// `true` or `false`: whether the asked-about `jti` was revoked.
+    revoked: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     http_requests: Family<HttpRequestLabels, Counter>,
     store_errors: Family<StoreErrorLabels, Counter>,
     tokens_issued: Counter,
+    token_status_requests: Family<TokenStatusLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -41,6 +48,7 @@ impl Metrics {
         let http_requests = Family::<HttpRequestLabels, Counter>::default();
         let store_errors = Family::<StoreErrorLabels, Counter>::default();
         let tokens_issued = Counter::default();
+        let token_status_requests = Family::<TokenStatusLabels, Counter>::default();
         registry.register(
             "http_requests",
             "HTTP requests served, by route, method and status",
@@ -52,7 +60,12 @@ impl Metrics {
             store_errors.clone(),
         );
         registry.register("tokens_issued", "Access tokens minted", tokens_issued.clone());
-        Self { registry, http_requests, store_errors, tokens_issued }
+        registry.register(
+            "token_status_requests",
+            "Answered per-token status checks (GET /v1/token-status), by whether the jti was revoked",
+            token_status_requests.clone(),
+        );
+        Self { registry, http_requests, store_errors, tokens_issued, token_status_requests }
     }
 
     pub fn record_http_request(&self, route: &str, method: &str, status: u16) {
@@ -67,6 +80,11 @@ impl Metrics {
 
     pub fn record_token_issued(&self) {
         self.tokens_issued.inc();
+    }
+
+    pub fn record_token_status(&self, revoked: bool) {
+        let revoked = if revoked { "true" } else { "false" };
+        self.token_status_requests.get_or_create(&TokenStatusLabels { revoked }).inc();
     }
 
     /// The OpenMetrics text exposition of every metric.
@@ -88,11 +106,13 @@ mod tests {
         metrics.record_store_error("ping", "unavailable");
         metrics.record_token_issued();
         metrics.record_token_issued();
+        metrics.record_token_status(true);
         let text = metrics.render().unwrap();
         assert!(
             text.contains(r#"portcullis_http_requests_total{route="/healthz",method="GET",status="200"} 1"#)
         );
         assert!(text.contains(r#"portcullis_store_errors_total{operation="ping",kind="unavailable"} 1"#));
         assert!(text.contains("portcullis_tokens_issued_total 2"));
+        assert!(text.contains(r#"portcullis_token_status_requests_total{revoked="true"} 1"#));
     }
 }

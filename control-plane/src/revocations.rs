@@ -13,12 +13,13 @@
 //! `GET /v1/feed` turns feed entries into [`portcullis_core::revocation::FeedPage`]
 //! deltas, or builds a snapshot from the state when the reader's cursor is 0 or
 //! trimmed away. Applying a change twice is harmless, so a snapshot may overlap the
-//! deltas after its cursor.
+//! deltas after its cursor. `GET /v1/token-status` answers for one token straight from
+//! the state ([`token_status`]), for checks that cannot wait for the next feed poll.
 
 use std::collections::BTreeMap;
 
 use portcullis_core::revocation::{
-    FeedPage, GlobalMinVersion, RevokedToken, UserMinVersion, MAX_PAGE_ENTRIES,
+    FeedPage, GlobalMinVersion, RevokedToken, TokenStatus, UserMinVersion, MAX_PAGE_ENTRIES,
 };
 use serde::{Deserialize, Serialize};
 
@@ -146,6 +147,41 @@ async fn read_global(
 
 pub async fn global_state(store: &dyn Store, now_ms: u64) -> Result<GlobalState, RevocationError> {
     Ok(read_global(store, now_ms).await?.1)
+}
+
+/// The current state for one token, read from the store (never from the feed), so a
+/// change is visible as soon as the call that made it returned. At most three reads,
+/// run concurrently: the `jti`'s membership in [`REVOKED_SET`] (live at `now_ms`, so a
+/// revocation ends with the token's `exp`), `sub`'s minimum version and the global
+/// minimum. A missing `jti` is not revoked; a missing `sub` has minimum 0.
+pub async fn token_status(
+    store: &dyn Store,
+    jti: Option<&str>,
+    sub: Option<&str>,
+    now_ms: u64,
+) -> Result<TokenStatus, RevocationError> {
+    let revoked = async {
+        match jti {
+            Some(jti) => store.set_contains(REVOKED_SET, jti, now_ms).await.map_err(RevocationError::from),
+            None => Ok(false),
+        }
+    };
+    let user = async {
+        match sub {
+            Some(sub) => user_min_version(store, sub, now_ms).await,
+            None => Ok(0),
+        }
+    };
+    let (revoked, user_min_version, global) = tokio::try_join!(revoked, user, global_state(store, now_ms))?;
+    Ok(TokenStatus {
+        revoked,
+        user_min_version,
+        global: GlobalMinVersion {
+            min_version: global.min_version,
+            rotated_at: global.rotated_at,
+            grace_seconds: global.grace_seconds,
+        },
+    })
 }
 
 /// The `ver` a token minted now for `sub` carries.
@@ -327,8 +363,167 @@ pub async fn snapshot(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+
     use super::*;
-    use crate::store::MemoryStore;
+    use crate::store::{
+        FeedPage as StoreFeedPage, LogAppendError, LogEntry, MemoryStore, SetMember, StoreBackend,
+    };
+
+    /// A memory store that records which operations were called.
+    #[derive(Default)]
+    struct Recording {
+        inner: MemoryStore,
+        calls: Mutex<Vec<&'static str>>,
+    }
+
+    impl Recording {
+        fn note(&self, operation: &'static str) {
+            self.calls.lock().unwrap().push(operation);
+        }
+
+        fn take(&self) -> Vec<&'static str> {
+            let mut calls = std::mem::take(&mut *self.calls.lock().unwrap());
+            calls.sort_unstable();
+            calls
+        }
+    }
+
+    #[async_trait]
+    impl Store for Recording {
+        fn backend(&self) -> StoreBackend {
+            self.inner.backend()
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            self.note("ping");
+            self.inner.ping().await
+        }
+        async fn incr_counter(
+            &self,
+            key: &str,
+            delta: i64,
+            ttl_ms: u64,
+            now_ms: u64,
+        ) -> Result<i64, StoreError> {
+            self.note("incr_counter");
+            self.inner.incr_counter(key, delta, ttl_ms, now_ms).await
+        }
+        async fn get_counter(&self, key: &str, now_ms: u64) -> Result<i64, StoreError> {
+            self.note("get_counter");
+            self.inner.get_counter(key, now_ms).await
+        }
+        async fn set_add(&self, set: &str, member: &str, at: u64, now_ms: u64) -> Result<bool, StoreError> {
+            self.note("set_add");
+            self.inner.set_add(set, member, at, now_ms).await
+        }
+        async fn set_remove(&self, set: &str, member: &str) -> Result<(), StoreError> {
+            self.note("set_remove");
+            self.inner.set_remove(set, member).await
+        }
+        async fn set_contains(&self, set: &str, member: &str, now_ms: u64) -> Result<bool, StoreError> {
+            self.note("set_contains");
+            self.inner.set_contains(set, member, now_ms).await
+        }
+        async fn set_members(&self, set: &str, now_ms: u64) -> Result<Vec<SetMember>, StoreError> {
+            self.note("set_members");
+            self.inner.set_members(set, now_ms).await
+        }
+        async fn record_get(&self, key: &str, now_ms: u64) -> Result<Option<Vec<u8>>, StoreError> {
+            self.note("record_get");
+            self.inner.record_get(key, now_ms).await
+        }
+        async fn record_put(
+            &self,
+            key: &str,
+            value: Vec<u8>,
+            at: Option<u64>,
+            now_ms: u64,
+        ) -> Result<(), StoreError> {
+            self.note("record_put");
+            self.inner.record_put(key, value, at, now_ms).await
+        }
+        async fn record_delete(&self, key: &str) -> Result<(), StoreError> {
+            self.note("record_delete");
+            self.inner.record_delete(key).await
+        }
+        async fn record_compare_and_swap(
+            &self,
+            key: &str,
+            expected: Option<&[u8]>,
+            new: Option<Vec<u8>>,
+            at: Option<u64>,
+            now_ms: u64,
+        ) -> Result<bool, StoreError> {
+            self.note("record_compare_and_swap");
+            self.inner.record_compare_and_swap(key, expected, new, at, now_ms).await
+        }
+        async fn feed_append(&self, feed: &str, entry: Vec<u8>, now_ms: u64) -> Result<u64, StoreError> {
+            self.note("feed_append");
+            self.inner.feed_append(feed, entry, now_ms).await
+        }
+        async fn feed_read(&self, feed: &str, after: u64, limit: usize) -> Result<StoreFeedPage, StoreError> {
+            self.note("feed_read");
+            self.inner.feed_read(feed, after, limit).await
+        }
+        async fn feed_trim(&self, feed: &str, keep_last: usize) -> Result<u64, StoreError> {
+            self.note("feed_trim");
+            self.inner.feed_trim(feed, keep_last).await
+        }
+        async fn log_append(&self, log: &str, entry: Vec<u8>) -> Result<u64, StoreError> {
+            self.note("log_append");
+            self.inner.log_append(log, entry).await
+        }
+        async fn log_append_if_last(
+            &self,
+            log: &str,
+            expected_last_seq: Option<u64>,
+            entry: Vec<u8>,
+        ) -> Result<u64, LogAppendError> {
+            self.note("log_append_if_last");
+            self.inner.log_append_if_last(log, expected_last_seq, entry).await
+        }
+        async fn log_range(
+            &self,
+            log: &str,
+            from_seq: u64,
+            limit: usize,
+        ) -> Result<Vec<LogEntry>, StoreError> {
+            self.note("log_range");
+            self.inner.log_range(log, from_seq, limit).await
+        }
+        async fn log_last(&self, log: &str) -> Result<Option<LogEntry>, StoreError> {
+            self.note("log_last");
+            self.inner.log_last(log).await
+        }
+    }
+
+    #[tokio::test]
+    async fn token_status_reads_the_state_three_times_at_most_and_never_the_feed() {
+        let store = Recording::default();
+        revoke_jti(&store, "j1", 100, 0).await.unwrap();
+        revoke_all_for_user(&store, "alice", 0).await.unwrap();
+        rotate_global(&store, "leak", 60, 5000).await.unwrap();
+        store.take();
+
+        let status = token_status(&store, Some("j1"), Some("alice"), 6000).await.unwrap();
+        assert_eq!(store.take(), ["record_get", "record_get", "set_contains"]);
+        assert_eq!(
+            status,
+            TokenStatus {
+                revoked: true,
+                user_min_version: 2,
+                global: GlobalMinVersion { min_version: 2, rotated_at: 5, grace_seconds: 60 },
+            }
+        );
+        let status = token_status(&store, None, None, 6000).await.unwrap();
+        assert_eq!(store.take(), ["record_get"], "absent ids are not looked up");
+        assert_eq!((status.revoked, status.user_min_version, status.global.min_version), (false, 0, 2));
+        // Expiry is the token's exp, exclusive, by the caller's clock.
+        assert!(token_status(&store, Some("j1"), None, 99_999).await.unwrap().revoked);
+        assert!(!token_status(&store, Some("j1"), None, 100_000).await.unwrap().revoked);
+    }
 
     #[test]
     fn feed_changes_are_tagged_camel_case_json() {

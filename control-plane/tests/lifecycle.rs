@@ -28,7 +28,7 @@ use portcullis_control_plane::store::redis::RedisTimeouts;
 use portcullis_control_plane::store::{EmbeddedStore, MemoryStore, RedisStore, Store};
 use portcullis_control_plane::tokens::TokenPolicy;
 use portcullis_control_plane::{app, AppState, Dependencies};
-use portcullis_core::revocation::FeedPage;
+use portcullis_core::revocation::{FeedPage, GlobalMinVersion, TokenStatus};
 use serde_json::{json, Value};
 use tower::ServiceExt as _;
 
@@ -85,6 +85,9 @@ backends!(
     user_revoke_all_raises_the_minimum_above_every_issued_token,
     global_rotation_records_reason_and_grace,
     revoking_a_session_revokes_its_tokens_and_is_audited,
+    token_status_sees_a_jti_revocation_at_once_and_until_its_exp,
+    token_status_reports_the_current_user_and_global_minimums,
+    token_status_rejects_overlong_and_unknown_parameters,
 );
 
 struct Harness {
@@ -164,6 +167,23 @@ impl Harness {
         let bytes = axum::body::to_bytes(response.into_body(), 1 << 22).await.unwrap();
         // Exactly the filter's wire type (it denies unknown fields).
         serde_json::from_slice(&bytes).unwrap()
+    }
+
+    /// `GET /v1/token-status` with a raw query string; the status and the body text.
+    async fn token_status_raw(&self, query: &str) -> (StatusCode, Option<String>, String) {
+        let response =
+            self.send(Request::get(format!("/v1/token-status{query}")).body(Body::empty()).unwrap()).await;
+        let status = response.status();
+        let content_type = response.headers().get(CONTENT_TYPE).map(|v| v.to_str().unwrap().to_owned());
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (status, content_type, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    async fn token_status(&self, query: &str) -> TokenStatus {
+        let (status, _, text) = self.token_status_raw(query).await;
+        assert_eq!(status, StatusCode::OK, "{query}: {text}");
+        // Exactly the filter's wire type (it denies unknown fields).
+        serde_json::from_str(&text).unwrap()
     }
 
     async fn jwks(&self) -> JwkSet {
@@ -487,4 +507,112 @@ async fn revoking_a_session_revokes_its_tokens_and_is_audited(backend: Backend) 
     assert_eq!(status, StatusCode::NOT_FOUND, "{problem}");
     let actions = h.audit_actions().await;
     assert!(actions.contains(&"token.issue".to_owned()) && actions.contains(&"session.revoke".to_owned()));
+}
+
+async fn token_status_sees_a_jti_revocation_at_once_and_until_its_exp(backend: Backend) {
+    let h = harness(&backend).await;
+    let issued = h.issue("alice").await;
+    let jti = issued["jti"].as_str().unwrap().to_owned();
+    let exp = claims(issued["accessToken"].as_str().unwrap())["exp"].as_u64().unwrap();
+    assert!(!h.token_status(&format!("?jti={jti}&sub=alice")).await.revoked);
+
+    // Visible as soon as the admin call returned: no feed poll in between.
+    h.ok("POST", "/admin/v1/revocations", Some(json!({"jti": jti, "exp": exp}))).await;
+    let status = h.token_status(&format!("?jti={jti}&sub=alice")).await;
+    assert_eq!(status, TokenStatus { revoked: true, ..TokenStatus::default() });
+    assert!(h.token_status(&format!("?jti={jti}")).await.revoked, "sub is optional");
+    assert!(!h.token_status("?jti=other&sub=alice").await.revoked);
+
+    // The wire format: compact camelCase JSON, all fields present.
+    let (code, content_type, text) = h.token_status_raw(&format!("?jti={jti}")).await;
+    assert_eq!((code, content_type.as_deref()), (StatusCode::OK, Some("application/json")));
+    assert_eq!(
+        text,
+        r#"{"revoked":true,"userMinVersion":0,"global":{"minVersion":0,"rotatedAt":0,"graceSeconds":0}}"#
+    );
+
+    // Revoked until the token's own exp, by the injected clock; then not.
+    h.clock.set(exp * 1000 - 1);
+    assert!(h.token_status(&format!("?jti={jti}")).await.revoked);
+    h.clock.set(exp * 1000);
+    assert!(!h.token_status(&format!("?jti={jti}")).await.revoked);
+
+    // Tokens revoked through their session are revoked too; percent-encoding is decoded.
+    h.clock.set(T0);
+    let other = h.issue("bob").await;
+    let sid = other["sessionId"].as_str().unwrap();
+    h.ok("DELETE", &format!("/admin/v1/sessions/{sid}"), None).await;
+    assert!(h.token_status(&format!("?jti={}", other["jti"].as_str().unwrap())).await.revoked);
+    h.ok("POST", "/admin/v1/revocations", Some(json!({"jti": "a b/c&d", "exp": T0 / 1000 + 60}))).await;
+    assert!(h.token_status("?jti=a%20b%2Fc%26d").await.revoked);
+
+    let metrics = h.send(Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    let text = String::from_utf8(axum::body::to_bytes(metrics.into_body(), 1 << 20).await.unwrap().to_vec())
+        .unwrap();
+    assert!(text.contains(r#"portcullis_token_status_requests_total{revoked="true"} 6"#), "{text}");
+    assert!(text.contains(r#"portcullis_token_status_requests_total{revoked="false"} 3"#), "{text}");
+    assert!(text.contains(r#"route="/v1/token-status",method="GET",status="200"} 9"#), "{text}");
+}
+
+async fn token_status_reports_the_current_user_and_global_minimums(backend: Backend) {
+    let h = harness(&backend).await;
+    let nothing = TokenStatus::default();
+    assert_eq!(h.token_status("").await, nothing, "no parameters: the global state only");
+    assert_eq!(h.token_status("?jti=never-issued&sub=nobody").await, nothing);
+    assert_eq!(h.token_status("?jti=&sub=").await, nothing, "empty is the same as absent");
+
+    h.ok("POST", "/admin/v1/users/carol/revoke-all", None).await;
+    assert_eq!(h.token_status("?sub=carol").await.user_min_version, 2);
+    assert_eq!(h.token_status("?sub=dave").await.user_min_version, 0);
+    assert_eq!(h.token_status("?jti=x").await.user_min_version, 0, "no sub: 0");
+
+    h.clock.set(T0 + 5000);
+    h.ok("POST", "/admin/v1/global/rotate", Some(json!({"reason": "key leak", "graceSeconds": 300}))).await;
+    let global = GlobalMinVersion { min_version: 2, rotated_at: (T0 + 5000) / 1000, grace_seconds: 300 };
+    assert_eq!(
+        h.token_status("?sub=carol").await,
+        TokenStatus { revoked: false, user_min_version: 2, global: global.clone() }
+    );
+    assert_eq!(h.token_status("").await.global, global);
+
+    // revoke-all after the rotation goes above the global minimum.
+    h.ok("POST", "/admin/v1/users/carol/revoke-all", None).await;
+    assert_eq!(
+        h.token_status("?sub=carol&jti=j").await,
+        TokenStatus { revoked: false, user_min_version: 3, global: global.clone() }
+    );
+    // The same answer the feed gives once it has been polled.
+    let snapshot = h.feed(0, 100).await;
+    assert_eq!(snapshot.global, Some(global));
+    assert_eq!(snapshot.user_min_versions[0].min_version, 3);
+}
+
+async fn token_status_rejects_overlong_and_unknown_parameters(backend: Backend) {
+    let h = harness(&backend).await;
+    let longest = "x".repeat(512);
+    let too_long = "x".repeat(513);
+    assert_eq!(h.token_status(&format!("?jti={longest}&sub={longest}")).await, TokenStatus::default());
+    // Bytes are counted after percent-decoding: 171 × "é" (2 bytes) + 1 = 343 bytes.
+    assert!(!h.token_status(&format!("?jti={}x", "%C3%A9".repeat(171))).await.revoked);
+    for (query, field) in [
+        (format!("?jti={too_long}"), "jti"),
+        (format!("?sub={too_long}"), "sub"),
+        (format!("?jti=a&sub={too_long}"), "sub"),
+        (format!("?sub={}", "%C3%A9".repeat(257)), "sub"),
+    ] {
+        let (status, content_type, text) = h.token_status_raw(&query).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+        assert_eq!(content_type.as_deref(), Some("application/problem+json"));
+        let problem: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(problem["type"], "urn:portcullis:problem:invalid-request");
+        assert_eq!(problem["status"], 400);
+        assert_eq!(problem["detail"], format!("{field}: at most 512 bytes"));
+    }
+    for query in ["?token=abc", "?jti=a&jti=b"] {
+        let (status, content_type, text) = h.token_status_raw(query).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {text}");
+        assert_eq!(content_type.as_deref(), Some("application/problem+json"));
+    }
+    let response = h.send(Request::post("/v1/token-status").body(Body::empty()).unwrap()).await;
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
 }

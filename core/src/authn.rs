@@ -268,3 +268,18 @@ fn has_any_role(claim: Option<&serde_json::Value>, wanted: &[String]) -> bool {
         _ => false,
     }
 }
+
+/// Checks one verified token against the control plane's answer for it (strict mode).
+pub fn check_token_status(
+    policy: &Policy,
+    identity: &Authenticated,
+    status: &crate::revocation::TokenStatus,
+    now_unix_secs: u64,
+) -> Result<(), Reason> {
+    if status.revoked {
+        return Err(Reason::Revoked);
+    }
+    let provider = policy.providers.get(identity.provider).ok_or(Reason::Malformed)?;
+    let versions = status.versions(identity.token.subject.as_deref());
+    provider.check_version(&identity.token, &versions, now_unix_secs)
+}

@@ -66,6 +66,36 @@ pub struct RevocationConfig {
     /// Providers whose tokens are checked against the feed. Default: all of them.
     #[serde(default)]
     pub providers: Option<Vec<String>>,
+    /// Path of the per-request check used by rules with `"revocationCheck": "strict"`.
+    #[serde(default = "default_status_path")]
+    pub status_path: String,
+    #[serde(default = "default_strict_timeout_ms")]
+    pub strict_timeout_ms: u64,
+    /// How long a token that passed a strict check is not asked about again.
+    #[serde(default = "default_strict_cache_ms")]
+    pub strict_cache_ms: u64,
+}
+
+fn default_status_path() -> String {
+    "/v1/token-status".to_string()
+}
+fn default_strict_timeout_ms() -> u64 {
+    20
+}
+fn default_strict_cache_ms() -> u64 {
+    1_000
+}
+
+/// How a rule answers "is this token revoked?".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RevocationCheck {
+    /// From the local replica (at most a poll interval old): no call per request.
+    #[default]
+    Replica,
+    /// Ask the control plane on every request (briefly cached), for routes where a
+    /// second of staleness is too much.
+    Strict,
 }
 
 fn default_feed_path() -> String {
@@ -103,6 +133,9 @@ pub struct RevocationSettings {
     pub max_staleness_secs: u64,
     /// Indexed by provider: whether its tokens are checked against the feed.
     pub applies_to: Vec<bool>,
+    pub status_path: String,
+    pub strict_timeout_ms: u64,
+    pub strict_cache_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -141,6 +174,8 @@ pub struct RuleConfig {
     pub shadow: bool,
     #[serde(default)]
     pub on_stale: StaleAction,
+    #[serde(default)]
+    pub revocation_check: RevocationCheck,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -293,6 +328,14 @@ pub fn compile(config: PluginConfig) -> Result<Policy, ConfigError> {
         None => None,
         Some(r) => Some(compile_revocation(r, &providers).map_err(|e| e.within("revocation"))?),
     };
+    if revocation.is_none() {
+        if let Some(i) = rules.iter().position(|r| r.revocation_check == RevocationCheck::Strict) {
+            return Err(ConfigError::new(
+                format!("rules[{i}].revocationCheck"),
+                "`strict` needs a top-level `revocation` section naming the control plane",
+            ));
+        }
+    }
 
     let mut managed_headers: Vec<String> = providers.iter().flat_map(|p| p.managed_headers()).collect();
     managed_headers.sort();
@@ -329,6 +372,15 @@ fn compile_revocation(
     if !(1..=60_000).contains(&config.timeout_ms) {
         return Err(ConfigError::new("timeoutMs", "must be between 1 and 60000"));
     }
+    if !config.status_path.starts_with('/') || config.status_path.contains('?') {
+        return Err(ConfigError::new("statusPath", "must start with '/' and have no query string"));
+    }
+    if !(1..=10_000).contains(&config.strict_timeout_ms) {
+        return Err(ConfigError::new("strictTimeoutMs", "must be between 1 and 10000"));
+    }
+    if config.strict_cache_ms > 60_000 {
+        return Err(ConfigError::new("strictCacheMs", "must be at most 60000"));
+    }
     if config.max_staleness_seconds == 0
         || config.max_staleness_seconds.saturating_mul(1000) < config.poll_interval_ms
     {
@@ -357,6 +409,9 @@ fn compile_revocation(
         timeout_ms: config.timeout_ms,
         max_staleness_secs: config.max_staleness_seconds,
         applies_to,
+        status_path: config.status_path,
+        strict_timeout_ms: config.strict_timeout_ms,
+        strict_cache_ms: config.strict_cache_ms,
     })
 }
 
@@ -435,6 +490,7 @@ fn compile_rule(index: usize, config: RuleConfig, providers: &[Provider]) -> Res
         allow_cors_preflight: config.allow_cors_preflight,
         shadow: config.shadow,
         on_stale: config.on_stale,
+        revocation_check: config.revocation_check,
     })
 }
 

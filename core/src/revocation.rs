@@ -67,6 +67,36 @@ pub struct GlobalMinVersion {
     pub grace_seconds: u64,
 }
 
+/// The answer of `GET /v1/token-status?jti=<jti>&sub=<sub>`: the control plane's current
+/// view of one token, for rules that check revocation per request (`"revocation":
+/// "strict"`) instead of trusting a replica that may be a poll interval old.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TokenStatus {
+    /// The `jti` is revoked.
+    pub revoked: bool,
+    /// The subject's minimum token version (0: none).
+    #[serde(default)]
+    pub user_min_version: u64,
+    pub global: GlobalMinVersion,
+}
+
+impl TokenStatus {
+    /// The version state this answer implies for `sub`.
+    pub fn versions(&self, sub: Option<&str>) -> VersionState {
+        let mut state = VersionState {
+            global_min_version: self.global.min_version,
+            rotated_at: self.global.rotated_at,
+            grace_seconds: self.global.grace_seconds,
+            ..VersionState::default()
+        };
+        if let Some(sub) = sub {
+            state.user_min_versions.insert(sub.to_string(), self.user_min_version);
+        }
+        state
+    }
+}
+
 /// Why a feed page was not applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FeedError {

@@ -1,7 +1,7 @@
 //! Rules: which requests need which credentials. The first rule whose match fits the
 //! request decides; see [`crate::config::NoMatchAction`] for requests no rule matches.
 
-use crate::config::{Requirement, StaleAction};
+use crate::config::{Requirement, RevocationCheck, StaleAction};
 use crate::request::RequestParts;
 
 #[derive(Debug, Clone)]
@@ -73,8 +73,10 @@ pub struct Rule {
     pub allow_cors_preflight: bool,
     /// Evaluate and count, but never block.
     pub shadow: bool,
-    /// What to do when the revocation replica is too old.
+    /// What to do when the revocation replica is too old (or, for strict checks, when
+    /// the control plane does not answer in time).
     pub on_stale: StaleAction,
+    pub revocation_check: RevocationCheck,
 }
 
 /// True for a CORS preflight request, which browsers send without credentials.

@@ -121,6 +121,7 @@ fn config_errors_name_the_offending_field() {
         (json!({"rules": [{"requires": "sometimes"}]}), "rules[0].requires"),
         (json!({"rules": [], "extra": 1}), ""),
         (json!({"realm": "bad\"realm", "rules": []}), "realm"),
+        (json!({"rules": [{"requires": "none", "revocationCheck": "strict"}]}), "rules[0].revocationCheck"),
         (json!({"providers": {"p": {"issuer": ""}}}), "providers.p"),
         (
             json!({"rules": [{"name": "x", "requires": "none"}, {"name": "x", "requires": "none"}]}),
@@ -420,4 +421,26 @@ fn revoked_jti_and_stale_replica_follow_the_rule() {
     assert_eq!(denial(&run("/x", &fine, true)), Denial::RevocationUnavailable);
     assert!(matches!(run("/open", &fine, true), Outcome::Allow { .. }));
     assert_eq!(denial(&run("/open", &revoked, true)), Denial::InvalidToken(Reason::Revoked));
+}
+
+#[test]
+fn strict_answers_from_the_control_plane_decide_revocation_and_versions() {
+    use portcullis_core::authn::check_token_status;
+    use portcullis_core::revocation::{GlobalMinVersion, TokenStatus};
+    let p = policy(json!([{ "match": {}, "requires": { "provider": "a" } }]));
+    let t = token(ISS_A, "alice", json!({"ver": 3, "jti": "j"}));
+    let identity = match decide(&p, &request("GET", "/x", &[("authorization", &bearer(&t))])) {
+        Outcome::Allow { mut identities, .. } => identities.remove(0),
+        other => panic!("{other:?}"),
+    };
+    let status = |revoked, user_min, global_min| TokenStatus {
+        revoked,
+        user_min_version: user_min,
+        global: GlobalMinVersion { min_version: global_min, rotated_at: NOW - 100, grace_seconds: 10 },
+    };
+    assert_eq!(check_token_status(&p, &identity, &status(false, 0, 0), NOW), Ok(()));
+    assert_eq!(check_token_status(&p, &identity, &status(true, 0, 0), NOW), Err(Reason::Revoked));
+    assert_eq!(check_token_status(&p, &identity, &status(false, 4, 0), NOW), Err(Reason::VersionTooOld));
+    assert_eq!(check_token_status(&p, &identity, &status(false, 3, 4), NOW), Err(Reason::VersionTooOld));
+    assert_eq!(check_token_status(&p, &identity, &status(false, 3, 3), NOW), Ok(()));
 }

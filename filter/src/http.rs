@@ -5,11 +5,16 @@
 
 use std::rc::Rc;
 
-use portcullis_core::authn::{authenticate, AuthnInput, Outcome, RevocationInput, UpstreamEdits};
+use portcullis_core::authn::{
+    authenticate, check_token_status, Authenticated, AuthnInput, Outcome, RevocationInput, UpstreamEdits,
+};
 use portcullis_core::config::NoMatchAction;
+use portcullis_core::config::{RevocationCheck, StaleAction};
 use portcullis_core::jwt::provider::{KeySource, TokenLocation};
 use portcullis_core::keyfetch::FetchKind;
 use portcullis_core::response::Denial;
+use portcullis_core::revocation::TokenStatus;
+use portcullis_core::rules::Rule;
 use portcullis_core::RequestParts;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
@@ -32,11 +37,39 @@ pub struct AuthnContext {
 #[derive(Default)]
 pub struct Progress {
     /// Providers whose keys were already re-read from shared data for this request.
-    pub(crate) reloaded: Vec<usize>,
+    reloaded: Vec<usize>,
     /// Providers whose keys this request fetched or could not fetch.
-    pub(crate) tried: Vec<usize>,
+    tried: Vec<usize>,
     /// Outstanding JWKS fetch: call token → provider index.
-    pub(crate) fetch: Option<(u32, usize)>,
+    fetch: Option<(u32, usize)>,
+    /// Outstanding strict revocation check.
+    strict: Option<StrictCheck>,
+    /// Decided from another context's callback: no calls may be started for it (their
+    /// answers would reach that other context).
+    no_callouts: bool,
+}
+
+impl Progress {
+    /// For a parked request decided from another context: its keys were waited for
+    /// already, and no call may be started on its behalf.
+    pub(crate) fn for_parked(remote_providers: Vec<usize>) -> Self {
+        Progress {
+            reloaded: remote_providers.clone(),
+            tried: remote_providers,
+            fetch: None,
+            strict: None,
+            no_callouts: true,
+        }
+    }
+}
+
+/// A request whose tokens verified, waiting for the control plane's word on them.
+struct StrictCheck {
+    token_id: u32,
+    current: Authenticated,
+    rest: Vec<Authenticated>,
+    identities: Vec<Authenticated>,
+    edits: UpstreamEdits,
 }
 
 /// How the decided request continues.
@@ -88,14 +121,17 @@ pub fn decide(
         };
         match outcome {
             Outcome::Allow { identities, edits } => {
-                rt.metrics.count("portcullis.requests.allowed");
-                for i in &identities {
-                    if let Some(p) = rt.policy.providers.get(i.provider) {
-                        rt.metrics.count(&format!("portcullis.provider.{}.allowed", p.name()));
+                if rule.revocation_check == RevocationCheck::Strict && !progress.no_callouts {
+                    let unchecked: Vec<Authenticated> = identities
+                        .iter()
+                        .filter(|i| rt.policy.revocation_applies(i.provider) && !rt.strict_cached(i, now_ms))
+                        .cloned()
+                        .collect();
+                    if !unchecked.is_empty() {
+                        return start_strict_check(rt, rule, request, unchecked, identities, edits, progress);
                     }
                 }
-                apply_edits(request, &edits);
-                return Next::Continue;
+                return allow(rt, request, &identities, &edits);
             }
             Outcome::Deny { denial, provider } => {
                 let provider_name = provider.and_then(|p| rt.policy.providers.get(p)).map(|p| p.name());
@@ -129,6 +165,108 @@ pub fn decide(
     }
     // Only reachable if core keeps asking for keys it cannot get.
     deny(rt, rule.name.as_str(), rule.shadow, &Denial::KeysUnavailable, None)
+}
+
+fn allow(rt: &Runtime, request: &RequestParts, identities: &[Authenticated], edits: &UpstreamEdits) -> Next {
+    rt.metrics.count("portcullis.requests.allowed");
+    for i in identities {
+        if let Some(p) = rt.policy.providers.get(i.provider) {
+            rt.metrics.count(&format!("portcullis.provider.{}.allowed", p.name()));
+        }
+    }
+    apply_edits(request, edits);
+    Next::Continue
+}
+
+/// Asks the control plane about the first unchecked token; the rest follow one by one.
+fn start_strict_check(
+    rt: &Runtime,
+    rule: &Rule,
+    request: &RequestParts,
+    mut unchecked: Vec<Authenticated>,
+    identities: Vec<Authenticated>,
+    edits: UpstreamEdits,
+    progress: &mut Progress,
+) -> Next {
+    let Some(settings) = rt.policy.revocation.as_ref() else {
+        return allow(rt, request, &identities, &edits);
+    };
+    if unchecked.is_empty() {
+        return allow(rt, request, &identities, &edits);
+    }
+    let current = unchecked.remove(0);
+    let jti = current.token.claim("jti").and_then(|v| v.as_str()).unwrap_or("");
+    let sub = current.token.subject.as_deref().unwrap_or("");
+    let path = format!("{}?jti={}&sub={}", settings.status_path, percent_encode(jti), percent_encode(sub));
+    rt.metrics.count("portcullis.revocation.strict_checks");
+    match host::dispatch_get(&settings.cluster, &settings.authority, &path, settings.strict_timeout_ms) {
+        Ok(token_id) => {
+            progress.strict = Some(StrictCheck { token_id, current, rest: unchecked, identities, edits });
+            Next::Paused
+        }
+        Err(status) => {
+            log::warn!(
+                "cannot call cluster `{}` for a strict revocation check ({status:?})",
+                settings.cluster
+            );
+            strict_unavailable(rt, rule, request, &identities, &edits)
+        }
+    }
+}
+
+/// The control plane did not answer a strict check: the rule's failure mode decides.
+fn strict_unavailable(
+    rt: &Runtime,
+    rule: &Rule,
+    request: &RequestParts,
+    identities: &[Authenticated],
+    edits: &UpstreamEdits,
+) -> Next {
+    rt.metrics.count("portcullis.revocation.strict_unavailable");
+    match rule.on_stale {
+        // The replica already had its say when the token verified.
+        StaleAction::Allow => allow(rt, request, identities, edits),
+        StaleAction::Deny => deny(rt, &rule.name, rule.shadow, &Denial::RevocationUnavailable, None),
+    }
+}
+
+/// Handles the answer to a strict check: deny, check the next token, or allow.
+fn complete_strict_check(
+    rt: &Runtime,
+    rule: &Rule,
+    request: &RequestParts,
+    check: StrictCheck,
+    body_size: usize,
+    progress: &mut Progress,
+) -> Next {
+    let (status, body) = call_response_capped(body_size, 64 * 1024);
+    let answer = match (status.as_deref(), body) {
+        (Some("200"), Some(bytes)) => serde_json::from_slice::<TokenStatus>(&bytes).ok(),
+        _ => None,
+    };
+    let Some(answer) = answer else {
+        return strict_unavailable(rt, rule, request, &check.identities, &check.edits);
+    };
+    let now_ms = host::now_unix_ms();
+    if let Err(reason) = check_token_status(&rt.policy, &check.current, &answer, now_ms / 1000) {
+        let provider = rt.policy.providers.get(check.current.provider).map(|p| p.name());
+        return deny(rt, &rule.name, rule.shadow, &Denial::InvalidToken(reason), provider);
+    }
+    rt.strict_remember(&check.current, now_ms);
+    start_strict_check(rt, rule, request, check.rest, check.identities, check.edits, progress)
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Claims and dispatches an on-demand JWKS fetch; `None` when rate-limited or failed.
@@ -235,6 +373,20 @@ fn request_parts(headers: Vec<(String, String)>) -> RequestParts {
 impl Context for AuthnContext {
     fn on_http_call_response(&mut self, token_id: u32, _: usize, body_size: usize, _: usize) {
         let Some(rt) = self.runtime.clone() else { return };
+        if self.progress.strict.as_ref().is_some_and(|c| c.token_id == token_id) {
+            let Some(check) = self.progress.strict.take() else { return };
+            let (Some(request), Some(rule)) = (self.request.as_ref(), rt.policy.rules.get(self.rule)) else {
+                return;
+            };
+            if let Next::Continue =
+                complete_strict_check(&rt, rule, request, check, body_size, &mut self.progress)
+            {
+                if let Err(status) = host::resume_request() {
+                    log::warn!("could not resume the request ({status:?})");
+                }
+            }
+            return;
+        }
         let Some((token, provider)) = self.progress.fetch else {
             return;
         };

@@ -5,6 +5,9 @@
 //! only when its copy may be stale.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
+
+use portcullis_core::authn::Authenticated;
 
 use portcullis_core::config::Policy;
 use portcullis_core::jwt::cache::VerifiedTokenCache;
@@ -26,6 +29,8 @@ pub const MAX_JWKS_BYTES: usize = 512 * 1024;
 const SHARED_KEYS_RECHECK_MS: u64 = 1_000;
 /// Requests one worker holds while a key fetch is in flight; more are decided at once.
 const MAX_PARKED: usize = 1024;
+/// Entries of the strict-check cache per worker.
+const MAX_STRICT_CACHE: usize = 10_000;
 
 /// A request waiting for a JWKS fetch that another context started.
 struct Parked {
@@ -43,6 +48,8 @@ pub struct Runtime {
     pub metrics: Metrics,
     parked: RefCell<Vec<Parked>>,
     pub revocation: Option<RevocationSync>,
+    /// Tokens that passed a strict revocation check recently: key → until (ms).
+    strict_ok: RefCell<HashMap<String, u64>>,
 }
 
 #[derive(Default)]
@@ -68,6 +75,7 @@ impl Runtime {
         let revocation = policy.revocation.clone().map(|r| RevocationSync::new(r, now_ms));
         Runtime {
             revocation,
+            strict_ok: RefCell::new(HashMap::new()),
             policy,
             keys: RefCell::new(keys),
             versions: RefCell::new(versions),
@@ -294,7 +302,7 @@ impl Runtime {
                 continue;
             }
             // No further fetching for a parked request: decide with the keys there are.
-            let mut progress = Progress { reloaded: remote.clone(), tried: remote.clone(), fetch: None };
+            let mut progress = Progress::for_parked(remote.clone());
             if let Next::Continue =
                 decide(self, waiter.context_id, &waiter.request, waiter.rule, &mut progress)
             {
@@ -322,6 +330,33 @@ impl Runtime {
                 }
             }
         }
+    }
+
+    fn strict_key(identity: &Authenticated) -> Option<String> {
+        let jti = identity.token.claim("jti").and_then(|v| v.as_str())?;
+        Some(format!("{}:{jti}", identity.provider))
+    }
+
+    /// Whether this token passed a strict check within the last `strictCacheMs`.
+    pub fn strict_cached(&self, identity: &Authenticated, now_ms: u64) -> bool {
+        let Some(key) = Self::strict_key(identity) else { return false };
+        self.strict_ok.borrow().get(&key).is_some_and(|until| now_ms < *until)
+    }
+
+    pub fn strict_remember(&self, identity: &Authenticated, now_ms: u64) {
+        let Some(settings) = &self.policy.revocation else { return };
+        if settings.strict_cache_ms == 0 {
+            return;
+        }
+        let Some(key) = Self::strict_key(identity) else { return };
+        let Ok(mut cache) = self.strict_ok.try_borrow_mut() else { return };
+        if cache.len() >= MAX_STRICT_CACHE {
+            cache.retain(|_, until| now_ms < *until);
+            if cache.len() >= MAX_STRICT_CACHE {
+                cache.clear();
+            }
+        }
+        cache.insert(key, now_ms.saturating_add(settings.strict_cache_ms));
     }
 
     /// Which providers' keys this request could fetch now (remote and not yet tried).

@@ -27,9 +27,10 @@ fn plugin_config() -> Value {
         },
         "revocation": {
             "cluster": "portcullis_control_plane", "authority": "control-plane",
-            "pollIntervalMs": 250, "maxStalenessSeconds": 3
+            "pollIntervalMs": 250, "maxStalenessSeconds": 3, "strictTimeoutMs": 500, "strictCacheMs": 0
         },
         "rules": [
+            { "name": "strict", "match": { "pathPrefix": "/strict/" }, "requires": { "provider": "portcullis" }, "revocationCheck": "strict" },
             { "name": "lenient", "match": { "pathPrefix": "/lenient/" }, "requires": { "provider": "portcullis" }, "onStale": "allow" },
             { "name": "api", "match": { "pathPrefix": "/api/" }, "requires": { "provider": "portcullis" } }
         ]
@@ -100,6 +101,26 @@ async fn revoking_a_jti_with_the_cli_rejects_that_token_only(backend: Backend) {
     })
     .await;
     assert_eq!(call(&s.envoy, "/api/x", &other).await.0, 200, "the user's other token still passes");
+}
+
+async fn strict_routes_see_a_revocation_as_soon_as_the_admin_call_returns(backend: Backend) {
+    let s = stack(backend).await;
+    let t = access(&issue(&s.cp, "alice"));
+    assert_eq!(call(&s.envoy, "/strict/x", &t).await.0, 200);
+    s.cp.cli(&["revoke", "token", &t]);
+    // No waiting for a poll: the strict rule asks the control plane on each request.
+    assert_eq!(call(&s.envoy, "/strict/x", &t).await, (401, "revoked".to_string()));
+    let other = access(&issue(&s.cp, "bob"));
+    assert_eq!(call(&s.envoy, "/strict/x", &other).await.0, 200);
+    s.cp.cli(&["revoke", "user", "bob"]);
+    assert_eq!(call(&s.envoy, "/strict/x", &other).await, (401, "version_too_old".to_string()));
+    assert!(s.envoy.counter("wasmcustom.portcullis.revocation.strict_checks").await >= 4);
+
+    // Without an answer from the control plane the rule fails closed.
+    let fresh = access(&issue(&s.cp, "carol"));
+    let mut s = s;
+    s.cp.proc.terminate();
+    assert_eq!(call(&s.envoy, "/strict/x", &fresh).await.0, 503);
 }
 
 async fn revoking_a_user_rejects_all_their_older_tokens_only(backend: Backend) {
@@ -252,6 +273,7 @@ macro_rules! on_both_backends {
 
 on_both_backends!(
     revoking_a_jti_with_the_cli_rejects_that_token_only,
+    strict_routes_see_a_revocation_as_soon_as_the_admin_call_returns,
     revoking_a_user_rejects_all_their_older_tokens_only,
     breach_rotation_keeps_old_tokens_only_for_the_grace,
     a_rotated_signing_key_is_accepted_on_its_first_request,

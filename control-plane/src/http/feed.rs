@@ -1,11 +1,12 @@
-//! The unauthenticated `/v1` API: the revocation feed the Envoy filter follows, and
-//! refresh token exchange. Serve it on a loopback or cluster-internal listener only:
-//! the feed reveals revoked token ids and subjects.
+//! The unauthenticated `/v1` API: the revocation feed the Envoy filter follows, the
+//! per-token status it asks for on strictly checked routes, and refresh token exchange.
+//! Serve it on a loopback or cluster-internal listener only: the feed reveals revoked
+//! token ids and subjects, and the status endpoint answers for any id.
 
 use axum::extract::{Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use portcullis_core::revocation::FeedPage;
+use portcullis_core::revocation::{FeedPage, TokenStatus};
 use serde::Deserialize;
 
 use super::error::ApiJson;
@@ -15,8 +16,16 @@ use crate::store::MAX_PAGE_SIZE;
 use crate::tokens::{IssuedToken, RefreshRequest};
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/v1/feed", get(feed)).route("/v1/token/refresh", post(refresh))
+    Router::new()
+        .route("/v1/feed", get(feed))
+        .route(TOKEN_STATUS_PATH, get(token_status))
+        .route("/v1/token/refresh", post(refresh))
 }
+
+/// Route of the per-token status check (the filter's default `statusPath`).
+pub(super) const TOKEN_STATUS_PATH: &str = "/v1/token-status";
+/// Longest `jti` or `sub` the status check accepts (bytes, after percent-decoding).
+const MAX_STATUS_PARAM_BYTES: usize = 512;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,6 +52,41 @@ async fn feed(
     )
     .await?;
     Ok(Json(page))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenStatusQuery {
+    #[serde(default)]
+    jti: Option<String>,
+    #[serde(default)]
+    sub: Option<String>,
+}
+
+/// An optional id parameter: absent and empty are the same (no id can be empty), longer
+/// than [`MAX_STATUS_PARAM_BYTES`] is a 400.
+fn status_param<'a>(name: &str, value: Option<&'a str>) -> Result<Option<&'a str>, ApiError> {
+    match value {
+        Some(v) if v.len() > MAX_STATUS_PARAM_BYTES => {
+            Err(ApiError::InvalidRequest(format!("{name}: at most {MAX_STATUS_PARAM_BYTES} bytes")))
+        }
+        Some("") | None => Ok(None),
+        Some(v) => Ok(Some(v)),
+    }
+}
+
+/// The current revocation state for one token, read from the store (not the feed):
+/// three store reads at most, run concurrently, and nothing else.
+async fn token_status(
+    State(state): State<AppState>,
+    query: Result<Query<TokenStatusQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<TokenStatus>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
+    let jti = status_param("jti", query.jti.as_deref())?;
+    let sub = status_param("sub", query.sub.as_deref())?;
+    let status = revocations::token_status(state.store.as_ref(), jti, sub, state.clock.now_ms()).await?;
+    state.metrics.record_token_status(status.revoked);
+    Ok(Json(status))
 }
 
 async fn refresh(
