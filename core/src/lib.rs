@@ -9,6 +9,8 @@ pub mod config;
 pub mod error;
 pub mod jwt;
 pub mod keyfetch;
+pub mod lockout;
+pub mod ratelimit;
 pub mod request;
 pub mod response;
 pub mod revocation;

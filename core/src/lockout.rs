@@ -1,0 +1,340 @@
+//! Account lockout after repeated failed logins: when an account (or a client address)
+//! is locked, for how long, and the keys it is tracked under.
+//!
+//! With the default [`LockoutPolicy`]:
+//!
+//! - 5 failures within any 15 minutes (a sliding window over the last 5 failure times)
+//!   lock for 30 s;
+//! - every further failure while locked, or within 15 minutes after the lock ended,
+//!   locks again for twice as long, from that failure: 60 s, 120 s, … capped at 1 h;
+//! - 15 minutes after the lock ended without a failure, the escalation is forgotten and
+//!   counting starts again from zero; a success forgets everything at once.
+//!
+//! Callers refuse attempts while [`LockoutPolicy::locked_for_ms`] is non-zero without
+//! checking the credentials. Whether such a refused attempt is recorded as a failure is
+//! the caller's choice: recording it doubles the lock, which punishes clients that
+//! ignore `Retry-After` (and lets an attacker keep a victim locked for up to
+//! `max_lock_ms` at a time, as any lockout does).
+//!
+//! State is stored under [`account_key`], a keyed hash, so that the store never holds
+//! raw usernames or client addresses.
+
+use hmac::digest::KeyInit;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Most failure times one state keeps; a larger `max_failures` counts as this.
+pub const MAX_TRACKED_FAILURES: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct LockoutPolicy {
+    /// Failures within `window_ms` that lock the account (0 counts as 1).
+    pub max_failures: u32,
+    pub window_ms: u64,
+    /// The first lock.
+    pub base_lock_ms: u64,
+    /// No lock is longer, the first included.
+    pub max_lock_ms: u64,
+}
+
+impl Default for LockoutPolicy {
+    fn default() -> Self {
+        LockoutPolicy {
+            max_failures: 5,
+            window_ms: 15 * 60_000,
+            base_lock_ms: 30_000,
+            max_lock_ms: 3_600_000,
+        }
+    }
+}
+
+/// What is stored per account key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct LockoutState {
+    /// Times (ms) of the most recent failures within the window, oldest first; at most
+    /// `max_failures` of them.
+    pub failures: Vec<u64>,
+    pub locked_until_ms: u64,
+    /// Locks in the current escalation (0: none); the next lock lasts
+    /// `base_lock_ms · 2^lock_count`.
+    pub lock_count: u32,
+}
+
+impl LockoutPolicy {
+    fn threshold(&self) -> usize {
+        usize::try_from(self.max_failures).unwrap_or(usize::MAX).clamp(1, MAX_TRACKED_FAILURES)
+    }
+
+    /// The `n`-th lock of an escalation (n ≥ 1).
+    fn lock_ms(&self, n: u32) -> u64 {
+        let factor = 1u64.checked_shl(n.saturating_sub(1)).unwrap_or(u64::MAX);
+        self.base_lock_ms.saturating_mul(factor).min(self.max_lock_ms)
+    }
+
+    /// The state after a failed attempt at `now_ms`.
+    pub fn record_failure(&self, state: &LockoutState, now_ms: u64) -> LockoutState {
+        let threshold = self.threshold();
+        let recent: Vec<u64> =
+            state.failures.iter().copied().filter(|t| now_ms.saturating_sub(*t) < self.window_ms).collect();
+        // Keep the newest `threshold - 1`, then add this one.
+        let start = recent.len().saturating_sub(threshold.saturating_sub(1));
+        let mut failures = recent.get(start..).map(<[u64]>::to_vec).unwrap_or_default();
+        failures.push(now_ms);
+
+        let escalating =
+            state.lock_count > 0 && now_ms < state.locked_until_ms.saturating_add(self.window_ms);
+        let lock_count = if escalating {
+            state.lock_count.saturating_add(1)
+        } else if failures.len() >= threshold {
+            1
+        } else {
+            0
+        };
+        let locked_until_ms = if lock_count > 0 {
+            state.locked_until_ms.max(now_ms.saturating_add(self.lock_ms(lock_count)))
+        } else {
+            state.locked_until_ms
+        };
+        LockoutState { failures, locked_until_ms, lock_count }
+    }
+
+    /// The state after a successful login: everything forgotten.
+    pub fn record_success(&self, _state: &LockoutState) -> LockoutState {
+        LockoutState::default()
+    }
+
+    /// How much longer the account is locked (0: not locked).
+    pub fn locked_for_ms(&self, state: &LockoutState, now_ms: u64) -> u64 {
+        state.locked_until_ms.saturating_sub(now_ms)
+    }
+
+    /// `Retry-After` seconds, rounded up (0: not locked).
+    pub fn retry_after_secs(&self, state: &LockoutState, now_ms: u64) -> u64 {
+        self.locked_for_ms(state, now_ms).div_ceil(1_000)
+    }
+}
+
+/// The key lockout state is stored under: lowercase hex of
+/// HMAC-SHA256(`secret`, len(kind) as 8 bytes big-endian ‖ kind ‖ value). The length
+/// prefix keeps (`"ab"`, `"c"`) and (`"a"`, `"bc"`) apart. `value` is hashed byte for
+/// byte: normalise it first (e.g. case-fold usernames, canonical IP form).
+pub fn account_key(secret: &[u8], kind: &str, value: &str) -> String {
+    let kind_len = u64::try_from(kind.len()).unwrap_or(u64::MAX).to_be_bytes();
+    let mac = hmac_sha256(secret, &[&kind_len, kind.as_bytes(), value.as_bytes()]);
+    mac.iter().fold(String::with_capacity(64), |mut hex, b| {
+        hex.push(hex_digit(b >> 4));
+        hex.push(hex_digit(b & 0x0f));
+        hex
+    })
+}
+
+fn hex_digit(nibble: u8) -> char {
+    char::from_digit(u32::from(nibble), 16).unwrap_or('0')
+}
+
+/// HMAC-SHA256 with a key of any length. The key is brought to the block size here
+/// (hashed when longer, zero-padded, as RFC 2104 does) so that the infallible
+/// constructor applies and no error path is needed.
+fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let mut block = [0u8; 64];
+    if key.len() > block.len() {
+        for (b, k) in block.iter_mut().zip(Sha256::digest(key)) {
+            *b = k;
+        }
+    } else {
+        for (b, k) in block.iter_mut().zip(key) {
+            *b = *k;
+        }
+    }
+    let mut mac = <Hmac<Sha256> as KeyInit>::new(&block.into());
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    const SEC: u64 = 1_000;
+    const MIN: u64 = 60 * SEC;
+
+    fn fail_at(policy: &LockoutPolicy, times: &[u64]) -> LockoutState {
+        times.iter().fold(LockoutState::default(), |s, t| policy.record_failure(&s, *t))
+    }
+
+    #[test]
+    fn the_default_policy_is_five_failures_in_fifteen_minutes_locking_thirty_seconds_up_to_an_hour() {
+        let p = LockoutPolicy::default();
+        assert_eq!(
+            (p.max_failures, p.window_ms, p.base_lock_ms, p.max_lock_ms),
+            (5, 900_000, 30_000, 3_600_000)
+        );
+        let parsed: LockoutPolicy = serde_json::from_str(r#"{"maxFailures": 3}"#).unwrap();
+        assert_eq!(parsed, LockoutPolicy { max_failures: 3, ..p });
+        assert!(serde_json::from_str::<LockoutPolicy>(r#"{"maxFailure": 3}"#).is_err());
+    }
+
+    #[test]
+    fn four_failures_do_not_lock() {
+        let p = LockoutPolicy::default();
+        let s = fail_at(&p, &[0, SEC, 2 * SEC, 3 * SEC]);
+        assert_eq!(p.locked_for_ms(&s, 3 * SEC), 0);
+        assert_eq!(p.retry_after_secs(&s, 3 * SEC), 0);
+    }
+
+    #[test]
+    fn five_failures_lock_the_sixth_attempt_with_retry_after_thirty() {
+        let p = LockoutPolicy::default();
+        let s = fail_at(&p, &[0, SEC, 2 * SEC, 3 * SEC, 4 * SEC]);
+        assert_eq!(p.retry_after_secs(&s, 4 * SEC), 30);
+        assert_eq!(p.locked_for_ms(&s, 4 * SEC + 500), 29_500);
+        assert_eq!(p.retry_after_secs(&s, 4 * SEC + 500), 30, "rounded up");
+        assert_eq!(p.locked_for_ms(&s, 34 * SEC), 0, "the lock ends");
+    }
+
+    #[test]
+    fn the_next_failure_after_the_lock_locks_for_sixty() {
+        let p = LockoutPolicy::default();
+        let s = fail_at(&p, &[0, 0, 0, 0, 0]);
+        let s = p.record_failure(&s, 30 * SEC);
+        assert_eq!(p.retry_after_secs(&s, 30 * SEC), 60);
+        assert_eq!(s.lock_count, 2);
+    }
+
+    #[test]
+    fn a_failure_while_locked_doubles_the_lock_from_that_failure() {
+        let p = LockoutPolicy::default();
+        let s = fail_at(&p, &[0, 0, 0, 0, 0]);
+        let s = p.record_failure(&s, 10 * SEC);
+        assert_eq!(p.retry_after_secs(&s, 10 * SEC), 60);
+        assert_eq!(s.locked_until_ms, 70 * SEC);
+    }
+
+    #[test]
+    fn locks_keep_doubling_up_to_one_hour() {
+        let p = LockoutPolicy::default();
+        let mut s = fail_at(&p, &[0, 0, 0, 0]);
+        let mut now = 0;
+        let mut locks = Vec::new();
+        for _ in 0..10 {
+            s = p.record_failure(&s, now);
+            locks.push(p.retry_after_secs(&s, now));
+            // Fail again one second after each lock ends.
+            now = s.locked_until_ms + SEC;
+        }
+        assert_eq!(locks, [30, 60, 120, 240, 480, 960, 1_920, 3_600, 3_600, 3_600]);
+    }
+
+    #[test]
+    fn a_success_resets_everything() {
+        let p = LockoutPolicy::default();
+        let s = fail_at(&p, &[0, 0, 0, 0, 0, 40 * SEC]);
+        let s = p.record_success(&s);
+        assert_eq!(s, LockoutState::default());
+        assert_eq!(p.locked_for_ms(&s, 40 * SEC), 0);
+        let s = fail_at(&p, &[41 * SEC, 42 * SEC, 43 * SEC, 44 * SEC]);
+        assert_eq!(p.locked_for_ms(&s, 44 * SEC), 0, "counting starts again from zero");
+    }
+
+    #[test]
+    fn failures_older_than_the_window_do_not_count() {
+        let p = LockoutPolicy::default();
+        let s = fail_at(&p, &[0, SEC, 2 * SEC, 3 * SEC, 15 * MIN]);
+        assert_eq!(p.locked_for_ms(&s, 15 * MIN), 0, "the failure at 0 is 15 minutes old");
+        assert_eq!(s.failures, [SEC, 2 * SEC, 3 * SEC, 15 * MIN]);
+        // The window slides: 5 failures within 15 minutes, whenever they started.
+        let s = p.record_failure(&s, 15 * MIN + 1);
+        assert_eq!(p.retry_after_secs(&s, 15 * MIN + 1), 30);
+    }
+
+    #[test]
+    fn the_escalation_is_forgotten_fifteen_minutes_after_the_lock_ends() {
+        let p = LockoutPolicy::default();
+        let s = fail_at(&p, &[0, 0, 0, 0, 0]);
+        let still = p.record_failure(&s, 30 * SEC + 15 * MIN - 1);
+        assert_eq!(p.retry_after_secs(&still, 30 * SEC + 15 * MIN - 1), 60);
+        let fresh = p.record_failure(&s, 30 * SEC + 15 * MIN);
+        assert_eq!(p.locked_for_ms(&fresh, 30 * SEC + 15 * MIN), 0);
+        assert_eq!((fresh.lock_count, fresh.failures.len()), (0, 1));
+    }
+
+    #[test]
+    fn the_state_stays_bounded() {
+        let p = LockoutPolicy { max_failures: 1_000_000, ..LockoutPolicy::default() };
+        let times: Vec<u64> = (0..500).collect();
+        let s = fail_at(&p, &times);
+        assert_eq!(s.failures.len(), MAX_TRACKED_FAILURES);
+        assert_eq!(s.failures.last(), Some(&499));
+        assert!(p.locked_for_ms(&s, 499) > 0, "the cap also lowers the threshold");
+
+        let default = LockoutPolicy::default();
+        let s = fail_at(&default, &times);
+        assert!(s.failures.len() <= 5);
+        // A stored state that is too long is trimmed on the next failure.
+        let long = LockoutState { failures: vec![0; 10_000], ..LockoutState::default() };
+        assert_eq!(default.record_failure(&long, 1).failures.len(), 5);
+    }
+
+    #[test]
+    fn zero_and_extreme_policies_do_not_overflow() {
+        let p = LockoutPolicy {
+            max_failures: 0,
+            window_ms: u64::MAX,
+            base_lock_ms: u64::MAX,
+            max_lock_ms: u64::MAX,
+        };
+        let s = p.record_failure(&LockoutState::default(), u64::MAX);
+        assert_eq!(s.locked_until_ms, u64::MAX);
+        let s = p.record_failure(&s, u64::MAX);
+        assert_eq!((s.lock_count, s.locked_until_ms), (1, u64::MAX));
+        let s = LockoutState { lock_count: u32::MAX, ..s };
+        assert_eq!(p.record_failure(&s, 0).lock_count, u32::MAX);
+        assert_eq!(p.retry_after_secs(&s, 0), u64::MAX.div_ceil(1_000));
+
+        let instant = LockoutPolicy { window_ms: 0, ..LockoutPolicy::default() };
+        let s = fail_at(&instant, &[0, 0, 0, 0, 0]);
+        assert_eq!(instant.locked_for_ms(&s, 0), 0, "a zero window never counts past failures");
+    }
+
+    #[test]
+    fn the_keyed_hash_matches_rfc_4231_for_short_and_long_keys() {
+        // Test case 2 (short key) and 6 (key longer than the block).
+        let mac = hmac_sha256(b"Jefe", &[b"what do ya want ", b"for nothing?"]);
+        assert_eq!(hex(&mac), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+        let mac = hmac_sha256(&[0xaa; 131], &[b"Test Using Larger Than Block-Size Key - Hash Key First"]);
+        assert_eq!(hex(&mac), "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
+        for len in [0, 1, 32, 63, 64, 65, 200] {
+            let key = vec![0x5a; len];
+            let mut reference = <Hmac<Sha256> as Mac>::new_from_slice(&key).unwrap();
+            reference.update(b"message");
+            let expected: [u8; 32] = reference.finalize().into_bytes().into();
+            assert_eq!(hmac_sha256(&key, &[b"message"]), expected, "key of {len} bytes");
+        }
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn account_keys_hide_the_value_and_separate_secrets_and_kinds() {
+        let key = account_key(b"secret", "ip", "192.0.2.7");
+        assert_eq!(key.len(), 64);
+        assert!(key.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        assert!(!key.contains("192"));
+        assert_eq!(key, account_key(b"secret", "ip", "192.0.2.7"));
+        assert_ne!(key, account_key(b"other", "ip", "192.0.2.7"));
+        assert_ne!(key, account_key(b"secret", "user", "192.0.2.7"));
+        assert_ne!(account_key(b"s", "ab", "c"), account_key(b"s", "a", "bc"));
+        let mut prefixed = 2u64.to_be_bytes().to_vec();
+        prefixed.extend_from_slice(b"ip192.0.2.7");
+        assert_eq!(key, hex(&hmac_sha256(b"secret", &[&prefixed])));
+    }
+}
