@@ -256,3 +256,47 @@ async fn a_failing_or_garbage_jwks_response_keeps_the_last_good_keys() {
     assert_eq!(get(&s.envoy, "/api/x", Some(&old_token)).await.status(), 200);
     assert!(!s.envoy.proc.log_text().contains("panic"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_rules_count_but_do_not_block_and_tokens_can_be_kept_from_the_upstream() {
+    let key = FixtureKey::load("es256-a");
+    let config = json!({
+        "realm": "e2e",
+        "providers": {
+            "hidden": {
+                "issuer": "https://issuer.test",
+                "audiences": ["e2e"],
+                "jwks": jwks(&[&key]),
+                "from": [ { "header": "authorization", "prefix": "Bearer " }, { "query": "access_token" } ],
+                "payloadHeader": "x-jwt-payload",
+                "forwardToken": false
+            }
+        },
+        "rules": [
+            { "name": "trial", "match": { "pathPrefix": "/trial/" }, "requires": { "provider": "hidden" }, "shadow": true },
+            { "name": "api", "match": { "pathPrefix": "/api/" }, "requires": { "provider": "hidden" } }
+        ]
+    });
+    let s = FilterStack::start(&config, json!({"keys": []})).await;
+
+    // Shadow: the missing token is counted and logged, the request still goes through.
+    let r = http().get(s.envoy.url("/trial/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(s.server.hits(), 1);
+    assert_eq!(s.envoy.counter("wasmcustom.portcullis.requests.shadow_denied.missing_token").await, 1);
+    assert_eq!(s.envoy.counter("wasmcustom.portcullis.requests.denied.missing_token").await, 0);
+
+    // forwardToken: false — neither the header nor the query parameter reaches the upstream.
+    let token = key.sign(&claims("alice", ""));
+    let r =
+        http().get(s.envoy.url("/api/x")).bearer_auth(&token).header("x-other", "kept").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(s.server.last_header("authorization"), None);
+    assert_eq!(s.server.last_header("x-other").as_deref(), Some("kept"));
+    let payload = s.server.last_header("x-jwt-payload").expect("payload header");
+    assert_eq!(payload, token.split('.').nth(1).unwrap());
+
+    let r = http().get(s.envoy.url(&format!("/api/x?a=1&access_token={token}&b=2"))).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(s.server.state.last_path.lock().unwrap().as_str(), "/api/x?a=1&b=2");
+}
