@@ -137,21 +137,32 @@ pub fn http() -> reqwest::Client {
 }
 
 async fn wait_http_ok(url: &str, name: &str, proc: &mut Proc) {
+    if !wait_http_ok_or_exit(url, name, proc).await {
+        panic!("{name} exited before becoming ready; log:\n{}", proc.log_text());
+    }
+}
+
+/// Waits for a 2xx at `url`; false when the process exited first.
+async fn wait_http_ok_or_exit(url: &str, name: &str, proc: &mut Proc) -> bool {
     let client = http();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(r) = client.get(url).send().await {
             if r.status().is_success() {
-                return;
+                return true;
             }
         }
         if proc.exited() {
-            panic!("{name} exited before becoming ready; log:\n{}", proc.log_text());
+            return false;
         }
         assert!(Instant::now() < deadline, "{name} not ready at {url} after 30 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Attempts at starting a process on a port picked by [`free_port`]: another test may
+/// take the port between the pick and the bind.
+const PORT_ATTEMPTS: usize = 3;
 
 /// A scratch directory for one test's logs and data.
 pub struct Workdir(pub tempfile::TempDir);
@@ -182,10 +193,22 @@ pub struct Redis {
 
 impl Redis {
     pub async fn start(logdir: &Path) -> Redis {
+        for _ in 1..PORT_ATTEMPTS {
+            if let Some(r) = Redis::try_start_on(logdir, free_port()).await {
+                return r;
+            }
+        }
         Redis::start_on(logdir, free_port()).await
     }
 
     pub async fn start_on(logdir: &Path, port: u16) -> Redis {
+        match Redis::try_start_on(logdir, port).await {
+            Some(r) => r,
+            None => panic!("redis-server on port {port} exited at start (see its log above)"),
+        }
+    }
+
+    async fn try_start_on(logdir: &Path, port: u16) -> Option<Redis> {
         let server = which("redis-server").expect("redis-server not on PATH (run `make setup`)");
         let mut cmd = Command::new(server);
         cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
@@ -195,11 +218,14 @@ impl Redis {
             if redis_ping(port).await {
                 break;
             }
-            assert!(!proc.exited(), "redis-server exited: {}", proc.log_text());
+            if proc.exited() {
+                eprintln!("redis-server on port {port} exited at start: {}", proc.log_text());
+                return None;
+            }
             assert!(Instant::now() < deadline, "redis-server did not answer PING");
             tokio::time::sleep(Duration::from_millis(30)).await;
         }
-        Redis { proc, port, logdir: logdir.to_path_buf() }
+        Some(Redis { proc, port, logdir: logdir.to_path_buf() })
     }
 
     pub fn url(&self) -> String {
@@ -259,10 +285,29 @@ pub const MASTER_KEY: &str = "ZTJlLXRlc3Qtb25seS1tYXN0ZXIta2V5LTMyYnl0ZXM=";
 impl ControlPlane {
     pub async fn start(logdir: &Path, store: StoreKind) -> ControlPlane {
         let data_dir = logdir.join("cp-data");
+        for _ in 1..PORT_ATTEMPTS {
+            if let Some(cp) =
+                ControlPlane::try_start_with(logdir, store.clone(), free_port(), data_dir.clone()).await
+            {
+                return cp;
+            }
+        }
         ControlPlane::start_with(logdir, store, free_port(), data_dir).await
     }
 
     async fn start_with(logdir: &Path, store: StoreKind, port: u16, data_dir: PathBuf) -> ControlPlane {
+        match ControlPlane::try_start_with(logdir, store, port, data_dir).await {
+            Some(cp) => cp,
+            None => panic!("the control plane on port {port} exited at start (see its log above)"),
+        }
+    }
+
+    async fn try_start_with(
+        logdir: &Path,
+        store: StoreKind,
+        port: u16,
+        data_dir: PathBuf,
+    ) -> Option<ControlPlane> {
         let mut cmd = Command::new(bin("portcullis-control-plane"));
         cmd.env("PORTCULLIS_LISTEN", format!("127.0.0.1:{port}"))
             .env("PORTCULLIS_ADMIN_TOKEN", ADMIN_TOKEN)
@@ -275,15 +320,20 @@ impl ControlPlane {
             StoreKind::Redis(url) => cmd.env("PORTCULLIS_STORE", "redis").env("PORTCULLIS_REDIS_URL", url),
         };
         let mut proc = Proc::spawn(&format!("control-plane-{port}"), cmd, logdir);
-        wait_http_ok(&format!("http://127.0.0.1:{port}/healthz"), "control plane", &mut proc).await;
-        ControlPlane {
+        if !wait_http_ok_or_exit(&format!("http://127.0.0.1:{port}/healthz"), "control plane", &mut proc)
+            .await
+        {
+            eprintln!("control plane on port {port} exited at start: {}", proc.log_text());
+            return None;
+        }
+        Some(ControlPlane {
             proc,
             port,
             admin_token: ADMIN_TOKEN.to_string(),
             data_dir,
             store,
             logdir: logdir.to_path_buf(),
-        }
+        })
     }
 
     pub fn url(&self) -> String {
@@ -521,17 +571,48 @@ impl Envoy {
     /// Starts Envoy (2 workers, so shared data across VMs is exercised) and waits until
     /// the admin endpoint reports ready.
     pub async fn start(logdir: &Path, plugin_config: &Value, clusters: &EnvoyClusters) -> Envoy {
-        let (port, admin_port) = (free_port(), free_port());
-        let config = Envoy::bootstrap(plugin_config, clusters, port, admin_port);
-        let path = logdir.join(format!("envoy-{port}.json"));
+        // Port 0: Envoy binds free ports itself (no race with other tests picking ports);
+        // the admin address comes from --admin-address-path, the listener's from /listeners.
+        static STARTED: AtomicUsize = AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, Ordering::SeqCst);
+        let name = format!("envoy-{}-{n}", std::process::id());
+        let config = Envoy::bootstrap(plugin_config, clusters, 0, 0);
+        let path = logdir.join(format!("{name}.json"));
         std::fs::write(&path, serde_json::to_vec_pretty(&config).expect("json")).expect("write bootstrap");
+        let admin_file = logdir.join(format!("{name}.admin"));
         let mut cmd = Command::new(envoy_bin());
         cmd.arg("-c")
             .arg(&path)
+            .arg("--admin-address-path")
+            .arg(&admin_file)
             .args(["--use-dynamic-base-id", "--concurrency", "2", "--log-level", "info"])
             .args(["--component-log-level", "wasm:debug"]);
-        let mut proc = Proc::spawn(&format!("envoy-{port}"), cmd, logdir);
+        let mut proc = Proc::spawn(&name, cmd, logdir);
+
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let admin_port = loop {
+            let text = std::fs::read_to_string(&admin_file).unwrap_or_default();
+            if let Some(port) = text.trim().rsplit(':').next().and_then(|p| p.parse::<u16>().ok()) {
+                break port;
+            }
+            assert!(!proc.exited(), "envoy exited before becoming ready; log:\n{}", proc.log_text());
+            assert!(Instant::now() < deadline, "envoy wrote no admin address in 30 s");
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        };
         wait_http_ok(&format!("http://127.0.0.1:{admin_port}/ready"), "envoy", &mut proc).await;
+        let listeners: Value = http()
+            .get(format!("http://127.0.0.1:{admin_port}/listeners?format=json"))
+            .send()
+            .await
+            .expect("listeners")
+            .json()
+            .await
+            .expect("listeners json");
+        let port = listeners
+            .pointer("/listener_statuses/0/local_address/socket_address/port_value")
+            .and_then(Value::as_u64)
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or_else(|| panic!("no listener port in {listeners}"));
         Envoy { proc, port, admin_port }
     }
 

@@ -138,7 +138,11 @@ async fn unreachable_feed_serves_from_the_replica_then_applies_each_rules_failur
     .await;
     assert_eq!(status(&s.envoy, "/lenient/x", &t).await.0, 200);
     assert_eq!(status(&s.envoy, "/lenient/x", &revoked).await.0, 401, "still revoked from the replica");
-    assert!(s.envoy.counter("wasmcustom.portcullis.revocation.staleness_seconds").await >= 2);
+    // The gauge is sampled on the filter's tick, in whole seconds.
+    eventually(Duration::from_secs(3), "the staleness gauge to rise", || async {
+        s.envoy.counter("wasmcustom.portcullis.revocation.staleness_seconds").await >= 2
+    })
+    .await;
     assert!(s.envoy.counter("wasmcustom.portcullis.revocation.poll_failed").await >= 1);
 
     // Recovery.

@@ -5,9 +5,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use portcullis_e2e::{
-    envoy_bin, free_port, http, repo_root, Envoy, EnvoyClusters, Proc, TestServer, Workdir,
-};
+use portcullis_e2e::{envoy_bin, free_port, repo_root, Envoy, EnvoyClusters, Proc, TestServer, Workdir};
 use serde_json::{json, Value};
 
 /// Every `configuration.value` of a wasm filter in a bootstrap.
@@ -85,24 +83,23 @@ fn envoy_validate_rejects_a_broken_bootstrap() {
     assert!(!out.status.success());
 }
 
-/// Starts Envoy with `plugin_config` without waiting for readiness.
-fn spawn_envoy(dir: &Workdir, plugin_config: &Value, upstream: u16) -> (Proc, u16) {
-    let (port, admin) = (free_port(), free_port());
+/// Starts Envoy with `plugin_config` without waiting for readiness (ports chosen by Envoy).
+fn spawn_envoy(dir: &Workdir, plugin_config: &Value, upstream: u16) -> Proc {
     let config = Envoy::bootstrap(
         plugin_config,
         &EnvoyClusters { upstream_port: upstream, jwks_port: None, control_plane_port: None },
-        port,
-        admin,
+        0,
+        0,
     );
-    let path = dir.path().join(format!("envoy-{port}.json"));
+    let path = dir.path().join("envoy-invalid.json");
     std::fs::write(&path, config.to_string()).unwrap();
     let mut cmd = Command::new(envoy_bin());
     cmd.arg("-c").arg(&path).args(["--use-dynamic-base-id", "--concurrency", "1", "--log-level", "info"]);
-    (Proc::spawn(&format!("envoy-{port}"), cmd, dir.path()), port)
+    Proc::spawn("envoy-invalid", cmd, dir.path())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invalid_plugin_config_is_logged_with_the_field_and_the_filter_does_not_start() {
+async fn invalid_plugin_config_is_logged_with_the_field_and_envoy_refuses_the_config() {
     let cases = [
         (
             json!({"providers": {}, "rules": [{"match": {"pathPrefix": "/"}, "requires": {"provider": "nope"}}]}),
@@ -117,18 +114,20 @@ async fn invalid_plugin_config_is_logged_with_the_field_and_the_filter_does_not_
     for (config, expected) in cases {
         let dir = Workdir::new();
         let server = TestServer::start(json!({"keys": []})).await;
-        let (mut envoy, port) = spawn_envoy(&dir, &config, server.port);
+        let mut envoy = spawn_envoy(&dir, &config, server.port);
         let deadline = Instant::now() + Duration::from_secs(20);
         while !envoy.log_text().contains(expected) {
             assert!(Instant::now() < deadline, "Envoy never logged `{expected}`:\n{}", envoy.log_text());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        // Whatever Envoy then does (refuse the listener or exit), no request reaches the
-        // upstream unchecked.
-        if !envoy.exited() {
-            let _ = http().get(format!("http://127.0.0.1:{port}/x")).send().await;
+        // With failure_policy FAIL_CLOSED the plugin does not start and Envoy rejects the
+        // whole configuration rather than serve without the filter.
+        while !envoy.exited() {
+            assert!(Instant::now() < deadline, "Envoy kept running with a filter that failed to configure");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert_eq!(server.hits(), 0, "a request passed a filter that failed to configure");
+        assert!(envoy.log_text().contains("Unable to create Wasm plugin portcullis"), "{}", envoy.log_text());
+        assert_eq!(server.hits(), 0);
         assert!(!envoy.log_text().contains("panic"));
     }
 }
