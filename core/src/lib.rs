@@ -15,6 +15,7 @@ pub mod request;
 pub mod response;
 pub mod revocation;
 pub mod rules;
+pub mod wire;
 
 pub use error::ConfigError;
 pub use request::RequestParts;
