@@ -121,6 +121,13 @@ impl MasterKey {
             .map_err(|_| UnsealError::Authentication)
     }
 
+    /// A key for one purpose (`"portcullis lockout v1"`), derived as
+    /// HMAC-SHA256(master key, purpose): each feature keys its hashes with its own
+    /// subkey, so none of them ever uses (or can reveal anything about) the master key.
+    pub fn derive_subkey(&self, purpose: &str) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(hmac_sha256(self.0.as_slice(), &[purpose.as_bytes()]))
+    }
+
     /// Reads a master key file (base64, surrounding whitespace ignored).
     pub fn read_file(path: &Path) -> Result<Self, MasterKeyError> {
         let text = Zeroizing::new(
@@ -175,10 +182,56 @@ impl Sealed {
     }
 }
 
+/// HMAC-SHA256 with a key of any length. The key is brought to the block size here
+/// (hashed when longer, zero-padded, as RFC 2104 does) so that the infallible
+/// constructor applies and no error path is needed.
+pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    use hmac::{Hmac, Mac as _};
+    use sha2::{Digest as _, Sha256};
+    let mut block = Zeroizing::new([0u8; 64]);
+    if key.len() > block.len() {
+        for (b, k) in block.iter_mut().zip(Sha256::digest(key)) {
+            *b = k;
+        }
+    } else {
+        for (b, k) in block.iter_mut().zip(key) {
+            *b = *k;
+        }
+    }
+    let mut mac = <Hmac<Sha256> as hmac::digest::KeyInit>::new(&(*block).into());
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+        out.push_str(&format!("{b:02x}"));
+        out
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::random::SeededRandom;
+
+    #[test]
+    fn hmac_matches_rfc_4231_and_subkeys_differ_by_purpose() {
+        // RFC 4231 test case 2.
+        let mac = hmac_sha256(b"Jefe", &[b"what do ya want ", b"for nothing?"]);
+        assert_eq!(hex(&mac), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+        // Test case 6: a key longer than the block.
+        let mac = hmac_sha256(&[0xaa; 131], &[b"Test Using Larger Than Block-Size Key - Hash Key First"]);
+        assert_eq!(hex(&mac), "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
+        let key = MasterKey::from_bytes([9; MASTER_KEY_LEN]);
+        let a = key.derive_subkey("portcullis lockout v1");
+        assert_eq!(*a, hmac_sha256(&[9; MASTER_KEY_LEN], &[b"portcullis lockout v1"]));
+        assert_ne!(*a, *key.derive_subkey("portcullis burst v1"));
+        assert_ne!(a.as_slice(), [9; MASTER_KEY_LEN].as_slice());
+    }
 
     #[test]
     fn sealed_values_open_only_with_the_same_key_and_associated_data() {

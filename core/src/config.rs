@@ -46,6 +46,17 @@ pub struct PluginConfig {
     pub verified_token_cache: Option<CacheConfig>,
     #[serde(default)]
     pub revocation: Option<RevocationConfig>,
+    /// The control plane serving rate limits, lockout and burst reports.
+    #[serde(default)]
+    pub control_plane: Option<crate::guard::ControlPlaneConfig>,
+    #[serde(default)]
+    pub client_ip: Option<crate::guard::ClientIpConfig>,
+    #[serde(default)]
+    pub rate_limits: Vec<crate::guard::RateLimitConfig>,
+    #[serde(default)]
+    pub lockout: Option<crate::guard::LockoutConfig>,
+    #[serde(default)]
+    pub burst: Option<crate::guard::BurstConfig>,
 }
 
 /// Where the control plane's revocation feed is and how fresh it must be.
@@ -233,6 +244,8 @@ pub struct Policy {
     /// Every header some provider sets upstream: stripped from incoming requests.
     pub managed_headers: Vec<String>,
     pub revocation: Option<RevocationSettings>,
+    /// Rate limits, lockout and burst reporting.
+    pub guards: crate::guard::Guards,
 }
 
 impl Policy {
@@ -337,6 +350,18 @@ pub fn compile(config: PluginConfig) -> Result<Policy, ConfigError> {
         }
     }
 
+    let rule_names: Vec<String> = rules.iter().map(|r| r.name.clone()).collect();
+    let guards = crate::guard::compile(
+        crate::guard::GuardSections {
+            control_plane: config.control_plane,
+            client_ip: config.client_ip,
+            rate_limits: config.rate_limits,
+            lockout: config.lockout,
+            burst: config.burst,
+        },
+        &rule_names,
+    )?;
+
     let mut managed_headers: Vec<String> = providers.iter().flat_map(|p| p.managed_headers()).collect();
     managed_headers.sort();
     managed_headers.dedup();
@@ -350,6 +375,7 @@ pub fn compile(config: PluginConfig) -> Result<Policy, ConfigError> {
         cache_max_ttl_secs,
         managed_headers,
         revocation,
+        guards,
     })
 }
 
@@ -494,7 +520,7 @@ fn compile_rule(index: usize, config: RuleConfig, providers: &[Provider]) -> Res
     })
 }
 
-fn compile_match(config: MatchConfig) -> Result<Matcher, ConfigError> {
+pub(crate) fn compile_match(config: MatchConfig) -> Result<Matcher, ConfigError> {
     let set = [config.path.is_some(), config.path_prefix.is_some(), config.path_regex.is_some()]
         .iter()
         .filter(|b| **b)

@@ -7,6 +7,7 @@
 pub mod authn;
 pub mod config;
 pub mod error;
+pub mod guard;
 pub mod jwt;
 pub mod keyfetch;
 pub mod lockout;

@@ -20,6 +20,17 @@ pub enum Denial {
     KeysUnavailable,
     /// The revocation replica is older than allowed and the rule fails closed.
     RevocationUnavailable,
+    /// A rate limit is exhausted: 429 with `Retry-After` and the `RateLimit-*` headers
+    /// of the exhausted limit.
+    RateLimited { retry_after_secs: u64, headers: Vec<(String, String)> },
+    /// The control plane could not answer for a limit that fails closed.
+    RateLimitUnavailable,
+    /// The account or address of a login attempt is locked.
+    LockedOut { retry_after_secs: u64 },
+    /// The control plane could not answer a lock check that fails closed.
+    LockoutUnavailable,
+    /// The client address is blocked after a burst.
+    AddressBlocked { retry_after_secs: u64 },
 }
 
 impl Denial {
@@ -33,6 +44,11 @@ impl Denial {
             Denial::NoMatchingRule => "no_matching_rule",
             Denial::KeysUnavailable => "keys_unavailable",
             Denial::RevocationUnavailable => "revocation_unavailable",
+            Denial::RateLimited { .. } => "rate_limited",
+            Denial::RateLimitUnavailable => "rate_limit_unavailable",
+            Denial::LockedOut { .. } => "locked_out",
+            Denial::LockoutUnavailable => "lockout_unavailable",
+            Denial::AddressBlocked { .. } => "address_blocked",
         }
     }
 
@@ -40,7 +56,11 @@ impl Denial {
         match self {
             Denial::MissingCredentials | Denial::InvalidToken(_) => 401,
             Denial::InsufficientScope(_) | Denial::InsufficientRole | Denial::NoMatchingRule => 403,
-            Denial::KeysUnavailable | Denial::RevocationUnavailable => 503,
+            Denial::KeysUnavailable
+            | Denial::RevocationUnavailable
+            | Denial::RateLimitUnavailable
+            | Denial::LockoutUnavailable => 503,
+            Denial::RateLimited { .. } | Denial::LockedOut { .. } | Denial::AddressBlocked { .. } => 429,
         }
     }
 
@@ -89,6 +109,20 @@ impl Denial {
                 "temporarily_unavailable",
                 "revocation state is out of date; try again shortly".to_string(),
             ),
+            Denial::RateLimited { .. } => (None, "rate_limited", "too many requests".to_string()),
+            Denial::RateLimitUnavailable | Denial::LockoutUnavailable => (
+                None,
+                "temporarily_unavailable",
+                "the rate-limit service did not answer; try again shortly".to_string(),
+            ),
+            Denial::LockedOut { .. } => (
+                None,
+                "locked_out",
+                "too many failed login attempts; try again later".to_string(),
+            ),
+            Denial::AddressBlocked { .. } => {
+                (None, "address_blocked", "too many requests from this address".to_string())
+            }
         };
         let body = serde_json::json!({
             "error": error,
@@ -103,8 +137,19 @@ impl Denial {
         if let Some(c) = challenge {
             headers.push(("www-authenticate".to_string(), c));
         }
-        if matches!(self, Denial::KeysUnavailable | Denial::RevocationUnavailable) {
-            headers.push(("retry-after".to_string(), "1".to_string()));
+        match self {
+            Denial::KeysUnavailable
+            | Denial::RevocationUnavailable
+            | Denial::RateLimitUnavailable
+            | Denial::LockoutUnavailable => headers.push(("retry-after".to_string(), "1".to_string())),
+            Denial::RateLimited { retry_after_secs, headers: limit_headers } => {
+                headers.push(("retry-after".to_string(), retry_after_secs.max(&1).to_string()));
+                headers.extend(limit_headers.iter().cloned());
+            }
+            Denial::LockedOut { retry_after_secs } | Denial::AddressBlocked { retry_after_secs } => {
+                headers.push(("retry-after".to_string(), retry_after_secs.max(&1).to_string()));
+            }
+            _ => {}
         }
         LocalReply { status: self.status(), headers, body }
     }
@@ -161,6 +206,25 @@ mod tests {
         let r = Denial::MissingCredentials.render("a\"b\\c\r\n");
         let www = r.headers.iter().find(|(n, _)| n == "www-authenticate").map(|(_, v)| v.as_str());
         assert_eq!(www, Some("Bearer realm=\"abc\""));
+    }
+
+    #[test]
+    fn rate_limited_is_429_with_retry_after_and_the_limit_headers() {
+        let limit_headers = crate::ratelimit::rate_limit_headers(10, 0, 60, "10;w=60");
+        let r = Denial::RateLimited { retry_after_secs: 6, headers: limit_headers }.render("api");
+        assert_eq!(r.status, 429);
+        let get = |n: &str| r.headers.iter().find(|(h, _)| h == n).map(|(_, v)| v.as_str());
+        assert_eq!(get("retry-after"), Some("6"));
+        assert_eq!(get("ratelimit-limit"), Some("10"));
+        assert_eq!(get("ratelimit-remaining"), Some("0"));
+        assert_eq!(get("ratelimit-policy"), Some("10;w=60"));
+        assert_eq!(get("www-authenticate"), None);
+        let locked = Denial::LockedOut { retry_after_secs: 30 }.render("api");
+        assert_eq!(locked.status, 429);
+        assert!(locked.headers.contains(&("retry-after".to_string(), "30".to_string())));
+        assert!(locked.body.contains("locked_out"));
+        let down = Denial::RateLimitUnavailable.render("api");
+        assert_eq!((down.status, down.headers.iter().any(|(n, v)| n == "retry-after" && v == "1")), (503, true));
     }
 
     #[test]

@@ -10,10 +10,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use portcullis_core::ratelimit::{GcraState, Unit};
+use portcullis_core::wire::{RateLimitOp, RateLimitResult};
 use redb::{Database, ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::{
-    feed_page, feed_window, is_live, is_live_opt, require_positive_ttl, FeedEntry, FeedPage, LogAppendError,
+    feed_page, feed_window, is_live, is_live_opt, rate_limit, require_positive_ttl, FeedEntry, FeedPage, LogAppendError,
     LogEntry, SetMember, Store, StoreBackend, StoreError, MAX_PAGE_SIZE,
 };
 
@@ -37,6 +39,8 @@ const FEED_ENTRIES: TableDefinition<(&str, u64), (u64, &[u8])> = TableDefinition
 const LOGS: TableDefinition<&str, u64> = TableDefinition::new("logs");
 /// (log, seq) -> data
 const LOG_ENTRIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("log_entries");
+/// rate-limit counter -> TAT in µs (full buckets are removed)
+const RATE_LIMITS: TableDefinition<&str, u64> = TableDefinition::new("rate_limits");
 
 pub struct EmbeddedStore {
     db: Arc<Database>,
@@ -66,6 +70,7 @@ impl EmbeddedStore {
         txn.open_table(FEED_ENTRIES)?;
         txn.open_table(LOGS)?;
         txn.open_table(LOG_ENTRIES)?;
+        txn.open_table(RATE_LIMITS)?;
         txn.commit()?;
         Ok(Self { db: Arc::new(db), path })
     }
@@ -446,6 +451,30 @@ impl Store for EmbeddedStore {
                 .value()
                 .to_vec();
             Ok(Some(LogEntry { seq, data }))
+        })
+        .await
+    }
+
+    async fn gcra(
+        &self,
+        key: &str,
+        limit: u64,
+        unit: Unit,
+        op: RateLimitOp,
+        now_ms: u64,
+    ) -> Result<RateLimitResult, StoreError> {
+        rate_limit::check_arguments(limit, now_ms)?;
+        let key = key.to_owned();
+        self.write(move |txn| {
+            let mut table = txn.open_table(RATE_LIMITS)?;
+            let tat_us = table.get(key.as_str())?.map_or(0, |g| g.value());
+            let (next, result) = rate_limit::apply(limit, unit, op, GcraState { tat_us }, now_ms);
+            if rate_limit::is_full(next, now_ms) {
+                table.remove(key.as_str())?;
+            } else {
+                table.insert(key.as_str(), next.tat_us)?;
+            }
+            Ok(result)
         })
         .await
     }

@@ -5,9 +5,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
+use portcullis_core::ratelimit::{GcraState, Unit};
+use portcullis_core::wire::{RateLimitOp, RateLimitResult};
 
 use super::{
-    feed_page, feed_window, is_live, is_live_opt, require_positive_ttl, FeedEntry, FeedPage, LogAppendError,
+    feed_page, feed_window, is_live, is_live_opt, rate_limit, require_positive_ttl, FeedEntry, FeedPage, LogAppendError,
     LogEntry, SetMember, Store, StoreBackend, StoreError, MAX_PAGE_SIZE,
 };
 
@@ -23,6 +25,8 @@ struct State {
     records: HashMap<String, Record>,
     feeds: HashMap<String, Feed>,
     logs: HashMap<String, Vec<Vec<u8>>>,
+    /// Rate-limit counter -> TAT in µs; full buckets are removed.
+    rate_limits: HashMap<String, u64>,
 }
 
 struct Counter {
@@ -286,5 +290,25 @@ impl Store for MemoryStore {
         Ok(state.logs.get(log).and_then(|entries| {
             entries.last().map(|data| LogEntry { seq: entries.len() as u64, data: data.clone() })
         }))
+    }
+
+    async fn gcra(
+        &self,
+        key: &str,
+        limit: u64,
+        unit: Unit,
+        op: RateLimitOp,
+        now_ms: u64,
+    ) -> Result<RateLimitResult, StoreError> {
+        rate_limit::check_arguments(limit, now_ms)?;
+        let mut state = self.state()?;
+        let current = GcraState { tat_us: state.rate_limits.get(key).copied().unwrap_or(0) };
+        let (next, result) = rate_limit::apply(limit, unit, op, current, now_ms);
+        if rate_limit::is_full(next, now_ms) {
+            state.rate_limits.remove(key);
+        } else {
+            state.rate_limits.insert(key.to_owned(), next.tat_us);
+        }
+        Ok(result)
     }
 }

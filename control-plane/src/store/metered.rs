@@ -4,6 +4,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use portcullis_core::ratelimit::Unit;
+use portcullis_core::wire::{RateLimitOp, RateLimitResult};
 
 use super::{FeedPage, LogAppendError, LogEntry, SetMember, Store, StoreBackend, StoreError};
 use crate::metrics::Metrics;
@@ -132,5 +134,16 @@ impl Store for MeteredStore {
 
     async fn log_last(&self, log: &str) -> Result<Option<LogEntry>, StoreError> {
         self.observe("log_last", self.inner.log_last(log).await)
+    }
+
+    async fn gcra(
+        &self,
+        key: &str,
+        limit: u64,
+        unit: Unit,
+        op: RateLimitOp,
+        now_ms: u64,
+    ) -> Result<RateLimitResult, StoreError> {
+        self.observe("gcra", self.inner.gcra(key, limit, unit, op, now_ms).await)
     }
 }

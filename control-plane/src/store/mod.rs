@@ -9,7 +9,8 @@
 //! - byte records with optional expiry and compare-and-swap
 //!   ([`Store::record_compare_and_swap`]),
 //! - ordered change feeds read by cursor ([`Store::feed_read`]),
-//! - append-only logs with optimistic appends ([`Store::log_append_if_last`]).
+//! - append-only logs with optimistic appends ([`Store::log_append_if_last`]),
+//! - rate-limit counters, one GCRA step per call ([`Store::gcra`], `rate_limit.rs`).
 //!
 //! Time is always an argument (`now_ms`, milliseconds since the Unix epoch): no
 //! backend reads a clock to decide whether something has expired, so every backend
@@ -23,11 +24,14 @@
 mod embedded;
 mod memory;
 mod metered;
+pub mod rate_limit;
 pub mod redis;
 
 use std::fmt;
 
 use async_trait::async_trait;
+use portcullis_core::ratelimit::Unit;
+use portcullis_core::wire::{RateLimitOp, RateLimitResult};
 
 pub use self::redis::RedisStore;
 pub use embedded::EmbeddedStore;
@@ -266,6 +270,26 @@ pub trait Store: Send + Sync {
 
     /// The newest entry, `None` for an empty log.
     async fn log_last(&self, log: &str) -> Result<Option<LogEntry>, StoreError>;
+
+    // --- rate-limit counters ------------------------------------------------------
+
+    /// Applies `op` to the GCRA counter `key` of `limit` per `unit` at `now_ms`, as one
+    /// atomic step, with exactly the semantics of `portcullis_core::ratelimit::Gcra`
+    /// (see [`rate_limit::apply`]): `lease` refunds `release` units (when > 0) and then
+    /// grants a lease, `check` admits or refuses `cost` units, `release` refunds
+    /// `units`. An absent counter is a full bucket; a counter that is full again is
+    /// deleted (Redis: it expires then, plus a short grace).
+    ///
+    /// `limit` must be in `1..=`[`rate_limit::MAX_LIMIT`] and `now_ms` at most
+    /// [`rate_limit::MAX_NOW_MS`], else [`StoreError::InvalidArgument`].
+    async fn gcra(
+        &self,
+        key: &str,
+        limit: u64,
+        unit: Unit,
+        op: RateLimitOp,
+        now_ms: u64,
+    ) -> Result<RateLimitResult, StoreError>;
 }
 
 fn require_positive_ttl(ttl_ms: u64) -> Result<(), StoreError> {

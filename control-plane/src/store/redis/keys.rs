@@ -64,6 +64,12 @@ pub fn log_entries(name: &str) -> String {
     key("log", name, Some("entries"))
 }
 
+/// String: a rate-limit counter's TAT in µs (absent: a full bucket). One key per
+/// counter, so the whole counter is its own hash tag.
+pub fn rate_limit(name: &str) -> String {
+    key("ratelimit", name, None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +100,7 @@ mod tests {
     fn kinds_have_separate_namespaces() {
         assert_ne!(counter("x"), record("x"));
         assert_ne!(set("x"), record("x"));
+        assert_ne!(rate_limit("x"), counter("x"));
+        assert_eq!(rate_limit("ab12"), "portcullis:{ratelimit:ab12}");
     }
 }

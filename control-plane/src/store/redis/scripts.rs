@@ -251,3 +251,97 @@ return {1, seq}
 ",
     )
 });
+
+/// One GCRA step on a rate-limit counter: `portcullis_core::ratelimit::Gcra` in Lua,
+/// mirroring `store::rate_limit::apply` line by line.
+///
+/// KEYS[1]: counter string (TAT in µs; absent: a full bucket)
+/// ARGV[1]: now in µs; ARGV[2]: `T`, the emission interval in µs (≥ 1);
+/// ARGV[3]: `limit·T` in µs; ARGV[4]: GC grace in ms
+/// ARGV[5]: op, `check`, `lease` or `release`
+/// ARGV[6]: `check`: `cost·T` in µs (0: a free look), or -1 when the cost exceeds the
+///          limit (a refusal that changes nothing; Rust answers "never");
+///          `lease`: the credit of the units released first (`release·T`, 0: none);
+///          `release`: the credit of the units released (`units·T`)
+/// ARGV[7]: `lease`: max_lease, clamped to 1..=limit (the core's result is the same)
+/// ARGV[8]: `lease`: 2·holders, holders clamped to 1..=limit (likewise)
+/// Returns {allowed (0/1), units leased, remaining, reset_after_ms, retry_after_ms}.
+///
+/// Why a script: reading the TAT, deciding and writing the new TAT must be one step,
+/// or two holders could both be granted the same units. Lua numbers are doubles: the
+/// caller bounds `now` and `limit` (`store::rate_limit::check_arguments`) and clamps
+/// credits to 2⁵³ − 1 so that every value here is an integer below 2⁵³, where double
+/// arithmetic, `floor(a / b)` and `ceil(a / b)` are exact. The key expires (PX) when the
+/// bucket is full again plus the grace; a full bucket is deleted, as an absent key is
+/// the same state.
+pub static GCRA: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local now = tonumber(ARGV[1])
+local interval = tonumber(ARGV[2])
+local burst = tonumber(ARGV[3])
+local op = ARGV[5]
+local amount = tonumber(ARGV[6])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if not tat then
+  return redis.error_reply('rate-limit counter ' .. KEYS[1] .. ' is not a number')
+end
+
+local function ceil_ms(us)
+  return math.ceil(us / 1000)
+end
+
+-- remaining and reset_after_ms of a counter at `t` (Gcra's decision fields)
+local function describe(t)
+  local debt = math.max(t - now, 0)
+  local free = math.max(burst - debt, 0)
+  return math.floor(free / interval), ceil_ms(debt)
+end
+
+-- Gcra::check: allowed?, the state to store, retry_after_ms
+local function check(t, cost_us, free_look)
+  local new_tat = math.max(t, now) + cost_us
+  local allow_at = new_tat - burst
+  if free_look or now >= allow_at then
+    return true, new_tat, 0
+  end
+  return false, t, ceil_ms(allow_at - now)
+end
+
+local allowed, units, new_tat, retry = true, 0, tat, 0
+if op == 'check' then
+  if amount < 0 then
+    allowed = false
+  else
+    allowed, new_tat, retry = check(tat, amount, amount == 0)
+  end
+elseif op == 'lease' then
+  if amount > 0 then
+    tat = math.max(tat - amount, now)
+  end
+  local remaining = describe(tat)
+  if remaining > 0 then
+    local share = math.floor(remaining / tonumber(ARGV[8]))
+    units = math.max(math.min(share, tonumber(ARGV[7])), 1)
+  end
+  allowed, new_tat, retry = check(tat, math.max(units, 1) * interval, false)
+  if not allowed then
+    units = 0
+  end
+elseif op == 'release' then
+  new_tat = math.max(tat - amount, now)
+else
+  return redis.error_reply('unknown rate-limit op ' .. tostring(op))
+end
+
+if new_tat > now then
+  local lifetime = ceil_ms(new_tat - now) + tonumber(ARGV[4])
+  redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', string.format('%d', lifetime))
+else
+  redis.call('DEL', KEYS[1])
+end
+local remaining, reset_ms = describe(new_tat)
+return {allowed and 1 or 0, units, remaining, reset_ms, retry}
+",
+    )
+});
