@@ -354,7 +354,12 @@ impl AppliedLimit {
 
 impl RateLimit {
     /// The counter this request touches, or `None` when the limit does not apply.
-    pub fn apply(&self, index: usize, rule_index: Option<usize>, ctx: &LimitContext<'_>) -> Option<AppliedLimit> {
+    pub fn apply(
+        &self,
+        index: usize,
+        rule_index: Option<usize>,
+        ctx: &LimitContext<'_>,
+    ) -> Option<AppliedLimit> {
         if let Some(rules) = &self.rules {
             let r = rule_index?;
             if !rules.get(r).copied().unwrap_or(false) {
@@ -386,9 +391,9 @@ pub enum AccountSource {
 
 impl AccountSource {
     pub fn parse(s: &str) -> Result<Self, String> {
-        let (kind, arg) = s.split_once(':').ok_or_else(|| {
-            format!("`{s}`: expected `json:FIELD`, `form:FIELD` or `header:NAME`")
-        })?;
+        let (kind, arg) = s
+            .split_once(':')
+            .ok_or_else(|| format!("`{s}`: expected `json:FIELD`, `form:FIELD` or `header:NAME`"))?;
         if arg.is_empty() || arg.len() > 128 {
             return Err(format!("`{kind}:` needs a name of 1-128 characters"));
         }
@@ -562,7 +567,10 @@ pub fn compile(sections: GuardSections, rule_names: &[String]) -> Result<Guards,
         None => None,
         Some(c) => {
             if c.cluster.is_empty() {
-                return Err(ConfigError::new("controlPlane.cluster", "must name the Envoy cluster of the control plane"));
+                return Err(ConfigError::new(
+                    "controlPlane.cluster",
+                    "must name the Envoy cluster of the control plane",
+                ));
             }
             if c.authority.is_empty() {
                 return Err(ConfigError::new("controlPlane.authority", "must not be empty"));
@@ -649,9 +657,10 @@ fn compile_limit(c: RateLimitConfig, rule_names: &[String]) -> Result<RateLimit,
         Some(names) => {
             let mut applies = vec![false; rule_names.len()];
             for (i, n) in names.iter().enumerate() {
-                let idx = rule_names.iter().position(|r| r == n).ok_or_else(|| {
-                    ConfigError::new(format!("rules[{i}]"), format!("unknown rule `{n}`"))
-                })?;
+                let idx = rule_names
+                    .iter()
+                    .position(|r| r == n)
+                    .ok_or_else(|| ConfigError::new(format!("rules[{i}]"), format!("unknown rule `{n}`")))?;
                 if let Some(a) = applies.get_mut(idx) {
                     *a = true;
                 }
@@ -774,6 +783,109 @@ pub fn normalise_ip(s: &str) -> Option<String> {
     Some(ip.to_string())
 }
 
+/// A holder's view of one counter, kept in Envoy shared data so every worker spends the
+/// same lease: the unspent units of the current lease, and what the control plane last
+/// said about the counter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeaseSlot {
+    /// Unspent units of the lease.
+    pub units: u64,
+    /// When the lease stops being spendable (ms).
+    pub expires_at_ms: u64,
+    /// Refused by the control plane: no unit is available before this time (ms).
+    pub refused_until_ms: u64,
+    /// Units the control plane had left after the last answer (for `RateLimit-Remaining`).
+    pub remaining: u64,
+    /// When the counter is full again, per the last answer (ms).
+    pub reset_at_ms: u64,
+}
+
+/// The result of [`LeaseSlot::spend`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotSpend {
+    /// One unit spent; the slot to store.
+    Spent(LeaseSlot),
+    /// Refused until `refused_until_ms`.
+    Refused { retry_after_ms: u64 },
+    /// No live lease with units: ask the control plane.
+    NeedLease,
+}
+
+const SLOT_LEN: usize = 40;
+
+impl LeaseSlot {
+    pub fn spend(&self, cost: u64, now_ms: u64) -> SlotSpend {
+        if now_ms < self.refused_until_ms {
+            return SlotSpend::Refused { retry_after_ms: self.refused_until_ms - now_ms };
+        }
+        if now_ms < self.expires_at_ms && self.units >= cost {
+            return SlotSpend::Spent(LeaseSlot { units: self.units - cost, ..*self });
+        }
+        SlotSpend::NeedLease
+    }
+
+    /// Merges a control-plane answer to a lease ask received at `now_ms`. Units of a
+    /// still-live lease are kept (and live until the new lease's expiry); a refusal
+    /// closes the slot until the answer's retry time.
+    pub fn granted(&self, result: &crate::wire::RateLimitResult, now_ms: u64) -> LeaseSlot {
+        let live = if now_ms < self.expires_at_ms { self.units } else { 0 };
+        let reset_at_ms = now_ms.saturating_add(result.reset_after_ms);
+        if result.granted == 0 {
+            return LeaseSlot {
+                units: live,
+                expires_at_ms: self.expires_at_ms,
+                refused_until_ms: now_ms.saturating_add(result.retry_after_ms.max(1)),
+                remaining: result.remaining,
+                reset_at_ms,
+            };
+        }
+        LeaseSlot {
+            units: live.saturating_add(result.granted),
+            expires_at_ms: result.expires_at_ms.max(self.expires_at_ms),
+            refused_until_ms: 0,
+            remaining: result.remaining,
+            reset_at_ms,
+        }
+    }
+
+    /// `RateLimit-Remaining` as this holder sees it: its unspent units plus what the
+    /// control plane had left (other holders' unspent units are not known here).
+    pub fn visible_remaining(&self, now_ms: u64) -> u64 {
+        let live = if now_ms < self.expires_at_ms { self.units } else { 0 };
+        live.saturating_add(self.remaining)
+    }
+
+    pub fn encode(&self) -> [u8; SLOT_LEN] {
+        let mut out = [0u8; SLOT_LEN];
+        let values =
+            [self.units, self.expires_at_ms, self.refused_until_ms, self.remaining, self.reset_at_ms];
+        for (chunk, v) in out.chunks_exact_mut(8).zip(values) {
+            chunk.copy_from_slice(&v.to_be_bytes());
+        }
+        out
+    }
+
+    /// Anything malformed (or empty) reads as an empty slot.
+    pub fn decode(bytes: &[u8]) -> Self {
+        if bytes.len() != SLOT_LEN {
+            return LeaseSlot::default();
+        }
+        let mut v = [0u64; 5];
+        for (slot, chunk) in v.iter_mut().zip(bytes.chunks_exact(8)) {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(chunk);
+            *slot = u64::from_be_bytes(b);
+        }
+        LeaseSlot {
+            units: v[0],
+            expires_at_ms: v[1],
+            refused_until_ms: v[2],
+            remaining: v[3],
+            reset_at_ms: v[4],
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -821,8 +933,10 @@ mod tests {
 
     #[test]
     fn a_limit_applies_only_when_every_descriptor_has_a_value() {
-        let l = limit_config(r#"{"name":"per-sub","limit":10,"unit":"minute","descriptors":["claim:sub","method"]}"#)
-            .unwrap();
+        let l = limit_config(
+            r#"{"name":"per-sub","limit":10,"unit":"minute","descriptors":["claim:sub","method"]}"#,
+        )
+        .unwrap();
         let r = req(&[]);
         let none = LimitContext { request: &r, rule: Some("api"), tokens: &[], client_ip: Some("1.2.3.4") };
         assert_eq!(l.apply(0, Some(0), &none), None);
@@ -862,8 +976,12 @@ mod tests {
         .unwrap();
         let acme = req(&[("x-tenant", "acme")]);
         let other = req(&[("x-tenant", "globex")]);
-        let a = l.apply(0, None, &LimitContext { request: &acme, rule: None, tokens: &[], client_ip: None }).unwrap();
-        let o = l.apply(0, None, &LimitContext { request: &other, rule: None, tokens: &[], client_ip: None }).unwrap();
+        let a = l
+            .apply(0, None, &LimitContext { request: &acme, rule: None, tokens: &[], client_ip: None })
+            .unwrap();
+        let o = l
+            .apply(0, None, &LimitContext { request: &other, rule: None, tokens: &[], client_ip: None })
+            .unwrap();
         assert_eq!((a.limit, o.limit), (100, 10));
         assert_eq!(a.unit, Unit::Minute);
         assert_ne!(a.key, counter_key("t", 10, Unit::Minute, &["acme"]));
@@ -873,7 +991,9 @@ mod tests {
     fn limit_validation_names_the_field() {
         assert_eq!(limit_config(r#"{"name":"l","limit":0,"unit":"second"}"#).unwrap_err().field, "limit");
         assert_eq!(
-            limit_config(r#"{"name":"l","limit":1,"unit":"second","descriptors":["bogus"]}"#).unwrap_err().field,
+            limit_config(r#"{"name":"l","limit":1,"unit":"second","descriptors":["bogus"]}"#)
+                .unwrap_err()
+                .field,
             "descriptors[0]"
         );
         assert_eq!(
@@ -903,9 +1023,10 @@ mod tests {
 
     #[test]
     fn login_outcomes_follow_the_configured_statuses() {
-        let c: LockoutConfig =
-            serde_json::from_str(r#"{"routes":[{"path":"/login","methods":["POST"]}],"account":"json:username"}"#)
-                .unwrap();
+        let c: LockoutConfig = serde_json::from_str(
+            r#"{"routes":[{"path":"/login","methods":["POST"]}],"account":"json:username"}"#,
+        )
+        .unwrap();
         let l = compile_lockout(c).unwrap();
         assert_eq!(login_outcome(&l, 401), Some(crate::wire::LoginOutcome::Failure));
         assert_eq!(login_outcome(&l, 204), Some(crate::wire::LoginOutcome::Success));
@@ -919,10 +1040,48 @@ mod tests {
     fn guarded_sections_need_a_control_plane() {
         let c: RateLimitConfig = serde_json::from_str(r#"{"name":"l","limit":1,"unit":"second"}"#).unwrap();
         let err = compile(
-            GuardSections { control_plane: None, client_ip: None, rate_limits: vec![c], lockout: None, burst: None },
+            GuardSections {
+                control_plane: None,
+                client_ip: None,
+                rate_limits: vec![c],
+                lockout: None,
+                burst: None,
+            },
             &[],
         )
         .unwrap_err();
         assert_eq!(err.field, "rateLimits");
+    }
+
+    #[test]
+    fn a_slot_spends_grants_and_refuses() {
+        use crate::wire::RateLimitResult;
+        let empty = LeaseSlot::default();
+        assert_eq!(empty.spend(1, 100), SlotSpend::NeedLease);
+        let grant = RateLimitResult {
+            granted: 3,
+            expires_at_ms: 2_100,
+            remaining: 5,
+            reset_after_ms: 30_000,
+            retry_after_ms: 0,
+        };
+        let s = empty.granted(&grant, 100);
+        assert_eq!((s.units, s.expires_at_ms, s.reset_at_ms), (3, 2_100, 30_100));
+        assert_eq!(s.visible_remaining(100), 8);
+        let SlotSpend::Spent(s2) = s.spend(1, 200) else { panic!("expected a spend") };
+        assert_eq!(s2.units, 2);
+        assert_eq!(s2.spend(1, 2_100), SlotSpend::NeedLease, "expired");
+        assert_eq!(s2.visible_remaining(2_100), 5);
+        let refusal = RateLimitResult {
+            granted: 0,
+            retry_after_ms: 6_000,
+            reset_after_ms: 60_000,
+            ..Default::default()
+        };
+        let r = s2.granted(&refusal, 300);
+        assert_eq!(r.spend(1, 300), SlotSpend::Refused { retry_after_ms: 6_000 });
+        assert_eq!(r.units, 2, "live units survive a refusal");
+        assert_eq!(LeaseSlot::decode(&r.encode()), r);
+        assert_eq!(LeaseSlot::decode(b"short"), LeaseSlot::default());
     }
 }

@@ -224,7 +224,10 @@ mod tests {
         assert!(locked.headers.contains(&("retry-after".to_string(), "30".to_string())));
         assert!(locked.body.contains("locked_out"));
         let down = Denial::RateLimitUnavailable.render("api");
-        assert_eq!((down.status, down.headers.iter().any(|(n, v)| n == "retry-after" && v == "1")), (503, true));
+        assert_eq!(
+            (down.status, down.headers.iter().any(|(n, v)| n == "retry-after" && v == "1")),
+            (503, true)
+        );
     }
 
     #[test]

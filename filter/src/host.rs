@@ -116,3 +116,64 @@ pub fn log_critical(message: &str) {
 pub fn set_effective_context(context_id: u32) -> Result<(), Status> {
     hostcalls::set_effective_context(context_id)
 }
+
+/// A POST of a JSON body to a named Envoy cluster; the answer arrives in
+/// `on_http_call_response`.
+pub fn dispatch_post_json(
+    cluster: &str,
+    authority: &str,
+    path: &str,
+    body: &[u8],
+    timeout_ms: u64,
+) -> Result<u32, Status> {
+    hostcalls::dispatch_http_call(
+        cluster,
+        vec![
+            (":method", "POST"),
+            (":path", path),
+            (":authority", authority),
+            ("content-type", "application/json"),
+            ("accept", "application/json"),
+        ],
+        Some(body),
+        vec![],
+        Duration::from_millis(timeout_ms),
+    )
+}
+
+/// The downstream peer's address (`ip:port`), as Envoy reports it.
+pub fn downstream_address() -> Option<String> {
+    let bytes = hostcalls::get_property(vec!["source", "address"]).ok().flatten()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// `size` bytes of the request body buffered so far.
+pub fn request_body(size: usize) -> Option<Vec<u8>> {
+    hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size).ok().flatten()
+}
+
+pub fn response_status() -> Option<u16> {
+    let value = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status").ok().flatten()?;
+    std::str::from_utf8(&value).ok()?.parse().ok()
+}
+
+pub fn add_response_header(name: &str, value: &str) -> Result<(), Status> {
+    hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value)
+}
+
+pub fn resume_response() -> Result<(), Status> {
+    hostcalls::resume_http_response()
+}
+
+/// Registers a shared queue this VM's root context is told about (`on_queue_ready`).
+pub fn register_queue(name: &str) -> Option<u32> {
+    hostcalls::register_shared_queue(name).ok()
+}
+
+pub fn enqueue(queue: u32, value: &[u8]) -> Result<(), Status> {
+    hostcalls::enqueue_shared_queue(queue, Some(value))
+}
+
+pub fn dequeue(queue: u32) -> Option<Vec<u8>> {
+    hostcalls::dequeue_shared_queue(queue).ok().flatten()
+}

@@ -10,7 +10,9 @@ use portcullis_core::authn::{
 };
 use portcullis_core::config::NoMatchAction;
 use portcullis_core::config::{RevocationCheck, StaleAction};
+use portcullis_core::guard::{client_ip, LimitContext};
 use portcullis_core::jwt::provider::{KeySource, TokenLocation};
+use portcullis_core::jwt::VerifiedToken;
 use portcullis_core::keyfetch::FetchKind;
 use portcullis_core::response::Denial;
 use portcullis_core::revocation::TokenStatus;
@@ -19,6 +21,7 @@ use portcullis_core::RequestParts;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
+use crate::guard::{LoginAttempt, Pending};
 use crate::host;
 use crate::runtime::{Runtime, MAX_JWKS_BYTES};
 
@@ -31,6 +34,8 @@ pub struct AuthnContext {
     request: Option<RequestParts>,
     rule: usize,
     progress: Progress,
+    /// A login attempt whose account is in the body: the body is being buffered.
+    awaiting_body: bool,
 }
 
 /// What one request has already tried while waiting for keys.
@@ -47,18 +52,32 @@ pub struct Progress {
     /// Decided from another context's callback: no calls may be started for it (their
     /// answers would reach that other context).
     no_callouts: bool,
+    /// What the stateful checks after authentication need.
+    pub(crate) guard: GuardInput,
+}
+
+/// What a request brings to the stateful checks: its context, rule, address and (on a
+/// login route) the account it names.
+#[derive(Debug, Clone, Default)]
+pub struct GuardInput {
+    pub ctx: u32,
+    pub rule: Option<usize>,
+    pub client_ip: Option<String>,
+    /// On a lockout route: `Some(account or None when the request names none)`.
+    pub login: Option<Option<String>>,
 }
 
 impl Progress {
     /// For a parked request decided from another context: its keys were waited for
     /// already, and no call may be started on its behalf.
-    pub(crate) fn for_parked(remote_providers: Vec<usize>) -> Self {
+    pub(crate) fn for_parked(remote_providers: Vec<usize>, guard: GuardInput) -> Self {
         Progress {
             reloaded: remote_providers.clone(),
             tried: remote_providers,
             fetch: None,
             strict: None,
             no_callouts: true,
+            guard,
         }
     }
 }
@@ -80,7 +99,14 @@ pub enum Next {
 
 impl AuthnContext {
     pub fn new(context_id: u32, runtime: Option<Rc<Runtime>>) -> Self {
-        AuthnContext { id: context_id, runtime, request: None, rule: 0, progress: Progress::default() }
+        AuthnContext {
+            id: context_id,
+            runtime,
+            request: None,
+            rule: 0,
+            progress: Progress::default(),
+            awaiting_body: false,
+        }
     }
 }
 
@@ -131,7 +157,7 @@ pub fn decide(
                         return start_strict_check(rt, rule, request, unchecked, identities, edits, progress);
                     }
                 }
-                return allow(rt, request, &identities, &edits);
+                return allow(rt, request, &identities, &edits, &progress.guard);
             }
             Outcome::Deny { denial, provider } => {
                 let provider_name = provider.and_then(|p| rt.policy.providers.get(p)).map(|p| p.name());
@@ -152,7 +178,7 @@ pub fn decide(
                 // A fetch some context already started will answer soon: wait for it
                 // rather than reject a token signed by a key just rotated in.
                 if rt.fetch_in_flight(p, now_ms)
-                    && rt.park(context_id, p, rule_index, request.clone(), now_ms)
+                    && rt.park(context_id, p, rule_index, request.clone(), progress.guard.clone())
                 {
                     rt.metrics.count("portcullis.requests.parked");
                     return Next::Paused;
@@ -167,15 +193,42 @@ pub fn decide(
     deny(rt, rule.name.as_str(), rule.shadow, &Denial::KeysUnavailable, None)
 }
 
-fn allow(rt: &Runtime, request: &RequestParts, identities: &[Authenticated], edits: &UpstreamEdits) -> Next {
-    rt.metrics.count("portcullis.requests.allowed");
+/// Authentication passed: the stateful checks (rate limits, lockout) decide the rest.
+fn allow(
+    rt: &Runtime,
+    request: &RequestParts,
+    identities: &[Authenticated],
+    edits: &UpstreamEdits,
+    guard: &GuardInput,
+) -> Next {
     for i in identities {
         if let Some(p) = rt.policy.providers.get(i.provider) {
             rt.metrics.count(&format!("portcullis.provider.{}.allowed", p.name()));
         }
     }
-    apply_edits(request, edits);
-    Next::Continue
+    let tokens: Vec<&VerifiedToken> = identities.iter().map(|i| i.token.as_ref()).collect();
+    rt.guard(guard.ctx, pending_for(rt, request, edits.clone(), &tokens, guard))
+}
+
+/// The stateful checks a request goes through.
+pub(crate) fn pending_for(
+    rt: &Runtime,
+    request: &RequestParts,
+    edits: UpstreamEdits,
+    tokens: &[&VerifiedToken],
+    guard: &GuardInput,
+) -> Pending {
+    let guards = &rt.policy.guards;
+    let rule_name = guard.rule.and_then(|r| rt.policy.rules.get(r)).map(|r| r.name.as_str());
+    let ctx = LimitContext { request, rule: rule_name, tokens, client_ip: guard.client_ip.as_deref() };
+    let limits = guards.applicable(guard.rule, &ctx);
+    let login = match (&guard.login, &guards.lockout) {
+        (Some(account), Some(lockout)) => {
+            Some(LoginAttempt::new(lockout.subjects(account.as_deref(), guard.client_ip.as_deref())))
+        }
+        _ => None,
+    };
+    Pending::new(request.clone(), edits, limits, login)
 }
 
 /// Asks the control plane about the first unchecked token; the rest follow one by one.
@@ -189,10 +242,10 @@ fn start_strict_check(
     progress: &mut Progress,
 ) -> Next {
     let Some(settings) = rt.policy.revocation.as_ref() else {
-        return allow(rt, request, &identities, &edits);
+        return allow(rt, request, &identities, &edits, &progress.guard);
     };
     if unchecked.is_empty() {
-        return allow(rt, request, &identities, &edits);
+        return allow(rt, request, &identities, &edits, &progress.guard);
     }
     let current = unchecked.remove(0);
     let jti = current.token.claim("jti").and_then(|v| v.as_str()).unwrap_or("");
@@ -209,7 +262,7 @@ fn start_strict_check(
                 "cannot call cluster `{}` for a strict revocation check ({status:?})",
                 settings.cluster
             );
-            strict_unavailable(rt, rule, request, &identities, &edits)
+            strict_unavailable(rt, rule, request, &identities, &edits, &progress.guard)
         }
     }
 }
@@ -221,11 +274,12 @@ fn strict_unavailable(
     request: &RequestParts,
     identities: &[Authenticated],
     edits: &UpstreamEdits,
+    guard: &GuardInput,
 ) -> Next {
     rt.metrics.count("portcullis.revocation.strict_unavailable");
     match rule.on_stale {
         // The replica already had its say when the token verified.
-        StaleAction::Allow => allow(rt, request, identities, edits),
+        StaleAction::Allow => allow(rt, request, identities, edits, guard),
         StaleAction::Deny => deny(rt, &rule.name, rule.shadow, &Denial::RevocationUnavailable, None),
     }
 }
@@ -245,7 +299,7 @@ fn complete_strict_check(
         _ => None,
     };
     let Some(answer) = answer else {
-        return strict_unavailable(rt, rule, request, &check.identities, &check.edits);
+        return strict_unavailable(rt, rule, request, &check.identities, &check.edits, &progress.guard);
     };
     let now_ms = host::now_unix_ms();
     if let Err(reason) = check_token_status(&rt.policy, &check.current, &answer, now_ms / 1000) {
@@ -314,7 +368,7 @@ fn deny(rt: &Runtime, rule: &str, shadow: bool, denial: &Denial, provider: Optio
     Next::Paused
 }
 
-fn apply_edits(request: &RequestParts, edits: &UpstreamEdits) {
+pub(crate) fn apply_edits(request: &RequestParts, edits: &UpstreamEdits) {
     for (name, value) in &edits.set_headers {
         let _ = host::set_request_header(name, value);
     }
@@ -373,6 +427,9 @@ fn request_parts(headers: Vec<(String, String)>) -> RequestParts {
 impl Context for AuthnContext {
     fn on_http_call_response(&mut self, token_id: u32, _: usize, body_size: usize, _: usize) {
         let Some(rt) = self.runtime.clone() else { return };
+        if rt.on_guard_call_response(token_id, body_size, self.id) {
+            return;
+        }
         if self.progress.strict.as_ref().is_some_and(|c| c.token_id == token_id) {
             let Some(check) = self.progress.strict.take() else { return };
             let (Some(request), Some(rule)) = (self.request.as_ref(), rt.policy.rules.get(self.rule)) else {
@@ -381,9 +438,7 @@ impl Context for AuthnContext {
             if let Next::Continue =
                 complete_strict_check(&rt, rule, request, check, body_size, &mut self.progress)
             {
-                if let Err(status) = host::resume_request() {
-                    log::warn!("could not resume the request ({status:?})");
-                }
+                rt.resume(self.id);
             }
             return;
         }
@@ -402,9 +457,7 @@ impl Context for AuthnContext {
         let next = decide(&rt, self.id, &request, self.rule, &mut self.progress);
         self.request = Some(request);
         if let Next::Continue = next {
-            if let Err(status) = host::resume_request() {
-                log::warn!("could not resume the request ({status:?})");
-            }
+            rt.resume(self.id);
         }
         // Requests of this worker that waited for the same keys.
         rt.wake_parked(Some(provider), self.id);
@@ -415,12 +468,54 @@ impl Drop for AuthnContext {
     fn drop(&mut self) {
         if let Some(rt) = &self.runtime {
             rt.unpark(self.id);
+            rt.forget_guarded(self.id);
+            rt.set_paused(self.id, false);
+        }
+    }
+}
+
+impl AuthnContext {
+    /// Authenticates and checks the request (headers and, on a login route, the body
+    /// are in hand).
+    fn start(&mut self, rt: &Rc<Runtime>, request: RequestParts) -> Action {
+        let Some(rule) = rt.policy.rules.iter().position(|r| r.matcher.matches(&request)) else {
+            return match rt.policy.on_no_match {
+                NoMatchAction::Allow => {
+                    rt.metrics.count("portcullis.requests.allowed_no_rule");
+                    if rt.policy.guards.is_empty() {
+                        return Action::Continue;
+                    }
+                    let pending =
+                        pending_for(rt, &request, UpstreamEdits::default(), &[], &self.progress.guard);
+                    self.request = Some(request);
+                    self.action(rt, rt.guard(self.id, pending))
+                }
+                NoMatchAction::Deny => match deny(rt, "(none)", false, &Denial::NoMatchingRule, None) {
+                    Next::Continue => Action::Continue,
+                    Next::Paused => Action::Pause,
+                },
+            };
+        };
+        self.rule = rule;
+        self.progress.guard.rule = Some(rule);
+        let next = decide(rt, self.id, &request, rule, &mut self.progress);
+        self.request = Some(request);
+        self.action(rt, next)
+    }
+
+    fn action(&self, rt: &Runtime, next: Next) -> Action {
+        match next {
+            Next::Continue => Action::Continue,
+            Next::Paused => {
+                rt.set_paused(self.id, true);
+                Action::Pause
+            }
         }
     }
 }
 
 impl HttpContext for AuthnContext {
-    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+    fn on_http_request_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
         let Some(rt) = self.runtime.clone() else {
             let reply = Denial::KeysUnavailable.render(portcullis_core::config::DEFAULT_REALM);
             let _ = host::send_local_reply(503, &reply.headers, "{\"error\":\"filter_not_configured\"}");
@@ -435,22 +530,71 @@ impl HttpContext for AuthnContext {
             }
         }
 
-        let Some(rule) = rt.policy.rules.iter().position(|r| r.matcher.matches(&request)) else {
-            return match rt.policy.on_no_match {
-                NoMatchAction::Allow => {
-                    rt.metrics.count("portcullis.requests.allowed_no_rule");
-                    Action::Continue
-                }
-                NoMatchAction::Deny => match deny(&rt, "(none)", false, &Denial::NoMatchingRule, None) {
+        let guards = &rt.policy.guards;
+        self.progress.guard.ctx = self.id;
+        if !guards.is_empty() {
+            let now = host::now_unix_ms();
+            let downstream = host::downstream_address();
+            let ip = client_ip(&request, downstream.as_deref(), guards.trusted_hops);
+            if let Some(denial) = rt.burst_check(&request, ip.as_deref(), now) {
+                return match deny(&rt, "(burst)", false, &denial, None) {
                     Next::Continue => Action::Continue,
                     Next::Paused => Action::Pause,
-                },
-            };
+                };
+            }
+            self.progress.guard.client_ip = ip;
+            if let Some(lockout) = guards.lockout.as_ref().filter(|l| l.matches(&request)) {
+                if lockout.account.needs_body() && !end_of_stream {
+                    // Decide once the body (and the account in it) is here.
+                    self.awaiting_body = true;
+                    self.request = Some(request);
+                    rt.set_paused(self.id, true);
+                    return Action::Pause;
+                }
+                self.progress.guard.login = Some(lockout.account.extract(&request, b""));
+            }
+        }
+        self.start(&rt, request)
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(rt) = self.runtime.clone() else { return Action::Pause };
+        if !self.awaiting_body {
+            // A request still being decided keeps its body until it is.
+            return if rt.is_paused(self.id) { Action::Pause } else { Action::Continue };
+        }
+        let cap = rt.policy.guards.lockout.as_ref().map(|l| l.max_body_bytes).unwrap_or(0);
+        if !end_of_stream && body_size <= cap {
+            return Action::Pause;
+        }
+        self.awaiting_body = false;
+        let Some(request) = self.request.take() else { return Action::Continue };
+        let account = match (&rt.policy.guards.lockout, body_size <= cap) {
+            (Some(lockout), true) => {
+                let body = host::request_body(body_size).unwrap_or_default();
+                lockout.account.extract(&request, &body)
+            }
+            _ => {
+                rt.metrics.count("portcullis.lockout.body_too_large");
+                None
+            }
         };
-        self.rule = rule;
-        let next = decide(&rt, self.id, &request, rule, &mut self.progress);
-        self.request = Some(request);
-        match next {
+        self.progress.guard.login = Some(account);
+        match self.start(&rt, request) {
+            Action::Continue => {
+                rt.set_paused(self.id, false);
+                Action::Continue
+            }
+            other => other,
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        let Some(rt) = self.runtime.clone() else { return Action::Continue };
+        if rt.policy.guards.is_empty() {
+            return Action::Continue;
+        }
+        match rt.on_guarded_response(self.id) {
             Next::Continue => Action::Continue,
             Next::Paused => Action::Pause,
         }

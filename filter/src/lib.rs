@@ -5,6 +5,7 @@
 //! the filter refuses to start) and keeps remote JWKS fresh on a tick; each request
 //! context asks `portcullis_core::authn` for a decision and carries it out.
 
+mod guard;
 mod host;
 mod http;
 mod metrics;
@@ -23,6 +24,9 @@ use crate::runtime::Runtime;
 
 /// How often each worker checks whether a remote JWKS is due for a refresh.
 const TICK: Duration = Duration::from_millis(500);
+/// With rate limits, lockout or burst reports: overdue requests and expiring leases
+/// are looked at this often.
+const GUARD_TICK: Duration = Duration::from_millis(250);
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -31,7 +35,7 @@ proxy_wasm::main! {{
         host::log_critical(&format!("panic (this worker's filter is now unusable): {info}"));
     }));
     proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
-        Box::new(PortcullisRoot { context_id, runtime: None, fetches: Vec::new(), feed_call: None })
+        Box::new(PortcullisRoot { context_id, runtime: None, fetches: Vec::new(), feed_call: None, tick_ms: 500 })
     });
 }}
 
@@ -42,6 +46,7 @@ struct PortcullisRoot {
     fetches: Vec<(u32, usize)>,
     /// Outstanding revocation feed poll.
     feed_call: Option<u32>,
+    tick_ms: u64,
 }
 
 impl PortcullisRoot {
@@ -63,6 +68,12 @@ impl PortcullisRoot {
 
 impl Context for PortcullisRoot {
     fn on_http_call_response(&mut self, token_id: u32, _: usize, body_size: usize, _: usize) {
+        if let Some(rt) = self.runtime.clone() {
+            let root = self.context_id;
+            if rt.as_root(root, || rt.on_guard_call_response(token_id, body_size, root)) {
+                return;
+            }
+        }
         if self.feed_call == Some(token_id) {
             self.feed_call = None;
             let Some(rt) = self.runtime.clone() else { return };
@@ -105,8 +116,26 @@ impl RootContext for PortcullisRoot {
                     Some(r) => TICK.min(Duration::from_millis((r.poll_interval_ms / 2).max(100))),
                     None => TICK,
                 };
-                let needs_tick = has_remote || policy.revocation.is_some();
-                self.runtime = Some(Rc::new(Runtime::new(policy, host::now_unix_ms())));
+                let tick = if policy.guards.is_empty() {
+                    tick
+                } else {
+                    let report =
+                        policy.guards.burst.as_ref().map(|b| b.report_interval_ms).unwrap_or(u64::MAX);
+                    tick.min(GUARD_TICK).min(Duration::from_millis(report.max(100)))
+                };
+                let needs_tick = has_remote || policy.revocation.is_some() || !policy.guards.is_empty();
+                self.tick_ms = u64::try_from(tick.as_millis()).unwrap_or(500);
+                let guarded = !policy.guards.is_empty();
+                let rt = Rc::new(Runtime::new(policy, host::now_unix_ms()));
+                if guarded {
+                    // One queue per VM: the name carries a number no other VM holds.
+                    let name = format!("portcullis.guard.{}", next_vm_number());
+                    match host::register_queue(&name) {
+                        Some(q) => rt.guards.queue.set(Some(q)),
+                        None => log::warn!("could not register the guard queue; calls are made by requests"),
+                    }
+                }
+                self.runtime = Some(rt);
                 if needs_tick && host::set_tick_period(tick).is_err() {
                     log::warn!("could not set the tick period; remote keys refresh on demand only");
                 }
@@ -119,10 +148,17 @@ impl RootContext for PortcullisRoot {
         }
     }
 
+    fn on_queue_ready(&mut self, _queue_id: u32) {
+        if let Some(rt) = self.runtime.clone() {
+            rt.drain_guard_queue(self.context_id);
+        }
+    }
+
     fn on_tick(&mut self) {
         let Some(rt) = self.runtime.clone() else { return };
         // Requests waiting for a fetch that finished in another worker (or timed out).
         rt.wake_parked(None, self.context_id);
+        rt.guard_tick(self.context_id, self.tick_ms);
         let now = host::now_unix_ms();
         if let Some(sync) = &rt.revocation {
             rt.metrics.gauge("portcullis.revocation.staleness_seconds", sync.staleness_secs(now));
@@ -164,4 +200,20 @@ impl RootContext for PortcullisRoot {
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
+}
+
+/// A number no other VM of this Envoy got (a counter in shared data, bumped with
+/// compare-and-swap).
+fn next_vm_number() -> u64 {
+    const KEY: &str = "portcullis.v1.vm_counter";
+    for _ in 0..64 {
+        let (data, cas) = host::shared_data(KEY);
+        let n =
+            data.and_then(|d| <[u8; 8]>::try_from(d.as_slice()).ok()).map(u64::from_be_bytes).unwrap_or(0);
+        let next = n.wrapping_add(1);
+        if host::set_shared_data(KEY, &next.to_be_bytes(), cas).is_ok() {
+            return next;
+        }
+    }
+    host::now_unix_ms()
 }

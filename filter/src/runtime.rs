@@ -5,7 +5,7 @@
 //! only when its copy may be stale.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use portcullis_core::authn::Authenticated;
 
@@ -18,8 +18,9 @@ use portcullis_core::keyfetch::{FetchKind, FetchSchedule};
 
 use portcullis_core::RequestParts;
 
+use crate::guard::GuardState;
 use crate::host;
-use crate::http::{decide, Next, Progress};
+use crate::http::{decide, GuardInput, Next, Progress};
 use crate::metrics::Metrics;
 use crate::revocation::RevocationSync;
 
@@ -38,6 +39,7 @@ struct Parked {
     provider: usize,
     rule: usize,
     request: RequestParts,
+    guard: GuardInput,
 }
 
 pub struct Runtime {
@@ -50,6 +52,10 @@ pub struct Runtime {
     pub revocation: Option<RevocationSync>,
     /// Tokens that passed a strict revocation check recently: key → until (ms).
     strict_ok: RefCell<HashMap<String, u64>>,
+    /// Rate limits, lockout and burst reports in progress.
+    pub guards: GuardState,
+    /// Request contexts paused before a decision (their body is held back).
+    paused: RefCell<HashSet<u32>>,
 }
 
 #[derive(Default)]
@@ -82,6 +88,8 @@ impl Runtime {
             cache: RefCell::new(cache),
             metrics: Metrics::default(),
             parked: RefCell::new(Vec::new()),
+            guards: GuardState::default(),
+            paused: RefCell::new(HashSet::new()),
         }
     }
 
@@ -235,14 +243,28 @@ impl Runtime {
         provider: usize,
         rule: usize,
         request: RequestParts,
-        _now_ms: u64,
+        guard: GuardInput,
     ) -> bool {
         let mut parked = self.parked.borrow_mut();
         if parked.len() >= MAX_PARKED {
             return false;
         }
-        parked.push(Parked { context_id, provider, rule, request });
+        parked.push(Parked { context_id, provider, rule, request, guard });
         true
+    }
+
+    pub fn set_paused(&self, ctx: u32, paused: bool) {
+        if let Ok(mut set) = self.paused.try_borrow_mut() {
+            if paused {
+                set.insert(ctx);
+            } else {
+                set.remove(&ctx);
+            }
+        }
+    }
+
+    pub fn is_paused(&self, ctx: u32) -> bool {
+        self.paused.try_borrow().map(|s| s.contains(&ctx)).unwrap_or(false)
     }
 
     /// Forgets a request that ended (client gone) while parked.
@@ -302,11 +324,11 @@ impl Runtime {
                 continue;
             }
             // No further fetching for a parked request: decide with the keys there are.
-            let mut progress = Progress::for_parked(remote.clone());
+            let mut progress = Progress::for_parked(remote.clone(), waiter.guard);
             if let Next::Continue =
                 decide(self, waiter.context_id, &waiter.request, waiter.rule, &mut progress)
             {
-                let _ = host::resume_request();
+                self.resume(waiter.context_id);
             }
         }
         let _ = host::set_effective_context(current);

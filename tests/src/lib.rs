@@ -276,6 +276,7 @@ pub struct ControlPlane {
     pub data_dir: PathBuf,
     store: StoreKind,
     logdir: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789abcdef";
@@ -284,19 +285,31 @@ pub const MASTER_KEY: &str = "ZTJlLXRlc3Qtb25seS1tYXN0ZXIta2V5LTMyYnl0ZXM=";
 
 impl ControlPlane {
     pub async fn start(logdir: &Path, store: StoreKind) -> ControlPlane {
+        ControlPlane::start_env(logdir, store, &[]).await
+    }
+
+    /// Like [`ControlPlane::start`], with extra environment variables (server settings).
+    pub async fn start_env(logdir: &Path, store: StoreKind, env: &[(&str, &str)]) -> ControlPlane {
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let data_dir = logdir.join("cp-data");
         for _ in 1..PORT_ATTEMPTS {
             if let Some(cp) =
-                ControlPlane::try_start_with(logdir, store.clone(), free_port(), data_dir.clone()).await
+                ControlPlane::try_start_with(logdir, store.clone(), free_port(), data_dir.clone(), &env).await
             {
                 return cp;
             }
         }
-        ControlPlane::start_with(logdir, store, free_port(), data_dir).await
+        ControlPlane::start_with(logdir, store, free_port(), data_dir, &env).await
     }
 
-    async fn start_with(logdir: &Path, store: StoreKind, port: u16, data_dir: PathBuf) -> ControlPlane {
-        match ControlPlane::try_start_with(logdir, store, port, data_dir).await {
+    async fn start_with(
+        logdir: &Path,
+        store: StoreKind,
+        port: u16,
+        data_dir: PathBuf,
+        env: &[(String, String)],
+    ) -> ControlPlane {
+        match ControlPlane::try_start_with(logdir, store, port, data_dir, env).await {
             Some(cp) => cp,
             None => panic!("the control plane on port {port} exited at start (see its log above)"),
         }
@@ -307,13 +320,15 @@ impl ControlPlane {
         store: StoreKind,
         port: u16,
         data_dir: PathBuf,
+        env: &[(String, String)],
     ) -> Option<ControlPlane> {
         let mut cmd = Command::new(bin("portcullis-control-plane"));
         cmd.env("PORTCULLIS_LISTEN", format!("127.0.0.1:{port}"))
             .env("PORTCULLIS_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("PORTCULLIS_DATA_DIR", &data_dir)
             .env("PORTCULLIS_MASTER_KEY", MASTER_KEY)
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         match &store {
             StoreKind::Memory => cmd.env("PORTCULLIS_STORE", "memory"),
             StoreKind::Embedded => cmd.env("PORTCULLIS_STORE", "embedded"),
@@ -333,6 +348,7 @@ impl ControlPlane {
             data_dir,
             store,
             logdir: logdir.to_path_buf(),
+            env: env.to_vec(),
         })
     }
 
@@ -343,9 +359,9 @@ impl ControlPlane {
     /// Stops and starts the process on the same port with the same store and data.
     pub async fn restart(&mut self) {
         self.proc.terminate();
-        let (logdir, store, port, data) =
-            (self.logdir.clone(), self.store.clone(), self.port, self.data_dir.clone());
-        *self = ControlPlane::start_with(&logdir, store, port, data).await;
+        let (logdir, store, port, data, env) =
+            (self.logdir.clone(), self.store.clone(), self.port, self.data_dir.clone(), self.env.clone());
+        *self = ControlPlane::start_with(&logdir, store, port, data, &env).await;
     }
 
     /// Runs the `portcullis` CLI against this control plane; returns stdout, panics with
@@ -393,6 +409,10 @@ pub struct TestServerState {
     /// What `/v1/feed` answers (status, body), and how often it was asked.
     pub feed: Arc<Mutex<(u16, String)>>,
     pub feed_polls: Arc<AtomicUsize>,
+    /// `POST /login` attempts that reached the upstream.
+    pub login_hits: Arc<AtomicUsize>,
+    /// `POST /webhook` deliveries: (headers, body).
+    pub webhooks: Arc<Mutex<Vec<(Vec<(String, String)>, String)>>>,
 }
 
 pub struct TestServer {
@@ -444,8 +464,30 @@ impl TestServer {
             (StatusCode::OK, "upstream ok")
         }
 
+        // A login endpoint: `{"username": .., "password": "correct"}` logs in (200),
+        // any other password is refused (401).
+        async fn login(State(s): State<TestServerState>, body: String) -> impl IntoResponse {
+            s.login_hits.fetch_add(1, Ordering::SeqCst);
+            let doc: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            if doc.get("password").and_then(Value::as_str) == Some("correct") {
+                (StatusCode::OK, "welcome")
+            } else {
+                (StatusCode::UNAUTHORIZED, "bad credentials")
+            }
+        }
+        async fn webhook(State(s): State<TestServerState>, headers: HeaderMap, body: String) -> StatusCode {
+            let headers = headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .collect();
+            s.webhooks.lock().unwrap().push((headers, body));
+            StatusCode::NO_CONTENT
+        }
+
         let app = axum::Router::new()
             .route("/.well-known/jwks.json", axum::routing::get(serve_jwks))
+            .route("/login", axum::routing::post(login))
+            .route("/webhook", axum::routing::post(webhook))
             .route("/v1/feed", axum::routing::get(serve_feed))
             .fallback(upstream)
             .with_state(state.clone());
@@ -466,6 +508,12 @@ impl TestServer {
     /// Sets what the revocation feed answers.
     pub fn set_feed(&self, status: u16, body: impl Into<String>) {
         *self.state.feed.lock().unwrap() = (status, body.into());
+    }
+    pub fn login_hits(&self) -> usize {
+        self.state.login_hits.load(Ordering::SeqCst)
+    }
+    pub fn webhooks(&self) -> Vec<(Vec<(String, String)>, String)> {
+        self.state.webhooks.lock().unwrap().clone()
     }
     pub fn feed_polls(&self) -> usize {
         self.state.feed_polls.load(Ordering::SeqCst)
@@ -550,6 +598,9 @@ impl Envoy {
                                                 "code": { "local": { "filename": filter_wasm().to_string_lossy() } }
                                             },
                                             "failure_policy": "FAIL_CLOSED",
+                                            // Login routes read the account from the body
+                                            // before the headers go upstream.
+                                            "allow_on_headers_stop_iteration": true,
                                             "configuration": {
                                                 "@type": "type.googleapis.com/google.protobuf.StringValue",
                                                 "value": plugin_config.to_string()

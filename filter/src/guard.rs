@@ -1,0 +1,1041 @@
+//! The stateful checks after authentication: rate limits (leased quota spent from
+//! shared data, or one strict call per request), the lock check before a login attempt
+//! and the outcome report after it, and per-address burst reports.
+//!
+//! Requests that wait for the control plane are kept here, per worker, keyed by their
+//! context id, and calls are keyed by their token: whichever context receives a call's
+//! answer hands it to [`GuardState::on_call_response`], which finishes every request
+//! waiting for it on that request's own context. A request whose call never answers
+//! (its receiving context went away) is finished by the tick once its deadline passes,
+//! under its limits' failure modes.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+
+use portcullis_core::authn::UpstreamEdits;
+use portcullis_core::guard::{
+    login_outcome, AppliedLimit, FailureMode, HeaderMode, LeaseSlot, LimitMode, RateLimit, SlotSpend,
+};
+use portcullis_core::ratelimit::{rate_limit_headers, retry_after_secs};
+use portcullis_core::response::Denial;
+use portcullis_core::wire::{
+    BlockedIp, BurstEntry, BurstReply, BurstReport, LockoutCheck, LockoutReply, LockoutReport,
+    LockoutSubject, RateLimitAsk, RateLimitBatch, RateLimitOp, RateLimitReply, RateLimitResult,
+    BURST_REPORT_PATH, LOCKOUT_CHECK_PATH, LOCKOUT_REPORT_PATH, RATE_LIMIT_PATH,
+};
+use portcullis_core::RequestParts;
+use sha2::{Digest, Sha256};
+
+use crate::host;
+use crate::http::{apply_edits, Next};
+use crate::runtime::Runtime;
+
+/// After a failed call, limits use their failure mode without calling for this long.
+const CIRCUIT_OPEN_MS: u64 = 1_000;
+/// Rounds of lease asks for one request (another worker may spend a fresh lease first).
+const MAX_LEASE_ROUNDS: u8 = 4;
+/// Most requests one worker holds waiting for the control plane.
+const MAX_WAITERS: usize = 4096;
+/// Most distinct addresses counted between two burst reports (more are not counted).
+const MAX_BURST_ENTRIES: usize = 10_000;
+/// Most counters one worker remembers for releasing leases.
+const MAX_KNOWN_SLOTS: usize = 10_000;
+/// How often the blocked-address list is re-read from shared data.
+const BLOCKED_RECHECK_MS: u64 = 250;
+/// Largest control-plane answer read.
+const MAX_REPLY_BYTES: usize = 256 * 1024;
+
+const BLOCKED_KEY: &str = "portcullis.v1.burst.blocked";
+
+fn slot_key(counter: &str) -> String {
+    format!("portcullis.v1.rl.{counter}")
+}
+
+/// Shared-data key of a lockout subject's locally known lock: a hash, never the value.
+fn lock_key(subject: &LockoutSubject) -> String {
+    let mut h = Sha256::new();
+    h.update(subject.kind.as_str().as_bytes());
+    h.update([0u8]);
+    let value = match subject.kind {
+        portcullis_core::wire::SubjectKind::Account => subject.value.to_lowercase(),
+        portcullis_core::wire::SubjectKind::Ip => subject.value.clone(),
+    };
+    h.update(value.as_bytes());
+    let digest = h.finalize();
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("portcullis.v1.lock.{hex}")
+}
+
+/// A login attempt on a lockout route.
+#[derive(Debug, Clone)]
+pub struct LoginAttempt {
+    pub subjects: Vec<LockoutSubject>,
+    /// The control plane (or the local cache) said the subjects are not locked.
+    checked: bool,
+}
+
+impl LoginAttempt {
+    pub fn new(subjects: Vec<LockoutSubject>) -> Self {
+        LoginAttempt { subjects, checked: false }
+    }
+}
+
+/// An authenticated request going through the stateful checks.
+pub struct Pending {
+    pub request: RequestParts,
+    pub edits: UpstreamEdits,
+    pub limits: Vec<AppliedLimit>,
+    /// Per limit: decided (spent, refused in shadow, or let through by failure mode).
+    done: Vec<bool>,
+    /// Strict answers, per limit.
+    strict: Vec<Option<RateLimitResult>>,
+    /// Headers of the most restrictive limit that passed (for `responseHeaders: always`).
+    headers: Option<(u64, Vec<(String, String)>)>,
+    pub login: Option<LoginAttempt>,
+    lease_rounds: u8,
+    /// The control plane could not answer for this request: failure modes apply.
+    unavailable: bool,
+    deadline_ms: u64,
+}
+
+impl Pending {
+    pub fn new(
+        request: RequestParts,
+        edits: UpstreamEdits,
+        limits: Vec<AppliedLimit>,
+        login: Option<LoginAttempt>,
+    ) -> Self {
+        let n = limits.len();
+        Pending {
+            request,
+            edits,
+            limits,
+            done: vec![false; n],
+            strict: vec![None; n],
+            headers: None,
+            login,
+            lease_rounds: 0,
+            unavailable: false,
+            deadline_ms: 0,
+        }
+    }
+}
+
+enum CallKind {
+    /// Lease and strict asks: `asks[i]` is limit `limit_of[i]` of the waiter `owner`
+    /// (strict) or a shared lease (every waiter on the counter).
+    Limits {
+        owner: u32,
+        asks: Vec<(usize, AppliedLimit, bool)>,
+        waiters: Vec<u32>,
+    },
+    LockCheck {
+        owner: u32,
+    },
+    LockReport {
+        owner: u32,
+    },
+    Release,
+    Burst,
+}
+
+#[derive(Default)]
+pub struct GuardState {
+    calls: RefCell<HashMap<u32, CallKind>>,
+    waiters: RefCell<HashMap<u32, Pending>>,
+    /// Counter key → the call asking for its lease.
+    inflight: RefCell<HashMap<String, u32>>,
+    /// Counters this worker leased from, for releasing unspent units.
+    known: RefCell<HashMap<String, AppliedLimit>>,
+    circuit_open_until: Cell<u64>,
+    /// Per request context: `RateLimit-*` headers for the response.
+    response_headers: RefCell<HashMap<u32, Vec<(String, String)>>>,
+    /// Per request context: a login attempt that reached the upstream.
+    logins: RefCell<HashMap<u32, LoginAttempt>>,
+    burst: RefCell<HashMap<String, BurstEntry>>,
+    burst_call: Cell<Option<u32>>,
+    last_burst_report_ms: Cell<u64>,
+    release_call: Cell<Option<u32>>,
+    blocked: RefCell<BlockedCache>,
+    /// This VM's queue: requests that need a call are handed to the root context, which
+    /// makes the call, so that its answer always has a live receiver (an answer goes to
+    /// the context that was running when the call was made, and dies with it).
+    pub queue: Cell<Option<u32>>,
+    /// While the root context works through the queue: its id.
+    root_dispatch: Cell<Option<u32>>,
+}
+
+#[derive(Default)]
+struct BlockedCache {
+    cas: Option<u32>,
+    checked_at_ms: u64,
+    until: HashMap<String, u64>,
+}
+
+fn limit_headers(
+    limit: &AppliedLimit,
+    remaining: u64,
+    reset_at_ms: u64,
+    now_ms: u64,
+) -> Vec<(String, String)> {
+    let reset_secs = reset_at_ms.saturating_sub(now_ms).div_ceil(1000);
+    rate_limit_headers(limit.limit, remaining, reset_secs, &limit.gcra().policy())
+}
+
+/// How one limit came out for one request in this round.
+enum LimitStep {
+    Done(Option<(u64, Vec<(String, String)>)>),
+    Deny(Denial),
+    Ask(RateLimitOp),
+    Wait(u32),
+}
+
+impl Runtime {
+    fn rate_limit(&self, index: usize) -> Option<&RateLimit> {
+        self.policy.guards.rate_limits.get(index)
+    }
+
+    /// Runs the stateful checks of an authenticated request on the current context.
+    pub fn guard(&self, ctx: u32, mut pending: Pending) -> Next {
+        let now = host::now_unix_ms();
+        if pending.deadline_ms == 0 {
+            let timeout = self.policy.guards.control_plane.as_ref().map(|c| c.timeout_ms).unwrap_or(200);
+            pending.deadline_ms = now.saturating_add(timeout.saturating_mul(2)).saturating_add(1_000);
+        }
+        // Rate limits.
+        let mut asks: Vec<(usize, AppliedLimit, bool, RateLimitOp)> = Vec::new();
+        let mut wait_on: Option<u32> = None;
+        for i in 0..pending.limits.len() {
+            if pending.done.get(i).copied().unwrap_or(true) {
+                continue;
+            }
+            let Some(applied) = pending.limits.get(i).cloned() else { continue };
+            let Some(limit) = self.rate_limit(applied.index) else {
+                mark(&mut pending.done, i);
+                continue;
+            };
+            match self.limit_step(&mut pending, i, &applied, limit, now) {
+                LimitStep::Done(headers) => {
+                    mark(&mut pending.done, i);
+                    if let Some((remaining, h)) = headers {
+                        if limit.response_headers == HeaderMode::Always
+                            && pending.headers.as_ref().is_none_or(|(r, _)| remaining < *r)
+                        {
+                            pending.headers = Some((remaining, h));
+                        }
+                    }
+                }
+                LimitStep::Deny(denial) => {
+                    if limit.shadow {
+                        self.metrics.count(&format!("portcullis.ratelimit.{}.shadow_denied", limit.name));
+                        log::info!("rate limit `{}` (shadow) would deny", limit.name);
+                        mark(&mut pending.done, i);
+                        continue;
+                    }
+                    self.metrics.count(&format!("portcullis.ratelimit.{}.denied", limit.name));
+                    return self.reply(ctx, &denial);
+                }
+                LimitStep::Ask(op) => {
+                    let strict = matches!(op, RateLimitOp::Check { .. });
+                    asks.push((i, applied, strict, op));
+                }
+                LimitStep::Wait(token) => wait_on = Some(token),
+            }
+        }
+        if !asks.is_empty() {
+            return self.ask_limits(ctx, pending, asks, now);
+        }
+        if let Some(token) = wait_on {
+            return self.wait(ctx, pending, token);
+        }
+
+        // Lockout.
+        if let Some(login) = pending.login.as_mut() {
+            if !login.checked {
+                if let Some(retry_ms) = self.locally_locked(&login.subjects, now) {
+                    self.metrics.count("portcullis.lockout.denied");
+                    return self.reply(ctx, &Denial::LockedOut { retry_after_secs: retry_ms.div_ceil(1000) });
+                }
+                if pending.unavailable || now < self.guards.circuit_open_until.get() {
+                    login.checked = true;
+                    if let Some(next) = self.lockout_unavailable(ctx) {
+                        return next;
+                    }
+                } else if login.subjects.is_empty() {
+                    login.checked = true;
+                } else {
+                    return self.ask_lockout(ctx, pending, now);
+                }
+            }
+        }
+
+        // Allowed.
+        if let Some((_, headers)) = pending.headers.take() {
+            self.guards.response_headers.borrow_mut().insert(ctx, headers);
+        }
+        if let Some(login) = pending.login.take() {
+            self.guards.logins.borrow_mut().insert(ctx, login);
+        }
+        self.metrics.count("portcullis.requests.allowed");
+        apply_edits(&pending.request, &pending.edits);
+        Next::Continue
+    }
+
+    fn limit_step(
+        &self,
+        pending: &mut Pending,
+        i: usize,
+        applied: &AppliedLimit,
+        limit: &RateLimit,
+        now: u64,
+    ) -> LimitStep {
+        if let Some(answer) = pending.strict.get(i).copied().flatten() {
+            return if answer.granted > 0 {
+                self.metrics.count(&format!("portcullis.ratelimit.{}.allowed", limit.name));
+                LimitStep::Done(Some((
+                    answer.remaining,
+                    limit_headers(applied, answer.remaining, now.saturating_add(answer.reset_after_ms), now),
+                )))
+            } else {
+                LimitStep::Deny(self.rate_limited(
+                    applied,
+                    answer.retry_after_ms,
+                    answer.remaining,
+                    answer.reset_after_ms,
+                    now,
+                ))
+            };
+        }
+        if pending.unavailable || now < self.guards.circuit_open_until.get() {
+            return match limit.on_error {
+                FailureMode::Allow => {
+                    self.metrics.count(&format!("portcullis.ratelimit.{}.unavailable_allowed", limit.name));
+                    LimitStep::Done(None)
+                }
+                FailureMode::Deny => {
+                    self.metrics.count(&format!("portcullis.ratelimit.{}.unavailable_denied", limit.name));
+                    LimitStep::Deny(Denial::RateLimitUnavailable)
+                }
+            };
+        }
+        match limit.mode {
+            LimitMode::Strict => LimitStep::Ask(RateLimitOp::Check { cost: 1 }),
+            LimitMode::Lease => {
+                let key = slot_key(&applied.key);
+                for _ in 0..8 {
+                    let (data, cas) = host::shared_data(&key);
+                    let slot = data.map(|d| LeaseSlot::decode(&d)).unwrap_or_default();
+                    match slot.spend(1, now) {
+                        SlotSpend::Spent(next) => {
+                            if host::set_shared_data(&key, &next.encode(), cas).is_err() {
+                                continue;
+                            }
+                            self.metrics.count(&format!("portcullis.ratelimit.{}.allowed", limit.name));
+                            let remaining = next.visible_remaining(now);
+                            return LimitStep::Done(Some((
+                                remaining,
+                                limit_headers(applied, remaining, next.reset_at_ms, now),
+                            )));
+                        }
+                        SlotSpend::Refused { retry_after_ms } => {
+                            return LimitStep::Deny(self.rate_limited(
+                                applied,
+                                retry_after_ms,
+                                0,
+                                slot.reset_at_ms.saturating_sub(now),
+                                now,
+                            ));
+                        }
+                        SlotSpend::NeedLease => {
+                            if let Some(token) = self.guards.inflight.borrow().get(&applied.key).copied() {
+                                return LimitStep::Wait(token);
+                            }
+                            if pending.lease_rounds >= MAX_LEASE_ROUNDS {
+                                pending.unavailable = true;
+                                return self.limit_step(pending, i, applied, limit, now);
+                            }
+                            return LimitStep::Ask(RateLimitOp::Lease {
+                                release: 0,
+                                max_lease: limit.max_lease,
+                                holders: limit.expected_holders,
+                                ttl_ms: limit.lease_ttl_ms,
+                            });
+                        }
+                    }
+                }
+                // Constant contention on the slot: let the control plane decide.
+                LimitStep::Ask(RateLimitOp::Check { cost: 1 })
+            }
+        }
+    }
+
+    fn rate_limited(
+        &self,
+        applied: &AppliedLimit,
+        retry_ms: u64,
+        remaining: u64,
+        reset_after_ms: u64,
+        now: u64,
+    ) -> Denial {
+        Denial::RateLimited {
+            retry_after_secs: retry_after_secs(retry_ms.min(86_400_000)),
+            headers: limit_headers(applied, remaining, now.saturating_add(reset_after_ms), now),
+        }
+    }
+
+    fn reply(&self, ctx: u32, denial: &Denial) -> Next {
+        let _ = ctx;
+        self.metrics.count(&format!("portcullis.requests.denied.{}", denial.code()));
+        let reply = denial.render(&self.policy.realm);
+        if let Err(status) = host::send_local_reply(reply.status, &reply.headers, &reply.body) {
+            log::error!("could not send the local reply ({status:?})");
+        }
+        Next::Paused
+    }
+
+    fn store_waiter(&self, ctx: u32, pending: Pending) -> bool {
+        let mut waiters = self.guards.waiters.borrow_mut();
+        if waiters.len() >= MAX_WAITERS && !waiters.contains_key(&ctx) {
+            return false;
+        }
+        waiters.insert(ctx, pending);
+        true
+    }
+
+    fn wait(&self, ctx: u32, mut pending: Pending, token: u32) -> Next {
+        let registered = match self.guards.calls.borrow_mut().get_mut(&token) {
+            Some(CallKind::Limits { waiters, .. }) => {
+                if !waiters.contains(&ctx) {
+                    waiters.push(ctx);
+                }
+                true
+            }
+            _ => false,
+        };
+        if !registered {
+            // The call is gone: try again without it.
+            self.guards.inflight.borrow_mut().retain(|_, t| *t != token);
+            pending.lease_rounds = pending.lease_rounds.saturating_add(1);
+            return self.guard(ctx, pending);
+        }
+        if !self.store_waiter(ctx, pending) {
+            return self.reply(ctx, &Denial::RateLimitUnavailable);
+        }
+        Next::Paused
+    }
+
+    fn ask_limits(
+        &self,
+        ctx: u32,
+        mut pending: Pending,
+        asks: Vec<(usize, AppliedLimit, bool, RateLimitOp)>,
+        now: u64,
+    ) -> Next {
+        let Some(cp) = self.policy.guards.control_plane.as_ref() else {
+            pending.unavailable = true;
+            return self.guard(ctx, pending);
+        };
+        if let Some(next) = self.hand_to_root(ctx, &mut pending) {
+            return next;
+        }
+        let strict_only = asks.iter().all(|(_, _, strict, _)| *strict);
+        let timeout = asks
+            .iter()
+            .filter(|(_, _, strict, _)| *strict)
+            .filter_map(|(_, a, _, _)| self.rate_limit(a.index).map(|l| l.timeout_ms))
+            .min()
+            .filter(|_| strict_only)
+            .unwrap_or(cp.timeout_ms);
+        let batch = RateLimitBatch {
+            asks: asks
+                .iter()
+                .map(|(_, a, _, op)| RateLimitAsk {
+                    key: a.key.clone(),
+                    limit: a.limit,
+                    unit: a.unit,
+                    op: *op,
+                })
+                .collect(),
+        };
+        let Ok(body) = serde_json::to_vec(&batch) else {
+            pending.unavailable = true;
+            return self.guard(ctx, pending);
+        };
+        match self.dispatch(ctx, &cp.cluster, &cp.authority, RATE_LIMIT_PATH, &body, timeout) {
+            Ok(token) => {
+                self.metrics.count("portcullis.ratelimit.calls");
+                let mut inflight = self.guards.inflight.borrow_mut();
+                for (_, a, strict, _) in &asks {
+                    if !*strict {
+                        inflight.insert(a.key.clone(), token);
+                    }
+                }
+                drop(inflight);
+                pending.lease_rounds = pending.lease_rounds.saturating_add(1);
+                pending.deadline_ms = now.saturating_add(timeout).saturating_add(1_000);
+                let call_asks = asks.into_iter().map(|(i, a, strict, _)| (i, a, strict)).collect();
+                self.guards
+                    .calls
+                    .borrow_mut()
+                    .insert(token, CallKind::Limits { owner: ctx, asks: call_asks, waiters: vec![ctx] });
+                if !self.store_waiter(ctx, pending) {
+                    return self.reply(ctx, &Denial::RateLimitUnavailable);
+                }
+                Next::Paused
+            }
+            Err(status) => {
+                log::warn!(
+                    "cannot call cluster `{}` for rate limits ({status:?}); is it defined?",
+                    cp.cluster
+                );
+                self.open_circuit(now);
+                pending.unavailable = true;
+                self.guard(ctx, pending)
+            }
+        }
+    }
+
+    /// Outside the root context: queue the request for the root context, which makes
+    /// its call. `None`: make the call here (in the root context, or without a queue).
+    fn hand_to_root(&self, ctx: u32, pending: &mut Pending) -> Option<Next> {
+        if self.guards.root_dispatch.get().is_some() {
+            return None;
+        }
+        let queue = self.guards.queue.get()?;
+        if host::enqueue(queue, &ctx.to_be_bytes()).is_err() {
+            return None;
+        }
+        let taken = std::mem::replace(
+            pending,
+            Pending::new(RequestParts::default(), UpstreamEdits::default(), Vec::new(), None),
+        );
+        if !self.store_waiter(ctx, taken) {
+            return Some(self.reply(ctx, &Denial::RateLimitUnavailable));
+        }
+        Some(Next::Paused)
+    }
+
+    /// Runs `f` as the root context's work: calls it makes are owned by `root`.
+    pub fn as_root<T>(&self, root: u32, f: impl FnOnce() -> T) -> T {
+        let before = self.guards.root_dispatch.replace(Some(root));
+        let out = f();
+        self.guards.root_dispatch.set(before);
+        out
+    }
+
+    /// Root context, `on_queue_ready`: makes the calls of the queued requests.
+    pub fn drain_guard_queue(&self, root: u32) {
+        let Some(queue) = self.guards.queue.get() else { return };
+        self.guards.root_dispatch.set(Some(root));
+        while let Some(bytes) = host::dequeue(queue) {
+            let Ok(id) = <[u8; 4]>::try_from(bytes.as_slice()) else { continue };
+            let ctx = u32::from_be_bytes(id);
+            let Some(pending) = self.guards.waiters.borrow_mut().remove(&ctx) else { continue };
+            self.finish_on(ctx, pending);
+        }
+        self.guards.root_dispatch.set(None);
+        let _ = host::set_effective_context(root);
+    }
+
+    /// Makes a call owned by the root context when it is the one working (so the call
+    /// outlives the request that needed it).
+    fn dispatch(
+        &self,
+        ctx: u32,
+        cluster: &str,
+        authority: &str,
+        path: &str,
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Result<u32, proxy_wasm::types::Status> {
+        let Some(root) = self.guards.root_dispatch.get() else {
+            return host::dispatch_post_json(cluster, authority, path, body, timeout_ms);
+        };
+        let _ = host::set_effective_context(root);
+        let result = host::dispatch_post_json(cluster, authority, path, body, timeout_ms);
+        let _ = host::set_effective_context(ctx);
+        result
+    }
+
+    fn open_circuit(&self, now: u64) {
+        self.guards.circuit_open_until.set(now.saturating_add(CIRCUIT_OPEN_MS));
+        self.metrics.count("portcullis.guard.control_plane_unavailable");
+    }
+
+    fn lockout_unavailable(&self, ctx: u32) -> Option<Next> {
+        let lockout = self.policy.guards.lockout.as_ref()?;
+        match lockout.on_error {
+            FailureMode::Allow => {
+                self.metrics.count("portcullis.lockout.unavailable_allowed");
+                None
+            }
+            FailureMode::Deny => {
+                self.metrics.count("portcullis.lockout.unavailable_denied");
+                Some(self.reply(ctx, &Denial::LockoutUnavailable))
+            }
+        }
+    }
+
+    fn locally_locked(&self, subjects: &[LockoutSubject], now: u64) -> Option<u64> {
+        subjects
+            .iter()
+            .filter_map(|s| {
+                let (data, _) = host::shared_data(&lock_key(s));
+                let until = data.map(|d| decode_u64(&d)).unwrap_or(0);
+                (until > now).then(|| until - now)
+            })
+            .max()
+    }
+
+    fn remember_locks(&self, subjects: &[LockoutSubject], reply: &LockoutReply, now: u64) {
+        for (subject, lock) in subjects.iter().zip(&reply.subjects) {
+            let until = if lock.locked_for_ms > 0 { now.saturating_add(lock.locked_for_ms) } else { 0 };
+            let _ = host::set_shared_data(&lock_key(subject), &until.to_be_bytes(), None);
+        }
+    }
+
+    fn ask_lockout(&self, ctx: u32, mut pending: Pending, now: u64) -> Next {
+        let (Some(cp), Some(lockout), Some(login)) = (
+            self.policy.guards.control_plane.as_ref(),
+            self.policy.guards.lockout.as_ref(),
+            pending.login.as_ref(),
+        ) else {
+            pending.unavailable = true;
+            return self.guard(ctx, pending);
+        };
+        let check = LockoutCheck { policy: lockout.policy, subjects: login.subjects.clone() };
+        let body = serde_json::to_vec(&check).unwrap_or_default();
+        if let Some(next) = self.hand_to_root(ctx, &mut pending) {
+            return next;
+        }
+        match self.dispatch(ctx, &cp.cluster, &cp.authority, LOCKOUT_CHECK_PATH, &body, lockout.timeout_ms) {
+            Ok(token) => {
+                self.metrics.count("portcullis.lockout.checks");
+                pending.deadline_ms = now.saturating_add(lockout.timeout_ms).saturating_add(1_000);
+                self.guards.calls.borrow_mut().insert(token, CallKind::LockCheck { owner: ctx });
+                if !self.store_waiter(ctx, pending) {
+                    return self.reply(ctx, &Denial::LockoutUnavailable);
+                }
+                Next::Paused
+            }
+            Err(status) => {
+                log::warn!("cannot call cluster `{}` for a lock check ({status:?})", cp.cluster);
+                self.open_circuit(now);
+                pending.unavailable = true;
+                self.guard(ctx, pending)
+            }
+        }
+    }
+
+    /// Whether this token belongs to a guard call (then it was handled).
+    pub fn on_guard_call_response(&self, token: u32, body_size: usize, current: u32) -> bool {
+        let Some(call) = self.guards.calls.borrow_mut().remove(&token) else {
+            return false;
+        };
+        let (status, body) = crate::http::call_response_capped(body_size, MAX_REPLY_BYTES);
+        let ok_body = match (status.as_deref(), body) {
+            (Some("200"), Some(b)) => Some(b),
+            (s, _) => {
+                log::warn!(
+                    "control plane answered {} to a guard call",
+                    s.unwrap_or("nothing (timeout or reset)")
+                );
+                None
+            }
+        };
+        let now = host::now_unix_ms();
+        match call {
+            CallKind::Limits { owner, asks, waiters } => {
+                self.guards.inflight.borrow_mut().retain(|_, t| *t != token);
+                let reply = ok_body.and_then(|b| serde_json::from_slice::<RateLimitReply>(&b).ok());
+                let reply = reply.filter(|r| r.results.len() == asks.len());
+                match &reply {
+                    Some(r) => self.apply_limit_results(owner, &asks, r, now),
+                    None => self.open_circuit(now),
+                }
+                for ctx in waiters {
+                    let Some(mut pending) = self.guards.waiters.borrow_mut().remove(&ctx) else { continue };
+                    if reply.is_none() {
+                        pending.unavailable = true;
+                    }
+                    self.finish_on(ctx, pending);
+                }
+            }
+            CallKind::LockCheck { owner } => {
+                let Some(mut pending) = self.guards.waiters.borrow_mut().remove(&owner) else {
+                    return true;
+                };
+                let reply = ok_body.and_then(|b| serde_json::from_slice::<LockoutReply>(&b).ok());
+                match reply {
+                    Some(r) => {
+                        if let Some(login) = pending.login.as_mut() {
+                            self.remember_locks(&login.subjects, &r, now);
+                            if r.locked_for_ms > 0 {
+                                self.metrics.count("portcullis.lockout.denied");
+                                if host::set_effective_context(owner).is_ok() {
+                                    self.reply(
+                                        owner,
+                                        &Denial::LockedOut {
+                                            retry_after_secs: r.locked_for_ms.div_ceil(1000),
+                                        },
+                                    );
+                                }
+                                let _ = host::set_effective_context(current);
+                                return true;
+                            }
+                            login.checked = true;
+                        }
+                    }
+                    None => {
+                        self.open_circuit(now);
+                        pending.unavailable = true;
+                    }
+                }
+                self.finish_on(owner, pending);
+            }
+            CallKind::LockReport { owner } => {
+                let reply = ok_body.and_then(|b| serde_json::from_slice::<LockoutReply>(&b).ok());
+                if let Some(r) = reply {
+                    if let Some(login) = self.guards.logins.borrow_mut().remove(&owner) {
+                        self.remember_locks(&login.subjects, &r, now);
+                    }
+                }
+                self.guards.logins.borrow_mut().remove(&owner);
+                if host::set_effective_context(owner).is_ok() {
+                    if let Err(status) = host::resume_response() {
+                        log::warn!("could not resume the response ({status:?})");
+                    }
+                }
+            }
+            CallKind::Release => self.guards.release_call.set(None),
+            CallKind::Burst => {
+                self.guards.burst_call.set(None);
+                if let Some(r) = ok_body.and_then(|b| serde_json::from_slice::<BurstReply>(&b).ok()) {
+                    self.store_blocked(&r.blocked, now);
+                }
+            }
+        }
+        let _ = host::set_effective_context(current);
+        true
+    }
+
+    fn apply_limit_results(
+        &self,
+        owner: u32,
+        asks: &[(usize, AppliedLimit, bool)],
+        reply: &RateLimitReply,
+        now: u64,
+    ) {
+        for ((i, applied, strict), result) in asks.iter().zip(&reply.results) {
+            if *strict {
+                if let Some(p) = self.guards.waiters.borrow_mut().get_mut(&owner) {
+                    if let Some(s) = p.strict.get_mut(*i) {
+                        *s = Some(*result);
+                    }
+                }
+                continue;
+            }
+            if result.granted > 0 {
+                self.metrics.count("portcullis.ratelimit.lease_grants");
+            }
+            let key = slot_key(&applied.key);
+            for _ in 0..8 {
+                let (data, cas) = host::shared_data(&key);
+                let slot = data.map(|d| LeaseSlot::decode(&d)).unwrap_or_default();
+                if host::set_shared_data(&key, &slot.granted(result, now).encode(), cas).is_ok() {
+                    break;
+                }
+            }
+            let mut known = self.guards.known.borrow_mut();
+            if known.len() >= MAX_KNOWN_SLOTS {
+                known.clear();
+            }
+            known.insert(applied.key.clone(), applied.clone());
+        }
+    }
+
+    /// Re-runs the checks of a waiting request on its own context and carries out the
+    /// outcome.
+    fn finish_on(&self, ctx: u32, pending: Pending) {
+        if host::set_effective_context(ctx).is_err() {
+            return;
+        }
+        if let Next::Continue = self.guard(ctx, pending) {
+            self.resume(ctx);
+        }
+    }
+
+    /// Continues a paused request (the current effective context must be `ctx`).
+    pub fn resume(&self, ctx: u32) {
+        self.set_paused(ctx, false);
+        if let Err(status) = host::resume_request() {
+            log::warn!("could not resume the request ({status:?})");
+        }
+    }
+
+    /// Finishes requests whose calls are overdue (their answer went to a context that
+    /// ended), under their failure modes.
+    pub fn expire_guard_waiters(&self, current: u32) {
+        let now = host::now_unix_ms();
+        let overdue: Vec<u32> = self
+            .guards
+            .waiters
+            .borrow()
+            .iter()
+            .filter(|(_, p)| p.deadline_ms > 0 && now > p.deadline_ms)
+            .map(|(ctx, _)| *ctx)
+            .collect();
+        for ctx in overdue {
+            let Some(mut pending) = self.guards.waiters.borrow_mut().remove(&ctx) else { continue };
+            self.guards.calls.borrow_mut().retain(|_, c| match c {
+                CallKind::Limits { waiters, .. } => {
+                    waiters.retain(|w| *w != ctx);
+                    true
+                }
+                CallKind::LockCheck { owner } => *owner != ctx,
+                _ => true,
+            });
+            pending.unavailable = true;
+            if let Some(login) = pending.login.as_mut() {
+                login.checked = false;
+            }
+            self.metrics.count("portcullis.guard.overdue");
+            self.finish_on(ctx, pending);
+        }
+        let _ = host::set_effective_context(current);
+    }
+
+    /// A request context ended: forget what was kept for it.
+    pub fn forget_guarded(&self, ctx: u32) {
+        if let Ok(mut w) = self.guards.waiters.try_borrow_mut() {
+            w.remove(&ctx);
+        }
+        if let Ok(mut h) = self.guards.response_headers.try_borrow_mut() {
+            h.remove(&ctx);
+        }
+        if let Ok(mut l) = self.guards.logins.try_borrow_mut() {
+            l.remove(&ctx);
+        }
+    }
+
+    /// Response headers: `RateLimit-*` headers, and the outcome report of a login
+    /// attempt (the response waits for it, so the next attempt sees the new lock).
+    pub fn on_guarded_response(&self, ctx: u32) -> Next {
+        if let Some(headers) = self.guards.response_headers.borrow_mut().remove(&ctx) {
+            for (n, v) in headers {
+                let _ = host::add_response_header(&n, &v);
+            }
+        }
+        let (Some(lockout), Some(cp)) =
+            (self.policy.guards.lockout.as_ref(), self.policy.guards.control_plane.as_ref())
+        else {
+            return Next::Continue;
+        };
+        let Some(login) = self.guards.logins.borrow().get(&ctx).cloned() else {
+            return Next::Continue;
+        };
+        let outcome = host::response_status().and_then(|s| login_outcome(lockout, s));
+        let Some(outcome) = outcome.filter(|_| !login.subjects.is_empty()) else {
+            self.guards.logins.borrow_mut().remove(&ctx);
+            return Next::Continue;
+        };
+        let report = LockoutReport { policy: lockout.policy, outcome, subjects: login.subjects.clone() };
+        let body = serde_json::to_vec(&report).unwrap_or_default();
+        match host::dispatch_post_json(
+            &cp.cluster,
+            &cp.authority,
+            LOCKOUT_REPORT_PATH,
+            &body,
+            lockout.timeout_ms,
+        ) {
+            Ok(token) => {
+                self.metrics.count(&format!("portcullis.lockout.reports.{}", outcome_name(outcome)));
+                self.guards.calls.borrow_mut().insert(token, CallKind::LockReport { owner: ctx });
+                Next::Paused
+            }
+            Err(status) => {
+                log::warn!("cannot call cluster `{}` to report a login ({status:?})", cp.cluster);
+                self.guards.logins.borrow_mut().remove(&ctx);
+                Next::Continue
+            }
+        }
+    }
+
+    /// Counts a request for the burst report and answers whether its address is blocked.
+    pub fn burst_check(&self, request: &RequestParts, ip: Option<&str>, now: u64) -> Option<Denial> {
+        let burst = self.policy.guards.burst.as_ref()?;
+        let ip = ip?;
+        {
+            let mut counts = self.guards.burst.borrow_mut();
+            let len = counts.len();
+            match counts.get_mut(ip) {
+                Some(e) => {
+                    e.count = e.count.saturating_add(1);
+                    e.route = request.path_only().chars().take(256).collect();
+                    e.method = request.method.clone();
+                }
+                None if len < MAX_BURST_ENTRIES => {
+                    let user_agent =
+                        request.header_values("user-agent").next().unwrap_or("").chars().take(256).collect();
+                    counts.insert(
+                        ip.to_string(),
+                        BurstEntry {
+                            ip: ip.to_string(),
+                            count: 1,
+                            route: request.path_only().chars().take(256).collect(),
+                            method: request.method.clone(),
+                            user_agent,
+                        },
+                    );
+                }
+                None => self.metrics.count("portcullis.burst.untracked"),
+            }
+        }
+        if !burst.enforce_blocks {
+            return None;
+        }
+        let mut cache = self.guards.blocked.borrow_mut();
+        if now.saturating_sub(cache.checked_at_ms) >= BLOCKED_RECHECK_MS {
+            cache.checked_at_ms = now;
+            let (data, cas) = host::shared_data(BLOCKED_KEY);
+            if cas != cache.cas {
+                cache.cas = cas;
+                cache.until = data.and_then(|d| serde_json::from_slice(&d).ok()).unwrap_or_default();
+            }
+        }
+        let until = cache.until.get(ip).copied().unwrap_or(0);
+        (until > now).then(|| {
+            self.metrics.count("portcullis.burst.blocked_requests");
+            Denial::AddressBlocked { retry_after_secs: (until - now).div_ceil(1000) }
+        })
+    }
+
+    fn store_blocked(&self, blocked: &[BlockedIp], now: u64) {
+        if blocked.is_empty() {
+            return;
+        }
+        for _ in 0..8 {
+            let (data, cas) = host::shared_data(BLOCKED_KEY);
+            let mut map: HashMap<String, u64> =
+                data.and_then(|d| serde_json::from_slice(&d).ok()).unwrap_or_default();
+            map.retain(|_, until| *until > now);
+            for b in blocked {
+                map.insert(b.ip.clone(), now.saturating_add(b.blocked_for_ms));
+            }
+            let Ok(bytes) = serde_json::to_vec(&map) else { return };
+            if host::set_shared_data(BLOCKED_KEY, &bytes, cas).is_ok() {
+                return;
+            }
+        }
+    }
+
+    /// Root tick: overdue waiters, burst report, release of leases about to expire.
+    pub fn guard_tick(&self, current: u32, tick_ms: u64) {
+        if self.policy.guards.is_empty() {
+            return;
+        }
+        self.expire_guard_waiters(current);
+        let now = host::now_unix_ms();
+        let Some(cp) = self.policy.guards.control_plane.as_ref() else { return };
+        if let Some(burst) = self.policy.guards.burst.as_ref() {
+            let due = now.saturating_sub(self.guards.last_burst_report_ms.get()) >= burst.report_interval_ms;
+            if due && self.guards.burst_call.get().is_none() {
+                let entries: Vec<BurstEntry> =
+                    self.guards.burst.borrow_mut().drain().map(|(_, e)| e).collect();
+                self.guards.last_burst_report_ms.set(now);
+                if !entries.is_empty() {
+                    for chunk in entries.chunks(portcullis_core::wire::MAX_BATCH) {
+                        let report = BurstReport { entries: chunk.to_vec() };
+                        let body = serde_json::to_vec(&report).unwrap_or_default();
+                        match host::dispatch_post_json(
+                            &cp.cluster,
+                            &cp.authority,
+                            BURST_REPORT_PATH,
+                            &body,
+                            cp.timeout_ms,
+                        ) {
+                            Ok(token) => {
+                                self.guards.calls.borrow_mut().insert(token, CallKind::Burst);
+                                self.guards.burst_call.set(Some(token));
+                            }
+                            Err(status) => log::warn!("cannot send the burst report ({status:?})"),
+                        }
+                    }
+                }
+            }
+        }
+        if self.guards.release_call.get().is_none() {
+            self.release_expiring(cp, now, tick_ms);
+        }
+    }
+
+    /// Gives back the unspent units of leases that will expire before the next tick.
+    fn release_expiring(&self, cp: &portcullis_core::guard::ControlPlane, now: u64, tick_ms: u64) {
+        let known: Vec<AppliedLimit> = self.guards.known.borrow().values().cloned().collect();
+        let mut asks = Vec::new();
+        let mut forget = Vec::new();
+        for applied in known {
+            let key = slot_key(&applied.key);
+            let (data, cas) = host::shared_data(&key);
+            let slot = data.map(|d| LeaseSlot::decode(&d)).unwrap_or_default();
+            if now >= slot.expires_at_ms {
+                forget.push(applied.key.clone());
+                continue;
+            }
+            if slot.units == 0 || slot.expires_at_ms.saturating_sub(now) > tick_ms.saturating_mul(2) {
+                continue;
+            }
+            let emptied = LeaseSlot { units: 0, ..slot };
+            if host::set_shared_data(&key, &emptied.encode(), cas).is_ok() {
+                asks.push(RateLimitAsk {
+                    key: applied.key.clone(),
+                    limit: applied.limit,
+                    unit: applied.unit,
+                    op: RateLimitOp::Release { units: slot.units },
+                });
+                forget.push(applied.key.clone());
+            }
+            if asks.len() >= portcullis_core::wire::MAX_BATCH {
+                break;
+            }
+        }
+        {
+            let mut k = self.guards.known.borrow_mut();
+            for key in forget {
+                k.remove(&key);
+            }
+        }
+        if asks.is_empty() {
+            return;
+        }
+        let units: u64 =
+            asks.iter().map(|a| if let RateLimitOp::Release { units } = a.op { units } else { 0 }).sum();
+        let body = serde_json::to_vec(&RateLimitBatch { asks }).unwrap_or_default();
+        match host::dispatch_post_json(&cp.cluster, &cp.authority, RATE_LIMIT_PATH, &body, cp.timeout_ms) {
+            Ok(token) => {
+                self.metrics.count("portcullis.ratelimit.release_calls");
+                log::debug!("releasing {units} unspent leased unit(s)");
+                self.guards.calls.borrow_mut().insert(token, CallKind::Release);
+                self.guards.release_call.set(Some(token));
+            }
+            Err(status) => log::warn!("cannot release leased units ({status:?})"),
+        }
+    }
+}
+
+fn decode_u64(bytes: &[u8]) -> u64 {
+    <[u8; 8]>::try_from(bytes).map(u64::from_be_bytes).unwrap_or(0)
+}
+
+fn mark(done: &mut [bool], i: usize) {
+    if let Some(d) = done.get_mut(i) {
+        *d = true;
+    }
+}
+
+fn outcome_name(o: portcullis_core::wire::LoginOutcome) -> &'static str {
+    match o {
+        portcullis_core::wire::LoginOutcome::Failure => "failure",
+        portcullis_core::wire::LoginOutcome::Success => "success",
+    }
+}
