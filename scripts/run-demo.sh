@@ -88,6 +88,16 @@ Try, in another terminal from $ROOT:
   target/debug/portcullis revoke token "\$TOKEN"
   curl -i -H "Authorization: Bearer \$TOKEN" http://127.0.0.1:10000/api/orders
 
+  # rate limit: 10 per minute per user; the 11th gets 429 with Retry-After and RateLimit-* headers
+  for i in \$(seq 11); do curl -s -o /dev/null -w '%{http_code} ' -H "Authorization: Bearer \$TOKEN" http://127.0.0.1:10000/api/orders; done; echo
+
+  # lockout: 5 failed logins for one account, then the 6th is refused (429, Retry-After: 30)
+  # without reaching the upstream; see and clear it with the CLI
+  for i in \$(seq 6); do curl -s -o /dev/null -w '%{http_code} ' -H 'content-type: application/json' \
+    -d '{"username":"bob","password":"wrong"}' http://127.0.0.1:10000/login; done; echo
+  target/debug/portcullis lockouts show --account bob
+  target/debug/portcullis lockouts clear --account bob
+
   # rotate the signing key: a token signed by the new key passes on its first request
   target/debug/portcullis keys rotate
   TOKEN=\$(target/debug/portcullis token issue --sub alice --scope orders:read)

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use portcullis_core::wire::SubjectKind;
 use reqwest::{Response, StatusCode};
 use serde::de::DeserializeOwned;
 
@@ -13,6 +14,7 @@ use crate::http::{
     UserRevocation,
 };
 use crate::keys::Rotation;
+use crate::lockouts::{LockoutInfo, LockoutList};
 use crate::revocations::GlobalState;
 use crate::sessions::RevokedSession;
 use crate::tokens::{IssuedToken, RefreshRequest, TokenRequest};
@@ -165,6 +167,25 @@ impl ControlPlaneClient {
         self.decode(response).await
     }
 
+    pub async fn list_lockouts(&self) -> Result<LockoutList, ClientError> {
+        self.get_json("/admin/v1/lockouts").await
+    }
+
+    /// One subject's failures and lock, by raw value (the server hashes it).
+    pub async fn show_lockout(&self, kind: SubjectKind, value: &str) -> Result<LockoutInfo, ClientError> {
+        self.get_json(&lockout_path(kind, value)).await
+    }
+
+    /// Forgets a subject's failures and lock; answers what was cleared.
+    pub async fn clear_lockout(&self, kind: SubjectKind, value: &str) -> Result<LockoutInfo, ClientError> {
+        let response = self
+            .authorised(self.http.delete(self.url(&lockout_path(kind, value))))
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        self.decode(response).await
+    }
+
     pub async fn health(&self) -> Result<HealthReport, ClientError> {
         let alive = self
             .http
@@ -184,6 +205,10 @@ impl ControlPlaneClient {
         };
         Ok(HealthReport { alive, ready: false, not_ready_reason: Some(reason) })
     }
+}
+
+fn lockout_path(kind: SubjectKind, value: &str) -> String {
+    format!("/admin/v1/lockouts/{}/{}", kind.as_str(), path_segment(value))
 }
 
 /// Percent-encodes a path segment (subjects may contain `/`, spaces, ...).

@@ -182,6 +182,101 @@ pub struct ServerConfig {
     /// Log output format; the level comes from RUST_LOG (default `info`).
     #[arg(long, env = "PORTCULLIS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub burst: BurstArgs,
+}
+
+/// Burst detection and alerts (`POST /v1/burst/report`).
+#[derive(Args, Clone, Default)]
+pub struct BurstArgs {
+    /// A client address sending more than this many requests within --burst-window
+    /// raises an alert.
+    #[arg(
+        long,
+        env = "PORTCULLIS_BURST_THRESHOLD",
+        default_value_t = 50,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub burst_threshold: u64,
+
+    /// The sliding window bursts are counted over (e.g. `10s`, `1m`; at most 1 day).
+    #[arg(long, env = "PORTCULLIS_BURST_WINDOW", default_value = "10s", value_parser = parse_duration_secs)]
+    pub burst_window: u64,
+
+    /// At most one alert per address per cooldown, across all replicas.
+    #[arg(long, env = "PORTCULLIS_BURST_COOLDOWN", default_value = "60s", value_parser = parse_duration_secs)]
+    pub burst_cooldown: u64,
+
+    /// Post alerts (signed JSON) to this URL; repeat for several (comma-separated in
+    /// the environment variable). Needs a webhook secret.
+    #[arg(
+        long = "burst-webhook-url",
+        env = "PORTCULLIS_BURST_WEBHOOK_URLS",
+        value_delimiter = ',',
+        value_parser = crate::burst::parse_webhook_url
+    )]
+    pub burst_webhook_urls: Vec<reqwest::Url>,
+
+    /// The secret alerts are signed with (prefer --burst-webhook-secret-file).
+    #[arg(
+        long,
+        env = "PORTCULLIS_BURST_WEBHOOK_SECRET",
+        hide_env_values = true,
+        conflicts_with = "burst_webhook_secret_file"
+    )]
+    pub burst_webhook_secret: Option<String>,
+
+    /// A file holding the webhook signing secret (surrounding whitespace ignored).
+    #[arg(long, env = "PORTCULLIS_BURST_WEBHOOK_SECRET_FILE")]
+    pub burst_webhook_secret_file: Option<PathBuf>,
+
+    /// Also block a bursting address for this long (e.g. `300s`, `15m`); the filter
+    /// learns it from the report's answer. Off by default.
+    #[arg(long, env = "PORTCULLIS_BURST_BLOCK", value_parser = parse_duration_secs)]
+    pub burst_block: Option<u64>,
+}
+
+impl std::fmt::Debug for BurstArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BurstArgs")
+            .field("burst_threshold", &self.burst_threshold)
+            .field("burst_window", &self.burst_window)
+            .field("burst_cooldown", &self.burst_cooldown)
+            .field("burst_webhook_urls", &self.burst_webhook_urls.len())
+            .field("burst_webhook_secret", &self.burst_webhook_secret.as_ref().map(|_| ".."))
+            .field("burst_webhook_secret_file", &self.burst_webhook_secret_file)
+            .field("burst_block", &self.burst_block)
+            .finish()
+    }
+}
+
+impl BurstArgs {
+    /// The validated configuration, the secret read from its file if one is given.
+    pub fn load(&self) -> Result<crate::burst::BurstConfig, crate::burst::BurstConfigError> {
+        use crate::burst::{BurstConfig, BurstConfigError, WebhookSecret};
+        let secret = match (&self.burst_webhook_secret, &self.burst_webhook_secret_file) {
+            (Some(text), _) => Some(WebhookSecret::new(text)?),
+            (None, Some(path)) => {
+                let text =
+                    zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
+                        BurstConfigError::UnreadableSecret { path: path.clone(), source }
+                    })?);
+                Some(WebhookSecret::new(&text)?)
+            }
+            (None, None) => None,
+        };
+        let config = BurstConfig {
+            threshold: self.burst_threshold,
+            window_secs: self.burst_window,
+            cooldown_secs: self.burst_cooldown,
+            block_secs: self.burst_block,
+            webhook_urls: self.burst_webhook_urls.clone(),
+            webhook_secret: secret,
+        };
+        config.validate()?;
+        Ok(config)
+    }
 }
 
 /// Installs the global `tracing` subscriber (level from `RUST_LOG`, default `info`).
@@ -230,6 +325,43 @@ mod tests {
         assert_eq!(config.rotate_every, None);
         assert_eq!(config.signing_alg, SigningAlgorithm::Es256);
         assert_eq!(config.feed_keep, 100_000);
+        let burst = config.burst.load().unwrap();
+        assert_eq!(
+            (burst.threshold, burst.window_secs, burst.cooldown_secs, burst.block_secs),
+            (50, 10, 60, None)
+        );
+        assert!(burst.webhook_urls.is_empty());
+    }
+
+    #[test]
+    fn a_burst_webhook_needs_a_secret() {
+        let config =
+            ServerConfig::try_parse_from(["x", "--burst-webhook-url", "https://hooks.example/a"]).unwrap();
+        let message = config.burst.load().unwrap_err().to_string();
+        assert!(message.contains("--burst-webhook-secret-file"), "{message}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "0123456789abcdef0123\n").unwrap();
+        let config = ServerConfig::try_parse_from([
+            "x",
+            "--burst-webhook-url",
+            "https://hooks.example/a",
+            "--burst-webhook-url",
+            "http://127.0.0.1:8080/b",
+            "--burst-webhook-secret-file",
+            path.to_str().unwrap(),
+            "--burst-block",
+            "5m",
+            "--burst-window",
+            "30s",
+        ])
+        .unwrap();
+        let burst = config.burst.load().unwrap();
+        assert_eq!(burst.webhook_urls.len(), 2);
+        assert_eq!(burst.webhook_secret.unwrap().as_bytes(), b"0123456789abcdef0123");
+        assert_eq!((burst.block_secs, burst.window_secs), (Some(300), 30));
+        assert!(ServerConfig::try_parse_from(["x", "--burst-threshold", "0"]).is_err());
+        assert!(ServerConfig::try_parse_from(["x", "--burst-webhook-url", "not a url"]).is_err());
     }
 
     #[test]

@@ -8,20 +8,26 @@
 //!   sealed at rest, rotated with an overlap; [`tokens`]: token minting.
 //! - [`sessions`]: refresh token families; [`revocations`]: revoked jtis, token
 //!   versions and the change feed the filter follows; [`audit`]: the audit log.
+//! - [`lockouts`]: failed logins and locks per account and address; [`burst`]:
+//!   per-address request bursts, signed webhook alerts and optional blocks.
+//! - [`ratelimits`]: rate-limit counters and quota leases for the filter.
 //! - [`server`]: process startup and graceful shutdown; [`client`]: the admin API
 //!   client behind the `portcullis` CLI.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod admin_credential;
 pub mod audit;
+pub mod burst;
 pub mod client;
 pub mod clock;
 pub mod config;
 pub mod http;
 pub mod keys;
+pub mod lockouts;
 pub mod master_key;
 pub mod metrics;
 pub mod random;
+pub mod ratelimits;
 pub mod revocations;
 pub mod server;
 pub mod sessions;

@@ -22,7 +22,9 @@ use std::fmt;
 use std::net::IpAddr;
 
 use portcullis_core::lockout::{account_key, LockoutPolicy, LockoutState};
-use portcullis_core::wire::{LockoutReply, LockoutSubject, LoginOutcome, SubjectKind, SubjectLock, MAX_BATCH};
+use portcullis_core::wire::{
+    LockoutReply, LockoutSubject, LoginOutcome, SubjectKind, SubjectLock, MAX_BATCH,
+};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -129,8 +131,7 @@ pub fn normalise(kind: SubjectKind, value: &str) -> Result<String, String> {
             Ok(account)
         }
         SubjectKind::Ip => {
-            let ip: IpAddr =
-                value.trim().parse().map_err(|_| "not an IPv4 or IPv6 address".to_owned())?;
+            let ip: IpAddr = value.trim().parse().map_err(|_| "not an IPv4 or IPv6 address".to_owned())?;
             Ok(ip.to_canonical().to_string())
         }
     }
@@ -141,9 +142,11 @@ pub fn validate_policy(policy: &LockoutPolicy) -> Result<(), LockoutError> {
     if !(1..=MAX_POLICY_FAILURES).contains(&policy.max_failures) {
         return Err(invalid(format!("policy.maxFailures: must be 1 to {MAX_POLICY_FAILURES}")));
     }
-    for (name, ms) in
-        [("windowMs", policy.window_ms), ("baseLockMs", policy.base_lock_ms), ("maxLockMs", policy.max_lock_ms)]
-    {
+    for (name, ms) in [
+        ("windowMs", policy.window_ms),
+        ("baseLockMs", policy.base_lock_ms),
+        ("maxLockMs", policy.max_lock_ms),
+    ] {
         if !(1..=MAX_POLICY_MS).contains(&ms) {
             return Err(invalid(format!("policy.{name}: must be 1 to {MAX_POLICY_MS} (30 days)")));
         }
@@ -312,11 +315,15 @@ async fn record_failure(
     let record = key.record();
     for _ in 0..CAS_ATTEMPTS {
         let (raw, stored) = read(store, key, now_ms).await?;
-        let next = StoredState { state: policy.record_failure(&stored.state, now_ms), window_ms: policy.window_ms };
+        let next =
+            StoredState { state: policy.record_failure(&stored.state, now_ms), window_ms: policy.window_ms };
         let expires_at_ms = expiry(policy, &next.state, now_ms);
         let bytes = serde_json::to_vec(&next)
             .map_err(|e| StoreError::InvalidArgument(format!("cannot encode lockout state: {e}")))?;
-        if store.record_compare_and_swap(&record, raw.as_deref(), Some(bytes), Some(expires_at_ms), now_ms).await? {
+        if store
+            .record_compare_and_swap(&record, raw.as_deref(), Some(bytes), Some(expires_at_ms), now_ms)
+            .await?
+        {
             store.set_add(INDEX_SET, &key.index_member(), expires_at_ms, now_ms).await?;
             let started = next.state.locked_until_ms > stored.state.locked_until_ms;
             return Ok((started, lock_of(key, &next, policy, now_ms)));
@@ -325,15 +332,11 @@ async fn record_failure(
     Err(LockoutError::Contended)
 }
 
-/// Deletes a subject's state; returns whether there was any.
-async fn forget(store: &dyn Store, key: &SubjectKey) -> Result<bool, LockoutError> {
-    let record = key.record();
-    // A far-future `now` reads even a record that just expired: "was there state"
-    // only decides 200 versus 404 for the admin, and the delete is unconditional.
-    let existed = store.record_get(&record, 0).await?.is_some();
-    store.record_delete(&record).await?;
+/// Deletes a subject's state and its index entry.
+async fn forget(store: &dyn Store, key: &SubjectKey) -> Result<(), LockoutError> {
+    store.record_delete(&key.record()).await?;
     store.set_remove(INDEX_SET, &key.index_member()).await?;
-    Ok(existed)
+    Ok(())
 }
 
 /// One subject as the admin API shows it. Only the hash identifies it.
@@ -392,7 +395,11 @@ pub async fn list(store: &dyn Store, now_ms: u64) -> Result<LockoutList, Lockout
 }
 
 /// One subject by key; `None` when nothing is recorded for it.
-pub async fn show(store: &dyn Store, key: &SubjectKey, now_ms: u64) -> Result<Option<LockoutInfo>, LockoutError> {
+pub async fn show(
+    store: &dyn Store,
+    key: &SubjectKey,
+    now_ms: u64,
+) -> Result<Option<LockoutInfo>, LockoutError> {
     Ok(match read(store, key, now_ms).await? {
         (Some(_), stored) => Some(info(key, &stored, now_ms)),
         (None, _) => None,
@@ -400,7 +407,11 @@ pub async fn show(store: &dyn Store, key: &SubjectKey, now_ms: u64) -> Result<Op
 }
 
 /// Forgets a subject's failures and lock; `None` when nothing was recorded.
-pub async fn clear(store: &dyn Store, key: &SubjectKey, now_ms: u64) -> Result<Option<LockoutInfo>, LockoutError> {
+pub async fn clear(
+    store: &dyn Store,
+    key: &SubjectKey,
+    now_ms: u64,
+) -> Result<Option<LockoutInfo>, LockoutError> {
     let before = show(store, key, now_ms).await?;
     forget(store, key).await?;
     Ok(before)

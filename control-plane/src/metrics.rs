@@ -34,6 +34,8 @@ pub struct Metrics {
     store_errors: Family<StoreErrorLabels, Counter>,
     tokens_issued: Counter,
     token_status_requests: Family<TokenStatusLabels, Counter>,
+    guard: GuardMetrics,
+    rate_limits: RateLimitMetrics,
 }
 
 impl Default for Metrics {
@@ -65,7 +67,17 @@ impl Metrics {
             "Answered per-token status checks (GET /v1/token-status), by whether the jti was revoked",
             token_status_requests.clone(),
         );
-        Self { registry, http_requests, store_errors, tokens_issued, token_status_requests }
+        let guard = GuardMetrics::register(&mut registry);
+        let rate_limits = RateLimitMetrics::register(&mut registry);
+        Self {
+            registry,
+            http_requests,
+            store_errors,
+            tokens_issued,
+            token_status_requests,
+            guard,
+            rate_limits,
+        }
     }
 
     pub fn record_http_request(&self, route: &str, method: &str, status: u16) {
@@ -92,6 +104,196 @@ impl Metrics {
         let mut out = String::new();
         encode(&mut out, &self.registry)?;
         Ok(out)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+/// Account lockout and burst alert metrics.
+struct GuardMetrics {
+    lockout_checks: Family<ResultLabels, Counter>,
+    lockout_reports: Family<OutcomeLabels, Counter>,
+    lockouts_started: Family<KindLabels, Counter>,
+    burst_alerts: Family<ResultLabels, Counter>,
+    burst_ips_blocked: Counter,
+}
+
+impl GuardMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            lockout_checks: Family::default(),
+            lockout_reports: Family::default(),
+            lockouts_started: Family::default(),
+            burst_alerts: Family::default(),
+            burst_ips_blocked: Counter::default(),
+        };
+        registry.register(
+            "lockout_checks",
+            "Answered lockout checks, by result (locked: some subject was locked; open)",
+            metrics.lockout_checks.clone(),
+        );
+        registry.register(
+            "lockout_reports",
+            "Recorded login outcomes (POST /v1/lockout/report), by outcome (failure, success)",
+            metrics.lockout_reports.clone(),
+        );
+        registry.register(
+            "lockouts_started",
+            "Locks started or escalated by a failed login, by subject kind (account, ip)",
+            metrics.lockouts_started.clone(),
+        );
+        registry.register(
+            "burst_alerts",
+            "Burst alert webhook deliveries by result (sent, failed), and alerts dropped on a full queue",
+            metrics.burst_alerts.clone(),
+        );
+        registry.register(
+            "burst_ips_blocked",
+            "Client addresses blocked after a burst",
+            metrics.burst_ips_blocked.clone(),
+        );
+        metrics
+    }
+}
+
+impl Metrics {
+    /// `locked`: some subject of the check was locked.
+    pub fn record_lockout_check(&self, locked: bool) {
+        let result = if locked { "locked" } else { "open" };
+        self.guard.lockout_checks.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// `outcome`: `failure` or `success`.
+    pub fn record_lockout_report(&self, outcome: &'static str) {
+        self.guard.lockout_reports.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// `kind`: `account` or `ip`.
+    pub fn record_lockout_started(&self, kind: &'static str) {
+        self.guard.lockouts_started.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    /// `result`: `sent`, `failed` (per webhook delivery) or `dropped` (per alert).
+    pub fn record_burst_alert(&self, result: &'static str) {
+        self.guard.burst_alerts.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    pub fn record_burst_ip_blocked(&self) {
+        self.guard.burst_ips_blocked.inc();
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RateLimitDecisionLabels {
+    /// `lease`, `check` or `release`.
+    op: &'static str,
+    /// `granted` or `refused` (a release is always granted).
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RateLimitOpLabels {
+    op: &'static str,
+}
+
+/// One answered rate-limit ask, as the metrics count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitOutcome {
+    /// `lease`, `check` or `release`.
+    pub op: &'static str,
+    pub refused: bool,
+    /// Granted, and what remains afterwards is below 10 % of the limit.
+    pub near_limit: bool,
+    /// Units of a granted lease (0 otherwise).
+    pub leased_units: u64,
+    /// Units handed back (`release` op, or a lease's `release` field).
+    pub released_units: u64,
+}
+
+/// Rate-limit counter metrics (`POST /v1/ratelimit`).
+struct RateLimitMetrics {
+    decisions: Family<RateLimitDecisionLabels, Counter>,
+    near_limit: Family<RateLimitOpLabels, Counter>,
+    over_limit: Family<RateLimitOpLabels, Counter>,
+    leases_granted: Counter,
+    lease_units_granted: Counter,
+    units_released: Counter,
+}
+
+impl RateLimitMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            decisions: Family::default(),
+            near_limit: Family::default(),
+            over_limit: Family::default(),
+            leases_granted: Counter::default(),
+            lease_units_granted: Counter::default(),
+            units_released: Counter::default(),
+        };
+        registry.register(
+            "rate_limit_decisions",
+            "Rate-limit asks answered, by op (lease, check, release) and result (granted, refused)",
+            metrics.decisions.clone(),
+        );
+        registry.register(
+            "rate_limit_near_limit",
+            "Granted rate-limit asks that left less than 10% of the limit, by op",
+            metrics.near_limit.clone(),
+        );
+        registry.register(
+            "rate_limit_over_limit",
+            "Refused rate-limit asks (the counter was at its limit), by op",
+            metrics.over_limit.clone(),
+        );
+        registry.register(
+            "rate_limit_leases_granted",
+            "Quota leases granted",
+            metrics.leases_granted.clone(),
+        );
+        registry.register(
+            "rate_limit_lease_units_granted",
+            "Units handed out in quota leases",
+            metrics.lease_units_granted.clone(),
+        );
+        registry.register(
+            "rate_limit_units_released",
+            "Unspent lease units handed back and credited to their counter",
+            metrics.units_released.clone(),
+        );
+        metrics
+    }
+}
+
+impl Metrics {
+    pub fn record_rate_limit(&self, outcome: RateLimitOutcome) {
+        let m = &self.rate_limits;
+        let result = if outcome.refused { "refused" } else { "granted" };
+        m.decisions.get_or_create(&RateLimitDecisionLabels { op: outcome.op, result }).inc();
+        if outcome.refused {
+            m.over_limit.get_or_create(&RateLimitOpLabels { op: outcome.op }).inc();
+        } else if outcome.near_limit {
+            m.near_limit.get_or_create(&RateLimitOpLabels { op: outcome.op }).inc();
+        }
+        if outcome.leased_units > 0 {
+            m.leases_granted.inc();
+            m.lease_units_granted.inc_by(outcome.leased_units);
+        }
+        if outcome.released_units > 0 {
+            m.units_released.inc_by(outcome.released_units);
+        }
     }
 }
 

@@ -497,6 +497,17 @@ mod tests {
             self.note("log_last");
             self.inner.log_last(log).await
         }
+        async fn gcra(
+            &self,
+            key: &str,
+            limit: u64,
+            unit: portcullis_core::ratelimit::Unit,
+            op: portcullis_core::wire::RateLimitOp,
+            now_ms: u64,
+        ) -> Result<portcullis_core::wire::RateLimitResult, StoreError> {
+            self.note("gcra");
+            self.inner.gcra(key, limit, unit, op, now_ms).await
+        }
     }
 
     #[tokio::test]

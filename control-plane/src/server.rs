@@ -47,6 +47,8 @@ pub enum StartupError {
          (e.g. `head -c 32 /dev/urandom | base64`)"
     )]
     MissingMasterKey,
+    #[error(transparent)]
+    Burst(#[from] crate::burst::BurstConfigError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("server failed: {0}")]
@@ -104,6 +106,7 @@ pub fn resolve_master_key(config: &ServerConfig, rng: &dyn RandomSource) -> Resu
 pub async fn run(config: ServerConfig) -> Result<(), StartupError> {
     // Validate everything that needs no I/O first, so misconfiguration fails fast.
     let admin = AdminCredential::new(&config.admin_token.load()?)?;
+    let burst = config.burst.load()?;
     let store = open_store(&config)?;
     let master_key = resolve_master_key(&config, &OsRandom)?;
     let deps = Dependencies {
@@ -126,7 +129,7 @@ pub async fn run(config: ServerConfig) -> Result<(), StartupError> {
         },
         feed_keep: config.feed_keep,
     };
-    let state = initialise_with_patience(deps).await?;
+    let state = initialise_with_patience(deps).await?.with_burst_config(burst)?;
     let maintenance = tokio::spawn(maintain_periodically(state.clone()));
     let listener = TcpListener::bind(config.listen)
         .await

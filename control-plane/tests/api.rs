@@ -353,3 +353,203 @@ async fn replicas_starting_at_once_share_one_signing_key() {
     }
     assert_eq!(kids.len(), 1, "{kids:?}");
 }
+
+// --- POST /v1/ratelimit ------------------------------------------------------------
+
+const T0: u64 = 1_700_000_000_000;
+
+/// A state on a memory store whose clock the test sets.
+async fn rate_limit_state() -> (AppState, Arc<portcullis_control_plane::clock::FixedClock>) {
+    let clock = Arc::new(portcullis_control_plane::clock::FixedClock::new(T0));
+    let mut deps = dependencies(Arc::new(MemoryStore::new()));
+    deps.clock = clock.clone();
+    (AppState::initialise(deps).await.unwrap(), clock)
+}
+
+/// No admin token: the filter calls this route unauthenticated, like `/v1/feed`.
+fn rate_limit_post(body: &Value) -> Request<Body> {
+    Request::post("/v1/ratelimit")
+        .header(CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+fn result(
+    granted: u64,
+    expires_at_ms: u64,
+    remaining: u64,
+    reset_after_ms: u64,
+    retry_after_ms: u64,
+) -> Value {
+    json!({
+        "granted": granted,
+        "expiresAtMs": expires_at_ms,
+        "remaining": remaining,
+        "resetAfterMs": reset_after_ms,
+        "retryAfterMs": retry_after_ms,
+    })
+}
+
+#[tokio::test]
+async fn a_mixed_rate_limit_batch_is_answered_in_order() {
+    let (state, _clock) = rate_limit_state().await;
+    let app = app(state);
+    let batch = json!({"asks": [
+        {"key": "per-sub:alice", "limit": 10, "unit": "minute", "op": "lease", "maxLease": 4, "holders": 1, "ttlMs": 5000},
+        {"key": "per-sub:alice", "limit": 10, "unit": "minute", "op": "check", "cost": 3},
+        {"key": "per-sub:alice", "limit": 10, "unit": "minute", "op": "release", "units": 2},
+        {"key": "per-sub:alice", "limit": 10, "unit": "minute", "op": "lease", "release": 2, "maxLease": 4, "ttlMs": 5000},
+        {"key": "per-ip:10.0.0.1", "limit": 1, "unit": "second", "op": "check", "cost": 1},
+        {"key": "per-ip:10.0.0.1", "limit": 1, "unit": "second", "op": "check", "cost": 1},
+    ]});
+    let response = send(&app, rate_limit_post(&batch)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        body_json(response).await,
+        json!({"results": [
+            // 10 left, half of it capped at 4.
+            result(4, T0 + 5_000, 6, 24_000, 0),
+            result(3, 0, 3, 42_000, 0),
+            result(0, 0, 5, 30_000, 0),
+            // 2 credited back first (7 left), then half of 7 is 3.
+            result(3, T0 + 5_000, 4, 36_000, 0),
+            result(1, 0, 0, 1_000, 0),
+            result(0, 0, 0, 1_000, 1_000),
+        ]})
+    );
+}
+
+#[tokio::test]
+async fn rate_limit_refusals_carry_retry_remaining_and_reset() {
+    let (state, clock) = rate_limit_state().await;
+    let app = app(state);
+    let one = json!({"asks": [{"key": "k", "limit": 10, "unit": "minute", "op": "check", "cost": 1}]});
+    for _ in 0..10 {
+        let body = body_json(send(&app, rate_limit_post(&one)).await).await;
+        assert_eq!(body["results"][0]["granted"], 1);
+    }
+    let body = body_json(send(&app, rate_limit_post(&one)).await).await;
+    assert_eq!(body["results"][0], result(0, 0, 0, 60_000, 6_000));
+    clock.set(T0 + 6_000);
+    let body = body_json(send(&app, rate_limit_post(&one)).await).await;
+    assert_eq!(body["results"][0], result(1, 0, 0, 60_000, 0));
+
+    // A lease on a spent counter is refused the same way.
+    let lease = json!({"asks": [{"key": "k", "limit": 10, "unit": "minute", "op": "lease", "maxLease": 5, "ttlMs": 1000}]});
+    let body = body_json(send(&app, rate_limit_post(&lease)).await).await;
+    assert_eq!(body["results"][0], result(0, 0, 0, 60_000, 6_000));
+
+    // An empty batch is an empty answer.
+    let body = body_json(send(&app, rate_limit_post(&json!({"asks": []}))).await).await;
+    assert_eq!(body, json!({"results": []}));
+}
+
+#[tokio::test]
+async fn invalid_rate_limit_asks_are_400_problems_naming_the_ask_and_field() {
+    let (state, _clock) = rate_limit_state().await;
+    let app = app(state);
+    let good = json!({"key": "k", "limit": 10, "unit": "minute", "op": "check", "cost": 1});
+    let lease = |max_lease: u64, ttl_ms: u64| {
+        let mut ask = json!({"key": "k", "limit": 10, "unit": "minute", "op": "lease"});
+        ask["maxLease"] = max_lease.into();
+        ask["ttlMs"] = ttl_ms.into();
+        ask
+    };
+    let cases = [
+        (json!({"key": "k", "limit": 10, "unit": "minute", "op": "check", "cost": 11}), "asks[1].cost:"),
+        (json!({"key": "k", "limit": 0, "unit": "minute", "op": "check", "cost": 0}), "asks[1].limit:"),
+        (json!({"key": "a b", "limit": 10, "unit": "minute", "op": "check", "cost": 1}), "asks[1].key:"),
+        (
+            json!({"key": "x".repeat(129), "limit": 10, "unit": "minute", "op": "check", "cost": 1}),
+            "asks[1].key:",
+        ),
+        (lease(0, 1_000), "asks[1].maxLease:"),
+        (lease(5, 0), "asks[1].ttlMs:"),
+        (lease(5, 60_001), "asks[1].ttlMs:"),
+    ];
+    for (bad, prefix) in cases {
+        let response = send(&app, rate_limit_post(&json!({"asks": [good, bad]}))).await;
+        let problem = assert_problem(response, StatusCode::BAD_REQUEST).await;
+        assert_eq!(problem["type"], "urn:portcullis:problem:invalid-request");
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.starts_with(prefix), "{detail} should start with {prefix}");
+    }
+    // Nothing of an invalid batch was applied: the valid first ask never spent a unit.
+    let peek = json!({"asks": [{"key": "k", "limit": 10, "unit": "minute", "op": "check", "cost": 0}]});
+    let body = body_json(send(&app, rate_limit_post(&peek)).await).await;
+    assert_eq!(body["results"][0]["remaining"], 10);
+
+    let too_many = json!({"asks": vec![good.clone(); 257]});
+    let problem = assert_problem(send(&app, rate_limit_post(&too_many)).await, StatusCode::BAD_REQUEST).await;
+    assert!(problem["detail"].as_str().unwrap().starts_with("asks:"), "{problem}");
+    // Unknown ops, missing fields and wrong types are 400s too (not axum's 422).
+    for bad in [
+        json!({"asks": [{"key": "k", "limit": 10, "unit": "minute", "op": "steal"}]}),
+        json!({"asks": [{"key": "k", "limit": 10, "unit": "minute", "op": "lease", "maxLease": 1}]}),
+        json!({"asks": [{"key": "k", "limit": 10, "unit": "fortnight", "op": "check", "cost": 1}]}),
+        json!({"asks": [{"key": "k", "limit": -1, "unit": "minute", "op": "check", "cost": 1}]}),
+        json!({"asks": [], "extra": true}),
+    ] {
+        assert_problem(send(&app, rate_limit_post(&bad)).await, StatusCode::BAD_REQUEST).await;
+    }
+}
+
+#[tokio::test]
+async fn a_store_failure_fails_the_whole_rate_limit_call_with_a_503_problem() {
+    let (mut state, _clock) = rate_limit_state().await;
+    // Nothing listens there: every store call fails as unavailable.
+    let url = format!("redis://127.0.0.1:{}/0", free_port());
+    state.store = Arc::new(
+        portcullis_control_plane::store::RedisStore::new(
+            &url,
+            portcullis_control_plane::store::redis::RedisTimeouts::default(),
+        )
+        .unwrap(),
+    );
+    let app = app(state);
+    let batch = json!({"asks": [
+        {"key": "k", "limit": 10, "unit": "minute", "op": "check", "cost": 1},
+        {"key": "k", "limit": 10, "unit": "minute", "op": "release", "units": 1},
+    ]});
+    let problem =
+        assert_problem(send(&app, rate_limit_post(&batch)).await, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(problem["type"], "urn:portcullis:problem:store-unavailable");
+}
+
+#[tokio::test]
+async fn rate_limit_metrics_count_decisions_leases_and_releases() {
+    let (state, _clock) = rate_limit_state().await;
+    let app = app(state);
+    let batch = json!({"asks": [
+        {"key": "m", "limit": 10, "unit": "minute", "op": "lease", "maxLease": 5, "ttlMs": 1000},
+        {"key": "m", "limit": 10, "unit": "minute", "op": "check", "cost": 5},
+        {"key": "m", "limit": 10, "unit": "minute", "op": "check", "cost": 1},
+        {"key": "m", "limit": 10, "unit": "minute", "op": "release", "units": 2},
+        {"key": "m", "limit": 10, "unit": "minute", "op": "lease", "release": 1, "maxLease": 5, "ttlMs": 1000},
+    ]});
+    assert_eq!(send(&app, rate_limit_post(&batch)).await.status(), StatusCode::OK);
+    let response = send(&app, get("/metrics")).await;
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    for line in [
+        r#"portcullis_rate_limit_decisions_total{op="lease",result="granted"} 2"#,
+        r#"portcullis_rate_limit_decisions_total{op="check",result="granted"} 1"#,
+        r#"portcullis_rate_limit_decisions_total{op="check",result="refused"} 1"#,
+        r#"portcullis_rate_limit_decisions_total{op="release",result="granted"} 1"#,
+        // The 5-unit check left 0 of 10 (the last lease leaves 2: not below 10%).
+        r#"portcullis_rate_limit_near_limit_total{op="check"} 1"#,
+        r#"portcullis_rate_limit_over_limit_total{op="check"} 1"#,
+        "portcullis_rate_limit_leases_granted_total 2",
+        // 5, then (2 + 1 credited) / 2 = 1.
+        "portcullis_rate_limit_lease_units_granted_total 6",
+        "portcullis_rate_limit_units_released_total 3",
+        r#"portcullis_http_requests_total{route="/v1/ratelimit",method="POST",status="200"} 1"#,
+    ] {
+        assert!(text.contains(line), "missing {line} in\n{text}");
+    }
+    assert!(!text.contains(r#"portcullis_rate_limit_near_limit_total{op="lease"}"#), "{text}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}

@@ -11,10 +11,13 @@ mod support;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use portcullis_control_plane::store::rate_limit::{MAX_LIMIT, MAX_NOW_MS};
 use portcullis_control_plane::store::redis::RedisTimeouts;
 use portcullis_control_plane::store::{
     EmbeddedStore, LogAppendError, MemoryStore, RedisStore, SetMember, Store, StoreError,
 };
+use portcullis_core::ratelimit::{Gcra, GcraState, Unit};
+use portcullis_core::wire::{RateLimitOp, RateLimitResult};
 
 fn memory_store() -> Arc<dyn Store> {
     Arc::new(MemoryStore::new())
@@ -77,6 +80,14 @@ store_suite!(
     concurrent_conditional_appends_build_one_unbroken_chain,
     names_are_isolated_across_primitives_and_escaped,
     binary_values_round_trip,
+    lease_sizes_shrink_near_the_limit,
+    refusals_report_retry_remaining_and_reset,
+    released_units_are_credited_back_up_to_a_full_bucket,
+    a_lease_releases_before_it_grants_in_one_step,
+    randomized_rate_limit_operations_match_the_core_arithmetic,
+    extreme_rate_limit_values_match_the_core_arithmetic,
+    concurrent_leases_never_grant_more_than_the_limit,
+    rate_limit_arguments_outside_the_exact_range_are_refused,
 );
 
 async fn ping_succeeds_on_a_healthy_store(store: Arc<dyn Store>) {
@@ -460,6 +471,313 @@ async fn binary_values_round_trip(store: Arc<dyn Store>) {
     assert!(store.feed_read("empty", 0, 1).await.unwrap().entries[0].data.is_empty());
 }
 
+// --- rate-limit counters ------------------------------------------------------------
+
+const T0: u64 = 1_700_000_000_000;
+
+fn lease(release: u64, max_lease: u64, holders: u64, ttl_ms: u64) -> RateLimitOp {
+    RateLimitOp::Lease { release, max_lease, holders, ttl_ms }
+}
+
+fn check(cost: u64) -> RateLimitOp {
+    RateLimitOp::Check { cost }
+}
+
+fn release(units: u64) -> RateLimitOp {
+    RateLimitOp::Release { units }
+}
+
+/// The oracle: `portcullis_core::ratelimit::Gcra` applied to a state held here.
+fn core_apply(
+    limit: u64,
+    unit: Unit,
+    op: RateLimitOp,
+    state: &mut GcraState,
+    now_ms: u64,
+) -> RateLimitResult {
+    let g = Gcra::new(limit, unit);
+    match op {
+        RateLimitOp::Lease { release, max_lease, holders, ttl_ms } => {
+            if release > 0 {
+                *state = g.refund(*state, now_ms, release);
+            }
+            let grant = g.grant_lease(*state, now_ms, max_lease, holders, ttl_ms);
+            *state = grant.decision.new_state;
+            RateLimitResult {
+                granted: grant.lease.map_or(0, |l| l.units),
+                expires_at_ms: grant.lease.map_or(0, |l| l.expires_at_ms),
+                remaining: grant.decision.remaining,
+                reset_after_ms: grant.decision.reset_after_ms,
+                retry_after_ms: grant.decision.retry_after_ms,
+            }
+        }
+        RateLimitOp::Check { cost } => {
+            let d = g.check(*state, now_ms, cost);
+            *state = d.new_state;
+            RateLimitResult {
+                granted: if d.allowed { cost } else { 0 },
+                expires_at_ms: 0,
+                remaining: d.remaining,
+                reset_after_ms: d.reset_after_ms,
+                retry_after_ms: d.retry_after_ms,
+            }
+        }
+        RateLimitOp::Release { units } => {
+            *state = g.refund(*state, now_ms, units);
+            let d = g.check(*state, now_ms, 0);
+            RateLimitResult {
+                granted: 0,
+                expires_at_ms: 0,
+                remaining: d.remaining,
+                reset_after_ms: d.reset_after_ms,
+                retry_after_ms: 0,
+            }
+        }
+    }
+}
+
+/// SplitMix64: a deterministic sequence for the randomized test.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+async fn lease_sizes_shrink_near_the_limit(store: Arc<dyn Store>) {
+    // 100 per minute shared by 4 holders, at most 20 per lease: a quarter of half of
+    // what remains, so leases shrink as the bucket empties, down to 1 unit.
+    let mut sizes = Vec::new();
+    loop {
+        let r = store.gcra("shrink", 100, Unit::Minute, lease(0, 20, 4, 5_000), T0).await.unwrap();
+        if r.granted == 0 {
+            assert_eq!(r.expires_at_ms, 0);
+            assert_eq!(r.remaining, 0);
+            assert_eq!(r.retry_after_ms, 600, "one unit back after T = 600 ms");
+            assert_eq!(r.reset_after_ms, 60_000);
+            break;
+        }
+        assert_eq!(r.expires_at_ms, T0 + 5_000);
+        sizes.push(r.granted);
+        assert!(sizes.len() <= 100);
+    }
+    assert_eq!(sizes[..16], [12, 11, 9, 8, 7, 6, 5, 5, 4, 4, 3, 3, 2, 2, 2, 2]);
+    assert!(sizes[16..].iter().all(|&s| s == 1), "{sizes:?}");
+    assert_eq!(sizes.iter().sum::<u64>(), 100, "the whole budget and not one unit more");
+
+    // max_lease caps a lease far from the limit; holders of 0 count as 1.
+    let r = store.gcra("capped", 100, Unit::Minute, lease(0, 20, 0, 5_000), T0).await.unwrap();
+    assert_eq!((r.granted, r.remaining), (20, 80));
+}
+
+async fn refusals_report_retry_remaining_and_reset(store: Arc<dyn Store>) {
+    let g = |op, now| {
+        let store = Arc::clone(&store);
+        async move { store.gcra("ten", 10, Unit::Minute, op, now).await.unwrap() }
+    };
+    for i in 0..10 {
+        let r = g(check(1), T0).await;
+        assert_eq!((r.granted, r.remaining, r.retry_after_ms), (1, 9 - i, 0));
+        assert_eq!(r.reset_after_ms, 6_000 * (i + 1));
+    }
+    let refused = g(check(1), T0).await;
+    assert_eq!(
+        refused,
+        RateLimitResult {
+            granted: 0,
+            expires_at_ms: 0,
+            remaining: 0,
+            reset_after_ms: 60_000,
+            retry_after_ms: 6_000
+        }
+    );
+    // A refusal does not push recovery further away.
+    assert_eq!(g(check(1), T0 + 5_800).await.retry_after_ms, 200);
+    assert_eq!(g(check(1), T0 + 6_000).await.granted, 1);
+    // A cost above the limit never passes and changes nothing; cost 0 is a free look.
+    let never = g(check(11), T0 + 12_000).await;
+    assert_eq!((never.granted, never.retry_after_ms, never.remaining), (0, u64::MAX, 1));
+    let look = g(check(0), T0 + 12_000).await;
+    assert_eq!((look.granted, look.remaining, look.reset_after_ms), (0, 1, 54_000));
+    // Several units wait until all of them are back.
+    let three = g(check(3), T0 + 12_000).await;
+    assert_eq!((three.granted, three.remaining, three.retry_after_ms), (0, 1, 12_000));
+    // An idle minute fills the bucket, and no more.
+    let full = g(check(0), T0 + 10 * 60_000).await;
+    assert_eq!((full.remaining, full.reset_after_ms), (10, 0));
+}
+
+async fn released_units_are_credited_back_up_to_a_full_bucket(store: Arc<dyn Store>) {
+    let r = store.gcra("rel", 10, Unit::Minute, lease(0, 4, 1, 5_000), T0).await.unwrap();
+    assert_eq!((r.granted, r.remaining), (4, 6));
+    // The holder spent one unit and gives the other three back.
+    let r = store.gcra("rel", 10, Unit::Minute, release(3), T0 + 100).await.unwrap();
+    assert_eq!(
+        r,
+        RateLimitResult {
+            granted: 0,
+            expires_at_ms: 0,
+            remaining: 9,
+            reset_after_ms: 5_900,
+            retry_after_ms: 0
+        }
+    );
+    // The bucket never fills beyond the limit.
+    let r = store.gcra("rel", 10, Unit::Minute, release(1_000), T0 + 100).await.unwrap();
+    assert_eq!((r.remaining, r.reset_after_ms), (10, 0));
+    let r = store.gcra("rel", 10, Unit::Minute, check(10), T0 + 100).await.unwrap();
+    assert_eq!((r.granted, r.remaining), (10, 0));
+    // Releasing on a counter never used is harmless.
+    let r = store.gcra("unused", 10, Unit::Minute, release(5), T0).await.unwrap();
+    assert_eq!((r.remaining, r.reset_after_ms), (10, 0));
+}
+
+async fn a_lease_releases_before_it_grants_in_one_step(store: Arc<dyn Store>) {
+    // Take everything in two leases.
+    let a = store.gcra("swap", 10, Unit::Minute, lease(0, 5, 1, 5_000), T0).await.unwrap();
+    let b = store.gcra("swap", 10, Unit::Minute, lease(0, 5, 1, 5_000), T0).await.unwrap();
+    assert_eq!((a.granted, b.granted), (5, 2), "5, then half of the 5 left");
+    let r = store.gcra("swap", 10, Unit::Minute, check(3), T0).await.unwrap();
+    assert_eq!(r.granted, 3);
+    let none = store.gcra("swap", 10, Unit::Minute, lease(0, 5, 1, 5_000), T0).await.unwrap();
+    assert_eq!((none.granted, none.retry_after_ms), (0, 6_000));
+    // Renewing with 4 unspent units: they are credited first, so a lease of
+    // 4 / 2 = 2 fits, and the counter keeps the 2 not re-leased.
+    let renewed = store.gcra("swap", 10, Unit::Minute, lease(4, 5, 1, 5_000), T0).await.unwrap();
+    assert_eq!((renewed.granted, renewed.remaining, renewed.expires_at_ms), (2, 2, T0 + 5_000));
+    // A refused lease still keeps its release.
+    store.gcra("swap", 10, Unit::Minute, check(2), T0).await.unwrap();
+    let r = store.gcra("swap", 10, Unit::Minute, lease(1, 5, 1, 5_000), T0).await.unwrap();
+    assert_eq!((r.granted, r.remaining), (1, 0), "the released unit, leased again");
+}
+
+async fn randomized_rate_limit_operations_match_the_core_arithmetic(store: Arc<dyn Store>) {
+    let counters = [
+        ("r-sec", 10, Unit::Second),
+        ("r-min", 7, Unit::Minute),
+        ("r-hour", 5_000, Unit::Hour),
+        ("r-fast", 3_000, Unit::Second),
+    ];
+    let mut states = [GcraState::default(); 4];
+    let mut rng = SplitMix(0x5EED_0FC0_FFEE);
+    let mut now = T0;
+    let (mut granted, mut refused) = (0, 0);
+    for step in 0..400 {
+        // Mostly forward, sometimes a replica whose clock is a little behind.
+        now = match rng.below(10) {
+            0 => now.saturating_sub(rng.below(500)),
+            1..=3 => now,
+            _ => now + rng.below(1_500),
+        };
+        let which = usize::try_from(rng.below(4)).unwrap();
+        let (key, limit, unit) = counters[which];
+        let op = match rng.below(7) {
+            0 => check(limit + 1 + rng.below(3)),
+            1 | 2 => check(rng.below(limit.min(12) + 1)),
+            3 | 4 => lease(
+                if rng.below(2) == 0 { 0 } else { rng.below(8) },
+                1 + rng.below(30),
+                rng.below(6),
+                1 + rng.below(60_000),
+            ),
+            _ => release(rng.below(limit.min(20) + 1)),
+        };
+        let expected = core_apply(limit, unit, op, &mut states[which], now);
+        let got = store.gcra(key, limit, unit, op, now).await.unwrap();
+        assert_eq!(got, expected, "step {step}: {op:?} on {key} at {now}");
+        match op {
+            RateLimitOp::Release { .. } => {}
+            _ if got.granted > 0 => granted += 1,
+            _ => refused += usize::from(got.retry_after_ms > 0),
+        }
+    }
+    assert!(
+        granted > 100 && refused > 40,
+        "both outcomes are exercised: {granted} granted, {refused} refused"
+    );
+}
+
+async fn extreme_rate_limit_values_match_the_core_arithmetic(store: Arc<dyn Store>) {
+    let cases = [
+        (MAX_LIMIT, Unit::Second),
+        (MAX_LIMIT, Unit::Day),
+        (1, Unit::Day),
+        (86_400_000_001, Unit::Day),
+        (999_999, Unit::Second),
+    ];
+    let ops = [
+        check(1),
+        lease(0, u64::MAX, u64::MAX, u64::MAX),
+        lease(0, u64::MAX, 0, 1),
+        check(u64::MAX),
+        release(u64::MAX),
+        lease(u64::MAX, 1, 1, 60_000),
+        check(MAX_LIMIT),
+        lease(0, u64::MAX, 1, 60_000),
+        check(1),
+        release(1),
+        lease(1, 7, 3, 60_000),
+    ];
+    for (i, (limit, unit)) in cases.into_iter().enumerate() {
+        let key = format!("extreme-{i}");
+        let mut state = GcraState::default();
+        for now in [MAX_NOW_MS - 1_000, MAX_NOW_MS] {
+            for op in ops {
+                let expected = core_apply(limit, unit, op, &mut state, now);
+                let got = store.gcra(&key, limit, unit, op, now).await.unwrap();
+                assert_eq!(got, expected, "{op:?} on {limit} per {unit:?} at {now}");
+            }
+        }
+    }
+}
+
+async fn concurrent_leases_never_grant_more_than_the_limit(store: Arc<dyn Store>) {
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let mut granted = 0;
+                for _ in 0..200 {
+                    let r = store
+                        .gcra("contended", 100, Unit::Minute, lease(0, 5, 20, 10_000), T0)
+                        .await
+                        .unwrap();
+                    if r.granted == 0 {
+                        assert!(r.retry_after_ms > 0);
+                        return (granted, true);
+                    }
+                    granted += r.granted;
+                }
+                (granted, false)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for task in tasks {
+        let (granted, refused) = task.await.unwrap();
+        assert!(refused, "every holder ends refused: the clock does not move");
+        total += granted;
+    }
+    assert_eq!(total, 100, "20 holders together got the limit exactly");
+}
+
+async fn rate_limit_arguments_outside_the_exact_range_are_refused(store: Arc<dyn Store>) {
+    for (limit, now) in [(0, T0), (MAX_LIMIT + 1, T0), (10, MAX_NOW_MS + 1)] {
+        let error = store.gcra("bad", limit, Unit::Second, check(1), now).await.unwrap_err();
+        assert!(matches!(error, StoreError::InvalidArgument(_)), "{error:?}");
+        assert!(!error.is_transient());
+    }
+}
+
 // --- backend-specific ----------------------------------------------------------
 
 #[tokio::test]
@@ -534,4 +852,49 @@ async fn redis_keys_share_hash_tags_and_carry_a_gc_expiry() {
     let ttl: i64 =
         redis::cmd("PTTL").arg("portcullis:{record:forever}").query_async(&mut conn).await.unwrap();
     assert_eq!(ttl, -1, "records without expiry never expire");
+}
+
+#[tokio::test]
+async fn idle_rate_limit_counters_expire_in_redis_once_their_bucket_is_full() {
+    let url = support::shared_redis_url();
+    let store = RedisStore::new(&url, RedisTimeouts::default()).unwrap();
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let conn = client.get_multiplexed_async_connection().await.unwrap();
+    let pttl = |key: &'static str| {
+        let mut conn = conn.clone();
+        async move { redis::cmd("PTTL").arg(key).query_async::<i64>(&mut conn).await.unwrap() }
+    };
+
+    // 10 per second: one unit is 100 ms, so the bucket is full again 100 ms later and
+    // the key lives that long plus the 1 s it is kept when full.
+    store.gcra("idle", 10, Unit::Second, check(1), T0).await.unwrap();
+    let ttl = pttl("portcullis:{ratelimit:idle}").await;
+    assert!(ttl > 900 && ttl <= 1_100, "{ttl}");
+    let value: String =
+        redis::cmd("GET").arg("portcullis:{ratelimit:idle}").query_async(&mut conn.clone()).await.unwrap();
+    assert_eq!(value, ((T0 + 100) * 1_000).to_string(), "the TAT in exact integer µs");
+
+    // One per day: the key lives a day plus the grace.
+    store.gcra("daily", 1, Unit::Day, check(1), T0).await.unwrap();
+    let ttl = pttl("portcullis:{ratelimit:daily}").await;
+    assert!(ttl > 86_400_000 && ttl <= 86_401_000, "{ttl}");
+
+    // Releasing everything makes the bucket full: the key is kept only the grace.
+    store.gcra("daily", 1, Unit::Day, release(1), T0).await.unwrap();
+    let ttl = pttl("portcullis:{ratelimit:daily}").await;
+    assert!(ttl > 0 && ttl <= 1_000, "{ttl}");
+    // A counter full for longer than that is deleted at once (by a refusal that
+    // leaves the state as it is: any other op moves the TAT up to now).
+    store.gcra("daily", 1, Unit::Day, check(2), T0 + 1_000).await.unwrap();
+    assert_eq!(pttl("portcullis:{ratelimit:daily}").await, -2, "no key");
+
+    // The idle counter vanishes by itself.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while pttl("portcullis:{ratelimit:idle}").await != -2 {
+        assert!(std::time::Instant::now() < deadline, "the idle counter never expired");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // And its absence is a full bucket.
+    let r = store.gcra("idle", 10, Unit::Second, check(0), T0 + 5_000).await.unwrap();
+    assert_eq!((r.remaining, r.reset_after_ms), (10, 0));
 }

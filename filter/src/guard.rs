@@ -42,6 +42,10 @@ const MAX_BURST_ENTRIES: usize = 10_000;
 const MAX_KNOWN_SLOTS: usize = 10_000;
 /// How often the blocked-address list is re-read from shared data.
 const BLOCKED_RECHECK_MS: u64 = 250;
+/// How long a lock learned from the control plane is trusted without asking it again;
+/// after that a locked attempt is checked again, so that an admin's clear reaches this
+/// Envoy within this time (the local lock still answers if the control plane cannot).
+const LOCAL_LOCK_TRUST_MS: u64 = 1_000;
 /// Largest control-plane answer read.
 const MAX_REPLY_BYTES: usize = 256 * 1024;
 
@@ -252,11 +256,14 @@ impl Runtime {
         // Lockout.
         if let Some(login) = pending.login.as_mut() {
             if !login.checked {
-                if let Some(retry_ms) = self.locally_locked(&login.subjects, now) {
-                    self.metrics.count("portcullis.lockout.denied");
-                    return self.reply(ctx, &Denial::LockedOut { retry_after_secs: retry_ms.div_ceil(1000) });
+                let unavailable = pending.unavailable || now < self.guards.circuit_open_until.get();
+                if let Some((retry_ms, fresh)) = self.locally_locked(&login.subjects, now) {
+                    if fresh || unavailable {
+                        self.metrics.count("portcullis.lockout.denied");
+                        return self.reply(ctx, &Denial::LockedOut { retry_after_secs: retry_ms.div_ceil(1000) });
+                    }
                 }
-                if pending.unavailable || now < self.guards.circuit_open_until.get() {
+                if unavailable {
                     login.checked = true;
                     if let Some(next) = self.lockout_unavailable(ctx) {
                         return next;
@@ -576,21 +583,26 @@ impl Runtime {
         }
     }
 
-    fn locally_locked(&self, subjects: &[LockoutSubject], now: u64) -> Option<u64> {
+    /// The longest lock this Envoy knows of among the subjects (ms left), and whether
+    /// one of the locks was learned within [`LOCAL_LOCK_TRUST_MS`].
+    fn locally_locked(&self, subjects: &[LockoutSubject], now: u64) -> Option<(u64, bool)> {
         subjects
             .iter()
             .filter_map(|s| {
                 let (data, _) = host::shared_data(&lock_key(s));
-                let until = data.map(|d| decode_u64(&d)).unwrap_or(0);
-                (until > now).then(|| until - now)
+                let (until, learned_at) = data.map(|d| decode_lock(&d)).unwrap_or((0, 0));
+                (until > now).then(|| (until - now, now.saturating_sub(learned_at) < LOCAL_LOCK_TRUST_MS))
             })
-            .max()
+            .reduce(|(a, fa), (b, fb)| (a.max(b), fa || fb))
     }
 
     fn remember_locks(&self, subjects: &[LockoutSubject], reply: &LockoutReply, now: u64) {
         for (subject, lock) in subjects.iter().zip(&reply.subjects) {
             let until = if lock.locked_for_ms > 0 { now.saturating_add(lock.locked_for_ms) } else { 0 };
-            let _ = host::set_shared_data(&lock_key(subject), &until.to_be_bytes(), None);
+            let mut value = [0u8; 16];
+            value[..8].copy_from_slice(&until.to_be_bytes());
+            value[8..].copy_from_slice(&now.to_be_bytes());
+            let _ = host::set_shared_data(&lock_key(subject), &value, None);
         }
     }
 
@@ -803,6 +815,13 @@ impl Runtime {
             self.finish_on(ctx, pending);
         }
         let _ = host::set_effective_context(current);
+    }
+
+    /// Whether the response of this request context is held for its login report.
+    pub fn report_pending(&self, ctx: u32) -> bool {
+        self.guards.calls.try_borrow().is_ok_and(|calls| {
+            calls.values().any(|c| matches!(c, CallKind::LockReport { owner } if *owner == ctx))
+        })
     }
 
     /// A request context ended: forget what was kept for it.
@@ -1020,6 +1039,14 @@ impl Runtime {
             }
             Err(status) => log::warn!("cannot release leased units ({status:?})"),
         }
+    }
+}
+
+/// A locally known lock: (locked until, learned at), both ms; malformed reads as none.
+fn decode_lock(bytes: &[u8]) -> (u64, u64) {
+    match (bytes.get(..8), bytes.get(8..16)) {
+        (Some(until), Some(learned_at)) if bytes.len() == 16 => (decode_u64(until), decode_u64(learned_at)),
+        _ => (0, 0),
     }
 }
 

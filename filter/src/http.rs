@@ -599,4 +599,13 @@ impl HttpContext for AuthnContext {
             Next::Paused => Action::Pause,
         }
     }
+
+    fn on_http_response_body(&mut self, _: usize, _: bool) -> Action {
+        // Headers held for the login report: hold the body too (a body chunk answered
+        // with Continue would let the held headers through before the report is in).
+        match self.runtime.clone() {
+            Some(rt) if rt.report_pending(self.id) => Action::Pause,
+            _ => Action::Continue,
+        }
+    }
 }

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use portcullis_control_plane::client::{ClientError, ControlPlaneClient};
 use portcullis_control_plane::config::AdminTokenArgs;
 use portcullis_control_plane::tokens::TokenRequest;
+use portcullis_core::wire::SubjectKind;
 use serde_json::{Map, Value};
 
 #[derive(Parser)]
@@ -52,6 +53,11 @@ enum Command {
     Sessions {
         #[command(subcommand)]
         command: SessionsCommand,
+    },
+    /// Failed logins and locks (account lockout).
+    Lockouts {
+        #[command(subcommand)]
+        command: LockoutsCommand,
     },
     /// Show the control plane's status (needs the admin token).
     Status,
@@ -135,6 +141,38 @@ enum SessionsCommand {
     Revoke { sid: String },
 }
 
+#[derive(Subcommand)]
+enum LockoutsCommand {
+    /// List the accounts and addresses with failed logins or a lock (by key hash).
+    List,
+    /// Show one account's or address' failures and lock.
+    Show(LockoutSubjectArgs),
+    /// Forget one account's or address' failures and lock (audited by key hash).
+    Clear(LockoutSubjectArgs),
+}
+
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct LockoutSubjectArgs {
+    /// An account (username, email; case-insensitive).
+    #[arg(long)]
+    account: Option<String>,
+    /// A client address (IPv4 or IPv6).
+    #[arg(long)]
+    ip: Option<String>,
+}
+
+impl LockoutSubjectArgs {
+    fn subject(&self) -> (SubjectKind, &str) {
+        match (&self.account, &self.ip) {
+            (Some(account), _) => (SubjectKind::Account, account),
+            (None, Some(ip)) => (SubjectKind::Ip, ip),
+            // clap requires exactly one of them.
+            (None, None) => (SubjectKind::Account, ""),
+        }
+    }
+}
+
 /// Reads `jti` and `exp` from a JWT's payload without verifying anything.
 fn unverified_jti_and_exp(token: &str) -> Result<(String, u64), String> {
     use base64::Engine as _;
@@ -215,6 +253,17 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Sessions { command } => match command {
             SessionsCommand::List { sub } => print_json(&client.user_sessions(&sub).await?)?,
             SessionsCommand::Revoke { sid } => print_json(&client.revoke_session(&sid).await?)?,
+        },
+        Command::Lockouts { command } => match command {
+            LockoutsCommand::List => print_json(&client.list_lockouts().await?)?,
+            LockoutsCommand::Show(subject) => {
+                let (kind, value) = subject.subject();
+                print_json(&client.show_lockout(kind, value).await?)?
+            }
+            LockoutsCommand::Clear(subject) => {
+                let (kind, value) = subject.subject();
+                print_json(&client.clear_lockout(kind, value).await?)?
+            }
         },
         Command::Status => {
             let status = client.status().await?;

@@ -16,6 +16,7 @@ use super::health::store_is_ready;
 use super::{ApiError, AppState};
 use crate::audit::{self, ACTOR_ADMIN};
 use crate::keys::{KeyInfo, Rotation};
+use crate::lockouts::{self, LockoutInfo, LockoutList, SubjectKey};
 use crate::revocations::{self, GlobalState};
 use crate::sessions::{self, RevokedSession, SessionInfo};
 use crate::tokens::{IssuedToken, TokenRequest};
@@ -33,6 +34,8 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/sessions/{sid}", delete(revoke_session))
         .route("/global", get(global))
         .route("/global/rotate", post(rotate_global))
+        .route("/lockouts", get(list_lockouts))
+        .route("/lockouts/{kind}/{value}", get(show_lockout).delete(clear_lockout))
         .route_layer(middleware::from_fn_with_state(state, require_admin_token))
 }
 
@@ -307,4 +310,65 @@ async fn rotate_global(
         "raised the global minimum token version"
     );
     Ok(Json(global))
+}
+
+async fn list_lockouts(State(state): State<AppState>) -> Result<Json<LockoutList>, ApiError> {
+    Ok(Json(lockouts::list(state.store.as_ref(), state.clock.now_ms()).await?))
+}
+
+/// The key of `{kind}/{value}`: the raw value is hashed here and goes no further.
+fn lockout_subject(state: &AppState, kind: &str, value: &str) -> Result<SubjectKey, ApiError> {
+    let kind = match kind {
+        "account" => portcullis_core::wire::SubjectKind::Account,
+        "ip" => portcullis_core::wire::SubjectKind::Ip,
+        _ => return Err(ApiError::InvalidRequest("kind: must be `account` or `ip`".to_owned())),
+    };
+    state.lockout_secret.subject_key(kind, value).map_err(|e| match e {
+        lockouts::LockoutError::InvalidRequest(why) => ApiError::InvalidRequest(format!("value: {why}")),
+        other => other.into(),
+    })
+}
+
+fn no_lockout(key: &SubjectKey) -> ApiError {
+    ApiError::NoSuchResource(format!(
+        "No failed logins or lock are recorded for this {} (or they have expired).",
+        key.kind.as_str()
+    ))
+}
+
+async fn show_lockout(
+    State(state): State<AppState>,
+    Path((kind, value)): Path<(String, String)>,
+) -> Result<Json<LockoutInfo>, ApiError> {
+    let key = lockout_subject(&state, &kind, &value)?;
+    let info = lockouts::show(state.store.as_ref(), &key, state.clock.now_ms()).await?;
+    info.map(Json).ok_or_else(|| no_lockout(&key))
+}
+
+/// Forgets a subject's failures and lock; answers what was cleared. Audited with the
+/// hash only.
+async fn clear_lockout(
+    State(state): State<AppState>,
+    Path((kind, value)): Path<(String, String)>,
+) -> Result<Json<LockoutInfo>, ApiError> {
+    let key = lockout_subject(&state, &kind, &value)?;
+    let now_ms = state.clock.now_ms();
+    let store = state.store.as_ref();
+    let cleared = lockouts::clear(store, &key, now_ms).await?.ok_or_else(|| no_lockout(&key))?;
+    audit::record(
+        store,
+        now_ms,
+        ACTOR_ADMIN,
+        "lockout.clear",
+        &format!("{}:{}", key.kind.as_str(), key.hash),
+        Some(json!({
+            "kind": key.kind,
+            "keyHash": key.hash,
+            "failures": cleared.failures,
+            "lockedForMs": cleared.locked_for_ms,
+        })),
+    )
+    .await?;
+    tracing::info!(kind = key.kind.as_str(), key_hash = %key.hash, "cleared a login lockout");
+    Ok(Json(cleared))
 }

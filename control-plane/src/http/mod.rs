@@ -4,9 +4,11 @@
 mod admin;
 pub mod error;
 mod feed;
+mod guard;
 mod health;
 mod jwks;
 mod observe;
+mod ratelimit;
 
 use std::sync::Arc;
 
@@ -16,8 +18,10 @@ use axum::Router;
 
 use crate::admin_credential::AdminCredential;
 use crate::audit::{self, ACTOR_SYSTEM};
+use crate::burst::{BurstConfig, BurstConfigError, BurstDetector};
 use crate::clock::Clock;
 use crate::keys::{KeyPolicy, KeyRing, KeyRingError};
+use crate::lockouts::LockoutSecret;
 use crate::master_key::MasterKey;
 use crate::metrics::Metrics;
 use crate::random::RandomSource;
@@ -62,6 +66,10 @@ pub struct AppState {
     pub rng: Arc<dyn RandomSource>,
     pub metrics: Arc<Metrics>,
     pub feed_keep: usize,
+    /// Keys the hashes lockout subjects are stored under (derived from the master key).
+    pub lockout_secret: Arc<LockoutSecret>,
+    /// Burst detection; [`AppState::with_burst_config`] configures it.
+    pub burst: Arc<BurstDetector>,
 }
 
 /// What one [`AppState::maintain`] pass did.
@@ -76,6 +84,8 @@ impl AppState {
     /// Wraps the store with metrics and loads (or creates) the signing key set.
     pub async fn initialise(deps: Dependencies) -> Result<Self, KeyRingError> {
         let store: Arc<dyn Store> = Arc::new(MeteredStore::new(deps.store, Arc::clone(&deps.metrics)));
+        let lockout_secret = Arc::new(LockoutSecret::derive(&deps.master_key));
+        let burst = Arc::new(BurstDetector::new(&deps.master_key, Arc::clone(&deps.metrics)));
         let keys = KeyRing::open(
             Arc::clone(&store),
             deps.master_key,
@@ -93,7 +103,17 @@ impl AppState {
             rng: deps.rng,
             metrics: deps.metrics,
             feed_keep: deps.feed_keep,
+            lockout_secret,
+            burst,
         })
+    }
+
+    /// Replaces the burst detection settings (defaults: 50 requests per 10 s, no
+    /// webhook, no blocking). With webhooks this starts their delivery task, so call it
+    /// within a Tokio runtime.
+    pub fn with_burst_config(mut self, config: BurstConfig) -> Result<Self, BurstConfigError> {
+        self.burst = Arc::new(self.burst.reconfigured(config, Arc::clone(&self.clock))?);
+        Ok(self)
     }
 
     pub fn minter(&self) -> Minter<'_> {
@@ -150,6 +170,8 @@ pub fn app(state: AppState) -> Router {
         .merge(health::routes())
         .merge(jwks::routes())
         .merge(feed::routes())
+        .merge(ratelimit::routes())
+        .merge(guard::routes())
         .nest("/admin/v1", admin::routes(state.clone()))
         .fallback(error::not_found)
         .layer(middleware::map_response(error::problem_for_bare_errors))

@@ -21,8 +21,12 @@ pub async fn observe_request(State(state): State<AppState>, request: Request, ne
     let status = response.status().as_u16();
     state.metrics.record_http_request(&route, &method, status);
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-    // Probes, scrapes and the per-request status check would drown the log at info.
-    if matches!(route.as_str(), "/healthz" | "/readyz" | "/metrics" | super::feed::TOKEN_STATUS_PATH) {
+    // Probes, scrapes, the per-request status check, the filter's per-login and
+    // per-second guard calls and its rate-limit leases would drown the log at info.
+    if matches!(route.as_str(), "/healthz" | "/readyz" | "/metrics" | super::feed::TOKEN_STATUS_PATH)
+        || super::guard::quiet_route(&route)
+        || route == portcullis_core::wire::RATE_LIMIT_PATH
+    {
         tracing::debug!(%method, %route, status, elapsed_ms, "request");
     } else {
         tracing::info!(%method, %route, status, elapsed_ms, "request");

@@ -15,8 +15,8 @@ use portcullis_core::wire::{RateLimitOp, RateLimitResult};
 use redb::{Database, ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::{
-    feed_page, feed_window, is_live, is_live_opt, rate_limit, require_positive_ttl, FeedEntry, FeedPage, LogAppendError,
-    LogEntry, SetMember, Store, StoreBackend, StoreError, MAX_PAGE_SIZE,
+    feed_page, feed_window, is_live, is_live_opt, rate_limit, require_positive_ttl, FeedEntry, FeedPage,
+    LogAppendError, LogEntry, SetMember, Store, StoreBackend, StoreError, MAX_PAGE_SIZE,
 };
 
 /// The database file inside the data directory.
@@ -469,7 +469,7 @@ impl Store for EmbeddedStore {
             let mut table = txn.open_table(RATE_LIMITS)?;
             let tat_us = table.get(key.as_str())?.map_or(0, |g| g.value());
             let (next, result) = rate_limit::apply(limit, unit, op, GcraState { tat_us }, now_ms);
-            if rate_limit::is_full(next, now_ms) {
+            if rate_limit::is_forgettable(next, now_ms) {
                 table.remove(key.as_str())?;
             } else {
                 table.insert(key.as_str(), next.tat_us)?;

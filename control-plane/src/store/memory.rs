@@ -9,8 +9,8 @@ use portcullis_core::ratelimit::{GcraState, Unit};
 use portcullis_core::wire::{RateLimitOp, RateLimitResult};
 
 use super::{
-    feed_page, feed_window, is_live, is_live_opt, rate_limit, require_positive_ttl, FeedEntry, FeedPage, LogAppendError,
-    LogEntry, SetMember, Store, StoreBackend, StoreError, MAX_PAGE_SIZE,
+    feed_page, feed_window, is_live, is_live_opt, rate_limit, require_positive_ttl, FeedEntry, FeedPage,
+    LogAppendError, LogEntry, SetMember, Store, StoreBackend, StoreError, MAX_PAGE_SIZE,
 };
 
 #[derive(Default)]
@@ -304,7 +304,7 @@ impl Store for MemoryStore {
         let mut state = self.state()?;
         let current = GcraState { tat_us: state.rate_limits.get(key).copied().unwrap_or(0) };
         let (next, result) = rate_limit::apply(limit, unit, op, current, now_ms);
-        if rate_limit::is_full(next, now_ms) {
+        if rate_limit::is_forgettable(next, now_ms) {
             state.rate_limits.remove(key);
         } else {
             state.rate_limits.insert(key.to_owned(), next.tat_us);

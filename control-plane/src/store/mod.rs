@@ -275,10 +275,11 @@ pub trait Store: Send + Sync {
 
     /// Applies `op` to the GCRA counter `key` of `limit` per `unit` at `now_ms`, as one
     /// atomic step, with exactly the semantics of `portcullis_core::ratelimit::Gcra`
-    /// (see [`rate_limit::apply`]): `lease` refunds `release` units (when > 0) and then
+    /// (see [`rate_limit`]): `lease` refunds `release` units (when > 0) and then
     /// grants a lease, `check` admits or refuses `cost` units, `release` refunds
-    /// `units`. An absent counter is a full bucket; a counter that is full again is
-    /// deleted (Redis: it expires then, plus a short grace).
+    /// `units`. An absent counter is a full bucket; a counter whose bucket has been
+    /// full for [`rate_limit::FORGET_AFTER_FULL_MS`] is deleted (Redis: the key expires
+    /// then), so idle counters vanish.
     ///
     /// `limit` must be in `1..=`[`rate_limit::MAX_LIMIT`] and `now_ms` at most
     /// [`rate_limit::MAX_NOW_MS`], else [`StoreError::InvalidArgument`].

@@ -2,7 +2,7 @@
 //! `portcullis_core::ratelimit` on one counter, applied atomically by every backend.
 //!
 //! A counter's whole state is its theoretical arrival time in microseconds
-//! ([`GcraState::tat_us`]); an absent counter is a full bucket. [`apply`] is the one
+//! ([`GcraState::tat_us`]); an absent counter is a full bucket. `apply` is the one
 //! place that maps a [`RateLimitOp`] onto the core arithmetic; the memory and embedded
 //! backends call it under their lock or write transaction, and the Redis script
 //! (`redis/scripts.rs`, `GCRA`) mirrors it line by line.
@@ -32,6 +32,13 @@ pub const MAX_NOW_MS: u64 = 9_000_000_000_000;
 /// The largest integer a double holds exactly, and the clamp for values passed to Lua
 /// that only need to be "at least this big" (credits of huge refunds).
 pub(crate) const MAX_EXACT: u64 = (1 << 53) - 1;
+
+/// How long a counter is kept after its bucket is full again (TAT ≤ now), then
+/// dropped, so idle counters vanish. A full bucket and an absent counter are the same
+/// state for every caller whose clock is not behind the writer's by more than this;
+/// keeping the TAT that long makes the backends agree exactly with the core under
+/// that much clock skew between replicas (and Redis' own clock, which runs `PX`).
+pub const FORGET_AFTER_FULL_MS: u64 = 1_000;
 
 /// Refuses what the backends cannot compute exactly: a zero or huge limit, or a clock
 /// past [`MAX_NOW_MS`]. Every backend calls this first, so they fail alike.
@@ -107,10 +114,11 @@ pub(crate) fn apply(
     }
 }
 
-/// Whether a counter in `state` is a full bucket at `now_ms`, i.e. the same as an
-/// absent one: backends delete it instead of storing it.
-pub(crate) fn is_full(state: GcraState, now_ms: u64) -> bool {
-    state.tat_us <= now_ms.saturating_mul(1_000)
+/// Whether a counter in `state` can be dropped at `now_ms`: its bucket has been full
+/// for [`FORGET_AFTER_FULL_MS`]. Backends delete it instead of storing it (Redis: the
+/// key expires then).
+pub(crate) fn is_forgettable(state: GcraState, now_ms: u64) -> bool {
+    state.tat_us.saturating_add(FORGET_AFTER_FULL_MS * 1_000) <= now_ms.saturating_mul(1_000)
 }
 
 /// The emission interval `T` in µs, exactly as [`Gcra::new`] computes it.
@@ -130,14 +138,24 @@ mod tests {
     #[test]
     fn a_lease_with_a_release_refunds_before_granting() {
         let now = 1_000;
-        let (state, first) =
-            apply(10, Unit::Minute, RateLimitOp::Lease { release: 0, max_lease: 10, holders: 1, ttl_ms: 5_000 }, GcraState::default(), now);
+        let (state, first) = apply(
+            10,
+            Unit::Minute,
+            RateLimitOp::Lease { release: 0, max_lease: 10, holders: 1, ttl_ms: 5_000 },
+            GcraState::default(),
+            now,
+        );
         assert_eq!(first.granted, 5);
         assert_eq!(first.expires_at_ms, 6_000);
         assert_eq!(first.remaining, 5);
         // Giving 5 back and asking again sees a full bucket.
-        let (_, second) =
-            apply(10, Unit::Minute, RateLimitOp::Lease { release: 5, max_lease: 10, holders: 1, ttl_ms: 5_000 }, state, now);
+        let (_, second) = apply(
+            10,
+            Unit::Minute,
+            RateLimitOp::Lease { release: 5, max_lease: 10, holders: 1, ttl_ms: 5_000 },
+            state,
+            now,
+        );
         assert_eq!(second.granted, 5);
         assert_eq!(second.remaining, 5);
     }
@@ -167,7 +185,9 @@ mod tests {
 
     #[test]
     fn interval_matches_the_core() {
-        for (limit, unit) in [(7, Unit::Minute), (5_000, Unit::Second), (1, Unit::Day), (MAX_LIMIT, Unit::Second)] {
+        for (limit, unit) in
+            [(7, Unit::Minute), (5_000, Unit::Second), (1, Unit::Day), (MAX_LIMIT, Unit::Second)]
+        {
             let g = Gcra::new(limit, unit);
             let d = g.check(GcraState::default(), 0, 1);
             assert_eq!(d.new_state.tat_us, interval_us(limit, unit), "{limit} per {unit:?}");

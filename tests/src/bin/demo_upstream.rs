@@ -1,6 +1,7 @@
 //! The demo upstream: answers every request with a JSON echo of what reached it, so a
 //! user of `make run` can see which identity headers the filter added (and that the
-//! client's own copies of them were dropped).
+//! client's own copies of them were dropped). `POST /login` is a stand-in login endpoint
+//! for trying the lockout: the password `correct` logs in (200), any other gets 401.
 
 use std::net::SocketAddr;
 
@@ -21,6 +22,15 @@ async fn echo(method: Method, uri: Uri, headers: HeaderMap) -> Json<Value> {
     )
 }
 
+async fn login(body: String) -> (axum::http::StatusCode, Json<Value>) {
+    let doc: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    if doc.get("password").and_then(Value::as_str) == Some("correct") {
+        (axum::http::StatusCode::OK, Json(json!({ "login": "ok" })))
+    } else {
+        (axum::http::StatusCode::UNAUTHORIZED, Json(json!({ "login": "bad credentials" })))
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut listen: SocketAddr = "127.0.0.1:8080".parse()?;
@@ -35,7 +45,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             other => return Err(format!("unknown argument `{other}`").into()),
         }
     }
-    let app = axum::Router::new().fallback(echo);
+    let app = axum::Router::new().route("/login", axum::routing::post(login)).fallback(echo);
     let listener = tokio::net::TcpListener::bind(listen).await?;
     eprintln!("demo upstream listening on http://{listen}");
     axum::serve(listener, app)

@@ -11,13 +11,15 @@ pub mod scripts;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use portcullis_core::ratelimit::Unit;
+use portcullis_core::wire::{RateLimitOp, RateLimitResult};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError, Value};
 use tokio::sync::OnceCell;
 
 use super::{
-    feed_page, is_live, is_live_opt, require_positive_ttl, FeedEntry, FeedPage, LogAppendError, LogEntry,
-    SetMember, Store, StoreBackend, StoreError, MAX_PAGE_SIZE,
+    feed_page, is_live, is_live_opt, rate_limit, require_positive_ttl, FeedEntry, FeedPage, LogAppendError,
+    LogEntry, SetMember, Store, StoreBackend, StoreError, MAX_PAGE_SIZE,
 };
 
 /// How long after their logical expiry Redis keeps keys before dropping them. Expiry
@@ -415,6 +417,59 @@ impl Store for RedisStore {
             self.query(redis::cmd("HGET").arg(keys::log_entries(log)).arg(seq)).await?;
         let data = data.ok_or_else(|| StoreError::CorruptData(format!("log {log:?} has no entry {seq}")))?;
         Ok(Some(LogEntry { seq, data }))
+    }
+
+    async fn gcra(
+        &self,
+        key: &str,
+        limit: u64,
+        unit: Unit,
+        op: RateLimitOp,
+        now_ms: u64,
+    ) -> Result<RateLimitResult, StoreError> {
+        rate_limit::check_arguments(limit, now_ms)?;
+        let interval = rate_limit::interval_us(limit, unit);
+        // Huge credits only need to be "more than the debt": clamp them to stay exact.
+        let credit = |units: u64| interval.saturating_mul(units).min(rate_limit::MAX_EXACT);
+        let mut script = scripts::GCRA.prepare_invoke();
+        script
+            .key(keys::rate_limit(key))
+            .arg(now_ms.saturating_mul(1_000))
+            .arg(interval)
+            .arg(interval.saturating_mul(limit))
+            .arg(rate_limit::FORGET_AFTER_FULL_MS.saturating_mul(1_000));
+        match op {
+            RateLimitOp::Check { cost } if cost > limit => script.arg("check").arg(-1),
+            RateLimitOp::Check { cost } => script.arg("check").arg(interval.saturating_mul(cost)),
+            RateLimitOp::Lease { release, max_lease, holders, .. } => script
+                .arg("lease")
+                .arg(credit(release))
+                .arg(max_lease.clamp(1, limit))
+                .arg(holders.clamp(1, limit).saturating_mul(2)),
+            RateLimitOp::Release { units } => script.arg("release").arg(credit(units)),
+        };
+        let (allowed, units, remaining, reset_after_ms, retry_after_ms): (i64, u64, u64, u64, u64) =
+            self.invoke(script).await?;
+        let allowed = allowed == 1;
+        Ok(match op {
+            RateLimitOp::Lease { ttl_ms, .. } => RateLimitResult {
+                granted: units,
+                expires_at_ms: if units > 0 { now_ms.saturating_add(ttl_ms) } else { 0 },
+                remaining,
+                reset_after_ms,
+                retry_after_ms,
+            },
+            RateLimitOp::Check { cost } => RateLimitResult {
+                granted: if allowed { cost } else { 0 },
+                expires_at_ms: 0,
+                remaining,
+                reset_after_ms,
+                retry_after_ms: if cost > limit { u64::MAX } else { retry_after_ms },
+            },
+            RateLimitOp::Release { .. } => {
+                RateLimitResult { granted: 0, expires_at_ms: 0, remaining, reset_after_ms, retry_after_ms: 0 }
+            }
+        })
     }
 }
 

@@ -9,7 +9,8 @@
 //!   garbage collection (remaining lifetime plus a grace period).
 //! - Numbers that must stay exact (timestamps, cursors) are computed in Rust and passed
 //!   as strings, or produced by Redis integer commands (`HINCRBY`, `INCR`); Lua's
-//!   doubles only compare them.
+//!   doubles only compare them. The one exception, [`GCRA`], computes with bounded
+//!   integers that doubles hold exactly (see there).
 //! - All KEYS of one call share a hash tag (see `keys.rs`).
 
 use std::sync::LazyLock;
@@ -257,7 +258,7 @@ return {1, seq}
 ///
 /// KEYS[1]: counter string (TAT in µs; absent: a full bucket)
 /// ARGV[1]: now in µs; ARGV[2]: `T`, the emission interval in µs (≥ 1);
-/// ARGV[3]: `limit·T` in µs; ARGV[4]: GC grace in ms
+/// ARGV[3]: `limit·T` in µs; ARGV[4]: how long a full bucket is kept, in µs
 /// ARGV[5]: op, `check`, `lease` or `release`
 /// ARGV[6]: `check`: `cost·T` in µs (0: a free look), or -1 when the cost exceeds the
 ///          limit (a refusal that changes nothing; Rust answers "never");
@@ -271,9 +272,10 @@ return {1, seq}
 /// or two holders could both be granted the same units. Lua numbers are doubles: the
 /// caller bounds `now` and `limit` (`store::rate_limit::check_arguments`) and clamps
 /// credits to 2⁵³ − 1 so that every value here is an integer below 2⁵³, where double
-/// arithmetic, `floor(a / b)` and `ceil(a / b)` are exact. The key expires (PX) when the
-/// bucket is full again plus the grace; a full bucket is deleted, as an absent key is
-/// the same state.
+/// arithmetic, `floor(a / b)` and `ceil(a / b)` are exact. The key expires (PX) that
+/// long after the bucket is full again (`store::rate_limit::FORGET_AFTER_FULL_MS`), or
+/// is deleted at once if that moment has passed: an absent key is a full bucket.
+/// `PX` runs on Redis' clock, the TAT on the callers': the keep time absorbs the skew.
 pub static GCRA: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -334,9 +336,9 @@ else
   return redis.error_reply('unknown rate-limit op ' .. tostring(op))
 end
 
-if new_tat > now then
-  local lifetime = ceil_ms(new_tat - now) + tonumber(ARGV[4])
-  redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', string.format('%d', lifetime))
+local keep_us = new_tat + tonumber(ARGV[4]) - now
+if keep_us > 0 then
+  redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', string.format('%d', ceil_ms(keep_us)))
 else
   redis.call('DEL', KEYS[1])
 end

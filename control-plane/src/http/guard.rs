@@ -1,0 +1,99 @@
+//! The filter's login guard calls, unauthenticated like `/v1/feed` (serve them on a
+//! loopback or cluster-internal listener only: anyone who can reach them can lock an
+//! account or read whether it is locked):
+//!
+//! - `POST /v1/lockout/check` ([`LockoutCheck`]) before a login attempt and
+//!   `POST /v1/lockout/report` ([`LockoutReport`]) after the upstream answered, both
+//!   answering [`LockoutReply`];
+//! - `POST /v1/burst/report` ([`BurstReport`]): per-address request counts, answering
+//!   the blocked addresses ([`BurstReply`]).
+
+use axum::extract::State;
+use axum::routing::post;
+use axum::{Json, Router};
+use portcullis_core::wire::{
+    BurstReply, BurstReport, LockoutCheck, LockoutReply, LockoutReport, LoginOutcome, BURST_REPORT_PATH,
+    LOCKOUT_CHECK_PATH, LOCKOUT_REPORT_PATH,
+};
+
+use super::error::ApiJson;
+use super::{ApiError, AppState};
+use crate::burst::BurstError;
+use crate::lockouts::{self, LockoutError};
+use crate::store::StoreError;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(LOCKOUT_CHECK_PATH, post(lockout_check))
+        .route(LOCKOUT_REPORT_PATH, post(lockout_report))
+        .route(BURST_REPORT_PATH, post(burst_report))
+}
+
+/// Routes logged at debug, not info: the filter calls them on every login and every
+/// second.
+pub(super) fn quiet_route(route: &str) -> bool {
+    matches!(route, LOCKOUT_CHECK_PATH | LOCKOUT_REPORT_PATH | BURST_REPORT_PATH)
+}
+
+impl From<LockoutError> for ApiError {
+    fn from(e: LockoutError) -> Self {
+        match e {
+            LockoutError::InvalidRequest(m) => ApiError::InvalidRequest(m),
+            LockoutError::Store(e) => ApiError::Store(e),
+            LockoutError::Contended => ApiError::Store(StoreError::Busy(e.to_string())),
+        }
+    }
+}
+
+impl From<BurstError> for ApiError {
+    fn from(e: BurstError) -> Self {
+        match e {
+            BurstError::InvalidRequest(m) => ApiError::InvalidRequest(m),
+            BurstError::Store(e) => ApiError::Store(e),
+        }
+    }
+}
+
+async fn lockout_check(
+    State(state): State<AppState>,
+    ApiJson(check): ApiJson<LockoutCheck>,
+) -> Result<Json<LockoutReply>, ApiError> {
+    let keys = lockouts::subject_keys(&state.lockout_secret, &check.subjects)?;
+    let reply = lockouts::check(state.store.as_ref(), &check.policy, &keys, state.clock.now_ms()).await?;
+    state.metrics.record_lockout_check(reply.locked_for_ms > 0);
+    Ok(Json(reply))
+}
+
+async fn lockout_report(
+    State(state): State<AppState>,
+    ApiJson(report): ApiJson<LockoutReport>,
+) -> Result<Json<LockoutReply>, ApiError> {
+    let keys = lockouts::subject_keys(&state.lockout_secret, &report.subjects)?;
+    let result =
+        lockouts::report(state.store.as_ref(), &report.policy, report.outcome, &keys, state.clock.now_ms())
+            .await?;
+    state.metrics.record_lockout_report(match report.outcome {
+        LoginOutcome::Failure => "failure",
+        LoginOutcome::Success => "success",
+    });
+    for key in &result.locks_started {
+        state.metrics.record_lockout_started(key.kind.as_str());
+        let locked_for_ms = result
+            .reply
+            .subjects
+            .iter()
+            .zip(&keys)
+            .find(|(_, k)| *k == key)
+            .map_or(0, |(s, _)| s.locked_for_ms);
+        // The hash identifies the subject for an admin; the raw value is never logged.
+        tracing::info!(kind = key.kind.as_str(), key_hash = %key.hash, locked_for_ms, "login lockout started");
+    }
+    Ok(Json(result.reply))
+}
+
+async fn burst_report(
+    State(state): State<AppState>,
+    ApiJson(report): ApiJson<BurstReport>,
+) -> Result<Json<BurstReply>, ApiError> {
+    Ok(Json(state.burst.report(state.store.as_ref(), &report, state.clock.now_ms()).await?))
+}

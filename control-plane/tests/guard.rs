@@ -1,0 +1,884 @@
+//! Account lockout (`/v1/lockout/*`, the admin API and CLI) and burst alerts
+//! (`/v1/burst/report`, signed webhooks, blocks). The API tests run against every
+//! store backend like the store suite (`<test>::memory|embedded|redis`) with a
+//! `FixedClock`; webhooks go to a real HTTP receiver on 127.0.0.1. The last tests drive
+//! the built binaries.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use axum::body::{Body, Bytes};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::{HeaderMap, Request, StatusCode};
+use axum::response::Response;
+use axum::Router;
+use hmac::{Hmac, Mac as _};
+use portcullis_control_plane::admin_credential::AdminCredential;
+use portcullis_control_plane::audit::AUDIT_LOG;
+use portcullis_control_plane::burst::{verify_signature, BurstConfig, WebhookSecret, SIGNATURE_HEADER};
+use portcullis_control_plane::clock::{Clock as _, FixedClock};
+use portcullis_control_plane::keys::KeyPolicy;
+use portcullis_control_plane::master_key::MasterKey;
+use portcullis_control_plane::metrics::Metrics;
+use portcullis_control_plane::random::OsRandom;
+use portcullis_control_plane::signing::SigningAlgorithm;
+use portcullis_control_plane::store::redis::RedisTimeouts;
+use portcullis_control_plane::store::{
+    EmbeddedStore, FeedPage, LogAppendError, LogEntry, MemoryStore, RedisStore, SetMember, Store,
+    StoreBackend, StoreError,
+};
+use portcullis_control_plane::tokens::TokenPolicy;
+use portcullis_control_plane::{app, AppState, Dependencies};
+use portcullis_core::ratelimit::Unit;
+use portcullis_core::wire::{BurstReply, LockoutReply, RateLimitOp, RateLimitResult, MAX_BATCH};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use tower::ServiceExt as _;
+
+const ADMIN_TOKEN: &str = "guard-admin-token-0123456789";
+const WEBHOOK_SECRET: &str = "webhook-secret-0123456789";
+const T0: u64 = 1_700_000_000_000;
+const SEC: u64 = 1000;
+const ALICE_IP: &str = "198.51.100.23";
+
+// --- backends -------------------------------------------------------------------
+
+struct Backend {
+    store: Arc<dyn Store>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn memory() -> Backend {
+    Backend { store: Arc::new(MemoryStore::new()), _dir: None }
+}
+
+fn embedded() -> Backend {
+    let dir = tempfile::tempdir().unwrap();
+    Backend { store: Arc::new(EmbeddedStore::open(dir.path()).unwrap()), _dir: Some(dir) }
+}
+
+fn redis() -> Backend {
+    let url = support::shared_redis_url();
+    Backend { store: Arc::new(RedisStore::new(&url, RedisTimeouts::default()).unwrap()), _dir: None }
+}
+
+macro_rules! backends {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                super::$test(super::memory()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                super::$test(super::embedded()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                super::$test(super::redis()).await;
+            }
+        }
+    )*};
+}
+
+backends!(
+    five_failures_lock_the_sixth_attempt_for_thirty_seconds_then_sixty,
+    a_success_resets_the_account_but_not_the_address,
+    the_address_dimension_locks_across_accounts,
+    raw_values_never_reach_the_store_or_the_audit_log,
+    admin_lists_shows_and_clears_lockouts_with_an_audit_entry,
+    bad_policies_batches_and_values_are_problems,
+    one_alert_per_cooldown_with_a_valid_signature_across_replicas,
+    no_alert_at_or_below_the_threshold,
+    webhook_failures_are_counted_and_do_not_fail_the_report,
+    bursting_addresses_are_blocked_and_answered,
+);
+
+/// A store that remembers every name and value it was handed.
+struct Recording {
+    inner: Arc<dyn Store>,
+    seen: Mutex<Vec<String>>,
+}
+
+impl Recording {
+    fn note(&self, parts: &[&str]) {
+        self.seen.lock().unwrap().extend(parts.iter().map(|p| (*p).to_owned()));
+    }
+
+    fn note_bytes(&self, bytes: &[u8]) {
+        self.seen.lock().unwrap().push(String::from_utf8_lossy(bytes).into_owned());
+    }
+
+    fn contains_any(&self, needles: &[&str]) -> Option<String> {
+        let seen = self.seen.lock().unwrap();
+        seen.iter().find(|s| needles.iter().any(|n| s.to_lowercase().contains(&n.to_lowercase()))).cloned()
+    }
+}
+
+#[async_trait]
+impl Store for Recording {
+    fn backend(&self) -> StoreBackend {
+        self.inner.backend()
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+    async fn incr_counter(&self, key: &str, delta: i64, ttl_ms: u64, now_ms: u64) -> Result<i64, StoreError> {
+        self.note(&[key]);
+        self.inner.incr_counter(key, delta, ttl_ms, now_ms).await
+    }
+    async fn get_counter(&self, key: &str, now_ms: u64) -> Result<i64, StoreError> {
+        self.note(&[key]);
+        self.inner.get_counter(key, now_ms).await
+    }
+    async fn set_add(&self, set: &str, member: &str, at: u64, now_ms: u64) -> Result<bool, StoreError> {
+        self.note(&[set, member]);
+        self.inner.set_add(set, member, at, now_ms).await
+    }
+    async fn set_remove(&self, set: &str, member: &str) -> Result<(), StoreError> {
+        self.note(&[set, member]);
+        self.inner.set_remove(set, member).await
+    }
+    async fn set_contains(&self, set: &str, member: &str, now_ms: u64) -> Result<bool, StoreError> {
+        self.note(&[set, member]);
+        self.inner.set_contains(set, member, now_ms).await
+    }
+    async fn set_members(&self, set: &str, now_ms: u64) -> Result<Vec<SetMember>, StoreError> {
+        self.note(&[set]);
+        self.inner.set_members(set, now_ms).await
+    }
+    async fn record_get(&self, key: &str, now_ms: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.note(&[key]);
+        self.inner.record_get(key, now_ms).await
+    }
+    async fn record_put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        at: Option<u64>,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.note(&[key]);
+        self.note_bytes(&value);
+        self.inner.record_put(key, value, at, now_ms).await
+    }
+    async fn record_delete(&self, key: &str) -> Result<(), StoreError> {
+        self.note(&[key]);
+        self.inner.record_delete(key).await
+    }
+    async fn record_compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Option<Vec<u8>>,
+        at: Option<u64>,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        self.note(&[key]);
+        if let Some(new) = &new {
+            self.note_bytes(new);
+        }
+        self.inner.record_compare_and_swap(key, expected, new, at, now_ms).await
+    }
+    async fn feed_append(&self, feed: &str, entry: Vec<u8>, now_ms: u64) -> Result<u64, StoreError> {
+        self.note(&[feed]);
+        self.note_bytes(&entry);
+        self.inner.feed_append(feed, entry, now_ms).await
+    }
+    async fn feed_read(&self, feed: &str, after: u64, limit: usize) -> Result<FeedPage, StoreError> {
+        self.inner.feed_read(feed, after, limit).await
+    }
+    async fn feed_trim(&self, feed: &str, keep_last: usize) -> Result<u64, StoreError> {
+        self.inner.feed_trim(feed, keep_last).await
+    }
+    async fn log_append(&self, log: &str, entry: Vec<u8>) -> Result<u64, StoreError> {
+        self.note(&[log]);
+        self.note_bytes(&entry);
+        self.inner.log_append(log, entry).await
+    }
+    async fn log_append_if_last(
+        &self,
+        log: &str,
+        last: Option<u64>,
+        entry: Vec<u8>,
+    ) -> Result<u64, LogAppendError> {
+        self.note(&[log]);
+        self.note_bytes(&entry);
+        self.inner.log_append_if_last(log, last, entry).await
+    }
+    async fn log_range(&self, log: &str, from_seq: u64, limit: usize) -> Result<Vec<LogEntry>, StoreError> {
+        self.inner.log_range(log, from_seq, limit).await
+    }
+    async fn log_last(&self, log: &str) -> Result<Option<LogEntry>, StoreError> {
+        self.inner.log_last(log).await
+    }
+    async fn gcra(
+        &self,
+        key: &str,
+        limit: u64,
+        unit: Unit,
+        op: RateLimitOp,
+        now_ms: u64,
+    ) -> Result<RateLimitResult, StoreError> {
+        self.note(&[key]);
+        self.inner.gcra(key, limit, unit, op, now_ms).await
+    }
+}
+
+// --- harness ----------------------------------------------------------------------
+
+struct Harness {
+    app: Router,
+    state: AppState,
+    clock: Arc<FixedClock>,
+    metrics: Arc<Metrics>,
+    recording: Arc<Recording>,
+}
+
+fn dependencies(store: Arc<dyn Store>, clock: Arc<FixedClock>, metrics: Arc<Metrics>) -> Dependencies {
+    Dependencies {
+        store,
+        admin: Arc::new(AdminCredential::new(ADMIN_TOKEN).unwrap()),
+        token_policy: TokenPolicy {
+            issuer: "portcullis".into(),
+            default_audience: "demo-api".into(),
+            default_ttl_seconds: 900,
+            refresh_ttl_seconds: 86_400,
+        },
+        clock,
+        rng: Arc::new(OsRandom),
+        metrics,
+        master_key: Arc::new(MasterKey::from_bytes([5; 32])),
+        key_policy: KeyPolicy {
+            algorithm: SigningAlgorithm::Es256,
+            overlap_ms: 86_400_000,
+            rotate_every_ms: None,
+        },
+        feed_keep: 100_000,
+    }
+}
+
+async fn harness(backend: &Backend) -> Harness {
+    harness_with(backend, BurstConfig::default(), Arc::new(FixedClock::new(T0))).await
+}
+
+async fn harness_with(backend: &Backend, burst: BurstConfig, clock: Arc<FixedClock>) -> Harness {
+    let recording = Arc::new(Recording { inner: Arc::clone(&backend.store), seen: Mutex::new(Vec::new()) });
+    let metrics = Arc::new(Metrics::new());
+    let state = AppState::initialise(dependencies(
+        Arc::clone(&recording) as Arc<dyn Store>,
+        Arc::clone(&clock),
+        Arc::clone(&metrics),
+    ))
+    .await
+    .unwrap()
+    .with_burst_config(burst)
+    .unwrap();
+    Harness { app: app(state.clone()), state, clock, metrics, recording }
+}
+
+impl Harness {
+    async fn send(&self, request: Request<Body>) -> Response {
+        self.app.clone().oneshot(request).await.unwrap()
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        let request = Request::post(path)
+            .header(CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let response = self.send(request).await;
+        (response.status(), body_json(response).await)
+    }
+
+    async fn admin(&self, method: &str, path: &str) -> (StatusCode, Value) {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(AUTHORIZATION, format!("Bearer {ADMIN_TOKEN}"))
+            .body(Body::empty())
+            .unwrap();
+        let response = self.send(request).await;
+        (response.status(), body_json(response).await)
+    }
+
+    async fn lockout(&self, path: &str, body: Value) -> LockoutReply {
+        let (status, reply) = self.post(path, &body).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {reply}");
+        // Exactly the filter's wire type.
+        serde_json::from_value(reply).unwrap()
+    }
+
+    async fn check(&self, subjects: Value) -> LockoutReply {
+        self.lockout("/v1/lockout/check", json!({ "subjects": subjects })).await
+    }
+
+    async fn fail(&self, subjects: Value) -> LockoutReply {
+        self.lockout("/v1/lockout/report", json!({ "outcome": "failure", "subjects": subjects })).await
+    }
+
+    async fn succeed(&self, subjects: Value) -> LockoutReply {
+        self.lockout("/v1/lockout/report", json!({ "outcome": "success", "subjects": subjects })).await
+    }
+
+    async fn burst(&self, entries: Value) -> BurstReply {
+        let (status, reply) = self.post("/v1/burst/report", &json!({ "entries": entries })).await;
+        assert_eq!(status, StatusCode::OK, "{reply}");
+        serde_json::from_value(reply).unwrap()
+    }
+
+    fn advance(&self, ms: u64) {
+        self.clock.set(self.clock.now_ms() + ms);
+    }
+
+    async fn audit(&self) -> Vec<Value> {
+        self.state
+            .store
+            .log_range(AUDIT_LOG, 1, 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| serde_json::from_slice(&e.data).unwrap())
+            .collect()
+    }
+
+    fn metric(&self, line_prefix: &str) -> u64 {
+        metric_value(&self.metrics.render().unwrap(), line_prefix)
+    }
+}
+
+fn metric_value(text: &str, line_prefix: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_prefix).map(|v| v.trim().parse::<f64>().unwrap() as u64))
+        .unwrap_or(0)
+}
+
+async fn body_json(response: Response) -> Value {
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 22).await.unwrap();
+    if bytes.is_empty() {
+        return Value::Null;
+    }
+    serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)))
+}
+
+fn alice() -> Value {
+    json!([{ "kind": "account", "value": "Alice" }, { "kind": "ip", "value": ALICE_IP }])
+}
+
+// --- lockout ----------------------------------------------------------------------
+
+async fn five_failures_lock_the_sixth_attempt_for_thirty_seconds_then_sixty(backend: Backend) {
+    let h = harness(&backend).await;
+    assert_eq!(h.check(alice()).await.locked_for_ms, 0);
+    for i in 1..=5u32 {
+        let reply = h.fail(alice()).await;
+        assert_eq!(reply.subjects[0].failures, i);
+        h.advance(SEC);
+    }
+    // The 6th attempt: checked before it reaches the upstream.
+    let reply = h.check(alice()).await;
+    assert_eq!(reply.locked_for_ms, 29_000, "locked at the 5th failure, one second ago");
+    h.clock.set(T0 + 4 * SEC);
+    let reply = h.check(json!([{ "kind": "account", "value": " ALICE " }])).await;
+    assert_eq!(reply.locked_for_ms, 30_000, "the 6th check right at the 5th failure");
+    assert_eq!((reply.subjects[0].locked_for_ms, reply.subjects[0].failures), (30_000, 5));
+    assert_eq!(h.metric(r#"portcullis_lockout_checks_total{result="locked"}"#), 2);
+    assert_eq!(h.metric(r#"portcullis_lockout_reports_total{outcome="failure"}"#), 5);
+    assert_eq!(h.metric(r#"portcullis_lockouts_started_total{kind="account"}"#), 1);
+
+    // The lock ends; the next failure locks twice as long.
+    h.clock.set(T0 + 34 * SEC);
+    assert_eq!(h.check(alice()).await.locked_for_ms, 0);
+    let reply = h.fail(alice()).await;
+    assert_eq!(reply.locked_for_ms, 60_000);
+    assert_eq!(h.check(alice()).await.locked_for_ms, 60_000);
+    assert_eq!(h.metric(r#"portcullis_lockouts_started_total{kind="account"}"#), 2);
+}
+
+async fn a_success_resets_the_account_but_not_the_address(backend: Backend) {
+    let h = harness(&backend).await;
+    for _ in 0..4 {
+        h.fail(alice()).await;
+    }
+    let reply = h.succeed(alice()).await;
+    assert_eq!(reply.subjects[0].failures, 0, "the account is forgotten");
+    assert_eq!(reply.subjects[1].failures, 4, "the address is not washed by one valid account");
+    // Counting for the account starts again from zero; the address locks at its 5th.
+    let reply = h.fail(alice()).await;
+    assert_eq!((reply.subjects[0].failures, reply.subjects[0].locked_for_ms), (1, 0));
+    assert_eq!((reply.subjects[1].failures, reply.subjects[1].locked_for_ms), (5, 30_000));
+    assert_eq!(reply.locked_for_ms, 30_000);
+    // A success on a locked account (after an admin let it through) forgets its lock.
+    for _ in 0..4 {
+        h.fail(json!([{ "kind": "account", "value": "alice" }])).await;
+    }
+    assert_eq!(h.check(json!([{ "kind": "account", "value": "alice" }])).await.locked_for_ms, 30_000);
+    h.succeed(json!([{ "kind": "account", "value": "alice" }])).await;
+    assert_eq!(h.check(json!([{ "kind": "account", "value": "alice" }])).await.locked_for_ms, 0);
+    assert_eq!(h.metric(r#"portcullis_lockout_reports_total{outcome="success"}"#), 2);
+}
+
+async fn the_address_dimension_locks_across_accounts(backend: Backend) {
+    let h = harness(&backend).await;
+    for account in ["alice", "bob", "carol", "dave"] {
+        h.fail(json!([{ "kind": "account", "value": account }, { "kind": "ip", "value": ALICE_IP }])).await;
+    }
+    // The IPv4-mapped spelling is the same address.
+    h.fail(json!([{ "kind": "account", "value": "eve" }, { "kind": "ip", "value": format!("::ffff:{ALICE_IP}") }]))
+        .await;
+    let reply =
+        h.check(json!([{ "kind": "account", "value": "frank" }, { "kind": "ip", "value": ALICE_IP }])).await;
+    assert_eq!(reply.subjects[0].locked_for_ms, 0, "frank never failed");
+    assert_eq!((reply.subjects[1].locked_for_ms, reply.subjects[1].failures), (30_000, 5));
+    assert_eq!(reply.locked_for_ms, 30_000);
+    let other_ip = h.check(json!([{ "kind": "ip", "value": "198.51.100.24" }])).await;
+    assert_eq!(other_ip.locked_for_ms, 0);
+    assert_eq!(h.metric(r#"portcullis_lockouts_started_total{kind="ip"}"#), 1);
+}
+
+async fn raw_values_never_reach_the_store_or_the_audit_log(backend: Backend) {
+    let h = harness(&backend).await;
+    for _ in 0..5 {
+        h.fail(json!([{ "kind": "account", "value": "Alice.Secret@example.org" }, { "kind": "ip", "value": ALICE_IP }]))
+            .await;
+    }
+    h.succeed(json!([{ "kind": "account", "value": "alice.secret@example.org" }])).await;
+    let (status, _) = h.admin("DELETE", &format!("/admin/v1/lockouts/ip/{ALICE_IP}")).await;
+    assert_eq!(status, StatusCode::OK);
+    h.burst(json!([{ "ip": ALICE_IP, "count": 100, "route": "/login", "method": "POST", "userAgent": "x" }]))
+        .await;
+
+    let needles = ["alice.secret", "example.org", ALICE_IP, "198.51.100"];
+    assert_eq!(h.recording.contains_any(&needles), None, "a raw value reached the store");
+    let audit = serde_json::to_string(&h.audit().await).unwrap();
+    for needle in needles {
+        assert!(!audit.contains(needle), "{needle} in the audit log: {audit}");
+    }
+}
+
+async fn admin_lists_shows_and_clears_lockouts_with_an_audit_entry(backend: Backend) {
+    let h = harness(&backend).await;
+    for _ in 0..5 {
+        h.fail(alice()).await;
+    }
+    h.fail(json!([{ "kind": "account", "value": "bob" }])).await;
+
+    let (status, list) = h.admin("GET", "/admin/v1/lockouts").await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let entries = list["lockouts"].as_array().unwrap();
+    assert_eq!(entries.len(), 3, "{list}");
+    assert_eq!(list["truncated"], false);
+    // Locked first; only hashes identify subjects.
+    assert_eq!(entries[0]["lockedForMs"], 30_000);
+    assert_eq!(entries[0]["lockedUntil"], (T0 + 30 * SEC) / 1000);
+    assert_eq!(entries[2]["failures"], 1);
+    assert!(entries[2].get("lockedUntil").is_none());
+    assert!(!list.to_string().contains("alice") && !list.to_string().contains(ALICE_IP));
+
+    let (status, shown) = h.admin("GET", "/admin/v1/lockouts/account/%20ALICE").await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    assert_eq!((shown["kind"].as_str(), shown["failures"].as_u64()), (Some("account"), Some(5)));
+    assert_eq!(shown["lockedForMs"], 30_000);
+    let hash = shown["keyHash"].as_str().unwrap().to_owned();
+    assert_eq!(hash.len(), 64);
+    assert!(entries.iter().any(|e| e["keyHash"] == hash.as_str()));
+    let (status, shown_ip) = h.admin("GET", "/admin/v1/lockouts/ip/%3A%3Affff%3A198.51.100.23").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(shown_ip["lockedForMs"], 30_000);
+
+    let (status, cleared) = h.admin("DELETE", "/admin/v1/lockouts/account/alice").await;
+    assert_eq!(status, StatusCode::OK, "{cleared}");
+    assert_eq!(cleared["keyHash"], hash.as_str());
+    assert_eq!(h.check(alice()).await.subjects[0].locked_for_ms, 0);
+    let (status, problem) = h.admin("GET", "/admin/v1/lockouts/account/alice").await;
+    assert_eq!(
+        (status, problem["type"].as_str()),
+        (StatusCode::NOT_FOUND, Some("urn:portcullis:problem:not-found"))
+    );
+    let (status, _) = h.admin("DELETE", "/admin/v1/lockouts/account/alice").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, list) = h.admin("GET", "/admin/v1/lockouts").await;
+    assert_eq!(list["lockouts"].as_array().unwrap().len(), 2);
+
+    let audit = h.audit().await;
+    let entry = audit.iter().find(|e| e["action"] == "lockout.clear").unwrap();
+    assert_eq!(entry["actor"], "admin");
+    assert_eq!(entry["target"], format!("account:{hash}"));
+    assert_eq!(entry["detail"]["keyHash"], hash.as_str());
+    assert_eq!(audit.iter().filter(|e| e["action"] == "lockout.clear").count(), 1, "a 404 is not audited");
+
+    // Bearer-protected like the rest of the admin API.
+    let response = h.send(Request::get("/admin/v1/lockouts").body(Body::empty()).unwrap()).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+}
+
+async fn bad_policies_batches_and_values_are_problems(backend: Backend) {
+    let h = harness(&backend).await;
+    let cases = [
+        (json!({ "policy": { "maxFailures": 0 }, "subjects": [] }), "policy.maxFailures"),
+        (json!({ "policy": { "windowMs": 0 }, "subjects": [] }), "policy.windowMs"),
+        (
+            json!({ "policy": { "baseLockMs": 90000, "maxLockMs": 60000 }, "subjects": [] }),
+            "policy.baseLockMs",
+        ),
+        (json!({ "policy": { "maxLockMs": 31u64 * 86_400_000 }, "subjects": [] }), "policy.maxLockMs"),
+        (
+            json!({ "subjects": [{ "kind": "account", "value": "a" }, { "kind": "ip", "value": "1.2.3.999" }] }),
+            "subjects[1].value",
+        ),
+        (json!({ "subjects": [{ "kind": "account", "value": "a".repeat(513) }] }), "subjects[0].value"),
+        (json!({ "subjects": [{ "kind": "account", "value": "   " }] }), "subjects[0].value"),
+        (
+            json!({ "subjects": vec![json!({ "kind": "ip", "value": "192.0.2.1" }); MAX_BATCH + 1] }),
+            "subjects",
+        ),
+    ];
+    for (body, field) in cases {
+        for path in ["/v1/lockout/check", "/v1/lockout/report"] {
+            let mut body = body.clone();
+            if path.ends_with("report") {
+                body["outcome"] = json!("failure");
+            }
+            let (status, problem) = h.post(path, &body).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{path} {body}: {problem}");
+            assert_eq!(problem["type"], "urn:portcullis:problem:invalid-request");
+            assert!(problem["detail"].as_str().unwrap().starts_with(field), "{problem}");
+        }
+    }
+    let (status, _) = h.post("/v1/lockout/report", &json!({ "outcome": "maybe", "subjects": [] })).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = h.post("/v1/burst/report", &json!({ "entries": [{ "ip": "nope", "count": 1 }] })).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, problem) = h.admin("GET", "/admin/v1/lockouts/user/alice").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    let (status, _) = h.admin("GET", "/admin/v1/lockouts/ip/not-an-ip").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(h.recording.contains_any(&["lockout/"]), None, "nothing was written or read");
+}
+
+// --- burst alerts -----------------------------------------------------------------
+
+/// An HTTP server on 127.0.0.1 that records what is posted to it and answers `status`.
+#[derive(Clone)]
+struct Receiver {
+    url: String,
+    received: Arc<Mutex<Vec<(HeaderMap, Bytes)>>>,
+}
+
+async fn receiver(status: StatusCode) -> Receiver {
+    let received: Arc<Mutex<Vec<(HeaderMap, Bytes)>>> = Arc::default();
+    let sink = Arc::clone(&received);
+    let router = Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let sink = Arc::clone(&sink);
+            async move {
+                sink.lock().unwrap().push((headers, body));
+                status
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    Receiver { url, received }
+}
+
+impl Receiver {
+    fn bodies(&self) -> Vec<(HeaderMap, Bytes)> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+fn config_for(urls: &[&str]) -> BurstConfig {
+    BurstConfig {
+        webhook_urls: urls.iter().map(|u| u.parse().unwrap()).collect(),
+        webhook_secret: Some(WebhookSecret::new(WEBHOOK_SECRET).unwrap()),
+        ..BurstConfig::default()
+    }
+}
+
+/// Waits (bounded) until `done` holds.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn entry(ip: &str, count: u64) -> Value {
+    json!({ "ip": ip, "count": count, "route": "/login", "method": "POST", "userAgent": "curl/8.0" })
+}
+
+async fn one_alert_per_cooldown_with_a_valid_signature_across_replicas(backend: Backend) {
+    let hook = receiver(StatusCode::OK).await;
+    let clock = Arc::new(FixedClock::new(T0 + 500));
+    let h = harness_with(&backend, config_for(&[&hook.url]), Arc::clone(&clock)).await;
+    // A second replica on the same store.
+    let replica = harness_with(&backend, config_for(&[&hook.url]), Arc::clone(&clock)).await;
+
+    assert!(h.burst(json!([entry("203.0.113.5", 30)])).await.blocked.is_empty());
+    clock.set(T0 + 1_500);
+    h.burst(json!([entry("203.0.113.5", 30), entry("203.0.113.6", 3)])).await; // 60 > 50
+    clock.set(T0 + 2_500);
+    h.burst(json!([entry("203.0.113.5", 60)])).await;
+    replica.burst(json!([entry("203.0.113.5", 60)])).await;
+    eventually("the alert", || h.metric(r#"portcullis_burst_alerts_total{result="sent"}"#) == 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let got = hook.bodies();
+    assert_eq!(got.len(), 1, "one alert per cooldown, whichever replica saw the burst");
+    assert_eq!(replica.metric(r#"portcullis_burst_alerts_total{result="sent"}"#), 0);
+
+    let (headers, body) = &got[0];
+    assert_eq!(headers[CONTENT_TYPE], "application/json");
+    let signature = headers[SIGNATURE_HEADER].to_str().unwrap();
+    // `t` is when the delivery was sent: the clock may have moved on since the burst.
+    let t: u64 = signature.strip_prefix("t=").unwrap().split(',').next().unwrap().parse().unwrap();
+    assert!(((T0 + 1_500) / 1000..=(T0 + 2_500) / 1000).contains(&t), "{signature}");
+    // Verified independently of the crate's helper: HMAC-SHA256(secret, "<t>." + body).
+    let mut mac = <Hmac<Sha256> as hmac::Mac>::new_from_slice(WEBHOOK_SECRET.as_bytes()).unwrap();
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(body);
+    let expected: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(signature, format!("t={t},v1={expected}"));
+    assert!(verify_signature(WEBHOOK_SECRET.as_bytes(), signature, body, t + 10, 300).is_ok());
+    let alert: Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(
+        alert,
+        json!({
+            "ip": "203.0.113.5", "count": 60, "windowSeconds": 10, "threshold": 50,
+            "route": "/login", "method": "POST", "userAgent": "curl/8.0",
+            "timestamp": "2023-11-14T22:13:21.500Z", "timestampMs": T0 + 1_500,
+        })
+    );
+
+    // After the cooldown, the next burst alerts again.
+    clock.set(T0 + 62_000);
+    replica.burst(json!([entry("203.0.113.5", 51)])).await;
+    eventually("the second alert", || hook.bodies().len() == 2).await;
+    let second: Value = serde_json::from_slice(&hook.bodies()[1].1).unwrap();
+    assert_eq!((second["count"].as_u64(), second["timestampMs"].as_u64()), (Some(51), Some(T0 + 62_000)));
+}
+
+async fn no_alert_at_or_below_the_threshold(backend: Backend) {
+    let hook = receiver(StatusCode::OK).await;
+    let clock = Arc::new(FixedClock::new(T0));
+    let h = harness_with(&backend, config_for(&[&hook.url]), Arc::clone(&clock)).await;
+    for i in 0..5 {
+        clock.set(T0 + i * SEC);
+        h.burst(json!([entry("203.0.113.7", 10)])).await; // 50 within 10 s at most
+    }
+    // 25 s later the old windows no longer count.
+    clock.set(T0 + 25 * SEC);
+    h.burst(json!([entry("203.0.113.7", 50)])).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(hook.bodies().is_empty());
+    assert!(!h.metrics.render().unwrap().contains("portcullis_burst_alerts_total{"));
+    // The sliding estimate: 50 in the previous window, 3 s into the next → 50·0.7 + 20 = 55.
+    clock.set(T0 + 33 * SEC);
+    h.burst(json!([entry("203.0.113.7", 20)])).await;
+    eventually("the alert", || hook.bodies().len() == 1).await;
+    let alert: Value = serde_json::from_slice(&hook.bodies()[0].1).unwrap();
+    assert_eq!(alert["count"], 55);
+}
+
+async fn webhook_failures_are_counted_and_do_not_fail_the_report(backend: Backend) {
+    let refusing = receiver(StatusCode::INTERNAL_SERVER_ERROR).await;
+    let accepting = receiver(StatusCode::NO_CONTENT).await;
+    let closed = format!("http://127.0.0.1:{}/hook", support::free_port());
+    let clock = Arc::new(FixedClock::new(T0));
+    let h = harness_with(&backend, config_for(&[&refusing.url, &closed, &accepting.url]), clock).await;
+    let started = Instant::now();
+    let reply = h.burst(json!([entry("203.0.113.8", 500)])).await;
+    assert!(reply.blocked.is_empty());
+    assert!(started.elapsed() < Duration::from_secs(2), "the report never waits for webhooks");
+    eventually("two failures", || h.metric(r#"portcullis_burst_alerts_total{result="failed"}"#) == 2).await;
+    eventually("one delivery", || h.metric(r#"portcullis_burst_alerts_total{result="sent"}"#) == 1).await;
+    assert_eq!(refusing.bodies().len(), 1);
+    assert_eq!(accepting.bodies().len(), 1);
+}
+
+async fn bursting_addresses_are_blocked_and_answered(backend: Backend) {
+    let clock = Arc::new(FixedClock::new(T0));
+    let config = BurstConfig { block_secs: Some(300), ..BurstConfig::default() };
+    let h = harness_with(&backend, config, Arc::clone(&clock)).await;
+    let reply = h.burst(json!([entry("203.0.113.9", 80), entry("203.0.113.10", 5)])).await;
+    assert_eq!(
+        serde_json::to_value(&reply).unwrap(),
+        json!({ "blocked": [{ "ip": "203.0.113.9", "blockedForMs": 300_000 }] })
+    );
+    assert_eq!(h.metric("portcullis_burst_ips_blocked_total"), 1);
+    // Answered for every reported address currently blocked, in the spelling reported.
+    clock.set(T0 + 100 * SEC);
+    let reply = h.burst(json!([entry("::ffff:203.0.113.9", 0), entry("203.0.113.10", 1)])).await;
+    assert_eq!(
+        serde_json::to_value(&reply).unwrap(),
+        json!({ "blocked": [{ "ip": "::ffff:203.0.113.9", "blockedForMs": 200_000 }] })
+    );
+    clock.set(T0 + 300 * SEC);
+    assert!(h.burst(json!([entry("203.0.113.9", 1)])).await.blocked.is_empty());
+    // Without blocking configured, nothing is blocked.
+    let plain = harness(&backend).await;
+    plain.clock.set(T0);
+    assert!(plain.burst(json!([entry("203.0.113.11", 500)])).await.blocked.is_empty());
+}
+
+// --- the binaries -------------------------------------------------------------------
+
+const SERVER: &str = env!("CARGO_BIN_EXE_portcullis-control-plane");
+const CLI: &str = env!("CARGO_BIN_EXE_portcullis");
+
+fn command(binary: &str) -> Command {
+    let mut command = Command::new(binary);
+    for (var, _) in std::env::vars() {
+        if var.starts_with("PORTCULLIS_") {
+            command.env_remove(var);
+        }
+    }
+    command
+}
+
+/// A control plane process with the memory store, killed on drop.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Self {
+        let port = support::free_port();
+        let child = command(SERVER)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--store", "memory"])
+            .args(args)
+            .env("PORTCULLIS_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut server = Self { child, url: format!("http://127.0.0.1:{port}") };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = server.child.try_wait().unwrap() {
+                panic!("server exited early: {status}");
+            }
+            if cli(&server.url, &["health"]).status.success() {
+                return server;
+            }
+            assert!(Instant::now() < deadline, "server did not become healthy");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cli(url: &str, args: &[&str]) -> Output {
+    command(CLI).args(["--url", url]).env("PORTCULLIS_ADMIN_TOKEN", ADMIN_TOKEN).args(args).output().unwrap()
+}
+
+fn cli_json(url: &str, args: &[&str]) -> Value {
+    let output = cli(url, args);
+    assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+async fn post(url: &str, body: Value) -> Value {
+    let response = reqwest::Client::new().post(url).json(&body).send().await.unwrap();
+    assert!(response.status().is_success(), "{url}: {}", response.status());
+    response.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_lists_shows_and_clears_lockouts() {
+    let server = Server::start(&[]);
+    for _ in 0..5 {
+        post(
+            &format!("{}/v1/lockout/report", server.url),
+            json!({ "outcome": "failure", "subjects": [
+                { "kind": "account", "value": "alice" }, { "kind": "ip", "value": "1.2.3.4" }] }),
+        )
+        .await;
+    }
+    let list = cli_json(&server.url, &["lockouts", "list"]);
+    assert_eq!(list["lockouts"].as_array().unwrap().len(), 2, "{list}");
+    let shown = cli_json(&server.url, &["lockouts", "show", "--account", "Alice"]);
+    assert_eq!(shown["failures"], 5);
+    assert!((20_000..=30_000).contains(&shown["lockedForMs"].as_u64().unwrap()), "{shown}");
+    let shown_ip = cli_json(&server.url, &["lockouts", "show", "--ip", "1.2.3.4"]);
+    assert_eq!(shown_ip["kind"], "ip");
+    let cleared = cli_json(&server.url, &["lockouts", "clear", "--account", "alice"]);
+    assert_eq!(cleared["keyHash"], shown["keyHash"]);
+
+    let output = cli(&server.url, &["lockouts", "show", "--account", "alice"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.starts_with("Not found: "), "{stderr}");
+    let output = cli(&server.url, &["lockouts", "clear", "--ip", "not-an-ip"]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("value: not an IPv4 or IPv6 address"));
+    let output = cli(&server.url, &["lockouts", "show"]);
+    assert!(!output.status.success(), "--account or --ip is required");
+    let list = cli_json(&server.url, &["lockouts", "list"]);
+    assert_eq!(list["lockouts"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_posts_signed_alerts_configured_by_flags() {
+    let hook = receiver(StatusCode::OK).await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("webhook-secret");
+    std::fs::write(&secret_file, format!("{WEBHOOK_SECRET}\n")).unwrap();
+    let server = Server::start(&[
+        "--burst-threshold",
+        "5",
+        "--burst-window",
+        "1m",
+        "--burst-block",
+        "2m",
+        "--burst-webhook-url",
+        &hook.url,
+        "--burst-webhook-secret-file",
+        secret_file.to_str().unwrap(),
+    ]);
+    let reply =
+        post(&format!("{}/v1/burst/report", server.url), json!({ "entries": [entry("192.0.2.44", 6)] }))
+            .await;
+    let blocked_for = reply["blocked"][0]["blockedForMs"].as_u64().unwrap();
+    assert!((110_000..=120_000).contains(&blocked_for), "{reply}");
+    eventually("the alert", || hook.bodies().len() == 1).await;
+    let (headers, body) = &hook.bodies()[0];
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let signature = headers[SIGNATURE_HEADER].to_str().unwrap();
+    assert!(verify_signature(WEBHOOK_SECRET.as_bytes(), signature, body, now, 300).is_ok());
+    let alert: Value = serde_json::from_slice(body).unwrap();
+    assert_eq!((alert["windowSeconds"].as_u64(), alert["threshold"].as_u64()), (Some(60), Some(5)));
+}
+
+#[test]
+fn server_refuses_a_webhook_without_a_secret() {
+    let output = command(SERVER)
+        .args(["--store", "memory", "--listen", "127.0.0.1:0"])
+        .args(["--burst-webhook-url", "https://hooks.example/burst"])
+        .env("PORTCULLIS_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--burst-webhook-url needs a signing secret"), "{stderr}");
+    assert!(stderr.contains("--burst-webhook-secret-file"), "{stderr}");
+}
