@@ -411,9 +411,12 @@ pub struct TestServerState {
     pub feed_polls: Arc<AtomicUsize>,
     /// `POST /login` attempts that reached the upstream.
     pub login_hits: Arc<AtomicUsize>,
-    /// `POST /webhook` deliveries: (headers, body).
-    pub webhooks: Arc<Mutex<Vec<(Vec<(String, String)>, String)>>>,
+    /// `POST /webhook` deliveries.
+    pub webhooks: Arc<Mutex<Vec<Delivery>>>,
 }
+
+/// One webhook delivery: its headers and body.
+pub type Delivery = (Vec<(String, String)>, String);
 
 pub struct TestServer {
     pub port: u16,
@@ -512,7 +515,7 @@ impl TestServer {
     pub fn login_hits(&self) -> usize {
         self.state.login_hits.load(Ordering::SeqCst)
     }
-    pub fn webhooks(&self) -> Vec<(Vec<(String, String)>, String)> {
+    pub fn webhooks(&self) -> Vec<Delivery> {
         self.state.webhooks.lock().unwrap().clone()
     }
     pub fn feed_polls(&self) -> usize {
