@@ -260,7 +260,8 @@ impl Runtime {
                 if let Some((retry_ms, fresh)) = self.locally_locked(&login.subjects, now) {
                     if fresh || unavailable {
                         self.metrics.count("portcullis.lockout.denied");
-                        return self.reply(ctx, &Denial::LockedOut { retry_after_secs: retry_ms.div_ceil(1000) });
+                        return self
+                            .reply(ctx, &Denial::LockedOut { retry_after_secs: retry_ms.div_ceil(1000) });
                     }
                 }
                 if unavailable {
