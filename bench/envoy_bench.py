@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Side-by-side Envoy benchmark: no auth filter, Envoy's native jwt_authn, the Portcullis
-filter, Envoy's native local_ratelimit; one Envoy process per setup, all behind the same
-`direct_response` route, loaded by wrk with the same token.
+filter, Portcullis with the revocation feed and a quota-lease rate limit (against a real
+control plane, per store), Envoy's native local_ratelimit; one Envoy process per setup,
+all behind the same `direct_response` route, loaded by wrk with the same token. Then the
+control plane's own throughput (`POST /v1/ratelimit`, `GET /v1/feed` beside `GET /healthz`
+of the same process), per store.
 
 Called by bench/run.sh; standard library only. For each worker count it starts every
 setup's Envoy (ports chosen by Envoy itself, so no port races; `--use-dynamic-base-id`),
@@ -31,6 +34,10 @@ from pathlib import Path
 ALGS = ["HS256", "ES256", "RS256", "EdDSA"]
 CACHE_SIZE = 4096  # Portcullis' default verifiedTokenCache capacity; jwt_authn gets the same.
 STAT_PREFIX = "ingress"
+CP_CLUSTER = "portcullis_control_plane"
+# Test-only values, as in tests/src/lib.rs (a throwaway control plane on loopback).
+CP_ADMIN_TOKEN = "bench-admin-token-0123456789abcdef"
+CP_MASTER_KEY = "ZTJlLXRlc3Qtb25seS1tYXN0ZXIta2V5LTMyYnl0ZXM="
 
 
 class BenchError(Exception):
@@ -45,8 +52,17 @@ def log(msg):
 # Setups and their Envoy bootstraps
 
 
-def setups(algs):
-    """Every setup: id, group letter, algorithm, cache flag."""
+# (d): the limit never refuses (10^8 per second) and lease sizes are capped at 1000 units.
+D_LIMIT = {"name": "bench", "limit": 100000000, "unit": "second", "descriptors": ["claim:sub"], "maxLease": 1000}
+D_ALG = "ES256"  # (d) uses this algorithm when it is benchmarked, else the first one
+
+
+def d_alg(algs):
+    return D_ALG if D_ALG in algs else algs[0]
+
+
+def setups(algs, stores=()):
+    """Every setup: id, group letter, algorithm, cache flag (and store for (d))."""
     out = [{"id": "a-none", "group": "a", "alg": None, "cached": None},
            # Diagnostic: the filter loaded, headers read, a rule matched, no token checked.
            {"id": "c0-portcullis-no-jwt", "group": "c0", "alg": None, "cached": None}]
@@ -55,6 +71,17 @@ def setups(algs):
             tag = "cached" if cached else "uncached"
             out.append({"id": f"b-jwt_authn-{alg}-{tag}", "group": "b", "alg": alg, "cached": cached})
             out.append({"id": f"c-portcullis-{alg}-{tag}", "group": "c", "alg": alg, "cached": cached})
+    for store in stores:
+        alg = d_alg(algs)
+        out.append({"id": f"d-portcullis-{alg}-cached-rl-{store}", "group": "d", "alg": alg, "cached": True,
+                    "store": store})
+    if stores:
+        # Diagnostics splitting (c) -> (d): the feed alone, the lease limit alone (first store).
+        alg = d_alg(algs)
+        out.append({"id": f"dr-portcullis-{alg}-cached-feed-{stores[0]}", "group": "dr", "alg": alg,
+                    "cached": True, "store": stores[0]})
+        out.append({"id": f"dl-portcullis-{alg}-cached-lease-{stores[0]}", "group": "dl", "alg": alg,
+                    "cached": True, "store": stores[0]})
     out.append({"id": "e-local_ratelimit", "group": "e", "alg": None, "cached": None})
     return out
 
@@ -110,6 +137,11 @@ def http_filters(setup, bench_input, wasm_path):
     }
     if not setup["cached"]:
         plugin["verifiedTokenCache"] = {"capacity": 0}
+    if setup["group"] in ("d", "dl"):
+        plugin["controlPlane"] = {"cluster": CP_CLUSTER, "authority": "control-plane", "timeoutMs": 500}
+        plugin["rateLimits"] = [dict(D_LIMIT)]
+    if setup["group"] in ("d", "dr"):
+        plugin["revocation"] = {"cluster": CP_CLUSTER, "authority": "control-plane"}
     return [{
         "name": "envoy.filters.http.wasm",
         "typed_config": {
@@ -132,11 +164,18 @@ def http_filters(setup, bench_input, wasm_path):
     }]
 
 
-def bootstrap(setup, bench_input, wasm_path):
+def bootstrap(setup, bench_input, wasm_path, cp_port=None):
     filters = http_filters(setup, bench_input, wasm_path) + [{
         "name": "envoy.filters.http.router",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
     }]
+    clusters = []
+    if cp_port is not None:
+        clusters.append({
+            "name": CP_CLUSTER, "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": CP_CLUSTER, "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": cp_port}}}}]}]},
+        })
     return {
         # Port 0 everywhere: Envoy binds free ports and reports them (no races).
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
@@ -157,7 +196,7 @@ def bootstrap(setup, bench_input, wasm_path):
                     "http_filters": filters,
                 },
             }]}],
-        }]},
+        }], "clusters": clusters},
     }
 
 
@@ -261,6 +300,178 @@ class Envoy:
             pass
 
 
+class Service:
+    """A helper process (redis-server or the control plane) on a free loopback port,
+    started in its own session and registered in the pid directory like the Envoys."""
+
+    def __init__(self, name, workdir, pid_dir):
+        self.name = name
+        self.dir = workdir / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.dir / "log"
+        self.pid_dir = pid_dir
+        self.proc = None
+        self.port = None
+
+    def spawn(self, cmd, env=None):
+        log_file = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True, env=env, cwd=self.dir)
+        log_file.close()
+        (self.pid_dir / f"{self.proc.pid}.pid").write_text(str(self.proc.pid))
+
+    def start(self, attempts=5, timeout=30):
+        """Tries a few free ports: another process may take the one picked first."""
+        for _ in range(attempts):
+            self.port = free_port()
+            self.spawn(*self.command(self.port))
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                if self.ready():
+                    return
+                time.sleep(0.1)
+            if self.proc.poll() is None:
+                self.stop()
+                raise BenchError(f"{self.name}: not ready after {timeout}s\n{self.log_tail()}")
+            self.forget()
+        raise BenchError(f"{self.name}: exited at start {attempts} times\n{self.log_tail()}")
+
+    def log_tail(self, n=20):
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+    def rss_kb(self):
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        except OSError:
+            pass
+        return None
+
+    def forget(self):
+        try:
+            (self.pid_dir / f"{self.proc.pid}.pid").unlink()
+        except OSError:
+            pass
+
+    def stop(self):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.forget()
+
+
+class Redis(Service):
+    def __init__(self, redis_bin, workdir, pid_dir):
+        super().__init__("redis", workdir, pid_dir)
+        self.bin = redis_bin
+
+    def command(self, port):
+        return ([str(self.bin), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],)
+
+    def ready(self):
+        try:
+            import socket
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def version(self):
+        res = subprocess.run([str(self.bin), "--version"], capture_output=True, text=True)
+        return res.stdout.strip()
+
+
+class ControlPlane(Service):
+    """`portcullis-control-plane` as tests/src/lib.rs starts it (`ControlPlane::try_start_with`):
+    default log level (info), throwaway data directory, test master key."""
+
+    def __init__(self, cp_bin, store, workdir, pid_dir, redis_url=None):
+        super().__init__(f"control-plane-{store}", workdir, pid_dir)
+        self.bin = cp_bin
+        self.store = store
+        self.redis_url = redis_url
+        self.head = None
+
+    def seed(self):
+        """One revoked token id (not the bench tokens'), so the replica and the snapshot are
+        not empty; records the feed head for the delta poll."""
+        addr = ("127.0.0.1", self.port)
+        body = json.dumps({"jti": "bench-revoked-jti-1", "exp": int(time.time()) + 86400})
+        status, text = http_request(addr, "POST", "/admin/v1/revocations", body=body,
+                                    headers={"content-type": "application/json",
+                                             "authorization": f"Bearer {CP_ADMIN_TOKEN}"})
+        if status != 200:
+            raise BenchError(f"{self.name}: seeding a revocation answered {status}: {text[:300]}")
+        status, text = http_get(addr, "/v1/feed?after=0")
+        if status != 200:
+            raise BenchError(f"{self.name}: /v1/feed?after=0 answered {status}: {text[:300]}")
+        self.head = json.loads(text)["cursor"]
+        if self.head < 1:
+            raise BenchError(f"{self.name}: feed head {self.head} after seeding a revocation")
+
+    def command(self, port):
+        env = dict(os.environ)
+        env.pop("RUST_LOG", None)
+        env.update({
+            "PORTCULLIS_LISTEN": f"127.0.0.1:{port}",
+            "PORTCULLIS_ADMIN_TOKEN": CP_ADMIN_TOKEN,
+            "PORTCULLIS_DATA_DIR": str(self.dir / "data"),
+            "PORTCULLIS_MASTER_KEY": CP_MASTER_KEY,
+            "PORTCULLIS_STORE": self.store,
+        })
+        if self.redis_url:
+            env["PORTCULLIS_REDIS_URL"] = self.redis_url
+        return [str(self.bin)], env
+
+    def ready(self):
+        try:
+            return http_get(("127.0.0.1", self.port), "/readyz", timeout=2)[0] == 200
+        except OSError:
+            return False
+
+    def metrics(self):
+        """OpenMetrics samples without labels folded: `name{labels}` -> value."""
+        _, body = http_get(("127.0.0.1", self.port), "/metrics")
+        out = {}
+        for line in body.splitlines():
+            if not line or line.startswith("#"):
+                continue
+            name, _, value = line.rpartition(" ")
+            try:
+                out[name] = float(value)
+            except ValueError:
+                pass
+        return out
+
+
+def free_port():
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_request(addr, method, path, body=None, headers=None, timeout=5):
+    conn = http.client.HTTPConnection(addr[0], addr[1], timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode("utf-8", "replace")
+    finally:
+        conn.close()
+
+
 def http_get(addr, path, headers=None, timeout=5):
     conn = http.client.HTTPConnection(addr[0], addr[1], timeout=timeout)
     try:
@@ -287,7 +498,7 @@ def sanity_check(envoy, token):
     status, _ = http_get(addr, "/bench", {"authorization": f"Bearer {token}"})
     if status != 200:
         raise BenchError(f"{envoy.name}: the bench token got {status}, not 200: this setup rejects it\n{envoy.log_tail()}")
-    if envoy.setup["group"] in ("b", "c"):
+    if envoy.setup["group"] in ("b", "c", "d", "dr", "dl"):
         for what, headers in (("no token", {}), ("a forged signature", {"authorization": f"Bearer {forge(token)}"})):
             status, _ = http_get(addr, "/bench", headers)
             if status != 401:
@@ -300,13 +511,29 @@ def filter_counters(setup, delta):
     if group == "b":
         return (delta.get(f"http.{STAT_PREFIX}.jwt_authn.allowed", 0),
                 delta.get(f"http.{STAT_PREFIX}.jwt_authn.denied", 0))
-    if group in ("c", "c0"):
+    if group in ("c", "c0", "d", "dr", "dl"):
         denied = sum(v for k, v in delta.items() if k.startswith("wasmcustom.portcullis.requests.denied."))
         return delta.get("wasmcustom.portcullis.requests.allowed", 0), denied
     if group == "e":
         return (delta.get("bench_rl.http_local_rate_limit.ok", 0),
                 delta.get("bench_rl.http_local_rate_limit.rate_limited", 0))
     return None
+
+
+def check_rate_limit(delta):
+    """(d): every request the filter allowed went through the lease limit (spent a leased
+    unit), none was refused or let through because the control plane failed."""
+    name = D_LIMIT["name"]
+    allowed = delta.get("wasmcustom.portcullis.requests.allowed", 0)
+    rl_allowed = delta.get(f"wasmcustom.portcullis.ratelimit.{name}.allowed", 0)
+    problems = []
+    if rl_allowed != allowed:
+        problems.append(f"the limit `{name}` allowed {rl_allowed} requests but the filter allowed {allowed}")
+    for what in ("denied", "shadow_denied", "unavailable_allowed", "unavailable_denied"):
+        n = delta.get(f"wasmcustom.portcullis.ratelimit.{name}.{what}", 0)
+        if n:
+            problems.append(f"ratelimit.{name}.{what} = {n}")
+    return problems
 
 
 def check_run(envoy, wrk, before, after):
@@ -331,6 +558,8 @@ def check_run(envoy, wrk, before, after):
             problems.append(f"the filter denied {denied} requests")
         if allowed < wrk["requests"]:
             problems.append(f"the filter allowed {allowed} requests for {wrk['requests']} wrk requests")
+    if envoy.setup["group"] in ("d", "dl"):
+        problems += check_rate_limit(delta)
     if problems:
         raise BenchError(f"{envoy.name}: " + "; ".join(problems) + f"\n{envoy.log_tail()}")
     keep = {k: v for k, v in delta.items()
@@ -353,8 +582,17 @@ def parse_latency(text):
 
 
 def run_wrk(wrk_bin, port, token, seconds, connections):
-    cmd = [wrk_bin, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
-           "-H", f"Authorization: Bearer {token}", f"http://127.0.0.1:{port}/bench"]
+    return run_wrk_url(wrk_bin, f"http://127.0.0.1:{port}/bench", seconds, connections,
+                       headers=[f"Authorization: Bearer {token}"])
+
+
+def run_wrk_url(wrk_bin, url, seconds, connections, headers=(), script=None):
+    cmd = [wrk_bin, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    for h in headers:
+        cmd += ["-H", h]
+    if script is not None:
+        cmd += ["-s", str(script)]
+    cmd.append(url)
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
     out = res.stdout
     if res.returncode != 0:
@@ -379,7 +617,7 @@ def run_wrk(wrk_bin, port, token, seconds, connections):
 # ---------------------------------------------------------------------------------
 
 
-def bench_concurrency(args, bench_input, concurrency, pid_dir):
+def bench_concurrency(args, bench_input, concurrency, pid_dir, cps):
     tokens = {c["alg"]: c["token"] for c in bench_input["cases"]}
     # Setups without a JWT check still receive a token (the first one's, HS256 unless
     # filtered), so every setup parses the same request.
@@ -387,8 +625,9 @@ def bench_concurrency(args, bench_input, concurrency, pid_dir):
     envoys = []
     results = {}
     try:
-        for setup in setups(args.algs):
-            cfg = bootstrap(setup, bench_input, args.wasm)
+        for setup in setups(args.algs, list(cps)):
+            cp = cps[setup["store"]] if setup.get("store") else None
+            cfg = bootstrap(setup, bench_input, args.wasm, cp.port if cp else None)
             envoys.append(Envoy(setup, concurrency, args.workdir, args.envoy, pid_dir, cfg))
         log(f"workers={concurrency}: starting {len(envoys)} Envoys")
         for e in envoys:
@@ -403,6 +642,8 @@ def bench_concurrency(args, bench_input, concurrency, pid_dir):
             before = e.stats()
             w = run_wrk(args.wrk, e.port, token_of[e.name], args.warmup, args.connections)
             check_run(e, w, before, e.stats())
+            if e.setup["group"] in ("d", "dr"):
+                check_feed_synced(e)
             results[e.name] = {"setup": e.setup, "concurrency": concurrency, "runs": [],
                                "rss_kb_after_warmup": e.rss_kb(), "base_id": read_text(e.dir / "base-id")}
         for r in range(args.runs):
@@ -426,7 +667,10 @@ def bench_concurrency(args, bench_input, concurrency, pid_dir):
             final = e.stats()
             res["final_counters"] = {k: v for k, v in final.items()
                                      if k.startswith(("wasmcustom.portcullis.requests.", f"http.{STAT_PREFIX}.jwt_authn.",
-                                                      "bench_rl.http_local_rate_limit."))}
+                                                      "bench_rl.http_local_rate_limit.",
+                                                      "wasmcustom.portcullis.ratelimit.",
+                                                      "wasmcustom.portcullis.revocation.",
+                                                      "wasmcustom.portcullis.guard."))}
             res["command"] = " ".join(e.cmd)
             res["wrk_command"] = (f"wrk -t1 -c{args.connections} -d{args.duration}s --latency "
                                   f"-H 'Authorization: Bearer <{e.setup['alg'] or args.algs[0]} token>' "
@@ -435,6 +679,142 @@ def bench_concurrency(args, bench_input, concurrency, pid_dir):
         for e in envoys:
             e.stop()
     return results
+
+
+def check_feed_synced(envoy, timeout=10):
+    """(d): the revocation replica must have been fetched from the control plane."""
+    deadline = time.monotonic() + timeout
+    while True:
+        st = envoy.stats()
+        if st.get("wasmcustom.portcullis.revocation.poll_ok", 0) > 0:
+            return
+        if time.monotonic() > deadline:
+            found = {k: v for k, v in st.items() if k.startswith("wasmcustom.portcullis.revocation.")}
+            raise BenchError(f"{envoy.name}: no successful revocation feed poll after the warm-up: {found}\n"
+                             f"{envoy.log_tail()}")
+        time.sleep(0.2)
+
+
+# ---------------------------------------------------------------------------------
+# (f) control-plane throughput
+
+LEASE_KEYS = 4
+LEASE_SCRIPT = """-- POST /v1/ratelimit with one lease ask, cycling over %(n)d counter keys (bench/envoy_bench.py).
+local reqs = {}
+local i = 0
+function init(args)
+  for k = 1, %(n)d do
+    local body = '{"asks":[{"key":"bench-k' .. k .. '","limit":100000000,"unit":"second","op":"lease",'
+      .. '"maxLease":100,"holders":4,"ttlMs":2000}]}'
+    reqs[k] = wrk.format("POST", "/v1/ratelimit", {["Content-Type"] = "application/json"}, body)
+  end
+end
+function request()
+  i = i %% #reqs + 1
+  return reqs[i]
+end
+""" % {"n": LEASE_KEYS}
+LEASE_BODY = ('{"asks":[{"key":"bench-k1","limit":100000000,"unit":"second","op":"lease",'
+              '"maxLease":100,"holders":4,"ttlMs":2000}]}')
+
+CP_ENDPOINTS = [
+    # id, method, path ({head}: the feed head after seeding), the route label in the metrics
+    ("healthz", "GET", "/healthz", "/healthz"),
+    ("lease", "POST", "/v1/ratelimit", "/v1/ratelimit"),
+    # A full snapshot: what a new follower asks first.
+    ("feed", "GET", "/v1/feed?after=0", "/v1/feed"),
+    # A follower at the head: the filter's steady-state poll when nothing changed.
+    ("feed_delta", "GET", "/v1/feed?after={head}", "/v1/feed"),
+]
+
+
+def route_counts(metrics, route, method):
+    """(2xx, other) answers the control plane counted for the route."""
+    ok = bad = 0
+    for k, v in metrics.items():
+        if k.startswith("portcullis_http_requests_total{") and f'route="{route}"' in k and f'method="{method}"' in k:
+            if 'status="2' in k:
+                ok += v
+            else:
+                bad += v
+    return ok, bad
+
+
+def check_cp_run(cp, ep, w, before, after):
+    _, method, _, route = ep
+    d = {k: after.get(k, 0) - before.get(k, 0) for k in set(after) | set(before)}
+    problems = []
+    if w["non2xx"]:
+        problems.append(f"wrk saw {w['non2xx']} non-2xx/3xx responses")
+    if w["requests"] <= 0:
+        problems.append("wrk completed no request")
+    ok, bad = route_counts(d, route, method)
+    if bad:
+        problems.append(f"the control plane answered {bad:.0f} {route} requests with a non-2xx status")
+    if ok < w["requests"]:
+        problems.append(f"the control plane counted {ok:.0f} 2xx {route} answers for {w['requests']} wrk requests")
+    granted = refused = None
+    if ep[0] == "lease":
+        granted = d.get('portcullis_rate_limit_decisions_total{op="lease",result="granted"}', 0)
+        refused = d.get('portcullis_rate_limit_decisions_total{op="lease",result="refused"}', 0)
+        if refused:
+            problems.append(f"{refused:.0f} lease asks refused")
+        if granted < w["requests"]:
+            problems.append(f"{granted:.0f} leases granted for {w['requests']} wrk requests")
+    if problems:
+        raise BenchError(f"{cp.name} {route}: " + "; ".join(problems) + f"\n{cp.log_tail()}")
+    return {"answered_2xx": int(ok), "leases_granted": None if granted is None else int(granted)}
+
+
+def bench_control_plane(args, cps):
+    script = args.workdir / "lease.lua"
+    script.write_text(LEASE_SCRIPT)
+    cells = [(store, ep) for store in cps for ep in CP_ENDPOINTS]
+    results = {}
+
+    def run(store, ep, seconds):
+        cp = cps[store]
+        before = cp.metrics()
+        w = run_wrk_url(args.wrk, f"http://127.0.0.1:{cp.port}{ep[2].format(head=cp.head)}", seconds, args.connections,
+                        script=script if ep[0] == "lease" else None)
+        w["counters"] = check_cp_run(cp, ep, w, before, cp.metrics())
+        return w
+
+    for store, ep in cells:
+        cp = cps[store]
+        status, body = http_request(("127.0.0.1", cp.port), ep[1], ep[2].format(head=cp.head),
+                                    body=LEASE_BODY if ep[1] == "POST" else None,
+                                    headers={"content-type": "application/json"} if ep[1] == "POST" else None)
+        if status != 200:
+            raise BenchError(f"{cp.name}: {ep[1]} {ep[2]} answered {status}: {body[:300]}")
+        if ep[0] == "lease" and json.loads(body)["results"][0]["granted"] <= 0:
+            raise BenchError(f"{cp.name}: the lease ask was refused: {body[:300]}")
+    log(f"control plane ({', '.join(cps)}): {len(cells)} cells answer 200; warming up")
+    for store, ep in cells:
+        run(store, ep, args.warmup)
+        results[f"{store}-{ep[0]}"] = {"store": store, "endpoint": ep[0], "method": ep[1],
+                                       "path": ep[2].format(head=cp.head), "runs": []}
+    for r in range(args.runs):
+        shift = (r * len(cells)) // max(args.runs, 1)
+        order = cells[shift:] + cells[:shift]
+        log(f"control plane: round {r + 1}/{args.runs} ({len(order)} cells x {args.duration}s)")
+        for store, ep in order:
+            w = run(store, ep, args.duration)
+            w["round"] = r + 1
+            results[f"{store}-{ep[0]}"]["runs"].append(w)
+    for res in results.values():
+        runs = res["runs"]
+        res["rps"] = statistics.median(x["rps"] for x in runs)
+        res["p50_us"] = statistics.median(x["p50_us"] for x in runs)
+        res["p99_us"] = statistics.median(x["p99_us"] for x in runs)
+        res["socket_errors"] = sum(x["socket_errors"] for x in runs)
+        res["rss_kb_end"] = cps[res["store"]].rss_kb()
+    return {
+        "wrk_command": f"wrk -t1 -c{args.connections} -d{args.duration}s --latency [-s lease.lua] "
+                       f"http://127.0.0.1:<port><path>",
+        "lease_script": LEASE_SCRIPT,
+        "results": results,
+    }
 
 
 def read_text(path):
@@ -459,12 +839,21 @@ def main():
     p.add_argument("--duration", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--control-plane", type=Path,
+                   help="portcullis-control-plane binary: enables (d) and (f); without it both are skipped")
+    p.add_argument("--redis-server", type=Path, help="redis-server binary: adds the Redis store to (d) and (f)")
+    p.add_argument("--cp-stores", default="embedded,redis", help="control-plane stores for (d) and (f)")
     args = p.parse_args()
     args.algs = [a for a in args.algs.split(",") if a]
     unknown = [a for a in args.algs if a not in ALGS]
     if unknown:
         p.error(f"unknown algorithms {unknown}; choose from {ALGS}")
     bench_input = json.loads(args.input.read_text())
+    if args.control_plane:
+        args.control_plane = Path(os.path.abspath(args.control_plane))
+    if args.redis_server:
+        args.redis_server = Path(os.path.abspath(args.redis_server))
+    args.workdir = Path(os.path.abspath(args.workdir))
     args.pid_dir.mkdir(parents=True, exist_ok=True)
 
     # SIGTERM/SIGINT become exceptions so the finally blocks stop every Envoy.
@@ -477,19 +866,50 @@ def main():
     wasm_info = {"bytes": len(wasm_bytes), "sha256": hashlib.sha256(wasm_bytes).hexdigest()}
     started = time.time()
     all_results = {}
+    cps, redis, cp_doc = {}, None, None
+    stores = [x for x in args.cp_stores.split(",") if x] if args.control_plane else []
+    skipped = {}
+    if "redis" in stores and not (args.redis_server and args.redis_server.exists()):
+        stores.remove("redis")
+        skipped["redis"] = "redis-server not found"
     try:
+        if stores:
+            if "redis" in stores:
+                redis = Redis(args.redis_server, args.workdir, args.pid_dir)
+                redis.start()
+            for store in stores:
+                cp = ControlPlane(args.control_plane, store, args.workdir, args.pid_dir,
+                                  redis_url=f"redis://127.0.0.1:{redis.port}/" if store == "redis" else None)
+                cps[store] = cp
+                cp.start()
+                cp.seed()
+            log(f"control plane `{args.control_plane}` on stores {', '.join(f'{s}:{c.port}' for s, c in cps.items())}")
         for c in [int(x) for x in args.concurrency.split(",") if x]:
-            all_results.update(bench_concurrency(args, bench_input, c, args.pid_dir))
+            all_results.update(bench_concurrency(args, bench_input, c, args.pid_dir, cps))
+        if cps:
+            t0 = time.time()
+            cp_doc = bench_control_plane(args, cps)
+            cp_doc["elapsed_s"] = round(time.time() - t0, 1)
+            cp_doc["binary"] = str(args.control_plane)
+            cp_doc["redis_version"] = redis.version() if redis else None
+            cp_doc["skipped"] = skipped
     except BenchError as e:
         log(f"FAILED: {e}")
         return 1
+    finally:
+        for cp in cps.values():
+            cp.stop()
+        if redis:
+            redis.stop()
     doc = {
         "params": {"connections": args.connections, "duration_s": args.duration, "warmup_s": args.warmup,
                    "runs": args.runs, "concurrency": args.concurrency, "algs": args.algs,
-                   "jwt_cache_size": CACHE_SIZE},
+                   "jwt_cache_size": CACHE_SIZE, "d_limit": D_LIMIT, "cp_stores": list(cps),
+                   "cp_skipped": skipped},
         "elapsed_s": round(time.time() - started, 1),
         "wasm": wasm_info,
         "results": all_results,
+        "control_plane": cp_doc,
     }
     args.out.write_text(json.dumps(doc, indent=2))
     return 0

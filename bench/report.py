@@ -19,6 +19,7 @@ TARGET_RPS_VS_B = 0.9
 TARGET_P99_VS_B = 1.3
 TARGET_WASM_NATIVE_ES256 = 2.5
 TARGET_WASM_BYTES = 1_500_000  # 1.5 MB, decimal (the stricter reading; 1.5 MiB = 1,572,864)
+TARGET_CALLS_PER_REQUEST = 0.02  # (d): control-plane calls per request with quota leases
 
 GROUP_NAME = {
     "a": "(a) no auth filter",
@@ -26,7 +27,17 @@ GROUP_NAME = {
     "c": "(c) Portcullis",
     "c0": "(c0) Portcullis, rule `requires: none`",
     "e": "(e) Envoy local_ratelimit",
+    "d": "(d) Portcullis + revocation feed + lease limit",
+    "dr": "(d-feed) diagnostic: (c) + revocation feed only",
+    "dl": "(d-lease) diagnostic: (c) + lease limit only",
 }
+D_GROUPS = ("d", "dr", "dl")
+STORE_NAME = {"embedded": "embedded store", "redis": "Redis store", "memory": "memory store"}
+
+
+def setup_name(group, store=None):
+    name = GROUP_NAME[group]
+    return f"{name} ({STORE_NAME.get(store, store)})" if store else name
 
 
 def cmd_out(args):
@@ -84,44 +95,74 @@ def envoy_rows(envoy):
     by_key = {}
     for res in results.values():
         s = res["setup"]
-        by_key[(s["group"], s["alg"], s["cached"], res["concurrency"])] = res
+        by_key[(s["group"], s["alg"], s["cached"], res["concurrency"], s.get("store"))] = res
 
-    def ref(group, alg, cached, conc):
-        return by_key.get((group, alg, cached, conc))
+    def ref(group, alg, cached, conc, store=None):
+        return by_key.get((group, alg, cached, conc, store))
+
+    d_stores = sorted({r["setup"].get("store") for r in results.values() if r["setup"]["group"] == "d"},
+                      key=lambda x: (x != "embedded", x))
 
     rows = []
     concs = sorted({r["concurrency"] for r in results.values()})
     algs = [a for a in ALG_ORDER if a in envoy["params"]["algs"]]
     for conc in concs:
-        order = [("a", None, None), ("c0", None, None)]
+        order = [("a", None, None, None), ("c0", None, None, None)]
         for alg in algs:
             for cached in (True, False):
-                order += [("b", alg, cached), ("c", alg, cached)]
-        order.append(("e", None, None))
+                order += [("b", alg, cached, None), ("c", alg, cached, None)]
+                if cached:
+                    order += [("d", alg, cached, store) for store in d_stores]
+                    order += [(g, alg, cached, store) for g in ("dr", "dl") for store in d_stores]
+        order.append(("e", None, None, None))
         a = ref("a", None, None, conc)
-        for group, alg, cached in order:
-            res = ref(group, alg, cached, conc)
+        for group, alg, cached, store in order:
+            res = ref(group, alg, cached, conc, store)
             if res is None:
                 continue
             b = ref("b", alg, cached, conc) if group == "c" else None
+            c = ref("c", alg, cached, conc) if group in D_GROUPS else None
             requests = sum(r["requests"] for r in res["runs"])
             allowed = None
             for r in res["runs"]:
-                c = r["counters"]
-                v = (c.get("wasmcustom.portcullis.requests.allowed") if group in ("c", "c0")
-                     else c.get("http.ingress.jwt_authn.allowed") if group == "b"
-                     else c.get("bench_rl.http_local_rate_limit.ok") if group == "e"
-                     else c.get("http.ingress.downstream_rq_2xx"))
+                cnt = r["counters"]
+                v = (cnt.get("wasmcustom.portcullis.requests.allowed") if group in ("c", "c0") + D_GROUPS
+                     else cnt.get("http.ingress.jwt_authn.allowed") if group == "b"
+                     else cnt.get("bench_rl.http_local_rate_limit.ok") if group == "e"
+                     else cnt.get("http.ingress.downstream_rq_2xx"))
                 allowed = (allowed or 0) + (v or 0)
             cache_hits = None
             if group == "b" and cached is not None:
                 cache_hits = sum(r["counters"].get("http.ingress.jwt_authn.jwt_cache_hit", 0) for r in res["runs"])
+            lim = None
+            if group in D_GROUPS:
+                def total(name, runs=res["runs"]):
+                    return sum(r["counters"].get(name, 0) for r in runs)
+                limit_name = (envoy["params"].get("d_limit") or {}).get("name", "bench")
+                served = total("wasmcustom.portcullis.requests.allowed")
+                calls = total("wasmcustom.portcullis.ratelimit.calls")
+                releases = total("wasmcustom.portcullis.ratelimit.release_calls")
+                lim = {
+                    "served": served,
+                    "two_xx": total("http.ingress.downstream_rq_2xx"),
+                    "limit_allowed": total(f"wasmcustom.portcullis.ratelimit.{limit_name}.allowed"),
+                    "calls": calls, "release_calls": releases,
+                    "lease_grants": total("wasmcustom.portcullis.ratelimit.lease_grants"),
+                    "calls_per_request": (calls + releases) / served if served else None,
+                    "poll_ok": total("wasmcustom.portcullis.revocation.poll_ok"),
+                    "poll_failed": total("wasmcustom.portcullis.revocation.poll_failed"),
+                    "overdue": total("wasmcustom.portcullis.guard.overdue"),
+                    "unavailable": total("wasmcustom.portcullis.guard.control_plane_unavailable"),
+                    "parked": total("wasmcustom.portcullis.requests.parked"),
+                    "vs_c": res["rps"] / c["rps"] if c else None,
+                    "p99_vs_c": res["p99_us"] / c["p99_us"] if c else None,
+                }
             rows.append({
-                "group": group, "alg": alg, "cached": cached, "conc": conc,
+                "group": group, "alg": alg, "cached": cached, "conc": conc, "store": store, "limit": lim,
                 "rps": res["rps"], "p50": res["p50_us"], "p99": res["p99_us"],
                 "vs_a": res["rps"] / a["rps"] if a else None,
-                "vs_b": res["rps"] / b["rps"] if b else None,
-                "p99_vs_b": res["p99_us"] / b["p99_us"] if b else None,
+                "vs_b": res["rps"] / b["rps"] if b and group == "c" else None,
+                "p99_vs_b": res["p99_us"] / b["p99_us"] if b and group == "c" else None,
                 "requests": requests, "allowed": allowed, "cache_hits": cache_hits,
                 "runs_rps": [r["rps"] for r in res["runs"]],
                 "socket_errors": res["socket_errors"],
@@ -130,7 +171,7 @@ def envoy_rows(envoy):
     return rows
 
 
-def main_table(rows):
+def main_table(rows, cp=None, params=None):
     head = ("| Setup | Alg | Cache | Workers | RPS (median) | p50 | p99 | RPS vs (a) | RPS vs (b) | p99 vs (b) "
             "| 2xx & allowed by the filter / wrk requests |")
     lines = [head, "|" + "---|" * 11]
@@ -140,11 +181,95 @@ def main_table(rows):
         if r["cache_hits"] is not None and r["cached"]:
             verified += f" ({fmt_int(r['cache_hits'])} jwt_cache_hit)"
         lines.append(
-            f"| {GROUP_NAME[r['group']]} | {r['alg'] or '—'} | {cache} | {r['conc']} | {r['rps']:,.0f} "
+            f"| {setup_name(r['group'], r.get('store'))} | {r['alg'] or '—'} | {cache} | {r['conc']} | {r['rps']:,.0f} "
             f"| {fmt_us(r['p50'])} | {fmt_us(r['p99'])} | {fmt_ratio(r['vs_a'])} | {fmt_ratio(r['vs_b'])} "
             f"| {fmt_ratio(r['p99_vs_b'])} | {verified} |")
-    lines.append("| (d) Portcullis revocation + quota leases | — | — | — | not measured: feature not built yet | | | | | | |")
-    lines.append("| (f) control-plane throughput | — | — | — | not measured: feature not built yet | | | | | | |")
+    if not any(r["group"] == "d" for r in rows):
+        lines.append(f"| (d) Portcullis revocation + quota leases | — | — | — | not measured: {not_measured_why(params)} "
+                     "| | | | | | |")
+    if cp:
+        lines.append("| (f) control-plane throughput | — | — | — | see [(f) below](#f-control-plane-throughput) | | | | | | |")
+    else:
+        lines.append(f"| (f) control-plane throughput | — | — | — | not measured: {not_measured_why(params)} | | | | | | |")
+    return "\n".join(lines)
+
+
+def not_measured_why(params):
+    if params is not None and "d_limit" not in params:
+        return "results from a bench run before (d)/(f) existed"
+    return "no control-plane binary given to bench/envoy_bench.py"
+
+
+def fmt_calls(x):
+    return "—" if x is None else f"{x:.4f}"
+
+
+def d_table(rows):
+    """(d): the rate-limit and revocation path's own numbers."""
+    drows = [r for r in rows if r["group"] in D_GROUPS]
+    if not drows:
+        return None
+    lines = ["| Setup | Store | Alg | Workers | RPS (median) | p50 | p99 | RPS vs (a) | RPS vs (c) | p99 vs (c) "
+             "| control-plane calls / request (lease + release) | lease grants "
+             "| `ratelimit.bench.allowed` / served (filter allowed) / 2xx / wrk requests | feed polls ok / failed |",
+             "|" + "---|" * 14]
+    for r in drows:
+        lim = r["limit"]
+        calls = f"**{fmt_calls(lim['calls_per_request'])}** ({fmt_int(lim['calls'])} + {fmt_int(lim['release_calls'])})"
+        if r["group"] == "dr":
+            calls = "— (no limit)"
+        polls = "— (no feed)" if r["group"] == "dl" else f"{fmt_int(lim['poll_ok'])} / {fmt_int(lim['poll_failed'])}"
+        rl_check = (f"{fmt_int(lim['limit_allowed'])} / " if r["group"] != "dr" else "— / ")
+        lines.append(
+            f"| {GROUP_NAME[r['group']].split(' ', 1)[0]} | {STORE_NAME.get(r['store'], r['store'])} | {r['alg']} | {r['conc']} "
+            f"| {r['rps']:,.0f} | {fmt_us(r['p50'])} "
+            f"| {fmt_us(r['p99'])} | {fmt_ratio(r['vs_a'])} | {fmt_ratio(lim['vs_c'])} | {fmt_ratio(lim['p99_vs_c'])} "
+            f"| {calls} | {fmt_int(lim['lease_grants'])} "
+            f"| {rl_check}{fmt_int(lim['served'])} / {fmt_int(lim['two_xx'])} / {fmt_int(r['requests'])} "
+            f"| {polls} |")
+    return "\n".join(lines)
+
+
+CP_ENDPOINT_NAME = {"healthz": "`GET /healthz` (baseline)", "lease": "`POST /v1/ratelimit`, one lease ask",
+                    "feed": "`GET /v1/feed?after=0` (snapshot)",
+                    "feed_delta": "`GET /v1/feed?after=<head>` (poll, nothing new)"}
+CP_ENDPOINTS = ("healthz", "lease", "feed", "feed_delta")
+
+
+def cp_rows(cp):
+    res = cp["results"]
+    rows = []
+    stores = sorted({r["store"] for r in res.values()}, key=lambda x: (x != "embedded", x))
+    for store in stores:
+        base = res.get(f"{store}-healthz")
+        for ep in CP_ENDPOINTS:
+            r = res.get(f"{store}-{ep}")
+            if r is None:
+                continue
+            rows.append({
+                "store": store, "endpoint": ep, "rps": r["rps"], "p50": r["p50_us"], "p99": r["p99_us"],
+                "vs_base": r["rps"] / base["rps"] if base else None,
+                "p99_vs_base": r["p99_us"] / base["p99_us"] if base else None,
+                "requests": sum(x["requests"] for x in r["runs"]),
+                "answered": sum(x["counters"]["answered_2xx"] for x in r["runs"]),
+                "granted": (sum(x["counters"]["leases_granted"] for x in r["runs"]) if ep == "lease" else None),
+                "runs_rps": [x["rps"] for x in r["runs"]], "socket_errors": r["socket_errors"],
+                "rss": r.get("rss_kb_end"),
+            })
+    return rows
+
+
+def cp_table(rows):
+    lines = ["| Store | Endpoint | RPS (median) | p50 | p99 | RPS vs `/healthz` | p99 vs `/healthz` "
+             "| 2xx counted by the control plane / wrk requests |",
+             "|" + "---|" * 8]
+    for r in rows:
+        check = f"{fmt_int(r['answered'])} / {fmt_int(r['requests'])}"
+        if r["granted"] is not None:
+            check += f" ({fmt_int(r['granted'])} leases granted, 0 refused)"
+        lines.append(f"| {STORE_NAME.get(r['store'], r['store'])} | {CP_ENDPOINT_NAME[r['endpoint']]} | {r['rps']:,.0f} "
+                     f"| {fmt_us(r['p50'])} | {fmt_us(r['p99'])} | {fmt_ratio(r['vs_base'])} "
+                     f"| {fmt_ratio(r['p99_vs_base'])} | {check} |")
     return "\n".join(lines)
 
 
@@ -152,9 +277,68 @@ def spread_table(rows):
     lines = ["| Setup | Alg | Cache | Workers | RPS of each run | socket errors |", "|---|---|---|---|---|---|"]
     for r in rows:
         cache = "—" if r["cached"] is None else ("cached" if r["cached"] else "uncached")
-        lines.append(f"| {GROUP_NAME[r['group']]} | {r['alg'] or '—'} | {cache} | {r['conc']} | "
+        lines.append(f"| {setup_name(r['group'], r.get('store'))} | {r['alg'] or '—'} | {cache} | {r['conc']} | "
                      + ", ".join(f"{x:,.0f}" for x in r["runs_rps"]) + f" | {r['socket_errors']} |")
     return "\n".join(lines)
+
+
+def cp_spread_table(rows):
+    lines = ["| Store | Endpoint | RPS of each run | socket errors |", "|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {STORE_NAME.get(r['store'], r['store'])} | {CP_ENDPOINT_NAME[r['endpoint']]} | "
+                     + ", ".join(f"{x:,.0f}" for x in r["runs_rps"]) + f" | {r['socket_errors']} |")
+    return "\n".join(lines)
+
+
+def summary_df(rows, crow):
+    """Generated sentences on (d) and (f) (so they always match the tables above)."""
+    out = []
+    drows = [r for r in rows if r["group"] == "d"]
+    if drows:
+        cpr = [r["limit"]["calls_per_request"] for r in drows if r["limit"]["calls_per_request"] is not None]
+        worst = max(cpr) if cpr else None
+        if worst is not None:
+            verdict = "met" if worst <= TARGET_CALLS_PER_REQUEST else "**missed**"
+            out.append(f"- (d) control-plane calls per request: {min(cpr):.4f}–{worst:.4f} across "
+                       f"{len(drows)} cells (target ≤ {TARGET_CALLS_PER_REQUEST}: {verdict}, "
+                       f"{worst / TARGET_CALLS_PER_REQUEST * 100:.0f}% of the budget in the worst cell).")
+        vc = [r["limit"]["vs_c"] for r in drows if r["limit"]["vs_c"] is not None]
+        va = [r["vs_a"] for r in drows if r["vs_a"] is not None]
+        pc = [r["limit"]["p99_vs_c"] for r in drows if r["limit"]["p99_vs_c"] is not None]
+        if vc:
+            out.append(f"- (d) RPS vs (c) of the same algorithm and worker count: {min(vc):.2f}–{max(vc):.2f}× "
+                       f"(vs (a): {min(va):.2f}–{max(va):.2f}×); p99 vs (c): {min(pc):.2f}–{max(pc):.2f}×.")
+        bad = [r for r in drows if r["limit"]["limit_allowed"] != r["limit"]["served"]]
+        out.append("- (d) every request the filter allowed was counted by the lease limit "
+                   "(`ratelimit.bench.allowed` = `requests.allowed` in every run)" if not bad else
+                   f"- (d) `ratelimit.bench.allowed` differs from `requests.allowed` in {len(bad)} cells")
+        # Cost per request over (c) from 1/RPS (includes wrk's share of the cores).
+        for conc in sorted({r["conc"] for r in drows}):
+            parts = []
+            for r in [x for x in rows if x["group"] in D_GROUPS and x["conc"] == conc]:
+                c_rps = r["rps"] / r["limit"]["vs_c"] if r["limit"]["vs_c"] else None
+                if c_rps:
+                    what = {"d": f"feed + lease ({STORE_NAME.get(r['store'], r['store'])})",
+                            "dr": "feed only", "dl": "lease only"}[r["group"]]
+                    parts.append(f"{what} {1e6 / r['rps'] - 1e6 / c_rps:+.1f} µs")
+            if parts:
+                out.append(f"- Cost per request over (c) (1/RPS, {conc} worker{'s' if conc > 1 else ''}; "
+                           f"noise of a few µs): " + ", ".join(parts) + ".")
+        polls_failed = sum(r["limit"]["poll_failed"] for r in drows)
+        out.append(f"- (d) revocation feed polls during the measured runs: "
+                   f"{sum(r['limit']['poll_ok'] for r in drows):,} ok, {polls_failed:,} failed.")
+    if crow:
+        by = {(r["store"], r["endpoint"]): r for r in crow}
+        for store in sorted({r["store"] for r in crow}, key=lambda x: (x != "embedded", x)):
+            parts = []
+            for ep in CP_ENDPOINTS[1:]:
+                r = by.get((store, ep))
+                if r and r["vs_base"] is not None:
+                    parts.append(f"{CP_ENDPOINT_NAME[ep]} {r['vs_base']:.2f}× the RPS of `/healthz` "
+                                 f"(p99 {r['p99_vs_base']:.2f}×)")
+            if parts:
+                out.append(f"- (f) {STORE_NAME.get(store, store)}: " + "; ".join(parts) + ".")
+    return "\n".join(out)
 
 
 def memory_table(rows):
@@ -163,10 +347,10 @@ def memory_table(rows):
     lines = ["| Setup | Alg | Cache | " + " | ".join(f"Δ RSS, {c} worker{'s' if c > 1 else ''}" for c in concs)
              + (" | Δ per extra worker |" if len(concs) > 1 else " |"),
              "|---|---|---|" + "---|" * len(concs) + ("---|" if len(concs) > 1 else "")]
-    keyed = {(r["group"], r["alg"], r["cached"], r["conc"]): r for r in rows}
+    keyed = {(r["group"], r["alg"], r["cached"], r.get("store"), r["conc"]): r for r in rows}
     seen = []
     for r in rows:
-        k = (r["group"], r["alg"], r["cached"])
+        k = (r["group"], r["alg"], r["cached"], r.get("store"))
         if r["group"] == "a" or k in seen:
             continue
         seen.append(k)
@@ -183,7 +367,7 @@ def memory_table(rows):
                 per = (deltas[-1] - deltas[0]) / (concs[-1] - concs[0])
                 extra = f" {per / 1024:+.1f} MiB |"
         cache = "—" if r["cached"] is None else ("cached" if r["cached"] else "uncached")
-        lines.append(f"| {GROUP_NAME[r['group']]} | {r['alg'] or '—'} | {cache} | " + " | ".join(cells) + " |" + extra)
+        lines.append(f"| {setup_name(r['group'], r.get('store'))} | {r['alg'] or '—'} | {cache} | " + " | ".join(cells) + " |" + extra)
     base_line = ", ".join(f"{c} worker{'s' if c > 1 else ''}: {base[c]['rss_end'] / 1024:.1f} MiB"
                           for c in concs if c in base)
     return "\n".join(lines), base_line
@@ -250,9 +434,107 @@ def targets(rows, ratios, wasm_bytes):
         lines.append(f"| wasm/native verify ≤ {TARGET_WASM_NATIVE_ES256}× for ES256 | {v:.2f}× | "
                      + verdict(v <= TARGET_WASM_NATIVE_ES256, f"ES256 wasm/native {v:.2f}×, {(v / TARGET_WASM_NATIVE_ES256 - 1) * 100:.0f}% over")
                      + " |")
+    for r in rows:
+        if r["group"] != "d" or r["limit"]["calls_per_request"] is None:
+            continue
+        label = f"{STORE_NAME.get(r['store'], r['store'])}, {r['conc']} worker{'s' if r['conc'] > 1 else ''}"
+        v = r["limit"]["calls_per_request"]
+        lines.append(f"| (d) control-plane calls per request ≤ {TARGET_CALLS_PER_REQUEST}, {label} | {v:.4f} | "
+                     + verdict(v <= TARGET_CALLS_PER_REQUEST,
+                               f"calls/request {label}: {v:.4f}, {(v / TARGET_CALLS_PER_REQUEST - 1) * 100:.0f}% over")
+                     + " |")
     lines.append(f"| .wasm ≤ 1.5 MB | {wasm_bytes:,} bytes ({wasm_bytes / 1e6:.2f} MB) | "
                  + verdict(wasm_bytes <= TARGET_WASM_BYTES, f".wasm {wasm_bytes / 1e6:.2f} MB") + " |")
     return "\n".join(lines), missed
+
+
+def df_sections(envoy, rows, dtable, crow, prm):
+    """The text of (d) and (f): how they were measured, their tables, what is missing."""
+    cp = envoy.get("control_plane")
+    missing = []
+    how = ""
+    if dtable or cp:
+        lim = prm.get("d_limit") or {}
+        stores = ", ".join(STORE_NAME.get(x, x) for x in prm.get("cp_stores", []))
+        redis = f" ({cp['redis_version'].split(' v=')[0]} v={cp['redis_version'].split(' v=')[1].split()[0]})" \
+            if cp and cp.get("redis_version") and " v=" in cp["redis_version"] else ""
+        binary = cp["binary"] if cp else "(see bench/run.sh)"
+        if "/bench-run." in binary:
+            binary = "<work dir>/" + Path(binary).name
+        how = f"""
+(d): Portcullis exactly as the (c) cached setup of the same algorithm, plus the revocation
+feed (`"revocation": {{"cluster": "portcullis_control_plane", "authority": "control-plane"}}`,
+polled every second by one worker) and one quota-lease rate limit applying to every request,
+`{json.dumps(lim)}` (a limit that never refuses: nothing is denied, so the lease path is
+measured, not 429s), with `"controlPlane": {{"cluster": "portcullis_control_plane",
+"authority": "control-plane", "timeoutMs": 500}}`. The Envoy cluster
+`portcullis_control_plane` points at a real control plane (`{binary}`, release build,
+default log level) started per store like tests/src/lib.rs does: {stores}{redis}; one
+process per store for the whole run, shared by the (d) Envoys of both worker counts, and on
+the same 2 cores. Beyond the checks above, every (d) run must show
+`wasmcustom.portcullis.ratelimit.bench.allowed` = `wasmcustom.portcullis.requests.allowed`
+(every allowed request spent a leased unit) and no `denied`/`unavailable_*` for the limit,
+and each Envoy must have polled the feed successfully after its warm-up. "Calls per request"
+= (Δ`ratelimit.calls` + Δ`ratelimit.release_calls`) / Δ`requests.allowed`, summed over the
+measured runs. Two diagnostics split (c) → (d) on the first store: (d-feed) adds only the
+revocation feed, (d-lease) only the lease limit (and `controlPlane`).
+"""
+    else:
+        missing.append(f"- (d) revocation feed + quota leases: not measured: {not_measured_why(prm)}.")
+    d_section = ""
+    if dtable:
+        d_section = f"""### (d) Portcullis with the revocation feed and a quota-lease limit
+
+Medians as above. "vs (c)" compares with Portcullis of the same algorithm, cache and
+worker count without rate limit and feed, measured in the same rounds.
+
+{dtable}
+
+"""
+    f_section = ""
+    if cp:
+        f_section = f"""
+## (f) Control-plane throughput
+
+wrk against the control plane directly (no Envoy), same wrk settings
+(1 thread, {prm['connections']} connections, {prm['warmup_s']} s warm-up, medians of {prm['runs']} × {prm['duration_s']} s, every
+(store, endpoint) cell once per round in a rotated order):
+
+    {cp['wrk_command']}
+
+`POST /v1/ratelimit` sends one lease ask per request, cycling over 4 counter keys with a
+small wrk Lua script (`{{"asks":[{{"key":"bench-k<1..4>","limit":100000000,"unit":"second",
+"op":"lease","maxLease":100,"holders":4,"ttlMs":2000}}]}}`); `GET /v1/feed?after=0` asks for a
+full snapshot (what a new follower asks first; the store holds one revoked token id, seeded
+before the run), `GET /v1/feed?after=<head>` is a follower's poll when nothing changed (what
+each Envoy asks every second in steady state); `GET /healthz` of the same process is the
+baseline (routing, the metrics/log middleware, no store). Every run is checked against
+the control plane's own `/metrics`: all answers 2xx (`portcullis_http_requests_total` for
+the route) and, for leases, every ask granted, none refused. The control plane logs each
+`/v1/feed` request at info (the default level), `/healthz` and `/v1/ratelimit` at debug.
+wrk, the control plane and Redis share the 2 cores, so compare the ratios to `/healthz`,
+not the absolute numbers.
+
+{cp_table(crow)}
+
+RPS of each measured run:
+
+{cp_spread_table(crow)}
+"""
+        skipped = cp.get("skipped") or {}
+        for store, why in skipped.items():
+            missing.append(f"- {STORE_NAME.get(store, store)} for (d) and (f): skipped ({why}).")
+    else:
+        missing.append(f"- (f) control-plane throughput: not measured: {not_measured_why(prm)}.")
+    summary = summary_df(rows, crow)
+    if summary:
+        f_section += f"""
+## (d) and (f) in this run (generated)
+
+{summary}
+"""
+    not_measured = ("\n## Not measured\n\n" + "\n".join(missing) + "\n") if missing else ""
+    return how, d_section, f_section, not_measured
 
 
 # ---------------------------------------------------------------------------------
@@ -283,7 +565,10 @@ def main():
     wasm_bytes = wasm_info["bytes"]
     ttable, missed = targets(rows, ratios, wasm_bytes)
     mem, mem_base = memory_table(rows)
-    table = main_table(rows)
+    cp = envoy.get("control_plane")
+    table = main_table(rows, cp, prm)
+    dtable = d_table(rows)
+    crow = cp_rows(cp) if cp else []
     elapsed = args.elapsed_s if args.elapsed_s is not None else int(time.time()) - args.started
 
     envoy_version = cmd_out([args.envoy, "--version"]).replace("\n", " ").strip()
@@ -292,6 +577,7 @@ def main():
     envoy_cmd = " ".join(
         "<setup>/" + Path(a).name if "/bench-run." in a else a for a in first["command"].split(" ")
     ).replace(f"--concurrency {first['concurrency']}", "--concurrency <1|2>")
+    how_df, d_section, f_section, not_measured = df_sections(envoy, rows, dtable, crow, prm)
     doc = f"""# Portcullis benchmark results
 
 Generated by `bench/run.sh` (`make bench`); do not edit by hand: rerun it. The analysis at
@@ -344,7 +630,7 @@ rule but checks no token), so (a) → (c0) → (c) splits the filter's cost into
 filter's fixed per-request cost and the JWT work. Token claims: `iss`, `aud`, `sub`, `scope`,
 `iat`, `exp` (1 day). Keys: tests/fixtures (ES256 `es256-a`, RS256 `rs256-a`, 2048-bit) and
 bench/fixtures (HS256, Ed25519). Tokens are signed by `jsonwebtoken` (not by our code).
-
+{how_df}
 ## Results
 
 Medians of {prm['runs']} × {prm['duration_s']} s, wrk 1 thread, {prm['connections']} connections.
@@ -353,10 +639,10 @@ cache setting and worker count.
 
 {table}
 
-RPS of each measured run (spread):
+{d_section}RPS of each measured run (spread):
 
 {spread_table(rows)}
-
+{f_section}
 ## Targets (reported, not asserted)
 
 {ttable}
@@ -388,11 +674,7 @@ is {wasm_bytes:,} bytes.
 
 {mem}
 
-## Not measured
-
-- (d) revocation feed + quota leases: not measured: feature not built yet.
-- (f) control-plane throughput: not measured: feature not built yet.
-"""
+{not_measured}"""
     if args.analysis and args.analysis.exists():
         doc += "\n" + args.analysis.read_text()
     elif missed:
@@ -401,6 +683,12 @@ is {wasm_bytes:,} bytes.
 
     print()
     print(table)
+    if dtable:
+        print()
+        print(dtable)
+    if crow:
+        print()
+        print(cp_table(crow))
     print()
     print(mtable)
     print()

@@ -4,14 +4,19 @@
 #      with the same compiler, and mints one token per algorithm with the fixture keys;
 #   2. microbenchmark: Provider::verify per algorithm, native and under node's WASI (V8);
 #   3. Envoy benchmark (bench/envoy_bench.py): no filter, native jwt_authn, Portcullis,
-#      native local_ratelimit, at 1 and 2 workers, wrk on loopback;
+#      Portcullis with the revocation feed and a quota-lease limit against a real control
+#      plane (release build, embedded store and Redis), native local_ratelimit, at 1 and 2
+#      workers, wrk on loopback; then the control plane's own throughput (leases, feed);
 #   4. writes bench/RESULTS.md (bench/report.py) and prints the table.
 #
 # Knobs (environment): BENCH_CONCURRENCY=1,2  BENCH_ALGS=HS256,ES256,RS256,EdDSA
 #   BENCH_CONNECTIONS=16  BENCH_DURATION=3  BENCH_WARMUP=2  BENCH_RUNS=3
 #   BENCH_MICRO_MS=500 (per case and round)  BENCH_RESULTS=bench/RESULTS.md
+#   BENCH_CP_STORES=embedded,redis (stores for (d) and (f); empty: skip both)
 #   BENCH_KEEP=1 (keep the work directory with configs and Envoy logs)
 #   PORTCULLIS_ENVOY, PORTCULLIS_WASM (as for the tests)
+#   PORTCULLIS_CONTROL_PLANE (a control-plane binary to use instead of building
+#     `cargo build --release -p portcullis-control-plane` into target/bench-cp)
 set -euo pipefail
 
 STARTED=$(date +%s)
@@ -28,6 +33,7 @@ DURATION=${BENCH_DURATION:-3}
 WARMUP=${BENCH_WARMUP:-2}
 RUNS=${BENCH_RUNS:-3}
 MICRO_MS=${BENCH_MICRO_MS:-500}
+CP_STORES=${BENCH_CP_STORES-embedded,redis}
 
 say() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
@@ -40,6 +46,7 @@ command -v python3 >/dev/null || die "python3 not found"
 NODE=$(command -v node) || die "node not found (node >= 20 runs the wasm microbenchmark): run \`make setup\`"
 node -e 'require("node:wasi")' 2>/dev/null || die "this node ($(node --version)) has no node:wasi; node >= 20 is needed"
 command -v cargo >/dev/null || die "cargo not found: run \`make setup\`"
+REDIS=$(command -v redis-server || true)  # optional: without it (d)/(f) skip the Redis store
 
 # Same choice as the Makefile: rustup's wasm32-wasip1 when installed, else Debian's Rust
 # building std from source. The native microbenchmark uses the same compiler as the wasm
@@ -120,6 +127,23 @@ NATIVE_BENCH=$NATIVE_DIR/release/verify-bench
 WASM_BENCH=$WASM_DIR/wasm32-wasip1/release/verify-bench.wasm
 "$NATIVE_DIR/release/mint-bench-tokens" "$ROOT" "$WORK/input.json"
 
+# The control plane for (d) and (f): a release build (a debug build would make (f) measure
+# unoptimised code), in its own target directory so it never invalidates `make build`'s.
+CP_ARGS=()
+if [[ -n $CP_STORES ]]; then
+  if [[ -n ${PORTCULLIS_CONTROL_PLANE:-} ]]; then
+    CONTROL_PLANE=$PORTCULLIS_CONTROL_PLANE
+  else
+    say "building the control plane (release, target/bench-cp)"
+    run_child env CARGO_TARGET_DIR="$ROOT/target/bench-cp" cargo build --quiet --release \
+      -p portcullis-control-plane --bin portcullis-control-plane
+    CONTROL_PLANE=$ROOT/target/bench-cp/release/portcullis-control-plane
+  fi
+  [[ -x $CONTROL_PLANE ]] || die "control plane not found at $CONTROL_PLANE"
+  CP_ARGS=(--control-plane "$CONTROL_PLANE" --cp-stores "$CP_STORES")
+  if [[ -n $REDIS ]]; then CP_ARGS+=(--redis-server "$REDIS"); fi
+fi
+
 # --- 2. microbenchmark: native and wasm, alternated -----------------------------------
 say "microbenchmark: Provider::verify, native vs wasm (node $(node --version), V8), 2 rounds"
 for round in 1 2; do
@@ -135,7 +159,7 @@ run_child python3 "$ROOT/bench/envoy_bench.py" \
   --envoy "$ENVOY" --wasm "$WASM" --wrk "$WRK" --input "$WORK/input.json" \
   --workdir "$WORK/envoy" --pid-dir "$PIDS" --out "$WORK/envoy.json" \
   --concurrency "$CONCURRENCY" --algs "$ALGS" --connections "$CONNECTIONS" \
-  --duration "$DURATION" --warmup "$WARMUP" --runs "$RUNS"
+  --duration "$DURATION" --warmup "$WARMUP" --runs "$RUNS" "${CP_ARGS[@]}"
 
 # --- 4. report -------------------------------------------------------------------------
 run_child python3 "$ROOT/bench/report.py" \
