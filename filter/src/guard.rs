@@ -167,6 +167,8 @@ pub struct GuardState {
     pub queue: Cell<Option<u32>>,
     /// While the root context works through the queue: its id.
     root_dispatch: Cell<Option<u32>>,
+    /// Metric names per (limit, outcome).
+    metric_names: RefCell<HashMap<(usize, &'static str), String>>,
 }
 
 #[derive(Default)]
@@ -195,6 +197,18 @@ enum LimitStep {
 }
 
 impl Runtime {
+    /// `portcullis.ratelimit.<name>.<what>`, with the name built once per limit.
+    fn count_limit(&self, index: usize, limit: &RateLimit, what: &'static str) {
+        let key = (index, what);
+        if let Some(name) = self.guards.metric_names.borrow().get(&key) {
+            self.metrics.count(name);
+            return;
+        }
+        let name = format!("portcullis.ratelimit.{}.{what}", limit.name);
+        self.metrics.count(&name);
+        self.guards.metric_names.borrow_mut().insert(key, name);
+    }
+
     fn rate_limit(&self, index: usize) -> Option<&RateLimit> {
         self.policy.guards.rate_limits.get(index)
     }
@@ -209,16 +223,17 @@ impl Runtime {
         // Rate limits.
         let mut asks: Vec<(usize, AppliedLimit, bool, RateLimitOp)> = Vec::new();
         let mut wait_on: Option<u32> = None;
-        for i in 0..pending.limits.len() {
+        // Taken out while stepping through them, so each can be lent without a copy.
+        let limits = std::mem::take(&mut pending.limits);
+        for (i, applied) in limits.iter().enumerate() {
             if pending.done.get(i).copied().unwrap_or(true) {
                 continue;
             }
-            let Some(applied) = pending.limits.get(i).cloned() else { continue };
             let Some(limit) = self.rate_limit(applied.index) else {
                 mark(&mut pending.done, i);
                 continue;
             };
-            match self.limit_step(&mut pending, i, &applied, limit, now) {
+            match self.limit_step(&mut pending, i, applied, limit, now) {
                 LimitStep::Done(headers) => {
                     mark(&mut pending.done, i);
                     if let Some((remaining, h)) = headers {
@@ -231,21 +246,22 @@ impl Runtime {
                 }
                 LimitStep::Deny(denial) => {
                     if limit.shadow {
-                        self.metrics.count(&format!("portcullis.ratelimit.{}.shadow_denied", limit.name));
+                        self.count_limit(applied.index, limit, "shadow_denied");
                         log::info!("rate limit `{}` (shadow) would deny", limit.name);
                         mark(&mut pending.done, i);
                         continue;
                     }
-                    self.metrics.count(&format!("portcullis.ratelimit.{}.denied", limit.name));
+                    self.count_limit(applied.index, limit, "denied");
                     return self.reply(ctx, &denial);
                 }
                 LimitStep::Ask(op) => {
                     let strict = matches!(op, RateLimitOp::Check { .. });
-                    asks.push((i, applied, strict, op));
+                    asks.push((i, applied.clone(), strict, op));
                 }
                 LimitStep::Wait(token) => wait_on = Some(token),
             }
         }
+        pending.limits = limits;
         if !asks.is_empty() {
             return self.ask_limits(ctx, pending, asks, now);
         }
@@ -299,11 +315,18 @@ impl Runtime {
     ) -> LimitStep {
         if let Some(answer) = pending.strict.get(i).copied().flatten() {
             return if answer.granted > 0 {
-                self.metrics.count(&format!("portcullis.ratelimit.{}.allowed", limit.name));
-                LimitStep::Done(Some((
-                    answer.remaining,
-                    limit_headers(applied, answer.remaining, now.saturating_add(answer.reset_after_ms), now),
-                )))
+                self.count_limit(applied.index, limit, "allowed");
+                LimitStep::Done(headers_if_wanted(limit, || {
+                    (
+                        answer.remaining,
+                        limit_headers(
+                            applied,
+                            answer.remaining,
+                            now.saturating_add(answer.reset_after_ms),
+                            now,
+                        ),
+                    )
+                }))
             } else {
                 LimitStep::Deny(self.rate_limited(
                     applied,
@@ -317,11 +340,11 @@ impl Runtime {
         if pending.unavailable || now < self.guards.circuit_open_until.get() {
             return match limit.on_error {
                 FailureMode::Allow => {
-                    self.metrics.count(&format!("portcullis.ratelimit.{}.unavailable_allowed", limit.name));
+                    self.count_limit(applied.index, limit, "unavailable_allowed");
                     LimitStep::Done(None)
                 }
                 FailureMode::Deny => {
-                    self.metrics.count(&format!("portcullis.ratelimit.{}.unavailable_denied", limit.name));
+                    self.count_limit(applied.index, limit, "unavailable_denied");
                     LimitStep::Deny(Denial::RateLimitUnavailable)
                 }
             };
@@ -338,12 +361,11 @@ impl Runtime {
                             if host::set_shared_data(&key, &next.encode(), cas).is_err() {
                                 continue;
                             }
-                            self.metrics.count(&format!("portcullis.ratelimit.{}.allowed", limit.name));
-                            let remaining = next.visible_remaining(now);
-                            return LimitStep::Done(Some((
-                                remaining,
-                                limit_headers(applied, remaining, next.reset_at_ms, now),
-                            )));
+                            self.count_limit(applied.index, limit, "allowed");
+                            return LimitStep::Done(headers_if_wanted(limit, || {
+                                let remaining = next.visible_remaining(now);
+                                (remaining, limit_headers(applied, remaining, next.reset_at_ms, now))
+                            }));
                         }
                         SlotSpend::Refused { retry_after_ms } => {
                             return LimitStep::Deny(self.rate_limited(
@@ -1049,6 +1071,14 @@ fn decode_lock(bytes: &[u8]) -> (u64, u64) {
         (Some(until), Some(learned_at)) if bytes.len() == 16 => (decode_u64(until), decode_u64(learned_at)),
         _ => (0, 0),
     }
+}
+
+/// Builds the `RateLimit-*` headers of an allowed request only when they will be sent.
+fn headers_if_wanted(
+    limit: &RateLimit,
+    build: impl FnOnce() -> (u64, Vec<(String, String)>),
+) -> Option<(u64, Vec<(String, String)>)> {
+    (limit.response_headers == HeaderMode::Always).then(build)
 }
 
 fn decode_u64(bytes: &[u8]) -> u64 {
