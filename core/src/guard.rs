@@ -546,6 +546,17 @@ impl Guards {
         self.rate_limits.is_empty() && self.lockout.is_none() && self.burst.is_none()
     }
 
+    /// Whether anything reads the client address (so the filter only looks it up then).
+    pub fn needs_client_ip(&self) -> bool {
+        let uses = |d: &Descriptor| *d == Descriptor::ClientIp;
+        self.burst.is_some()
+            || self.lockout.as_ref().is_some_and(|l| l.by_ip)
+            || self
+                .rate_limits
+                .iter()
+                .any(|l| l.descriptors.iter().any(uses) || l.overrides.iter().any(|o| uses(&o.when)))
+    }
+
     /// Counters of the limits that apply to a request.
     pub fn applicable(&self, rule_index: Option<usize>, ctx: &LimitContext<'_>) -> Vec<AppliedLimit> {
         self.rate_limits.iter().enumerate().filter_map(|(i, l)| l.apply(i, rule_index, ctx)).collect()
@@ -721,11 +732,20 @@ fn compile_lockout(c: LockoutConfig) -> Result<Lockout, ConfigError> {
         return Err(ConfigError::new("failureStatuses", "list HTTP statuses (100-599)"));
     }
     let p = &c.policy;
-    if p.max_failures == 0 || p.window_ms == 0 || p.base_lock_ms == 0 || p.base_lock_ms > p.max_lock_ms {
-        return Err(ConfigError::new(
-            "policy",
-            "maxFailures, windowMs and baseLockMs must be positive, and baseLockMs at most maxLockMs",
-        ));
+    // The same bounds the control plane enforces (it refuses anything else with 400).
+    const MAX_MS: u64 = 30 * 24 * 3_600_000;
+    if !(1..=1000).contains(&p.max_failures) {
+        return Err(ConfigError::new("policy.maxFailures", "must be between 1 and 1000"));
+    }
+    for (field, v) in
+        [("windowMs", p.window_ms), ("baseLockMs", p.base_lock_ms), ("maxLockMs", p.max_lock_ms)]
+    {
+        if !(1..=MAX_MS).contains(&v) {
+            return Err(ConfigError::new(format!("policy.{field}"), "must be between 1 ms and 30 days"));
+        }
+    }
+    if p.base_lock_ms > p.max_lock_ms {
+        return Err(ConfigError::new("policy.baseLockMs", "must be at most maxLockMs"));
     }
     if !(1..=10_000).contains(&c.timeout_ms) {
         return Err(ConfigError::new("timeoutMs", "must be between 1 and 10000"));
@@ -1034,6 +1054,11 @@ mod tests {
         assert!(l.matches(&req(&[])));
         assert_eq!(l.subjects(Some("a"), Some("1.2.3.4")).len(), 2);
         assert_eq!(l.subjects(None, Some("1.2.3.4"))[0].kind, SubjectKind::Ip);
+        let too_many: LockoutConfig = serde_json::from_str(
+            r#"{"routes":[{"path":"/login"}],"account":"json:u","policy":{"maxFailures":5000}}"#,
+        )
+        .unwrap();
+        assert_eq!(compile_lockout(too_many).unwrap_err().field, "policy.maxFailures");
     }
 
     #[test]

@@ -540,8 +540,12 @@ impl HttpContext for AuthnContext {
         self.progress.guard.ctx = self.id;
         if !guards.is_empty() {
             let now = host::now_unix_ms();
-            let downstream = host::downstream_address();
-            let ip = client_ip(&request, downstream.as_deref(), guards.trusted_hops);
+            let ip = if guards.needs_client_ip() {
+                let downstream = host::downstream_address();
+                client_ip(&request, downstream.as_deref(), guards.trusted_hops)
+            } else {
+                None
+            };
             if let Some(denial) = rt.burst_check(&request, ip.as_deref(), now) {
                 return match deny(&rt, "(burst)", false, &denial, None) {
                     Next::Continue => Action::Continue,
