@@ -3,113 +3,28 @@
 
 mod support;
 
+use support::{command, Server, CLI, SERVER};
+
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 
-const SERVER: &str = env!("CARGO_BIN_EXE_portcullis-control-plane");
-const CLI: &str = env!("CARGO_BIN_EXE_portcullis");
 const ADMIN_TOKEN: &str = "cli-test-admin-token-0123456789";
 
 /// Environment variables that would leak the caller's configuration into the test.
-const PORTCULLIS_ENV: &[&str] = &[
-    "PORTCULLIS_LISTEN",
-    "PORTCULLIS_STORE",
-    "PORTCULLIS_DATA_DIR",
-    "PORTCULLIS_REDIS_URL",
-    "PORTCULLIS_ADMIN_TOKEN",
-    "PORTCULLIS_ADMIN_TOKEN_FILE",
-    "PORTCULLIS_ISSUER",
-    "PORTCULLIS_AUDIENCE",
-    "PORTCULLIS_ACCESS_TOKEN_TTL",
-    "PORTCULLIS_LOG_FORMAT",
-    "PORTCULLIS_URL",
-    "PORTCULLIS_MASTER_KEY",
-    "PORTCULLIS_MASTER_KEY_FILE",
-    "PORTCULLIS_SIGNING_ALG",
-    "PORTCULLIS_KEY_OVERLAP",
-    "PORTCULLIS_ROTATE_EVERY",
-    "PORTCULLIS_REFRESH_TOKEN_TTL",
-    "PORTCULLIS_FEED_KEEP",
-];
-
-fn command(binary: &str) -> Command {
-    let mut command = Command::new(binary);
-    for var in PORTCULLIS_ENV {
-        command.env_remove(var);
-    }
-    command
-}
-
-/// A control plane process, killed on drop.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start(args: &[&str]) -> Self {
-        let port = support::free_port();
-        let child = command(SERVER)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(args)
-            .env("PORTCULLIS_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut server = Self { child, url: format!("http://127.0.0.1:{port}") };
-        server.wait_until_healthy();
-        server
-    }
-
-    fn wait_until_healthy(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("server exited early: {status}");
-            }
-            if cli(&self.url, &["health"]).status.success() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("server did not become healthy");
-    }
-
-    /// Sends SIGTERM and returns whether the process exited successfully.
-    fn terminate(mut self) -> bool {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.success();
-            }
-            assert!(Instant::now() < deadline, "server ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn cli(url: &str, args: &[&str]) -> Output {
-    command(CLI).args(["--url", url]).args(args).output().unwrap()
+    support::cli(url, None, args)
 }
 
 fn cli_admin(url: &str, args: &[&str]) -> Output {
-    command(CLI).args(["--url", url]).env("PORTCULLIS_ADMIN_TOKEN", ADMIN_TOKEN).args(args).output().unwrap()
+    support::cli(url, Some(ADMIN_TOKEN), args)
+}
+
+fn start(args: &[&str]) -> Server {
+    Server::start(ADMIN_TOKEN, args)
 }
 
 fn stdout(output: &Output) -> String {
@@ -128,7 +43,7 @@ fn status_kid(url: &str) -> String {
 
 #[tokio::test]
 async fn cli_issues_a_token_that_verifies_against_the_servers_jwks() {
-    let server = Server::start(&["--store", "memory", "--audience", "demo-api"]);
+    let server = start(&["--store", "memory", "--audience", "demo-api"]);
     let output = cli_admin(
         &server.url,
         &[
@@ -180,7 +95,7 @@ async fn cli_issues_a_token_that_verifies_against_the_servers_jwks() {
 
 #[test]
 fn cli_errors_print_the_problem_and_exit_non_zero() {
-    let server = Server::start(&["--store", "memory"]);
+    let server = start(&["--store", "memory"]);
     let output = command(CLI)
         .args(["--url", &server.url, "--admin-token", "not-the-admin-token"])
         .args(["token", "issue", "--sub", "alice"])
@@ -211,7 +126,7 @@ fn admin_token_file_is_accepted_by_server_and_cli() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("admin-token");
     std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n")).unwrap();
-    let server = Server::start(&["--store", "memory"]);
+    let server = start(&["--store", "memory"]);
     let output = command(CLI)
         .args(["--url", &server.url, "--admin-token-file"])
         .arg(&token_file)
@@ -257,7 +172,7 @@ fn server_refuses_to_start_without_an_admin_token() {
 fn embedded_store_generates_a_master_key_and_refuses_a_wrong_one() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let first = Server::start(&["--store", "embedded", "--data-dir", path_str(&data_dir)]);
+    let first = start(&["--store", "embedded", "--data-dir", path_str(&data_dir)]);
     assert!(first.terminate());
     let key_file = data_dir.join("master.key");
     assert!(key_file.is_file());
@@ -283,7 +198,7 @@ fn json_of(output: &Output) -> Value {
 
 #[test]
 fn cli_drives_keys_revocations_sessions_and_breach_rotation() {
-    let server = Server::start(&["--store", "memory"]);
+    let server = start(&["--store", "memory"]);
     let url = server.url.as_str();
     let issued = json_of(&cli_admin(url, &["token", "issue", "--sub", "alice", "--json"]));
     let refresh = issued["refreshToken"].as_str().unwrap();
@@ -328,11 +243,11 @@ fn embedded_store_keeps_the_signing_key_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let args = ["--store", "embedded", "--data-dir", path_str(&data_dir)];
-    let first = Server::start(&args);
+    let first = start(&args);
     let kid = status_kid(&first.url);
     assert!(first.terminate());
     assert!(data_dir.join("portcullis.redb").is_file());
-    let second = Server::start(&args);
+    let second = start(&args);
     assert_eq!(status_kid(&second.url), kid);
 }
 

@@ -7,7 +7,9 @@
 
 mod support;
 
-use std::process::{Child, Command, Output, Stdio};
+use support::{command, Backend, Server, SERVER};
+
+use std::process::Output;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,10 +29,8 @@ use portcullis_control_plane::master_key::MasterKey;
 use portcullis_control_plane::metrics::Metrics;
 use portcullis_control_plane::random::OsRandom;
 use portcullis_control_plane::signing::SigningAlgorithm;
-use portcullis_control_plane::store::redis::RedisTimeouts;
 use portcullis_control_plane::store::{
-    EmbeddedStore, FeedPage, LogAppendError, LogEntry, MemoryStore, RedisStore, SetMember, Store,
-    StoreBackend, StoreError,
+    FeedPage, LogAppendError, LogEntry, SetMember, Store, StoreBackend, StoreError,
 };
 use portcullis_control_plane::tokens::TokenPolicy;
 use portcullis_control_plane::{app, AppState, Dependencies};
@@ -48,47 +48,7 @@ const ALICE_IP: &str = "198.51.100.23";
 
 // --- backends -------------------------------------------------------------------
 
-struct Backend {
-    store: Arc<dyn Store>,
-    _dir: Option<tempfile::TempDir>,
-}
-
-fn memory() -> Backend {
-    Backend { store: Arc::new(MemoryStore::new()), _dir: None }
-}
-
-fn embedded() -> Backend {
-    let dir = tempfile::tempdir().unwrap();
-    Backend { store: Arc::new(EmbeddedStore::open(dir.path()).unwrap()), _dir: Some(dir) }
-}
-
-fn redis() -> Backend {
-    let url = support::shared_redis_url();
-    Backend { store: Arc::new(RedisStore::new(&url, RedisTimeouts::default()).unwrap()), _dir: None }
-}
-
-macro_rules! backends {
-    ($($test:ident),* $(,)?) => {$(
-        mod $test {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn memory() {
-                super::$test(super::memory()).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn embedded() {
-                super::$test(super::embedded()).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn redis() {
-                super::$test(super::redis()).await;
-            }
-        }
-    )*};
-}
-
-backends!(
+support::backends!(
     five_failures_lock_the_sixth_attempt_for_thirty_seconds_then_sixty,
     a_success_resets_the_account_but_not_the_address,
     the_address_dimension_locks_across_accounts,
@@ -734,61 +694,13 @@ async fn bursting_addresses_are_blocked_and_answered(backend: Backend) {
 
 // --- the binaries -------------------------------------------------------------------
 
-const SERVER: &str = env!("CARGO_BIN_EXE_portcullis-control-plane");
-const CLI: &str = env!("CARGO_BIN_EXE_portcullis");
-
-fn command(binary: &str) -> Command {
-    let mut command = Command::new(binary);
-    for (var, _) in std::env::vars() {
-        if var.starts_with("PORTCULLIS_") {
-            command.env_remove(var);
-        }
-    }
-    command
-}
-
-/// A control plane process with the memory store, killed on drop.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start(args: &[&str]) -> Self {
-        let port = support::free_port();
-        let child = command(SERVER)
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--store", "memory"])
-            .args(args)
-            .env("PORTCULLIS_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut server = Self { child, url: format!("http://127.0.0.1:{port}") };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = server.child.try_wait().unwrap() {
-                panic!("server exited early: {status}");
-            }
-            if cli(&server.url, &["health"]).status.success() {
-                return server;
-            }
-            assert!(Instant::now() < deadline, "server did not become healthy");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn cli(url: &str, args: &[&str]) -> Output {
-    command(CLI).args(["--url", url]).env("PORTCULLIS_ADMIN_TOKEN", ADMIN_TOKEN).args(args).output().unwrap()
+    support::cli(url, Some(ADMIN_TOKEN), args)
+}
+
+/// A control plane process on the memory store.
+fn start(args: &[&str]) -> Server {
+    Server::start(ADMIN_TOKEN, &[&["--store", "memory"], args].concat())
 }
 
 fn cli_json(url: &str, args: &[&str]) -> Value {
@@ -805,7 +717,7 @@ async fn post(url: &str, body: Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_lists_shows_and_clears_lockouts() {
-    let server = Server::start(&[]);
+    let server = start(&[]);
     for _ in 0..5 {
         post(
             &format!("{}/v1/lockout/report", server.url),
@@ -843,7 +755,7 @@ async fn server_posts_signed_alerts_configured_by_flags() {
     let dir = tempfile::tempdir().unwrap();
     let secret_file = dir.path().join("webhook-secret");
     std::fs::write(&secret_file, format!("{WEBHOOK_SECRET}\n")).unwrap();
-    let server = Server::start(&[
+    let server = start(&[
         "--burst-threshold",
         "5",
         "--burst-window",

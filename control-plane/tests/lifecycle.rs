@@ -6,6 +6,8 @@
 
 mod support;
 
+use support::Backend;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -24,8 +26,7 @@ use portcullis_control_plane::master_key::MasterKey;
 use portcullis_control_plane::metrics::Metrics;
 use portcullis_control_plane::random::OsRandom;
 use portcullis_control_plane::signing::SigningAlgorithm;
-use portcullis_control_plane::store::redis::RedisTimeouts;
-use portcullis_control_plane::store::{EmbeddedStore, MemoryStore, RedisStore, Store};
+use portcullis_control_plane::store::Store;
 use portcullis_control_plane::tokens::TokenPolicy;
 use portcullis_control_plane::{app, AppState, Dependencies};
 use portcullis_core::revocation::{FeedPage, GlobalMinVersion, TokenStatus};
@@ -36,47 +37,7 @@ const ADMIN_TOKEN: &str = "lifecycle-admin-token-0123456789";
 const T0: u64 = 1_700_000_000_000;
 const DAY_MS: u64 = 86_400_000;
 
-struct Backend {
-    store: Arc<dyn Store>,
-    _dir: Option<tempfile::TempDir>,
-}
-
-fn memory() -> Backend {
-    Backend { store: Arc::new(MemoryStore::new()), _dir: None }
-}
-
-fn embedded() -> Backend {
-    let dir = tempfile::tempdir().unwrap();
-    Backend { store: Arc::new(EmbeddedStore::open(dir.path()).unwrap()), _dir: Some(dir) }
-}
-
-fn redis() -> Backend {
-    let url = support::shared_redis_url();
-    Backend { store: Arc::new(RedisStore::new(&url, RedisTimeouts::default()).unwrap()), _dir: None }
-}
-
-macro_rules! backends {
-    ($($test:ident),* $(,)?) => {$(
-        mod $test {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn memory() {
-                super::$test(super::memory()).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn embedded() {
-                super::$test(super::embedded()).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn redis() {
-                super::$test(super::redis()).await;
-            }
-        }
-    )*};
-}
-
-backends!(
+support::backends!(
     refresh_is_single_use_under_concurrency,
     refresh_rotates_within_the_session_and_reuse_revokes_the_family,
     key_rotation_keeps_the_old_key_published_until_it_retires,

@@ -5,9 +5,9 @@
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// A port nothing listens on right now.
@@ -142,4 +142,140 @@ pub fn shared_redis_url() -> String {
     let db = NEXT_DB.fetch_add(1, Ordering::SeqCst);
     assert!(db < 256, "more Redis tests than databases; raise --databases");
     server.url(db)
+}
+
+// --- every store backend ----------------------------------------------------------
+
+use portcullis_control_plane::store::redis::RedisTimeouts;
+use portcullis_control_plane::store::{EmbeddedStore, MemoryStore, RedisStore, Store};
+
+/// A store to run a test on, with what keeps it alive.
+pub struct Backend {
+    pub store: Arc<dyn Store>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+pub fn memory() -> Backend {
+    Backend { store: Arc::new(MemoryStore::new()), _dir: None }
+}
+
+pub fn embedded() -> Backend {
+    let dir = tempfile::tempdir().unwrap();
+    Backend { store: Arc::new(EmbeddedStore::open(dir.path()).unwrap()), _dir: Some(dir) }
+}
+
+pub fn redis() -> Backend {
+    let url = shared_redis_url();
+    Backend { store: Arc::new(RedisStore::new(&url, RedisTimeouts::default()).unwrap()), _dir: None }
+}
+
+/// One test module per function, with a test per backend (memory, embedded, Redis).
+#[allow(unused_macros)]
+macro_rules! backends {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                super::$test(crate::support::memory()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                super::$test(crate::support::embedded()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                super::$test(crate::support::redis()).await;
+            }
+        }
+    )*};
+}
+#[allow(unused_imports)]
+pub(crate) use backends;
+
+// --- the binaries -------------------------------------------------------------------
+
+pub const SERVER: &str = env!("CARGO_BIN_EXE_portcullis-control-plane");
+pub const CLI: &str = env!("CARGO_BIN_EXE_portcullis");
+
+/// A command for one of the binaries, without any `PORTCULLIS_*` variable of the
+/// environment the tests run in.
+pub fn command(binary: &str) -> Command {
+    let mut command = Command::new(binary);
+    for (var, _) in std::env::vars() {
+        if var.starts_with("PORTCULLIS_") {
+            command.env_remove(var);
+        }
+    }
+    command
+}
+
+/// The CLI against `url`, with the admin token when given.
+pub fn cli(url: &str, admin_token: Option<&str>, args: &[&str]) -> Output {
+    let mut command = command(CLI);
+    command.args(["--url", url]);
+    if let Some(token) = admin_token {
+        command.env("PORTCULLIS_ADMIN_TOKEN", token);
+    }
+    command.args(args).output().unwrap()
+}
+
+/// A control plane process, killed on drop.
+pub struct Server {
+    child: Child,
+    pub url: String,
+}
+
+impl Server {
+    pub fn start(admin_token: &str, args: &[&str]) -> Self {
+        let port = free_port();
+        let child = command(SERVER)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .env("PORTCULLIS_ADMIN_TOKEN", admin_token)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut server = Self { child, url: format!("http://127.0.0.1:{port}") };
+        server.wait_until_healthy();
+        server
+    }
+
+    fn wait_until_healthy(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("server exited early: {status}");
+            }
+            if cli(&self.url, None, &["health"]).status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("server did not become healthy");
+    }
+
+    /// Sends SIGTERM and returns whether the process exited successfully.
+    pub fn terminate(mut self) -> bool {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            assert!(Instant::now() < deadline, "server ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
