@@ -269,6 +269,47 @@ pub enum StoreKind {
     Redis(String),
 }
 
+/// The store a test's control plane runs on.
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Embedded,
+    Redis,
+}
+
+impl Backend {
+    /// The store to start a control plane with, and the Redis behind it (keep it alive
+    /// as long as the control plane).
+    pub async fn store(self, logdir: &Path) -> (Option<Redis>, StoreKind) {
+        match self {
+            Backend::Embedded => (None, StoreKind::Embedded),
+            Backend::Redis => {
+                let r = Redis::start(logdir).await;
+                let url = r.url();
+                (Some(r), StoreKind::Redis(url))
+            }
+        }
+    }
+}
+
+/// For each named `async fn(Backend)`: a test on the embedded store and one on Redis.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() { super::$name($crate::Backend::Embedded).await }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() { super::$name($crate::Backend::Redis).await }
+            )*
+        }
+    };
+}
+
 pub struct ControlPlane {
     pub proc: Proc,
     pub port: u16,

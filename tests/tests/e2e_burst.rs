@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
 use portcullis_e2e::{
-    eventually, http, ControlPlane, Envoy, EnvoyClusters, Redis, StoreKind, TestServer, Workdir,
+    eventually, http, Backend, ControlPlane, Envoy, EnvoyClusters, Redis, TestServer, Workdir,
 };
 use serde_json::{json, Value};
 use sha2::Sha256;
@@ -25,12 +25,6 @@ fn plugin_config(enforce_blocks: bool) -> Value {
     })
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Embedded,
-    Redis,
-}
-
 // Fields drop in order: processes first, the work directory (with their logs) last.
 struct Stack {
     envoy: Envoy,
@@ -44,14 +38,7 @@ struct Stack {
 /// server's webhook, and `extra` settings.
 async fn stack(backend: Backend, extra: &[(&str, &str)]) -> Stack {
     let dir = Workdir::new();
-    let (redis, store) = match backend {
-        Backend::Embedded => (None, StoreKind::Embedded),
-        Backend::Redis => {
-            let r = Redis::start(dir.path()).await;
-            let url = r.url();
-            (Some(r), StoreKind::Redis(url))
-        }
-    };
+    let (redis, store) = backend.store(dir.path()).await;
     let server = TestServer::start(json!({"keys": []})).await;
     let webhook = format!("http://127.0.0.1:{}/webhook", server.port);
     let threshold = THRESHOLD.to_string();
@@ -214,24 +201,7 @@ async fn a_bursting_address_is_blocked_where_blocks_are_enforced(backend: Backen
     assert_eq!(http().get(s.envoy.url("/after")).send().await.unwrap().status(), 429);
 }
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() { super::$name(super::Backend::Embedded).await }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() { super::$name(super::Backend::Redis).await }
-            )*
-        }
-    };
-}
-
-on_both_backends!(
+portcullis_e2e::on_both_backends!(
     a_burst_sends_one_signed_alert_per_cooldown,
     traffic_below_the_threshold_sends_no_alert,
     a_bursting_address_is_blocked_where_blocks_are_enforced,

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use portcullis_e2e::{
-    eventually, http, www_authenticate, ControlPlane, Envoy, EnvoyClusters, Redis, StoreKind, TestServer,
+    eventually, http, www_authenticate, Backend, ControlPlane, Envoy, EnvoyClusters, Redis, TestServer,
     Workdir,
 };
 use serde_json::{json, Value};
@@ -37,12 +37,6 @@ fn plugin_config() -> Value {
     })
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Embedded,
-    Redis,
-}
-
 // Fields drop in order: processes first, the work directory (with their logs) last.
 struct Stack {
     envoy: Envoy,
@@ -54,14 +48,7 @@ struct Stack {
 
 async fn stack(backend: Backend) -> Stack {
     let dir = Workdir::new();
-    let (redis, store) = match backend {
-        Backend::Embedded => (None, StoreKind::Embedded),
-        Backend::Redis => {
-            let r = Redis::start(dir.path()).await;
-            let url = r.url();
-            (Some(r), StoreKind::Redis(url))
-        }
-    };
+    let (redis, store) = backend.store(dir.path()).await;
     let cp = ControlPlane::start(dir.path(), store).await;
     let upstream = TestServer::start(json!({"keys": []})).await;
     let clusters =
@@ -256,24 +243,7 @@ async fn a_stopped_control_plane_degrades_as_configured_and_recovers(backend: Ba
     assert_eq!(call(&s.envoy, "/api/x", &revoked).await.0, 401, "revocations survive the restart");
 }
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() { super::$name(super::Backend::Embedded).await }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() { super::$name(super::Backend::Redis).await }
-            )*
-        }
-    };
-}
-
-on_both_backends!(
+portcullis_e2e::on_both_backends!(
     revoking_a_jti_with_the_cli_rejects_that_token_only,
     strict_routes_see_a_revocation_as_soon_as_the_admin_call_returns,
     revoking_a_user_rejects_all_their_older_tokens_only,

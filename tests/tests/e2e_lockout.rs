@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use portcullis_e2e::{http, ControlPlane, Envoy, EnvoyClusters, Redis, StoreKind, TestServer, Workdir};
+use portcullis_e2e::{http, Backend, ControlPlane, Envoy, EnvoyClusters, Redis, TestServer, Workdir};
 use serde_json::{json, Value};
 
 /// The filter configuration: `/login` is a lockout route, everything else passes.
@@ -40,12 +40,6 @@ fn short_policy() -> Value {
     json!({ "baseLockMs": 2000, "maxLockMs": 60000 })
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Embedded,
-    Redis,
-}
-
 // Fields drop in order: processes first, the work directory (with their logs) last.
 struct Stack {
     envoy: Envoy,
@@ -57,14 +51,7 @@ struct Stack {
 
 async fn stack(backend: Backend, lockout: Value) -> Stack {
     let dir = Workdir::new();
-    let (redis, store) = match backend {
-        Backend::Embedded => (None, StoreKind::Embedded),
-        Backend::Redis => {
-            let r = Redis::start(dir.path()).await;
-            let url = r.url();
-            (Some(r), StoreKind::Redis(url))
-        }
-    };
+    let (redis, store) = backend.store(dir.path()).await;
     let cp = ControlPlane::start(dir.path(), store).await;
     let server = TestServer::start(json!({"keys": []})).await;
     let clusters =
@@ -288,24 +275,7 @@ async fn an_account_in_a_header_is_locked_too(backend: Backend) {
     assert_eq!(decoy.status(), 404);
 }
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() { super::$name(super::Backend::Embedded).await }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() { super::$name(super::Backend::Redis).await }
-            )*
-        }
-    };
-}
-
-on_both_backends!(
+portcullis_e2e::on_both_backends!(
     five_failures_lock_the_account_for_30_seconds,
     each_lock_after_the_first_lasts_twice_as_long,
     a_success_forgets_the_failures,

@@ -4,14 +4,8 @@
 use std::time::{Duration, Instant};
 
 use portcullis_e2e::tokens::{claims, jwks, FixtureKey};
-use portcullis_e2e::{http, ControlPlane, Envoy, EnvoyClusters, Redis, StoreKind, TestServer, Workdir};
+use portcullis_e2e::{http, Backend, ControlPlane, Envoy, EnvoyClusters, Redis, TestServer, Workdir};
 use serde_json::{json, Value};
-
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Embedded,
-    Redis,
-}
 
 /// The control plane (and Redis) behind the stacks of one test.
 struct Shared {
@@ -24,14 +18,7 @@ struct Shared {
 impl Shared {
     async fn start(backend: Backend) -> Shared {
         let dir = Workdir::new();
-        let (redis, store) = match backend {
-            Backend::Embedded => (None, StoreKind::Embedded),
-            Backend::Redis => {
-                let r = Redis::start(dir.path()).await;
-                let url = r.url();
-                (Some(r), StoreKind::Redis(url))
-            }
-        };
+        let (redis, store) = backend.store(dir.path()).await;
         let cp = ControlPlane::start(dir.path(), store).await;
         let server = TestServer::start(json!({ "keys": [] })).await;
         Shared { cp, _redis: redis, server, dir }
