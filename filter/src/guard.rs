@@ -252,7 +252,7 @@ impl Runtime {
                         continue;
                     }
                     self.count_limit(applied.index, limit, "denied");
-                    return self.reply(ctx, &denial);
+                    return self.reply(&denial);
                 }
                 LimitStep::Ask(op) => {
                     let strict = matches!(op, RateLimitOp::Check { .. });
@@ -276,13 +276,12 @@ impl Runtime {
                 if let Some((retry_ms, fresh)) = self.locally_locked(&login.subjects, now) {
                     if fresh || unavailable {
                         self.metrics.count("portcullis.lockout.denied");
-                        return self
-                            .reply(ctx, &Denial::LockedOut { retry_after_secs: retry_ms.div_ceil(1000) });
+                        return self.reply(&Denial::LockedOut { retry_after_secs: retry_ms.div_ceil(1000) });
                     }
                 }
                 if unavailable {
                     login.checked = true;
-                    if let Some(next) = self.lockout_unavailable(ctx) {
+                    if let Some(next) = self.lockout_unavailable() {
                         return next;
                     }
                 } else if login.subjects.is_empty() {
@@ -413,14 +412,9 @@ impl Runtime {
         }
     }
 
-    fn reply(&self, ctx: u32, denial: &Denial) -> Next {
-        let _ = ctx;
-        self.metrics.count(&format!("portcullis.requests.denied.{}", denial.code()));
-        let reply = denial.render(&self.policy.realm);
-        if let Err(status) = host::send_local_reply(reply.status, &reply.headers, &reply.body) {
-            log::error!("could not send the local reply ({status:?})");
-        }
-        Next::Paused
+    /// Refuses the request on the current context.
+    fn reply(&self, denial: &Denial) -> Next {
+        crate::http::deny(self, "(guard)", false, denial, None)
     }
 
     fn store_waiter(&self, ctx: u32, pending: Pending) -> bool {
@@ -449,7 +443,7 @@ impl Runtime {
             return self.guard(ctx, pending);
         }
         if !self.store_waiter(ctx, pending) {
-            return self.reply(ctx, &Denial::RateLimitUnavailable);
+            return self.reply(&Denial::RateLimitUnavailable);
         }
         Next::Paused
     }
@@ -509,7 +503,7 @@ impl Runtime {
                     .borrow_mut()
                     .insert(token, CallKind::Limits { owner: ctx, asks: call_asks, waiters: vec![ctx] });
                 if !self.store_waiter(ctx, pending) {
-                    return self.reply(ctx, &Denial::RateLimitUnavailable);
+                    return self.reply(&Denial::RateLimitUnavailable);
                 }
                 Next::Paused
             }
@@ -540,7 +534,7 @@ impl Runtime {
             Pending::new(RequestParts::default(), UpstreamEdits::default(), Vec::new(), None),
         );
         if !self.store_waiter(ctx, taken) {
-            return Some(self.reply(ctx, &Denial::RateLimitUnavailable));
+            return Some(self.reply(&Denial::RateLimitUnavailable));
         }
         Some(Next::Paused)
     }
@@ -592,7 +586,7 @@ impl Runtime {
         self.metrics.count("portcullis.guard.control_plane_unavailable");
     }
 
-    fn lockout_unavailable(&self, ctx: u32) -> Option<Next> {
+    fn lockout_unavailable(&self) -> Option<Next> {
         let lockout = self.policy.guards.lockout.as_ref()?;
         match lockout.on_error {
             FailureMode::Allow => {
@@ -601,7 +595,7 @@ impl Runtime {
             }
             FailureMode::Deny => {
                 self.metrics.count("portcullis.lockout.unavailable_denied");
-                Some(self.reply(ctx, &Denial::LockoutUnavailable))
+                Some(self.reply(&Denial::LockoutUnavailable))
             }
         }
     }
@@ -649,7 +643,7 @@ impl Runtime {
                 pending.deadline_ms = now.saturating_add(lockout.timeout_ms).saturating_add(1_000);
                 self.guards.calls.borrow_mut().insert(token, CallKind::LockCheck { owner: ctx });
                 if !self.store_waiter(ctx, pending) {
-                    return self.reply(ctx, &Denial::LockoutUnavailable);
+                    return self.reply(&Denial::LockoutUnavailable);
                 }
                 Next::Paused
             }
@@ -708,12 +702,9 @@ impl Runtime {
                             if r.locked_for_ms > 0 {
                                 self.metrics.count("portcullis.lockout.denied");
                                 if host::set_effective_context(owner).is_ok() {
-                                    self.reply(
-                                        owner,
-                                        &Denial::LockedOut {
-                                            retry_after_secs: r.locked_for_ms.div_ceil(1000),
-                                        },
-                                    );
+                                    self.reply(&Denial::LockedOut {
+                                        retry_after_secs: r.locked_for_ms.div_ceil(1000),
+                                    });
                                 }
                                 let _ = host::set_effective_context(current);
                                 return true;

@@ -355,7 +355,7 @@ fn start_fetch(rt: &Runtime, p: usize, now_ms: u64) -> Option<u32> {
     }
 }
 
-fn deny(rt: &Runtime, rule: &str, shadow: bool, denial: &Denial, provider: Option<&str>) -> Next {
+pub(crate) fn deny(rt: &Runtime, rule: &str, shadow: bool, denial: &Denial, provider: Option<&str>) -> Next {
     let code = denial.code();
     if let Some(name) = provider {
         rt.metrics.count(&format!("portcullis.provider.{name}.denied.{code}"));
