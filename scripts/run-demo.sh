@@ -92,11 +92,15 @@ Try, in another terminal from $ROOT:
   for i in \$(seq 11); do curl -s -o /dev/null -w '%{http_code} ' -H "Authorization: Bearer \$TOKEN" http://127.0.0.1:10000/api/orders; done; echo
 
   # lockout: 5 failed logins for one account, then the 6th is refused (429, Retry-After: 30)
-  # without reaching the upstream; see and clear it with the CLI
+  # without reaching the upstream. Both the account and your address (127.0.0.1) are
+  # locked; list and clear them with the CLI, and bob's right password passes again
   for i in \$(seq 6); do curl -s -o /dev/null -w '%{http_code} ' -H 'content-type: application/json' \
     -d '{"username":"bob","password":"wrong"}' http://127.0.0.1:10000/login; done; echo
-  target/debug/portcullis lockouts show --account bob
+  target/debug/portcullis lockouts list
   target/debug/portcullis lockouts clear --account bob
+  target/debug/portcullis lockouts clear --ip 127.0.0.1
+  sleep 1; curl -i -H 'content-type: application/json' \
+    -d '{"username":"bob","password":"correct"}' http://127.0.0.1:10000/login
 
   # rotate the signing key: a token signed by the new key passes on its first request
   target/debug/portcullis keys rotate
