@@ -21,6 +21,7 @@ pub const MAX_RULES: usize = 1024;
 
 /// What happens to a request that matches no rule.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase")]
 pub enum NoMatchAction {
     /// Answer 403: a route nobody wrote a rule for is not exposed by accident.
@@ -32,6 +33,7 @@ pub enum NoMatchAction {
 
 /// The JSON document in the Envoy `configuration` / Istio `pluginConfig`.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PluginConfig {
     #[serde(default)]
@@ -61,6 +63,7 @@ pub struct PluginConfig {
 
 /// Where the control plane's revocation feed is and how fresh it must be.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RevocationConfig {
     pub cluster: String,
@@ -99,6 +102,7 @@ fn default_strict_cache_ms() -> u64 {
 
 /// How a rule answers "is this token revoked?".
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase")]
 pub enum RevocationCheck {
     /// From the local replica (at most a poll interval old): no call per request.
@@ -124,6 +128,7 @@ fn default_max_staleness() -> u64 {
 
 /// What a rule does when the revocation replica is older than the max staleness.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase")]
 pub enum StaleAction {
     /// Answer 503: a revoked token must not pass just because the feed is unreachable.
@@ -150,6 +155,7 @@ pub struct RevocationSettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CacheConfig {
     /// Entries per worker; 0 disables the cache.
@@ -168,6 +174,7 @@ fn default_cache_ttl() -> u64 {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RuleConfig {
     #[serde(default)]
@@ -190,6 +197,7 @@ pub struct RuleConfig {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MatchConfig {
     /// Exact host names, or `*.example.com` for any subdomain. Empty: any host.
@@ -208,6 +216,7 @@ pub struct MatchConfig {
 
 /// `"none"`, `{"provider": "p"}`, `{"anyOf": ["a", "b"]}` or `{"allOf": ["a", "b"]}`.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum RequirementConfig {
     None,
@@ -217,6 +226,7 @@ pub enum RequirementConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RolesConfig {
     /// Dotted path of the claim holding the roles (a string or an array of strings).

@@ -41,6 +41,7 @@ pub const MAX_DESCRIPTOR_VALUE: usize = 256;
 
 /// Where the control plane is, for rate limits, lockout and burst reports.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ControlPlaneConfig {
     /// The Envoy cluster of the control plane.
@@ -58,6 +59,7 @@ fn default_cp_timeout_ms() -> u64 {
 
 /// How the client address is found.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClientIpConfig {
     /// Proxies in front of Envoy that append to `x-forwarded-for` (Envoy's
@@ -69,6 +71,7 @@ pub struct ClientIpConfig {
 
 /// `lease` (decide locally from leased quota) or `strict` (one call per request).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase")]
 pub enum LimitMode {
     #[default]
@@ -78,6 +81,7 @@ pub enum LimitMode {
 
 /// What happens when the control plane cannot answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase")]
 pub enum FailureMode {
     /// Let the request through (counted as `unavailable_allowed`).
@@ -88,6 +92,7 @@ pub enum FailureMode {
 
 /// When the `RateLimit-*` headers are sent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase")]
 pub enum HeaderMode {
     /// Only on 429 replies.
@@ -98,6 +103,7 @@ pub enum HeaderMode {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RateLimitConfig {
     pub name: String,
@@ -151,6 +157,7 @@ fn default_holders() -> u64 {
 
 /// Another limit for requests whose descriptor has a given value.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OverrideConfig {
     /// A descriptor, e.g. `claim:tenant`.
@@ -164,6 +171,7 @@ pub struct OverrideConfig {
 /// Where a login attempt names its account: `json:FIELD` (dotted path into a JSON
 /// body), `form:FIELD` (`application/x-www-form-urlencoded` body) or `header:NAME`.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LockoutConfig {
     pub routes: Vec<MatchConfig>,
@@ -199,6 +207,7 @@ fn default_lockout_timeout_ms() -> u64 {
 
 /// Per-address request counts reported to the control plane, which detects bursts.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BurstConfig {
     #[serde(default = "default_report_interval_ms")]

@@ -16,6 +16,8 @@ pub mod request;
 pub mod response;
 pub mod revocation;
 pub mod rules;
+#[cfg(feature = "schema")]
+pub mod schema;
 pub mod wire;
 
 pub use error::ConfigError;

@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 pub const MAX_TRACKED_FAILURES: usize = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct LockoutPolicy {
     /// Failures within `window_ms` that lock the account (0 counts as 1).
