@@ -12,7 +12,8 @@
 //!   per-address request bursts, signed webhook alerts and optional blocks.
 //! - [`ratelimits`]: rate-limit counters and quota leases for the filter.
 //! - [`server`]: process startup and graceful shutdown; [`client`]: the admin API
-//!   client behind the `portcullis` CLI.
+//!   client behind the `portcullis` CLI; [`config_check`]: `portcullis config check`,
+//!   offline checks of plugin configurations.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod admin_credential;
@@ -21,6 +22,7 @@ pub mod burst;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod config_check;
 pub mod http;
 pub mod keys;
 pub mod lockouts;
