@@ -8,10 +8,11 @@
 use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use portcullis_control_plane::client::{ClientError, ControlPlaneClient};
-use portcullis_control_plane::config::AdminTokenArgs;
+use portcullis_control_plane::config::{parse_duration_secs, AdminTokenArgs};
 use portcullis_control_plane::config_check::Outcome;
 use portcullis_control_plane::tokens::TokenRequest;
 use portcullis_core::wire::SubjectKind;
@@ -66,7 +67,12 @@ enum Command {
     /// Show the control plane's status (needs the admin token).
     Status,
     /// Check liveness and readiness; exits non-zero when not ready.
-    Health,
+    Health {
+        /// Wait up to this long (e.g. `10s`, `1m`) for the control plane to answer and be
+        /// ready, for scripts that start it and then talk to it.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration_secs)]
+        wait: Option<u64>,
+    },
     /// Plugin configurations, offline: check files, print the JSON Schema.
     Config {
         #[command(subcommand)]
@@ -87,6 +93,9 @@ enum ConfigCommand {
     /// Print the JSON Schema (draft 2020-12) of the plugin configuration.
     Schema,
 }
+
+/// How often `health --wait` asks again.
+const HEALTH_POLL_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Exit code of `config check` when a file cannot be read (clap uses 2 for usage errors).
 const EXIT_UNREADABLE: u8 = 2;
@@ -279,7 +288,9 @@ enum CliError {
 async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let needs_admin = !matches!(
         cli.command,
-        Command::Health | Command::Config { .. } | Command::Token { command: TokenCommand::Refresh { .. } }
+        Command::Health { .. }
+            | Command::Config { .. }
+            | Command::Token { command: TokenCommand::Refresh { .. } }
     );
     let token = if needs_admin { Some(cli.admin_token.load()?) } else { None };
     let client = ControlPlaneClient::new(&cli.url, token)?;
@@ -339,11 +350,22 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             println!("{}", serde_json::to_string_pretty(&status)?);
         }
         Command::Config { command } => return Ok(config_command(command)),
-        Command::Health => {
-            let health = client.health().await?;
-            if let Some(reason) = health.not_ready_reason {
-                return Err(CliError::NotReady(reason));
-            }
+        Command::Health { wait } => {
+            let deadline = Instant::now() + Duration::from_secs(wait.unwrap_or(0));
+            let health = loop {
+                let outcome = match client.health().await {
+                    Ok(health) => match health.not_ready_reason {
+                        Some(reason) => Err(CliError::NotReady(reason)),
+                        None => Ok(health),
+                    },
+                    Err(error) => Err(error.into()),
+                };
+                match outcome {
+                    Ok(health) => break health,
+                    Err(error) if Instant::now() >= deadline => return Err(error),
+                    Err(_) => tokio::time::sleep(HEALTH_POLL_INTERVAL).await,
+                }
+            };
             println!("alive: {}, ready: {}", health.alive, health.ready);
         }
     }
