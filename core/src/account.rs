@@ -296,12 +296,7 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn req(headers: &[(&str, &str)]) -> RequestParts {
-        RequestParts {
-            method: "POST".into(),
-            authority: "api.example.com".into(),
-            path: "/login".into(),
-            headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
-        }
+        RequestParts::post("/login", headers)
     }
 
     fn json_req() -> RequestParts {
