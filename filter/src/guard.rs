@@ -912,9 +912,7 @@ impl Runtime {
                 let _ = host::add_response_header(&n, &v);
             }
         }
-        let (Some(lockout), Some(cp)) =
-            (self.policy.guards.lockout.as_ref(), self.policy.guards.control_plane.as_ref())
-        else {
+        let Some(lockout) = self.policy.guards.lockout.as_ref() else {
             return Next::Continue;
         };
         let Some(login) = self.guards.logins.borrow().get(&ctx).cloned() else {
@@ -929,12 +927,36 @@ impl Runtime {
             self.guards.logins.borrow_mut().remove(&ctx);
             return Next::Continue;
         };
-        let report = LockoutReport {
-            policy: lockout.policy,
-            outcome,
-            subjects: login.subjects.clone(),
-            reservation: login.reservation.clone(),
+        if self.report_login(outcome, login.subjects, login.reservation, CallKind::LockReport { owner: ctx })
+        {
+            return Next::Paused;
+        }
+        self.guards.logins.borrow_mut().remove(&ctx);
+        Next::Continue
+    }
+
+    /// Gives back the reservation of an attempt that will not go upstream (from the
+    /// current context; nobody waits for the answer). If the call fails, the
+    /// reservation expires in the control plane and counts as a failure then.
+    fn release_reservation(&self, subjects: Vec<LockoutSubject>, reservation: String) {
+        self.report_login(LoginOutcome::Abandoned, subjects, Some(reservation), CallKind::LockRelease);
+    }
+
+    /// Sends a login's outcome report from the current context; its answer is handled
+    /// as `kind`. Whether the call was made (a failure is logged).
+    fn report_login(
+        &self,
+        outcome: LoginOutcome,
+        subjects: Vec<LockoutSubject>,
+        reservation: Option<String>,
+        kind: CallKind,
+    ) -> bool {
+        let (Some(lockout), Some(cp)) =
+            (self.policy.guards.lockout.as_ref(), self.policy.guards.control_plane.as_ref())
+        else {
+            return false;
         };
+        let report = LockoutReport { policy: lockout.policy, outcome, subjects, reservation };
         let body = serde_json::to_vec(&report).unwrap_or_default();
         match host::dispatch_post_json(
             &cp.cluster,
@@ -945,45 +967,13 @@ impl Runtime {
         ) {
             Ok(token) => {
                 self.metrics.count(&format!("portcullis.lockout.reports.{}", outcome.as_str()));
-                self.guards.calls.borrow_mut().insert(token, CallKind::LockReport { owner: ctx });
-                Next::Paused
+                self.guards.calls.borrow_mut().insert(token, kind);
+                true
             }
             Err(status) => {
                 log::warn!("cannot call cluster `{}` to report a login ({status:?})", cp.cluster);
-                self.guards.logins.borrow_mut().remove(&ctx);
-                Next::Continue
+                false
             }
-        }
-    }
-
-    /// Gives back the reservation of an attempt that will not go upstream (from the
-    /// current context; nobody waits for the answer). If the call fails, the
-    /// reservation expires in the control plane and counts as a failure then.
-    fn release_reservation(&self, subjects: Vec<LockoutSubject>, reservation: String) {
-        let (Some(lockout), Some(cp)) =
-            (self.policy.guards.lockout.as_ref(), self.policy.guards.control_plane.as_ref())
-        else {
-            return;
-        };
-        let report = LockoutReport {
-            policy: lockout.policy,
-            outcome: LoginOutcome::Abandoned,
-            subjects,
-            reservation: Some(reservation),
-        };
-        let body = serde_json::to_vec(&report).unwrap_or_default();
-        match host::dispatch_post_json(
-            &cp.cluster,
-            &cp.authority,
-            LOCKOUT_REPORT_PATH,
-            &body,
-            lockout.timeout_ms,
-        ) {
-            Ok(token) => {
-                self.metrics.count("portcullis.lockout.reports.abandoned");
-                self.guards.calls.borrow_mut().insert(token, CallKind::LockRelease);
-            }
-            Err(status) => log::warn!("cannot give back a login reservation ({status:?})"),
         }
     }
 
