@@ -403,56 +403,71 @@ async fn unreadable_login_bodies_are_refused_before_the_upstream(backend: Backen
     let padded = json!({ "username": "alice", "password": "wrong", "pad": "x".repeat(17 * 1024) });
     let utf16: Vec<u8> =
         r#"{"username":"alice","password":"wrong"}"#.encode_utf16().flat_map(u16::to_le_bytes).collect();
-    let cases: Vec<(&str, Option<&str>, Vec<u8>, u16, &str)> = vec![
-        ("over the 16 KiB cap", json_type, padded.to_string().into_bytes(), 413, "login_body_too_large"),
+    let form_type = Some("application/x-www-form-urlencoded");
+    let refused = |what: &'static str, content_type: Option<&'static str>, body: Vec<u8>| {
+        let envoy = &s.envoy;
+        async move { (what, login_raw(envoy, content_type, body).await) }
+    };
+    let answers = [
         (
-            "NaN",
-            json_type,
-            br#"{"username":"alice","password":"wrong","n":NaN}"#.to_vec(),
+            refused("over the 16 KiB cap", json_type, padded.to_string().into_bytes()).await,
+            413,
+            "login_body_too_large",
+        ),
+        (
+            refused("NaN", json_type, br#"{"username":"alice","password":"wrong","n":NaN}"#.to_vec()).await,
             400,
             "login_body_malformed",
         ),
-        ("UTF-16", json_type, utf16.clone(), 400, "login_body_malformed"),
-        ("UTF-16 declared", Some("application/json; charset=utf-16le"), utf16, 415, "login_content_type"),
+        (refused("UTF-16", json_type, utf16.clone()).await, 400, "login_body_malformed"),
         (
-            "a form body",
-            Some("application/x-www-form-urlencoded"),
-            b"username=alice&password=wrong".to_vec(),
+            refused("UTF-16 declared", Some("application/json; charset=utf-16le"), utf16).await,
             415,
             "login_content_type",
         ),
         (
-            "a JSON/form polyglot sent as a form",
-            Some("application/x-www-form-urlencoded"),
-            br#"{"username":"alice","password":"wrong","x":"&username=bob"}"#.to_vec(),
+            refused("a form body", form_type, b"username=alice&password=wrong".to_vec()).await,
             415,
             "login_content_type",
         ),
         (
-            "a JSON/form polyglot sent as JSON",
-            json_type,
-            br#"{"username":"alice","password":"wrong"}&username=bob"#.to_vec(),
+            refused(
+                "a JSON/form polyglot sent as a form",
+                form_type,
+                br#"{"username":"alice","password":"wrong","x":"&username=bob"}"#.to_vec(),
+            )
+            .await,
+            415,
+            "login_content_type",
+        ),
+        (
+            refused(
+                "a JSON/form polyglot sent as JSON",
+                json_type,
+                br#"{"username":"alice","password":"wrong"}&username=bob"#.to_vec(),
+            )
+            .await,
             400,
             "login_body_malformed",
         ),
         (
-            "no content type",
-            None,
-            br#"{"username":"alice","password":"wrong"}"#.to_vec(),
+            refused("no content type", None, br#"{"username":"alice","password":"wrong"}"#.to_vec()).await,
             415,
             "login_content_type",
         ),
         (
-            "a repeated key",
-            json_type,
-            br#"{"username":"bob","username":"alice","password":"wrong"}"#.to_vec(),
+            refused(
+                "a repeated key",
+                json_type,
+                br#"{"username":"bob","username":"alice","password":"wrong"}"#.to_vec(),
+            )
+            .await,
             400,
             "account_ambiguous",
         ),
-        ("no account", json_type, br#"{"password":"wrong"}"#.to_vec(), 400, "account_missing"),
+        (refused("no account", json_type, br#"{"password":"wrong"}"#.to_vec()).await, 400, "account_missing"),
     ];
-    for (what, content_type, body, status, reason) in cases {
-        let a = login_raw(&s.envoy, content_type, body).await;
+    for ((what, a), status, reason) in answers {
         assert_eq!((a.status, a.reason().as_str()), (status, reason), "{what}: {a:?}");
         let problem: Value = serde_json::from_str(&a.body).unwrap_or_default();
         assert_eq!(problem["error"], "invalid_request", "{what}: {a:?}");
