@@ -1,7 +1,8 @@
 //! Configuration and request-time logic of the stateful guards: rate limits, account
 //! lockout and burst reporting. The counters themselves live in the control plane;
-//! this module decides which counters a request touches and under which keys, where a
-//! login attempt's account name is, and which address a request comes from.
+//! this module decides which counters a request touches and under which keys, which
+//! address a request comes from, and how a login attempt's account is taken (read by
+//! [`crate::account`]; refused or counted by address only when it cannot be read).
 //!
 //! # Descriptors
 //!
@@ -24,6 +25,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::account::{AccountError, AccountSource};
 use crate::config::MatchConfig;
 use crate::error::ConfigError;
 use crate::jwt::VerifiedToken;
@@ -169,7 +171,8 @@ pub struct OverrideConfig {
 }
 
 /// Where a login attempt names its account: `json:FIELD` (dotted path into a JSON
-/// body), `form:FIELD` (`application/x-www-form-urlencoded` body) or `header:NAME`.
+/// body), `form:FIELD` (`application/x-www-form-urlencoded` body) or `header:NAME`
+/// (see [`crate::account`]).
 #[derive(Debug, Clone, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -185,11 +188,30 @@ pub struct LockoutConfig {
     /// Also lock client addresses (across accounts).
     #[serde(default = "default_true")]
     pub by_ip: bool,
-    #[serde(default = "default_failure_allow")]
+    /// When the lock check cannot be answered: refuse (the default) or let through.
+    #[serde(default = "default_failure_deny")]
     pub on_error: FailureMode,
     /// Timeout of the lock check before a login attempt.
     #[serde(default = "default_lockout_timeout_ms")]
     pub timeout_ms: u64,
+    /// What an attempt whose account cannot be read gets.
+    #[serde(default)]
+    pub on_no_account: NoAccountAction,
+    /// How long an attempt's reservation holds a slot when its outcome never arrives
+    /// (then it counts as a failure). Longer than the login route's upstream timeout.
+    #[serde(default = "default_reservation_ttl_ms")]
+    pub reservation_ttl_ms: u64,
+}
+
+/// What a login attempt whose account cannot be read gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum NoAccountAction {
+    /// Refused: 400, 413 or 415 with the reason ([`AccountError`]).
+    #[default]
+    Deny,
+    /// Let through, counted against the client address only (needs `byIp`).
+    AddressOnly,
 }
 
 fn default_max_body() -> usize {
@@ -201,8 +223,14 @@ fn default_failure_statuses() -> Vec<u16> {
 fn default_true() -> bool {
     true
 }
+fn default_failure_deny() -> FailureMode {
+    FailureMode::Deny
+}
 fn default_lockout_timeout_ms() -> u64 {
-    100
+    1_000
+}
+fn default_reservation_ttl_ms() -> u64 {
+    60_000
 }
 
 /// Per-address request counts reported to the control plane, which detects bursts.
@@ -292,7 +320,8 @@ fn claim_string(v: &Value) -> Option<String> {
     }
 }
 
-fn truncate(mut s: String, max: usize) -> String {
+/// `s` cut to at most `max` bytes, on a character boundary.
+pub(crate) fn truncate(mut s: String, max: usize) -> String {
     if s.len() > max {
         let mut end = max;
         while end > 0 && !s.is_char_boundary(end) {
@@ -303,7 +332,7 @@ fn truncate(mut s: String, max: usize) -> String {
     s
 }
 
-fn is_token_byte(b: u8) -> bool {
+pub(crate) fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
@@ -390,98 +419,6 @@ impl RateLimit {
     }
 }
 
-/// Where a login attempt's account name is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AccountSource {
-    Json(Vec<String>),
-    Form(String),
-    Header(String),
-}
-
-impl AccountSource {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let (kind, arg) = s
-            .split_once(':')
-            .ok_or_else(|| format!("`{s}`: expected `json:FIELD`, `form:FIELD` or `header:NAME`"))?;
-        if arg.is_empty() || arg.len() > 128 {
-            return Err(format!("`{kind}:` needs a name of 1-128 characters"));
-        }
-        match kind {
-            "json" => {
-                let path: Vec<String> = arg.split('.').map(str::to_string).collect();
-                if path.iter().any(String::is_empty) {
-                    return Err(format!("`{arg}` is not a dotted field path"));
-                }
-                Ok(AccountSource::Json(path))
-            }
-            "form" => Ok(AccountSource::Form(arg.to_string())),
-            "header" => {
-                let name = arg.to_ascii_lowercase();
-                if name.starts_with(':') || !name.bytes().all(is_token_byte) {
-                    return Err(format!("`{name}` is not a header name"));
-                }
-                Ok(AccountSource::Header(name))
-            }
-            _ => Err(format!("unknown account source `{kind}`; use json, form or header")),
-        }
-    }
-
-    /// Whether the request body must be read to find the account.
-    pub fn needs_body(&self) -> bool {
-        !matches!(self, AccountSource::Header(_))
-    }
-
-    /// The account named by a request (headers, and the body when [`Self::needs_body`]).
-    /// `None` when absent, empty, not a string, or the body does not parse.
-    pub fn extract(&self, request: &RequestParts, body: &[u8]) -> Option<String> {
-        let raw = match self {
-            AccountSource::Header(name) => request.header_values(name).next().map(str::to_string),
-            AccountSource::Json(path) => {
-                let doc: Value = serde_json::from_slice(body).ok()?;
-                let mut v = &doc;
-                for part in path {
-                    v = v.get(part)?;
-                }
-                claim_string(v)
-            }
-            AccountSource::Form(field) => form_field(body, field),
-        }?;
-        let trimmed = raw.trim();
-        (!trimmed.is_empty()).then(|| truncate(trimmed.to_string(), 512))
-    }
-}
-
-/// The first value of `field` in an `application/x-www-form-urlencoded` body.
-pub fn form_field(body: &[u8], field: &str) -> Option<String> {
-    for pair in body.split(|b| *b == b'&') {
-        let mut kv = pair.splitn(2, |b| *b == b'=');
-        let key = percent_decode(kv.next()?)?;
-        if key == field {
-            return percent_decode(kv.next().unwrap_or_default());
-        }
-    }
-    None
-}
-
-fn percent_decode(bytes: &[u8]) -> Option<String> {
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        match b {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = bytes.get(i + 1..i + 3)?;
-                let s = std::str::from_utf8(hex).ok()?;
-                out.push(u8::from_str_radix(s, 16).ok()?);
-                i += 2;
-            }
-            _ => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
-}
-
 /// Compiled lockout settings.
 #[derive(Debug, Clone)]
 pub struct Lockout {
@@ -493,6 +430,8 @@ pub struct Lockout {
     pub by_ip: bool,
     pub on_error: FailureMode,
     pub timeout_ms: u64,
+    pub on_no_account: NoAccountAction,
+    pub reservation_ttl_ms: u64,
 }
 
 /// How an upstream answer to a login attempt counts.
@@ -509,6 +448,26 @@ pub fn login_outcome(lockout: &Lockout, status: u16) -> Option<crate::wire::Logi
 impl Lockout {
     pub fn matches(&self, request: &RequestParts) -> bool {
         self.routes.iter().any(|m| m.matches(request))
+    }
+
+    /// The account a login attempt names. `body`: the whole body, or `None` when it is
+    /// larger than `maxBodyBytes`. `Ok(None)`: no account could be read and the
+    /// attempt counts against its address only (`onNoAccount: addressOnly`); `Err`:
+    /// the attempt is refused.
+    pub fn account_of(
+        &self,
+        request: &RequestParts,
+        body: Option<&[u8]>,
+    ) -> Result<Option<String>, AccountError> {
+        let read = match body {
+            None if self.account.needs_body() => Err(AccountError::BodyTooLarge),
+            body => self.account.extract(request, body.unwrap_or_default()),
+        };
+        match (read, self.on_no_account) {
+            (Ok(account), _) => Ok(Some(account)),
+            (Err(_), NoAccountAction::AddressOnly) => Ok(None),
+            (Err(e), NoAccountAction::Deny) => Err(e),
+        }
     }
 
     /// The subjects of a login attempt: the account (when named) and, with `byIp`, the
@@ -759,6 +718,15 @@ fn compile_lockout(c: LockoutConfig) -> Result<Lockout, ConfigError> {
     if !(1..=10_000).contains(&c.timeout_ms) {
         return Err(ConfigError::new("timeoutMs", "must be between 1 and 10000"));
     }
+    if !(1_000..=600_000).contains(&c.reservation_ttl_ms) {
+        return Err(ConfigError::new("reservationTtlMs", "must be between 1000 and 600000"));
+    }
+    if c.on_no_account == NoAccountAction::AddressOnly && !c.by_ip {
+        return Err(ConfigError::new(
+            "onNoAccount",
+            "`addressOnly` counts such attempts by address: it needs `byIp: true`",
+        ));
+    }
     Ok(Lockout {
         routes,
         account,
@@ -768,6 +736,8 @@ fn compile_lockout(c: LockoutConfig) -> Result<Lockout, ConfigError> {
         by_ip: c.by_ip,
         on_error: c.on_error,
         timeout_ms: c.timeout_ms,
+        on_no_account: c.on_no_account,
+        reservation_ttl_ms: c.reservation_ttl_ms,
     })
 }
 
@@ -922,12 +892,7 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn req(headers: &[(&str, &str)]) -> RequestParts {
-        RequestParts {
-            method: "POST".into(),
-            authority: "api.example.com".into(),
-            path: "/login?x=1".into(),
-            headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
-        }
+        RequestParts::post("/login?x=1", headers)
     }
 
     fn limit_config(json: &str) -> Result<RateLimit, ConfigError> {
@@ -1033,24 +998,6 @@ mod tests {
     }
 
     #[test]
-    fn accounts_come_from_json_form_or_header() {
-        let r = req(&[("x-user", " Bob ")]);
-        let json = AccountSource::parse("json:credentials.username").unwrap();
-        assert_eq!(json.extract(&r, br#"{"credentials":{"username":"alice"}}"#).as_deref(), Some("alice"));
-        assert_eq!(json.extract(&r, br#"{"credentials":{"username":""}}"#), None);
-        assert_eq!(json.extract(&r, b"not json"), None);
-        assert_eq!(json.extract(&r, br#"{"credentials":{"username":{"$ne":1}}}"#), None);
-        let form = AccountSource::parse("form:user").unwrap();
-        assert_eq!(form.extract(&r, b"a=1&user=al%40x.io+z&user=2").as_deref(), Some("al@x.io z"));
-        assert_eq!(form.extract(&r, b"user=%zz"), None);
-        let header = AccountSource::parse("header:X-User").unwrap();
-        assert!(!header.needs_body());
-        assert_eq!(header.extract(&r, b"").as_deref(), Some("Bob"));
-        assert!(AccountSource::parse("cookie:x").is_err());
-        assert!(AccountSource::parse("json:a..b").is_err());
-    }
-
-    #[test]
     fn login_outcomes_follow_the_configured_statuses() {
         let c: LockoutConfig = serde_json::from_str(
             r#"{"routes":[{"path":"/login","methods":["POST"]}],"account":"json:username"}"#,
@@ -1068,6 +1015,46 @@ mod tests {
         )
         .unwrap();
         assert_eq!(compile_lockout(too_many).unwrap_err().field, "policy.maxFailures");
+    }
+
+    fn lockout_config(extra: &str) -> Result<Lockout, ConfigError> {
+        let c: LockoutConfig = serde_json::from_str(&format!(
+            r#"{{"routes":[{{"path":"/login"}}],"account":"json:username"{extra}}}"#
+        ))
+        .unwrap();
+        compile_lockout(c)
+    }
+
+    #[test]
+    fn login_routes_fail_closed_and_refuse_unreadable_accounts_by_default() {
+        let l = lockout_config("").unwrap();
+        assert_eq!((l.on_error, l.on_no_account), (FailureMode::Deny, NoAccountAction::Deny));
+        assert_eq!((l.timeout_ms, l.reservation_ttl_ms), (1_000, 60_000));
+        // Configurations that chose otherwise keep working.
+        let open = lockout_config(r#","onError":"allow","onNoAccount":"addressOnly""#).unwrap();
+        assert_eq!((open.on_error, open.on_no_account), (FailureMode::Allow, NoAccountAction::AddressOnly));
+        assert_eq!(
+            lockout_config(r#","onNoAccount":"addressOnly","byIp":false"#).unwrap_err().field,
+            "onNoAccount"
+        );
+        assert_eq!(lockout_config(r#","reservationTtlMs":999"#).unwrap_err().field, "reservationTtlMs");
+    }
+
+    #[test]
+    fn an_unreadable_account_is_refused_or_counted_by_address_only() {
+        let json = req(&[("content-type", "application/json")]);
+        let deny = lockout_config("").unwrap();
+        assert_eq!(deny.account_of(&json, Some(br#"{"username":"bob"}"#)), Ok(Some("bob".into())));
+        assert_eq!(deny.account_of(&json, None), Err(AccountError::BodyTooLarge));
+        assert_eq!(deny.account_of(&json, Some(b"{")), Err(AccountError::Malformed));
+        let lenient = lockout_config(r#","onNoAccount":"addressOnly""#).unwrap();
+        assert_eq!(lenient.account_of(&json, None), Ok(None));
+        assert_eq!(lenient.account_of(&json, Some(b"{")), Ok(None));
+        // A header source reads no body, whatever its size.
+        let c: LockoutConfig =
+            serde_json::from_str(r#"{"routes":[{"path":"/login"}],"account":"header:x-user"}"#).unwrap();
+        let header = compile_lockout(c).unwrap();
+        assert_eq!(header.account_of(&req(&[("x-user", "al")]), None), Ok(Some("al".into())));
     }
 
     #[test]

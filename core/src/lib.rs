@@ -4,6 +4,7 @@
 //! are passed in, so every decision is deterministic and testable natively and under
 //! wasm.
 
+pub mod account;
 pub mod authn;
 pub mod config;
 pub mod error;

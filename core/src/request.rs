@@ -46,3 +46,16 @@ impl RequestParts {
         }
     }
 }
+
+#[cfg(test)]
+impl RequestParts {
+    /// A `POST` of `path` to `api.example.com` with `headers`, for tests.
+    pub(crate) fn post(path: &str, headers: &[(&str, &str)]) -> Self {
+        RequestParts {
+            method: "POST".into(),
+            authority: "api.example.com".into(),
+            path: path.into(),
+            headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! Local replies for denied requests: RFC 6750 `WWW-Authenticate` challenges for bearer
 //! tokens, with a small JSON body. Nothing from the token or the keys is echoed back.
 
+use crate::account::AccountError;
 use crate::jwt::reason::Reason;
 
 /// Why a request was refused.
@@ -31,6 +32,8 @@ pub enum Denial {
     LockoutUnavailable,
     /// The client address is blocked after a burst.
     AddressBlocked { retry_after_secs: u64 },
+    /// A login attempt on a lockout route whose account cannot be read: 400, 413 or 415.
+    LoginUnreadable(AccountError),
 }
 
 impl Denial {
@@ -49,6 +52,7 @@ impl Denial {
             Denial::LockedOut { .. } => "locked_out",
             Denial::LockoutUnavailable => "lockout_unavailable",
             Denial::AddressBlocked { .. } => "address_blocked",
+            Denial::LoginUnreadable(e) => e.code(),
         }
     }
 
@@ -61,6 +65,7 @@ impl Denial {
             | Denial::RateLimitUnavailable
             | Denial::LockoutUnavailable => 503,
             Denial::RateLimited { .. } | Denial::LockedOut { .. } | Denial::AddressBlocked { .. } => 429,
+            Denial::LoginUnreadable(e) => e.status(),
         }
     }
 
@@ -123,6 +128,7 @@ impl Denial {
             Denial::AddressBlocked { .. } => {
                 (None, "address_blocked", "too many requests from this address".to_string())
             }
+            Denial::LoginUnreadable(e) => (None, "invalid_request", e.description()),
         };
         let body = serde_json::json!({
             "error": error,
@@ -228,6 +234,23 @@ mod tests {
             (down.status, down.headers.iter().any(|(n, v)| n == "retry-after" && v == "1")),
             (503, true)
         );
+    }
+
+    #[test]
+    fn an_unreadable_login_is_refused_with_its_reason_and_no_challenge() {
+        let r = Denial::LoginUnreadable(AccountError::Ambiguous).render("api");
+        assert_eq!(r.status, 400);
+        assert!(r.headers.iter().all(|(n, _)| n != "www-authenticate" && n != "retry-after"));
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(
+            (body["error"].as_str(), body["reason"].as_str()),
+            (Some("invalid_request"), Some("account_ambiguous"))
+        );
+        let r =
+            Denial::LoginUnreadable(AccountError::ContentType { expected: "application/json" }).render("api");
+        assert_eq!(r.status, 415);
+        assert!(r.body.contains("application/json"), "{}", r.body);
+        assert_eq!(Denial::LoginUnreadable(AccountError::BodyTooLarge).render("api").status, 413);
     }
 
     #[test]

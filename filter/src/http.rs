@@ -63,7 +63,8 @@ pub struct GuardInput {
     pub ctx: u32,
     pub rule: Option<usize>,
     pub client_ip: Option<String>,
-    /// On a lockout route: `Some(account or None when the request names none)`.
+    /// On a lockout route: `Some(account)`, or `Some(None)` when none could be read and
+    /// the lockout counts such attempts by address only.
     pub login: Option<Option<String>>,
 }
 
@@ -561,7 +562,10 @@ impl HttpContext for AuthnContext {
                     rt.set_paused(self.id, true);
                     return Action::Pause;
                 }
-                self.progress.guard.login = Some(lockout.account.extract(&request, b""));
+                match rt.login_account(&request, Some(&[])) {
+                    Ok(account) => self.progress.guard.login = Some(account),
+                    Err(next) => return self.action(&rt, next),
+                }
             }
         }
         self.start(&rt, request)
@@ -579,17 +583,14 @@ impl HttpContext for AuthnContext {
         }
         self.awaiting_body = false;
         let Some(request) = self.request.take() else { return Action::Continue };
-        let account = match (&rt.policy.guards.lockout, body_size <= cap) {
-            (Some(lockout), true) => {
-                let body = host::request_body(body_size).unwrap_or_default();
-                lockout.account.extract(&request, &body)
-            }
-            _ => {
-                rt.metrics.count("portcullis.lockout.body_too_large");
-                None
-            }
-        };
-        self.progress.guard.login = Some(account);
+        let body = (body_size <= cap).then(|| host::request_body(body_size).unwrap_or_default());
+        if body.is_none() {
+            rt.metrics.count("portcullis.lockout.body_too_large");
+        }
+        match rt.login_account(&request, body.as_deref()) {
+            Ok(account) => self.progress.guard.login = Some(account),
+            Err(next) => return self.action(&rt, next),
+        }
         match self.start(&rt, request) {
             Action::Continue => {
                 rt.set_paused(self.id, false);

@@ -7,7 +7,7 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -452,6 +452,9 @@ pub struct TestServerState {
     pub feed_polls: Arc<AtomicUsize>,
     /// `POST /login` attempts that reached the upstream.
     pub login_hits: Arc<AtomicUsize>,
+    /// How long `POST /login` takes to answer (ms; 0 by default), so that attempts sent
+    /// together are in flight together.
+    pub login_delay_ms: Arc<AtomicU64>,
     /// `POST /webhook` deliveries.
     pub webhooks: Arc<Mutex<Vec<Delivery>>>,
 }
@@ -512,6 +515,10 @@ impl TestServer {
         // any other password is refused (401).
         async fn login(State(s): State<TestServerState>, body: String) -> impl IntoResponse {
             s.login_hits.fetch_add(1, Ordering::SeqCst);
+            let delay = s.login_delay_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
             let doc: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
             if doc.get("password").and_then(Value::as_str) == Some("correct") {
                 (StatusCode::OK, "welcome")
@@ -555,6 +562,12 @@ impl TestServer {
     }
     pub fn login_hits(&self) -> usize {
         self.state.login_hits.load(Ordering::SeqCst)
+    }
+    /// Makes `POST /login` answer after `delay`.
+    pub fn set_login_delay(&self, delay: Duration) {
+        self.state
+            .login_delay_ms
+            .store(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), Ordering::SeqCst);
     }
     pub fn webhooks(&self) -> Vec<Delivery> {
         self.state.webhooks.lock().unwrap().clone()

@@ -153,20 +153,33 @@ use portcullis_control_plane::store::{EmbeddedStore, MemoryStore, RedisStore, St
 pub struct Backend {
     pub store: Arc<dyn Store>,
     _dir: Option<tempfile::TempDir>,
+    redis_url: Option<String>,
+}
+
+impl Backend {
+    /// The store as another replica sees it: its own Redis connection to the same data;
+    /// the same store for the backends a single process owns.
+    pub fn replica(&self) -> Arc<dyn Store> {
+        match &self.redis_url {
+            Some(url) => Arc::new(RedisStore::new(url, RedisTimeouts::default()).unwrap()),
+            None => Arc::clone(&self.store),
+        }
+    }
 }
 
 pub fn memory() -> Backend {
-    Backend { store: Arc::new(MemoryStore::new()), _dir: None }
+    Backend { store: Arc::new(MemoryStore::new()), _dir: None, redis_url: None }
 }
 
 pub fn embedded() -> Backend {
     let dir = tempfile::tempdir().unwrap();
-    Backend { store: Arc::new(EmbeddedStore::open(dir.path()).unwrap()), _dir: Some(dir) }
+    Backend { store: Arc::new(EmbeddedStore::open(dir.path()).unwrap()), _dir: Some(dir), redis_url: None }
 }
 
 pub fn redis() -> Backend {
     let url = shared_redis_url();
-    Backend { store: Arc::new(RedisStore::new(&url, RedisTimeouts::default()).unwrap()), _dir: None }
+    let store = Arc::new(RedisStore::new(&url, RedisTimeouts::default()).unwrap());
+    Backend { store, _dir: None, redis_url: Some(url) }
 }
 
 /// One test module per function, with a test per backend (memory, embedded, Redis).
