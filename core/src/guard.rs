@@ -204,6 +204,7 @@ pub struct LockoutConfig {
 }
 
 /// What a login attempt whose account cannot be read gets.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum NoAccountAction {
