@@ -2,6 +2,7 @@
 //! tokens, with a small JSON body. Nothing from the token or the keys is echoed back.
 
 use crate::jwt::reason::Reason;
+use crate::path::PathRejection;
 
 /// Why a request was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +32,8 @@ pub enum Denial {
     LockoutUnavailable,
     /// The client address is blocked after a burst.
     AddressBlocked { retry_after_secs: u64 },
+    /// The path is ambiguous (see [`crate::path`]): 400, whatever the rule.
+    InvalidPath(PathRejection),
 }
 
 impl Denial {
@@ -49,6 +52,7 @@ impl Denial {
             Denial::LockedOut { .. } => "locked_out",
             Denial::LockoutUnavailable => "lockout_unavailable",
             Denial::AddressBlocked { .. } => "address_blocked",
+            Denial::InvalidPath(r) => r.code(),
         }
     }
 
@@ -61,6 +65,7 @@ impl Denial {
             | Denial::RateLimitUnavailable
             | Denial::LockoutUnavailable => 503,
             Denial::RateLimited { .. } | Denial::LockedOut { .. } | Denial::AddressBlocked { .. } => 429,
+            Denial::InvalidPath(_) => 400,
         }
     }
 
@@ -123,6 +128,7 @@ impl Denial {
             Denial::AddressBlocked { .. } => {
                 (None, "address_blocked", "too many requests from this address".to_string())
             }
+            Denial::InvalidPath(r) => (None, "invalid_request", r.description().to_string()),
         };
         let body = serde_json::json!({
             "error": error,
@@ -228,6 +234,16 @@ mod tests {
             (down.status, down.headers.iter().any(|(n, v)| n == "retry-after" && v == "1")),
             (503, true)
         );
+    }
+
+    #[test]
+    fn an_ambiguous_path_is_400_with_its_reason_and_no_challenge() {
+        let r = Denial::InvalidPath(PathRejection::EncodedSlash).render("api");
+        assert_eq!(r.status, 400);
+        assert!(r.headers.iter().all(|(n, _)| n != "www-authenticate"));
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(body["error"], "invalid_request");
+        assert_eq!(body["reason"], "path_encoded_slash");
     }
 
     #[test]

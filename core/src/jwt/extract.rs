@@ -179,12 +179,8 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn req(path: &str, headers: &[(&str, &str)]) -> RequestParts {
-        RequestParts {
-            method: "GET".into(),
-            authority: "api.example.com".into(),
-            path: path.into(),
-            headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
-        }
+        let headers = headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        RequestParts::new("GET", "api.example.com", path, headers, &Default::default()).unwrap()
     }
 
     fn bearer() -> TokenLocation {
