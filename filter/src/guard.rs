@@ -793,7 +793,7 @@ impl Runtime {
 
     /// Continues a paused request (the current effective context must be `ctx`).
     pub fn resume(&self, ctx: u32) {
-        self.set_paused(ctx, false);
+        self.release(ctx);
         if let Err(status) = host::resume_request() {
             log::warn!("could not resume the request ({status:?})");
         }
