@@ -5,7 +5,10 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use portcullis_e2e::{envoy_bin, free_port, repo_root, Envoy, EnvoyClusters, Proc, TestServer, Workdir};
+use portcullis_e2e::{
+    envoy_bin, free_port, hardened_connection_manager, missing_fields, repo_root, Envoy, EnvoyClusters, Hcm,
+    Proc, TestServer, Workdir,
+};
 use serde_json::{json, Value};
 
 /// Every `configuration.value` of a wasm filter in a bootstrap.
@@ -62,6 +65,50 @@ fn every_envoy_bootstrap_in_the_repo_passes_envoy_validate_and_its_plugin_config
     assert!(checked >= 1, "no bootstrap found in {}", dir.display());
 }
 
+/// Every HTTP connection manager that runs the Portcullis filter.
+fn managers_with_the_filter(v: &Value, out: &mut Vec<Value>) {
+    match v {
+        Value::Object(map) => {
+            if map.get("@type").and_then(Value::as_str)
+                == Some("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager")
+            {
+                let mut configs = Vec::new();
+                embedded_plugin_configs(v, &mut configs);
+                if !configs.is_empty() {
+                    out.push(v.clone());
+                }
+            }
+            map.values().for_each(|c| managers_with_the_filter(c, out));
+        }
+        Value::Array(items) => items.iter().for_each(|c| managers_with_the_filter(c, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn every_envoy_bootstrap_sets_the_connection_manager_options_the_filter_relies_on() {
+    let dir = repo_root().join("envoy");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let yaml: Value = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let mut managers = Vec::new();
+        managers_with_the_filter(&yaml, &mut managers);
+        for manager in managers {
+            let mut configs = Vec::new();
+            embedded_plugin_configs(&manager, &mut configs);
+            let plugin: Value = serde_json::from_str(&configs[0]).unwrap();
+            let missing = missing_fields(&manager, &hardened_connection_manager(&plugin));
+            assert!(missing.is_empty(), "{}: the connection manager lacks {missing:?}", path.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 1, "no connection manager with the filter in {}", dir.display());
+}
+
 #[test]
 fn envoy_validate_rejects_a_broken_bootstrap() {
     // The validation above can fail: a bootstrap with a route to an undefined cluster.
@@ -69,6 +116,7 @@ fn envoy_validate_rejects_a_broken_bootstrap() {
     let mut config = Envoy::bootstrap(
         &json!({"rules": []}),
         &EnvoyClusters { upstream_port: 1, jwks_port: None, control_plane_port: None },
+        Hcm::Hardened,
         free_port(),
         free_port(),
     );
@@ -88,6 +136,7 @@ fn spawn_envoy(dir: &Workdir, plugin_config: &Value, upstream: u16) -> Proc {
     let config = Envoy::bootstrap(
         plugin_config,
         &EnvoyClusters { upstream_port: upstream, jwks_port: None, control_plane_port: None },
+        Hcm::Hardened,
         0,
         0,
     );
