@@ -49,31 +49,32 @@ pub async fn h2(
     body: &[u8],
     ending: Ending,
 ) -> Answer {
-    match h2_inner(port, method, path, headers, body, ending).await {
-        Ok(a) => a,
-        Err(e) => Answer { error: Some(e), ..Answer::default() },
-    }
+    let exchange = async {
+        let mut request =
+            http::Request::builder().method(method).uri(format!("http://127.0.0.1:{port}{path}"));
+        for (n, v) in headers {
+            request = request.header(*n, *v);
+        }
+        let request = request.body(()).map_err(|e| e.to_string())?;
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
+        let (client, connection) = h2::client::handshake(tcp).await.map_err(|e| e.to_string())?;
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let answer = send_h2(client, request, body, ending).await;
+        driver.abort();
+        answer
+    };
+    exchange.await.unwrap_or_else(|e| Answer { error: Some(e), ..Answer::default() })
 }
 
-async fn h2_inner(
-    port: u16,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
+async fn send_h2(
+    client: h2::client::SendRequest<Bytes>,
+    request: http::Request<()>,
     body: &[u8],
     ending: Ending,
 ) -> Result<Answer, String> {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
-    let (client, connection) = h2::client::handshake(tcp).await.map_err(|e| e.to_string())?;
-    let driver = tokio::spawn(async move {
-        let _ = connection.await;
-    });
     let mut client = client.ready().await.map_err(|e| e.to_string())?;
-    let mut request = http::Request::builder().method(method).uri(format!("http://127.0.0.1:{port}{path}"));
-    for (n, v) in headers {
-        request = request.header(*n, *v);
-    }
-    let request = request.body(()).map_err(|e| e.to_string())?;
     let (response, mut stream) = client.send_request(request, false).map_err(|e| e.to_string())?;
     stream.send_data(Bytes::copy_from_slice(body), ending == Ending::EndStream).map_err(|e| e.to_string())?;
     match ending {
@@ -89,11 +90,10 @@ async fn h2_inner(
             stream.send_reset(h2::Reason::CANCEL);
             // Let the frame leave before the connection is dropped.
             tokio::time::sleep(Duration::from_millis(100)).await;
-            driver.abort();
             return Ok(Answer { error: Some("reset by the client".into()), ..Answer::default() });
         }
     }
-    let answer = tokio::time::timeout(Duration::from_secs(20), async {
+    tokio::time::timeout(Duration::from_secs(20), async {
         let response = response.await.map_err(|e| e.to_string())?;
         let status = response.status().as_u16();
         let mut body = response.into_body();
@@ -103,16 +103,10 @@ async fn h2_inner(
             let _ = body.flow_control().release_capacity(chunk.len());
             bytes.extend_from_slice(&chunk);
         }
-        Ok::<_, String>(Answer {
-            status: Some(status),
-            body: String::from_utf8_lossy(&bytes).into_owned(),
-            error: None,
-        })
+        Ok(Answer { status: Some(status), body: String::from_utf8_lossy(&bytes).into_owned(), error: None })
     })
     .await
-    .map_err(|_| "no answer within 20 s".to_string())?;
-    driver.abort();
-    answer
+    .map_err(|_| "no answer within 20 s".to_string())?
 }
 
 /// One HTTP/1.1 request with a chunked body followed by trailers, on a raw socket.
