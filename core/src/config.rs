@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::error::ConfigError;
 use crate::jwt::provider::{Provider, ProviderConfig};
+use crate::path::{normalize, PathOptions};
 use crate::rules::{HostMatcher, Matcher, PathMatcher, RolesRequirement, Rule};
 
 pub const DEFAULT_REALM: &str = "portcullis";
@@ -59,6 +60,9 @@ pub struct PluginConfig {
     pub lockout: Option<crate::guard::LockoutConfig>,
     #[serde(default)]
     pub burst: Option<crate::guard::BurstConfig>,
+    /// How strictly request paths are read (only ever stricter than the default).
+    #[serde(default)]
+    pub paths: PathOptions,
 }
 
 /// Where the control plane's revocation feed is and how fresh it must be.
@@ -256,12 +260,24 @@ pub struct Policy {
     pub revocation: Option<RevocationSettings>,
     /// Rate limits, lockout and burst reporting.
     pub guards: crate::guard::Guards,
+    /// How request paths are normalised and which are refused.
+    pub paths: PathOptions,
 }
 
 impl Policy {
     /// The first rule matching the request, if any.
     pub fn match_rule(&self, req: &crate::RequestParts) -> Option<&Rule> {
         self.rules.iter().find(|r| r.matcher.matches(req))
+    }
+
+    /// Whether a request header is one of ours under any spelling an upstream may read
+    /// as it: case aside, `_` counts as `-` (CGI/WSGI turn both into `HTTP_X_...`).
+    pub fn is_managed_header(&self, name: &str) -> bool {
+        let fold = |b: u8| if b == b'_' { b'-' } else { b.to_ascii_lowercase() };
+        let same = |managed: &str| {
+            managed.len() == name.len() && managed.bytes().zip(name.bytes()).all(|(m, n)| fold(m) == fold(n))
+        };
+        self.managed_headers.iter().any(|m| same(m))
     }
 
     pub fn provider_index(&self, name: &str) -> Option<usize> {
@@ -386,6 +402,7 @@ pub fn compile(config: PluginConfig) -> Result<Policy, ConfigError> {
         managed_headers,
         revocation,
         guards,
+        paths: config.paths,
     })
 }
 
@@ -539,15 +556,9 @@ pub(crate) fn compile_match(config: MatchConfig) -> Result<Matcher, ConfigError>
         return Err(ConfigError::new("path", "use at most one of `path`, `pathPrefix` and `pathRegex`"));
     }
     let path = if let Some(p) = config.path {
-        if !p.starts_with('/') {
-            return Err(ConfigError::new("path", "must start with '/'"));
-        }
-        PathMatcher::Exact(p)
+        PathMatcher::Exact(normal_path(p, "path")?)
     } else if let Some(p) = config.path_prefix {
-        if !p.starts_with('/') {
-            return Err(ConfigError::new("pathPrefix", "must start with '/'"));
-        }
-        PathMatcher::Prefix(p)
+        PathMatcher::Prefix(normal_path(p, "pathPrefix")?)
     } else if let Some(r) = config.path_regex {
         if r.len() > 1024 {
             return Err(ConfigError::new("pathRegex", "must be at most 1024 characters"));
@@ -586,6 +597,21 @@ pub(crate) fn compile_match(config: MatchConfig) -> Result<Matcher, ConfigError>
     }
 
     Ok(Matcher { hosts, path, methods })
+}
+
+/// A configured path: requests are compared in normal form, so it must be in it too.
+fn normal_path(p: String, field: &str) -> Result<String, ConfigError> {
+    if !p.starts_with('/') {
+        return Err(ConfigError::new(field, "must start with '/'"));
+    }
+    match normalize(&p, &PathOptions::default()) {
+        Ok(normal) if normal == p => Ok(p),
+        Ok(normal) => Err(ConfigError::new(
+            field,
+            format!("requests are matched in normal form; write `{normal}` (no dot segments, `//`, `;` parameters or needless escapes)"),
+        )),
+        Err(e) => Err(ConfigError::new(field, format!("not a usable path: {}", e.description()))),
+    }
 }
 
 fn is_identifier(s: &str) -> bool {

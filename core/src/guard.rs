@@ -16,7 +16,7 @@
 //! | `header:NAME` | the first value of a request header |
 //! | `rule` | the name of the rule the request matched |
 //! | `method` | the request method |
-//! | `path` | the path without the query string |
+//! | `path` | the path without the query string, normalised ([`crate::path`]) |
 //!
 //! A limit applies to a request only when every one of its descriptors has a value: a
 //! `claim:sub` limit does not count unauthenticated requests. A limit without
@@ -64,9 +64,10 @@ fn default_cp_timeout_ms() -> u64 {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClientIpConfig {
-    /// Proxies in front of Envoy that append to `x-forwarded-for` (Envoy's
-    /// `xff_num_trusted_hops`). 0: `x-forwarded-for` is ignored and the downstream
-    /// address is the client.
+    /// Proxies in front of Envoy that append to `x-forwarded-for` (set Envoy's
+    /// `xff_num_trusted_hops` to the same number). 0: `x-forwarded-for` is ignored and
+    /// the TCP peer is the client. Either way Envoy must run with
+    /// `use_remote_address: true` (see [`client_ip`]).
     #[serde(default)]
     pub trusted_hops: u32,
 }
@@ -306,7 +307,7 @@ impl Descriptor {
             Descriptor::Header(name) => ctx.request.header_values(name).next().map(str::to_string),
             Descriptor::Rule => ctx.rule.map(str::to_string),
             Descriptor::Method => Some(ctx.request.method.clone()),
-            Descriptor::Path => Some(ctx.request.path_only().to_string()),
+            Descriptor::Path => Some(ctx.request.route_path.clone()),
         }?;
         Some(truncate(v, MAX_DESCRIPTOR_VALUE))
     }
@@ -742,24 +743,32 @@ fn compile_lockout(c: LockoutConfig) -> Result<Lockout, ConfigError> {
     })
 }
 
-/// The client address: with `trusted_hops` = N > 0, the N-th address from the right of
-/// `x-forwarded-for` (all values joined in order), as Envoy's `xff_num_trusted_hops`
-/// picks it; with too few entries, or N = 0, the downstream address. Ports and IPv6
-/// brackets are removed; IPv4-mapped IPv6 addresses become IPv4; anything that is not
-/// an address yields `None`.
+/// The client address. `downstream` is Envoy's `source.address`: with the
+/// connection manager's `use_remote_address: true` (which the filter requires) the TCP
+/// peer, whatever `x-forwarded-for` says, or Envoy's own pick from that header when its
+/// `xff_num_trusted_hops` is set. There is no attribute for the TCP peer alone: with
+/// `use_remote_address: false` Envoy puts the header's last entry there, which the
+/// client chooses.
+///
+/// With `trusted_hops` = N > 0 the client is the N-th address from the right of
+/// `x-forwarded-for` as it reached Envoy (all values joined in order), as Envoy's
+/// `xff_num_trusted_hops` picks it: the last entry of the header the filter sees is the
+/// one this Envoy appended, so the count starts left of it. With too few entries, or
+/// N = 0, it is `downstream`. Ports and IPv6 brackets are removed; IPv4-mapped IPv6
+/// addresses become IPv4; anything that is not an address yields `None`.
 pub fn client_ip(request: &RequestParts, downstream: Option<&str>, trusted_hops: u32) -> Option<String> {
     if trusted_hops > 0 {
-        let entries: Vec<&str> = request
+        let mut entries: Vec<&str> = request
             .header_values("x-forwarded-for")
             .flat_map(|v| v.split(','))
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .collect();
+        // Appended by this Envoy (`use_remote_address: true`).
+        entries.pop();
         let n = usize::try_from(trusted_hops).unwrap_or(usize::MAX);
-        if entries.len() >= n {
-            if let Some(e) = entries.get(entries.len() - n) {
-                return normalise_ip(e);
-            }
+        if let Some(e) = entries.len().checked_sub(n).and_then(|i| entries.get(i)) {
+            return normalise_ip(e);
         }
     }
     downstream.and_then(normalise_ip)
@@ -903,12 +912,15 @@ mod tests {
 
     #[test]
     fn client_ip_uses_the_downstream_address_unless_hops_are_trusted() {
-        let r = req(&[("x-forwarded-for", "1.1.1.1, 2.2.2.2"), ("x-forwarded-for", "3.3.3.3")]);
-        assert_eq!(client_ip(&r, Some("10.0.0.9:5555"), 0).as_deref(), Some("10.0.0.9"));
+        // 4.4.4.4: appended by this Envoy (the TCP peer).
+        let r = req(&[("x-forwarded-for", "1.1.1.1, 2.2.2.2"), ("x-forwarded-for", "3.3.3.3, 4.4.4.4")]);
+        assert_eq!(client_ip(&r, Some("10.0.0.9:5555"), 0).as_deref(), Some("10.0.0.9"), "XFF ignored");
         assert_eq!(client_ip(&r, Some("10.0.0.9:5555"), 1).as_deref(), Some("3.3.3.3"));
         assert_eq!(client_ip(&r, Some("10.0.0.9:5555"), 2).as_deref(), Some("2.2.2.2"));
         assert_eq!(client_ip(&r, Some("10.0.0.9:5555"), 3).as_deref(), Some("1.1.1.1"));
         assert_eq!(client_ip(&r, Some("10.0.0.9:5555"), 4).as_deref(), Some("10.0.0.9"), "too few entries");
+        let only_envoys = req(&[("x-forwarded-for", "4.4.4.4")]);
+        assert_eq!(client_ip(&only_envoys, Some("10.0.0.9:5555"), 1).as_deref(), Some("10.0.0.9"));
         assert_eq!(client_ip(&r, Some("[::ffff:10.1.2.3]:80"), 0).as_deref(), Some("10.1.2.3"));
         assert_eq!(client_ip(&r, Some("[2001:DB8::1]:443"), 0).as_deref(), Some("2001:db8::1"));
         let bad = req(&[("x-forwarded-for", "not-an-ip")]);

@@ -12,6 +12,7 @@ pub mod guard;
 pub mod jwt;
 pub mod keyfetch;
 pub mod lockout;
+pub mod path;
 pub mod ratelimit;
 pub mod request;
 pub mod response;

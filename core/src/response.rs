@@ -3,6 +3,7 @@
 
 use crate::account::AccountError;
 use crate::jwt::reason::Reason;
+use crate::path::PathRejection;
 
 /// Why a request was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +35,8 @@ pub enum Denial {
     AddressBlocked { retry_after_secs: u64 },
     /// A login attempt on a lockout route whose account cannot be read: 400, 413 or 415.
     LoginUnreadable(AccountError),
+    /// The path is ambiguous (see [`crate::path`]): 400, whatever the rule.
+    InvalidPath(PathRejection),
 }
 
 impl Denial {
@@ -53,6 +56,7 @@ impl Denial {
             Denial::LockoutUnavailable => "lockout_unavailable",
             Denial::AddressBlocked { .. } => "address_blocked",
             Denial::LoginUnreadable(e) => e.code(),
+            Denial::InvalidPath(r) => r.code(),
         }
     }
 
@@ -66,6 +70,7 @@ impl Denial {
             | Denial::LockoutUnavailable => 503,
             Denial::RateLimited { .. } | Denial::LockedOut { .. } | Denial::AddressBlocked { .. } => 429,
             Denial::LoginUnreadable(e) => e.status(),
+            Denial::InvalidPath(_) => 400,
         }
     }
 
@@ -129,6 +134,7 @@ impl Denial {
                 (None, "address_blocked", "too many requests from this address".to_string())
             }
             Denial::LoginUnreadable(e) => (None, "invalid_request", e.description()),
+            Denial::InvalidPath(r) => (None, "invalid_request", r.description().to_string()),
         };
         let body = serde_json::json!({
             "error": error,
@@ -251,6 +257,16 @@ mod tests {
         assert_eq!(r.status, 415);
         assert!(r.body.contains("application/json"), "{}", r.body);
         assert_eq!(Denial::LoginUnreadable(AccountError::BodyTooLarge).render("api").status, 413);
+    }
+
+    #[test]
+    fn an_ambiguous_path_is_400_with_its_reason_and_no_challenge() {
+        let r = Denial::InvalidPath(PathRejection::EncodedSlash).render("api");
+        assert_eq!(r.status, 400);
+        assert!(r.headers.iter().all(|(n, _)| n != "www-authenticate"));
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(body["error"], "invalid_request");
+        assert_eq!(body["reason"], "path_encoded_slash");
     }
 
     #[test]

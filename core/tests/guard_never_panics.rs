@@ -11,7 +11,7 @@ use portcullis_core::RequestParts;
 use proptest::prelude::*;
 
 fn request(headers: Vec<(String, String)>) -> RequestParts {
-    RequestParts { method: "POST".into(), authority: "a".into(), path: "/login".into(), headers }
+    RequestParts::new("POST", "a", "/login", headers, &Default::default()).unwrap()
 }
 
 proptest! {

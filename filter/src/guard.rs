@@ -842,7 +842,7 @@ impl Runtime {
 
     /// Continues a paused request (the current effective context must be `ctx`).
     pub fn resume(&self, ctx: u32) {
-        self.set_paused(ctx, false);
+        self.release(ctx);
         if let Err(status) = host::resume_request() {
             log::warn!("could not resume the request ({status:?})");
         }
@@ -1005,7 +1005,7 @@ impl Runtime {
             match counts.get_mut(ip) {
                 Some(e) => {
                     e.count = e.count.saturating_add(1);
-                    e.route = request.path_only().chars().take(256).collect();
+                    e.route = request.route_path.chars().take(256).collect();
                     e.method = request.method.clone();
                 }
                 None if len < MAX_BURST_ENTRIES => {
@@ -1016,7 +1016,7 @@ impl Runtime {
                         BurstEntry {
                             ip: ip.to_string(),
                             count: 1,
-                            route: request.path_only().chars().take(256).collect(),
+                            route: request.route_path.chars().take(256).collect(),
                             method: request.method.clone(),
                             user_agent,
                         },
