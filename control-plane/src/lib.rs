@@ -13,6 +13,7 @@
 //! - [`ratelimits`]: rate-limit counters and quota leases for the filter.
 //! - [`server`]: process startup and graceful shutdown; [`client`]: the admin API
 //!   client behind the `portcullis` CLI.
+//! - [`tls`]: rustls for every outbound connection (Redis, webhooks, the CLI).
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod admin_credential;
@@ -33,6 +34,7 @@ pub mod server;
 pub mod sessions;
 pub mod signing;
 pub mod store;
+pub mod tls;
 pub mod tokens;
 
 pub use http::{app, AppState, Dependencies};
