@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::process::Output;
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -32,16 +32,28 @@ fn cli_json(url: &str, args: &[&str]) -> Value {
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
-/// Runs the server with `args` and returns its error output; it must refuse to start.
+/// Runs the server with `args` and returns its error output; it must refuse to start
+/// (within a minute: one that starts after all is killed and fails the test).
 fn refused(args: &[&str]) -> String {
-    let output = command(SERVER)
+    let mut child = command(SERVER)
         .args(["--listen", "127.0.0.1:0", "--master-key", MASTER_KEY])
         .args(args)
         .env("PORTCULLIS_ADMIN_TOKEN", ADMIN_TOKEN)
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server started with {args:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(!output.status.success(), "the server started with {args:?}: {stderr}");
+    assert!(!output.status.success(), "the server exited successfully with {args:?}: {stderr}");
     stderr
 }
 
