@@ -83,7 +83,12 @@ impl RedisServer {
     /// A server with more listening ports (each flag of `port_flags`, e.g.
     /// `--tls-port`, gets a free port) and more arguments.
     pub fn start_with(port_flags: &[&'static str], args: &[OsString]) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir for redis-server");
+        Self::start_in(tempfile::tempdir().expect("temp dir for redis-server"), port_flags, args)
+    }
+
+    /// Like [`RedisServer::start_with`], in `dir` (which may hold files the server
+    /// needs, such as certificates: they go with it).
+    pub fn start_in(dir: tempfile::TempDir, port_flags: &[&'static str], args: &[OsString]) -> Self {
         let mut server = Self {
             port: 0,
             extra_ports: Vec::new(),

@@ -16,14 +16,25 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 pub struct TestPki {
-    dir: tempfile::TempDir,
+    dir: PathBuf,
+    /// The temp dir of [`TestPki::generate`], removed on drop.
+    _owned: Option<tempfile::TempDir>,
 }
 
 impl TestPki {
     /// A new CA and its certificates, in a new temp dir.
     pub fn generate() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let write = |name: &str, pem: String| std::fs::write(dir.path().join(name), pem).unwrap();
+        let owned = tempfile::tempdir().unwrap();
+        let mut pki = Self::generate_in(owned.path().to_owned());
+        pki._owned = Some(owned);
+        pki
+    }
+
+    /// A new CA and its certificates, in `dir` (created), which whoever owns it
+    /// removes: for a PKI held by a `static`, which is never dropped.
+    pub fn generate_in(dir: PathBuf) -> Self {
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, pem: String| std::fs::write(dir.join(name), pem).unwrap();
 
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -52,11 +63,11 @@ impl TestPki {
         let (cert, key) = leaf(Vec::new(), vec![ExtendedKeyUsagePurpose::ClientAuth], "portcullis");
         write("client.pem", cert);
         write("client.key", key);
-        Self { dir }
+        Self { dir, _owned: None }
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.dir.join(name)
     }
 
     /// The CA certificate: what `--redis-ca-file`, `--webhook-ca-file`, `--ca-file` take.
@@ -95,7 +106,7 @@ impl TestPki {
     }
 
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        &self.dir
     }
 
     /// A rustls server configuration presenting the server certificate.

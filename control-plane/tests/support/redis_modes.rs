@@ -54,8 +54,12 @@ fn client_tls(pki: &TestPki) -> RedisTls {
 impl TlsRedis {
     /// `require_client_certificates`: `--tls-auth-clients yes` (Redis' default) or `no`.
     pub fn start(require_client_certificates: bool) -> Self {
-        let pki = TestPki::generate();
-        let server = RedisServer::start_with(&["--tls-port"], &tls_args(&pki, require_client_certificates));
+        // The certificates live in the server's directory, so they are removed with
+        // it even when the server is held by a `static`.
+        let dir = tempfile::tempdir().unwrap();
+        let pki = TestPki::generate_in(dir.path().join("pki"));
+        let args = tls_args(&pki, require_client_certificates);
+        let server = RedisServer::start_in(dir, &["--tls-port"], &args);
         Self { pki, server }
     }
 
