@@ -6,13 +6,13 @@
 
 mod support;
 
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::pki::TestPki;
 use support::redis_modes::{RedisCluster, TlsRedis};
-use support::{command, Server, SERVER};
+use support::{command, output_within, Server, SERVER};
 
 const ADMIN_TOKEN: &str = "redis-deployment-admin-token-0123";
 /// 32 bytes, base64: replicas on Redis must share a master key.
@@ -35,23 +35,14 @@ fn cli_json(url: &str, args: &[&str]) -> Value {
 /// Runs the server with `args` and returns its error output; it must refuse to start
 /// (within a minute: one that starts after all is killed and fails the test).
 fn refused(args: &[&str]) -> String {
-    let mut child = command(SERVER)
-        .args(["--listen", "127.0.0.1:0", "--master-key", MASTER_KEY])
-        .args(args)
-        .env("PORTCULLIS_ADMIN_TOKEN", ADMIN_TOKEN)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the server started with {args:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let output = child.wait_with_output().unwrap();
+    let (output, in_time) = output_within(
+        command(SERVER)
+            .args(["--listen", "127.0.0.1:0", "--master-key", MASTER_KEY])
+            .args(args)
+            .env("PORTCULLIS_ADMIN_TOKEN", ADMIN_TOKEN),
+        Duration::from_secs(60),
+    );
+    assert!(in_time, "the server started with {args:?}");
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(!output.status.success(), "the server exited successfully with {args:?}: {stderr}");
     stderr

@@ -28,6 +28,22 @@ pub fn free_ports(n: usize) -> Vec<u16> {
     listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
 }
 
+/// Runs `command` to its end, or kills it after `limit`; its output and whether it
+/// ended by itself. (Its output must fit the pipes: a few KiB, as our tools print.)
+pub fn output_within(command: &mut Command, limit: Duration) -> (Output, bool) {
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + limit;
+    let mut in_time = true;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            in_time = false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child.wait_with_output().unwrap(), in_time)
+}
+
 /// A binary from `$<env>`, else `PATH`, else `/usr/bin`.
 pub fn binary(name: &str, env: &str) -> PathBuf {
     if let Some(path) = std::env::var_os(env) {

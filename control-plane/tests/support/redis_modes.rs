@@ -4,14 +4,14 @@
 //! dirs.
 
 use std::ffi::OsString;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use portcullis_control_plane::store::redis::{KeySpace, RedisOptions, RedisTls};
 use portcullis_control_plane::tls::{CaBundle, ClientIdentity};
 
 use super::pki::TestPki;
-use super::{binary, RedisServer};
+use super::{binary, output_within, RedisServer};
 
 /// A redis-server serving TLS on `--tls-port` with a certificate of its own CA (and a
 /// plain port the harness pings on).
@@ -114,23 +114,15 @@ impl RedisCluster {
         let nodes: Vec<RedisServer> = (0..3).map(|_| RedisServer::start_with(&port_flags, &args)).collect();
         let client_port = |n: &RedisServer| if pki.is_some() { n.port_of("--tls-port") } else { n.port() };
         let addresses: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", client_port(n))).collect();
-        let mut create = cli
-            .args(["--cluster", "create"])
-            .args(&addresses)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
         // `create` waits for the nodes to agree, without a limit of its own.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while create.try_wait().unwrap().is_none() {
-            if Instant::now() > deadline {
-                let _ = create.kill();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let output = create.wait_with_output().unwrap();
+        let (output, _) = output_within(
+            cli.args(["--cluster", "create"]).args(&addresses).args([
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ]),
+            Duration::from_secs(60),
+        );
         assert!(
             output.status.success(),
             "redis-cli --cluster create failed (or took over 60s): {}{}",
