@@ -14,6 +14,7 @@
 //! - [`server`]: process startup and graceful shutdown; [`client`]: the admin API
 //!   client behind the `portcullis` CLI; [`config_check`]: `portcullis config check`,
 //!   offline checks of plugin configurations.
+//! - [`tls`]: rustls for every outbound connection (Redis, webhooks, the CLI).
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod admin_credential;
@@ -35,6 +36,7 @@ pub mod server;
 pub mod sessions;
 pub mod signing;
 pub mod store;
+pub mod tls;
 pub mod tokens;
 
 pub use http::{app, AppState, Dependencies};

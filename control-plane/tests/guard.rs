@@ -1,12 +1,14 @@
 //! Account lockout (`/v1/lockout/*`, the admin API and CLI) and burst alerts
 //! (`/v1/burst/report`, signed webhooks, blocks). The API tests run against every
 //! store backend like the store suite (`<test>::memory|embedded|redis`) with a
-//! `FixedClock`; webhooks go to a real HTTP receiver on 127.0.0.1. The last tests drive
-//! the built binaries.
+//! `FixedClock`; webhooks go to a real HTTP receiver on 127.0.0.1 (also behind TLS
+//! with a certificate of a CA made by the test). The last tests drive the built
+//! binaries.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
 
+use support::pki::{tls_proxy, TestPki};
 use support::{command, Backend, Server, SERVER};
 
 use std::process::Output;
@@ -988,4 +990,72 @@ async fn reservation_lifetimes_and_ids_are_validated(backend: Backend) {
         assert!(problem["detail"].as_str().unwrap().starts_with("reservation"), "{problem}");
     }
     assert_eq!(h.recording.contains_any(&["lockout/"]), None, "nothing was written or read");
+}
+
+// --- webhooks over TLS --------------------------------------------------------------
+
+/// A webhook receiver behind a TLS proxy whose certificate comes from a CA of the
+/// test, and a server posting its alerts there (`extra` flags added).
+struct HttpsHook {
+    hook: Receiver,
+    server: Server,
+    /// Its files stay until the test ends.
+    _pki: TestPki,
+}
+
+async fn https_hook(extra: impl FnOnce(&TestPki) -> Vec<String>, logged: bool) -> HttpsHook {
+    let hook = receiver(StatusCode::OK).await;
+    let pki = TestPki::generate();
+    let plain = hook.url.strip_prefix("http://").unwrap().strip_suffix("/hook").unwrap();
+    let url = format!("https://{}/hook", tls_proxy(&pki, plain.parse().unwrap()).await);
+    let secret_file = pki.dir().join("webhook-secret");
+    std::fs::write(&secret_file, WEBHOOK_SECRET).unwrap();
+    let extra = extra(&pki);
+    let args = [
+        &["--store", "memory", "--burst-threshold", "5"][..],
+        &["--burst-webhook-url", &url, "--burst-webhook-secret-file", secret_file.to_str().unwrap()],
+        &extra.iter().map(String::as_str).collect::<Vec<_>>(),
+    ]
+    .concat();
+    let server =
+        if logged { Server::start_logged(ADMIN_TOKEN, &args) } else { Server::start(ADMIN_TOKEN, &args) };
+    HttpsHook { hook, server, _pki: pki }
+}
+
+impl HttpsHook {
+    /// Reports a burst from `ip` that raises an alert.
+    async fn burst(&self, ip: &str) {
+        post(&format!("{}/v1/burst/report", self.server.url), json!({ "entries": [entry(ip, 6)] })).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_posts_alerts_to_an_https_webhook_it_trusts_through_the_ca_flag() {
+    let https =
+        https_hook(|pki| vec!["--webhook-ca-file".into(), pki.ca_file().to_str().unwrap().into()], false)
+            .await;
+    https.burst("192.0.2.45").await;
+    eventually("the alert over https", || https.hook.bodies().len() == 1).await;
+    let (headers, body) = &https.hook.bodies()[0];
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let signature = headers[SIGNATURE_HEADER].to_str().unwrap();
+    assert!(verify_signature(WEBHOOK_SECRET.as_bytes(), signature, body, now, 300).is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_webhook_with_an_untrusted_certificate_fails_with_the_cause_logged() {
+    // No --webhook-ca-file: the built-in roots do not know the test CA.
+    let https = https_hook(|_| vec!["--log-format".into(), "json".into()], true).await;
+    https.burst("192.0.2.46").await;
+    eventually("the failed delivery in the log", || {
+        https.server.log().contains("burst alert webhook failed")
+    })
+    .await;
+    let log = https.server.log();
+    assert!(log.contains("invalid peer certificate: UnknownIssuer"), "{log}");
+    assert!(log.contains(r#""reason":"tls""#), "{log}");
+    assert!(!log.contains("/hook"), "the webhook's path stays out of the log: {log}");
+    let metrics = reqwest::get(format!("{}/metrics", https.server.url)).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"portcullis_burst_alerts_total{result="failed"} 1"#), "{metrics}");
+    assert!(https.hook.bodies().is_empty());
 }

@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 use portcullis_control_plane::client::{ClientError, ControlPlaneClient};
 use portcullis_control_plane::config::{parse_duration_secs, AdminTokenArgs};
 use portcullis_control_plane::config_check::Outcome;
+use portcullis_control_plane::tls::CaBundle;
 use portcullis_control_plane::tokens::TokenRequest;
 use portcullis_core::wire::SubjectKind;
 use serde_json::{Map, Value};
@@ -24,6 +25,11 @@ struct Cli {
     /// Base URL of the control plane.
     #[arg(long, env = "PORTCULLIS_URL", default_value = "http://127.0.0.1:9090", global = true)]
     url: String,
+
+    /// More CA certificates (PEM) to trust for an https:// --url, in addition to the
+    /// built-in roots.
+    #[arg(long, env = "PORTCULLIS_CA_FILE", global = true)]
+    ca_file: Option<std::path::PathBuf>,
 
     #[command(flatten)]
     admin_token: AdminTokenArgs,
@@ -277,6 +283,8 @@ enum CliError {
     Client(#[from] ClientError),
     #[error(transparent)]
     AdminToken(#[from] portcullis_control_plane::config::AdminTokenError),
+    #[error(transparent)]
+    Tls(#[from] portcullis_control_plane::tls::TlsConfigError),
     #[error("cannot print JSON: {0}")]
     Json(#[from] serde_json::Error),
     #[error("not ready: {0}")]
@@ -293,7 +301,8 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             | Command::Token { command: TokenCommand::Refresh { .. } }
     );
     let token = if needs_admin { Some(cli.admin_token.load()?) } else { None };
-    let client = ControlPlaneClient::new(&cli.url, token)?;
+    let ca = cli.ca_file.as_deref().map(|path| CaBundle::load("--ca-file", path)).transpose()?;
+    let client = ControlPlaneClient::with_ca(&cli.url, token, ca.as_ref())?;
     match cli.command {
         Command::Token { command: TokenCommand::Issue { sub, scopes, ttl, audience, claims, json } } => {
             let claims: Map<String, Value> = claims.into_iter().collect();
