@@ -999,13 +999,14 @@ impl Runtime {
     pub fn burst_check(&self, request: &RequestParts, ip: Option<&str>, now: u64) -> Option<Denial> {
         let burst = self.policy.guards.burst.as_ref()?;
         let ip = ip?;
+        let route = if request.route_path.is_empty() { request.path_only() } else { &request.route_path };
         {
             let mut counts = self.guards.burst.borrow_mut();
             let len = counts.len();
             match counts.get_mut(ip) {
                 Some(e) => {
                     e.count = e.count.saturating_add(1);
-                    e.route = request.route_path.chars().take(256).collect();
+                    e.route = route.chars().take(256).collect();
                     e.method = request.method.clone();
                 }
                 None if len < MAX_BURST_ENTRIES => {
@@ -1016,7 +1017,7 @@ impl Runtime {
                         BurstEntry {
                             ip: ip.to_string(),
                             count: 1,
-                            route: request.route_path.chars().take(256).collect(),
+                            route: route.chars().take(256).collect(),
                             method: request.method.clone(),
                             user_agent,
                         },

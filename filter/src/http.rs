@@ -555,12 +555,15 @@ impl AuthnContext {
         } else {
             None
         };
+        // The route is normalised before the burst count, so a burst report names the
+        // route the rules saw; a refused path still counts (with its raw path).
+        let route = request.normalize_route(&rt.policy.paths);
         if !guards.is_empty() {
             if let Some(denial) = rt.burst_check(&request, ip.as_deref(), host::now_unix_ms()) {
                 return deny(&rt, "(burst)", false, &denial, None);
             }
         }
-        if let Err(rejection) = request.normalize_route(&rt.policy.paths) {
+        if let Err(rejection) = route {
             return deny(&rt, "(path)", false, &Denial::InvalidPath(rejection), None);
         }
         if !guards.is_empty() {

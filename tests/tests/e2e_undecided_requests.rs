@@ -17,6 +17,9 @@ use serde_json::{json, Value};
 /// How long a stretched call to the control plane or the JWKS endpoint takes.
 const STRETCH: Duration = Duration::from_millis(1500);
 
+/// Login bodies are read only when they say they are JSON.
+const JSON: &[(&str, &str)] = &[("content-type", "application/json")];
+
 const ENDINGS: [Ending; 3] = [Ending::Trailers, Ending::EmptyData, Ending::EndStream];
 
 fn login_body(user: &str, password: &str) -> Vec<u8> {
@@ -60,22 +63,23 @@ async fn a_locked_login_is_refused_however_its_body_ends_and_never_reaches_the_u
 
     let mut failures = Vec::new();
     for ending in ENDINGS {
-        let a = h2(s.envoy.port, "POST", "/login", &[], &login_body("bob", "correct"), ending).await;
+        let a = h2(s.envoy.port, "POST", "/login", JSON, &login_body("bob", "correct"), ending).await;
         expect_refused(&mut failures, &a, 429, "locked_out", &format!("HTTP/2 {ending:?}"));
     }
-    let a =
-        http1_chunked_with_trailers(s.envoy.port, "POST", "/login", &[], &login_body("bob", "correct")).await;
+    let a = http1_chunked_with_trailers(s.envoy.port, "POST", "/login", JSON, &login_body("bob", "correct"))
+        .await;
     expect_refused(&mut failures, &a, 429, "locked_out", "HTTP/1.1 chunked with trailers");
     assert!(failures.is_empty(), "{failures:#?}");
     assert_eq!(s.server.login_hits(), 2, "no attempt on a locked account reached the upstream");
 
     // An account that is not locked gets through with every ending, decided on its body.
     for ending in ENDINGS {
-        let a = h2(s.envoy.port, "POST", "/login", &[], &login_body("alice", "correct"), ending).await;
+        let a = h2(s.envoy.port, "POST", "/login", JSON, &login_body("alice", "correct"), ending).await;
         assert_eq!(a.status, Some(200), "HTTP/2 {ending:?}: {a:?}");
     }
-    let a = http1_chunked_with_trailers(s.envoy.port, "POST", "/login", &[], &login_body("alice", "correct"))
-        .await;
+    let a =
+        http1_chunked_with_trailers(s.envoy.port, "POST", "/login", JSON, &login_body("alice", "correct"))
+            .await;
     assert_eq!(a.status, Some(200), "{a:?}");
     assert_eq!(s.server.login_hits(), 6);
 }
