@@ -39,18 +39,109 @@ pub enum AdminTokenError {
 impl AdminTokenArgs {
     /// The configured token, read from the file if one is given.
     pub fn load(&self) -> Result<String, AdminTokenError> {
-        let token = match (&self.admin_token, &self.admin_token_file) {
-            (Some(token), _) => token.trim().to_owned(),
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|source| AdminTokenError::Unreadable { path: path.clone(), source })?
-                .trim()
-                .to_owned(),
-            (None, None) => return Err(AdminTokenError::Missing),
-        };
+        let token = read_secret(self.admin_token.as_deref(), self.admin_token_file.as_deref())
+            .map_err(|(path, source)| AdminTokenError::Unreadable { path, source })?
+            .ok_or(AdminTokenError::Missing)?;
         if token.is_empty() {
             return Err(AdminTokenError::Empty);
         }
-        Ok(token)
+        Ok(token.to_string())
+    }
+}
+
+/// A secret given as a value or in a file (the value wins), without surrounding
+/// whitespace; `None` when neither is set.
+fn read_secret(
+    value: Option<&str>,
+    file: Option<&std::path::Path>,
+) -> Result<Option<zeroize::Zeroizing<String>>, (PathBuf, std::io::Error)> {
+    match (value, file) {
+        (Some(value), _) => Ok(Some(zeroize::Zeroizing::new(value.trim().to_owned()))),
+        (None, Some(path)) => {
+            let text = zeroize::Zeroizing::new(
+                std::fs::read_to_string(path).map_err(|source| (path.to_path_buf(), source))?,
+            );
+            Ok(Some(zeroize::Zeroizing::new(text.trim().to_owned())))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// Where the fleet credentials come from: the secret every Envoy presents on the
+/// internal listener. During a rotation the previous one is accepted too.
+#[derive(Args, Clone, Default)]
+pub struct FleetCredentialArgs {
+    /// The fleet credential (prefer --fleet-credential-file): at least 32 characters.
+    #[arg(
+        long,
+        env = "PORTCULLIS_FLEET_CREDENTIAL",
+        hide_env_values = true,
+        conflicts_with = "fleet_credential_file"
+    )]
+    pub fleet_credential: Option<String>,
+
+    /// A file holding the fleet credential (surrounding whitespace ignored).
+    #[arg(long, env = "PORTCULLIS_FLEET_CREDENTIAL_FILE")]
+    pub fleet_credential_file: Option<PathBuf>,
+
+    /// The previous fleet credential, still accepted while the fleet rotates to the
+    /// current one; remove it once every Envoy sends the current one.
+    #[arg(
+        long,
+        env = "PORTCULLIS_FLEET_CREDENTIAL_PREVIOUS",
+        hide_env_values = true,
+        conflicts_with = "fleet_credential_previous_file"
+    )]
+    pub fleet_credential_previous: Option<String>,
+
+    /// A file holding the previous fleet credential.
+    #[arg(long, env = "PORTCULLIS_FLEET_CREDENTIAL_PREVIOUS_FILE")]
+    pub fleet_credential_previous_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for FleetCredentialArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetCredentialArgs")
+            .field("fleet_credential", &self.fleet_credential.as_ref().map(|_| ".."))
+            .field("fleet_credential_file", &self.fleet_credential_file)
+            .field("fleet_credential_previous", &self.fleet_credential_previous.as_ref().map(|_| ".."))
+            .field("fleet_credential_previous_file", &self.fleet_credential_previous_file)
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FleetCredentialError {
+    #[error(
+        "no fleet credential: set --fleet-credential-file (PORTCULLIS_FLEET_CREDENTIAL_FILE) or \
+         --fleet-credential (PORTCULLIS_FLEET_CREDENTIAL); generate one with `head -c 32 /dev/urandom | base64`"
+    )]
+    Missing,
+    #[error("cannot read the fleet credential file {path}: {source}")]
+    Unreadable { path: PathBuf, source: std::io::Error },
+    #[error("the {which} fleet credential {why}")]
+    Invalid { which: &'static str, why: String },
+    #[error(transparent)]
+    Credentials(#[from] crate::admin_credential::FleetCredentialsError),
+}
+
+impl FleetCredentialArgs {
+    /// The accepted credentials, read from their files if given.
+    pub fn load(&self) -> Result<crate::admin_credential::FleetCredentials, FleetCredentialError> {
+        use portcullis_core::fleet::FleetCredential;
+        let read = |value: &Option<String>, file: &Option<PathBuf>, which: &'static str| {
+            read_secret(value.as_deref(), file.as_deref())
+                .map_err(|(path, source)| FleetCredentialError::Unreadable { path, source })?
+                .map(|text| {
+                    FleetCredential::new(&text).map_err(|why| FleetCredentialError::Invalid { which, why })
+                })
+                .transpose()
+        };
+        let current = read(&self.fleet_credential, &self.fleet_credential_file, "current")?
+            .ok_or(FleetCredentialError::Missing)?;
+        let previous =
+            read(&self.fleet_credential_previous, &self.fleet_credential_previous_file, "previous")?;
+        Ok(crate::admin_credential::FleetCredentials::new(&current, previous.as_ref())?)
     }
 }
 
@@ -118,9 +209,22 @@ pub enum LogFormat {
 #[derive(Parser, Clone)]
 #[command(name = "portcullis-control-plane", version)]
 pub struct ServerConfig {
-    /// Address to serve HTTP on.
-    #[arg(long, env = "PORTCULLIS_LISTEN", default_value = "127.0.0.1:9090")]
-    pub listen: SocketAddr,
+    /// Address of the admin listener: the admin API (admin token), metrics, health.
+    #[arg(long, env = "PORTCULLIS_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    pub admin_listen: SocketAddr,
+
+    /// Address of the internal listener: what Envoys call (fleet credential), plus the
+    /// public JWKS, refresh token exchange and health.
+    #[arg(long, env = "PORTCULLIS_INTERNAL_LISTEN", default_value = "127.0.0.1:9091")]
+    pub internal_listen: SocketAddr,
+
+    /// Removed: the single listener was split into --admin-listen and
+    /// --internal-listen. Given, it stops startup with a message saying so.
+    #[arg(long, env = "PORTCULLIS_LISTEN", hide = true)]
+    pub listen: Option<String>,
+
+    #[command(flatten)]
+    pub fleet: FleetCredentialArgs,
 
     /// State store backend.
     #[arg(long, env = "PORTCULLIS_STORE", value_enum, default_value_t = StoreKind::Embedded)]
@@ -255,17 +359,11 @@ impl BurstArgs {
     /// The validated configuration, the secret read from its file if one is given.
     pub fn load(&self) -> Result<crate::burst::BurstConfig, crate::burst::BurstConfigError> {
         use crate::burst::{BurstConfig, BurstConfigError, WebhookSecret};
-        let secret = match (&self.burst_webhook_secret, &self.burst_webhook_secret_file) {
-            (Some(text), _) => Some(WebhookSecret::new(text)?),
-            (None, Some(path)) => {
-                let text =
-                    zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
-                        BurstConfigError::UnreadableSecret { path: path.clone(), source }
-                    })?);
-                Some(WebhookSecret::new(&text)?)
-            }
-            (None, None) => None,
-        };
+        let secret =
+            read_secret(self.burst_webhook_secret.as_deref(), self.burst_webhook_secret_file.as_deref())
+                .map_err(|(path, source)| BurstConfigError::UnreadableSecret { path, source })?
+                .map(|text| WebhookSecret::new(&text))
+                .transpose()?;
         let config = BurstConfig {
             threshold: self.burst_threshold,
             window_secs: self.burst_window,
@@ -314,7 +412,9 @@ mod tests {
     #[test]
     fn defaults_match_the_documentation() {
         let config = ServerConfig::try_parse_from(["portcullis-control-plane"]).unwrap();
-        assert_eq!(config.listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(config.admin_listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(config.internal_listen.to_string(), "127.0.0.1:9091");
+        assert_eq!(config.listen, None);
         assert_eq!(config.store, StoreKind::Embedded);
         assert_eq!(config.data_dir, PathBuf::from("./data"));
         assert_eq!(config.access_token_ttl, 900);
@@ -362,6 +462,35 @@ mod tests {
         assert_eq!((burst.block_secs, burst.window_secs), (Some(300), 30));
         assert!(ServerConfig::try_parse_from(["x", "--burst-threshold", "0"]).is_err());
         assert!(ServerConfig::try_parse_from(["x", "--burst-webhook-url", "not a url"]).is_err());
+    }
+
+    #[test]
+    fn fleet_credentials_come_from_values_or_files_and_must_be_strong() {
+        let dir = tempfile::tempdir().unwrap();
+        let (new, old) = ("n".repeat(40), "o".repeat(40));
+        let path = dir.path().join("previous");
+        std::fs::write(&path, format!("{old}\n")).unwrap();
+        let args = FleetCredentialArgs {
+            fleet_credential: Some(new.clone()),
+            fleet_credential_previous_file: Some(path),
+            ..FleetCredentialArgs::default()
+        };
+        let accepted = args.load().unwrap();
+        assert!(accepted.accepts(&new) && accepted.accepts(&old));
+        let message = FleetCredentialArgs::default().load().unwrap_err().to_string();
+        assert!(
+            message.contains("--fleet-credential-file") && message.contains("PORTCULLIS_FLEET_CREDENTIAL")
+        );
+        let weak =
+            FleetCredentialArgs { fleet_credential: Some("short".into()), ..FleetCredentialArgs::default() };
+        let message = weak.load().unwrap_err().to_string();
+        assert!(message.contains("at least 32") && !message.contains("short"), "{message}");
+        let missing_file = FleetCredentialArgs {
+            fleet_credential: Some(new),
+            fleet_credential_previous_file: Some(dir.path().join("nope")),
+            ..FleetCredentialArgs::default()
+        };
+        assert!(missing_file.load().unwrap_err().to_string().contains("cannot read"));
     }
 
     #[test]

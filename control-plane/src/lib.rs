@@ -3,7 +3,8 @@
 //! operators use.
 //!
 //! - [`store`]: the storage primitives and their backends.
-//! - [`http`]: the HTTP API; [`app`] builds the router.
+//! - [`http`]: the HTTP API on two listeners: [`internal_app`] (what Envoys call,
+//!   behind the fleet credential) and [`admin_app`] (the admin API and metrics).
 //! - [`master_key`], [`signing`], [`keys`]: signing keys (ES256, EdDSA, RS256),
 //!   sealed at rest, rotated with an overlap; [`tokens`]: token minting.
 //! - [`sessions`]: refresh token families; [`revocations`]: revoked jtis, token
@@ -11,6 +12,8 @@
 //! - [`lockouts`]: failed logins and locks per account and address; [`burst`]:
 //!   per-address request bursts, signed webhook alerts and optional blocks.
 //! - [`ratelimits`]: rate-limit counters and quota leases for the filter.
+//! - [`admin_credential`]: the admin token and the fleet credentials, compared in
+//!   constant time.
 //! - [`server`]: process startup and graceful shutdown; [`client`]: the admin API
 //!   client behind the `portcullis` CLI.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
@@ -35,4 +38,4 @@ pub mod signing;
 pub mod store;
 pub mod tokens;
 
-pub use http::{app, AppState, Dependencies};
+pub use http::{admin_app, internal_app, AppState, Dependencies};

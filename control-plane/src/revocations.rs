@@ -16,19 +16,24 @@
 //! deltas after its cursor. `GET /v1/token-status` answers for one token straight from
 //! the state ([`token_status`]), for checks that cannot wait for the next feed poll.
 
-use std::collections::BTreeMap;
-
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use portcullis_core::fleet::{encode_hash, FeedKey};
 use portcullis_core::revocation::{
-    FeedPage, GlobalMinVersion, RevokedToken, TokenStatus, UserMinVersion, MAX_PAGE_ENTRIES,
+    FeedPage, GlobalMinVersion, RevokedToken, SnapshotPart, TokenStatus, UserMinVersion, MAX_PAGE_BYTES,
+    MAX_PAGE_ENTRIES,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::store::{Store, StoreError, MAX_PAGE_SIZE};
+use crate::random::RandomSource;
+use crate::store::{SetMember, Store, StoreError, MAX_PAGE_SIZE};
 
 pub const FEED: &str = "revocations";
 pub const REVOKED_SET: &str = "revoked-jtis";
 pub const USER_VERSIONS_SET: &str = "user-min-versions";
 pub const GLOBAL_RECORD: &str = "global-min-version";
+/// Record holding the feed's epoch ([`feed_epoch`]).
+pub const EPOCH_RECORD: &str = "feed-epoch";
 /// The version of tokens minted before any revocation: `ver` is never below it.
 pub const BASE_TOKEN_VERSION: u64 = 1;
 /// Feed entries kept by the periodic trim; older readers get a snapshot.
@@ -49,8 +54,8 @@ pub enum RevocationError {
     Store(#[from] StoreError),
     #[error("state changed concurrently too often; retry")]
     Contended,
-    #[error("the revocation snapshot has {0} entries, more than a feed page may carry ({MAX_PAGE_ENTRIES})")]
-    SnapshotTooLarge(usize),
+    #[error("no randomness for the feed epoch: {0}")]
+    Random(String),
 }
 
 /// One change in the feed (stored JSON).
@@ -266,41 +271,226 @@ pub async fn trim_feed(store: &dyn Store, keep: usize) -> Result<u64, StoreError
     store.feed_trim(FEED, keep).await
 }
 
-/// One page for a follower at cursor `after`: a delta, or a snapshot when `after` is
-/// 0 or can no longer be continued.
+/// The feed's epoch: a random id created with the feed's state and recreated when the
+/// store lost it (an unpersisted Redis restarted). Every cursor names it, so a follower
+/// of a reset feed is never continued as if nothing happened, even once the new feed's
+/// positions have caught up with its cursor.
+pub async fn feed_epoch(
+    store: &dyn Store,
+    rng: &dyn RandomSource,
+    now_ms: u64,
+) -> Result<String, RevocationError> {
+    for _ in 0..CAS_ATTEMPTS {
+        if let Some(bytes) = store.record_get(EPOCH_RECORD, now_ms).await? {
+            return String::from_utf8(bytes).ok().filter(|e| is_epoch(e)).ok_or_else(|| {
+                StoreError::CorruptData(format!("record {EPOCH_RECORD} is not an epoch")).into()
+            });
+        }
+        let mut random = [0u8; 8];
+        rng.fill(&mut random).map_err(|e| RevocationError::Random(e.to_string()))?;
+        let epoch = crate::master_key::hex(&random);
+        if store
+            .record_compare_and_swap(EPOCH_RECORD, None, Some(epoch.clone().into_bytes()), None, now_ms)
+            .await?
+        {
+            return Ok(epoch);
+        }
+    }
+    Err(RevocationError::Contended)
+}
+
+fn is_epoch(text: &str) -> bool {
+    text.len() == 16 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// What a snapshot part reads, in order. Each section is one set of the state; the
+/// scalar state (global minimum, key set version) travels with the first part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Section {
+    Revoked,
+    UserMinVersions,
+}
+
+impl Section {
+    const ALL: [Section; 2] = [Section::Revoked, Section::UserMinVersions];
+
+    fn tag(self) -> &'static str {
+        match self {
+            Section::Revoked => "r",
+            Section::UserMinVersions => "u",
+        }
+    }
+
+    fn from_tag(tag: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.tag() == tag)
+    }
+
+    fn set(self) -> &'static str {
+        match self {
+            Section::Revoked => REVOKED_SET,
+            Section::UserMinVersions => USER_VERSIONS_SET,
+        }
+    }
+
+    fn next(self) -> Option<Self> {
+        Self::ALL.into_iter().skip_while(|s| *s != self).nth(1)
+    }
+}
+
+/// Where a follower is: the opaque `cursor` of `GET /v1/feed`. Spelled with
+/// base64url and `.` only, so it goes into a query string as it is:
+/// `d.<epoch>.<after>` (deltas after feed position `after`) or
+/// `s.<epoch>.<base>.<part>.<section>[.<expiry>.<member, base64url>]` (the next part of
+/// the snapshot started at position `base`, continuing after that set member).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedCursor {
+    Delta { epoch: String, after: u64 },
+    Snapshot { epoch: String, base: u64, part: u32, section: SectionPosition },
+}
+
+/// A position inside a snapshot: the section and the last member read from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SectionPosition {
+    section: Section,
+    after: Option<SetMember>,
+}
+
+impl FeedCursor {
+    pub fn encode(&self) -> String {
+        match self {
+            FeedCursor::Delta { epoch, after } => format!("d.{epoch}.{after}"),
+            FeedCursor::Snapshot { epoch, base, part, section } => {
+                let mut out = format!("s.{epoch}.{base}.{part}.{}", section.section.tag());
+                if let Some(m) = &section.after {
+                    out.push_str(&format!(".{}.{}", m.expires_at_ms, URL_SAFE_NO_PAD.encode(&m.member)));
+                }
+                out
+            }
+        }
+    }
+
+    /// Parses [`FeedCursor::encode`]'s form; `None` for anything else.
+    pub fn parse(text: &str) -> Option<Self> {
+        let fields: Vec<&str> = text.split('.').collect();
+        let number = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+        let epoch = fields.get(1).filter(|e| is_epoch(e))?.to_string();
+        match (fields.first(), fields.len()) {
+            (Some(&"d"), 3) => Some(FeedCursor::Delta { epoch, after: number(2)? }),
+            (Some(&"s"), 5 | 7) => {
+                let section = Section::from_tag(fields.get(4)?)?;
+                let after = match (fields.get(5), fields.get(6)) {
+                    (Some(_), Some(member)) => Some(SetMember {
+                        member: String::from_utf8(URL_SAFE_NO_PAD.decode(member).ok()?).ok()?,
+                        expires_at_ms: number(5)?,
+                    }),
+                    _ => None,
+                };
+                Some(FeedCursor::Snapshot {
+                    epoch,
+                    base: number(2)?,
+                    part: u32::try_from(number(3)?).ok()?,
+                    section: SectionPosition { section, after },
+                })
+            }
+            _ => None,
+        }
+    }
+
+    fn epoch(&self) -> &str {
+        match self {
+            FeedCursor::Delta { epoch, .. } | FeedCursor::Snapshot { epoch, .. } => epoch,
+        }
+    }
+}
+
+/// What one `GET /v1/feed` asks for.
+#[derive(Debug, Clone)]
+pub struct FeedRequest<'a> {
+    /// `None`: start with a snapshot.
+    pub cursor: Option<&'a FeedCursor>,
+    /// Most entries on the page (1..=[`MAX_PAGE_ENTRIES`]).
+    pub limit: usize,
+    /// The caller's feed key (from its fleet credential).
+    pub key: &'a FeedKey,
+    pub key_set_version: u64,
+    pub now_ms: u64,
+}
+
+/// Bytes of a page besides its entries (cursor, key id, snapshot part, global): what
+/// [`MAX_PAGE_BYTES`] keeps free for them.
+const PAGE_ENVELOPE_BYTES: usize = 4096;
+
+/// One page for a follower: deltas after its cursor, the next part of its snapshot, or
+/// the first part of a new snapshot when it has no cursor or one that cannot be
+/// continued (trimmed away, ahead of the feed, or of another epoch). At most
+/// `limit` entries and [`MAX_PAGE_BYTES`] bytes of JSON.
 pub async fn feed_page(
     store: &dyn Store,
-    after: u64,
-    limit: usize,
-    key_set_version: u64,
-    now_ms: u64,
+    rng: &dyn RandomSource,
+    request: &FeedRequest<'_>,
 ) -> Result<FeedPage, RevocationError> {
-    if after == 0 {
-        return snapshot(store, key_set_version, now_ms).await;
-    }
-    let page = store.feed_read(FEED, after, limit.clamp(1, MAX_PAGE_SIZE)).await?;
-    if page.cursor_too_old {
-        return snapshot(store, key_set_version, now_ms).await;
-    }
-    let mut out = FeedPage {
-        cursor: page.next_cursor,
-        snapshot: false,
-        key_set_version,
-        more: page.next_cursor < page.head,
+    let epoch = feed_epoch(store, rng, request.now_ms).await?;
+    let limit = request.limit.clamp(1, MAX_PAGE_ENTRIES);
+    let page = FeedPage {
+        key_id: request.key.id().to_owned(),
+        key_set_version: request.key_set_version,
         ..FeedPage::default()
     };
-    let now = now_ms / 1000;
-    for entry in page.entries {
+    match request.cursor.filter(|c| c.epoch() == epoch) {
+        Some(FeedCursor::Delta { after, .. }) => {
+            let read = store.feed_read(FEED, *after, limit.min(MAX_PAGE_SIZE)).await?;
+            if read.cursor_too_old {
+                return snapshot_part(store, request, page, &epoch, None).await;
+            }
+            delta(page, *after, read, &epoch, request)
+        }
+        Some(FeedCursor::Snapshot { base, part, section, .. }) => {
+            // A snapshot continues only while the deltas after its base can still be
+            // served; otherwise it could never be caught up: start again.
+            let continuable = !store.feed_read(FEED, *base, 1).await?.cursor_too_old;
+            let resume = continuable.then(|| (*base, *part, section.clone()));
+            snapshot_part(store, request, page, &epoch, resume).await
+        }
+        None => snapshot_part(store, request, page, &epoch, None).await,
+    }
+}
+
+/// JSON bytes of one entry in a page's array (with its comma).
+fn entry_bytes<T: Serialize>(entry: &T) -> usize {
+    serde_json::to_vec(entry).map_or(usize::MAX / 2, |v| v.len() + 1)
+}
+
+fn delta(
+    mut out: FeedPage,
+    after: u64,
+    read: crate::store::FeedPage,
+    epoch: &str,
+    request: &FeedRequest<'_>,
+) -> Result<FeedPage, RevocationError> {
+    let now = request.now_ms / 1000;
+    let mut bytes = PAGE_ENVELOPE_BYTES;
+    // The last feed entry included: the page may stop early at the byte bound.
+    let mut position = after;
+    for entry in &read.entries {
         let change: FeedChange = serde_json::from_slice(&entry.data)
             .map_err(|e| StoreError::CorruptData(format!("feed entry {}: {e}", entry.cursor)))?;
         match change {
-            FeedChange::Revoked { jti, exp } => {
-                if exp > now {
-                    out.revoked.push(RevokedToken { jti, exp });
+            FeedChange::Revoked { jti, exp } if exp > now => {
+                let r = RevokedToken { jti_hash: encode_hash(&request.key.token_id(&jti)), exp };
+                bytes += entry_bytes(&r);
+                if bytes > MAX_PAGE_BYTES {
+                    break;
                 }
+                out.revoked.push(r);
             }
+            FeedChange::Revoked { .. } => {}
             FeedChange::UserMinVersion { sub, min_version } => {
-                out.user_min_versions.push(UserMinVersion { sub, min_version });
+                let u = UserMinVersion { sub_hash: encode_hash(&request.key.subject(&sub)), min_version };
+                bytes += entry_bytes(&u);
+                if bytes > MAX_PAGE_BYTES {
+                    break;
+                }
+                out.user_min_versions.push(u);
             }
             FeedChange::Global { min_version, rotated_at, grace_seconds } => {
                 out.global = Some(GlobalMinVersion { min_version, rotated_at, grace_seconds });
@@ -309,56 +499,122 @@ pub async fn feed_page(
                 out.key_set_version = out.key_set_version.max(version);
             }
         }
+        position = entry.cursor;
     }
+    out.more = position < read.head;
+    out.cursor = FeedCursor::Delta { epoch: epoch.to_owned(), after: position }.encode();
     Ok(out)
 }
 
-/// The whole state. The cursor is the feed head read *before* the state, so changes
-/// made meanwhile are delivered again as deltas (harmless) rather than lost.
-pub async fn snapshot(
+/// One part of a snapshot: part 0 of a new one at the current feed head when `resume` is
+/// `None`, else the part after the position. The base is read *before* the state, so
+/// changes racing the scan are in the deltas after it, which the follower applies
+/// before it publishes (applying twice is harmless).
+async fn snapshot_part(
     store: &dyn Store,
-    key_set_version: u64,
-    now_ms: u64,
+    request: &FeedRequest<'_>,
+    mut out: FeedPage,
+    epoch: &str,
+    resume: Option<(u64, u32, SectionPosition)>,
 ) -> Result<FeedPage, RevocationError> {
-    let head = store.feed_read(FEED, u64::MAX, 1).await?.head;
-    let revoked: Vec<RevokedToken> = store
-        .set_members(REVOKED_SET, now_ms)
-        .await?
-        .into_iter()
-        .map(|m| RevokedToken { jti: m.member, exp: m.expires_at_ms / 1000 })
-        .collect();
-    let mut users: BTreeMap<String, u64> = BTreeMap::new();
-    for member in store.set_members(USER_VERSIONS_SET, now_ms).await? {
-        let Some((sub, version)) = member.member.rsplit_once(SEPARATOR) else {
-            continue;
-        };
-        let Ok(version) = version.parse::<u64>() else {
-            continue;
-        };
-        let entry = users.entry(sub.to_owned()).or_insert(0);
-        *entry = (*entry).max(version);
-    }
-    let total = revoked.len() + users.len();
-    if total > MAX_PAGE_ENTRIES {
-        return Err(RevocationError::SnapshotTooLarge(total));
-    }
-    let global = global_state(store, now_ms).await?;
-    Ok(FeedPage {
-        cursor: head,
-        snapshot: true,
-        revoked,
-        user_min_versions: users
-            .into_iter()
-            .map(|(sub, min_version)| UserMinVersion { sub, min_version })
-            .collect(),
-        global: Some(GlobalMinVersion {
+    let limit = request.limit.clamp(1, MAX_PAGE_ENTRIES);
+    let (base, part, mut position) = match resume {
+        Some(r) => r,
+        None => {
+            let head = store.feed_read(FEED, u64::MAX, 1).await?.head;
+            (head, 0, SectionPosition { section: Section::Revoked, after: None })
+        }
+    };
+    if part == 0 {
+        let global = global_state(store, request.now_ms).await?;
+        out.global = Some(GlobalMinVersion {
             min_version: global.min_version,
             rotated_at: global.rotated_at,
             grace_seconds: global.grace_seconds,
-        }),
-        key_set_version,
-        more: false,
-    })
+        });
+    }
+    let now = request.now_ms / 1000;
+    let mut bytes = PAGE_ENVELOPE_BYTES;
+    let mut done = false;
+    'page: while out.entries() < limit {
+        let batch = store
+            .set_scan(position.section.set(), position.after.as_ref(), limit - out.entries(), request.now_ms)
+            .await?;
+        if batch.is_empty() {
+            match position.section.next() {
+                Some(next) => position = SectionPosition { section: next, after: None },
+                None => {
+                    done = true;
+                    break;
+                }
+            }
+            continue;
+        }
+        for member in batch {
+            let size = match position.section {
+                Section::Revoked => {
+                    let exp = member.expires_at_ms / 1000;
+                    let r =
+                        RevokedToken { jti_hash: encode_hash(&request.key.token_id(&member.member)), exp };
+                    let size = entry_bytes(&r);
+                    if exp <= now {
+                        0
+                    } else if bytes + size > MAX_PAGE_BYTES {
+                        break 'page;
+                    } else {
+                        out.revoked.push(r);
+                        size
+                    }
+                }
+                Section::UserMinVersions => match parse_user_version(&member.member) {
+                    None => 0,
+                    Some((sub, min_version)) => {
+                        let sub_hash = encode_hash(&request.key.subject(sub));
+                        match out.user_min_versions.last_mut() {
+                            // Index members of one subject are adjacent: keep the highest.
+                            Some(last) if last.sub_hash == sub_hash => {
+                                last.min_version = last.min_version.max(min_version);
+                                0
+                            }
+                            _ => {
+                                let u = UserMinVersion { sub_hash, min_version };
+                                let size = entry_bytes(&u);
+                                if bytes + size > MAX_PAGE_BYTES {
+                                    break 'page;
+                                }
+                                out.user_min_versions.push(u);
+                                size
+                            }
+                        }
+                    }
+                },
+            };
+            bytes += size;
+            position.after = Some(member);
+        }
+    }
+    let id = format!("{epoch}.{base}");
+    out.snapshot = Some(SnapshotPart { id, part, last: done });
+    out.cursor = if done {
+        FeedCursor::Delta { epoch: epoch.to_owned(), after: base }
+    } else {
+        FeedCursor::Snapshot {
+            epoch: epoch.to_owned(),
+            base,
+            part: part.saturating_add(1),
+            section: position,
+        }
+    }
+    .encode();
+    // After the last part the follower must still catch up on the deltas after `base`.
+    out.more = true;
+    Ok(out)
+}
+
+/// A member of [`USER_VERSIONS_SET`]: `<sub>\x1f<version>`.
+fn parse_user_version(member: &str) -> Option<(&str, u64)> {
+    let (sub, version) = member.rsplit_once(SEPARATOR)?;
+    Some((sub, version.parse().ok()?))
 }
 
 #[cfg(test)]
@@ -429,6 +685,16 @@ mod tests {
         async fn set_members(&self, set: &str, now_ms: u64) -> Result<Vec<SetMember>, StoreError> {
             self.note("set_members");
             self.inner.set_members(set, now_ms).await
+        }
+        async fn set_scan(
+            &self,
+            set: &str,
+            after: Option<&SetMember>,
+            limit: usize,
+            now_ms: u64,
+        ) -> Result<Vec<SetMember>, StoreError> {
+            self.note("set_scan");
+            self.inner.set_scan(set, after, limit, now_ms).await
         }
         async fn record_get(&self, key: &str, now_ms: u64) -> Result<Option<Vec<u8>>, StoreError> {
             self.note("record_get");
@@ -561,6 +827,12 @@ mod tests {
         assert_eq!(token_version_for(&store, "bob", 0).await.unwrap(), 3);
     }
 
+    fn key() -> FeedKey {
+        portcullis_core::fleet::FleetCredential::new("revocations-unit-credential-0123456789")
+            .unwrap()
+            .feed_key()
+    }
+
     #[tokio::test]
     async fn snapshots_take_the_highest_version_per_subject() {
         let store = MemoryStore::new();
@@ -568,7 +840,62 @@ mod tests {
         revoke_all_for_user(&store, "alice", 0).await.unwrap();
         // A stale index member left by an interrupted bump.
         store.set_add(USER_VERSIONS_SET, &format!("alice{SEPARATOR}2"), NEVER_MS, 0).await.unwrap();
-        let page = snapshot(&store, 1, 0).await.unwrap();
-        assert_eq!(page.user_min_versions, vec![UserMinVersion { sub: "alice".into(), min_version: 3 }]);
+        let key = key();
+        let request = FeedRequest { cursor: None, limit: 100, key: &key, key_set_version: 1, now_ms: 0 };
+        let page = feed_page(&store, &crate::random::OsRandom, &request).await.unwrap();
+        assert_eq!(
+            page.user_min_versions,
+            vec![UserMinVersion { sub_hash: encode_hash(&key.subject("alice")), min_version: 3 }]
+        );
+    }
+
+    #[test]
+    fn cursors_round_trip_in_query_safe_characters_and_anything_else_is_refused() {
+        let epoch = "0123456789abcdef".to_owned();
+        let cursors = [
+            FeedCursor::Delta { epoch: epoch.clone(), after: 42 },
+            FeedCursor::Snapshot {
+                epoch: epoch.clone(),
+                base: 7,
+                part: 3,
+                section: SectionPosition { section: Section::Revoked, after: None },
+            },
+            FeedCursor::Snapshot {
+                epoch: epoch.clone(),
+                base: 7,
+                part: 4,
+                section: SectionPosition {
+                    section: Section::UserMinVersions,
+                    after: Some(SetMember { member: "a.b/c&d\u{1f}9".into(), expires_at_ms: NEVER_MS }),
+                },
+            },
+        ];
+        for cursor in cursors {
+            let text = cursor.encode();
+            assert!(portcullis_core::revocation::is_cursor(&text), "{text}");
+            assert_eq!(FeedCursor::parse(&text), Some(cursor));
+        }
+        for bad in [
+            "",
+            "d.0123456789abcdef",
+            "d.0123456789abcdef.x",
+            "d.nothex-nothex00.1",
+            "x.0123456789abcdef.1",
+            "s.0123456789abcdef.1.0.q",
+            "s.0123456789abcdef.1.0.r.5",
+            "s.0123456789abcdef.1.0.r.5.!!",
+            "d.0123456789abcdef.1.2",
+        ] {
+            assert_eq!(FeedCursor::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn sections_are_read_in_order() {
+        assert_eq!(Section::Revoked.next(), Some(Section::UserMinVersions));
+        assert_eq!(Section::UserMinVersions.next(), None);
+        for section in Section::ALL {
+            assert_eq!(Section::from_tag(section.tag()), Some(section));
+        }
     }
 }

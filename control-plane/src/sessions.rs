@@ -66,7 +66,7 @@ impl From<RevocationError> for SessionError {
             RevocationError::InvalidRequest(m) => SessionError::InvalidRequest(m),
             RevocationError::Store(e) => SessionError::Store(e),
             RevocationError::Contended => SessionError::Contended,
-            RevocationError::SnapshotTooLarge(_) => SessionError::Encoding(e.to_string()),
+            RevocationError::Random(_) => SessionError::Encoding(e.to_string()),
         }
     }
 }

@@ -33,12 +33,11 @@ use portcullis_control_plane::store::{
     FeedPage, LogAppendError, LogEntry, SetMember, Store, StoreBackend, StoreError,
 };
 use portcullis_control_plane::tokens::TokenPolicy;
-use portcullis_control_plane::{app, AppState, Dependencies};
+use portcullis_control_plane::{AppState, Dependencies};
 use portcullis_core::ratelimit::Unit;
 use portcullis_core::wire::{BurstReply, LockoutReply, RateLimitOp, RateLimitResult, MAX_BATCH};
 use serde_json::{json, Value};
 use sha2::Sha256;
-use tower::ServiceExt as _;
 
 const ADMIN_TOKEN: &str = "guard-admin-token-0123456789";
 const WEBHOOK_SECRET: &str = "webhook-secret-0123456789";
@@ -113,6 +112,16 @@ impl Store for Recording {
     async fn set_members(&self, set: &str, now_ms: u64) -> Result<Vec<SetMember>, StoreError> {
         self.note(&[set]);
         self.inner.set_members(set, now_ms).await
+    }
+    async fn set_scan(
+        &self,
+        set: &str,
+        after: Option<&SetMember>,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<Vec<SetMember>, StoreError> {
+        self.note(&[set]);
+        self.inner.set_scan(set, after, limit, now_ms).await
     }
     async fn record_get(&self, key: &str, now_ms: u64) -> Result<Option<Vec<u8>>, StoreError> {
         self.note(&[key]);
@@ -195,7 +204,7 @@ impl Store for Recording {
 // --- harness ----------------------------------------------------------------------
 
 struct Harness {
-    app: Router,
+    app: support::Listeners,
     state: AppState,
     clock: Arc<FixedClock>,
     metrics: Arc<Metrics>,
@@ -206,6 +215,7 @@ fn dependencies(store: Arc<dyn Store>, clock: Arc<FixedClock>, metrics: Arc<Metr
     Dependencies {
         store,
         admin: Arc::new(AdminCredential::new(ADMIN_TOKEN).unwrap()),
+        fleet: support::fleet_credentials(),
         token_policy: TokenPolicy {
             issuer: "portcullis".into(),
             default_audience: "demo-api".into(),
@@ -241,12 +251,12 @@ async fn harness_with(backend: &Backend, burst: BurstConfig, clock: Arc<FixedClo
     .unwrap()
     .with_burst_config(burst)
     .unwrap();
-    Harness { app: app(state.clone()), state, clock, metrics, recording }
+    Harness { app: support::Listeners::new(state.clone()), state, clock, metrics, recording }
 }
 
 impl Harness {
     async fn send(&self, request: Request<Body>) -> Response {
-        self.app.clone().oneshot(request).await.unwrap()
+        self.app.send(request).await
     }
 
     async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
@@ -709,8 +719,15 @@ fn cli_json(url: &str, args: &[&str]) -> Value {
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
+/// A POST to the internal listener, as Envoy sends it.
 async fn post(url: &str, body: Value) -> Value {
-    let response = reqwest::Client::new().post(url).json(&body).send().await.unwrap();
+    let response = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(support::FLEET_CREDENTIAL)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert!(response.status().is_success(), "{url}: {}", response.status());
     response.json().await.unwrap()
 }
@@ -720,7 +737,7 @@ async fn cli_lists_shows_and_clears_lockouts() {
     let server = start(&[]);
     for _ in 0..5 {
         post(
-            &format!("{}/v1/lockout/report", server.url),
+            &format!("{}/v1/lockout/report", server.internal_url),
             json!({ "outcome": "failure", "subjects": [
                 { "kind": "account", "value": "alice" }, { "kind": "ip", "value": "1.2.3.4" }] }),
         )
@@ -767,9 +784,11 @@ async fn server_posts_signed_alerts_configured_by_flags() {
         "--burst-webhook-secret-file",
         secret_file.to_str().unwrap(),
     ]);
-    let reply =
-        post(&format!("{}/v1/burst/report", server.url), json!({ "entries": [entry("192.0.2.44", 6)] }))
-            .await;
+    let reply = post(
+        &format!("{}/v1/burst/report", server.internal_url),
+        json!({ "entries": [entry("192.0.2.44", 6)] }),
+    )
+    .await;
     let blocked_for = reply["blocked"][0]["blockedForMs"].as_u64().unwrap();
     assert!((110_000..=120_000).contains(&blocked_for), "{reply}");
     eventually("the alert", || hook.bodies().len() == 1).await;
@@ -784,9 +803,10 @@ async fn server_posts_signed_alerts_configured_by_flags() {
 #[test]
 fn server_refuses_a_webhook_without_a_secret() {
     let output = command(SERVER)
-        .args(["--store", "memory", "--listen", "127.0.0.1:0"])
+        .args(["--store", "memory", "--admin-listen", "127.0.0.1:0", "--internal-listen", "127.0.0.1:0"])
         .args(["--burst-webhook-url", "https://hooks.example/burst"])
         .env("PORTCULLIS_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("PORTCULLIS_FLEET_CREDENTIAL", support::FLEET_CREDENTIAL)
         .output()
         .unwrap();
     assert!(!output.status.success());

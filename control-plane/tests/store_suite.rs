@@ -66,6 +66,8 @@ store_suite!(
     concurrent_increments_are_never_lost,
     set_members_expire_individually,
     set_add_reports_new_members_and_replaces_expiry,
+    set_scan_pages_through_every_live_member_once,
+    set_scan_returns_each_unchanged_member_exactly_once_while_the_set_changes,
     records_round_trip_and_expire,
     record_put_with_a_past_expiry_deletes,
     compare_and_swap_only_succeeds_on_the_expected_value,
@@ -195,6 +197,103 @@ async fn set_add_reports_new_members_and_replaces_expiry(store: Arc<dyn Store>) 
     assert!(store.set_add("s", "n", 1000, 0).await.unwrap());
     store.set_remove("s", "n").await.unwrap();
     assert!(!store.set_contains("s", "n", 1).await.unwrap());
+}
+
+/// Scans `set` to the end, `limit` members a page, calling `between` after each page
+/// with the page's last member; returns every page.
+async fn scan_all(
+    store: &dyn Store,
+    set: &str,
+    limit: usize,
+    now_ms: u64,
+    mut between: impl FnMut(usize, &SetMember) -> Vec<(String, Option<u64>)>,
+) -> Vec<Vec<SetMember>> {
+    let mut pages = Vec::new();
+    let mut after: Option<SetMember> = None;
+    for page_number in 0..10_000 {
+        let page = store.set_scan(set, after.as_ref(), limit, now_ms).await.unwrap();
+        let Some(last) = page.last().cloned() else { return pages };
+        assert!(page.len() <= limit, "page {page_number} has {} members", page.len());
+        for (member, expiry) in between(page_number, &last) {
+            match expiry {
+                Some(at) => {
+                    store.set_add(set, &member, at, now_ms).await.unwrap();
+                }
+                None => store.set_remove(set, &member).await.unwrap(),
+            }
+        }
+        pages.push(page);
+        after = Some(last);
+    }
+    panic!("the scan did not end");
+}
+
+async fn set_scan_pages_through_every_live_member_once(store: Arc<dyn Store>) {
+    let t0 = 1_700_000_000_000;
+    let mut live = BTreeSet::new();
+    for i in 0..250u64 {
+        // Odd names and shared expiries on purpose; every tenth one is expired at t0 + 5.
+        let member = format!("m.{i:03}/é\u{1f}{}", i % 7);
+        let expiry = if i % 10 == 0 { t0 + 5 } else { t0 + 1_000 + (i % 13) * 100 };
+        store.set_add("scan", &member, expiry, t0).await.unwrap();
+        if i % 10 != 0 {
+            live.insert(SetMember { member, expires_at_ms: expiry });
+        }
+    }
+    for limit in [1, 7, 225, 10_000, usize::MAX] {
+        let pages = scan_all(store.as_ref(), "scan", limit, t0 + 5, |_, _| Vec::new()).await;
+        let seen: Vec<SetMember> = pages.iter().flatten().cloned().collect();
+        assert_eq!(seen.len(), live.len(), "limit {limit}: no member twice");
+        assert_eq!(seen.into_iter().collect::<BTreeSet<_>>(), live, "limit {limit}");
+        if limit < live.len() {
+            assert!(pages[..pages.len() - 1].iter().all(|p| p.len() == limit), "limit {limit}: full pages");
+        }
+    }
+    assert!(store.set_scan("none", None, 10, t0).await.unwrap().is_empty());
+    assert!(store.set_scan("scan", None, 0, t0).await.unwrap().is_empty());
+    // Reads only: the expired members are skipped, not pruned.
+    assert_eq!(store.set_scan("scan", None, 1, t0).await.unwrap()[0].expires_at_ms, t0 + 5);
+}
+
+async fn set_scan_returns_each_unchanged_member_exactly_once_while_the_set_changes(store: Arc<dyn Store>) {
+    let t0 = 1_700_000_000_000;
+    let at = |i: u64| t0 + 1_000 + i * 10;
+    for i in 0..300u64 {
+        store.set_add("moving", &format!("m{i:03}"), at(i), t0).await.unwrap();
+    }
+    let mut touched: BTreeSet<String> = BTreeSet::new();
+    let pages = scan_all(store.as_ref(), "moving", 10, t0, |page, last| {
+        let changes: Vec<(String, Option<u64>)> = match page % 4 {
+            // The member the page ended with goes away: the next page resumes after it.
+            0 => vec![(last.member.clone(), None)],
+            // It gets a later expiry: it may come again, nothing may be skipped.
+            1 => vec![(last.member.clone(), Some(last.expires_at_ms + 5_000))],
+            // New members before and after the position, and one not yet read removed.
+            2 => {
+                let later = format!("m{:03}", (page * 10 + 25).min(299));
+                vec![
+                    (format!("{}-before", last.member), Some(t0 + 1)),
+                    (format!("{}-after", last.member), Some(last.expires_at_ms + 1)),
+                    (later, None),
+                ]
+            }
+            _ => Vec::new(),
+        };
+        touched.extend(changes.iter().map(|(m, _)| m.clone()));
+        changes
+    })
+    .await;
+    let mut counts: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for member in pages.iter().flatten() {
+        *counts.entry(member.member.clone()).or_default() += 1;
+    }
+    for i in 0..300u64 {
+        let member = format!("m{i:03}");
+        if !touched.contains(&member) {
+            assert_eq!(counts.get(&member), Some(&1), "{member} was unchanged for the whole scan");
+        }
+    }
+    assert!(touched.len() > 20, "the scan saw changes");
 }
 
 async fn records_round_trip_and_expire(store: Arc<dyn Store>) {

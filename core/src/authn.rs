@@ -38,11 +38,13 @@ pub struct AuthnInput<'a> {
     pub now_unix_secs: u64,
 }
 
-/// The local revocation replica and whether it is older than the policy allows.
+/// The local revocation replica, whether it is older than the policy allows, and
+/// whether it was ever synced (before that, the providers' configured versions apply).
 #[derive(Debug, Clone, Copy)]
 pub struct RevocationInput<'a> {
     pub replica: &'a RevocationReplica,
     pub stale: bool,
+    pub synced: bool,
 }
 
 /// A token that verified, with the provider that accepted it.
@@ -231,15 +233,24 @@ fn check_token(
             }
         }
     };
+    // Providers under the feed answer from the replica (subjects and token ids by their
+    // feed hash) once it is synced; before that, and for the others, the configuration.
+    let feed = input
+        .revocation
+        .as_ref()
+        .filter(|_| input.policy.revocation_applies(p))
+        .zip(input.policy.revocation.as_ref().map(|r| &r.control_plane.feed_key));
     let default_state = VersionState::default();
-    let state = input.versions.get(p).unwrap_or(&default_state);
-    provider.check_version(&verified, state, now)?;
-    if let Some(rev) = &input.revocation {
-        if input.policy.revocation_applies(p) {
-            let jti = verified.claim("jti").and_then(|v| v.as_str());
-            if jti.is_some_and(|j| rev.replica.is_revoked(j, now)) {
-                return Err(Reason::Revoked);
-            }
+    match feed {
+        Some((rev, key)) if rev.synced => {
+            provider.check_version(&verified, &rev.replica.versions(key), now)?;
+        }
+        _ => provider.check_version(&verified, input.versions.get(p).unwrap_or(&default_state), now)?,
+    }
+    if let Some((rev, key)) = feed {
+        let jti = verified.claim("jti").and_then(|v| v.as_str());
+        if jti.is_some_and(|j| rev.replica.is_revoked(key, j, now)) {
+            return Err(Reason::Revoked);
         }
     }
     Ok(verified)

@@ -13,6 +13,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use portcullis_core::authn::UpstreamEdits;
+use portcullis_core::control_plane::ControlPlane;
 use portcullis_core::guard::{
     login_outcome, AppliedLimit, FailureMode, HeaderMode, LeaseSlot, LimitMode, RateLimit, SlotSpend,
 };
@@ -26,7 +27,7 @@ use portcullis_core::wire::{
 use portcullis_core::RequestParts;
 use sha2::{Digest, Sha256};
 
-use crate::host;
+use crate::host::{self, Upstream};
 use crate::http::{apply_edits, Next};
 use crate::runtime::Runtime;
 
@@ -217,7 +218,7 @@ impl Runtime {
     pub fn guard(&self, ctx: u32, mut pending: Pending) -> Next {
         let now = host::now_unix_ms();
         if pending.deadline_ms == 0 {
-            let timeout = self.policy.guards.control_plane.as_ref().map(|c| c.timeout_ms).unwrap_or(200);
+            let timeout = self.policy.control_plane.as_ref().map(|c| c.timeout_ms).unwrap_or(200);
             pending.deadline_ms = now.saturating_add(timeout.saturating_mul(2)).saturating_add(1_000);
         }
         // Rate limits.
@@ -455,7 +456,7 @@ impl Runtime {
         asks: Vec<(usize, AppliedLimit, bool, RateLimitOp)>,
         now: u64,
     ) -> Next {
-        let Some(cp) = self.policy.guards.control_plane.as_ref() else {
+        let Some(cp) = self.policy.control_plane.as_ref() else {
             pending.unavailable = true;
             return self.guard(ctx, pending);
         };
@@ -485,7 +486,7 @@ impl Runtime {
             pending.unavailable = true;
             return self.guard(ctx, pending);
         };
-        match self.dispatch(ctx, &cp.cluster, &cp.authority, RATE_LIMIT_PATH, &body, timeout) {
+        match self.dispatch(ctx, cp, RATE_LIMIT_PATH, &body, timeout) {
             Ok(token) => {
                 self.metrics.count("portcullis.ratelimit.calls");
                 let mut inflight = self.guards.inflight.borrow_mut();
@@ -566,17 +567,16 @@ impl Runtime {
     fn dispatch(
         &self,
         ctx: u32,
-        cluster: &str,
-        authority: &str,
+        cp: &ControlPlane,
         path: &str,
         body: &[u8],
         timeout_ms: u64,
     ) -> Result<u32, proxy_wasm::types::Status> {
         let Some(root) = self.guards.root_dispatch.get() else {
-            return host::dispatch_post_json(cluster, authority, path, body, timeout_ms);
+            return host::dispatch_post_json(&Upstream::control_plane(cp), path, body, timeout_ms);
         };
         let _ = host::set_effective_context(root);
-        let result = host::dispatch_post_json(cluster, authority, path, body, timeout_ms);
+        let result = host::dispatch_post_json(&Upstream::control_plane(cp), path, body, timeout_ms);
         let _ = host::set_effective_context(ctx);
         result
     }
@@ -624,11 +624,9 @@ impl Runtime {
     }
 
     fn ask_lockout(&self, ctx: u32, mut pending: Pending, now: u64) -> Next {
-        let (Some(cp), Some(lockout), Some(login)) = (
-            self.policy.guards.control_plane.as_ref(),
-            self.policy.guards.lockout.as_ref(),
-            pending.login.as_ref(),
-        ) else {
+        let (Some(cp), Some(lockout), Some(login)) =
+            (self.policy.control_plane.as_ref(), self.policy.guards.lockout.as_ref(), pending.login.as_ref())
+        else {
             pending.unavailable = true;
             return self.guard(ctx, pending);
         };
@@ -637,7 +635,7 @@ impl Runtime {
         if let Some(next) = self.hand_to_root(ctx, &mut pending) {
             return next;
         }
-        match self.dispatch(ctx, &cp.cluster, &cp.authority, LOCKOUT_CHECK_PATH, &body, lockout.timeout_ms) {
+        match self.dispatch(ctx, cp, LOCKOUT_CHECK_PATH, &body, lockout.timeout_ms) {
             Ok(token) => {
                 self.metrics.count("portcullis.lockout.checks");
                 pending.deadline_ms = now.saturating_add(lockout.timeout_ms).saturating_add(1_000);
@@ -860,7 +858,7 @@ impl Runtime {
             }
         }
         let (Some(lockout), Some(cp)) =
-            (self.policy.guards.lockout.as_ref(), self.policy.guards.control_plane.as_ref())
+            (self.policy.guards.lockout.as_ref(), self.policy.control_plane.as_ref())
         else {
             return Next::Continue;
         };
@@ -875,8 +873,7 @@ impl Runtime {
         let report = LockoutReport { policy: lockout.policy, outcome, subjects: login.subjects.clone() };
         let body = serde_json::to_vec(&report).unwrap_or_default();
         match host::dispatch_post_json(
-            &cp.cluster,
-            &cp.authority,
+            &Upstream::control_plane(cp),
             LOCKOUT_REPORT_PATH,
             &body,
             lockout.timeout_ms,
@@ -969,7 +966,7 @@ impl Runtime {
         }
         self.expire_guard_waiters(current);
         let now = host::now_unix_ms();
-        let Some(cp) = self.policy.guards.control_plane.as_ref() else { return };
+        let Some(cp) = self.policy.control_plane.as_ref() else { return };
         if let Some(burst) = self.policy.guards.burst.as_ref() {
             let due = now.saturating_sub(self.guards.last_burst_report_ms.get()) >= burst.report_interval_ms;
             if due && self.guards.burst_call.get().is_none() {
@@ -981,8 +978,7 @@ impl Runtime {
                         let report = BurstReport { entries: chunk.to_vec() };
                         let body = serde_json::to_vec(&report).unwrap_or_default();
                         match host::dispatch_post_json(
-                            &cp.cluster,
-                            &cp.authority,
+                            &Upstream::control_plane(cp),
                             BURST_REPORT_PATH,
                             &body,
                             cp.timeout_ms,
@@ -1003,7 +999,7 @@ impl Runtime {
     }
 
     /// Gives back the unspent units of leases that will expire before the next tick.
-    fn release_expiring(&self, cp: &portcullis_core::guard::ControlPlane, now: u64, tick_ms: u64) {
+    fn release_expiring(&self, cp: &ControlPlane, now: u64, tick_ms: u64) {
         let known: Vec<AppliedLimit> = self.guards.known.borrow().values().cloned().collect();
         let mut asks = Vec::new();
         let mut forget = Vec::new();
@@ -1044,7 +1040,7 @@ impl Runtime {
         let units: u64 =
             asks.iter().map(|a| if let RateLimitOp::Release { units } = a.op { units } else { 0 }).sum();
         let body = serde_json::to_vec(&RateLimitBatch { asks }).unwrap_or_default();
-        match host::dispatch_post_json(&cp.cluster, &cp.authority, RATE_LIMIT_PATH, &body, cp.timeout_ms) {
+        match host::dispatch_post_json(&Upstream::control_plane(cp), RATE_LIMIT_PATH, &body, cp.timeout_ms) {
             Ok(token) => {
                 self.metrics.count("portcullis.ratelimit.release_calls");
                 log::debug!("releasing {units} unspent leased unit(s)");

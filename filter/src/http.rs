@@ -128,10 +128,14 @@ pub fn decide(
         let now_ms = host::now_unix_ms();
         let keys = rt.keys(now_ms, false);
         let can_fetch = rt.fetchable(&progress.tried);
-        rt.refresh_revocation(now_ms);
+        rt.refresh_revocation();
         let outcome = {
             let view = rt.revocation.as_ref().and_then(|r| r.view(now_ms));
-            let revocation = view.as_ref().map(|v| RevocationInput { replica: &v.replica, stale: v.stale });
+            let revocation = view.as_ref().map(|v| RevocationInput {
+                replica: &v.replica,
+                stale: v.stale,
+                synced: v.synced,
+            });
             let versions = rt.versions.borrow();
             let input = AuthnInput {
                 policy: &rt.policy,
@@ -258,7 +262,11 @@ fn start_strict_check(
     let sub = current.token.subject.as_deref().unwrap_or("");
     let path = format!("{}?jti={}&sub={}", settings.status_path, percent_encode(jti), percent_encode(sub));
     rt.metrics.count("portcullis.revocation.strict_checks");
-    match host::dispatch_get(&settings.cluster, &settings.authority, &path, settings.strict_timeout_ms) {
+    match host::dispatch_get(
+        &host::Upstream::control_plane(&settings.control_plane),
+        &path,
+        settings.strict_timeout_ms,
+    ) {
         Ok(token_id) => {
             progress.strict = Some(StrictCheck { token_id, current, rest: unchecked, identities, edits });
             Next::Paused
@@ -266,7 +274,7 @@ fn start_strict_check(
         Err(status) => {
             log::warn!(
                 "cannot call cluster `{}` for a strict revocation check ({status:?})",
-                settings.cluster
+                settings.control_plane.cluster
             );
             strict_unavailable(rt, rule, request, &identities, &edits, &progress.guard)
         }
@@ -338,7 +346,11 @@ fn start_fetch(rt: &Runtime, p: usize, now_ms: u64) -> Option<u32> {
     if !rt.claim_fetch(p, FetchKind::OnDemand, now_ms) {
         return None;
     }
-    match host::dispatch_get(&remote.cluster, &remote.authority, &remote.path, remote.timeout_ms) {
+    match host::dispatch_get(
+        &host::Upstream::public(&remote.cluster, &remote.authority),
+        &remote.path,
+        remote.timeout_ms,
+    ) {
         Ok(token) => {
             rt.metrics.count(&format!("portcullis.jwks.{}.fetch_on_demand", provider.name()));
             Some(token)

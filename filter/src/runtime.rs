@@ -67,7 +67,8 @@ struct KeySlot {
 }
 
 impl Runtime {
-    pub fn new(policy: Policy, now_ms: u64) -> Self {
+    /// `vm`: this VM's number, unique among the VMs of this Envoy.
+    pub fn new(policy: Policy, vm: u64, now_ms: u64) -> Self {
         let keys = policy
             .providers
             .iter()
@@ -78,7 +79,7 @@ impl Runtime {
             .collect();
         let versions = policy.providers.iter().map(|p| p.initial_version_state()).collect();
         let cache = VerifiedTokenCache::new(policy.cache_capacity.max(1));
-        let revocation = policy.revocation.clone().map(|r| RevocationSync::new(r, now_ms));
+        let revocation = policy.revocation.clone().map(|r| RevocationSync::new(r, vm, now_ms));
         Runtime {
             revocation,
             strict_ok: RefCell::new(HashMap::new()),
@@ -334,23 +335,11 @@ impl Runtime {
         let _ = host::set_effective_context(current);
     }
 
-    /// Picks up a newer revocation replica from shared data; once synced, the replica's
-    /// token versions replace the configured ones for the providers under the feed.
-    pub fn refresh_revocation(&self, now_ms: u64) {
-        let Some(sync) = &self.revocation else { return };
-        if !sync.refresh() {
-            return;
-        }
-        let Some(view) = sync.view(now_ms) else { return };
-        if !view.synced {
-            return;
-        }
-        if let Ok(mut versions) = self.versions.try_borrow_mut() {
-            for (p, state) in versions.iter_mut().enumerate() {
-                if self.policy.revocation_applies(p) {
-                    *state = view.replica.versions.clone();
-                }
-            }
+    /// Picks up a newer revocation replica from shared data (once synced, the request
+    /// path answers version and revocation questions from it).
+    pub fn refresh_revocation(&self) {
+        if let Some(sync) = &self.revocation {
+            sync.refresh();
         }
     }
 

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use portcullis_e2e::{
-    eventually, http, www_authenticate, Backend, ControlPlane, Envoy, EnvoyClusters, Redis, TestServer,
-    Workdir,
+    control_plane_section, eventually, http, www_authenticate, Backend, ControlPlane, Envoy, EnvoyClusters,
+    Redis, TestServer, Workdir, FLEET_CREDENTIAL,
 };
 use serde_json::{json, Value};
 
@@ -25,8 +25,8 @@ fn plugin_config() -> Value {
                 "tokenVersion": { "claim": "ver" }
             }
         },
+        "controlPlane": control_plane_section(500),
         "revocation": {
-            "cluster": "portcullis_control_plane", "authority": "control-plane",
             "pollIntervalMs": 250, "maxStalenessSeconds": 3, "strictTimeoutMs": 500, "strictCacheMs": 0
         },
         "rules": [
@@ -41,9 +41,9 @@ fn plugin_config() -> Value {
 struct Stack {
     envoy: Envoy,
     cp: ControlPlane,
-    _upstream: TestServer,
+    upstream: TestServer,
     _redis: Option<Redis>,
-    _dir: Workdir,
+    dir: Workdir,
 }
 
 async fn stack(backend: Backend) -> Stack {
@@ -51,10 +51,13 @@ async fn stack(backend: Backend) -> Stack {
     let (redis, store) = backend.store(dir.path()).await;
     let cp = ControlPlane::start(dir.path(), store).await;
     let upstream = TestServer::start(json!({"keys": []})).await;
-    let clusters =
-        EnvoyClusters { upstream_port: upstream.port, jwks_port: None, control_plane_port: Some(cp.port) };
+    let clusters = EnvoyClusters {
+        upstream_port: upstream.port,
+        jwks_port: None,
+        control_plane_port: Some(cp.internal_port),
+    };
     let envoy = Envoy::start(dir.path(), &plugin_config(), &clusters).await;
-    Stack { envoy, cp, _upstream: upstream, _redis: redis, _dir: dir }
+    Stack { envoy, cp, upstream, _redis: redis, dir }
 }
 
 /// Status and `error_description` (or "") of a GET with a bearer token.
@@ -160,7 +163,7 @@ async fn refresh_is_single_use_and_reuse_revokes_the_family(backend: Backend) {
     let s = stack(backend).await;
     let first = issue(&s.cp, "alice");
     let refresh = |rt: String| {
-        let url = format!("{}/v1/token/refresh", s.cp.url());
+        let url = format!("{}/v1/token/refresh", s.cp.internal_url());
         async move {
             let r = http().post(url).json(&json!({ "refreshToken": rt })).send().await.unwrap();
             (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null))
@@ -189,7 +192,7 @@ async fn refresh_is_single_use_and_reuse_revokes_the_family(backend: Backend) {
     let rt = family["refreshToken"].as_str().unwrap().to_string();
     let results = futures_join((0..8).map(|_| {
         let rt = rt.clone();
-        let url = format!("{}/v1/token/refresh", s.cp.url());
+        let url = format!("{}/v1/token/refresh", s.cp.internal_url());
         tokio::spawn(async move {
             http().post(url).json(&json!({ "refreshToken": rt })).send().await.unwrap().status().as_u16()
         })
@@ -243,7 +246,66 @@ async fn a_stopped_control_plane_degrades_as_configured_and_recovers(backend: Ba
     assert_eq!(call(&s.envoy, "/api/x", &revoked).await.0, 401, "revocations survive the restart");
 }
 
+/// The rotation of docs/control-plane.md ("Rotating the fleet credential"): the control
+/// plane accepts the new and the old credential; Envoys move to the new one; the old
+/// one is dropped. Envoys still on the old one then get 401s and fail closed.
+async fn a_fleet_credential_rotates_with_an_overlap_and_the_old_one_stops_after_it(backend: Backend) {
+    const NEW: &str = "e2e-rotated-fleet-credential-0123456789ab";
+    let env = |pairs: &[(&str, &str)]| {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>()
+    };
+    let mut s = stack(backend).await; // its Envoy holds FLEET_CREDENTIAL, the old one
+    let first = access(&issue(&s.cp, "alice"));
+    assert_eq!(call(&s.envoy, "/api/x", &first).await.0, 200);
+
+    // 1. The control plane accepts both.
+    s.cp.restart_with_env(&env(&[
+        ("PORTCULLIS_FLEET_CREDENTIAL", NEW),
+        ("PORTCULLIS_FLEET_CREDENTIAL_PREVIOUS", FLEET_CREDENTIAL),
+    ]))
+    .await;
+    // 2. Envoys move over one by one: here a new one comes up with the new credential
+    //    while the old one keeps running.
+    let clusters = EnvoyClusters {
+        upstream_port: s.upstream.port,
+        jwks_port: None,
+        control_plane_port: Some(s.cp.internal_port),
+    };
+    let moved = Envoy::start_with_credential(s.dir.path(), &plugin_config(), &clusters, Some(NEW)).await;
+    s.cp.cli(&["revoke", "token", &first]);
+    for envoy in [&s.envoy, &moved] {
+        eventually(PROPAGATION, "the revocation on both credentials", || async {
+            call(envoy, "/api/x", &first).await == (401, "revoked".to_string())
+        })
+        .await;
+    }
+    let second = access(&issue(&s.cp, "alice"));
+    assert_eq!(call(&s.envoy, "/api/x", &second).await.0, 200, "the old credential works during the overlap");
+    assert_eq!(call(&moved, "/api/x", &second).await.0, 200);
+
+    // 3. The overlap ends: the previous credential is removed.
+    s.cp.restart_with_env(&env(&[("PORTCULLIS_FLEET_CREDENTIAL", NEW)])).await;
+    s.cp.cli(&["revoke", "token", &second]);
+    eventually(PROPAGATION, "the revocation on the new credential", || async {
+        call(&moved, "/api/x", &second).await == (401, "revoked".to_string())
+    })
+    .await;
+    // The Envoy left on the old credential is refused: its replica goes stale and its
+    // fail-closed rules answer 503 rather than let the revoked token through.
+    let failed = s.envoy.counter("wasmcustom.portcullis.revocation.poll_failed").await;
+    eventually(Duration::from_secs(10), "the old credential's polls to fail", || async {
+        s.envoy.counter("wasmcustom.portcullis.revocation.poll_failed").await > failed
+    })
+    .await;
+    eventually(Duration::from_secs(10), "the stale Envoy to fail closed", || async {
+        call(&s.envoy, "/api/x", &second).await.0 == 503
+    })
+    .await;
+    assert!(s.envoy.proc.log_text().contains("HTTP 401"), "the poll failures name the 401");
+}
+
 portcullis_e2e::on_both_backends!(
+    a_fleet_credential_rotates_with_an_overlap_and_the_old_one_stops_after_it,
     revoking_a_jti_with_the_cli_rejects_that_token_only,
     strict_routes_see_a_revocation_as_soon_as_the_admin_call_returns,
     revoking_a_user_rejects_all_their_older_tokens_only,

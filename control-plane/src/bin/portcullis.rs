@@ -1,4 +1,5 @@
-//! `portcullis`: the operator CLI for the control plane's admin API.
+//! `portcullis`: the operator CLI for the control plane's admin API (the admin
+//! listener, `--url`); `token refresh` goes to the internal listener (`--internal-url`).
 //!
 //! `TOKEN=$(portcullis token issue --sub alice)` prints just the token; other commands
 //! print the JSON answer. Errors go to stderr as `title: detail` with a non-zero exit
@@ -16,9 +17,14 @@ use serde_json::{Map, Value};
 #[derive(Parser)]
 #[command(name = "portcullis", version, about = "Talk to the Portcullis control plane")]
 struct Cli {
-    /// Base URL of the control plane.
+    /// Base URL of the control plane's admin listener.
     #[arg(long, env = "PORTCULLIS_URL", default_value = "http://127.0.0.1:9090", global = true)]
     url: String,
+
+    /// Base URL of the control plane's internal listener (only `token refresh` uses it:
+    /// refresh token exchange is served there).
+    #[arg(long, env = "PORTCULLIS_INTERNAL_URL", default_value = "http://127.0.0.1:9091", global = true)]
+    internal_url: String,
 
     #[command(flatten)]
     admin_token: AdminTokenArgs,
@@ -210,10 +216,10 @@ enum CliError {
 }
 
 async fn run(cli: Cli) -> Result<(), CliError> {
-    let needs_admin =
-        !matches!(cli.command, Command::Health | Command::Token { command: TokenCommand::Refresh { .. } });
+    let refresh = matches!(cli.command, Command::Token { command: TokenCommand::Refresh { .. } });
+    let needs_admin = !refresh && !matches!(cli.command, Command::Health);
     let token = if needs_admin { Some(cli.admin_token.load()?) } else { None };
-    let client = ControlPlaneClient::new(&cli.url, token)?;
+    let client = ControlPlaneClient::new(if refresh { &cli.internal_url } else { &cli.url }, token)?;
     match cli.command {
         Command::Token { command: TokenCommand::Issue { sub, scopes, ttl, audience, claims, json } } => {
             let claims: Map<String, Value> = claims.into_iter().collect();

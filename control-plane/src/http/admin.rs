@@ -41,7 +41,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
 
 /// The bearer token of an `Authorization` header; `None` when there is no bearer
 /// credential at all (missing header, another scheme).
-fn bearer_token(request: &Request) -> Option<&str> {
+pub(super) fn bearer_token(request: &Request) -> Option<&str> {
     let value = request.headers().get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())

@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::store::StoreError;
+use portcullis_core::fleet::INTERNAL_REALM;
 
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 /// The `realm` of the admin API's bearer challenge.
@@ -43,6 +44,10 @@ pub enum ApiError {
     MissingAdminToken,
     #[error("invalid admin token")]
     InvalidAdminToken,
+    #[error("missing fleet credential")]
+    MissingFleetCredential,
+    #[error("invalid fleet credential")]
+    InvalidFleetCredential,
     #[error("not found")]
     NotFound,
     /// A named resource does not exist (`detail` says which).
@@ -66,7 +71,10 @@ impl ApiError {
             ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::MissingAdminToken | ApiError::InvalidAdminToken => StatusCode::UNAUTHORIZED,
+            ApiError::MissingAdminToken
+            | ApiError::InvalidAdminToken
+            | ApiError::MissingFleetCredential
+            | ApiError::InvalidFleetCredential => StatusCode::UNAUTHORIZED,
             ApiError::NotFound | ApiError::NoSuchResource(_) => StatusCode::NOT_FOUND,
             ApiError::InvalidGrant(_) => StatusCode::BAD_REQUEST,
             ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -91,6 +99,16 @@ impl ApiError {
                 "invalid-token",
                 "Invalid admin token",
                 "The bearer token is not the admin token.".to_owned(),
+            ),
+            ApiError::MissingFleetCredential => (
+                "missing-credentials",
+                "Authentication required",
+                "Send the fleet credential as `Authorization: Bearer <credential>`.".to_owned(),
+            ),
+            ApiError::InvalidFleetCredential => (
+                "invalid-token",
+                "Invalid fleet credential",
+                "The bearer credential is not a fleet credential of this control plane.".to_owned(),
             ),
             ApiError::NotFound => ("not-found", "Not found", "There is no resource at this path.".to_owned()),
             ApiError::NoSuchResource(d) => ("not-found", "Not found", d.clone()),
@@ -132,6 +150,10 @@ impl IntoResponse for ApiError {
             ApiError::InvalidAdminToken => {
                 Some(format!(r#"Bearer realm="{ADMIN_REALM}", error="invalid_token""#))
             }
+            ApiError::MissingFleetCredential => Some(format!(r#"Bearer realm="{INTERNAL_REALM}""#)),
+            ApiError::InvalidFleetCredential => {
+                Some(format!(r#"Bearer realm="{INTERNAL_REALM}", error="invalid_token""#))
+            }
             _ => None,
         };
         if let Some(value) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
@@ -155,7 +177,7 @@ impl From<crate::revocations::RevocationError> for ApiError {
             E::InvalidRequest(m) => ApiError::InvalidRequest(m),
             E::Store(e) => ApiError::Store(e),
             E::Contended => ApiError::Store(StoreError::Busy(e.to_string())),
-            E::SnapshotTooLarge(_) => ApiError::Internal(e.to_string()),
+            E::Random(_) => ApiError::Internal(e.to_string()),
         }
     }
 }

@@ -1,14 +1,25 @@
-//! The HTTP API: [`app`] builds the router from an [`AppState`]; each resource module
-//! contributes its own routes.
+//! The HTTP API, on two listeners, each built from an [`AppState`]; each resource
+//! module contributes its own routes:
+//!
+//! - [`internal_app`], the internal listener: what Envoys call, behind the fleet
+//!   credential ([`fleet`]): the revocation feed and token status, rate-limit leases,
+//!   lockout and burst reports. Public there, without any credential: the JWKS, refresh
+//!   token exchange, health and readiness.
+//! - [`admin_app`], the admin listener: the admin API behind the admin token, metrics,
+//!   health and readiness.
+//!
+//! A route of one listener is a 404 on the other, whatever credential is sent.
 
 mod admin;
 pub mod error;
 mod feed;
+mod fleet;
 mod guard;
 mod health;
 mod jwks;
 mod observe;
 mod ratelimit;
+mod refresh;
 
 use std::sync::Arc;
 
@@ -16,7 +27,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::Router;
 
-use crate::admin_credential::AdminCredential;
+use crate::admin_credential::{AdminCredential, FleetCredentials};
 use crate::audit::{self, ACTOR_SYSTEM};
 use crate::burst::{BurstConfig, BurstConfigError, BurstDetector};
 use crate::clock::Clock;
@@ -44,6 +55,8 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 pub struct Dependencies {
     pub store: Arc<dyn Store>,
     pub admin: Arc<AdminCredential>,
+    /// The credentials Envoys present on the internal listener.
+    pub fleet: Arc<FleetCredentials>,
     pub token_policy: TokenPolicy,
     pub clock: Arc<dyn Clock>,
     pub rng: Arc<dyn RandomSource>,
@@ -61,6 +74,7 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub keys: Arc<KeyRing>,
     pub admin: Arc<AdminCredential>,
+    pub fleet: Arc<FleetCredentials>,
     pub token_policy: Arc<TokenPolicy>,
     pub clock: Arc<dyn Clock>,
     pub rng: Arc<dyn RandomSource>,
@@ -98,6 +112,7 @@ impl AppState {
             store,
             keys: Arc::new(keys),
             admin: deps.admin,
+            fleet: deps.fleet,
             token_policy: Arc::new(deps.token_policy),
             clock: deps.clock,
             rng: deps.rng,
@@ -164,15 +179,30 @@ impl AppState {
     }
 }
 
-/// The whole API.
-pub fn app(state: AppState) -> Router {
-    Router::new()
-        .merge(health::routes())
-        .merge(jwks::routes())
+/// The internal listener's API: what Envoys call.
+pub fn internal_app(state: AppState) -> Router {
+    let fleet_only = Router::new()
         .merge(feed::routes())
         .merge(ratelimit::routes())
         .merge(guard::routes())
-        .nest("/admin/v1", admin::routes(state.clone()))
+        .route_layer(middleware::from_fn_with_state(state.clone(), fleet::require_fleet_credential));
+    let public = Router::new().merge(health::probes()).merge(jwks::routes()).merge(refresh::routes());
+    finish(fleet_only.merge(public), state)
+}
+
+/// The admin listener's API: operators and monitoring.
+pub fn admin_app(state: AppState) -> Router {
+    let routes = Router::new()
+        .merge(health::probes())
+        .merge(health::metrics())
+        .nest("/admin/v1", admin::routes(state.clone()));
+    finish(routes, state)
+}
+
+/// What both listeners share: problem documents for every error (404s included), the
+/// request log and metrics, the body limit.
+fn finish(routes: Router<AppState>, state: AppState) -> Router {
+    routes
         .fallback(error::not_found)
         .layer(middleware::map_response(error::problem_for_bare_errors))
         .layer(middleware::from_fn_with_state(state.clone(), observe::observe_request))

@@ -16,7 +16,7 @@ use redb::{Database, ReadTransaction, ReadableTable, TableDefinition, WriteTrans
 
 use super::{
     feed_page, feed_window, is_live, is_live_opt, rate_limit, require_positive_ttl, FeedEntry, FeedPage,
-    LogAppendError, LogEntry, SetMember, Store, StoreBackend, StoreError, MAX_PAGE_SIZE,
+    LogAppendError, LogEntry, SetMember, Store, StoreBackend, StoreError, MAX_PAGE_SIZE, MAX_SCAN_SIZE,
 };
 
 /// The database file inside the data directory.
@@ -279,6 +279,38 @@ impl Store for EmbeddedStore {
             }
             // redb orders by member already; sorting keeps the contract explicit.
             members.sort_by(|a, b| a.member.cmp(&b.member));
+            Ok(members)
+        })
+        .await
+    }
+
+    async fn set_scan(
+        &self,
+        set: &str,
+        after: Option<&SetMember>,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<Vec<SetMember>, StoreError> {
+        use std::ops::Bound;
+        let set = set.to_owned();
+        let after = after.map(|a| a.member.clone());
+        self.read(move |txn| {
+            let table = txn.open_table(SET_MEMBERS)?;
+            let start = match &after {
+                Some(member) => Bound::Excluded((set.as_str(), member.as_str())),
+                None => Bound::Included((set.as_str(), "")),
+            };
+            let mut members = Vec::new();
+            for item in table.range::<(&str, &str)>((start, Bound::Unbounded))? {
+                let (key, at) = item?;
+                let (owner, member) = key.value();
+                if owner != set || members.len() >= limit.min(MAX_SCAN_SIZE) {
+                    break;
+                }
+                if is_live(at.value(), now_ms) {
+                    members.push(SetMember { member: member.to_owned(), expires_at_ms: at.value() });
+                }
+            }
             Ok(members)
         })
         .await

@@ -10,7 +10,7 @@ use portcullis_core::wire::{RateLimitOp, RateLimitResult};
 
 use super::{
     feed_page, feed_window, is_live, is_live_opt, rate_limit, require_positive_ttl, FeedEntry, FeedPage,
-    LogAppendError, LogEntry, SetMember, Store, StoreBackend, StoreError, MAX_PAGE_SIZE,
+    LogAppendError, LogEntry, SetMember, Store, StoreBackend, StoreError, MAX_PAGE_SIZE, MAX_SCAN_SIZE,
 };
 
 #[derive(Default)]
@@ -21,7 +21,7 @@ pub struct MemoryStore {
 #[derive(Default)]
 struct State {
     counters: HashMap<String, Counter>,
-    sets: HashMap<String, HashMap<String, u64>>,
+    sets: HashMap<String, BTreeMap<String, u64>>,
     records: HashMap<String, Record>,
     feeds: HashMap<String, Feed>,
     logs: HashMap<String, Vec<Vec<u8>>>,
@@ -164,6 +164,27 @@ impl Store for MemoryStore {
             .collect();
         live.sort_by(|a, b| a.member.cmp(&b.member));
         Ok(live)
+    }
+
+    async fn set_scan(
+        &self,
+        set: &str,
+        after: Option<&SetMember>,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<Vec<SetMember>, StoreError> {
+        use std::ops::Bound;
+        let state = self.state()?;
+        let Some(members) = state.sets.get(set) else {
+            return Ok(Vec::new());
+        };
+        let start = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.member.clone()));
+        Ok(members
+            .range((start, Bound::Unbounded))
+            .filter(|(_, at)| is_live(**at, now_ms))
+            .take(limit.min(MAX_SCAN_SIZE))
+            .map(|(member, at)| SetMember { member: member.clone(), expires_at_ms: *at })
+            .collect())
     }
 
     async fn record_get(&self, key: &str, now_ms: u64) -> Result<Option<Vec<u8>>, StoreError> {

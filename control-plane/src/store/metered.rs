@@ -68,6 +68,16 @@ impl Store for MeteredStore {
         self.observe("set_members", self.inner.set_members(set, now_ms).await)
     }
 
+    async fn set_scan(
+        &self,
+        set: &str,
+        after: Option<&SetMember>,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<Vec<SetMember>, StoreError> {
+        self.observe("set_scan", self.inner.set_scan(set, after, limit, now_ms).await)
+    }
+
     async fn record_get(&self, key: &str, now_ms: u64) -> Result<Option<Vec<u8>>, StoreError> {
         self.observe("record_get", self.inner.record_get(key, now_ms).await)
     }

@@ -41,6 +41,8 @@ pub use metered::MeteredStore;
 /// Reads of feeds and logs return at most this many entries per call, whatever the
 /// caller asks for, so one call can never stall a backend.
 pub const MAX_PAGE_SIZE: usize = 1000;
+/// [`Store::set_scan`] returns at most this many members per call.
+pub const MAX_SCAN_SIZE: usize = 10_000;
 
 /// Which technology a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -67,7 +69,7 @@ impl fmt::Display for StoreBackend {
 }
 
 /// A live member of an expiring set.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SetMember {
     pub member: String,
     pub expires_at_ms: u64,
@@ -207,6 +209,22 @@ pub trait Store: Send + Sync {
 
     /// The live members, sorted by member; expired members are pruned, never returned.
     async fn set_members(&self, set: &str, now_ms: u64) -> Result<Vec<SetMember>, StoreError>;
+
+    /// One page of a scan over the live members: up to `limit` (capped at
+    /// [`MAX_SCAN_SIZE`]) members after `after`, the last member the previous page
+    /// returned (`None`: from the start), in the backend's scan order (by member for
+    /// memory and embedded; by expiry, then member, for Redis). A member live and
+    /// unchanged for the whole scan is returned exactly once, whatever else changes
+    /// meanwhile; a member added, removed or given a new expiry during the scan may be
+    /// missed or returned twice. An empty page ends the scan. Reads only: expired
+    /// members are skipped, not pruned.
+    async fn set_scan(
+        &self,
+        set: &str,
+        after: Option<&SetMember>,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<Vec<SetMember>, StoreError>;
 
     // --- records -----------------------------------------------------------------
 

@@ -224,22 +224,31 @@ pub fn cli(url: &str, admin_token: Option<&str>, args: &[&str]) -> Output {
 /// A control plane process, killed on drop.
 pub struct Server {
     child: Child,
+    /// The admin listener.
     pub url: String,
+    /// The internal listener (fleet credential [`FLEET_CREDENTIAL`]).
+    pub internal_url: String,
 }
 
 impl Server {
     pub fn start(admin_token: &str, args: &[&str]) -> Self {
-        let port = free_port();
+        let (admin, internal) = (free_port(), free_port());
         let child = command(SERVER)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .args(["--internal-listen", &format!("127.0.0.1:{internal}")])
             .args(args)
             .env("PORTCULLIS_ADMIN_TOKEN", admin_token)
+            .env("PORTCULLIS_FLEET_CREDENTIAL", FLEET_CREDENTIAL)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let mut server = Self { child, url: format!("http://127.0.0.1:{port}") };
+        let mut server = Self {
+            child,
+            url: format!("http://127.0.0.1:{admin}"),
+            internal_url: format!("http://127.0.0.1:{internal}"),
+        };
         server.wait_until_healthy();
         server
     }
@@ -277,5 +286,62 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+// --- the two listeners, in process ---------------------------------------------------
+
+use axum::body::Body;
+use axum::http::header::AUTHORIZATION;
+use axum::http::Request;
+use axum::response::Response;
+use axum::Router;
+use portcullis_control_plane::admin_credential::FleetCredentials;
+use portcullis_control_plane::{admin_app, internal_app, AppState};
+use portcullis_core::fleet::{FeedKey, FleetCredential};
+use tower::ServiceExt as _;
+
+/// The fleet credential the in-process tests' Envoys would present.
+pub const FLEET_CREDENTIAL: &str = "support-fleet-credential-0123456789abcdef";
+
+pub fn fleet_credential() -> FleetCredential {
+    FleetCredential::new(FLEET_CREDENTIAL).unwrap()
+}
+
+/// The accepted fleet credentials: [`FLEET_CREDENTIAL`] only.
+pub fn fleet_credentials() -> Arc<FleetCredentials> {
+    Arc::new(FleetCredentials::new(&fleet_credential(), None).unwrap())
+}
+
+/// The feed key callers presenting [`FLEET_CREDENTIAL`] get hashes under.
+pub fn feed_key() -> FeedKey {
+    fleet_credential().feed_key()
+}
+
+/// Both listeners of one state, called without a socket.
+#[derive(Clone)]
+pub struct Listeners {
+    pub admin: Router,
+    pub internal: Router,
+}
+
+impl Listeners {
+    pub fn new(state: AppState) -> Self {
+        Self { admin: admin_app(state.clone()), internal: internal_app(state) }
+    }
+
+    /// Sends a request where a deployment would: the admin API and metrics to the admin
+    /// listener; everything else to the internal one, with the fleet credential unless
+    /// the request carries an `Authorization` header already.
+    pub async fn send(&self, mut request: Request<Body>) -> Response {
+        let path = request.uri().path();
+        if path.starts_with("/admin/") || path == "/metrics" {
+            return self.admin.clone().oneshot(request).await.unwrap();
+        }
+        if !request.headers().contains_key(AUTHORIZATION) {
+            let value = format!("Bearer {FLEET_CREDENTIAL}").parse().unwrap();
+            request.headers_mut().insert(AUTHORIZATION, value);
+        }
+        self.internal.clone().oneshot(request).await.unwrap()
     }
 }

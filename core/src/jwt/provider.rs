@@ -15,7 +15,7 @@ use super::jwks::{JwksWarning, KeySet};
 use super::jws;
 use super::reason::Reason;
 pub use super::token::VerifiedToken;
-use super::versions::VersionState;
+use super::versions::{MinimumVersions, VersionState};
 use crate::error::ConfigError;
 use crate::request::RequestParts;
 
@@ -625,7 +625,7 @@ impl Provider {
     pub fn check_version(
         &self,
         t: &VerifiedToken,
-        state: &VersionState,
+        state: &dyn MinimumVersions,
         now_unix_secs: u64,
     ) -> Result<(), Reason> {
         let Some(policy) = &self.token_version else {

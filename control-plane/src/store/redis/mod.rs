@@ -19,7 +19,7 @@ use tokio::sync::OnceCell;
 
 use super::{
     feed_page, is_live, is_live_opt, rate_limit, require_positive_ttl, FeedEntry, FeedPage, LogAppendError,
-    LogEntry, SetMember, Store, StoreBackend, StoreError, MAX_PAGE_SIZE,
+    LogEntry, SetMember, Store, StoreBackend, StoreError, MAX_PAGE_SIZE, MAX_SCAN_SIZE,
 };
 
 /// How long after their logical expiry Redis keeps keys before dropping them. Expiry
@@ -136,6 +136,20 @@ fn bytes(value: Value, what: &str) -> Result<Vec<u8>, StoreError> {
 
 /// Sorted-set scores are doubles; ours are whole milliseconds, possibly rendered as
 /// `1.7e12` by some Redis versions.
+/// A flat `member, score, member, score, …` listing.
+fn set_listing(flat: Vec<String>) -> Result<Vec<SetMember>, StoreError> {
+    flat.chunks(2)
+        .map(|pair| match pair {
+            [member, score] => Ok(SetMember {
+                member: member.clone(),
+                expires_at_ms: parse_score(score)
+                    .ok_or_else(|| StoreError::CorruptData(format!("set score {score:?} is not a number")))?,
+            }),
+            _ => Err(StoreError::CorruptData("odd-length set member listing".to_owned())),
+        })
+        .collect()
+}
+
 fn parse_score(text: &str) -> Option<u64> {
     text.parse::<u64>().ok().or_else(|| {
         let f = text.parse::<f64>().ok()?;
@@ -239,21 +253,29 @@ impl Store for RedisStore {
     async fn set_members(&self, set: &str, now_ms: u64) -> Result<Vec<SetMember>, StoreError> {
         let mut script = scripts::SET_MEMBERS.prepare_invoke();
         script.key(keys::set(set)).arg(now_ms);
-        let flat: Vec<String> = self.invoke(script).await?;
-        let mut members = flat
-            .chunks(2)
-            .map(|pair| match pair {
-                [member, score] => Ok(SetMember {
-                    member: member.clone(),
-                    expires_at_ms: parse_score(score).ok_or_else(|| {
-                        StoreError::CorruptData(format!("set score {score:?} is not a number"))
-                    })?,
-                }),
-                _ => Err(StoreError::CorruptData("odd-length set member listing".to_owned())),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut members = set_listing(self.invoke(script).await?)?;
         members.sort_by(|a, b| a.member.cmp(&b.member));
         Ok(members)
+    }
+
+    async fn set_scan(
+        &self,
+        set: &str,
+        after: Option<&SetMember>,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<Vec<SetMember>, StoreError> {
+        let limit = limit.min(MAX_SCAN_SIZE);
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut script = scripts::SET_SCAN.prepare_invoke();
+        script.key(keys::set(set)).arg(now_ms).arg(limit);
+        match after {
+            Some(a) => script.arg(a.expires_at_ms).arg(a.member.as_str()),
+            None => script.arg("").arg(""),
+        };
+        set_listing(self.invoke(script).await?)
     }
 
     async fn record_get(&self, key: &str, now_ms: u64) -> Result<Option<Vec<u8>>, StoreError> {

@@ -80,6 +80,49 @@ return redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
     )
 });
 
+/// One page of a scan over a set, in the sorted set's own order (score = expiry, then
+/// member, byte-wise).
+///
+/// KEYS[1]: sorted set; ARGV[1]: now_ms; ARGV[2]: limit; ARGV[3]: the score of the
+/// member the previous page ended with ('' to start); ARGV[4]: that member.
+/// Returns a flat array member, score, member, score, ...
+///
+/// The page starts right after the position (score, member), found in O(log n)
+/// whether or not that member is still in the set: the rank of `member .. "\0"`, which
+/// sorts immediately after it, inserted at that score and removed again within the
+/// script (so nobody ever sees it). Expired members (score <= now) sort first and are
+/// skipped. If the position member itself was given another expiry meanwhile, the
+/// probe cannot be placed; the page then starts at the first member of the old score,
+/// which may repeat a few members but never skips one.
+///
+/// Why a script: the probe must be invisible, and the rank it yields must describe the
+/// same snapshot the page is read from.
+pub static SET_SCAN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local start = redis.call('ZCOUNT', KEYS[1], '-inf', ARGV[1])
+if ARGV[3] ~= '' then
+  local probe = ARGV[4] .. '\0'
+  local existing = redis.call('ZSCORE', KEYS[1], probe)
+  local rank
+  if existing == false then
+    redis.call('ZADD', KEYS[1], ARGV[3], probe)
+    rank = redis.call('ZRANK', KEYS[1], probe)
+    redis.call('ZREM', KEYS[1], probe)
+  elseif tonumber(existing) == tonumber(ARGV[3]) then
+    rank = redis.call('ZRANK', KEYS[1], probe)
+  else
+    rank = redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. ARGV[3])
+  end
+  if rank > start then
+    start = rank
+  end
+end
+return redis.call('ZRANGE', KEYS[1], start, start + tonumber(ARGV[2]) - 1, 'WITHSCORES')
+",
+    )
+});
+
 /// Write a record with an expiry.
 ///
 /// KEYS[1]: record hash (`v` value, `x` expiry ms)
