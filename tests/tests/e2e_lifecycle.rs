@@ -301,7 +301,10 @@ async fn a_fleet_credential_rotates_with_an_overlap_and_the_old_one_stops_after_
         call(&s.envoy, "/api/x", &second).await.0 == 503
     })
     .await;
-    assert!(s.envoy.proc.log_text().contains("HTTP 401"), "the poll failures name the 401");
+    assert!(
+        s.cp.proc.log_text().contains("internal request with a wrong fleet credential"),
+        "the control plane refused the old credential"
+    );
 }
 
 portcullis_e2e::on_both_backends!(
