@@ -25,7 +25,8 @@ use portcullis_control_plane::keys::{KeyPolicy, KeyRingError, KEY_SET_RECORD};
 use portcullis_control_plane::master_key::MasterKey;
 use portcullis_control_plane::metrics::Metrics;
 use portcullis_control_plane::random::OsRandom;
-use portcullis_control_plane::revocations::{FeedCursor, EPOCH_RECORD};
+use portcullis_control_plane::revocations::{FeedCursor, EPOCH_RECORD, REVOKED_SET, USER_VERSIONS_SET};
+use portcullis_core::jwt::MinimumVersions as _;
 use portcullis_control_plane::signing::SigningAlgorithm;
 use portcullis_control_plane::store::Store;
 use portcullis_control_plane::tokens::TokenPolicy;
@@ -46,6 +47,9 @@ support::backends!(
     key_rotation_keeps_the_old_key_published_until_it_retires,
     private_keys_are_sealed_and_a_wrong_master_key_is_refused,
     feed_serves_deltas_after_a_cursor_and_snapshots_otherwise,
+    a_snapshot_comes_in_bounded_parts_that_assemble_into_the_whole_state,
+    changes_between_parts_are_caught_up_before_the_replica_is_published,
+    a_snapshot_whose_base_is_trimmed_away_meanwhile_starts_over,
     user_revoke_all_raises_the_minimum_above_every_issued_token,
     global_rotation_records_reason_and_grace,
     revoking_a_session_revokes_its_tokens_and_is_audited,
@@ -467,6 +471,102 @@ async fn feed_serves_deltas_after_a_cursor_and_snapshots_otherwise(backend: Back
         let problem = body_json(response).await;
         assert_eq!(problem["type"], "urn:portcullis:problem:invalid-request", "{query}");
     }
+}
+
+/// Writes revocations straight into the state (no feed entries), as a large state that
+/// only a snapshot delivers, laid out as `revoke jti` and `revoke user` leave it:
+/// `revoked` jtis `r000…` expiring at `exp` (seconds), `users` subjects `u000…` with
+/// minimum version 2.
+async fn seed_state(store: &dyn Store, revoked: usize, users: usize, exp: u64) {
+    // Index members never expire (the year 9999).
+    const NEVER_MS: u64 = 253_402_300_799_000;
+    for i in 0..revoked {
+        store.set_add(REVOKED_SET, &format!("r{i:03}"), exp * 1000, T0).await.unwrap();
+    }
+    for i in 0..users {
+        store.record_put(&format!("user-min-version/u{i:03}"), b"2".to_vec(), None, T0).await.unwrap();
+        store.set_add(USER_VERSIONS_SET, &format!("u{i:03}\u{1f}2"), NEVER_MS, T0).await.unwrap();
+    }
+}
+
+async fn a_snapshot_comes_in_bounded_parts_that_assemble_into_the_whole_state(backend: Backend) {
+    let h = harness(&backend).await;
+    seed_state(h.state.store.as_ref(), 250, 120, T0 / 1000 + 3600).await;
+    let (replica, pages) = h.sync(40).await;
+    assert_eq!((replica.revoked.len(), replica.user_min_versions.len()), (250, 120));
+    let key = support::feed_key();
+    assert!(replica.is_revoked(&key, "r137", T0 / 1000));
+    assert_eq!(replica.versions(&key).user_min_version("u119"), Some(2));
+    let parts: Vec<&FeedPage> = pages.iter().filter(|p| p.snapshot.is_some()).collect();
+    assert_eq!(parts.len(), 370_usize.div_ceil(40), "full parts of 40, then the rest");
+    for (i, part) in parts.iter().enumerate() {
+        let snapshot = part.snapshot.as_ref().unwrap();
+        assert_eq!((snapshot.part, snapshot.id.as_str()), (i as u32, parts[0].snapshot.as_ref().unwrap().id.as_str()));
+        assert_eq!(snapshot.last, i + 1 == parts.len());
+        assert!(part.entries() <= 40 && part.more);
+        assert_eq!(part.global.is_some(), i == 0, "the global state travels with part 0");
+    }
+    // After the last part: the deltas since the base, here none.
+    let last = pages.last().unwrap();
+    assert!(last.snapshot.is_none() && !last.more && last.entries() == 0);
+}
+
+async fn changes_between_parts_are_caught_up_before_the_replica_is_published(backend: Backend) {
+    let h = harness(&backend).await;
+    let exp = T0 / 1000 + 3600;
+    seed_state(h.state.store.as_ref(), 100, 100, exp).await;
+    let key = support::feed_key();
+    let (mut follower, mut published) = (FeedFollower::default(), RevocationReplica::default());
+    let mut parts_alone = BTreeSet::new();
+    let mut u010_in_parts = 0;
+    for n in 0..100 {
+        let cursor = follower.cursor(&published).to_owned();
+        let page = h.feed((!cursor.is_empty()).then_some(cursor.as_str()), 30).await;
+        if page.snapshot.is_some() {
+            parts_alone.extend(revoked_jtis(&page));
+            let u010 = sub_hash("u010");
+            u010_in_parts = page.user_min_versions.iter().filter(|u| u.sub_hash == u010).fold(u010_in_parts, |m, u| m.max(u.min_version));
+        }
+        let (applied, _) = follower.apply(&mut published, page, &key, T0 / 1000).unwrap();
+        if let Applied::Assembled(replica) = applied {
+            published = replica;
+            break;
+        }
+        assert!(published.revoked.is_empty(), "nothing is published before the end");
+        if n == 1 {
+            // While the scan is past the start of both sets: a revocation that sorts before
+            // its position (earlier expiry, earlier name), and a subject already read
+            // raised again (its index member moves behind the position).
+            h.ok("POST", "/admin/v1/revocations", Some(json!({"jti": "a-early", "exp": exp - 1000}))).await;
+        }
+        if n == 5 {
+            h.ok("POST", "/admin/v1/users/u010/revoke-all", None).await;
+        }
+    }
+    // The parts alone missed both changes...
+    assert!(!parts_alone.contains(&jtis(["a-early"]).pop_first().unwrap()), "the scan passed a-early");
+    assert_eq!(u010_in_parts, 2, "the parts saw u010's old minimum");
+    // ...and the published replica has them, because it was caught up first.
+    assert!(published.is_revoked(&key, "a-early", T0 / 1000));
+    assert_eq!(published.versions(&key).user_min_version("u010"), Some(3));
+    assert_eq!((published.revoked.len(), published.user_min_versions.len()), (101, 100));
+}
+
+async fn a_snapshot_whose_base_is_trimmed_away_meanwhile_starts_over(backend: Backend) {
+    let h = harness(&backend).await;
+    seed_state(h.state.store.as_ref(), 90, 0, T0 / 1000 + 3600).await;
+    let first = h.feed(None, 30).await;
+    let first_id = first.snapshot.clone().unwrap().id;
+    // Changes after the base, then a trim that drops them: the base cannot be caught up.
+    h.ok("POST", "/admin/v1/revocations", Some(json!({"jti": "late", "exp": T0 / 1000 + 60}))).await;
+    h.state.store.feed_trim("revocations", 0).await.unwrap();
+    let next = h.feed(Some(&first.cursor), 30).await;
+    let snapshot = next.snapshot.clone().unwrap();
+    assert_eq!(snapshot.part, 0, "a new snapshot, not part 1");
+    assert_ne!(snapshot.id, first_id);
+    let (replica, _) = h.sync(30).await;
+    assert_eq!(replica.revoked.len(), 91);
+    assert!(replica.is_revoked(&support::feed_key(), "late", T0 / 1000));
 }
 
 async fn user_revoke_all_raises_the_minimum_above_every_issued_token(backend: Backend) {
