@@ -7,14 +7,21 @@
 //!   truth, changed by compare-and-swap), indexed for snapshots in set
 //!   [`USER_VERSIONS_SET`] as members `<sub>\x1f<version>` (a snapshot takes the
 //!   highest per subject, so a crash between the two writes is harmless);
-//! - record [`GLOBAL_RECORD`]: the global minimum version with reason and grace.
+//! - record [`GLOBAL_RECORD`]: the global minimum version with reason and grace;
+//! - record [`EPOCH_RECORD`]: the feed's epoch ([`feed_epoch`]).
 //!
 //! Each change is written to the state first and then appended to feed [`FEED`];
-//! `GET /v1/feed` turns feed entries into [`portcullis_core::revocation::FeedPage`]
-//! deltas, or builds a snapshot from the state when the reader's cursor is 0 or
-//! trimmed away. Applying a change twice is harmless, so a snapshot may overlap the
-//! deltas after its cursor. `GET /v1/token-status` answers for one token straight from
-//! the state ([`token_status`]), for checks that cannot wait for the next feed poll.
+//! `GET /v1/feed` ([`feed_page`]) turns feed entries into
+//! [`portcullis_core::revocation::FeedPage`] deltas, or reads the state as a snapshot
+//! in bounded parts when the reader has no cursor or one that cannot be continued.
+//! Token ids and subjects go out as keyed hashes under the caller's feed key, never in
+//! clear. Parts are read while the state changes; every change is also in the feed after
+//! the snapshot's base, which the reader applies before it publishes, and applying a
+//! change twice is harmless. Adding a kind of state to the snapshot: one more
+//! `Section` (a set scanned in parts) or, for a scalar, a field of part 0 next to the
+//! global minimum; and a [`FeedChange`] variant for its deltas. `GET /v1/token-status`
+//! answers for one token straight from the state ([`token_status`]), for checks that
+//! cannot wait for the next feed poll.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;

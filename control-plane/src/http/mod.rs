@@ -2,7 +2,7 @@
 //! module contributes its own routes:
 //!
 //! - [`internal_app`], the internal listener: what Envoys call, behind the fleet
-//!   credential ([`fleet`]): the revocation feed and token status, rate-limit leases,
+//!   credential (`fleet.rs`): the revocation feed and token status, rate-limit leases,
 //!   lockout and burst reports. Public there, without any credential: the JWKS, refresh
 //!   token exchange, health and readiness.
 //! - [`admin_app`], the admin listener: the admin API behind the admin token, metrics,
