@@ -26,12 +26,12 @@ use portcullis_control_plane::master_key::MasterKey;
 use portcullis_control_plane::metrics::Metrics;
 use portcullis_control_plane::random::OsRandom;
 use portcullis_control_plane::revocations::{FeedCursor, EPOCH_RECORD, REVOKED_SET, USER_VERSIONS_SET};
-use portcullis_core::jwt::MinimumVersions as _;
 use portcullis_control_plane::signing::SigningAlgorithm;
 use portcullis_control_plane::store::Store;
 use portcullis_control_plane::tokens::TokenPolicy;
 use portcullis_control_plane::{AppState, Dependencies};
 use portcullis_core::fleet::encode_hash;
+use portcullis_core::jwt::MinimumVersions as _;
 use portcullis_core::revocation::{
     Applied, FeedFollower, FeedPage, GlobalMinVersion, RevocationReplica, TokenStatus, MAX_PAGE_BYTES,
 };
@@ -501,7 +501,10 @@ async fn a_snapshot_comes_in_bounded_parts_that_assemble_into_the_whole_state(ba
     assert_eq!(parts.len(), 370_usize.div_ceil(40), "full parts of 40, then the rest");
     for (i, part) in parts.iter().enumerate() {
         let snapshot = part.snapshot.as_ref().unwrap();
-        assert_eq!((snapshot.part, snapshot.id.as_str()), (i as u32, parts[0].snapshot.as_ref().unwrap().id.as_str()));
+        assert_eq!(
+            (snapshot.part, snapshot.id.as_str()),
+            (i as u32, parts[0].snapshot.as_ref().unwrap().id.as_str())
+        );
         assert_eq!(snapshot.last, i + 1 == parts.len());
         assert!(part.entries() <= 40 && part.more);
         assert_eq!(part.global.is_some(), i == 0, "the global state travels with part 0");
@@ -525,7 +528,11 @@ async fn changes_between_parts_are_caught_up_before_the_replica_is_published(bac
         if page.snapshot.is_some() {
             parts_alone.extend(revoked_jtis(&page));
             let u010 = sub_hash("u010");
-            u010_in_parts = page.user_min_versions.iter().filter(|u| u.sub_hash == u010).fold(u010_in_parts, |m, u| m.max(u.min_version));
+            u010_in_parts = page
+                .user_min_versions
+                .iter()
+                .filter(|u| u.sub_hash == u010)
+                .fold(u010_in_parts, |m, u| m.max(u.min_version));
         }
         let (applied, _) = follower.apply(&mut published, page, &key, T0 / 1000).unwrap();
         if let Applied::Assembled(replica) = applied {
