@@ -8,10 +8,15 @@ TOOLS       := $(ROOT)/.tools
 WASM_TARGET_DIR := $(ROOT)/target/wasm
 WASM        := $(WASM_TARGET_DIR)/wasm32-wasip1/release/portcullis_filter.wasm
 
-# Build the wasm with rustup's target when it has one; otherwise with Debian's Rust,
-# building std from source (see ../shared/TOOLCHAIN.md).
-HAVE_RUSTUP_WASM := $(shell rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 && rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown && echo yes)
-ifeq ($(HAVE_RUSTUP_WASM),yes)
+# Where `make install` puts portcullis and portcullis-control-plane: $(DESTDIR)$(PREFIX)/bin.
+PREFIX      ?= /usr/local
+BINDIR      ?= $(PREFIX)/bin
+
+# Which toolchain builds the wasm: rustup's when it has both wasm targets, otherwise
+# Debian's Rust building std from source. scripts/wasm-toolchain.sh decides, for this
+# Makefile and for scripts/setup.sh alike (see ../shared/TOOLCHAIN.md).
+WASM_TOOLCHAIN := $(shell scripts/wasm-toolchain.sh)
+ifeq ($(WASM_TOOLCHAIN),rustup)
 WASM_CARGO  := cargo
 WASM_PATH   := $(PATH)
 WASIP1_ENV  :=
@@ -30,16 +35,21 @@ export PORTCULLIS_ENVOY := $(ENVOY)
 export PORTCULLIS_WASM  := $(WASM)
 export PORTCULLIS_BIN_DIR := $(ROOT)/target/debug
 
-.PHONY: help setup build build-native build-wasm run test test-native test-wasm lint fmt bench clean
+.PHONY: help setup setup-build setup-run setup-test setup-bench build build-native build-wasm run test test-native test-wasm lint fmt bench clean schema install
 
 help:
-	@echo "make run    start the demo stack (control plane + Envoy with the filter + demo upstream)"
-	@echo "make test   run every test (installs what is missing first)"
-	@echo "make bench  benchmarks beside native Envoy filters (writes bench/RESULTS.md)"
+	@echo "make run      start the demo stack (control plane + Envoy with the filter + demo upstream)"
+	@echo "make test     run every test (installs what is missing first)"
+	@echo "make bench    benchmarks beside native Envoy filters (writes bench/RESULTS.md)"
+	@echo "make install  portcullis and portcullis-control-plane into $(BINDIR) (set PREFIX to change)"
+	@echo "make schema   regenerate docs/plugin-config.schema.json"
 	@echo "make setup | build | lint | fmt | clean"
 
-setup:
-	@scripts/setup.sh
+# What each goal needs, installed when missing: `make run` does not install what only the
+# tests need (redis-server, node, wasm-bindgen-cli), nor the tests what only bench needs (wrk).
+setup: setup-test
+setup-build setup-run setup-test setup-bench:
+	@scripts/setup.sh $(patsubst setup-%,%,$@)
 
 build: build-native build-wasm
 
@@ -51,12 +61,12 @@ build-wasm:
 	  --target wasm32-wasip1 $(BUILD_STD) -p portcullis-filter
 	@echo "filter: $(WASM) ($$(stat -c %s $(WASM)) bytes)"
 
-run: setup build
+run: setup-run build
 	@scripts/run-demo.sh
 
 # Unit tests, the store suite on every backend (real redis-server), manifests, and the
 # end-to-end tests through a real Envoy loading the freshly built filter.
-test: setup build test-native test-wasm
+test: setup-test build test-native test-wasm
 	@echo "all test suites passed"
 
 test-native:
@@ -69,7 +79,7 @@ test-wasm:
 	  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(TOOLS)/bin/wasm-bindgen-test-runner \
 	  $(WASM_CARGO) test --target wasm32-unknown-unknown $(BUILD_STD) -p portcullis-core --tests
 
-lint: setup
+lint: setup-build
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	PATH="$(WASM_PATH)" CARGO_TARGET_DIR=$(ROOT)/target/wasm-clippy $(WASIP1_ENV) $(WASM_CARGO) clippy \
@@ -79,8 +89,21 @@ fmt:
 	cargo fmt --all
 
 # Side-by-side benchmarks against native Envoy filters; regenerates bench/RESULTS.md.
-bench: setup build
+bench: setup-bench build
 	bench/run.sh
+
+# The plugin configuration's JSON Schema, generated from the config types; a test fails
+# when the committed copy is not what they generate.
+schema:
+	cargo run -q -p portcullis-control-plane --bin portcullis -- config schema > docs/plugin-config.schema.json.tmp
+	mv docs/plugin-config.schema.json.tmp docs/plugin-config.schema.json
+
+# Release builds of the server and the CLI (profile `server`: see Cargo.toml).
+install:
+	cargo build --locked --profile server -p portcullis-control-plane --bins
+	install -d "$(DESTDIR)$(BINDIR)"
+	install -m 0755 target/server/portcullis target/server/portcullis-control-plane "$(DESTDIR)$(BINDIR)/"
+	@echo "installed portcullis and portcullis-control-plane into $(DESTDIR)$(BINDIR)"
 
 clean:
 	cargo clean

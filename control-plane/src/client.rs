@@ -17,6 +17,7 @@ use crate::keys::Rotation;
 use crate::lockouts::{LockoutInfo, LockoutList};
 use crate::revocations::GlobalState;
 use crate::sessions::RevokedSession;
+use crate::tls::{error_chain, CaBundle};
 use crate::tokens::{IssuedToken, RefreshRequest, TokenRequest};
 
 #[derive(Debug, thiserror::Error)]
@@ -50,9 +51,16 @@ pub struct ControlPlaneClient {
 
 impl ControlPlaneClient {
     pub fn new(base_url: &str, admin_token: Option<String>) -> Result<Self, ClientError> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
+        Self::with_ca(base_url, admin_token, None)
+    }
+
+    /// Trusting the CAs in `ca` as well as the built-in roots for an `https://` URL.
+    pub fn with_ca(
+        base_url: &str,
+        admin_token: Option<String>,
+        ca: Option<&CaBundle>,
+    ) -> Result<Self, ClientError> {
+        let http = crate::tls::http_client(ca, Duration::from_secs(10))
             .map_err(|e| ClientError::Transport { url: base_url.to_owned(), message: e.to_string() })?;
         Ok(Self { base_url: base_url.trim_end_matches('/').to_owned(), admin_token, http })
     }
@@ -62,7 +70,9 @@ impl ControlPlaneClient {
     }
 
     fn transport(&self, error: reqwest::Error) -> ClientError {
-        ClientError::Transport { url: self.base_url.clone(), message: error.to_string() }
+        // The chain, not just reqwest's top line: the cause (refused, untrusted
+        // certificate) is in the sources.
+        ClientError::Transport { url: self.base_url.clone(), message: error_chain(&error.without_url()) }
     }
 
     fn authorised(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {

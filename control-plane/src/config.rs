@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, ValueEnum};
 
 use crate::signing::SigningAlgorithm;
+use crate::store::redis::{KeySpace, RedisOptions, RedisTarget, RedisTimeouts, RedisTls};
+use crate::tls::{CaBundle, ClientIdentity, TlsConfigError};
 
 /// Where the admin token comes from; shared by the server and the `portcullis` CLI.
 #[derive(Args, Clone, Default)]
@@ -194,7 +196,8 @@ pub enum StoreKind {
     Embedded,
     /// In-process memory: lost on restart, for tests and demos.
     Memory,
-    /// A Redis server at --redis-url: shared by all replicas.
+    /// Redis, shared by all replicas: one server (--redis-url) or a Redis Cluster
+    /// (--redis-cluster-nodes).
     Redis,
 }
 
@@ -234,9 +237,8 @@ pub struct ServerConfig {
     #[arg(long, env = "PORTCULLIS_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
-    /// Redis URL for --store redis, e.g. redis://127.0.0.1:6379/0.
-    #[arg(long, env = "PORTCULLIS_REDIS_URL", hide_env_values = true)]
-    pub redis_url: Option<String>,
+    #[command(flatten)]
+    pub redis: RedisArgs,
 
     #[command(flatten)]
     pub admin_token: AdminTokenArgs,
@@ -289,6 +291,105 @@ pub struct ServerConfig {
 
     #[command(flatten)]
     pub burst: BurstArgs,
+
+    /// More CA certificates (PEM) to trust for outbound HTTPS (webhooks), in addition
+    /// to the built-in roots.
+    #[arg(long, env = "PORTCULLIS_WEBHOOK_CA_FILE")]
+    pub webhook_ca_file: Option<PathBuf>,
+}
+
+impl ServerConfig {
+    /// The `--webhook-ca-file` certificates, checked.
+    pub fn webhook_ca(&self) -> Result<Option<CaBundle>, TlsConfigError> {
+        self.webhook_ca_file.as_deref().map(|path| CaBundle::load("--webhook-ca-file", path)).transpose()
+    }
+}
+
+/// Where Redis is and how to talk to it (`--store redis`).
+#[derive(Args, Clone)]
+pub struct RedisArgs {
+    /// One Redis server for --store redis: redis://[user:password@]host:port[/db], or
+    /// rediss://… for TLS.
+    #[arg(long, env = "PORTCULLIS_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// A Redis Cluster for --store redis, instead of --redis-url: seed node URLs
+    /// (redis:// or rediss://, no database), comma-separated or repeated; the other
+    /// nodes are discovered.
+    #[arg(
+        long,
+        env = "PORTCULLIS_REDIS_CLUSTER_NODES",
+        hide_env_values = true,
+        value_delimiter = ',',
+        conflicts_with = "redis_url"
+    )]
+    pub redis_cluster_nodes: Vec<String>,
+
+    /// CA certificates (PEM) Redis' certificate must chain to (rediss:// only); they
+    /// replace the built-in roots for Redis.
+    #[arg(long, env = "PORTCULLIS_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+
+    /// Client certificate chain (PEM) for a Redis that requires one (mutual TLS).
+    #[arg(long, env = "PORTCULLIS_REDIS_CERT_FILE", requires = "redis_key_file")]
+    pub redis_cert_file: Option<PathBuf>,
+
+    /// Private key (PEM) of --redis-cert-file.
+    #[arg(long, env = "PORTCULLIS_REDIS_KEY_FILE", requires = "redis_cert_file")]
+    pub redis_key_file: Option<PathBuf>,
+
+    /// Prefix of every Redis key; deployments sharing one Redis (or Redis Cluster,
+    /// which has no numbered databases) need different prefixes.
+    #[arg(long, env = "PORTCULLIS_REDIS_KEY_PREFIX", default_value = crate::store::redis::keys::DEFAULT_PREFIX)]
+    pub redis_key_prefix: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedisConfigError {
+    #[error(
+        "--store redis needs --redis-url (PORTCULLIS_REDIS_URL) or --redis-cluster-nodes \
+         (PORTCULLIS_REDIS_CLUSTER_NODES)"
+    )]
+    MissingTarget,
+    #[error("--redis-key-prefix: {0}")]
+    KeyPrefix(String),
+    #[error("{flag} needs a rediss:// URL: the Redis connection is not TLS")]
+    TlsWithoutRediss { flag: &'static str },
+    #[error(transparent)]
+    Tls(#[from] TlsConfigError),
+}
+
+impl RedisArgs {
+    /// The validated store options, certificate files read and checked.
+    pub fn load(&self) -> Result<RedisOptions, RedisConfigError> {
+        let (target, urls) = match (&self.redis_url, self.redis_cluster_nodes.as_slice()) {
+            (Some(url), _) => (RedisTarget::Server(url.clone()), vec![url.as_str()]),
+            (None, []) => return Err(RedisConfigError::MissingTarget),
+            (None, nodes) => {
+                (RedisTarget::Cluster(nodes.to_vec()), nodes.iter().map(String::as_str).collect())
+            }
+        };
+        let keys = KeySpace::new(&self.redis_key_prefix).map_err(RedisConfigError::KeyPrefix)?;
+        let tls_flag = match (&self.redis_ca_file, &self.redis_cert_file) {
+            (Some(_), _) => Some("--redis-ca-file"),
+            (None, Some(_)) => Some("--redis-cert-file"),
+            (None, None) => None,
+        };
+        if let Some(flag) = tls_flag {
+            if !urls.iter().all(|url| url.trim_start().starts_with("rediss://")) {
+                return Err(RedisConfigError::TlsWithoutRediss { flag });
+            }
+        }
+        let ca =
+            self.redis_ca_file.as_deref().map(|path| CaBundle::load("--redis-ca-file", path)).transpose()?;
+        let identity = match (&self.redis_cert_file, &self.redis_key_file) {
+            (Some(cert), Some(key)) => {
+                Some(ClientIdentity::load("--redis-cert-file", cert, "--redis-key-file", key)?)
+            }
+            _ => None,
+        };
+        Ok(RedisOptions { target, tls: RedisTls { ca, identity }, keys, timeouts: RedisTimeouts::default() })
+    }
 }
 
 /// Burst detection and alerts (`POST /v1/burst/report`).
@@ -371,6 +472,8 @@ impl BurstArgs {
             block_secs: self.burst_block,
             webhook_urls: self.burst_webhook_urls.clone(),
             webhook_secret: secret,
+            // --webhook-ca-file is shared by every webhook: see ServerConfig::webhook_ca.
+            webhook_ca: None,
         };
         config.validate()?;
         Ok(config)
@@ -491,6 +594,71 @@ mod tests {
             ..FleetCredentialArgs::default()
         };
         assert!(missing_file.load().unwrap_err().to_string().contains("cannot read"));
+    }
+
+    #[test]
+    fn redis_is_one_server_or_a_cluster_of_seed_nodes() {
+        let config = ServerConfig::try_parse_from(["x", "--store", "redis"]).unwrap();
+        assert_eq!(config.redis.redis_key_prefix, "portcullis");
+        assert!(matches!(config.redis.load(), Err(RedisConfigError::MissingTarget)));
+
+        let config =
+            ServerConfig::try_parse_from(["x", "--redis-url", "rediss://:pw@redis.internal:6380/2"]).unwrap();
+        let options = config.redis.load().unwrap();
+        assert_eq!(options.target, RedisTarget::Server("rediss://:pw@redis.internal:6380/2".into()));
+        assert_eq!(options.keys.prefix(), "portcullis");
+
+        let config = ServerConfig::try_parse_from([
+            "x",
+            "--redis-cluster-nodes",
+            "redis://10.0.0.1:6379,redis://10.0.0.2:6379",
+            "--redis-cluster-nodes",
+            "redis://10.0.0.3:6379",
+            "--redis-key-prefix",
+            "staging",
+        ])
+        .unwrap();
+        let options = config.redis.load().unwrap();
+        assert_eq!(
+            options.target,
+            RedisTarget::Cluster(vec![
+                "redis://10.0.0.1:6379".into(),
+                "redis://10.0.0.2:6379".into(),
+                "redis://10.0.0.3:6379".into()
+            ])
+        );
+        assert_eq!(options.keys.prefix(), "staging");
+
+        let both = ServerConfig::try_parse_from([
+            "x",
+            "--redis-url",
+            "redis://a:6379",
+            "--redis-cluster-nodes",
+            "redis://b:6379",
+        ]);
+        assert!(both.is_err(), "one server or a cluster, not both");
+        let half = ServerConfig::try_parse_from([
+            "x",
+            "--redis-url",
+            "rediss://a:6379",
+            "--redis-cert-file",
+            "c.pem",
+        ]);
+        assert!(half.is_err(), "a client certificate needs its key");
+    }
+
+    #[test]
+    fn tls_files_for_redis_need_a_rediss_url() {
+        let config = ServerConfig::try_parse_from([
+            "x",
+            "--redis-cluster-nodes",
+            "rediss://a:6379,redis://b:6379",
+            "--redis-ca-file",
+            "/etc/ca.pem",
+        ])
+        .unwrap();
+        let message = config.redis.load().unwrap_err().to_string();
+        assert_eq!(message, "--redis-ca-file needs a rediss:// URL: the Redis connection is not TLS");
     }
 
     #[test]

@@ -15,7 +15,9 @@
 //! - [`admin_credential`]: the admin token and the fleet credentials, compared in
 //!   constant time.
 //! - [`server`]: process startup and graceful shutdown; [`client`]: the admin API
-//!   client behind the `portcullis` CLI.
+//!   client behind the `portcullis` CLI; [`config_check`]: `portcullis config check`,
+//!   offline checks of plugin configurations.
+//! - [`tls`]: rustls for every outbound connection (Redis, webhooks, the CLI).
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod admin_credential;
@@ -24,6 +26,7 @@ pub mod burst;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod config_check;
 pub mod http;
 pub mod keys;
 pub mod lockouts;
@@ -36,6 +39,7 @@ pub mod server;
 pub mod sessions;
 pub mod signing;
 pub mod store;
+pub mod tls;
 pub mod tokens;
 
 pub use http::{admin_app, internal_app, AppState, Dependencies};

@@ -142,12 +142,12 @@ impl GuardMetrics {
         };
         registry.register(
             "lockout_checks",
-            "Answered lockout checks, by result (locked: some subject was locked; open)",
+            "Answered lockout checks, by result (locked: some subject was locked; in_flight: refused, every attempt left is in flight; open)",
             metrics.lockout_checks.clone(),
         );
         registry.register(
             "lockout_reports",
-            "Recorded login outcomes (POST /v1/lockout/report), by outcome (failure, success)",
+            "Recorded login outcomes (POST /v1/lockout/report), by outcome (failure, success, abandoned)",
             metrics.lockout_reports.clone(),
         );
         registry.register(
@@ -170,13 +170,13 @@ impl GuardMetrics {
 }
 
 impl Metrics {
-    /// `locked`: some subject of the check was locked.
-    pub fn record_lockout_check(&self, locked: bool) {
-        let result = if locked { "locked" } else { "open" };
+    /// `result`: `locked` (some subject was locked), `in_flight` (refused: every attempt
+    /// left is in flight) or `open`.
+    pub fn record_lockout_check(&self, result: &'static str) {
         self.guard.lockout_checks.get_or_create(&ResultLabels { result }).inc();
     }
 
-    /// `outcome`: `failure` or `success`.
+    /// `outcome`: `failure`, `success` or `abandoned`.
     pub fn record_lockout_report(&self, outcome: &'static str) {
         self.guard.lockout_reports.get_or_create(&OutcomeLabels { outcome }).inc();
     }

@@ -16,7 +16,6 @@ use crate::keys::{KeyPolicy, KeyRingError};
 use crate::master_key::{MasterKey, MasterKeyError};
 use crate::metrics::Metrics;
 use crate::random::{OsRandom, RandomSource};
-use crate::store::redis::RedisTimeouts;
 use crate::store::{EmbeddedStore, MemoryStore, RedisStore, Store, StoreError};
 use crate::tokens::TokenPolicy;
 use crate::tokens::MAX_TOKEN_TTL_SECONDS;
@@ -48,8 +47,10 @@ pub enum StartupError {
     ListenRemoved,
     #[error("--internal-listen and --admin-listen are both {0}: the two listeners need distinct addresses")]
     SameListenAddress(std::net::SocketAddr),
-    #[error("--store redis needs --redis-url (PORTCULLIS_REDIS_URL)")]
-    MissingRedisUrl,
+    #[error(transparent)]
+    Redis(#[from] crate::config::RedisConfigError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsConfigError),
     #[error("cannot open the {backend} store: {source}")]
     Store { backend: &'static str, source: StoreError },
     #[error("cannot load or create the signing keys: {0}")]
@@ -78,13 +79,10 @@ pub fn open_store(config: &ServerConfig) -> Result<Arc<dyn Store>, StartupError>
             EmbeddedStore::open(&config.data_dir)
                 .map_err(|source| StartupError::Store { backend: "embedded", source })?,
         ),
-        StoreKind::Redis => {
-            let url = config.redis_url.as_deref().ok_or(StartupError::MissingRedisUrl)?;
-            Arc::new(
-                RedisStore::new(url, RedisTimeouts::default())
-                    .map_err(|source| StartupError::Store { backend: "redis", source })?,
-            )
-        }
+        StoreKind::Redis => Arc::new(
+            RedisStore::open(config.redis.load()?)
+                .map_err(|source| StartupError::Store { backend: "redis", source })?,
+        ),
     })
 }
 
@@ -132,7 +130,8 @@ pub async fn run(config: ServerConfig) -> Result<(), StartupError> {
     if fleet.accepts(&admin_token) {
         return Err(StartupError::AdminTokenIsFleetCredential);
     }
-    let burst = config.burst.load()?;
+    let mut burst = config.burst.load()?;
+    burst.webhook_ca = config.webhook_ca()?;
     let store = open_store(&config)?;
     let master_key = resolve_master_key(&config, &OsRandom)?;
     let deps = Dependencies {

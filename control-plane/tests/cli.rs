@@ -3,6 +3,7 @@
 
 mod support;
 
+use support::pki::{tls_proxy, TestPki};
 use support::{command, Server, CLI, SERVER};
 
 use std::path::Path;
@@ -329,4 +330,31 @@ fn embedded_store_keeps_the_signing_key_across_restarts() {
 
 fn path_str(path: &Path) -> &str {
     path.to_str().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_reaches_an_https_control_plane_trusting_the_ca_file_and_names_an_untrusted_certificate() {
+    let server = start(&["--store", "memory"]);
+    // TLS terminated in front of the control plane, as a mesh sidecar or ingress does.
+    let pki = TestPki::generate();
+    let tls = tls_proxy(&pki, server.url.strip_prefix("http://").unwrap().parse().unwrap()).await;
+    let https = format!("https://{tls}");
+    let ca = pki.ca_file();
+
+    let status: Value =
+        serde_json::from_str(&stdout(&cli_admin(&https, &["--ca-file", ca.to_str().unwrap(), "status"])))
+            .unwrap();
+    assert_eq!(status["store"], "memory");
+    let via_env =
+        command(CLI).args(["--url", &https, "health"]).env("PORTCULLIS_CA_FILE", &ca).output().unwrap();
+    assert!(via_env.status.success(), "{}", String::from_utf8_lossy(&via_env.stderr));
+
+    let output = cli_admin(&https, &["status"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("cannot reach the control plane at {https}")), "{stderr}");
+    assert!(stderr.contains("invalid peer certificate: UnknownIssuer"), "{stderr}");
+
+    let output = cli_admin(&https, &["--ca-file", "/nonexistent/ca.pem", "status"]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read --ca-file /nonexistent/ca.pem"));
 }

@@ -1,12 +1,14 @@
 //! Account lockout (`/v1/lockout/*`, the admin API and CLI) and burst alerts
 //! (`/v1/burst/report`, signed webhooks, blocks). The API tests run against every
 //! store backend like the store suite (`<test>::memory|embedded|redis`) with a
-//! `FixedClock`; webhooks go to a real HTTP receiver on 127.0.0.1. The last tests drive
-//! the built binaries.
+//! `FixedClock`; webhooks go to a real HTTP receiver on 127.0.0.1 (also behind TLS
+//! with a certificate of a CA made by the test). The last tests drive the built
+//! binaries.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
 
+use support::pki::{tls_proxy, TestPki};
 use support::{command, Backend, Server, SERVER};
 
 use std::process::Output;
@@ -54,6 +56,11 @@ support::backends!(
     raw_values_never_reach_the_store_or_the_audit_log,
     admin_lists_shows_and_clears_lockouts_with_an_audit_entry,
     bad_policies_batches_and_values_are_problems,
+    concurrent_checks_on_every_replica_reserve_at_most_the_attempts_left,
+    concurrent_checks_from_one_address_reserve_at_most_its_attempts_left,
+    reports_settle_their_reservations,
+    a_reservation_without_a_report_counts_as_a_failure_when_it_expires,
+    reservation_lifetimes_and_ids_are_validated,
     one_alert_per_cooldown_with_a_valid_signature_across_replicas,
     no_alert_at_or_below_the_threshold,
     webhook_failures_are_counted_and_do_not_fail_the_report,
@@ -240,7 +247,16 @@ async fn harness(backend: &Backend) -> Harness {
 }
 
 async fn harness_with(backend: &Backend, burst: BurstConfig, clock: Arc<FixedClock>) -> Harness {
-    let recording = Arc::new(Recording { inner: Arc::clone(&backend.store), seen: Mutex::new(Vec::new()) });
+    harness_on(Arc::clone(&backend.store), burst, clock).await
+}
+
+/// Another replica of the control plane on the same data, with its own clock handle.
+async fn replica(backend: &Backend, clock: Arc<FixedClock>) -> Harness {
+    harness_on(backend.replica(), BurstConfig::default(), clock).await
+}
+
+async fn harness_on(store: Arc<dyn Store>, burst: BurstConfig, clock: Arc<FixedClock>) -> Harness {
+    let recording = Arc::new(Recording { inner: store, seen: Mutex::new(Vec::new()) });
     let metrics = Arc::new(Metrics::new());
     let state = AppState::initialise(dependencies(
         Arc::clone(&recording) as Arc<dyn Store>,
@@ -298,6 +314,17 @@ impl Harness {
         self.lockout("/v1/lockout/report", json!({ "outcome": "success", "subjects": subjects })).await
     }
 
+    /// A check that reserves the attempt for [`RESERVATION_TTL_MS`].
+    async fn reserve(&self, subjects: Value) -> LockoutReply {
+        self.lockout("/v1/lockout/check", reserving(subjects)).await
+    }
+
+    /// Reports `outcome` for the attempt holding `reservation`.
+    async fn settle(&self, outcome: &str, subjects: Value, reservation: &str) -> LockoutReply {
+        let body = json!({ "outcome": outcome, "subjects": subjects, "reservation": reservation });
+        self.lockout("/v1/lockout/report", body).await
+    }
+
     async fn burst(&self, entries: Value) -> BurstReply {
         let (status, reply) = self.post("/v1/burst/report", &json!({ "entries": entries })).await;
         assert_eq!(status, StatusCode::OK, "{reply}");
@@ -337,6 +364,44 @@ async fn body_json(response: Response) -> Value {
     }
     serde_json::from_slice(&bytes)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)))
+}
+
+const RESERVATION_TTL_MS: u64 = 10_000;
+
+fn reserving(subjects: Value) -> Value {
+    json!({ "subjects": subjects, "reservationTtlMs": RESERVATION_TTL_MS })
+}
+
+/// `n` lock checks reserving `subjects(i)`, all started at once, spread over `replicas`.
+async fn concurrent_reservations(
+    replicas: &[&Harness],
+    n: usize,
+    subjects: impl Fn(usize) -> Value,
+) -> Vec<LockoutReply> {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let app = replicas[i % replicas.len()].app.clone();
+            let body = reserving(subjects(i));
+            tokio::spawn(async move {
+                let request = Request::post("/v1/lockout/check")
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(Body::from(body.to_string()))
+                    .unwrap();
+                let response = app.send(request).await;
+                assert_eq!(response.status(), StatusCode::OK);
+                serde_json::from_value::<LockoutReply>(body_json(response).await).unwrap()
+            })
+        })
+        .collect();
+    let mut replies = Vec::with_capacity(n);
+    for task in tasks {
+        replies.push(task.await.unwrap());
+    }
+    replies
+}
+
+fn account(name: &str) -> Value {
+    json!([{ "kind": "account", "value": name }])
 }
 
 fn alice() -> Value {
@@ -813,4 +878,204 @@ fn server_refuses_a_webhook_without_a_secret() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--burst-webhook-url needs a signing secret"), "{stderr}");
     assert!(stderr.contains("--burst-webhook-secret-file"), "{stderr}");
+}
+
+// --- reservations -----------------------------------------------------------------
+
+async fn concurrent_checks_on_every_replica_reserve_at_most_the_attempts_left(backend: Backend) {
+    let clock = Arc::new(FixedClock::new(T0));
+    let h = harness_with(&backend, BurstConfig::default(), Arc::clone(&clock)).await;
+    let (r2, r3) = (replica(&backend, Arc::clone(&clock)).await, replica(&backend, Arc::clone(&clock)).await);
+    // Two earlier failures leave three attempts.
+    h.fail(alice()).await;
+    h.fail(alice()).await;
+    let replies = concurrent_reservations(&[&h, &r2, &r3], 60, |_| alice()).await;
+    let mut ids: Vec<&str> = replies.iter().filter_map(|r| r.reservation.as_deref()).collect();
+    assert_eq!(ids.len(), 3, "60 parallel checks on three replicas reserve exactly the three attempts left");
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "every reservation has its own id");
+    for refused in replies.iter().filter(|r| r.reservation.is_none()) {
+        assert_eq!((refused.locked_for_ms, refused.retry_after_ms), (0, 1_000), "{refused:?}");
+        assert_eq!((refused.subjects[0].failures, refused.subjects[0].in_flight), (2, 3), "{refused:?}");
+    }
+    let now = h.check(alice()).await;
+    assert_eq!((now.subjects[0].in_flight, now.subjects[1].in_flight), (3, 3));
+    assert_eq!(
+        h.metric(r#"portcullis_lockout_checks_total{result="in_flight"}"#)
+            + r2.metric(r#"portcullis_lockout_checks_total{result="in_flight"}"#)
+            + r3.metric(r#"portcullis_lockout_checks_total{result="in_flight"}"#),
+        57
+    );
+    // Their three failures lock; nothing more was ever let through.
+    for id in ids {
+        h.settle("failure", alice(), id).await;
+    }
+    let locked = h.reserve(alice()).await;
+    assert_eq!((locked.reservation, locked.locked_for_ms, locked.retry_after_ms), (None, 30_000, 30_000));
+}
+
+async fn concurrent_checks_from_one_address_reserve_at_most_its_attempts_left(backend: Backend) {
+    let clock = Arc::new(FixedClock::new(T0));
+    let h = harness_with(&backend, BurstConfig::default(), Arc::clone(&clock)).await;
+    let r2 = replica(&backend, Arc::clone(&clock)).await;
+    let subjects = |i: usize| json!([{ "kind": "account", "value": format!("user{i}") }, { "kind": "ip", "value": ALICE_IP }]);
+    let replies = concurrent_reservations(&[&h, &r2], 40, subjects).await;
+    let granted: Vec<usize> = (0..40).filter(|i| replies[*i].reservation.is_some()).collect();
+    assert_eq!(granted.len(), 5, "one address, forty accounts: five attempts in flight");
+    // A refused attempt gives its account's reservation back at once.
+    for i in 0..40 {
+        let held = h.check(account(&format!("user{i}"))).await.subjects[0].in_flight;
+        assert_eq!(held, u32::from(granted.contains(&i)), "user{i}");
+    }
+    assert_eq!(h.check(json!([{ "kind": "ip", "value": ALICE_IP }])).await.subjects[0].in_flight, 5);
+}
+
+async fn reports_settle_their_reservations(backend: Backend) {
+    let h = harness(&backend).await;
+    let mut ids = Vec::new();
+    for i in 1..=5u32 {
+        let reply = h.reserve(alice()).await;
+        assert_eq!((reply.subjects[0].in_flight, reply.subjects[1].in_flight), (i, i));
+        ids.push(reply.reservation.expect("an attempt is left"));
+    }
+    let full = h.reserve(alice()).await;
+    assert_eq!((full.reservation, full.retry_after_ms), (None, 1_000));
+
+    // A failure turns its reservation into the failure: still no attempt left.
+    let reply = h.settle("failure", alice(), &ids[0]).await;
+    assert_eq!((reply.subjects[0].failures, reply.subjects[0].in_flight), (1, 4));
+    assert_eq!(h.reserve(alice()).await.reservation, None);
+    // An abandoned attempt only gives its reservation back.
+    let reply = h.settle("abandoned", alice(), &ids[1]).await;
+    assert_eq!((reply.subjects[0].failures, reply.subjects[0].in_flight), (1, 3));
+    let id = h.reserve(alice()).await.reservation.expect("the freed attempt");
+    assert_eq!(h.reserve(alice()).await.reservation, None);
+    // A success forgets the account's failures, not the address's, and keeps the
+    // reservations of the other attempts in flight.
+    let reply = h.settle("success", alice(), &ids[2]).await;
+    assert_eq!((reply.subjects[0].failures, reply.subjects[0].in_flight), (0, 3));
+    assert_eq!((reply.subjects[1].failures, reply.subjects[1].in_flight), (1, 3));
+    // The address has one attempt left, the account two: the address decides, and the
+    // refused attempt's account reservation is given back.
+    assert!(h.reserve(alice()).await.reservation.is_some());
+    let refused = h.reserve(alice()).await;
+    assert_eq!(refused.reservation, None);
+    assert_eq!((refused.subjects[0].in_flight, refused.subjects[1].in_flight), (4, 4), "{refused:?}");
+    // Settling a reservation twice changes nothing the second time.
+    h.settle("abandoned", alice(), &id).await;
+    let again = h.settle("abandoned", alice(), &id).await;
+    assert_eq!(again.subjects[0].in_flight, 3);
+    assert_eq!(h.metric(r#"portcullis_lockout_reports_total{outcome="abandoned"}"#), 3);
+}
+
+async fn a_reservation_without_a_report_counts_as_a_failure_when_it_expires(backend: Backend) {
+    let h = harness(&backend).await;
+    for _ in 0..5 {
+        assert!(h.reserve(alice()).await.reservation.is_some());
+    }
+    h.advance(RESERVATION_TTL_MS - 1);
+    let before = h.check(alice()).await;
+    assert_eq!((before.locked_for_ms, before.subjects[0].in_flight, before.subjects[0].failures), (0, 5, 0));
+    // Five lost reports: the attempts reached the upstream and nobody knows how they
+    // ended, so they count as the failures they may have been.
+    h.advance(1);
+    let after = h.check(alice()).await;
+    assert_eq!(
+        (after.locked_for_ms, after.subjects[0].in_flight, after.subjects[0].failures),
+        (30_000, 0, 5)
+    );
+    let (status, shown) = h.admin("GET", "/admin/v1/lockouts/account/alice").await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    assert_eq!((shown["failures"].as_u64(), shown["inFlight"].as_u64()), (Some(5), Some(0)), "{shown}");
+    assert_eq!(shown["lockedForMs"], 30_000);
+    // A lost report never locks for longer than a failure would.
+    h.advance(30_000);
+    assert_eq!(h.check(alice()).await.locked_for_ms, 0);
+    assert!(h.reserve(alice()).await.reservation.is_some());
+}
+
+async fn reservation_lifetimes_and_ids_are_validated(backend: Backend) {
+    let h = harness(&backend).await;
+    for ttl in [0, 600_001] {
+        let body = json!({ "subjects": alice(), "reservationTtlMs": ttl });
+        let (status, problem) = h.post("/v1/lockout/check", &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+        assert!(problem["detail"].as_str().unwrap().starts_with("reservationTtlMs"), "{problem}");
+    }
+    for id in ["", "a b", "../x", &"a".repeat(65)] {
+        let body = json!({ "outcome": "failure", "subjects": alice(), "reservation": id });
+        let (status, problem) = h.post("/v1/lockout/report", &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{id:?}: {problem}");
+        assert!(problem["detail"].as_str().unwrap().starts_with("reservation"), "{problem}");
+    }
+    assert_eq!(h.recording.contains_any(&["lockout/"]), None, "nothing was written or read");
+}
+
+// --- webhooks over TLS --------------------------------------------------------------
+
+/// A webhook receiver behind a TLS proxy whose certificate comes from a CA of the
+/// test, and a server posting its alerts there (`extra` flags added).
+struct HttpsHook {
+    hook: Receiver,
+    server: Server,
+    /// Its files stay until the test ends.
+    _pki: TestPki,
+}
+
+async fn https_hook(extra: impl FnOnce(&TestPki) -> Vec<String>, logged: bool) -> HttpsHook {
+    let hook = receiver(StatusCode::OK).await;
+    let pki = TestPki::generate();
+    let plain = hook.url.strip_prefix("http://").unwrap().strip_suffix("/hook").unwrap();
+    let url = format!("https://{}/hook", tls_proxy(&pki, plain.parse().unwrap()).await);
+    let secret_file = pki.dir().join("webhook-secret");
+    std::fs::write(&secret_file, WEBHOOK_SECRET).unwrap();
+    let extra = extra(&pki);
+    let args = [
+        &["--store", "memory", "--burst-threshold", "5"][..],
+        &["--burst-webhook-url", &url, "--burst-webhook-secret-file", secret_file.to_str().unwrap()],
+        &extra.iter().map(String::as_str).collect::<Vec<_>>(),
+    ]
+    .concat();
+    let server =
+        if logged { Server::start_logged(ADMIN_TOKEN, &args) } else { Server::start(ADMIN_TOKEN, &args) };
+    HttpsHook { hook, server, _pki: pki }
+}
+
+impl HttpsHook {
+    /// Reports a burst from `ip` that raises an alert.
+    async fn burst(&self, ip: &str) {
+        post(&format!("{}/v1/burst/report", self.server.url), json!({ "entries": [entry(ip, 6)] })).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_posts_alerts_to_an_https_webhook_it_trusts_through_the_ca_flag() {
+    let https =
+        https_hook(|pki| vec!["--webhook-ca-file".into(), pki.ca_file().to_str().unwrap().into()], false)
+            .await;
+    https.burst("192.0.2.45").await;
+    eventually("the alert over https", || https.hook.bodies().len() == 1).await;
+    let (headers, body) = &https.hook.bodies()[0];
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let signature = headers[SIGNATURE_HEADER].to_str().unwrap();
+    assert!(verify_signature(WEBHOOK_SECRET.as_bytes(), signature, body, now, 300).is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_webhook_with_an_untrusted_certificate_fails_with_the_cause_logged() {
+    // No --webhook-ca-file: the built-in roots do not know the test CA.
+    let https = https_hook(|_| vec!["--log-format".into(), "json".into()], true).await;
+    https.burst("192.0.2.46").await;
+    eventually("the failed delivery in the log", || {
+        https.server.log().contains("burst alert webhook failed")
+    })
+    .await;
+    let log = https.server.log();
+    assert!(log.contains("invalid peer certificate: UnknownIssuer"), "{log}");
+    assert!(log.contains(r#""reason":"tls""#), "{log}");
+    assert!(!log.contains("/hook"), "the webhook's path stays out of the log: {log}");
+    let metrics = reqwest::get(format!("{}/metrics", https.server.url)).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"portcullis_burst_alerts_total{result="failed"} 1"#), "{metrics}");
+    assert!(https.hook.bodies().is_empty());
 }

@@ -1,9 +1,12 @@
-//! One store test suite, run against every backend: `store_suite!` turns each test
-//! function into `<test>::memory`, `<test>::embedded` and `<test>::redis`
-//! (run one backend with e.g. `cargo test --test store_suite ::redis`).
+//! One store test suite, run against every backend: `support::backends!` turns each
+//! test function into `<test>::memory`, `<test>::embedded`, `<test>::redis`,
+//! `<test>::redis_tls` and `<test>::redis_cluster` (run one backend with e.g.
+//! `cargo test --test store_suite ::redis_cluster`).
 //!
-//! The Redis runs use a real `redis-server` started for this test binary; without one
-//! they fail.
+//! The Redis runs use real servers started once for this test binary: a plain
+//! `redis-server`, one serving TLS with a CA made by the test (client certificates
+//! required), and a Redis Cluster of three primaries; without `redis-server` and
+//! `redis-cli` they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -12,52 +15,14 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use portcullis_control_plane::store::rate_limit::{MAX_LIMIT, MAX_NOW_MS};
-use portcullis_control_plane::store::redis::RedisTimeouts;
+use portcullis_control_plane::store::redis::{KeySpace, RedisOptions, RedisTimeouts};
 use portcullis_control_plane::store::{
-    EmbeddedStore, LogAppendError, MemoryStore, RedisStore, SetMember, Store, StoreError,
+    EmbeddedStore, LogAppendError, RedisStore, SetMember, Store, StoreError,
 };
 use portcullis_core::ratelimit::{Gcra, GcraState, Unit};
 use portcullis_core::wire::{RateLimitOp, RateLimitResult};
 
-fn memory_store() -> Arc<dyn Store> {
-    Arc::new(MemoryStore::new())
-}
-
-fn embedded_store() -> (Arc<dyn Store>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path()).unwrap();
-    (Arc::new(store), dir)
-}
-
-fn redis_store() -> Arc<dyn Store> {
-    let url = support::shared_redis_url();
-    Arc::new(RedisStore::new(&url, RedisTimeouts::default()).unwrap())
-}
-
-macro_rules! store_suite {
-    ($($test:ident),* $(,)?) => {$(
-        mod $test {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn memory() {
-                super::$test(super::memory_store()).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn embedded() {
-                let (store, dir) = super::embedded_store();
-                super::$test(store).await;
-                drop(dir);
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn redis() {
-                super::$test(super::redis_store()).await;
-            }
-        }
-    )*};
-}
-
-store_suite!(
+support::backends!(
     ping_succeeds_on_a_healthy_store,
     reads_of_missing_things_are_empty,
     counter_increments_accumulate_within_a_window,
@@ -996,4 +961,67 @@ async fn idle_rate_limit_counters_expire_in_redis_once_their_bucket_is_full() {
     // And its absence is a full bucket.
     let r = store.gcra("idle", 10, Unit::Second, check(0), T0 + 5_000).await.unwrap();
     assert_eq!((r.remaining, r.reset_after_ms), (10, 0));
+}
+
+#[tokio::test]
+async fn stores_with_different_key_prefixes_share_nothing_on_one_redis() {
+    let url = support::shared_redis_url();
+    let open = |prefix: &str| {
+        let keys = KeySpace::new(prefix).unwrap();
+        RedisStore::open(RedisOptions { keys, ..RedisOptions::server(&url) }).unwrap()
+    };
+    let (blue, green) = (open("blue"), open("green"));
+    blue.record_put("config", b"blue".to_vec(), None, 0).await.unwrap();
+    assert_eq!(blue.feed_append("revocations", b"x".to_vec(), 0).await.unwrap(), 1);
+    assert_eq!(green.record_get("config", 0).await.unwrap(), None);
+    assert_eq!(green.feed_append("revocations", b"y".to_vec(), 0).await.unwrap(), 1);
+    assert_eq!(blue.record_get("config", 0).await.unwrap().as_deref(), Some(&b"blue"[..]));
+}
+
+#[tokio::test]
+async fn redis_cluster_keys_of_one_script_share_a_slot_as_the_cluster_computes_it() {
+    let (cluster, prefix) = support::shared_redis_cluster();
+    let keys = KeySpace::new(&prefix).unwrap();
+    for name in ["revocations", "audit", "a}b{c", "%7D", ""] {
+        // FEED_APPEND, FEED_READ, FEED_TRIM: KEYS = meta, entries.
+        assert_eq!(cluster.slot(&keys.feed_meta(name)), cluster.slot(&keys.feed_entries(name)), "{name:?}");
+        // LOG_APPEND, LOG_APPEND_IF_LAST: KEYS = seq, entries.
+        assert_eq!(cluster.slot(&keys.log_seq(name)), cluster.slot(&keys.log_entries(name)), "{name:?}");
+    }
+    // Different instances spread over the slots (and so over the primaries).
+    let slots: BTreeSet<u16> = (0..32).map(|i| cluster.slot(&keys.counter(&format!("c{i}")))).collect();
+    assert!(slots.len() > 16, "{slots:?}");
+}
+
+#[tokio::test]
+async fn redis_cluster_spreads_one_deployments_keys_over_every_primary() {
+    let (cluster, prefix) = support::shared_redis_cluster();
+    let store = RedisStore::open(cluster.options(&prefix)).unwrap();
+    for i in 0..30 {
+        store.incr_counter(&format!("counter-{i}"), 1, 60_000, 0).await.unwrap();
+        store.feed_append(&format!("feed-{i}"), b"x".to_vec(), 0).await.unwrap();
+        store.log_append(&format!("log-{i}"), b"x".to_vec()).await.unwrap();
+    }
+    // 30 counters, 30 feeds × 2 keys, 30 logs × 2 keys.
+    let ours = cluster.keys_per_node_matching(&format!("{prefix}:*"));
+    assert_eq!(ours.iter().sum::<u64>(), 150, "{ours:?}");
+    assert!(ours.iter().all(|n| *n > 0), "every primary holds some of the keys: {ours:?}");
+    // And every one of them reads back through the cluster client.
+    for i in 0..30 {
+        assert_eq!(store.get_counter(&format!("counter-{i}"), 0).await.unwrap(), 1);
+        assert_eq!(store.log_last(&format!("log-{i}")).await.unwrap().unwrap().seq, 1);
+    }
+}
+
+#[test]
+fn redis_cluster_nodes_cannot_name_a_database() {
+    let error = RedisStore::open(RedisOptions::cluster(&["redis://127.0.0.1:7000/2"])).err().unwrap();
+    assert!(error.to_string().contains("only database 0"), "{error}");
+    let error =
+        RedisStore::open(RedisOptions::cluster(&["redis://127.0.0.1:7000", "rediss://127.0.0.1:7001"]))
+            .err()
+            .unwrap();
+    assert!(error.to_string().contains("must all be redis:// or all rediss://"), "{error}");
+    let error = RedisStore::open(RedisOptions::cluster::<&str>(&[])).err().unwrap();
+    assert!(matches!(error, StoreError::InvalidArgument(_)), "{error}");
 }

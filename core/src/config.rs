@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::error::ConfigError;
 use crate::jwt::provider::{Provider, ProviderConfig};
+use crate::path::{normalize, PathOptions};
 use crate::rules::{HostMatcher, Matcher, PathMatcher, RolesRequirement, Rule};
 
 pub const DEFAULT_REALM: &str = "portcullis";
@@ -21,6 +22,7 @@ pub const MAX_RULES: usize = 1024;
 
 /// What happens to a request that matches no rule.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase")]
 pub enum NoMatchAction {
     /// Answer 403: a route nobody wrote a rule for is not exposed by accident.
@@ -32,6 +34,7 @@ pub enum NoMatchAction {
 
 /// The JSON document in the Envoy `configuration` / Istio `pluginConfig`.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PluginConfig {
     #[serde(default)]
@@ -58,18 +61,24 @@ pub struct PluginConfig {
     pub lockout: Option<crate::guard::LockoutConfig>,
     #[serde(default)]
     pub burst: Option<crate::guard::BurstConfig>,
+    /// How strictly request paths are read (only ever stricter than the default).
+    #[serde(default)]
+    pub paths: PathOptions,
 }
 
 /// How the revocation feed is followed and how fresh it must be. The control plane
 /// serving it is the `controlPlane` section's.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RevocationConfig {
     /// Moved to `controlPlane.cluster`; present only to say so.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(skip), serde(skip_serializing))]
     pub cluster: Option<serde::de::IgnoredAny>,
     /// Moved to `controlPlane.authority`; present only to say so.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(skip), serde(skip_serializing))]
     pub authority: Option<serde::de::IgnoredAny>,
     #[serde(default = "default_feed_path")]
     pub path: String,
@@ -105,6 +114,7 @@ fn default_strict_cache_ms() -> u64 {
 
 /// How a rule answers "is this token revoked?".
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase")]
 pub enum RevocationCheck {
     /// From the local replica (at most a poll interval old): no call per request.
@@ -130,6 +140,7 @@ fn default_max_staleness() -> u64 {
 
 /// What a rule does when the revocation replica is older than the max staleness.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase")]
 pub enum StaleAction {
     /// Answer 503: a revoked token must not pass just because the feed is unreachable.
@@ -156,6 +167,7 @@ pub struct RevocationSettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CacheConfig {
     /// Entries per worker; 0 disables the cache.
@@ -174,6 +186,7 @@ fn default_cache_ttl() -> u64 {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RuleConfig {
     #[serde(default)]
@@ -196,6 +209,7 @@ pub struct RuleConfig {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MatchConfig {
     /// Exact host names, or `*.example.com` for any subdomain. Empty: any host.
@@ -214,6 +228,7 @@ pub struct MatchConfig {
 
 /// `"none"`, `{"provider": "p"}`, `{"anyOf": ["a", "b"]}` or `{"allOf": ["a", "b"]}`.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum RequirementConfig {
     None,
@@ -223,6 +238,7 @@ pub enum RequirementConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RolesConfig {
     /// Dotted path of the claim holding the roles (a string or an array of strings).
@@ -254,12 +270,24 @@ pub struct Policy {
     pub revocation: Option<RevocationSettings>,
     /// Rate limits, lockout and burst reporting.
     pub guards: crate::guard::Guards,
+    /// How request paths are normalised and which are refused.
+    pub paths: PathOptions,
 }
 
 impl Policy {
     /// The first rule matching the request, if any.
     pub fn match_rule(&self, req: &crate::RequestParts) -> Option<&Rule> {
         self.rules.iter().find(|r| r.matcher.matches(req))
+    }
+
+    /// Whether a request header is one of ours under any spelling an upstream may read
+    /// as it: case aside, `_` counts as `-` (CGI/WSGI turn both into `HTTP_X_...`).
+    pub fn is_managed_header(&self, name: &str) -> bool {
+        let fold = |b: u8| if b == b'_' { b'-' } else { b.to_ascii_lowercase() };
+        let same = |managed: &str| {
+            managed.len() == name.len() && managed.bytes().zip(name.bytes()).all(|(m, n)| fold(m) == fold(n))
+        };
+        self.managed_headers.iter().any(|m| same(m))
     }
 
     pub fn provider_index(&self, name: &str) -> Option<usize> {
@@ -412,6 +440,7 @@ pub fn compile(
         control_plane,
         revocation,
         guards,
+        paths: config.paths,
     })
 }
 
@@ -570,15 +599,9 @@ pub(crate) fn compile_match(config: MatchConfig) -> Result<Matcher, ConfigError>
         return Err(ConfigError::new("path", "use at most one of `path`, `pathPrefix` and `pathRegex`"));
     }
     let path = if let Some(p) = config.path {
-        if !p.starts_with('/') {
-            return Err(ConfigError::new("path", "must start with '/'"));
-        }
-        PathMatcher::Exact(p)
+        PathMatcher::Exact(normal_path(p, "path")?)
     } else if let Some(p) = config.path_prefix {
-        if !p.starts_with('/') {
-            return Err(ConfigError::new("pathPrefix", "must start with '/'"));
-        }
-        PathMatcher::Prefix(p)
+        PathMatcher::Prefix(normal_path(p, "pathPrefix")?)
     } else if let Some(r) = config.path_regex {
         if r.len() > 1024 {
             return Err(ConfigError::new("pathRegex", "must be at most 1024 characters"));
@@ -617,6 +640,21 @@ pub(crate) fn compile_match(config: MatchConfig) -> Result<Matcher, ConfigError>
     }
 
     Ok(Matcher { hosts, path, methods })
+}
+
+/// A configured path: requests are compared in normal form, so it must be in it too.
+fn normal_path(p: String, field: &str) -> Result<String, ConfigError> {
+    if !p.starts_with('/') {
+        return Err(ConfigError::new(field, "must start with '/'"));
+    }
+    match normalize(&p, &PathOptions::default()) {
+        Ok(normal) if normal == p => Ok(p),
+        Ok(normal) => Err(ConfigError::new(
+            field,
+            format!("requests are matched in normal form; write `{normal}` (no dot segments, `//`, `;` parameters or needless escapes)"),
+        )),
+        Err(e) => Err(ConfigError::new(field, format!("not a usable path: {}", e.description()))),
+    }
 }
 
 fn is_identifier(s: &str) -> bool {

@@ -21,6 +21,7 @@ use crate::fleet::{FeedKey, FleetCredential};
 pub type Environment<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ControlPlaneConfig {
     /// The Envoy cluster of the control plane's internal listener.
@@ -40,6 +41,7 @@ fn default_cp_timeout_ms() -> u64 {
 
 /// Where the fleet credential comes from.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum CredentialSource {
     /// An environment variable exposed to the Wasm VM (production).

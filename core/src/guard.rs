@@ -1,7 +1,8 @@
 //! Configuration and request-time logic of the stateful guards: rate limits, account
 //! lockout and burst reporting. The counters themselves live in the control plane;
-//! this module decides which counters a request touches and under which keys, where a
-//! login attempt's account name is, and which address a request comes from.
+//! this module decides which counters a request touches and under which keys, which
+//! address a request comes from, and how a login attempt's account is taken (read by
+//! [`crate::account`]; refused or counted by address only when it cannot be read).
 //!
 //! # Descriptors
 //!
@@ -15,7 +16,7 @@
 //! | `header:NAME` | the first value of a request header |
 //! | `rule` | the name of the rule the request matched |
 //! | `method` | the request method |
-//! | `path` | the path without the query string |
+//! | `path` | the path without the query string, normalised ([`crate::path`]) |
 //!
 //! A limit applies to a request only when every one of its descriptors has a value: a
 //! `claim:sub` limit does not count unauthenticated requests. A limit without
@@ -24,6 +25,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::account::{AccountError, AccountSource};
 use crate::config::MatchConfig;
 use crate::error::ConfigError;
 use crate::jwt::VerifiedToken;
@@ -41,17 +43,20 @@ pub const MAX_DESCRIPTOR_VALUE: usize = 256;
 
 /// How the client address is found.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClientIpConfig {
-    /// Proxies in front of Envoy that append to `x-forwarded-for` (Envoy's
-    /// `xff_num_trusted_hops`). 0: `x-forwarded-for` is ignored and the downstream
-    /// address is the client.
+    /// Proxies in front of Envoy that append to `x-forwarded-for` (set Envoy's
+    /// `xff_num_trusted_hops` to the same number). 0: `x-forwarded-for` is ignored and
+    /// the TCP peer is the client. Either way Envoy must run with
+    /// `use_remote_address: true` (see [`client_ip`]).
     #[serde(default)]
     pub trusted_hops: u32,
 }
 
 /// `lease` (decide locally from leased quota) or `strict` (one call per request).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase")]
 pub enum LimitMode {
     #[default]
@@ -61,6 +66,7 @@ pub enum LimitMode {
 
 /// What happens when the control plane cannot answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase")]
 pub enum FailureMode {
     /// Let the request through (counted as `unavailable_allowed`).
@@ -71,6 +77,7 @@ pub enum FailureMode {
 
 /// When the `RateLimit-*` headers are sent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase")]
 pub enum HeaderMode {
     /// Only on 429 replies.
@@ -81,6 +88,7 @@ pub enum HeaderMode {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RateLimitConfig {
     pub name: String,
@@ -134,6 +142,7 @@ fn default_holders() -> u64 {
 
 /// Another limit for requests whose descriptor has a given value.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OverrideConfig {
     /// A descriptor, e.g. `claim:tenant`.
@@ -145,8 +154,10 @@ pub struct OverrideConfig {
 }
 
 /// Where a login attempt names its account: `json:FIELD` (dotted path into a JSON
-/// body), `form:FIELD` (`application/x-www-form-urlencoded` body) or `header:NAME`.
+/// body), `form:FIELD` (`application/x-www-form-urlencoded` body) or `header:NAME`
+/// (see [`crate::account`]).
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LockoutConfig {
     pub routes: Vec<MatchConfig>,
@@ -160,11 +171,31 @@ pub struct LockoutConfig {
     /// Also lock client addresses (across accounts).
     #[serde(default = "default_true")]
     pub by_ip: bool,
-    #[serde(default = "default_failure_allow")]
+    /// When the lock check cannot be answered: refuse (the default) or let through.
+    #[serde(default = "default_failure_deny")]
     pub on_error: FailureMode,
     /// Timeout of the lock check before a login attempt.
     #[serde(default = "default_lockout_timeout_ms")]
     pub timeout_ms: u64,
+    /// What an attempt whose account cannot be read gets.
+    #[serde(default)]
+    pub on_no_account: NoAccountAction,
+    /// How long an attempt's reservation holds a slot when its outcome never arrives
+    /// (then it counts as a failure). Longer than the login route's upstream timeout.
+    #[serde(default = "default_reservation_ttl_ms")]
+    pub reservation_ttl_ms: u64,
+}
+
+/// What a login attempt whose account cannot be read gets.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum NoAccountAction {
+    /// Refused: 400, 413 or 415 with the reason ([`AccountError`]).
+    #[default]
+    Deny,
+    /// Let through, counted against the client address only (needs `byIp`).
+    AddressOnly,
 }
 
 fn default_max_body() -> usize {
@@ -176,12 +207,19 @@ fn default_failure_statuses() -> Vec<u16> {
 fn default_true() -> bool {
     true
 }
+fn default_failure_deny() -> FailureMode {
+    FailureMode::Deny
+}
 fn default_lockout_timeout_ms() -> u64 {
-    100
+    1_000
+}
+fn default_reservation_ttl_ms() -> u64 {
+    60_000
 }
 
 /// Per-address request counts reported to the control plane, which detects bursts.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BurstConfig {
     #[serde(default = "default_report_interval_ms")]
@@ -251,7 +289,7 @@ impl Descriptor {
             Descriptor::Header(name) => ctx.request.header_values(name).next().map(str::to_string),
             Descriptor::Rule => ctx.rule.map(str::to_string),
             Descriptor::Method => Some(ctx.request.method.clone()),
-            Descriptor::Path => Some(ctx.request.path_only().to_string()),
+            Descriptor::Path => Some(ctx.request.route_path.clone()),
         }?;
         Some(truncate(v, MAX_DESCRIPTOR_VALUE))
     }
@@ -266,7 +304,8 @@ fn claim_string(v: &Value) -> Option<String> {
     }
 }
 
-fn truncate(mut s: String, max: usize) -> String {
+/// `s` cut to at most `max` bytes, on a character boundary.
+pub(crate) fn truncate(mut s: String, max: usize) -> String {
     if s.len() > max {
         let mut end = max;
         while end > 0 && !s.is_char_boundary(end) {
@@ -277,7 +316,7 @@ fn truncate(mut s: String, max: usize) -> String {
     s
 }
 
-fn is_token_byte(b: u8) -> bool {
+pub(crate) fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
@@ -364,98 +403,6 @@ impl RateLimit {
     }
 }
 
-/// Where a login attempt's account name is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AccountSource {
-    Json(Vec<String>),
-    Form(String),
-    Header(String),
-}
-
-impl AccountSource {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let (kind, arg) = s
-            .split_once(':')
-            .ok_or_else(|| format!("`{s}`: expected `json:FIELD`, `form:FIELD` or `header:NAME`"))?;
-        if arg.is_empty() || arg.len() > 128 {
-            return Err(format!("`{kind}:` needs a name of 1-128 characters"));
-        }
-        match kind {
-            "json" => {
-                let path: Vec<String> = arg.split('.').map(str::to_string).collect();
-                if path.iter().any(String::is_empty) {
-                    return Err(format!("`{arg}` is not a dotted field path"));
-                }
-                Ok(AccountSource::Json(path))
-            }
-            "form" => Ok(AccountSource::Form(arg.to_string())),
-            "header" => {
-                let name = arg.to_ascii_lowercase();
-                if name.starts_with(':') || !name.bytes().all(is_token_byte) {
-                    return Err(format!("`{name}` is not a header name"));
-                }
-                Ok(AccountSource::Header(name))
-            }
-            _ => Err(format!("unknown account source `{kind}`; use json, form or header")),
-        }
-    }
-
-    /// Whether the request body must be read to find the account.
-    pub fn needs_body(&self) -> bool {
-        !matches!(self, AccountSource::Header(_))
-    }
-
-    /// The account named by a request (headers, and the body when [`Self::needs_body`]).
-    /// `None` when absent, empty, not a string, or the body does not parse.
-    pub fn extract(&self, request: &RequestParts, body: &[u8]) -> Option<String> {
-        let raw = match self {
-            AccountSource::Header(name) => request.header_values(name).next().map(str::to_string),
-            AccountSource::Json(path) => {
-                let doc: Value = serde_json::from_slice(body).ok()?;
-                let mut v = &doc;
-                for part in path {
-                    v = v.get(part)?;
-                }
-                claim_string(v)
-            }
-            AccountSource::Form(field) => form_field(body, field),
-        }?;
-        let trimmed = raw.trim();
-        (!trimmed.is_empty()).then(|| truncate(trimmed.to_string(), 512))
-    }
-}
-
-/// The first value of `field` in an `application/x-www-form-urlencoded` body.
-pub fn form_field(body: &[u8], field: &str) -> Option<String> {
-    for pair in body.split(|b| *b == b'&') {
-        let mut kv = pair.splitn(2, |b| *b == b'=');
-        let key = percent_decode(kv.next()?)?;
-        if key == field {
-            return percent_decode(kv.next().unwrap_or_default());
-        }
-    }
-    None
-}
-
-fn percent_decode(bytes: &[u8]) -> Option<String> {
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        match b {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = bytes.get(i + 1..i + 3)?;
-                let s = std::str::from_utf8(hex).ok()?;
-                out.push(u8::from_str_radix(s, 16).ok()?);
-                i += 2;
-            }
-            _ => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
-}
-
 /// Compiled lockout settings.
 #[derive(Debug, Clone)]
 pub struct Lockout {
@@ -467,6 +414,8 @@ pub struct Lockout {
     pub by_ip: bool,
     pub on_error: FailureMode,
     pub timeout_ms: u64,
+    pub on_no_account: NoAccountAction,
+    pub reservation_ttl_ms: u64,
 }
 
 /// How an upstream answer to a login attempt counts.
@@ -483,6 +432,26 @@ pub fn login_outcome(lockout: &Lockout, status: u16) -> Option<crate::wire::Logi
 impl Lockout {
     pub fn matches(&self, request: &RequestParts) -> bool {
         self.routes.iter().any(|m| m.matches(request))
+    }
+
+    /// The account a login attempt names. `body`: the whole body, or `None` when it is
+    /// larger than `maxBodyBytes`. `Ok(None)`: no account could be read and the
+    /// attempt counts against its address only (`onNoAccount: addressOnly`); `Err`:
+    /// the attempt is refused.
+    pub fn account_of(
+        &self,
+        request: &RequestParts,
+        body: Option<&[u8]>,
+    ) -> Result<Option<String>, AccountError> {
+        let read = match body {
+            None if self.account.needs_body() => Err(AccountError::BodyTooLarge),
+            body => self.account.extract(request, body.unwrap_or_default()),
+        };
+        match (read, self.on_no_account) {
+            (Ok(account), _) => Ok(Some(account)),
+            (Err(_), NoAccountAction::AddressOnly) => Ok(None),
+            (Err(e), NoAccountAction::Deny) => Err(e),
+        }
     }
 
     /// The subjects of a login attempt: the account (when named) and, with `byIp`, the
@@ -708,6 +677,15 @@ fn compile_lockout(c: LockoutConfig) -> Result<Lockout, ConfigError> {
     if !(1..=10_000).contains(&c.timeout_ms) {
         return Err(ConfigError::new("timeoutMs", "must be between 1 and 10000"));
     }
+    if !(1_000..=600_000).contains(&c.reservation_ttl_ms) {
+        return Err(ConfigError::new("reservationTtlMs", "must be between 1000 and 600000"));
+    }
+    if c.on_no_account == NoAccountAction::AddressOnly && !c.by_ip {
+        return Err(ConfigError::new(
+            "onNoAccount",
+            "`addressOnly` counts such attempts by address: it needs `byIp: true`",
+        ));
+    }
     Ok(Lockout {
         routes,
         account,
@@ -717,27 +695,37 @@ fn compile_lockout(c: LockoutConfig) -> Result<Lockout, ConfigError> {
         by_ip: c.by_ip,
         on_error: c.on_error,
         timeout_ms: c.timeout_ms,
+        on_no_account: c.on_no_account,
+        reservation_ttl_ms: c.reservation_ttl_ms,
     })
 }
 
-/// The client address: with `trusted_hops` = N > 0, the N-th address from the right of
-/// `x-forwarded-for` (all values joined in order), as Envoy's `xff_num_trusted_hops`
-/// picks it; with too few entries, or N = 0, the downstream address. Ports and IPv6
-/// brackets are removed; IPv4-mapped IPv6 addresses become IPv4; anything that is not
-/// an address yields `None`.
+/// The client address. `downstream` is Envoy's `source.address`: with the
+/// connection manager's `use_remote_address: true` (which the filter requires) the TCP
+/// peer, whatever `x-forwarded-for` says, or Envoy's own pick from that header when its
+/// `xff_num_trusted_hops` is set. There is no attribute for the TCP peer alone: with
+/// `use_remote_address: false` Envoy puts the header's last entry there, which the
+/// client chooses.
+///
+/// With `trusted_hops` = N > 0 the client is the N-th address from the right of
+/// `x-forwarded-for` as it reached Envoy (all values joined in order), as Envoy's
+/// `xff_num_trusted_hops` picks it: the last entry of the header the filter sees is the
+/// one this Envoy appended, so the count starts left of it. With too few entries, or
+/// N = 0, it is `downstream`. Ports and IPv6 brackets are removed; IPv4-mapped IPv6
+/// addresses become IPv4; anything that is not an address yields `None`.
 pub fn client_ip(request: &RequestParts, downstream: Option<&str>, trusted_hops: u32) -> Option<String> {
     if trusted_hops > 0 {
-        let entries: Vec<&str> = request
+        let mut entries: Vec<&str> = request
             .header_values("x-forwarded-for")
             .flat_map(|v| v.split(','))
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .collect();
+        // Appended by this Envoy (`use_remote_address: true`).
+        entries.pop();
         let n = usize::try_from(trusted_hops).unwrap_or(usize::MAX);
-        if entries.len() >= n {
-            if let Some(e) = entries.get(entries.len() - n) {
-                return normalise_ip(e);
-            }
+        if let Some(e) = entries.len().checked_sub(n).and_then(|i| entries.get(i)) {
+            return normalise_ip(e);
         }
     }
     downstream.and_then(normalise_ip)
@@ -871,12 +859,7 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn req(headers: &[(&str, &str)]) -> RequestParts {
-        RequestParts {
-            method: "POST".into(),
-            authority: "api.example.com".into(),
-            path: "/login?x=1".into(),
-            headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
-        }
+        RequestParts::post("/login?x=1", headers)
     }
 
     fn limit_config(json: &str) -> Result<RateLimit, ConfigError> {
@@ -886,12 +869,15 @@ mod tests {
 
     #[test]
     fn client_ip_uses_the_downstream_address_unless_hops_are_trusted() {
-        let r = req(&[("x-forwarded-for", "1.1.1.1, 2.2.2.2"), ("x-forwarded-for", "3.3.3.3")]);
-        assert_eq!(client_ip(&r, Some("10.0.0.9:5555"), 0).as_deref(), Some("10.0.0.9"));
+        // 4.4.4.4: appended by this Envoy (the TCP peer).
+        let r = req(&[("x-forwarded-for", "1.1.1.1, 2.2.2.2"), ("x-forwarded-for", "3.3.3.3, 4.4.4.4")]);
+        assert_eq!(client_ip(&r, Some("10.0.0.9:5555"), 0).as_deref(), Some("10.0.0.9"), "XFF ignored");
         assert_eq!(client_ip(&r, Some("10.0.0.9:5555"), 1).as_deref(), Some("3.3.3.3"));
         assert_eq!(client_ip(&r, Some("10.0.0.9:5555"), 2).as_deref(), Some("2.2.2.2"));
         assert_eq!(client_ip(&r, Some("10.0.0.9:5555"), 3).as_deref(), Some("1.1.1.1"));
         assert_eq!(client_ip(&r, Some("10.0.0.9:5555"), 4).as_deref(), Some("10.0.0.9"), "too few entries");
+        let only_envoys = req(&[("x-forwarded-for", "4.4.4.4")]);
+        assert_eq!(client_ip(&only_envoys, Some("10.0.0.9:5555"), 1).as_deref(), Some("10.0.0.9"));
         assert_eq!(client_ip(&r, Some("[::ffff:10.1.2.3]:80"), 0).as_deref(), Some("10.1.2.3"));
         assert_eq!(client_ip(&r, Some("[2001:DB8::1]:443"), 0).as_deref(), Some("2001:db8::1"));
         let bad = req(&[("x-forwarded-for", "not-an-ip")]);
@@ -982,24 +968,6 @@ mod tests {
     }
 
     #[test]
-    fn accounts_come_from_json_form_or_header() {
-        let r = req(&[("x-user", " Bob ")]);
-        let json = AccountSource::parse("json:credentials.username").unwrap();
-        assert_eq!(json.extract(&r, br#"{"credentials":{"username":"alice"}}"#).as_deref(), Some("alice"));
-        assert_eq!(json.extract(&r, br#"{"credentials":{"username":""}}"#), None);
-        assert_eq!(json.extract(&r, b"not json"), None);
-        assert_eq!(json.extract(&r, br#"{"credentials":{"username":{"$ne":1}}}"#), None);
-        let form = AccountSource::parse("form:user").unwrap();
-        assert_eq!(form.extract(&r, b"a=1&user=al%40x.io+z&user=2").as_deref(), Some("al@x.io z"));
-        assert_eq!(form.extract(&r, b"user=%zz"), None);
-        let header = AccountSource::parse("header:X-User").unwrap();
-        assert!(!header.needs_body());
-        assert_eq!(header.extract(&r, b"").as_deref(), Some("Bob"));
-        assert!(AccountSource::parse("cookie:x").is_err());
-        assert!(AccountSource::parse("json:a..b").is_err());
-    }
-
-    #[test]
     fn login_outcomes_follow_the_configured_statuses() {
         let c: LockoutConfig = serde_json::from_str(
             r#"{"routes":[{"path":"/login","methods":["POST"]}],"account":"json:username"}"#,
@@ -1017,6 +985,46 @@ mod tests {
         )
         .unwrap();
         assert_eq!(compile_lockout(too_many).unwrap_err().field, "policy.maxFailures");
+    }
+
+    fn lockout_config(extra: &str) -> Result<Lockout, ConfigError> {
+        let c: LockoutConfig = serde_json::from_str(&format!(
+            r#"{{"routes":[{{"path":"/login"}}],"account":"json:username"{extra}}}"#
+        ))
+        .unwrap();
+        compile_lockout(c)
+    }
+
+    #[test]
+    fn login_routes_fail_closed_and_refuse_unreadable_accounts_by_default() {
+        let l = lockout_config("").unwrap();
+        assert_eq!((l.on_error, l.on_no_account), (FailureMode::Deny, NoAccountAction::Deny));
+        assert_eq!((l.timeout_ms, l.reservation_ttl_ms), (1_000, 60_000));
+        // Configurations that chose otherwise keep working.
+        let open = lockout_config(r#","onError":"allow","onNoAccount":"addressOnly""#).unwrap();
+        assert_eq!((open.on_error, open.on_no_account), (FailureMode::Allow, NoAccountAction::AddressOnly));
+        assert_eq!(
+            lockout_config(r#","onNoAccount":"addressOnly","byIp":false"#).unwrap_err().field,
+            "onNoAccount"
+        );
+        assert_eq!(lockout_config(r#","reservationTtlMs":999"#).unwrap_err().field, "reservationTtlMs");
+    }
+
+    #[test]
+    fn an_unreadable_account_is_refused_or_counted_by_address_only() {
+        let json = req(&[("content-type", "application/json")]);
+        let deny = lockout_config("").unwrap();
+        assert_eq!(deny.account_of(&json, Some(br#"{"username":"bob"}"#)), Ok(Some("bob".into())));
+        assert_eq!(deny.account_of(&json, None), Err(AccountError::BodyTooLarge));
+        assert_eq!(deny.account_of(&json, Some(b"{")), Err(AccountError::Malformed));
+        let lenient = lockout_config(r#","onNoAccount":"addressOnly""#).unwrap();
+        assert_eq!(lenient.account_of(&json, None), Ok(None));
+        assert_eq!(lenient.account_of(&json, Some(b"{")), Ok(None));
+        // A header source reads no body, whatever its size.
+        let c: LockoutConfig =
+            serde_json::from_str(r#"{"routes":[{"path":"/login"}],"account":"header:x-user"}"#).unwrap();
+        let header = compile_lockout(c).unwrap();
+        assert_eq!(header.account_of(&req(&[("x-user", "al")]), None), Ok(Some("al".into())));
     }
 
     #[test]

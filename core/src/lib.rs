@@ -4,6 +4,7 @@
 //! are passed in, so every decision is deterministic and testable natively and under
 //! wasm.
 
+pub mod account;
 pub mod authn;
 pub mod config;
 pub mod control_plane;
@@ -14,11 +15,14 @@ pub mod jwt;
 pub mod keyfetch;
 pub mod lockout;
 mod mac;
+pub mod path;
 pub mod ratelimit;
 pub mod request;
 pub mod response;
 pub mod revocation;
 pub mod rules;
+#[cfg(feature = "schema")]
+pub mod schema;
 pub mod wire;
 
 pub use error::ConfigError;

@@ -16,6 +16,25 @@
 //! ignore `Retry-After` (and lets an attacker keep a victim locked for up to
 //! `max_lock_ms` at a time, as any lockout does).
 //!
+//! # Attempts in flight
+//!
+//! Checking the lock before an attempt and recording its failure after it leaves a gap:
+//! attempts made in parallel would all pass the check. So an attempt first takes a
+//! [`Reservation`] ([`LockoutPolicy::reserve`]), which counts against the threshold like
+//! a failure until it is settled:
+//!
+//! - at most [`LockoutPolicy::attempts_left`] attempts may be in flight at once: the
+//!   failures still allowed before a lock (`max_failures` minus the recent failures; one
+//!   while an escalation is remembered; none while locked). So whatever the
+//!   concurrency, failures plus attempts in flight never exceed the threshold;
+//! - the outcome settles it: [`LockoutPolicy::release`] removes it, and the caller then
+//!   records the failure or success (or nothing, for an attempt that ended without a
+//!   verdict);
+//! - a reservation never settled (its report was lost) counts as a failure at its expiry
+//!   ([`LockoutPolicy::expire_reservations`]): the attempt reached the credentials check
+//!   and its outcome is unknown, so it is treated as the worst case, never as a free
+//!   attempt. The expiry bounds how long a lost report can hold a slot.
+//!
 //! State is stored under [`account_key`], a keyed hash, so that the store never holds
 //! raw usernames or client addresses.
 
@@ -23,8 +42,12 @@ use serde::{Deserialize, Serialize};
 
 /// Most failure times one state keeps; a larger `max_failures` counts as this.
 pub const MAX_TRACKED_FAILURES: usize = 32;
+/// `Retry-After` for an attempt refused because every attempt left is in flight: their
+/// outcomes normally arrive within a login's latency.
+pub const IN_FLIGHT_RETRY_MS: u64 = 1_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct LockoutPolicy {
     /// Failures within `window_ms` that lock the account (0 counts as 1).
@@ -58,6 +81,18 @@ pub struct LockoutState {
     /// Locks in the current escalation (0: none); the next lock lasts
     /// `base_lock_ms · 2^lock_count`.
     pub lock_count: u32,
+    /// Attempts in flight, oldest first; never more than the attempts left allow.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<Reservation>,
+}
+
+/// One login attempt in flight: it holds one of the attempts a subject has left until
+/// it is settled, or until `expires_at_ms`, when it counts as a failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Reservation {
+    pub id: String,
+    pub expires_at_ms: u64,
 }
 
 impl LockoutPolicy {
@@ -95,12 +130,78 @@ impl LockoutPolicy {
         } else {
             state.locked_until_ms
         };
-        LockoutState { failures, locked_until_ms, lock_count }
+        LockoutState { failures, locked_until_ms, lock_count, pending: state.pending.clone() }
     }
 
-    /// The state after a successful login: everything forgotten.
-    pub fn record_success(&self, _state: &LockoutState) -> LockoutState {
-        LockoutState::default()
+    /// The state after a successful login: failures, lock and escalation forgotten. Other
+    /// attempts still in flight keep their reservations (each is settled by its own
+    /// outcome).
+    pub fn record_success(&self, state: &LockoutState) -> LockoutState {
+        LockoutState { pending: state.pending.clone(), ..LockoutState::default() }
+    }
+
+    /// How many failures may still happen before the next lock, at `now_ms`: none while
+    /// locked, one while an escalation is remembered (its next failure locks again),
+    /// otherwise the threshold minus the failures within the window. Attempts in flight
+    /// are not subtracted here.
+    pub fn attempts_left(&self, state: &LockoutState, now_ms: u64) -> usize {
+        if self.locked_for_ms(state, now_ms) > 0 {
+            return 0;
+        }
+        if state.lock_count > 0 && now_ms < state.locked_until_ms.saturating_add(self.window_ms) {
+            return 1;
+        }
+        let recent = state.failures.iter().filter(|t| now_ms.saturating_sub(**t) < self.window_ms).count();
+        self.threshold().saturating_sub(recent)
+    }
+
+    /// The state with every reservation expired at `now_ms` recorded as a failure at its
+    /// expiry (or at the newest failure, if later, so that failure times stay ordered).
+    pub fn expire_reservations(&self, state: &LockoutState, now_ms: u64) -> LockoutState {
+        if state.pending.iter().all(|r| r.expires_at_ms > now_ms) {
+            return state.clone();
+        }
+        let (mut expired, live): (Vec<Reservation>, Vec<Reservation>) =
+            state.pending.iter().cloned().partition(|r| r.expires_at_ms <= now_ms);
+        expired.sort_by_key(|r| r.expires_at_ms);
+        let mut next = LockoutState { pending: live, ..state.clone() };
+        for r in expired {
+            let at = next.failures.last().map_or(r.expires_at_ms, |last| r.expires_at_ms.max(*last));
+            next = self.record_failure(&next, at);
+        }
+        next
+    }
+
+    /// Takes a reservation for an attempt at `now_ms`, or refuses it with the
+    /// milliseconds after which to retry: until the lock ends, or
+    /// [`IN_FLIGHT_RETRY_MS`] when the attempts left are all in flight. `state` must
+    /// have its expired reservations settled ([`Self::expire_reservations`]).
+    pub fn reserve(
+        &self,
+        state: &LockoutState,
+        reservation: Reservation,
+        now_ms: u64,
+    ) -> Result<LockoutState, u64> {
+        let locked_ms = self.locked_for_ms(state, now_ms);
+        if locked_ms > 0 {
+            return Err(locked_ms);
+        }
+        if state.pending.len() >= self.attempts_left(state, now_ms) {
+            return Err(IN_FLIGHT_RETRY_MS);
+        }
+        let mut next = state.clone();
+        if !next.pending.iter().any(|r| r.id == reservation.id) {
+            next.pending.push(reservation);
+        }
+        Ok(next)
+    }
+
+    /// The state without the reservation `id`, and whether it was there.
+    pub fn release(&self, state: &LockoutState, id: &str) -> (LockoutState, bool) {
+        let mut next = state.clone();
+        next.pending.retain(|r| r.id != id);
+        let found = next.pending.len() < state.pending.len();
+        (next, found)
     }
 
     /// How much longer the account is locked (0: not locked).
@@ -281,6 +382,97 @@ mod tests {
 
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn reservation(id: &str, expires_at_ms: u64) -> Reservation {
+        Reservation { id: id.to_string(), expires_at_ms }
+    }
+
+    /// Reserves `n` attempts at `now`, each expiring `ttl` later; the ids are `r0`, `r1`…
+    fn reserve_n(p: &LockoutPolicy, state: &LockoutState, n: usize, now: u64, ttl: u64) -> LockoutState {
+        (0..n)
+            .fold(state.clone(), |s, i| p.reserve(&s, reservation(&format!("r{i}"), now + ttl), now).unwrap())
+    }
+
+    #[test]
+    fn no_more_attempts_are_in_flight_than_failures_are_left_before_a_lock() {
+        let p = LockoutPolicy::default();
+        let s = reserve_n(&p, &LockoutState::default(), 5, 0, MIN);
+        assert_eq!(s.pending.len(), 5);
+        assert_eq!(p.reserve(&s, reservation("r5", MIN), 0), Err(IN_FLIGHT_RETRY_MS));
+        // Two failures recorded earlier leave room for three.
+        let failed = fail_at(&p, &[0, SEC]);
+        let s = reserve_n(&p, &failed, 3, 2 * SEC, MIN);
+        assert_eq!(p.reserve(&s, reservation("x", 3 * MIN), 2 * SEC), Err(IN_FLIGHT_RETRY_MS));
+        // Settling one frees its slot.
+        let (s, found) = p.release(&s, "r1");
+        assert!(found);
+        assert!(p.reserve(&s, reservation("x", 3 * MIN), 2 * SEC).is_ok());
+        assert_eq!(p.release(&s, "nope"), (s.clone(), false));
+    }
+
+    #[test]
+    fn a_locked_subject_refuses_reservations_until_the_lock_ends() {
+        let p = LockoutPolicy::default();
+        let locked = fail_at(&p, &[0, 0, 0, 0, 0]);
+        assert_eq!(p.attempts_left(&locked, SEC), 0);
+        assert_eq!(p.reserve(&locked, reservation("r", MIN), SEC), Err(29 * SEC));
+        // After the lock, within the escalation: one attempt at a time.
+        assert_eq!(p.attempts_left(&locked, 30 * SEC), 1);
+        let s = p.reserve(&locked, reservation("a", 31 * SEC), 30 * SEC).unwrap();
+        assert_eq!(p.reserve(&s, reservation("b", 31 * SEC), 30 * SEC), Err(IN_FLIGHT_RETRY_MS));
+        // Once the escalation is forgotten, the full threshold again.
+        assert_eq!(p.attempts_left(&locked, 30 * SEC + 15 * MIN), 5);
+    }
+
+    #[test]
+    fn settled_outcomes_keep_the_other_attempts_in_flight() {
+        let p = LockoutPolicy::default();
+        let s = reserve_n(&p, &LockoutState::default(), 3, 0, MIN);
+        let (s, _) = p.release(&s, "r0");
+        let s = p.record_failure(&s, SEC);
+        assert_eq!((s.failures.len(), s.pending.len()), (1, 2));
+        assert_eq!(p.attempts_left(&s, SEC), 4);
+        let (s, _) = p.release(&s, "r1");
+        let s = p.record_success(&s);
+        assert_eq!(s.failures, Vec::<u64>::new());
+        assert_eq!(s.pending, vec![reservation("r2", MIN)]);
+    }
+
+    #[test]
+    fn an_expired_reservation_counts_as_a_failure_at_its_expiry() {
+        let p = LockoutPolicy::default();
+        let s = reserve_n(&p, &LockoutState::default(), 5, 0, 10 * SEC);
+        let live = p.expire_reservations(&s, 10 * SEC - 1);
+        assert_eq!(live, s, "nothing expired yet");
+        let s = p.expire_reservations(&s, 10 * SEC);
+        assert!(s.pending.is_empty());
+        assert_eq!(s.failures, [10 * SEC; 5]);
+        assert_eq!(p.locked_for_ms(&s, 10 * SEC), 30 * SEC, "five lost reports lock like five failures");
+        // Failure times stay ordered when a reservation expired before a later failure.
+        let s = p.reserve(&LockoutState::default(), reservation("old", 5 * SEC), 0).unwrap();
+        let s = p.record_failure(&s, 8 * SEC);
+        let s = p.expire_reservations(&s, 9 * SEC);
+        assert_eq!(s.failures, [8 * SEC, 8 * SEC]);
+    }
+
+    #[test]
+    fn reserving_the_same_id_twice_holds_one_slot() {
+        let p = LockoutPolicy { max_failures: 2, ..LockoutPolicy::default() };
+        let s = p.reserve(&LockoutState::default(), reservation("a", MIN), 0).unwrap();
+        let again = p.reserve(&s, reservation("a", MIN), 0).unwrap();
+        assert_eq!(again.pending.len(), 1);
+        assert!(p.reserve(&again, reservation("b", MIN), 0).is_ok());
+    }
+
+    #[test]
+    fn states_without_reservations_keep_their_stored_form() {
+        let s = fail_at(&LockoutPolicy::default(), &[7]);
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(!json.contains("pending"), "{json}");
+        let old: LockoutState =
+            serde_json::from_str(r#"{"failures":[7],"lockedUntilMs":0,"lockCount":0}"#).unwrap();
+        assert_eq!(old, s);
     }
 
     #[test]

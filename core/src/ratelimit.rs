@@ -80,6 +80,7 @@ const US_PER_MS: u64 = 1_000;
 
 /// The period a limit is counted over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Unit {
     Second,

@@ -1,5 +1,7 @@
 //! A host-independent view of an HTTP request's headers, as the filter sees them.
 
+use crate::path::{normalize, PathOptions, PathRejection};
+
 /// The parts of a request the decision logic reads. Header names are lower-case
 /// (HTTP/2 and Envoy normalise them), values as received.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -9,15 +11,45 @@ pub struct RequestParts {
     /// Path including the query string, as in the `:path` pseudo-header.
     pub path: String,
     pub headers: Vec<(String, String)>,
+    /// What rules, lockout routes and `path` descriptors match: the path without its
+    /// query, in the canonical form of [`crate::path::normalize`]. Set by
+    /// [`RequestParts::normalize_route`]; empty (matching no path rule) before.
+    pub route_path: String,
 }
 
 impl RequestParts {
+    /// A request whose path is checked and normalised under `options`; `Err` for a path
+    /// that stays ambiguous (the filter answers 400).
+    pub fn new(
+        method: impl Into<String>,
+        authority: impl Into<String>,
+        path: impl Into<String>,
+        headers: Vec<(String, String)>,
+        options: &PathOptions,
+    ) -> Result<Self, PathRejection> {
+        let mut parts = RequestParts {
+            method: method.into(),
+            authority: authority.into(),
+            path: path.into(),
+            headers,
+            route_path: String::new(),
+        };
+        parts.normalize_route(options)?;
+        Ok(parts)
+    }
+
+    /// Sets [`Self::route_path`] from `path`; `Err` for a path that stays ambiguous.
+    pub fn normalize_route(&mut self, options: &PathOptions) -> Result<(), PathRejection> {
+        self.route_path = normalize(self.path_only(), options)?;
+        Ok(())
+    }
+
     /// All values of a header (names compared case-insensitively).
     pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.headers.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
-    /// The path without its query string.
+    /// The raw path without its query string (decisions use [`Self::route_path`]).
     pub fn path_only(&self) -> &str {
         match self.path.find('?') {
             Some(i) => &self.path[..i],
@@ -44,5 +76,15 @@ impl RequestParts {
             Some(i) => &a[..i],
             None => a,
         }
+    }
+}
+
+#[cfg(test)]
+impl RequestParts {
+    /// A `POST` of `path` to `api.example.com` with `headers`, for tests.
+    pub(crate) fn post(path: &str, headers: &[(&str, &str)]) -> Self {
+        let headers = headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        RequestParts::new("POST", "api.example.com", path, headers, &Default::default())
+            .expect("a test path in normal form")
     }
 }

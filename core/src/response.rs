@@ -1,7 +1,9 @@
 //! Local replies for denied requests: RFC 6750 `WWW-Authenticate` challenges for bearer
 //! tokens, with a small JSON body. Nothing from the token or the keys is echoed back.
 
+use crate::account::AccountError;
 use crate::jwt::reason::Reason;
+use crate::path::PathRejection;
 
 /// Why a request was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +33,10 @@ pub enum Denial {
     LockoutUnavailable,
     /// The client address is blocked after a burst.
     AddressBlocked { retry_after_secs: u64 },
+    /// A login attempt on a lockout route whose account cannot be read: 400, 413 or 415.
+    LoginUnreadable(AccountError),
+    /// The path is ambiguous (see [`crate::path`]): 400, whatever the rule.
+    InvalidPath(PathRejection),
 }
 
 impl Denial {
@@ -49,6 +55,8 @@ impl Denial {
             Denial::LockedOut { .. } => "locked_out",
             Denial::LockoutUnavailable => "lockout_unavailable",
             Denial::AddressBlocked { .. } => "address_blocked",
+            Denial::LoginUnreadable(e) => e.code(),
+            Denial::InvalidPath(r) => r.code(),
         }
     }
 
@@ -61,6 +69,8 @@ impl Denial {
             | Denial::RateLimitUnavailable
             | Denial::LockoutUnavailable => 503,
             Denial::RateLimited { .. } | Denial::LockedOut { .. } | Denial::AddressBlocked { .. } => 429,
+            Denial::LoginUnreadable(e) => e.status(),
+            Denial::InvalidPath(_) => 400,
         }
     }
 
@@ -123,6 +133,8 @@ impl Denial {
             Denial::AddressBlocked { .. } => {
                 (None, "address_blocked", "too many requests from this address".to_string())
             }
+            Denial::LoginUnreadable(e) => (None, "invalid_request", e.description()),
+            Denial::InvalidPath(r) => (None, "invalid_request", r.description().to_string()),
         };
         let body = serde_json::json!({
             "error": error,
@@ -228,6 +240,33 @@ mod tests {
             (down.status, down.headers.iter().any(|(n, v)| n == "retry-after" && v == "1")),
             (503, true)
         );
+    }
+
+    #[test]
+    fn an_unreadable_login_is_refused_with_its_reason_and_no_challenge() {
+        let r = Denial::LoginUnreadable(AccountError::Ambiguous).render("api");
+        assert_eq!(r.status, 400);
+        assert!(r.headers.iter().all(|(n, _)| n != "www-authenticate" && n != "retry-after"));
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(
+            (body["error"].as_str(), body["reason"].as_str()),
+            (Some("invalid_request"), Some("account_ambiguous"))
+        );
+        let r =
+            Denial::LoginUnreadable(AccountError::ContentType { expected: "application/json" }).render("api");
+        assert_eq!(r.status, 415);
+        assert!(r.body.contains("application/json"), "{}", r.body);
+        assert_eq!(Denial::LoginUnreadable(AccountError::BodyTooLarge).render("api").status, 413);
+    }
+
+    #[test]
+    fn an_ambiguous_path_is_400_with_its_reason_and_no_challenge() {
+        let r = Denial::InvalidPath(PathRejection::EncodedSlash).render("api");
+        assert_eq!(r.status, 400);
+        assert!(r.headers.iter().all(|(n, _)| n != "www-authenticate"));
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(body["error"], "invalid_request");
+        assert_eq!(body["reason"], "path_encoded_slash");
     }
 
     #[test]

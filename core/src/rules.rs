@@ -43,10 +43,12 @@ impl Matcher {
                 return false;
             }
         }
-        let path = req.path_only();
+        // Never the raw `:path`: see `crate::path`.
+        let path = req.route_path.as_str();
         match &self.path {
             PathMatcher::Any => true,
-            PathMatcher::Exact(p) => path == p,
+            // `/login/` too: many frameworks route it to the `/login` handler.
+            PathMatcher::Exact(p) => path == p || path.strip_suffix('/') == Some(p.as_str()),
             PathMatcher::Prefix(p) => path.starts_with(p.as_str()),
             PathMatcher::Regex(re) => re.is_match(path),
         }

@@ -150,13 +150,19 @@ pub struct LockoutSubject {
     pub value: String,
 }
 
-/// `POST /v1/lockout/check`: are any of these locked?
+/// `POST /v1/lockout/check`: are any of these locked? With `reservation_ttl_ms`, the
+/// check also reserves the attempt on every subject, atomically against concurrent
+/// checks (see [`crate::lockout`]): the answer then carries a reservation id, or none
+/// when the attempt is refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LockoutCheck {
     #[serde(default)]
     pub policy: LockoutPolicy,
     pub subjects: Vec<LockoutSubject>,
+    /// Reserve the attempt for this long (ms). Absent: only read the locks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reservation_ttl_ms: Option<u64>,
 }
 
 /// How a login attempt ended.
@@ -168,9 +174,25 @@ pub enum LoginOutcome {
     /// Forgets the account's failures and lock. Address subjects are left as they are:
     /// one valid account must not wash an address that is trying many others.
     Success,
+    /// The attempt ended without a verdict (the upstream answered neither a failure nor
+    /// a success, or the attempt never reached it): its reservation is freed and
+    /// nothing is counted.
+    Abandoned,
 }
 
-/// `POST /v1/lockout/report`: the outcome of a login attempt that reached the upstream.
+impl LoginOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoginOutcome::Failure => "failure",
+            LoginOutcome::Success => "success",
+            LoginOutcome::Abandoned => "abandoned",
+        }
+    }
+}
+
+/// `POST /v1/lockout/report`: the outcome of a login attempt that reached the upstream
+/// (or, for [`LoginOutcome::Abandoned`], of one that was reserved and ended without
+/// a verdict).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LockoutReport {
@@ -178,6 +200,9 @@ pub struct LockoutReport {
     pub policy: LockoutPolicy,
     pub outcome: LoginOutcome,
     pub subjects: Vec<LockoutSubject>,
+    /// The reservation the check answered, settled by this report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reservation: Option<String>,
 }
 
 /// The answer to a check or a report: each subject's lock after it, in order.
@@ -187,6 +212,14 @@ pub struct LockoutReply {
     /// The longest of the subjects' locks (0: none locked).
     pub locked_for_ms: u64,
     pub subjects: Vec<SubjectLock>,
+    /// A check that asked for a reservation and got it: its id, for the report. Absent
+    /// when the attempt is refused (or no reservation was asked for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reservation: Option<String>,
+    /// A refused reservation: when to try again (ms; at least `locked_for_ms`). 0
+    /// otherwise.
+    #[serde(default)]
+    pub retry_after_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,6 +229,9 @@ pub struct SubjectLock {
     pub locked_for_ms: u64,
     /// Failures counted in the current window.
     pub failures: u32,
+    /// Attempts in flight (reserved, not settled yet).
+    #[serde(default)]
+    pub in_flight: u32,
 }
 
 /// `POST /v1/burst/report`: requests per client address since the last report.
@@ -307,5 +343,18 @@ mod tests {
             serde_json::from_str(r#"{"outcome":"failure","subjects":[{"kind":"account","value":"a"}]}"#)
                 .unwrap();
         assert_eq!(r.outcome, LoginOutcome::Failure);
+        assert_eq!((c.reservation_ttl_ms, r.reservation), (None, None), "a plain check reserves nothing");
+        let reserving: LockoutCheck =
+            serde_json::from_str(r#"{"subjects":[],"reservationTtlMs":60000}"#).unwrap();
+        assert_eq!(reserving.reservation_ttl_ms, Some(60_000));
+        let settle: LockoutReport =
+            serde_json::from_str(r#"{"outcome":"abandoned","subjects":[],"reservation":"ab12"}"#).unwrap();
+        assert_eq!((settle.outcome, settle.reservation.as_deref()), (LoginOutcome::Abandoned, Some("ab12")));
+        // Replies from a control plane without reservations still parse.
+        let reply: LockoutReply = serde_json::from_str(
+            r#"{"lockedForMs":0,"subjects":[{"kind":"ip","lockedForMs":0,"failures":1}]}"#,
+        )
+        .unwrap();
+        assert_eq!((reply.reservation, reply.retry_after_ms, reply.subjects[0].in_flight), (None, 0, 0));
     }
 }

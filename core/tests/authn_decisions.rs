@@ -55,12 +55,8 @@ fn token(iss: &str, sub: &str, extra: Value) -> String {
 }
 
 fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> RequestParts {
-    RequestParts {
-        method: method.into(),
-        authority: "api.example.com:8443".into(),
-        path: path.into(),
-        headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
-    }
+    let headers = headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+    RequestParts::new(method, "api.example.com:8443", path, headers, &Default::default()).unwrap()
 }
 
 fn decide_with(
@@ -127,6 +123,12 @@ fn config_errors_name_the_offending_field() {
             json!({"rules": [{"name": "x", "requires": "none"}, {"name": "x", "requires": "none"}]}),
             "rules[1].name",
         ),
+        (
+            json!({"rules": [{"requires": "none", "match": {"pathPrefix": "/a/../b"}}]}),
+            "rules[0].match.pathPrefix",
+        ),
+        (json!({"rules": [{"requires": "none", "match": {"path": "/a%2fb"}}]}), "rules[0].match.path"),
+        (json!({"rules": [], "paths": {"parameters": "allow"}}), "paths.parameters"),
     ];
     for (config, field) in cases {
         let err = compile_json(config.to_string().as_bytes()).expect_err(&config.to_string());
@@ -154,6 +156,47 @@ fn rules_match_by_host_path_and_method_first_match_wins() {
     let mut other_host = request("GET", "/h/x", &[]);
     other_host.authority = "example.com".into();
     assert_eq!(p.match_rule(&other_host).map(|r| r.name.as_str()), Some("rest"));
+}
+
+#[test]
+fn rules_decide_on_the_normalised_path_not_the_raw_one() {
+    let p = policy(json!([
+        { "name": "login", "match": { "path": "/login", "methods": ["POST"] }, "requires": "none" },
+        { "name": "api", "match": { "pathPrefix": "/api/" }, "requires": { "provider": "a" } },
+        { "name": "public", "match": { "pathPrefix": "/" }, "requires": "none" }
+    ]));
+    let name = |m: &str, path: &str| p.match_rule(&request(m, path, &[])).map(|r| r.name.clone());
+    for path in [
+        "/public/../api/orders",
+        "/public/%2e%2e/api/orders",
+        "/public/%2E%2e/api/orders",
+        "/public/./../api/orders",
+        "/public;x/../api/orders",
+        "/api;x/orders",
+        "//api//orders",
+        "/%61pi/orders",
+    ] {
+        assert_eq!(name("GET", path).as_deref(), Some("api"), "{path}");
+    }
+    for path in ["/public/../login", "/login;jsessionid=1", "/login/", "/./login?next=/"] {
+        assert_eq!(name("POST", path).as_deref(), Some("login"), "{path}");
+    }
+    assert_eq!(name("GET", "/public/api/orders").as_deref(), Some("public"));
+    // Ambiguous paths never get this far: the request is refused with 400.
+    let refused = RequestParts::new("GET", "h", "/public/..%2fapi/orders", vec![], &p.paths);
+    assert_eq!(refused.unwrap_err().code(), "path_encoded_slash");
+}
+
+#[test]
+fn identity_headers_are_recognised_under_any_spelling_an_upstream_merges() {
+    let p = policy(json!([{ "match": {}, "requires": { "provider": "a" } }]));
+    assert!(p.managed_headers.contains(&"x-sub".to_string()));
+    for forged in ["x-sub", "X-Sub", "x_sub", "X_SUB", "x-SUB", "x_sub_b"] {
+        assert!(p.is_managed_header(forged), "{forged}");
+    }
+    for other in ["x-sub2", "xsub", "x--sub", "x-su", "x.sub"] {
+        assert!(!p.is_managed_header(other), "{other}");
+    }
 }
 
 #[test]

@@ -4,13 +4,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg(not(target_arch = "wasm32"))]
 
-use portcullis_core::guard::{client_ip, form_field, normalise_ip, AccountSource, Descriptor, LeaseSlot};
+use portcullis_core::account::AccountSource;
+use portcullis_core::guard::{client_ip, normalise_ip, Descriptor, LeaseSlot};
 use portcullis_core::wire::{LockoutReply, RateLimitBatch, RateLimitReply};
 use portcullis_core::RequestParts;
 use proptest::prelude::*;
 
 fn request(headers: Vec<(String, String)>) -> RequestParts {
-    RequestParts { method: "POST".into(), authority: "a".into(), path: "/login".into(), headers }
+    RequestParts::new("POST", "a", "/login", headers, &Default::default()).unwrap()
 }
 
 proptest! {
@@ -23,16 +24,39 @@ proptest! {
     }
 
     #[test]
-    fn account_extraction_never_panics(body in proptest::collection::vec(any::<u8>(), 0..256), field in "[a-z.]{1,12}") {
-        let r = request(vec![("x-user".into(), String::from_utf8_lossy(&body).into_owned())]);
+    fn account_extraction_never_panics(
+        body in proptest::collection::vec(any::<u8>(), 0..256),
+        field in "[a-z.]{1,12}",
+        content_type in "(application/(json|x-www-form-urlencoded|a\\+json)|text/plain|\\PC{0,20})(; ?charset=[a-zA-Z0-9\"-]{0,8})?",
+    ) {
+        let header = String::from_utf8_lossy(&body).into_owned();
+        let r = request(vec![("x-user".into(), header), ("content-type".into(), content_type)]);
         for src in [format!("json:{field}"), format!("form:{field}"), "header:x-user".to_string()] {
             if let Ok(source) = AccountSource::parse(&src) {
-                if let Some(account) = source.extract(&r, &body) {
+                if let Ok(account) = source.extract(&r, &body) {
                     prop_assert!(!account.is_empty() && account.len() <= 512);
                 }
             }
         }
-        let _ = form_field(&body, &field);
+    }
+
+    #[test]
+    fn json_bodies_with_the_field_are_read_or_refused(
+        value in "\\PC{0,40}",
+        pad in proptest::collection::vec(("[a-z]{1,6}", "\\PC{0,10}"), 0..4),
+    ) {
+        let mut doc = serde_json::Map::new();
+        for (k, v) in pad {
+            doc.insert(k, serde_json::Value::String(v));
+        }
+        doc.insert("username".into(), serde_json::Value::String(value.clone()));
+        let body = serde_json::to_vec(&doc).unwrap();
+        let r = request(vec![("content-type".into(), "application/json".into())]);
+        let got = AccountSource::parse("json:username").unwrap().extract(&r, &body);
+        match got {
+            Ok(account) => prop_assert_eq!(account, value.trim()),
+            Err(_) => prop_assert!(value.trim().is_empty()),
+        }
     }
 
     #[test]

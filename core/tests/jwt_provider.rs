@@ -34,12 +34,8 @@ fn compile_err(cfg: Value) -> ConfigError {
 }
 
 fn request(path: &str, headers: &[(&str, &str)]) -> RequestParts {
-    RequestParts {
-        method: "GET".into(),
-        authority: "api.example.com".into(),
-        path: path.into(),
-        headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
-    }
+    let headers = headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+    RequestParts::new("GET", "api.example.com", path, headers, &Default::default()).unwrap()
 }
 
 fn signed(claims: Value) -> String {

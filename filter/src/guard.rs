@@ -2,6 +2,15 @@
 //! shared data, or one strict call per request), the lock check before a login attempt
 //! and the outcome report after it, and per-address burst reports.
 //!
+//! A login attempt goes upstream only with a reservation from the control plane (the
+//! lock check reserves one of the attempts each subject has left, atomically, so
+//! parallel attempts cannot all pass the check), unless the route's `onError: allow`
+//! lets it through while the control plane cannot answer. Every reservation is settled
+//! by a report: the outcome once the upstream answered, or `abandoned` when the
+//! attempt never went upstream (its answer came after the request was gone) or the
+//! upstream gave no verdict. A report that never arrives lets the reservation expire
+//! in the control plane, where it counts as a failure.
+//!
 //! Requests that wait for the control plane are kept here, per worker, keyed by their
 //! context id, and calls are keyed by their token: whichever context receives a call's
 //! answer hands it to [`GuardState::on_call_response`], which finishes every request
@@ -21,7 +30,7 @@ use portcullis_core::ratelimit::{rate_limit_headers, retry_after_secs};
 use portcullis_core::response::Denial;
 use portcullis_core::wire::{
     BlockedIp, BurstEntry, BurstReply, BurstReport, LockoutCheck, LockoutReply, LockoutReport,
-    LockoutSubject, RateLimitAsk, RateLimitBatch, RateLimitOp, RateLimitReply, RateLimitResult,
+    LockoutSubject, LoginOutcome, RateLimitAsk, RateLimitBatch, RateLimitOp, RateLimitReply, RateLimitResult,
     BURST_REPORT_PATH, LOCKOUT_CHECK_PATH, LOCKOUT_REPORT_PATH, RATE_LIMIT_PATH,
 };
 use portcullis_core::RequestParts;
@@ -47,6 +56,10 @@ const BLOCKED_RECHECK_MS: u64 = 250;
 /// after that a locked attempt is checked again, so that an admin's clear reaches this
 /// Envoy within this time (the local lock still answers if the control plane cannot).
 const LOCAL_LOCK_TRUST_MS: u64 = 1_000;
+/// How long past its deadline a lock check's answer is still awaited, to give back the
+/// reservation it may bring (Envoy answers every call by its timeout, unless the
+/// context that made it is gone).
+const FORGET_UNANSWERED_MS: u64 = 10_000;
 /// Largest control-plane answer read.
 const MAX_REPLY_BYTES: usize = 256 * 1024;
 
@@ -75,13 +88,15 @@ fn lock_key(subject: &LockoutSubject) -> String {
 #[derive(Debug, Clone)]
 pub struct LoginAttempt {
     pub subjects: Vec<LockoutSubject>,
-    /// The control plane (or the local cache) said the subjects are not locked.
+    /// The control plane reserved the attempt (or its failure mode let it through).
     checked: bool,
+    /// The control plane's reservation, settled by the report.
+    reservation: Option<String>,
 }
 
 impl LoginAttempt {
     pub fn new(subjects: Vec<LockoutSubject>) -> Self {
-        LoginAttempt { subjects, checked: false }
+        LoginAttempt { subjects, checked: false, reservation: None }
     }
 }
 
@@ -134,12 +149,18 @@ enum CallKind {
         asks: Vec<(usize, AppliedLimit, bool)>,
         waiters: Vec<u32>,
     },
+    /// A lock check reserving `subjects` for the attempt of `owner`. Forgotten after
+    /// `forget_at_ms` if its answer never comes (its receiving context went away).
     LockCheck {
         owner: u32,
+        subjects: Vec<LockoutSubject>,
+        forget_at_ms: u64,
     },
     LockReport {
         owner: u32,
     },
+    /// A report settling a reservation nobody waits for.
+    LockRelease,
     Release,
     Burst,
 }
@@ -630,7 +651,12 @@ impl Runtime {
             pending.unavailable = true;
             return self.guard(ctx, pending);
         };
-        let check = LockoutCheck { policy: lockout.policy, subjects: login.subjects.clone() };
+        let check = LockoutCheck {
+            policy: lockout.policy,
+            subjects: login.subjects.clone(),
+            reservation_ttl_ms: Some(lockout.reservation_ttl_ms),
+        };
+        let subjects = login.subjects.clone();
         let body = serde_json::to_vec(&check).unwrap_or_default();
         if let Some(next) = self.hand_to_root(ctx, &mut pending) {
             return next;
@@ -639,7 +665,11 @@ impl Runtime {
             Ok(token) => {
                 self.metrics.count("portcullis.lockout.checks");
                 pending.deadline_ms = now.saturating_add(lockout.timeout_ms).saturating_add(1_000);
-                self.guards.calls.borrow_mut().insert(token, CallKind::LockCheck { owner: ctx });
+                let forget_at_ms = pending.deadline_ms.saturating_add(FORGET_UNANSWERED_MS);
+                self.guards
+                    .calls
+                    .borrow_mut()
+                    .insert(token, CallKind::LockCheck { owner: ctx, subjects, forget_at_ms });
                 if !self.store_waiter(ctx, pending) {
                     return self.reply(&Denial::LockoutUnavailable);
                 }
@@ -688,26 +718,44 @@ impl Runtime {
                     self.finish_on(ctx, pending);
                 }
             }
-            CallKind::LockCheck { owner } => {
+            CallKind::LockCheck { owner, subjects, .. } => {
+                let reply = ok_body.and_then(|b| serde_json::from_slice::<LockoutReply>(&b).ok());
                 let Some(mut pending) = self.guards.waiters.borrow_mut().remove(&owner) else {
+                    // The attempt is gone (or was decided without this answer): it will
+                    // not go upstream, so its reservation is given back at once.
+                    if let Some(id) = reply.and_then(|r| r.reservation) {
+                        self.release_reservation(subjects, id);
+                    }
+                    let _ = host::set_effective_context(current);
                     return true;
                 };
-                let reply = ok_body.and_then(|b| serde_json::from_slice::<LockoutReply>(&b).ok());
                 match reply {
                     Some(r) => {
                         if let Some(login) = pending.login.as_mut() {
                             self.remember_locks(&login.subjects, &r, now);
-                            if r.locked_for_ms > 0 {
-                                self.metrics.count("portcullis.lockout.denied");
-                                if host::set_effective_context(owner).is_ok() {
-                                    self.reply(&Denial::LockedOut {
-                                        retry_after_secs: r.locked_for_ms.div_ceil(1000),
-                                    });
+                            match r.reservation {
+                                Some(id) if r.locked_for_ms == 0 => {
+                                    login.reservation = Some(id);
+                                    login.checked = true;
                                 }
-                                let _ = host::set_effective_context(current);
-                                return true;
+                                reservation => {
+                                    if let Some(id) = reservation {
+                                        self.release_reservation(subjects, id);
+                                    }
+                                    self.metrics.count("portcullis.lockout.denied");
+                                    if r.locked_for_ms == 0 {
+                                        self.metrics.count("portcullis.lockout.denied_in_flight");
+                                    }
+                                    let retry_ms = r.retry_after_ms.max(r.locked_for_ms);
+                                    if host::set_effective_context(owner).is_ok() {
+                                        self.reply(&Denial::LockedOut {
+                                            retry_after_secs: retry_ms.div_ceil(1000),
+                                        });
+                                    }
+                                    let _ = host::set_effective_context(current);
+                                    return true;
+                                }
                             }
-                            login.checked = true;
                         }
                     }
                     None => {
@@ -732,6 +780,7 @@ impl Runtime {
                 }
             }
             CallKind::Release => self.guards.release_call.set(None),
+            CallKind::LockRelease => {}
             CallKind::Burst => {
                 self.guards.burst_call.set(None);
                 if let Some(r) = ok_body.and_then(|b| serde_json::from_slice::<BurstReply>(&b).ok()) {
@@ -791,7 +840,7 @@ impl Runtime {
 
     /// Continues a paused request (the current effective context must be `ctx`).
     pub fn resume(&self, ctx: u32) {
-        self.set_paused(ctx, false);
+        self.release(ctx);
         if let Err(status) = host::resume_request() {
             log::warn!("could not resume the request ({status:?})");
         }
@@ -801,6 +850,10 @@ impl Runtime {
     /// ended), under their failure modes.
     pub fn expire_guard_waiters(&self, current: u32) {
         let now = host::now_unix_ms();
+        self.guards
+            .calls
+            .borrow_mut()
+            .retain(|_, c| !matches!(c, CallKind::LockCheck { forget_at_ms, .. } if now > *forget_at_ms));
         let overdue: Vec<u32> = self
             .guards
             .waiters
@@ -816,7 +869,7 @@ impl Runtime {
                     waiters.retain(|w| *w != ctx);
                     true
                 }
-                CallKind::LockCheck { owner } => *owner != ctx,
+                // Kept: its answer may still bring a reservation to release.
                 _ => true,
             });
             pending.unavailable = true;
@@ -857,20 +910,51 @@ impl Runtime {
                 let _ = host::add_response_header(&n, &v);
             }
         }
-        let (Some(lockout), Some(cp)) =
-            (self.policy.guards.lockout.as_ref(), self.policy.control_plane.as_ref())
-        else {
+        let Some(lockout) = self.policy.guards.lockout.as_ref() else {
             return Next::Continue;
         };
         let Some(login) = self.guards.logins.borrow().get(&ctx).cloned() else {
             return Next::Continue;
         };
-        let outcome = host::response_status().and_then(|s| login_outcome(lockout, s));
+        // No verdict from the upstream (neither a failure nor a success status): the
+        // reservation is only given back.
+        let outcome = host::response_status()
+            .and_then(|s| login_outcome(lockout, s))
+            .or(login.reservation.as_ref().map(|_| LoginOutcome::Abandoned));
         let Some(outcome) = outcome.filter(|_| !login.subjects.is_empty()) else {
             self.guards.logins.borrow_mut().remove(&ctx);
             return Next::Continue;
         };
-        let report = LockoutReport { policy: lockout.policy, outcome, subjects: login.subjects.clone() };
+        if self.report_login(outcome, login.subjects, login.reservation, CallKind::LockReport { owner: ctx })
+        {
+            return Next::Paused;
+        }
+        self.guards.logins.borrow_mut().remove(&ctx);
+        Next::Continue
+    }
+
+    /// Gives back the reservation of an attempt that will not go upstream (from the
+    /// current context; nobody waits for the answer). If the call fails, the
+    /// reservation expires in the control plane and counts as a failure then.
+    fn release_reservation(&self, subjects: Vec<LockoutSubject>, reservation: String) {
+        self.report_login(LoginOutcome::Abandoned, subjects, Some(reservation), CallKind::LockRelease);
+    }
+
+    /// Sends a login's outcome report from the current context; its answer is handled
+    /// as `kind`. Whether the call was made (a failure is logged).
+    fn report_login(
+        &self,
+        outcome: LoginOutcome,
+        subjects: Vec<LockoutSubject>,
+        reservation: Option<String>,
+        kind: CallKind,
+    ) -> bool {
+        let (Some(lockout), Some(cp)) =
+            (self.policy.guards.lockout.as_ref(), self.policy.control_plane.as_ref())
+        else {
+            return false;
+        };
+        let report = LockoutReport { policy: lockout.policy, outcome, subjects, reservation };
         let body = serde_json::to_vec(&report).unwrap_or_default();
         match host::dispatch_post_json(
             &Upstream::control_plane(cp),
@@ -879,14 +963,31 @@ impl Runtime {
             lockout.timeout_ms,
         ) {
             Ok(token) => {
-                self.metrics.count(&format!("portcullis.lockout.reports.{}", outcome_name(outcome)));
-                self.guards.calls.borrow_mut().insert(token, CallKind::LockReport { owner: ctx });
-                Next::Paused
+                self.metrics.count(&format!("portcullis.lockout.reports.{}", outcome.as_str()));
+                self.guards.calls.borrow_mut().insert(token, kind);
+                true
             }
             Err(status) => {
                 log::warn!("cannot call cluster `{}` to report a login ({status:?})", cp.cluster);
-                self.guards.logins.borrow_mut().remove(&ctx);
-                Next::Continue
+                false
+            }
+        }
+    }
+
+    /// The account of a login attempt on a lockout route, read from its headers and
+    /// `body` (`None`: larger than `maxBodyBytes`). `Err`: the attempt was refused (the
+    /// reply is sent); carry out the returned [`Next`].
+    pub fn login_account(&self, request: &RequestParts, body: Option<&[u8]>) -> Result<Option<String>, Next> {
+        let Some(lockout) = self.policy.guards.lockout.as_ref() else { return Ok(None) };
+        match lockout.account_of(request, body) {
+            Ok(Some(account)) => Ok(Some(account)),
+            Ok(None) => {
+                self.metrics.count("portcullis.lockout.no_account");
+                Ok(None)
+            }
+            Err(e) => {
+                self.metrics.count(&format!("portcullis.lockout.refused.{}", e.code()));
+                Err(self.reply(&Denial::LoginUnreadable(e)))
             }
         }
     }
@@ -895,13 +996,14 @@ impl Runtime {
     pub fn burst_check(&self, request: &RequestParts, ip: Option<&str>, now: u64) -> Option<Denial> {
         let burst = self.policy.guards.burst.as_ref()?;
         let ip = ip?;
+        let route = if request.route_path.is_empty() { request.path_only() } else { &request.route_path };
         {
             let mut counts = self.guards.burst.borrow_mut();
             let len = counts.len();
             match counts.get_mut(ip) {
                 Some(e) => {
                     e.count = e.count.saturating_add(1);
-                    e.route = request.path_only().chars().take(256).collect();
+                    e.route = route.chars().take(256).collect();
                     e.method = request.method.clone();
                 }
                 None if len < MAX_BURST_ENTRIES => {
@@ -912,7 +1014,7 @@ impl Runtime {
                         BurstEntry {
                             ip: ip.to_string(),
                             count: 1,
-                            route: request.path_only().chars().take(256).collect(),
+                            route: route.chars().take(256).collect(),
                             method: request.method.clone(),
                             user_agent,
                         },
@@ -1075,12 +1177,5 @@ fn decode_u64(bytes: &[u8]) -> u64 {
 fn mark(done: &mut [bool], i: usize) {
     if let Some(d) = done.get_mut(i) {
         *d = true;
-    }
-}
-
-fn outcome_name(o: portcullis_core::wire::LoginOutcome) -> &'static str {
-    match o {
-        portcullis_core::wire::LoginOutcome::Failure => "failure",
-        portcullis_core::wire::LoginOutcome::Success => "success",
     }
 }

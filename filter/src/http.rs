@@ -2,9 +2,21 @@
 //! carries it out (continue with upstream edits, or a local reply). When the decision
 //! needs keys this worker does not have (a rotated key's `kid`, or keys not loaded yet)
 //! the request pauses while the JWKS is fetched, then is decided again.
+//!
+//! Invariant: a request the filter has not decided never reaches the upstream. A
+//! request is undecided until the filter *releases* it ([`Runtime::release`]: a
+//! callback answers `Continue` with the decision, or [`Runtime::resume`] carries out a
+//! decision taken elsewhere). Until then every request-side callback holds it, whatever
+//! the frame (body chunks, trailers, an empty end of stream) and whatever it waits for
+//! (a login body, keys, a parked fetch, a lock check, a strict limit or revocation
+//! call, a lease): headers and the body answer `Pause`, trailers `StopIteration`. A
+//! denied request is never released (its local reply ends it); a reset one is
+//! forgotten when its context is dropped. The response of a login attempt is held the
+//! same way while its outcome is reported.
 
 use std::rc::Rc;
 
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use portcullis_core::authn::{
     authenticate, check_token_status, Authenticated, AuthnInput, Outcome, RevocationInput, UpstreamEdits,
 };
@@ -63,7 +75,8 @@ pub struct GuardInput {
     pub ctx: u32,
     pub rule: Option<usize>,
     pub client_ip: Option<String>,
-    /// On a lockout route: `Some(account or None when the request names none)`.
+    /// On a lockout route: `Some(account)`, or `Some(None)` when none could be read and
+    /// the lockout counts such attempts by address only.
     pub login: Option<Option<String>>,
 }
 
@@ -324,17 +337,11 @@ fn complete_strict_check(
     start_strict_check(rt, rule, request, check.rest, check.identities, check.edits, progress)
 }
 
-/// Percent-encodes everything but RFC 3986 unreserved characters.
+/// Everything but RFC 3986 unreserved characters.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
 fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(s, QUERY_VALUE).to_string()
 }
 
 /// Claims and dispatches an on-demand JWKS fetch; `None` when rate-limited or failed.
@@ -487,7 +494,7 @@ impl Drop for AuthnContext {
         if let Some(rt) = &self.runtime {
             rt.unpark(self.id);
             rt.forget_guarded(self.id);
-            rt.set_paused(self.id, false);
+            rt.forget_released(self.id);
         }
     }
 }
@@ -495,120 +502,169 @@ impl Drop for AuthnContext {
 impl AuthnContext {
     /// Authenticates and checks the request (headers and, on a login route, the body
     /// are in hand).
-    fn start(&mut self, rt: &Rc<Runtime>, request: RequestParts) -> Action {
+    fn start(&mut self, rt: &Rc<Runtime>, request: RequestParts) -> Next {
         let Some(rule) = rt.policy.rules.iter().position(|r| r.matcher.matches(&request)) else {
             return match rt.policy.on_no_match {
                 NoMatchAction::Allow => {
                     rt.metrics.count("portcullis.requests.allowed_no_rule");
                     if rt.policy.guards.is_empty() {
-                        return Action::Continue;
+                        return Next::Continue;
                     }
                     let pending =
                         pending_for(rt, &request, UpstreamEdits::default(), &[], &self.progress.guard);
                     self.request = Some(request);
-                    self.action(rt, rt.guard(self.id, pending))
+                    rt.guard(self.id, pending)
                 }
-                NoMatchAction::Deny => match deny(rt, "(none)", false, &Denial::NoMatchingRule, None) {
-                    Next::Continue => Action::Continue,
-                    Next::Paused => Action::Pause,
-                },
+                NoMatchAction::Deny => deny(rt, "(none)", false, &Denial::NoMatchingRule, None),
             };
         };
         self.rule = rule;
         self.progress.guard.rule = Some(rule);
         let next = decide(rt, self.id, &request, rule, &mut self.progress);
         self.request = Some(request);
-        self.action(rt, next)
+        next
     }
 
-    fn action(&self, rt: &Runtime, next: Next) -> Action {
-        match next {
-            Next::Continue => Action::Continue,
-            Next::Paused => {
-                rt.set_paused(self.id, true);
-                Action::Pause
+    /// Carries out a decision taken in this callback: `Continue` lets the request go
+    /// (from then on every callback of it continues); anything else holds it.
+    fn settle(&self, next: Next) -> Action {
+        match (next, &self.runtime) {
+            (Next::Continue, Some(rt)) => {
+                rt.release(self.id);
+                Action::Continue
             }
+            _ => Action::Pause,
         }
     }
-}
 
-impl HttpContext for AuthnContext {
-    fn on_http_request_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
+    /// The answer of a request-side callback that decides nothing itself (a body chunk,
+    /// trailers): continue once the filter has let the request go, hold it before. This
+    /// one check is what keeps an undecided request from the upstream, whichever frame
+    /// arrives while the decision waits (for its body, keys, the control plane).
+    fn hold_unless_released(&self) -> Action {
+        match &self.runtime {
+            Some(rt) if rt.is_released(self.id) => Action::Continue,
+            _ => Action::Pause,
+        }
+    }
+
+    /// Headers: strip forged identity headers, refuse ambiguous paths, count the
+    /// address, then decide (or wait for a login body).
+    fn request_headers(&mut self, end_of_stream: bool) -> Next {
         let Some(rt) = self.runtime.clone() else {
             let reply = Denial::KeysUnavailable.render(portcullis_core::config::DEFAULT_REALM);
             let _ = host::send_local_reply(503, &reply.headers, "{\"error\":\"filter_not_configured\"}");
-            return Action::Pause;
+            return Next::Paused;
         };
-        let request = request_parts(host::request_headers());
-
-        // Identity headers are ours to set: drop whatever the client sent under those names.
-        for name in &rt.policy.managed_headers {
-            if request.header_values(name).next().is_some() {
-                let _ = host::remove_request_header(name);
-            }
-        }
+        let mut request = request_parts(host::request_headers());
+        strip_managed_headers(&rt, &mut request);
 
         let guards = &rt.policy.guards;
         self.progress.guard.ctx = self.id;
+        let ip = if guards.needs_client_ip() {
+            let downstream = host::downstream_address();
+            client_ip(&request, downstream.as_deref(), guards.trusted_hops)
+        } else {
+            None
+        };
+        // The route is normalised before the burst count, so a burst report names the
+        // route the rules saw; a refused path still counts (with its raw path).
+        let route = request.normalize_route(&rt.policy.paths);
         if !guards.is_empty() {
-            let now = host::now_unix_ms();
-            let ip = if guards.needs_client_ip() {
-                let downstream = host::downstream_address();
-                client_ip(&request, downstream.as_deref(), guards.trusted_hops)
-            } else {
-                None
-            };
-            if let Some(denial) = rt.burst_check(&request, ip.as_deref(), now) {
-                return match deny(&rt, "(burst)", false, &denial, None) {
-                    Next::Continue => Action::Continue,
-                    Next::Paused => Action::Pause,
-                };
+            if let Some(denial) = rt.burst_check(&request, ip.as_deref(), host::now_unix_ms()) {
+                return deny(&rt, "(burst)", false, &denial, None);
             }
+        }
+        if let Err(rejection) = route {
+            return deny(&rt, "(path)", false, &Denial::InvalidPath(rejection), None);
+        }
+        if !guards.is_empty() {
             self.progress.guard.client_ip = ip;
             if let Some(lockout) = guards.lockout.as_ref().filter(|l| l.matches(&request)) {
                 if lockout.account.needs_body() && !end_of_stream {
                     // Decide once the body (and the account in it) is here.
                     self.awaiting_body = true;
                     self.request = Some(request);
-                    rt.set_paused(self.id, true);
-                    return Action::Pause;
+                    return Next::Paused;
                 }
-                self.progress.guard.login = Some(lockout.account.extract(&request, b""));
+                match rt.login_account(&request, Some(&[])) {
+                    Ok(account) => self.progress.guard.login = Some(account),
+                    Err(next) => return next,
+                }
             }
         }
         self.start(&rt, request)
     }
 
-    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Some(rt) = self.runtime.clone() else { return Action::Pause };
-        if !self.awaiting_body {
-            // A request still being decided keeps its body until it is.
-            return if rt.is_paused(self.id) { Action::Pause } else { Action::Continue };
+    /// The login body is complete (end of stream, trailers, or past the cap: `None`).
+    fn login_body_complete(&mut self, rt: &Rc<Runtime>, body: Option<Vec<u8>>) -> Next {
+        self.awaiting_body = false;
+        let Some(request) = self.request.take() else {
+            log::error!("a login body arrived for a request that was not kept; holding it");
+            return Next::Paused;
+        };
+        if body.is_none() {
+            rt.metrics.count("portcullis.lockout.body_too_large");
         }
-        let cap = rt.policy.guards.lockout.as_ref().map(|l| l.max_body_bytes).unwrap_or(0);
+        match rt.login_account(&request, body.as_deref()) {
+            Ok(account) => self.progress.guard.login = Some(account),
+            Err(next) => return next,
+        }
+        self.start(rt, request)
+    }
+
+    fn lockout_body_cap(rt: &Runtime) -> usize {
+        rt.policy.guards.lockout.as_ref().map(|l| l.max_body_bytes).unwrap_or(0)
+    }
+}
+
+/// Identity headers are ours to set: drops every header the client sent whose name is a
+/// managed one, also when spelled with `_` for `-` (CGI/WSGI-style upstreams merge
+/// `x_portcullis_sub` into `x-portcullis-sub`), from the request and from what the
+/// decision reads.
+fn strip_managed_headers(rt: &Runtime, request: &mut RequestParts) {
+    let mut forged: Vec<String> = Vec::new();
+    request.headers.retain(|(name, _)| {
+        let managed = rt.policy.is_managed_header(name);
+        if managed && !forged.contains(name) {
+            forged.push(name.clone());
+        }
+        !managed
+    });
+    for name in forged {
+        let _ = host::remove_request_header(&name);
+    }
+}
+
+impl HttpContext for AuthnContext {
+    fn on_http_request_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
+        let next = self.request_headers(end_of_stream);
+        self.settle(next)
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(rt) = self.runtime.clone().filter(|_| self.awaiting_body) else {
+            return self.hold_unless_released();
+        };
+        let cap = Self::lockout_body_cap(&rt);
         if !end_of_stream && body_size <= cap {
             return Action::Pause;
         }
-        self.awaiting_body = false;
-        let Some(request) = self.request.take() else { return Action::Continue };
-        let account = match (&rt.policy.guards.lockout, body_size <= cap) {
-            (Some(lockout), true) => {
-                let body = host::request_body(body_size).unwrap_or_default();
-                lockout.account.extract(&request, &body)
-            }
-            _ => {
-                rt.metrics.count("portcullis.lockout.body_too_large");
-                None
-            }
+        let body = (body_size <= cap).then(|| host::request_body(body_size).unwrap_or_default());
+        let next = self.login_body_complete(&rt, body);
+        self.settle(next)
+    }
+
+    fn on_http_request_trailers(&mut self, _: usize) -> Action {
+        let Some(rt) = self.runtime.clone().filter(|_| self.awaiting_body) else {
+            return self.hold_unless_released();
         };
-        self.progress.guard.login = Some(account);
-        match self.start(&rt, request) {
-            Action::Continue => {
-                rt.set_paused(self.id, false);
-                Action::Continue
-            }
-            other => other,
-        }
+        // Trailers end the body: decide on what is buffered (reads are capped by the host
+        // at what there is; one byte more than the cap tells a body over it).
+        let cap = Self::lockout_body_cap(&rt);
+        let body = host::request_body(cap.saturating_add(1)).unwrap_or_default();
+        let next = self.login_body_complete(&rt, (body.len() <= cap).then_some(body));
+        self.settle(next)
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
@@ -623,9 +679,20 @@ impl HttpContext for AuthnContext {
     }
 
     fn on_http_response_body(&mut self, _: usize, _: bool) -> Action {
-        // Headers held for the login report: hold the body too (a body chunk answered
-        // with Continue would let the held headers through before the report is in).
-        match self.runtime.clone() {
+        self.hold_response_for_report()
+    }
+
+    fn on_http_response_trailers(&mut self, _: usize) -> Action {
+        self.hold_response_for_report()
+    }
+}
+
+impl AuthnContext {
+    /// Response headers held for the login report: every later frame of the response is
+    /// held too (one answered with Continue would let the held headers through before
+    /// the report is in).
+    fn hold_response_for_report(&self) -> Action {
+        match &self.runtime {
             Some(rt) if rt.report_pending(self.id) => Action::Pause,
             _ => Action::Continue,
         }

@@ -54,8 +54,9 @@ pub struct Runtime {
     strict_ok: RefCell<HashMap<String, u64>>,
     /// Rate limits, lockout and burst reports in progress.
     pub guards: GuardState,
-    /// Request contexts paused before a decision (their body is held back).
-    paused: RefCell<HashSet<u32>>,
+    /// Request contexts the filter has let go. Every other request is undecided, and
+    /// each of its request-side callbacks holds it (`http.rs`).
+    released: RefCell<HashSet<u32>>,
 }
 
 #[derive(Default)]
@@ -90,7 +91,7 @@ impl Runtime {
             metrics: Metrics::default(),
             parked: RefCell::new(Vec::new()),
             guards: GuardState::default(),
-            paused: RefCell::new(HashSet::new()),
+            released: RefCell::new(HashSet::new()),
         }
     }
 
@@ -254,18 +255,24 @@ impl Runtime {
         true
     }
 
-    pub fn set_paused(&self, ctx: u32, paused: bool) {
-        if let Ok(mut set) = self.paused.try_borrow_mut() {
-            if paused {
-                set.insert(ctx);
-            } else {
-                set.remove(&ctx);
-            }
+    /// Lets a decided request go: from now on its callbacks continue.
+    pub fn release(&self, ctx: u32) {
+        if let Ok(mut set) = self.released.try_borrow_mut() {
+            set.insert(ctx);
         }
     }
 
-    pub fn is_paused(&self, ctx: u32) -> bool {
-        self.paused.try_borrow().map(|s| s.contains(&ctx)).unwrap_or(false)
+    /// Whether the filter has let this request go; a request it knows nothing of (or
+    /// whose state cannot be read) has not been.
+    pub fn is_released(&self, ctx: u32) -> bool {
+        self.released.try_borrow().map(|s| s.contains(&ctx)).unwrap_or(false)
+    }
+
+    /// A request context ended.
+    pub fn forget_released(&self, ctx: u32) {
+        if let Ok(mut set) = self.released.try_borrow_mut() {
+            set.remove(&ctx);
+        }
     }
 
     /// Forgets a request that ended (client gone) while parked.

@@ -7,12 +7,13 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub mod frames;
 pub mod tokens;
 
 pub fn repo_root() -> PathBuf {
@@ -525,6 +526,19 @@ impl ControlPlane {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// A sample of the control plane's `/metrics`, by name with labels
+    /// (`portcullis_lockout_checks_total{result="open"}`); 0 when absent.
+    pub async fn metric(&self, series: &str) -> u64 {
+        let text = http().get(format!("{}/metrics", self.url())).send().await.expect("metrics");
+        let text = text.text().await.unwrap_or_default();
+        text.lines()
+            .filter_map(|l| l.rsplit_once(' '))
+            .find(|(n, _)| *n == series)
+            .and_then(|(_, v)| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+            .unwrap_or(0)
+    }
+
     /// Mints an access token through the admin API.
     pub async fn issue_token(&self, sub: &str, scopes: &[&str]) -> String {
         let r = http()
@@ -551,6 +565,11 @@ pub struct TestServerState {
     pub jwks: Arc<Mutex<Value>>,
     /// Status code for JWKS answers (200 unless a test breaks it).
     pub jwks_status: Arc<Mutex<u16>>,
+    /// How long a JWKS answer takes (ms), to hold requests waiting for keys.
+    pub jwks_delay_ms: Arc<AtomicU64>,
+    /// Requests the upstream routed to its protected handler (`/api/...` as a lenient
+    /// framework reads the path, see [`lenient_route`]).
+    pub protected_hits: Arc<AtomicUsize>,
     pub last_headers: Arc<Mutex<Vec<(String, String)>>>,
     pub last_path: Arc<Mutex<String>>,
     /// What `/v1/feed` answers (status, body), and how often it was asked.
@@ -564,6 +583,9 @@ pub struct TestServerState {
     pub jwks_authorizations: Arc<Mutex<Vec<String>>>,
     /// `POST /login` attempts that reached the upstream.
     pub login_hits: Arc<AtomicUsize>,
+    /// How long `POST /login` takes to answer (ms; 0 by default), so that attempts sent
+    /// together are in flight together.
+    pub login_delay_ms: Arc<AtomicU64>,
     /// `POST /webhook` deliveries.
     pub webhooks: Arc<Mutex<Vec<Delivery>>>,
 }
@@ -580,7 +602,7 @@ pub struct TestServer {
 impl TestServer {
     pub async fn start(jwks: Value) -> TestServer {
         use axum::extract::State;
-        use axum::http::{HeaderMap, StatusCode, Uri};
+        use axum::http::{HeaderMap, Method, StatusCode, Uri};
         use axum::response::IntoResponse;
 
         let state = TestServerState { jwks: Arc::new(Mutex::new(jwks)), ..Default::default() };
@@ -596,6 +618,10 @@ impl TestServer {
         async fn serve_jwks(State(s): State<TestServerState>, headers: HeaderMap) -> impl IntoResponse {
             s.jwks_fetches.fetch_add(1, Ordering::SeqCst);
             s.jwks_authorizations.lock().unwrap().push(authorization(&headers));
+            let delay = s.jwks_delay_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
             let status = *s.jwks_status.lock().unwrap();
             let body = s.jwks.lock().unwrap().to_string();
             (
@@ -649,24 +675,41 @@ impl TestServer {
                 body,
             )
         }
+        // Everything else: routed on the path as a lenient framework reads it, so that a
+        // request the filter lets through under a public-looking path reaches the
+        // protected handler (or the login endpoint) the way it would on such a framework.
         async fn upstream(
             State(s): State<TestServerState>,
+            method: Method,
             uri: Uri,
             headers: HeaderMap,
-        ) -> impl IntoResponse {
+            body: String,
+        ) -> (StatusCode, &'static str) {
             s.upstream_hits.fetch_add(1, Ordering::SeqCst);
             *s.last_headers.lock().unwrap() = headers
                 .iter()
                 .map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
                 .collect();
             *s.last_path.lock().unwrap() = uri.to_string();
+            let route = lenient_route(uri.path());
+            if method == Method::POST && route == "/login" {
+                return login(State(s), body).await;
+            }
+            if route.starts_with("/api/") {
+                s.protected_hits.fetch_add(1, Ordering::SeqCst);
+                return (StatusCode::OK, "protected");
+            }
             (StatusCode::OK, "upstream ok")
         }
 
         // A login endpoint: `{"username": .., "password": "correct"}` logs in (200),
         // any other password is refused (401).
-        async fn login(State(s): State<TestServerState>, body: String) -> impl IntoResponse {
+        async fn login(State(s): State<TestServerState>, body: String) -> (StatusCode, &'static str) {
             s.login_hits.fetch_add(1, Ordering::SeqCst);
+            let delay = s.login_delay_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
             let doc: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
             if doc.get("password").and_then(Value::as_str) == Some("correct") {
                 (StatusCode::OK, "welcome")
@@ -701,6 +744,16 @@ impl TestServer {
     pub fn hits(&self) -> usize {
         self.state.upstream_hits.load(Ordering::SeqCst)
     }
+    /// Requests served by the protected handler (`/api/...` after [`lenient_route`]).
+    pub fn protected_hits(&self) -> usize {
+        self.state.protected_hits.load(Ordering::SeqCst)
+    }
+    /// Makes every JWKS answer take this long.
+    pub fn set_jwks_delay(&self, delay: Duration) {
+        self.state
+            .jwks_delay_ms
+            .store(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
     pub fn jwks_fetches(&self) -> usize {
         self.state.jwks_fetches.load(Ordering::SeqCst)
     }
@@ -710,6 +763,12 @@ impl TestServer {
     }
     pub fn login_hits(&self) -> usize {
         self.state.login_hits.load(Ordering::SeqCst)
+    }
+    /// Makes `POST /login` answer after `delay`.
+    pub fn set_login_delay(&self, delay: Duration) {
+        self.state
+            .login_delay_ms
+            .store(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), Ordering::SeqCst);
     }
     pub fn webhooks(&self) -> Vec<Delivery> {
         self.state.webhooks.lock().unwrap().clone()
@@ -746,6 +805,92 @@ impl Drop for TestServer {
     }
 }
 
+/// How a lenient upstream framework reads a path before routing: every escape decoded,
+/// `\` read as `/`, NULs dropped, `;parameters` dropped from each segment, dot segments
+/// resolved and empty segments merged.
+pub fn lenient_route(path: &str) -> String {
+    let decoded =
+        percent_encoding::percent_decode_str(path).decode_utf8_lossy().replace('\\', "/").replace('\0', "");
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        match segment.split(';').next().unwrap_or_default() {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            name => segments.push(name),
+        }
+    }
+    format!("/{}", segments.join("/"))
+}
+
+// ---------------------------------------------------------------------------------
+// a TCP proxy that delays what it forwards
+
+/// A loopback TCP proxy in front of a server that holds every chunk it forwards to the
+/// server for a settable delay (0 at start): calls through it stay in flight as long as
+/// a test needs, so what happens *while* the filter waits for an answer is observable.
+pub struct DelayProxy {
+    pub port: u16,
+    delay_ms: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DelayProxy {
+    pub async fn start(target_port: u16) -> DelayProxy {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let delay = delay_ms.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let delay = delay.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await else {
+                        return;
+                    };
+                    let (mut client_rx, mut client_tx) = client.into_split();
+                    let (mut server_rx, mut server_tx) = server.into_split();
+                    let upstream = async move {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = match client_rx.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            let ms = delay.load(Ordering::SeqCst);
+                            if ms > 0 {
+                                tokio::time::sleep(Duration::from_millis(ms)).await;
+                            }
+                            if server_tx.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = server_tx.shutdown().await;
+                    };
+                    let downstream = async move {
+                        let _ = tokio::io::copy(&mut server_rx, &mut client_tx).await;
+                        let _ = client_tx.shutdown().await;
+                    };
+                    tokio::join!(upstream, downstream);
+                });
+            }
+        });
+        DelayProxy { port, delay_ms, task }
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_ms.store(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+}
+
+impl Drop for DelayProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 // ---------------------------------------------------------------------------------
 // Envoy
 
@@ -753,6 +898,59 @@ pub struct Envoy {
     pub proc: Proc,
     pub port: u16,
     pub admin_port: u16,
+}
+
+/// How the connection manager in front of the filter reads requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hcm {
+    /// What every shipped configuration sets and the filter relies on
+    /// (docs/plugin-config.md, "Security model"): the client address is the TCP peer
+    /// (`use_remote_address`, with `xff_num_trusted_hops` equal to the plugin's
+    /// `clientIp.trustedHops`), paths are normalised and escaped slashes refused, and
+    /// header names with underscores refused.
+    Hardened,
+    /// Envoy's defaults, so that the filter's own defences are what is tested.
+    Permissive,
+}
+
+impl Hcm {
+    /// The connection manager fields this mode sets.
+    fn fields(self, plugin_config: &Value) -> Value {
+        // Trailers of HTTP/1.1 chunked requests reach the filters (as HTTP/2 ones always
+        // do), so tests see what a client can send either way.
+        let mut fields = json!({ "http_protocol_options": { "enable_trailers": true } });
+        if let (Hcm::Hardened, Some(all), Value::Object(hardened)) =
+            (self, fields.as_object_mut(), hardened_connection_manager(plugin_config))
+        {
+            all.extend(hardened);
+        }
+        fields
+    }
+}
+
+/// The connection manager fields the filter relies on, for a plugin configuration
+/// (`xff_num_trusted_hops` follows its `clientIp.trustedHops`). Every shipped
+/// configuration sets them (tested).
+pub fn hardened_connection_manager(plugin_config: &Value) -> Value {
+    let hops = plugin_config.pointer("/clientIp/trustedHops").and_then(Value::as_u64).unwrap_or(0);
+    json!({
+        "use_remote_address": true,
+        "xff_num_trusted_hops": hops,
+        "normalize_path": true,
+        "merge_slashes": true,
+        "path_with_escaped_slashes_action": "REJECT_REQUEST",
+        "common_http_protocol_options": { "headers_with_underscores_action": "REJECT_REQUEST" }
+    })
+}
+
+/// The fields of `expected` that `actual` lacks or sets otherwise, by name.
+pub fn missing_fields(actual: &Value, expected: &Value) -> Vec<String> {
+    let Some(expected) = expected.as_object() else { return Vec::new() };
+    expected
+        .iter()
+        .filter(|(name, value)| actual.get(name.as_str()) != Some(*value))
+        .map(|(name, value)| format!("{name}: {value}"))
+        .collect()
 }
 
 /// Where the filter's clusters point.
@@ -765,9 +963,15 @@ pub struct EnvoyClusters {
 }
 
 impl Envoy {
-    /// The bootstrap the end-to-end tests use: one listener, the filter with
-    /// `plugin_config`, then the router to the upstream.
-    pub fn bootstrap(plugin_config: &Value, clusters: &EnvoyClusters, port: u16, admin_port: u16) -> Value {
+    /// The bootstrap the end-to-end tests use: one listener (HTTP/1.1 and HTTP/2 with
+    /// prior knowledge), the filter with `plugin_config`, then the router to the upstream.
+    pub fn bootstrap(
+        plugin_config: &Value,
+        clusters: &EnvoyClusters,
+        hcm: Hcm,
+        port: u16,
+        admin_port: u16,
+    ) -> Value {
         let cluster = |name: &str, port: u16| {
             json!({
                 "name": name, "type": "STATIC", "connect_timeout": "1s",
@@ -782,7 +986,7 @@ impl Envoy {
         if let Some(p) = clusters.control_plane_port {
             clusters_json.push(cluster("portcullis_control_plane", p));
         }
-        json!({
+        let mut bootstrap = json!({
             "admin": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": admin_port } } },
             "static_resources": {
                 "listeners": [{
@@ -830,14 +1034,32 @@ impl Envoy {
                 }],
                 "clusters": clusters_json
             }
-        })
+        });
+        let manager = bootstrap
+            .pointer_mut("/static_resources/listeners/0/filter_chains/0/filters/0/typed_config")
+            .and_then(Value::as_object_mut)
+            .expect("connection manager");
+        if let Value::Object(fields) = hcm.fields(plugin_config) {
+            manager.extend(fields);
+        }
+        bootstrap
     }
 
-    /// Starts Envoy (2 workers, so shared data across VMs is exercised) with
-    /// [`FLEET_CREDENTIAL`] in its environment and waits until the admin endpoint reports
-    /// ready.
+    /// Starts Envoy (2 workers, so shared data across VMs is exercised) with the hardened
+    /// connection manager and [`FLEET_CREDENTIAL`] in its environment, and waits until the
+    /// admin endpoint reports ready.
     pub async fn start(logdir: &Path, plugin_config: &Value, clusters: &EnvoyClusters) -> Envoy {
-        Envoy::start_with_credential(logdir, plugin_config, clusters, Some(FLEET_CREDENTIAL)).await
+        Envoy::launch(logdir, plugin_config, clusters, Hcm::Hardened, Some(FLEET_CREDENTIAL)).await
+    }
+
+    /// Like [`Envoy::start`], with the given connection manager settings.
+    pub async fn start_with(
+        logdir: &Path,
+        plugin_config: &Value,
+        clusters: &EnvoyClusters,
+        hcm: Hcm,
+    ) -> Envoy {
+        Envoy::launch(logdir, plugin_config, clusters, hcm, Some(FLEET_CREDENTIAL)).await
     }
 
     /// Like [`Envoy::start`], with another fleet credential in Envoy's environment (or
@@ -848,12 +1070,22 @@ impl Envoy {
         clusters: &EnvoyClusters,
         credential: Option<&str>,
     ) -> Envoy {
+        Envoy::launch(logdir, plugin_config, clusters, Hcm::Hardened, credential).await
+    }
+
+    async fn launch(
+        logdir: &Path,
+        plugin_config: &Value,
+        clusters: &EnvoyClusters,
+        hcm: Hcm,
+        credential: Option<&str>,
+    ) -> Envoy {
         // Port 0: Envoy binds free ports itself (no race with other tests picking ports);
         // the admin address comes from --admin-address-path, the listener's from /listeners.
         static STARTED: AtomicUsize = AtomicUsize::new(0);
         let n = STARTED.fetch_add(1, Ordering::SeqCst);
         let name = format!("envoy-{}-{n}", std::process::id());
-        let config = Envoy::bootstrap(plugin_config, clusters, 0, 0);
+        let config = Envoy::bootstrap(plugin_config, clusters, hcm, 0, 0);
         let path = logdir.join(format!("{name}.json"));
         std::fs::write(&path, serde_json::to_vec_pretty(&config).expect("json")).expect("write bootstrap");
         let admin_file = logdir.join(format!("{name}.admin"));
@@ -958,6 +1190,34 @@ impl FilterStack {
         };
         let envoy = Envoy::start(dir.path(), plugin_config, &clusters).await;
         FilterStack { envoy, server, _dir: dir }
+    }
+}
+
+/// Envoy with the filter in front of a [`TestServer`] (also serving the `jwks` cluster),
+/// and the real control plane (embedded store) reached through a [`DelayProxy`], so that
+/// a test can keep the filter's calls to it in flight.
+// Fields drop in order: the work directory (with the logs a failing test prints) last.
+pub struct GuardStack {
+    pub envoy: Envoy,
+    pub proxy: DelayProxy,
+    pub cp: ControlPlane,
+    pub server: TestServer,
+    _dir: Workdir,
+}
+
+impl GuardStack {
+    pub async fn start(plugin_config: &Value, hcm: Hcm) -> GuardStack {
+        let dir = Workdir::new();
+        let cp = ControlPlane::start(dir.path(), StoreKind::Embedded).await;
+        let proxy = DelayProxy::start(cp.internal_port).await;
+        let server = TestServer::start(json!({ "keys": [] })).await;
+        let clusters = EnvoyClusters {
+            upstream_port: server.port,
+            jwks_port: Some(server.port),
+            control_plane_port: Some(proxy.port),
+        };
+        let envoy = Envoy::start_with(dir.path(), plugin_config, &clusters, hcm).await;
+        GuardStack { envoy, proxy, cp, server, _dir: dir }
     }
 }
 

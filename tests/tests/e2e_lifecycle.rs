@@ -12,6 +12,13 @@ use portcullis_e2e::{
 use serde_json::{json, Value};
 
 fn plugin_config() -> Value {
+    plugin_config_polling_every(250)
+}
+
+/// The configuration with the revocation feed polled every `poll_ms` (staleness allowed:
+/// twelve polls, at least 3 s).
+fn plugin_config_polling_every(poll_ms: u64) -> Value {
+    let max_staleness_seconds = (poll_ms * 12 / 1000).max(3);
     json!({
         "realm": "e2e",
         "providers": {
@@ -27,7 +34,8 @@ fn plugin_config() -> Value {
         },
         "controlPlane": control_plane_section(500),
         "revocation": {
-            "pollIntervalMs": 250, "maxStalenessSeconds": 3, "strictTimeoutMs": 500, "strictCacheMs": 0
+            "pollIntervalMs": poll_ms, "maxStalenessSeconds": max_staleness_seconds,
+            "strictTimeoutMs": 500, "strictCacheMs": 0
         },
         "rules": [
             { "name": "strict", "match": { "pathPrefix": "/strict/" }, "requires": { "provider": "portcullis" }, "revocationCheck": "strict" },
@@ -47,6 +55,10 @@ struct Stack {
 }
 
 async fn stack(backend: Backend) -> Stack {
+    stack_with(backend, &plugin_config()).await
+}
+
+async fn stack_with(backend: Backend, config: &Value) -> Stack {
     let dir = Workdir::new();
     let (redis, store) = backend.store(dir.path()).await;
     let cp = ControlPlane::start(dir.path(), store).await;
@@ -56,7 +68,7 @@ async fn stack(backend: Backend) -> Stack {
         jwks_port: None,
         control_plane_port: Some(cp.internal_port),
     };
-    let envoy = Envoy::start(dir.path(), &plugin_config(), &clusters).await;
+    let envoy = Envoy::start(dir.path(), config, &clusters).await;
     Stack { envoy, cp, upstream, _redis: redis, dir }
 }
 
@@ -94,7 +106,14 @@ async fn revoking_a_jti_with_the_cli_rejects_that_token_only(backend: Backend) {
 }
 
 async fn strict_routes_see_a_revocation_as_soon_as_the_admin_call_returns(backend: Backend) {
-    let s = stack(backend).await;
+    // The feed is polled once at start and then not for a minute: every refusal below
+    // can only come from the strict check, and each request makes exactly one.
+    let s = stack_with(backend, &plugin_config_polling_every(60_000)).await;
+    eventually(Duration::from_secs(10), "the first feed poll", || async {
+        s.envoy.counter("wasmcustom.portcullis.revocation.poll_ok").await >= 1
+    })
+    .await;
+    let polls = s.envoy.counter("wasmcustom.portcullis.revocation.poll_ok").await;
     let t = access(&issue(&s.cp, "alice"));
     assert_eq!(call(&s.envoy, "/strict/x", &t).await.0, 200);
     s.cp.cli(&["revoke", "token", &t]);
@@ -104,7 +123,12 @@ async fn strict_routes_see_a_revocation_as_soon_as_the_admin_call_returns(backen
     assert_eq!(call(&s.envoy, "/strict/x", &other).await.0, 200);
     s.cp.cli(&["revoke", "user", "bob"]);
     assert_eq!(call(&s.envoy, "/strict/x", &other).await, (401, "version_too_old".to_string()));
-    assert!(s.envoy.counter("wasmcustom.portcullis.revocation.strict_checks").await >= 4);
+    assert_eq!(s.envoy.counter("wasmcustom.portcullis.revocation.strict_checks").await, 4);
+    assert_eq!(
+        s.envoy.counter("wasmcustom.portcullis.revocation.poll_ok").await,
+        polls,
+        "no poll in between"
+    );
 
     // Without an answer from the control plane the rule fails closed.
     let fresh = access(&issue(&s.cp, "carol"));

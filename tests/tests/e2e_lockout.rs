@@ -1,8 +1,11 @@
 //! Account lockout end to end, on both store backends: a real Envoy with the filter in
 //! front of the test server's `POST /login` (200 for `"password":"correct"`, else 401),
 //! the real control plane keeping the failures (embedded store or a real
-//! redis-server), and the `portcullis` CLI for admins. The client is always 127.0.0.1.
+//! redis-server), and the `portcullis` CLI for admins. The client is 127.0.0.1, except
+//! where a test sends from other loopback addresses (127.0.0.0/8 is all local) to play
+//! many clients.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use portcullis_e2e::{
@@ -65,6 +68,26 @@ async fn stack(backend: Backend, lockout: Value) -> Stack {
     Stack { envoy, cp, server, _redis: redis, _dir: dir }
 }
 
+/// Envoy with the filter whose control-plane cluster points at `control_plane_port`
+/// (which may answer nothing), in front of the test server.
+struct Lone {
+    envoy: Envoy,
+    server: TestServer,
+    _dir: Workdir,
+}
+
+async fn without_control_plane(lockout: Value, control_plane_port: u16) -> Lone {
+    let dir = Workdir::new();
+    let server = TestServer::start(json!({"keys": []})).await;
+    let clusters = EnvoyClusters {
+        upstream_port: server.port,
+        jwks_port: None,
+        control_plane_port: Some(control_plane_port),
+    };
+    let envoy = Envoy::start(dir.path(), &plugin_config(lockout), &clusters).await;
+    Lone { envoy, server, _dir: dir }
+}
+
 /// What a login attempt got back.
 #[derive(Debug)]
 struct Answer {
@@ -98,6 +121,15 @@ async fn send(req: reqwest::RequestBuilder) -> Answer {
         r.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     let body = r.text().await.unwrap_or_default();
     Answer { status, retry_after, body }
+}
+
+/// `POST /login` with a raw body and content type.
+async fn login_raw(envoy: &Envoy, content_type: Option<&str>, body: Vec<u8>) -> Answer {
+    let mut req = http().post(envoy.url("/login")).body(body);
+    if let Some(ct) = content_type {
+        req = req.header("content-type", ct);
+    }
+    send(req).await
 }
 
 /// `POST /login` with `{"username": user, "password": password}`.
@@ -227,8 +259,10 @@ async fn failures_from_one_address_lock_every_account(backend: Backend) {
     assert_eq!(account["lockedForMs"], 0, "{account}");
 }
 
-async fn attempts_without_an_account_still_count_for_the_address(backend: Backend) {
-    let s = stack(backend, lockout(true, None)).await;
+async fn with_address_only_attempts_without_an_account_count_for_the_address(backend: Backend) {
+    let mut l = lockout(true, None);
+    l["onNoAccount"] = json!("addressOnly");
+    let s = stack(backend, l).await;
     let bodies = [
         json!({ "password": "wrong" }).to_string(),
         json!({ "username": "", "password": "wrong" }).to_string(),
@@ -237,15 +271,13 @@ async fn attempts_without_an_account_still_count_for_the_address(backend: Backen
         json!({ "user": "alice", "password": "wrong" }).to_string(),
     ];
     for body in &bodies {
-        let a = send(
-            http().post(s.envoy.url("/login")).header("content-type", "application/json").body(body.clone()),
-        )
-        .await;
+        let a = login_raw(&s.envoy, Some("application/json"), body.clone().into_bytes()).await;
         assert_eq!(a.status, 401, "{body}: {a:?}");
     }
     assert_eq!(s.server.login_hits(), 5);
     login(&s.envoy, "bob", "correct").await.assert_locked(29..=30);
     assert_eq!(s.server.login_hits(), 5);
+    assert_eq!(s.envoy.counter("wasmcustom.portcullis.lockout.no_account").await, 5);
 }
 
 async fn an_account_in_a_header_is_locked_too(backend: Backend) {
@@ -280,12 +312,256 @@ async fn an_account_in_a_header_is_locked_too(backend: Backend) {
     assert_eq!(decoy.status(), 404);
 }
 
+/// A client whose connections come from `ip` (a loopback address).
+fn client_from(ip: Ipv4Addr) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(IpAddr::V4(ip))
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("http client")
+}
+
+/// Sends one wrong-password attempt per `(client, user)` pair, all at once, and
+/// returns the answers.
+async fn all_at_once(envoy: &Envoy, attempts: Vec<(reqwest::Client, String)>) -> Vec<Answer> {
+    let url = envoy.url("/login");
+    let tasks: Vec<_> = attempts
+        .into_iter()
+        .map(|(client, user)| {
+            let req = client.post(url.clone()).json(&json!({ "username": user, "password": "wrong" }));
+            tokio::spawn(send(req))
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        answers.push(task.await.expect("attempt task"));
+    }
+    answers
+}
+
+/// `(401s, 429s)` among `answers`; anything else fails the test.
+#[track_caller]
+fn tally(answers: &[Answer]) -> (usize, usize) {
+    let mut counts = (0, 0);
+    for a in answers {
+        match (a.status, a.reason().as_str()) {
+            (401, _) => counts.0 += 1,
+            (429, "locked_out") => counts.1 += 1,
+            _ => panic!("unexpected answer {a:?}"),
+        }
+    }
+    counts
+}
+
+/// A lockout whose lock check has all the time a loaded machine may need: parallel
+/// attempts must be decided by the lockout, not by a timeout.
+fn patient(mut l: Value) -> Value {
+    l["timeoutMs"] = json!(10_000);
+    l
+}
+
+async fn parallel_guesses_at_one_account_from_many_addresses_reach_the_upstream_five_times(backend: Backend) {
+    let s = stack(backend, patient(lockout(true, None))).await;
+    // The upstream takes its time, so every attempt is in flight at once.
+    s.server.set_login_delay(Duration::from_millis(300));
+    let mut hits = 0;
+    for (n, user, subnet) in [(30usize, "alice", 1u8), (100, "bob", 2)] {
+        // One address per attempt: only the account can stop them.
+        let attempts = (0..n)
+            .map(|i| (client_from(Ipv4Addr::new(127, 0, subnet, 1 + i as u8)), user.to_string()))
+            .collect();
+        let answers = all_at_once(&s.envoy, attempts).await;
+        hits += 5;
+        assert_eq!(tally(&answers), (5, n - 5), "{n} parallel guesses at {user}");
+        assert_eq!(s.server.login_hits(), hits, "the upstream saw exactly the threshold of {n}");
+        login(&s.envoy, user, "correct").await.assert_locked(29..=30);
+    }
+    assert_eq!(s.server.login_hits(), hits);
+}
+
+async fn parallel_guesses_from_one_address_at_many_accounts_reach_the_upstream_five_times(backend: Backend) {
+    let s = stack(backend, patient(lockout(true, None))).await;
+    s.server.set_login_delay(Duration::from_millis(300));
+    let mut hits = 0;
+    for (n, ip) in [(30usize, Ipv4Addr::new(127, 0, 0, 2)), (100, Ipv4Addr::new(127, 0, 0, 3))] {
+        // One account per attempt: only the address can stop them.
+        let client = client_from(ip);
+        let attempts = (0..n).map(|i| (client.clone(), format!("user-{ip}-{i}"))).collect();
+        let answers = all_at_once(&s.envoy, attempts).await;
+        hits += 5;
+        assert_eq!(tally(&answers), (5, n - 5), "{n} parallel guesses from {ip}");
+        assert_eq!(s.server.login_hits(), hits, "the upstream saw exactly the threshold of {n}");
+        let a = send(
+            client.post(s.envoy.url("/login")).json(&json!({ "username": "fresh", "password": "correct" })),
+        )
+        .await;
+        a.assert_locked(29..=30);
+    }
+    assert_eq!(s.server.login_hits(), hits);
+    let shown: Value = serde_json::from_str(&s.cp.cli(&["lockouts", "show", "--ip", "127.0.0.3"])).unwrap();
+    assert_eq!((shown["failures"].as_u64(), shown["inFlight"].as_u64()), (Some(5), Some(0)), "{shown}");
+}
+
+async fn unreadable_login_bodies_are_refused_before_the_upstream(backend: Backend) {
+    let s = stack(backend, lockout(true, None)).await;
+    let json_type = Some("application/json");
+    let padded = json!({ "username": "alice", "password": "wrong", "pad": "x".repeat(17 * 1024) });
+    let utf16: Vec<u8> =
+        r#"{"username":"alice","password":"wrong"}"#.encode_utf16().flat_map(u16::to_le_bytes).collect();
+    let form_type = Some("application/x-www-form-urlencoded");
+    let refused = |what: &'static str, content_type: Option<&'static str>, body: Vec<u8>| {
+        let envoy = &s.envoy;
+        async move { (what, login_raw(envoy, content_type, body).await) }
+    };
+    let answers = [
+        (
+            refused("over the 16 KiB cap", json_type, padded.to_string().into_bytes()).await,
+            413,
+            "login_body_too_large",
+        ),
+        (
+            refused("NaN", json_type, br#"{"username":"alice","password":"wrong","n":NaN}"#.to_vec()).await,
+            400,
+            "login_body_malformed",
+        ),
+        (refused("UTF-16", json_type, utf16.clone()).await, 400, "login_body_malformed"),
+        (
+            refused("UTF-16 declared", Some("application/json; charset=utf-16le"), utf16).await,
+            415,
+            "login_content_type",
+        ),
+        (
+            refused("a form body", form_type, b"username=alice&password=wrong".to_vec()).await,
+            415,
+            "login_content_type",
+        ),
+        (
+            refused(
+                "a JSON/form polyglot sent as a form",
+                form_type,
+                br#"{"username":"alice","password":"wrong","x":"&username=bob"}"#.to_vec(),
+            )
+            .await,
+            415,
+            "login_content_type",
+        ),
+        (
+            refused(
+                "a JSON/form polyglot sent as JSON",
+                json_type,
+                br#"{"username":"alice","password":"wrong"}&username=bob"#.to_vec(),
+            )
+            .await,
+            400,
+            "login_body_malformed",
+        ),
+        (
+            refused("no content type", None, br#"{"username":"alice","password":"wrong"}"#.to_vec()).await,
+            415,
+            "login_content_type",
+        ),
+        (
+            refused(
+                "a repeated key",
+                json_type,
+                br#"{"username":"bob","username":"alice","password":"wrong"}"#.to_vec(),
+            )
+            .await,
+            400,
+            "account_ambiguous",
+        ),
+        (refused("no account", json_type, br#"{"password":"wrong"}"#.to_vec()).await, 400, "account_missing"),
+    ];
+    for ((what, a), status, reason) in answers {
+        assert_eq!((a.status, a.reason().as_str()), (status, reason), "{what}: {a:?}");
+        let problem: Value = serde_json::from_str(&a.body).unwrap_or_default();
+        assert_eq!(problem["error"], "invalid_request", "{what}: {a:?}");
+    }
+    assert_eq!(s.server.login_hits(), 0, "no guess reached the upstream");
+    // Refused attempts are no failures: alice and this address are not locked.
+    assert_eq!(login(&s.envoy, "alice", "correct").await.status, 200);
+    assert!(s.envoy.counter("wasmcustom.portcullis.lockout.refused.login_content_type").await >= 4);
+}
+
+async fn a_form_account_is_read_past_bad_pairs_and_never_twice(backend: Backend) {
+    let mut l = lockout(false, None);
+    l["account"] = json!("form:username");
+    let s = stack(backend, l).await;
+    let form = Some("application/x-www-form-urlencoded");
+    // A malformed pair before the field does not hide it: the guesses count for bob.
+    for i in 0..5 {
+        let a = login_raw(&s.envoy, form, b"%zz=&username=bob&password=wrong".to_vec()).await;
+        assert_eq!(a.status, 401, "guess {}: {a:?}", i + 1);
+    }
+    let a = login_raw(&s.envoy, form, b"username=bob&password=correct".to_vec()).await;
+    a.assert_locked(29..=30);
+    assert_eq!(s.server.login_hits(), 5);
+    // Which of two accounts counts is not the attacker's choice: neither.
+    let a = login_raw(&s.envoy, form, b"username=alice&username=bob&password=wrong".to_vec()).await;
+    assert_eq!((a.status, a.reason().as_str()), (400, "account_ambiguous"), "{a:?}");
+    let a = login_raw(&s.envoy, Some("application/json"), br#"{"username":"carol"}"#.to_vec()).await;
+    assert_eq!((a.status, a.reason().as_str()), (415, "login_content_type"), "{a:?}");
+    assert_eq!(s.server.login_hits(), 5);
+}
+
 portcullis_e2e::on_both_backends!(
     five_failures_lock_the_account_for_30_seconds,
     each_lock_after_the_first_lasts_twice_as_long,
     a_success_forgets_the_failures,
     clearing_a_lock_with_the_cli_unlocks_within_a_second,
     failures_from_one_address_lock_every_account,
-    attempts_without_an_account_still_count_for_the_address,
+    with_address_only_attempts_without_an_account_count_for_the_address,
     an_account_in_a_header_is_locked_too,
+    parallel_guesses_at_one_account_from_many_addresses_reach_the_upstream_five_times,
+    parallel_guesses_from_one_address_at_many_accounts_reach_the_upstream_five_times,
+    unreadable_login_bodies_are_refused_before_the_upstream,
+    a_form_account_is_read_past_bad_pairs_and_never_twice,
 );
+
+// --- without a control plane that answers -------------------------------------------
+
+/// Sockets that are accepted and never answered.
+async fn black_hole() -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (port, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_is_refused_when_the_control_plane_does_not_answer_in_time() {
+    let (port, hole) = black_hole().await;
+    let mut l = lockout(true, None);
+    l["timeoutMs"] = json!(300);
+    let s = without_control_plane(l, port).await;
+    for i in 0..3 {
+        let a = login(&s.envoy, "alice", "correct").await;
+        assert_eq!((a.status, a.reason().as_str()), (503, "lockout_unavailable"), "attempt {}: {a:?}", i + 1);
+    }
+    assert_eq!(s.server.login_hits(), 0);
+    assert!(s.envoy.counter("wasmcustom.portcullis.lockout.unavailable_denied").await >= 3);
+    hole.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_is_refused_when_the_control_plane_is_absent_unless_allowed() {
+    let nothing = portcullis_e2e::free_port();
+    let s = without_control_plane(lockout(true, None), nothing).await;
+    for i in 0..3 {
+        let a = login(&s.envoy, "alice", "correct").await;
+        assert_eq!((a.status, a.reason().as_str()), (503, "lockout_unavailable"), "attempt {}: {a:?}", i + 1);
+    }
+    assert_eq!(s.server.login_hits(), 0);
+    // An explicit `onError: allow` keeps its meaning.
+    let mut l = lockout(true, None);
+    l["onError"] = json!("allow");
+    let open = without_control_plane(l, nothing).await;
+    assert_eq!(login(&open.envoy, "alice", "correct").await.status, 200);
+    assert_eq!(open.server.login_hits(), 1);
+    assert!(open.envoy.counter("wasmcustom.portcullis.lockout.unavailable_allowed").await >= 1);
+}

@@ -6,38 +6,51 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use portcullis_e2e::{
-    envoy_bin, free_port, repo_root, Envoy, EnvoyClusters, Proc, TestServer, Workdir, FLEET_CREDENTIAL,
-    FLEET_CREDENTIAL_ENV,
+    envoy_bin, free_port, hardened_connection_manager, missing_fields, repo_root, Envoy, EnvoyClusters, Hcm,
+    Proc, TestServer, Workdir, FLEET_CREDENTIAL, FLEET_CREDENTIAL_ENV,
 };
 use serde_json::{json, Value};
 
-/// Every `configuration.value` of a wasm filter in a bootstrap.
-fn embedded_plugin_configs(v: &Value, out: &mut Vec<String>) {
+/// Every object of a configuration tree whose `@type` is `type_url`.
+fn typed<'a>(v: &'a Value, type_url: &str, out: &mut Vec<&'a Value>) {
     match v {
         Value::Object(map) => {
-            if map.get("@type").and_then(Value::as_str)
-                == Some("type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm")
-            {
-                if let Some(s) = v.pointer("/config/configuration/value").and_then(Value::as_str) {
-                    out.push(s.to_string());
-                }
+            if map.get("@type").and_then(Value::as_str) == Some(type_url) {
+                out.push(v);
             }
-            map.values().for_each(|c| embedded_plugin_configs(c, out));
+            map.values().for_each(|c| typed(c, type_url, out));
         }
-        Value::Array(items) => items.iter().for_each(|c| embedded_plugin_configs(c, out)),
+        Value::Array(items) => items.iter().for_each(|c| typed(c, type_url, out)),
         _ => {}
     }
 }
 
+/// Every `configuration.value` of a wasm filter in a bootstrap.
+fn embedded_plugin_configs(v: &Value) -> Vec<String> {
+    let mut filters = Vec::new();
+    typed(v, "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", &mut filters);
+    filters
+        .into_iter()
+        .filter_map(|f| f.pointer("/config/configuration/value").and_then(Value::as_str))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The Envoy bootstraps in `envoy/` (at least one).
+fn bootstraps() -> Vec<std::path::PathBuf> {
+    let dir = repo_root().join("envoy");
+    let found: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().and_then(|e| e.to_str()) == Some("yaml"))
+        .collect();
+    assert!(!found.is_empty(), "no bootstrap found in {}", dir.display());
+    found
+}
+
 #[test]
 fn every_envoy_bootstrap_in_the_repo_passes_envoy_validate_and_its_plugin_config_compiles() {
-    let dir = repo_root().join("envoy");
-    let mut checked = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
-            continue;
-        }
+    for path in bootstraps() {
         let out = Command::new(envoy_bin())
             .current_dir(repo_root())
             .args(["--mode", "validate", "--use-dynamic-base-id", "-c"])
@@ -53,8 +66,7 @@ fn every_envoy_bootstrap_in_the_repo_passes_envoy_validate_and_its_plugin_config
             String::from_utf8_lossy(&out.stderr)
         );
         let yaml: Value = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        let mut configs = Vec::new();
-        embedded_plugin_configs(&yaml, &mut configs);
+        let configs = embedded_plugin_configs(&yaml);
         assert!(!configs.is_empty(), "{} has no Portcullis filter", path.display());
         // As in a proxy whose environment holds the credential (run-demo.sh sets it).
         let env = |name: &str| (name == FLEET_CREDENTIAL_ENV).then(|| FLEET_CREDENTIAL.to_string());
@@ -63,9 +75,28 @@ fn every_envoy_bootstrap_in_the_repo_passes_envoy_validate_and_its_plugin_config
                 panic!("{}: {e}", path.display());
             }
         }
-        checked += 1;
     }
-    assert!(checked >= 1, "no bootstrap found in {}", dir.display());
+}
+
+#[test]
+fn every_envoy_bootstrap_sets_the_connection_manager_options_the_filter_relies_on() {
+    let mut checked = 0;
+    for path in bootstraps() {
+        let yaml: Value = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let mut managers = Vec::new();
+        let manager_type =
+            "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+        typed(&yaml, manager_type, &mut managers);
+        for manager in managers {
+            let configs = embedded_plugin_configs(manager);
+            let Some(config) = configs.first() else { continue };
+            let plugin: Value = serde_json::from_str(config).unwrap();
+            let missing = missing_fields(manager, &hardened_connection_manager(&plugin));
+            assert!(missing.is_empty(), "{}: the connection manager lacks {missing:?}", path.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= 1, "no connection manager with the filter in envoy/");
 }
 
 #[test]
@@ -75,6 +106,7 @@ fn envoy_validate_rejects_a_broken_bootstrap() {
     let mut config = Envoy::bootstrap(
         &json!({"rules": []}),
         &EnvoyClusters { upstream_port: 1, jwks_port: None, control_plane_port: None },
+        Hcm::Hardened,
         free_port(),
         free_port(),
     );
@@ -101,6 +133,7 @@ fn spawn_envoy(
     let mut config = Envoy::bootstrap(
         plugin_config,
         &EnvoyClusters { upstream_port: upstream, jwks_port: None, control_plane_port: None },
+        Hcm::Hardened,
         0,
         0,
     );

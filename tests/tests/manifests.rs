@@ -25,6 +25,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use portcullis_e2e::{hardened_connection_manager, missing_fields};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -635,6 +636,31 @@ fn both_routes_add_the_control_plane_cluster_the_filter_calls() {
             "{origin}: the filter calls the control plane's internal listener"
         );
     }
+}
+
+#[test]
+fn both_routes_set_the_inbound_connection_manager_options_the_filter_relies_on() {
+    let (_, config) = wasm_plugin_config(&istio_documents());
+    let expected = hardened_connection_manager(&config);
+    let mut found = Vec::new();
+    for file in ["wasmplugin.yaml", "envoyfilter.yaml"] {
+        let in_file: Vec<Document> = read_documents(&repo_root().join("envoy/istio").join(file));
+        let merges: Vec<(&Document, &Value)> = patches(&in_file, "NETWORK_FILTER")
+            .into_iter()
+            .filter(|(_, p)| {
+                p["match"]["context"] == "SIDECAR_INBOUND"
+                    && p["match"]["listener"]["filterChain"]["filter"]["name"]
+                        == "envoy.filters.network.http_connection_manager"
+                    && p["patch"]["operation"] == "MERGE"
+            })
+            .collect();
+        assert_eq!(merges.len(), 1, "envoy/istio/{file}: one MERGE patch of the inbound connection manager");
+        let (document, patch) = merges[0];
+        let missing = missing_fields(&patch["patch"]["value"]["typed_config"], &expected);
+        assert!(missing.is_empty(), "{}: the connection manager patch lacks {missing:?}", document.origin);
+        found.push(document.value.clone());
+    }
+    assert_eq!(found[0], found[1], "the connection manager EnvoyFilter differs between the two route files");
 }
 
 #[test]

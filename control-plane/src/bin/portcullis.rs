@@ -1,15 +1,22 @@
 //! `portcullis`: the operator CLI for the control plane's admin API (the admin
-//! listener, `--url`); `token refresh` goes to the internal listener (`--internal-url`).
+//! listener, `--url`; `token refresh` goes to the internal listener, `--internal-url`),
+//! and offline checks of plugin configurations (`portcullis config check|schema`, no
+//! control plane needed).
 //!
 //! `TOKEN=$(portcullis token issue --sub alice)` prints just the token; other commands
 //! print the JSON answer. Errors go to stderr as `title: detail` with a non-zero exit
 //! code.
 
+use std::io::Read as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use portcullis_control_plane::client::{ClientError, ControlPlaneClient};
-use portcullis_control_plane::config::AdminTokenArgs;
+use portcullis_control_plane::config::{parse_duration_secs, AdminTokenArgs};
+use portcullis_control_plane::config_check::Outcome;
+use portcullis_control_plane::tls::CaBundle;
 use portcullis_control_plane::tokens::TokenRequest;
 use portcullis_core::wire::SubjectKind;
 use serde_json::{Map, Value};
@@ -25,6 +32,11 @@ struct Cli {
     /// refresh token exchange is served there).
     #[arg(long, env = "PORTCULLIS_INTERNAL_URL", default_value = "http://127.0.0.1:9091", global = true)]
     internal_url: String,
+
+    /// More CA certificates (PEM) to trust for an https:// --url, in addition to the
+    /// built-in roots.
+    #[arg(long, env = "PORTCULLIS_CA_FILE", global = true)]
+    ca_file: Option<std::path::PathBuf>,
 
     #[command(flatten)]
     admin_token: AdminTokenArgs,
@@ -68,7 +80,78 @@ enum Command {
     /// Show the control plane's status (needs the admin token).
     Status,
     /// Check liveness and readiness; exits non-zero when not ready.
-    Health,
+    Health {
+        /// Wait up to this long (e.g. `10s`, `1m`) for the control plane to answer and be
+        /// ready, for scripts that start it and then talk to it.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration_secs)]
+        wait: Option<u64>,
+    },
+    /// Plugin configurations, offline: check files, print the JSON Schema.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Compile every Portcullis configuration in the files with the filter's own
+    /// compiler: plugin JSON, WasmPlugin, EnvoyFilter or Envoy bootstrap YAML (any
+    /// number of documents; `-` reads standard input). Exit code 0: all valid;
+    /// 1: an error (each printed with file, document and field); 2: a file cannot be read.
+    Check {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// Print the JSON Schema (draft 2020-12) of the plugin configuration.
+    Schema,
+}
+
+/// How often `health --wait` asks again.
+const HEALTH_POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Exit code of `config check` when a file cannot be read (clap uses 2 for usage errors).
+const EXIT_UNREADABLE: u8 = 2;
+
+fn config_command(command: ConfigCommand) -> ExitCode {
+    match command {
+        ConfigCommand::Schema => {
+            print!("{}", portcullis_core::schema::json_schema_text());
+            ExitCode::SUCCESS
+        }
+        ConfigCommand::Check { files } => {
+            let (mut valid, mut errors, mut unreadable) = (0, 0, 0);
+            for path in files {
+                let (name, read) = if path.as_os_str() == "-" {
+                    let mut bytes = Vec::new();
+                    ("<stdin>".to_owned(), std::io::stdin().read_to_end(&mut bytes).map(|_| bytes))
+                } else {
+                    (path.display().to_string(), std::fs::read(&path))
+                };
+                let bytes = match read {
+                    Ok(bytes) => bytes,
+                    Err(error) => {
+                        eprintln!("{name}: cannot read: {error}");
+                        unreadable += 1;
+                        continue;
+                    }
+                };
+                for finding in portcullis_control_plane::config_check::check_bytes(&name, &bytes) {
+                    valid += usize::from(finding.outcome == Outcome::Valid);
+                    errors += usize::from(finding.is_error());
+                    println!("{finding}");
+                }
+            }
+            println!("{valid} valid, {errors} errors, {unreadable} unreadable files");
+            if unreadable > 0 {
+                ExitCode::from(EXIT_UNREADABLE)
+            } else if errors > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -207,6 +290,8 @@ enum CliError {
     Client(#[from] ClientError),
     #[error(transparent)]
     AdminToken(#[from] portcullis_control_plane::config::AdminTokenError),
+    #[error(transparent)]
+    Tls(#[from] portcullis_control_plane::tls::TlsConfigError),
     #[error("cannot print JSON: {0}")]
     Json(#[from] serde_json::Error),
     #[error("not ready: {0}")]
@@ -215,11 +300,13 @@ enum CliError {
     BadToken(String),
 }
 
-async fn run(cli: Cli) -> Result<(), CliError> {
+async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let refresh = matches!(cli.command, Command::Token { command: TokenCommand::Refresh { .. } });
-    let needs_admin = !refresh && !matches!(cli.command, Command::Health);
+    let needs_admin = !refresh && !matches!(cli.command, Command::Health { .. } | Command::Config { .. });
     let token = if needs_admin { Some(cli.admin_token.load()?) } else { None };
-    let client = ControlPlaneClient::new(if refresh { &cli.internal_url } else { &cli.url }, token)?;
+    let ca = cli.ca_file.as_deref().map(|path| CaBundle::load("--ca-file", path)).transpose()?;
+    let client =
+        ControlPlaneClient::with_ca(if refresh { &cli.internal_url } else { &cli.url }, token, ca.as_ref())?;
     match cli.command {
         Command::Token { command: TokenCommand::Issue { sub, scopes, ttl, audience, claims, json } } => {
             let claims: Map<String, Value> = claims.into_iter().collect();
@@ -275,15 +362,27 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             let status = client.status().await?;
             println!("{}", serde_json::to_string_pretty(&status)?);
         }
-        Command::Health => {
-            let health = client.health().await?;
-            if let Some(reason) = health.not_ready_reason {
-                return Err(CliError::NotReady(reason));
-            }
+        Command::Config { command } => return Ok(config_command(command)),
+        Command::Health { wait } => {
+            let deadline = Instant::now() + Duration::from_secs(wait.unwrap_or(0));
+            let health = loop {
+                let outcome = match client.health().await {
+                    Ok(health) => match health.not_ready_reason {
+                        Some(reason) => Err(CliError::NotReady(reason)),
+                        None => Ok(health),
+                    },
+                    Err(error) => Err(error.into()),
+                };
+                match outcome {
+                    Ok(health) => break health,
+                    Err(error) if Instant::now() >= deadline => return Err(error),
+                    Err(_) => tokio::time::sleep(HEALTH_POLL_INTERVAL).await,
+                }
+            };
             println!("alive: {}, ready: {}", health.alive, health.ready);
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> Result<(), CliError> {
@@ -295,7 +394,7 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<(), CliError> {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("{error}");
             ExitCode::FAILURE

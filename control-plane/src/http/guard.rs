@@ -2,9 +2,10 @@
 //! loopback or cluster-internal listener only: anyone who can reach them can lock an
 //! account or read whether it is locked):
 //!
-//! - `POST /v1/lockout/check` ([`LockoutCheck`]) before a login attempt and
-//!   `POST /v1/lockout/report` ([`LockoutReport`]) after the upstream answered, both
-//!   answering [`LockoutReply`];
+//! - `POST /v1/lockout/check` ([`LockoutCheck`]) before a login attempt, which with
+//!   `reservationTtlMs` also reserves the attempt (see [`lockouts::reserve`]), and
+//!   `POST /v1/lockout/report` ([`LockoutReport`]) after the upstream answered, which
+//!   settles the reservation; both answer [`LockoutReply`];
 //! - `POST /v1/burst/report` ([`BurstReport`]): per-address request counts, answering
 //!   the blocked addresses ([`BurstReply`]).
 
@@ -12,7 +13,7 @@ use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
 use portcullis_core::wire::{
-    BurstReply, BurstReport, LockoutCheck, LockoutReply, LockoutReport, LoginOutcome, BURST_REPORT_PATH,
+    BurstReply, BurstReport, LockoutCheck, LockoutReply, LockoutReport, BURST_REPORT_PATH,
     LOCKOUT_CHECK_PATH, LOCKOUT_REPORT_PATH,
 };
 
@@ -20,6 +21,7 @@ use super::error::ApiJson;
 use super::{ApiError, AppState};
 use crate::burst::BurstError;
 use crate::lockouts::{self, LockoutError};
+use crate::master_key::hex;
 use crate::store::StoreError;
 
 pub fn routes() -> Router<AppState> {
@@ -59,9 +61,31 @@ async fn lockout_check(
     ApiJson(check): ApiJson<LockoutCheck>,
 ) -> Result<Json<LockoutReply>, ApiError> {
     let keys = lockouts::subject_keys(&state.lockout_secret, &check.subjects)?;
-    let reply = lockouts::check(state.store.as_ref(), &check.policy, &keys, state.clock.now_ms()).await?;
-    state.metrics.record_lockout_check(reply.locked_for_ms > 0);
+    let store = state.store.as_ref();
+    let now_ms = state.clock.now_ms();
+    let reply = match check.reservation_ttl_ms {
+        None => lockouts::check(store, &check.policy, &keys, now_ms).await?,
+        Some(ttl_ms) => {
+            let id = reservation_id(&state)?;
+            lockouts::reserve(store, &check.policy, &keys, &id, ttl_ms, now_ms).await?
+        }
+    };
+    let result = if reply.locked_for_ms > 0 {
+        "locked"
+    } else if check.reservation_ttl_ms.is_some() && reply.reservation.is_none() {
+        "in_flight"
+    } else {
+        "open"
+    };
+    state.metrics.record_lockout_check(result);
     Ok(Json(reply))
+}
+
+/// A fresh reservation id: 16 random bytes in hex.
+fn reservation_id(state: &AppState) -> Result<String, ApiError> {
+    let mut bytes = [0u8; 16];
+    state.rng.fill(&mut bytes).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(hex(&bytes))
 }
 
 async fn lockout_report(
@@ -69,13 +93,16 @@ async fn lockout_report(
     ApiJson(report): ApiJson<LockoutReport>,
 ) -> Result<Json<LockoutReply>, ApiError> {
     let keys = lockouts::subject_keys(&state.lockout_secret, &report.subjects)?;
-    let result =
-        lockouts::report(state.store.as_ref(), &report.policy, report.outcome, &keys, state.clock.now_ms())
-            .await?;
-    state.metrics.record_lockout_report(match report.outcome {
-        LoginOutcome::Failure => "failure",
-        LoginOutcome::Success => "success",
-    });
+    let result = lockouts::report(
+        state.store.as_ref(),
+        &report.policy,
+        report.outcome,
+        &keys,
+        report.reservation.as_deref(),
+        state.clock.now_ms(),
+    )
+    .await?;
+    state.metrics.record_lockout_report(report.outcome.as_str());
     for key in &result.locks_started {
         state.metrics.record_lockout_started(key.kind.as_str());
         let locked_for_ms = result

@@ -1,7 +1,12 @@
 //! Test helpers shared by the integration tests: a real `redis-server` on a free port
+//! (plain, TLS, or three of them as a Redis Cluster), every store backend, a test PKI
 //! and small utilities.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod pki;
+pub mod redis_modes;
+
+use std::ffi::OsString;
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -12,66 +17,154 @@ use std::time::{Duration, Instant};
 
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free local port")
+    free_ports(1)[0]
 }
 
-fn redis_server_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("REDIS_SERVER_BIN") {
+/// `n` different ports nothing listens on right now (all bound at once, so never
+/// the same twice).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> =
+        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("no free local port")).collect();
+    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+/// Runs `command` to its end, or kills it after `limit`; its output and whether it
+/// ended by itself. (Its output must fit the pipes: a few KiB, as our tools print.)
+pub fn output_within(command: &mut Command, limit: Duration) -> (Output, bool) {
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + limit;
+    let mut in_time = true;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            in_time = false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child.wait_with_output().unwrap(), in_time)
+}
+
+/// A binary from `$<env>`, else `PATH`, else `/usr/bin`.
+pub fn binary(name: &str, env: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(env) {
         return PathBuf::from(path);
     }
     let candidates: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("redis-server")).collect())
+        .map(|p| std::env::split_paths(&p).map(|d| d.join(name)).collect())
         .unwrap_or_default();
-    candidates
-        .into_iter()
-        .chain([PathBuf::from("/usr/bin/redis-server")])
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
+    candidates.into_iter().chain([PathBuf::from("/usr/bin").join(name)]).find(|p| p.is_file()).unwrap_or_else(
+        || {
             panic!(
-                "redis-server not found: the Redis tests need a real Redis. Install it \
-                 (Debian: apt-get install redis-server) or set REDIS_SERVER_BIN"
+                "{name} not found: the Redis tests need a real Redis. Install it \
+             (Debian: apt-get install redis-server) or set {env}"
             )
-        })
+        },
+    )
 }
+
+/// What the log of a redis-server says when it is up.
+const READY_LINE: &str = "Ready to accept connections";
 
 /// A `redis-server` child process on 127.0.0.1, stopped on drop.
 ///
 /// The server runs under a tiny `sh` watchdog that kills it when our end of its stdin
 /// closes, which happens however this process ends (drop, panic, abort, SIGKILL), so
-/// no server outlives the test binary even when it is held in a `static`.
+/// no server outlives the test binary even when it is held in a `static`; the
+/// watchdog then also removes the server's directory (a `static` is never dropped),
+/// unless told `keep` by [`RedisServer::stop`].
+///
+/// Ports are picked free and picked again when another process takes one before the
+/// server binds it; a server is up when its own log says so and it answers `PING`
+/// (so a server of someone else on a reused port is never mistaken for ours).
 pub struct RedisServer {
     port: u16,
+    /// Further listening ports by flag (`--tls-port`, `--cluster-port`).
+    extra_ports: Vec<(&'static str, u16)>,
+    extra_args: Vec<OsString>,
     dir: tempfile::TempDir,
+    launches: u32,
     watchdog: Option<(Child, ChildStdin)>,
+}
+
+enum LaunchError {
+    PortTaken,
+    NotReady(String),
 }
 
 impl RedisServer {
     pub fn start() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir for redis-server");
-        let mut server = Self { port: free_port(), dir, watchdog: None };
-        server.start_again();
-        server
+        Self::start_with(&[], &[])
+    }
+
+    /// A server with more listening ports (each flag of `port_flags`, e.g.
+    /// `--tls-port`, gets a free port) and more arguments.
+    pub fn start_with(port_flags: &[&'static str], args: &[OsString]) -> Self {
+        Self::start_in(tempfile::tempdir().expect("temp dir for redis-server"), port_flags, args)
+    }
+
+    /// Like [`RedisServer::start_with`], in `dir` (which may hold files the server
+    /// needs, such as certificates: they go with it).
+    pub fn start_in(dir: tempfile::TempDir, port_flags: &[&'static str], args: &[OsString]) -> Self {
+        let mut server = Self {
+            port: 0,
+            extra_ports: Vec::new(),
+            extra_args: args.to_vec(),
+            dir,
+            launches: 0,
+            watchdog: None,
+        };
+        for _ in 0..10 {
+            let ports = free_ports(1 + port_flags.len());
+            server.port = ports[0];
+            server.extra_ports = port_flags.iter().copied().zip(ports[1..].iter().copied()).collect();
+            match server.launch() {
+                Ok(()) => return server,
+                Err(LaunchError::PortTaken) => server.end_watchdog(),
+                Err(LaunchError::NotReady(log)) => panic!("{log}"),
+            }
+        }
+        panic!("redis-server: every port tried was taken by another process");
     }
 
     pub fn port(&self) -> u16 {
         self.port
     }
 
+    /// The port given to `flag` (e.g. `--tls-port`).
+    pub fn port_of(&self, flag: &str) -> u16 {
+        self.extra_ports.iter().find(|(f, _)| *f == flag).map(|(_, port)| *port).unwrap()
+    }
+
     pub fn url(&self, db: u32) -> String {
         format!("redis://127.0.0.1:{}/{db}", self.port)
     }
 
-    /// Starts the server (again) on the same port.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Starts the server (again) on the same ports, with the same directory.
     pub fn start_again(&mut self) {
+        if let Err(error) = self.launch() {
+            match error {
+                LaunchError::PortTaken => panic!("redis-server port {} was taken meanwhile", self.port),
+                LaunchError::NotReady(log) => panic!("{log}"),
+            }
+        }
+    }
+
+    fn launch(&mut self) -> Result<(), LaunchError> {
         assert!(self.watchdog.is_none(), "redis-server already running");
-        let binary = redis_server_binary();
-        let log = self.dir.path().join("redis.log");
-        let mut child = Command::new("sh")
+        let binary = binary("redis-server", "REDIS_SERVER_BIN");
+        self.launches += 1;
+        let log = self.dir.path().join(format!("redis-{}.log", self.launches));
+        let mut command = Command::new("sh");
+        command
             .arg("-c")
-            .arg(r#""$0" "$@" & server=$!; read _; kill "$server"; wait "$server""#)
+            .arg(
+                r#""$0" "$@" & server=$!; read -r keep; kill "$server"; wait "$server"
+                   [ "$keep" = keep ] || rm -rf -- "$REDIS_TEST_DIR""#,
+            )
             .arg(&binary)
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
@@ -80,7 +173,13 @@ impl RedisServer {
             .arg("--dir")
             .arg(self.dir.path())
             .arg("--logfile")
-            .arg(&log)
+            .arg(&log);
+        for (flag, port) in &self.extra_ports {
+            command.arg(flag).arg(port.to_string());
+        }
+        let mut child = command
+            .args(&self.extra_args)
+            .env("REDIS_TEST_DIR", self.dir.path())
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -89,25 +188,41 @@ impl RedisServer {
         let stdin = child.stdin.take().expect("watchdog stdin");
         self.watchdog = Some((child, stdin));
         let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if ping(self.port) {
-                return;
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("Address already in use") {
+                return Err(LaunchError::PortTaken);
+            }
+            if text.contains(READY_LINE) && ping(self.port) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(LaunchError::NotReady(format!(
+                    "redis-server on port {} did not become ready within 10s; its log:\n{text}",
+                    self.port
+                )));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let log = std::fs::read_to_string(&log).unwrap_or_default();
-        panic!("redis-server on port {} did not answer PING within 10s; its log:\n{log}", self.port);
     }
 
-    /// Stops the server and waits until it has exited.
+    /// Stops the server and waits until it has exited; its directory is kept.
     pub fn stop(&mut self) {
-        if let Some((mut child, stdin)) = self.watchdog.take() {
-            drop(stdin);
-            let _ = child.wait();
-        }
+        self.end_watchdog();
         let deadline = Instant::now() + Duration::from_secs(10);
         while ping(self.port) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl RedisServer {
+    /// Tells the watchdog to stop the server and keep the directory; waits for both.
+    fn end_watchdog(&mut self) {
+        if let Some((mut child, mut stdin)) = self.watchdog.take() {
+            let _ = stdin.write_all(b"keep\n");
+            drop(stdin);
+            let _ = child.wait();
         }
     }
 }
@@ -144,52 +259,125 @@ pub fn shared_redis_url() -> String {
     server.url(db)
 }
 
+/// One TLS redis-server (client certificates required) for the whole test binary,
+/// databases handed out like [`shared_redis_url`].
+pub fn shared_tls_redis() -> (&'static redis_modes::TlsRedis, u32) {
+    static SERVER: OnceLock<redis_modes::TlsRedis> = OnceLock::new();
+    static NEXT_DB: AtomicU32 = AtomicU32::new(0);
+    let server = SERVER.get_or_init(|| redis_modes::TlsRedis::start(true));
+    let db = NEXT_DB.fetch_add(1, Ordering::SeqCst);
+    assert!(db < 256, "more Redis TLS tests than databases; raise --databases");
+    (server, db)
+}
+
+/// One Redis Cluster for the whole test binary, and a key prefix no other caller
+/// gets (a cluster has only database 0).
+pub fn shared_redis_cluster() -> (&'static redis_modes::RedisCluster, String) {
+    static CLUSTER: OnceLock<redis_modes::RedisCluster> = OnceLock::new();
+    static NEXT_PREFIX: AtomicU32 = AtomicU32::new(0);
+    let cluster = CLUSTER.get_or_init(redis_modes::RedisCluster::start);
+    (cluster, format!("test{}", NEXT_PREFIX.fetch_add(1, Ordering::SeqCst)))
+}
+
 // --- every store backend ----------------------------------------------------------
 
 use portcullis_control_plane::store::redis::RedisTimeouts;
 use portcullis_control_plane::store::{EmbeddedStore, MemoryStore, RedisStore, Store};
 
 /// A store to run a test on, with what keeps it alive.
+#[derive(Clone)]
 pub struct Backend {
     pub store: Arc<dyn Store>,
-    _dir: Option<tempfile::TempDir>,
+    _dir: Option<Arc<tempfile::TempDir>>,
+    /// Opens another connection to the same data (Redis backends).
+    reopen: Option<Arc<dyn Fn() -> Arc<dyn Store> + Send + Sync>>,
+}
+
+impl Backend {
+    /// The store as another replica sees it: its own Redis connection to the same data;
+    /// the same store for the backends a single process owns.
+    pub fn replica(&self) -> Arc<dyn Store> {
+        match &self.reopen {
+            Some(open) => open(),
+            None => Arc::clone(&self.store),
+        }
+    }
+}
+
+/// What a test of [`backends!`] takes: the whole [`Backend`], or just its store.
+pub trait FromBackend {
+    fn from_backend(backend: &Backend) -> Self;
+}
+
+impl FromBackend for Backend {
+    fn from_backend(backend: &Backend) -> Self {
+        backend.clone()
+    }
+}
+
+impl FromBackend for Arc<dyn Store> {
+    fn from_backend(backend: &Backend) -> Self {
+        Arc::clone(&backend.store)
+    }
 }
 
 pub fn memory() -> Backend {
-    Backend { store: Arc::new(MemoryStore::new()), _dir: None }
+    Backend { store: Arc::new(MemoryStore::new()), _dir: None, reopen: None }
 }
 
 pub fn embedded() -> Backend {
     let dir = tempfile::tempdir().unwrap();
-    Backend { store: Arc::new(EmbeddedStore::open(dir.path()).unwrap()), _dir: Some(dir) }
+    Backend {
+        store: Arc::new(EmbeddedStore::open(dir.path()).unwrap()),
+        _dir: Some(Arc::new(dir)),
+        reopen: None,
+    }
+}
+
+/// A Redis backend: `open` makes a store with its own connection to the same data.
+fn redis_backend(open: impl Fn() -> Arc<dyn Store> + Send + Sync + 'static) -> Backend {
+    Backend { store: open(), _dir: None, reopen: Some(Arc::new(open)) }
 }
 
 pub fn redis() -> Backend {
     let url = shared_redis_url();
-    Backend { store: Arc::new(RedisStore::new(&url, RedisTimeouts::default()).unwrap()), _dir: None }
+    redis_backend(move || Arc::new(RedisStore::new(&url, RedisTimeouts::default()).unwrap()))
 }
 
-/// One test module per function, with a test per backend (memory, embedded, Redis).
+/// Redis over TLS, verified against the test CA, with a client certificate.
+pub fn redis_tls() -> Backend {
+    let (server, db) = shared_tls_redis();
+    redis_backend(move || Arc::new(RedisStore::open(server.options(db)).unwrap()))
+}
+
+/// A Redis Cluster of three primaries.
+pub fn redis_cluster() -> Backend {
+    let (cluster, prefix) = shared_redis_cluster();
+    redis_backend(move || Arc::new(RedisStore::open(cluster.options(&prefix)).unwrap()))
+}
+
+/// One test module per function, with a test per backend: memory, embedded, Redis,
+/// Redis over TLS and a Redis Cluster (run one with e.g. `-- ::redis_cluster`). A
+/// test takes a [`Backend`] or an `Arc<dyn Store>` ([`FromBackend`]); the backend
+/// lives until the test ends.
 #[allow(unused_macros)]
 macro_rules! backends {
     ($($test:ident),* $(,)?) => {$(
         mod $test {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn memory() {
-                super::$test(crate::support::memory()).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn embedded() {
-                super::$test(crate::support::embedded()).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn redis() {
-                super::$test(crate::support::redis()).await;
-            }
+            $crate::support::backends!(@backend $test memory);
+            $crate::support::backends!(@backend $test embedded);
+            $crate::support::backends!(@backend $test redis);
+            $crate::support::backends!(@backend $test redis_tls);
+            $crate::support::backends!(@backend $test redis_cluster);
         }
     )*};
+    (@backend $test:ident $backend:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $backend() {
+            let backend = crate::support::$backend();
+            super::$test(crate::support::FromBackend::from_backend(&backend)).await;
+        }
+    };
 }
 #[allow(unused_imports)]
 pub(crate) use backends;
@@ -228,11 +416,26 @@ pub struct Server {
     pub url: String,
     /// The internal listener (fleet credential [`FLEET_CREDENTIAL`]).
     pub internal_url: String,
+    /// Where the log (stderr) goes when the test reads it.
+    log: Option<tempfile::NamedTempFile>,
 }
 
 impl Server {
     pub fn start(admin_token: &str, args: &[&str]) -> Self {
+        Self::spawn(admin_token, args, None)
+    }
+
+    /// Like [`Server::start`], with the log kept for [`Server::log`].
+    pub fn start_logged(admin_token: &str, args: &[&str]) -> Self {
+        Self::spawn(admin_token, args, Some(tempfile::NamedTempFile::new().unwrap()))
+    }
+
+    fn spawn(admin_token: &str, args: &[&str], log: Option<tempfile::NamedTempFile>) -> Self {
         let (admin, internal) = (free_port(), free_port());
+        let stderr = match &log {
+            Some(file) => Stdio::from(file.reopen().unwrap()),
+            None => Stdio::inherit(),
+        };
         let child = command(SERVER)
             .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
             .args(["--internal-listen", &format!("127.0.0.1:{internal}")])
@@ -241,23 +444,34 @@ impl Server {
             .env("PORTCULLIS_FLEET_CREDENTIAL", FLEET_CREDENTIAL)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let mut server = Self {
             child,
             url: format!("http://127.0.0.1:{admin}"),
             internal_url: format!("http://127.0.0.1:{internal}"),
+            log,
         };
         server.wait_until_healthy();
         server
+    }
+
+    /// What the server logged so far (only for [`Server::start_logged`]).
+    pub fn log(&self) -> String {
+        let file = self.log.as_ref().expect("started with start_logged");
+        std::fs::read_to_string(file.path()).unwrap()
     }
 
     fn wait_until_healthy(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("server exited early: {status}");
+                let log = self.log.as_ref().map(|f| std::fs::read_to_string(f.path()).unwrap_or_default());
+                panic!(
+                    "server exited early: {status}{}",
+                    log.map(|l| format!("; its log:\n{l}")).unwrap_or_default()
+                );
             }
             if cli(&self.url, None, &["health"]).status.success() {
                 return;

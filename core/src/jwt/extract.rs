@@ -135,40 +135,11 @@ fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
     })
 }
 
-/// Percent-decodes; invalid escapes are kept literally and invalid UTF-8 is replaced, so
-/// this never fails (a garbled token then simply fails verification).
+/// Percent-decodes a query component (`+` is a space); invalid escapes are kept
+/// literally and invalid UTF-8 is replaced, so this never fails (a garbled token then
+/// simply fails verification).
 pub(crate) fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        match b {
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b'%' => {
-                let hi = bytes.get(i + 1).and_then(|c| (*c as char).to_digit(16));
-                let lo = bytes.get(i + 2).and_then(|c| (*c as char).to_digit(16));
-                match (hi, lo) {
-                    (Some(hi), Some(lo)) => {
-                        // hi, lo < 16, so the value fits a byte.
-                        out.push(((hi << 4) | lo) as u8);
-                        i += 3;
-                    }
-                    _ => {
-                        out.push(b'%');
-                        i += 1;
-                    }
-                }
-            }
-            _ => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned()
 }
 
 #[cfg(test)]
@@ -179,12 +150,8 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn req(path: &str, headers: &[(&str, &str)]) -> RequestParts {
-        RequestParts {
-            method: "GET".into(),
-            authority: "api.example.com".into(),
-            path: path.into(),
-            headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
-        }
+        let headers = headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        RequestParts::new("GET", "api.example.com", path, headers, &Default::default()).unwrap()
     }
 
     fn bearer() -> TokenLocation {

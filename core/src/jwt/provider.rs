@@ -62,6 +62,7 @@ fn default_subject_claim() -> String {
 
 /// The provider object of the plugin configuration (see `docs/plugin-config.md`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProviderConfig {
     pub issuer: String,
@@ -71,6 +72,7 @@ pub struct ProviderConfig {
     pub algorithms: Option<Vec<String>>,
     /// An inline JWKS object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::schema::inline_jwks"))]
     pub jwks: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_jwks: Option<RemoteJwksConfig>,
@@ -100,6 +102,7 @@ pub struct ProviderConfig {
 
 /// Where the filter fetches the JWKS from (an Envoy cluster).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RemoteJwksConfig {
     pub cluster: String,
@@ -117,6 +120,7 @@ pub struct RemoteJwksConfig {
 /// One entry of `from`: exactly one of `header` (with optional `prefix`), `cookie`,
 /// `query`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TokenSourceConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -130,6 +134,7 @@ pub struct TokenSourceConfig {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClaimToHeaderConfig {
     /// Claim name or dotted path.
@@ -138,6 +143,7 @@ pub struct ClaimToHeaderConfig {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TokenVersionConfig {
     #[serde(default = "default_version_claim")]

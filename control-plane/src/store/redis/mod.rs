@@ -1,9 +1,24 @@
-//! [`RedisStore`]: state shared by every replica, in a real Redis.
+//! [`RedisStore`]: state shared by every replica, in a real Redis: one server (or a
+//! primary with replicas behind one address) or a Redis Cluster.
 //!
-//! One [`ConnectionManager`] (a multiplexed connection that reconnects by itself) is
-//! created on first use, so the process can start, and report not-ready, while Redis
-//! is still down. Multi-step operations are Lua scripts (`scripts.rs`); keys are built
-//! in `keys.rs`.
+//! The connection is created on first use, so the process can start, and report
+//! not-ready, while Redis is still down. One server: a [`ConnectionManager`] (a
+//! multiplexed connection that reconnects by itself). A cluster: redis-rs' async
+//! cluster connection, which learns the slot map from any seed node, sends each
+//! command to the primary owning its key's slot, follows `MOVED`/`ASK` and reconnects.
+//! Both are driven through one [`Connection`], so every operation is written once.
+//!
+//! Cluster rules every operation here keeps (`keys.rs`, `scripts.rs`):
+//! - each Lua script and each multi-key command only touches keys of one hash tag,
+//!   hence one slot; scripts only touch keys passed in `KEYS`;
+//! - no numbered databases (a cluster only has database 0): deployments sharing a
+//!   Redis are told apart by the key prefix ([`KeySpace`]);
+//! - `PING` (readiness) goes to every primary, so a cluster missing one is not ready.
+//!
+//! TLS (`rediss://`) is rustls, verifying the server's certificate and name against
+//! the built-in roots or, when given, only the configured CA ([`RedisTls`]).
+//! Certificate and handshake failures are permanent errors ([`StoreError::Backend`]),
+//! so startup stops at once with the reason instead of retrying.
 
 pub mod keys;
 pub mod scripts;
@@ -14,13 +29,18 @@ use async_trait::async_trait;
 use portcullis_core::ratelimit::Unit;
 use portcullis_core::wire::{RateLimitOp, RateLimitResult};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, RedisError, Value};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::{ErrorKind, IntoConnectionInfo as _, RedisError, RedisFuture, Value};
 use tokio::sync::OnceCell;
+
+pub use keys::KeySpace;
 
 use super::{
     feed_page, is_live, is_live_opt, rate_limit, require_positive_ttl, FeedEntry, FeedPage, LogAppendError,
     LogEntry, SetMember, Store, StoreBackend, StoreError, MAX_PAGE_SIZE, MAX_SCAN_SIZE,
 };
+use crate::tls::{rustls_error, CaBundle, ClientIdentity};
 
 /// How long after their logical expiry Redis keeps keys before dropping them. Expiry
 /// is decided from the caller's clock; the grace absorbs clock skew between replicas
@@ -40,35 +60,221 @@ impl Default for RedisTimeouts {
     }
 }
 
+/// Where Redis is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One server: `redis://[user:password@]host:port[/db]` or `rediss://…` for TLS.
+    Server(String),
+    /// A Redis Cluster, found through any of these seed nodes (same URL forms, no
+    /// database); the client discovers the other nodes itself.
+    Cluster(Vec<String>),
+}
+
+/// TLS settings for `rediss://` URLs; the defaults verify against the built-in roots.
+#[derive(Debug, Clone, Default)]
+pub struct RedisTls {
+    /// Trust only these CAs for Redis' certificate (instead of the built-in roots).
+    pub ca: Option<CaBundle>,
+    /// Present this certificate (servers with `tls-auth-clients yes`).
+    pub identity: Option<ClientIdentity>,
+}
+
+impl RedisTls {
+    fn is_configured(&self) -> bool {
+        self.ca.is_some() || self.identity.is_some()
+    }
+
+    fn certificates(&self) -> redis::TlsCertificates {
+        redis::TlsCertificates {
+            client_tls: self.identity.as_ref().map(|identity| redis::ClientTlsConfig {
+                client_cert: identity.certificate_chain_pem.clone(),
+                client_key: identity.private_key_pem.to_vec(),
+            }),
+            root_cert: self.ca.as_ref().map(|ca| ca.pem().to_vec()),
+        }
+    }
+}
+
+/// Everything a [`RedisStore`] needs.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    pub target: RedisTarget,
+    pub tls: RedisTls,
+    pub keys: KeySpace,
+    pub timeouts: RedisTimeouts,
+}
+
+impl RedisOptions {
+    /// One server at `url`, default keys, TLS and timeouts.
+    pub fn server(url: &str) -> Self {
+        Self {
+            target: RedisTarget::Server(url.to_owned()),
+            tls: RedisTls::default(),
+            keys: KeySpace::default(),
+            timeouts: RedisTimeouts::default(),
+        }
+    }
+
+    /// A cluster reached through `nodes`, default keys, TLS and timeouts.
+    pub fn cluster<S: AsRef<str>>(nodes: &[S]) -> Self {
+        Self {
+            target: RedisTarget::Cluster(nodes.iter().map(|n| n.as_ref().to_owned()).collect()),
+            ..Self::server("")
+        }
+    }
+}
+
+enum Client {
+    Server { client: redis::Client, config: ConnectionManagerConfig },
+    Cluster(ClusterClient),
+}
+
+/// A connection to one server or to a cluster; cheap to clone (both multiplex).
+#[derive(Clone)]
+enum Connection {
+    Server(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Server(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Server(c) => c.req_packed_commands(cmd, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Server(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 pub struct RedisStore {
-    client: redis::Client,
-    config: ConnectionManagerConfig,
-    connection: OnceCell<ConnectionManager>,
+    client: Client,
+    keys: KeySpace,
+    connection: OnceCell<Connection>,
+}
+
+fn invalid(message: impl Into<String>) -> StoreError {
+    StoreError::InvalidArgument(message.into())
+}
+
+/// A URL as redis-rs reads it (its errors do not repeat the URL, which may hold a
+/// password).
+fn connection_info(url: &str) -> Result<redis::ConnectionInfo, StoreError> {
+    url.into_connection_info().map_err(|e| invalid(format!("invalid Redis URL: {e}")))
+}
+
+fn is_tls(info: &redis::ConnectionInfo) -> bool {
+    matches!(info.addr, redis::ConnectionAddr::TcpTls { .. })
 }
 
 impl RedisStore {
-    /// Validates the URL; the connection is made on first use.
+    /// One server at `url` with the default options; the connection is made on first
+    /// use.
     pub fn new(url: &str, timeouts: RedisTimeouts) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError::InvalidArgument(format!("invalid Redis URL: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(timeouts.connect)
-            .set_response_timeout(timeouts.response)
-            // Few, short retries per reconnect: callers see errors quickly (readiness
-            // turns red), and the next command starts a new reconnect anyway.
-            .set_number_of_retries(2)
-            .set_factor(50)
-            .set_max_delay(500);
-        Ok(Self { client, config, connection: OnceCell::new() })
+        Self::open(RedisOptions { timeouts, ..RedisOptions::server(url) })
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
-        let manager = self
+    /// Validates the options (URLs, TLS material against the URL scheme); the
+    /// connection is made on first use.
+    pub fn open(options: RedisOptions) -> Result<Self, StoreError> {
+        crate::tls::install_crypto_provider();
+        let RedisOptions { target, tls, keys, timeouts } = options;
+        let client = match target {
+            RedisTarget::Server(url) => {
+                let info = connection_info(&url)?;
+                let client = if is_tls(&info) {
+                    redis::Client::build_with_tls(info, tls.certificates())
+                } else if tls.is_configured() {
+                    return Err(invalid("a Redis CA or client certificate needs a rediss:// URL"));
+                } else {
+                    redis::Client::open(info)
+                }
+                .map_err(|e| invalid(format!("invalid Redis settings: {e}")))?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(timeouts.connect)
+                    .set_response_timeout(timeouts.response)
+                    // Few, short retries per reconnect: callers see errors quickly
+                    // (readiness turns red), and the next command starts a new
+                    // reconnect anyway.
+                    .set_number_of_retries(2)
+                    .set_factor(50)
+                    .set_max_delay(500);
+                Client::Server { client, config }
+            }
+            RedisTarget::Cluster(nodes) => {
+                if nodes.is_empty() {
+                    return Err(invalid("a Redis Cluster needs at least one node URL"));
+                }
+                let infos = nodes.iter().map(|url| connection_info(url)).collect::<Result<Vec<_>, _>>()?;
+                if infos.iter().any(|info| info.redis.db != 0) {
+                    return Err(invalid(
+                        "Redis Cluster has only database 0: drop the /<db> from the node URLs \
+                         (separate deployments with a key prefix instead)",
+                    ));
+                }
+                let tls_nodes = infos.iter().filter(|info| is_tls(info)).count();
+                if tls_nodes != 0 && tls_nodes != infos.len() {
+                    return Err(invalid("Redis Cluster node URLs must all be redis:// or all rediss://"));
+                }
+                if tls_nodes == 0 && tls.is_configured() {
+                    return Err(invalid("a Redis CA or client certificate needs rediss:// node URLs"));
+                }
+                let mut builder = ClusterClientBuilder::new(infos)
+                    .connection_timeout(timeouts.connect)
+                    .response_timeout(timeouts.response)
+                    // As for one server: fail fast, the next command tries again.
+                    .retries(2)
+                    .min_retry_wait(50)
+                    .max_retry_wait(500);
+                if tls_nodes != 0 {
+                    builder = builder.certs(tls.certificates());
+                }
+                Client::Cluster(
+                    builder.build().map_err(|e| invalid(format!("invalid Redis Cluster settings: {e}")))?,
+                )
+            }
+        };
+        Ok(Self { client, keys, connection: OnceCell::new() })
+    }
+
+    /// The key space this store writes into.
+    pub fn key_space(&self) -> &KeySpace {
+        &self.keys
+    }
+
+    async fn connection(&self) -> Result<Connection, StoreError> {
+        let connection = self
             .connection
-            .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), self.config.clone()))
+            .get_or_try_init(|| async {
+                match &self.client {
+                    Client::Server { client, config } => {
+                        ConnectionManager::new_with_config(client.clone(), config.clone())
+                            .await
+                            .map(Connection::Server)
+                    }
+                    Client::Cluster(client) => client.get_async_connection().await.map(Connection::Cluster),
+                }
+            })
             .await
             .map_err(store_error)?;
-        Ok(manager.clone())
+        Ok(connection.clone())
     }
 
     async fn invoke<T: redis::FromRedisValue>(
@@ -87,10 +293,18 @@ impl RedisStore {
 
 /// Maps redis-rs errors onto [`StoreError`], deciding what is transient.
 fn store_error(error: RedisError) -> StoreError {
+    if let Some(tls) = rustls_error(&error) {
+        return StoreError::Backend(tls_failure(tls));
+    }
     if error.is_timeout() {
         return StoreError::Timeout(error.to_string());
     }
     if error.is_io_error() || error.is_connection_dropped() || error.is_connection_refusal() {
+        return StoreError::Unavailable(error.to_string());
+    }
+    // A cluster command for a node the client has no connection to (it went away and
+    // has not come back yet): the node is unreachable.
+    if error.kind() == ErrorKind::ClientError && error.to_string().starts_with(CLUSTER_NODE_GONE) {
         return StoreError::Unavailable(error.to_string());
     }
     match error.kind() {
@@ -107,6 +321,28 @@ fn store_error(error: RedisError) -> StoreError {
         }
         _ => StoreError::Backend(error.to_string()),
     }
+}
+
+/// How redis-rs' cluster client words "no connection to that node".
+const CLUSTER_NODE_GONE: &str = "Requested connection not found";
+
+/// What went wrong in a TLS handshake with Redis, and what usually fixes it.
+fn tls_failure(error: &rustls::Error) -> String {
+    let hint = match error {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)
+        | rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext { .. }) => {
+            "; the host in the URL must be a name (or IP address) in the server's certificate"
+        }
+        rustls::Error::InvalidCertificate(_) => {
+            "; is the CA that signed Redis' certificate configured (--redis-ca-file)?"
+        }
+        rustls::Error::InvalidMessage(_) => "; does that port serve TLS?",
+        rustls::Error::AlertReceived(_) => {
+            "; the server refused the handshake (it may require a client certificate: --redis-cert-file)"
+        }
+        _ => "",
+    };
+    format!("TLS with Redis failed: {error}{hint}")
 }
 
 /// Whole-millisecond lifetimes for PEXPIRE, always at least the grace period.
@@ -203,7 +439,7 @@ impl Store for RedisStore {
         require_positive_ttl(ttl_ms)?;
         let mut script = scripts::INCR_COUNTER.prepare_invoke();
         script
-            .key(keys::counter(key))
+            .key(self.keys.counter(key))
             .arg(delta)
             .arg(now_ms)
             .arg(now_ms.saturating_add(ttl_ms))
@@ -213,7 +449,7 @@ impl Store for RedisStore {
 
     async fn get_counter(&self, key: &str, now_ms: u64) -> Result<i64, StoreError> {
         let (value, expires_at): (Option<i64>, Option<u64>) =
-            self.query(redis::cmd("HMGET").arg(keys::counter(key)).arg("v").arg("x")).await?;
+            self.query(redis::cmd("HMGET").arg(self.keys.counter(key)).arg("v").arg("x")).await?;
         Ok(match (value, expires_at) {
             (Some(value), Some(at)) if is_live(at, now_ms) => value,
             _ => 0,
@@ -228,18 +464,19 @@ impl Store for RedisStore {
         now_ms: u64,
     ) -> Result<bool, StoreError> {
         let mut script = scripts::SET_ADD.prepare_invoke();
-        script.key(keys::set(set)).arg(member).arg(expires_at_ms).arg(now_ms).arg(GC_GRACE_MS);
+        script.key(self.keys.set(set)).arg(member).arg(expires_at_ms).arg(now_ms).arg(GC_GRACE_MS);
         let added: i64 = self.invoke(script).await?;
         Ok(added == 1)
     }
 
     async fn set_remove(&self, set: &str, member: &str) -> Result<(), StoreError> {
-        let _: i64 = self.query(redis::cmd("ZREM").arg(keys::set(set)).arg(member)).await?;
+        let _: i64 = self.query(redis::cmd("ZREM").arg(self.keys.set(set)).arg(member)).await?;
         Ok(())
     }
 
     async fn set_contains(&self, set: &str, member: &str, now_ms: u64) -> Result<bool, StoreError> {
-        let score: Option<String> = self.query(redis::cmd("ZSCORE").arg(keys::set(set)).arg(member)).await?;
+        let score: Option<String> =
+            self.query(redis::cmd("ZSCORE").arg(self.keys.set(set)).arg(member)).await?;
         match score {
             None => Ok(false),
             Some(score) => {
@@ -252,7 +489,7 @@ impl Store for RedisStore {
 
     async fn set_members(&self, set: &str, now_ms: u64) -> Result<Vec<SetMember>, StoreError> {
         let mut script = scripts::SET_MEMBERS.prepare_invoke();
-        script.key(keys::set(set)).arg(now_ms);
+        script.key(self.keys.set(set)).arg(now_ms);
         let mut members = set_listing(self.invoke(script).await?)?;
         members.sort_by(|a, b| a.member.cmp(&b.member));
         Ok(members)
@@ -270,7 +507,7 @@ impl Store for RedisStore {
             return Ok(Vec::new());
         }
         let mut script = scripts::SET_SCAN.prepare_invoke();
-        script.key(keys::set(set)).arg(now_ms).arg(limit);
+        script.key(self.keys.set(set)).arg(now_ms).arg(limit);
         match after {
             Some(a) => script.arg(a.expires_at_ms).arg(a.member.as_str()),
             None => script.arg("").arg(""),
@@ -280,7 +517,7 @@ impl Store for RedisStore {
 
     async fn record_get(&self, key: &str, now_ms: u64) -> Result<Option<Vec<u8>>, StoreError> {
         let (value, expires_at): (Option<Vec<u8>>, Option<Vec<u8>>) =
-            self.query(redis::cmd("HMGET").arg(keys::record(key)).arg("v").arg("x")).await?;
+            self.query(redis::cmd("HMGET").arg(self.keys.record(key)).arg("v").arg("x")).await?;
         let expires_at = parse_expiry(expires_at)?;
         Ok(value.filter(|_| is_live_opt(expires_at, now_ms)))
     }
@@ -292,7 +529,7 @@ impl Store for RedisStore {
         expires_at_ms: Option<u64>,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        let key = keys::record(key);
+        let key = self.keys.record(key);
         match expires_at_ms {
             Some(at) if !is_live(at, now_ms) => self.record_delete_key(&key).await,
             Some(at) => {
@@ -317,7 +554,7 @@ impl Store for RedisStore {
     }
 
     async fn record_delete(&self, key: &str) -> Result<(), StoreError> {
-        self.record_delete_key(&keys::record(key)).await
+        self.record_delete_key(&self.keys.record(key)).await
     }
 
     async fn record_compare_and_swap(
@@ -332,7 +569,7 @@ impl Store for RedisStore {
         let new = new.filter(|_| is_live_opt(expires_at_ms, now_ms));
         let mut script = scripts::RECORD_COMPARE_AND_SWAP.prepare_invoke();
         script
-            .key(keys::record(key))
+            .key(self.keys.record(key))
             .arg(now_ms)
             .arg(if expected.is_some() { "1" } else { "0" })
             .arg(expected.unwrap_or_default())
@@ -347,8 +584,8 @@ impl Store for RedisStore {
     async fn feed_append(&self, feed: &str, entry: Vec<u8>, now_ms: u64) -> Result<u64, StoreError> {
         let mut script = scripts::FEED_APPEND.prepare_invoke();
         script
-            .key(keys::feed_meta(feed))
-            .key(keys::feed_entries(feed))
+            .key(self.keys.feed_meta(feed))
+            .key(self.keys.feed_entries(feed))
             .arg(encode_feed_entry(now_ms, &entry));
         self.invoke(script).await
     }
@@ -356,8 +593,8 @@ impl Store for RedisStore {
     async fn feed_read(&self, feed: &str, after: u64, limit: usize) -> Result<FeedPage, StoreError> {
         let mut script = scripts::FEED_READ.prepare_invoke();
         script
-            .key(keys::feed_meta(feed))
-            .key(keys::feed_entries(feed))
+            .key(self.keys.feed_meta(feed))
+            .key(self.keys.feed_entries(feed))
             .arg(after)
             .arg(limit.min(MAX_PAGE_SIZE));
         let reply: Vec<Value> = self.invoke(script).await?;
@@ -380,13 +617,13 @@ impl Store for RedisStore {
 
     async fn feed_trim(&self, feed: &str, keep_last: usize) -> Result<u64, StoreError> {
         let mut script = scripts::FEED_TRIM.prepare_invoke();
-        script.key(keys::feed_meta(feed)).key(keys::feed_entries(feed)).arg(keep_last);
+        script.key(self.keys.feed_meta(feed)).key(self.keys.feed_entries(feed)).arg(keep_last);
         self.invoke(script).await
     }
 
     async fn log_append(&self, log: &str, entry: Vec<u8>) -> Result<u64, StoreError> {
         let mut script = scripts::LOG_APPEND.prepare_invoke();
-        script.key(keys::log_seq(log)).key(keys::log_entries(log)).arg(entry);
+        script.key(self.keys.log_seq(log)).key(self.keys.log_entries(log)).arg(entry);
         self.invoke(script).await
     }
 
@@ -398,8 +635,8 @@ impl Store for RedisStore {
     ) -> Result<u64, LogAppendError> {
         let mut script = scripts::LOG_APPEND_IF_LAST.prepare_invoke();
         script
-            .key(keys::log_seq(log))
-            .key(keys::log_entries(log))
+            .key(self.keys.log_seq(log))
+            .key(self.keys.log_entries(log))
             .arg(expected_last_seq.unwrap_or(0))
             .arg(entry);
         let (appended, seq): (i64, u64) = self.invoke(script).await?;
@@ -420,7 +657,7 @@ impl Store for RedisStore {
         // Entries are immutable and sequence numbers have no gaps, so one HMGET is a
         // consistent read: the first missing entry is the end of the log.
         let values: Vec<Option<Vec<u8>>> =
-            self.query(redis::cmd("HMGET").arg(keys::log_entries(log)).arg(&seqs)).await?;
+            self.query(redis::cmd("HMGET").arg(self.keys.log_entries(log)).arg(&seqs)).await?;
         Ok(seqs
             .into_iter()
             .zip(values)
@@ -429,14 +666,14 @@ impl Store for RedisStore {
     }
 
     async fn log_last(&self, log: &str) -> Result<Option<LogEntry>, StoreError> {
-        let seq: Option<u64> = self.query(redis::cmd("GET").arg(keys::log_seq(log))).await?;
+        let seq: Option<u64> = self.query(redis::cmd("GET").arg(self.keys.log_seq(log))).await?;
         let Some(seq) = seq.filter(|s| *s > 0) else {
             return Ok(None);
         };
         // The entry for `seq` was written in the same script that set `seq`, and log
         // entries never change, so this second read is consistent with the first.
         let data: Option<Vec<u8>> =
-            self.query(redis::cmd("HGET").arg(keys::log_entries(log)).arg(seq)).await?;
+            self.query(redis::cmd("HGET").arg(self.keys.log_entries(log)).arg(seq)).await?;
         let data = data.ok_or_else(|| StoreError::CorruptData(format!("log {log:?} has no entry {seq}")))?;
         Ok(Some(LogEntry { seq, data }))
     }
@@ -455,7 +692,7 @@ impl Store for RedisStore {
         let credit = |units: u64| interval.saturating_mul(units).min(rate_limit::MAX_EXACT);
         let mut script = scripts::GCRA.prepare_invoke();
         script
-            .key(keys::rate_limit(key))
+            .key(self.keys.rate_limit(key))
             .arg(now_ms.saturating_mul(1_000))
             .arg(interval)
             .arg(interval.saturating_mul(limit))
@@ -511,6 +748,29 @@ impl From<RedisError> for StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_are_transient_exactly_when_a_retry_may_succeed() {
+        let refused = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(matches!(store_error(refused), StoreError::Unavailable(_)));
+        let node_gone =
+            RedisError::from((ErrorKind::ClientError, CLUSTER_NODE_GONE, "127.0.0.1:7002".to_owned()));
+        assert!(matches!(store_error(node_gone), StoreError::Unavailable(_)));
+        let cluster_down = RedisError::from((ErrorKind::ClusterDown, "CLUSTERDOWN"));
+        assert!(store_error(cluster_down).is_transient());
+        let untrusted = RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        ));
+        let error = store_error(untrusted);
+        assert!(!error.is_transient(), "a certificate problem does not go away by retrying");
+        assert!(error.to_string().contains("--redis-ca-file"), "{error}");
+        let plain_port = RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType),
+        ));
+        assert!(store_error(plain_port).to_string().contains("does that port serve TLS?"));
+    }
 
     #[test]
     fn scores_parse_in_integer_and_exponent_form() {

@@ -11,7 +11,10 @@
 //!   as strings, or produced by Redis integer commands (`HINCRBY`, `INCR`); Lua's
 //!   doubles only compare them. The one exception, [`GCRA`], computes with bounded
 //!   integers that doubles hold exactly (see there).
-//! - All KEYS of one call share a hash tag (see `keys.rs`).
+//! - Redis Cluster: all KEYS of one call share a hash tag (see `keys.rs`), hence one
+//!   slot, as each script's `Cluster:` line says; a script touches no key it was not
+//!   given in KEYS. The store suite runs every script on a real cluster, where a
+//!   breach of this rule is a `CROSSSLOT` error.
 
 use std::sync::LazyLock;
 
@@ -22,6 +25,8 @@ use redis::Script;
 /// KEYS[1]: counter hash (`v` value, `x` window expiry ms)
 /// ARGV[1]: delta; ARGV[2]: now_ms; ARGV[3]: expiry of a new window (now + ttl);
 /// ARGV[4]: GC lifetime of a new window in ms (ttl + grace)
+///
+/// Cluster: one key, so one slot.
 ///
 /// Why a script: deciding that the window expired, resetting it and incrementing must
 /// be one step, or two clients could both reset and lose an increment.
@@ -44,6 +49,8 @@ return redis.call('HINCRBY', KEYS[1], 'v', ARGV[1])
 /// KEYS[1]: sorted set (score = member expiry ms)
 /// ARGV[1]: member; ARGV[2]: expires_at_ms; ARGV[3]: now_ms; ARGV[4]: GC grace ms
 /// Returns 1 if the member was not live before, else 0.
+///
+/// Cluster: one key, so one slot.
 ///
 /// Why a script: pruning, adding and extending the key's GC lifetime to the newest
 /// member must see one consistent set.
@@ -68,6 +75,8 @@ return added
 ///
 /// KEYS[1]: sorted set; ARGV[1]: now_ms
 /// Returns a flat array member, score, member, score, ...
+///
+/// Cluster: one key, so one slot.
 ///
 /// Why a script: the listing must not include members the prune just decided were
 /// expired, and pruning belongs with the read that needs it.
@@ -128,6 +137,8 @@ return redis.call('ZRANGE', KEYS[1], start, start + tonumber(ARGV[2]) - 1, 'WITH
 /// KEYS[1]: record hash (`v` value, `x` expiry ms)
 /// ARGV[1]: value; ARGV[2]: expires_at_ms; ARGV[3]: GC lifetime ms
 ///
+/// Cluster: one key, so one slot.
+///
 /// Why a script: readers must never see the new value with the old expiry (or none).
 /// Records without expiry are written with a plain `DEL` + `HSET` in `MULTI`.
 pub static RECORD_PUT_EXPIRING: LazyLock<Script> = LazyLock::new(|| {
@@ -153,6 +164,8 @@ return 1
 /// ARGV[6]: new expires_at_ms, or '' for none
 /// ARGV[7]: GC lifetime ms (when ARGV[6] is set)
 /// Returns 1 if swapped, 0 if the current value did not match.
+///
+/// Cluster: one key, so one slot.
 ///
 /// Why a script: compare and write must be atomic; single-use refresh tokens and the
 /// one-current-signing-key rule depend on exactly one writer winning.
@@ -190,6 +203,8 @@ return 1
 /// ARGV[1]: encoded entry (append time + data)
 /// Returns the new cursor.
 ///
+/// Cluster: both keys carry the hash tag `{feed:<name>}`, so one slot.
+///
 /// Why a script: a reader must never see a cursor without its entry.
 pub static FEED_APPEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -206,6 +221,8 @@ return cursor
 /// KEYS[1]: feed meta hash; KEYS[2]: feed entries hash
 /// ARGV[1]: after (cursor); ARGV[2]: limit
 /// Returns {head, too_old (0/1), cursor1, entry1, cursor2, entry2, ...}.
+///
+/// Cluster: both keys carry the hash tag `{feed:<name>}`, so one slot.
 ///
 /// Why a script: the head, the trim point and the entries must come from one snapshot,
 /// or a concurrent trim could make a page silently skip entries.
@@ -238,6 +255,8 @@ return out
 /// ARGV[1]: keep_last
 /// Returns how many entries were dropped.
 ///
+/// Cluster: both keys carry the hash tag `{feed:<name>}`, so one slot.
+///
 /// Why a script: the entries and the trim point readers compare against must change
 /// together.
 pub static FEED_TRIM: LazyLock<Script> = LazyLock::new(|| {
@@ -264,6 +283,8 @@ return target - trimmed
 /// ARGV[1]: entry
 /// Returns the new sequence number.
 ///
+/// Cluster: both keys carry the hash tag `{log:<name>}`, so one slot.
+///
 /// Why a script: a reader must never see a sequence number without its entry.
 pub static LOG_APPEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -280,6 +301,8 @@ return seq
 /// KEYS[1]: log sequence string; KEYS[2]: log entries hash
 /// ARGV[1]: expected last seq (0: empty log); ARGV[2]: entry
 /// Returns {1, new seq} or, on conflict, {0, actual last seq}.
+///
+/// Cluster: both keys carry the hash tag `{log:<name>}`, so one slot.
 ///
 /// Why a script: check and append must be atomic so a hash chain never forks.
 pub static LOG_APPEND_IF_LAST: LazyLock<Script> = LazyLock::new(|| {
@@ -310,6 +333,8 @@ return {1, seq}
 /// ARGV[7]: `lease`: max_lease, clamped to 1..=limit (the core's result is the same)
 /// ARGV[8]: `lease`: 2·holders, holders clamped to 1..=limit (likewise)
 /// Returns {allowed (0/1), units leased, remaining, reset_after_ms, retry_after_ms}.
+///
+/// Cluster: one key, so one slot.
 ///
 /// Why a script: reading the TAT, deciding and writing the new TAT must be one step,
 /// or two holders could both be granted the same units. Lua numbers are doubles: the

@@ -1,0 +1,52 @@
+//! The JSON Schema of the plugin configuration, derived from the very types the filter
+//! parses (`schemars` reads their `serde` attributes: `deny_unknown_fields` becomes
+//! `additionalProperties: false`, renames and defaults carry over, enums become the
+//! strings or single-key objects serde accepts).
+//!
+//! The schema checks structure and types; what only the compile step knows (ranges,
+//! rules naming providers that exist, regexes that parse) is checked by
+//! `portcullis config check`, which runs the compiler itself. Behind the `schema`
+//! feature, which the filter never enables: the .wasm carries none of this.
+
+use schemars::{json_schema, Schema, SchemaGenerator};
+use serde_json::{Map, Value};
+
+use crate::config::PluginConfig;
+
+/// The schema as JSON (draft 2020-12), keys sorted so the committed copy
+/// (`docs/plugin-config.schema.json`) does not depend on how serde_json was built.
+pub fn json_schema() -> Value {
+    let mut schema = schemars::schema_for!(PluginConfig);
+    schema.insert("title".to_owned(), Value::from("Portcullis plugin configuration"));
+    sorted(Value::from(schema))
+}
+
+/// [`json_schema`] as the text of the committed file: pretty-printed, ending in a newline.
+pub fn json_schema_text() -> String {
+    let mut text = serde_json::to_string_pretty(&json_schema()).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// `providers.<name>.jwks`: parsed by the JWKS loader, not by serde, so described here.
+/// Unusable keys are skipped with a warning, hence no constraint on the items.
+pub(crate) fn inline_jwks(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "description": "An inline RFC 7517 JWKS: an object with a `keys` array. Unusable keys are skipped with a warning.",
+        "type": ["object", "null"],
+        "required": ["keys"],
+        "properties": { "keys": { "type": "array" } }
+    })
+}
+
+fn sorted(value: Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(String, Value)> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect::<Map<_, _>>())
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(sorted).collect()),
+        other => other,
+    }
+}
