@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use portcullis_e2e::frames::{h2, http1_chunked_with_trailers, Answer, Ending};
 use portcullis_e2e::tokens::{claims, jwks, FixtureKey};
-use portcullis_e2e::{eventually, http, GuardStack, Hcm};
+use portcullis_e2e::{control_plane_section, eventually, http, GuardStack, Hcm};
 use serde_json::{json, Value};
 
 /// How long a stretched call to the control plane or the JWKS endpoint takes.
@@ -40,7 +40,7 @@ fn body_lockout_config() -> Value {
     json!({
         "realm": "e2e",
         "onNoMatch": "allow",
-        "controlPlane": { "cluster": "portcullis_control_plane", "authority": "control-plane", "timeoutMs": 5000 },
+        "controlPlane": control_plane_section(5000),
         "lockout": {
             "routes": [{ "path": "/login", "methods": ["POST"] }],
             "account": "json:username",
@@ -158,10 +158,9 @@ fn control_plane_config() -> Value {
             }
         },
         "revocation": {
-            "cluster": "portcullis_control_plane", "authority": "control-plane",
             "pollIntervalMs": 60000, "maxStalenessSeconds": 600, "strictTimeoutMs": 5000, "strictCacheMs": 0
         },
-        "controlPlane": { "cluster": "portcullis_control_plane", "authority": "control-plane", "timeoutMs": 5000 },
+        "controlPlane": control_plane_section(5000),
         "rateLimits": [
             { "name": "strict-one", "limit": 1, "unit": "minute", "mode": "strict", "timeoutMs": 5000, "rules": ["strict"] },
             { "name": "lease-one", "limit": 1, "unit": "minute", "rules": ["leased"] }
