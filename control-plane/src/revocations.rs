@@ -369,7 +369,8 @@ mod tests {
 
     use super::*;
     use crate::store::{
-        FeedPage as StoreFeedPage, LogAppendError, LogEntry, MemoryStore, SetMember, StoreBackend,
+        FeedPage as StoreFeedPage, LogAppendError, LogEntry, MemoryStore, QueueEntry, QueueLane,
+        QueueOutcome, QueueRevive, SetMember, StoreBackend,
     };
 
     /// A memory store that records which operations were called.
@@ -507,6 +508,61 @@ mod tests {
         ) -> Result<portcullis_core::wire::RateLimitResult, StoreError> {
             self.note("gcra");
             self.inner.gcra(key, limit, unit, op, now_ms).await
+        }
+        async fn queue_push(
+            &self,
+            queue: &str,
+            id: &str,
+            data: Vec<u8>,
+            due_at_ms: u64,
+            max_pending: usize,
+        ) -> Result<bool, StoreError> {
+            self.note("queue_push");
+            self.inner.queue_push(queue, id, data, due_at_ms, max_pending).await
+        }
+        async fn queue_claim(
+            &self,
+            queue: &str,
+            now_ms: u64,
+            lease_ms: u64,
+            limit: usize,
+        ) -> Result<Vec<QueueEntry>, StoreError> {
+            self.note("queue_claim");
+            self.inner.queue_claim(queue, now_ms, lease_ms, limit).await
+        }
+        async fn queue_settle(
+            &self,
+            queue: &str,
+            id: &str,
+            claimed_until_ms: u64,
+            outcome: QueueOutcome,
+        ) -> Result<Option<u64>, StoreError> {
+            self.note("queue_settle");
+            self.inner.queue_settle(queue, id, claimed_until_ms, outcome).await
+        }
+        async fn queue_list(
+            &self,
+            queue: &str,
+            lane: QueueLane,
+            limit: usize,
+        ) -> Result<Vec<QueueEntry>, StoreError> {
+            self.note("queue_list");
+            self.inner.queue_list(queue, lane, limit).await
+        }
+        async fn queue_revive(
+            &self,
+            queue: &str,
+            id: &str,
+            data: Vec<u8>,
+            due_at_ms: u64,
+            max_pending: usize,
+        ) -> Result<QueueRevive, StoreError> {
+            self.note("queue_revive");
+            self.inner.queue_revive(queue, id, data, due_at_ms, max_pending).await
+        }
+        async fn queue_delete(&self, queue: &str, lane: QueueLane, id: &str) -> Result<bool, StoreError> {
+            self.note("queue_delete");
+            self.inner.queue_delete(queue, lane, id).await
         }
     }
 

@@ -30,7 +30,8 @@ use portcullis_control_plane::metrics::Metrics;
 use portcullis_control_plane::random::OsRandom;
 use portcullis_control_plane::signing::SigningAlgorithm;
 use portcullis_control_plane::store::{
-    FeedPage, LogAppendError, LogEntry, SetMember, Store, StoreBackend, StoreError,
+    FeedPage, LogAppendError, LogEntry, QueueEntry, QueueLane, QueueOutcome, QueueRevive, SetMember, Store,
+    StoreBackend, StoreError,
 };
 use portcullis_control_plane::tokens::TokenPolicy;
 use portcullis_control_plane::{app, AppState, Dependencies};
@@ -189,6 +190,61 @@ impl Store for Recording {
     ) -> Result<RateLimitResult, StoreError> {
         self.note(&[key]);
         self.inner.gcra(key, limit, unit, op, now_ms).await
+    }
+    async fn queue_push(
+        &self,
+        queue: &str,
+        id: &str,
+        data: Vec<u8>,
+        due_at_ms: u64,
+        max_pending: usize,
+    ) -> Result<bool, StoreError> {
+        self.note(&[queue, id]);
+        self.note_bytes(&data);
+        self.inner.queue_push(queue, id, data, due_at_ms, max_pending).await
+    }
+    async fn queue_claim(
+        &self,
+        queue: &str,
+        now_ms: u64,
+        lease_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<QueueEntry>, StoreError> {
+        self.inner.queue_claim(queue, now_ms, lease_ms, limit).await
+    }
+    async fn queue_settle(
+        &self,
+        queue: &str,
+        id: &str,
+        claimed_until_ms: u64,
+        outcome: QueueOutcome,
+    ) -> Result<Option<u64>, StoreError> {
+        if let QueueOutcome::Retry { data, .. } | QueueOutcome::Dead { data, .. } = &outcome {
+            self.note_bytes(data);
+        }
+        self.inner.queue_settle(queue, id, claimed_until_ms, outcome).await
+    }
+    async fn queue_list(
+        &self,
+        queue: &str,
+        lane: QueueLane,
+        limit: usize,
+    ) -> Result<Vec<QueueEntry>, StoreError> {
+        self.inner.queue_list(queue, lane, limit).await
+    }
+    async fn queue_revive(
+        &self,
+        queue: &str,
+        id: &str,
+        data: Vec<u8>,
+        due_at_ms: u64,
+        max_pending: usize,
+    ) -> Result<QueueRevive, StoreError> {
+        self.note_bytes(&data);
+        self.inner.queue_revive(queue, id, data, due_at_ms, max_pending).await
+    }
+    async fn queue_delete(&self, queue: &str, lane: QueueLane, id: &str) -> Result<bool, StoreError> {
+        self.inner.queue_delete(queue, lane, id).await
     }
 }
 

@@ -64,6 +64,21 @@ pub fn log_entries(name: &str) -> String {
     key("log", name, Some("entries"))
 }
 
+/// Sorted set: a work queue's pending entries, id -> due time ms.
+pub fn queue_pending(name: &str) -> String {
+    key("queue", name, Some("pending"))
+}
+
+/// Sorted set: a work queue's dead letters, id -> when given up on (ms).
+pub fn queue_dead(name: &str) -> String {
+    key("queue", name, Some("dead"))
+}
+
+/// Hash: a work queue's entries of both lanes, id -> data.
+pub fn queue_data(name: &str) -> String {
+    key("queue", name, Some("data"))
+}
+
 /// String: a rate-limit counter's TAT in µs (absent: a full bucket). One key per
 /// counter, so the whole counter is its own hash tag.
 pub fn rate_limit(name: &str) -> String {
@@ -86,6 +101,9 @@ mod tests {
         assert_eq!(hash_tag(&feed_meta("revocations")), "feed:revocations");
         assert_eq!(hash_tag(&feed_meta("revocations")), hash_tag(&feed_entries("revocations")));
         assert_eq!(hash_tag(&log_seq("audit")), hash_tag(&log_entries("audit")));
+        assert_eq!(hash_tag(&queue_pending("webhooks")), "queue:webhooks");
+        assert_eq!(hash_tag(&queue_pending("webhooks")), hash_tag(&queue_dead("webhooks")));
+        assert_eq!(hash_tag(&queue_pending("webhooks")), hash_tag(&queue_data("webhooks")));
     }
 
     #[test]
