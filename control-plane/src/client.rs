@@ -11,12 +11,11 @@ use serde_json::Value;
 
 use crate::http::{
     GlobalRotateRequest, KeyList, Problem, RevocationAccepted, RevocationRequest, StatusReport,
-    UserRevocation,
 };
 use crate::keys::Rotation;
 use crate::lockouts::{LockoutInfo, LockoutList};
 use crate::revocations::GlobalState;
-use crate::sessions::RevokedSession;
+use crate::sessions::{RevokedSession, UserRevocation};
 use crate::tokens::{IssuedToken, RefreshRequest, TokenRequest};
 
 #[derive(Debug, thiserror::Error)]

@@ -20,16 +20,17 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use portcullis_control_plane::admin_credential::AdminCredential;
 use portcullis_control_plane::audit::AUDIT_LOG;
-use portcullis_control_plane::clock::FixedClock;
+use portcullis_control_plane::clock::{Clock as _, FixedClock};
 use portcullis_control_plane::keys::{KeyPolicy, KeyRingError, KEY_SET_RECORD};
 use portcullis_control_plane::master_key::MasterKey;
 use portcullis_control_plane::metrics::Metrics;
 use portcullis_control_plane::random::OsRandom;
+use portcullis_control_plane::revocations::VERSION_CEILING_MARGIN;
 use portcullis_control_plane::signing::SigningAlgorithm;
 use portcullis_control_plane::store::Store;
 use portcullis_control_plane::tokens::TokenPolicy;
 use portcullis_control_plane::{app, AppState, Dependencies};
-use portcullis_core::revocation::{FeedPage, GlobalMinVersion, TokenStatus};
+use portcullis_core::revocation::{FeedPage, GlobalMinVersion, RevocationReplica, TokenStatus};
 use serde_json::{json, Value};
 use tower::ServiceExt as _;
 
@@ -49,6 +50,9 @@ support::backends!(
     token_status_sees_a_jti_revocation_at_once_and_until_its_exp,
     token_status_reports_the_current_user_and_global_minimums,
     token_status_rejects_overlong_and_unknown_parameters,
+    revoking_a_user_revokes_their_sessions_and_refresh_tokens_in_one_audited_operation,
+    a_refresh_racing_a_user_revocation_never_yields_a_token_that_passes,
+    after_a_breach_rotation_no_token_minted_before_it_passes_for_any_user,
 );
 
 struct Harness {
@@ -196,6 +200,21 @@ fn verifies(token: &str, jwks: &JwkSet) -> bool {
     validation.validate_exp = false;
     validation.set_audience(&["demo-api"]);
     jsonwebtoken::decode::<Value>(token, &DecodingKey::from_jwk(jwk).unwrap(), &validation).is_ok()
+}
+
+/// The filter's replica, from a feed snapshot at the harness' clock.
+async fn replica(h: &Harness) -> RevocationReplica {
+    let mut replica = RevocationReplica::default();
+    replica.apply(h.feed(0, 1000).await, h.clock.now_ms() / 1000).unwrap();
+    replica
+}
+
+/// Whether the filter, holding `replica`, lets `token` through (its version and `jti`;
+/// the signature is the filter's business and always valid here).
+fn passes(replica: &RevocationReplica, token: &str, now_secs: u64) -> bool {
+    let c = claims(token);
+    let (sub, ver, jti) = (c["sub"].as_str(), c["ver"].as_u64().unwrap(), c["jti"].as_str().unwrap());
+    replica.versions.accepts(sub, ver, now_secs) && !replica.is_revoked(jti, now_secs)
 }
 
 fn revoked_jtis(page: &FeedPage) -> BTreeSet<String> {
@@ -436,16 +455,18 @@ async fn global_rotation_records_reason_and_grace(backend: Backend) {
     let global = h
         .ok("POST", "/admin/v1/global/rotate", Some(json!({"reason": "key leak", "graceSeconds": 300})))
         .await;
+    // Above the ceiling published while the highest version issued was 1.
+    let rotated = 1 + VERSION_CEILING_MARGIN + 1;
     assert_eq!(
         global,
-        json!({"minVersion": 2, "rotatedAt": (T0 + 5000) / 1000, "graceSeconds": 300, "reason": "key leak"})
+        json!({"minVersion": rotated, "rotatedAt": (T0 + 5000) / 1000, "graceSeconds": 300, "reason": "key leak"})
     );
     assert_eq!(h.ok("GET", "/admin/v1/global", None).await, global);
     let delta = h.feed(cursor, 10).await;
     let g = delta.global.unwrap();
-    assert_eq!((g.min_version, g.rotated_at, g.grace_seconds), (2, (T0 + 5000) / 1000, 300));
-    assert_eq!(claims(h.issue("erin").await["accessToken"].as_str().unwrap())["ver"], 2);
-    assert_eq!(h.ok("GET", "/admin/v1/status", None).await["globalMinVersion"], 2);
+    assert_eq!((g.min_version, g.rotated_at, g.grace_seconds), (rotated, (T0 + 5000) / 1000, 300));
+    assert_eq!(claims(h.issue("erin").await["accessToken"].as_str().unwrap())["ver"], rotated);
+    assert_eq!(h.ok("GET", "/admin/v1/status", None).await["globalMinVersion"], rotated);
     let (status, _) = h.admin("POST", "/admin/v1/global/rotate", Some(json!({"reason": ""}))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
@@ -529,7 +550,10 @@ async fn token_status_reports_the_current_user_and_global_minimums(backend: Back
 
     h.clock.set(T0 + 5000);
     h.ok("POST", "/admin/v1/global/rotate", Some(json!({"reason": "key leak", "graceSeconds": 300}))).await;
-    let global = GlobalMinVersion { min_version: 2, rotated_at: (T0 + 5000) / 1000, grace_seconds: 300 };
+    // Above the ceiling published while the highest version issued was carol's 2.
+    let rotated = 2 + VERSION_CEILING_MARGIN + 1;
+    let global =
+        GlobalMinVersion { min_version: rotated, rotated_at: (T0 + 5000) / 1000, grace_seconds: 300 };
     assert_eq!(
         h.token_status("?sub=carol").await,
         TokenStatus { revoked: false, user_min_version: 2, global: global.clone() }
@@ -540,12 +564,12 @@ async fn token_status_reports_the_current_user_and_global_minimums(backend: Back
     h.ok("POST", "/admin/v1/users/carol/revoke-all", None).await;
     assert_eq!(
         h.token_status("?sub=carol&jti=j").await,
-        TokenStatus { revoked: false, user_min_version: 3, global: global.clone() }
+        TokenStatus { revoked: false, user_min_version: rotated + 1, global: global.clone() }
     );
     // The same answer the feed gives once it has been polled.
     let snapshot = h.feed(0, 100).await;
     assert_eq!(snapshot.global, Some(global));
-    assert_eq!(snapshot.user_min_versions[0].min_version, 3);
+    assert_eq!(snapshot.user_min_versions[0].min_version, rotated + 1);
 }
 
 async fn token_status_rejects_overlong_and_unknown_parameters(backend: Backend) {
@@ -576,4 +600,152 @@ async fn token_status_rejects_overlong_and_unknown_parameters(backend: Backend) 
     }
     let response = h.send(Request::post("/v1/token-status").body(Body::empty()).unwrap()).await;
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+}
+
+async fn revoking_a_user_revokes_their_sessions_and_refresh_tokens_in_one_audited_operation(
+    backend: Backend,
+) {
+    let h = harness(&backend).await;
+    let first = h.issue("alice").await;
+    let second = h.issue("alice").await;
+    let bob = h.issue("bob").await;
+    h.clock.set(T0 + 1000);
+    let (status, refreshed) = h.refresh(second["refreshToken"].as_str().unwrap()).await;
+    assert_eq!(status, StatusCode::OK, "{refreshed}");
+    let cursor = h.feed(0, 10).await.cursor;
+    let audit_before = h.audit_actions().await.len();
+
+    let revoked = h.ok("POST", "/admin/v1/users/alice/revoke-all", None).await;
+    assert_eq!((revoked["sub"].as_str(), revoked["minVersion"].as_u64()), (Some("alice"), Some(2)));
+    let sessions: BTreeSet<&str> =
+        revoked["revokedSessions"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    assert_eq!(
+        sessions,
+        [first["sessionId"].as_str().unwrap(), second["sessionId"].as_str().unwrap()].into()
+    );
+    let jtis: BTreeSet<String> =
+        revoked["revokedJtis"].as_array().unwrap().iter().map(|j| j.as_str().unwrap().to_owned()).collect();
+    let expected: BTreeSet<String> =
+        [&first, &second, &refreshed].iter().map(|t| t["jti"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(jtis, expected, "every live access token of every session");
+
+    // No refresh token of hers works any more, however fresh.
+    for refresh in [&first, &refreshed] {
+        let (status, problem) = h.refresh(refresh["refreshToken"].as_str().unwrap()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+        assert_eq!(problem["type"], "urn:portcullis:problem:invalid_grant");
+    }
+    let listed = h.ok("GET", "/admin/v1/users/alice/sessions", None).await;
+    for session in listed["sessions"].as_array().unwrap() {
+        assert_eq!(session["revoked"], true, "{session}");
+        assert_eq!(session["revokedReason"], "all tokens of the user revoked");
+    }
+    // One operation, one audit entry.
+    let actions = h.audit_actions().await;
+    assert_eq!(actions[audit_before..], ["revocation.user"]);
+    let delta = h.feed(cursor, 100).await;
+    assert_eq!(revoked_jtis(&delta), expected);
+    assert_eq!(delta.user_min_versions.len(), 1);
+    // Bob is untouched; alice can start afresh.
+    let (status, _) = h.refresh(bob["refreshToken"].as_str().unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    let fresh = h.issue("alice").await;
+    let (status, _) = h.refresh(fresh["refreshToken"].as_str().unwrap()).await;
+    assert_eq!(status, StatusCode::OK, "sessions started after the revocation refresh");
+}
+
+async fn a_refresh_racing_a_user_revocation_never_yields_a_token_that_passes(backend: Backend) {
+    const ROUNDS: usize = 8;
+    const MAX_REFRESHES: usize = 40;
+    let h = Arc::new(harness(&backend).await);
+    for round in 0..ROUNDS {
+        let sub = format!("racer{round}");
+        let issued = h.issue(&sub).await;
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        // Refreshes in a chain, each with the newest refresh token, until refused.
+        let refresher = {
+            let h = Arc::clone(&h);
+            let mut refresh = issued["refreshToken"].as_str().unwrap().to_owned();
+            tokio::spawn(async move {
+                let mut started = Some(started_tx);
+                let mut minted = Vec::new();
+                for _ in 0..MAX_REFRESHES {
+                    let (status, body) = h.refresh(&refresh).await;
+                    if status != StatusCode::OK {
+                        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+                        return (minted, refresh, true);
+                    }
+                    minted.push(body["accessToken"].as_str().unwrap().to_owned());
+                    refresh = body["refreshToken"].as_str().unwrap().to_owned();
+                    if let Some(tx) = started.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                (minted, refresh, false)
+            })
+        };
+        // Revoke while the chain is running.
+        started_rx.await.unwrap();
+        h.ok("POST", &format!("/admin/v1/users/{sub}/revoke-all"), None).await;
+        let (minted, last_refresh, refused) = refresher.await.unwrap();
+        assert!(refused, "round {round}: the refresh chain never stopped");
+        let (status, _) = h.refresh(&last_refresh).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "round {round}: the last refresh token still works");
+
+        let replica = replica(&h).await;
+        let now = h.clock.now_ms() / 1000;
+        let first = issued["accessToken"].as_str().unwrap().to_owned();
+        for token in minted.iter().chain([&first]) {
+            assert!(
+                !passes(&replica, token, now),
+                "round {round}: a token of the revoked user passes: {}",
+                claims(token)
+            );
+        }
+        let listed = h.ok("GET", &format!("/admin/v1/users/{sub}/sessions"), None).await;
+        assert_eq!(listed["sessions"][0]["revoked"], true, "round {round}");
+    }
+}
+
+async fn after_a_breach_rotation_no_token_minted_before_it_passes_for_any_user(backend: Backend) {
+    let h = harness(&backend).await;
+    let access = |v: &Value| v["accessToken"].as_str().unwrap().to_owned();
+    let mut before = Vec::new();
+    // Subjects whose own minimum was raised once, twice, three times: their tokens
+    // carry versions the global minimum never had.
+    for (sub, revocations) in [("alice", 1), ("carol", 2), ("dave", 3)] {
+        for _ in 0..revocations {
+            h.ok("POST", &format!("/admin/v1/users/{sub}/revoke-all"), None).await;
+        }
+    }
+    for sub in ["alice", "carol", "dave"] {
+        let issued = h.issue(sub).await;
+        before.push(access(&issued));
+        let (status, refreshed) = h.refresh(issued["refreshToken"].as_str().unwrap()).await;
+        assert_eq!(status, StatusCode::OK);
+        before.push(access(&refreshed));
+    }
+    before.push(access(&h.issue("bob").await));
+    let highest = before.iter().map(|t| claims(t)["ver"].as_u64().unwrap()).max().unwrap();
+    assert_eq!(highest, 4, "dave's minimum was raised three times");
+    let replica_before = replica(&h).await;
+    assert!(before.iter().all(|t| passes(&replica_before, t, T0 / 1000)));
+
+    h.clock.set(T0 + 10_000);
+    let global =
+        h.ok("POST", "/admin/v1/global/rotate", Some(json!({"reason": "drill", "graceSeconds": 0}))).await;
+    let min = global["minVersion"].as_u64().unwrap();
+    assert_eq!(min, highest + VERSION_CEILING_MARGIN + 1, "above every version ever issued, and its ceiling");
+    let replica = replica(&h).await;
+    let now = (T0 + 10_000) / 1000;
+    for token in &before {
+        assert!(!passes(&replica, token, now), "a pre-breach token passes: {}", claims(token));
+    }
+    // What is minted afterwards passes, for revoked and untouched subjects alike.
+    for sub in ["alice", "carol", "dave", "bob", "erin"] {
+        let token = access(&h.issue(sub).await);
+        assert!(passes(&replica, &token, now), "{sub}: {}", claims(&token));
+    }
+    // Revoking a subject after the rotation still goes above the global minimum.
+    assert_eq!(h.ok("POST", "/admin/v1/users/carol/revoke-all", None).await["minVersion"], min + 1);
 }

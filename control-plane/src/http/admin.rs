@@ -18,7 +18,7 @@ use crate::audit::{self, ACTOR_ADMIN};
 use crate::keys::{KeyInfo, Rotation};
 use crate::lockouts::{self, LockoutInfo, LockoutList, SubjectKey};
 use crate::revocations::{self, GlobalState};
-use crate::sessions::{self, RevokedSession, SessionInfo};
+use crate::sessions::{self, RevokedSession, SessionInfo, UserRevocation};
 use crate::tokens::{IssuedToken, TokenRequest};
 
 pub fn routes(state: AppState) -> Router<AppState> {
@@ -187,33 +187,37 @@ async fn revoke_jti(
     Ok(Json(RevocationAccepted { jti: request.jti, exp: request.exp, cursor }))
 }
 
-/// Response of `POST /admin/v1/users/{sub}/revoke-all`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct UserRevocation {
-    pub sub: String,
-    pub min_version: u64,
-    pub cursor: u64,
-}
-
+/// Raises the subject's minimum version and revokes all its sessions: one operation,
+/// one audit entry.
 async fn revoke_user(
     State(state): State<AppState>,
     Path(sub): Path<String>,
 ) -> Result<Json<UserRevocation>, ApiError> {
+    revocations::validate_id("sub", &sub)?;
     let now_ms = state.clock.now_ms();
     let store = state.store.as_ref();
-    let (min_version, cursor) = revocations::revoke_all_for_user(store, &sub, now_ms).await?;
+    let revoked = sessions::revoke_user(store, &sub, now_ms).await?;
     audit::record(
         store,
         now_ms,
         ACTOR_ADMIN,
         "revocation.user",
         &sub,
-        Some(json!({ "minVersion": min_version })),
+        Some(json!({
+            "minVersion": revoked.min_version,
+            "revokedSessions": revoked.revoked_sessions,
+            "revokedJtis": revoked.revoked_jtis,
+        })),
     )
     .await?;
-    tracing::info!(%sub, min_version, "revoked all tokens of a subject");
-    Ok(Json(UserRevocation { sub, min_version, cursor }))
+    tracing::info!(
+        %sub,
+        min_version = revoked.min_version,
+        sessions = revoked.revoked_sessions.len(),
+        tokens = revoked.revoked_jtis.len(),
+        "revoked all tokens and sessions of a subject"
+    );
+    Ok(Json(revoked))
 }
 
 /// Response of `GET /admin/v1/users/{sub}`.

@@ -32,7 +32,6 @@ use crate::tokens::TokenPolicy;
 
 pub use admin::{
     GlobalRotateRequest, KeyList, RevocationAccepted, RevocationRequest, StatusReport, UserReport,
-    UserRevocation,
 };
 pub use error::{ApiError, Problem, PROBLEM_CONTENT_TYPE};
 
@@ -86,6 +85,13 @@ impl AppState {
         let store: Arc<dyn Store> = Arc::new(MeteredStore::new(deps.store, Arc::clone(&deps.metrics)));
         let lockout_secret = Arc::new(LockoutSecret::derive(&deps.master_key));
         let burst = Arc::new(BurstDetector::new(&deps.master_key, Arc::clone(&deps.metrics)));
+        revocations::ensure_issued_version_mark(store.as_ref(), deps.clock.now_ms()).await.map_err(|e| {
+            match e {
+                revocations::RevocationError::Store(e) => KeyRingError::Store(e),
+                revocations::RevocationError::Contended => KeyRingError::Contended,
+                other => KeyRingError::Corrupt(other.to_string()),
+            }
+        })?;
         let keys = KeyRing::open(
             Arc::clone(&store),
             deps.master_key,
