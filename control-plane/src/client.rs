@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::http::{
     GlobalRotateRequest, KeyList, Problem, RevocationAccepted, RevocationRequest, StatusReport,
 };
-use crate::keys::Rotation;
+use crate::keys::{KeyRevocation, Rotation};
 use crate::lockouts::{LockoutInfo, LockoutList};
 use crate::revocations::GlobalState;
 use crate::sessions::{RevokedSession, UserRevocation};
@@ -132,6 +132,15 @@ impl ControlPlaneClient {
 
     pub async fn rotate_keys(&self) -> Result<Rotation, ClientError> {
         self.post_json("/admin/v1/keys/rotate", &serde_json::json!({})).await
+    }
+
+    /// Revokes one signing key (`Some(kid)`) or all of them (`None`).
+    pub async fn revoke_keys(&self, kid: Option<&str>) -> Result<KeyRevocation, ClientError> {
+        let path = match kid {
+            Some(kid) => format!("/admin/v1/keys/{}/revoke", path_segment(kid)),
+            None => "/admin/v1/keys/revoke-all".to_owned(),
+        };
+        self.post_json(&path, &serde_json::json!({})).await
     }
 
     pub async fn revoke_jti(&self, jti: &str, exp: u64) -> Result<RevocationAccepted, ClientError> {

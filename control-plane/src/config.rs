@@ -64,6 +64,20 @@ pub struct MasterKeyArgs {
     /// A file holding the base64 master key.
     #[arg(long, env = "PORTCULLIS_MASTER_KEY_FILE")]
     pub master_key_file: Option<PathBuf>,
+
+    /// The master key being replaced (prefer --previous-master-key-file): signing keys
+    /// still sealed under it are re-sealed under the master key at startup.
+    #[arg(
+        long,
+        env = "PORTCULLIS_PREVIOUS_MASTER_KEY",
+        hide_env_values = true,
+        conflicts_with = "previous_master_key_file"
+    )]
+    pub previous_master_key: Option<String>,
+
+    /// A file holding the base64 master key being replaced.
+    #[arg(long, env = "PORTCULLIS_PREVIOUS_MASTER_KEY_FILE")]
+    pub previous_master_key_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for MasterKeyArgs {
@@ -71,6 +85,8 @@ impl std::fmt::Debug for MasterKeyArgs {
         f.debug_struct("MasterKeyArgs")
             .field("master_key", &self.master_key.as_ref().map(|_| ".."))
             .field("master_key_file", &self.master_key_file)
+            .field("previous_master_key", &self.previous_master_key.as_ref().map(|_| ".."))
+            .field("previous_master_key_file", &self.previous_master_key_file)
             .finish()
     }
 }

@@ -83,10 +83,27 @@ pub enum RevocationError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
 pub enum FeedChange {
-    Revoked { jti: String, exp: u64 },
-    UserMinVersion { sub: String, min_version: u64 },
-    Global { min_version: u64, rotated_at: u64, grace_seconds: u64 },
-    KeySet { version: u64 },
+    Revoked {
+        jti: String,
+        exp: u64,
+    },
+    UserMinVersion {
+        sub: String,
+        min_version: u64,
+    },
+    Global {
+        min_version: u64,
+        rotated_at: u64,
+        grace_seconds: u64,
+    },
+    KeySet {
+        version: u64,
+    },
+    /// A signing key was revoked: the filter refuses what it signed.
+    KeyRevoked {
+        kid: String,
+        key_set_version: u64,
+    },
 }
 
 /// The global minimum token version (`GET /admin/v1/global`).
@@ -368,6 +385,36 @@ pub async fn record_key_set_change(store: &dyn Store, version: u64, now_ms: u64)
     append(store, &FeedChange::KeySet { version }, now_ms).await
 }
 
+/// Records revoked signing keys in the feed (one entry each). Returns the last cursor.
+pub async fn record_key_revocations(
+    store: &dyn Store,
+    kids: &[String],
+    key_set_version: u64,
+    now_ms: u64,
+) -> Result<u64, StoreError> {
+    let mut cursor = 0;
+    for kid in kids {
+        cursor = append(store, &FeedChange::KeyRevoked { kid: kid.clone(), key_set_version }, now_ms).await?;
+    }
+    Ok(cursor)
+}
+
+/// What every page carries besides the changes: the version ceiling (from the
+/// issued-version mark, read now), and in a snapshot every revoked signing key the key
+/// set still remembers (`revoked_kids`).
+pub async fn add_key_and_version_state(
+    store: &dyn Store,
+    page: &mut FeedPage,
+    revoked_kids: Vec<String>,
+    now_ms: u64,
+) -> Result<(), RevocationError> {
+    page.version_ceiling = version_ceiling(issued_version_mark(store, now_ms).await?);
+    if page.snapshot {
+        page.revoked_kids = revoked_kids;
+    }
+    Ok(())
+}
+
 /// Drops all but the newest `keep` feed entries.
 pub async fn trim_feed(store: &dyn Store, keep: usize) -> Result<u64, StoreError> {
     store.feed_trim(FEED, keep).await
@@ -414,6 +461,10 @@ pub async fn feed_page(
             }
             FeedChange::KeySet { version } => {
                 out.key_set_version = out.key_set_version.max(version);
+            }
+            FeedChange::KeyRevoked { kid, key_set_version } => {
+                out.key_set_version = out.key_set_version.max(key_set_version);
+                out.revoked_kids.push(kid);
             }
         }
     }
@@ -464,6 +515,8 @@ pub async fn snapshot(
             grace_seconds: global.grace_seconds,
         }),
         key_set_version,
+        revoked_kids: Vec::new(),
+        version_ceiling: 0,
         more: false,
     })
 }

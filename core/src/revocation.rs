@@ -4,10 +4,12 @@
 //!
 //! The feed carries revoked token ids (each kept only until the token's own `exp`),
 //! per-user minimum token versions, the global minimum version with its grace period,
-//! and the version of the issuer's key set. A page is either a delta after the cursor
-//! the filter sent, or a full snapshot when that cursor is too old (or zero).
+//! the version of the issuer's key set, the ids of revoked signing keys (the filter
+//! drops those keys and every token they signed) and the version ceiling (no token
+//! above it was ever issued). A page is either a delta after the cursor the filter
+//! sent, or a full snapshot when that cursor is too old (or zero).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +39,13 @@ pub struct FeedPage {
     /// Version of the issuer's signing key set; a change means keys rotated.
     #[serde(default)]
     pub key_set_version: u64,
+    /// Signing keys revoked (by `kid`): tokens they signed are refused at once, cached
+    /// ones included. A snapshot lists every key still worth refusing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked_kids: Vec<String>,
+    /// No token carries a higher version (0: not published). Only ever raised.
+    #[serde(default)]
+    pub version_ceiling: u64,
     /// More changes are waiting: ask again right away.
     #[serde(default)]
     pub more: bool,
@@ -130,6 +139,9 @@ pub struct RevocationReplica {
     pub revoked: HashMap<String, u64>,
     pub versions: VersionState,
     pub key_set_version: u64,
+    /// Revoked signing keys.
+    #[serde(default)]
+    pub revoked_kids: BTreeSet<String>,
 }
 
 impl RevocationReplica {
@@ -141,7 +153,8 @@ impl RevocationReplica {
 
     /// Applies one page; returns whether more pages are waiting.
     pub fn apply(&mut self, page: FeedPage, now_unix_secs: u64) -> Result<bool, FeedError> {
-        if page.revoked.len().saturating_add(page.user_min_versions.len()) > MAX_PAGE_ENTRIES {
+        let entries = page.revoked.len().saturating_add(page.user_min_versions.len());
+        if entries.saturating_add(page.revoked_kids.len()) > MAX_PAGE_ENTRIES {
             return Err(FeedError::TooLarge);
         }
         if !page.snapshot && page.cursor < self.cursor {
@@ -165,6 +178,8 @@ impl RevocationReplica {
             self.versions.grace_seconds = g.grace_seconds;
         }
         self.key_set_version = page.key_set_version.max(self.key_set_version);
+        self.revoked_kids.extend(page.revoked_kids);
+        self.versions.version_ceiling = self.versions.version_ceiling.max(page.version_ceiling);
         self.cursor = page.cursor;
         self.prune(now_unix_secs);
         Ok(page.more)
@@ -177,6 +192,11 @@ impl RevocationReplica {
 
     pub fn is_revoked(&self, jti: &str, now_unix_secs: u64) -> bool {
         self.revoked.get(jti).is_some_and(|exp| *exp > now_unix_secs)
+    }
+
+    /// Whether the signing key `kid` was revoked.
+    pub fn is_key_revoked(&self, kid: &str) -> bool {
+        self.revoked_kids.contains(kid)
     }
 }
 
@@ -274,13 +294,42 @@ mod tests {
     }
 
     #[test]
+    fn revoked_keys_accumulate_and_the_ceiling_only_rises_until_a_snapshot() {
+        let mut r = RevocationReplica::default();
+        let page = |cursor, kids: &[&str], ceiling, snapshot| FeedPage {
+            cursor,
+            snapshot,
+            revoked_kids: kids.iter().map(|k| k.to_string()).collect(),
+            version_ceiling: ceiling,
+            ..Default::default()
+        };
+        r.apply(page(1, &["k1"], 101, false), 0).unwrap();
+        r.apply(page(2, &["k2"], 90, false), 0).unwrap();
+        assert!(r.is_key_revoked("k1") && r.is_key_revoked("k2") && !r.is_key_revoked("k3"));
+        assert_eq!(r.versions.version_ceiling, 101, "a lower ceiling in a delta never lowers it");
+        r.apply(page(3, &[], 0, false), 0).unwrap();
+        assert_eq!(r.versions.version_ceiling, 101, "a page without a ceiling keeps it");
+        r.apply(page(9, &["k2"], 50, true), 0).unwrap();
+        assert!(!r.is_key_revoked("k1") && r.is_key_revoked("k2"));
+        assert_eq!(r.versions.version_ceiling, 50, "a snapshot is the whole state");
+        let huge = FeedPage {
+            cursor: 10,
+            revoked_kids: vec!["k".into(); MAX_PAGE_ENTRIES + 1],
+            ..Default::default()
+        };
+        assert_eq!(r.apply(huge, 0), Err(FeedError::TooLarge));
+    }
+
+    #[test]
     fn wire_format_is_camel_case() {
         let page: FeedPage = serde_json::from_str(
             r#"{"cursor":7,"snapshot":true,"revoked":[{"jti":"j","exp":9}],
                 "userMinVersions":[{"sub":"s","minVersion":2}],
-                "global":{"minVersion":3,"rotatedAt":4,"graceSeconds":5},"keySetVersion":6,"more":false}"#,
+                "global":{"minVersion":3,"rotatedAt":4,"graceSeconds":5},"keySetVersion":6,
+                "revokedKids":["k"],"versionCeiling":8,"more":false}"#,
         )
         .unwrap();
+        assert_eq!((page.revoked_kids.as_slice(), page.version_ceiling), (&["k".to_string()][..], 8));
         assert_eq!(page.cursor, 7);
         assert_eq!(page.user_min_versions[0].min_version, 2);
         assert_eq!(page.global.unwrap().grace_seconds, 5);

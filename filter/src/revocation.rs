@@ -109,6 +109,25 @@ impl RevocationSync {
         now_ms.saturating_sub(since) / 1000
     }
 
+    /// Claims an extra poll now (a token above the replica's version ceiling): at most
+    /// one per poll interval for the whole Envoy, never while a poll is in flight.
+    /// Returns the path to GET when it is ours.
+    pub fn claim_on_demand(&self, now_ms: u64) -> Option<String> {
+        let (data, cas) = host::shared_data(SCHEDULE_KEY);
+        let current = data.map(|d| FetchSchedule::decode(&d)).unwrap_or_default();
+        if !current.on_demand_allowed(now_ms, self.settings.poll_interval_ms) {
+            return None;
+        }
+        let next = current.started(FetchKind::OnDemand, now_ms, self.settings.timeout_ms);
+        host::set_shared_data(SCHEDULE_KEY, &next.encode(), cas).ok()?;
+        Some(self.poll_path())
+    }
+
+    /// Whether some worker's poll is outstanding.
+    pub fn poll_in_flight(&self, now_ms: u64) -> bool {
+        schedule().in_flight(now_ms)
+    }
+
     /// Claims the next poll for this worker; returns the path to GET when it is ours.
     pub fn claim_poll(&self, now_ms: u64) -> Option<String> {
         let (data, cas) = host::shared_data(SCHEDULE_KEY);
@@ -127,13 +146,15 @@ impl RevocationSync {
         format!("{}?after={cursor}&limit={PAGE_LIMIT}", self.settings.path)
     }
 
-    /// Applies a poll's answer. Returns the path of an immediate follow-up poll when the
-    /// control plane says more changes are waiting.
+    /// Applies a poll's answer. With `follow_up`, returns the path of an immediate
+    /// follow-up poll when the control plane says more changes are waiting (without,
+    /// the next periodic poll continues).
     pub fn complete_poll(
         &self,
         status: Option<&str>,
         body: Option<Vec<u8>>,
         now_ms: u64,
+        follow_up: bool,
         metrics: &Metrics,
     ) -> Option<String> {
         self.refresh();
@@ -162,7 +183,7 @@ impl RevocationSync {
                     }
                     l.failures_logged = 0;
                 }
-                if more {
+                if more && follow_up {
                     update_schedule(|s| s.started(FetchKind::Periodic, now_ms, self.settings.timeout_ms));
                     return Some(self.poll_path());
                 }

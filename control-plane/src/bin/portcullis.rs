@@ -103,6 +103,20 @@ enum KeysCommand {
     Rotate,
     /// List the signing keys with their status.
     List,
+    /// Revoke a signing key at once (it leaked): it leaves the JWKS, and every Envoy
+    /// refuses the tokens it signed within a feed poll. Revoking the current key makes
+    /// a new one current.
+    Revoke(KeyRevokeArgs),
+}
+
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct KeyRevokeArgs {
+    /// The key's id (`kid`, see `keys list`).
+    kid: Option<String>,
+    /// Every key, the current one included (the master key leaked).
+    #[arg(long)]
+    all: bool,
 }
 
 #[derive(Subcommand)]
@@ -237,6 +251,9 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Keys { command } => match command {
             KeysCommand::Rotate => print_json(&client.rotate_keys().await?)?,
             KeysCommand::List => print_json(&client.list_keys().await?)?,
+            KeysCommand::Revoke(KeyRevokeArgs { kid, .. }) => {
+                print_json(&client.revoke_keys(kid.as_deref()).await?)?
+            }
         },
         Command::Revoke { command } => match command {
             RevokeCommand::Jti { jti, exp } => print_json(&client.revoke_jti(&jti, exp).await?)?,

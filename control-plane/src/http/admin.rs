@@ -15,7 +15,7 @@ use super::error::ApiJson;
 use super::health::store_is_ready;
 use super::{ApiError, AppState};
 use crate::audit::{self, ACTOR_ADMIN};
-use crate::keys::{KeyInfo, Rotation};
+use crate::keys::{KeyInfo, KeyRevocation, KeySelection, Rotation};
 use crate::lockouts::{self, LockoutInfo, LockoutList, SubjectKey};
 use crate::revocations::{self, GlobalState};
 use crate::sessions::{self, RevokedSession, SessionInfo, UserRevocation};
@@ -27,6 +27,8 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/status", get(status))
         .route("/keys", get(list_keys))
         .route("/keys/rotate", post(rotate_keys))
+        .route("/keys/revoke-all", post(revoke_all_keys))
+        .route("/keys/{kid}/revoke", post(revoke_key))
         .route("/revocations", post(revoke_jti))
         .route("/users/{sub}", get(user))
         .route("/users/{sub}/sessions", get(user_sessions))
@@ -146,6 +148,36 @@ async fn rotate_keys(State(state): State<AppState>) -> Result<Json<Rotation>, Ap
     )
     .await?;
     Ok(Json(rotation))
+}
+
+/// Revokes one signing key at once (a leaked key): `POST /admin/v1/keys/{kid}/revoke`.
+async fn revoke_key(
+    State(state): State<AppState>,
+    Path(kid): Path<String>,
+) -> Result<Json<KeyRevocation>, ApiError> {
+    revocations::validate_id("kid", &kid)?;
+    revoke_keys(&state, KeySelection::One(&kid), &kid).await
+}
+
+/// Revokes every signing key, the current one included (the master key leaked).
+async fn revoke_all_keys(State(state): State<AppState>) -> Result<Json<KeyRevocation>, ApiError> {
+    revoke_keys(&state, KeySelection::All, "all").await
+}
+
+/// Revokes, publishes the revoked `kid`s in the feed, audits once.
+async fn revoke_keys(
+    state: &AppState,
+    which: KeySelection<'_>,
+    target: &str,
+) -> Result<Json<KeyRevocation>, ApiError> {
+    let now_ms = state.clock.now_ms();
+    let revocation = state.keys.revoke(which, now_ms).await?;
+    let store = state.store.as_ref();
+    revocations::record_key_revocations(store, &revocation.revoked_kids, revocation.key_set_version, now_ms)
+        .await?;
+    audit::record(store, now_ms, ACTOR_ADMIN, "keys.revoke", target, serde_json::to_value(&revocation).ok())
+        .await?;
+    Ok(Json(revocation))
 }
 
 /// Body of `POST /admin/v1/revocations`.

@@ -179,6 +179,7 @@ impl From<crate::keys::KeyRingError> for ApiError {
         match e {
             E::Store(e) => ApiError::Store(e),
             E::Contended => ApiError::Store(StoreError::Busy(e.to_string())),
+            E::UnknownKey(kid) => ApiError::NoSuchResource(format!("There is no signing key {kid:?}.")),
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -42,15 +42,17 @@ async fn feed(
 ) -> Result<Json<FeedPage>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
     let now_ms = state.clock.now_ms();
-    let key_set_version = state.keys.current(now_ms).await.version;
-    let page = revocations::feed_page(
-        state.store.as_ref(),
+    let keys = state.keys.current(now_ms).await;
+    let store = state.store.as_ref();
+    let mut page = revocations::feed_page(
+        store,
         query.after,
         query.limit.unwrap_or(MAX_PAGE_SIZE),
-        key_set_version,
+        keys.version,
         now_ms,
     )
     .await?;
+    revocations::add_key_and_version_state(store, &mut page, keys.revoked_kids(), now_ms).await?;
     Ok(Json(page))
 }
 
