@@ -432,6 +432,7 @@ impl KeyRing {
                 rotated |= key.status == KeyStatus::Current;
                 key.status = KeyStatus::Revoked;
                 key.revoked_at_ms = Some(now_ms);
+                key.retires_at_ms = None;
                 key.nonce = None;
                 key.sealed_key = None;
                 revoked.push(key.kid.clone());

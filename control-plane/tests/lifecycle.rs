@@ -21,11 +21,11 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use portcullis_control_plane::admin_credential::AdminCredential;
 use portcullis_control_plane::audit::AUDIT_LOG;
 use portcullis_control_plane::clock::{Clock as _, FixedClock};
-use portcullis_control_plane::keys::{KeyPolicy, KeyRingError, KEY_SET_RECORD};
+use portcullis_control_plane::keys::{self, KeyPolicy, KeyRingError, KEY_SET_RECORD, REVOKED_KEY_MEMORY_MS};
 use portcullis_control_plane::master_key::MasterKey;
 use portcullis_control_plane::metrics::Metrics;
 use portcullis_control_plane::random::OsRandom;
-use portcullis_control_plane::revocations::VERSION_CEILING_MARGIN;
+use portcullis_control_plane::revocations::{self, VERSION_CEILING_MARGIN};
 use portcullis_control_plane::signing::SigningAlgorithm;
 use portcullis_control_plane::store::Store;
 use portcullis_control_plane::tokens::TokenPolicy;
@@ -53,6 +53,11 @@ support::backends!(
     revoking_a_user_revokes_their_sessions_and_refresh_tokens_in_one_audited_operation,
     a_refresh_racing_a_user_revocation_never_yields_a_token_that_passes,
     after_a_breach_rotation_no_token_minted_before_it_passes_for_any_user,
+    revoking_a_signing_key_takes_it_out_of_the_jwks_at_once_and_publishes_it,
+    revoking_the_current_key_makes_a_fresh_one_current,
+    revoking_every_key_leaves_one_fresh_current_key,
+    a_previous_master_key_reseals_the_signing_keys_under_the_new_one,
+    every_feed_page_carries_a_ceiling_that_fresh_tokens_stay_under,
 );
 
 struct Harness {
@@ -748,4 +753,156 @@ async fn after_a_breach_rotation_no_token_minted_before_it_passes_for_any_user(b
     }
     // Revoking a subject after the rotation still goes above the global minimum.
     assert_eq!(h.ok("POST", "/admin/v1/users/carol/revoke-all", None).await["minVersion"], min + 1);
+}
+
+fn kid_of(token: &str) -> String {
+    jsonwebtoken::decode_header(token).unwrap().kid.unwrap()
+}
+
+fn jwks_kids(jwks: &JwkSet) -> Vec<String> {
+    jwks.keys.iter().map(|k| k.common.key_id.clone().unwrap()).collect()
+}
+
+async fn revoking_a_signing_key_takes_it_out_of_the_jwks_at_once_and_publishes_it(backend: Backend) {
+    let h = harness(&backend).await;
+    let old_token = h.issue("alice").await["accessToken"].as_str().unwrap().to_owned();
+    let old_kid = kid_of(&old_token);
+    let rotation = h.ok("POST", "/admin/v1/keys/rotate", None).await;
+    let new_kid = rotation["kid"].as_str().unwrap().to_owned();
+    assert_eq!(
+        jwks_kids(&h.jwks().await),
+        [new_kid.clone(), old_kid.clone()],
+        "both verify after a rotation"
+    );
+    let cursor = h.feed(0, 10).await.cursor;
+
+    h.clock.set(T0 + 1000);
+    let revoked = h.ok("POST", &format!("/admin/v1/keys/{old_kid}/revoke"), None).await;
+    assert_eq!(revoked["revokedKids"], json!([old_kid]));
+    assert_eq!(
+        (revoked["currentKid"].as_str(), revoked["rotated"].as_bool()),
+        (Some(new_kid.as_str()), Some(false))
+    );
+    // Out of the JWKS at once: no overlap for a leaked key.
+    let jwks = h.jwks().await;
+    assert_eq!(jwks_kids(&jwks), [new_kid.clone()]);
+    assert!(!verifies(&old_token, &jwks));
+    let listed = h.ok("GET", "/admin/v1/keys", None).await;
+    let old =
+        listed["keys"].as_array().unwrap().iter().find(|k| k["kid"] == old_kid.as_str()).unwrap().clone();
+    assert_eq!((old["status"].as_str(), old["revokedAt"].as_u64()), (Some("revoked"), Some(T0 / 1000 + 1)));
+    assert_eq!(listed["keySetVersion"], revoked["keySetVersion"]);
+    // Published: in the next delta and in every snapshot.
+    let delta = h.feed(cursor, 10).await;
+    assert_eq!(delta.revoked_kids, [old_kid.clone()]);
+    assert_eq!(delta.key_set_version, revoked["keySetVersion"].as_u64().unwrap());
+    assert_eq!(h.feed(0, 10).await.revoked_kids, [old_kid.clone()]);
+    assert!(h.audit_actions().await.contains(&"keys.revoke".to_owned()));
+    // Its sealed private part is gone from the store.
+    let record =
+        String::from_utf8(h.state.store.record_get(KEY_SET_RECORD, T0).await.unwrap().unwrap()).unwrap();
+    let stored: Value = serde_json::from_str(&record).unwrap();
+    let stored_old =
+        stored["keys"].as_array().unwrap().iter().find(|k| k["kid"] == old_kid.as_str()).unwrap();
+    assert!(stored_old.get("sealedKey").is_none(), "{stored_old}");
+
+    // Again: nothing more to do, nothing published.
+    let again = h.ok("POST", &format!("/admin/v1/keys/{old_kid}/revoke"), None).await;
+    assert_eq!(again["revokedKids"], json!([]));
+    let head = h.feed(0, 10).await.cursor;
+    assert_eq!(h.feed(head, 10).await.revoked_kids, Vec::<String>::new());
+    let (status, problem) = h.admin("POST", "/admin/v1/keys/no-such-kid/revoke", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{problem}");
+    assert_eq!(problem["type"], "urn:portcullis:problem:not-found");
+
+    // A second replica serves the same JWKS.
+    let replica =
+        AppState::initialise(dependencies(Arc::clone(&backend.store), Arc::clone(&h.clock), [7; 32]))
+            .await
+            .unwrap();
+    assert_eq!(replica.keys.current(T0 + 1000).await.revoked_kids(), [old_kid.clone()]);
+    // Revoked keys are remembered (and published) long enough, then dropped.
+    h.clock.set(T0 + 1000 + REVOKED_KEY_MEMORY_MS);
+    h.state.maintain().await.unwrap();
+    h.ok("POST", "/admin/v1/keys/rotate", None).await;
+    assert!(h.feed(0, 10).await.revoked_kids.is_empty());
+}
+
+async fn revoking_the_current_key_makes_a_fresh_one_current(backend: Backend) {
+    let h = harness(&backend).await;
+    let token = h.issue("alice").await["accessToken"].as_str().unwrap().to_owned();
+    let leaked = kid_of(&token);
+    let revoked = h.ok("POST", &format!("/admin/v1/keys/{leaked}/revoke"), None).await;
+    assert_eq!(revoked["rotated"], true);
+    let current = revoked["currentKid"].as_str().unwrap().to_owned();
+    assert_ne!(current, leaked);
+    assert_eq!(jwks_kids(&h.jwks().await), [current.clone()]);
+    let fresh = h.issue("alice").await["accessToken"].as_str().unwrap().to_owned();
+    assert_eq!(kid_of(&fresh), current, "never signed with a revoked key");
+    assert!(verifies(&fresh, &h.jwks().await) && !verifies(&token, &h.jwks().await));
+    assert_eq!(h.ok("GET", "/admin/v1/status", None).await["currentKid"], current.as_str());
+}
+
+async fn revoking_every_key_leaves_one_fresh_current_key(backend: Backend) {
+    let h = harness(&backend).await;
+    let first = kid_of(h.issue("alice").await["accessToken"].as_str().unwrap());
+    let second = h.ok("POST", "/admin/v1/keys/rotate", None).await["kid"].as_str().unwrap().to_owned();
+    let revoked = h.ok("POST", "/admin/v1/keys/revoke-all", None).await;
+    let kids: BTreeSet<&str> =
+        revoked["revokedKids"].as_array().unwrap().iter().map(|k| k.as_str().unwrap()).collect();
+    assert_eq!(kids, [first.as_str(), second.as_str()].into());
+    assert_eq!(revoked["rotated"], true);
+    let current = revoked["currentKid"].as_str().unwrap();
+    assert_eq!(jwks_kids(&h.jwks().await), [current.to_owned()]);
+    let snapshot: BTreeSet<String> = h.feed(0, 10).await.revoked_kids.into_iter().collect();
+    assert_eq!(snapshot, [first, second].into());
+}
+
+async fn a_previous_master_key_reseals_the_signing_keys_under_the_new_one(backend: Backend) {
+    let h = harness(&backend).await;
+    h.ok("POST", "/admin/v1/keys/rotate", None).await;
+    let kids = jwks_kids(&h.jwks().await);
+    let (old, new) = (MasterKey::from_bytes([7; 32]), MasterKey::from_bytes([9; 32]));
+    let store = backend.store.as_ref();
+    // The new key alone cannot open the set; with the previous one it is re-sealed.
+    let refused =
+        AppState::initialise(dependencies(Arc::clone(&backend.store), Arc::clone(&h.clock), [9; 32])).await;
+    assert!(matches!(refused.err(), Some(KeyRingError::WrongMasterKey { .. })));
+    assert!(keys::reseal_key_set(store, &new, &old, &OsRandom, T0).await.unwrap());
+    assert!(!keys::reseal_key_set(store, &new, &old, &OsRandom, T0).await.unwrap(), "already re-sealed");
+    let resealed =
+        AppState::initialise(dependencies(Arc::clone(&backend.store), Arc::clone(&h.clock), [9; 32]))
+            .await
+            .unwrap();
+    let jwks = resealed.keys.current(T0).await.jwks(T0);
+    assert_eq!(jwks.keys.iter().map(|k| k.kid.clone()).collect::<Vec<_>>(), kids, "the same keys");
+    let refused =
+        AppState::initialise(dependencies(Arc::clone(&backend.store), Arc::clone(&h.clock), [7; 32])).await;
+    assert!(matches!(refused.err(), Some(KeyRingError::WrongMasterKey { .. })), "the old key opens nothing");
+    let stranger = MasterKey::from_bytes([1; 32]);
+    let error = keys::reseal_key_set(store, &MasterKey::from_bytes([2; 32]), &stranger, &OsRandom, T0).await;
+    assert!(matches!(error, Err(KeyRingError::WrongMasterKey { .. })));
+}
+
+async fn every_feed_page_carries_a_ceiling_that_fresh_tokens_stay_under(backend: Backend) {
+    let h = harness(&backend).await;
+    let page = h.feed(0, 10).await;
+    assert_eq!(page.version_ceiling, 1 + VERSION_CEILING_MARGIN);
+    assert_eq!(h.feed(page.cursor, 10).await.version_ceiling, page.version_ceiling, "deltas carry it too");
+    let status = h.ok("GET", "/admin/v1/status", None).await;
+    assert_eq!(
+        (status["issuedVersion"].as_u64(), status["versionCeiling"].as_u64()),
+        (Some(1), Some(page.version_ceiling))
+    );
+    // As many version bumps as the margin, with no poll in between: a token minted
+    // after them is still within the ceiling the Envoy read before.
+    for _ in 0..VERSION_CEILING_MARGIN {
+        revocations::revoke_all_for_user(h.state.store.as_ref(), "alice", T0).await.unwrap();
+    }
+    let fresh = claims(h.issue("alice").await["accessToken"].as_str().unwrap())["ver"].as_u64().unwrap();
+    assert_eq!(fresh, page.version_ceiling);
+    revocations::revoke_all_for_user(h.state.store.as_ref(), "alice", T0).await.unwrap();
+    let beyond = claims(h.issue("alice").await["accessToken"].as_str().unwrap())["ver"].as_u64().unwrap();
+    assert_eq!(beyond, page.version_ceiling + 1, "one bump more is past it (the filter then polls first)");
+    assert_eq!(h.feed(0, 10).await.version_ceiling, beyond + VERSION_CEILING_MARGIN);
 }

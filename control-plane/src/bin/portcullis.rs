@@ -93,6 +93,7 @@ enum TokenCommand {
     /// Exchange a refresh token for a new access and refresh token (prints JSON).
     Refresh {
         /// The refresh token (single use).
+        #[arg(allow_hyphen_values = true)]
         refresh_token: String,
     },
 }
@@ -113,6 +114,7 @@ enum KeysCommand {
 #[group(required = true, multiple = false)]
 struct KeyRevokeArgs {
     /// The key's id (`kid`, see `keys list`).
+    #[arg(allow_hyphen_values = true)]
     kid: Option<String>,
     /// Every key, the current one included (the master key leaked).
     #[arg(long)]
@@ -123,6 +125,7 @@ struct KeyRevokeArgs {
 enum RevokeCommand {
     /// Revoke one token by its id until its expiry.
     Jti {
+        #[arg(allow_hyphen_values = true)]
         jti: String,
         /// The token's `exp` (Unix seconds).
         #[arg(long)]
@@ -130,9 +133,15 @@ enum RevokeCommand {
     },
     /// Revoke an access token: its jti and exp are read from the token locally,
     /// WITHOUT verifying its signature.
-    Token { access_token: String },
+    Token {
+        #[arg(allow_hyphen_values = true)]
+        access_token: String,
+    },
     /// Revoke every token of a subject issued so far.
-    User { sub: String },
+    User {
+        #[arg(allow_hyphen_values = true)]
+        sub: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -150,9 +159,16 @@ enum BreachCommand {
 #[derive(Subcommand)]
 enum SessionsCommand {
     /// List a subject's sessions.
-    List { sub: String },
+    List {
+        #[arg(allow_hyphen_values = true)]
+        sub: String,
+    },
     /// Revoke a session: its refresh token and live access tokens stop working.
-    Revoke { sid: String },
+    Revoke {
+        /// Session ids are base64url: they may start with `-`.
+        #[arg(allow_hyphen_values = true)]
+        sid: String,
+    },
 }
 
 #[derive(Subcommand)]

@@ -94,6 +94,10 @@ pub struct StatusReport {
     pub signing_alg: String,
     pub key_set_version: u64,
     pub global_min_version: u64,
+    /// The highest `ver` any token was issued with (the issued-version mark).
+    pub issued_version: u64,
+    /// The highest `ver` Envoys accept (the mark plus a margin; see the feed).
+    pub version_ceiling: u64,
     pub issuer: String,
     pub audience: String,
 }
@@ -102,6 +106,7 @@ async fn status(State(state): State<AppState>) -> Result<Json<StatusReport>, Api
     let now_ms = state.clock.now_ms();
     let keys = state.keys.current(now_ms).await;
     let global = revocations::global_state(state.store.as_ref(), now_ms).await?;
+    let issued_version = revocations::issued_version_mark(state.store.as_ref(), now_ms).await?;
     Ok(Json(StatusReport {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         store: state.store.backend().as_str().to_owned(),
@@ -110,6 +115,8 @@ async fn status(State(state): State<AppState>) -> Result<Json<StatusReport>, Api
         signing_alg: keys.current().alg().as_str().to_owned(),
         key_set_version: keys.version,
         global_min_version: global.min_version.max(revocations::BASE_TOKEN_VERSION),
+        issued_version,
+        version_ceiling: revocations::version_ceiling(issued_version),
         issuer: state.token_policy.issuer.clone(),
         audience: state.token_policy.default_audience.clone(),
     }))
