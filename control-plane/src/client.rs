@@ -17,6 +17,7 @@ use crate::lockouts::{LockoutInfo, LockoutList};
 use crate::revocations::GlobalState;
 use crate::sessions::{RevokedSession, UserRevocation};
 use crate::tokens::{IssuedToken, RefreshRequest, TokenRequest};
+use crate::webhooks::{DeadLetterAction, DeadLetterList};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -191,6 +192,30 @@ impl ControlPlaneClient {
             .send()
             .await
             .map_err(|e| self.transport(e))?;
+        self.decode(response).await
+    }
+
+    pub async fn dead_letters(&self) -> Result<DeadLetterList, ClientError> {
+        self.get_json("/admin/v1/webhooks/dead-letters").await
+    }
+
+    /// Retries one dead letter (`Some(id)`) or all of them.
+    pub async fn retry_dead_letters(&self, id: Option<&str>) -> Result<DeadLetterAction, ClientError> {
+        let path = match id {
+            Some(id) => format!("/admin/v1/webhooks/dead-letters/{}/retry", path_segment(id)),
+            None => "/admin/v1/webhooks/dead-letters/retry".to_owned(),
+        };
+        self.post_json(&path, &serde_json::json!({})).await
+    }
+
+    /// Purges one dead letter (`Some(id)`) or all of them.
+    pub async fn purge_dead_letters(&self, id: Option<&str>) -> Result<DeadLetterAction, ClientError> {
+        let path = match id {
+            Some(id) => format!("/admin/v1/webhooks/dead-letters/{}", path_segment(id)),
+            None => "/admin/v1/webhooks/dead-letters".to_owned(),
+        };
+        let response =
+            self.authorised(self.http.delete(self.url(&path))).send().await.map_err(|e| self.transport(e))?;
         self.decode(response).await
     }
 

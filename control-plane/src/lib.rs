@@ -9,7 +9,8 @@
 //! - [`sessions`]: refresh token families; [`revocations`]: revoked jtis, token
 //!   versions and the change feed the filter follows; [`audit`]: the audit log.
 //! - [`lockouts`]: failed logins and locks per account and address; [`burst`]:
-//!   per-address request bursts, signed webhook alerts and optional blocks.
+//!   per-address request bursts, alerts and optional blocks; [`webhooks`]: the durable
+//!   outbox that delivers alerts (retries, dead letters, signatures).
 //! - [`ratelimits`]: rate-limit counters and quota leases for the filter.
 //! - [`server`]: process startup and graceful shutdown; [`client`]: the admin API
 //!   client behind the `portcullis` CLI.
@@ -34,5 +35,6 @@ pub mod sessions;
 pub mod signing;
 pub mod store;
 pub mod tokens;
+pub mod webhooks;
 
 pub use http::{app, AppState, Dependencies};

@@ -151,8 +151,11 @@ pub async fn run(config: ServerConfig) -> Result<(), StartupError> {
         kid = state.keys.current(state.clock.now_ms()).await.current().kid(),
         "portcullis control plane listening"
     );
+    let webhooks = std::sync::Arc::clone(&state.webhooks);
     let served = serve(listener, state, shutdown_signal()).await;
     maintenance.abort();
+    // Attempts under way finish; what is not delivered stays in the outbox.
+    webhooks.stop().await;
     served?;
     tracing::info!("shut down");
     Ok(())

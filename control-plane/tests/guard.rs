@@ -7,22 +7,22 @@
 
 mod support;
 
-use support::{command, Backend, Server, SERVER};
+use support::{command, receiver, Backend, Server, SERVER};
 
 use std::process::Output;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
-use axum::http::{HeaderMap, Request, StatusCode};
+use axum::http::{Request, StatusCode};
 use axum::response::Response;
 use axum::Router;
 use hmac::{Hmac, Mac as _};
 use portcullis_control_plane::admin_credential::AdminCredential;
 use portcullis_control_plane::audit::AUDIT_LOG;
-use portcullis_control_plane::burst::{verify_signature, BurstConfig, WebhookSecret, SIGNATURE_HEADER};
+use portcullis_control_plane::burst::BurstConfig;
 use portcullis_control_plane::clock::{Clock as _, FixedClock};
 use portcullis_control_plane::keys::KeyPolicy;
 use portcullis_control_plane::master_key::MasterKey;
@@ -34,6 +34,9 @@ use portcullis_control_plane::store::{
     StoreBackend, StoreError,
 };
 use portcullis_control_plane::tokens::TokenPolicy;
+use portcullis_control_plane::webhooks::{
+    verify_signature, WebhookConfig, WebhookSecret, DELIVERY_ID_HEADER, SIGNATURE_HEADER,
+};
 use portcullis_control_plane::{app, AppState, Dependencies};
 use portcullis_core::ratelimit::Unit;
 use portcullis_core::wire::{BurstReply, LockoutReply, RateLimitOp, RateLimitResult, MAX_BATCH};
@@ -461,7 +464,9 @@ async fn the_address_dimension_locks_across_accounts(backend: Backend) {
 }
 
 async fn raw_values_never_reach_the_store_or_the_audit_log(backend: Backend) {
-    let h = harness(&backend).await;
+    // With a webhook, so the alert about the address goes through the outbox.
+    let hook = receiver(StatusCode::SERVICE_UNAVAILABLE).await;
+    let h = harness_with(&backend, config_for(&[&hook.url]), Arc::new(FixedClock::new(T0))).await;
     for _ in 0..5 {
         h.fail(json!([{ "kind": "account", "value": "Alice.Secret@example.org" }, { "kind": "ip", "value": ALICE_IP }]))
             .await;
@@ -472,8 +477,16 @@ async fn raw_values_never_reach_the_store_or_the_audit_log(backend: Backend) {
     h.burst(json!([{ "ip": ALICE_IP, "count": 100, "route": "/login", "method": "POST", "userAgent": "x" }]))
         .await;
 
-    let needles = ["alice.secret", "example.org", ALICE_IP, "198.51.100"];
-    assert_eq!(h.recording.contains_any(&needles), None, "a raw value reached the store");
+    // The delivery was attempted (and failed), so the outbox entry was written twice.
+    eventually("the failed delivery", || h.metric(r#"portcullis_burst_alerts_total{result="failed"}"#) == 1)
+        .await;
+    assert!(String::from_utf8_lossy(&hook.requests()[0].body).contains(ALICE_IP), "the receiver gets it");
+    let needles = ["alice.secret", "example.org", ALICE_IP, "198.51.100", "/hook"];
+    assert_eq!(
+        h.recording.contains_any(&needles),
+        None,
+        "a raw value (or the webhook's path) reached the store"
+    );
     let audit = serde_json::to_string(&h.audit().await).unwrap();
     for needle in needles {
         assert!(!audit.contains(needle), "{needle} in the audit log: {audit}");
@@ -582,44 +595,14 @@ async fn bad_policies_batches_and_values_are_problems(backend: Backend) {
 
 // --- burst alerts -----------------------------------------------------------------
 
-/// An HTTP server on 127.0.0.1 that records what is posted to it and answers `status`.
-#[derive(Clone)]
-struct Receiver {
-    url: String,
-    received: Arc<Mutex<Vec<(HeaderMap, Bytes)>>>,
-}
-
-async fn receiver(status: StatusCode) -> Receiver {
-    let received: Arc<Mutex<Vec<(HeaderMap, Bytes)>>> = Arc::default();
-    let sink = Arc::clone(&received);
-    let router = Router::new().route(
-        "/hook",
-        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
-            let sink = Arc::clone(&sink);
-            async move {
-                sink.lock().unwrap().push((headers, body));
-                status
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    Receiver { url, received }
-}
-
-impl Receiver {
-    fn bodies(&self) -> Vec<(HeaderMap, Bytes)> {
-        self.received.lock().unwrap().clone()
-    }
-}
-
 fn config_for(urls: &[&str]) -> BurstConfig {
-    BurstConfig {
-        webhook_urls: urls.iter().map(|u| u.parse().unwrap()).collect(),
-        webhook_secret: Some(WebhookSecret::new(WEBHOOK_SECRET).unwrap()),
-        ..BurstConfig::default()
-    }
+    let webhooks = WebhookConfig {
+        urls: urls.iter().map(|u| u.parse().unwrap()).collect(),
+        secret: Some(WebhookSecret::new(WEBHOOK_SECRET).unwrap()),
+        poll_interval: Duration::from_millis(50),
+        ..WebhookConfig::default()
+    };
+    BurstConfig { webhooks, ..BurstConfig::default() }
 }
 
 /// Waits (bounded) until `done` holds.
@@ -648,13 +631,19 @@ async fn one_alert_per_cooldown_with_a_valid_signature_across_replicas(backend: 
     clock.set(T0 + 2_500);
     h.burst(json!([entry("203.0.113.5", 60)])).await;
     replica.burst(json!([entry("203.0.113.5", 60)])).await;
-    eventually("the alert", || h.metric(r#"portcullis_burst_alerts_total{result="sent"}"#) == 1).await;
+    let sent = || {
+        h.metric(r#"portcullis_burst_alerts_total{result="sent"}"#)
+            + replica.metric(r#"portcullis_burst_alerts_total{result="sent"}"#)
+    };
+    // Either replica's delivery task may deliver it: the outbox is shared.
+    eventually("the alert", || sent() == 1).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let got = hook.bodies();
+    let got = hook.requests();
     assert_eq!(got.len(), 1, "one alert per cooldown, whichever replica saw the burst");
-    assert_eq!(replica.metric(r#"portcullis_burst_alerts_total{result="sent"}"#), 0);
+    assert_eq!(sent(), 1);
 
-    let (headers, body) = &got[0];
+    let (headers, body) = (&got[0].headers, &got[0].body);
+    assert!(!headers[DELIVERY_ID_HEADER].is_empty());
     assert_eq!(headers[CONTENT_TYPE], "application/json");
     let signature = headers[SIGNATURE_HEADER].to_str().unwrap();
     // `t` is when the delivery was sent: the clock may have moved on since the burst.
@@ -680,8 +669,8 @@ async fn one_alert_per_cooldown_with_a_valid_signature_across_replicas(backend: 
     // After the cooldown, the next burst alerts again.
     clock.set(T0 + 62_000);
     replica.burst(json!([entry("203.0.113.5", 51)])).await;
-    eventually("the second alert", || hook.bodies().len() == 2).await;
-    let second: Value = serde_json::from_slice(&hook.bodies()[1].1).unwrap();
+    eventually("the second alert", || hook.requests().len() == 2).await;
+    let second: Value = serde_json::from_slice(&hook.requests()[1].body).unwrap();
     assert_eq!((second["count"].as_u64(), second["timestampMs"].as_u64()), (Some(51), Some(T0 + 62_000)));
 }
 
@@ -697,13 +686,13 @@ async fn no_alert_at_or_below_the_threshold(backend: Backend) {
     clock.set(T0 + 25 * SEC);
     h.burst(json!([entry("203.0.113.7", 50)])).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(hook.bodies().is_empty());
+    assert!(hook.requests().is_empty());
     assert!(!h.metrics.render().unwrap().contains("portcullis_burst_alerts_total{"));
     // The sliding estimate: 50 in the previous window, 3 s into the next → 50·0.7 + 20 = 55.
     clock.set(T0 + 33 * SEC);
     h.burst(json!([entry("203.0.113.7", 20)])).await;
-    eventually("the alert", || hook.bodies().len() == 1).await;
-    let alert: Value = serde_json::from_slice(&hook.bodies()[0].1).unwrap();
+    eventually("the alert", || hook.requests().len() == 1).await;
+    let alert: Value = serde_json::from_slice(&hook.requests()[0].body).unwrap();
     assert_eq!(alert["count"], 55);
 }
 
@@ -719,8 +708,9 @@ async fn webhook_failures_are_counted_and_do_not_fail_the_report(backend: Backen
     assert!(started.elapsed() < Duration::from_secs(2), "the report never waits for webhooks");
     eventually("two failures", || h.metric(r#"portcullis_burst_alerts_total{result="failed"}"#) == 2).await;
     eventually("one delivery", || h.metric(r#"portcullis_burst_alerts_total{result="sent"}"#) == 1).await;
-    assert_eq!(refusing.bodies().len(), 1);
-    assert_eq!(accepting.bodies().len(), 1);
+    // The clock stands still: the failed deliveries wait for their retry.
+    assert_eq!(refusing.requests().len(), 1);
+    assert_eq!(accepting.requests().len(), 1);
 }
 
 async fn bursting_addresses_are_blocked_and_answered(backend: Backend) {
@@ -828,8 +818,9 @@ async fn server_posts_signed_alerts_configured_by_flags() {
             .await;
     let blocked_for = reply["blocked"][0]["blockedForMs"].as_u64().unwrap();
     assert!((110_000..=120_000).contains(&blocked_for), "{reply}");
-    eventually("the alert", || hook.bodies().len() == 1).await;
-    let (headers, body) = &hook.bodies()[0];
+    eventually("the alert", || hook.requests().len() == 1).await;
+    let delivered = &hook.requests()[0];
+    let (headers, body) = (&delivered.headers, &delivered.body);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let signature = headers[SIGNATURE_HEADER].to_str().unwrap();
     assert!(verify_signature(WEBHOOK_SECRET.as_bytes(), signature, body, now, 300).is_ok());

@@ -59,6 +59,11 @@ enum Command {
         #[command(subcommand)]
         command: LockoutsCommand,
     },
+    /// Webhook deliveries given up on (dead letters).
+    Webhooks {
+        #[command(subcommand)]
+        command: WebhooksCommand,
+    },
     /// Show the control plane's status (needs the admin token).
     Status,
     /// Check liveness and readiness; exits non-zero when not ready.
@@ -169,6 +174,27 @@ enum SessionsCommand {
         #[arg(allow_hyphen_values = true)]
         sid: String,
     },
+}
+
+#[derive(Subcommand)]
+enum WebhooksCommand {
+    /// List the dead letters (oldest first) with their last error and payload.
+    DeadLetters,
+    /// Queue dead letters for delivery again, with a fresh deadline.
+    Retry(DeadLetterArgs),
+    /// Delete dead letters.
+    Purge(DeadLetterArgs),
+}
+
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct DeadLetterArgs {
+    /// A dead letter's id (see `webhooks dead-letters`).
+    #[arg(allow_hyphen_values = true)]
+    id: Option<String>,
+    /// Every dead letter.
+    #[arg(long)]
+    all: bool,
 }
 
 #[derive(Subcommand)]
@@ -296,6 +322,15 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             LockoutsCommand::Clear(subject) => {
                 let (kind, value) = subject.subject();
                 print_json(&client.clear_lockout(kind, value).await?)?
+            }
+        },
+        Command::Webhooks { command } => match command {
+            WebhooksCommand::DeadLetters => print_json(&client.dead_letters().await?)?,
+            WebhooksCommand::Retry(DeadLetterArgs { id, .. }) => {
+                print_json(&client.retry_dead_letters(id.as_deref()).await?)?
+            }
+            WebhooksCommand::Purge(DeadLetterArgs { id, .. }) => {
+                print_json(&client.purge_dead_letters(id.as_deref()).await?)?
             }
         },
         Command::Status => {

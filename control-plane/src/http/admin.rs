@@ -20,6 +20,7 @@ use crate::lockouts::{self, LockoutInfo, LockoutList, SubjectKey};
 use crate::revocations::{self, GlobalState};
 use crate::sessions::{self, RevokedSession, SessionInfo, UserRevocation};
 use crate::tokens::{IssuedToken, TokenRequest};
+use crate::webhooks::{DeadLetterAction, DeadLetterList};
 
 pub fn routes(state: AppState) -> Router<AppState> {
     Router::new()
@@ -36,6 +37,10 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/sessions/{sid}", delete(revoke_session))
         .route("/global", get(global))
         .route("/global/rotate", post(rotate_global))
+        .route("/webhooks/dead-letters", get(dead_letters).delete(purge_dead_letters))
+        .route("/webhooks/dead-letters/retry", post(retry_dead_letters))
+        .route("/webhooks/dead-letters/{id}", delete(purge_dead_letter))
+        .route("/webhooks/dead-letters/{id}/retry", post(retry_dead_letter))
         .route("/lockouts", get(list_lockouts))
         .route("/lockouts/{kind}/{value}", get(show_lockout).delete(clear_lockout))
         .route_layer(middleware::from_fn_with_state(state, require_admin_token))
@@ -414,4 +419,58 @@ async fn clear_lockout(
     .await?;
     tracing::info!(kind = key.kind.as_str(), key_hash = %key.hash, "cleared a login lockout");
     Ok(Json(cleared))
+}
+
+/// Webhook deliveries given up on, oldest first.
+async fn dead_letters(State(state): State<AppState>) -> Result<Json<DeadLetterList>, ApiError> {
+    Ok(Json(state.webhooks.dead_letters().await?))
+}
+
+async fn retry_dead_letter(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<DeadLetterAction>, ApiError> {
+    revocations::validate_id("id", &id)?;
+    dead_letter_action(&state, Some(&id), "webhook.retry").await
+}
+
+async fn retry_dead_letters(State(state): State<AppState>) -> Result<Json<DeadLetterAction>, ApiError> {
+    dead_letter_action(&state, None, "webhook.retry").await
+}
+
+async fn purge_dead_letter(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<DeadLetterAction>, ApiError> {
+    revocations::validate_id("id", &id)?;
+    dead_letter_action(&state, Some(&id), "webhook.purge").await
+}
+
+async fn purge_dead_letters(State(state): State<AppState>) -> Result<Json<DeadLetterAction>, ApiError> {
+    dead_letter_action(&state, None, "webhook.purge").await
+}
+
+/// Retries (pending again, a fresh deadline) or purges one dead letter or all; audited.
+async fn dead_letter_action(
+    state: &AppState,
+    id: Option<&str>,
+    action: &str,
+) -> Result<Json<DeadLetterAction>, ApiError> {
+    let done = if action == "webhook.retry" {
+        state.webhooks.retry(id).await?
+    } else {
+        state.webhooks.purge(id).await?
+    };
+    let now_ms = state.clock.now_ms();
+    audit::record(
+        state.store.as_ref(),
+        now_ms,
+        ACTOR_ADMIN,
+        action,
+        id.unwrap_or("all"),
+        serde_json::to_value(&done).ok(),
+    )
+    .await?;
+    tracing::info!(action, count = done.ids.len(), "webhook dead letters handled");
+    Ok(Json(done))
 }

@@ -152,21 +152,57 @@ use portcullis_control_plane::store::{EmbeddedStore, MemoryStore, RedisStore, St
 /// A store to run a test on, with what keeps it alive.
 pub struct Backend {
     pub store: Arc<dyn Store>,
-    _dir: Option<tempfile::TempDir>,
+    place: Place,
+}
+
+/// Where a backend's state lives.
+enum Place {
+    Memory,
+    Embedded(tempfile::TempDir),
+    Redis(String),
 }
 
 pub fn memory() -> Backend {
-    Backend { store: Arc::new(MemoryStore::new()), _dir: None }
+    Backend { store: Arc::new(MemoryStore::new()), place: Place::Memory }
 }
 
 pub fn embedded() -> Backend {
     let dir = tempfile::tempdir().unwrap();
-    Backend { store: Arc::new(EmbeddedStore::open(dir.path()).unwrap()), _dir: Some(dir) }
+    Backend { store: Arc::new(EmbeddedStore::open(dir.path()).unwrap()), place: Place::Embedded(dir) }
 }
 
 pub fn redis() -> Backend {
     let url = shared_redis_url();
-    Backend { store: Arc::new(RedisStore::new(&url, RedisTimeouts::default()).unwrap()), _dir: None }
+    Backend {
+        store: Arc::new(RedisStore::new(&url, RedisTimeouts::default()).unwrap()),
+        place: Place::Redis(url),
+    }
+}
+
+impl Backend {
+    /// The store as a restarted control plane finds it: the embedded database opened
+    /// again from its file, a new connection to the same Redis database, the same
+    /// memory store (it is the process' own). Every other handle on the store must be
+    /// gone (the embedded database refuses a second opener).
+    pub fn restart(self) -> Backend {
+        let Backend { store, place } = self;
+        if let Place::Memory = place {
+            return Backend { store, place };
+        }
+        drop(store);
+        match place {
+            Place::Memory => unreachable!("handled above"),
+            Place::Embedded(dir) => {
+                let store =
+                    EmbeddedStore::open(dir.path()).expect("reopen the embedded store: is a handle left?");
+                Backend { store: Arc::new(store), place: Place::Embedded(dir) }
+            }
+            Place::Redis(url) => Backend {
+                store: Arc::new(RedisStore::new(&url, RedisTimeouts::default()).unwrap()),
+                place: Place::Redis(url),
+            },
+        }
+    }
 }
 
 /// One test module per function, with a test per backend (memory, embedded, Redis).
@@ -277,5 +313,78 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+// --- a webhook receiver -----------------------------------------------------------------
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+
+/// One request a [`Receiver`] got, and how it answered.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub status: StatusCode,
+}
+
+/// An HTTP server on 127.0.0.1 that records what is posted to `/hook` and answers
+/// `status`, or 503 while down or while failures are scripted.
+#[derive(Clone)]
+pub struct Receiver {
+    pub url: String,
+    received: Arc<std::sync::Mutex<Vec<Received>>>,
+    failures_left: Arc<AtomicU32>,
+    down: Arc<std::sync::atomic::AtomicBool>,
+}
+
+pub async fn receiver(status: StatusCode) -> Receiver {
+    let received: Arc<std::sync::Mutex<Vec<Received>>> = Arc::default();
+    let failures_left = Arc::new(AtomicU32::new(0));
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (sink, failing, is_down) = (Arc::clone(&received), Arc::clone(&failures_left), Arc::clone(&down));
+    let router = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let (sink, failing, is_down) = (Arc::clone(&sink), Arc::clone(&failing), Arc::clone(&is_down));
+            async move {
+                let scripted =
+                    failing.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+                let answer = if is_down.load(Ordering::SeqCst) || scripted {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    status
+                };
+                sink.lock().unwrap().push(Received { headers, body, status: answer });
+                answer
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    Receiver { url, received, failures_left, down }
+}
+
+impl Receiver {
+    /// Every request, refused ones included.
+    pub fn requests(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// The requests answered with a 2xx.
+    pub fn accepted(&self) -> Vec<Received> {
+        self.requests().into_iter().filter(|r| r.status.is_success()).collect()
+    }
+
+    /// The next `n` requests get a 503.
+    pub fn fail_next(&self, n: u32) {
+        self.failures_left.store(n, Ordering::SeqCst);
+    }
+
+    /// While down, every request gets a 503.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
     }
 }
