@@ -349,6 +349,22 @@ impl KeyRing {
         Ok(self.replace(load(raw, &self.master)?))
     }
 
+    /// Writes `set` in place of `loaded` (compare-and-swap on the bytes read) and, when
+    /// that worked, caches and returns it; `None` when the record changed meanwhile.
+    async fn swap(
+        &self,
+        loaded: &LoadedKeySet,
+        set: &StoredKeySet,
+        now_ms: u64,
+    ) -> Result<Option<Arc<LoadedKeySet>>, KeyRingError> {
+        let raw = encode(set)?;
+        let swapped = self
+            .store
+            .record_compare_and_swap(KEY_SET_RECORD, Some(&loaded.raw), Some(raw.clone()), None, now_ms)
+            .await?;
+        Ok(if swapped { Some(self.replace(load(raw, &self.master)?)) } else { None })
+    }
+
     /// Makes a new key current now. The old current key stays published until
     /// `now + overlap`. With `only_if_older_than_ms`, rotates only while the current
     /// key is at least that old (scheduled rotation: replicas racing rotate once).
@@ -384,14 +400,8 @@ impl KeyRing {
             retire_expired(&mut set, now_ms);
             set.keys.insert(0, sealed.clone());
             set.version = loaded.version + 1;
-            let raw = encode(&set)?;
-            if self
-                .store
-                .record_compare_and_swap(KEY_SET_RECORD, Some(&loaded.raw), Some(raw.clone()), None, now_ms)
-                .await?
-            {
+            if self.swap(&loaded, &set, now_ms).await?.is_some() {
                 let version = set.version;
-                self.replace(load(raw, &self.master)?);
                 tracing::info!(kid = fresh.kid(), previous = %current_created, version, "rotated the signing key");
                 return Ok(Some(Rotation {
                     kid: fresh.kid().to_owned(),
@@ -450,13 +460,7 @@ impl KeyRing {
             }
             retire_expired(&mut set, now_ms);
             set.version = loaded.version + 1;
-            let raw = encode(&set)?;
-            if self
-                .store
-                .record_compare_and_swap(KEY_SET_RECORD, Some(&loaded.raw), Some(raw.clone()), None, now_ms)
-                .await?
-            {
-                let installed = self.replace(load(raw, &self.master)?);
+            if let Some(installed) = self.swap(&loaded, &set, now_ms).await? {
                 tracing::warn!(revoked = ?revoked, rotated, version = set.version, "revoked signing keys");
                 return Ok(KeyRevocation {
                     revoked_kids: revoked,
@@ -479,13 +483,7 @@ impl KeyRing {
                 return Ok(None);
             }
             set.version = loaded.version + 1;
-            let raw = encode(&set)?;
-            if self
-                .store
-                .record_compare_and_swap(KEY_SET_RECORD, Some(&loaded.raw), Some(raw.clone()), None, now_ms)
-                .await?
-            {
-                self.replace(load(raw, &self.master)?);
+            if self.swap(&loaded, &set, now_ms).await?.is_some() {
                 tracing::info!(version = set.version, "retired signing keys past their overlap");
                 return Ok(Some(set.version));
             }

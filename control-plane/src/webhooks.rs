@@ -542,12 +542,9 @@ impl Webhooks {
     async fn attempt(&self, entry: QueueEntry) -> Result<(), StoreError> {
         let Ok(mut delivery) = serde_json::from_slice::<Delivery>(&entry.data) else {
             tracing::error!(id = %entry.id, "unreadable webhook delivery; moved to the dead letters");
-            let dead = QueueOutcome::Dead {
-                data: entry.data,
-                at_ms: self.clock.now_ms(),
-                max_dead: DEAD_LETTER_CAPACITY,
-            };
-            self.store.queue_settle(OUTBOX, &entry.id, entry.at_ms, dead).await?;
+            let now_ms = self.clock.now_ms();
+            self.bury(&entry.id, entry.at_ms, entry.data.clone(), now_ms).await?;
+            self.metrics.record_burst_alert("dead_lettered");
             return Ok(());
         };
         let outcome = match self.config.urls.iter().find(|u| url_hash(u) == delivery.webhook) {
@@ -570,16 +567,7 @@ impl Webhooks {
                 let next = now_ms.saturating_add(backoff_ms(delivery.attempts, self.rng.as_ref()));
                 if failure.permanent || next > delivery.deadline_ms {
                     tracing::warn!(id = %entry.id, webhook = %delivery.target, attempts = delivery.attempts, reason = %failure.reason, "webhook delivery given up; it is a dead letter now");
-                    let dead = QueueOutcome::Dead {
-                        data: encode(&delivery)?,
-                        at_ms: now_ms,
-                        max_dead: DEAD_LETTER_CAPACITY,
-                    };
-                    let settled = self.store.queue_settle(OUTBOX, &entry.id, entry.at_ms, dead).await?;
-                    for _ in 0..settled.unwrap_or(0) {
-                        self.metrics.record_burst_alert("dropped");
-                    }
-                    (settled, "dead_lettered")
+                    (self.bury(&entry.id, entry.at_ms, encode(&delivery)?, now_ms).await?, "dead_lettered")
                 } else {
                     tracing::warn!(id = %entry.id, webhook = %delivery.target, attempts = delivery.attempts, reason = %failure.reason, retry_in_ms = next - now_ms, "webhook delivery failed; retrying");
                     let retry = QueueOutcome::Retry { data: encode(&delivery)?, due_at_ms: next };
@@ -592,6 +580,22 @@ impl Webhooks {
             tracing::debug!(id = %entry.id, "webhook delivery claimed by another replica meanwhile");
         }
         Ok(())
+    }
+
+    /// Makes a claimed entry a dead letter; old dead letters pushed out are counted.
+    async fn bury(
+        &self,
+        id: &str,
+        claimed_until_ms: u64,
+        data: Vec<u8>,
+        now_ms: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let dead = QueueOutcome::Dead { data, at_ms: now_ms, max_dead: DEAD_LETTER_CAPACITY };
+        let settled = self.store.queue_settle(OUTBOX, id, claimed_until_ms, dead).await?;
+        for _ in 0..settled.unwrap_or(0) {
+            self.metrics.record_burst_alert("dropped");
+        }
+        Ok(settled)
     }
 
     fn open(&self, id: &str, delivery: &Delivery) -> Option<Zeroizing<Vec<u8>>> {

@@ -292,7 +292,7 @@ async fn a_leaked_master_key_is_replaced_and_every_signing_key_revoked() {
     assert_ne!(fresh, leaked);
     let published: Vec<String> =
         jwks(&second.url).await.keys.iter().map(|k| k.common.key_id.clone().unwrap()).collect();
-    assert_eq!(published, [fresh.clone()]);
+    assert_eq!(published, [fresh.as_str()]);
     assert!(second.terminate());
 
     // From now on the new master key alone opens the store; the old one opens nothing.

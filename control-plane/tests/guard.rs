@@ -369,14 +369,8 @@ impl Harness {
     }
 
     fn metric(&self, line_prefix: &str) -> u64 {
-        metric_value(&self.metrics.render().unwrap(), line_prefix)
+        support::metric_value(&self.metrics.render().unwrap(), line_prefix)
     }
-}
-
-fn metric_value(text: &str, line_prefix: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(line_prefix).map(|v| v.trim().parse::<f64>().unwrap() as u64))
-        .unwrap_or(0)
 }
 
 async fn body_json(response: Response) -> Value {

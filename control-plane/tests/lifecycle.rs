@@ -785,7 +785,7 @@ async fn revoking_a_signing_key_takes_it_out_of_the_jwks_at_once_and_publishes_i
     );
     // Out of the JWKS at once: no overlap for a leaked key.
     let jwks = h.jwks().await;
-    assert_eq!(jwks_kids(&jwks), [new_kid.clone()]);
+    assert_eq!(jwks_kids(&jwks), [new_kid.as_str()]);
     assert!(!verifies(&old_token, &jwks));
     let listed = h.ok("GET", "/admin/v1/keys", None).await;
     let old =
@@ -794,9 +794,9 @@ async fn revoking_a_signing_key_takes_it_out_of_the_jwks_at_once_and_publishes_i
     assert_eq!(listed["keySetVersion"], revoked["keySetVersion"]);
     // Published: in the next delta and in every snapshot.
     let delta = h.feed(cursor, 10).await;
-    assert_eq!(delta.revoked_kids, [old_kid.clone()]);
+    assert_eq!(delta.revoked_kids, [old_kid.as_str()]);
     assert_eq!(delta.key_set_version, revoked["keySetVersion"].as_u64().unwrap());
-    assert_eq!(h.feed(0, 10).await.revoked_kids, [old_kid.clone()]);
+    assert_eq!(h.feed(0, 10).await.revoked_kids, [old_kid.as_str()]);
     assert!(h.audit_actions().await.contains(&"keys.revoke".to_owned()));
     // Its sealed private part is gone from the store.
     let record =
@@ -820,7 +820,7 @@ async fn revoking_a_signing_key_takes_it_out_of_the_jwks_at_once_and_publishes_i
         AppState::initialise(dependencies(Arc::clone(&backend.store), Arc::clone(&h.clock), [7; 32]))
             .await
             .unwrap();
-    assert_eq!(replica.keys.current(T0 + 1000).await.revoked_kids(), [old_kid.clone()]);
+    assert_eq!(replica.keys.current(T0 + 1000).await.revoked_kids(), [old_kid.as_str()]);
     // Revoked keys are remembered (and published) long enough, then dropped.
     h.clock.set(T0 + 1000 + REVOKED_KEY_MEMORY_MS);
     h.state.maintain().await.unwrap();
@@ -836,7 +836,7 @@ async fn revoking_the_current_key_makes_a_fresh_one_current(backend: Backend) {
     assert_eq!(revoked["rotated"], true);
     let current = revoked["currentKid"].as_str().unwrap().to_owned();
     assert_ne!(current, leaked);
-    assert_eq!(jwks_kids(&h.jwks().await), [current.clone()]);
+    assert_eq!(jwks_kids(&h.jwks().await), [current.as_str()]);
     let fresh = h.issue("alice").await["accessToken"].as_str().unwrap().to_owned();
     assert_eq!(kid_of(&fresh), current, "never signed with a revoked key");
     assert!(verifies(&fresh, &h.jwks().await) && !verifies(&token, &h.jwks().await));

@@ -117,10 +117,7 @@ impl Harness {
 
     fn metric(&self, result: &str) -> u64 {
         let prefix = format!("portcullis_burst_alerts_total{{result=\"{result}\"}}");
-        let text = self.metrics.render().unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(&prefix).map(|v| v.trim().parse::<f64>().unwrap() as u64))
-            .unwrap_or(0)
+        support::metric_value(&self.metrics.render().unwrap(), &prefix)
     }
 
     /// The pending deliveries: (id, due at).

@@ -113,14 +113,8 @@ impl RevocationSync {
     /// one per poll interval for the whole Envoy, never while a poll is in flight.
     /// Returns the path to GET when it is ours.
     pub fn claim_on_demand(&self, now_ms: u64) -> Option<String> {
-        let (data, cas) = host::shared_data(SCHEDULE_KEY);
-        let current = data.map(|d| FetchSchedule::decode(&d)).unwrap_or_default();
-        if !current.on_demand_allowed(now_ms, self.settings.poll_interval_ms) {
-            return None;
-        }
-        let next = current.started(FetchKind::OnDemand, now_ms, self.settings.timeout_ms);
-        host::set_shared_data(SCHEDULE_KEY, &next.encode(), cas).ok()?;
-        Some(self.poll_path())
+        let interval = self.settings.poll_interval_ms;
+        self.claim(FetchKind::OnDemand, now_ms, |s| s.on_demand_allowed(now_ms, interval))
     }
 
     /// Whether some worker's poll is outstanding.
@@ -130,12 +124,23 @@ impl RevocationSync {
 
     /// Claims the next poll for this worker; returns the path to GET when it is ours.
     pub fn claim_poll(&self, now_ms: u64) -> Option<String> {
+        let interval = self.settings.poll_interval_ms;
+        self.claim(FetchKind::Periodic, now_ms, |s| s.periodic_due(now_ms, interval))
+    }
+
+    /// Starts a poll of `kind` in the shared schedule (compare-and-swap) when `allowed`.
+    fn claim(
+        &self,
+        kind: FetchKind,
+        now_ms: u64,
+        allowed: impl Fn(&FetchSchedule) -> bool,
+    ) -> Option<String> {
         let (data, cas) = host::shared_data(SCHEDULE_KEY);
         let current = data.map(|d| FetchSchedule::decode(&d)).unwrap_or_default();
-        if !current.periodic_due(now_ms, self.settings.poll_interval_ms) {
+        if !allowed(&current) {
             return None;
         }
-        let next = current.started(FetchKind::Periodic, now_ms, self.settings.timeout_ms);
+        let next = current.started(kind, now_ms, self.settings.timeout_ms);
         host::set_shared_data(SCHEDULE_KEY, &next.encode(), cas).ok()?;
         Some(self.poll_path())
     }

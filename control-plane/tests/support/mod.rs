@@ -186,22 +186,20 @@ impl Backend {
     /// gone (the embedded database refuses a second opener).
     pub fn restart(self) -> Backend {
         let Backend { store, place } = self;
-        if let Place::Memory = place {
-            return Backend { store, place };
-        }
-        drop(store);
-        match place {
-            Place::Memory => unreachable!("handled above"),
+        let store: Arc<dyn Store> = match &place {
+            Place::Memory => store,
             Place::Embedded(dir) => {
-                let store =
-                    EmbeddedStore::open(dir.path()).expect("reopen the embedded store: is a handle left?");
-                Backend { store: Arc::new(store), place: Place::Embedded(dir) }
+                drop(store);
+                Arc::new(
+                    EmbeddedStore::open(dir.path()).expect("reopen the embedded store: is a handle left?"),
+                )
             }
-            Place::Redis(url) => Backend {
-                store: Arc::new(RedisStore::new(&url, RedisTimeouts::default()).unwrap()),
-                place: Place::Redis(url),
-            },
-        }
+            Place::Redis(url) => {
+                drop(store);
+                Arc::new(RedisStore::new(url, RedisTimeouts::default()).unwrap())
+            }
+        };
+        Backend { store, place }
     }
 }
 
@@ -314,6 +312,14 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The value of the metric line starting with `line_prefix` in OpenMetrics `text`
+/// (0 when absent).
+pub fn metric_value(text: &str, line_prefix: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_prefix).map(|v| v.trim().parse::<f64>().unwrap() as u64))
+        .unwrap_or(0)
 }
 
 // --- a webhook receiver -----------------------------------------------------------------
