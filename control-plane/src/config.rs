@@ -157,6 +157,20 @@ pub struct MasterKeyArgs {
     /// A file holding the base64 master key.
     #[arg(long, env = "PORTCULLIS_MASTER_KEY_FILE")]
     pub master_key_file: Option<PathBuf>,
+
+    /// The master key being replaced (prefer --previous-master-key-file): signing keys
+    /// still sealed under it are re-sealed under the master key at startup.
+    #[arg(
+        long,
+        env = "PORTCULLIS_PREVIOUS_MASTER_KEY",
+        hide_env_values = true,
+        conflicts_with = "previous_master_key_file"
+    )]
+    pub previous_master_key: Option<String>,
+
+    /// A file holding the base64 master key being replaced.
+    #[arg(long, env = "PORTCULLIS_PREVIOUS_MASTER_KEY_FILE")]
+    pub previous_master_key_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for MasterKeyArgs {
@@ -164,6 +178,8 @@ impl std::fmt::Debug for MasterKeyArgs {
         f.debug_struct("MasterKeyArgs")
             .field("master_key", &self.master_key.as_ref().map(|_| ".."))
             .field("master_key_file", &self.master_key_file)
+            .field("previous_master_key", &self.previous_master_key.as_ref().map(|_| ".."))
+            .field("previous_master_key_file", &self.previous_master_key_file)
             .finish()
     }
 }
@@ -419,7 +435,7 @@ pub struct BurstArgs {
         long = "burst-webhook-url",
         env = "PORTCULLIS_BURST_WEBHOOK_URLS",
         value_delimiter = ',',
-        value_parser = crate::burst::parse_webhook_url
+        value_parser = crate::webhooks::parse_webhook_url
     )]
     pub burst_webhook_urls: Vec<reqwest::Url>,
 
@@ -436,6 +452,39 @@ pub struct BurstArgs {
     #[arg(long, env = "PORTCULLIS_BURST_WEBHOOK_SECRET_FILE")]
     pub burst_webhook_secret_file: Option<PathBuf>,
 
+    /// The secret being rotated out (prefer --burst-webhook-previous-secret-file): it
+    /// signs too (a second `v1=`) until --burst-webhook-previous-secret-until.
+    #[arg(
+        long,
+        env = "PORTCULLIS_BURST_WEBHOOK_PREVIOUS_SECRET",
+        hide_env_values = true,
+        conflicts_with = "burst_webhook_previous_secret_file"
+    )]
+    pub burst_webhook_previous_secret: Option<String>,
+
+    /// A file holding the secret being rotated out.
+    #[arg(long, env = "PORTCULLIS_BURST_WEBHOOK_PREVIOUS_SECRET_FILE")]
+    pub burst_webhook_previous_secret_file: Option<PathBuf>,
+
+    /// When the rotation window closes (Unix seconds, e.g. `date -d +24hours +%s`):
+    /// from then on only the current secret signs.
+    #[arg(long, env = "PORTCULLIS_BURST_WEBHOOK_PREVIOUS_SECRET_UNTIL")]
+    pub burst_webhook_previous_secret_until: Option<u64>,
+
+    /// How long an alert is retried before it becomes a dead letter (`30m`, `1h`; at
+    /// most 30 days).
+    #[arg(long, env = "PORTCULLIS_BURST_WEBHOOK_DEADLINE", default_value = "1h", value_parser = parse_duration_secs)]
+    pub burst_webhook_deadline: u64,
+
+    /// Most alerts waiting for delivery (all replicas together); more are dropped.
+    #[arg(
+        long,
+        env = "PORTCULLIS_BURST_WEBHOOK_OUTBOX",
+        default_value_t = crate::webhooks::DEFAULT_OUTBOX_CAPACITY as u64,
+        value_parser = clap::value_parser!(u64).range(1..=1_000_000)
+    )]
+    pub burst_webhook_outbox: u64,
+
     /// Also block a bursting address for this long (e.g. `300s`, `15m`); the filter
     /// learns it from the report's answer. Off by default.
     #[arg(long, env = "PORTCULLIS_BURST_BLOCK", value_parser = parse_duration_secs)]
@@ -451,33 +500,68 @@ impl std::fmt::Debug for BurstArgs {
             .field("burst_webhook_urls", &self.burst_webhook_urls.len())
             .field("burst_webhook_secret", &self.burst_webhook_secret.as_ref().map(|_| ".."))
             .field("burst_webhook_secret_file", &self.burst_webhook_secret_file)
+            .field(
+                "burst_webhook_previous_secret",
+                &self.burst_webhook_previous_secret.as_ref().map(|_| ".."),
+            )
+            .field("burst_webhook_previous_secret_file", &self.burst_webhook_previous_secret_file)
+            .field("burst_webhook_previous_secret_until", &self.burst_webhook_previous_secret_until)
+            .field("burst_webhook_deadline", &self.burst_webhook_deadline)
+            .field("burst_webhook_outbox", &self.burst_webhook_outbox)
             .field("burst_block", &self.burst_block)
             .finish()
     }
 }
 
 impl BurstArgs {
-    /// The validated configuration, the secret read from its file if one is given.
+    /// The validated configuration, the secrets read from their files if given.
     pub fn load(&self) -> Result<crate::burst::BurstConfig, crate::burst::BurstConfigError> {
-        use crate::burst::{BurstConfig, BurstConfigError, WebhookSecret};
+        use crate::burst::BurstConfig;
+        use crate::webhooks::{PreviousSecret, WebhookConfig, WebhookConfigError};
         let secret =
-            read_secret(self.burst_webhook_secret.as_deref(), self.burst_webhook_secret_file.as_deref())
-                .map_err(|(path, source)| BurstConfigError::UnreadableSecret { path, source })?
-                .map(|text| WebhookSecret::new(&text))
-                .transpose()?;
+            load_secret(self.burst_webhook_secret.as_deref(), self.burst_webhook_secret_file.as_deref())?;
+        let previous = load_secret(
+            self.burst_webhook_previous_secret.as_deref(),
+            self.burst_webhook_previous_secret_file.as_deref(),
+        )?;
+        let previous_secret = match (previous, self.burst_webhook_previous_secret_until) {
+            (Some(secret), Some(until)) => {
+                Some(PreviousSecret { secret, until_ms: until.saturating_mul(1000) })
+            }
+            (None, None) => None,
+            _ => return Err(WebhookConfigError::PreviousSecretWindow.into()),
+        };
         let config = BurstConfig {
             threshold: self.burst_threshold,
             window_secs: self.burst_window,
             cooldown_secs: self.burst_cooldown,
             block_secs: self.burst_block,
-            webhook_urls: self.burst_webhook_urls.clone(),
-            webhook_secret: secret,
-            // --webhook-ca-file is shared by every webhook: see ServerConfig::webhook_ca.
-            webhook_ca: None,
+            webhooks: WebhookConfig {
+                urls: self.burst_webhook_urls.clone(),
+                secret,
+                previous_secret,
+                deadline_secs: self.burst_webhook_deadline,
+                outbox_capacity: usize::try_from(self.burst_webhook_outbox).unwrap_or(usize::MAX),
+                // --webhook-ca-file is shared by every webhook: see ServerConfig::webhook_ca.
+                ca: None,
+                ..WebhookConfig::default()
+            },
         };
         config.validate()?;
         Ok(config)
     }
+}
+
+/// A webhook secret given inline or in a file.
+fn load_secret(
+    text: Option<&str>,
+    file: Option<&std::path::Path>,
+) -> Result<Option<crate::webhooks::WebhookSecret>, crate::webhooks::WebhookConfigError> {
+    use crate::webhooks::{WebhookConfigError, WebhookSecret};
+    read_secret(text, file)
+        .map_err(|(path, source)| WebhookConfigError::UnreadableSecret { path, source })?
+        .map(|text| WebhookSecret::new(&text))
+        .transpose()
 }
 
 /// Installs the global `tracing` subscriber (level from `RUST_LOG`, default `info`).
@@ -533,7 +617,8 @@ mod tests {
             (burst.threshold, burst.window_secs, burst.cooldown_secs, burst.block_secs),
             (50, 10, 60, None)
         );
-        assert!(burst.webhook_urls.is_empty());
+        assert!(burst.webhooks.urls.is_empty());
+        assert_eq!((burst.webhooks.deadline_secs, burst.webhooks.outbox_capacity), (3_600, 10_000));
     }
 
     #[test]
@@ -560,8 +645,8 @@ mod tests {
         ])
         .unwrap();
         let burst = config.burst.load().unwrap();
-        assert_eq!(burst.webhook_urls.len(), 2);
-        assert_eq!(burst.webhook_secret.unwrap().as_bytes(), b"0123456789abcdef0123");
+        assert_eq!(burst.webhooks.urls.len(), 2);
+        assert_eq!(burst.webhooks.secret.unwrap().as_bytes(), b"0123456789abcdef0123");
         assert_eq!((burst.block_secs, burst.window_secs), (Some(300), 30));
         assert!(ServerConfig::try_parse_from(["x", "--burst-threshold", "0"]).is_err());
         assert!(ServerConfig::try_parse_from(["x", "--burst-webhook-url", "not a url"]).is_err());
@@ -659,6 +744,38 @@ mod tests {
         .unwrap();
         let message = config.redis.load().unwrap_err().to_string();
         assert_eq!(message, "--redis-ca-file needs a rediss:// URL: the Redis connection is not TLS");
+    }
+
+    #[test]
+    fn a_previous_webhook_secret_needs_the_end_of_its_window() {
+        let base = ["x", "--burst-webhook-url", "https://hooks.example/a", "--burst-webhook-secret"];
+        let with = |extra: &[&str]| {
+            let args: Vec<&str> =
+                base.iter().copied().chain(["new-secret-0123456789"]).chain(extra.iter().copied()).collect();
+            ServerConfig::try_parse_from(args).unwrap().burst.load()
+        };
+        let message =
+            with(&["--burst-webhook-previous-secret", "old-secret-0123456789"]).unwrap_err().to_string();
+        assert!(message.contains("--burst-webhook-previous-secret-until"), "{message}");
+        assert!(with(&["--burst-webhook-previous-secret-until", "1700000000"]).is_err());
+        let config = with(&[
+            "--burst-webhook-previous-secret",
+            "old-secret-0123456789",
+            "--burst-webhook-previous-secret-until",
+            "1700000000",
+            "--burst-webhook-deadline",
+            "30m",
+            "--burst-webhook-outbox",
+            "5",
+        ])
+        .unwrap();
+        let previous = config.webhooks.previous_secret.unwrap();
+        assert_eq!(
+            (previous.secret.as_bytes(), previous.until_ms),
+            (&b"old-secret-0123456789"[..], 1_700_000_000_000)
+        );
+        assert_eq!((config.webhooks.deadline_secs, config.webhooks.outbox_capacity), (1_800, 5));
+        assert!(ServerConfig::try_parse_from(["x", "--burst-webhook-outbox", "0"]).is_err());
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! - [`sessions`]: refresh token families; [`revocations`]: revoked jtis, token
 //!   versions and the change feed the filter follows; [`audit`]: the audit log.
 //! - [`lockouts`]: failed logins and locks per account and address; [`burst`]:
-//!   per-address request bursts, signed webhook alerts and optional blocks.
+//!   per-address request bursts, alerts and optional blocks; [`webhooks`]: the durable
+//!   outbox that delivers alerts (retries, dead letters, signatures).
 //! - [`ratelimits`]: rate-limit counters and quota leases for the filter.
 //! - [`admin_credential`]: the admin token and the fleet credentials, compared in
 //!   constant time.
@@ -41,5 +42,6 @@ pub mod signing;
 pub mod store;
 pub mod tls;
 pub mod tokens;
+pub mod webhooks;
 
 pub use http::{admin_app, internal_app, AppState, Dependencies};

@@ -8,7 +8,30 @@
 //!   [`USER_VERSIONS_SET`] as members `<sub>\x1f<version>` (a snapshot takes the
 //!   highest per subject, so a crash between the two writes is harmless);
 //! - record [`GLOBAL_RECORD`]: the global minimum version with reason and grace;
-//! - record [`EPOCH_RECORD`]: the feed's epoch ([`feed_epoch`]).
+//! - record [`EPOCH_RECORD`]: the feed's epoch ([`feed_epoch`]);
+//! - record [`ISSUED_VERSION_RECORD`]: the issued-version mark, the highest `ver` a
+//!   token may carry.
+//!
+//! **Token versions.** A token's `ver` is max(1, global minimum, its subject's
+//! minimum) when it is minted. The invariant that makes a breach rotation complete:
+//! *the issued-version mark is at least every `ver` ever signed.* It is kept by raising
+//! the mark (an atomic maximum, [`raise_issued_version`]) before a new version becomes
+//! issuable (before `revoke-all` or a global rotation writes its minimum), and by every
+//! mint before it signs (which only writes when it finds the mark lower, e.g. after an
+//! upgrade: [`ensure_issued_version_mark`] also seeds it at startup). So:
+//!
+//! - a global rotation sets the minimum to [`version_ceiling`]`(mark) + 1`: above every
+//!   token minted before it, whichever subject, including subjects whose own minimum
+//!   was raised (they share no counter with the global minimum);
+//! - every feed page (each delta and each snapshot part) carries `versionCeiling` =
+//!   mark + [`VERSION_CEILING_MARGIN`]; the filter refuses a `ver` above it
+//!   (`version_unknown`), so a leaked signing key cannot mint tokens that outlive the
+//!   next breach rotation. The margin covers tokens minted at a version newer than the
+//!   page an Envoy last read: each `revoke-all` or rotation raises the mark by one (a
+//!   rotation by the margin plus one), so up to [`VERSION_CEILING_MARGIN`] version
+//!   bumps between two polls never make a freshly minted token look forged, and since
+//!   a rotation jumps past the margin, a token forged at any ceiling ever published is
+//!   below the minimum after it.
 //!
 //! Each change is written to the state first and then appended to feed [`FEED`];
 //! `GET /v1/feed` ([`feed_page`]) turns feed entries into
@@ -41,6 +64,10 @@ pub const USER_VERSIONS_SET: &str = "user-min-versions";
 pub const GLOBAL_RECORD: &str = "global-min-version";
 /// Record holding the feed's epoch ([`feed_epoch`]).
 pub const EPOCH_RECORD: &str = "feed-epoch";
+/// The issued-version mark: no token was ever signed with a higher `ver`.
+pub const ISSUED_VERSION_RECORD: &str = "issued-version-max";
+/// How far above the issued-version mark the published ceiling is (see the module docs).
+pub const VERSION_CEILING_MARGIN: u64 = 100;
 /// The version of tokens minted before any revocation: `ver` is never below it.
 pub const BASE_TOKEN_VERSION: u64 = 1;
 /// Feed entries kept by the periodic trim; older readers get a snapshot.
@@ -69,10 +96,27 @@ pub enum RevocationError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
 pub enum FeedChange {
-    Revoked { jti: String, exp: u64 },
-    UserMinVersion { sub: String, min_version: u64 },
-    Global { min_version: u64, rotated_at: u64, grace_seconds: u64 },
-    KeySet { version: u64 },
+    Revoked {
+        jti: String,
+        exp: u64,
+    },
+    UserMinVersion {
+        sub: String,
+        min_version: u64,
+    },
+    Global {
+        min_version: u64,
+        rotated_at: u64,
+        grace_seconds: u64,
+    },
+    KeySet {
+        version: u64,
+    },
+    /// A signing key was revoked: the filter refuses what it signed.
+    KeyRevoked {
+        kid: String,
+        key_set_version: u64,
+    },
 }
 
 /// The global minimum token version (`GET /admin/v1/global`).
@@ -203,6 +247,80 @@ pub async fn token_version_for(store: &dyn Store, sub: &str, now_ms: u64) -> Res
     Ok(BASE_TOKEN_VERSION.max(global).max(user))
 }
 
+/// The version a token about to be signed for `sub` gets, with the subject's minimum
+/// it was computed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IssuedVersion {
+    pub version: u64,
+    pub user_min_version: u64,
+}
+
+/// The `ver` for a token about to be signed: like [`token_version_for`], and the
+/// issued-version mark is raised to it first when it was lower (see the module docs).
+pub async fn version_to_issue(
+    store: &dyn Store,
+    sub: &str,
+    now_ms: u64,
+) -> Result<IssuedVersion, RevocationError> {
+    let (global, user, mark) = tokio::try_join!(
+        global_state(store, now_ms),
+        user_min_version(store, sub, now_ms),
+        issued_version_mark(store, now_ms)
+    )?;
+    let version = BASE_TOKEN_VERSION.max(global.min_version).max(user);
+    if version > mark {
+        raise_issued_version(store, version, now_ms).await?;
+    }
+    Ok(IssuedVersion { version, user_min_version: user })
+}
+
+/// The issued-version mark (0 before anything was issued).
+pub async fn issued_version_mark(store: &dyn Store, now_ms: u64) -> Result<u64, RevocationError> {
+    Ok(read_u64_record(store, ISSUED_VERSION_RECORD, now_ms).await?.1)
+}
+
+/// The highest `ver` the filter accepts while the issued-version mark is `mark`.
+pub fn version_ceiling(mark: u64) -> u64 {
+    mark.max(BASE_TOKEN_VERSION).saturating_add(VERSION_CEILING_MARGIN)
+}
+
+/// Raises the issued-version mark to at least `version` (an atomic maximum); returns
+/// the mark afterwards.
+pub async fn raise_issued_version(
+    store: &dyn Store,
+    version: u64,
+    now_ms: u64,
+) -> Result<u64, RevocationError> {
+    for _ in 0..CAS_ATTEMPTS {
+        let (raw, mark) = read_u64_record(store, ISSUED_VERSION_RECORD, now_ms).await?;
+        if mark >= version {
+            return Ok(mark);
+        }
+        let new = Some(version.to_string().into_bytes());
+        if store.record_compare_and_swap(ISSUED_VERSION_RECORD, raw.as_deref(), new, None, now_ms).await? {
+            return Ok(version);
+        }
+    }
+    Err(RevocationError::Contended)
+}
+
+/// Seeds the issued-version mark from the minimums when there is none (state written
+/// before the mark existed): every token issued so far carries at most the highest of
+/// them. Idempotent; run at startup.
+pub async fn ensure_issued_version_mark(store: &dyn Store, now_ms: u64) -> Result<u64, RevocationError> {
+    let mark = issued_version_mark(store, now_ms).await?;
+    if mark > 0 {
+        return Ok(mark);
+    }
+    let mut highest = BASE_TOKEN_VERSION.max(global_state(store, now_ms).await?.min_version);
+    for member in store.set_members(USER_VERSIONS_SET, now_ms).await? {
+        if let Some(version) = member.member.rsplit_once(SEPARATOR).and_then(|(_, v)| v.parse::<u64>().ok()) {
+            highest = highest.max(version);
+        }
+    }
+    raise_issued_version(store, highest, now_ms).await
+}
+
 /// Raises `sub`'s minimum version above every token minted so far. Returns the new
 /// minimum and the feed cursor.
 pub async fn revoke_all_for_user(
@@ -216,6 +334,8 @@ pub async fn revoke_all_for_user(
         let (raw, user) = read_u64_record(store, &key, now_ms).await?;
         let global = global_state(store, now_ms).await?.min_version;
         let next = BASE_TOKEN_VERSION.max(global).max(user) + 1;
+        // The mark first: a token at `next` may be minted as soon as the record changes.
+        raise_issued_version(store, next, now_ms).await?;
         if store
             .record_compare_and_swap(&key, raw.as_deref(), Some(next.to_string().into_bytes()), None, now_ms)
             .await?
@@ -231,8 +351,10 @@ pub async fn revoke_all_for_user(
     Err(RevocationError::Contended)
 }
 
-/// Raises the global minimum version: tokens minted before stop working once
-/// `grace_seconds` have passed. Returns the new state and the feed cursor.
+/// Raises the global minimum version above every version ever issued or accepted
+/// (the published ceiling, see the module docs): tokens minted before, for any
+/// subject, stop working once `grace_seconds` have passed. Returns the new state and
+/// the feed cursor.
 pub async fn rotate_global(
     store: &dyn Store,
     reason: &str,
@@ -247,8 +369,11 @@ pub async fn rotate_global(
     }
     for _ in 0..CAS_ATTEMPTS {
         let (raw, current) = read_global(store, now_ms).await?;
+        let mark = issued_version_mark(store, now_ms).await?;
+        let min_version = version_ceiling(mark).max(current.min_version) + 1;
+        raise_issued_version(store, min_version, now_ms).await?;
         let next = GlobalState {
-            min_version: BASE_TOKEN_VERSION.max(current.min_version) + 1,
+            min_version,
             rotated_at: now_ms / 1000,
             grace_seconds,
             reason: Some(reason.to_owned()),
@@ -271,6 +396,20 @@ pub async fn rotate_global(
 /// Records a key set change in the feed, so followers see `keySetVersion` move.
 pub async fn record_key_set_change(store: &dyn Store, version: u64, now_ms: u64) -> Result<u64, StoreError> {
     append(store, &FeedChange::KeySet { version }, now_ms).await
+}
+
+/// Records revoked signing keys in the feed (one entry each). Returns the last cursor.
+pub async fn record_key_revocations(
+    store: &dyn Store,
+    kids: &[String],
+    key_set_version: u64,
+    now_ms: u64,
+) -> Result<u64, StoreError> {
+    let mut cursor = 0;
+    for kid in kids {
+        cursor = append(store, &FeedChange::KeyRevoked { kid: kid.clone(), key_set_version }, now_ms).await?;
+    }
+    Ok(cursor)
 }
 
 /// Drops all but the newest `keep` feed entries.
@@ -420,6 +559,9 @@ pub struct FeedRequest<'a> {
     /// The caller's feed key (from its fleet credential).
     pub key: &'a FeedKey,
     pub key_set_version: u64,
+    /// Every revoked signing key the key set remembers: a snapshot's first part lists
+    /// them (deltas carry each revocation as it happens). Few: one per revoked key.
+    pub revoked_kids: &'a [String],
     pub now_ms: u64,
 }
 
@@ -438,9 +580,12 @@ pub async fn feed_page(
 ) -> Result<FeedPage, RevocationError> {
     let epoch = feed_epoch(store, rng, request.now_ms).await?;
     let limit = request.limit.clamp(1, MAX_PAGE_ENTRIES);
+    // Every page carries the ceiling read now, so one poll is enough to learn it.
+    let version_ceiling = version_ceiling(issued_version_mark(store, request.now_ms).await?);
     let page = FeedPage {
         key_id: request.key.id().to_owned(),
         key_set_version: request.key_set_version,
+        version_ceiling,
         ..FeedPage::default()
     };
     match request.cursor.filter(|c| c.epoch() == epoch) {
@@ -505,6 +650,14 @@ fn delta(
             FeedChange::KeySet { version } => {
                 out.key_set_version = out.key_set_version.max(version);
             }
+            FeedChange::KeyRevoked { kid, key_set_version } => {
+                bytes += entry_bytes(&kid);
+                if bytes > MAX_PAGE_BYTES {
+                    break;
+                }
+                out.key_set_version = out.key_set_version.max(key_set_version);
+                out.revoked_kids.push(kid);
+            }
         }
         position = entry.cursor;
     }
@@ -542,6 +695,13 @@ async fn snapshot_part(
     }
     let now = request.now_ms / 1000;
     let mut bytes = PAGE_ENVELOPE_BYTES;
+    if part == 0 {
+        // The revoked keys first: they count against the page's entry and byte bounds.
+        for kid in request.revoked_kids {
+            bytes += entry_bytes(kid);
+            out.revoked_kids.push(kid.clone());
+        }
+    }
     let mut done = false;
     'page: while out.entries() < limit {
         let batch = store
@@ -632,7 +792,8 @@ mod tests {
 
     use super::*;
     use crate::store::{
-        FeedPage as StoreFeedPage, LogAppendError, LogEntry, MemoryStore, SetMember, StoreBackend,
+        FeedPage as StoreFeedPage, LogAppendError, LogEntry, MemoryStore, QueueEntry, QueueLane,
+        QueueOutcome, QueueRevive, SetMember, StoreBackend,
     };
 
     /// A memory store that records which operations were called.
@@ -781,6 +942,61 @@ mod tests {
             self.note("gcra");
             self.inner.gcra(key, limit, unit, op, now_ms).await
         }
+        async fn queue_push(
+            &self,
+            queue: &str,
+            id: &str,
+            data: Vec<u8>,
+            due_at_ms: u64,
+            max_pending: usize,
+        ) -> Result<bool, StoreError> {
+            self.note("queue_push");
+            self.inner.queue_push(queue, id, data, due_at_ms, max_pending).await
+        }
+        async fn queue_claim(
+            &self,
+            queue: &str,
+            now_ms: u64,
+            lease_ms: u64,
+            limit: usize,
+        ) -> Result<Vec<QueueEntry>, StoreError> {
+            self.note("queue_claim");
+            self.inner.queue_claim(queue, now_ms, lease_ms, limit).await
+        }
+        async fn queue_settle(
+            &self,
+            queue: &str,
+            id: &str,
+            claimed_until_ms: u64,
+            outcome: QueueOutcome,
+        ) -> Result<Option<u64>, StoreError> {
+            self.note("queue_settle");
+            self.inner.queue_settle(queue, id, claimed_until_ms, outcome).await
+        }
+        async fn queue_list(
+            &self,
+            queue: &str,
+            lane: QueueLane,
+            limit: usize,
+        ) -> Result<Vec<QueueEntry>, StoreError> {
+            self.note("queue_list");
+            self.inner.queue_list(queue, lane, limit).await
+        }
+        async fn queue_revive(
+            &self,
+            queue: &str,
+            id: &str,
+            data: Vec<u8>,
+            due_at_ms: u64,
+            max_pending: usize,
+        ) -> Result<QueueRevive, StoreError> {
+            self.note("queue_revive");
+            self.inner.queue_revive(queue, id, data, due_at_ms, max_pending).await
+        }
+        async fn queue_delete(&self, queue: &str, lane: QueueLane, id: &str) -> Result<bool, StoreError> {
+            self.note("queue_delete");
+            self.inner.queue_delete(queue, lane, id).await
+        }
     }
 
     #[tokio::test]
@@ -788,7 +1004,7 @@ mod tests {
         let store = Recording::default();
         revoke_jti(&store, "j1", 100, 0).await.unwrap();
         revoke_all_for_user(&store, "alice", 0).await.unwrap();
-        rotate_global(&store, "leak", 60, 5000).await.unwrap();
+        let (global, _) = rotate_global(&store, "leak", 60, 5000).await.unwrap();
         store.take();
 
         let status = token_status(&store, Some("j1"), Some("alice"), 6000).await.unwrap();
@@ -798,12 +1014,19 @@ mod tests {
             TokenStatus {
                 revoked: true,
                 user_min_version: 2,
-                global: GlobalMinVersion { min_version: 2, rotated_at: 5, grace_seconds: 60 },
+                global: GlobalMinVersion {
+                    min_version: global.min_version,
+                    rotated_at: 5,
+                    grace_seconds: 60
+                },
             }
         );
         let status = token_status(&store, None, None, 6000).await.unwrap();
         assert_eq!(store.take(), ["record_get"], "absent ids are not looked up");
-        assert_eq!((status.revoked, status.user_min_version, status.global.min_version), (false, 0, 2));
+        assert_eq!(
+            (status.revoked, status.user_min_version, status.global.min_version),
+            (false, 0, global.min_version)
+        );
         // Expiry is the token's exp, exclusive, by the caller's clock.
         assert!(token_status(&store, Some("j1"), None, 99_999).await.unwrap().revoked);
         assert!(!token_status(&store, Some("j1"), None, 100_000).await.unwrap().revoked);
@@ -825,13 +1048,35 @@ mod tests {
         let (min, _) = revoke_all_for_user(&store, "alice", 0).await.unwrap();
         assert_eq!(min, 2);
         assert_eq!(token_version_for(&store, "alice", 0).await.unwrap(), 2);
+        assert_eq!(issued_version_mark(&store, 0).await.unwrap(), 2, "raised before the minimum");
+        // The global minimum goes above the ceiling published for the mark: alice's
+        // version-2 tokens are below it although the global minimum was never 2.
         let (global, _) = rotate_global(&store, "breach", 60, 5000).await.unwrap();
-        assert_eq!((global.min_version, global.rotated_at), (2, 5));
+        assert_eq!((global.min_version, global.rotated_at), (2 + VERSION_CEILING_MARGIN + 1, 5));
         let (min, _) = revoke_all_for_user(&store, "alice", 0).await.unwrap();
-        assert_eq!(min, 3);
-        let (global, _) = rotate_global(&store, "again", 0, 6000).await.unwrap();
-        assert_eq!(global.min_version, 3);
-        assert_eq!(token_version_for(&store, "bob", 0).await.unwrap(), 3);
+        assert_eq!(min, global.min_version + 1);
+        let (again, _) = rotate_global(&store, "again", 0, 6000).await.unwrap();
+        assert_eq!(again.min_version, min + VERSION_CEILING_MARGIN + 1);
+        assert_eq!(token_version_for(&store, "bob", 0).await.unwrap(), again.min_version);
+        assert_eq!(issued_version_mark(&store, 0).await.unwrap(), again.min_version);
+    }
+
+    #[tokio::test]
+    async fn the_issued_version_mark_is_seeded_from_the_minimums_and_raised_by_mints() {
+        let store = MemoryStore::new();
+        // State written before the mark existed: a subject at 7, the global minimum at 3.
+        store.set_add(USER_VERSIONS_SET, &format!("alice{SEPARATOR}7"), NEVER_MS, 0).await.unwrap();
+        let global = GlobalState { min_version: 3, ..GlobalState::default() };
+        store.record_put(GLOBAL_RECORD, serde_json::to_vec(&global).unwrap(), None, 0).await.unwrap();
+        assert_eq!(ensure_issued_version_mark(&store, 0).await.unwrap(), 7);
+        assert_eq!(ensure_issued_version_mark(&store, 0).await.unwrap(), 7, "idempotent");
+        assert_eq!(version_ceiling(7), 7 + VERSION_CEILING_MARGIN);
+        // A mint that finds the mark below its version raises it before signing.
+        store.record_put(&user_record("bob"), b"9".to_vec(), None, 0).await.unwrap();
+        let issued = version_to_issue(&store, "bob", 0).await.unwrap();
+        assert_eq!(issued, IssuedVersion { version: 9, user_min_version: 9 });
+        assert_eq!(issued_version_mark(&store, 0).await.unwrap(), 9);
+        assert_eq!(raise_issued_version(&store, 4, 0).await.unwrap(), 9, "never lowered");
     }
 
     fn key() -> FeedKey {
@@ -848,7 +1093,14 @@ mod tests {
         // A stale index member left by an interrupted bump.
         store.set_add(USER_VERSIONS_SET, &format!("alice{SEPARATOR}2"), NEVER_MS, 0).await.unwrap();
         let key = key();
-        let request = FeedRequest { cursor: None, limit: 100, key: &key, key_set_version: 1, now_ms: 0 };
+        let request = FeedRequest {
+            cursor: None,
+            limit: 100,
+            key: &key,
+            key_set_version: 1,
+            revoked_kids: &[],
+            now_ms: 0,
+        };
         let page = feed_page(&store, &crate::random::OsRandom, &request).await.unwrap();
         assert_eq!(
             page.user_min_versions,

@@ -115,6 +115,15 @@ pub fn resolve_master_key(config: &ServerConfig, rng: &dyn RandomSource) -> Resu
     }
 }
 
+/// The master key being replaced, when one is configured.
+pub fn resolve_previous_master_key(config: &ServerConfig) -> Result<Option<MasterKey>, StartupError> {
+    let args = &config.master_key;
+    if let Some(text) = &args.previous_master_key {
+        return Ok(Some(MasterKey::from_base64(text)?));
+    }
+    Ok(args.previous_master_key_file.as_deref().map(MasterKey::read_file).transpose()?)
+}
+
 /// Runs the control plane until a shutdown signal.
 pub async fn run(config: ServerConfig) -> Result<(), StartupError> {
     // Validate everything that needs no I/O first, so misconfiguration fails fast.
@@ -131,9 +140,10 @@ pub async fn run(config: ServerConfig) -> Result<(), StartupError> {
         return Err(StartupError::AdminTokenIsFleetCredential);
     }
     let mut burst = config.burst.load()?;
-    burst.webhook_ca = config.webhook_ca()?;
+    burst.webhooks.ca = config.webhook_ca()?;
     let store = open_store(&config)?;
     let master_key = resolve_master_key(&config, &OsRandom)?;
+    let previous_master_key = resolve_previous_master_key(&config)?;
     let deps = Dependencies {
         store,
         admin: Arc::new(admin),
@@ -155,7 +165,7 @@ pub async fn run(config: ServerConfig) -> Result<(), StartupError> {
         },
         feed_keep: config.feed_keep,
     };
-    let state = initialise_with_patience(deps).await?.with_burst_config(burst)?;
+    let state = initialise_with_patience(deps, previous_master_key).await?.with_burst_config(burst)?;
     let maintenance = tokio::spawn(maintain_periodically(state.clone()));
     let listeners = Listeners::bind(config.internal_listen, config.admin_listen).await?;
     tracing::info!(
@@ -165,17 +175,44 @@ pub async fn run(config: ServerConfig) -> Result<(), StartupError> {
         kid = state.keys.current(state.clock.now_ms()).await.current().kid(),
         "portcullis control plane listening"
     );
+    let webhooks = std::sync::Arc::clone(&state.webhooks);
     let served = serve(listeners, state, shutdown_signal()).await;
     maintenance.abort();
+    // Attempts under way finish; what is not delivered stays in the outbox.
+    webhooks.stop().await;
     served?;
     tracing::info!("shut down");
     Ok(())
 }
 
-async fn initialise_with_patience(deps: Dependencies) -> Result<AppState, StartupError> {
+/// Re-seals the signing keys when they are still under the previous master key, then
+/// initialises the state; retries while the store is not reachable yet.
+async fn initialise_with_patience(
+    deps: Dependencies,
+    previous_master_key: Option<MasterKey>,
+) -> Result<AppState, StartupError> {
     let deadline = Instant::now() + STARTUP_STORE_PATIENCE;
     loop {
-        match AppState::initialise(deps.clone()).await {
+        let resealed = match &previous_master_key {
+            Some(previous) => {
+                let now_ms = deps.clock.now_ms();
+                crate::keys::reseal_key_set(
+                    deps.store.as_ref(),
+                    &deps.master_key,
+                    previous,
+                    deps.rng.as_ref(),
+                    now_ms,
+                )
+                .await
+                .map(|_| ())
+            }
+            None => Ok(()),
+        };
+        let initialised = match resealed {
+            Ok(()) => AppState::initialise(deps.clone()).await,
+            Err(error) => Err(error),
+        };
+        match initialised {
             Ok(state) => return Ok(state),
             Err(error) if error.is_transient() && Instant::now() < deadline => {
                 tracing::warn!(error = %error, "store not reachable yet; retrying");

@@ -300,9 +300,13 @@ fn cli_drives_keys_revocations_sessions_and_breach_rotation() {
     let exp = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600)
         .to_string();
     assert_eq!(json_of(&cli_admin(url, &["revoke", "jti", "some-jti", "--exp", &exp]))["jti"], "some-jti");
-    assert_eq!(json_of(&cli_admin(url, &["revoke", "user", "bob"]))["minVersion"], 2);
+    let bob = json_of(&cli_admin(url, &["revoke", "user", "bob"]));
+    assert_eq!(bob["minVersion"], 2);
+    assert_eq!(bob["revokedSessions"].as_array().unwrap().len(), 1, "{bob}");
     let global = json_of(&cli_admin(url, &["breach", "rotate", "--grace", "300", "--reason", "leaked key"]));
-    assert_eq!((global["minVersion"].as_u64(), global["graceSeconds"].as_u64()), (Some(2), Some(300)));
+    // Above the ceiling published while the highest version issued was bob's 2.
+    let rotated = 2 + portcullis_control_plane::revocations::VERSION_CEILING_MARGIN + 1;
+    assert_eq!((global["minVersion"].as_u64(), global["graceSeconds"].as_u64()), (Some(rotated), Some(300)));
 
     let before = status_kid(url);
     let rotation = json_of(&cli_admin(url, &["keys", "rotate"]));
@@ -312,7 +316,74 @@ fn cli_drives_keys_revocations_sessions_and_breach_rotation() {
     let status: Value = json_of(&cli_admin(url, &["status"]));
     assert_eq!(status["currentKid"], rotation["kid"]);
     assert_eq!(status["keySetVersion"], rotation["keySetVersion"]);
-    assert_eq!(status["globalMinVersion"], 2);
+    assert_eq!(status["globalMinVersion"], rotated);
+
+    // A leaked key is revoked at once; revoking the current key rotates.
+    let revoked = json_of(&cli_admin(url, &["keys", "revoke", &before]));
+    assert_eq!(
+        (revoked["revokedKids"][0].as_str(), revoked["rotated"].as_bool()),
+        (Some(before.as_str()), Some(false))
+    );
+    let current = status_kid(url);
+    let revoked = json_of(&cli_admin(url, &["keys", "revoke", &current]));
+    assert_eq!(revoked["rotated"], true);
+    assert_ne!(status_kid(url), current);
+    let output = cli_admin(url, &["keys", "revoke", "no-such-kid"]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).starts_with("Not found: There is no signing key"));
+    assert!(!cli_admin(url, &["keys", "revoke"]).status.success(), "a kid or --all is required");
+    let all = json_of(&cli_admin(url, &["keys", "revoke", "--all"]));
+    assert_eq!(all["revokedKids"].as_array().unwrap().len(), 1, "only the current key was left: {all}");
+    let listed = json_of(&cli_admin(url, &["keys", "list"]));
+    let statuses: Vec<&str> =
+        listed["keys"].as_array().unwrap().iter().map(|k| k["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["current", "revoked", "revoked", "revoked"], "{listed}");
+}
+
+/// The runbook for a leaked master key: restart with a new master key and the old one
+/// as the previous key (the signing keys are re-sealed), then revoke every signing key.
+#[tokio::test]
+async fn a_leaked_master_key_is_replaced_and_every_signing_key_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let (old_key, new_key) = (dir.path().join("master-key"), dir.path().join("master-key.new"));
+    std::fs::write(&old_key, "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\n").unwrap();
+    std::fs::write(&new_key, "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=\n").unwrap();
+    let store = ["--store", "embedded", "--data-dir", path_str(&data_dir)];
+    let first = start(&[&store[..], &["--master-key-file", path_str(&old_key)]].concat());
+    let token = stdout(&cli_admin(&first.url, &["token", "issue", "--sub", "alice"]));
+    let leaked = jsonwebtoken::decode_header(token.trim()).unwrap().kid.unwrap();
+    assert!(first.terminate());
+
+    let second = start(
+        &[
+            &store[..],
+            &["--master-key-file", path_str(&new_key), "--previous-master-key-file", path_str(&old_key)],
+        ]
+        .concat(),
+    );
+    assert_eq!(status_kid(&second.url), leaked, "the same keys, re-sealed");
+    let revoked = json_of(&cli_admin(&second.url, &["keys", "revoke", "--all"]));
+    assert_eq!(revoked["revokedKids"], serde_json::json!([leaked]));
+    let fresh = status_kid(&second.url);
+    assert_ne!(fresh, leaked);
+    let published: Vec<String> =
+        jwks(&second.url).await.keys.iter().map(|k| k.common.key_id.clone().unwrap()).collect();
+    assert_eq!(published, [fresh.as_str()]);
+    assert!(second.terminate());
+
+    // From now on the new master key alone opens the store; the old one opens nothing.
+    let third = start(&[&store[..], &["--master-key-file", path_str(&new_key)]].concat());
+    assert_eq!(status_kid(&third.url), fresh);
+    assert!(third.terminate());
+    let output = command(SERVER)
+        .args(store)
+        .args(["--listen", "127.0.0.1:0", "--master-key-file", path_str(&old_key)])
+        .env("PORTCULLIS_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("the master key does not decrypt signing key"));
 }
 
 #[test]

@@ -19,13 +19,14 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use portcullis_control_plane::admin_credential::AdminCredential;
 use portcullis_control_plane::audit::AUDIT_LOG;
-use portcullis_control_plane::clock::Clock as _;
-use portcullis_control_plane::clock::FixedClock;
-use portcullis_control_plane::keys::{KeyPolicy, KeyRingError, KEY_SET_RECORD};
+use portcullis_control_plane::clock::{Clock as _, FixedClock};
+use portcullis_control_plane::keys::{self, KeyPolicy, KeyRingError, KEY_SET_RECORD, REVOKED_KEY_MEMORY_MS};
 use portcullis_control_plane::master_key::MasterKey;
 use portcullis_control_plane::metrics::Metrics;
 use portcullis_control_plane::random::OsRandom;
-use portcullis_control_plane::revocations::{FeedCursor, EPOCH_RECORD, REVOKED_SET, USER_VERSIONS_SET};
+use portcullis_control_plane::revocations::{
+    self, FeedCursor, EPOCH_RECORD, REVOKED_SET, USER_VERSIONS_SET, VERSION_CEILING_MARGIN,
+};
 use portcullis_control_plane::signing::SigningAlgorithm;
 use portcullis_control_plane::store::Store;
 use portcullis_control_plane::tokens::TokenPolicy;
@@ -56,6 +57,14 @@ support::backends!(
     token_status_sees_a_jti_revocation_at_once_and_until_its_exp,
     token_status_reports_the_current_user_and_global_minimums,
     token_status_rejects_overlong_and_unknown_parameters,
+    revoking_a_user_revokes_their_sessions_and_refresh_tokens_in_one_audited_operation,
+    a_refresh_racing_a_user_revocation_never_yields_a_token_that_passes,
+    after_a_breach_rotation_no_token_minted_before_it_passes_for_any_user,
+    revoking_a_signing_key_takes_it_out_of_the_jwks_at_once_and_publishes_it,
+    revoking_the_current_key_makes_a_fresh_one_current,
+    revoking_every_key_leaves_one_fresh_current_key,
+    a_previous_master_key_reseals_the_signing_keys_under_the_new_one,
+    every_feed_page_carries_a_ceiling_that_fresh_tokens_stay_under,
 );
 
 struct Harness {
@@ -232,6 +241,21 @@ fn verifies(token: &str, jwks: &JwkSet) -> bool {
     validation.validate_exp = false;
     validation.set_audience(&["demo-api"]);
     jsonwebtoken::decode::<Value>(token, &DecodingKey::from_jwk(jwk).unwrap(), &validation).is_ok()
+}
+
+/// The filter's replica, from a full sync at the harness' clock.
+async fn replica(h: &Harness) -> RevocationReplica {
+    h.sync(1000).await.0
+}
+
+/// Whether the filter, holding `replica`, lets `token` through (its version and `jti`,
+/// looked up by their feed hashes; the signature is the filter's business and always
+/// valid here).
+fn passes(replica: &RevocationReplica, token: &str, now_secs: u64) -> bool {
+    let c = claims(token);
+    let (sub, ver, jti) = (c["sub"].as_str(), c["ver"].as_u64().unwrap(), c["jti"].as_str().unwrap());
+    let key = support::feed_key();
+    replica.versions(&key).accepts(sub, ver, now_secs) && !replica.is_revoked(&key, jti, now_secs)
 }
 
 /// The revoked token id hashes of a page.
@@ -604,16 +628,18 @@ async fn global_rotation_records_reason_and_grace(backend: Backend) {
     let global = h
         .ok("POST", "/admin/v1/global/rotate", Some(json!({"reason": "key leak", "graceSeconds": 300})))
         .await;
+    // Above the ceiling published while the highest version issued was 1.
+    let rotated = 1 + VERSION_CEILING_MARGIN + 1;
     assert_eq!(
         global,
-        json!({"minVersion": 2, "rotatedAt": (T0 + 5000) / 1000, "graceSeconds": 300, "reason": "key leak"})
+        json!({"minVersion": rotated, "rotatedAt": (T0 + 5000) / 1000, "graceSeconds": 300, "reason": "key leak"})
     );
     assert_eq!(h.ok("GET", "/admin/v1/global", None).await, global);
     let delta = h.feed(Some(&cursor), 10).await;
     let g = delta.global.unwrap();
-    assert_eq!((g.min_version, g.rotated_at, g.grace_seconds), (2, (T0 + 5000) / 1000, 300));
-    assert_eq!(claims(h.issue("erin").await["accessToken"].as_str().unwrap())["ver"], 2);
-    assert_eq!(h.ok("GET", "/admin/v1/status", None).await["globalMinVersion"], 2);
+    assert_eq!((g.min_version, g.rotated_at, g.grace_seconds), (rotated, (T0 + 5000) / 1000, 300));
+    assert_eq!(claims(h.issue("erin").await["accessToken"].as_str().unwrap())["ver"], rotated);
+    assert_eq!(h.ok("GET", "/admin/v1/status", None).await["globalMinVersion"], rotated);
     let (status, _) = h.admin("POST", "/admin/v1/global/rotate", Some(json!({"reason": ""}))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
@@ -697,7 +723,10 @@ async fn token_status_reports_the_current_user_and_global_minimums(backend: Back
 
     h.clock.set(T0 + 5000);
     h.ok("POST", "/admin/v1/global/rotate", Some(json!({"reason": "key leak", "graceSeconds": 300}))).await;
-    let global = GlobalMinVersion { min_version: 2, rotated_at: (T0 + 5000) / 1000, grace_seconds: 300 };
+    // Above the ceiling published while the highest version issued was carol's 2.
+    let rotated = 2 + VERSION_CEILING_MARGIN + 1;
+    let global =
+        GlobalMinVersion { min_version: rotated, rotated_at: (T0 + 5000) / 1000, grace_seconds: 300 };
     assert_eq!(
         h.token_status("?sub=carol").await,
         TokenStatus { revoked: false, user_min_version: 2, global }
@@ -708,12 +737,12 @@ async fn token_status_reports_the_current_user_and_global_minimums(backend: Back
     h.ok("POST", "/admin/v1/users/carol/revoke-all", None).await;
     assert_eq!(
         h.token_status("?sub=carol&jti=j").await,
-        TokenStatus { revoked: false, user_min_version: 3, global }
+        TokenStatus { revoked: false, user_min_version: rotated + 1, global }
     );
     // The same answer the feed gives once it has been polled.
     let snapshot = h.feed(None, 100).await;
     assert_eq!(snapshot.global, Some(global));
-    assert_eq!(snapshot.user_min_versions[0].min_version, 3);
+    assert_eq!(snapshot.user_min_versions[0].min_version, rotated + 1);
 }
 
 async fn token_status_rejects_overlong_and_unknown_parameters(backend: Backend) {
@@ -744,4 +773,308 @@ async fn token_status_rejects_overlong_and_unknown_parameters(backend: Backend) 
     }
     let response = h.send(Request::post("/v1/token-status").body(Body::empty()).unwrap()).await;
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+}
+
+async fn revoking_a_user_revokes_their_sessions_and_refresh_tokens_in_one_audited_operation(
+    backend: Backend,
+) {
+    let h = harness(&backend).await;
+    let first = h.issue("alice").await;
+    let second = h.issue("alice").await;
+    let bob = h.issue("bob").await;
+    h.clock.set(T0 + 1000);
+    let (status, refreshed) = h.refresh(second["refreshToken"].as_str().unwrap()).await;
+    assert_eq!(status, StatusCode::OK, "{refreshed}");
+    let cursor = h.synced_cursor().await;
+    let audit_before = h.audit_actions().await.len();
+
+    let revoked = h.ok("POST", "/admin/v1/users/alice/revoke-all", None).await;
+    assert_eq!((revoked["sub"].as_str(), revoked["minVersion"].as_u64()), (Some("alice"), Some(2)));
+    let sessions: BTreeSet<&str> =
+        revoked["revokedSessions"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    assert_eq!(
+        sessions,
+        [first["sessionId"].as_str().unwrap(), second["sessionId"].as_str().unwrap()].into()
+    );
+    let jtis: BTreeSet<String> =
+        revoked["revokedJtis"].as_array().unwrap().iter().map(|j| j.as_str().unwrap().to_owned()).collect();
+    let expected: BTreeSet<String> =
+        [&first, &second, &refreshed].iter().map(|t| t["jti"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(jtis, expected, "every live access token of every session");
+
+    // No refresh token of hers works any more, however fresh.
+    for refresh in [&first, &refreshed] {
+        let (status, problem) = h.refresh(refresh["refreshToken"].as_str().unwrap()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+        assert_eq!(problem["type"], "urn:portcullis:problem:invalid_grant");
+    }
+    let listed = h.ok("GET", "/admin/v1/users/alice/sessions", None).await;
+    for session in listed["sessions"].as_array().unwrap() {
+        assert_eq!(session["revoked"], true, "{session}");
+        assert_eq!(session["revokedReason"], "all tokens of the user revoked");
+    }
+    // One operation, one audit entry.
+    let actions = h.audit_actions().await;
+    assert_eq!(actions[audit_before..], ["revocation.user"]);
+    let delta = h.feed(Some(&cursor), 100).await;
+    assert_eq!(revoked_jtis(&delta), expected);
+    assert_eq!(delta.user_min_versions.len(), 1);
+    // Bob is untouched; alice can start afresh.
+    let (status, _) = h.refresh(bob["refreshToken"].as_str().unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    let fresh = h.issue("alice").await;
+    let (status, _) = h.refresh(fresh["refreshToken"].as_str().unwrap()).await;
+    assert_eq!(status, StatusCode::OK, "sessions started after the revocation refresh");
+}
+
+async fn a_refresh_racing_a_user_revocation_never_yields_a_token_that_passes(backend: Backend) {
+    const ROUNDS: usize = 8;
+    const MAX_REFRESHES: usize = 40;
+    let h = Arc::new(harness(&backend).await);
+    for round in 0..ROUNDS {
+        let sub = format!("racer{round}");
+        let issued = h.issue(&sub).await;
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        // Refreshes in a chain, each with the newest refresh token, until refused.
+        let refresher = {
+            let h = Arc::clone(&h);
+            let mut refresh = issued["refreshToken"].as_str().unwrap().to_owned();
+            tokio::spawn(async move {
+                let mut started = Some(started_tx);
+                let mut minted = Vec::new();
+                for _ in 0..MAX_REFRESHES {
+                    let (status, body) = h.refresh(&refresh).await;
+                    if status != StatusCode::OK {
+                        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+                        return (minted, refresh, true);
+                    }
+                    minted.push(body["accessToken"].as_str().unwrap().to_owned());
+                    refresh = body["refreshToken"].as_str().unwrap().to_owned();
+                    if let Some(tx) = started.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                (minted, refresh, false)
+            })
+        };
+        // Revoke while the chain is running.
+        started_rx.await.unwrap();
+        h.ok("POST", &format!("/admin/v1/users/{sub}/revoke-all"), None).await;
+        let (minted, last_refresh, refused) = refresher.await.unwrap();
+        assert!(refused, "round {round}: the refresh chain never stopped");
+        let (status, _) = h.refresh(&last_refresh).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "round {round}: the last refresh token still works");
+
+        let replica = replica(&h).await;
+        let now = h.clock.now_ms() / 1000;
+        let first = issued["accessToken"].as_str().unwrap().to_owned();
+        for token in minted.iter().chain([&first]) {
+            assert!(
+                !passes(&replica, token, now),
+                "round {round}: a token of the revoked user passes: {}",
+                claims(token)
+            );
+        }
+        let listed = h.ok("GET", &format!("/admin/v1/users/{sub}/sessions"), None).await;
+        assert_eq!(listed["sessions"][0]["revoked"], true, "round {round}");
+    }
+}
+
+async fn after_a_breach_rotation_no_token_minted_before_it_passes_for_any_user(backend: Backend) {
+    let h = harness(&backend).await;
+    let access = |v: &Value| v["accessToken"].as_str().unwrap().to_owned();
+    let mut before = Vec::new();
+    // Subjects whose own minimum was raised once, twice, three times: their tokens
+    // carry versions the global minimum never had.
+    for (sub, revocations) in [("alice", 1), ("carol", 2), ("dave", 3)] {
+        for _ in 0..revocations {
+            h.ok("POST", &format!("/admin/v1/users/{sub}/revoke-all"), None).await;
+        }
+    }
+    for sub in ["alice", "carol", "dave"] {
+        let issued = h.issue(sub).await;
+        before.push(access(&issued));
+        let (status, refreshed) = h.refresh(issued["refreshToken"].as_str().unwrap()).await;
+        assert_eq!(status, StatusCode::OK);
+        before.push(access(&refreshed));
+    }
+    before.push(access(&h.issue("bob").await));
+    let highest = before.iter().map(|t| claims(t)["ver"].as_u64().unwrap()).max().unwrap();
+    assert_eq!(highest, 4, "dave's minimum was raised three times");
+    let replica_before = replica(&h).await;
+    assert!(before.iter().all(|t| passes(&replica_before, t, T0 / 1000)));
+
+    h.clock.set(T0 + 10_000);
+    let global =
+        h.ok("POST", "/admin/v1/global/rotate", Some(json!({"reason": "drill", "graceSeconds": 0}))).await;
+    let min = global["minVersion"].as_u64().unwrap();
+    assert_eq!(min, highest + VERSION_CEILING_MARGIN + 1, "above every version ever issued, and its ceiling");
+    let replica = replica(&h).await;
+    let now = (T0 + 10_000) / 1000;
+    for token in &before {
+        assert!(!passes(&replica, token, now), "a pre-breach token passes: {}", claims(token));
+    }
+    // What is minted afterwards passes, for revoked and untouched subjects alike.
+    for sub in ["alice", "carol", "dave", "bob", "erin"] {
+        let token = access(&h.issue(sub).await);
+        assert!(passes(&replica, &token, now), "{sub}: {}", claims(&token));
+    }
+    // Revoking a subject after the rotation still goes above the global minimum.
+    assert_eq!(h.ok("POST", "/admin/v1/users/carol/revoke-all", None).await["minVersion"], min + 1);
+}
+
+fn kid_of(token: &str) -> String {
+    jsonwebtoken::decode_header(token).unwrap().kid.unwrap()
+}
+
+fn jwks_kids(jwks: &JwkSet) -> Vec<String> {
+    jwks.keys.iter().map(|k| k.common.key_id.clone().unwrap()).collect()
+}
+
+async fn revoking_a_signing_key_takes_it_out_of_the_jwks_at_once_and_publishes_it(backend: Backend) {
+    let h = harness(&backend).await;
+    let old_token = h.issue("alice").await["accessToken"].as_str().unwrap().to_owned();
+    let old_kid = kid_of(&old_token);
+    let rotation = h.ok("POST", "/admin/v1/keys/rotate", None).await;
+    let new_kid = rotation["kid"].as_str().unwrap().to_owned();
+    assert_eq!(
+        jwks_kids(&h.jwks().await),
+        [new_kid.clone(), old_kid.clone()],
+        "both verify after a rotation"
+    );
+    let cursor = h.synced_cursor().await;
+
+    h.clock.set(T0 + 1000);
+    let revoked = h.ok("POST", &format!("/admin/v1/keys/{old_kid}/revoke"), None).await;
+    assert_eq!(revoked["revokedKids"], json!([old_kid]));
+    assert_eq!(
+        (revoked["currentKid"].as_str(), revoked["rotated"].as_bool()),
+        (Some(new_kid.as_str()), Some(false))
+    );
+    // Out of the JWKS at once: no overlap for a leaked key.
+    let jwks = h.jwks().await;
+    assert_eq!(jwks_kids(&jwks), [new_kid.as_str()]);
+    assert!(!verifies(&old_token, &jwks));
+    let listed = h.ok("GET", "/admin/v1/keys", None).await;
+    let old =
+        listed["keys"].as_array().unwrap().iter().find(|k| k["kid"] == old_kid.as_str()).unwrap().clone();
+    assert_eq!((old["status"].as_str(), old["revokedAt"].as_u64()), (Some("revoked"), Some(T0 / 1000 + 1)));
+    assert_eq!(listed["keySetVersion"], revoked["keySetVersion"]);
+    // Published: in the next delta and in every snapshot.
+    let delta = h.feed(Some(&cursor), 10).await;
+    assert_eq!(delta.revoked_kids, [old_kid.as_str()]);
+    assert_eq!(delta.key_set_version, revoked["keySetVersion"].as_u64().unwrap());
+    assert_eq!(h.feed(None, 10).await.revoked_kids, [old_kid.as_str()]);
+    assert!(h.audit_actions().await.contains(&"keys.revoke".to_owned()));
+    // Its sealed private part is gone from the store.
+    let record =
+        String::from_utf8(h.state.store.record_get(KEY_SET_RECORD, T0).await.unwrap().unwrap()).unwrap();
+    let stored: Value = serde_json::from_str(&record).unwrap();
+    let stored_old =
+        stored["keys"].as_array().unwrap().iter().find(|k| k["kid"] == old_kid.as_str()).unwrap();
+    assert!(stored_old.get("sealedKey").is_none(), "{stored_old}");
+
+    // Again: nothing more to do, nothing published.
+    let again = h.ok("POST", &format!("/admin/v1/keys/{old_kid}/revoke"), None).await;
+    assert_eq!(again["revokedKids"], json!([]));
+    let head = h.synced_cursor().await;
+    assert_eq!(h.feed(Some(&head), 10).await.revoked_kids, Vec::<String>::new());
+    let (status, problem) = h.admin("POST", "/admin/v1/keys/no-such-kid/revoke", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{problem}");
+    assert_eq!(problem["type"], "urn:portcullis:problem:not-found");
+
+    // A second replica serves the same JWKS.
+    let replica =
+        AppState::initialise(dependencies(Arc::clone(&backend.store), Arc::clone(&h.clock), [7; 32]))
+            .await
+            .unwrap();
+    assert_eq!(replica.keys.current(T0 + 1000).await.revoked_kids(), [old_kid.as_str()]);
+    // Revoked keys are remembered (and published) long enough, then dropped.
+    h.clock.set(T0 + 1000 + REVOKED_KEY_MEMORY_MS);
+    h.state.maintain().await.unwrap();
+    h.ok("POST", "/admin/v1/keys/rotate", None).await;
+    assert!(h.feed(None, 10).await.revoked_kids.is_empty());
+}
+
+async fn revoking_the_current_key_makes_a_fresh_one_current(backend: Backend) {
+    let h = harness(&backend).await;
+    let token = h.issue("alice").await["accessToken"].as_str().unwrap().to_owned();
+    let leaked = kid_of(&token);
+    let revoked = h.ok("POST", &format!("/admin/v1/keys/{leaked}/revoke"), None).await;
+    assert_eq!(revoked["rotated"], true);
+    let current = revoked["currentKid"].as_str().unwrap().to_owned();
+    assert_ne!(current, leaked);
+    assert_eq!(jwks_kids(&h.jwks().await), [current.as_str()]);
+    let fresh = h.issue("alice").await["accessToken"].as_str().unwrap().to_owned();
+    assert_eq!(kid_of(&fresh), current, "never signed with a revoked key");
+    assert!(verifies(&fresh, &h.jwks().await) && !verifies(&token, &h.jwks().await));
+    assert_eq!(h.ok("GET", "/admin/v1/status", None).await["currentKid"], current.as_str());
+}
+
+async fn revoking_every_key_leaves_one_fresh_current_key(backend: Backend) {
+    let h = harness(&backend).await;
+    let first = kid_of(h.issue("alice").await["accessToken"].as_str().unwrap());
+    let second = h.ok("POST", "/admin/v1/keys/rotate", None).await["kid"].as_str().unwrap().to_owned();
+    let revoked = h.ok("POST", "/admin/v1/keys/revoke-all", None).await;
+    let kids: BTreeSet<&str> =
+        revoked["revokedKids"].as_array().unwrap().iter().map(|k| k.as_str().unwrap()).collect();
+    assert_eq!(kids, [first.as_str(), second.as_str()].into());
+    assert_eq!(revoked["rotated"], true);
+    let current = revoked["currentKid"].as_str().unwrap();
+    assert_eq!(jwks_kids(&h.jwks().await), [current.to_owned()]);
+    let snapshot: BTreeSet<String> = h.feed(None, 10).await.revoked_kids.into_iter().collect();
+    assert_eq!(snapshot, [first, second].into());
+}
+
+async fn a_previous_master_key_reseals_the_signing_keys_under_the_new_one(backend: Backend) {
+    let h = harness(&backend).await;
+    h.ok("POST", "/admin/v1/keys/rotate", None).await;
+    let kids = jwks_kids(&h.jwks().await);
+    let (old, new) = (MasterKey::from_bytes([7; 32]), MasterKey::from_bytes([9; 32]));
+    let store = backend.store.as_ref();
+    // The new key alone cannot open the set; with the previous one it is re-sealed.
+    let refused =
+        AppState::initialise(dependencies(Arc::clone(&backend.store), Arc::clone(&h.clock), [9; 32])).await;
+    assert!(matches!(refused.err(), Some(KeyRingError::WrongMasterKey { .. })));
+    assert!(keys::reseal_key_set(store, &new, &old, &OsRandom, T0).await.unwrap());
+    assert!(!keys::reseal_key_set(store, &new, &old, &OsRandom, T0).await.unwrap(), "already re-sealed");
+    let resealed =
+        AppState::initialise(dependencies(Arc::clone(&backend.store), Arc::clone(&h.clock), [9; 32]))
+            .await
+            .unwrap();
+    let jwks = resealed.keys.current(T0).await.jwks(T0);
+    assert_eq!(jwks.keys.iter().map(|k| k.kid.clone()).collect::<Vec<_>>(), kids, "the same keys");
+    let refused =
+        AppState::initialise(dependencies(Arc::clone(&backend.store), Arc::clone(&h.clock), [7; 32])).await;
+    assert!(matches!(refused.err(), Some(KeyRingError::WrongMasterKey { .. })), "the old key opens nothing");
+    let stranger = MasterKey::from_bytes([1; 32]);
+    let error = keys::reseal_key_set(store, &MasterKey::from_bytes([2; 32]), &stranger, &OsRandom, T0).await;
+    assert!(matches!(error, Err(KeyRingError::WrongMasterKey { .. })));
+}
+
+async fn every_feed_page_carries_a_ceiling_that_fresh_tokens_stay_under(backend: Backend) {
+    let h = harness(&backend).await;
+    let page = h.feed(None, 10).await;
+    assert_eq!(page.version_ceiling, 1 + VERSION_CEILING_MARGIN);
+    assert_eq!(
+        h.feed(Some(&page.cursor), 10).await.version_ceiling,
+        page.version_ceiling,
+        "deltas carry it too"
+    );
+    let status = h.ok("GET", "/admin/v1/status", None).await;
+    assert_eq!(
+        (status["issuedVersion"].as_u64(), status["versionCeiling"].as_u64()),
+        (Some(1), Some(page.version_ceiling))
+    );
+    // As many version bumps as the margin, with no poll in between: a token minted
+    // after them is still within the ceiling the Envoy read before.
+    for _ in 0..VERSION_CEILING_MARGIN {
+        revocations::revoke_all_for_user(h.state.store.as_ref(), "alice", T0).await.unwrap();
+    }
+    let fresh = claims(h.issue("alice").await["accessToken"].as_str().unwrap())["ver"].as_u64().unwrap();
+    assert_eq!(fresh, page.version_ceiling);
+    revocations::revoke_all_for_user(h.state.store.as_ref(), "alice", T0).await.unwrap();
+    let beyond = claims(h.issue("alice").await["accessToken"].as_str().unwrap())["ver"].as_u64().unwrap();
+    assert_eq!(beyond, page.version_ceiling + 1, "one bump more is past it (the filter then polls first)");
+    assert_eq!(h.feed(None, 10).await.version_ceiling, beyond + VERSION_CEILING_MARGIN);
 }

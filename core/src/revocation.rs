@@ -5,15 +5,18 @@
 //!
 //! The feed carries revoked token ids (each kept only until the token's own `exp`),
 //! per-user minimum token versions, the global minimum version with its grace period,
-//! and the version of the issuer's key set. Token ids and subjects are never in clear:
-//! they are [`crate::fleet::FeedKey`] hashes under the caller's fleet credential, and
-//! every page names the key (`keyId`).
+//! the version of the issuer's key set, the ids of revoked signing keys (the filter
+//! drops those keys and every token they signed; key ids are public, so they are in
+//! clear) and the version ceiling (no token above it was ever issued). Token ids and
+//! subjects are never in clear: they are [`crate::fleet::FeedKey`] hashes under the
+//! caller's fleet credential, and every page names the key (`keyId`).
 //!
 //! Paging. Every answer carries an opaque `cursor` the follower sends back to continue.
 //! A page is a **delta** (changes after the cursor) or one **part** of a snapshot
 //! (`snapshot: {id, part, last}`), which the control plane sends when the follower has
 //! no cursor or one it can no longer continue. A snapshot of any size arrives in parts
-//! of at most [`MAX_PAGE_ENTRIES`] entries and [`MAX_PAGE_BYTES`] bytes.
+//! of at most [`MAX_PAGE_ENTRIES`] entries (revoked keys count as entries) and
+//! [`MAX_PAGE_BYTES`] bytes.
 //!
 //! Invariants of [`FeedFollower`]:
 //! - a snapshot is assembled privately; the published replica changes only when every
@@ -25,10 +28,12 @@
 //! - a part that does not continue the assembly (another snapshot, a gap, a repeat, a
 //!   delta in the middle), hashes under another key, or anything malformed abandons
 //!   the assembly and leaves the published replica as it was;
-//! - applying an entry twice is harmless: revocations are a set, user minimums only go
-//!   up, and the global minimum and key set version are replaced by newer values.
+//! - applying an entry twice is harmless: revocations and revoked keys are sets, user
+//!   minimums and the version ceiling only go up, and the global minimum and key set
+//!   version are replaced by newer values. A snapshot is the whole state: the revoked
+//!   keys and the ceiling of the assembled replica are the snapshot's.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +48,8 @@ pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
 /// Longest cursor a page may carry. Cursors are base64url (plus `.`), so a follower can
 /// put them in a query string as they are.
 pub const MAX_CURSOR_LEN: usize = 2048;
+/// Longest signing key id a page may name.
+pub const MAX_KID_LEN: usize = 256;
 
 /// One page of the change feed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,15 +74,26 @@ pub struct FeedPage {
     /// Version of the issuer's signing key set; a change means keys rotated.
     #[serde(default)]
     pub key_set_version: u64,
+    /// Signing keys revoked (by `kid`): tokens they signed are refused at once, cached
+    /// ones included. A snapshot's parts together list every key still worth refusing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked_kids: Vec<String>,
+    /// No token carries a higher version (0: not published). Only ever raised; every
+    /// page carries the current one.
+    #[serde(default)]
+    pub version_ceiling: u64,
     /// More is waiting (further parts, or changes): ask again right away.
     #[serde(default)]
     pub more: bool,
 }
 
 impl FeedPage {
-    /// Entries (revocations and user minimums) on the page.
+    /// Entries (revocations, user minimums and revoked keys) on the page.
     pub fn entries(&self) -> usize {
-        self.revoked.len().saturating_add(self.user_min_versions.len())
+        self.revoked
+            .len()
+            .saturating_add(self.user_min_versions.len())
+            .saturating_add(self.revoked_kids.len())
     }
 }
 
@@ -193,6 +211,10 @@ pub struct RevocationReplica {
     pub user_min_versions: HashMap<IdHash, u64>,
     pub global: GlobalMinVersion,
     pub key_set_version: u64,
+    /// Revoked signing keys, by `kid`.
+    pub revoked_kids: BTreeSet<String>,
+    /// No token above this version was ever issued (0: not published).
+    pub version_ceiling: u64,
 }
 
 /// A page after validation: hashes decoded, nothing applied yet.
@@ -203,6 +225,8 @@ struct CheckedPage {
     users: Vec<(IdHash, u64)>,
     global: Option<GlobalMinVersion>,
     key_set_version: u64,
+    revoked_kids: Vec<String>,
+    version_ceiling: u64,
     more: bool,
 }
 
@@ -234,6 +258,11 @@ impl CheckedPage {
             .enumerate()
             .map(|(i, u)| Ok((hash("userMinVersions", i, &u.sub_hash)?, u.min_version)))
             .collect::<Result<Vec<_>, FeedError>>()?;
+        if let Some(i) = page.revoked_kids.iter().position(|k| k.is_empty() || k.len() > MAX_KID_LEN) {
+            return Err(FeedError::Malformed(format!(
+                "revokedKids[{i}]: expected a key id of 1 to {MAX_KID_LEN} bytes"
+            )));
+        }
         Ok(CheckedPage {
             cursor: page.cursor,
             snapshot: page.snapshot,
@@ -241,6 +270,8 @@ impl CheckedPage {
             users,
             global: page.global,
             key_set_version: page.key_set_version,
+            revoked_kids: page.revoked_kids,
+            version_ceiling: page.version_ceiling,
             more: page.more,
         })
     }
@@ -252,6 +283,8 @@ impl CheckedPage {
             || !self.users.is_empty()
             || self.global.is_some_and(|g| g != replica.global)
             || self.key_set_version > replica.key_set_version
+            || self.revoked_kids.iter().any(|k| !replica.revoked_kids.contains(k))
+            || self.version_ceiling > replica.version_ceiling
     }
 }
 
@@ -277,6 +310,8 @@ impl RevocationReplica {
             self.global = g;
         }
         self.key_set_version = self.key_set_version.max(page.key_set_version);
+        self.revoked_kids.extend(page.revoked_kids);
+        self.version_ceiling = self.version_ceiling.max(page.version_ceiling);
         self.cursor = page.cursor;
         key_id.clone_into(&mut self.key_id);
         self.prune(now_unix_secs);
@@ -292,6 +327,11 @@ impl RevocationReplica {
         self.revoked.get(&key.token_id(jti)).is_some_and(|exp| *exp > now_unix_secs)
     }
 
+    /// Whether the signing key `kid` was revoked.
+    pub fn is_key_revoked(&self, kid: &str) -> bool {
+        self.revoked_kids.contains(kid)
+    }
+
     /// The replica's minimum versions, looked up by subject through `key`.
     pub fn versions<'a>(&'a self, key: &'a FeedKey) -> ReplicaVersions<'a> {
         ReplicaVersions { replica: self, key }
@@ -301,7 +341,8 @@ impl RevocationReplica {
     /// every worker decodes it whenever it changes. Layout: `PCR1`, then sections of
     /// `tag: u8, length: u32 BE, payload`: 1 cursor, 2 key id (UTF-8), 3 global (three
     /// u64 BE), 4 key set version (u64 BE), 5 revoked and 6 user minimums (records of a
-    /// 16-byte hash and a u64 BE). Unknown tags are skipped when decoding.
+    /// 16-byte hash and a u64 BE), 7 revoked key ids (each a u16 BE length and the UTF-8
+    /// id), 8 version ceiling (u64 BE). Unknown tags are skipped when decoding.
     pub fn encode(&self) -> Vec<u8> {
         let record = HASH_LEN + 8;
         let mut out = Vec::with_capacity(
@@ -323,6 +364,15 @@ impl RevocationReplica {
             }
             section(&mut out, tag, &payload);
         }
+        let mut kids = Vec::with_capacity(self.revoked_kids.iter().map(|k| k.len() + 2).sum());
+        for kid in &self.revoked_kids {
+            // Ids are at most MAX_KID_LEN bytes (checked when the page was applied).
+            let len = u16::try_from(kid.len()).unwrap_or(u16::MAX);
+            kids.extend_from_slice(&len.to_be_bytes());
+            kids.extend_from_slice(kid.as_bytes().get(..usize::from(len)).unwrap_or_default());
+        }
+        section(&mut out, 7, &kids);
+        section(&mut out, 8, &self.version_ceiling.to_be_bytes());
         out
     }
 
@@ -346,6 +396,8 @@ impl RevocationReplica {
                 4 => replica.key_set_version = read_u64(payload)?,
                 5 => replica.revoked = read_records(payload)?,
                 6 => replica.user_min_versions = read_records(payload)?,
+                7 => replica.revoked_kids = read_kids(payload)?,
+                8 => replica.version_ceiling = read_u64(payload)?,
                 _ => {}
             }
         }
@@ -376,6 +428,17 @@ fn read_records(payload: &[u8]) -> Option<HashMap<IdHash, u64>> {
         .collect()
 }
 
+fn read_kids(mut payload: &[u8]) -> Option<BTreeSet<String>> {
+    let mut kids = BTreeSet::new();
+    while !payload.is_empty() {
+        let len = usize::from(u16::from_be_bytes(payload.get(..2)?.try_into().ok()?));
+        let kid = payload.get(2..2usize.checked_add(len)?)?;
+        kids.insert(String::from_utf8(kid.to_vec()).ok()?);
+        payload = payload.get(2 + len..)?;
+    }
+    Some(kids)
+}
+
 /// The replica's minimum versions for one follower: subjects are hashed with its key.
 pub struct ReplicaVersions<'a> {
     replica: &'a RevocationReplica,
@@ -393,6 +456,10 @@ impl MinimumVersions for ReplicaVersions<'_> {
 
     fn user_min_version(&self, subject: &str) -> Option<u64> {
         self.replica.user_min_versions.get(&self.key.subject(subject)).copied()
+    }
+
+    fn version_ceiling(&self) -> u64 {
+        self.replica.version_ceiling
     }
 }
 
@@ -721,6 +788,8 @@ mod tests {
         d.user_min_versions = (0..20).map(|i| user(&format!("u{i}"), i + 1)).collect();
         d.global = Some(GlobalMinVersion { min_version: 4, rotated_at: 9, grace_seconds: 60 });
         d.key_set_version = 7;
+        d.revoked_kids = vec!["old-key".into(), "kid-é".into()];
+        d.version_ceiling = 1_000_000;
         follow(&mut f, &mut r, vec![d]);
         let bytes = r.encode();
         assert_eq!(RevocationReplica::decode(&bytes), Some(r.clone()));
@@ -738,18 +807,52 @@ mod tests {
     }
 
     #[test]
+    fn revoked_keys_accumulate_and_the_ceiling_only_rises_until_a_snapshot() {
+        let (mut f, mut r) = (FeedFollower::default(), RevocationReplica::default());
+        let page = |mut page: FeedPage, kids: &[&str], ceiling| {
+            page.revoked_kids = kids.iter().map(|k| k.to_string()).collect();
+            page.version_ceiling = ceiling;
+            page
+        };
+        follow(&mut f, &mut r, vec![page(delta("d1"), &["k1"], 101), page(delta("d2"), &["k2"], 90)]);
+        assert!(r.is_key_revoked("k1") && r.is_key_revoked("k2") && !r.is_key_revoked("k3"));
+        assert_eq!(r.version_ceiling, 101, "a lower ceiling in a delta never lowers it");
+        assert_eq!(follow(&mut f, &mut r, vec![page(delta("d3"), &["k1"], 0)]), vec![Ok(Applied::Changed)]);
+        assert_eq!(r.version_ceiling, 101, "a page without a ceiling keeps it");
+        assert_eq!(r.versions(&key()).check(None, 102, 0), Err(crate::jwt::reason::Reason::VersionUnknown));
+        // A snapshot in two parts, the revoked keys spread over both: the whole state.
+        let parts = vec![
+            page(part("s1", "e.1", 0, false), &["k2"], 50),
+            page(part("s2", "e.1", 1, true), &["k4"], 50),
+            page(delta("s3"), &[], 50),
+        ];
+        let outcomes = follow(&mut f, &mut r, parts);
+        assert!(matches!(outcomes.last(), Some(Ok(Applied::Assembled(_)))), "{outcomes:?}");
+        assert!(!r.is_key_revoked("k1") && r.is_key_revoked("k2") && r.is_key_revoked("k4"));
+        assert_eq!(r.version_ceiling, 50, "a snapshot is the whole state");
+        let before = r.clone();
+        let huge = FeedPage { revoked_kids: vec!["k".into(); MAX_PAGE_ENTRIES + 1], ..delta("d9") };
+        assert_eq!(f.apply(&mut r, huge, &key(), 100), Err(FeedError::TooLarge));
+        let long = FeedPage { revoked_kids: vec!["k".repeat(MAX_KID_LEN + 1)], ..delta("d9") };
+        assert!(matches!(f.apply(&mut r, long, &key(), 100), Err(FeedError::Malformed(_))));
+        assert_eq!(r, before);
+    }
+
+    #[test]
     fn wire_format_is_camel_case() {
         let page: FeedPage = serde_json::from_str(
             r#"{"cursor":"c7","keyId":"k","snapshot":{"id":"e.1","part":2,"last":true},
                 "revoked":[{"jtiHash":"j","exp":9}],
                 "userMinVersions":[{"subHash":"s","minVersion":2}],
-                "global":{"minVersion":3,"rotatedAt":4,"graceSeconds":5},"keySetVersion":6,"more":false}"#,
+                "global":{"minVersion":3,"rotatedAt":4,"graceSeconds":5},"keySetVersion":6,
+                "revokedKids":["k"],"versionCeiling":8,"more":false}"#,
         )
         .unwrap();
         assert_eq!(page.snapshot, Some(SnapshotPart { id: "e.1".into(), part: 2, last: true }));
+        assert_eq!((page.revoked_kids.as_slice(), page.version_ceiling), (&["k".to_string()][..], 8));
         assert_eq!(page.user_min_versions[0].min_version, 2);
         assert_eq!(page.global.unwrap().grace_seconds, 5);
         assert_eq!(page.key_set_version, 6);
-        assert_eq!(page.entries(), 2);
+        assert_eq!(page.entries(), 3);
     }
 }

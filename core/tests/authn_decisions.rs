@@ -542,3 +542,94 @@ fn strict_answers_from_the_control_plane_decide_revocation_and_versions() {
     assert_eq!(check_token_status(&p, &identity, &status(false, 3, 4), NOW), Err(Reason::VersionTooOld));
     assert_eq!(check_token_status(&p, &identity, &status(false, 3, 3), NOW), Ok(()));
 }
+
+#[test]
+fn revoked_signing_keys_and_versions_above_the_ceiling_are_refused_cached_tokens_included() {
+    use portcullis_core::authn::RevocationInput;
+    use portcullis_core::fleet::{encode_hash, FleetCredential};
+    use portcullis_core::revocation::{FeedFollower, FeedPage, RevocationReplica, UserMinVersion};
+    // Two providers with one key set; only provider `a` follows the control plane's feed.
+    let config = feed_config(json!({ "tokenVersion": { "claim": "ver" } }));
+    let mut config = config;
+    config["providers"]["b"]["tokenVersion"] = json!({ "claim": "ver" });
+    let p = compile_json(config.to_string().as_bytes()).unwrap();
+    let keys: Vec<Option<KeySet>> = vec![Some(fixture_keys()); 2];
+    let versions = vec![VersionState::default(); 2];
+    let run =
+        |t: &str, replica: &RevocationReplica, keys: &[Option<KeySet>], cache: &mut VerifiedTokenCache| {
+            let req = request("GET", "/x", &[("authorization", &bearer(t))]);
+            let rule = p.match_rule(&req).unwrap();
+            let input = AuthnInput {
+                policy: &p,
+                rule,
+                request: &req,
+                keys,
+                versions: &versions,
+                // A fetch is possible: a revoked kid must not trigger one.
+                can_fetch_keys: &[true, true],
+                revocation: Some(RevocationInput { replica, stale: false, synced: true }),
+                now_unix_secs: NOW,
+            };
+            authenticate(&input, cache)
+        };
+    // The feed as the control plane sends it: subjects hashed, the ceiling beside them.
+    let key = FleetCredential::new(FLEET_CREDENTIAL).unwrap().feed_key();
+    let page =
+        |cursor: &str| FeedPage { cursor: cursor.into(), key_id: key.id().into(), ..Default::default() };
+    let (mut follower, mut replica) = (FeedFollower::default(), RevocationReplica::default());
+    let first = FeedPage {
+        version_ceiling: 110,
+        user_min_versions: vec![UserMinVersion {
+            sub_hash: encode_hash(&key.subject("alice")),
+            min_version: 100,
+        }],
+        ..page("c1")
+    };
+    follower.apply(&mut replica, first, &key, NOW).unwrap();
+    let old = token(ISS_A, "alice", json!({"ver": 99}));
+    assert_eq!(
+        denial(&run(&old, &replica, &keys, &mut VerifiedTokenCache::new(4))),
+        Denial::InvalidToken(Reason::VersionTooOld),
+        "the hashed subject's minimum applies beside the ceiling"
+    );
+    let mut cache = VerifiedTokenCache::new(16);
+    let t = token(ISS_A, "alice", json!({"ver": 110, "jti": "j"}));
+    assert!(matches!(run(&t, &replica, &keys, &mut cache), Outcome::Allow { .. }));
+    assert_eq!(cache.len(), 1);
+    // A version nobody issued: forged with a leaked key to outlive the next rotation.
+    let future = token(ISS_A, "admin", json!({"ver": 1000}));
+    assert_eq!(
+        denial(&run(&future, &replica, &keys, &mut cache)),
+        Denial::InvalidToken(Reason::VersionUnknown)
+    );
+    // Provider b is not under the feed: its versions are its own.
+    assert!(matches!(
+        run(&token(ISS_B, "svc", json!({"ver": 1000})), &replica, &keys, &mut cache),
+        Outcome::Allow { .. }
+    ));
+
+    // The key is revoked: the cached token is refused on its next hit, and so is a
+    // token signed by it that was never seen, with or without the key still loaded.
+    let revoking = FeedPage { revoked_kids: vec!["oct-hs256".into()], ..page("c2") };
+    follower.apply(&mut replica, revoking, &key, NOW).unwrap();
+    assert_eq!(denial(&run(&t, &replica, &keys, &mut cache)), Denial::InvalidToken(Reason::Revoked));
+    let fresh = token(ISS_A, "bob", json!({"ver": 1}));
+    assert_eq!(denial(&run(&fresh, &replica, &keys, &mut cache)), Denial::InvalidToken(Reason::Revoked));
+    let dropped: Vec<Option<KeySet>> =
+        keys.iter().map(|k| k.as_ref().map(|k| k.without_kids(&replica.revoked_kids))).collect();
+    assert!(!dropped[0].as_ref().unwrap().contains_kid("oct-hs256"));
+    assert_eq!(
+        denial(&run(&fresh, &replica, &dropped, &mut cache)),
+        Denial::InvalidToken(Reason::Revoked),
+        "no unknown-kid refetch for a revoked key"
+    );
+    // A token without `kid` that verifies with the revoked key is refused too.
+    let claims = json!({ "iss": ISS_A, "sub": "carol", "exp": NOW + 600, "iat": NOW }).to_string();
+    let no_kid = sign_hs256(r#"{"alg":"HS256"}"#, &claims, HS256_SECRET);
+    assert_eq!(denial(&run(&no_kid, &replica, &keys, &mut cache)), Denial::InvalidToken(Reason::Revoked));
+    // Provider b does not follow the feed: the same key still verifies its tokens.
+    assert!(matches!(
+        run(&token(ISS_B, "svc", json!({})), &replica, &keys, &mut cache),
+        Outcome::Allow { .. }
+    ));
+}

@@ -59,7 +59,7 @@ impl PortcullisRoot {
                     "cannot call cluster `{}` for the revocation feed ({status:?}); is it defined?",
                     sync.settings.control_plane.cluster
                 );
-                sync.complete_poll(None, None, host::now_unix_ms(), &rt.metrics);
+                sync.complete_poll(None, None, host::now_unix_ms(), true, &rt.metrics);
             }
         }
     }
@@ -78,10 +78,13 @@ impl Context for PortcullisRoot {
             let Some(rt) = self.runtime.clone() else { return };
             let Some(sync) = &rt.revocation else { return };
             let (status, body) = http::call_response_capped(body_size, revocation::MAX_FEED_BYTES);
-            if let Some(next) = sync.complete_poll(status.as_deref(), body, host::now_unix_ms(), &rt.metrics)
+            if let Some(next) =
+                sync.complete_poll(status.as_deref(), body, host::now_unix_ms(), true, &rt.metrics)
             {
                 self.poll_feed(&rt, next);
             }
+            // Requests that waited for a fresher replica (a version above its ceiling).
+            rt.wake_parked(Some(runtime::FEED_POLL), self.context_id);
             return;
         }
         let Some(pos) = self.fetches.iter().position(|(t, _)| *t == token_id) else {

@@ -144,12 +144,38 @@ impl RevocationSync {
         now_ms.saturating_sub(since) / 1000
     }
 
+    /// Claims an extra poll now (a token above the replica's version ceiling): at most
+    /// one per poll interval for the whole Envoy, never while a poll is in flight, and,
+    /// like every poll, only by the worker assembling a snapshot while one is. Returns
+    /// the path to GET when it is ours.
+    pub fn claim_on_demand(&self, now_ms: u64) -> Option<String> {
+        let interval = self.settings.poll_interval_ms;
+        self.claim(FetchKind::OnDemand, now_ms, |s| s.on_demand_allowed(now_ms, interval))
+    }
+
+    /// Whether some worker's poll is outstanding.
+    pub fn poll_in_flight(&self, now_ms: u64) -> bool {
+        schedule().in_flight(now_ms)
+    }
+
     /// Claims the next poll for this worker; returns the path to GET when it is ours.
     /// While another worker assembles a snapshot, nobody else polls.
     pub fn claim_poll(&self, now_ms: u64) -> Option<String> {
+        let interval = self.settings.poll_interval_ms;
+        self.claim(FetchKind::Periodic, now_ms, |s| s.periodic_due(now_ms, interval))
+    }
+
+    /// Starts a poll of `kind` in the shared schedule (compare-and-swap) when `allowed`
+    /// and no other worker holds the assembly lease.
+    fn claim(
+        &self,
+        kind: FetchKind,
+        now_ms: u64,
+        allowed: impl Fn(&FetchSchedule) -> bool,
+    ) -> Option<String> {
         let (data, cas) = host::shared_data(SCHEDULE_KEY);
         let current = data.map(|d| FetchSchedule::decode(&d)).unwrap_or_default();
-        if !current.periodic_due(now_ms, self.settings.poll_interval_ms) {
+        if !allowed(&current) {
             return None;
         }
         if let Some((vm, _)) = assembly_lease(now_ms) {
@@ -161,7 +187,7 @@ impl RevocationSync {
                 return None;
             }
         }
-        let next = current.started(FetchKind::Periodic, now_ms, self.settings.timeout_ms);
+        let next = current.started(kind, now_ms, self.settings.timeout_ms);
         host::set_shared_data(SCHEDULE_KEY, &next.encode(), cas).ok()?;
         self.poll_path()
     }
@@ -184,13 +210,15 @@ impl RevocationSync {
         host::dispatch_get(&self.upstream(), path, self.settings.timeout_ms)
     }
 
-    /// Applies a poll's answer. Returns the path of an immediate follow-up poll when
-    /// more is waiting (the next part of a snapshot, or more changes).
+    /// Applies a poll's answer. With `follow_up`, returns the path of an immediate
+    /// follow-up poll when more is waiting (the next part of a snapshot, or more
+    /// changes); without, the next periodic poll continues.
     pub fn complete_poll(
         &self,
         status: Option<&str>,
         body: Option<Vec<u8>>,
         now_ms: u64,
+        follow_up: bool,
         metrics: &Metrics,
     ) -> Option<String> {
         self.refresh();
@@ -209,7 +237,7 @@ impl RevocationSync {
                     }
                     l.failures_logged = 0;
                 }
-                if more {
+                if more && follow_up {
                     update_schedule(|s| s.started(FetchKind::Periodic, now_ms, self.settings.timeout_ms));
                     return self.poll_path();
                 }
@@ -321,6 +349,10 @@ fn release_assembly_lease(vm: u64) {
     if data.and_then(|d| d.get(..8).map(decode_u64)) == Some(vm) {
         let _ = host::set_shared_data(ASSEMBLY_KEY, &[0u8; 16], cas);
     }
+}
+
+fn schedule() -> FetchSchedule {
+    host::shared_data(SCHEDULE_KEY).0.map(|d| FetchSchedule::decode(&d)).unwrap_or_default()
 }
 
 fn update_schedule(change: impl Fn(FetchSchedule) -> FetchSchedule) {

@@ -64,6 +64,8 @@ fn part(id: u64, part: u32, last: bool, revoked: &[(&str, u64)], users: &[(&str,
             .collect(),
         global: (part == 0).then_some(GlobalMinVersion::default()),
         key_set_version: 1,
+        revoked_kids: Vec::new(),
+        version_ceiling: 0,
         more: true,
     }
 }

@@ -77,6 +77,11 @@ enum Command {
         #[command(subcommand)]
         command: LockoutsCommand,
     },
+    /// Webhook deliveries given up on (dead letters).
+    Webhooks {
+        #[command(subcommand)]
+        command: WebhooksCommand,
+    },
     /// Show the control plane's status (needs the admin token).
     Status,
     /// Check liveness and readiness; exits non-zero when not ready.
@@ -182,6 +187,7 @@ enum TokenCommand {
     /// Exchange a refresh token for a new access and refresh token (prints JSON).
     Refresh {
         /// The refresh token (single use).
+        #[arg(allow_hyphen_values = true)]
         refresh_token: String,
     },
 }
@@ -192,12 +198,28 @@ enum KeysCommand {
     Rotate,
     /// List the signing keys with their status.
     List,
+    /// Revoke a signing key at once (it leaked): it leaves the JWKS, and every Envoy
+    /// refuses the tokens it signed within a feed poll. Revoking the current key makes
+    /// a new one current.
+    Revoke(KeyRevokeArgs),
+}
+
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct KeyRevokeArgs {
+    /// The key's id (`kid`, see `keys list`).
+    #[arg(allow_hyphen_values = true)]
+    kid: Option<String>,
+    /// Every key, the current one included (the master key leaked).
+    #[arg(long)]
+    all: bool,
 }
 
 #[derive(Subcommand)]
 enum RevokeCommand {
     /// Revoke one token by its id until its expiry.
     Jti {
+        #[arg(allow_hyphen_values = true)]
         jti: String,
         /// The token's `exp` (Unix seconds).
         #[arg(long)]
@@ -205,9 +227,15 @@ enum RevokeCommand {
     },
     /// Revoke an access token: its jti and exp are read from the token locally,
     /// WITHOUT verifying its signature.
-    Token { access_token: String },
+    Token {
+        #[arg(allow_hyphen_values = true)]
+        access_token: String,
+    },
     /// Revoke every token of a subject issued so far.
-    User { sub: String },
+    User {
+        #[arg(allow_hyphen_values = true)]
+        sub: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -225,9 +253,37 @@ enum BreachCommand {
 #[derive(Subcommand)]
 enum SessionsCommand {
     /// List a subject's sessions.
-    List { sub: String },
+    List {
+        #[arg(allow_hyphen_values = true)]
+        sub: String,
+    },
     /// Revoke a session: its refresh token and live access tokens stop working.
-    Revoke { sid: String },
+    Revoke {
+        /// Session ids are base64url: they may start with `-`.
+        #[arg(allow_hyphen_values = true)]
+        sid: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum WebhooksCommand {
+    /// List the dead letters (oldest first) with their last error and payload.
+    DeadLetters,
+    /// Queue dead letters for delivery again, with a fresh deadline.
+    Retry(DeadLetterArgs),
+    /// Delete dead letters.
+    Purge(DeadLetterArgs),
+}
+
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct DeadLetterArgs {
+    /// A dead letter's id (see `webhooks dead-letters`).
+    #[arg(allow_hyphen_values = true)]
+    id: Option<String>,
+    /// Every dead letter.
+    #[arg(long)]
+    all: bool,
 }
 
 #[derive(Subcommand)]
@@ -330,6 +386,9 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Keys { command } => match command {
             KeysCommand::Rotate => print_json(&client.rotate_keys().await?)?,
             KeysCommand::List => print_json(&client.list_keys().await?)?,
+            KeysCommand::Revoke(KeyRevokeArgs { kid, .. }) => {
+                print_json(&client.revoke_keys(kid.as_deref()).await?)?
+            }
         },
         Command::Revoke { command } => match command {
             RevokeCommand::Jti { jti, exp } => print_json(&client.revoke_jti(&jti, exp).await?)?,
@@ -356,6 +415,15 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             LockoutsCommand::Clear(subject) => {
                 let (kind, value) = subject.subject();
                 print_json(&client.clear_lockout(kind, value).await?)?
+            }
+        },
+        Command::Webhooks { command } => match command {
+            WebhooksCommand::DeadLetters => print_json(&client.dead_letters().await?)?,
+            WebhooksCommand::Retry(DeadLetterArgs { id, .. }) => {
+                print_json(&client.retry_dead_letters(id.as_deref()).await?)?
+            }
+            WebhooksCommand::Purge(DeadLetterArgs { id, .. }) => {
+                print_json(&client.purge_dead_letters(id.as_deref()).await?)?
             }
         },
         Command::Status => {

@@ -53,6 +53,9 @@ pub enum ApiError {
     /// A named resource does not exist (`detail` says which).
     #[error("not found: {0}")]
     NoSuchResource(String),
+    /// The request cannot be carried out in the current state (`detail` says why).
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// OAuth-style `invalid_grant`: a refresh token that cannot be used.
     #[error("invalid grant: {0}")]
     InvalidGrant(String),
@@ -76,6 +79,7 @@ impl ApiError {
             | ApiError::MissingFleetCredential
             | ApiError::InvalidFleetCredential => StatusCode::UNAUTHORIZED,
             ApiError::NotFound | ApiError::NoSuchResource(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::InvalidGrant(_) => StatusCode::BAD_REQUEST,
             ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Store(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
@@ -112,6 +116,7 @@ impl ApiError {
             ),
             ApiError::NotFound => ("not-found", "Not found", "There is no resource at this path.".to_owned()),
             ApiError::NoSuchResource(d) => ("not-found", "Not found", d.clone()),
+            ApiError::Conflict(d) => ("conflict", "Conflict", d.clone()),
             ApiError::InvalidGrant(d) => ("invalid_grant", "Invalid grant", d.clone()),
             ApiError::NotReady(d) => ("not-ready", "Not ready", d.clone()),
             ApiError::Store(e) if e.is_transient() => (
@@ -201,7 +206,21 @@ impl From<crate::keys::KeyRingError> for ApiError {
         match e {
             E::Store(e) => ApiError::Store(e),
             E::Contended => ApiError::Store(StoreError::Busy(e.to_string())),
+            E::UnknownKey(kid) => ApiError::NoSuchResource(format!("There is no signing key {kid:?}.")),
             other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::webhooks::WebhookError> for ApiError {
+    fn from(e: crate::webhooks::WebhookError) -> Self {
+        use crate::webhooks::WebhookError as E;
+        match e {
+            E::Store(e) => ApiError::Store(e),
+            E::NoSuchDeadLetter(id) => ApiError::NoSuchResource(format!(
+                "There is no dead letter {id:?} (it was retried or purged)."
+            )),
+            E::OutboxFull(_) => ApiError::Conflict(e.to_string()),
         }
     }
 }

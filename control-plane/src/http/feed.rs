@@ -53,9 +53,16 @@ async fn feed(
         return Err(ApiError::InvalidRequest(format!("limit: must be between 1 and {MAX_PAGE_ENTRIES}")));
     }
     let now_ms = state.clock.now_ms();
-    let key_set_version = state.keys.current(now_ms).await.version;
-    let request =
-        FeedRequest { cursor: cursor.as_ref(), limit, key: &caller.feed_key, key_set_version, now_ms };
+    let keys = state.keys.current(now_ms).await;
+    let revoked_kids = keys.revoked_kids();
+    let request = FeedRequest {
+        cursor: cursor.as_ref(),
+        limit,
+        key: &caller.feed_key,
+        key_set_version: keys.version,
+        revoked_kids: &revoked_kids,
+        now_ms,
+    };
     Ok(Json(revocations::feed_page(state.store.as_ref(), state.rng.as_ref(), &request).await?))
 }
 

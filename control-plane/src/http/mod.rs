@@ -40,10 +40,10 @@ use crate::revocations;
 use crate::sessions::Minter;
 use crate::store::{MeteredStore, Store};
 use crate::tokens::TokenPolicy;
+use crate::webhooks::Webhooks;
 
 pub use admin::{
     GlobalRotateRequest, KeyList, RevocationAccepted, RevocationRequest, StatusReport, UserReport,
-    UserRevocation,
 };
 pub use error::{ApiError, Problem, PROBLEM_CONTENT_TYPE};
 
@@ -84,6 +84,8 @@ pub struct AppState {
     pub lockout_secret: Arc<LockoutSecret>,
     /// Burst detection; [`AppState::with_burst_config`] configures it.
     pub burst: Arc<BurstDetector>,
+    /// The webhook outbox, its delivery task and dead letters.
+    pub webhooks: Arc<Webhooks>,
 }
 
 /// What one [`AppState::maintain`] pass did.
@@ -99,7 +101,22 @@ impl AppState {
     pub async fn initialise(deps: Dependencies) -> Result<Self, KeyRingError> {
         let store: Arc<dyn Store> = Arc::new(MeteredStore::new(deps.store, Arc::clone(&deps.metrics)));
         let lockout_secret = Arc::new(LockoutSecret::derive(&deps.master_key));
-        let burst = Arc::new(BurstDetector::new(&deps.master_key, Arc::clone(&deps.metrics)));
+        let webhooks = Arc::new(Webhooks::new(
+            Arc::clone(&store),
+            Arc::clone(&deps.clock),
+            Arc::clone(&deps.rng),
+            Arc::clone(&deps.metrics),
+            &deps.master_key,
+        ));
+        let burst =
+            Arc::new(BurstDetector::new(&deps.master_key, Arc::clone(&webhooks), Arc::clone(&deps.metrics)));
+        revocations::ensure_issued_version_mark(store.as_ref(), deps.clock.now_ms()).await.map_err(|e| {
+            match e {
+                revocations::RevocationError::Store(e) => KeyRingError::Store(e),
+                revocations::RevocationError::Contended => KeyRingError::Contended,
+                other => KeyRingError::Corrupt(other.to_string()),
+            }
+        })?;
         let keys = KeyRing::open(
             Arc::clone(&store),
             deps.master_key,
@@ -120,14 +137,18 @@ impl AppState {
             feed_keep: deps.feed_keep,
             lockout_secret,
             burst,
+            webhooks,
         })
     }
 
     /// Replaces the burst detection settings (defaults: 50 requests per 10 s, no
     /// webhook, no blocking). With webhooks this starts their delivery task, so call it
-    /// within a Tokio runtime.
+    /// within a Tokio runtime (and [`Webhooks::stop`] it when done).
     pub fn with_burst_config(mut self, config: BurstConfig) -> Result<Self, BurstConfigError> {
-        self.burst = Arc::new(self.burst.reconfigured(config, Arc::clone(&self.clock))?);
+        config.validate()?;
+        let webhooks = self.webhooks.reconfigured(config.webhooks.clone())?;
+        self.burst = Arc::new(self.burst.reconfigured(config, Arc::clone(&webhooks))?);
+        self.webhooks = webhooks;
         Ok(self)
     }
 

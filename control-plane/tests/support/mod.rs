@@ -288,7 +288,7 @@ use portcullis_control_plane::store::{EmbeddedStore, MemoryStore, RedisStore, St
 #[derive(Clone)]
 pub struct Backend {
     pub store: Arc<dyn Store>,
-    _dir: Option<Arc<tempfile::TempDir>>,
+    dir: Option<Arc<tempfile::TempDir>>,
     /// Opens another connection to the same data (Redis backends).
     reopen: Option<Arc<dyn Fn() -> Arc<dyn Store> + Send + Sync>>,
 }
@@ -301,6 +301,28 @@ impl Backend {
             Some(open) => open(),
             None => Arc::clone(&self.store),
         }
+    }
+
+    /// The store as a restarted control plane finds it: the embedded database opened
+    /// again from its file, a new connection to the same Redis data, the same memory
+    /// store (it is the process' own). Every other handle on the store must be gone
+    /// (the embedded database refuses a second opener).
+    pub fn restart(self) -> Backend {
+        let Backend { store, dir, reopen } = self;
+        let store: Arc<dyn Store> = match (&reopen, &dir) {
+            (Some(open), _) => {
+                drop(store);
+                open()
+            }
+            (None, Some(dir)) => {
+                drop(store);
+                Arc::new(
+                    EmbeddedStore::open(dir.path()).expect("reopen the embedded store: is a handle left?"),
+                )
+            }
+            (None, None) => store,
+        };
+        Backend { store, dir, reopen }
     }
 }
 
@@ -322,21 +344,21 @@ impl FromBackend for Arc<dyn Store> {
 }
 
 pub fn memory() -> Backend {
-    Backend { store: Arc::new(MemoryStore::new()), _dir: None, reopen: None }
+    Backend { store: Arc::new(MemoryStore::new()), dir: None, reopen: None }
 }
 
 pub fn embedded() -> Backend {
     let dir = tempfile::tempdir().unwrap();
     Backend {
         store: Arc::new(EmbeddedStore::open(dir.path()).unwrap()),
-        _dir: Some(Arc::new(dir)),
+        dir: Some(Arc::new(dir)),
         reopen: None,
     }
 }
 
 /// A Redis backend: `open` makes a store with its own connection to the same data.
 fn redis_backend(open: impl Fn() -> Arc<dyn Store> + Send + Sync + 'static) -> Backend {
-    Backend { store: open(), _dir: None, reopen: Some(Arc::new(open)) }
+    Backend { store: open(), dir: None, reopen: Some(Arc::new(open)) }
 }
 
 pub fn redis() -> Backend {
@@ -557,5 +579,86 @@ impl Listeners {
             request.headers_mut().insert(AUTHORIZATION, value);
         }
         self.internal.clone().oneshot(request).await.unwrap()
+    }
+}
+
+/// The value of the metric line starting with `line_prefix` in OpenMetrics `text`
+/// (0 when absent).
+pub fn metric_value(text: &str, line_prefix: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_prefix).map(|v| v.trim().parse::<f64>().unwrap() as u64))
+        .unwrap_or(0)
+}
+
+// --- a webhook receiver -----------------------------------------------------------------
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+
+/// One request a [`Receiver`] got, and how it answered.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub status: StatusCode,
+}
+
+/// An HTTP server on 127.0.0.1 that records what is posted to `/hook` and answers
+/// `status`, or 503 while down or while failures are scripted.
+#[derive(Clone)]
+pub struct Receiver {
+    pub url: String,
+    received: Arc<std::sync::Mutex<Vec<Received>>>,
+    failures_left: Arc<AtomicU32>,
+    down: Arc<std::sync::atomic::AtomicBool>,
+}
+
+pub async fn receiver(status: StatusCode) -> Receiver {
+    let received: Arc<std::sync::Mutex<Vec<Received>>> = Arc::default();
+    let failures_left = Arc::new(AtomicU32::new(0));
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (sink, failing, is_down) = (Arc::clone(&received), Arc::clone(&failures_left), Arc::clone(&down));
+    let router = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let (sink, failing, is_down) = (Arc::clone(&sink), Arc::clone(&failing), Arc::clone(&is_down));
+            async move {
+                let scripted =
+                    failing.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+                let answer = if is_down.load(Ordering::SeqCst) || scripted {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    status
+                };
+                sink.lock().unwrap().push(Received { headers, body, status: answer });
+                answer
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    Receiver { url, received, failures_left, down }
+}
+
+impl Receiver {
+    /// Every request, refused ones included.
+    pub fn requests(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// The requests answered with a 2xx.
+    pub fn accepted(&self) -> Vec<Received> {
+        self.requests().into_iter().filter(|r| r.status.is_success()).collect()
+    }
+
+    /// The next `n` requests get a 503.
+    pub fn fail_next(&self, n: u32) {
+        self.failures_left.store(n, Ordering::SeqCst);
+    }
+
+    /// While down, every request gets a 503.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
     }
 }
