@@ -252,6 +252,17 @@ async fn each_listener_answers_404_for_the_other_listeners_routes_whatever_the_c
         ("GET", "/admin/v1/keys", None),
         ("POST", "/admin/v1/tokens", Some(json!({"sub": "mallory"}))),
         ("POST", "/admin/v1/global/rotate", Some(json!({"reason": "x", "graceSeconds": 0}))),
+        // The breach response: key revocation, user revocation, the webhook dead letters.
+        ("POST", "/admin/v1/keys/some-kid/revoke", None),
+        ("POST", "/admin/v1/keys/revoke-all", None),
+        ("POST", "/admin/v1/users/alice/revoke-all", Some(json!({}))),
+        ("GET", "/admin/v1/users/alice/sessions", None),
+        ("GET", "/admin/v1/webhooks/dead-letters", None),
+        ("DELETE", "/admin/v1/webhooks/dead-letters", None),
+        ("POST", "/admin/v1/webhooks/dead-letters/retry", None),
+        ("POST", "/admin/v1/webhooks/dead-letters/some-id/retry", None),
+        ("DELETE", "/admin/v1/webhooks/dead-letters/some-id", None),
+        ("GET", "/admin/v1/lockouts", None),
         ("GET", "/metrics", None),
     ];
     let mut internal_only = internal_requests();
