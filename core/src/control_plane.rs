@@ -20,6 +20,8 @@ use crate::fleet::{FeedKey, FleetCredential};
 /// Looks up an environment variable of the Wasm VM (`None`: not set or not exposed).
 pub type Environment<'a> = &'a dyn Fn(&str) -> Option<String>;
 
+/// Where the control plane's internal listener is (revocation feed and token status, rate
+/// limits, lockout and burst reports) and the fleet credential presented to it.
 #[derive(Debug, Clone, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
