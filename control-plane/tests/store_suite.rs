@@ -1169,6 +1169,10 @@ async fn redis_cluster_keys_of_one_script_share_a_slot_as_the_cluster_computes_i
         assert_eq!(cluster.slot(&keys.feed_meta(name)), cluster.slot(&keys.feed_entries(name)), "{name:?}");
         // LOG_APPEND, LOG_APPEND_IF_LAST: KEYS = seq, entries.
         assert_eq!(cluster.slot(&keys.log_seq(name)), cluster.slot(&keys.log_entries(name)), "{name:?}");
+        // QUEUE_*: KEYS = pending (or dead), data; settles and revivals take all three.
+        let pending = cluster.slot(&keys.queue_pending(name));
+        assert_eq!(pending, cluster.slot(&keys.queue_dead(name)), "{name:?}");
+        assert_eq!(pending, cluster.slot(&keys.queue_data(name)), "{name:?}");
     }
     // Different instances spread over the slots (and so over the primaries).
     let slots: BTreeSet<u16> = (0..32).map(|i| cluster.slot(&keys.counter(&format!("c{i}")))).collect();
@@ -1183,10 +1187,12 @@ async fn redis_cluster_spreads_one_deployments_keys_over_every_primary() {
         store.incr_counter(&format!("counter-{i}"), 1, 60_000, 0).await.unwrap();
         store.feed_append(&format!("feed-{i}"), b"x".to_vec(), 0).await.unwrap();
         store.log_append(&format!("log-{i}"), b"x".to_vec()).await.unwrap();
+        store.queue_push(&format!("queue-{i}"), "e1", b"x".to_vec(), 0, 10).await.unwrap();
     }
-    // 30 counters, 30 feeds × 2 keys, 30 logs × 2 keys.
+    // 30 counters, 30 feeds × 2 keys, 30 logs × 2 keys, 30 queues × 2 keys (pending and
+    // data; no dead letters yet).
     let ours = cluster.keys_per_node_matching(&format!("{prefix}:*"));
-    assert_eq!(ours.iter().sum::<u64>(), 150, "{ours:?}");
+    assert_eq!(ours.iter().sum::<u64>(), 210, "{ours:?}");
     assert!(ours.iter().all(|n| *n > 0), "every primary holds some of the keys: {ours:?}");
     // And every one of them reads back through the cluster client.
     for i in 0..30 {
