@@ -423,7 +423,7 @@ kind: WasmPlugin
 metadata: { name: portcullis, namespace: demo }
 spec:
   pluginConfig:
-    controlPlane: { cluster: c, authority: a }
+    controlPlane: { cluster: c, authority: a, credential: { env: PORTCULLIS_FLEET_CREDENTIAL } }
     rateLimits: [ { name: all, limit: 600.0, unit: minute } ]
 "#;
         let findings = check_bytes("w.yaml", yaml.as_bytes());

@@ -368,7 +368,7 @@ async fn a_leaked_master_key_is_replaced_and_every_signing_key_revoked() {
     let fresh = status_kid(&second.url);
     assert_ne!(fresh, leaked);
     let published: Vec<String> =
-        jwks(&second.url).await.keys.iter().map(|k| k.common.key_id.clone().unwrap()).collect();
+        jwks(&second.internal_url).await.keys.iter().map(|k| k.common.key_id.clone().unwrap()).collect();
     assert_eq!(published, [fresh.as_str()]);
     assert!(second.terminate());
 
@@ -378,8 +378,10 @@ async fn a_leaked_master_key_is_replaced_and_every_signing_key_revoked() {
     assert!(third.terminate());
     let output = command(SERVER)
         .args(store)
-        .args(["--listen", "127.0.0.1:0", "--master-key-file", path_str(&old_key)])
+        .args(["--admin-listen", "127.0.0.1:0", "--internal-listen", "127.0.0.1:0"])
+        .args(["--master-key-file", path_str(&old_key)])
         .env("PORTCULLIS_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("PORTCULLIS_FLEET_CREDENTIAL", support::FLEET_CREDENTIAL)
         .output()
         .unwrap();
     assert!(!output.status.success());

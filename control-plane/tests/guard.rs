@@ -1085,7 +1085,8 @@ async fn https_hook(extra: impl FnOnce(&TestPki) -> Vec<String>, logged: bool) -
 impl HttpsHook {
     /// Reports a burst from `ip` that raises an alert.
     async fn burst(&self, ip: &str) {
-        post(&format!("{}/v1/burst/report", self.server.url), json!({ "entries": [entry(ip, 6)] })).await;
+        post(&format!("{}/v1/burst/report", self.server.internal_url), json!({ "entries": [entry(ip, 6)] }))
+            .await;
     }
 }
 

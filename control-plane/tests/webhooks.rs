@@ -348,9 +348,11 @@ async fn cli_lists_retries_and_purges_dead_letters() {
     );
     let report = |ip: &str| {
         let body = json!({ "entries": [{ "ip": ip, "count": 5 }] });
-        let url = format!("{}/v1/burst/report", server.url);
+        let url = format!("{}/v1/burst/report", server.internal_url);
         async move {
-            assert!(reqwest::Client::new().post(url).json(&body).send().await.unwrap().status().is_success())
+            let sent =
+                reqwest::Client::new().post(url).bearer_auth(support::FLEET_CREDENTIAL).json(&body).send();
+            assert!(sent.await.unwrap().status().is_success())
         }
     };
     report("192.0.2.61").await;

@@ -326,20 +326,23 @@ impl Backend {
     }
 }
 
-/// What a test of [`backends!`] takes: the whole [`Backend`], or just its store.
-pub trait FromBackend {
-    fn from_backend(backend: &Backend) -> Self;
+/// What a test of [`backends!`] takes: the whole [`Backend`] (its own, so it can
+/// [`Backend::restart`] it), or just its store (the backend is then kept alive beside
+/// the test).
+pub trait FromBackend: Sized {
+    /// The test's argument, and what must outlive the test.
+    fn take(backend: Backend) -> (Self, Option<Backend>);
 }
 
 impl FromBackend for Backend {
-    fn from_backend(backend: &Backend) -> Self {
-        backend.clone()
+    fn take(backend: Backend) -> (Self, Option<Backend>) {
+        (backend, None)
     }
 }
 
 impl FromBackend for Arc<dyn Store> {
-    fn from_backend(backend: &Backend) -> Self {
-        Arc::clone(&backend.store)
+    fn take(backend: Backend) -> (Self, Option<Backend>) {
+        (Arc::clone(&backend.store), Some(backend))
     }
 }
 
@@ -396,8 +399,8 @@ macro_rules! backends {
     (@backend $test:ident $backend:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $backend() {
-            let backend = crate::support::$backend();
-            super::$test(crate::support::FromBackend::from_backend(&backend)).await;
+            let (argument, _alive) = crate::support::FromBackend::take(crate::support::$backend());
+            super::$test(argument).await;
         }
     };
 }
