@@ -13,7 +13,7 @@ mod support;
 use std::path::Path;
 use std::process::Stdio;
 
-use support::{command, free_port, RedisServer, CLI};
+use support::{command, free_ports, RedisServer, CLI};
 
 const SNIPPET_REDIS_URL: &str = "redis://127.0.0.1:6379/";
 
@@ -29,7 +29,8 @@ fn snippet() -> String {
 /// Runs the snippet and returns its stdout; panics with its output when it fails.
 fn run(script: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let (admin, internal) = (free_port(), free_port());
+    let ports = free_ports(2);
+    let (admin, internal) = (ports[0], ports[1]);
     let bin_dir = Path::new(CLI).parent().unwrap();
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
     // Fail on the first failing command, and stop the server the snippet leaves running.

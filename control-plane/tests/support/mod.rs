@@ -441,69 +441,73 @@ pub struct Server {
     pub url: String,
     /// The internal listener (fleet credential [`FLEET_CREDENTIAL`]).
     pub internal_url: String,
-    /// Where the log (stderr) goes when the test reads it.
-    log: Option<tempfile::NamedTempFile>,
+    /// Where the log (stderr) goes.
+    log: tempfile::NamedTempFile,
 }
 
 impl Server {
     pub fn start(admin_token: &str, args: &[&str]) -> Self {
-        Self::spawn(admin_token, args, None)
+        Self::spawn(admin_token, args)
     }
 
-    /// Like [`Server::start`], with the log kept for [`Server::log`].
+    /// Like [`Server::start`]; for tests that read [`Server::log`] (every server keeps
+    /// its log).
     pub fn start_logged(admin_token: &str, args: &[&str]) -> Self {
-        Self::spawn(admin_token, args, Some(tempfile::NamedTempFile::new().unwrap()))
+        Self::spawn(admin_token, args)
     }
 
-    fn spawn(admin_token: &str, args: &[&str], log: Option<tempfile::NamedTempFile>) -> Self {
-        let (admin, internal) = (free_port(), free_port());
-        let stderr = match &log {
-            Some(file) => Stdio::from(file.reopen().unwrap()),
-            None => Stdio::inherit(),
-        };
-        let child = command(SERVER)
-            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-            .args(["--internal-listen", &format!("127.0.0.1:{internal}")])
-            .args(args)
-            .env("PORTCULLIS_ADMIN_TOKEN", admin_token)
-            .env("PORTCULLIS_FLEET_CREDENTIAL", FLEET_CREDENTIAL)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        let mut server = Self {
-            child,
-            url: format!("http://127.0.0.1:{admin}"),
-            internal_url: format!("http://127.0.0.1:{internal}"),
-            log,
-        };
-        server.wait_until_healthy();
-        server
+    /// Starts the server on two free ports. A port can be taken by another process
+    /// between the probe and the server's bind: the server then stops with `cannot
+    /// listen on`, and is started again on other ports.
+    fn spawn(admin_token: &str, args: &[&str]) -> Self {
+        for _ in 0..5 {
+            let log = tempfile::NamedTempFile::new().unwrap();
+            let ports = free_ports(2);
+            let (admin, internal) = (ports[0], ports[1]);
+            let child = command(SERVER)
+                .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+                .args(["--internal-listen", &format!("127.0.0.1:{internal}")])
+                .args(args)
+                .env("PORTCULLIS_ADMIN_TOKEN", admin_token)
+                .env("PORTCULLIS_FLEET_CREDENTIAL", FLEET_CREDENTIAL)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(log.reopen().unwrap()))
+                .spawn()
+                .unwrap();
+            let mut server = Self {
+                child,
+                url: format!("http://127.0.0.1:{admin}"),
+                internal_url: format!("http://127.0.0.1:{internal}"),
+                log,
+            };
+            match server.wait_until_healthy() {
+                Ok(()) => return server,
+                Err(log) if log.contains("cannot listen on") => continue,
+                Err(log) => panic!("server exited early; its log:\n{log}"),
+            }
+        }
+        panic!("no two free ports the server could bind in five attempts");
     }
 
-    /// What the server logged so far (only for [`Server::start_logged`]).
+    /// What the server logged so far.
     pub fn log(&self) -> String {
-        let file = self.log.as_ref().expect("started with start_logged");
-        std::fs::read_to_string(file.path()).unwrap()
+        std::fs::read_to_string(self.log.path()).unwrap()
     }
 
-    fn wait_until_healthy(&mut self) {
+    /// `Err(log)` when the server exited before it was healthy.
+    fn wait_until_healthy(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
-                let log = self.log.as_ref().map(|f| std::fs::read_to_string(f.path()).unwrap_or_default());
-                panic!(
-                    "server exited early: {status}{}",
-                    log.map(|l| format!("; its log:\n{l}")).unwrap_or_default()
-                );
+                return Err(format!("{status}\n{}", self.log()));
             }
             if cli(&self.url, None, &["health"]).status.success() {
-                return;
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("server did not become healthy");
+        panic!("server did not become healthy; its log:\n{}", self.log());
     }
 
     /// Sends SIGTERM and returns whether the process exited successfully.
