@@ -164,7 +164,7 @@ async fn strict_routes_see_a_revocation_as_soon_as_the_admin_call_returns(backen
 }
 
 async fn refresh(cp: &ControlPlane, refresh_token: &str) -> (u16, Value) {
-    let url = format!("{}/v1/token/refresh", cp.url());
+    let url = format!("{}/v1/token/refresh", cp.internal_url());
     let r = http().post(url).json(&json!({ "refreshToken": refresh_token })).send().await.unwrap();
     (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null))
 }
