@@ -275,3 +275,42 @@ async fn a_snapshot_in_parts_is_published_only_once_every_part_has_arrived() {
     assert_eq!(status(&s.envoy, "/lenient/x", &old).await.0, 200, "the snapshot replaced the replica");
     assert!(s.envoy.counter("wasmcustom.portcullis.revocation.snapshots_assembled").await >= 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_keys_the_version_ceiling_and_hashed_minimums_are_assembled_across_snapshot_parts() {
+    let (leaked, kept) = (FixtureKey::load("es256-a"), FixtureKey::load("es256-b"));
+    let s = FilterStack::start_with(&plugin_config(), jwks(&[&leaked, &kept]), |server| {
+        server.set_feed(200, snapshot(1, &[], &[], (0, 0, 0)).to_string())
+    })
+    .await;
+    let by_leaked = token(&leaked, "alice", "l1", 5);
+    let above = token(&kept, "bob", "k1", 11);
+    eventually(Duration::from_secs(10), "the first snapshot", || async {
+        status(&s.envoy, "/api/x", &by_leaked).await.0 == 200
+            && status(&s.envoy, "/api/x", &above).await.0 == 200
+    })
+    .await;
+
+    // A snapshot in two parts: the revoked key in the first, a user's minimum (by its
+    // hash) in the second, the ceiling on both, as the control plane pages them.
+    let mut first = part(2, 0, false, &[], &[]);
+    first.revoked_kids = vec![leaked.kid.clone()];
+    first.version_ceiling = 10;
+    let mut last = part(2, 1, true, &[], &[("carol", 3)]);
+    last.version_ceiling = 10;
+    s.server.set_feed(200, json!([first, last]).to_string());
+    eventually(Duration::from_secs(5), "the leaked key's tokens to be refused", || async {
+        status(&s.envoy, "/api/x", &by_leaked).await.1.contains("error_description=\"revoked\"")
+    })
+    .await;
+    // Published together: the ceiling and the minimum came with the same replica.
+    assert!(status(&s.envoy, "/api/x", &above).await.1.contains("version_unknown"));
+    assert!(status(&s.envoy, "/api/x", &token(&kept, "carol", "k2", 2)).await.1.contains("version_too_old"));
+    assert_eq!(status(&s.envoy, "/api/x", &token(&kept, "carol", "k3", 3)).await.0, 200);
+    assert_eq!(status(&s.envoy, "/api/x", &token(&kept, "bob", "k4", 10)).await.0, 200, "at the ceiling");
+    assert_eq!(
+        status(&s.envoy, "/api/x", &token(&leaked, "dave", "l2", 1)).await.0,
+        401,
+        "never seen before, signed by the revoked key"
+    );
+}
