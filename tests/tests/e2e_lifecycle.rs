@@ -131,8 +131,9 @@ async fn strict_routes_see_a_revocation_as_soon_as_the_admin_call_returns(backen
     // The feed is polled once at start and then not for a minute: every refusal below
     // can only come from the strict check, and each request makes exactly one.
     let s = stack_with(backend, &plugin_config_polling_every(60_000)).await;
-    eventually(Duration::from_secs(10), "the first feed poll", || async {
-        s.envoy.counter("wasmcustom.portcullis.revocation.poll_ok").await >= 1
+    // Synced (a snapshot and its catch-up) before the polls are counted.
+    eventually(Duration::from_secs(10), "the first feed sync", || async {
+        s.envoy.counter("wasmcustom.portcullis.revocation.snapshots_assembled").await >= 1
     })
     .await;
     let polls = s.envoy.counter("wasmcustom.portcullis.revocation.poll_ok").await;
@@ -496,8 +497,8 @@ async fn a_token_minted_right_after_a_breach_rotation_passes_before_the_next_pol
     // the poll the fresh token makes it do.
     let s = stack_with(backend, &plugin_config_polling_every(60_000)).await;
     let before = access(&issue(&s.cp, "alice"));
-    eventually(Duration::from_secs(10), "the first poll", || async {
-        s.envoy.counter("wasmcustom.portcullis.revocation.poll_ok").await >= 1
+    eventually(Duration::from_secs(10), "the first sync", || async {
+        s.envoy.counter("wasmcustom.portcullis.revocation.snapshots_assembled").await >= 1
             && call(&s.envoy, "/api/x", &before).await.0 == 200
     })
     .await;
