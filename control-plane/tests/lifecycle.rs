@@ -169,7 +169,7 @@ impl Harness {
             let (applied, _) =
                 follower.apply(&mut published, page, &key, self.clock.now_ms() / 1000).unwrap();
             if let Applied::Assembled(replica) = applied {
-                return (replica, pages);
+                return (*replica, pages);
             }
         }
         panic!("no replica after 10000 pages");
@@ -560,7 +560,7 @@ async fn changes_between_parts_are_caught_up_before_the_replica_is_published(bac
         }
         let (applied, _) = follower.apply(&mut published, page, &key, T0 / 1000).unwrap();
         if let Applied::Assembled(replica) = applied {
-            published = replica;
+            published = *replica;
             break;
         }
         assert!(published.revoked.is_empty(), "nothing is published before the end");

@@ -471,7 +471,7 @@ pub enum Applied {
     /// The published replica was changed in place: publish it.
     Changed,
     /// A snapshot is complete and caught up: this replaces the published replica.
-    Assembled(RevocationReplica),
+    Assembled(Box<RevocationReplica>),
     /// A snapshot part went into the private assembly; nothing to publish yet.
     Assembling,
 }
@@ -578,7 +578,7 @@ impl FeedFollower {
                     self.assembly = Some(a);
                     Applied::Assembling
                 } else {
-                    Applied::Assembled(a.replica)
+                    Applied::Assembled(Box::new(a.replica))
                 }
             }
             (None, None) => {
@@ -636,7 +636,7 @@ mod tests {
             .map(|p| {
                 follower.apply(published, p, &key(), 100).map(|(applied, _)| match applied {
                     Applied::Assembled(r) => {
-                        *published = r.clone();
+                        *published = (*r).clone();
                         Applied::Assembled(r)
                     }
                     other => other,

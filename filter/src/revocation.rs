@@ -290,7 +290,7 @@ impl RevocationSync {
                 }
             }
             Applied::Assembled(replica) => {
-                local.replica = replica;
+                local.replica = *replica;
                 release_assembly_lease(self.vm);
                 metrics.count("portcullis.revocation.snapshots_assembled");
                 if !publish(local, now_ms, metrics) {

@@ -67,7 +67,7 @@ async fn the_control_plane_pages_a_snapshot_of_100k_ids_and_100k_users_within_it
         assert!(page.entries() <= MAX_PAGE_ENTRIES);
         parts += usize::from(page.snapshot.is_some());
         if let (Applied::Assembled(replica), _) = follower.apply(&mut published, page, &key, now()).unwrap() {
-            published = replica;
+            published = *replica;
             break;
         }
     }
