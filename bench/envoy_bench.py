@@ -4,7 +4,8 @@ filter, Portcullis with the revocation feed and a quota-lease rate limit (agains
 control plane, per store), Envoy's native local_ratelimit; one Envoy process per setup,
 all behind the same `direct_response` route, loaded by wrk with the same token. Then the
 control plane's own throughput (`POST /v1/ratelimit`, `GET /v1/feed` beside `GET /healthz`
-of the same process), per store.
+of the same process), per store. Then (g): the time and memory a fresh Envoy takes to sync
+a large revocation state from a control plane on Redis, beside an empty one.
 
 Called by bench/run.sh; standard library only. For each worker count it starts every
 setup's Envoy (ports chosen by Envoy itself, so no port races; `--use-dynamic-base-id`),
@@ -37,6 +38,11 @@ STAT_PREFIX = "ingress"
 CP_CLUSTER = "portcullis_control_plane"
 # Test-only values, as in tests/src/lib.rs (a throwaway control plane on loopback).
 CP_ADMIN_TOKEN = "bench-admin-token-0123456789abcdef"
+CP_FLEET_CREDENTIAL = "bench-fleet-credential-0123456789abcdef"
+# Envoy passes this variable of its own environment to the filter's VM (host_env_keys).
+FLEET_ENV = "PORTCULLIS_FLEET_CREDENTIAL"
+CONTROL_PLANE_SECTION = {"cluster": CP_CLUSTER, "authority": "control-plane", "timeoutMs": 500,
+                         "credential": {"env": FLEET_ENV}}
 CP_MASTER_KEY = "ZTJlLXRlc3Qtb25seS1tYXN0ZXIta2V5LTMyYnl0ZXM="
 
 
@@ -137,12 +143,19 @@ def http_filters(setup, bench_input, wasm_path):
     }
     if not setup["cached"]:
         plugin["verifiedTokenCache"] = {"capacity": 0}
+    if setup["group"] in ("d", "dl", "dr"):
+        plugin["controlPlane"] = dict(CONTROL_PLANE_SECTION)
     if setup["group"] in ("d", "dl"):
-        plugin["controlPlane"] = {"cluster": CP_CLUSTER, "authority": "control-plane", "timeoutMs": 500}
         plugin["rateLimits"] = [dict(D_LIMIT)]
     if setup["group"] in ("d", "dr"):
-        plugin["revocation"] = {"cluster": CP_CLUSTER, "authority": "control-plane"}
-    return [{
+        plugin["revocation"] = {}
+    return [wasm_filter(plugin, wasm_path)]
+
+
+def wasm_filter(plugin, wasm_path):
+    """The Portcullis filter with this configuration; the fleet credential comes from
+    Envoy's environment (every bench Envoy gets FLEET_ENV)."""
+    return {
         "name": "envoy.filters.http.wasm",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
@@ -153,6 +166,7 @@ def http_filters(setup, bench_input, wasm_path):
                     "vm_id": "portcullis",
                     "runtime": "envoy.wasm.runtime.v8",
                     "code": {"local": {"filename": str(wasm_path)}},
+                    "environment_variables": {"host_env_keys": [FLEET_ENV]},
                 },
                 "failure_policy": "FAIL_CLOSED",
                 "configuration": {
@@ -161,7 +175,7 @@ def http_filters(setup, bench_input, wasm_path):
                 },
             },
         },
-    }]
+    }
 
 
 # What the filter relies on from the connection manager: the client address is the TCP
@@ -176,8 +190,10 @@ HARDENED_CONNECTION_MANAGER = {
 }
 
 
-def bootstrap(setup, bench_input, wasm_path, cp_port=None):
-    filters = http_filters(setup, bench_input, wasm_path) + [{
+def bootstrap(setup, bench_input, wasm_path, cp_port=None, filters=None):
+    """`cp_port`: the control plane's internal listener; `filters`: instead of the
+    setup's."""
+    filters = (filters if filters is not None else http_filters(setup, bench_input, wasm_path)) + [{
         "name": "envoy.filters.http.router",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
     }]
@@ -246,7 +262,8 @@ class Envoy:
         log_file = open(self.log_path, "wb")
         # Own session: run.sh's trap (and ours) can kill it by pid even if we die.
         self.proc = subprocess.Popen(self.cmd, stdout=log_file, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, start_new_session=True,
+                                     env=dict(os.environ, **{FLEET_ENV: CP_FLEET_CREDENTIAL}))
         log_file.close()
         (self.pid_dir / f"{self.proc.pid}.pid").write_text(str(self.proc.pid))
 
@@ -409,18 +426,26 @@ class Redis(Service):
 
 class ControlPlane(Service):
     """`portcullis-control-plane` as tests/src/lib.rs starts it (`ControlPlane::try_start_with`):
-    default log level (info), throwaway data directory, test master key."""
+    default log level (info), throwaway data directory, test master key. `port` is the
+    admin listener, `internal_port` the internal one (what Envoys call, with the fleet
+    credential)."""
 
-    def __init__(self, cp_bin, store, workdir, pid_dir, redis_url=None):
-        super().__init__(f"control-plane-{store}", workdir, pid_dir)
+    def __init__(self, cp_bin, store, workdir, pid_dir, redis_url=None, name=None):
+        super().__init__(name or f"control-plane-{store}", workdir, pid_dir)
         self.bin = cp_bin
         self.store = store
         self.redis_url = redis_url
+        self.internal_port = None
         self.head = None
+
+    def internal(self, path, timeout=30):
+        """A GET on the internal listener, with the fleet credential."""
+        return http_get(("127.0.0.1", self.internal_port), path,
+                        {"authorization": f"Bearer {CP_FLEET_CREDENTIAL}"}, timeout=timeout)
 
     def seed(self):
         """One revoked token id (not the bench tokens'), so the replica and the snapshot are
-        not empty; records the feed head for the delta poll."""
+        not empty; then follows the feed to its end, so `head` is a cursor for the delta poll."""
         addr = ("127.0.0.1", self.port)
         body = json.dumps({"jti": "bench-revoked-jti-1", "exp": int(time.time()) + 86400})
         status, text = http_request(addr, "POST", "/admin/v1/revocations", body=body,
@@ -428,18 +453,26 @@ class ControlPlane(Service):
                                              "authorization": f"Bearer {CP_ADMIN_TOKEN}"})
         if status != 200:
             raise BenchError(f"{self.name}: seeding a revocation answered {status}: {text[:300]}")
-        status, text = http_get(addr, "/v1/feed?after=0")
-        if status != 200:
-            raise BenchError(f"{self.name}: /v1/feed?after=0 answered {status}: {text[:300]}")
-        self.head = json.loads(text)["cursor"]
-        if self.head < 1:
-            raise BenchError(f"{self.name}: feed head {self.head} after seeding a revocation")
+        path = "/v1/feed"
+        for _ in range(10):
+            status, text = self.internal(path)
+            if status != 200:
+                raise BenchError(f"{self.name}: {path} answered {status}: {text[:300]}")
+            page = json.loads(text)
+            if not page["more"]:
+                self.head = page["cursor"]
+                return
+            path = f"/v1/feed?cursor={page['cursor']}"
+        raise BenchError(f"{self.name}: the feed of one revocation did not end in 10 pages")
 
     def command(self, port):
+        self.internal_port = free_port()
         env = dict(os.environ)
         env.pop("RUST_LOG", None)
         env.update({
-            "PORTCULLIS_LISTEN": f"127.0.0.1:{port}",
+            "PORTCULLIS_ADMIN_LISTEN": f"127.0.0.1:{port}",
+            "PORTCULLIS_INTERNAL_LISTEN": f"127.0.0.1:{self.internal_port}",
+            "PORTCULLIS_FLEET_CREDENTIAL": CP_FLEET_CREDENTIAL,
             "PORTCULLIS_ADMIN_TOKEN": CP_ADMIN_TOKEN,
             "PORTCULLIS_DATA_DIR": str(self.dir / "data"),
             "PORTCULLIS_MASTER_KEY": CP_MASTER_KEY,
@@ -642,7 +675,7 @@ def bench_concurrency(args, bench_input, concurrency, pid_dir, cps):
     try:
         for setup in setups(args.algs, list(cps)):
             cp = cps[setup["store"]] if setup.get("store") else None
-            cfg = bootstrap(setup, bench_input, args.wasm, cp.port if cp else None)
+            cfg = bootstrap(setup, bench_input, args.wasm, cp.internal_port if cp else None)
             envoys.append(Envoy(setup, concurrency, args.workdir, args.envoy, pid_dir, cfg))
         log(f"workers={concurrency}: starting {len(envoys)} Envoys")
         for e in envoys:
@@ -721,25 +754,27 @@ function init(args)
   for k = 1, %(n)d do
     local body = '{"asks":[{"key":"bench-k' .. k .. '","limit":100000000,"unit":"second","op":"lease",'
       .. '"maxLease":100,"holders":4,"ttlMs":2000}]}'
-    reqs[k] = wrk.format("POST", "/v1/ratelimit", {["Content-Type"] = "application/json"}, body)
+    reqs[k] = wrk.format("POST", "/v1/ratelimit", {["Content-Type"] = "application/json",
+      ["Authorization"] = "Bearer %(credential)s"}, body)
   end
 end
 function request()
   i = i %% #reqs + 1
   return reqs[i]
 end
-""" % {"n": LEASE_KEYS}
+""" % {"n": LEASE_KEYS, "credential": CP_FLEET_CREDENTIAL}
 LEASE_BODY = ('{"asks":[{"key":"bench-k1","limit":100000000,"unit":"second","op":"lease",'
               '"maxLease":100,"holders":4,"ttlMs":2000}]}')
 
 CP_ENDPOINTS = [
-    # id, method, path ({head}: the feed head after seeding), the route label in the metrics
+    # id, method, path ({head}: a cursor at the feed's head after seeding), the route label
+    # in the metrics; all on the internal listener, with the fleet credential.
     ("healthz", "GET", "/healthz", "/healthz"),
     ("lease", "POST", "/v1/ratelimit", "/v1/ratelimit"),
-    # A full snapshot: what a new follower asks first.
-    ("feed", "GET", "/v1/feed?after=0", "/v1/feed"),
+    # A snapshot's first part (here the whole state): what a new follower asks first.
+    ("feed", "GET", "/v1/feed", "/v1/feed"),
     # A follower at the head: the filter's steady-state poll when nothing changed.
-    ("feed_delta", "GET", "/v1/feed?after={head}", "/v1/feed"),
+    ("feed_delta", "GET", "/v1/feed?cursor={head}", "/v1/feed"),
 ]
 
 
@@ -790,16 +825,19 @@ def bench_control_plane(args, cps):
     def run(store, ep, seconds):
         cp = cps[store]
         before = cp.metrics()
-        w = run_wrk_url(args.wrk, f"http://127.0.0.1:{cp.port}{ep[2].format(head=cp.head)}", seconds, args.connections,
+        w = run_wrk_url(args.wrk, f"http://127.0.0.1:{cp.internal_port}{ep[2].format(head=cp.head)}", seconds,
+                        args.connections, headers=[f"Authorization: Bearer {CP_FLEET_CREDENTIAL}"],
                         script=script if ep[0] == "lease" else None)
         w["counters"] = check_cp_run(cp, ep, w, before, cp.metrics())
         return w
 
     for store, ep in cells:
         cp = cps[store]
-        status, body = http_request(("127.0.0.1", cp.port), ep[1], ep[2].format(head=cp.head),
-                                    body=LEASE_BODY if ep[1] == "POST" else None,
-                                    headers={"content-type": "application/json"} if ep[1] == "POST" else None)
+        headers = {"authorization": f"Bearer {CP_FLEET_CREDENTIAL}"}
+        if ep[1] == "POST":
+            headers["content-type"] = "application/json"
+        status, body = http_request(("127.0.0.1", cp.internal_port), ep[1], ep[2].format(head=cp.head),
+                                    body=LEASE_BODY if ep[1] == "POST" else None, headers=headers)
         if status != 200:
             raise BenchError(f"{cp.name}: {ep[1]} {ep[2]} answered {status}: {body[:300]}")
         if ep[0] == "lease" and json.loads(body)["results"][0]["granted"] <= 0:
@@ -825,11 +863,140 @@ def bench_control_plane(args, cps):
         res["socket_errors"] = sum(x["socket_errors"] for x in runs)
         res["rss_kb_end"] = cps[res["store"]].rss_kb()
     return {
-        "wrk_command": f"wrk -t1 -c{args.connections} -d{args.duration}s --latency [-s lease.lua] "
-                       f"http://127.0.0.1:<port><path>",
+        "wrk_command": f"wrk -t1 -c{args.connections} -d{args.duration}s --latency "
+                       f"-H 'Authorization: Bearer <fleet credential>' [-s lease.lua] "
+                       f"http://127.0.0.1:<internal port><path>",
         "lease_script": LEASE_SCRIPT,
         "results": results,
     }
+
+
+# ---------------------------------------------------------------------------------
+# (g) a fresh Envoy syncing a large revocation state
+
+# Index members never expire (the control plane's NEVER_MS, the year 9999).
+NEVER_MS = 253_402_300_799_000
+
+
+def resp(*args):
+    out = [f"*{len(args)}\r\n".encode()]
+    for a in args:
+        b = a if isinstance(a, bytes) else str(a).encode()
+        out.append(f"${len(b)}\r\n".encode() + b + b"\r\n")
+    return b"".join(out)
+
+
+def seed_redis(port, db, revoked, users, exp):
+    """Writes `revoked` revoked token ids and `users` users with minimum version 2 into
+    Redis database `db`, laid out as the control plane keeps them (docs/control-plane.md,
+    "Redis key layout"), with pipelined commands: the bulk path, no feed entries."""
+    import socket
+    commands = [resp("SELECT", db)]
+    for start in range(0, revoked, 1000):
+        args = ["ZADD", "portcullis:{set:revoked-jtis}"]
+        for i in range(start, min(start + 1000, revoked)):
+            args += [exp * 1000, f"bench-jti-{i:06d}"]
+        commands.append(resp(*args))
+    for start in range(0, users, 1000):
+        args = ["ZADD", "portcullis:{set:user-min-versions}"]
+        for i in range(start, min(start + 1000, users)):
+            args += [NEVER_MS, f"bench-user-{i:06d}@example.com\x1f2"]
+        commands.append(resp(*args))
+    for i in range(users):
+        commands.append(resp("HSET", f"portcullis:{{record:user-min-version/bench-user-{i:06d}@example.com}}", "v", 2))
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        reader = sock.makefile("rb")
+        for start in range(0, len(commands), 2000):
+            batch = commands[start:start + 2000]
+            sock.sendall(b"".join(batch))
+            for _ in batch:
+                line = reader.readline()
+                if not line.startswith((b":", b"+")):
+                    raise BenchError(f"seeding redis: {line!r}")
+
+
+def sync_plugin(bench_input):
+    """The (c) cached configuration plus the revocation feed, one poll a second, pages
+    allowed 5 s (a large snapshot is built by the control plane while the machine is busy)."""
+    case = bench_input["cases"][0]
+    return {
+        "realm": "bench",
+        "providers": {"bench": {"issuer": bench_input["issuer"], "audiences": [bench_input["audience"]],
+                                "algorithms": [case["alg"]], "jwks": {"keys": [case["jwk"]]}}},
+        "rules": [{"name": "all", "match": {"pathPrefix": "/"}, "requires": {"provider": "bench"}}],
+        "controlPlane": dict(CONTROL_PLANE_SECTION),
+        "revocation": {"pollIntervalMs": 1000, "timeoutMs": 5000, "maxStalenessSeconds": 600},
+    }
+
+
+def bench_feed_sync(args, bench_input, redis_bin):
+    """For an empty state and one of `args.sync_entries` revoked ids + as many revoked
+    users, on Redis: start a fresh Envoy (2 workers) and time it until its filter has
+    published the replica (counter `revocation.snapshots_assembled`), then read its RSS.
+    Cases interleaved per round; each run is a new Envoy against the same control plane."""
+    n = args.sync_entries
+    cases = {"empty": (0, 0), "large": (n, n)}
+    redis = Redis(redis_bin, args.workdir / "sync", args.pid_dir)
+    cps = {}
+    results = {name: {"revoked": r, "users": u, "runs": []} for name, (r, u) in cases.items()}
+    try:
+        redis.start()
+        for db, (name, (revoked, users)) in enumerate(cases.items()):
+            t0 = time.monotonic()
+            seed_redis(redis.port, db, revoked, users, int(time.time()) + 86400)
+            results[name]["seed_s"] = round(time.monotonic() - t0, 2)
+            cp = ControlPlane(args.control_plane, "redis", args.workdir / "sync", args.pid_dir,
+                              redis_url=f"redis://127.0.0.1:{redis.port}/{db}", name=f"control-plane-{name}")
+            cp.start()
+            cps[name] = cp
+        log(f"(g) feed sync: empty and {n} + {n} entries seeded; {args.runs} rounds")
+        names = list(cases)
+        for r in range(args.runs):
+            order = names[r % 2:] + names[:r % 2]
+            for name in order:
+                results[name]["runs"].append(sync_once(args, bench_input, cps[name], name, r, cases[name]))
+        for name, res in results.items():
+            runs = res["runs"]
+            for key in ("from_start_s", "from_ready_s", "rss_kb", "pages"):
+                res[key] = statistics.median(x[key] for x in runs)
+            res["cp_rss_kb_end"] = cps[name].rss_kb()
+    finally:
+        for cp in cps.values():
+            cp.stop()
+        redis.stop()
+    return {"entries": n, "workers": 2, "plugin": sync_plugin(bench_input), "results": results}
+
+
+def sync_once(args, bench_input, cp, name, round_no, expected):
+    setup = {"id": f"g-sync-{name}-r{round_no + 1}", "group": "g", "alg": None, "cached": True}
+    cfg = bootstrap(setup, bench_input, args.wasm, cp.internal_port,
+                    filters=[wasm_filter(sync_plugin(bench_input), args.wasm)])
+    envoy = Envoy(setup, 2, args.workdir / "sync", args.envoy, args.pid_dir, cfg)
+    try:
+        started = time.monotonic()
+        envoy.start()
+        envoy.wait_ready()
+        ready = time.monotonic()
+        deadline = ready + 300
+        while True:
+            st = envoy.stats()
+            if st.get("wasmcustom.portcullis.revocation.snapshots_assembled", 0) >= 1:
+                synced = time.monotonic()
+                break
+            if time.monotonic() > deadline:
+                raise BenchError(f"{envoy.name}: no replica after 300 s: "
+                                 f"{ {k: v for k, v in st.items() if 'revocation' in k} }\n{envoy.log_tail()}")
+            time.sleep(0.02)
+        got = (st.get("wasmcustom.portcullis.revocation.revoked_entries"),
+               st.get("wasmcustom.portcullis.revocation.user_entries"))
+        if got != expected:
+            raise BenchError(f"{envoy.name}: the replica holds {got} entries, expected {expected}")
+        return {"round": round_no + 1, "from_start_s": round(synced - started, 3),
+                "from_ready_s": round(synced - ready, 3), "rss_kb": envoy.rss_kb(),
+                "pages": st.get("wasmcustom.portcullis.revocation.snapshot_pages", 0),
+                "failed_polls": st.get("wasmcustom.portcullis.revocation.poll_failed", 0)}
+    finally:
+        envoy.stop()
 
 
 def read_text(path):
@@ -858,6 +1025,8 @@ def main():
                    help="portcullis-control-plane binary: enables (d) and (f); without it both are skipped")
     p.add_argument("--redis-server", type=Path, help="redis-server binary: adds the Redis store to (d) and (f)")
     p.add_argument("--cp-stores", default="embedded,redis", help="control-plane stores for (d) and (f)")
+    p.add_argument("--sync-entries", type=int, default=100000,
+                   help="(g): revoked ids and revoked users a fresh Envoy syncs (0: skip (g))")
     args = p.parse_args()
     args.algs = [a for a in args.algs.split(",") if a]
     unknown = [a for a in args.algs if a not in ALGS]
@@ -881,7 +1050,7 @@ def main():
     wasm_info = {"bytes": len(wasm_bytes), "sha256": hashlib.sha256(wasm_bytes).hexdigest()}
     started = time.time()
     all_results = {}
-    cps, redis, cp_doc = {}, None, None
+    cps, redis, cp_doc, sync_doc = {}, None, None, None
     stores = [x for x in args.cp_stores.split(",") if x] if args.control_plane else []
     skipped = {}
     if "redis" in stores and not (args.redis_server and args.redis_server.exists()):
@@ -908,6 +1077,10 @@ def main():
             cp_doc["binary"] = str(args.control_plane)
             cp_doc["redis_version"] = redis.version() if redis else None
             cp_doc["skipped"] = skipped
+        if args.control_plane and args.sync_entries > 0 and args.redis_server and args.redis_server.exists():
+            t0 = time.time()
+            sync_doc = bench_feed_sync(args, bench_input, args.redis_server)
+            sync_doc["elapsed_s"] = round(time.time() - t0, 1)
     except BenchError as e:
         log(f"FAILED: {e}")
         return 1
@@ -925,6 +1098,7 @@ def main():
         "wasm": wasm_info,
         "results": all_results,
         "control_plane": cp_doc,
+        "feed_sync": sync_doc,
     }
     args.out.write_text(json.dumps(doc, indent=2))
     return 0

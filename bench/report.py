@@ -463,12 +463,13 @@ def df_sections(envoy, rows, dtable, crow, prm):
             binary = "<work dir>/" + Path(binary).name
         how = f"""
 (d): Portcullis exactly as the (c) cached setup of the same algorithm, plus the revocation
-feed (`"revocation": {{"cluster": "portcullis_control_plane", "authority": "control-plane"}}`,
-polled every second by one worker) and one quota-lease rate limit applying to every request,
-`{json.dumps(lim)}` (a limit that never refuses: nothing is denied, so the lease path is
-measured, not 429s), with `"controlPlane": {{"cluster": "portcullis_control_plane",
-"authority": "control-plane", "timeoutMs": 500}}`. The Envoy cluster
-`portcullis_control_plane` points at a real control plane (`{binary}`, release build,
+feed (`"revocation": {{}}`, polled every second by one worker) and one quota-lease rate
+limit applying to every request, `{json.dumps(lim)}` (a limit that never refuses: nothing
+is denied, so the lease path is measured, not 429s), with `"controlPlane": {{"cluster":
+"portcullis_control_plane", "authority": "control-plane", "timeoutMs": 500, "credential":
+{{"env": "PORTCULLIS_FLEET_CREDENTIAL"}}}}` (every call carries the fleet credential, which
+Envoy passes to the filter from its environment). The Envoy cluster
+`portcullis_control_plane` points at a real control plane's internal listener (`{binary}`, release build,
 default log level) started per store like tests/src/lib.rs does: {stores}{redis}; one
 process per store for the whole run, shared by the (d) Envoys of both worker counts, and on
 the same 2 cores. Beyond the checks above, every (d) run must show
@@ -504,10 +505,11 @@ wrk against the control plane directly (no Envoy), same wrk settings
 
 `POST /v1/ratelimit` sends one lease ask per request, cycling over 4 counter keys with a
 small wrk Lua script (`{{"asks":[{{"key":"bench-k<1..4>","limit":100000000,"unit":"second",
-"op":"lease","maxLease":100,"holders":4,"ttlMs":2000}}]}}`); `GET /v1/feed?after=0` asks for a
-full snapshot (what a new follower asks first; the store holds one revoked token id, seeded
-before the run), `GET /v1/feed?after=<head>` is a follower's poll when nothing changed (what
-each Envoy asks every second in steady state); `GET /healthz` of the same process is the
+"op":"lease","maxLease":100,"holders":4,"ttlMs":2000}}]}}`); `GET /v1/feed` asks for a
+snapshot's first part (what a new follower asks first; here the whole state: the store
+holds one revoked token id, seeded before the run), `GET /v1/feed?cursor=<head>` is a
+follower's poll when nothing changed (what each Envoy asks every second in steady state);
+all of them with the fleet credential; `GET /healthz` of the same process is the
 baseline (routing, the metrics/log middleware, no store). Every run is checked against
 the control plane's own `/metrics`: all answers 2xx (`portcullis_http_requests_total` for
 the route) and, for leases, every ask granted, none refused. The control plane logs each
@@ -535,6 +537,57 @@ RPS of each measured run:
 """
     not_measured = ("\n## Not measured\n\n" + "\n".join(missing) + "\n") if missing else ""
     return how, d_section, f_section, not_measured
+
+
+def sync_table(sync):
+    """(g): one row per state, medians over the rounds."""
+    res = sync["results"]
+    empty = res.get("empty")
+    lines = ["| Revocation state | Pages received | Sync time from Envoy start | from Envoy ready | Envoy RSS after sync | Δ RSS vs empty | Control plane RSS |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, r in res.items():
+        label = "empty" if name == "empty" else f"{r['revoked']:,} revoked ids + {r['users']:,} revoked users"
+        delta = "—" if name == "empty" or not empty else f"+{(r['rss_kb'] - empty['rss_kb']) / 1024:.1f} MiB"
+        cp_rss = f"{r['cp_rss_kb_end'] / 1024:.1f} MiB" if r.get("cp_rss_kb_end") else "—"
+        lines.append(f"| {label} | {r['pages']:.0f} | {r['from_start_s']:.2f} s | {r['from_ready_s']:.2f} s | "
+                     f"{r['rss_kb'] / 1024:.1f} MiB | {delta} | {cp_rss} |")
+    return "\n".join(lines)
+
+
+def sync_section(sync, prm):
+    if not sync:
+        return "\n## (g) A fresh Envoy syncing a large revocation state\n\nNot measured (needs the control plane and redis-server; `BENCH_SYNC_ENTRIES=0` skips it).\n"
+    runs = "\n".join(
+        f"| {name} | " + " | ".join(f"{x['from_ready_s']:.2f} s" for x in r["runs"]) + " |"
+        for name, r in sync["results"].items()
+    )
+    rounds = max(len(r["runs"]) for r in sync["results"].values())
+    return f"""
+## (g) A fresh Envoy syncing a large revocation state
+
+A fresh Envoy ({sync['workers']} workers; the filter with the bench provider, `controlPlane` with the
+fleet credential and `"revocation": {{"pollIntervalMs": 1000, "timeoutMs": 5000}}`) starts against a
+control plane (release build) on Redis and is timed until its filter has published the
+replica (counter `wasmcustom.portcullis.revocation.snapshots_assembled` = 1, polled every
+20 ms; the gauges `revoked_entries` and `user_entries` must then equal the seeded state),
+then its VmRSS is read. The large state ({sync['entries']:,} revoked token ids and {sync['entries']:,} revoked
+users, seeded straight into Redis with pipelined ZADD/HSET, no feed entries) reaches a
+follower only as a snapshot: parts of up to 5000 entries (what the filter asks for) that
+one worker assembles privately, then the catch-up delta, then one publication to shared
+data that every worker decodes. The empty state is the baseline measured in the same
+run: Envoy's start-up, the filter's configuration, one empty snapshot. Each round starts
+a new Envoy per state, the states interleaved; medians of {rounds} rounds. Δ RSS is what
+the replica costs: the shared-data copy plus each worker's decoded copy (16-byte hashes
+with an 8-byte value each) plus what the assembly left behind.
+
+{sync_table(sync)}
+
+Sync time from Envoy ready, each round:
+
+| State | {" | ".join(f"round {i + 1}" for i in range(rounds))} |
+|---|{"---:|" * rounds}
+{runs}
+"""
 
 
 # ---------------------------------------------------------------------------------
@@ -642,7 +695,7 @@ cache setting and worker count.
 {d_section}RPS of each measured run (spread):
 
 {spread_table(rows)}
-{f_section}
+{f_section}{sync_section(envoy.get("feed_sync"), prm)}
 ## Targets (reported, not asserted)
 
 {ttable}
@@ -689,6 +742,9 @@ is {wasm_bytes:,} bytes.
     if crow:
         print()
         print(cp_table(crow))
+    if envoy.get("feed_sync"):
+        print()
+        print(sync_table(envoy["feed_sync"]))
     print()
     print(mtable)
     print()

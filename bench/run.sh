@@ -7,12 +7,16 @@
 #      Portcullis with the revocation feed and a quota-lease limit against a real control
 #      plane (release build, embedded store and Redis), native local_ratelimit, at 1 and 2
 #      workers, wrk on loopback; then the control plane's own throughput (leases, feed);
+#      then (g): a fresh Envoy syncing 100k revoked ids + 100k revoked users from Redis,
+#      time and memory, beside an empty state;
 #   4. writes bench/RESULTS.md (bench/report.py) and prints the table.
 #
 # Knobs (environment): BENCH_CONCURRENCY=1,2  BENCH_ALGS=HS256,ES256,RS256,EdDSA
 #   BENCH_CONNECTIONS=16  BENCH_DURATION=3  BENCH_WARMUP=2  BENCH_RUNS=3
 #   BENCH_MICRO_MS=500 (per case and round)  BENCH_RESULTS=bench/RESULTS.md
-#   BENCH_CP_STORES=embedded,redis (stores for (d) and (f); empty: skip both)
+#   BENCH_CP_STORES=embedded,redis (stores for (d) and (f); empty: skip both and (g))
+#   BENCH_SYNC_ENTRIES=100000 (revoked ids and users for (g); 0: skip (g), which also
+#     needs redis-server)
 #   BENCH_KEEP=1 (keep the work directory with configs and Envoy logs)
 #   PORTCULLIS_ENVOY, PORTCULLIS_WASM (as for the tests)
 #   PORTCULLIS_CONTROL_PLANE (a control-plane binary to use instead of building
@@ -140,7 +144,7 @@ if [[ -n $CP_STORES ]]; then
     CONTROL_PLANE=$ROOT/target/bench-cp/release/portcullis-control-plane
   fi
   [[ -x $CONTROL_PLANE ]] || die "control plane not found at $CONTROL_PLANE"
-  CP_ARGS=(--control-plane "$CONTROL_PLANE" --cp-stores "$CP_STORES")
+  CP_ARGS=(--control-plane "$CONTROL_PLANE" --cp-stores "$CP_STORES" --sync-entries "${BENCH_SYNC_ENTRIES:-100000}")
   if [[ -n $REDIS ]]; then CP_ARGS+=(--redis-server "$REDIS"); fi
 fi
 

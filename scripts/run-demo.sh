@@ -10,12 +10,15 @@ BIN=$ROOT/target/debug
 ENVOY=${PORTCULLIS_ENVOY:-$ROOT/.venv/bin/envoy}
 mkdir -p "$RUN/data" "$RUN/logs"
 
-# A local admin token, created once and kept out of git (.run/ is ignored).
-if [ ! -s "$RUN/admin-token" ]; then
-  (umask 077; head -c 32 /dev/urandom | base64 | tr -d '=+/\n' > "$RUN/admin-token")
-fi
+# A local admin token (for the CLI) and fleet credential (for Envoy), created once and
+# kept out of git (.run/ is ignored).
+for secret in admin-token fleet-credential; do
+  if [ ! -s "$RUN/$secret" ]; then
+    (umask 077; head -c 48 /dev/urandom | base64 | tr -d '=+/\n' > "$RUN/$secret")
+  fi
+done
 
-for port in 9090 8080 10000 9901; do
+for port in 9090 9091 8080 10000 9901; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "port $port is in use: stop whatever listens there (an earlier 'make run'?) and retry" >&2
     exit 1
@@ -43,8 +46,9 @@ wait_for() { # url name
   exit 1
 }
 
-PORTCULLIS_ADMIN_TOKEN_FILE=$RUN/admin-token PORTCULLIS_DATA_DIR=$RUN/data \
-  PORTCULLIS_LISTEN=127.0.0.1:9090 PORTCULLIS_STORE=embedded \
+PORTCULLIS_ADMIN_TOKEN_FILE=$RUN/admin-token PORTCULLIS_FLEET_CREDENTIAL_FILE=$RUN/fleet-credential \
+  PORTCULLIS_DATA_DIR=$RUN/data PORTCULLIS_STORE=embedded \
+  PORTCULLIS_ADMIN_LISTEN=127.0.0.1:9090 PORTCULLIS_INTERNAL_LISTEN=127.0.0.1:9091 \
   "$BIN/portcullis-control-plane" >"$RUN/logs/control-plane.log" 2>&1 &
 pids+=($!)
 "$BIN/portcullis-demo-upstream" --listen 127.0.0.1:8080 >"$RUN/logs/upstream.log" 2>&1 &
@@ -52,7 +56,10 @@ pids+=($!)
 wait_for http://127.0.0.1:9090/readyz control-plane
 wait_for http://127.0.0.1:8080/ upstream
 
-"$ENVOY" -c envoy/demo.yaml --base-id 1 --log-level info >"$RUN/logs/envoy.log" 2>&1 &
+# The filter reads the fleet credential from Envoy's environment (envoy/demo.yaml,
+# host_env_keys); it never appears in the configuration.
+PORTCULLIS_FLEET_CREDENTIAL=$(cat "$RUN/fleet-credential") \
+  "$ENVOY" -c envoy/demo.yaml --base-id 1 --log-level info >"$RUN/logs/envoy.log" 2>&1 &
 pids+=($!)
 wait_for http://127.0.0.1:9901/ready envoy
 
@@ -60,7 +67,8 @@ cat <<TXT
 
 Portcullis demo stack is up (logs in .run/logs/):
   Envoy + filter  http://127.0.0.1:10000   (admin http://127.0.0.1:9901)
-  control plane   http://127.0.0.1:9090    (embedded store in .run/data)
+  control plane   http://127.0.0.1:9090    (admin API for the CLI; embedded store in .run/data)
+                  http://127.0.0.1:9091    (internal: what Envoy calls, with the fleet credential)
   demo upstream   http://127.0.0.1:8080    (echoes what reaches it)
 
 Try, in another terminal from $ROOT:
@@ -70,6 +78,11 @@ Try, in another terminal from $ROOT:
 
   # a protected route without a token: 401 with WWW-Authenticate: Bearer realm="portcullis-demo"
   curl -i http://127.0.0.1:10000/api/orders
+
+  # the control plane's internal listener answers only Envoys (the fleet credential
+  # .run/fleet-credential): 401 here, and the admin API is not there at all (404)
+  curl -i http://127.0.0.1:9091/v1/feed
+  curl -i http://127.0.0.1:9091/admin/v1/status
 
   # get a token from the control plane (the CLI talks to its admin API)
   export PORTCULLIS_ADMIN_TOKEN_FILE=.run/admin-token

@@ -1,14 +1,39 @@
-//! The admin API's bearer token.
+//! The bearer secrets the control plane accepts: the admin API's token
+//! ([`AdminCredential`]) and the fleet credentials of the internal listener
+//! ([`FleetCredentials`]: a current one and, during a rotation, the previous one).
 //!
-//! Only a SHA-256 digest of the configured token is kept in memory, and presented
-//! tokens are compared digest to digest in constant time, so neither the comparison's
-//! timing nor the token's length leaks.
+//! Only SHA-256 digests of the configured secrets are kept, and presented secrets are
+//! compared digest to digest in constant time ([`SecretDigest`]), so neither the
+//! comparison's timing nor the secret's length leaks. With two fleet credentials both
+//! are always compared.
 
+use std::sync::Arc;
+
+use portcullis_core::fleet::{FeedKey, FleetCredential};
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq as _;
+use subtle::{Choice, ConstantTimeEq as _};
 
 /// Shorter admin tokens are refused: they could be guessed.
 pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
+/// A secret's SHA-256, compared in constant time.
+pub struct SecretDigest([u8; 32]);
+
+impl SecretDigest {
+    pub fn new(secret: &str) -> Self {
+        Self(Sha256::digest(secret.as_bytes()).into())
+    }
+
+    fn matches(&self, presented: &SecretDigest) -> Choice {
+        self.0.ct_eq(&presented.0)
+    }
+}
+
+impl std::fmt::Debug for SecretDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretDigest(..)")
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminCredentialError {
@@ -16,27 +41,78 @@ pub enum AdminCredentialError {
     TooShort,
 }
 
-pub struct AdminCredential {
-    digest: [u8; 32],
-}
-
-impl std::fmt::Debug for AdminCredential {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AdminCredential(..)")
-    }
-}
+#[derive(Debug)]
+pub struct AdminCredential(SecretDigest);
 
 impl AdminCredential {
     pub fn new(token: &str) -> Result<Self, AdminCredentialError> {
         if token.chars().count() < MIN_ADMIN_TOKEN_LEN {
             return Err(AdminCredentialError::TooShort);
         }
-        Ok(Self { digest: Sha256::digest(token.as_bytes()).into() })
+        Ok(Self(SecretDigest::new(token)))
     }
 
     pub fn verify(&self, presented: &str) -> bool {
-        let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        self.digest.ct_eq(&presented).into()
+        self.0.matches(&SecretDigest::new(presented)).into()
+    }
+}
+
+/// One accepted fleet credential and the feed key its callers get hashes under.
+#[derive(Debug)]
+struct Accepted {
+    digest: SecretDigest,
+    feed_key: Arc<FeedKey>,
+}
+
+impl Accepted {
+    fn new(credential: &FleetCredential) -> Self {
+        Self { digest: SecretDigest::new(credential.as_str()), feed_key: Arc::new(credential.feed_key()) }
+    }
+}
+
+/// The fleet credentials the internal listener accepts: the current one and, while a
+/// fleet rotates, the previous one.
+#[derive(Debug)]
+pub struct FleetCredentials {
+    current: Accepted,
+    previous: Option<Accepted>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FleetCredentialsError {
+    #[error("the previous fleet credential equals the current one: drop it, or set the new one as current")]
+    PreviousEqualsCurrent,
+}
+
+impl FleetCredentials {
+    pub fn new(
+        current: &FleetCredential,
+        previous: Option<&FleetCredential>,
+    ) -> Result<Self, FleetCredentialsError> {
+        if previous.is_some_and(|p| p == current) {
+            return Err(FleetCredentialsError::PreviousEqualsCurrent);
+        }
+        Ok(Self { current: Accepted::new(current), previous: previous.map(Accepted::new) })
+    }
+
+    /// The feed key of the credential presented, if it is the current or the previous
+    /// one. Both are compared whatever the outcome, in constant time.
+    pub fn verify(&self, presented: &str) -> Option<Arc<FeedKey>> {
+        let presented = SecretDigest::new(presented);
+        let current = self.current.digest.matches(&presented);
+        let previous = self.previous.as_ref().map_or(Choice::from(0), |p| p.digest.matches(&presented));
+        if bool::from(current) {
+            Some(Arc::clone(&self.current.feed_key))
+        } else if bool::from(previous) {
+            self.previous.as_ref().map(|p| Arc::clone(&p.feed_key))
+        } else {
+            None
+        }
+    }
+
+    /// Whether `secret` is one of the fleet credentials (the admin token must not be).
+    pub fn accepts(&self, secret: &str) -> bool {
+        self.verify(secret).is_some()
     }
 }
 
@@ -55,5 +131,26 @@ mod tests {
     #[test]
     fn short_tokens_are_refused() {
         assert!(AdminCredential::new("short").is_err());
+    }
+
+    fn fleet(text: &str) -> FleetCredential {
+        FleetCredential::new(text).unwrap()
+    }
+
+    #[test]
+    fn the_current_and_the_previous_fleet_credential_verify_with_their_own_feed_key() {
+        let (new, old) = (fleet(&"n".repeat(40)), fleet(&"o".repeat(40)));
+        let both = FleetCredentials::new(&new, Some(&old)).unwrap();
+        assert_eq!(*both.verify(new.as_str()).unwrap(), new.feed_key());
+        assert_eq!(*both.verify(old.as_str()).unwrap(), old.feed_key());
+        assert!(both.verify(&"x".repeat(40)).is_none());
+        assert!(both.verify("").is_none());
+        let after_overlap = FleetCredentials::new(&new, None).unwrap();
+        assert!(after_overlap.verify(old.as_str()).is_none());
+        assert!(after_overlap.accepts(new.as_str()));
+        assert_eq!(
+            FleetCredentials::new(&new, Some(&new)).unwrap_err(),
+            FleetCredentialsError::PreviousEqualsCurrent
+        );
     }
 }

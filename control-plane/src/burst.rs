@@ -21,80 +21,35 @@
 //! last `window` counts. The estimate is exact when the traffic is steady; it rounds
 //! down.
 //!
-//! **Delivery** runs on a background task fed by a bounded queue
-//! ([`ALERT_QUEUE_CAPACITY`]): a report never waits for a webhook. A full queue drops
-//! the alert (`portcullis_burst_alerts_total{result="dropped"}`); each delivery that
-//! fails (connection, TLS, timeout after [`WEBHOOK_TIMEOUT`], non-2xx) is logged with
-//! its cause (an untrusted certificate, say) but without the secret or the URL's path,
-//! and counted as `failed`. `https://` webhooks are verified against the built-in
-//! roots plus `--webhook-ca-file` (`crate::tls`). Webhooks get one attempt each, in order.
-//!
-//! **Signature**: header [`SIGNATURE_HEADER`] `t=<unix secs>,v1=<hex HMAC-SHA256(secret,
-//! "<t>." + body)>`; receivers check it with [`verify_signature`] (or its description
-//! in `docs/control-plane.md`) and refuse stale `t`s to stop replays.
+//! **Delivery**: the alert goes to the durable webhook outbox ([`crate::webhooks`]):
+//! one store write per webhook, so a report never waits for a webhook; retries, dead
+//! letters and signatures are the outbox's business.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use portcullis_core::lockout::account_key;
 use portcullis_core::wire::{BlockedIp, BurstEntry, BurstReply, BurstReport, MAX_BATCH};
 use serde::{Deserialize, Serialize};
-use subtle::ConstantTimeEq as _;
-use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
-use crate::clock::Clock;
-use crate::master_key::{hex, hmac_sha256, MasterKey};
+use crate::master_key::MasterKey;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
-use crate::tls::{error_chain, CaBundle};
+use crate::webhooks::{WebhookConfig, WebhookConfigError, Webhooks};
 
 /// Purpose string of the subkey that keys address hashes.
 pub const BURST_KEY_PURPOSE: &str = "portcullis burst v1";
 /// Set of blocked address hashes.
 pub const BLOCKED_SET: &str = "burst-blocked";
-/// The webhook signature header.
-pub const SIGNATURE_HEADER: &str = "Portcullis-Signature";
-/// Alerts waiting for delivery; more are dropped.
-pub const ALERT_QUEUE_CAPACITY: usize = 1024;
-/// One webhook call, connection included.
-pub const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
-/// Shortest webhook secret accepted (bytes).
-pub const MIN_WEBHOOK_SECRET_BYTES: usize = 16;
 /// `route`, `method` and `userAgent` are cut to this many bytes in alerts.
 const MAX_DETAIL_BYTES: usize = 512;
 /// Most requests one entry may report (a larger count counts as this).
 const MAX_ENTRY_COUNT: u64 = 1 << 32;
 /// Longest window, cooldown or block: 1 day.
 const MAX_PERIOD_SECS: u64 = 86_400;
-
-/// A webhook signing secret; never printed.
-#[derive(Clone)]
-pub struct WebhookSecret(Arc<Zeroizing<String>>);
-
-impl fmt::Debug for WebhookSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("WebhookSecret(..)")
-    }
-}
-
-impl WebhookSecret {
-    /// Surrounding whitespace is ignored; at least [`MIN_WEBHOOK_SECRET_BYTES`] bytes.
-    pub fn new(text: &str) -> Result<Self, BurstConfigError> {
-        let secret = text.trim();
-        if secret.len() < MIN_WEBHOOK_SECRET_BYTES {
-            return Err(BurstConfigError::ShortSecret);
-        }
-        Ok(Self(Arc::new(Zeroizing::new(secret.to_owned()))))
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        self.0.as_bytes()
-    }
-}
 
 /// How bursts are detected and what happens then.
 #[derive(Debug, Clone)]
@@ -106,12 +61,8 @@ pub struct BurstConfig {
     pub cooldown_secs: u64,
     /// Block a bursting address for this long (`None`: never block).
     pub block_secs: Option<u64>,
-    /// Alerts are posted to each of these.
-    pub webhook_urls: Vec<reqwest::Url>,
-    /// Signs the alerts; required when there are webhooks.
-    pub webhook_secret: Option<WebhookSecret>,
-    /// More CAs trusted for `https://` webhooks, besides the built-in roots.
-    pub webhook_ca: Option<CaBundle>,
+    /// Where alerts are posted (none: bursts are only logged).
+    pub webhooks: WebhookConfig,
 }
 
 impl Default for BurstConfig {
@@ -122,32 +73,17 @@ impl Default for BurstConfig {
             window_secs: 10,
             cooldown_secs: 60,
             block_secs: None,
-            webhook_urls: Vec::new(),
-            webhook_secret: None,
-            webhook_ca: None,
+            webhooks: WebhookConfig::default(),
         }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum BurstConfigError {
-    #[error(
-        "--burst-webhook-url needs a signing secret: set --burst-webhook-secret-file \
-         (PORTCULLIS_BURST_WEBHOOK_SECRET_FILE) or --burst-webhook-secret (PORTCULLIS_BURST_WEBHOOK_SECRET)"
-    )]
-    MissingSecret,
-    #[error("the burst webhook secret must be at least {MIN_WEBHOOK_SECRET_BYTES} bytes")]
-    ShortSecret,
-    #[error("cannot read the burst webhook secret file {path}: {source}")]
-    UnreadableSecret { path: std::path::PathBuf, source: std::io::Error },
-    #[error("--burst-webhook-url {0:?}: must be an absolute http:// or https:// URL")]
-    BadUrl(String),
+    #[error(transparent)]
+    Webhook(#[from] WebhookConfigError),
     #[error("{0}")]
     Invalid(String),
-    #[error("burst alerts need a Tokio runtime to deliver webhooks")]
-    NoRuntime,
-    #[error("cannot build the webhook HTTP client: {0}")]
-    Client(String),
 }
 
 impl BurstConfig {
@@ -164,25 +100,12 @@ impl BurstConfig {
                 return Err(BurstConfigError::Invalid(format!("{name} must be 1 s to 1 day")));
             }
         }
-        for url in &self.webhook_urls {
-            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-                return Err(BurstConfigError::BadUrl(redacted(url)));
-            }
-        }
-        if !self.webhook_urls.is_empty() && self.webhook_secret.is_none() {
-            return Err(BurstConfigError::MissingSecret);
-        }
-        Ok(())
+        Ok(self.webhooks.validate()?)
     }
 
     fn window_ms(&self) -> u64 {
         self.window_secs.saturating_mul(1000).max(1)
     }
-}
-
-/// Parses a webhook URL (for the command line).
-pub fn parse_webhook_url(text: &str) -> Result<reqwest::Url, String> {
-    reqwest::Url::parse(text.trim()).map_err(|e| format!("not a URL: {e}"))
 }
 
 /// The JSON body posted to the webhooks.
@@ -212,11 +135,11 @@ pub enum BurstError {
     Store(#[from] StoreError),
 }
 
-/// Detects bursts in reports and hands alerts to the delivery task.
+/// Detects bursts in reports and queues alerts for the webhooks.
 pub struct BurstDetector {
     config: BurstConfig,
     ip_key: Arc<Zeroizing<[u8; 32]>>,
-    alerts: Option<mpsc::Sender<BurstAlert>>,
+    webhooks: Arc<Webhooks>,
     metrics: Arc<Metrics>,
 }
 
@@ -227,46 +150,25 @@ impl fmt::Debug for BurstDetector {
 }
 
 impl BurstDetector {
-    /// A detector with the default configuration and no webhooks (bursts are only
-    /// logged); [`Self::reconfigured`] changes that.
-    pub fn new(master: &MasterKey, metrics: Arc<Metrics>) -> Self {
+    /// A detector with the default configuration, alerting through `webhooks`.
+    pub fn new(master: &MasterKey, webhooks: Arc<Webhooks>, metrics: Arc<Metrics>) -> Self {
         Self {
             config: BurstConfig::default(),
             ip_key: Arc::new(master.derive_subkey(BURST_KEY_PURPOSE)),
-            alerts: None,
+            webhooks,
             metrics,
         }
     }
 
-    /// The same hashing key under another configuration; starts the delivery task
-    /// when there are webhooks (so it must be called within a Tokio runtime).
-    pub fn reconfigured(&self, config: BurstConfig, clock: Arc<dyn Clock>) -> Result<Self, BurstConfigError> {
+    /// The same hashing key under another configuration, alerting through `webhooks`
+    /// (configured from `config.webhooks`).
+    pub fn reconfigured(
+        &self,
+        config: BurstConfig,
+        webhooks: Arc<Webhooks>,
+    ) -> Result<Self, BurstConfigError> {
         config.validate()?;
-        let alerts = match config.webhook_secret.clone() {
-            Some(secret) if !config.webhook_urls.is_empty() => {
-                let runtime =
-                    tokio::runtime::Handle::try_current().map_err(|_| BurstConfigError::NoRuntime)?;
-                let http = crate::tls::http_client_builder(config.webhook_ca.as_ref())
-                    .map_err(|e| BurstConfigError::Client(e.to_string()))?
-                    .timeout(WEBHOOK_TIMEOUT)
-                    .connect_timeout(WEBHOOK_TIMEOUT)
-                    .redirect(reqwest::redirect::Policy::none())
-                    .build()
-                    .map_err(|e| BurstConfigError::Client(error_chain(&e)))?;
-                let sender = WebhookSender {
-                    http,
-                    urls: config.webhook_urls.clone(),
-                    secret,
-                    clock,
-                    metrics: Arc::clone(&self.metrics),
-                };
-                let (tx, rx) = mpsc::channel(ALERT_QUEUE_CAPACITY);
-                runtime.spawn(sender.run(rx));
-                Some(tx)
-            }
-            _ => None,
-        };
-        Ok(Self { config, ip_key: Arc::clone(&self.ip_key), alerts, metrics: Arc::clone(&self.metrics) })
+        Ok(Self { config, ip_key: Arc::clone(&self.ip_key), webhooks, metrics: Arc::clone(&self.metrics) })
     }
 
     pub fn config(&self) -> &BurstConfig {
@@ -345,9 +247,9 @@ impl BurstDetector {
             threshold = self.config.threshold,
             "request burst from a client address"
         );
-        let Some(alerts) = &self.alerts else {
+        if self.webhooks.config().urls.is_empty() {
             return Ok(());
-        };
+        }
         let alert = BurstAlert {
             ip: entry.ip.clone(),
             count,
@@ -359,10 +261,9 @@ impl BurstDetector {
             timestamp: rfc3339_utc(now_ms),
             timestamp_ms: now_ms,
         };
-        if alerts.try_send(alert).is_err() {
-            self.metrics.record_burst_alert("dropped");
-            tracing::warn!("burst alert queue full (or delivery stopped); alert dropped");
-        }
+        let body = serde_json::to_vec(&alert)
+            .map_err(|e| StoreError::InvalidArgument(format!("cannot encode a burst alert: {e}")))?;
+        self.webhooks.enqueue("burst", &body, now_ms).await?;
         Ok(())
     }
 }
@@ -450,11 +351,7 @@ fn estimate(current: i64, previous: i64, window_ms: u64, elapsed_ms: u64) -> u64
 }
 
 fn truncated(text: &str) -> String {
-    let mut end = text.len().min(MAX_DETAIL_BYTES);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text.get(..end).unwrap_or_default().to_owned()
+    crate::webhooks::truncated(text, MAX_DETAIL_BYTES)
 }
 
 /// Unix milliseconds as RFC 3339 in UTC with milliseconds (`1970-01-01T00:00:00.000Z`).
@@ -478,126 +375,6 @@ pub fn rfc3339_utc(unix_ms: u64) -> String {
         of_day % 60,
         unix_ms % 1000
     )
-}
-
-/// The [`SIGNATURE_HEADER`] value for `body` sent at `t` (Unix seconds).
-pub fn sign(secret: &[u8], t: u64, body: &[u8]) -> String {
-    let t = t.to_string();
-    format!("t={t},v1={}", hex(&hmac_sha256(secret, &[t.as_bytes(), b".", body])))
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum SignatureError {
-    #[error("malformed signature header")]
-    Malformed,
-    #[error("signature timestamp outside the tolerance (replay or clock skew)")]
-    Stale,
-    #[error("no signature matches")]
-    Mismatch,
-}
-
-/// What a webhook receiver does: parse `t` and every `v1`, refuse a `t` more than
-/// `tolerance_secs` away from `now_secs` (replays), recompute the HMAC over
-/// `"<t>." + body` and compare in constant time.
-pub fn verify_signature(
-    secret: &[u8],
-    header: &str,
-    body: &[u8],
-    now_secs: u64,
-    tolerance_secs: u64,
-) -> Result<(), SignatureError> {
-    let mut t = None;
-    let mut candidates = Vec::new();
-    for part in header.split(',') {
-        match part.trim().split_once('=') {
-            Some(("t", v)) => t = Some(v.parse::<u64>().map_err(|_| SignatureError::Malformed)?),
-            Some(("v1", v)) => candidates.push(v),
-            _ => {}
-        }
-    }
-    let t = t.ok_or(SignatureError::Malformed)?;
-    if candidates.is_empty() {
-        return Err(SignatureError::Malformed);
-    }
-    if t.abs_diff(now_secs) > tolerance_secs {
-        return Err(SignatureError::Stale);
-    }
-    let expected = hex(&hmac_sha256(secret, &[t.to_string().as_bytes(), b".", body]));
-    let matches = candidates.iter().any(|c| bool::from(c.as_bytes().ct_eq(expected.as_bytes())));
-    if matches {
-        Ok(())
-    } else {
-        Err(SignatureError::Mismatch)
-    }
-}
-
-/// Scheme, host and port only: webhook paths and queries often carry credentials.
-fn redacted(url: &reqwest::Url) -> String {
-    match (url.host_str(), url.port()) {
-        (Some(host), Some(port)) => format!("{}://{host}:{port}", url.scheme()),
-        (Some(host), None) => format!("{}://{host}", url.scheme()),
-        _ => format!("{}://?", url.scheme()),
-    }
-}
-
-struct WebhookSender {
-    http: reqwest::Client,
-    urls: Vec<reqwest::Url>,
-    secret: WebhookSecret,
-    clock: Arc<dyn Clock>,
-    metrics: Arc<Metrics>,
-}
-
-impl WebhookSender {
-    /// Delivers alerts until every sender is gone (the app state dropped).
-    async fn run(self, mut alerts: mpsc::Receiver<BurstAlert>) {
-        while let Some(alert) = alerts.recv().await {
-            let body = match serde_json::to_vec(&alert) {
-                Ok(body) => body,
-                Err(error) => {
-                    tracing::error!(%error, "cannot encode a burst alert");
-                    continue;
-                }
-            };
-            for url in &self.urls {
-                self.deliver(url, &body).await;
-            }
-        }
-    }
-
-    async fn deliver(&self, url: &reqwest::Url, body: &[u8]) {
-        let t = self.clock.now_ms() / 1000;
-        let signature = sign(self.secret.as_bytes(), t, body);
-        let sent = self
-            .http
-            .post(url.clone())
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(SIGNATURE_HEADER, signature)
-            .body(body.to_vec())
-            .send()
-            .await;
-        match sent {
-            Ok(response) if response.status().is_success() => self.metrics.record_burst_alert("sent"),
-            Ok(response) => {
-                self.metrics.record_burst_alert("failed");
-                tracing::warn!(webhook = %redacted(url), status = response.status().as_u16(), "burst alert webhook refused the alert");
-            }
-            Err(error) => {
-                self.metrics.record_burst_alert("failed");
-                let reason = if error.is_timeout() {
-                    "timeout"
-                } else if crate::tls::rustls_error(&error).is_some() {
-                    "tls"
-                } else {
-                    "connection"
-                };
-                // The chain: reqwest's own message hides the cause (e.g. an untrusted
-                // certificate), which is what the operator needs to see.
-                let error = error_chain(&error.without_url());
-                tracing::warn!(webhook = %redacted(url), reason, %error, "burst alert webhook failed");
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -624,44 +401,17 @@ mod tests {
     }
 
     #[test]
-    fn signatures_verify_and_reject_tampering_and_replays() {
-        let body = br#"{"ip":"192.0.2.7"}"#;
-        let header = sign(b"0123456789abcdef", 1_700_000_000, body);
-        assert!(header.starts_with("t=1700000000,v1="));
-        assert_eq!(verify_signature(b"0123456789abcdef", &header, body, 1_700_000_100, 300), Ok(()));
-        assert_eq!(
-            verify_signature(b"0123456789abcdef", &header, b"{}", 1_700_000_000, 300),
-            Err(SignatureError::Mismatch)
-        );
-        assert_eq!(
-            verify_signature(b"another-secret-xx", &header, body, 1_700_000_000, 300),
-            Err(SignatureError::Mismatch)
-        );
-        assert_eq!(
-            verify_signature(b"0123456789abcdef", &header, body, 1_700_000_301, 300),
-            Err(SignatureError::Stale)
-        );
-        assert_eq!(verify_signature(b"k", "v1=00", body, 0, 300), Err(SignatureError::Malformed));
-    }
-
-    #[test]
-    fn configuration_needs_a_secret_with_webhooks_and_sane_periods() {
+    fn configuration_needs_sane_periods_and_valid_webhooks() {
         assert!(BurstConfig::default().validate().is_ok());
-        let url = parse_webhook_url("https://hooks.example/T0/secret-path?token=x").unwrap();
-        let no_secret = BurstConfig { webhook_urls: vec![url.clone()], ..BurstConfig::default() };
-        assert!(matches!(no_secret.validate(), Err(BurstConfigError::MissingSecret)));
-        assert!(matches!(WebhookSecret::new("short"), Err(BurstConfigError::ShortSecret)));
-        let ok = BurstConfig {
-            webhook_secret: Some(WebhookSecret::new("0123456789abcdef").unwrap()),
-            ..no_secret
-        };
-        assert!(ok.validate().is_ok());
         assert!(BurstConfig { threshold: 0, ..BurstConfig::default() }.validate().is_err());
         assert!(BurstConfig { block_secs: Some(0), ..BurstConfig::default() }.validate().is_err());
-        let ftp = BurstConfig { webhook_urls: vec![parse_webhook_url("ftp://x.example/").unwrap()], ..ok };
-        assert!(matches!(ftp.validate(), Err(BurstConfigError::BadUrl(_))));
-        assert_eq!(redacted(&url), "https://hooks.example");
-        assert_eq!(format!("{:?}", WebhookSecret::new("0123456789abcdef").unwrap()), "WebhookSecret(..)");
+        assert!(BurstConfig { window_secs: 86_401, ..BurstConfig::default() }.validate().is_err());
+        let url = crate::webhooks::parse_webhook_url("https://hooks.example/a").unwrap();
+        let webhooks = WebhookConfig { urls: vec![url], ..WebhookConfig::default() };
+        assert!(matches!(
+            BurstConfig { webhooks, ..BurstConfig::default() }.validate(),
+            Err(BurstConfigError::Webhook(WebhookConfigError::MissingSecret))
+        ));
     }
 
     #[test]
@@ -679,43 +429,67 @@ mod tests {
         assert_eq!(truncated(&"é".repeat(400)).len(), 512);
     }
 
-    #[tokio::test]
-    async fn a_full_queue_drops_alerts_and_counts_them() {
-        let metrics = Arc::new(Metrics::new());
-        let config = BurstConfig { threshold: 1, ..BurstConfig::default() };
-        let mut detector = BurstDetector::new(&MasterKey::from_bytes([1; 32]), Arc::clone(&metrics))
-            .reconfigured(config, Arc::new(crate::clock::FixedClock::new(0)))
+    /// A detector alerting through webhooks whose delivery task is stopped, so what
+    /// is queued stays in the outbox.
+    async fn detector(store: Arc<dyn Store>, config: BurstConfig, metrics: Arc<Metrics>) -> BurstDetector {
+        let master = MasterKey::from_bytes([1; 32]);
+        let clock = Arc::new(crate::clock::FixedClock::new(0));
+        let rng = Arc::new(crate::random::OsRandom);
+        let webhooks = Webhooks::new(store, clock, rng, Arc::clone(&metrics), &master)
+            .reconfigured(config.webhooks.clone())
             .unwrap();
-        // A queue of one that nobody drains.
-        let (tx, _rx) = mpsc::channel(1);
-        detector.alerts = Some(tx);
-        let store = MemoryStore::new();
+        webhooks.stop().await;
+        BurstDetector::new(&master, Arc::clone(&webhooks), metrics).reconfigured(config, webhooks).unwrap()
+    }
+
+    fn with_webhook(config: BurstConfig, outbox_capacity: usize) -> BurstConfig {
+        let webhooks = WebhookConfig {
+            urls: vec![crate::webhooks::parse_webhook_url("http://127.0.0.1:9/hook").unwrap()],
+            secret: Some(crate::webhooks::WebhookSecret::new("0123456789abcdef").unwrap()),
+            outbox_capacity,
+            ..WebhookConfig::default()
+        };
+        BurstConfig { webhooks, ..config }
+    }
+
+    #[tokio::test]
+    async fn a_full_outbox_drops_alerts_and_counts_them() {
+        let metrics = Arc::new(Metrics::new());
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let config = with_webhook(BurstConfig { threshold: 1, ..BurstConfig::default() }, 1);
+        let detector = detector(Arc::clone(&store), config, Arc::clone(&metrics)).await;
         let report = |ip: &str| BurstReport {
             entries: vec![BurstEntry { ip: ip.into(), count: 5, ..BurstEntry::default() }],
         };
-        detector.report(&store, &report("192.0.2.1"), 1_000).await.unwrap();
-        detector.report(&store, &report("192.0.2.2"), 1_000).await.unwrap();
+        detector.report(store.as_ref(), &report("192.0.2.1"), 1_000).await.unwrap();
+        detector.report(store.as_ref(), &report("192.0.2.2"), 1_000).await.unwrap();
         let text = metrics.render().unwrap();
         assert!(text.contains(r#"portcullis_burst_alerts_total{result="dropped"} 1"#), "{text}");
+        let pending =
+            store.queue_list(crate::webhooks::OUTBOX, crate::store::QueueLane::Pending, 10).await.unwrap();
+        assert_eq!(pending.len(), 1);
     }
 
     #[tokio::test]
     async fn nothing_about_the_address_is_stored_in_clear() {
-        let detector = BurstDetector::new(&MasterKey::from_bytes([1; 32]), Arc::new(Metrics::new()))
-            .reconfigured(
-                BurstConfig { threshold: 1, block_secs: Some(60), ..BurstConfig::default() },
-                Arc::new(crate::clock::FixedClock::new(0)),
-            )
-            .unwrap();
-        let store = MemoryStore::new();
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let config =
+            with_webhook(BurstConfig { threshold: 1, block_secs: Some(60), ..BurstConfig::default() }, 10);
+        let detector = detector(Arc::clone(&store), config, Arc::new(Metrics::new())).await;
         let report = BurstReport {
             entries: vec![BurstEntry { ip: "192.0.2.77".into(), count: 5, ..BurstEntry::default() }],
         };
-        let reply = detector.report(&store, &report, 1_000).await.unwrap();
+        let reply = detector.report(store.as_ref(), &report, 1_000).await.unwrap();
         assert_eq!(reply.blocked, [BlockedIp { ip: "192.0.2.77".into(), blocked_for_ms: 60_000 }]);
         let members = store.set_members(BLOCKED_SET, 1_000).await.unwrap();
         assert_eq!(members.len(), 1);
         assert_eq!(members[0].member, detector.hash("192.0.2.77"));
         assert!(!members[0].member.contains("192.0.2.77"));
+        // The queued alert is sealed: neither the address nor the webhook's path is in it.
+        let pending =
+            store.queue_list(crate::webhooks::OUTBOX, crate::store::QueueLane::Pending, 10).await.unwrap();
+        assert_eq!(pending.len(), 1);
+        let stored = String::from_utf8_lossy(&pending[0].data);
+        assert!(!stored.contains("192.0.2.77") && !stored.contains("/hook"), "{stored}");
     }
 }

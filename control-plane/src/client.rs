@@ -11,14 +11,14 @@ use serde_json::Value;
 
 use crate::http::{
     GlobalRotateRequest, KeyList, Problem, RevocationAccepted, RevocationRequest, StatusReport,
-    UserRevocation,
 };
-use crate::keys::Rotation;
+use crate::keys::{KeyRevocation, Rotation};
 use crate::lockouts::{LockoutInfo, LockoutList};
 use crate::revocations::GlobalState;
-use crate::sessions::RevokedSession;
+use crate::sessions::{RevokedSession, UserRevocation};
 use crate::tls::{error_chain, CaBundle};
 use crate::tokens::{IssuedToken, RefreshRequest, TokenRequest};
+use crate::webhooks::{DeadLetterAction, DeadLetterList};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -145,6 +145,15 @@ impl ControlPlaneClient {
         self.post_json("/admin/v1/keys/rotate", &serde_json::json!({})).await
     }
 
+    /// Revokes one signing key (`Some(kid)`) or all of them (`None`).
+    pub async fn revoke_keys(&self, kid: Option<&str>) -> Result<KeyRevocation, ClientError> {
+        let path = match kid {
+            Some(kid) => format!("/admin/v1/keys/{}/revoke", path_segment(kid)),
+            None => "/admin/v1/keys/revoke-all".to_owned(),
+        };
+        self.post_json(&path, &serde_json::json!({})).await
+    }
+
     pub async fn revoke_jti(&self, jti: &str, exp: u64) -> Result<RevocationAccepted, ClientError> {
         let body = RevocationRequest { jti: jti.to_owned(), exp };
         self.post_json("/admin/v1/revocations", &body).await
@@ -193,6 +202,30 @@ impl ControlPlaneClient {
             .send()
             .await
             .map_err(|e| self.transport(e))?;
+        self.decode(response).await
+    }
+
+    pub async fn dead_letters(&self) -> Result<DeadLetterList, ClientError> {
+        self.get_json("/admin/v1/webhooks/dead-letters").await
+    }
+
+    /// Retries one dead letter (`Some(id)`) or all of them.
+    pub async fn retry_dead_letters(&self, id: Option<&str>) -> Result<DeadLetterAction, ClientError> {
+        let path = match id {
+            Some(id) => format!("/admin/v1/webhooks/dead-letters/{}/retry", path_segment(id)),
+            None => "/admin/v1/webhooks/dead-letters/retry".to_owned(),
+        };
+        self.post_json(&path, &serde_json::json!({})).await
+    }
+
+    /// Purges one dead letter (`Some(id)`) or all of them.
+    pub async fn purge_dead_letters(&self, id: Option<&str>) -> Result<DeadLetterAction, ClientError> {
+        let path = match id {
+            Some(id) => format!("/admin/v1/webhooks/dead-letters/{}", path_segment(id)),
+            None => "/admin/v1/webhooks/dead-letters".to_owned(),
+        };
+        let response =
+            self.authorised(self.http.delete(self.url(&path))).send().await.map_err(|e| self.transport(e))?;
         self.decode(response).await
     }
 

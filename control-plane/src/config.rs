@@ -41,18 +41,109 @@ pub enum AdminTokenError {
 impl AdminTokenArgs {
     /// The configured token, read from the file if one is given.
     pub fn load(&self) -> Result<String, AdminTokenError> {
-        let token = match (&self.admin_token, &self.admin_token_file) {
-            (Some(token), _) => token.trim().to_owned(),
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|source| AdminTokenError::Unreadable { path: path.clone(), source })?
-                .trim()
-                .to_owned(),
-            (None, None) => return Err(AdminTokenError::Missing),
-        };
+        let token = read_secret(self.admin_token.as_deref(), self.admin_token_file.as_deref())
+            .map_err(|(path, source)| AdminTokenError::Unreadable { path, source })?
+            .ok_or(AdminTokenError::Missing)?;
         if token.is_empty() {
             return Err(AdminTokenError::Empty);
         }
-        Ok(token)
+        Ok(token.to_string())
+    }
+}
+
+/// A secret given as a value or in a file (the value wins), without surrounding
+/// whitespace; `None` when neither is set.
+fn read_secret(
+    value: Option<&str>,
+    file: Option<&std::path::Path>,
+) -> Result<Option<zeroize::Zeroizing<String>>, (PathBuf, std::io::Error)> {
+    match (value, file) {
+        (Some(value), _) => Ok(Some(zeroize::Zeroizing::new(value.trim().to_owned()))),
+        (None, Some(path)) => {
+            let text = zeroize::Zeroizing::new(
+                std::fs::read_to_string(path).map_err(|source| (path.to_path_buf(), source))?,
+            );
+            Ok(Some(zeroize::Zeroizing::new(text.trim().to_owned())))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// Where the fleet credentials come from: the secret every Envoy presents on the
+/// internal listener. During a rotation the previous one is accepted too.
+#[derive(Args, Clone, Default)]
+pub struct FleetCredentialArgs {
+    /// The fleet credential (prefer --fleet-credential-file): at least 32 characters.
+    #[arg(
+        long,
+        env = "PORTCULLIS_FLEET_CREDENTIAL",
+        hide_env_values = true,
+        conflicts_with = "fleet_credential_file"
+    )]
+    pub fleet_credential: Option<String>,
+
+    /// A file holding the fleet credential (surrounding whitespace ignored).
+    #[arg(long, env = "PORTCULLIS_FLEET_CREDENTIAL_FILE")]
+    pub fleet_credential_file: Option<PathBuf>,
+
+    /// The previous fleet credential, still accepted while the fleet rotates to the
+    /// current one; remove it once every Envoy sends the current one.
+    #[arg(
+        long,
+        env = "PORTCULLIS_FLEET_CREDENTIAL_PREVIOUS",
+        hide_env_values = true,
+        conflicts_with = "fleet_credential_previous_file"
+    )]
+    pub fleet_credential_previous: Option<String>,
+
+    /// A file holding the previous fleet credential.
+    #[arg(long, env = "PORTCULLIS_FLEET_CREDENTIAL_PREVIOUS_FILE")]
+    pub fleet_credential_previous_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for FleetCredentialArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetCredentialArgs")
+            .field("fleet_credential", &self.fleet_credential.as_ref().map(|_| ".."))
+            .field("fleet_credential_file", &self.fleet_credential_file)
+            .field("fleet_credential_previous", &self.fleet_credential_previous.as_ref().map(|_| ".."))
+            .field("fleet_credential_previous_file", &self.fleet_credential_previous_file)
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FleetCredentialError {
+    #[error(
+        "no fleet credential: set --fleet-credential-file (PORTCULLIS_FLEET_CREDENTIAL_FILE) or \
+         --fleet-credential (PORTCULLIS_FLEET_CREDENTIAL); generate one with `head -c 32 /dev/urandom | base64`"
+    )]
+    Missing,
+    #[error("cannot read the fleet credential file {path}: {source}")]
+    Unreadable { path: PathBuf, source: std::io::Error },
+    #[error("the {which} fleet credential {why}")]
+    Invalid { which: &'static str, why: String },
+    #[error(transparent)]
+    Credentials(#[from] crate::admin_credential::FleetCredentialsError),
+}
+
+impl FleetCredentialArgs {
+    /// The accepted credentials, read from their files if given.
+    pub fn load(&self) -> Result<crate::admin_credential::FleetCredentials, FleetCredentialError> {
+        use portcullis_core::fleet::FleetCredential;
+        let read = |value: &Option<String>, file: &Option<PathBuf>, which: &'static str| {
+            read_secret(value.as_deref(), file.as_deref())
+                .map_err(|(path, source)| FleetCredentialError::Unreadable { path, source })?
+                .map(|text| {
+                    FleetCredential::new(&text).map_err(|why| FleetCredentialError::Invalid { which, why })
+                })
+                .transpose()
+        };
+        let current = read(&self.fleet_credential, &self.fleet_credential_file, "current")?
+            .ok_or(FleetCredentialError::Missing)?;
+        let previous =
+            read(&self.fleet_credential_previous, &self.fleet_credential_previous_file, "previous")?;
+        Ok(crate::admin_credential::FleetCredentials::new(&current, previous.as_ref())?)
     }
 }
 
@@ -66,6 +157,20 @@ pub struct MasterKeyArgs {
     /// A file holding the base64 master key.
     #[arg(long, env = "PORTCULLIS_MASTER_KEY_FILE")]
     pub master_key_file: Option<PathBuf>,
+
+    /// The master key being replaced (prefer --previous-master-key-file): signing keys
+    /// still sealed under it are re-sealed under the master key at startup.
+    #[arg(
+        long,
+        env = "PORTCULLIS_PREVIOUS_MASTER_KEY",
+        hide_env_values = true,
+        conflicts_with = "previous_master_key_file"
+    )]
+    pub previous_master_key: Option<String>,
+
+    /// A file holding the base64 master key being replaced.
+    #[arg(long, env = "PORTCULLIS_PREVIOUS_MASTER_KEY_FILE")]
+    pub previous_master_key_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for MasterKeyArgs {
@@ -73,6 +178,8 @@ impl std::fmt::Debug for MasterKeyArgs {
         f.debug_struct("MasterKeyArgs")
             .field("master_key", &self.master_key.as_ref().map(|_| ".."))
             .field("master_key_file", &self.master_key_file)
+            .field("previous_master_key", &self.previous_master_key.as_ref().map(|_| ".."))
+            .field("previous_master_key_file", &self.previous_master_key_file)
             .finish()
     }
 }
@@ -121,9 +228,22 @@ pub enum LogFormat {
 #[derive(Parser, Clone)]
 #[command(name = "portcullis-control-plane", version)]
 pub struct ServerConfig {
-    /// Address to serve HTTP on.
-    #[arg(long, env = "PORTCULLIS_LISTEN", default_value = "127.0.0.1:9090")]
-    pub listen: SocketAddr,
+    /// Address of the admin listener: the admin API (admin token), metrics, health.
+    #[arg(long, env = "PORTCULLIS_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    pub admin_listen: SocketAddr,
+
+    /// Address of the internal listener: what Envoys call (fleet credential), plus the
+    /// public JWKS, refresh token exchange and health.
+    #[arg(long, env = "PORTCULLIS_INTERNAL_LISTEN", default_value = "127.0.0.1:9091")]
+    pub internal_listen: SocketAddr,
+
+    /// Removed: the single listener was split into --admin-listen and
+    /// --internal-listen. Given, it stops startup with a message saying so.
+    #[arg(long, env = "PORTCULLIS_LISTEN", hide = true)]
+    pub listen: Option<String>,
+
+    #[command(flatten)]
+    pub fleet: FleetCredentialArgs,
 
     /// State store backend.
     #[arg(long, env = "PORTCULLIS_STORE", value_enum, default_value_t = StoreKind::Embedded)]
@@ -315,7 +435,7 @@ pub struct BurstArgs {
         long = "burst-webhook-url",
         env = "PORTCULLIS_BURST_WEBHOOK_URLS",
         value_delimiter = ',',
-        value_parser = crate::burst::parse_webhook_url
+        value_parser = crate::webhooks::parse_webhook_url
     )]
     pub burst_webhook_urls: Vec<reqwest::Url>,
 
@@ -332,6 +452,39 @@ pub struct BurstArgs {
     #[arg(long, env = "PORTCULLIS_BURST_WEBHOOK_SECRET_FILE")]
     pub burst_webhook_secret_file: Option<PathBuf>,
 
+    /// The secret being rotated out (prefer --burst-webhook-previous-secret-file): it
+    /// signs too (a second `v1=`) until --burst-webhook-previous-secret-until.
+    #[arg(
+        long,
+        env = "PORTCULLIS_BURST_WEBHOOK_PREVIOUS_SECRET",
+        hide_env_values = true,
+        conflicts_with = "burst_webhook_previous_secret_file"
+    )]
+    pub burst_webhook_previous_secret: Option<String>,
+
+    /// A file holding the secret being rotated out.
+    #[arg(long, env = "PORTCULLIS_BURST_WEBHOOK_PREVIOUS_SECRET_FILE")]
+    pub burst_webhook_previous_secret_file: Option<PathBuf>,
+
+    /// When the rotation window closes (Unix seconds, e.g. `date -d +24hours +%s`):
+    /// from then on only the current secret signs.
+    #[arg(long, env = "PORTCULLIS_BURST_WEBHOOK_PREVIOUS_SECRET_UNTIL")]
+    pub burst_webhook_previous_secret_until: Option<u64>,
+
+    /// How long an alert is retried before it becomes a dead letter (`30m`, `1h`; at
+    /// most 30 days).
+    #[arg(long, env = "PORTCULLIS_BURST_WEBHOOK_DEADLINE", default_value = "1h", value_parser = parse_duration_secs)]
+    pub burst_webhook_deadline: u64,
+
+    /// Most alerts waiting for delivery (all replicas together); more are dropped.
+    #[arg(
+        long,
+        env = "PORTCULLIS_BURST_WEBHOOK_OUTBOX",
+        default_value_t = crate::webhooks::DEFAULT_OUTBOX_CAPACITY as u64,
+        value_parser = clap::value_parser!(u64).range(1..=1_000_000)
+    )]
+    pub burst_webhook_outbox: u64,
+
     /// Also block a bursting address for this long (e.g. `300s`, `15m`); the filter
     /// learns it from the report's answer. Off by default.
     #[arg(long, env = "PORTCULLIS_BURST_BLOCK", value_parser = parse_duration_secs)]
@@ -347,39 +500,68 @@ impl std::fmt::Debug for BurstArgs {
             .field("burst_webhook_urls", &self.burst_webhook_urls.len())
             .field("burst_webhook_secret", &self.burst_webhook_secret.as_ref().map(|_| ".."))
             .field("burst_webhook_secret_file", &self.burst_webhook_secret_file)
+            .field(
+                "burst_webhook_previous_secret",
+                &self.burst_webhook_previous_secret.as_ref().map(|_| ".."),
+            )
+            .field("burst_webhook_previous_secret_file", &self.burst_webhook_previous_secret_file)
+            .field("burst_webhook_previous_secret_until", &self.burst_webhook_previous_secret_until)
+            .field("burst_webhook_deadline", &self.burst_webhook_deadline)
+            .field("burst_webhook_outbox", &self.burst_webhook_outbox)
             .field("burst_block", &self.burst_block)
             .finish()
     }
 }
 
 impl BurstArgs {
-    /// The validated configuration, the secret read from its file if one is given.
+    /// The validated configuration, the secrets read from their files if given.
     pub fn load(&self) -> Result<crate::burst::BurstConfig, crate::burst::BurstConfigError> {
-        use crate::burst::{BurstConfig, BurstConfigError, WebhookSecret};
-        let secret = match (&self.burst_webhook_secret, &self.burst_webhook_secret_file) {
-            (Some(text), _) => Some(WebhookSecret::new(text)?),
-            (None, Some(path)) => {
-                let text =
-                    zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
-                        BurstConfigError::UnreadableSecret { path: path.clone(), source }
-                    })?);
-                Some(WebhookSecret::new(&text)?)
+        use crate::burst::BurstConfig;
+        use crate::webhooks::{PreviousSecret, WebhookConfig, WebhookConfigError};
+        let secret =
+            load_secret(self.burst_webhook_secret.as_deref(), self.burst_webhook_secret_file.as_deref())?;
+        let previous = load_secret(
+            self.burst_webhook_previous_secret.as_deref(),
+            self.burst_webhook_previous_secret_file.as_deref(),
+        )?;
+        let previous_secret = match (previous, self.burst_webhook_previous_secret_until) {
+            (Some(secret), Some(until)) => {
+                Some(PreviousSecret { secret, until_ms: until.saturating_mul(1000) })
             }
             (None, None) => None,
+            _ => return Err(WebhookConfigError::PreviousSecretWindow.into()),
         };
         let config = BurstConfig {
             threshold: self.burst_threshold,
             window_secs: self.burst_window,
             cooldown_secs: self.burst_cooldown,
             block_secs: self.burst_block,
-            webhook_urls: self.burst_webhook_urls.clone(),
-            webhook_secret: secret,
-            // --webhook-ca-file is shared by every webhook: see ServerConfig::webhook_ca.
-            webhook_ca: None,
+            webhooks: WebhookConfig {
+                urls: self.burst_webhook_urls.clone(),
+                secret,
+                previous_secret,
+                deadline_secs: self.burst_webhook_deadline,
+                outbox_capacity: usize::try_from(self.burst_webhook_outbox).unwrap_or(usize::MAX),
+                // --webhook-ca-file is shared by every webhook: see ServerConfig::webhook_ca.
+                ca: None,
+                ..WebhookConfig::default()
+            },
         };
         config.validate()?;
         Ok(config)
     }
+}
+
+/// A webhook secret given inline or in a file.
+fn load_secret(
+    text: Option<&str>,
+    file: Option<&std::path::Path>,
+) -> Result<Option<crate::webhooks::WebhookSecret>, crate::webhooks::WebhookConfigError> {
+    use crate::webhooks::{WebhookConfigError, WebhookSecret};
+    read_secret(text, file)
+        .map_err(|(path, source)| WebhookConfigError::UnreadableSecret { path, source })?
+        .map(|text| WebhookSecret::new(&text))
+        .transpose()
 }
 
 /// Installs the global `tracing` subscriber (level from `RUST_LOG`, default `info`).
@@ -417,7 +599,9 @@ mod tests {
     #[test]
     fn defaults_match_the_documentation() {
         let config = ServerConfig::try_parse_from(["portcullis-control-plane"]).unwrap();
-        assert_eq!(config.listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(config.admin_listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(config.internal_listen.to_string(), "127.0.0.1:9091");
+        assert_eq!(config.listen, None);
         assert_eq!(config.store, StoreKind::Embedded);
         assert_eq!(config.data_dir, PathBuf::from("./data"));
         assert_eq!(config.access_token_ttl, 900);
@@ -433,7 +617,8 @@ mod tests {
             (burst.threshold, burst.window_secs, burst.cooldown_secs, burst.block_secs),
             (50, 10, 60, None)
         );
-        assert!(burst.webhook_urls.is_empty());
+        assert!(burst.webhooks.urls.is_empty());
+        assert_eq!((burst.webhooks.deadline_secs, burst.webhooks.outbox_capacity), (3_600, 10_000));
     }
 
     #[test]
@@ -460,11 +645,40 @@ mod tests {
         ])
         .unwrap();
         let burst = config.burst.load().unwrap();
-        assert_eq!(burst.webhook_urls.len(), 2);
-        assert_eq!(burst.webhook_secret.unwrap().as_bytes(), b"0123456789abcdef0123");
+        assert_eq!(burst.webhooks.urls.len(), 2);
+        assert_eq!(burst.webhooks.secret.unwrap().as_bytes(), b"0123456789abcdef0123");
         assert_eq!((burst.block_secs, burst.window_secs), (Some(300), 30));
         assert!(ServerConfig::try_parse_from(["x", "--burst-threshold", "0"]).is_err());
         assert!(ServerConfig::try_parse_from(["x", "--burst-webhook-url", "not a url"]).is_err());
+    }
+
+    #[test]
+    fn fleet_credentials_come_from_values_or_files_and_must_be_strong() {
+        let dir = tempfile::tempdir().unwrap();
+        let (new, old) = ("n".repeat(40), "o".repeat(40));
+        let path = dir.path().join("previous");
+        std::fs::write(&path, format!("{old}\n")).unwrap();
+        let args = FleetCredentialArgs {
+            fleet_credential: Some(new.clone()),
+            fleet_credential_previous_file: Some(path),
+            ..FleetCredentialArgs::default()
+        };
+        let accepted = args.load().unwrap();
+        assert!(accepted.accepts(&new) && accepted.accepts(&old));
+        let message = FleetCredentialArgs::default().load().unwrap_err().to_string();
+        assert!(
+            message.contains("--fleet-credential-file") && message.contains("PORTCULLIS_FLEET_CREDENTIAL")
+        );
+        let weak =
+            FleetCredentialArgs { fleet_credential: Some("short".into()), ..FleetCredentialArgs::default() };
+        let message = weak.load().unwrap_err().to_string();
+        assert!(message.contains("at least 32") && !message.contains("short"), "{message}");
+        let missing_file = FleetCredentialArgs {
+            fleet_credential: Some(new),
+            fleet_credential_previous_file: Some(dir.path().join("nope")),
+            ..FleetCredentialArgs::default()
+        };
+        assert!(missing_file.load().unwrap_err().to_string().contains("cannot read"));
     }
 
     #[test]
@@ -530,6 +744,38 @@ mod tests {
         .unwrap();
         let message = config.redis.load().unwrap_err().to_string();
         assert_eq!(message, "--redis-ca-file needs a rediss:// URL: the Redis connection is not TLS");
+    }
+
+    #[test]
+    fn a_previous_webhook_secret_needs_the_end_of_its_window() {
+        let base = ["x", "--burst-webhook-url", "https://hooks.example/a", "--burst-webhook-secret"];
+        let with = |extra: &[&str]| {
+            let args: Vec<&str> =
+                base.iter().copied().chain(["new-secret-0123456789"]).chain(extra.iter().copied()).collect();
+            ServerConfig::try_parse_from(args).unwrap().burst.load()
+        };
+        let message =
+            with(&["--burst-webhook-previous-secret", "old-secret-0123456789"]).unwrap_err().to_string();
+        assert!(message.contains("--burst-webhook-previous-secret-until"), "{message}");
+        assert!(with(&["--burst-webhook-previous-secret-until", "1700000000"]).is_err());
+        let config = with(&[
+            "--burst-webhook-previous-secret",
+            "old-secret-0123456789",
+            "--burst-webhook-previous-secret-until",
+            "1700000000",
+            "--burst-webhook-deadline",
+            "30m",
+            "--burst-webhook-outbox",
+            "5",
+        ])
+        .unwrap();
+        let previous = config.webhooks.previous_secret.unwrap();
+        assert_eq!(
+            (previous.secret.as_bytes(), previous.until_ms),
+            (&b"old-secret-0123456789"[..], 1_700_000_000_000)
+        );
+        assert_eq!((config.webhooks.deadline_secs, config.webhooks.outbox_capacity), (1_800, 5));
+        assert!(ServerConfig::try_parse_from(["x", "--burst-webhook-outbox", "0"]).is_err());
     }
 
     #[test]

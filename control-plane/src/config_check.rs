@@ -1,6 +1,6 @@
 //! `portcullis config check`: finds the Portcullis plugin configurations in the files an
 //! operator deploys and compiles each one with the filter's own compiler
-//! ([`portcullis_core::config::compile_json`]), so a configuration that passes here is
+//! ([`portcullis_core::config::compile_json_with`]), so a configuration that passes here is
 //! one the filter accepts, and one that fails is reported with the same message the
 //! filter would log.
 //!
@@ -20,6 +20,11 @@
 //! a file in which no document has one is an error, so a typo in a path or a kind never
 //! passes silently.
 //!
+//! The fleet credential named by `controlPlane.credential.env` lives in Envoy's
+//! environment and is read when the filter loads, not here: the check stands in a strong
+//! credential for any variable name ([`compile_offline`]), so everything else is
+//! checked; an inline credential is checked as it is.
+//!
 //! The compiler stops at the first error of a configuration (deserialisation stops at the
 //! first bad field, and later sections are compiled against earlier ones: a rule against
 //! the providers), so each configuration reports one error; every configuration of every
@@ -28,7 +33,8 @@
 use std::fmt;
 
 use base64::Engine as _;
-use portcullis_core::config::compile_json;
+use portcullis_core::config::{compile_json_with, Policy};
+use portcullis_core::error::ConfigError;
 use serde::Deserialize as _;
 use serde_json::{Map, Value};
 
@@ -115,6 +121,16 @@ pub enum Content {
     Nothing,
 }
 
+/// What the check resolves every `controlPlane.credential.env` variable to (long enough
+/// to be accepted as a fleet credential).
+const CREDENTIAL_STAND_IN: &str = "stand-in-for-the-fleet-credential-of-the-envoy-environment";
+
+/// Compiles a plugin configuration as the filter would, with [`CREDENTIAL_STAND_IN`] for
+/// the fleet credential's environment variable (Envoy's, not this process's).
+pub fn compile_offline(bytes: &[u8]) -> Result<Policy, ConfigError> {
+    compile_json_with(bytes, &|_| Some(CREDENTIAL_STAND_IN.to_owned()))
+}
+
 /// Checks the contents of one file; `file` names it in the findings. Never empty: a file
 /// without any configuration yields an error finding.
 pub fn check_bytes(file: &str, bytes: &[u8]) -> Vec<Finding> {
@@ -122,7 +138,7 @@ pub fn check_bytes(file: &str, bytes: &[u8]) -> Vec<Finding> {
         .into_iter()
         .map(|found| {
             let outcome = match &found.content {
-                Content::Config(bytes) => match compile_json(bytes) {
+                Content::Config(bytes) => match compile_offline(bytes) {
                     Ok(_) => Outcome::Valid,
                     Err(error) => Outcome::Invalid(error.to_string()),
                 },
@@ -407,7 +423,7 @@ kind: WasmPlugin
 metadata: { name: portcullis, namespace: demo }
 spec:
   pluginConfig:
-    controlPlane: { cluster: c, authority: a }
+    controlPlane: { cluster: c, authority: a, credential: { env: PORTCULLIS_FLEET_CREDENTIAL } }
     rateLimits: [ { name: all, limit: 600.0, unit: minute } ]
 "#;
         let findings = check_bytes("w.yaml", yaml.as_bytes());

@@ -1,5 +1,13 @@
 //! The signing key set: one current key that signs, previous keys that still verify
-//! until they retire, and retired keys kept only as history.
+//! until they retire, and retired or revoked keys kept only as history.
+//!
+//! **Revocation** ([`KeyRing::revoke`]) is the emergency exit for a leaked key: the key
+//! leaves the JWKS at once (no overlap), its private part is dropped, and the feed
+//! names it so every Envoy refuses what it signed within one poll. Revoking the current
+//! key makes a fresh key current in the same compare-and-swap, so there is never a
+//! moment without a signing key (and no two-step procedure to get wrong under stress).
+//! Revoked keys stay listed (and in the feed's snapshots) for
+//! [`REVOKED_KEY_MEMORY_MS`], longer than any token or cached JWKS can live.
 //!
 //! The whole set is one store record ([`KEY_SET_RECORD`]) with a `version` that grows
 //! on every rotation and retirement. Every change is a compare-and-swap against the
@@ -34,6 +42,9 @@ pub const KEY_SET_RECHECK_MS: u64 = 1000;
 const RETIRED_HISTORY: usize = 20;
 /// Compare-and-swap attempts before giving up on a contended key set.
 const CAS_ATTEMPTS: usize = 16;
+/// How long a revoked key stays in the key set (and the feed's snapshots): longer than
+/// the longest access token (24 h) and the longest JWKS cache of the filter (7 days).
+pub const REVOKED_KEY_MEMORY_MS: u64 = 8 * 86_400_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyRingError {
@@ -52,6 +63,8 @@ pub enum KeyRingError {
     Corrupt(String),
     #[error("the key set changed concurrently too often; retry")]
     Contended,
+    #[error("there is no signing key {0:?}")]
+    UnknownKey(String),
 }
 
 impl KeyRingError {
@@ -76,6 +89,7 @@ pub enum KeyStatus {
     Current,
     Previous,
     Retired,
+    Revoked,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -87,7 +101,9 @@ struct StoredKey {
     created_at_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     retires_at_ms: Option<u64>,
-    /// Sealed private key (absent once retired).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    revoked_at_ms: Option<u64>,
+    /// Sealed private key (absent once retired or revoked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     nonce: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -113,6 +129,8 @@ pub struct KeyInfo {
     pub created_at: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retires_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<u64>,
 }
 
 /// A decrypted key set.
@@ -155,8 +173,14 @@ impl LoadedKeySet {
                 },
                 created_at: k.created_at_ms / 1000,
                 retires_at: k.retires_at_ms.map(|ms| ms / 1000),
+                revoked_at: k.revoked_at_ms.map(|ms| ms / 1000),
             })
             .collect()
+    }
+
+    /// The `kid`s of revoked keys, for the feed: the filter refuses their tokens.
+    pub fn revoked_kids(&self) -> Vec<String> {
+        self.stored.keys.iter().filter(|k| k.status == KeyStatus::Revoked).map(|k| k.kid.clone()).collect()
     }
 }
 
@@ -164,7 +188,7 @@ fn verifies(key: &StoredKey, now_ms: u64) -> bool {
     match key.status {
         KeyStatus::Current => true,
         KeyStatus::Previous => key.retires_at_ms.is_none_or(|at| at > now_ms),
-        KeyStatus::Retired => false,
+        KeyStatus::Retired | KeyStatus::Revoked => false,
     }
 }
 
@@ -177,6 +201,27 @@ pub struct Rotation {
     pub previous_kid: Option<String>,
     /// When the previous key stops verifying (Unix seconds).
     pub previous_retires_at: Option<u64>,
+    pub key_set_version: u64,
+}
+
+/// Which keys [`KeyRing::revoke`] revokes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySelection<'a> {
+    One(&'a str),
+    /// Every key, current included (the master key leaked).
+    All,
+}
+
+/// What a key revocation did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyRevocation {
+    /// Keys revoked by this call (empty when they were revoked already).
+    pub revoked_kids: Vec<String>,
+    /// The key that signs from now on.
+    pub current_kid: String,
+    /// Whether the current key was revoked and a fresh one made current.
+    pub rotated: bool,
     pub key_set_version: u64,
 }
 
@@ -304,6 +349,22 @@ impl KeyRing {
         Ok(self.replace(load(raw, &self.master)?))
     }
 
+    /// Writes `set` in place of `loaded` (compare-and-swap on the bytes read) and, when
+    /// that worked, caches and returns it; `None` when the record changed meanwhile.
+    async fn swap(
+        &self,
+        loaded: &LoadedKeySet,
+        set: &StoredKeySet,
+        now_ms: u64,
+    ) -> Result<Option<Arc<LoadedKeySet>>, KeyRingError> {
+        let raw = encode(set)?;
+        let swapped = self
+            .store
+            .record_compare_and_swap(KEY_SET_RECORD, Some(&loaded.raw), Some(raw.clone()), None, now_ms)
+            .await?;
+        Ok(if swapped { Some(self.replace(load(raw, &self.master)?)) } else { None })
+    }
+
     /// Makes a new key current now. The old current key stays published until
     /// `now + overlap`. With `only_if_older_than_ms`, rotates only while the current
     /// key is at least that old (scheduled rotation: replicas racing rotate once).
@@ -339,14 +400,8 @@ impl KeyRing {
             retire_expired(&mut set, now_ms);
             set.keys.insert(0, sealed.clone());
             set.version = loaded.version + 1;
-            let raw = encode(&set)?;
-            if self
-                .store
-                .record_compare_and_swap(KEY_SET_RECORD, Some(&loaded.raw), Some(raw.clone()), None, now_ms)
-                .await?
-            {
+            if self.swap(&loaded, &set, now_ms).await?.is_some() {
                 let version = set.version;
-                self.replace(load(raw, &self.master)?);
                 tracing::info!(kid = fresh.kid(), previous = %current_created, version, "rotated the signing key");
                 return Ok(Some(Rotation {
                     kid: fresh.kid().to_owned(),
@@ -355,6 +410,64 @@ impl KeyRing {
                     previous_retires_at: Some(retires_at_ms / 1000),
                     key_set_version: version,
                 }));
+            }
+        }
+        Err(KeyRingError::Contended)
+    }
+
+    /// Revokes keys at once: they leave the JWKS and lose their private part. When the
+    /// current key is among them, a fresh key becomes current in the same write.
+    /// Revoking a revoked key again changes nothing.
+    pub async fn revoke(&self, which: KeySelection<'_>, now_ms: u64) -> Result<KeyRevocation, KeyRingError> {
+        let fresh = SigningKeyPair::generate(self.policy.algorithm, self.rng.as_ref())?;
+        let sealed = seal_key(&fresh, now_ms, &self.master, self.rng.as_ref())?;
+        for _ in 0..CAS_ATTEMPTS {
+            let loaded = self.reload(now_ms).await?;
+            let mut set = loaded.stored.clone();
+            if let KeySelection::One(kid) = which {
+                if !set.keys.iter().any(|k| k.kid == kid) {
+                    return Err(KeyRingError::UnknownKey(kid.to_owned()));
+                }
+            }
+            let mut revoked = Vec::new();
+            let mut rotated = false;
+            for key in &mut set.keys {
+                let selected = match which {
+                    KeySelection::One(kid) => key.kid == kid,
+                    KeySelection::All => true,
+                };
+                if !selected || key.status == KeyStatus::Revoked {
+                    continue;
+                }
+                rotated |= key.status == KeyStatus::Current;
+                key.status = KeyStatus::Revoked;
+                key.revoked_at_ms = Some(now_ms);
+                key.retires_at_ms = None;
+                key.nonce = None;
+                key.sealed_key = None;
+                revoked.push(key.kid.clone());
+            }
+            if revoked.is_empty() {
+                return Ok(KeyRevocation {
+                    revoked_kids: revoked,
+                    current_kid: loaded.current().kid().to_owned(),
+                    rotated: false,
+                    key_set_version: loaded.version,
+                });
+            }
+            if rotated {
+                set.keys.insert(0, sealed.clone());
+            }
+            retire_expired(&mut set, now_ms);
+            set.version = loaded.version + 1;
+            if let Some(installed) = self.swap(&loaded, &set, now_ms).await? {
+                tracing::warn!(revoked = ?revoked, rotated, version = set.version, "revoked signing keys");
+                return Ok(KeyRevocation {
+                    revoked_kids: revoked,
+                    current_kid: installed.current().kid().to_owned(),
+                    rotated,
+                    key_set_version: set.version,
+                });
             }
         }
         Err(KeyRingError::Contended)
@@ -370,13 +483,7 @@ impl KeyRing {
                 return Ok(None);
             }
             set.version = loaded.version + 1;
-            let raw = encode(&set)?;
-            if self
-                .store
-                .record_compare_and_swap(KEY_SET_RECORD, Some(&loaded.raw), Some(raw.clone()), None, now_ms)
-                .await?
-            {
-                self.replace(load(raw, &self.master)?);
+            if self.swap(&loaded, &set, now_ms).await?.is_some() {
                 tracing::info!(version = set.version, "retired signing keys past their overlap");
                 return Ok(Some(set.version));
             }
@@ -396,16 +503,58 @@ fn retire_expired(set: &mut StoredKeySet, now_ms: u64) -> bool {
             changed = true;
         }
     }
+    // History: the newest retired keys, and revoked keys while the feed must name them.
     let mut retired = 0;
-    set.keys.retain(|k| {
-        if k.status == KeyStatus::Retired {
+    set.keys.retain(|k| match k.status {
+        KeyStatus::Retired => {
             retired += 1;
             retired <= RETIRED_HISTORY
-        } else {
-            true
         }
+        KeyStatus::Revoked => {
+            k.revoked_at_ms.is_some_and(|at| now_ms < at.saturating_add(REVOKED_KEY_MEMORY_MS))
+        }
+        KeyStatus::Current | KeyStatus::Previous => true,
     });
     changed
+}
+
+/// Re-seals the stored key set under `master` when it is sealed under `previous` (the
+/// master key is being replaced). Returns whether it re-sealed; a set that `master`
+/// already opens is left alone, one neither opens is refused.
+pub async fn reseal_key_set(
+    store: &dyn Store,
+    master: &MasterKey,
+    previous: &MasterKey,
+    rng: &dyn RandomSource,
+    now_ms: u64,
+) -> Result<bool, KeyRingError> {
+    for _ in 0..CAS_ATTEMPTS {
+        let Some(raw) = store.record_get(KEY_SET_RECORD, now_ms).await? else {
+            return Ok(false);
+        };
+        match load(raw.clone(), master) {
+            Ok(_) => return Ok(false),
+            Err(KeyRingError::WrongMasterKey { .. }) => {}
+            Err(other) => return Err(other),
+        }
+        let mut set = load(raw.clone(), previous)?.stored;
+        for key in &mut set.keys {
+            if key.sealed_key.is_none() {
+                continue;
+            }
+            let private = unseal_key(key, previous)?.private_bytes()?;
+            let sealed = master.seal(&private, key.kid.as_bytes(), rng)?;
+            key.nonce = Some(sealed.nonce_base64());
+            key.sealed_key = Some(sealed.ciphertext_base64());
+        }
+        set.version += 1;
+        let new = encode(&set)?;
+        if store.record_compare_and_swap(KEY_SET_RECORD, Some(&raw), Some(new), None, now_ms).await? {
+            tracing::warn!(version = set.version, "re-sealed the signing keys under the new master key");
+            return Ok(true);
+        }
+    }
+    Err(KeyRingError::Contended)
 }
 
 fn encode(set: &StoredKeySet) -> Result<Vec<u8>, KeyRingError> {
@@ -425,6 +574,7 @@ fn seal_key(
         status: KeyStatus::Current,
         created_at_ms,
         retires_at_ms: None,
+        revoked_at_ms: None,
         nonce: Some(sealed.nonce_base64()),
         sealed_key: Some(sealed.ciphertext_base64()),
         public: Some(key.public_jwk()),

@@ -3,14 +3,18 @@
 //! operators use.
 //!
 //! - [`store`]: the storage primitives and their backends.
-//! - [`http`]: the HTTP API; [`app`] builds the router.
+//! - [`http`]: the HTTP API on two listeners: [`internal_app`] (what Envoys call,
+//!   behind the fleet credential) and [`admin_app`] (the admin API and metrics).
 //! - [`master_key`], [`signing`], [`keys`]: signing keys (ES256, EdDSA, RS256),
 //!   sealed at rest, rotated with an overlap; [`tokens`]: token minting.
 //! - [`sessions`]: refresh token families; [`revocations`]: revoked jtis, token
 //!   versions and the change feed the filter follows; [`audit`]: the audit log.
 //! - [`lockouts`]: failed logins and locks per account and address; [`burst`]:
-//!   per-address request bursts, signed webhook alerts and optional blocks.
+//!   per-address request bursts, alerts and optional blocks; [`webhooks`]: the durable
+//!   outbox that delivers alerts (retries, dead letters, signatures).
 //! - [`ratelimits`]: rate-limit counters and quota leases for the filter.
+//! - [`admin_credential`]: the admin token and the fleet credentials, compared in
+//!   constant time.
 //! - [`server`]: process startup and graceful shutdown; [`client`]: the admin API
 //!   client behind the `portcullis` CLI; [`config_check`]: `portcullis config check`,
 //!   offline checks of plugin configurations.
@@ -38,5 +42,6 @@ pub mod signing;
 pub mod store;
 pub mod tls;
 pub mod tokens;
+pub mod webhooks;
 
-pub use http::{app, AppState, Dependencies};
+pub use http::{admin_app, internal_app, AppState, Dependencies};

@@ -157,7 +157,7 @@ impl GuardMetrics {
         );
         registry.register(
             "burst_alerts",
-            "Burst alert webhook deliveries by result (sent, failed), and alerts dropped on a full queue",
+            "Burst alert webhook deliveries by result: sent (2xx), failed (an attempt failed; retried), dead_lettered (given up), dropped (outbox or dead letters full)",
             metrics.burst_alerts.clone(),
         );
         registry.register(
@@ -186,7 +186,8 @@ impl Metrics {
         self.guard.lockouts_started.get_or_create(&KindLabels { kind }).inc();
     }
 
-    /// `result`: `sent`, `failed` (per webhook delivery) or `dropped` (per alert).
+    /// `result`: `sent`, `failed` (an attempt, retried later), `dead_lettered` or
+    /// `dropped` (a full outbox, or a dead letter pushed out).
     pub fn record_burst_alert(&self, result: &'static str) {
         self.guard.burst_alerts.get_or_create(&ResultLabels { result }).inc();
     }

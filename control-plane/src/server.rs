@@ -1,6 +1,6 @@
 //! Starting the service: resolve the master key, open the store, load (or create) the
-//! signing key set, run periodic maintenance, serve HTTP until SIGTERM or SIGINT, then
-//! drain in-flight requests.
+//! signing key set, run periodic maintenance, serve the internal and the admin listener
+//! until SIGTERM or SIGINT, then drain in-flight requests on both.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,8 +10,8 @@ use tokio::net::TcpListener;
 
 use crate::admin_credential::{AdminCredential, AdminCredentialError};
 use crate::clock::SystemClock;
-use crate::config::{AdminTokenError, ServerConfig, StoreKind};
-use crate::http::{app, AppState, Dependencies};
+use crate::config::{AdminTokenError, FleetCredentialError, ServerConfig, StoreKind};
+use crate::http::{admin_app, internal_app, AppState, Dependencies};
 use crate::keys::{KeyPolicy, KeyRingError};
 use crate::master_key::{MasterKey, MasterKeyError};
 use crate::metrics::Metrics;
@@ -32,6 +32,21 @@ pub enum StartupError {
     AdminToken(#[from] AdminTokenError),
     #[error(transparent)]
     AdminCredential(#[from] AdminCredentialError),
+    #[error(transparent)]
+    FleetCredential(#[from] FleetCredentialError),
+    #[error(
+        "the admin token is also a fleet credential: every Envoy would hold the admin API; give them \
+         different secrets"
+    )]
+    AdminTokenIsFleetCredential,
+    #[error(
+        "--listen (PORTCULLIS_LISTEN) was split in two: --internal-listen (PORTCULLIS_INTERNAL_LISTEN, \
+         what Envoys call, default 127.0.0.1:9091) and --admin-listen (PORTCULLIS_ADMIN_LISTEN, the admin \
+         API, default 127.0.0.1:9090); set those instead"
+    )]
+    ListenRemoved,
+    #[error("--internal-listen and --admin-listen are both {0}: the two listeners need distinct addresses")]
+    SameListenAddress(std::net::SocketAddr),
     #[error(transparent)]
     Redis(#[from] crate::config::RedisConfigError),
     #[error(transparent)]
@@ -100,17 +115,39 @@ pub fn resolve_master_key(config: &ServerConfig, rng: &dyn RandomSource) -> Resu
     }
 }
 
+/// The master key being replaced, when one is configured.
+pub fn resolve_previous_master_key(config: &ServerConfig) -> Result<Option<MasterKey>, StartupError> {
+    let args = &config.master_key;
+    if let Some(text) = &args.previous_master_key {
+        return Ok(Some(MasterKey::from_base64(text)?));
+    }
+    Ok(args.previous_master_key_file.as_deref().map(MasterKey::read_file).transpose()?)
+}
+
 /// Runs the control plane until a shutdown signal.
 pub async fn run(config: ServerConfig) -> Result<(), StartupError> {
     // Validate everything that needs no I/O first, so misconfiguration fails fast.
-    let admin = AdminCredential::new(&config.admin_token.load()?)?;
+    if config.listen.is_some() {
+        return Err(StartupError::ListenRemoved);
+    }
+    if config.admin_listen == config.internal_listen && config.admin_listen.port() != 0 {
+        return Err(StartupError::SameListenAddress(config.admin_listen));
+    }
+    let admin_token = zeroize::Zeroizing::new(config.admin_token.load()?);
+    let admin = AdminCredential::new(&admin_token)?;
+    let fleet = config.fleet.load()?;
+    if fleet.accepts(&admin_token) {
+        return Err(StartupError::AdminTokenIsFleetCredential);
+    }
     let mut burst = config.burst.load()?;
-    burst.webhook_ca = config.webhook_ca()?;
+    burst.webhooks.ca = config.webhook_ca()?;
     let store = open_store(&config)?;
     let master_key = resolve_master_key(&config, &OsRandom)?;
+    let previous_master_key = resolve_previous_master_key(&config)?;
     let deps = Dependencies {
         store,
         admin: Arc::new(admin),
+        fleet: Arc::new(fleet),
         token_policy: TokenPolicy {
             issuer: config.issuer.clone(),
             default_audience: config.audience.clone(),
@@ -128,29 +165,54 @@ pub async fn run(config: ServerConfig) -> Result<(), StartupError> {
         },
         feed_keep: config.feed_keep,
     };
-    let state = initialise_with_patience(deps).await?.with_burst_config(burst)?;
+    let state = initialise_with_patience(deps, previous_master_key).await?.with_burst_config(burst)?;
     let maintenance = tokio::spawn(maintain_periodically(state.clone()));
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartupError::Bind { addr: config.listen, source })?;
-    let addr = listener.local_addr().map_err(StartupError::Serve)?;
+    let listeners = Listeners::bind(config.internal_listen, config.admin_listen).await?;
     tracing::info!(
-        %addr,
+        internal = %listeners.internal.local_addr().map_err(StartupError::Serve)?,
+        admin = %listeners.admin.local_addr().map_err(StartupError::Serve)?,
         store = state.store.backend().as_str(),
         kid = state.keys.current(state.clock.now_ms()).await.current().kid(),
         "portcullis control plane listening"
     );
-    let served = serve(listener, state, shutdown_signal()).await;
+    let webhooks = std::sync::Arc::clone(&state.webhooks);
+    let served = serve(listeners, state, shutdown_signal()).await;
     maintenance.abort();
+    // Attempts under way finish; what is not delivered stays in the outbox.
+    webhooks.stop().await;
     served?;
     tracing::info!("shut down");
     Ok(())
 }
 
-async fn initialise_with_patience(deps: Dependencies) -> Result<AppState, StartupError> {
+/// Re-seals the signing keys when they are still under the previous master key, then
+/// initialises the state; retries while the store is not reachable yet.
+async fn initialise_with_patience(
+    deps: Dependencies,
+    previous_master_key: Option<MasterKey>,
+) -> Result<AppState, StartupError> {
     let deadline = Instant::now() + STARTUP_STORE_PATIENCE;
     loop {
-        match AppState::initialise(deps.clone()).await {
+        let resealed = match &previous_master_key {
+            Some(previous) => {
+                let now_ms = deps.clock.now_ms();
+                crate::keys::reseal_key_set(
+                    deps.store.as_ref(),
+                    &deps.master_key,
+                    previous,
+                    deps.rng.as_ref(),
+                    now_ms,
+                )
+                .await
+                .map(|_| ())
+            }
+            None => Ok(()),
+        };
+        let initialised = match resealed {
+            Ok(()) => AppState::initialise(deps.clone()).await,
+            Err(error) => Err(error),
+        };
+        match initialised {
             Ok(state) => return Ok(state),
             Err(error) if error.is_transient() && Instant::now() < deadline => {
                 tracing::warn!(error = %error, "store not reachable yet; retrying");
@@ -175,14 +237,61 @@ async fn maintain_periodically(state: AppState) {
     }
 }
 
-/// Serves the API on `listener` until `shutdown` completes, then finishes in-flight
-/// requests.
+/// The two bound listeners.
+pub struct Listeners {
+    /// What Envoys call ([`internal_app`]).
+    pub internal: TcpListener,
+    /// The admin API and metrics ([`admin_app`]).
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(
+        internal: std::net::SocketAddr,
+        admin: std::net::SocketAddr,
+    ) -> Result<Self, StartupError> {
+        let bind = |addr| async move {
+            TcpListener::bind(addr).await.map_err(|source| StartupError::Bind { addr, source })
+        };
+        Ok(Self { internal: bind(internal).await?, admin: bind(admin).await? })
+    }
+}
+
+/// Serves both listeners until `shutdown` completes, then finishes in-flight requests
+/// on both. If one listener fails, the other is shut down too.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Listeners,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartupError> {
-    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await.map_err(StartupError::Serve)
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stop = Arc::new(stop);
+    let run = |listener: TcpListener, app: axum::Router| {
+        let (stop, mut stopped) = (Arc::clone(&stop), stopped.clone());
+        tokio::spawn(async move {
+            let result = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                })
+                .await;
+            // One listener ending (it failed) ends the other too.
+            let _ = stop.send(true);
+            result
+        })
+    };
+    let internal = run(listeners.internal, internal_app(state.clone()));
+    let admin = run(listeners.admin, admin_app(state));
+    let on_signal = Arc::clone(&stop);
+    let signal = tokio::spawn(async move {
+        shutdown.await;
+        let _ = on_signal.send(true);
+    });
+    let results = [internal.await, admin.await];
+    signal.abort();
+    for result in results {
+        result.map_err(|e| StartupError::Serve(std::io::Error::other(e)))?.map_err(StartupError::Serve)?;
+    }
+    Ok(())
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).

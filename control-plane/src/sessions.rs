@@ -15,6 +15,18 @@
 //! racing duplicate included — is reuse: the whole family is revoked (its access
 //! tokens' `jti`s go to the revocation feed until their `exp`). The winner of such a
 //! race still gets its answer, but the tokens in it are revoked with the family.
+//!
+//! **Revoking a user** ([`revoke_user`]) raises the subject's minimum version and then
+//! revokes every session of the subject, in one operation. A refresh racing it never
+//! yields a token that passes, by two independent guards:
+//!
+//! - each session remembers the `ver` it was started at; a refresh reads the subject's
+//!   minimum once and mints with it, refusing (and revoking the family) when the
+//!   session started below it. A refresh that read the minimum before the raise mints
+//!   a token below the new minimum; one that read it after is refused;
+//! - a refresh records its new `jti` in the session by compare-and-swap and revokes
+//!   it when the family was revoked meanwhile; a revocation that comes later revokes
+//!   every `jti` the session lists, this one included.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -29,6 +41,8 @@ use crate::store::{Store, StoreError};
 use crate::tokens::{self, IssuedToken, MintContext, TokenError, TokenPolicy, TokenRequest};
 
 const CAS_ATTEMPTS: usize = 32;
+/// Why the sessions of a revoked subject were revoked.
+const USER_REVOKED: &str = "all tokens of the user revoked";
 /// Access tokens remembered per session (expired ones are dropped first).
 const MAX_TRACKED_TOKENS: usize = 1000;
 
@@ -66,7 +80,7 @@ impl From<RevocationError> for SessionError {
             RevocationError::InvalidRequest(m) => SessionError::InvalidRequest(m),
             RevocationError::Store(e) => SessionError::Store(e),
             RevocationError::Contended => SessionError::Contended,
-            RevocationError::SnapshotTooLarge(_) => SessionError::Encoding(e.to_string()),
+            RevocationError::Random(_) => SessionError::Encoding(e.to_string()),
         }
     }
 }
@@ -92,6 +106,11 @@ struct SessionRecord {
     refresh_expires_at_ms: u64,
     refresh_count: u64,
     access_tokens: Vec<SessionToken>,
+    /// The `ver` of the session's first token. A refresh is refused once the subject's
+    /// minimum is above it (0 for sessions recorded before versions were kept: they
+    /// cannot be refreshed once the subject is revoked).
+    #[serde(default)]
+    version: u64,
     #[serde(default)]
     revoked_at_ms: Option<u64>,
     #[serde(default)]
@@ -188,9 +207,9 @@ impl Minter<'_> {
         &self,
         request: &TokenRequest,
         sid: &str,
+        version: u64,
         now_ms: u64,
     ) -> Result<IssuedToken, SessionError> {
-        let version = revocations::token_version_for(self.store, &request.sub, now_ms).await?;
         let keys = self.keys.current(now_ms).await;
         let context = MintContext { version, session_id: Some(sid) };
         Ok(tokens::mint_access_token(request, self.policy, keys.current(), context, now_ms, self.rng)?)
@@ -219,7 +238,8 @@ impl Minter<'_> {
     pub async fn issue(&self, request: &TokenRequest, now_ms: u64) -> Result<IssuedToken, SessionError> {
         tokens::validate_request(request, self.policy)?;
         let sid = random_id(self.rng, 16)?;
-        let mut issued = self.mint(request, &sid, now_ms).await?;
+        let version = revocations::version_to_issue(self.store, &request.sub, now_ms).await?.version;
+        let mut issued = self.mint(request, &sid, version, now_ms).await?;
         let refresh_expires_at_ms =
             now_ms.saturating_add(self.policy.refresh_ttl_seconds.saturating_mul(1000));
         let record = SessionRecord {
@@ -234,6 +254,7 @@ impl Minter<'_> {
                 jti: issued.jti.clone(),
                 exp: now_ms / 1000 + issued.expires_in,
             }],
+            version,
             revoked_at_ms: None,
             revoked_reason: None,
         };
@@ -295,8 +316,15 @@ impl Minter<'_> {
         if session.revoked_at_ms.is_some() {
             return Err(SessionError::InvalidGrant(INVALID));
         }
+        // One read of the subject's minimum decides both whether the family may go on
+        // and the new token's version (see the module docs).
+        let versions = revocations::version_to_issue(self.store, &session.sub, now_ms).await?;
+        if session.version < versions.user_min_version {
+            revoke_session(self.store, &session.sid, USER_REVOKED, now_ms).await?;
+            return Err(SessionError::InvalidGrant(INVALID));
+        }
 
-        let mut issued = self.mint(&session.request, &session.sid, now_ms).await?;
+        let mut issued = self.mint(&session.request, &session.sid, versions.version, now_ms).await?;
         let refresh_expires_at_ms =
             now_ms.saturating_add(self.policy.refresh_ttl_seconds.saturating_mul(1000));
         let token = SessionToken { jti: issued.jti.clone(), exp: now_ms / 1000 + issued.expires_in };
@@ -435,6 +463,42 @@ pub async fn revoke_session(
         revoked_jtis.push(token.jti.clone());
     }
     Ok(Some(RevokedSession { session_id: session.sid, sub: session.sub, revoked_jtis, newly_revoked }))
+}
+
+/// What revoking a user did (`POST /admin/v1/users/{sub}/revoke-all`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserRevocation {
+    pub sub: String,
+    /// The subject's new minimum token version.
+    pub min_version: u64,
+    /// Feed cursor of the minimum's change.
+    pub cursor: u64,
+    /// The subject's sessions, now revoked (refresh tokens included).
+    pub revoked_sessions: Vec<String>,
+    /// Live access tokens of those sessions, put on the revocation list.
+    pub revoked_jtis: Vec<String>,
+}
+
+/// Revokes everything of a subject: raises its minimum token version (every access
+/// token minted so far stops passing) and revokes each of its sessions (no refresh
+/// token of theirs works any more). See the module docs for refreshes racing it.
+pub async fn revoke_user(store: &dyn Store, sub: &str, now_ms: u64) -> Result<UserRevocation, SessionError> {
+    let (min_version, cursor) = revocations::revoke_all_for_user(store, sub, now_ms).await?;
+    let mut revoked = UserRevocation {
+        sub: sub.to_owned(),
+        min_version,
+        cursor,
+        revoked_sessions: Vec::new(),
+        revoked_jtis: Vec::new(),
+    };
+    for member in store.set_members(&user_sessions_set(sub), now_ms).await? {
+        if let Some(session) = revoke_session(store, &member.member, USER_REVOKED, now_ms).await? {
+            revoked.revoked_sessions.push(session.session_id);
+            revoked.revoked_jtis.extend(session.revoked_jtis);
+        }
+    }
+    Ok(revoked)
 }
 
 fn info(session: &SessionRecord, now_ms: u64) -> SessionInfo {

@@ -1,5 +1,11 @@
-//! The HTTP API through `app(...).oneshot(...)`, without a socket.
+//! The HTTP API through `oneshot`, without a socket: both listeners
+//! (`internal_app`, `admin_app`), the fleet credential gate and which routes each
+//! listener serves, then the admin API and the rate-limit route.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use support::{Backend, Listeners, FLEET_CREDENTIAL};
 
 use std::sync::Arc;
 
@@ -10,7 +16,7 @@ use axum::response::Response;
 use axum::Router;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use portcullis_control_plane::admin_credential::AdminCredential;
+use portcullis_control_plane::admin_credential::{AdminCredential, FleetCredentials};
 use portcullis_control_plane::clock::SystemClock;
 use portcullis_control_plane::keys::KeyPolicy;
 use portcullis_control_plane::master_key::MasterKey;
@@ -19,7 +25,9 @@ use portcullis_control_plane::random::OsRandom;
 use portcullis_control_plane::signing::SigningAlgorithm;
 use portcullis_control_plane::store::{MemoryStore, Store};
 use portcullis_control_plane::tokens::TokenPolicy;
-use portcullis_control_plane::{app, AppState, Dependencies};
+use portcullis_control_plane::{admin_app, internal_app, AppState, Dependencies};
+use portcullis_core::fleet::{encode_hash, FleetCredential};
+use portcullis_core::revocation::FeedPage;
 use serde_json::{json, Value};
 use tower::ServiceExt as _;
 
@@ -29,6 +37,7 @@ fn dependencies(store: Arc<dyn Store>) -> Dependencies {
     Dependencies {
         store,
         admin: Arc::new(AdminCredential::new(ADMIN_TOKEN).unwrap()),
+        fleet: support::fleet_credentials(),
         token_policy: TokenPolicy {
             issuer: "portcullis-test".into(),
             default_audience: "demo-api".into(),
@@ -52,8 +61,12 @@ async fn test_state() -> AppState {
     AppState::initialise(dependencies(Arc::new(MemoryStore::new()))).await.unwrap()
 }
 
-async fn send(app: &Router, request: Request<Body>) -> Response {
-    app.clone().oneshot(request).await.unwrap()
+async fn send(app: &Listeners, request: Request<Body>) -> Response {
+    app.send(request).await
+}
+
+async fn oneshot(router: &Router, request: Request<Body>) -> Response {
+    router.clone().oneshot(request).await.unwrap()
 }
 
 fn get(path: &str) -> Request<Body> {
@@ -86,9 +99,203 @@ async fn assert_problem(response: Response, status: StatusCode) -> Value {
     problem
 }
 
+// --- the two listeners and the fleet credential ---------------------------------------
+
+const PREVIOUS_FLEET_CREDENTIAL: &str = "previous-fleet-credential-0123456789abcdef";
+
+/// Every route Envoys call, with a body they would send.
+fn internal_requests() -> Vec<(&'static str, &'static str, Option<Value>)> {
+    let subjects = json!([{"kind": "account", "value": "alice"}]);
+    vec![
+        ("GET", "/v1/feed", None),
+        ("GET", "/v1/token-status?jti=j1&sub=alice", None),
+        (
+            "POST",
+            "/v1/ratelimit",
+            Some(json!({"asks": [{"key": "k", "limit": 10, "unit": "minute", "op": "check", "cost": 1}]})),
+        ),
+        ("POST", "/v1/lockout/check", Some(json!({ "subjects": subjects }))),
+        ("POST", "/v1/lockout/report", Some(json!({ "outcome": "failure", "subjects": subjects }))),
+        ("POST", "/v1/burst/report", Some(json!({"entries": [{"ip": "192.0.2.1", "count": 1}]}))),
+    ]
+}
+
+fn request(method: &str, path: &str, body: Option<&Value>, authorization: Option<&str>) -> Request<Body> {
+    let mut builder = Request::builder().method(method).uri(path);
+    if let Some(value) = authorization {
+        builder = builder.header(AUTHORIZATION, value);
+    }
+    match body {
+        Some(b) => builder.header(CONTENT_TYPE, "application/json").body(Body::from(b.to_string())),
+        None => builder.body(Body::empty()),
+    }
+    .unwrap()
+}
+
+fn bearer(secret: &str) -> String {
+    format!("Bearer {secret}")
+}
+
+/// A state on `backend` accepting [`FLEET_CREDENTIAL`] and, during a rotation,
+/// `previous` too.
+async fn state_on(backend: &Backend, previous: Option<&str>) -> AppState {
+    let mut deps = dependencies(Arc::clone(&backend.store));
+    let previous = previous.map(|p| FleetCredential::new(p).unwrap());
+    deps.fleet = Arc::new(FleetCredentials::new(&support::fleet_credential(), previous.as_ref()).unwrap());
+    AppState::initialise(deps).await.unwrap()
+}
+
+async fn assert_unauthorized(response: Response, challenge: &str, what: &str) {
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{what}");
+    assert_eq!(response.headers().get(WWW_AUTHENTICATE).unwrap(), challenge, "{what}");
+    assert_problem(response, StatusCode::UNAUTHORIZED).await;
+}
+
+support::backends!(
+    every_internal_route_needs_the_current_or_during_a_rotation_the_previous_fleet_credential,
+    a_login_report_without_the_fleet_credential_cannot_unlock_an_account,
+    the_feed_hashes_ids_with_the_key_of_the_credential_presented,
+);
+
+async fn every_internal_route_needs_the_current_or_during_a_rotation_the_previous_fleet_credential(
+    backend: Backend,
+) {
+    // During a rotation both credentials pass; once it is over (the control plane
+    // restarted without the previous one) only the current one does.
+    let during = internal_app(state_on(&backend, Some(PREVIOUS_FLEET_CREDENTIAL)).await);
+    let after = internal_app(state_on(&backend, None).await);
+    let missing = r#"Bearer realm="portcullis-internal""#;
+    let invalid = r#"Bearer realm="portcullis-internal", error="invalid_token""#;
+    for (method, path, body) in internal_requests() {
+        let body = body.as_ref();
+        for (app, credential) in
+            [(&during, FLEET_CREDENTIAL), (&during, PREVIOUS_FLEET_CREDENTIAL), (&after, FLEET_CREDENTIAL)]
+        {
+            let response = oneshot(app, request(method, path, body, Some(&bearer(credential)))).await;
+            assert_eq!(response.status(), StatusCode::OK, "{method} {path} with an accepted credential");
+        }
+        for app in [&during, &after] {
+            let what = format!("{method} {path} without a credential");
+            assert_unauthorized(oneshot(app, request(method, path, body, None)).await, missing, &what).await;
+            let basic = Some("Basic Zm9vOmJhcg==");
+            let what = format!("{method} {path} with another scheme");
+            assert_unauthorized(oneshot(app, request(method, path, body, basic)).await, missing, &what).await;
+            for wrong in ["x".repeat(40), ADMIN_TOKEN.to_owned(), format!("{FLEET_CREDENTIAL}x")] {
+                let response = oneshot(app, request(method, path, body, Some(&bearer(&wrong)))).await;
+                assert_unauthorized(response, invalid, &format!("{method} {path} with a wrong credential"))
+                    .await;
+            }
+        }
+        let old = Some(bearer(PREVIOUS_FLEET_CREDENTIAL));
+        let what = format!("{method} {path} with the previous credential after the rotation");
+        assert_unauthorized(
+            oneshot(&after, request(method, path, body, old.as_deref())).await,
+            invalid,
+            &what,
+        )
+        .await;
+    }
+}
+
+async fn a_login_report_without_the_fleet_credential_cannot_unlock_an_account(backend: Backend) {
+    let app = internal_app(state_on(&backend, None).await);
+    let subjects = json!([{"kind": "account", "value": "victim"}]);
+    let report = |outcome: &str| json!({ "outcome": outcome, "subjects": subjects });
+    let fleet = bearer(FLEET_CREDENTIAL);
+    for _ in 0..5 {
+        let response =
+            oneshot(&app, request("POST", "/v1/lockout/report", Some(&report("failure")), Some(&fleet)))
+                .await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    // The attack: a success report (which forgets the account's failures), unauthenticated.
+    let response = oneshot(&app, request("POST", "/v1/lockout/report", Some(&report("success")), None)).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let check = json!({ "subjects": subjects });
+    let response = oneshot(&app, request("POST", "/v1/lockout/check", Some(&check), Some(&fleet))).await;
+    assert!(body_json(response).await["lockedForMs"].as_u64().unwrap() > 0, "still locked");
+}
+
+async fn the_feed_hashes_ids_with_the_key_of_the_credential_presented(backend: Backend) {
+    let state = state_on(&backend, Some(PREVIOUS_FLEET_CREDENTIAL)).await;
+    let (admin, internal) = (admin_app(state.clone()), internal_app(state));
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
+    let revoke = json!({"jti": "jti-of-alice", "exp": exp});
+    let response = oneshot(&admin, admin_post("/admin/v1/revocations", &revoke)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let response =
+        oneshot(&admin, admin_post("/admin/v1/users/alice@example.com/revoke-all", &json!({}))).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    for credential in [FLEET_CREDENTIAL, PREVIOUS_FLEET_CREDENTIAL] {
+        let key = FleetCredential::new(credential).unwrap().feed_key();
+        let response = oneshot(&internal, request("GET", "/v1/feed", None, Some(&bearer(credential)))).await;
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        assert!(
+            !text.contains("jti-of-alice") && !text.contains("alice@example.com"),
+            "names in clear: {text}"
+        );
+        let page: FeedPage = serde_json::from_str(&text).unwrap();
+        assert_eq!(page.key_id, key.id());
+        assert_eq!(page.revoked[0].jti_hash, encode_hash(&key.token_id("jti-of-alice")));
+        assert_eq!(page.user_min_versions[0].sub_hash, encode_hash(&key.subject("alice@example.com")));
+    }
+}
+
+#[tokio::test]
+async fn each_listener_answers_404_for_the_other_listeners_routes_whatever_the_credential() {
+    let state = test_state().await;
+    let (admin, internal) = (admin_app(state.clone()), internal_app(state));
+    let credentials = [None, Some(bearer(ADMIN_TOKEN)), Some(bearer(FLEET_CREDENTIAL))];
+    let admin_only = [
+        ("GET", "/admin/v1/status", None),
+        ("GET", "/admin/v1/keys", None),
+        ("POST", "/admin/v1/tokens", Some(json!({"sub": "mallory"}))),
+        ("POST", "/admin/v1/global/rotate", Some(json!({"reason": "x", "graceSeconds": 0}))),
+        // The breach response: key revocation, user revocation, the webhook dead letters.
+        ("POST", "/admin/v1/keys/some-kid/revoke", None),
+        ("POST", "/admin/v1/keys/revoke-all", None),
+        ("POST", "/admin/v1/users/alice/revoke-all", Some(json!({}))),
+        ("GET", "/admin/v1/users/alice/sessions", None),
+        ("GET", "/admin/v1/webhooks/dead-letters", None),
+        ("DELETE", "/admin/v1/webhooks/dead-letters", None),
+        ("POST", "/admin/v1/webhooks/dead-letters/retry", None),
+        ("POST", "/admin/v1/webhooks/dead-letters/some-id/retry", None),
+        ("DELETE", "/admin/v1/webhooks/dead-letters/some-id", None),
+        ("GET", "/admin/v1/lockouts", None),
+        ("GET", "/metrics", None),
+    ];
+    let mut internal_only = internal_requests();
+    internal_only.push(("GET", "/.well-known/jwks.json", None));
+    internal_only.push(("POST", "/v1/token/refresh", Some(json!({"refreshToken": "r"}))));
+    for (app, routes, listener) in
+        [(&internal, &admin_only[..], "internal"), (&admin, &internal_only[..], "admin")]
+    {
+        for (method, path, body) in routes {
+            for credential in &credentials {
+                let response =
+                    oneshot(app, request(method, path, body.as_ref(), credential.as_deref())).await;
+                let what = format!("{method} {path} on the {listener} listener");
+                assert_eq!(response.status(), StatusCode::NOT_FOUND, "{what}");
+                let problem = assert_problem(response, StatusCode::NOT_FOUND).await;
+                assert_eq!(problem["type"], "urn:portcullis:problem:not-found", "{what}");
+            }
+        }
+    }
+    // Health and readiness are on both; the JWKS and refresh need no credential.
+    for app in [&admin, &internal] {
+        for path in ["/healthz", "/readyz"] {
+            assert_eq!(oneshot(app, get(path)).await.status(), StatusCode::OK, "{path}");
+        }
+    }
+    assert_eq!(oneshot(&internal, get("/.well-known/jwks.json")).await.status(), StatusCode::OK);
+    let refresh = request("POST", "/v1/token/refresh", Some(&json!({"refreshToken": "r"})), None);
+    assert_eq!(oneshot(&internal, refresh).await.status(), StatusCode::BAD_REQUEST, "invalid_grant, not 401");
+}
+
 #[tokio::test]
 async fn healthz_and_readyz_answer_with_a_healthy_store() {
-    let app = app(test_state().await);
+    let app = Listeners::new(test_state().await);
     let response = send(&app, get("/healthz")).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(body_json(response).await["status"], "alive");
@@ -100,7 +307,7 @@ async fn healthz_and_readyz_answer_with_a_healthy_store() {
 #[tokio::test]
 async fn jwks_publishes_the_current_es256_key() {
     let state = test_state().await;
-    let app = app(state.clone());
+    let app = Listeners::new(state.clone());
     let response = send(&app, get("/.well-known/jwks.json")).await;
     assert_eq!(response.status(), StatusCode::OK);
     let jwks = body_json(response).await;
@@ -116,7 +323,7 @@ async fn jwks_publishes_the_current_es256_key() {
 
 #[tokio::test]
 async fn admin_request_without_a_token_gets_a_bearer_challenge() {
-    let app = app(test_state().await);
+    let app = Listeners::new(test_state().await);
     let request = Request::post("/admin/v1/tokens")
         .header(CONTENT_TYPE, "application/json")
         .body(Body::from(r#"{"sub":"alice"}"#))
@@ -129,7 +336,7 @@ async fn admin_request_without_a_token_gets_a_bearer_challenge() {
 
 #[tokio::test]
 async fn admin_request_with_another_scheme_counts_as_missing_credentials() {
-    let app = app(test_state().await);
+    let app = Listeners::new(test_state().await);
     let request = Request::get("/admin/v1/status")
         .header(AUTHORIZATION, format!("Basic {ADMIN_TOKEN}"))
         .body(Body::empty())
@@ -141,7 +348,7 @@ async fn admin_request_with_another_scheme_counts_as_missing_credentials() {
 
 #[tokio::test]
 async fn admin_request_with_a_wrong_token_is_rejected_as_invalid_token() {
-    let app = app(test_state().await);
+    let app = Listeners::new(test_state().await);
     for wrong in ["wrong-token", &format!("{ADMIN_TOKEN}x"), &ADMIN_TOKEN[1..]] {
         let request = Request::get("/admin/v1/status")
             .header(AUTHORIZATION, format!("Bearer {wrong}"))
@@ -160,7 +367,7 @@ async fn admin_request_with_a_wrong_token_is_rejected_as_invalid_token() {
 #[tokio::test]
 async fn minted_token_verifies_against_the_jwks_with_an_independent_library() {
     let state = test_state().await;
-    let app = app(state.clone());
+    let app = Listeners::new(state.clone());
     let response = send(
         &app,
         admin_post(
@@ -212,7 +419,7 @@ async fn minted_token_verifies_against_the_jwks_with_an_independent_library() {
 
 #[tokio::test]
 async fn token_defaults_come_from_the_policy() {
-    let app = app(test_state().await);
+    let app = Listeners::new(test_state().await);
     let response = send(&app, admin_post("/admin/v1/tokens", &json!({"sub": "bob"}))).await;
     assert_eq!(response.status(), StatusCode::OK);
     let issued = body_json(response).await;
@@ -228,7 +435,7 @@ async fn token_defaults_come_from_the_policy() {
 
 #[tokio::test]
 async fn malformed_or_invalid_token_requests_are_400_problems() {
-    let app = app(test_state().await);
+    let app = Listeners::new(test_state().await);
     let raw = |body: &'static str| {
         Request::post("/admin/v1/tokens")
             .header(AUTHORIZATION, format!("Bearer {ADMIN_TOKEN}"))
@@ -257,7 +464,7 @@ async fn malformed_or_invalid_token_requests_are_400_problems() {
 
 #[tokio::test]
 async fn a_body_that_is_not_json_is_a_415_problem() {
-    let app = app(test_state().await);
+    let app = Listeners::new(test_state().await);
     let request = Request::post("/admin/v1/tokens")
         .header(AUTHORIZATION, format!("Bearer {ADMIN_TOKEN}"))
         .header(CONTENT_TYPE, "text/plain")
@@ -268,7 +475,7 @@ async fn a_body_that_is_not_json_is_a_415_problem() {
 
 #[tokio::test]
 async fn an_oversized_body_is_a_413_problem() {
-    let app = app(test_state().await);
+    let app = Listeners::new(test_state().await);
     let body = json!({"sub": "a", "claims": {"blob": "x".repeat(100_000)}});
     assert_problem(send(&app, admin_post("/admin/v1/tokens", &body)).await, StatusCode::PAYLOAD_TOO_LARGE)
         .await;
@@ -276,14 +483,14 @@ async fn an_oversized_body_is_a_413_problem() {
 
 #[tokio::test]
 async fn unknown_paths_are_404_problems() {
-    let app = app(test_state().await);
+    let app = Listeners::new(test_state().await);
     let problem = assert_problem(send(&app, get("/nope")).await, StatusCode::NOT_FOUND).await;
     assert_eq!(problem["type"], "urn:portcullis:problem:not-found");
 }
 
 #[tokio::test]
 async fn wrong_methods_are_405_problems_that_keep_the_allow_header() {
-    let app = app(test_state().await);
+    let app = Listeners::new(test_state().await);
     let request = Request::delete("/healthz").body(Body::empty()).unwrap();
     let response = send(&app, request).await;
     let allow = response.headers().get(ALLOW).unwrap().to_str().unwrap().to_owned();
@@ -294,7 +501,7 @@ async fn wrong_methods_are_405_problems_that_keep_the_allow_header() {
 #[tokio::test]
 async fn status_reports_the_backend_readiness_and_current_kid() {
     let state = test_state().await;
-    let app = app(state.clone());
+    let app = Listeners::new(state.clone());
     let request = Request::get("/admin/v1/status")
         .header(AUTHORIZATION, format!("Bearer {ADMIN_TOKEN}"))
         .body(Body::empty())
@@ -310,7 +517,7 @@ async fn status_reports_the_backend_readiness_and_current_kid() {
 
 #[tokio::test]
 async fn metrics_count_requests_by_route_and_status_and_issued_tokens() {
-    let app = app(test_state().await);
+    let app = Listeners::new(test_state().await);
     send(&app, admin_post("/admin/v1/tokens", &json!({"sub": "alice"}))).await;
     send(&app, get("/nope")).await;
     send(&app, get("/healthz")).await;
@@ -366,7 +573,7 @@ async fn rate_limit_state() -> (AppState, Arc<portcullis_control_plane::clock::F
     (AppState::initialise(deps).await.unwrap(), clock)
 }
 
-/// No admin token: the filter calls this route unauthenticated, like `/v1/feed`.
+/// No `Authorization`: [`Listeners::send`] adds the fleet credential, as Envoy does.
 fn rate_limit_post(body: &Value) -> Request<Body> {
     Request::post("/v1/ratelimit")
         .header(CONTENT_TYPE, "application/json")
@@ -393,7 +600,7 @@ fn result(
 #[tokio::test]
 async fn a_mixed_rate_limit_batch_is_answered_in_order() {
     let (state, _clock) = rate_limit_state().await;
-    let app = app(state);
+    let app = Listeners::new(state);
     let batch = json!({"asks": [
         {"key": "per-sub:alice", "limit": 10, "unit": "minute", "op": "lease", "maxLease": 4, "holders": 1, "ttlMs": 5000},
         {"key": "per-sub:alice", "limit": 10, "unit": "minute", "op": "check", "cost": 3},
@@ -422,7 +629,7 @@ async fn a_mixed_rate_limit_batch_is_answered_in_order() {
 #[tokio::test]
 async fn rate_limit_refusals_carry_retry_remaining_and_reset() {
     let (state, clock) = rate_limit_state().await;
-    let app = app(state);
+    let app = Listeners::new(state);
     let one = json!({"asks": [{"key": "k", "limit": 10, "unit": "minute", "op": "check", "cost": 1}]});
     for _ in 0..10 {
         let body = body_json(send(&app, rate_limit_post(&one)).await).await;
@@ -447,7 +654,7 @@ async fn rate_limit_refusals_carry_retry_remaining_and_reset() {
 #[tokio::test]
 async fn invalid_rate_limit_asks_are_400_problems_naming_the_ask_and_field() {
     let (state, _clock) = rate_limit_state().await;
-    let app = app(state);
+    let app = Listeners::new(state);
     let good = json!({"key": "k", "limit": 10, "unit": "minute", "op": "check", "cost": 1});
     let lease = |max_lease: u64, ttl_ms: u64| {
         let mut ask = json!({"key": "k", "limit": 10, "unit": "minute", "op": "lease"});
@@ -498,7 +705,7 @@ async fn invalid_rate_limit_asks_are_400_problems_naming_the_ask_and_field() {
 async fn a_store_failure_fails_the_whole_rate_limit_call_with_a_503_problem() {
     let (mut state, _clock) = rate_limit_state().await;
     // Nothing listens there: every store call fails as unavailable.
-    let url = format!("redis://127.0.0.1:{}/0", free_port());
+    let url = format!("redis://127.0.0.1:{}/0", support::free_port());
     state.store = Arc::new(
         portcullis_control_plane::store::RedisStore::new(
             &url,
@@ -506,7 +713,7 @@ async fn a_store_failure_fails_the_whole_rate_limit_call_with_a_503_problem() {
         )
         .unwrap(),
     );
-    let app = app(state);
+    let app = Listeners::new(state);
     let batch = json!({"asks": [
         {"key": "k", "limit": 10, "unit": "minute", "op": "check", "cost": 1},
         {"key": "k", "limit": 10, "unit": "minute", "op": "release", "units": 1},
@@ -519,7 +726,7 @@ async fn a_store_failure_fails_the_whole_rate_limit_call_with_a_503_problem() {
 #[tokio::test]
 async fn rate_limit_metrics_count_decisions_leases_and_releases() {
     let (state, _clock) = rate_limit_state().await;
-    let app = app(state);
+    let app = Listeners::new(state);
     let batch = json!({"asks": [
         {"key": "m", "limit": 10, "unit": "minute", "op": "lease", "maxLease": 5, "ttlMs": 1000},
         {"key": "m", "limit": 10, "unit": "minute", "op": "check", "cost": 5},
@@ -548,8 +755,4 @@ async fn rate_limit_metrics_count_decisions_leases_and_releases() {
         assert!(text.contains(line), "missing {line} in\n{text}");
     }
     assert!(!text.contains(r#"portcullis_rate_limit_near_limit_total{op="lease"}"#), "{text}");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

@@ -70,7 +70,7 @@ async fn cli_issues_a_token_that_verifies_against_the_servers_jwks() {
     assert_eq!(token.split('.').count(), 3);
 
     let kid = jsonwebtoken::decode_header(token).unwrap().kid.unwrap();
-    let jwks = jwks(&server.url).await;
+    let jwks = jwks(&server.internal_url).await;
     let key = DecodingKey::from_jwk(jwks.find(&kid).unwrap()).unwrap();
     let mut validation = Validation::new(Algorithm::ES256);
     validation.set_audience(&["demo-api"]);
@@ -141,7 +141,7 @@ fn admin_token_file_is_accepted_by_server_and_cli() {
 fn server_refuses_to_start_without_an_admin_token() {
     let dir = tempfile::tempdir().unwrap();
     let output = command(SERVER)
-        .args(["--store", "memory", "--listen", "127.0.0.1:0"])
+        .args(["--store", "memory", "--admin-listen", "127.0.0.1:0", "--internal-listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(dir.path())
         .output()
@@ -155,18 +155,90 @@ fn server_refuses_to_start_without_an_admin_token() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("at least 16"));
 
-    let output = command(SERVER).args(["--store", "redis", "--admin-token", ADMIN_TOKEN]).output().unwrap();
+    let output = command(SERVER)
+        .args(["--store", "redis", "--admin-token", ADMIN_TOKEN])
+        .env("PORTCULLIS_FLEET_CREDENTIAL", support::FLEET_CREDENTIAL)
+        .output()
+        .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--redis-url"));
 
     let output = command(SERVER)
         .args(["--store", "redis", "--admin-token", ADMIN_TOKEN])
         .args(["--redis-url", "redis://127.0.0.1:1/0"])
+        .env("PORTCULLIS_FLEET_CREDENTIAL", support::FLEET_CREDENTIAL)
         .output()
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("master key shared by all replicas"), "{stderr}");
+}
+
+#[test]
+fn server_refuses_the_old_listen_flag_a_shared_address_and_a_missing_or_reused_fleet_credential() {
+    let server = |args: &[&str], env: &[(&str, &str)]| {
+        let output = command(SERVER)
+            .args(["--store", "memory"])
+            .args(args)
+            .env("PORTCULLIS_ADMIN_TOKEN", ADMIN_TOKEN)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{args:?} {env:?} started");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let fleet = [("PORTCULLIS_FLEET_CREDENTIAL", support::FLEET_CREDENTIAL)];
+    let stderr = server(&["--listen", "127.0.0.1:0"], &fleet);
+    assert!(stderr.contains("--internal-listen") && stderr.contains("--admin-listen"), "{stderr}");
+    let stderr = server(&[], &[("PORTCULLIS_LISTEN", "127.0.0.1:0"), fleet[0]]);
+    assert!(stderr.contains("split in two"), "{stderr}");
+    let port = support::free_port().to_string();
+    let same = format!("127.0.0.1:{port}");
+    let stderr = server(&["--admin-listen", &same, "--internal-listen", &same], &fleet);
+    assert!(stderr.contains("distinct addresses"), "{stderr}");
+    let stderr = server(&["--admin-listen", "127.0.0.1:0", "--internal-listen", "127.0.0.1:0"], &[]);
+    assert!(
+        stderr.contains("no fleet credential") && stderr.contains("PORTCULLIS_FLEET_CREDENTIAL_FILE"),
+        "{stderr}"
+    );
+    let stderr =
+        server(&["--internal-listen", "127.0.0.1:0"], &[("PORTCULLIS_FLEET_CREDENTIAL", "too-short")]);
+    assert!(stderr.contains("at least 32") && !stderr.contains("too-short"), "{stderr}");
+    let reused = format!("{ADMIN_TOKEN}-{ADMIN_TOKEN}");
+    let output = command(SERVER)
+        .args(["--store", "memory", "--admin-listen", "127.0.0.1:0", "--internal-listen", "127.0.0.1:0"])
+        .env("PORTCULLIS_ADMIN_TOKEN", &reused)
+        .env("PORTCULLIS_FLEET_CREDENTIAL", &reused)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("admin token is also a fleet credential"));
+}
+
+#[tokio::test]
+async fn the_server_serves_envoys_and_operators_on_separate_ports() {
+    let server = start(&["--store", "memory"]);
+    let client = reqwest::Client::new();
+    let feed = |url: &str, credential: Option<&str>| {
+        let request = client.get(format!("{url}/v1/feed"));
+        match credential {
+            Some(c) => request.bearer_auth(c),
+            None => request,
+        }
+        .send()
+    };
+    let ok = feed(&server.internal_url, Some(support::FLEET_CREDENTIAL)).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let denied = feed(&server.internal_url, None).await.unwrap();
+    assert_eq!(denied.status(), 401);
+    assert_eq!(denied.headers()["www-authenticate"], r#"Bearer realm="portcullis-internal""#);
+    assert_eq!(denied.headers()["content-type"], "application/problem+json");
+    assert_eq!(feed(&server.url, Some(support::FLEET_CREDENTIAL)).await.unwrap().status(), 404);
+    let status = client.get(format!("{}/admin/v1/status", server.internal_url)).bearer_auth(ADMIN_TOKEN);
+    assert_eq!(status.send().await.unwrap().status(), 404);
+    assert_eq!(jwks(&server.internal_url).await.keys.len(), 1);
+    assert_eq!(client.get(format!("{}/metrics", server.url)).send().await.unwrap().status(), 200);
+    assert_eq!(client.get(format!("{}/metrics", server.internal_url)).send().await.unwrap().status(), 404);
 }
 
 #[test]
@@ -183,9 +255,11 @@ fn embedded_store_generates_a_master_key_and_refuses_a_wrong_one() {
         assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
     }
     let output = command(SERVER)
-        .args(["--store", "embedded", "--data-dir", path_str(&data_dir), "--listen", "127.0.0.1:0"])
+        .args(["--store", "embedded", "--data-dir", path_str(&data_dir)])
+        .args(["--admin-listen", "127.0.0.1:0", "--internal-listen", "127.0.0.1:0"])
         .args(["--master-key", "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="])
         .env("PORTCULLIS_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("PORTCULLIS_FLEET_CREDENTIAL", support::FLEET_CREDENTIAL)
         .output()
         .unwrap();
     assert!(!output.status.success());
@@ -205,9 +279,11 @@ fn cli_drives_keys_revocations_sessions_and_breach_rotation() {
     let refresh = issued["refreshToken"].as_str().unwrap();
     let sid = issued["sessionId"].as_str().unwrap();
 
-    let refreshed = json_of(&cli(url, &["token", "refresh", refresh]));
+    // Refresh token exchange is on the internal listener.
+    let internal = server.internal_url.as_str();
+    let refreshed = json_of(&cli(url, &["--internal-url", internal, "token", "refresh", refresh]));
     assert_eq!(refreshed["sessionId"], sid);
-    let output = cli(url, &["token", "refresh", refresh]);
+    let output = cli(url, &["--internal-url", internal, "token", "refresh", refresh]);
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).starts_with("Invalid grant:"));
 
@@ -224,9 +300,13 @@ fn cli_drives_keys_revocations_sessions_and_breach_rotation() {
     let exp = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600)
         .to_string();
     assert_eq!(json_of(&cli_admin(url, &["revoke", "jti", "some-jti", "--exp", &exp]))["jti"], "some-jti");
-    assert_eq!(json_of(&cli_admin(url, &["revoke", "user", "bob"]))["minVersion"], 2);
+    let bob = json_of(&cli_admin(url, &["revoke", "user", "bob"]));
+    assert_eq!(bob["minVersion"], 2);
+    assert_eq!(bob["revokedSessions"].as_array().unwrap().len(), 1, "{bob}");
     let global = json_of(&cli_admin(url, &["breach", "rotate", "--grace", "300", "--reason", "leaked key"]));
-    assert_eq!((global["minVersion"].as_u64(), global["graceSeconds"].as_u64()), (Some(2), Some(300)));
+    // Above the ceiling published while the highest version issued was bob's 2.
+    let rotated = 2 + portcullis_control_plane::revocations::VERSION_CEILING_MARGIN + 1;
+    assert_eq!((global["minVersion"].as_u64(), global["graceSeconds"].as_u64()), (Some(rotated), Some(300)));
 
     let before = status_kid(url);
     let rotation = json_of(&cli_admin(url, &["keys", "rotate"]));
@@ -236,7 +316,76 @@ fn cli_drives_keys_revocations_sessions_and_breach_rotation() {
     let status: Value = json_of(&cli_admin(url, &["status"]));
     assert_eq!(status["currentKid"], rotation["kid"]);
     assert_eq!(status["keySetVersion"], rotation["keySetVersion"]);
-    assert_eq!(status["globalMinVersion"], 2);
+    assert_eq!(status["globalMinVersion"], rotated);
+
+    // A leaked key is revoked at once; revoking the current key rotates.
+    let revoked = json_of(&cli_admin(url, &["keys", "revoke", &before]));
+    assert_eq!(
+        (revoked["revokedKids"][0].as_str(), revoked["rotated"].as_bool()),
+        (Some(before.as_str()), Some(false))
+    );
+    let current = status_kid(url);
+    let revoked = json_of(&cli_admin(url, &["keys", "revoke", &current]));
+    assert_eq!(revoked["rotated"], true);
+    assert_ne!(status_kid(url), current);
+    let output = cli_admin(url, &["keys", "revoke", "no-such-kid"]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).starts_with("Not found: There is no signing key"));
+    assert!(!cli_admin(url, &["keys", "revoke"]).status.success(), "a kid or --all is required");
+    let all = json_of(&cli_admin(url, &["keys", "revoke", "--all"]));
+    assert_eq!(all["revokedKids"].as_array().unwrap().len(), 1, "only the current key was left: {all}");
+    let listed = json_of(&cli_admin(url, &["keys", "list"]));
+    let statuses: Vec<&str> =
+        listed["keys"].as_array().unwrap().iter().map(|k| k["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["current", "revoked", "revoked", "revoked"], "{listed}");
+}
+
+/// The runbook for a leaked master key: restart with a new master key and the old one
+/// as the previous key (the signing keys are re-sealed), then revoke every signing key.
+#[tokio::test]
+async fn a_leaked_master_key_is_replaced_and_every_signing_key_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let (old_key, new_key) = (dir.path().join("master-key"), dir.path().join("master-key.new"));
+    std::fs::write(&old_key, "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\n").unwrap();
+    std::fs::write(&new_key, "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=\n").unwrap();
+    let store = ["--store", "embedded", "--data-dir", path_str(&data_dir)];
+    let first = start(&[&store[..], &["--master-key-file", path_str(&old_key)]].concat());
+    let token = stdout(&cli_admin(&first.url, &["token", "issue", "--sub", "alice"]));
+    let leaked = jsonwebtoken::decode_header(token.trim()).unwrap().kid.unwrap();
+    assert!(first.terminate());
+
+    let second = start(
+        &[
+            &store[..],
+            &["--master-key-file", path_str(&new_key), "--previous-master-key-file", path_str(&old_key)],
+        ]
+        .concat(),
+    );
+    assert_eq!(status_kid(&second.url), leaked, "the same keys, re-sealed");
+    let revoked = json_of(&cli_admin(&second.url, &["keys", "revoke", "--all"]));
+    assert_eq!(revoked["revokedKids"], serde_json::json!([leaked]));
+    let fresh = status_kid(&second.url);
+    assert_ne!(fresh, leaked);
+    let published: Vec<String> =
+        jwks(&second.internal_url).await.keys.iter().map(|k| k.common.key_id.clone().unwrap()).collect();
+    assert_eq!(published, [fresh.as_str()]);
+    assert!(second.terminate());
+
+    // From now on the new master key alone opens the store; the old one opens nothing.
+    let third = start(&[&store[..], &["--master-key-file", path_str(&new_key)]].concat());
+    assert_eq!(status_kid(&third.url), fresh);
+    assert!(third.terminate());
+    let output = command(SERVER)
+        .args(store)
+        .args(["--admin-listen", "127.0.0.1:0", "--internal-listen", "127.0.0.1:0"])
+        .args(["--master-key-file", path_str(&old_key)])
+        .env("PORTCULLIS_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("PORTCULLIS_FLEET_CREDENTIAL", support::FLEET_CREDENTIAL)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("the master key does not decrypt signing key"));
 }
 
 #[test]

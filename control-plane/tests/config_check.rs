@@ -41,12 +41,17 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
     path.to_str().unwrap().to_owned()
 }
 
-/// The shipped Istio manifests, sorted.
+/// The shipped Istio manifests that install the filter, sorted (the control plane's own
+/// mesh policy, `control-plane-authorization.yaml`, holds no filter configuration).
 fn istio_files() -> Vec<String> {
     let mut files: Vec<String> = std::fs::read_dir(repo().join("envoy/istio"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .filter(|p| {
+            let text = std::fs::read_to_string(p).unwrap();
+            text.contains("kind: WasmPlugin") || text.contains("envoy.filters.http.wasm")
+        })
         .map(|p| format!("envoy/istio/{}", p.file_name().unwrap().to_str().unwrap()))
         .collect();
     files.sort();

@@ -13,8 +13,8 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
+use portcullis_control_plane::config_check::compile_offline;
 use portcullis_control_plane::config_check::{configurations, Content};
-use portcullis_core::config::compile_json;
 use serde_json::{json, Value};
 
 const SCHEMA_FILE: &str = "docs/plugin-config.schema.json";
@@ -131,7 +131,7 @@ fn every_shipped_example_validates_against_the_schema() {
     }
     // The manifests' configurations are complete: the compiler takes them too.
     for (origin, config) in &manifests {
-        compile_json(config.to_string().as_bytes()).unwrap_or_else(|e| panic!("{origin}: {e}"));
+        compile_offline(config.to_string().as_bytes()).unwrap_or_else(|e| panic!("{origin}: {e}"));
     }
 }
 
@@ -157,8 +157,8 @@ fn base() -> Value {
             { "name": "api", "match": { "pathPrefix": "/api/", "methods": ["GET"] },
               "requires": { "anyOf": ["p", "inline"] }, "scopes": ["read"], "onStale": "allow" }
         ],
-        "revocation": { "cluster": "cp", "authority": "cp" },
-        "controlPlane": { "cluster": "cp", "authority": "cp" },
+        "revocation": {},
+        "controlPlane": { "cluster": "cp", "authority": "cp", "credential": { "inline": "a-development-fleet-credential-of-40-chars" } },
         "clientIp": { "trustedHops": 1 },
         "rateLimits": [ { "name": "per-user", "limit": 10, "unit": "minute", "descriptors": ["claim:sub"] } ],
         "lockout": { "routes": [ { "path": "/login" } ], "account": "json:username", "failureStatuses": [401] },
@@ -192,7 +192,7 @@ fn without(pointer: &str) -> Value {
 fn schema_and_compiler_both_accept_the_base_configuration() {
     let config = base();
     assert_eq!(errors(&validator(), &config), Vec::<String>::new());
-    compile_json(config.to_string().as_bytes()).unwrap();
+    compile_offline(config.to_string().as_bytes()).unwrap();
 }
 
 #[test]
@@ -226,7 +226,7 @@ fn schema_refuses_configurations_the_compiler_refuses_for_their_shape() {
     ];
     for (what, config) in broken {
         assert!(
-            compile_json(config.to_string().as_bytes()).is_err(),
+            compile_offline(config.to_string().as_bytes()).is_err(),
             "{what}: the compiler accepts it: {config}"
         );
         assert!(!validator.is_valid(&config), "{what}: the schema accepts it: {config}");

@@ -20,7 +20,7 @@ use portcullis_control_plane::signing::SigningAlgorithm;
 use portcullis_control_plane::store::redis::RedisTimeouts;
 use portcullis_control_plane::store::{RedisStore, Store};
 use portcullis_control_plane::tokens::TokenPolicy;
-use portcullis_control_plane::{app, AppState, Dependencies};
+use portcullis_control_plane::{admin_app, AppState, Dependencies};
 use support::RedisServer;
 use tower::ServiceExt as _;
 
@@ -28,6 +28,7 @@ fn dependencies(store: Arc<dyn Store>) -> Dependencies {
     Dependencies {
         store,
         admin: Arc::new(AdminCredential::new("readiness-admin-token-123").unwrap()),
+        fleet: support::fleet_credentials(),
         token_policy: TokenPolicy {
             issuer: "portcullis".into(),
             default_audience: "portcullis".into(),
@@ -75,7 +76,7 @@ async fn readyz_fails_while_redis_is_down_and_recovers_when_it_returns() {
     let mut redis = RedisServer::start();
     let state = AppState::initialise(dependencies(redis_store(&redis.url(0)))).await.unwrap();
     let kid = state.keys.current(0).await.current().kid().to_owned();
-    let app = app(state.clone());
+    let app = admin_app(state.clone());
     assert_eq!(readyz(&app).await.0, StatusCode::OK);
 
     redis.stop();

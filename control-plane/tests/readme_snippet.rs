@@ -1,7 +1,9 @@
 //! README's "The control plane" snippet runs as written, with each store: the shell block
 //! is taken from README.md and run by bash in an empty directory, with the built
-//! binaries on `PATH`. Substituted, and only these: the server's address and the CLI's
-//! URL (`PORTCULLIS_LISTEN`/`PORTCULLIS_URL` on a free port instead of 9090), the Redis URL
+//! binaries on `PATH`. Substituted, and only these: the server's two listeners and the
+//! CLI's URLs (`PORTCULLIS_ADMIN_LISTEN`/`PORTCULLIS_URL` and
+//! `PORTCULLIS_INTERNAL_LISTEN`/`PORTCULLIS_INTERNAL_URL` on free ports instead of 9090
+//! and 9091), the Redis URL
 //! (a redis-server started by the test), and, for the embedded store, the commented-out
 //! alternative server line in place of the Redis one.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -11,7 +13,7 @@ mod support;
 use std::path::Path;
 use std::process::Stdio;
 
-use support::{command, free_port, RedisServer, CLI};
+use support::{command, free_ports, RedisServer, CLI};
 
 const SNIPPET_REDIS_URL: &str = "redis://127.0.0.1:6379/";
 
@@ -27,7 +29,8 @@ fn snippet() -> String {
 /// Runs the snippet and returns its stdout; panics with its output when it fails.
 fn run(script: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let ports = free_ports(2);
+    let (admin, internal) = (ports[0], ports[1]);
     let bin_dir = Path::new(CLI).parent().unwrap();
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
     // Fail on the first failing command, and stop the server the snippet leaves running.
@@ -37,8 +40,10 @@ fn run(script: &str) -> String {
         .arg(&script)
         .current_dir(dir.path())
         .env("PATH", path)
-        .env("PORTCULLIS_LISTEN", format!("127.0.0.1:{port}"))
-        .env("PORTCULLIS_URL", format!("http://127.0.0.1:{port}"))
+        .env("PORTCULLIS_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
+        .env("PORTCULLIS_URL", format!("http://127.0.0.1:{admin}"))
+        .env("PORTCULLIS_INTERNAL_LISTEN", format!("127.0.0.1:{internal}"))
+        .env("PORTCULLIS_INTERNAL_URL", format!("http://127.0.0.1:{internal}"))
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .output()

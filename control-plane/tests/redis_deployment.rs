@@ -37,9 +37,11 @@ fn cli_json(url: &str, args: &[&str]) -> Value {
 fn refused(args: &[&str]) -> String {
     let (output, in_time) = output_within(
         command(SERVER)
-            .args(["--listen", "127.0.0.1:0", "--master-key", MASTER_KEY])
+            .args(["--admin-listen", "127.0.0.1:0", "--internal-listen", "127.0.0.1:0"])
+            .args(["--master-key", MASTER_KEY])
             .args(args)
-            .env("PORTCULLIS_ADMIN_TOKEN", ADMIN_TOKEN),
+            .env("PORTCULLIS_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("PORTCULLIS_FLEET_CREDENTIAL", support::FLEET_CREDENTIAL),
         Duration::from_secs(60),
     );
     assert!(in_time, "the server started with {args:?}");

@@ -17,7 +17,8 @@ use std::sync::Arc;
 use portcullis_control_plane::store::rate_limit::{MAX_LIMIT, MAX_NOW_MS};
 use portcullis_control_plane::store::redis::{KeySpace, RedisOptions, RedisTimeouts};
 use portcullis_control_plane::store::{
-    EmbeddedStore, LogAppendError, RedisStore, SetMember, Store, StoreError,
+    EmbeddedStore, LogAppendError, QueueEntry, QueueLane, QueueOutcome, QueueRevive, RedisStore, SetMember,
+    Store, StoreError,
 };
 use portcullis_core::ratelimit::{Gcra, GcraState, Unit};
 use portcullis_core::wire::{RateLimitOp, RateLimitResult};
@@ -31,6 +32,8 @@ support::backends!(
     concurrent_increments_are_never_lost,
     set_members_expire_individually,
     set_add_reports_new_members_and_replaces_expiry,
+    set_scan_pages_through_every_live_member_once,
+    set_scan_returns_each_unchanged_member_exactly_once_while_the_set_changes,
     records_round_trip_and_expire,
     record_put_with_a_past_expiry_deletes,
     compare_and_swap_only_succeeds_on_the_expected_value,
@@ -53,6 +56,11 @@ support::backends!(
     extreme_rate_limit_values_match_the_core_arithmetic,
     concurrent_leases_never_grant_more_than_the_limit,
     rate_limit_arguments_outside_the_exact_range_are_refused,
+    queue_claims_due_entries_in_order_and_settles_them,
+    queue_claims_lapse_and_a_late_settle_is_refused,
+    queue_dead_letters_are_bounded_listed_revived_and_deleted,
+    queue_pushes_are_bounded_and_idempotent,
+    concurrent_claims_take_each_queue_entry_once,
 );
 
 async fn ping_succeeds_on_a_healthy_store(store: Arc<dyn Store>) {
@@ -73,6 +81,11 @@ async fn reads_of_missing_things_are_empty(store: Arc<dyn Store>) {
     assert_eq!(store.log_last("none").await.unwrap(), None);
     store.set_remove("none", "m").await.unwrap();
     store.record_delete("none").await.unwrap();
+    assert!(store.queue_claim("none", 0, 1, 10).await.unwrap().is_empty());
+    assert!(store.queue_list("none", QueueLane::Dead, 10).await.unwrap().is_empty());
+    assert_eq!(store.queue_settle("none", "x", 0, QueueOutcome::Done).await.unwrap(), None);
+    assert_eq!(store.queue_revive("none", "x", Vec::new(), 0, 10).await.unwrap(), QueueRevive::NotDead);
+    assert!(!store.queue_delete("none", QueueLane::Pending, "x").await.unwrap());
 }
 
 async fn counter_increments_accumulate_within_a_window(store: Arc<dyn Store>) {
@@ -160,6 +173,103 @@ async fn set_add_reports_new_members_and_replaces_expiry(store: Arc<dyn Store>) 
     assert!(store.set_add("s", "n", 1000, 0).await.unwrap());
     store.set_remove("s", "n").await.unwrap();
     assert!(!store.set_contains("s", "n", 1).await.unwrap());
+}
+
+/// Scans `set` to the end, `limit` members a page, calling `between` after each page
+/// with the page's last member; returns every page.
+async fn scan_all(
+    store: &dyn Store,
+    set: &str,
+    limit: usize,
+    now_ms: u64,
+    mut between: impl FnMut(usize, &SetMember) -> Vec<(String, Option<u64>)>,
+) -> Vec<Vec<SetMember>> {
+    let mut pages = Vec::new();
+    let mut after: Option<SetMember> = None;
+    for page_number in 0..10_000 {
+        let page = store.set_scan(set, after.as_ref(), limit, now_ms).await.unwrap();
+        let Some(last) = page.last().cloned() else { return pages };
+        assert!(page.len() <= limit, "page {page_number} has {} members", page.len());
+        for (member, expiry) in between(page_number, &last) {
+            match expiry {
+                Some(at) => {
+                    store.set_add(set, &member, at, now_ms).await.unwrap();
+                }
+                None => store.set_remove(set, &member).await.unwrap(),
+            }
+        }
+        pages.push(page);
+        after = Some(last);
+    }
+    panic!("the scan did not end");
+}
+
+async fn set_scan_pages_through_every_live_member_once(store: Arc<dyn Store>) {
+    let t0 = 1_700_000_000_000;
+    let mut live = BTreeSet::new();
+    for i in 0..250u64 {
+        // Odd names and shared expiries on purpose; every tenth one is expired at t0 + 5.
+        let member = format!("m.{i:03}/é\u{1f}{}", i % 7);
+        let expiry = if i % 10 == 0 { t0 + 5 } else { t0 + 1_000 + (i % 13) * 100 };
+        store.set_add("scan", &member, expiry, t0).await.unwrap();
+        if i % 10 != 0 {
+            live.insert(SetMember { member, expires_at_ms: expiry });
+        }
+    }
+    for limit in [1, 7, 225, 10_000, usize::MAX] {
+        let pages = scan_all(store.as_ref(), "scan", limit, t0 + 5, |_, _| Vec::new()).await;
+        let seen: Vec<SetMember> = pages.iter().flatten().cloned().collect();
+        assert_eq!(seen.len(), live.len(), "limit {limit}: no member twice");
+        assert_eq!(seen.into_iter().collect::<BTreeSet<_>>(), live, "limit {limit}");
+        if limit < live.len() {
+            assert!(pages[..pages.len() - 1].iter().all(|p| p.len() == limit), "limit {limit}: full pages");
+        }
+    }
+    assert!(store.set_scan("none", None, 10, t0).await.unwrap().is_empty());
+    assert!(store.set_scan("scan", None, 0, t0).await.unwrap().is_empty());
+    // Reads only: the expired members are skipped, not pruned.
+    assert_eq!(store.set_scan("scan", None, 1, t0).await.unwrap()[0].expires_at_ms, t0 + 5);
+}
+
+async fn set_scan_returns_each_unchanged_member_exactly_once_while_the_set_changes(store: Arc<dyn Store>) {
+    let t0 = 1_700_000_000_000;
+    let at = |i: u64| t0 + 1_000 + i * 10;
+    for i in 0..300u64 {
+        store.set_add("moving", &format!("m{i:03}"), at(i), t0).await.unwrap();
+    }
+    let mut touched: BTreeSet<String> = BTreeSet::new();
+    let pages = scan_all(store.as_ref(), "moving", 10, t0, |page, last| {
+        let changes: Vec<(String, Option<u64>)> = match page % 4 {
+            // The member the page ended with goes away: the next page resumes after it.
+            0 => vec![(last.member.clone(), None)],
+            // It gets a later expiry: it may come again, nothing may be skipped.
+            1 => vec![(last.member.clone(), Some(last.expires_at_ms + 5_000))],
+            // New members before and after the position, and one not yet read removed.
+            2 => {
+                let later = format!("m{:03}", (page * 10 + 25).min(299));
+                vec![
+                    (format!("{}-before", last.member), Some(t0 + 1)),
+                    (format!("{}-after", last.member), Some(last.expires_at_ms + 1)),
+                    (later, None),
+                ]
+            }
+            _ => Vec::new(),
+        };
+        touched.extend(changes.iter().map(|(m, _)| m.clone()));
+        changes
+    })
+    .await;
+    let mut counts: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for member in pages.iter().flatten() {
+        *counts.entry(member.member.clone()).or_default() += 1;
+    }
+    for i in 0..300u64 {
+        let member = format!("m{i:03}");
+        if !touched.contains(&member) {
+            assert_eq!(counts.get(&member), Some(&1), "{member} was unchanged for the whole scan");
+        }
+    }
+    assert!(touched.len() > 20, "the scan saw changes");
 }
 
 async fn records_round_trip_and_expire(store: Arc<dyn Store>) {
@@ -743,6 +853,160 @@ async fn rate_limit_arguments_outside_the_exact_range_are_refused(store: Arc<dyn
     }
 }
 
+// --- work queues ------------------------------------------------------------------
+
+fn ids(entries: &[QueueEntry]) -> Vec<&str> {
+    entries.iter().map(|e| e.id.as_str()).collect()
+}
+
+async fn queue_claims_due_entries_in_order_and_settles_them(store: Arc<dyn Store>) {
+    for (id, due) in [("b", 20), ("a", 20), ("c", 10), ("later", 500)] {
+        assert!(store.queue_push("q", id, id.as_bytes().to_vec(), due, 100).await.unwrap());
+    }
+    // Due at 20: earliest first, ties by id; each carries its claim's fence.
+    let claimed = store.queue_claim("q", 20, 1_000, 2).await.unwrap();
+    assert_eq!(ids(&claimed), ["c", "a"]);
+    assert!(claimed.iter().all(|e| e.at_ms == 1_020));
+    assert_eq!(claimed[0].data, b"c");
+    let claimed_b = store.queue_claim("q", 20, 1_000, 10).await.unwrap();
+    assert_eq!(ids(&claimed_b), ["b"], "claimed entries are not claimed again during the lease");
+    assert!(store.queue_claim("q", 499, 1_000, 10).await.unwrap().is_empty());
+
+    assert_eq!(store.queue_settle("q", "c", 1_020, QueueOutcome::Done).await.unwrap(), Some(0));
+    assert_eq!(store.queue_settle("q", "c", 1_020, QueueOutcome::Done).await.unwrap(), None, "gone");
+    let retry = QueueOutcome::Retry { data: b"a2".to_vec(), due_at_ms: 600 };
+    assert_eq!(store.queue_settle("q", "a", 1_020, retry).await.unwrap(), Some(0));
+    let pending = store.queue_list("q", QueueLane::Pending, 10).await.unwrap();
+    assert_eq!(ids(&pending), ["later", "a", "b"]);
+    assert_eq!((pending[1].at_ms, pending[1].data.as_slice()), (600, &b"a2"[..]));
+    let claimed = store.queue_claim("q", 700, 50, 10).await.unwrap();
+    assert_eq!(ids(&claimed), ["later", "a"]);
+    assert_eq!(claimed[1].data, b"a2");
+    assert!(matches!(store.queue_claim("q", 700, 0, 10).await, Err(StoreError::InvalidArgument(_))));
+    assert!(store.queue_claim("q", 10_000, 50, 0).await.unwrap().is_empty());
+}
+
+async fn queue_claims_lapse_and_a_late_settle_is_refused(store: Arc<dyn Store>) {
+    store.queue_push("q", "job", b"x".to_vec(), 0, 10).await.unwrap();
+    let first = store.queue_claim("q", 100, 50, 10).await.unwrap();
+    assert_eq!(first[0].at_ms, 150);
+    assert!(store.queue_claim("q", 149, 50, 10).await.unwrap().is_empty());
+    // The first claimer went silent: once its lease is over the entry is claimed again.
+    let second = store.queue_claim("q", 150, 50, 10).await.unwrap();
+    assert_eq!((ids(&second), second[0].at_ms), (vec!["job"], 200));
+    assert_eq!(store.queue_settle("q", "job", 150, QueueOutcome::Done).await.unwrap(), None);
+    let dead = QueueOutcome::Dead { data: b"y".to_vec(), at_ms: 1, max_dead: 10 };
+    assert_eq!(store.queue_settle("q", "job", 150, dead).await.unwrap(), None);
+    assert_eq!(ids(&store.queue_list("q", QueueLane::Pending, 10).await.unwrap()), ["job"]);
+    assert_eq!(store.queue_settle("q", "job", 200, QueueOutcome::Done).await.unwrap(), Some(0));
+    assert!(store.queue_list("q", QueueLane::Pending, 10).await.unwrap().is_empty());
+}
+
+async fn queue_dead_letters_are_bounded_listed_revived_and_deleted(store: Arc<dyn Store>) {
+    for i in 0..4u64 {
+        let id = format!("d{i}");
+        store.queue_push("q", &id, b"x".to_vec(), 0, 10).await.unwrap();
+        let claimed = store.queue_claim("q", 10, 100, 1).await.unwrap();
+        assert_eq!(ids(&claimed), [id.as_str()]);
+        let dead =
+            QueueOutcome::Dead { data: format!("dead {i}").into_bytes(), at_ms: 1_000 + i, max_dead: 3 };
+        let dropped = store.queue_settle("q", &id, 110, dead).await.unwrap();
+        assert_eq!(dropped, Some(u64::from(i == 3)), "the fourth dead letter pushes out the oldest");
+    }
+    assert!(store.queue_list("q", QueueLane::Pending, 10).await.unwrap().is_empty());
+    let dead = store.queue_list("q", QueueLane::Dead, 10).await.unwrap();
+    assert_eq!(ids(&dead), ["d1", "d2", "d3"]);
+    assert_eq!((dead[0].at_ms, dead[0].data.as_slice()), (1_001, &b"dead 1"[..]));
+    assert_eq!(ids(&store.queue_list("q", QueueLane::Dead, 1).await.unwrap()), ["d1"]);
+    assert!(
+        store.queue_claim("q", u64::MAX / 2, 1, 10).await.unwrap().is_empty(),
+        "dead letters are never due"
+    );
+
+    // Pushing an id that is a dead letter changes nothing.
+    assert!(store.queue_push("q", "d1", b"new".to_vec(), 0, 10).await.unwrap());
+    assert!(store.queue_list("q", QueueLane::Pending, 10).await.unwrap().is_empty());
+
+    assert_eq!(
+        store.queue_revive("q", "d1", b"again".to_vec(), 2_000, 0).await.unwrap(),
+        QueueRevive::PendingFull
+    );
+    assert_eq!(
+        store.queue_revive("q", "nope", b"x".to_vec(), 2_000, 10).await.unwrap(),
+        QueueRevive::NotDead
+    );
+    assert_eq!(
+        store.queue_revive("q", "d1", b"again".to_vec(), 2_000, 10).await.unwrap(),
+        QueueRevive::Revived
+    );
+    assert_eq!(
+        store.queue_revive("q", "d1", b"again".to_vec(), 2_000, 10).await.unwrap(),
+        QueueRevive::NotDead
+    );
+    let claimed = store.queue_claim("q", 2_000, 10, 10).await.unwrap();
+    assert_eq!((ids(&claimed), claimed[0].data.as_slice()), (vec!["d1"], &b"again"[..]));
+
+    assert!(!store.queue_delete("q", QueueLane::Dead, "d1").await.unwrap(), "d1 is pending, not dead");
+    assert!(store.queue_delete("q", QueueLane::Pending, "d1").await.unwrap());
+    assert!(store.queue_delete("q", QueueLane::Dead, "d2").await.unwrap());
+    assert!(!store.queue_delete("q", QueueLane::Dead, "d2").await.unwrap());
+    assert_eq!(ids(&store.queue_list("q", QueueLane::Dead, 10).await.unwrap()), ["d3"]);
+    assert!(store.queue_list("q", QueueLane::Pending, 10).await.unwrap().is_empty());
+}
+
+async fn queue_pushes_are_bounded_and_idempotent(store: Arc<dyn Store>) {
+    let bytes: Vec<u8> = (0..=255).collect();
+    assert!(store.queue_push("q", "a", bytes.clone(), 5, 2).await.unwrap());
+    assert!(store.queue_push("q", "b", b"b".to_vec(), 5, 2).await.unwrap());
+    assert!(!store.queue_push("q", "c", b"c".to_vec(), 5, 2).await.unwrap(), "full");
+    assert!(store.queue_push("q", "a", b"changed".to_vec(), 1, 2).await.unwrap(), "already there");
+    let pending = store.queue_list("q", QueueLane::Pending, 10).await.unwrap();
+    assert_eq!(ids(&pending), ["a", "b"]);
+    assert_eq!((pending[0].at_ms, &pending[0].data), (5, &bytes), "a repeated push changes nothing");
+    assert!(store.queue_push("other", "c", b"c".to_vec(), 5, 2).await.unwrap(), "queues are separate");
+    // Settling frees room.
+    let claimed = store.queue_claim("q", 5, 10, 1).await.unwrap();
+    store.queue_settle("q", &claimed[0].id, 15, QueueOutcome::Done).await.unwrap();
+    assert!(store.queue_push("q", "c", b"c".to_vec(), 5, 2).await.unwrap());
+}
+
+async fn concurrent_claims_take_each_queue_entry_once(store: Arc<dyn Store>) {
+    for i in 0..60 {
+        store.queue_push("q", &format!("job{i:02}"), Vec::new(), 0, 100).await.unwrap();
+    }
+    let claimers: Vec<_> = (0..8)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let claimed = store.queue_claim("q", 1_000, 60_000, 7).await.unwrap();
+                    if claimed.is_empty() {
+                        return mine;
+                    }
+                    for entry in claimed {
+                        assert_eq!(
+                            store
+                                .queue_settle("q", &entry.id, entry.at_ms, QueueOutcome::Done)
+                                .await
+                                .unwrap(),
+                            Some(0)
+                        );
+                        mine.push(entry.id);
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for claimer in claimers {
+        all.extend(claimer.await.unwrap());
+    }
+    all.sort();
+    let expected: Vec<String> = (0..60).map(|i| format!("job{i:02}")).collect();
+    assert_eq!(all, expected, "every entry claimed and settled exactly once");
+}
+
 // --- backend-specific ----------------------------------------------------------
 
 #[tokio::test]
@@ -757,8 +1021,11 @@ async fn embedded_store_keeps_everything_across_a_reopen() {
         store.feed_append("feed", b"f2".to_vec(), 0).await.unwrap();
         store.feed_trim("feed", 1).await.unwrap();
         store.log_append("log", b"l1".to_vec()).await.unwrap();
+        store.queue_push("queue", "job", b"q1".to_vec(), 5, 10).await.unwrap();
     }
     let store = EmbeddedStore::open(dir.path()).unwrap();
+    let claimed = store.queue_claim("queue", 5, 10, 10).await.unwrap();
+    assert_eq!((claimed[0].id.as_str(), claimed[0].data.as_slice()), ("job", &b"q1"[..]));
     assert_eq!(store.record_get("key", 1).await.unwrap().as_deref(), Some(&b"kept"[..]));
     assert_eq!(store.get_counter("count", 1).await.unwrap(), 3);
     assert!(store.set_contains("set", "m", 1).await.unwrap());
@@ -798,6 +1065,11 @@ async fn redis_keys_share_hash_tags_and_carry_a_gc_expiry() {
     store.incr_counter("gc", 1, 10_000, 0).await.unwrap();
     store.feed_append("tagged", b"x".to_vec(), 0).await.unwrap();
     store.record_put("forever", b"x".to_vec(), None, 0).await.unwrap();
+    store.queue_push("work", "job", b"x".to_vec(), 0, 10).await.unwrap();
+    let claimed = store.queue_claim("work", 0, 10, 10).await.unwrap();
+    let dead = QueueOutcome::Dead { data: b"y".to_vec(), at_ms: 1, max_dead: 10 };
+    store.queue_settle("work", "job", claimed[0].at_ms, dead).await.unwrap();
+    store.queue_push("work", "next", b"x".to_vec(), 0, 10).await.unwrap();
 
     let client = redis::Client::open(url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -809,6 +1081,9 @@ async fn redis_keys_share_hash_tags_and_carry_a_gc_expiry() {
             "portcullis:{counter:gc}",
             "portcullis:{feed:tagged}:entries",
             "portcullis:{feed:tagged}:meta",
+            "portcullis:{queue:work}:data",
+            "portcullis:{queue:work}:dead",
+            "portcullis:{queue:work}:pending",
             "portcullis:{record:forever}",
         ]
     );
@@ -817,6 +1092,12 @@ async fn redis_keys_share_hash_tags_and_carry_a_gc_expiry() {
     let ttl: i64 =
         redis::cmd("PTTL").arg("portcullis:{record:forever}").query_async(&mut conn).await.unwrap();
     assert_eq!(ttl, -1, "records without expiry never expire");
+    for key in
+        ["portcullis:{queue:work}:pending", "portcullis:{queue:work}:dead", "portcullis:{queue:work}:data"]
+    {
+        let ttl: i64 = redis::cmd("PTTL").arg(key).query_async(&mut conn).await.unwrap();
+        assert_eq!(ttl, -1, "{key}: a queue is durable until its entries are settled");
+    }
 }
 
 #[tokio::test]
@@ -888,6 +1169,10 @@ async fn redis_cluster_keys_of_one_script_share_a_slot_as_the_cluster_computes_i
         assert_eq!(cluster.slot(&keys.feed_meta(name)), cluster.slot(&keys.feed_entries(name)), "{name:?}");
         // LOG_APPEND, LOG_APPEND_IF_LAST: KEYS = seq, entries.
         assert_eq!(cluster.slot(&keys.log_seq(name)), cluster.slot(&keys.log_entries(name)), "{name:?}");
+        // QUEUE_*: KEYS = pending (or dead), data; settles and revivals take all three.
+        let pending = cluster.slot(&keys.queue_pending(name));
+        assert_eq!(pending, cluster.slot(&keys.queue_dead(name)), "{name:?}");
+        assert_eq!(pending, cluster.slot(&keys.queue_data(name)), "{name:?}");
     }
     // Different instances spread over the slots (and so over the primaries).
     let slots: BTreeSet<u16> = (0..32).map(|i| cluster.slot(&keys.counter(&format!("c{i}")))).collect();
@@ -902,10 +1187,12 @@ async fn redis_cluster_spreads_one_deployments_keys_over_every_primary() {
         store.incr_counter(&format!("counter-{i}"), 1, 60_000, 0).await.unwrap();
         store.feed_append(&format!("feed-{i}"), b"x".to_vec(), 0).await.unwrap();
         store.log_append(&format!("log-{i}"), b"x".to_vec()).await.unwrap();
+        store.queue_push(&format!("queue-{i}"), "e1", b"x".to_vec(), 0, 10).await.unwrap();
     }
-    // 30 counters, 30 feeds × 2 keys, 30 logs × 2 keys.
+    // 30 counters, 30 feeds × 2 keys, 30 logs × 2 keys, 30 queues × 2 keys (pending and
+    // data; no dead letters yet).
     let ours = cluster.keys_per_node_matching(&format!("{prefix}:*"));
-    assert_eq!(ours.iter().sum::<u64>(), 150, "{ours:?}");
+    assert_eq!(ours.iter().sum::<u64>(), 210, "{ours:?}");
     assert!(ours.iter().all(|n| *n > 0), "every primary holds some of the keys: {ours:?}");
     // And every one of them reads back through the cluster client.
     for i in 0..30 {

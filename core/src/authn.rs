@@ -38,11 +38,13 @@ pub struct AuthnInput<'a> {
     pub now_unix_secs: u64,
 }
 
-/// The local revocation replica and whether it is older than the policy allows.
+/// The local revocation replica, whether it is older than the policy allows, and
+/// whether it was ever synced (before that, the providers' configured versions apply).
 #[derive(Debug, Clone, Copy)]
 pub struct RevocationInput<'a> {
     pub replica: &'a RevocationReplica,
     pub stale: bool,
+    pub synced: bool,
 }
 
 /// A token that verified, with the provider that accepted it.
@@ -216,6 +218,22 @@ fn check_token(
 ) -> Result<Arc<VerifiedToken>, Reason> {
     let provider = input.policy.providers.get(p).ok_or(Reason::Malformed)?;
     let now = input.now_unix_secs;
+    // Providers under the feed answer from the replica (subjects and token ids by their
+    // feed hash) once it is synced; before that, and for the others, the configuration.
+    let feed = input
+        .revocation
+        .as_ref()
+        .filter(|_| input.policy.revocation_applies(p))
+        .zip(input.policy.revocation.as_ref().map(|r| &r.control_plane.feed_key));
+    // A revoked signing key: refused before anything else, so neither a key the filter
+    // still holds nor an unknown-kid refetch can bring its tokens back.
+    if let Some((rev, _)) = feed {
+        if !rev.replica.revoked_kids.is_empty()
+            && unverified_kid(token).is_some_and(|kid| rev.replica.is_key_revoked(&kid))
+        {
+            return Err(Reason::Revoked);
+        }
+    }
     let verified = match cache.get(provider.name(), token, now) {
         Some(v) => v,
         None => {
@@ -232,17 +250,34 @@ fn check_token(
         }
     };
     let default_state = VersionState::default();
-    let state = input.versions.get(p).unwrap_or(&default_state);
-    provider.check_version(&verified, state, now)?;
-    if let Some(rev) = &input.revocation {
-        if input.policy.revocation_applies(p) {
-            let jti = verified.claim("jti").and_then(|v| v.as_str());
-            if jti.is_some_and(|j| rev.replica.is_revoked(j, now)) {
-                return Err(Reason::Revoked);
-            }
+    match feed {
+        Some((rev, key)) if rev.synced => {
+            provider.check_version(&verified, &rev.replica.versions(key), now)?;
+        }
+        _ => provider.check_version(&verified, input.versions.get(p).unwrap_or(&default_state), now)?,
+    }
+    if let Some((rev, key)) = feed {
+        // The key that verified (a token without `kid` names none), cache hits included.
+        if verified.kid.as_deref().is_some_and(|kid| rev.replica.is_key_revoked(kid)) {
+            return Err(Reason::Revoked);
+        }
+        let jti = verified.claim("jti").and_then(|v| v.as_str());
+        if jti.is_some_and(|j| rev.replica.is_revoked(key, j, now)) {
+            return Err(Reason::Revoked);
         }
     }
     Ok(verified)
+}
+
+/// A token's header (segment 0) or payload (segment 1) before verification, as `T`.
+/// Oversized segments are not decoded.
+fn unverified_segment<T: serde::de::DeserializeOwned>(token: &str, segment: usize) -> Option<T> {
+    let part = token.split('.').nth(segment)?;
+    if part.len() > 16 * 1024 {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 /// The `iss` of a token before verification, used only to pick a provider.
@@ -251,12 +286,16 @@ fn unverified_issuer(token: &str) -> Option<String> {
     struct Iss {
         iss: Option<String>,
     }
-    let payload = token.split('.').nth(1)?;
-    if payload.len() > 16 * 1024 {
-        return None;
+    unverified_segment::<Iss>(token, 1)?.iss
+}
+
+/// The header's `kid` before verification, used only to refuse revoked keys early.
+fn unverified_kid(token: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Kid {
+        kid: Option<String>,
     }
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
-    serde_json::from_slice::<Iss>(&bytes).ok()?.iss
+    unverified_segment::<Kid>(token, 0)?.kid
 }
 
 fn has_any_role(claim: Option<&serde_json::Value>, wanted: &[String]) -> bool {

@@ -49,9 +49,10 @@ pub struct PluginConfig {
     pub verified_token_cache: Option<CacheConfig>,
     #[serde(default)]
     pub revocation: Option<RevocationConfig>,
-    /// The control plane serving rate limits, lockout and burst reports.
+    /// The control plane's internal listener and the fleet credential: the revocation
+    /// feed, token status, rate limits, lockout and burst reports all go there.
     #[serde(default)]
-    pub control_plane: Option<crate::guard::ControlPlaneConfig>,
+    pub control_plane: Option<crate::control_plane::ControlPlaneConfig>,
     #[serde(default)]
     pub client_ip: Option<crate::guard::ClientIpConfig>,
     #[serde(default)]
@@ -65,13 +66,20 @@ pub struct PluginConfig {
     pub paths: PathOptions,
 }
 
-/// Where the control plane's revocation feed is and how fresh it must be.
+/// How the revocation feed is followed and how fresh it must be. The control plane
+/// serving it is the `controlPlane` section's.
 #[derive(Debug, Clone, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RevocationConfig {
-    pub cluster: String,
-    pub authority: String,
+    /// Moved to `controlPlane.cluster`; present only to say so.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(skip), serde(skip_serializing))]
+    pub cluster: Option<serde::de::IgnoredAny>,
+    /// Moved to `controlPlane.authority`; present only to say so.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(skip), serde(skip_serializing))]
+    pub authority: Option<serde::de::IgnoredAny>,
     #[serde(default = "default_feed_path")]
     pub path: String,
     #[serde(default = "default_poll_interval_ms")]
@@ -143,10 +151,10 @@ pub enum StaleAction {
 }
 
 /// Compiled [`RevocationConfig`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct RevocationSettings {
-    pub cluster: String,
-    pub authority: String,
+    /// The control plane serving the feed and the status check (`controlPlane`).
+    pub control_plane: crate::control_plane::ControlPlane,
     pub path: String,
     pub poll_interval_ms: u64,
     pub timeout_ms: u64,
@@ -257,6 +265,8 @@ pub struct Policy {
     pub cache_max_ttl_secs: u64,
     /// Every header some provider sets upstream: stripped from incoming requests.
     pub managed_headers: Vec<String>,
+    /// The control plane, when the configuration names one (`controlPlane`).
+    pub control_plane: Option<crate::control_plane::ControlPlane>,
     pub revocation: Option<RevocationSettings>,
     /// Rate limits, lockout and burst reporting.
     pub guards: crate::guard::Guards,
@@ -290,8 +300,18 @@ impl Policy {
     }
 }
 
-/// Parses and compiles the plugin configuration bytes.
+/// Parses and compiles the plugin configuration bytes, in an environment without
+/// variables (a `controlPlane.credential.env` is then an error).
 pub fn compile_json(bytes: &[u8]) -> Result<Policy, ConfigError> {
+    compile_json_with(bytes, &|_| None)
+}
+
+/// Parses and compiles the plugin configuration bytes; `env` resolves
+/// `controlPlane.credential.env`.
+pub fn compile_json_with(
+    bytes: &[u8],
+    env: crate::control_plane::Environment<'_>,
+) -> Result<Policy, ConfigError> {
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(ConfigError::new("", "the plugin configuration is empty; expected a JSON object"));
     }
@@ -302,7 +322,7 @@ pub fn compile_json(bytes: &[u8]) -> Result<Policy, ConfigError> {
         ConfigError::new(field, strip_position(&e.inner().to_string()))
     })?;
     de.end().map_err(|e| ConfigError::new("", strip_position(&e.to_string())))?;
-    compile(config)
+    compile(config, env)
 }
 
 /// serde_json appends " at line L column C"; the field path already says where.
@@ -313,8 +333,12 @@ fn strip_position(message: &str) -> String {
     }
 }
 
-/// Validates a parsed configuration and resolves names into a [`Policy`].
-pub fn compile(config: PluginConfig) -> Result<Policy, ConfigError> {
+/// Validates a parsed configuration and resolves names into a [`Policy`]; `env`
+/// resolves `controlPlane.credential.env`.
+pub fn compile(
+    config: PluginConfig,
+    env: crate::control_plane::Environment<'_>,
+) -> Result<Policy, ConfigError> {
     let realm = config.realm.unwrap_or_else(|| DEFAULT_REALM.to_string());
     if realm.is_empty() || realm.len() > 128 || !realm.chars().all(is_quoted_string_safe) {
         return Err(ConfigError::new(
@@ -363,9 +387,22 @@ pub fn compile(config: PluginConfig) -> Result<Policy, ConfigError> {
         None => (DEFAULT_CACHE_CAPACITY, DEFAULT_CACHE_MAX_TTL_SECS),
     };
 
-    let revocation = match config.revocation {
+    let control_plane = match config.control_plane {
         None => None,
-        Some(r) => Some(compile_revocation(r, &providers).map_err(|e| e.within("revocation"))?),
+        Some(c) => Some(crate::control_plane::compile(c, env).map_err(|e| e.within("controlPlane"))?),
+    };
+    let revocation = match (config.revocation, &control_plane) {
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                "revocation",
+                "needs a top-level `controlPlane` section (cluster, authority, credential): the feed is \
+                 served by the control plane's internal listener",
+            ))
+        }
+        (Some(r), Some(cp)) => {
+            Some(compile_revocation(r, cp, &providers).map_err(|e| e.within("revocation"))?)
+        }
     };
     if revocation.is_none() {
         if let Some(i) = rules.iter().position(|r| r.revocation_check == RevocationCheck::Strict) {
@@ -379,7 +416,7 @@ pub fn compile(config: PluginConfig) -> Result<Policy, ConfigError> {
     let rule_names: Vec<String> = rules.iter().map(|r| r.name.clone()).collect();
     let guards = crate::guard::compile(
         crate::guard::GuardSections {
-            control_plane: config.control_plane,
+            has_control_plane: control_plane.is_some(),
             client_ip: config.client_ip,
             rate_limits: config.rate_limits,
             lockout: config.lockout,
@@ -400,6 +437,7 @@ pub fn compile(config: PluginConfig) -> Result<Policy, ConfigError> {
         cache_capacity,
         cache_max_ttl_secs,
         managed_headers,
+        control_plane,
         revocation,
         guards,
         paths: config.paths,
@@ -408,13 +446,19 @@ pub fn compile(config: PluginConfig) -> Result<Policy, ConfigError> {
 
 fn compile_revocation(
     config: RevocationConfig,
+    control_plane: &crate::control_plane::ControlPlane,
     providers: &[Provider],
 ) -> Result<RevocationSettings, ConfigError> {
-    if config.cluster.is_empty() {
-        return Err(ConfigError::new("cluster", "must name the Envoy cluster of the control plane"));
-    }
-    if config.authority.is_empty() {
-        return Err(ConfigError::new("authority", "must not be empty"));
+    for (field, set) in [("cluster", config.cluster.is_some()), ("authority", config.authority.is_some())] {
+        if set {
+            return Err(ConfigError::new(
+                field,
+                format!(
+                    "moved to `controlPlane.{field}`: the feed, the status check and the guards share one \
+                     control plane and its credential"
+                ),
+            ));
+        }
     }
     if !config.path.starts_with('/') || config.path.contains('?') {
         return Err(ConfigError::new("path", "must start with '/' and have no query string"));
@@ -455,8 +499,7 @@ fn compile_revocation(
         }
     };
     Ok(RevocationSettings {
-        cluster: config.cluster,
-        authority: config.authority,
+        control_plane: control_plane.clone(),
         path: config.path,
         poll_interval_ms: config.poll_interval_ms,
         timeout_ms: config.timeout_ms,
@@ -622,4 +665,45 @@ fn is_identifier(s: &str) -> bool {
 
 fn is_quoted_string_safe(c: char) -> bool {
     c.is_ascii() && !c.is_ascii_control() && c != '"' && c != '\\'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    const CONTROL_PLANE: &str =
+        r#""controlPlane": {"cluster": "cp", "authority": "cp", "credential": {"env": "FLEET"}}"#;
+
+    fn compile_with_fleet(json: &str) -> Result<Policy, ConfigError> {
+        compile_json_with(json.as_bytes(), &|name| {
+            (name == "FLEET").then(|| "config-test-fleet-credential-0123456789".to_string())
+        })
+    }
+
+    #[test]
+    fn revocation_follows_the_control_plane_section_and_its_credential() {
+        let policy = compile_with_fleet(&format!(r#"{{{CONTROL_PLANE}, "revocation": {{}}}}"#)).unwrap();
+        let revocation = policy.revocation.unwrap();
+        assert_eq!(revocation.control_plane.cluster, "cp");
+        assert_eq!(revocation.path, "/v1/feed");
+        assert_eq!(revocation.control_plane.feed_key, policy.control_plane.unwrap().feed_key);
+
+        let err = compile_with_fleet(r#"{"revocation": {}}"#).unwrap_err();
+        assert_eq!(err.field, "revocation");
+        assert!(err.message.contains("controlPlane"), "{}", err.message);
+        let err = compile_json(format!(r#"{{{CONTROL_PLANE}, "revocation": {{}}}}"#).as_bytes()).unwrap_err();
+        assert_eq!(err.field, "controlPlane.credential.env", "no environment: the variable is missing");
+    }
+
+    #[test]
+    fn the_old_revocation_cluster_and_authority_say_where_they_moved() {
+        for field in ["cluster", "authority"] {
+            let json = format!(r#"{{{CONTROL_PLANE}, "revocation": {{"{field}": "cp"}}}}"#);
+            let err = compile_with_fleet(&json).unwrap_err();
+            assert_eq!(err.field, format!("revocation.{field}"));
+            assert!(err.message.contains(&format!("controlPlane.{field}")), "{}", err.message);
+        }
+    }
 }

@@ -41,24 +41,6 @@ pub const MAX_LIMITS: usize = 64;
 /// requests that differ only past this many bytes share a counter).
 pub const MAX_DESCRIPTOR_VALUE: usize = 256;
 
-/// Where the control plane is, for rate limits, lockout and burst reports.
-#[derive(Debug, Clone, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ControlPlaneConfig {
-    /// The Envoy cluster of the control plane.
-    pub cluster: String,
-    /// The `:authority` of calls to it.
-    pub authority: String,
-    /// Timeout of lease, report and burst calls.
-    #[serde(default = "default_cp_timeout_ms")]
-    pub timeout_ms: u64,
-}
-
-fn default_cp_timeout_ms() -> u64 {
-    200
-}
-
 /// How the client address is found.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
@@ -494,17 +476,9 @@ pub struct Burst {
     pub enforce_blocks: bool,
 }
 
-#[derive(Debug, Clone)]
-pub struct ControlPlane {
-    pub cluster: String,
-    pub authority: String,
-    pub timeout_ms: u64,
-}
-
 /// Everything stateful, compiled.
 #[derive(Debug, Clone, Default)]
 pub struct Guards {
-    pub control_plane: Option<ControlPlane>,
     pub trusted_hops: u32,
     pub rate_limits: Vec<RateLimit>,
     pub lockout: Option<Lockout>,
@@ -535,7 +509,8 @@ impl Guards {
 
 /// The raw sections, as [`crate::config::PluginConfig`] holds them.
 pub struct GuardSections {
-    pub control_plane: Option<ControlPlaneConfig>,
+    /// Whether the configuration has a `controlPlane` section (compiled separately).
+    pub has_control_plane: bool,
     pub client_ip: Option<ClientIpConfig>,
     pub rate_limits: Vec<RateLimitConfig>,
     pub lockout: Option<LockoutConfig>,
@@ -544,24 +519,6 @@ pub struct GuardSections {
 
 /// Validates the sections. `rule_names` resolve `rateLimits[].rules`.
 pub fn compile(sections: GuardSections, rule_names: &[String]) -> Result<Guards, ConfigError> {
-    let control_plane = match sections.control_plane {
-        None => None,
-        Some(c) => {
-            if c.cluster.is_empty() {
-                return Err(ConfigError::new(
-                    "controlPlane.cluster",
-                    "must name the Envoy cluster of the control plane",
-                ));
-            }
-            if c.authority.is_empty() {
-                return Err(ConfigError::new("controlPlane.authority", "must not be empty"));
-            }
-            if !(1..=60_000).contains(&c.timeout_ms) {
-                return Err(ConfigError::new("controlPlane.timeoutMs", "must be between 1 and 60000"));
-            }
-            Some(ControlPlane { cluster: c.cluster, authority: c.authority, timeout_ms: c.timeout_ms })
-        }
-    };
     let trusted_hops = sections.client_ip.map(|c| c.trusted_hops).unwrap_or(0);
     if trusted_hops > 16 {
         return Err(ConfigError::new("clientIp.trustedHops", "must be at most 16"));
@@ -590,8 +547,8 @@ pub fn compile(sections: GuardSections, rule_names: &[String]) -> Result<Guards,
             Some(Burst { report_interval_ms: c.report_interval_ms, enforce_blocks: c.enforce_blocks })
         }
     };
-    let guards = Guards { control_plane, trusted_hops, rate_limits, lockout, burst };
-    if guards.control_plane.is_none() {
+    let guards = Guards { trusted_hops, rate_limits, lockout, burst };
+    if !sections.has_control_plane {
         let section = if !guards.rate_limits.is_empty() {
             Some("rateLimits")
         } else if guards.lockout.is_some() {
@@ -1075,7 +1032,7 @@ mod tests {
         let c: RateLimitConfig = serde_json::from_str(r#"{"name":"l","limit":1,"unit":"second"}"#).unwrap();
         let err = compile(
             GuardSections {
-                control_plane: None,
+                has_control_plane: false,
                 client_ip: None,
                 rate_limits: vec![c],
                 lockout: None,

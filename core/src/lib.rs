@@ -7,11 +7,14 @@
 pub mod account;
 pub mod authn;
 pub mod config;
+pub mod control_plane;
 pub mod error;
+pub mod fleet;
 pub mod guard;
 pub mod jwt;
 pub mod keyfetch;
 pub mod lockout;
+mod mac;
 pub mod path;
 pub mod ratelimit;
 pub mod request;

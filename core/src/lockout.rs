@@ -38,10 +38,7 @@
 //! State is stored under [`account_key`], a keyed hash, so that the store never holds
 //! raw usernames or client addresses.
 
-use hmac::digest::KeyInit;
-use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 /// Most failure times one state keeps; a larger `max_failures` counts as this.
 pub const MAX_TRACKED_FAILURES: usize = 32;
@@ -224,7 +221,7 @@ impl LockoutPolicy {
 /// byte: normalise it first (e.g. case-fold usernames, canonical IP form).
 pub fn account_key(secret: &[u8], kind: &str, value: &str) -> String {
     let kind_len = u64::try_from(kind.len()).unwrap_or(u64::MAX).to_be_bytes();
-    let mac = hmac_sha256(secret, &[&kind_len, kind.as_bytes(), value.as_bytes()]);
+    let mac = crate::mac::hmac_sha256(secret, &[&kind_len, kind.as_bytes(), value.as_bytes()]);
     mac.iter().fold(String::with_capacity(64), |mut hex, b| {
         hex.push(hex_digit(b >> 4));
         hex.push(hex_digit(b & 0x0f));
@@ -234,27 +231,6 @@ pub fn account_key(secret: &[u8], kind: &str, value: &str) -> String {
 
 fn hex_digit(nibble: u8) -> char {
     char::from_digit(u32::from(nibble), 16).unwrap_or('0')
-}
-
-/// HMAC-SHA256 with a key of any length. The key is brought to the block size here
-/// (hashed when longer, zero-padded, as RFC 2104 does) so that the infallible
-/// constructor applies and no error path is needed.
-fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
-    let mut block = [0u8; 64];
-    if key.len() > block.len() {
-        for (b, k) in block.iter_mut().zip(Sha256::digest(key)) {
-            *b = k;
-        }
-    } else {
-        for (b, k) in block.iter_mut().zip(key) {
-            *b = *k;
-        }
-    }
-    let mut mac = <Hmac<Sha256> as KeyInit>::new(&block.into());
-    for part in parts {
-        mac.update(part);
-    }
-    mac.finalize().into_bytes().into()
 }
 
 #[cfg(test)]
@@ -404,22 +380,6 @@ mod tests {
         assert_eq!(instant.locked_for_ms(&s, 0), 0, "a zero window never counts past failures");
     }
 
-    #[test]
-    fn the_keyed_hash_matches_rfc_4231_for_short_and_long_keys() {
-        // Test case 2 (short key) and 6 (key longer than the block).
-        let mac = hmac_sha256(b"Jefe", &[b"what do ya want ", b"for nothing?"]);
-        assert_eq!(hex(&mac), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
-        let mac = hmac_sha256(&[0xaa; 131], &[b"Test Using Larger Than Block-Size Key - Hash Key First"]);
-        assert_eq!(hex(&mac), "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
-        for len in [0, 1, 32, 63, 64, 65, 200] {
-            let key = vec![0x5a; len];
-            let mut reference = <Hmac<Sha256> as Mac>::new_from_slice(&key).unwrap();
-            reference.update(b"message");
-            let expected: [u8; 32] = reference.finalize().into_bytes().into();
-            assert_eq!(hmac_sha256(&key, &[b"message"]), expected, "key of {len} bytes");
-        }
-    }
-
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
@@ -527,6 +487,6 @@ mod tests {
         assert_ne!(account_key(b"s", "ab", "c"), account_key(b"s", "a", "bc"));
         let mut prefixed = 2u64.to_be_bytes().to_vec();
         prefixed.extend_from_slice(b"ip192.0.2.7");
-        assert_eq!(key, hex(&hmac_sha256(b"secret", &[&prefixed])));
+        assert_eq!(key, hex(&crate::mac::hmac_sha256(b"secret", &[&prefixed])));
     }
 }

@@ -409,34 +409,56 @@ fn cached_tokens_are_still_checked_against_current_versions() {
     assert!(matches!(run(&versions, &mut cache), Outcome::Allow { .. }));
 }
 
-#[test]
-fn revoked_jti_and_stale_replica_follow_the_rule() {
-    use portcullis_core::authn::RevocationInput;
-    use portcullis_core::revocation::{FeedPage, RevocationReplica, RevokedToken};
+const FLEET_CREDENTIAL: &str = "authn-test-fleet-credential-0123456789";
+
+/// A replica holding what one delta page of the feed said, hashed as the control plane
+/// hashes for [`FLEET_CREDENTIAL`].
+fn replica_with(revoked: &[&str], users: &[(&str, u64)]) -> portcullis_core::revocation::RevocationReplica {
+    use portcullis_core::fleet::{encode_hash, FleetCredential};
+    use portcullis_core::revocation::{
+        FeedFollower, FeedPage, RevocationReplica, RevokedToken, UserMinVersion,
+    };
+    let key = FleetCredential::new(FLEET_CREDENTIAL).unwrap().feed_key();
+    let page = FeedPage {
+        cursor: "c1".into(),
+        key_id: key.id().into(),
+        revoked: revoked
+            .iter()
+            .map(|j| RevokedToken { jti_hash: encode_hash(&key.token_id(j)), exp: NOW + 600 })
+            .collect(),
+        user_min_versions: users
+            .iter()
+            .map(|(s, v)| UserMinVersion { sub_hash: encode_hash(&key.subject(s)), min_version: *v })
+            .collect(),
+        ..Default::default()
+    };
+    let mut replica = RevocationReplica::default();
+    FeedFollower::default().apply(&mut replica, page, &key, NOW).unwrap();
+    replica
+}
+
+fn feed_config(provider_a: Value) -> Value {
     let jwks: Value = serde_json::from_str(FIXTURE_JWKS).unwrap();
-    let config = json!({
-        "providers": {
-            "a": { "issuer": ISS_A, "jwks": jwks.clone() },
-            "b": { "issuer": ISS_B, "jwks": jwks }
-        },
-        "revocation": { "cluster": "cp", "authority": "cp", "maxStalenessSeconds": 5, "providers": ["a"] },
+    let mut a = json!({ "issuer": ISS_A, "jwks": jwks.clone() });
+    for (k, v) in provider_a.as_object().unwrap() {
+        a[k] = v.clone();
+    }
+    json!({
+        "providers": { "a": a, "b": { "issuer": ISS_B, "jwks": jwks } },
+        "controlPlane": { "cluster": "cp", "authority": "cp", "credential": { "inline": FLEET_CREDENTIAL } },
+        "revocation": { "maxStalenessSeconds": 5, "providers": ["a"] },
         "rules": [
             { "name": "open", "match": { "pathPrefix": "/open" }, "requires": { "anyOf": ["a", "b"] }, "onStale": "allow" },
             { "name": "strict", "match": {}, "requires": { "anyOf": ["a", "b"] } }
         ]
-    });
-    let p = compile_json(config.to_string().as_bytes()).unwrap();
-    let mut replica = RevocationReplica::default();
-    replica
-        .apply(
-            FeedPage {
-                cursor: 1,
-                revoked: vec![RevokedToken { jti: "bad".into(), exp: NOW + 600 }],
-                ..Default::default()
-            },
-            NOW,
-        )
-        .unwrap();
+    })
+}
+
+#[test]
+fn revoked_jti_and_stale_replica_follow_the_rule() {
+    use portcullis_core::authn::RevocationInput;
+    let p = compile_json(feed_config(json!({})).to_string().as_bytes()).unwrap();
+    let replica = replica_with(&["bad"], &[]);
     let keys: Vec<Option<KeySet>> = vec![Some(fixture_keys()); 2];
     let versions = vec![VersionState::default(); 2];
     let run = |path: &str, t: &str, stale: bool| {
@@ -449,7 +471,7 @@ fn revoked_jti_and_stale_replica_follow_the_rule() {
             keys: &keys,
             versions: &versions,
             can_fetch_keys: &[false, false],
-            revocation: Some(RevocationInput { replica: &replica, stale }),
+            revocation: Some(RevocationInput { replica: &replica, stale, synced: true }),
             now_unix_secs: NOW,
         };
         authenticate(&input, &mut VerifiedTokenCache::new(4))
@@ -464,6 +486,39 @@ fn revoked_jti_and_stale_replica_follow_the_rule() {
     assert_eq!(denial(&run("/x", &fine, true)), Denial::RevocationUnavailable);
     assert!(matches!(run("/open", &fine, true), Outcome::Allow { .. }));
     assert_eq!(denial(&run("/open", &revoked, true)), Denial::InvalidToken(Reason::Revoked));
+}
+
+#[test]
+fn user_minimums_come_from_the_configuration_until_the_replica_is_synced_then_from_the_replica() {
+    use portcullis_core::authn::RevocationInput;
+    let config = feed_config(json!({"tokenVersion": {"claim": "ver", "userMinVersions": {"alice": 5}}}));
+    let p = compile_json(config.to_string().as_bytes()).unwrap();
+    let replica = replica_with(&[], &[("bob", 3)]);
+    let keys: Vec<Option<KeySet>> = vec![Some(fixture_keys()); 2];
+    let versions: Vec<VersionState> = p.providers.iter().map(|p| p.initial_version_state()).collect();
+    let run = |sub: &str, ver: u64, synced: bool| {
+        let t = token(ISS_A, sub, json!({"ver": ver}));
+        let req = request("GET", "/x", &[("authorization", &bearer(&t))]);
+        let input = AuthnInput {
+            policy: &p,
+            rule: p.match_rule(&req).unwrap(),
+            request: &req,
+            keys: &keys,
+            versions: &versions,
+            can_fetch_keys: &[false, false],
+            revocation: Some(RevocationInput { replica: &replica, stale: false, synced }),
+            now_unix_secs: NOW,
+        };
+        authenticate(&input, &mut VerifiedTokenCache::new(4))
+    };
+    // Not synced yet: the configured minimum (alice: 5) decides.
+    assert_eq!(denial(&run("alice", 4, false)), Denial::InvalidToken(Reason::VersionTooOld));
+    assert!(matches!(run("bob", 1, false), Outcome::Allow { .. }));
+    // Synced: the replica's minimums, looked up by the subject's feed hash.
+    assert!(matches!(run("alice", 4, true), Outcome::Allow { .. }));
+    assert_eq!(denial(&run("bob", 2, true)), Denial::InvalidToken(Reason::VersionTooOld));
+    assert!(matches!(run("bob", 3, true), Outcome::Allow { .. }));
+    assert!(matches!(run("bobby", 1, true), Outcome::Allow { .. }), "another subject's hash");
 }
 
 #[test]
@@ -486,4 +541,95 @@ fn strict_answers_from_the_control_plane_decide_revocation_and_versions() {
     assert_eq!(check_token_status(&p, &identity, &status(false, 4, 0), NOW), Err(Reason::VersionTooOld));
     assert_eq!(check_token_status(&p, &identity, &status(false, 3, 4), NOW), Err(Reason::VersionTooOld));
     assert_eq!(check_token_status(&p, &identity, &status(false, 3, 3), NOW), Ok(()));
+}
+
+#[test]
+fn revoked_signing_keys_and_versions_above_the_ceiling_are_refused_cached_tokens_included() {
+    use portcullis_core::authn::RevocationInput;
+    use portcullis_core::fleet::{encode_hash, FleetCredential};
+    use portcullis_core::revocation::{FeedFollower, FeedPage, RevocationReplica, UserMinVersion};
+    // Two providers with one key set; only provider `a` follows the control plane's feed.
+    let config = feed_config(json!({ "tokenVersion": { "claim": "ver" } }));
+    let mut config = config;
+    config["providers"]["b"]["tokenVersion"] = json!({ "claim": "ver" });
+    let p = compile_json(config.to_string().as_bytes()).unwrap();
+    let keys: Vec<Option<KeySet>> = vec![Some(fixture_keys()); 2];
+    let versions = vec![VersionState::default(); 2];
+    let run =
+        |t: &str, replica: &RevocationReplica, keys: &[Option<KeySet>], cache: &mut VerifiedTokenCache| {
+            let req = request("GET", "/x", &[("authorization", &bearer(t))]);
+            let rule = p.match_rule(&req).unwrap();
+            let input = AuthnInput {
+                policy: &p,
+                rule,
+                request: &req,
+                keys,
+                versions: &versions,
+                // A fetch is possible: a revoked kid must not trigger one.
+                can_fetch_keys: &[true, true],
+                revocation: Some(RevocationInput { replica, stale: false, synced: true }),
+                now_unix_secs: NOW,
+            };
+            authenticate(&input, cache)
+        };
+    // The feed as the control plane sends it: subjects hashed, the ceiling beside them.
+    let key = FleetCredential::new(FLEET_CREDENTIAL).unwrap().feed_key();
+    let page =
+        |cursor: &str| FeedPage { cursor: cursor.into(), key_id: key.id().into(), ..Default::default() };
+    let (mut follower, mut replica) = (FeedFollower::default(), RevocationReplica::default());
+    let first = FeedPage {
+        version_ceiling: 110,
+        user_min_versions: vec![UserMinVersion {
+            sub_hash: encode_hash(&key.subject("alice")),
+            min_version: 100,
+        }],
+        ..page("c1")
+    };
+    follower.apply(&mut replica, first, &key, NOW).unwrap();
+    let old = token(ISS_A, "alice", json!({"ver": 99}));
+    assert_eq!(
+        denial(&run(&old, &replica, &keys, &mut VerifiedTokenCache::new(4))),
+        Denial::InvalidToken(Reason::VersionTooOld),
+        "the hashed subject's minimum applies beside the ceiling"
+    );
+    let mut cache = VerifiedTokenCache::new(16);
+    let t = token(ISS_A, "alice", json!({"ver": 110, "jti": "j"}));
+    assert!(matches!(run(&t, &replica, &keys, &mut cache), Outcome::Allow { .. }));
+    assert_eq!(cache.len(), 1);
+    // A version nobody issued: forged with a leaked key to outlive the next rotation.
+    let future = token(ISS_A, "admin", json!({"ver": 1000}));
+    assert_eq!(
+        denial(&run(&future, &replica, &keys, &mut cache)),
+        Denial::InvalidToken(Reason::VersionUnknown)
+    );
+    // Provider b is not under the feed: its versions are its own.
+    assert!(matches!(
+        run(&token(ISS_B, "svc", json!({"ver": 1000})), &replica, &keys, &mut cache),
+        Outcome::Allow { .. }
+    ));
+
+    // The key is revoked: the cached token is refused on its next hit, and so is a
+    // token signed by it that was never seen, with or without the key still loaded.
+    let revoking = FeedPage { revoked_kids: vec!["oct-hs256".into()], ..page("c2") };
+    follower.apply(&mut replica, revoking, &key, NOW).unwrap();
+    assert_eq!(denial(&run(&t, &replica, &keys, &mut cache)), Denial::InvalidToken(Reason::Revoked));
+    let fresh = token(ISS_A, "bob", json!({"ver": 1}));
+    assert_eq!(denial(&run(&fresh, &replica, &keys, &mut cache)), Denial::InvalidToken(Reason::Revoked));
+    let dropped: Vec<Option<KeySet>> =
+        keys.iter().map(|k| k.as_ref().map(|k| k.without_kids(&replica.revoked_kids))).collect();
+    assert!(!dropped[0].as_ref().unwrap().contains_kid("oct-hs256"));
+    assert_eq!(
+        denial(&run(&fresh, &replica, &dropped, &mut cache)),
+        Denial::InvalidToken(Reason::Revoked),
+        "no unknown-kid refetch for a revoked key"
+    );
+    // A token without `kid` that verifies with the revoked key is refused too.
+    let claims = json!({ "iss": ISS_A, "sub": "carol", "exp": NOW + 600, "iat": NOW }).to_string();
+    let no_kid = sign_hs256(r#"{"alg":"HS256"}"#, &claims, HS256_SECRET);
+    assert_eq!(denial(&run(&no_kid, &replica, &keys, &mut cache)), Denial::InvalidToken(Reason::Revoked));
+    // Provider b does not follow the feed: the same key still verifies its tokens.
+    assert!(matches!(
+        run(&token(ISS_B, "svc", json!({})), &replica, &keys, &mut cache),
+        Outcome::Allow { .. }
+    ));
 }

@@ -345,11 +345,13 @@ fn version_state_round_trips_as_camel_case_json() {
         rotated_at: 10,
         grace_seconds: 5,
         user_min_versions: HashMap::from([("u".to_owned(), 4)]),
+        version_ceiling: 7,
     };
     let json = serde_json::to_value(&state).unwrap();
     assert_eq!(
         json,
-        json!({"globalMinVersion": 3, "rotatedAt": 10, "graceSeconds": 5, "userMinVersions": {"u": 4}})
+        json!({"globalMinVersion": 3, "rotatedAt": 10, "graceSeconds": 5, "userMinVersions": {"u": 4},
+               "versionCeiling": 7})
     );
     assert_eq!(serde_json::from_value::<VersionState>(json).unwrap(), state);
     assert_eq!(serde_json::from_value::<VersionState>(json!({})).unwrap(), VersionState::default());

@@ -22,6 +22,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use portcullis_core::authn::UpstreamEdits;
+use portcullis_core::control_plane::ControlPlane;
 use portcullis_core::guard::{
     login_outcome, AppliedLimit, FailureMode, HeaderMode, LeaseSlot, LimitMode, RateLimit, SlotSpend,
 };
@@ -35,7 +36,7 @@ use portcullis_core::wire::{
 use portcullis_core::RequestParts;
 use sha2::{Digest, Sha256};
 
-use crate::host;
+use crate::host::{self, Upstream};
 use crate::http::{apply_edits, Next};
 use crate::runtime::Runtime;
 
@@ -238,7 +239,7 @@ impl Runtime {
     pub fn guard(&self, ctx: u32, mut pending: Pending) -> Next {
         let now = host::now_unix_ms();
         if pending.deadline_ms == 0 {
-            let timeout = self.policy.guards.control_plane.as_ref().map(|c| c.timeout_ms).unwrap_or(200);
+            let timeout = self.policy.control_plane.as_ref().map(|c| c.timeout_ms).unwrap_or(200);
             pending.deadline_ms = now.saturating_add(timeout.saturating_mul(2)).saturating_add(1_000);
         }
         // Rate limits.
@@ -476,7 +477,7 @@ impl Runtime {
         asks: Vec<(usize, AppliedLimit, bool, RateLimitOp)>,
         now: u64,
     ) -> Next {
-        let Some(cp) = self.policy.guards.control_plane.as_ref() else {
+        let Some(cp) = self.policy.control_plane.as_ref() else {
             pending.unavailable = true;
             return self.guard(ctx, pending);
         };
@@ -506,7 +507,7 @@ impl Runtime {
             pending.unavailable = true;
             return self.guard(ctx, pending);
         };
-        match self.dispatch(ctx, &cp.cluster, &cp.authority, RATE_LIMIT_PATH, &body, timeout) {
+        match self.dispatch(ctx, cp, RATE_LIMIT_PATH, &body, timeout) {
             Ok(token) => {
                 self.metrics.count("portcullis.ratelimit.calls");
                 let mut inflight = self.guards.inflight.borrow_mut();
@@ -587,17 +588,16 @@ impl Runtime {
     fn dispatch(
         &self,
         ctx: u32,
-        cluster: &str,
-        authority: &str,
+        cp: &ControlPlane,
         path: &str,
         body: &[u8],
         timeout_ms: u64,
     ) -> Result<u32, proxy_wasm::types::Status> {
         let Some(root) = self.guards.root_dispatch.get() else {
-            return host::dispatch_post_json(cluster, authority, path, body, timeout_ms);
+            return host::dispatch_post_json(&Upstream::control_plane(cp), path, body, timeout_ms);
         };
         let _ = host::set_effective_context(root);
-        let result = host::dispatch_post_json(cluster, authority, path, body, timeout_ms);
+        let result = host::dispatch_post_json(&Upstream::control_plane(cp), path, body, timeout_ms);
         let _ = host::set_effective_context(ctx);
         result
     }
@@ -645,11 +645,9 @@ impl Runtime {
     }
 
     fn ask_lockout(&self, ctx: u32, mut pending: Pending, now: u64) -> Next {
-        let (Some(cp), Some(lockout), Some(login)) = (
-            self.policy.guards.control_plane.as_ref(),
-            self.policy.guards.lockout.as_ref(),
-            pending.login.as_ref(),
-        ) else {
+        let (Some(cp), Some(lockout), Some(login)) =
+            (self.policy.control_plane.as_ref(), self.policy.guards.lockout.as_ref(), pending.login.as_ref())
+        else {
             pending.unavailable = true;
             return self.guard(ctx, pending);
         };
@@ -663,7 +661,7 @@ impl Runtime {
         if let Some(next) = self.hand_to_root(ctx, &mut pending) {
             return next;
         }
-        match self.dispatch(ctx, &cp.cluster, &cp.authority, LOCKOUT_CHECK_PATH, &body, lockout.timeout_ms) {
+        match self.dispatch(ctx, cp, LOCKOUT_CHECK_PATH, &body, lockout.timeout_ms) {
             Ok(token) => {
                 self.metrics.count("portcullis.lockout.checks");
                 pending.deadline_ms = now.saturating_add(lockout.timeout_ms).saturating_add(1_000);
@@ -952,15 +950,14 @@ impl Runtime {
         kind: CallKind,
     ) -> bool {
         let (Some(lockout), Some(cp)) =
-            (self.policy.guards.lockout.as_ref(), self.policy.guards.control_plane.as_ref())
+            (self.policy.guards.lockout.as_ref(), self.policy.control_plane.as_ref())
         else {
             return false;
         };
         let report = LockoutReport { policy: lockout.policy, outcome, subjects, reservation };
         let body = serde_json::to_vec(&report).unwrap_or_default();
         match host::dispatch_post_json(
-            &cp.cluster,
-            &cp.authority,
+            &Upstream::control_plane(cp),
             LOCKOUT_REPORT_PATH,
             &body,
             lockout.timeout_ms,
@@ -1071,7 +1068,7 @@ impl Runtime {
         }
         self.expire_guard_waiters(current);
         let now = host::now_unix_ms();
-        let Some(cp) = self.policy.guards.control_plane.as_ref() else { return };
+        let Some(cp) = self.policy.control_plane.as_ref() else { return };
         if let Some(burst) = self.policy.guards.burst.as_ref() {
             let due = now.saturating_sub(self.guards.last_burst_report_ms.get()) >= burst.report_interval_ms;
             if due && self.guards.burst_call.get().is_none() {
@@ -1083,8 +1080,7 @@ impl Runtime {
                         let report = BurstReport { entries: chunk.to_vec() };
                         let body = serde_json::to_vec(&report).unwrap_or_default();
                         match host::dispatch_post_json(
-                            &cp.cluster,
-                            &cp.authority,
+                            &Upstream::control_plane(cp),
                             BURST_REPORT_PATH,
                             &body,
                             cp.timeout_ms,
@@ -1105,7 +1101,7 @@ impl Runtime {
     }
 
     /// Gives back the unspent units of leases that will expire before the next tick.
-    fn release_expiring(&self, cp: &portcullis_core::guard::ControlPlane, now: u64, tick_ms: u64) {
+    fn release_expiring(&self, cp: &ControlPlane, now: u64, tick_ms: u64) {
         let known: Vec<AppliedLimit> = self.guards.known.borrow().values().cloned().collect();
         let mut asks = Vec::new();
         let mut forget = Vec::new();
@@ -1146,7 +1142,7 @@ impl Runtime {
         let units: u64 =
             asks.iter().map(|a| if let RateLimitOp::Release { units } = a.op { units } else { 0 }).sum();
         let body = serde_json::to_vec(&RateLimitBatch { asks }).unwrap_or_default();
-        match host::dispatch_post_json(&cp.cluster, &cp.authority, RATE_LIMIT_PATH, &body, cp.timeout_ms) {
+        match host::dispatch_post_json(&Upstream::control_plane(cp), RATE_LIMIT_PATH, &body, cp.timeout_ms) {
             Ok(token) => {
                 self.metrics.count("portcullis.ratelimit.release_calls");
                 log::debug!("releasing {units} unspent leased unit(s)");

@@ -5,6 +5,8 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
+use portcullis_core::control_plane::ControlPlane;
+use portcullis_core::fleet::FleetCredential;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
 
@@ -56,11 +58,52 @@ pub fn resume_request() -> Result<(), Status> {
     hostcalls::resume_http_request()
 }
 
-/// A GET to a named Envoy cluster; the answer arrives in `on_http_call_response`.
-pub fn dispatch_get(cluster: &str, authority: &str, path: &str, timeout_ms: u64) -> Result<u32, Status> {
+/// Where an `http_call` goes: a named Envoy cluster, the `:authority`, and the
+/// credential presented there. Calls to the control plane carry the fleet credential
+/// ([`Upstream::control_plane`]); JWKS fetches carry none ([`Upstream::public`]), since
+/// a provider's keys may come from a third party.
+pub struct Upstream<'a> {
+    cluster: &'a str,
+    authority: &'a str,
+    credential: Option<&'a FleetCredential>,
+}
+
+impl<'a> Upstream<'a> {
+    pub fn control_plane(cp: &'a ControlPlane) -> Self {
+        Upstream { cluster: &cp.cluster, authority: &cp.authority, credential: Some(&cp.credential) }
+    }
+
+    pub fn public(cluster: &'a str, authority: &'a str) -> Self {
+        Upstream { cluster, authority, credential: None }
+    }
+
+    /// The request headers: these, then `authorization` when there is a credential. The
+    /// one place the credential is put on the wire.
+    fn headers<'h>(&self, authorization: &'h str, fixed: &[(&'h str, &'h str)]) -> Vec<(&'h str, &'h str)>
+    where
+        'a: 'h,
+    {
+        let mut headers = Vec::with_capacity(fixed.len() + 2);
+        headers.extend_from_slice(fixed);
+        headers.push((":authority", self.authority));
+        if self.credential.is_some() {
+            headers.push(("authorization", authorization));
+        }
+        headers
+    }
+
+    fn authorization(&self) -> String {
+        self.credential.map(FleetCredential::authorization).unwrap_or_default()
+    }
+}
+
+/// A GET to `upstream`; the answer arrives in `on_http_call_response`.
+pub fn dispatch_get(upstream: &Upstream<'_>, path: &str, timeout_ms: u64) -> Result<u32, Status> {
+    let authorization = upstream.authorization();
     hostcalls::dispatch_http_call(
-        cluster,
-        vec![(":method", "GET"), (":path", path), (":authority", authority), ("accept", "application/json")],
+        upstream.cluster,
+        upstream
+            .headers(&authorization, &[(":method", "GET"), (":path", path), ("accept", "application/json")]),
         None,
         vec![],
         Duration::from_millis(timeout_ms),
@@ -117,28 +160,35 @@ pub fn set_effective_context(context_id: u32) -> Result<(), Status> {
     hostcalls::set_effective_context(context_id)
 }
 
-/// A POST of a JSON body to a named Envoy cluster; the answer arrives in
-/// `on_http_call_response`.
+/// A POST of a JSON body to `upstream`; the answer arrives in `on_http_call_response`.
 pub fn dispatch_post_json(
-    cluster: &str,
-    authority: &str,
+    upstream: &Upstream<'_>,
     path: &str,
     body: &[u8],
     timeout_ms: u64,
 ) -> Result<u32, Status> {
+    let authorization = upstream.authorization();
     hostcalls::dispatch_http_call(
-        cluster,
-        vec![
-            (":method", "POST"),
-            (":path", path),
-            (":authority", authority),
-            ("content-type", "application/json"),
-            ("accept", "application/json"),
-        ],
+        upstream.cluster,
+        upstream.headers(
+            &authorization,
+            &[
+                (":method", "POST"),
+                (":path", path),
+                ("content-type", "application/json"),
+                ("accept", "application/json"),
+            ],
+        ),
         Some(body),
         vec![],
         Duration::from_millis(timeout_ms),
     )
+}
+
+/// An environment variable of the Wasm VM: Envoy exposes the ones listed in
+/// `vm_config.environment_variables` (WASI `environ_get`); `None` when not set.
+pub fn environment_variable(name: &str) -> Option<String> {
+    std::env::var(name).ok()
 }
 
 /// The downstream peer's address (`ip:port`), as Envoy reports it.

@@ -1,7 +1,10 @@
 //! The per-request context: builds a [`RequestParts`], asks core for a decision, and
 //! carries it out (continue with upstream edits, or a local reply). When the decision
 //! needs keys this worker does not have (a rotated key's `kid`, or keys not loaded yet)
-//! the request pauses while the JWKS is fetched, then is decided again.
+//! the request pauses while the JWKS is fetched, then is decided again. Likewise a
+//! token whose version is above the replica's ceiling (`version_unknown`) may be newer
+//! than the replica rather than forged (right after a breach rotation): the request
+//! pauses while the feed is polled once, then is decided again.
 //!
 //! Invariant: a request the filter has not decided never reaches the upstream. A
 //! request is undecided until the filter *releases* it ([`Runtime::release`]: a
@@ -24,7 +27,7 @@ use portcullis_core::config::NoMatchAction;
 use portcullis_core::config::{RevocationCheck, StaleAction};
 use portcullis_core::guard::{client_ip, LimitContext};
 use portcullis_core::jwt::provider::{KeySource, TokenLocation};
-use portcullis_core::jwt::VerifiedToken;
+use portcullis_core::jwt::{Reason, VerifiedToken};
 use portcullis_core::keyfetch::FetchKind;
 use portcullis_core::response::Denial;
 use portcullis_core::revocation::TokenStatus;
@@ -35,7 +38,8 @@ use proxy_wasm::types::Action;
 
 use crate::guard::{LoginAttempt, Pending};
 use crate::host;
-use crate::runtime::{Runtime, MAX_JWKS_BYTES};
+use crate::revocation::MAX_FEED_BYTES;
+use crate::runtime::{Runtime, FEED_POLL, MAX_JWKS_BYTES};
 
 /// Bound on decide → fetch → decide rounds for one request.
 const MAX_ROUNDS: usize = 4;
@@ -61,6 +65,10 @@ pub struct Progress {
     fetch: Option<(u32, usize)>,
     /// Outstanding strict revocation check.
     strict: Option<StrictCheck>,
+    /// Outstanding feed poll this request started (a version above the ceiling).
+    feed_poll: Option<u32>,
+    /// The feed was polled (or waited for) on this request's behalf already.
+    feed_refreshed: bool,
     /// Decided from another context's callback: no calls may be started for it (their
     /// answers would reach that other context).
     no_callouts: bool,
@@ -89,6 +97,8 @@ impl Progress {
             tried: remote_providers,
             fetch: None,
             strict: None,
+            feed_poll: None,
+            feed_refreshed: true,
             no_callouts: true,
             guard,
         }
@@ -139,12 +149,17 @@ pub fn decide(
     };
     for _ in 0..MAX_ROUNDS {
         let now_ms = host::now_unix_ms();
+        // The replica first: keys it revokes are dropped before the keys are read.
+        rt.refresh_revocation(now_ms);
         let keys = rt.keys(now_ms, false);
         let can_fetch = rt.fetchable(&progress.tried);
-        rt.refresh_revocation(now_ms);
         let outcome = {
             let view = rt.revocation.as_ref().and_then(|r| r.view(now_ms));
-            let revocation = view.as_ref().map(|v| RevocationInput { replica: &v.replica, stale: v.stale });
+            let revocation = view.as_ref().map(|v| RevocationInput {
+                replica: &v.replica,
+                stale: v.stale,
+                synced: v.synced,
+            });
             let versions = rt.versions.borrow();
             let input = AuthnInput {
                 policy: &rt.policy,
@@ -173,6 +188,15 @@ pub fn decide(
                 return allow(rt, request, &identities, &edits, &progress.guard);
             }
             Outcome::Deny { denial, provider } => {
+                if denial == Denial::InvalidToken(Reason::VersionUnknown)
+                    && provider.is_some_and(|p| rt.policy.revocation_applies(p))
+                    && !progress.feed_refreshed
+                {
+                    progress.feed_refreshed = true;
+                    if let Some(next) = refresh_feed(rt, context_id, request, rule_index, progress, now_ms) {
+                        return next;
+                    }
+                }
                 let provider_name = provider.and_then(|p| rt.policy.providers.get(p)).map(|p| p.name());
                 return deny(rt, rule.name.as_str(), rule.shadow, &denial, provider_name);
             }
@@ -204,6 +228,48 @@ pub fn decide(
     }
     // Only reachable if core keeps asking for keys it cannot get.
     deny(rt, rule.name.as_str(), rule.shadow, &Denial::KeysUnavailable, None)
+}
+
+/// A token's version is above the replica's ceiling: polls the feed now (at most once
+/// per poll interval for the whole Envoy) or waits for the poll in flight, so a token
+/// minted after a breach rotation is not refused for the replica being a poll behind.
+/// `None`: neither is possible, decide with the replica as it is.
+fn refresh_feed(
+    rt: &Runtime,
+    context_id: u32,
+    request: &RequestParts,
+    rule_index: usize,
+    progress: &mut Progress,
+    now_ms: u64,
+) -> Option<Next> {
+    let sync = rt.revocation.as_ref()?;
+    if progress.no_callouts {
+        return None;
+    }
+    if let Some(path) = sync.claim_on_demand(now_ms) {
+        match sync.dispatch(&path) {
+            Ok(token) => {
+                rt.metrics.count("portcullis.revocation.poll_on_demand");
+                progress.feed_poll = Some(token);
+                return Some(Next::Paused);
+            }
+            Err(status) => {
+                log::warn!(
+                    "cannot call cluster `{}` for the revocation feed ({status:?})",
+                    sync.settings.control_plane.cluster
+                );
+                sync.complete_poll(None, None, now_ms, false, &rt.metrics);
+                return None;
+            }
+        }
+    }
+    if sync.poll_in_flight(now_ms)
+        && rt.park(context_id, FEED_POLL, rule_index, request.clone(), progress.guard.clone())
+    {
+        rt.metrics.count("portcullis.requests.parked");
+        return Some(Next::Paused);
+    }
+    None
 }
 
 /// Authentication passed: the stateful checks (rate limits, lockout) decide the rest.
@@ -271,7 +337,11 @@ fn start_strict_check(
     let sub = current.token.subject.as_deref().unwrap_or("");
     let path = format!("{}?jti={}&sub={}", settings.status_path, percent_encode(jti), percent_encode(sub));
     rt.metrics.count("portcullis.revocation.strict_checks");
-    match host::dispatch_get(&settings.cluster, &settings.authority, &path, settings.strict_timeout_ms) {
+    match host::dispatch_get(
+        &host::Upstream::control_plane(&settings.control_plane),
+        &path,
+        settings.strict_timeout_ms,
+    ) {
         Ok(token_id) => {
             progress.strict = Some(StrictCheck { token_id, current, rest: unchecked, identities, edits });
             Next::Paused
@@ -279,7 +349,7 @@ fn start_strict_check(
         Err(status) => {
             log::warn!(
                 "cannot call cluster `{}` for a strict revocation check ({status:?})",
-                settings.cluster
+                settings.control_plane.cluster
             );
             strict_unavailable(rt, rule, request, &identities, &edits, &progress.guard)
         }
@@ -345,7 +415,11 @@ fn start_fetch(rt: &Runtime, p: usize, now_ms: u64) -> Option<u32> {
     if !rt.claim_fetch(p, FetchKind::OnDemand, now_ms) {
         return None;
     }
-    match host::dispatch_get(&remote.cluster, &remote.authority, &remote.path, remote.timeout_ms) {
+    match host::dispatch_get(
+        &host::Upstream::public(&remote.cluster, &remote.authority),
+        &remote.path,
+        remote.timeout_ms,
+    ) {
         Ok(token) => {
             rt.metrics.count(&format!("portcullis.jwks.{}.fetch_on_demand", provider.name()));
             Some(token)
@@ -453,6 +527,22 @@ impl Context for AuthnContext {
             {
                 rt.resume(self.id);
             }
+            return;
+        }
+        if self.progress.feed_poll == Some(token_id) {
+            self.progress.feed_poll = None;
+            let (status, body) = call_response_capped(body_size, MAX_FEED_BYTES);
+            if let Some(sync) = &rt.revocation {
+                // One page is enough: every page carries the current ceiling.
+                sync.complete_poll(status.as_deref(), body, host::now_unix_ms(), false, &rt.metrics);
+            }
+            let Some(request) = self.request.take() else { return };
+            let next = decide(&rt, self.id, &request, self.rule, &mut self.progress);
+            self.request = Some(request);
+            if let Next::Continue = next {
+                rt.resume(self.id);
+            }
+            rt.wake_parked(Some(FEED_POLL), self.id);
             return;
         }
         let Some((token, provider)) = self.progress.fetch else {

@@ -52,15 +52,14 @@ struct PortcullisRoot {
 impl PortcullisRoot {
     fn poll_feed(&mut self, rt: &Runtime, path: String) {
         let Some(sync) = &rt.revocation else { return };
-        let s = &sync.settings;
-        match host::dispatch_get(&s.cluster, &s.authority, &path, s.timeout_ms) {
+        match sync.dispatch(&path) {
             Ok(token) => self.feed_call = Some(token),
             Err(status) => {
                 log::warn!(
                     "cannot call cluster `{}` for the revocation feed ({status:?}); is it defined?",
-                    s.cluster
+                    sync.settings.control_plane.cluster
                 );
-                sync.complete_poll(None, None, host::now_unix_ms(), &rt.metrics);
+                sync.complete_poll(None, None, host::now_unix_ms(), true, &rt.metrics);
             }
         }
     }
@@ -79,10 +78,13 @@ impl Context for PortcullisRoot {
             let Some(rt) = self.runtime.clone() else { return };
             let Some(sync) = &rt.revocation else { return };
             let (status, body) = http::call_response_capped(body_size, revocation::MAX_FEED_BYTES);
-            if let Some(next) = sync.complete_poll(status.as_deref(), body, host::now_unix_ms(), &rt.metrics)
+            if let Some(next) =
+                sync.complete_poll(status.as_deref(), body, host::now_unix_ms(), true, &rt.metrics)
             {
                 self.poll_feed(&rt, next);
             }
+            // Requests that waited for a fresher replica (a version above its ceiling).
+            rt.wake_parked(Some(runtime::FEED_POLL), self.context_id);
             return;
         }
         let Some(pos) = self.fetches.iter().position(|(t, _)| *t == token_id) else {
@@ -103,7 +105,7 @@ impl RootContext for PortcullisRoot {
             log::error!("no plugin configuration; the filter needs at least `providers` and `rules`");
             return false;
         };
-        match portcullis_core::config::compile_json(&bytes) {
+        match portcullis_core::config::compile_json_with(&bytes, &host::environment_variable) {
             Ok(policy) => {
                 log::info!(
                     "configured {} provider(s), {} rule(s)",
@@ -126,10 +128,11 @@ impl RootContext for PortcullisRoot {
                 let needs_tick = has_remote || policy.revocation.is_some() || !policy.guards.is_empty();
                 self.tick_ms = u64::try_from(tick.as_millis()).unwrap_or(500);
                 let guarded = !policy.guards.is_empty();
-                let rt = Rc::new(Runtime::new(policy, host::now_unix_ms()));
+                let vm = next_vm_number();
+                let rt = Rc::new(Runtime::new(policy, vm, host::now_unix_ms()));
                 if guarded {
                     // One queue per VM: the name carries a number no other VM holds.
-                    let name = format!("portcullis.guard.{}", next_vm_number());
+                    let name = format!("portcullis.guard.{vm}");
                     match host::register_queue(&name) {
                         Some(q) => rt.guards.queue.set(Some(q)),
                         None => log::warn!("could not register the guard queue; calls are made by requests"),
@@ -178,7 +181,11 @@ impl RootContext for PortcullisRoot {
             if !rt.claim_fetch(p, FetchKind::Periodic, now) {
                 continue;
             }
-            match host::dispatch_get(&remote.cluster, &remote.authority, &remote.path, remote.timeout_ms) {
+            match host::dispatch_get(
+                &host::Upstream::public(&remote.cluster, &remote.authority),
+                &remote.path,
+                remote.timeout_ms,
+            ) {
                 Ok(token) => self.fetches.push((token, p)),
                 Err(status) => {
                     log::warn!(

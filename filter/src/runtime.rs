@@ -3,9 +3,13 @@
 //! cache and the metrics. Remote JWKS documents live in Envoy shared data so one fetch
 //! serves every worker; each worker keeps the parsed `KeySet` and re-reads shared data
 //! only when its copy may be stale.
+//!
+//! Signing keys the revocation feed names as revoked are dropped from the keys of the
+//! providers under the feed as soon as this worker picks up the replica (and from every
+//! key set loaded later), and the cached tokens they signed are dropped with them.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use portcullis_core::authn::Authenticated;
 
@@ -32,6 +36,8 @@ const SHARED_KEYS_RECHECK_MS: u64 = 1_000;
 const MAX_PARKED: usize = 1024;
 /// Entries of the strict-check cache per worker.
 const MAX_STRICT_CACHE: usize = 10_000;
+/// What a request parked for the revocation feed (not a provider's keys) waits on.
+pub const FEED_POLL: usize = usize::MAX;
 
 /// A request waiting for a JWKS fetch that another context started.
 struct Parked {
@@ -57,6 +63,8 @@ pub struct Runtime {
     /// Request contexts the filter has let go. Every other request is undecided, and
     /// each of its request-side callbacks holds it (`http.rs`).
     released: RefCell<HashSet<u32>>,
+    /// Signing keys the feed revoked: never part of the keys of providers under it.
+    revoked_kids: RefCell<BTreeSet<String>>,
 }
 
 #[derive(Default)]
@@ -68,7 +76,8 @@ struct KeySlot {
 }
 
 impl Runtime {
-    pub fn new(policy: Policy, now_ms: u64) -> Self {
+    /// `vm`: this VM's number, unique among the VMs of this Envoy.
+    pub fn new(policy: Policy, vm: u64, now_ms: u64) -> Self {
         let keys = policy
             .providers
             .iter()
@@ -79,7 +88,7 @@ impl Runtime {
             .collect();
         let versions = policy.providers.iter().map(|p| p.initial_version_state()).collect();
         let cache = VerifiedTokenCache::new(policy.cache_capacity.max(1));
-        let revocation = policy.revocation.clone().map(|r| RevocationSync::new(r, now_ms));
+        let revocation = policy.revocation.clone().map(|r| RevocationSync::new(r, vm, now_ms));
         Runtime {
             revocation,
             strict_ok: RefCell::new(HashMap::new()),
@@ -91,7 +100,46 @@ impl Runtime {
             parked: RefCell::new(Vec::new()),
             guards: GuardState::default(),
             released: RefCell::new(HashSet::new()),
+            revoked_kids: RefCell::new(BTreeSet::new()),
         }
+    }
+
+    /// `keys` without the revoked signing keys, for providers under the feed.
+    fn without_revoked(&self, p: usize, keys: KeySet) -> KeySet {
+        if !self.policy.revocation_applies(p) {
+            return keys;
+        }
+        match self.revoked_kids.try_borrow() {
+            Ok(kids) if !kids.is_empty() => keys.without_kids(&kids),
+            _ => keys,
+        }
+    }
+
+    /// Applies a new set of revoked signing keys: drops them from the loaded keys and
+    /// their tokens from the verified-token cache.
+    fn apply_revoked_kids(&self, kids: &BTreeSet<String>) {
+        let Ok(mut current) = self.revoked_kids.try_borrow_mut() else { return };
+        if *current == *kids {
+            return;
+        }
+        current.clone_from(kids);
+        drop(current);
+        if let Ok(mut slots) = self.keys.try_borrow_mut() {
+            for (p, slot) in slots.iter_mut().enumerate() {
+                if let Some(keys) = slot.keys.take() {
+                    slot.keys = Some(self.without_revoked(p, keys));
+                }
+            }
+        }
+        let dropped = match self.cache.try_borrow_mut() {
+            Ok(mut cache) => cache.remove_where(|t| t.kid.as_deref().is_some_and(|kid| kids.contains(kid))),
+            Err(_) => 0,
+        };
+        self.metrics.count("portcullis.revocation.keys_revoked_applied");
+        log::info!(
+            "revoked signing keys applied: {} key(s) refused, {dropped} cached token(s) dropped",
+            kids.len()
+        );
     }
 
     fn is_remote(&self, p: usize) -> bool {
@@ -128,7 +176,7 @@ impl Runtime {
         let Some(bytes) = data else { return };
         match KeySet::from_jwks_json(&bytes) {
             Ok((keys, _)) if !keys.is_empty() => {
-                slot.keys = Some(keys);
+                slot.keys = Some(self.without_revoked(p, keys));
                 slot.cas = cas;
             }
             // Only validated documents are stored, so this is another version's format:
@@ -201,6 +249,7 @@ impl Runtime {
             if host::set_shared_data(&jwks_key(provider), &bytes, None).is_err() {
                 log::warn!("provider `{name}`: could not store the JWKS in shared data");
             }
+            let keys = self.without_revoked(p, keys);
             let mut slots = self.keys.borrow_mut();
             if let Some(slot) = slots.get_mut(p) {
                 slot.keys = Some(keys);
@@ -232,12 +281,17 @@ impl Runtime {
         host::shared_data(&schedule_key(provider)).0.map(|d| FetchSchedule::decode(&d)).unwrap_or_default()
     }
 
-    /// Whether some worker has a fetch of this provider's keys outstanding.
+    /// Whether some worker has a fetch of this provider's keys (or, for [`FEED_POLL`],
+    /// a poll of the revocation feed) outstanding.
     pub fn fetch_in_flight(&self, p: usize, now_ms: u64) -> bool {
+        if p == FEED_POLL {
+            return self.revocation.as_ref().is_some_and(|sync| sync.poll_in_flight(now_ms));
+        }
         self.schedule(p).in_flight(now_ms)
     }
 
-    /// Holds a paused request until the in-flight fetch of `provider` ends.
+    /// Holds a paused request until the in-flight fetch of `provider` (or the feed poll,
+    /// [`FEED_POLL`]) ends.
     pub fn park(
         &self,
         context_id: u32,
@@ -341,24 +395,24 @@ impl Runtime {
         let _ = host::set_effective_context(current);
     }
 
-    /// Picks up a newer revocation replica from shared data; once synced, the replica's
-    /// token versions replace the configured ones for the providers under the feed.
+    /// Picks up a newer revocation replica from shared data (once synced, the request
+    /// path answers version and revocation questions from it, the version ceiling
+    /// included); its revoked signing keys are dropped from the loaded keys at once.
     pub fn refresh_revocation(&self, now_ms: u64) {
         let Some(sync) = &self.revocation else { return };
-        if !sync.refresh() {
-            return;
-        }
+        sync.refresh();
         let Some(view) = sync.view(now_ms) else { return };
-        if !view.synced {
+        // Few keys are ever revoked: comparing the sets is cheap, and catches a replica
+        // this worker published itself as well as one another worker did. Key ids are
+        // the control plane's word whether or not the replica is synced yet.
+        let changed =
+            self.revoked_kids.try_borrow().is_ok_and(|current| *current != view.replica.revoked_kids);
+        if !changed {
             return;
         }
-        if let Ok(mut versions) = self.versions.try_borrow_mut() {
-            for (p, state) in versions.iter_mut().enumerate() {
-                if self.policy.revocation_applies(p) {
-                    *state = view.replica.versions.clone();
-                }
-            }
-        }
+        let kids = view.replica.revoked_kids.clone();
+        drop(view);
+        self.apply_revoked_kids(&kids);
     }
 
     fn strict_key(identity: &Authenticated) -> Option<String> {

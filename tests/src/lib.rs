@@ -243,6 +243,76 @@ impl Redis {
     }
 }
 
+/// Revocation state written straight into a control plane's Redis, in bulk: the layout
+/// of docs/control-plane.md ("Redis key layout"), as `revoke jti` and `revoke user` leave
+/// it (set `revoked-jtis`, records `user-min-version/<sub>`, index set
+/// `user-min-versions`), without the feed entries. For tests that need a large state
+/// fast; a follower sees it through a snapshot.
+pub struct RevocationSeed {
+    /// (jti, exp in Unix seconds).
+    pub revoked: Vec<(String, u64)>,
+    /// (sub, minimum version).
+    pub users: Vec<(String, u64)>,
+}
+
+/// Index members never expire (the control plane's `NEVER_MS`, the year 9999).
+const NEVER_MS: u64 = 253_402_300_799_000;
+
+impl Redis {
+    /// Writes `seed` with pipelined commands (ZADD in batches, one HSET per user).
+    pub async fn seed_revocations(&self, seed: &RevocationSeed) {
+        let mut commands: Vec<Vec<String>> = Vec::new();
+        for batch in seed.revoked.chunks(1000) {
+            let mut zadd = vec!["ZADD".to_string(), "portcullis:{set:revoked-jtis}".to_string()];
+            for (jti, exp) in batch {
+                zadd.push((exp * 1000).to_string());
+                zadd.push(jti.clone());
+            }
+            commands.push(zadd);
+        }
+        for batch in seed.users.chunks(1000) {
+            let mut zadd = vec!["ZADD".to_string(), "portcullis:{set:user-min-versions}".to_string()];
+            for (sub, version) in batch {
+                zadd.push(NEVER_MS.to_string());
+                zadd.push(format!("{sub}\u{1f}{version}"));
+            }
+            commands.push(zadd);
+        }
+        for (sub, version) in &seed.users {
+            commands.push(vec![
+                "HSET".to_string(),
+                format!("portcullis:{{record:user-min-version/{sub}}}"),
+                "v".to_string(),
+                version.to_string(),
+            ]);
+        }
+        self.pipeline(&commands).await;
+    }
+
+    /// Sends `commands` pipelined and waits for every reply; panics on an error reply.
+    pub async fn pipeline(&self, commands: &[Vec<String>]) {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let stream =
+            tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.expect("connect to redis");
+        let (read, mut write) = stream.into_split();
+        let mut bytes = Vec::new();
+        for command in commands {
+            bytes.extend_from_slice(format!("*{}\r\n", command.len()).as_bytes());
+            for arg in command {
+                bytes.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
+            }
+        }
+        // Write and read at once: a large pipeline would otherwise fill both buffers.
+        let writer = tokio::spawn(async move { write.write_all(&bytes).await.expect("write to redis") });
+        let mut lines = BufReader::new(read).lines();
+        for _ in 0..commands.len() {
+            let line = lines.next_line().await.expect("read from redis").expect("a reply");
+            assert!(line.starts_with(':'), "redis answered {line}");
+        }
+        writer.await.expect("writer");
+    }
+}
+
 async fn redis_ping(port: u16) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
@@ -311,9 +381,12 @@ macro_rules! on_both_backends {
     };
 }
 
+/// A control plane process: its admin listener on `port`, its internal listener (what
+/// Envoys call, with [`FLEET_CREDENTIAL`]) on `internal_port`.
 pub struct ControlPlane {
     pub proc: Proc,
     pub port: u16,
+    pub internal_port: u16,
     pub admin_token: String,
     pub data_dir: PathBuf,
     store: StoreKind,
@@ -322,6 +395,19 @@ pub struct ControlPlane {
 }
 
 pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789abcdef";
+/// The fleet credential of the tests' control planes and Envoys.
+pub const FLEET_CREDENTIAL: &str = "e2e-fleet-credential-0123456789abcdef";
+/// The environment variable Envoy passes the fleet credential to the filter's VM in.
+pub const FLEET_CREDENTIAL_ENV: &str = "PORTCULLIS_FLEET_CREDENTIAL";
+
+/// The `controlPlane` section of a plugin configuration: the control plane cluster,
+/// the credential read from the VM's environment.
+pub fn control_plane_section(timeout_ms: u64) -> Value {
+    json!({
+        "cluster": "portcullis_control_plane", "authority": "control-plane", "timeoutMs": timeout_ms,
+        "credential": { "env": FLEET_CREDENTIAL_ENV }
+    })
+}
 /// Test-only master key (32 bytes, base64) sealing the control plane's signing keys.
 pub const MASTER_KEY: &str = "ZTJlLXRlc3Qtb25seS1tYXN0ZXIta2V5LTMyYnl0ZXM=";
 
@@ -335,37 +421,41 @@ impl ControlPlane {
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let data_dir = logdir.join("cp-data");
         for _ in 1..PORT_ATTEMPTS {
+            let ports = (free_port(), free_port());
             if let Some(cp) =
-                ControlPlane::try_start_with(logdir, store.clone(), free_port(), data_dir.clone(), &env).await
+                ControlPlane::try_start_with(logdir, store.clone(), ports, data_dir.clone(), &env).await
             {
                 return cp;
             }
         }
-        ControlPlane::start_with(logdir, store, free_port(), data_dir, &env).await
+        ControlPlane::start_with(logdir, store, (free_port(), free_port()), data_dir, &env).await
     }
 
     async fn start_with(
         logdir: &Path,
         store: StoreKind,
-        port: u16,
+        ports: (u16, u16),
         data_dir: PathBuf,
         env: &[(String, String)],
     ) -> ControlPlane {
-        match ControlPlane::try_start_with(logdir, store, port, data_dir, env).await {
+        match ControlPlane::try_start_with(logdir, store, ports, data_dir, env).await {
             Some(cp) => cp,
-            None => panic!("the control plane on port {port} exited at start (see its log above)"),
+            None => panic!("the control plane on ports {ports:?} exited at start (see its log above)"),
         }
     }
 
+    /// `ports`: admin, internal. `env` may override the fleet credentials.
     async fn try_start_with(
         logdir: &Path,
         store: StoreKind,
-        port: u16,
+        (port, internal_port): (u16, u16),
         data_dir: PathBuf,
         env: &[(String, String)],
     ) -> Option<ControlPlane> {
         let mut cmd = Command::new(bin("portcullis-control-plane"));
-        cmd.env("PORTCULLIS_LISTEN", format!("127.0.0.1:{port}"))
+        cmd.env("PORTCULLIS_ADMIN_LISTEN", format!("127.0.0.1:{port}"))
+            .env("PORTCULLIS_INTERNAL_LISTEN", format!("127.0.0.1:{internal_port}"))
+            .env("PORTCULLIS_FLEET_CREDENTIAL", FLEET_CREDENTIAL)
             .env("PORTCULLIS_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("PORTCULLIS_DATA_DIR", &data_dir)
             .env("PORTCULLIS_MASTER_KEY", MASTER_KEY)
@@ -386,6 +476,7 @@ impl ControlPlane {
         Some(ControlPlane {
             proc,
             port,
+            internal_port,
             admin_token: ADMIN_TOKEN.to_string(),
             data_dir,
             store,
@@ -394,16 +485,29 @@ impl ControlPlane {
         })
     }
 
+    /// The admin listener.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// Stops and starts the process on the same port with the same store and data.
+    /// The internal listener (what Envoys call).
+    pub fn internal_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.internal_port)
+    }
+
+    /// Stops and starts the process on the same ports with the same store and data.
     pub async fn restart(&mut self) {
+        let env = self.env.clone();
+        self.restart_with_env(&env).await;
+    }
+
+    /// Like [`ControlPlane::restart`], with other extra environment variables (e.g. new
+    /// fleet credentials).
+    pub async fn restart_with_env(&mut self, env: &[(String, String)]) {
         self.proc.terminate();
-        let (logdir, store, port, data, env) =
-            (self.logdir.clone(), self.store.clone(), self.port, self.data_dir.clone(), self.env.clone());
-        *self = ControlPlane::start_with(&logdir, store, port, data, &env).await;
+        let (logdir, store, ports, data) =
+            (self.logdir.clone(), self.store.clone(), (self.port, self.internal_port), self.data_dir.clone());
+        *self = ControlPlane::start_with(&logdir, store, ports, data, env).await;
     }
 
     /// Runs the `portcullis` CLI against this control plane; returns stdout, panics with
@@ -412,6 +516,8 @@ impl ControlPlane {
         let out = Command::new(bin("portcullis"))
             .arg("--url")
             .arg(self.url())
+            .arg("--internal-url")
+            .arg(self.internal_url())
             .args(args)
             .env("PORTCULLIS_ADMIN_TOKEN", &self.admin_token)
             .output()
@@ -469,6 +575,12 @@ pub struct TestServerState {
     /// What `/v1/feed` answers (status, body), and how often it was asked.
     pub feed: Arc<Mutex<(u16, String)>>,
     pub feed_polls: Arc<AtomicUsize>,
+    /// Every feed poll: its `authorization` header ("" when absent) and cursor.
+    pub feed_requests: Arc<Mutex<Vec<(String, String)>>>,
+    /// A snapshot part (index) the feed answers 503 for, to hold a snapshot back.
+    pub feed_held_part: Arc<Mutex<Option<usize>>>,
+    /// The `authorization` header of every JWKS fetch ("" when absent).
+    pub jwks_authorizations: Arc<Mutex<Vec<String>>>,
     /// `POST /login` attempts that reached the upstream.
     pub login_hits: Arc<AtomicUsize>,
     /// How long `POST /login` takes to answer (ms; 0 by default), so that attempts sent
@@ -497,8 +609,15 @@ impl TestServer {
         *state.jwks_status.lock().unwrap() = 200;
         *state.feed.lock().unwrap() = (404, String::new());
 
-        async fn serve_jwks(State(s): State<TestServerState>) -> impl IntoResponse {
+        fn authorization(headers: &HeaderMap) -> String {
+            headers
+                .get("authorization")
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_default()
+        }
+        async fn serve_jwks(State(s): State<TestServerState>, headers: HeaderMap) -> impl IntoResponse {
             s.jwks_fetches.fetch_add(1, Ordering::SeqCst);
+            s.jwks_authorizations.lock().unwrap().push(authorization(&headers));
             let delay = s.jwks_delay_ms.load(Ordering::SeqCst);
             if delay > 0 {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -511,9 +630,45 @@ impl TestServer {
                 body,
             )
         }
-        async fn serve_feed(State(s): State<TestServerState>) -> impl IntoResponse {
+        // Plays the control plane's feed with one snapshot: what `set_feed` holds, a page
+        // or an array of pages (the parts, in order). A poll from a part's cursor gets the
+        // next part, from the last part's cursor an empty delta, from anywhere else the
+        // first part: a follower assembles the snapshot, catches up and is then current.
+        async fn serve_feed(
+            State(s): State<TestServerState>,
+            uri: Uri,
+            headers: HeaderMap,
+        ) -> impl IntoResponse {
             s.feed_polls.fetch_add(1, Ordering::SeqCst);
+            let asked = uri
+                .query()
+                .unwrap_or("")
+                .split('&')
+                .find_map(|pair| pair.strip_prefix("cursor="))
+                .unwrap_or("")
+                .to_string();
+            s.feed_requests.lock().unwrap().push((authorization(&headers), asked.clone()));
             let (status, body) = s.feed.lock().unwrap().clone();
+            let parts = match serde_json::from_str::<Value>(&body) {
+                Ok(Value::Array(parts)) => parts,
+                Ok(page) if page["snapshot"].is_object() => vec![page],
+                _ => Vec::new(),
+            };
+            let position = parts.iter().position(|p| p["cursor"] == Value::String(asked.clone()));
+            let answer = match (status, position) {
+                (200, Some(i)) if i + 1 == parts.len() => {
+                    Some(json!({ "cursor": asked, "keyId": parts[i]["keyId"], "more": false }))
+                }
+                (200, Some(i)) => Some((i + 1, parts[i + 1].clone()))
+                    .and_then(|(n, p)| (*s.feed_held_part.lock().unwrap() != Some(n)).then_some(p)),
+                (200, None) if !parts.is_empty() => Some(parts[0].clone()),
+                _ => None,
+            };
+            let (status, body) = match answer {
+                Some(page) => (200, page.to_string()),
+                None if position.is_some() => (503, String::new()),
+                None => (status, body),
+            };
             (
                 StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
                 [("content-type", "application/json")],
@@ -620,6 +775,18 @@ impl TestServer {
     }
     pub fn feed_polls(&self) -> usize {
         self.state.feed_polls.load(Ordering::SeqCst)
+    }
+    /// Every feed poll so far: (`authorization` header, cursor).
+    pub fn feed_requests(&self) -> Vec<(String, String)> {
+        self.state.feed_requests.lock().unwrap().clone()
+    }
+    /// Makes the feed answer 503 for snapshot part `part` (or for none).
+    pub fn hold_feed_part(&self, part: Option<usize>) {
+        *self.state.feed_held_part.lock().unwrap() = part;
+    }
+    /// The `authorization` header of every JWKS fetch so far ("" when absent).
+    pub fn jwks_authorizations(&self) -> Vec<String> {
+        self.state.jwks_authorizations.lock().unwrap().clone()
     }
     pub fn set_jwks(&self, jwks: Value) {
         *self.state.jwks.lock().unwrap() = jwks;
@@ -791,7 +958,7 @@ pub struct EnvoyClusters {
     pub upstream_port: u16,
     /// `jwks` cluster (test server) port.
     pub jwks_port: Option<u16>,
-    /// `portcullis_control_plane` cluster port.
+    /// `portcullis_control_plane` cluster port: the control plane's internal listener.
     pub control_plane_port: Option<u16>,
 }
 
@@ -843,7 +1010,10 @@ impl Envoy {
                                             "vm_config": {
                                                 "vm_id": "portcullis",
                                                 "runtime": "envoy.wasm.runtime.v8",
-                                                "code": { "local": { "filename": filter_wasm().to_string_lossy() } }
+                                                "code": { "local": { "filename": filter_wasm().to_string_lossy() } },
+                                                // The fleet credential comes from Envoy's own
+                                                // environment, never from the configuration.
+                                                "environment_variables": { "host_env_keys": [FLEET_CREDENTIAL_ENV] }
                                             },
                                             "failure_policy": "FAIL_CLOSED",
                                             // Login routes read the account from the body
@@ -876,9 +1046,10 @@ impl Envoy {
     }
 
     /// Starts Envoy (2 workers, so shared data across VMs is exercised) with the hardened
-    /// connection manager and waits until the admin endpoint reports ready.
+    /// connection manager and [`FLEET_CREDENTIAL`] in its environment, and waits until the
+    /// admin endpoint reports ready.
     pub async fn start(logdir: &Path, plugin_config: &Value, clusters: &EnvoyClusters) -> Envoy {
-        Envoy::start_with(logdir, plugin_config, clusters, Hcm::Hardened).await
+        Envoy::launch(logdir, plugin_config, clusters, Hcm::Hardened, Some(FLEET_CREDENTIAL)).await
     }
 
     /// Like [`Envoy::start`], with the given connection manager settings.
@@ -887,6 +1058,27 @@ impl Envoy {
         plugin_config: &Value,
         clusters: &EnvoyClusters,
         hcm: Hcm,
+    ) -> Envoy {
+        Envoy::launch(logdir, plugin_config, clusters, hcm, Some(FLEET_CREDENTIAL)).await
+    }
+
+    /// Like [`Envoy::start`], with another fleet credential in Envoy's environment (or
+    /// none).
+    pub async fn start_with_credential(
+        logdir: &Path,
+        plugin_config: &Value,
+        clusters: &EnvoyClusters,
+        credential: Option<&str>,
+    ) -> Envoy {
+        Envoy::launch(logdir, plugin_config, clusters, Hcm::Hardened, credential).await
+    }
+
+    async fn launch(
+        logdir: &Path,
+        plugin_config: &Value,
+        clusters: &EnvoyClusters,
+        hcm: Hcm,
+        credential: Option<&str>,
     ) -> Envoy {
         // Port 0: Envoy binds free ports itself (no race with other tests picking ports);
         // the admin address comes from --admin-address-path, the listener's from /listeners.
@@ -903,7 +1095,11 @@ impl Envoy {
             .arg("--admin-address-path")
             .arg(&admin_file)
             .args(["--use-dynamic-base-id", "--concurrency", "2", "--log-level", "info"])
-            .args(["--component-log-level", "wasm:debug"]);
+            .args(["--component-log-level", "wasm:debug"])
+            .env_remove(FLEET_CREDENTIAL_ENV);
+        if let Some(credential) = credential {
+            cmd.env(FLEET_CREDENTIAL_ENV, credential);
+        }
         let mut proc = Proc::spawn(&name, cmd, logdir);
 
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -1013,7 +1209,7 @@ impl GuardStack {
     pub async fn start(plugin_config: &Value, hcm: Hcm) -> GuardStack {
         let dir = Workdir::new();
         let cp = ControlPlane::start(dir.path(), StoreKind::Embedded).await;
-        let proxy = DelayProxy::start(cp.port).await;
+        let proxy = DelayProxy::start(cp.internal_port).await;
         let server = TestServer::start(json!({ "keys": [] })).await;
         let clusters = EnvoyClusters {
             upstream_port: server.port,

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
 use portcullis_e2e::{
-    eventually, http, Backend, ControlPlane, Envoy, EnvoyClusters, Redis, TestServer, Workdir,
+    control_plane_section, eventually, http, Backend, ControlPlane, Envoy, EnvoyClusters, Redis, TestServer,
+    Workdir,
 };
 use serde_json::{json, Value};
 use sha2::Sha256;
@@ -20,7 +21,7 @@ fn plugin_config(enforce_blocks: bool) -> Value {
     json!({
         "realm": "e2e",
         "onNoMatch": "allow",
-        "controlPlane": { "cluster": "portcullis_control_plane", "authority": "control-plane", "timeoutMs": 1000 },
+        "controlPlane": control_plane_section(1000),
         "burst": { "reportIntervalMs": 200, "enforceBlocks": enforce_blocks }
     })
 }
@@ -51,8 +52,11 @@ async fn stack(backend: Backend, extra: &[(&str, &str)]) -> Stack {
     ];
     env.extend_from_slice(extra);
     let cp = ControlPlane::start_env(dir.path(), store, &env).await;
-    let clusters =
-        EnvoyClusters { upstream_port: server.port, jwks_port: None, control_plane_port: Some(cp.port) };
+    let clusters = EnvoyClusters {
+        upstream_port: server.port,
+        jwks_port: None,
+        control_plane_port: Some(cp.internal_port),
+    };
     let envoy = Envoy::start(dir.path(), &plugin_config(true), &clusters).await;
     Stack { envoy, cp, server, _redis: redis, dir }
 }
@@ -190,8 +194,11 @@ async fn a_bursting_address_is_blocked_where_blocks_are_enforced(backend: Backen
     assert!(s.envoy.counter("wasmcustom.portcullis.burst.blocked_requests").await >= 7);
 
     // An Envoy told not to enforce blocks lets the same address through.
-    let clusters =
-        EnvoyClusters { upstream_port: s.server.port, jwks_port: None, control_plane_port: Some(s.cp.port) };
+    let clusters = EnvoyClusters {
+        upstream_port: s.server.port,
+        jwks_port: None,
+        control_plane_port: Some(s.cp.internal_port),
+    };
     let lenient = Envoy::start(s.dir.path(), &plugin_config(false), &clusters).await;
     for _ in 0..10 {
         assert_eq!(http().get(lenient.url("/lenient")).send().await.unwrap().status(), 200);

@@ -5,7 +5,7 @@
 //! `xff_num_trusted_hops` equal to `trustedHops`); all clients here connect from
 //! 127.0.0.1.
 
-use portcullis_e2e::{http, GuardStack, Hcm};
+use portcullis_e2e::{control_plane_section, http, GuardStack, Hcm};
 use serde_json::{json, Value};
 
 fn config(trusted_hops: u32) -> Value {
@@ -13,7 +13,7 @@ fn config(trusted_hops: u32) -> Value {
         "realm": "e2e",
         "onNoMatch": "allow",
         "clientIp": { "trustedHops": trusted_hops },
-        "controlPlane": { "cluster": "portcullis_control_plane", "authority": "control-plane", "timeoutMs": 2000 },
+        "controlPlane": control_plane_section(2000),
         "rateLimits": [{
             "name": "per-address", "limit": 5, "unit": "minute", "mode": "strict", "timeoutMs": 2000,
             "descriptors": ["clientIp"], "rules": ["limited"]

@@ -8,7 +8,9 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use portcullis_e2e::{http, Backend, ControlPlane, Envoy, EnvoyClusters, Redis, TestServer, Workdir};
+use portcullis_e2e::{
+    control_plane_section, http, Backend, ControlPlane, Envoy, EnvoyClusters, Redis, TestServer, Workdir,
+};
 use serde_json::{json, Value};
 
 /// The filter configuration: `/login` is a lockout route, everything else passes.
@@ -16,7 +18,7 @@ fn plugin_config(lockout: Value) -> Value {
     json!({
         "realm": "e2e",
         "onNoMatch": "allow",
-        "controlPlane": { "cluster": "portcullis_control_plane", "authority": "control-plane", "timeoutMs": 1000 },
+        "controlPlane": control_plane_section(1000),
         "lockout": lockout,
         "rules": [
             { "name": "login", "match": { "path": "/login", "methods": ["POST"] }, "requires": "none" }
@@ -57,8 +59,11 @@ async fn stack(backend: Backend, lockout: Value) -> Stack {
     let (redis, store) = backend.store(dir.path()).await;
     let cp = ControlPlane::start(dir.path(), store).await;
     let server = TestServer::start(json!({"keys": []})).await;
-    let clusters =
-        EnvoyClusters { upstream_port: server.port, jwks_port: None, control_plane_port: Some(cp.port) };
+    let clusters = EnvoyClusters {
+        upstream_port: server.port,
+        jwks_port: None,
+        control_plane_port: Some(cp.internal_port),
+    };
     let envoy = Envoy::start(dir.path(), &plugin_config(lockout), &clusters).await;
     Stack { envoy, cp, server, _redis: redis, _dir: dir }
 }

@@ -7,7 +7,7 @@
 //! Requests are written byte for byte on a socket: no client library normalises them.
 
 use portcullis_e2e::frames::{http1, Answer};
-use portcullis_e2e::{GuardStack, Hcm};
+use portcullis_e2e::{control_plane_section, GuardStack, Hcm};
 use serde_json::{json, Value};
 
 fn config() -> Value {
@@ -21,7 +21,7 @@ fn config() -> Value {
                 "claimToHeaders": [{ "claim": "sub", "header": "x-portcullis-sub" }]
             }
         },
-        "controlPlane": { "cluster": "portcullis_control_plane", "authority": "control-plane", "timeoutMs": 2000 },
+        "controlPlane": control_plane_section(2000),
         "lockout": {
             "routes": [{ "path": "/login", "methods": ["POST"] }],
             "account": "json:username",

@@ -4,7 +4,9 @@
 use std::time::{Duration, Instant};
 
 use portcullis_e2e::tokens::{claims, jwks, FixtureKey};
-use portcullis_e2e::{http, Backend, ControlPlane, Envoy, EnvoyClusters, Redis, TestServer, Workdir};
+use portcullis_e2e::{
+    control_plane_section, http, Backend, ControlPlane, Envoy, EnvoyClusters, Redis, TestServer, Workdir,
+};
 use serde_json::{json, Value};
 
 /// The control plane (and Redis) behind the stacks of one test.
@@ -28,7 +30,7 @@ impl Shared {
         let clusters = EnvoyClusters {
             upstream_port: self.server.port,
             jwks_port: None,
-            control_plane_port: Some(self.cp.port),
+            control_plane_port: Some(self.cp.internal_port),
         };
         Envoy::start(self.dir.path(), config, &clusters).await
     }
@@ -49,7 +51,7 @@ fn config(key: &FixtureKey, limits: Value) -> Value {
             { "name": "public", "match": { "pathPrefix": "/public/" }, "requires": "none" },
             { "name": "api", "match": { "pathPrefix": "/api/" }, "requires": { "provider": "test" } }
         ],
-        "controlPlane": { "cluster": "portcullis_control_plane", "authority": "control-plane", "timeoutMs": 500 },
+        "controlPlane": control_plane_section(500),
         "rateLimits": limits
     })
 }

@@ -28,8 +28,11 @@ fn plugin_config() -> Value {
 async fn control_plane_token_is_admitted_by_envoy(store: StoreKind, dir: &Workdir) {
     let cp = ControlPlane::start(dir.path(), store).await;
     let server = TestServer::start(json!({"keys": []})).await;
-    let clusters =
-        EnvoyClusters { upstream_port: server.port, jwks_port: None, control_plane_port: Some(cp.port) };
+    let clusters = EnvoyClusters {
+        upstream_port: server.port,
+        jwks_port: None,
+        control_plane_port: Some(cp.internal_port),
+    };
     let envoy = Envoy::start(dir.path(), &plugin_config(), &clusters).await;
 
     let r = http().get(envoy.url("/api/me")).send().await.unwrap();
@@ -74,9 +77,9 @@ async fn embedded_store_keeps_the_signing_key_across_restarts() {
             .await
             .unwrap()
     };
-    let before = jwks(cp.url()).await;
+    let before = jwks(cp.internal_url()).await;
     cp.restart().await;
-    let after = jwks(cp.url()).await;
+    let after = jwks(cp.internal_url()).await;
     assert!(before["keys"].as_array().is_some_and(|k| !k.is_empty()));
     assert_eq!(before, after, "the same key set after a restart");
 }
@@ -107,8 +110,11 @@ async fn cli_issues_a_token_that_envoy_admits() {
     let dir = Workdir::new();
     let cp = ControlPlane::start(dir.path(), StoreKind::Memory).await;
     let server = TestServer::start(json!({"keys": []})).await;
-    let clusters =
-        EnvoyClusters { upstream_port: server.port, jwks_port: None, control_plane_port: Some(cp.port) };
+    let clusters = EnvoyClusters {
+        upstream_port: server.port,
+        jwks_port: None,
+        control_plane_port: Some(cp.internal_port),
+    };
     let envoy = Envoy::start(dir.path(), &plugin_config(), &clusters).await;
 
     let out = Command::new(portcullis_e2e::bin("portcullis"))

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use portcullis_e2e::frames::{h2, http1_chunked_with_trailers, Answer, Ending};
 use portcullis_e2e::tokens::{claims, jwks, FixtureKey};
-use portcullis_e2e::{eventually, http, GuardStack, Hcm};
+use portcullis_e2e::{control_plane_section, eventually, http, GuardStack, Hcm};
 use serde_json::{json, Value};
 
 /// How long a stretched call to the control plane or the JWKS endpoint takes.
@@ -40,7 +40,7 @@ fn body_lockout_config() -> Value {
     json!({
         "realm": "e2e",
         "onNoMatch": "allow",
-        "controlPlane": { "cluster": "portcullis_control_plane", "authority": "control-plane", "timeoutMs": 5000 },
+        "controlPlane": control_plane_section(5000),
         "lockout": {
             "routes": [{ "path": "/login", "methods": ["POST"] }],
             "account": "json:username",
@@ -158,10 +158,9 @@ fn control_plane_config() -> Value {
             }
         },
         "revocation": {
-            "cluster": "portcullis_control_plane", "authority": "control-plane",
             "pollIntervalMs": 60000, "maxStalenessSeconds": 600, "strictTimeoutMs": 5000, "strictCacheMs": 0
         },
-        "controlPlane": { "cluster": "portcullis_control_plane", "authority": "control-plane", "timeoutMs": 5000 },
+        "controlPlane": control_plane_section(5000),
         "rateLimits": [
             { "name": "strict-one", "limit": 1, "unit": "minute", "mode": "strict", "timeoutMs": 5000, "rules": ["strict"] },
             { "name": "lease-one", "limit": 1, "unit": "minute", "rules": ["leased"] }
@@ -215,12 +214,14 @@ async fn requests_waiting_for_the_control_plane_are_held_until_decided_whatever_
     let kept = format!("Bearer {}", s.cp.issue_token("alice", &[]).await);
     let revoked = s.cp.issue_token("alice", &[]).await;
     assert_eq!(plain(&s, "/api/x", &[("authorization", &kept)], b"").await, 200);
-    // The replica has its first (and, at one poll a minute, only) page: the revocation
-    // below reaches this Envoy through the strict check alone.
-    eventually(Duration::from_secs(10), "the first revocation feed poll", || async {
-        s.envoy.counter("wasmcustom.portcullis.revocation.poll_ok").await >= 1
+    // The replica is synced (a snapshot and its catch-up: the polls of the first minute,
+    // at one poll a minute, and the only ones): the revocation below reaches this Envoy
+    // through the strict check alone.
+    eventually(Duration::from_secs(10), "the first revocation feed sync", || async {
+        s.envoy.counter("wasmcustom.portcullis.revocation.snapshots_assembled").await >= 1
     })
     .await;
+    let polls = s.envoy.counter("wasmcustom.portcullis.revocation.poll_ok").await;
     s.cp.cli(&["revoke", "token", &revoked]);
     let revoked = format!("Bearer {revoked}");
     // A lock this Envoy learned within the last second answers without a call: wait
@@ -261,7 +262,7 @@ async fn requests_waiting_for_the_control_plane_are_held_until_decided_whatever_
         expect_refused(&mut failures, &a, status, reason, &what);
     }
     assert!(failures.is_empty(), "{failures:#?}");
-    assert_eq!(s.envoy.counter("wasmcustom.portcullis.revocation.poll_ok").await, 1, "no later poll");
+    assert_eq!(s.envoy.counter("wasmcustom.portcullis.revocation.poll_ok").await, polls, "no later poll");
     assert_eq!(s.server.login_hits(), logins, "no attempt on a locked account reached the upstream");
     assert_eq!(s.server.hits(), upstream, "no refused request reached the upstream");
 

@@ -5,11 +5,19 @@
 //!   `kubectl apply --validate=strict` is: unknown fields are errors, except where the CRD
 //!   preserves them. The CEL rules (`x-kubernetes-validations`) that these manifests could
 //!   break are checked by hand; the others are not evaluated.
+//! - The shared schema file has no CRDs for Istio's security resources, so the
+//!   `AuthorizationPolicy` and `PeerAuthentication` guarding the control plane are checked
+//!   against a strict schema written here from Istio's API reference (the fields these
+//!   manifests may use; unknown fields are errors), and for what they must say: only the
+//!   workloads' service accounts on the internal port, over mutual TLS.
 //! - Mutated copies (bad enum, wrong type, misspelled field, ...) must fail, so the
 //!   validation is known to bite.
 //! - The plugin configuration embedded in the WasmPlugin (`spec.pluginConfig`) and in the
 //!   EnvoyFilter (`configuration.value`) compiles with the real config compiler, and both
 //!   routes carry the same configuration and the same control-plane cluster.
+//! - The fleet credential goes from a Secret into the istio-proxy container's environment,
+//!   into the Wasm VM (`valueFrom: HOST`, `host_env_keys`) and into `controlPlane`; it is
+//!   never written in a manifest's plugin configuration.
 //! - Every Kubernetes container has probes and resource limits, and the control plane
 //!   container runs the way `envoy/kubernetes/control-plane.yaml` promises.
 
@@ -25,6 +33,11 @@ const WASM_FILTER: &str = "envoy.filters.http.wasm";
 const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 const STRING_VALUE_TYPE: &str = "type.googleapis.com/google.protobuf.StringValue";
 const CONTROL_PLANE_CONTAINER: &str = "portcullis-control-plane";
+/// The environment variable the manifests carry the fleet credential in.
+const FLEET_CREDENTIAL_ENV: &str = "PORTCULLIS_FLEET_CREDENTIAL";
+/// The control plane's internal listener (what Envoys call) and admin listener.
+const INTERNAL_PORT: u64 = 9091;
+const ADMIN_PORT: u64 = 9090;
 
 // ---------------------------------------------------------------------------------------
 // Loading
@@ -217,13 +230,66 @@ fn cel_rule_errors(kind: &str, spec: &Value) -> Vec<String> {
     errors
 }
 
-/// Validates one Istio resource against its CRD; returns every error found.
+/// A strict JSON Schema for the Istio security resources (`security.istio.io/v1`) these
+/// manifests use, written from Istio's API reference since the shared schema file has
+/// no CRDs for them: the fields of `AuthorizationPolicy` and `PeerAuthentication` that a
+/// policy guarding the control plane needs; anything else is an error.
+fn security_schema(api_version: &str, kind: &str) -> Option<Value> {
+    if api_version != "security.istio.io/v1" {
+        return None;
+    }
+    let strings = json!({ "type": "array", "items": { "type": "string", "minLength": 1 }, "minItems": 1 });
+    let strict = |properties: Value| json!({ "type": "object", "additionalProperties": false, "properties": properties });
+    let selector = strict(json!({
+        "matchLabels": { "type": "object", "minProperties": 1, "additionalProperties": { "type": "string" } }
+    }));
+    let spec = match kind {
+        "AuthorizationPolicy" => {
+            let source = strict(json!({
+                "principals": strings, "notPrincipals": strings, "namespaces": strings,
+                "notNamespaces": strings, "ipBlocks": strings, "notIpBlocks": strings,
+                "requestPrincipals": strings, "notRequestPrincipals": strings
+            }));
+            let operation = strict(json!({
+                "ports": strings, "notPorts": strings, "methods": strings, "notMethods": strings,
+                "paths": strings, "notPaths": strings, "hosts": strings, "notHosts": strings
+            }));
+            let rule = strict(json!({
+                "from": { "type": "array", "minItems": 1, "items": strict(json!({ "source": source })) },
+                "to": { "type": "array", "minItems": 1, "items": strict(json!({ "operation": operation })) }
+            }));
+            let mut spec = strict(json!({
+                "selector": selector,
+                "action": { "enum": ["ALLOW", "DENY", "AUDIT", "CUSTOM"] },
+                "rules": { "type": "array", "items": rule }
+            }));
+            spec["required"] = json!(["selector", "action", "rules"]);
+            spec
+        }
+        "PeerAuthentication" => {
+            let mut spec = strict(json!({
+                "selector": selector,
+                "mtls": strict(json!({ "mode": { "enum": ["UNSET", "DISABLE", "PERMISSIVE", "STRICT"] } }))
+            }));
+            spec["required"] = json!(["selector", "mtls"]);
+            spec
+        }
+        _ => return None,
+    };
+    let mut schema = object_schema(&strict(json!({ "spec": spec })));
+    schema["required"] = json!(["apiVersion", "kind", "metadata", "spec"]);
+    Some(schema)
+}
+
+/// Validates one Istio resource against its CRD (or, for the security resources,
+/// [`security_schema`]); returns every error found.
 fn validation_errors(crds: &[Value], object: &Value) -> Vec<String> {
     let api_version = object["apiVersion"].as_str().unwrap_or("");
     let kind = object["kind"].as_str().unwrap_or("");
-    let schema = match crd_schema(crds, api_version, kind) {
-        Ok(schema) => object_schema(&schema),
-        Err(e) => return vec![e],
+    let schema = match (crd_schema(crds, api_version, kind), security_schema(api_version, kind)) {
+        (Ok(schema), _) => object_schema(&schema),
+        (Err(_), Some(schema)) => schema,
+        (Err(e), None) => return vec![e],
     };
     let validator = match jsonschema::validator_for(&schema) {
         Ok(validator) => validator,
@@ -297,8 +363,10 @@ fn istio_manifests_validate_against_the_istio_crds() {
     }
     assert_eq!(
         kinds,
-        BTreeSet::from(["EnvoyFilter".to_string(), "WasmPlugin".to_string()]),
-        "envoy/istio/ should hold WasmPlugin and EnvoyFilter resources"
+        BTreeSet::from(
+            ["AuthorizationPolicy", "EnvoyFilter", "PeerAuthentication", "WasmPlugin"].map(str::to_string)
+        ),
+        "envoy/istio/ should hold the filter's WasmPlugin and EnvoyFilters, and the control plane's policies"
     );
 }
 
@@ -370,14 +438,42 @@ fn istio_schema_validation_rejects_broken_copies() {
         mutate(&mut copy);
         assert!(!validation_errors(&crds, &copy).is_empty(), "an EnvoyFilter with {what} passed validation");
     }
+
+    let policy =
+        the_only(&documents, "AuthorizationPolicy", |d| d.kind() == "AuthorizationPolicy").value.clone();
+    assert!(validation_errors(&crds, &policy).is_empty(), "baseline AuthorizationPolicy must be valid");
+    let broken_policies: Vec<Mutation> = vec![
+        ("unknown action", |v| v["spec"]["action"] = json!("PERMIT")),
+        ("misspelled principals", |v| {
+            rename_field(&mut v["spec"]["rules"][0]["from"][0]["source"], "principals", "principal")
+        }),
+        ("ports not strings", |v| v["spec"]["rules"][0]["to"][0]["operation"]["ports"] = json!([9091])),
+        ("an empty principal list", |v| v["spec"]["rules"][0]["from"][0]["source"]["principals"] = json!([])),
+        ("no selector", |v| remove_field(&mut v["spec"], "selector")),
+        ("an older apiVersion", |v| v["apiVersion"] = json!("security.istio.io/v1beta2")),
+    ];
+    for (what, mutate) in broken_policies {
+        let mut copy = policy.clone();
+        mutate(&mut copy);
+        assert!(!validation_errors(&crds, &copy).is_empty(), "an AuthorizationPolicy with {what} passed");
+    }
+    let mut peer =
+        the_only(&documents, "PeerAuthentication", |d| d.kind() == "PeerAuthentication").value.clone();
+    assert!(validation_errors(&crds, &peer).is_empty(), "baseline PeerAuthentication must be valid");
+    peer["spec"]["mtls"]["mode"] = json!("STRICTER");
+    assert!(!validation_errors(&crds, &peer).is_empty(), "a PeerAuthentication with an unknown mode passed");
 }
 
 // ---------------------------------------------------------------------------------------
 // The embedded plugin configuration
 // ---------------------------------------------------------------------------------------
 
+/// Compiles as the filter does in a proxy whose environment holds the fleet credential.
 fn compile(origin: &str, bytes: &[u8]) -> portcullis_core::config::Policy {
-    match portcullis_core::config::compile_json(bytes) {
+    let env = |name: &str| {
+        (name == FLEET_CREDENTIAL_ENV).then(|| "manifest-test-fleet-credential-0123456789".to_string())
+    };
+    match portcullis_core::config::compile_json_with(bytes, &env) {
         Ok(policy) => policy,
         Err(e) => panic!("{origin}: the embedded plugin configuration does not compile: {e}"),
     }
@@ -500,6 +596,8 @@ fn both_routes_add_the_control_plane_cluster_the_filter_calls() {
         !jwks_clusters.is_empty(),
         "the example configuration should fetch its JWKS from the control plane"
     );
+    let control_plane = config["controlPlane"]["cluster"].as_str().expect("controlPlane.cluster");
+    jwks_clusters.insert(control_plane);
 
     // Each route's file must be self-contained: it adds every cluster the filter calls.
     for file in ["wasmplugin.yaml", "envoyfilter.yaml"] {
@@ -533,7 +631,10 @@ fn both_routes_add_the_control_plane_cluster_the_filter_calls() {
         let address = &cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
             ["socket_address"];
         assert_eq!(address["address"], "127.0.0.1", "{origin}: the control plane is the pod's sidecar");
-        assert_eq!(address["port_value"], 9090, "{origin}: the control plane listens on 9090");
+        assert_eq!(
+            address["port_value"], INTERNAL_PORT,
+            "{origin}: the filter calls the control plane's internal listener"
+        );
     }
 }
 
@@ -563,7 +664,7 @@ fn both_routes_set_the_inbound_connection_manager_options_the_filter_relies_on()
 }
 
 #[test]
-fn all_istio_resources_select_the_same_workload() {
+fn all_filter_resources_select_the_same_workload() {
     let documents = istio_documents();
     let plugin_labels = &wasm_plugin(&documents).value["spec"]["selector"]["matchLabels"];
     assert!(plugin_labels.is_object(), "the WasmPlugin should select an example workload");
@@ -624,6 +725,15 @@ fn every_kubernetes_container_has_probes_and_resource_limits() {
         assert!(!containers.is_empty(), "{}: no containers", document.origin);
         for container in &containers {
             let at = format!("{} container `{}`", document.origin, container["name"].as_str().unwrap_or("?"));
+            if container["name"] == "istio-proxy" {
+                // Fields Istio merges into the sidecar it injects (image `auto`): its probes,
+                // resources and security context come from the injection template.
+                assert_eq!(
+                    container["image"], "auto",
+                    "{at}: only an injection override may be named istio-proxy"
+                );
+                continue;
+            }
             for probe in ["readinessProbe", "livenessProbe"] {
                 assert!(container[probe].is_object(), "{at}: {probe} missing");
             }
@@ -645,6 +755,27 @@ fn every_kubernetes_container_has_probes_and_resource_limits() {
     assert!(workloads >= 2, "expected the sidecar and the shared control-plane Deployments");
 }
 
+/// Whether `file` is inside a mount of `container` whose volume is a Secret of the file
+/// holding the key it names (`secret_has(secret, key)`).
+fn secret_file(pod: &Value, container: &Value, file: &str, secret_has: &dyn Fn(&str, &str) -> bool) -> bool {
+    container["volumeMounts"].as_array().into_iter().flatten().any(|m| {
+        let path = m["mountPath"].as_str().unwrap_or("");
+        let Some(relative) = file.strip_prefix(&format!("{}/", path.trim_end_matches('/'))) else {
+            return false;
+        };
+        let volume = pod["volumes"].as_array().into_iter().flatten().find(|v| v["name"] == m["name"]);
+        volume.is_some_and(|v| {
+            let secret = v["secret"]["secretName"].as_str().unwrap_or("");
+            match v["secret"]["items"].as_array() {
+                Some(items) => items
+                    .iter()
+                    .any(|i| i["path"] == relative && secret_has(secret, i["key"].as_str().unwrap_or(""))),
+                None => secret_has(secret, relative),
+            }
+        })
+    })
+}
+
 #[test]
 fn control_plane_containers_run_as_documented() {
     let documents = kubernetes_documents();
@@ -664,9 +795,40 @@ fn control_plane_containers_run_as_documented() {
             let at = format!("{} container `{CONTROL_PLANE_CONTAINER}`", document.origin);
             assert_eq!(probe_path(container, "readinessProbe").as_deref(), Some("/readyz"), "{at}");
             assert_eq!(probe_path(container, "livenessProbe").as_deref(), Some("/healthz"), "{at}");
+            // Two listeners: the internal one on the pod's address (Envoys, probes), the
+            // admin one on loopback only.
+            let port_named = |name: &str| {
+                container["ports"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|p| p["name"] == name)
+                    .map(|p| &p["containerPort"])
+            };
+            assert_eq!(port_named("internal"), Some(&json!(INTERNAL_PORT)), "{at}: internal port");
+            assert_eq!(port_named("admin"), Some(&json!(ADMIN_PORT)), "{at}: admin port");
+            for probe in ["readinessProbe", "livenessProbe"] {
+                assert_eq!(
+                    container[probe]["httpGet"]["port"], "internal",
+                    "{at}: {probe} on the internal listener"
+                );
+            }
+            let value = |name: &str| env_var(container, name).and_then(|e| e["value"].as_str()).unwrap_or("");
+            assert_eq!(value("PORTCULLIS_INTERNAL_LISTEN"), format!("0.0.0.0:{INTERNAL_PORT}"), "{at}");
+            assert_eq!(
+                value("PORTCULLIS_ADMIN_LISTEN"),
+                format!("127.0.0.1:{ADMIN_PORT}"),
+                "{at}: admin on loopback"
+            );
+            assert!(env_var(container, "PORTCULLIS_LISTEN").is_none(), "{at}: PORTCULLIS_LISTEN was removed");
             assert!(
-                container["ports"].as_array().into_iter().flatten().any(|p| p["containerPort"] == 9090),
-                "{at}: the control plane listens on 9090"
+                env_var(container, FLEET_CREDENTIAL_ENV).is_none(),
+                "{at}: the credential comes from a file"
+            );
+            let fleet_file = value("PORTCULLIS_FLEET_CREDENTIAL_FILE");
+            assert!(
+                secret_file(pod, container, fleet_file, &secret_has),
+                "{at}: PORTCULLIS_FLEET_CREDENTIAL_FILE ({fleet_file}) must be a mounted key of a Secret in this file"
             );
             assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true, "{at}");
             assert_eq!(container["securityContext"]["allowPrivilegeEscalation"], false, "{at}");
@@ -696,24 +858,8 @@ fn control_plane_containers_run_as_documented() {
             }
             let token_file =
                 env_var(container, "PORTCULLIS_ADMIN_TOKEN_FILE").and_then(|e| e["value"].as_str());
-            let token_from_file = token_file.is_some_and(|file| {
-                container["volumeMounts"].as_array().into_iter().flatten().any(|m| {
-                    let path = m["mountPath"].as_str().unwrap_or("");
-                    let volume =
-                        pod["volumes"].as_array().into_iter().flatten().find(|v| v["name"] == m["name"]);
-                    file.starts_with(&format!("{}/", path.trim_end_matches('/')))
-                        && volume.is_some_and(|v| {
-                            let secret = v["secret"]["secretName"].as_str().unwrap_or("");
-                            v["secret"]["items"]
-                                .as_array()
-                                .into_iter()
-                                .flatten()
-                                .any(|i| secret_has(secret, i["key"].as_str().unwrap_or("")))
-                                || (v["secret"]["items"].is_null()
-                                    && secrets.iter().any(|s| s.name() == secret))
-                        })
-                })
-            });
+            let token_from_file =
+                token_file.is_some_and(|file| secret_file(pod, container, file, &secret_has));
             let token_from_env = env_var(container, "PORTCULLIS_ADMIN_TOKEN").is_some_and(|t| {
                 let r = &t["valueFrom"]["secretKeyRef"];
                 secret_has(r["name"].as_str().unwrap_or(""), r["key"].as_str().unwrap_or(""))
@@ -751,4 +897,189 @@ fn control_plane_containers_run_as_documented() {
         BTreeSet::from(["embedded".to_string(), "redis".to_string()]),
         "expected a sidecar (embedded) and a shared (redis) control plane example"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// The fleet credential and who may call the control plane
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn the_fleet_credential_goes_from_a_secret_through_the_proxy_environment_into_the_filter() {
+    let documents = istio_documents();
+    // Both routes configure the filter to read it from the VM's environment...
+    let (origin, config) = wasm_plugin_config(&documents);
+    assert_eq!(
+        config["controlPlane"]["credential"],
+        json!({ "env": FLEET_CREDENTIAL_ENV }),
+        "{origin}: the credential must come from the environment, never inline"
+    );
+    // ...which each route fills from the proxy's own environment.
+    let plugin = wasm_plugin(&documents);
+    let env = plugin.value["spec"]["vmConfig"]["env"].as_array().cloned().unwrap_or_default();
+    assert!(
+        env.iter().any(|e| e["name"] == FLEET_CREDENTIAL_ENV
+            && e["valueFrom"] == "HOST"
+            && e.get("value").is_none()),
+        "{}: vmConfig.env must pass {FLEET_CREDENTIAL_ENV} from the host",
+        plugin.origin
+    );
+    let (filter, patch) = wasm_filter_patch(&documents);
+    let keys = &patch["patch"]["value"]["typed_config"]["config"]["vm_config"]["environment_variables"]
+        ["host_env_keys"];
+    assert!(
+        keys.as_array().is_some_and(|k| k.contains(&json!(FLEET_CREDENTIAL_ENV))),
+        "{}: vm_config.environment_variables.host_env_keys must list {FLEET_CREDENTIAL_ENV}",
+        filter.origin
+    );
+    for document in &documents {
+        let text = serde_json::to_string(&document.value).unwrap();
+        assert!(!text.contains("\"inline\""), "{}: an inline credential", document.origin);
+    }
+
+    // The workload the filter runs in gets it into its istio-proxy from a Secret.
+    let kubernetes = kubernetes_documents();
+    let labels = &plugin.value["spec"]["selector"]["matchLabels"];
+    let workload = kubernetes
+        .iter()
+        .find(|d| {
+            let pod_labels = &d.value["spec"]["template"]["metadata"]["labels"];
+            d.kind() == "Deployment"
+                && labels.as_object().into_iter().flatten().all(|(k, v)| &pod_labels[k] == v)
+        })
+        .expect("the Deployment the WasmPlugin selects");
+    let proxy = pod_spec(workload).unwrap()["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["name"] == "istio-proxy")
+        .unwrap_or_else(|| panic!("{}: no istio-proxy override carrying the credential", workload.origin));
+    let from =
+        &env_var(proxy, FLEET_CREDENTIAL_ENV).expect("the credential variable")["valueFrom"]["secretKeyRef"];
+    let namespace = workload.value["metadata"]["namespace"].as_str();
+    let secret = kubernetes
+        .iter()
+        .find(|d| {
+            d.kind() == "Secret"
+                && d.name() == from["name"]
+                && d.value["metadata"]["namespace"].as_str() == namespace
+        })
+        .unwrap_or_else(|| panic!("no Secret {} in the workload's namespace", from["name"]));
+    let key = from["key"].as_str().unwrap();
+    assert!(!secret.value["stringData"][key].is_null(), "{}: key {key} missing", secret.origin);
+}
+
+#[test]
+fn the_control_plane_admits_only_the_workloads_service_accounts_on_its_internal_port() {
+    let documents = istio_documents();
+    let kubernetes = kubernetes_documents();
+    let policy = the_only(&documents, "AuthorizationPolicy", |d| d.kind() == "AuthorizationPolicy");
+    let peer = the_only(&documents, "PeerAuthentication", |d| d.kind() == "PeerAuthentication");
+    let at = &policy.origin;
+    assert_eq!(peer.value["spec"]["mtls"]["mode"], "STRICT", "{}: principals need mutual TLS", peer.origin);
+    let spec = &policy.value["spec"];
+    assert_eq!(peer.value["spec"]["selector"], spec["selector"], "both select the control plane");
+    assert_eq!(spec["action"], "ALLOW", "{at}");
+
+    // They select the shared control plane's pods, in its namespace.
+    let labels = &spec["selector"]["matchLabels"];
+    let control_plane = kubernetes
+        .iter()
+        .find(|d| {
+            d.kind() == "Deployment"
+                && d.value["metadata"]["namespace"] == policy.value["metadata"]["namespace"]
+                && labels
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .all(|(k, v)| &d.value["spec"]["template"]["metadata"]["labels"][k] == v)
+        })
+        .unwrap_or_else(|| panic!("{at}: selects no control-plane Deployment in its namespace"));
+    assert!(
+        pod_spec(control_plane).unwrap()["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["name"] == CONTROL_PLANE_CONTAINER),
+        "{at}: {} is not the control plane",
+        control_plane.origin
+    );
+
+    // The principals are the service accounts of the workloads running the filter.
+    let plugin_labels = &wasm_plugin(&documents).value["spec"]["selector"]["matchLabels"];
+    let expected: BTreeSet<String> = kubernetes
+        .iter()
+        .filter(|d| d.kind() == "Deployment")
+        .filter(|d| {
+            plugin_labels
+                .as_object()
+                .into_iter()
+                .flatten()
+                .all(|(k, v)| &d.value["spec"]["template"]["metadata"]["labels"][k] == v)
+        })
+        .map(|d| {
+            let namespace = d.value["metadata"]["namespace"].as_str().unwrap_or("default");
+            let account = pod_spec(d).unwrap()["serviceAccountName"].as_str().unwrap_or_else(|| {
+                panic!("{}: set serviceAccountName, the principal the policy admits", d.origin)
+            });
+            format!("cluster.local/ns/{namespace}/sa/{account}")
+        })
+        .collect();
+    assert!(!expected.is_empty());
+    let internal = INTERNAL_PORT.to_string();
+    let mut public_paths = BTreeSet::new();
+    for (i, rule) in spec["rules"].as_array().unwrap().iter().enumerate() {
+        let operations: Vec<&Value> =
+            rule["to"].as_array().into_iter().flatten().map(|t| &t["operation"]).collect();
+        assert!(!operations.is_empty(), "{at}: rule {i} must name what it allows");
+        for operation in &operations {
+            assert_eq!(
+                operation["ports"],
+                json!([internal]),
+                "{at}: rule {i} may open the internal port only"
+            );
+        }
+        match rule.get("from") {
+            Some(from) => {
+                let principals: BTreeSet<String> = from
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|f| f["source"]["principals"].as_array().cloned().unwrap_or_default())
+                    .filter_map(|p| p.as_str().map(str::to_string))
+                    .collect();
+                assert_eq!(
+                    principals, expected,
+                    "{at}: rule {i} must admit exactly the workloads' service accounts"
+                );
+            }
+            // From anyone: only the public routes, by path and method.
+            None => {
+                for operation in operations {
+                    let (paths, methods) = (&operation["paths"], &operation["methods"]);
+                    for path in paths.as_array().unwrap_or_else(|| panic!("{at}: rule {i} opens every path"))
+                    {
+                        public_paths.insert((path.as_str().unwrap().to_string(), methods.to_string()));
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(
+        public_paths,
+        BTreeSet::from([
+            ("/.well-known/jwks.json".to_string(), json!(["GET"]).to_string()),
+            ("/v1/token/refresh".to_string(), json!(["POST"]).to_string()),
+        ]),
+        "{at}: only the JWKS and refresh token exchange are public"
+    );
+    // The Service in front of the shared control plane exposes the internal port only.
+    let service = kubernetes
+        .iter()
+        .find(|d| {
+            d.kind() == "Service" && d.value["metadata"]["namespace"] == policy.value["metadata"]["namespace"]
+        })
+        .expect("the control plane's Service");
+    let ports: Vec<&Value> = service.value["spec"]["ports"].as_array().unwrap().iter().collect();
+    assert_eq!(ports.len(), 1, "{}: only the internal listener", service.origin);
+    assert_eq!((&ports[0]["port"], &ports[0]["targetPort"]), (&json!(INTERNAL_PORT), &json!("internal")));
 }

@@ -1,5 +1,7 @@
-//! `portcullis`: the operator CLI for the control plane's admin API, and offline checks
-//! of plugin configurations (`portcullis config check|schema`, no control plane needed).
+//! `portcullis`: the operator CLI for the control plane's admin API (the admin
+//! listener, `--url`; `token refresh` goes to the internal listener, `--internal-url`),
+//! and offline checks of plugin configurations (`portcullis config check|schema`, no
+//! control plane needed).
 //!
 //! `TOKEN=$(portcullis token issue --sub alice)` prints just the token; other commands
 //! print the JSON answer. Errors go to stderr as `title: detail` with a non-zero exit
@@ -22,9 +24,14 @@ use serde_json::{Map, Value};
 #[derive(Parser)]
 #[command(name = "portcullis", version, about = "Talk to the Portcullis control plane")]
 struct Cli {
-    /// Base URL of the control plane.
+    /// Base URL of the control plane's admin listener.
     #[arg(long, env = "PORTCULLIS_URL", default_value = "http://127.0.0.1:9090", global = true)]
     url: String,
+
+    /// Base URL of the control plane's internal listener (only `token refresh` uses it:
+    /// refresh token exchange is served there).
+    #[arg(long, env = "PORTCULLIS_INTERNAL_URL", default_value = "http://127.0.0.1:9091", global = true)]
+    internal_url: String,
 
     /// More CA certificates (PEM) to trust for an https:// --url, in addition to the
     /// built-in roots.
@@ -69,6 +76,11 @@ enum Command {
     Lockouts {
         #[command(subcommand)]
         command: LockoutsCommand,
+    },
+    /// Webhook deliveries given up on (dead letters).
+    Webhooks {
+        #[command(subcommand)]
+        command: WebhooksCommand,
     },
     /// Show the control plane's status (needs the admin token).
     Status,
@@ -175,6 +187,7 @@ enum TokenCommand {
     /// Exchange a refresh token for a new access and refresh token (prints JSON).
     Refresh {
         /// The refresh token (single use).
+        #[arg(allow_hyphen_values = true)]
         refresh_token: String,
     },
 }
@@ -185,12 +198,28 @@ enum KeysCommand {
     Rotate,
     /// List the signing keys with their status.
     List,
+    /// Revoke a signing key at once (it leaked): it leaves the JWKS, and every Envoy
+    /// refuses the tokens it signed within a feed poll. Revoking the current key makes
+    /// a new one current.
+    Revoke(KeyRevokeArgs),
+}
+
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct KeyRevokeArgs {
+    /// The key's id (`kid`, see `keys list`).
+    #[arg(allow_hyphen_values = true)]
+    kid: Option<String>,
+    /// Every key, the current one included (the master key leaked).
+    #[arg(long)]
+    all: bool,
 }
 
 #[derive(Subcommand)]
 enum RevokeCommand {
     /// Revoke one token by its id until its expiry.
     Jti {
+        #[arg(allow_hyphen_values = true)]
         jti: String,
         /// The token's `exp` (Unix seconds).
         #[arg(long)]
@@ -198,9 +227,15 @@ enum RevokeCommand {
     },
     /// Revoke an access token: its jti and exp are read from the token locally,
     /// WITHOUT verifying its signature.
-    Token { access_token: String },
+    Token {
+        #[arg(allow_hyphen_values = true)]
+        access_token: String,
+    },
     /// Revoke every token of a subject issued so far.
-    User { sub: String },
+    User {
+        #[arg(allow_hyphen_values = true)]
+        sub: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -218,9 +253,37 @@ enum BreachCommand {
 #[derive(Subcommand)]
 enum SessionsCommand {
     /// List a subject's sessions.
-    List { sub: String },
+    List {
+        #[arg(allow_hyphen_values = true)]
+        sub: String,
+    },
     /// Revoke a session: its refresh token and live access tokens stop working.
-    Revoke { sid: String },
+    Revoke {
+        /// Session ids are base64url: they may start with `-`.
+        #[arg(allow_hyphen_values = true)]
+        sid: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum WebhooksCommand {
+    /// List the dead letters (oldest first) with their last error and payload.
+    DeadLetters,
+    /// Queue dead letters for delivery again, with a fresh deadline.
+    Retry(DeadLetterArgs),
+    /// Delete dead letters.
+    Purge(DeadLetterArgs),
+}
+
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct DeadLetterArgs {
+    /// A dead letter's id (see `webhooks dead-letters`).
+    #[arg(allow_hyphen_values = true)]
+    id: Option<String>,
+    /// Every dead letter.
+    #[arg(long)]
+    all: bool,
 }
 
 #[derive(Subcommand)]
@@ -294,15 +357,12 @@ enum CliError {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, CliError> {
-    let needs_admin = !matches!(
-        cli.command,
-        Command::Health { .. }
-            | Command::Config { .. }
-            | Command::Token { command: TokenCommand::Refresh { .. } }
-    );
+    let refresh = matches!(cli.command, Command::Token { command: TokenCommand::Refresh { .. } });
+    let needs_admin = !refresh && !matches!(cli.command, Command::Health { .. } | Command::Config { .. });
     let token = if needs_admin { Some(cli.admin_token.load()?) } else { None };
     let ca = cli.ca_file.as_deref().map(|path| CaBundle::load("--ca-file", path)).transpose()?;
-    let client = ControlPlaneClient::with_ca(&cli.url, token, ca.as_ref())?;
+    let client =
+        ControlPlaneClient::with_ca(if refresh { &cli.internal_url } else { &cli.url }, token, ca.as_ref())?;
     match cli.command {
         Command::Token { command: TokenCommand::Issue { sub, scopes, ttl, audience, claims, json } } => {
             let claims: Map<String, Value> = claims.into_iter().collect();
@@ -326,6 +386,9 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Keys { command } => match command {
             KeysCommand::Rotate => print_json(&client.rotate_keys().await?)?,
             KeysCommand::List => print_json(&client.list_keys().await?)?,
+            KeysCommand::Revoke(KeyRevokeArgs { kid, .. }) => {
+                print_json(&client.revoke_keys(kid.as_deref()).await?)?
+            }
         },
         Command::Revoke { command } => match command {
             RevokeCommand::Jti { jti, exp } => print_json(&client.revoke_jti(&jti, exp).await?)?,
@@ -352,6 +415,15 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             LockoutsCommand::Clear(subject) => {
                 let (kind, value) = subject.subject();
                 print_json(&client.clear_lockout(kind, value).await?)?
+            }
+        },
+        Command::Webhooks { command } => match command {
+            WebhooksCommand::DeadLetters => print_json(&client.dead_letters().await?)?,
+            WebhooksCommand::Retry(DeadLetterArgs { id, .. }) => {
+                print_json(&client.retry_dead_letters(id.as_deref()).await?)?
+            }
+            WebhooksCommand::Purge(DeadLetterArgs { id, .. }) => {
+                print_json(&client.purge_dead_letters(id.as_deref()).await?)?
             }
         },
         Command::Status => {

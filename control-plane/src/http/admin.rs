@@ -15,11 +15,12 @@ use super::error::ApiJson;
 use super::health::store_is_ready;
 use super::{ApiError, AppState};
 use crate::audit::{self, ACTOR_ADMIN};
-use crate::keys::{KeyInfo, Rotation};
+use crate::keys::{KeyInfo, KeyRevocation, KeySelection, Rotation};
 use crate::lockouts::{self, LockoutInfo, LockoutList, SubjectKey};
 use crate::revocations::{self, GlobalState};
-use crate::sessions::{self, RevokedSession, SessionInfo};
+use crate::sessions::{self, RevokedSession, SessionInfo, UserRevocation};
 use crate::tokens::{IssuedToken, TokenRequest};
+use crate::webhooks::{DeadLetterAction, DeadLetterList};
 
 pub fn routes(state: AppState) -> Router<AppState> {
     Router::new()
@@ -27,6 +28,8 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/status", get(status))
         .route("/keys", get(list_keys))
         .route("/keys/rotate", post(rotate_keys))
+        .route("/keys/revoke-all", post(revoke_all_keys))
+        .route("/keys/{kid}/revoke", post(revoke_key))
         .route("/revocations", post(revoke_jti))
         .route("/users/{sub}", get(user))
         .route("/users/{sub}/sessions", get(user_sessions))
@@ -34,6 +37,10 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/sessions/{sid}", delete(revoke_session))
         .route("/global", get(global))
         .route("/global/rotate", post(rotate_global))
+        .route("/webhooks/dead-letters", get(dead_letters).delete(purge_dead_letters))
+        .route("/webhooks/dead-letters/retry", post(retry_dead_letters))
+        .route("/webhooks/dead-letters/{id}", delete(purge_dead_letter))
+        .route("/webhooks/dead-letters/{id}/retry", post(retry_dead_letter))
         .route("/lockouts", get(list_lockouts))
         .route("/lockouts/{kind}/{value}", get(show_lockout).delete(clear_lockout))
         .route_layer(middleware::from_fn_with_state(state, require_admin_token))
@@ -41,7 +48,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
 
 /// The bearer token of an `Authorization` header; `None` when there is no bearer
 /// credential at all (missing header, another scheme).
-fn bearer_token(request: &Request) -> Option<&str> {
+pub(super) fn bearer_token(request: &Request) -> Option<&str> {
     let value = request.headers().get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
@@ -92,6 +99,10 @@ pub struct StatusReport {
     pub signing_alg: String,
     pub key_set_version: u64,
     pub global_min_version: u64,
+    /// The highest `ver` any token was issued with (the issued-version mark).
+    pub issued_version: u64,
+    /// The highest `ver` Envoys accept (the mark plus a margin; see the feed).
+    pub version_ceiling: u64,
     pub issuer: String,
     pub audience: String,
 }
@@ -100,6 +111,7 @@ async fn status(State(state): State<AppState>) -> Result<Json<StatusReport>, Api
     let now_ms = state.clock.now_ms();
     let keys = state.keys.current(now_ms).await;
     let global = revocations::global_state(state.store.as_ref(), now_ms).await?;
+    let issued_version = revocations::issued_version_mark(state.store.as_ref(), now_ms).await?;
     Ok(Json(StatusReport {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         store: state.store.backend().as_str().to_owned(),
@@ -108,6 +120,8 @@ async fn status(State(state): State<AppState>) -> Result<Json<StatusReport>, Api
         signing_alg: keys.current().alg().as_str().to_owned(),
         key_set_version: keys.version,
         global_min_version: global.min_version.max(revocations::BASE_TOKEN_VERSION),
+        issued_version,
+        version_ceiling: revocations::version_ceiling(issued_version),
         issuer: state.token_policy.issuer.clone(),
         audience: state.token_policy.default_audience.clone(),
     }))
@@ -146,6 +160,36 @@ async fn rotate_keys(State(state): State<AppState>) -> Result<Json<Rotation>, Ap
     )
     .await?;
     Ok(Json(rotation))
+}
+
+/// Revokes one signing key at once (a leaked key): `POST /admin/v1/keys/{kid}/revoke`.
+async fn revoke_key(
+    State(state): State<AppState>,
+    Path(kid): Path<String>,
+) -> Result<Json<KeyRevocation>, ApiError> {
+    revocations::validate_id("kid", &kid)?;
+    revoke_keys(&state, KeySelection::One(&kid), &kid).await
+}
+
+/// Revokes every signing key, the current one included (the master key leaked).
+async fn revoke_all_keys(State(state): State<AppState>) -> Result<Json<KeyRevocation>, ApiError> {
+    revoke_keys(&state, KeySelection::All, "all").await
+}
+
+/// Revokes, publishes the revoked `kid`s in the feed, audits once.
+async fn revoke_keys(
+    state: &AppState,
+    which: KeySelection<'_>,
+    target: &str,
+) -> Result<Json<KeyRevocation>, ApiError> {
+    let now_ms = state.clock.now_ms();
+    let revocation = state.keys.revoke(which, now_ms).await?;
+    let store = state.store.as_ref();
+    revocations::record_key_revocations(store, &revocation.revoked_kids, revocation.key_set_version, now_ms)
+        .await?;
+    audit::record(store, now_ms, ACTOR_ADMIN, "keys.revoke", target, serde_json::to_value(&revocation).ok())
+        .await?;
+    Ok(Json(revocation))
 }
 
 /// Body of `POST /admin/v1/revocations`.
@@ -187,33 +231,37 @@ async fn revoke_jti(
     Ok(Json(RevocationAccepted { jti: request.jti, exp: request.exp, cursor }))
 }
 
-/// Response of `POST /admin/v1/users/{sub}/revoke-all`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct UserRevocation {
-    pub sub: String,
-    pub min_version: u64,
-    pub cursor: u64,
-}
-
+/// Raises the subject's minimum version and revokes all its sessions: one operation,
+/// one audit entry.
 async fn revoke_user(
     State(state): State<AppState>,
     Path(sub): Path<String>,
 ) -> Result<Json<UserRevocation>, ApiError> {
+    revocations::validate_id("sub", &sub)?;
     let now_ms = state.clock.now_ms();
     let store = state.store.as_ref();
-    let (min_version, cursor) = revocations::revoke_all_for_user(store, &sub, now_ms).await?;
+    let revoked = sessions::revoke_user(store, &sub, now_ms).await?;
     audit::record(
         store,
         now_ms,
         ACTOR_ADMIN,
         "revocation.user",
         &sub,
-        Some(json!({ "minVersion": min_version })),
+        Some(json!({
+            "minVersion": revoked.min_version,
+            "revokedSessions": revoked.revoked_sessions,
+            "revokedJtis": revoked.revoked_jtis,
+        })),
     )
     .await?;
-    tracing::info!(%sub, min_version, "revoked all tokens of a subject");
-    Ok(Json(UserRevocation { sub, min_version, cursor }))
+    tracing::info!(
+        %sub,
+        min_version = revoked.min_version,
+        sessions = revoked.revoked_sessions.len(),
+        tokens = revoked.revoked_jtis.len(),
+        "revoked all tokens and sessions of a subject"
+    );
+    Ok(Json(revoked))
 }
 
 /// Response of `GET /admin/v1/users/{sub}`.
@@ -371,4 +419,58 @@ async fn clear_lockout(
     .await?;
     tracing::info!(kind = key.kind.as_str(), key_hash = %key.hash, "cleared a login lockout");
     Ok(Json(cleared))
+}
+
+/// Webhook deliveries given up on, oldest first.
+async fn dead_letters(State(state): State<AppState>) -> Result<Json<DeadLetterList>, ApiError> {
+    Ok(Json(state.webhooks.dead_letters().await?))
+}
+
+async fn retry_dead_letter(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<DeadLetterAction>, ApiError> {
+    revocations::validate_id("id", &id)?;
+    dead_letter_action(&state, Some(&id), "webhook.retry").await
+}
+
+async fn retry_dead_letters(State(state): State<AppState>) -> Result<Json<DeadLetterAction>, ApiError> {
+    dead_letter_action(&state, None, "webhook.retry").await
+}
+
+async fn purge_dead_letter(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<DeadLetterAction>, ApiError> {
+    revocations::validate_id("id", &id)?;
+    dead_letter_action(&state, Some(&id), "webhook.purge").await
+}
+
+async fn purge_dead_letters(State(state): State<AppState>) -> Result<Json<DeadLetterAction>, ApiError> {
+    dead_letter_action(&state, None, "webhook.purge").await
+}
+
+/// Retries (pending again, a fresh deadline) or purges one dead letter or all; audited.
+async fn dead_letter_action(
+    state: &AppState,
+    id: Option<&str>,
+    action: &str,
+) -> Result<Json<DeadLetterAction>, ApiError> {
+    let done = if action == "webhook.retry" {
+        state.webhooks.retry(id).await?
+    } else {
+        state.webhooks.purge(id).await?
+    };
+    let now_ms = state.clock.now_ms();
+    audit::record(
+        state.store.as_ref(),
+        now_ms,
+        ACTOR_ADMIN,
+        action,
+        id.unwrap_or("all"),
+        serde_json::to_value(&done).ok(),
+    )
+    .await?;
+    tracing::info!(action, count = done.ids.len(), "webhook dead letters handled");
+    Ok(Json(done))
 }

@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::store::StoreError;
+use portcullis_core::fleet::INTERNAL_REALM;
 
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 /// The `realm` of the admin API's bearer challenge.
@@ -43,11 +44,18 @@ pub enum ApiError {
     MissingAdminToken,
     #[error("invalid admin token")]
     InvalidAdminToken,
+    #[error("missing fleet credential")]
+    MissingFleetCredential,
+    #[error("invalid fleet credential")]
+    InvalidFleetCredential,
     #[error("not found")]
     NotFound,
     /// A named resource does not exist (`detail` says which).
     #[error("not found: {0}")]
     NoSuchResource(String),
+    /// The request cannot be carried out in the current state (`detail` says why).
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// OAuth-style `invalid_grant`: a refresh token that cannot be used.
     #[error("invalid grant: {0}")]
     InvalidGrant(String),
@@ -66,8 +74,12 @@ impl ApiError {
             ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::MissingAdminToken | ApiError::InvalidAdminToken => StatusCode::UNAUTHORIZED,
+            ApiError::MissingAdminToken
+            | ApiError::InvalidAdminToken
+            | ApiError::MissingFleetCredential
+            | ApiError::InvalidFleetCredential => StatusCode::UNAUTHORIZED,
             ApiError::NotFound | ApiError::NoSuchResource(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::InvalidGrant(_) => StatusCode::BAD_REQUEST,
             ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Store(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
@@ -92,8 +104,19 @@ impl ApiError {
                 "Invalid admin token",
                 "The bearer token is not the admin token.".to_owned(),
             ),
+            ApiError::MissingFleetCredential => (
+                "missing-credentials",
+                "Authentication required",
+                "Send the fleet credential as `Authorization: Bearer <credential>`.".to_owned(),
+            ),
+            ApiError::InvalidFleetCredential => (
+                "invalid-token",
+                "Invalid fleet credential",
+                "The bearer credential is not a fleet credential of this control plane.".to_owned(),
+            ),
             ApiError::NotFound => ("not-found", "Not found", "There is no resource at this path.".to_owned()),
             ApiError::NoSuchResource(d) => ("not-found", "Not found", d.clone()),
+            ApiError::Conflict(d) => ("conflict", "Conflict", d.clone()),
             ApiError::InvalidGrant(d) => ("invalid_grant", "Invalid grant", d.clone()),
             ApiError::NotReady(d) => ("not-ready", "Not ready", d.clone()),
             ApiError::Store(e) if e.is_transient() => (
@@ -132,6 +155,10 @@ impl IntoResponse for ApiError {
             ApiError::InvalidAdminToken => {
                 Some(format!(r#"Bearer realm="{ADMIN_REALM}", error="invalid_token""#))
             }
+            ApiError::MissingFleetCredential => Some(format!(r#"Bearer realm="{INTERNAL_REALM}""#)),
+            ApiError::InvalidFleetCredential => {
+                Some(format!(r#"Bearer realm="{INTERNAL_REALM}", error="invalid_token""#))
+            }
             _ => None,
         };
         if let Some(value) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
@@ -155,7 +182,7 @@ impl From<crate::revocations::RevocationError> for ApiError {
             E::InvalidRequest(m) => ApiError::InvalidRequest(m),
             E::Store(e) => ApiError::Store(e),
             E::Contended => ApiError::Store(StoreError::Busy(e.to_string())),
-            E::SnapshotTooLarge(_) => ApiError::Internal(e.to_string()),
+            E::Random(_) => ApiError::Internal(e.to_string()),
         }
     }
 }
@@ -179,7 +206,21 @@ impl From<crate::keys::KeyRingError> for ApiError {
         match e {
             E::Store(e) => ApiError::Store(e),
             E::Contended => ApiError::Store(StoreError::Busy(e.to_string())),
+            E::UnknownKey(kid) => ApiError::NoSuchResource(format!("There is no signing key {kid:?}.")),
             other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::webhooks::WebhookError> for ApiError {
+    fn from(e: crate::webhooks::WebhookError) -> Self {
+        use crate::webhooks::WebhookError as E;
+        match e {
+            E::Store(e) => ApiError::Store(e),
+            E::NoSuchDeadLetter(id) => ApiError::NoSuchResource(format!(
+                "There is no dead letter {id:?} (it was retried or purged)."
+            )),
+            E::OutboxFull(_) => ApiError::Conflict(e.to_string()),
         }
     }
 }

@@ -1,26 +1,26 @@
-//! The unauthenticated `/v1` API: the revocation feed the Envoy filter follows, the
-//! per-token status it asks for on strictly checked routes, and refresh token exchange.
-//! Serve it on a loopback or cluster-internal listener only: the feed reveals revoked
-//! token ids and subjects, and the status endpoint answers for any id.
+//! The revocation feed the Envoy filter follows and the per-token status it asks for on
+//! strictly checked routes: internal listener, fleet credential. The feed hashes every
+//! token id and subject with the caller's feed key ([`super::fleet::FleetCaller`]).
 
 use axum::extract::{Query, State};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use portcullis_core::revocation::{FeedPage, TokenStatus};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use portcullis_core::revocation::{FeedPage, TokenStatus, MAX_PAGE_ENTRIES};
 use serde::Deserialize;
 
-use super::error::ApiJson;
+use super::fleet::FleetCaller;
 use super::{ApiError, AppState};
-use crate::revocations;
-use crate::store::MAX_PAGE_SIZE;
-use crate::tokens::{IssuedToken, RefreshRequest};
+use crate::revocations::{self, FeedCursor, FeedRequest};
 
 pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/feed", get(feed))
-        .route(TOKEN_STATUS_PATH, get(token_status))
-        .route("/v1/token/refresh", post(refresh))
+    Router::new().route(FEED_PATH, get(feed)).route(TOKEN_STATUS_PATH, get(token_status))
 }
+
+/// Route of the revocation feed (the filter's default `revocation.path`).
+pub(super) const FEED_PATH: &str = "/v1/feed";
+/// Entries on a page unless the follower asks for fewer or more (up to
+/// [`MAX_PAGE_ENTRIES`]).
+const DEFAULT_FEED_LIMIT: usize = 5_000;
 
 /// Route of the per-token status check (the filter's default `statusPath`).
 pub(super) const TOKEN_STATUS_PATH: &str = "/v1/token-status";
@@ -31,27 +31,39 @@ const MAX_STATUS_PARAM_BYTES: usize = 512;
 #[serde(deny_unknown_fields)]
 struct FeedQuery {
     #[serde(default)]
-    after: u64,
+    cursor: Option<String>,
     #[serde(default)]
     limit: Option<usize>,
 }
 
 async fn feed(
     State(state): State<AppState>,
+    Extension(caller): Extension<FleetCaller>,
     query: Result<Query<FeedQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<FeedPage>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
+    let cursor = match query.cursor.as_deref() {
+        None | Some("") => None,
+        Some(text) => Some(FeedCursor::parse(text).ok_or_else(|| {
+            ApiError::InvalidRequest("cursor: not a cursor this feed issued; start without one".to_owned())
+        })?),
+    };
+    let limit = query.limit.unwrap_or(DEFAULT_FEED_LIMIT);
+    if !(1..=MAX_PAGE_ENTRIES).contains(&limit) {
+        return Err(ApiError::InvalidRequest(format!("limit: must be between 1 and {MAX_PAGE_ENTRIES}")));
+    }
     let now_ms = state.clock.now_ms();
-    let key_set_version = state.keys.current(now_ms).await.version;
-    let page = revocations::feed_page(
-        state.store.as_ref(),
-        query.after,
-        query.limit.unwrap_or(MAX_PAGE_SIZE),
-        key_set_version,
+    let keys = state.keys.current(now_ms).await;
+    let revoked_kids = keys.revoked_kids();
+    let request = FeedRequest {
+        cursor: cursor.as_ref(),
+        limit,
+        key: &caller.feed_key,
+        key_set_version: keys.version,
+        revoked_kids: &revoked_kids,
         now_ms,
-    )
-    .await?;
-    Ok(Json(page))
+    };
+    Ok(Json(revocations::feed_page(state.store.as_ref(), state.rng.as_ref(), &request).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,19 +99,4 @@ async fn token_status(
     let status = revocations::token_status(state.store.as_ref(), jti, sub, state.clock.now_ms()).await?;
     state.metrics.record_token_status(status.revoked);
     Ok(Json(status))
-}
-
-async fn refresh(
-    State(state): State<AppState>,
-    ApiJson(request): ApiJson<RefreshRequest>,
-) -> Result<Json<IssuedToken>, ApiError> {
-    let now_ms = state.clock.now_ms();
-    let issued = state.minter().refresh(&request.refresh_token, now_ms).await?;
-    state.metrics.record_token_issued();
-    tracing::info!(
-        sid = issued.session_id.as_deref().unwrap_or_default(),
-        jti = %issued.jti,
-        "refreshed access token"
-    );
-    Ok(Json(issued))
 }

@@ -15,11 +15,14 @@ use super::{ApiError, AppState};
 const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
 const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+/// Liveness and readiness, on both listeners.
+pub fn probes() -> Router<AppState> {
+    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz))
+}
+
+/// Prometheus metrics, on the admin listener.
+pub fn metrics() -> Router<AppState> {
+    Router::new().route("/metrics", get(render_metrics))
 }
 
 /// The process is up and serving HTTP.
@@ -50,7 +53,7 @@ async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiE
     })))
 }
 
-async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+async fn render_metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let body =
         state.metrics.render().map_err(|e| ApiError::Internal(format!("cannot render metrics: {e}")))?;
     Ok(([(CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], body))

@@ -1,14 +1,25 @@
-//! The HTTP API: [`app`] builds the router from an [`AppState`]; each resource module
-//! contributes its own routes.
+//! The HTTP API, on two listeners, each built from an [`AppState`]; each resource
+//! module contributes its own routes:
+//!
+//! - [`internal_app`], the internal listener: what Envoys call, behind the fleet
+//!   credential (`fleet.rs`): the revocation feed and token status, rate-limit leases,
+//!   lockout and burst reports. Public there, without any credential: the JWKS, refresh
+//!   token exchange, health and readiness.
+//! - [`admin_app`], the admin listener: the admin API behind the admin token, metrics,
+//!   health and readiness.
+//!
+//! A route of one listener is a 404 on the other, whatever credential is sent.
 
 mod admin;
 pub mod error;
 mod feed;
+mod fleet;
 mod guard;
 mod health;
 mod jwks;
 mod observe;
 mod ratelimit;
+mod refresh;
 
 use std::sync::Arc;
 
@@ -16,7 +27,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::Router;
 
-use crate::admin_credential::AdminCredential;
+use crate::admin_credential::{AdminCredential, FleetCredentials};
 use crate::audit::{self, ACTOR_SYSTEM};
 use crate::burst::{BurstConfig, BurstConfigError, BurstDetector};
 use crate::clock::Clock;
@@ -29,10 +40,10 @@ use crate::revocations;
 use crate::sessions::Minter;
 use crate::store::{MeteredStore, Store};
 use crate::tokens::TokenPolicy;
+use crate::webhooks::Webhooks;
 
 pub use admin::{
     GlobalRotateRequest, KeyList, RevocationAccepted, RevocationRequest, StatusReport, UserReport,
-    UserRevocation,
 };
 pub use error::{ApiError, Problem, PROBLEM_CONTENT_TYPE};
 
@@ -44,6 +55,8 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 pub struct Dependencies {
     pub store: Arc<dyn Store>,
     pub admin: Arc<AdminCredential>,
+    /// The credentials Envoys present on the internal listener.
+    pub fleet: Arc<FleetCredentials>,
     pub token_policy: TokenPolicy,
     pub clock: Arc<dyn Clock>,
     pub rng: Arc<dyn RandomSource>,
@@ -61,6 +74,7 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub keys: Arc<KeyRing>,
     pub admin: Arc<AdminCredential>,
+    pub fleet: Arc<FleetCredentials>,
     pub token_policy: Arc<TokenPolicy>,
     pub clock: Arc<dyn Clock>,
     pub rng: Arc<dyn RandomSource>,
@@ -70,6 +84,8 @@ pub struct AppState {
     pub lockout_secret: Arc<LockoutSecret>,
     /// Burst detection; [`AppState::with_burst_config`] configures it.
     pub burst: Arc<BurstDetector>,
+    /// The webhook outbox, its delivery task and dead letters.
+    pub webhooks: Arc<Webhooks>,
 }
 
 /// What one [`AppState::maintain`] pass did.
@@ -85,7 +101,22 @@ impl AppState {
     pub async fn initialise(deps: Dependencies) -> Result<Self, KeyRingError> {
         let store: Arc<dyn Store> = Arc::new(MeteredStore::new(deps.store, Arc::clone(&deps.metrics)));
         let lockout_secret = Arc::new(LockoutSecret::derive(&deps.master_key));
-        let burst = Arc::new(BurstDetector::new(&deps.master_key, Arc::clone(&deps.metrics)));
+        let webhooks = Arc::new(Webhooks::new(
+            Arc::clone(&store),
+            Arc::clone(&deps.clock),
+            Arc::clone(&deps.rng),
+            Arc::clone(&deps.metrics),
+            &deps.master_key,
+        ));
+        let burst =
+            Arc::new(BurstDetector::new(&deps.master_key, Arc::clone(&webhooks), Arc::clone(&deps.metrics)));
+        revocations::ensure_issued_version_mark(store.as_ref(), deps.clock.now_ms()).await.map_err(|e| {
+            match e {
+                revocations::RevocationError::Store(e) => KeyRingError::Store(e),
+                revocations::RevocationError::Contended => KeyRingError::Contended,
+                other => KeyRingError::Corrupt(other.to_string()),
+            }
+        })?;
         let keys = KeyRing::open(
             Arc::clone(&store),
             deps.master_key,
@@ -98,6 +129,7 @@ impl AppState {
             store,
             keys: Arc::new(keys),
             admin: deps.admin,
+            fleet: deps.fleet,
             token_policy: Arc::new(deps.token_policy),
             clock: deps.clock,
             rng: deps.rng,
@@ -105,14 +137,18 @@ impl AppState {
             feed_keep: deps.feed_keep,
             lockout_secret,
             burst,
+            webhooks,
         })
     }
 
     /// Replaces the burst detection settings (defaults: 50 requests per 10 s, no
     /// webhook, no blocking). With webhooks this starts their delivery task, so call it
-    /// within a Tokio runtime.
+    /// within a Tokio runtime (and [`Webhooks::stop`] it when done).
     pub fn with_burst_config(mut self, config: BurstConfig) -> Result<Self, BurstConfigError> {
-        self.burst = Arc::new(self.burst.reconfigured(config, Arc::clone(&self.clock))?);
+        config.validate()?;
+        let webhooks = self.webhooks.reconfigured(config.webhooks.clone())?;
+        self.burst = Arc::new(self.burst.reconfigured(config, Arc::clone(&webhooks))?);
+        self.webhooks = webhooks;
         Ok(self)
     }
 
@@ -164,15 +200,30 @@ impl AppState {
     }
 }
 
-/// The whole API.
-pub fn app(state: AppState) -> Router {
-    Router::new()
-        .merge(health::routes())
-        .merge(jwks::routes())
+/// The internal listener's API: what Envoys call.
+pub fn internal_app(state: AppState) -> Router {
+    let fleet_only = Router::new()
         .merge(feed::routes())
         .merge(ratelimit::routes())
         .merge(guard::routes())
-        .nest("/admin/v1", admin::routes(state.clone()))
+        .route_layer(middleware::from_fn_with_state(state.clone(), fleet::require_fleet_credential));
+    let public = Router::new().merge(health::probes()).merge(jwks::routes()).merge(refresh::routes());
+    finish(fleet_only.merge(public), state)
+}
+
+/// The admin listener's API: operators and monitoring.
+pub fn admin_app(state: AppState) -> Router {
+    let routes = Router::new()
+        .merge(health::probes())
+        .merge(health::metrics())
+        .nest("/admin/v1", admin::routes(state.clone()));
+    finish(routes, state)
+}
+
+/// What both listeners share: problem documents for every error (404s included), the
+/// request log and metrics, the body limit.
+fn finish(routes: Router<AppState>, state: AppState) -> Router {
+    routes
         .fallback(error::not_found)
         .layer(middleware::map_response(error::problem_for_bare_errors))
         .layer(middleware::from_fn_with_state(state.clone(), observe::observe_request))

@@ -15,8 +15,9 @@ use portcullis_core::wire::{RateLimitOp, RateLimitResult};
 use redb::{Database, ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::{
-    feed_page, feed_window, is_live, is_live_opt, rate_limit, require_positive_ttl, FeedEntry, FeedPage,
-    LogAppendError, LogEntry, SetMember, Store, StoreBackend, StoreError, MAX_PAGE_SIZE,
+    feed_page, feed_window, is_live, is_live_opt, rate_limit, require_positive_lease, require_positive_ttl,
+    FeedEntry, FeedPage, LogAppendError, LogEntry, QueueEntry, QueueLane, QueueOutcome, QueueRevive,
+    SetMember, Store, StoreBackend, StoreError, MAX_PAGE_SIZE, MAX_SCAN_SIZE,
 };
 
 /// The database file inside the data directory.
@@ -41,6 +42,12 @@ const LOGS: TableDefinition<&str, u64> = TableDefinition::new("logs");
 const LOG_ENTRIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("log_entries");
 /// rate-limit counter -> TAT in µs (full buckets are removed)
 const RATE_LIMITS: TableDefinition<&str, u64> = TableDefinition::new("rate_limits");
+/// (queue, id) -> (lane, at_ms, data)
+const QUEUE_ENTRIES: TableDefinition<(&str, &str), (u8, u64, &[u8])> = TableDefinition::new("queue_entries");
+/// (queue, lane, at_ms, id) -> (): each lane's entries in order
+const QUEUE_ORDER: TableDefinition<(&str, u8, u64, &str), ()> = TableDefinition::new("queue_order");
+/// (queue, lane) -> number of entries in the lane
+const QUEUE_SIZES: TableDefinition<(&str, u8), u64> = TableDefinition::new("queue_sizes");
 
 pub struct EmbeddedStore {
     db: Arc<Database>,
@@ -71,6 +78,9 @@ impl EmbeddedStore {
         txn.open_table(LOGS)?;
         txn.open_table(LOG_ENTRIES)?;
         txn.open_table(RATE_LIMITS)?;
+        txn.open_table(QUEUE_ENTRIES)?;
+        txn.open_table(QUEUE_ORDER)?;
+        txn.open_table(QUEUE_SIZES)?;
         txn.commit()?;
         Ok(Self { db: Arc::new(db), path })
     }
@@ -168,6 +178,111 @@ fn prune_set(
         table.remove((set, member.as_str()))?;
     }
     Ok(())
+}
+
+fn lane_code(lane: QueueLane) -> u8 {
+    match lane {
+        QueueLane::Pending => 0,
+        QueueLane::Dead => 1,
+    }
+}
+
+fn lane_of(code: u8) -> Result<QueueLane, StoreError> {
+    match code {
+        0 => Ok(QueueLane::Pending),
+        1 => Ok(QueueLane::Dead),
+        other => Err(StoreError::CorruptData(format!("queue lane {other}"))),
+    }
+}
+
+fn queue_lane_size(txn: &WriteTransaction, queue: &str, lane: QueueLane) -> Result<u64, StoreError> {
+    Ok(txn.open_table(QUEUE_SIZES)?.get((queue, lane_code(lane)))?.map_or(0, |g| g.value()))
+}
+
+fn queue_adjust_size(
+    txn: &WriteTransaction,
+    queue: &str,
+    lane: QueueLane,
+    up: bool,
+) -> Result<(), StoreError> {
+    let size = queue_lane_size(txn, queue, lane)?;
+    let next = if up { size.saturating_add(1) } else { size.saturating_sub(1) };
+    let mut sizes = txn.open_table(QUEUE_SIZES)?;
+    if next == 0 {
+        sizes.remove((queue, lane_code(lane)))?;
+    } else {
+        sizes.insert((queue, lane_code(lane)), next)?;
+    }
+    Ok(())
+}
+
+/// The entry's lane, time and data.
+fn queue_get(
+    txn: &WriteTransaction,
+    queue: &str,
+    id: &str,
+) -> Result<Option<(QueueLane, u64, Vec<u8>)>, StoreError> {
+    let entries = txn.open_table(QUEUE_ENTRIES)?;
+    let Some(guard) = entries.get((queue, id))? else {
+        return Ok(None);
+    };
+    let (lane, at, data) = guard.value();
+    Ok(Some((lane_of(lane)?, at, data.to_vec())))
+}
+
+fn queue_remove(
+    txn: &WriteTransaction,
+    queue: &str,
+    id: &str,
+) -> Result<Option<(QueueLane, u64, Vec<u8>)>, StoreError> {
+    let Some((lane, at, data)) = queue_get(txn, queue, id)? else {
+        return Ok(None);
+    };
+    txn.open_table(QUEUE_ENTRIES)?.remove((queue, id))?;
+    txn.open_table(QUEUE_ORDER)?.remove((queue, lane_code(lane), at, id))?;
+    queue_adjust_size(txn, queue, lane, false)?;
+    Ok(Some((lane, at, data)))
+}
+
+fn queue_insert(
+    txn: &WriteTransaction,
+    queue: &str,
+    id: &str,
+    lane: QueueLane,
+    at_ms: u64,
+    data: &[u8],
+) -> Result<(), StoreError> {
+    queue_remove(txn, queue, id)?;
+    txn.open_table(QUEUE_ENTRIES)?.insert((queue, id), (lane_code(lane), at_ms, data))?;
+    txn.open_table(QUEUE_ORDER)?.insert((queue, lane_code(lane), at_ms, id), ())?;
+    queue_adjust_size(txn, queue, lane, true)
+}
+
+/// Up to `limit` (at_ms, id) of a lane, oldest first, stopping after `until_ms`.
+fn queue_order(
+    table: &impl ReadableTable<(&'static str, u8, u64, &'static str), ()>,
+    queue: &str,
+    lane: QueueLane,
+    until_ms: u64,
+    limit: usize,
+) -> Result<Vec<(u64, String)>, StoreError> {
+    let code = lane_code(lane);
+    let mut out = Vec::new();
+    if limit == 0 {
+        return Ok(out);
+    }
+    for item in table.range((queue, code, 0u64, "")..(queue, code + 1, 0u64, ""))? {
+        let (key, _) = item?;
+        let (_, _, at, id) = key.value();
+        if at > until_ms {
+            break;
+        }
+        out.push((at, id.to_owned()));
+        if out.len() == limit {
+            break;
+        }
+    }
+    Ok(out)
 }
 
 fn log_push(txn: &WriteTransaction, log: &str, entry: &[u8]) -> Result<u64, StoreError> {
@@ -279,6 +394,38 @@ impl Store for EmbeddedStore {
             }
             // redb orders by member already; sorting keeps the contract explicit.
             members.sort_by(|a, b| a.member.cmp(&b.member));
+            Ok(members)
+        })
+        .await
+    }
+
+    async fn set_scan(
+        &self,
+        set: &str,
+        after: Option<&SetMember>,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<Vec<SetMember>, StoreError> {
+        use std::ops::Bound;
+        let set = set.to_owned();
+        let after = after.map(|a| a.member.clone());
+        self.read(move |txn| {
+            let table = txn.open_table(SET_MEMBERS)?;
+            let start = match &after {
+                Some(member) => Bound::Excluded((set.as_str(), member.as_str())),
+                None => Bound::Included((set.as_str(), "")),
+            };
+            let mut members = Vec::new();
+            for item in table.range::<(&str, &str)>((start, Bound::Unbounded))? {
+                let (key, at) = item?;
+                let (owner, member) = key.value();
+                if owner != set || members.len() >= limit.min(MAX_SCAN_SIZE) {
+                    break;
+                }
+                if is_live(at.value(), now_ms) {
+                    members.push(SetMember { member: member.to_owned(), expires_at_ms: at.value() });
+                }
+            }
             Ok(members)
         })
         .await
@@ -451,6 +598,154 @@ impl Store for EmbeddedStore {
                 .value()
                 .to_vec();
             Ok(Some(LogEntry { seq, data }))
+        })
+        .await
+    }
+
+    async fn queue_push(
+        &self,
+        queue: &str,
+        id: &str,
+        data: Vec<u8>,
+        due_at_ms: u64,
+        max_pending: usize,
+    ) -> Result<bool, StoreError> {
+        let (queue, id) = (queue.to_owned(), id.to_owned());
+        self.write(move |txn| {
+            if queue_get(txn, &queue, &id)?.is_some() {
+                return Ok(true);
+            }
+            if queue_lane_size(txn, &queue, QueueLane::Pending)? >= max_pending as u64 {
+                return Ok(false);
+            }
+            queue_insert(txn, &queue, &id, QueueLane::Pending, due_at_ms, &data)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn queue_claim(
+        &self,
+        queue: &str,
+        now_ms: u64,
+        lease_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<QueueEntry>, StoreError> {
+        require_positive_lease(lease_ms)?;
+        let queue = queue.to_owned();
+        let until = now_ms.saturating_add(lease_ms);
+        self.write(move |txn| {
+            let due = {
+                let order = txn.open_table(QUEUE_ORDER)?;
+                queue_order(&order, &queue, QueueLane::Pending, now_ms, limit.min(MAX_PAGE_SIZE))?
+            };
+            let mut claimed = Vec::with_capacity(due.len());
+            for (_, id) in due {
+                if let Some((_, _, data)) = queue_remove(txn, &queue, &id)? {
+                    queue_insert(txn, &queue, &id, QueueLane::Pending, until, &data)?;
+                    claimed.push(QueueEntry { id, at_ms: until, data });
+                }
+            }
+            Ok(claimed)
+        })
+        .await
+    }
+
+    async fn queue_settle(
+        &self,
+        queue: &str,
+        id: &str,
+        claimed_until_ms: u64,
+        outcome: QueueOutcome,
+    ) -> Result<Option<u64>, StoreError> {
+        let (queue, id) = (queue.to_owned(), id.to_owned());
+        self.write(move |txn| {
+            match queue_get(txn, &queue, &id)? {
+                Some((QueueLane::Pending, at, _)) if at == claimed_until_ms => {}
+                _ => return Ok(None),
+            }
+            Ok(Some(match outcome {
+                QueueOutcome::Done => {
+                    queue_remove(txn, &queue, &id)?;
+                    0
+                }
+                QueueOutcome::Retry { data, due_at_ms } => {
+                    queue_insert(txn, &queue, &id, QueueLane::Pending, due_at_ms, &data)?;
+                    0
+                }
+                QueueOutcome::Dead { data, at_ms, max_dead } => {
+                    queue_insert(txn, &queue, &id, QueueLane::Dead, at_ms, &data)?;
+                    let size = queue_lane_size(txn, &queue, QueueLane::Dead)?;
+                    let excess = usize::try_from(size.saturating_sub(max_dead as u64)).unwrap_or(usize::MAX);
+                    let oldest = {
+                        let order = txn.open_table(QUEUE_ORDER)?;
+                        queue_order(&order, &queue, QueueLane::Dead, u64::MAX, excess)?
+                    };
+                    for (_, old) in &oldest {
+                        queue_remove(txn, &queue, old)?;
+                    }
+                    oldest.len() as u64
+                }
+            }))
+        })
+        .await
+    }
+
+    async fn queue_list(
+        &self,
+        queue: &str,
+        lane: QueueLane,
+        limit: usize,
+    ) -> Result<Vec<QueueEntry>, StoreError> {
+        let queue = queue.to_owned();
+        self.read(move |txn| {
+            let order = txn.open_table(QUEUE_ORDER)?;
+            let entries = txn.open_table(QUEUE_ENTRIES)?;
+            let mut out = Vec::new();
+            for (at_ms, id) in queue_order(&order, &queue, lane, u64::MAX, limit.min(MAX_PAGE_SIZE))? {
+                let data = entries
+                    .get((queue.as_str(), id.as_str()))?
+                    .ok_or_else(|| StoreError::CorruptData(format!("queue {queue:?} has no entry {id:?}")))?
+                    .value()
+                    .2
+                    .to_vec();
+                out.push(QueueEntry { id, at_ms, data });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn queue_revive(
+        &self,
+        queue: &str,
+        id: &str,
+        data: Vec<u8>,
+        due_at_ms: u64,
+        max_pending: usize,
+    ) -> Result<QueueRevive, StoreError> {
+        let (queue, id) = (queue.to_owned(), id.to_owned());
+        self.write(move |txn| {
+            if !matches!(queue_get(txn, &queue, &id)?, Some((QueueLane::Dead, _, _))) {
+                return Ok(QueueRevive::NotDead);
+            }
+            if queue_lane_size(txn, &queue, QueueLane::Pending)? >= max_pending as u64 {
+                return Ok(QueueRevive::PendingFull);
+            }
+            queue_insert(txn, &queue, &id, QueueLane::Pending, due_at_ms, &data)?;
+            Ok(QueueRevive::Revived)
+        })
+        .await
+    }
+
+    async fn queue_delete(&self, queue: &str, lane: QueueLane, id: &str) -> Result<bool, StoreError> {
+        let (queue, id) = (queue.to_owned(), id.to_owned());
+        self.write(move |txn| {
+            if !matches!(queue_get(txn, &queue, &id)?, Some((l, _, _)) if l == lane) {
+                return Ok(false);
+            }
+            queue_remove(txn, &queue, &id)?;
+            Ok(true)
         })
         .await
     }

@@ -1,7 +1,7 @@
 //! [`MemoryStore`]: everything in one mutex-guarded struct. For tests and throwaway
 //! runs; nothing survives a restart and nothing is shared between replicas.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -9,8 +9,9 @@ use portcullis_core::ratelimit::{GcraState, Unit};
 use portcullis_core::wire::{RateLimitOp, RateLimitResult};
 
 use super::{
-    feed_page, feed_window, is_live, is_live_opt, rate_limit, require_positive_ttl, FeedEntry, FeedPage,
-    LogAppendError, LogEntry, SetMember, Store, StoreBackend, StoreError, MAX_PAGE_SIZE,
+    feed_page, feed_window, is_live, is_live_opt, rate_limit, require_positive_lease, require_positive_ttl,
+    FeedEntry, FeedPage, LogAppendError, LogEntry, QueueEntry, QueueLane, QueueOutcome, QueueRevive,
+    SetMember, Store, StoreBackend, StoreError, MAX_PAGE_SIZE, MAX_SCAN_SIZE,
 };
 
 #[derive(Default)]
@@ -21,12 +22,54 @@ pub struct MemoryStore {
 #[derive(Default)]
 struct State {
     counters: HashMap<String, Counter>,
-    sets: HashMap<String, HashMap<String, u64>>,
+    sets: HashMap<String, BTreeMap<String, u64>>,
     records: HashMap<String, Record>,
     feeds: HashMap<String, Feed>,
     logs: HashMap<String, Vec<Vec<u8>>>,
     /// Rate-limit counter -> TAT in µs; full buckets are removed.
     rate_limits: HashMap<String, u64>,
+    queues: HashMap<String, Queue>,
+}
+
+/// A work queue: every entry is in exactly one lane's ordered index.
+#[derive(Default)]
+struct Queue {
+    /// id -> (lane, at_ms, data)
+    entries: HashMap<String, (QueueLane, u64, Vec<u8>)>,
+    pending: BTreeSet<(u64, String)>,
+    dead: BTreeSet<(u64, String)>,
+}
+
+impl Queue {
+    fn lane(&mut self, lane: QueueLane) -> &mut BTreeSet<(u64, String)> {
+        match lane {
+            QueueLane::Pending => &mut self.pending,
+            QueueLane::Dead => &mut self.dead,
+        }
+    }
+
+    fn insert(&mut self, id: &str, lane: QueueLane, at_ms: u64, data: Vec<u8>) {
+        self.remove(id);
+        self.lane(lane).insert((at_ms, id.to_owned()));
+        self.entries.insert(id.to_owned(), (lane, at_ms, data));
+    }
+
+    fn remove(&mut self, id: &str) -> Option<(QueueLane, u64, Vec<u8>)> {
+        let (lane, at_ms, data) = self.entries.remove(id)?;
+        self.lane(lane).remove(&(at_ms, id.to_owned()));
+        Some((lane, at_ms, data))
+    }
+
+    /// Drops the oldest dead letters beyond `max_dead`; returns how many.
+    fn evict_dead(&mut self, max_dead: usize) -> u64 {
+        let mut evicted = 0;
+        while self.dead.len() > max_dead {
+            let Some((_, id)) = self.dead.first().cloned() else { break };
+            self.remove(&id);
+            evicted += 1;
+        }
+        evicted
+    }
 }
 
 struct Counter {
@@ -166,6 +209,27 @@ impl Store for MemoryStore {
         Ok(live)
     }
 
+    async fn set_scan(
+        &self,
+        set: &str,
+        after: Option<&SetMember>,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<Vec<SetMember>, StoreError> {
+        use std::ops::Bound;
+        let state = self.state()?;
+        let Some(members) = state.sets.get(set) else {
+            return Ok(Vec::new());
+        };
+        let start = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.member.clone()));
+        Ok(members
+            .range((start, Bound::Unbounded))
+            .filter(|(_, at)| is_live(**at, now_ms))
+            .take(limit.min(MAX_SCAN_SIZE))
+            .map(|(member, at)| SetMember { member: member.clone(), expires_at_ms: *at })
+            .collect())
+    }
+
     async fn record_get(&self, key: &str, now_ms: u64) -> Result<Option<Vec<u8>>, StoreError> {
         let mut state = self.state()?;
         Ok(state.live_record(key, now_ms).map(|r| r.value.clone()))
@@ -290,6 +354,142 @@ impl Store for MemoryStore {
         Ok(state.logs.get(log).and_then(|entries| {
             entries.last().map(|data| LogEntry { seq: entries.len() as u64, data: data.clone() })
         }))
+    }
+
+    async fn queue_push(
+        &self,
+        queue: &str,
+        id: &str,
+        data: Vec<u8>,
+        due_at_ms: u64,
+        max_pending: usize,
+    ) -> Result<bool, StoreError> {
+        let mut state = self.state()?;
+        let queue = state.queues.entry(queue.to_owned()).or_default();
+        if queue.entries.contains_key(id) {
+            return Ok(true);
+        }
+        if queue.pending.len() >= max_pending {
+            return Ok(false);
+        }
+        queue.insert(id, QueueLane::Pending, due_at_ms, data);
+        Ok(true)
+    }
+
+    async fn queue_claim(
+        &self,
+        queue: &str,
+        now_ms: u64,
+        lease_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<QueueEntry>, StoreError> {
+        require_positive_lease(lease_ms)?;
+        let mut state = self.state()?;
+        let Some(queue) = state.queues.get_mut(queue) else {
+            return Ok(Vec::new());
+        };
+        let until = now_ms.saturating_add(lease_ms);
+        let due: Vec<String> = queue
+            .pending
+            .iter()
+            .take_while(|(at, _)| *at <= now_ms)
+            .take(limit.min(MAX_PAGE_SIZE))
+            .map(|(_, id)| id.clone())
+            .collect();
+        let mut claimed = Vec::with_capacity(due.len());
+        for id in due {
+            if let Some((_, _, data)) = queue.remove(&id) {
+                queue.insert(&id, QueueLane::Pending, until, data.clone());
+                claimed.push(QueueEntry { id, at_ms: until, data });
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn queue_settle(
+        &self,
+        queue: &str,
+        id: &str,
+        claimed_until_ms: u64,
+        outcome: QueueOutcome,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut state = self.state()?;
+        let Some(queue) = state.queues.get_mut(queue) else {
+            return Ok(None);
+        };
+        match queue.entries.get(id) {
+            Some((QueueLane::Pending, at, _)) if *at == claimed_until_ms => {}
+            _ => return Ok(None),
+        }
+        Ok(Some(match outcome {
+            QueueOutcome::Done => {
+                queue.remove(id);
+                0
+            }
+            QueueOutcome::Retry { data, due_at_ms } => {
+                queue.insert(id, QueueLane::Pending, due_at_ms, data);
+                0
+            }
+            QueueOutcome::Dead { data, at_ms, max_dead } => {
+                queue.insert(id, QueueLane::Dead, at_ms, data);
+                queue.evict_dead(max_dead)
+            }
+        }))
+    }
+
+    async fn queue_list(
+        &self,
+        queue: &str,
+        lane: QueueLane,
+        limit: usize,
+    ) -> Result<Vec<QueueEntry>, StoreError> {
+        let mut state = self.state()?;
+        let Some(queue) = state.queues.get_mut(queue) else {
+            return Ok(Vec::new());
+        };
+        let ids: Vec<(u64, String)> =
+            queue.lane(lane).iter().take(limit.min(MAX_PAGE_SIZE)).cloned().collect();
+        Ok(ids
+            .into_iter()
+            .filter_map(|(at_ms, id)| {
+                let data = queue.entries.get(&id)?.2.clone();
+                Some(QueueEntry { id, at_ms, data })
+            })
+            .collect())
+    }
+
+    async fn queue_revive(
+        &self,
+        queue: &str,
+        id: &str,
+        data: Vec<u8>,
+        due_at_ms: u64,
+        max_pending: usize,
+    ) -> Result<QueueRevive, StoreError> {
+        let mut state = self.state()?;
+        let Some(queue) = state.queues.get_mut(queue) else {
+            return Ok(QueueRevive::NotDead);
+        };
+        if !matches!(queue.entries.get(id), Some((QueueLane::Dead, _, _))) {
+            return Ok(QueueRevive::NotDead);
+        }
+        if queue.pending.len() >= max_pending {
+            return Ok(QueueRevive::PendingFull);
+        }
+        queue.insert(id, QueueLane::Pending, due_at_ms, data);
+        Ok(QueueRevive::Revived)
+    }
+
+    async fn queue_delete(&self, queue: &str, lane: QueueLane, id: &str) -> Result<bool, StoreError> {
+        let mut state = self.state()?;
+        let Some(queue) = state.queues.get_mut(queue) else {
+            return Ok(false);
+        };
+        if !matches!(queue.entries.get(id), Some((l, _, _)) if *l == lane) {
+            return Ok(false);
+        }
+        queue.remove(id);
+        Ok(true)
     }
 
     async fn gcra(

@@ -7,7 +7,10 @@ use async_trait::async_trait;
 use portcullis_core::ratelimit::Unit;
 use portcullis_core::wire::{RateLimitOp, RateLimitResult};
 
-use super::{FeedPage, LogAppendError, LogEntry, SetMember, Store, StoreBackend, StoreError};
+use super::{
+    FeedPage, LogAppendError, LogEntry, QueueEntry, QueueLane, QueueOutcome, QueueRevive, SetMember, Store,
+    StoreBackend, StoreError,
+};
 use crate::metrics::Metrics;
 
 pub struct MeteredStore {
@@ -66,6 +69,16 @@ impl Store for MeteredStore {
 
     async fn set_members(&self, set: &str, now_ms: u64) -> Result<Vec<SetMember>, StoreError> {
         self.observe("set_members", self.inner.set_members(set, now_ms).await)
+    }
+
+    async fn set_scan(
+        &self,
+        set: &str,
+        after: Option<&SetMember>,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<Vec<SetMember>, StoreError> {
+        self.observe("set_scan", self.inner.set_scan(set, after, limit, now_ms).await)
     }
 
     async fn record_get(&self, key: &str, now_ms: u64) -> Result<Option<Vec<u8>>, StoreError> {
@@ -134,6 +147,61 @@ impl Store for MeteredStore {
 
     async fn log_last(&self, log: &str) -> Result<Option<LogEntry>, StoreError> {
         self.observe("log_last", self.inner.log_last(log).await)
+    }
+
+    async fn queue_push(
+        &self,
+        queue: &str,
+        id: &str,
+        data: Vec<u8>,
+        due_at_ms: u64,
+        max_pending: usize,
+    ) -> Result<bool, StoreError> {
+        self.observe("queue_push", self.inner.queue_push(queue, id, data, due_at_ms, max_pending).await)
+    }
+
+    async fn queue_claim(
+        &self,
+        queue: &str,
+        now_ms: u64,
+        lease_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<QueueEntry>, StoreError> {
+        self.observe("queue_claim", self.inner.queue_claim(queue, now_ms, lease_ms, limit).await)
+    }
+
+    async fn queue_settle(
+        &self,
+        queue: &str,
+        id: &str,
+        claimed_until_ms: u64,
+        outcome: QueueOutcome,
+    ) -> Result<Option<u64>, StoreError> {
+        self.observe("queue_settle", self.inner.queue_settle(queue, id, claimed_until_ms, outcome).await)
+    }
+
+    async fn queue_list(
+        &self,
+        queue: &str,
+        lane: QueueLane,
+        limit: usize,
+    ) -> Result<Vec<QueueEntry>, StoreError> {
+        self.observe("queue_list", self.inner.queue_list(queue, lane, limit).await)
+    }
+
+    async fn queue_revive(
+        &self,
+        queue: &str,
+        id: &str,
+        data: Vec<u8>,
+        due_at_ms: u64,
+        max_pending: usize,
+    ) -> Result<QueueRevive, StoreError> {
+        self.observe("queue_revive", self.inner.queue_revive(queue, id, data, due_at_ms, max_pending).await)
+    }
+
+    async fn queue_delete(&self, queue: &str, lane: QueueLane, id: &str) -> Result<bool, StoreError> {
+        self.observe("queue_delete", self.inner.queue_delete(queue, lane, id).await)
     }
 
     async fn gcra(

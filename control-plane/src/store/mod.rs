@@ -10,7 +10,8 @@
 //!   ([`Store::record_compare_and_swap`]),
 //! - ordered change feeds read by cursor ([`Store::feed_read`]),
 //! - append-only logs with optimistic appends ([`Store::log_append_if_last`]),
-//! - rate-limit counters, one GCRA step per call ([`Store::gcra`], `rate_limit.rs`).
+//! - rate-limit counters, one GCRA step per call ([`Store::gcra`], `rate_limit.rs`),
+//! - work queues with claims, retries and dead letters ([`Store::queue_claim`]).
 //!
 //! Time is always an argument (`now_ms`, milliseconds since the Unix epoch): no
 //! backend reads a clock to decide whether something has expired, so every backend
@@ -41,6 +42,8 @@ pub use metered::MeteredStore;
 /// Reads of feeds and logs return at most this many entries per call, whatever the
 /// caller asks for, so one call can never stall a backend.
 pub const MAX_PAGE_SIZE: usize = 1000;
+/// [`Store::set_scan`] returns at most this many members per call.
+pub const MAX_SCAN_SIZE: usize = 10_000;
 
 /// Which technology a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -67,7 +70,7 @@ impl fmt::Display for StoreBackend {
 }
 
 /// A live member of an expiring set.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SetMember {
     pub member: String,
     pub expires_at_ms: u64,
@@ -105,6 +108,47 @@ pub struct FeedPage {
 pub struct LogEntry {
     pub seq: u64,
     pub data: Vec<u8>,
+}
+
+/// The two parts of a work queue: entries waiting to be worked on, and entries given up
+/// on (dead letters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QueueLane {
+    Pending,
+    Dead,
+}
+
+/// One entry of a work queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueEntry {
+    pub id: String,
+    /// Pending: when the entry is due (for a claimed entry, when its claim lapses: the
+    /// claim's fence). Dead: when it was given up on.
+    pub at_ms: u64,
+    pub data: Vec<u8>,
+}
+
+/// How a claimed queue entry ends ([`Store::queue_settle`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueOutcome {
+    /// The work is done: the entry is removed.
+    Done,
+    /// Try again at `due_at_ms`, with `data` replacing the entry's data.
+    Retry { data: Vec<u8>, due_at_ms: u64 },
+    /// Give up: the entry becomes a dead letter (at `at_ms`, with `data`). Beyond
+    /// `max_dead` dead letters the oldest are dropped.
+    Dead { data: Vec<u8>, at_ms: u64, max_dead: usize },
+}
+
+/// What [`Store::queue_revive`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueRevive {
+    /// The dead letter is pending again.
+    Revived,
+    /// There is no dead letter with that id.
+    NotDead,
+    /// The pending lane is full; nothing changed.
+    PendingFull,
 }
 
 /// Why [`Store::log_append_if_last`] did not append.
@@ -208,6 +252,22 @@ pub trait Store: Send + Sync {
     /// The live members, sorted by member; expired members are pruned, never returned.
     async fn set_members(&self, set: &str, now_ms: u64) -> Result<Vec<SetMember>, StoreError>;
 
+    /// One page of a scan over the live members: up to `limit` (capped at
+    /// [`MAX_SCAN_SIZE`]) members after `after`, the last member the previous page
+    /// returned (`None`: from the start), in the backend's scan order (by member for
+    /// memory and embedded; by expiry, then member, for Redis). A member live and
+    /// unchanged for the whole scan is returned exactly once, whatever else changes
+    /// meanwhile; a member added, removed or given a new expiry during the scan may be
+    /// missed or returned twice. An empty page ends the scan. Reads only: expired
+    /// members are skipped, not pruned.
+    async fn set_scan(
+        &self,
+        set: &str,
+        after: Option<&SetMember>,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<Vec<SetMember>, StoreError>;
+
     // --- records -----------------------------------------------------------------
 
     /// The record's value, `None` when absent or expired at `now_ms`.
@@ -271,6 +331,69 @@ pub trait Store: Send + Sync {
     /// The newest entry, `None` for an empty log.
     async fn log_last(&self, log: &str) -> Result<Option<LogEntry>, StoreError>;
 
+    // --- work queues ----------------------------------------------------------------
+
+    /// Adds a pending entry due at `due_at_ms`. Returns false (and changes nothing) when
+    /// the queue already has `max_pending` pending entries. An `id` already in the queue
+    /// (pending or dead) is left as it is and counts as added, so a retried push never
+    /// duplicates an entry.
+    async fn queue_push(
+        &self,
+        queue: &str,
+        id: &str,
+        data: Vec<u8>,
+        due_at_ms: u64,
+        max_pending: usize,
+    ) -> Result<bool, StoreError>;
+
+    /// Claims up to `limit` (capped at [`MAX_PAGE_SIZE`]) pending entries due at `now_ms`,
+    /// earliest due first (ties by id): each becomes due again at `now_ms + lease_ms`,
+    /// so an entry whose claimer died is claimed again once the lease is over. The
+    /// returned entries carry that new due time, the claim's fence for
+    /// [`Store::queue_settle`]. `lease_ms` must be positive.
+    async fn queue_claim(
+        &self,
+        queue: &str,
+        now_ms: u64,
+        lease_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<QueueEntry>, StoreError>;
+
+    /// Ends a claim: applies `outcome` if the entry is still pending and due at
+    /// `claimed_until_ms` (nobody claimed it since). Returns `None` when the claim was
+    /// lost (the entry is gone, dead, or due at another time), else how many old dead
+    /// letters were dropped to make room.
+    async fn queue_settle(
+        &self,
+        queue: &str,
+        id: &str,
+        claimed_until_ms: u64,
+        outcome: QueueOutcome,
+    ) -> Result<Option<u64>, StoreError>;
+
+    /// Up to `limit` (capped at [`MAX_PAGE_SIZE`]) entries of one lane, oldest first
+    /// (by `at_ms`, ties by id).
+    async fn queue_list(
+        &self,
+        queue: &str,
+        lane: QueueLane,
+        limit: usize,
+    ) -> Result<Vec<QueueEntry>, StoreError>;
+
+    /// Makes a dead letter pending again, due at `due_at_ms`, with `data`, unless the
+    /// pending lane already holds `max_pending` entries.
+    async fn queue_revive(
+        &self,
+        queue: &str,
+        id: &str,
+        data: Vec<u8>,
+        due_at_ms: u64,
+        max_pending: usize,
+    ) -> Result<QueueRevive, StoreError>;
+
+    /// Removes an entry of `lane`; false when there was none.
+    async fn queue_delete(&self, queue: &str, lane: QueueLane, id: &str) -> Result<bool, StoreError>;
+
     // --- rate-limit counters ------------------------------------------------------
 
     /// Applies `op` to the GCRA counter `key` of `limit` per `unit` at `now_ms`, as one
@@ -291,6 +414,13 @@ pub trait Store: Send + Sync {
         op: RateLimitOp,
         now_ms: u64,
     ) -> Result<RateLimitResult, StoreError>;
+}
+
+fn require_positive_lease(lease_ms: u64) -> Result<(), StoreError> {
+    if lease_ms == 0 {
+        return Err(StoreError::InvalidArgument("a queue claim's lease must be positive".to_owned()));
+    }
+    Ok(())
 }
 
 fn require_positive_ttl(ttl_ms: u64) -> Result<(), StoreError> {

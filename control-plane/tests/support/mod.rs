@@ -288,7 +288,7 @@ use portcullis_control_plane::store::{EmbeddedStore, MemoryStore, RedisStore, St
 #[derive(Clone)]
 pub struct Backend {
     pub store: Arc<dyn Store>,
-    _dir: Option<Arc<tempfile::TempDir>>,
+    dir: Option<Arc<tempfile::TempDir>>,
     /// Opens another connection to the same data (Redis backends).
     reopen: Option<Arc<dyn Fn() -> Arc<dyn Store> + Send + Sync>>,
 }
@@ -302,41 +302,66 @@ impl Backend {
             None => Arc::clone(&self.store),
         }
     }
+
+    /// The store as a restarted control plane finds it: the embedded database opened
+    /// again from its file, a new connection to the same Redis data, the same memory
+    /// store (it is the process' own). Every other handle on the store must be gone
+    /// (the embedded database refuses a second opener).
+    pub fn restart(self) -> Backend {
+        let Backend { store, dir, reopen } = self;
+        let store: Arc<dyn Store> = match (&reopen, &dir) {
+            (Some(open), _) => {
+                drop(store);
+                open()
+            }
+            (None, Some(dir)) => {
+                drop(store);
+                Arc::new(
+                    EmbeddedStore::open(dir.path()).expect("reopen the embedded store: is a handle left?"),
+                )
+            }
+            (None, None) => store,
+        };
+        Backend { store, dir, reopen }
+    }
 }
 
-/// What a test of [`backends!`] takes: the whole [`Backend`], or just its store.
-pub trait FromBackend {
-    fn from_backend(backend: &Backend) -> Self;
+/// What a test of [`backends!`] takes: the whole [`Backend`] (its own, so it can
+/// [`Backend::restart`] it), or just its store (the backend is then kept alive beside
+/// the test).
+pub trait FromBackend: Sized {
+    /// The test's argument, and what must outlive the test.
+    fn take(backend: Backend) -> (Self, Option<Backend>);
 }
 
 impl FromBackend for Backend {
-    fn from_backend(backend: &Backend) -> Self {
-        backend.clone()
+    fn take(backend: Backend) -> (Self, Option<Backend>) {
+        (backend, None)
     }
 }
 
 impl FromBackend for Arc<dyn Store> {
-    fn from_backend(backend: &Backend) -> Self {
-        Arc::clone(&backend.store)
+    fn take(backend: Backend) -> (Self, Option<Backend>) {
+        (Arc::clone(&backend.store), Some(backend))
     }
 }
 
 pub fn memory() -> Backend {
-    Backend { store: Arc::new(MemoryStore::new()), _dir: None, reopen: None }
+    Backend { store: Arc::new(MemoryStore::new()), dir: None, reopen: None }
 }
 
 pub fn embedded() -> Backend {
     let dir = tempfile::tempdir().unwrap();
     Backend {
         store: Arc::new(EmbeddedStore::open(dir.path()).unwrap()),
-        _dir: Some(Arc::new(dir)),
+        dir: Some(Arc::new(dir)),
         reopen: None,
     }
 }
 
 /// A Redis backend: `open` makes a store with its own connection to the same data.
 fn redis_backend(open: impl Fn() -> Arc<dyn Store> + Send + Sync + 'static) -> Backend {
-    Backend { store: open(), _dir: None, reopen: Some(Arc::new(open)) }
+    Backend { store: open(), dir: None, reopen: Some(Arc::new(open)) }
 }
 
 pub fn redis() -> Backend {
@@ -374,8 +399,8 @@ macro_rules! backends {
     (@backend $test:ident $backend:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $backend() {
-            let backend = crate::support::$backend();
-            super::$test(crate::support::FromBackend::from_backend(&backend)).await;
+            let (argument, _alive) = crate::support::FromBackend::take(crate::support::$backend());
+            super::$test(argument).await;
         }
     };
 }
@@ -412,63 +437,77 @@ pub fn cli(url: &str, admin_token: Option<&str>, args: &[&str]) -> Output {
 /// A control plane process, killed on drop.
 pub struct Server {
     child: Child,
+    /// The admin listener.
     pub url: String,
-    /// Where the log (stderr) goes when the test reads it.
-    log: Option<tempfile::NamedTempFile>,
+    /// The internal listener (fleet credential [`FLEET_CREDENTIAL`]).
+    pub internal_url: String,
+    /// Where the log (stderr) goes.
+    log: tempfile::NamedTempFile,
 }
 
 impl Server {
     pub fn start(admin_token: &str, args: &[&str]) -> Self {
-        Self::spawn(admin_token, args, None)
+        Self::spawn(admin_token, args)
     }
 
-    /// Like [`Server::start`], with the log kept for [`Server::log`].
+    /// Like [`Server::start`]; for tests that read [`Server::log`] (every server keeps
+    /// its log).
     pub fn start_logged(admin_token: &str, args: &[&str]) -> Self {
-        Self::spawn(admin_token, args, Some(tempfile::NamedTempFile::new().unwrap()))
+        Self::spawn(admin_token, args)
     }
 
-    fn spawn(admin_token: &str, args: &[&str], log: Option<tempfile::NamedTempFile>) -> Self {
-        let port = free_port();
-        let stderr = match &log {
-            Some(file) => Stdio::from(file.reopen().unwrap()),
-            None => Stdio::inherit(),
-        };
-        let child = command(SERVER)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(args)
-            .env("PORTCULLIS_ADMIN_TOKEN", admin_token)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        let mut server = Self { child, url: format!("http://127.0.0.1:{port}"), log };
-        server.wait_until_healthy();
-        server
+    /// Starts the server on two free ports. A port can be taken by another process
+    /// between the probe and the server's bind: the server then stops with `cannot
+    /// listen on`, and is started again on other ports.
+    fn spawn(admin_token: &str, args: &[&str]) -> Self {
+        for _ in 0..5 {
+            let log = tempfile::NamedTempFile::new().unwrap();
+            let ports = free_ports(2);
+            let (admin, internal) = (ports[0], ports[1]);
+            let child = command(SERVER)
+                .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+                .args(["--internal-listen", &format!("127.0.0.1:{internal}")])
+                .args(args)
+                .env("PORTCULLIS_ADMIN_TOKEN", admin_token)
+                .env("PORTCULLIS_FLEET_CREDENTIAL", FLEET_CREDENTIAL)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(log.reopen().unwrap()))
+                .spawn()
+                .unwrap();
+            let mut server = Self {
+                child,
+                url: format!("http://127.0.0.1:{admin}"),
+                internal_url: format!("http://127.0.0.1:{internal}"),
+                log,
+            };
+            match server.wait_until_healthy() {
+                Ok(()) => return server,
+                Err(log) if log.contains("cannot listen on") => continue,
+                Err(log) => panic!("server exited early; its log:\n{log}"),
+            }
+        }
+        panic!("no two free ports the server could bind in five attempts");
     }
 
-    /// What the server logged so far (only for [`Server::start_logged`]).
+    /// What the server logged so far.
     pub fn log(&self) -> String {
-        let file = self.log.as_ref().expect("started with start_logged");
-        std::fs::read_to_string(file.path()).unwrap()
+        std::fs::read_to_string(self.log.path()).unwrap()
     }
 
-    fn wait_until_healthy(&mut self) {
+    /// `Err(log)` when the server exited before it was healthy.
+    fn wait_until_healthy(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
-                let log = self.log.as_ref().map(|f| std::fs::read_to_string(f.path()).unwrap_or_default());
-                panic!(
-                    "server exited early: {status}{}",
-                    log.map(|l| format!("; its log:\n{l}")).unwrap_or_default()
-                );
+                return Err(format!("{status}\n{}", self.log()));
             }
             if cli(&self.url, None, &["health"]).status.success() {
-                return;
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("server did not become healthy");
+        panic!("server did not become healthy; its log:\n{}", self.log());
     }
 
     /// Sends SIGTERM and returns whether the process exited successfully.
@@ -490,5 +529,143 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+// --- the two listeners, in process ---------------------------------------------------
+
+use axum::body::Body;
+use axum::http::header::AUTHORIZATION;
+use axum::http::Request;
+use axum::response::Response;
+use axum::Router;
+use portcullis_control_plane::admin_credential::FleetCredentials;
+use portcullis_control_plane::{admin_app, internal_app, AppState};
+use portcullis_core::fleet::{FeedKey, FleetCredential};
+use tower::ServiceExt as _;
+
+/// The fleet credential the in-process tests' Envoys would present.
+pub const FLEET_CREDENTIAL: &str = "support-fleet-credential-0123456789abcdef";
+
+pub fn fleet_credential() -> FleetCredential {
+    FleetCredential::new(FLEET_CREDENTIAL).unwrap()
+}
+
+/// The accepted fleet credentials: [`FLEET_CREDENTIAL`] only.
+pub fn fleet_credentials() -> Arc<FleetCredentials> {
+    Arc::new(FleetCredentials::new(&fleet_credential(), None).unwrap())
+}
+
+/// The feed key callers presenting [`FLEET_CREDENTIAL`] get hashes under.
+pub fn feed_key() -> FeedKey {
+    fleet_credential().feed_key()
+}
+
+/// Both listeners of one state, called without a socket.
+#[derive(Clone)]
+pub struct Listeners {
+    pub admin: Router,
+    pub internal: Router,
+}
+
+impl Listeners {
+    pub fn new(state: AppState) -> Self {
+        Self { admin: admin_app(state.clone()), internal: internal_app(state) }
+    }
+
+    /// Sends a request where a deployment would: the admin API and metrics to the admin
+    /// listener; everything else to the internal one, with the fleet credential unless
+    /// the request carries an `Authorization` header already.
+    pub async fn send(&self, mut request: Request<Body>) -> Response {
+        let path = request.uri().path();
+        if path.starts_with("/admin/") || path == "/metrics" {
+            return self.admin.clone().oneshot(request).await.unwrap();
+        }
+        if !request.headers().contains_key(AUTHORIZATION) {
+            let value = format!("Bearer {FLEET_CREDENTIAL}").parse().unwrap();
+            request.headers_mut().insert(AUTHORIZATION, value);
+        }
+        self.internal.clone().oneshot(request).await.unwrap()
+    }
+}
+
+/// The value of the metric line starting with `line_prefix` in OpenMetrics `text`
+/// (0 when absent).
+pub fn metric_value(text: &str, line_prefix: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_prefix).map(|v| v.trim().parse::<f64>().unwrap() as u64))
+        .unwrap_or(0)
+}
+
+// --- a webhook receiver -----------------------------------------------------------------
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+
+/// One request a [`Receiver`] got, and how it answered.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub status: StatusCode,
+}
+
+/// An HTTP server on 127.0.0.1 that records what is posted to `/hook` and answers
+/// `status`, or 503 while down or while failures are scripted.
+#[derive(Clone)]
+pub struct Receiver {
+    pub url: String,
+    received: Arc<std::sync::Mutex<Vec<Received>>>,
+    failures_left: Arc<AtomicU32>,
+    down: Arc<std::sync::atomic::AtomicBool>,
+}
+
+pub async fn receiver(status: StatusCode) -> Receiver {
+    let received: Arc<std::sync::Mutex<Vec<Received>>> = Arc::default();
+    let failures_left = Arc::new(AtomicU32::new(0));
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (sink, failing, is_down) = (Arc::clone(&received), Arc::clone(&failures_left), Arc::clone(&down));
+    let router = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let (sink, failing, is_down) = (Arc::clone(&sink), Arc::clone(&failing), Arc::clone(&is_down));
+            async move {
+                let scripted =
+                    failing.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+                let answer = if is_down.load(Ordering::SeqCst) || scripted {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    status
+                };
+                sink.lock().unwrap().push(Received { headers, body, status: answer });
+                answer
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    Receiver { url, received, failures_left, down }
+}
+
+impl Receiver {
+    /// Every request, refused ones included.
+    pub fn requests(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// The requests answered with a 2xx.
+    pub fn accepted(&self) -> Vec<Received> {
+        self.requests().into_iter().filter(|r| r.status.is_success()).collect()
+    }
+
+    /// The next `n` requests get a 503.
+    pub fn fail_next(&self, n: u32) {
+        self.failures_left.store(n, Ordering::SeqCst);
+    }
+
+    /// While down, every request gets a 503.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
     }
 }

@@ -4,8 +4,9 @@
 //! Keys are SHA-256(provider name, 0x00, token): the cache never holds the token itself.
 //! An entry expires at min(token `exp`, insertion time + `max_ttl_secs`) and is never
 //! returned after that. Claims that can change independently of the token (token
-//! versions, revocations) must still be checked on every hit. Clear the cache when a key
-//! set changes, or rely on `max_ttl_secs` to bound how long a removed key's tokens live.
+//! versions, revocations) must still be checked on every hit. When a key is revoked,
+//! [`VerifiedTokenCache::remove_where`] drops the tokens it signed; otherwise
+//! `max_ttl_secs` bounds how long a removed key's tokens live.
 //!
 //! The LRU list is a doubly-linked list threaded through a slab, so `get` and `insert` are
 //! O(1) apart from hashing.
@@ -149,6 +150,21 @@ impl VerifiedTokenCache {
         shared
     }
 
+    /// Drops every cached token for which `doomed` is true (e.g. signed by a revoked
+    /// key); returns how many were dropped.
+    pub fn remove_where(&mut self, doomed: impl Fn(&VerifiedToken) -> bool) -> usize {
+        let indices: Vec<usize> = self
+            .map
+            .values()
+            .copied()
+            .filter(|&idx| self.nodes.get(idx).is_some_and(|node| doomed(&node.token)))
+            .collect();
+        for &idx in &indices {
+            self.remove(idx);
+        }
+        indices.len()
+    }
+
     fn remove(&mut self, idx: usize) {
         let Some(key) = self.nodes.get(idx).map(|n| n.key) else {
             return;
@@ -279,6 +295,28 @@ mod tests {
         c.clear();
         assert!(c.is_empty());
         assert!(c.get("p", "d", 1000).is_none());
+    }
+
+    #[test]
+    fn tokens_of_a_revoked_key_are_removed_and_the_rest_stay_usable() {
+        let mut c = VerifiedTokenCache::new(4);
+        let signed_by =
+            |kid: &str, sub: &str| VerifiedToken { kid: Some(kid.into()), ..token(Some(2000), sub) };
+        c.insert("p", "a", signed_by("old", "a"), 1000, 600);
+        c.insert("p", "b", signed_by("new", "b"), 1000, 600);
+        c.insert("p", "c", signed_by("old", "c"), 1000, 600);
+        assert_eq!(c.remove_where(|t| t.kid.as_deref() == Some("old")), 2);
+        assert_eq!(c.len(), 1);
+        assert!(c.get("p", "a", 1001).is_none() && c.get("p", "c", 1001).is_none());
+        assert!(c.get("p", "b", 1001).is_some());
+        // Freed slots are reused and the LRU order still holds.
+        for t in ["d", "e", "f"] {
+            c.insert("p", t, signed_by("new", t), 1001, 600);
+        }
+        assert_eq!(c.len(), 4);
+        assert!(c.nodes.len() <= 4);
+        c.insert("p", "g", signed_by("new", "g"), 1002, 600);
+        assert!(c.get("p", "b", 1002).is_none(), "b was the least recently used");
     }
 
     #[test]

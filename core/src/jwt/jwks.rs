@@ -54,7 +54,7 @@ pub(crate) struct VerificationKey {
 /// A parsed key set, cheap to clone and share between requests.
 #[derive(Clone, Default)]
 pub struct KeySet {
-    keys: Arc<Vec<VerificationKey>>,
+    keys: Arc<Vec<Arc<VerificationKey>>>,
 }
 
 /// A key that was skipped (or accepted with a remark) while loading a JWKS. Never
@@ -183,7 +183,7 @@ impl KeySet {
                 Err(message) => warnings.push(warn(format!("skipped: {message}"))),
             }
         }
-        Ok((KeySet { keys: Arc::new(keys) }, warnings))
+        Ok((KeySet { keys: Arc::new(keys.into_iter().map(Arc::new).collect()) }, warnings))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -209,8 +209,17 @@ impl KeySet {
         self.keys.iter().map(|k| k.alg).collect()
     }
 
-    pub(crate) fn keys(&self) -> &[VerificationKey] {
-        &self.keys
+    /// The same set without the keys whose `kid` is in `kids` (revoked keys).
+    pub fn without_kids(&self, kids: &std::collections::BTreeSet<String>) -> KeySet {
+        if !self.keys.iter().any(|k| k.kid.as_ref().is_some_and(|kid| kids.contains(kid))) {
+            return self.clone();
+        }
+        let kept = self.keys.iter().filter(|k| !k.kid.as_ref().is_some_and(|kid| kids.contains(kid)));
+        KeySet { keys: Arc::new(kept.cloned().collect()) }
+    }
+
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &VerificationKey> {
+        self.keys.iter().map(AsRef::as_ref)
     }
 }
 

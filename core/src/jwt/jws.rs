@@ -131,17 +131,16 @@ pub fn verify_signature(
     if keys.is_empty() {
         return Err(Reason::NoKeys);
     }
-    let all = keys.keys();
     let candidates: Vec<&VerificationKey> = match &jws.header.kid {
         Some(kid) => {
             let named: Vec<&VerificationKey> =
-                all.iter().filter(|k| k.kid.as_deref() == Some(kid.as_str())).collect();
+                keys.keys().filter(|k| k.kid.as_deref() == Some(kid.as_str())).collect();
             if named.is_empty() {
                 return Err(Reason::UnknownKid);
             }
             named.into_iter().filter(|k| k.alg == alg).take(MAX_CANDIDATE_KEYS).collect()
         }
-        None => all.iter().filter(|k| k.alg == alg).take(MAX_CANDIDATE_KEYS).collect(),
+        None => keys.keys().filter(|k| k.alg == alg).take(MAX_CANDIDATE_KEYS).collect(),
     };
     if candidates.is_empty() {
         // The key named by `kid` (or every key) is bound to another algorithm.

@@ -30,4 +30,4 @@ pub use provider::{
     ExtractedToken, KeySource, Provider, ProviderConfig, RemoteJwks, TokenLocation, VerifiedToken,
 };
 pub use reason::Reason;
-pub use versions::VersionState;
+pub use versions::{MinimumVersions, VersionState};

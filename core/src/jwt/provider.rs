@@ -15,7 +15,7 @@ use super::jwks::{JwksWarning, KeySet};
 use super::jws;
 use super::reason::Reason;
 pub use super::token::VerifiedToken;
-use super::versions::VersionState;
+use super::versions::{MinimumVersions, VersionState};
 use crate::error::ConfigError;
 use crate::request::RequestParts;
 
@@ -499,6 +499,7 @@ impl Provider {
                         rotated_at: tv.rotated_at,
                         grace_seconds: tv.grace_seconds,
                         user_min_versions: tv.user_min_versions,
+                        version_ceiling: 0,
                     },
                 })
             }
@@ -625,13 +626,14 @@ impl Provider {
     /// Token-version check, separate from `verify` so it also runs on cache hits.
     ///
     /// The version is the configured claim (a non-negative integer; absent means 0, any
-    /// other type is `malformed`). Below the subject's minimum: `version_too_old`,
-    /// immediately. Below the global minimum: accepted only until `rotated_at +
-    /// grace_seconds`. Without a `tokenVersion` policy every token passes.
+    /// other type is `malformed`). Above the control plane's ceiling: `version_unknown`.
+    /// Below the subject's minimum: `version_too_old`, immediately. Below the global
+    /// minimum: accepted only until `rotated_at + grace_seconds`. Without a
+    /// `tokenVersion` policy every token passes.
     pub fn check_version(
         &self,
         t: &VerifiedToken,
-        state: &VersionState,
+        state: &dyn MinimumVersions,
         now_unix_secs: u64,
     ) -> Result<(), Reason> {
         let Some(policy) = &self.token_version else {
@@ -642,11 +644,7 @@ impl Provider {
             Some(v) => v.as_u64().ok_or(Reason::Malformed)?,
         };
         let subject = t.claim(&policy.subject_claim).and_then(Value::as_str);
-        if state.accepts(subject, version, now_unix_secs) {
-            Ok(())
-        } else {
-            Err(Reason::VersionTooOld)
-        }
+        state.check(subject, version, now_unix_secs)
     }
 
     /// Headers to add upstream: `claimToHeaders` (strings as-is, numbers and booleans as

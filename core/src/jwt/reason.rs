@@ -37,6 +37,9 @@ pub enum Reason {
     BadType,
     /// The token version is below the minimum for its subject or for everyone.
     VersionTooOld,
+    /// The token version is above every version the issuer has issued (its published
+    /// ceiling): minted with a leaked key to outlive the next breach rotation.
+    VersionUnknown,
     /// The token was revoked.
     Revoked,
     /// The key set is empty or not loaded yet.
@@ -45,7 +48,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in declaration order (for metrics registration and tests).
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 17] = [
         Reason::Malformed,
         Reason::TooLarge,
         Reason::UnsupportedAlgorithm,
@@ -60,6 +63,7 @@ impl Reason {
         Reason::ClaimMismatch,
         Reason::BadType,
         Reason::VersionTooOld,
+        Reason::VersionUnknown,
         Reason::Revoked,
         Reason::NoKeys,
     ];
@@ -81,6 +85,7 @@ impl Reason {
             Reason::ClaimMismatch => "claim_mismatch",
             Reason::BadType => "bad_type",
             Reason::VersionTooOld => "version_too_old",
+            Reason::VersionUnknown => "version_unknown",
             Reason::Revoked => "revoked",
             Reason::NoKeys => "no_keys",
         }
@@ -103,6 +108,7 @@ impl Reason {
             Reason::ClaimMismatch => "The access token has an unexpected claim value",
             Reason::BadType => "The access token type is not accepted",
             Reason::VersionTooOld => "The access token version is no longer accepted",
+            Reason::VersionUnknown => "The access token version was never issued",
             Reason::Revoked => "The access token was revoked",
             Reason::NoKeys => "No verification keys are available",
         }

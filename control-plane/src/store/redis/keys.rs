@@ -102,6 +102,22 @@ impl KeySpace {
         self.key("log", name, Some("entries"))
     }
 
+    /// Sorted set: a work queue's pending entries, id -> due time ms. A queue's keys
+    /// share one hash tag: claims and settles move entries between them atomically.
+    pub fn queue_pending(&self, name: &str) -> String {
+        self.key("queue", name, Some("pending"))
+    }
+
+    /// Sorted set: a work queue's dead letters, id -> when given up on (ms).
+    pub fn queue_dead(&self, name: &str) -> String {
+        self.key("queue", name, Some("dead"))
+    }
+
+    /// Hash: a work queue's entries of both lanes, id -> data.
+    pub fn queue_data(&self, name: &str) -> String {
+        self.key("queue", name, Some("data"))
+    }
+
     /// String: a rate-limit counter's TAT in µs (absent: a full bucket). One key per
     /// counter, so the whole counter is its own hash tag.
     pub fn rate_limit(&self, name: &str) -> String {
@@ -126,6 +142,9 @@ mod tests {
         assert_eq!(hash_tag(&keys.feed_meta("revocations")), "feed:revocations");
         assert_eq!(hash_tag(&keys.feed_meta("revocations")), hash_tag(&keys.feed_entries("revocations")));
         assert_eq!(hash_tag(&keys.log_seq("audit")), hash_tag(&keys.log_entries("audit")));
+        assert_eq!(hash_tag(&keys.queue_pending("webhooks")), "queue:webhooks");
+        assert_eq!(hash_tag(&keys.queue_pending("webhooks")), hash_tag(&keys.queue_dead("webhooks")));
+        assert_eq!(hash_tag(&keys.queue_pending("webhooks")), hash_tag(&keys.queue_data("webhooks")));
     }
 
     #[test]

@@ -37,8 +37,9 @@ use tokio::sync::OnceCell;
 pub use keys::KeySpace;
 
 use super::{
-    feed_page, is_live, is_live_opt, rate_limit, require_positive_ttl, FeedEntry, FeedPage, LogAppendError,
-    LogEntry, SetMember, Store, StoreBackend, StoreError, MAX_PAGE_SIZE,
+    feed_page, is_live, is_live_opt, rate_limit, require_positive_lease, require_positive_ttl, FeedEntry,
+    FeedPage, LogAppendError, LogEntry, QueueEntry, QueueLane, QueueOutcome, QueueRevive, SetMember, Store,
+    StoreBackend, StoreError, MAX_PAGE_SIZE, MAX_SCAN_SIZE,
 };
 use crate::tls::{rustls_error, CaBundle, ClientIdentity};
 
@@ -372,6 +373,20 @@ fn bytes(value: Value, what: &str) -> Result<Vec<u8>, StoreError> {
 
 /// Sorted-set scores are doubles; ours are whole milliseconds, possibly rendered as
 /// `1.7e12` by some Redis versions.
+/// A flat `member, score, member, score, …` listing.
+fn set_listing(flat: Vec<String>) -> Result<Vec<SetMember>, StoreError> {
+    flat.chunks(2)
+        .map(|pair| match pair {
+            [member, score] => Ok(SetMember {
+                member: member.clone(),
+                expires_at_ms: parse_score(score)
+                    .ok_or_else(|| StoreError::CorruptData(format!("set score {score:?} is not a number")))?,
+            }),
+            _ => Err(StoreError::CorruptData("odd-length set member listing".to_owned())),
+        })
+        .collect()
+}
+
 fn parse_score(text: &str) -> Option<u64> {
     text.parse::<u64>().ok().or_else(|| {
         let f = text.parse::<f64>().ok()?;
@@ -387,6 +402,18 @@ fn parse_expiry(raw: Option<Vec<u8>>) -> Result<Option<u64>, StoreError> {
             .ok_or_else(|| StoreError::CorruptData("record expiry is not a number".to_owned()))
     })
     .transpose()
+}
+
+fn queue_lane_key(keys: &KeySpace, queue: &str, lane: QueueLane) -> String {
+    match lane {
+        QueueLane::Pending => keys.queue_pending(queue),
+        QueueLane::Dead => keys.queue_dead(queue),
+    }
+}
+
+fn text(value: Value, what: &str) -> Result<String, StoreError> {
+    String::from_utf8(bytes(value, what)?)
+        .map_err(|_| StoreError::CorruptData(format!("{what} is not UTF-8")))
 }
 
 /// Feed entries are stored as the 8-byte big-endian append time, then the data.
@@ -476,21 +503,29 @@ impl Store for RedisStore {
     async fn set_members(&self, set: &str, now_ms: u64) -> Result<Vec<SetMember>, StoreError> {
         let mut script = scripts::SET_MEMBERS.prepare_invoke();
         script.key(self.keys.set(set)).arg(now_ms);
-        let flat: Vec<String> = self.invoke(script).await?;
-        let mut members = flat
-            .chunks(2)
-            .map(|pair| match pair {
-                [member, score] => Ok(SetMember {
-                    member: member.clone(),
-                    expires_at_ms: parse_score(score).ok_or_else(|| {
-                        StoreError::CorruptData(format!("set score {score:?} is not a number"))
-                    })?,
-                }),
-                _ => Err(StoreError::CorruptData("odd-length set member listing".to_owned())),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut members = set_listing(self.invoke(script).await?)?;
         members.sort_by(|a, b| a.member.cmp(&b.member));
         Ok(members)
+    }
+
+    async fn set_scan(
+        &self,
+        set: &str,
+        after: Option<&SetMember>,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<Vec<SetMember>, StoreError> {
+        let limit = limit.min(MAX_SCAN_SIZE);
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut script = scripts::SET_SCAN.prepare_invoke();
+        script.key(self.keys.set(set)).arg(now_ms).arg(limit);
+        match after {
+            Some(a) => script.arg(a.expires_at_ms).arg(a.member.as_str()),
+            None => script.arg("").arg(""),
+        };
+        set_listing(self.invoke(script).await?)
     }
 
     async fn record_get(&self, key: &str, now_ms: u64) -> Result<Option<Vec<u8>>, StoreError> {
@@ -654,6 +689,145 @@ impl Store for RedisStore {
             self.query(redis::cmd("HGET").arg(self.keys.log_entries(log)).arg(seq)).await?;
         let data = data.ok_or_else(|| StoreError::CorruptData(format!("log {log:?} has no entry {seq}")))?;
         Ok(Some(LogEntry { seq, data }))
+    }
+
+    async fn queue_push(
+        &self,
+        queue: &str,
+        id: &str,
+        data: Vec<u8>,
+        due_at_ms: u64,
+        max_pending: usize,
+    ) -> Result<bool, StoreError> {
+        let mut script = scripts::QUEUE_PUSH.prepare_invoke();
+        script
+            .key(self.keys.queue_pending(queue))
+            .key(self.keys.queue_data(queue))
+            .arg(id)
+            .arg(due_at_ms)
+            .arg(data)
+            .arg(max_pending);
+        let added: i64 = self.invoke(script).await?;
+        Ok(added == 1)
+    }
+
+    async fn queue_claim(
+        &self,
+        queue: &str,
+        now_ms: u64,
+        lease_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<QueueEntry>, StoreError> {
+        require_positive_lease(lease_ms)?;
+        let limit = limit.min(MAX_PAGE_SIZE);
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let until = now_ms.saturating_add(lease_ms);
+        let mut script = scripts::QUEUE_CLAIM.prepare_invoke();
+        script
+            .key(self.keys.queue_pending(queue))
+            .key(self.keys.queue_data(queue))
+            .arg(now_ms)
+            .arg(until)
+            .arg(limit);
+        let reply: Vec<Value> = self.invoke(script).await?;
+        let mut items = reply.into_iter();
+        let mut claimed = Vec::new();
+        while let Some(id) = items.next() {
+            let data = items.next().ok_or_else(|| StoreError::CorruptData("queue claim reply".to_owned()))?;
+            claimed.push(QueueEntry {
+                id: text(id, "queue id")?,
+                at_ms: until,
+                data: bytes(data, "queue data")?,
+            });
+        }
+        Ok(claimed)
+    }
+
+    async fn queue_settle(
+        &self,
+        queue: &str,
+        id: &str,
+        claimed_until_ms: u64,
+        outcome: QueueOutcome,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut script = scripts::QUEUE_SETTLE.prepare_invoke();
+        script
+            .key(self.keys.queue_pending(queue))
+            .key(self.keys.queue_dead(queue))
+            .key(self.keys.queue_data(queue))
+            .arg(id)
+            .arg(claimed_until_ms);
+        match outcome {
+            QueueOutcome::Done => script.arg("done").arg("").arg(0).arg(0),
+            QueueOutcome::Retry { data, due_at_ms } => script.arg("retry").arg(data).arg(due_at_ms).arg(0),
+            QueueOutcome::Dead { data, at_ms, max_dead } => {
+                script.arg("dead").arg(data).arg(at_ms).arg(max_dead)
+            }
+        };
+        let settled: i64 = self.invoke(script).await?;
+        Ok(u64::try_from(settled).ok())
+    }
+
+    async fn queue_list(
+        &self,
+        queue: &str,
+        lane: QueueLane,
+        limit: usize,
+    ) -> Result<Vec<QueueEntry>, StoreError> {
+        let limit = limit.min(MAX_PAGE_SIZE);
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut script = scripts::QUEUE_LIST.prepare_invoke();
+        script.key(queue_lane_key(&self.keys, queue, lane)).key(self.keys.queue_data(queue)).arg(limit);
+        let reply: Vec<Value> = self.invoke(script).await?;
+        let mut items = reply.into_iter();
+        let mut entries = Vec::new();
+        while let Some(id) = items.next() {
+            let (Some(at), Some(data)) = (items.next(), items.next()) else {
+                return Err(StoreError::CorruptData("queue list reply".to_owned()));
+            };
+            entries.push(QueueEntry {
+                id: text(id, "queue id")?,
+                at_ms: int(&at, "queue time")?,
+                data: bytes(data, "queue data")?,
+            });
+        }
+        Ok(entries)
+    }
+
+    async fn queue_revive(
+        &self,
+        queue: &str,
+        id: &str,
+        data: Vec<u8>,
+        due_at_ms: u64,
+        max_pending: usize,
+    ) -> Result<QueueRevive, StoreError> {
+        let mut script = scripts::QUEUE_REVIVE.prepare_invoke();
+        script
+            .key(self.keys.queue_pending(queue))
+            .key(self.keys.queue_dead(queue))
+            .key(self.keys.queue_data(queue))
+            .arg(id)
+            .arg(due_at_ms)
+            .arg(data)
+            .arg(max_pending);
+        let revived: i64 = self.invoke(script).await?;
+        Ok(match revived {
+            1 => QueueRevive::Revived,
+            0 => QueueRevive::PendingFull,
+            _ => QueueRevive::NotDead,
+        })
+    }
+
+    async fn queue_delete(&self, queue: &str, lane: QueueLane, id: &str) -> Result<bool, StoreError> {
+        let mut script = scripts::QUEUE_DELETE.prepare_invoke();
+        script.key(queue_lane_key(&self.keys, queue, lane)).key(self.keys.queue_data(queue)).arg(id);
+        let removed: i64 = self.invoke(script).await?;
+        Ok(removed == 1)
     }
 
     async fn gcra(

@@ -89,6 +89,49 @@ return redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
     )
 });
 
+/// One page of a scan over a set, in the sorted set's own order (score = expiry, then
+/// member, byte-wise).
+///
+/// KEYS[1]: sorted set; ARGV[1]: now_ms; ARGV[2]: limit; ARGV[3]: the score of the
+/// member the previous page ended with ('' to start); ARGV[4]: that member.
+/// Returns a flat array member, score, member, score, ...
+///
+/// The page starts right after the position (score, member), found in O(log n)
+/// whether or not that member is still in the set: the rank of `member .. "\0"`, which
+/// sorts immediately after it, inserted at that score and removed again within the
+/// script (so nobody ever sees it). Expired members (score <= now) sort first and are
+/// skipped. If the position member itself was given another expiry meanwhile, the
+/// probe cannot be placed; the page then starts at the first member of the old score,
+/// which may repeat a few members but never skips one.
+///
+/// Why a script: the probe must be invisible, and the rank it yields must describe the
+/// same snapshot the page is read from.
+pub static SET_SCAN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local start = redis.call('ZCOUNT', KEYS[1], '-inf', ARGV[1])
+if ARGV[3] ~= '' then
+  local probe = ARGV[4] .. '\0'
+  local existing = redis.call('ZSCORE', KEYS[1], probe)
+  local rank
+  if existing == false then
+    redis.call('ZADD', KEYS[1], ARGV[3], probe)
+    rank = redis.call('ZRANK', KEYS[1], probe)
+    redis.call('ZREM', KEYS[1], probe)
+  elseif tonumber(existing) == tonumber(ARGV[3]) then
+    rank = redis.call('ZRANK', KEYS[1], probe)
+  else
+    rank = redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. ARGV[3])
+  end
+  if rank > start then
+    start = rank
+  end
+end
+return redis.call('ZRANGE', KEYS[1], start, start + tonumber(ARGV[2]) - 1, 'WITHSCORES')
+",
+    )
+});
+
 /// Write a record with an expiry.
 ///
 /// KEYS[1]: record hash (`v` value, `x` expiry ms)
@@ -272,6 +315,162 @@ end
 local seq = redis.call('INCR', KEYS[1])
 redis.call('HSET', KEYS[2], seq, ARGV[2])
 return {1, seq}
+",
+    )
+});
+
+/// Add a pending entry to a work queue, within a bound.
+///
+/// KEYS[1]: pending sorted set (id -> due ms); KEYS[2]: data hash (id -> data)
+/// ARGV[1]: id; ARGV[2]: due_at_ms; ARGV[3]: data; ARGV[4]: max pending entries
+/// Returns 1 when added (or already there), 0 when the pending lane is full.
+///
+/// Why a script: counting the pending entries and adding one must be one step, or two
+/// clients could both see room for one more and overflow the bound.
+pub static QUEUE_PUSH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
+  return 1
+end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+return 1
+",
+    )
+});
+
+/// Claim the due entries of a work queue.
+///
+/// KEYS[1]: pending sorted set; KEYS[2]: data hash
+/// ARGV[1]: now_ms; ARGV[2]: claimed until (now + lease); ARGV[3]: limit (≥ 1)
+/// Returns {id1, data1, id2, data2, ...}, earliest due first (ties by id).
+///
+/// Why a script: finding due entries and pushing their due time past the lease must be
+/// one step, or two claimers could take the same entry.
+pub static QUEUE_CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
+for _, id in ipairs(ids) do
+  redis.call('ZADD', KEYS[1], ARGV[2], id)
+  table.insert(out, id)
+  table.insert(out, redis.call('HGET', KEYS[2], id) or '')
+end
+return out
+",
+    )
+});
+
+/// End a claim on a work queue entry.
+///
+/// KEYS[1]: pending sorted set; KEYS[2]: dead sorted set (id -> ms given up);
+/// KEYS[3]: data hash
+/// ARGV[1]: id; ARGV[2]: the claim's fence (its due time); ARGV[3]: `done`, `retry`
+/// or `dead`; ARGV[4]: new data; ARGV[5]: new due time (`retry`) or when given up
+/// (`dead`); ARGV[6]: max dead letters (`dead`)
+/// Returns -1 when the claim was lost, else how many old dead letters were dropped.
+///
+/// Why a script: checking the fence and moving the entry (between keys, within one
+/// hash tag) must be one step, or a late claimer could undo a newer claim's work.
+pub static QUEUE_SETTLE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if (not due) or tonumber(due) ~= tonumber(ARGV[2]) then
+  return -1
+end
+if ARGV[3] == 'done' then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[3], ARGV[1])
+  return 0
+end
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
+if ARGV[3] == 'retry' then
+  redis.call('ZADD', KEYS[1], ARGV[5], ARGV[1])
+  return 0
+end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
+local excess = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[6])
+if excess <= 0 then
+  return 0
+end
+local oldest = redis.call('ZRANGE', KEYS[2], 0, excess - 1)
+for _, id in ipairs(oldest) do
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('HDEL', KEYS[3], id)
+end
+return #oldest
+",
+    )
+});
+
+/// List one lane of a work queue.
+///
+/// KEYS[1]: the lane's sorted set; KEYS[2]: data hash
+/// ARGV[1]: limit (≥ 1)
+/// Returns {id1, at1, data1, ...}, oldest first.
+///
+/// Why a script: ids and their data must come from one snapshot.
+pub static QUEUE_LIST: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
+local out = {}
+for i = 1, #ids, 2 do
+  table.insert(out, ids[i])
+  table.insert(out, ids[i + 1])
+  table.insert(out, redis.call('HGET', KEYS[2], ids[i]) or '')
+end
+return out
+",
+    )
+});
+
+/// Make a dead letter pending again.
+///
+/// KEYS[1]: pending sorted set; KEYS[2]: dead sorted set; KEYS[3]: data hash
+/// ARGV[1]: id; ARGV[2]: due_at_ms; ARGV[3]: data; ARGV[4]: max pending entries
+/// Returns 1 revived, 0 pending lane full, -1 no such dead letter.
+///
+/// Why a script: the bound check and the move between lanes must be one step.
+pub static QUEUE_REVIVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
+  return -1
+end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
+  return 0
+end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+return 1
+",
+    )
+});
+
+/// Remove an entry from one lane of a work queue.
+///
+/// KEYS[1]: the lane's sorted set; KEYS[2]: data hash
+/// ARGV[1]: id
+/// Returns 1 when removed, 0 when the lane had no such entry.
+///
+/// Why a script: the entry and its data must go together, and only from that lane.
+pub static QUEUE_DELETE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
 ",
     )
 });
