@@ -47,9 +47,10 @@ help:
 	@echo "make setup | build | lint | fmt | clean"
 
 # What each goal needs, installed when missing: `make run` does not install what only the
-# tests need (redis-server, node, wasm-bindgen-cli), nor the tests what only bench needs (wrk).
+# tests need (redis-server, node, wasm-bindgen-cli), nor the tests what only bench needs (wrk);
+# only `make fuzz` installs a nightly toolchain and cargo-fuzz.
 setup: setup-test
-setup-build setup-run setup-test setup-bench:
+setup-build setup-run setup-test setup-bench setup-fuzz:
 	@scripts/setup.sh $(patsubst setup-%,%,$@)
 
 build: build-native build-wasm
