@@ -35,7 +35,7 @@ export PORTCULLIS_ENVOY := $(ENVOY)
 export PORTCULLIS_WASM  := $(WASM)
 export PORTCULLIS_BIN_DIR := $(ROOT)/target/debug
 
-.PHONY: help setup setup-build setup-run setup-test setup-bench build build-native build-wasm run test test-native test-wasm lint fmt bench clean schema install
+.PHONY: help setup setup-build setup-run setup-test setup-bench setup-fuzz fuzz build build-native build-wasm run test test-native test-wasm lint fmt bench clean schema install
 
 help:
 	@echo "make run      start the demo stack (control plane + Envoy with the filter + demo upstream)"
@@ -43,12 +43,14 @@ help:
 	@echo "make bench    benchmarks beside native Envoy filters (writes bench/RESULTS.md)"
 	@echo "make install  portcullis and portcullis-control-plane into $(BINDIR) (set PREFIX to change)"
 	@echo "make schema   regenerate docs/plugin-config.schema.json"
+	@echo "make fuzz     fuzz every parser of client bytes, FUZZ_SECONDS (60) per target (fuzz/README.md)"
 	@echo "make setup | build | lint | fmt | clean"
 
 # What each goal needs, installed when missing: `make run` does not install what only the
-# tests need (redis-server, node, wasm-bindgen-cli), nor the tests what only bench needs (wrk).
+# tests need (redis-server, node, wasm-bindgen-cli), nor the tests what only bench needs (wrk);
+# only `make fuzz` installs a nightly toolchain and cargo-fuzz.
 setup: setup-test
-setup-build setup-run setup-test setup-bench:
+setup-build setup-run setup-test setup-bench setup-fuzz:
 	@scripts/setup.sh $(patsubst setup-%,%,$@)
 
 build: build-native build-wasm
@@ -87,6 +89,15 @@ lint: setup-build
 
 fmt:
 	cargo fmt --all
+
+# Coverage-guided fuzzing (libFuzzer via cargo-fuzz, nightly) of every parser that reads
+# client or control-plane bytes: each target of fuzz/ for FUZZ_SECONDS, one after another;
+# fails if any finds a crash. FUZZ_TARGETS="path_normalize authn" runs some. Not part of
+# `make test` or CI (a minute per target); see fuzz/README.md.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= all
+fuzz: setup-fuzz
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_TARGETS="$(FUZZ_TARGETS)" scripts/fuzz.sh
 
 # Side-by-side benchmarks against native Envoy filters; regenerates bench/RESULTS.md.
 bench: setup-bench build

@@ -11,10 +11,14 @@
 #   scripts/setup.sh test    run + redis-server, node and wasm-bindgen-cli at exactly the
 #                            version in Cargo.lock, in .tools/bin/ (make test; the default)
 #   scripts/setup.sh bench   test + wrk (make bench)
+#   scripts/setup.sh fuzz    rustup's nightly toolchain, a C++ compiler (libFuzzer is
+#                            built from source) and cargo-fuzz, pinned, in .tools/bin/
+#                            (make fuzz; nothing else)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 ENVOY_VERSION=1.40.0
+CARGO_FUZZ_VERSION=0.13.2
 purpose=${1:-test}
 
 log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
@@ -25,19 +29,21 @@ case "$purpose" in
   run) levels=(build run) ;;
   test) levels=(build run test) ;;
   bench) levels=(build run test bench) ;;
-  *) echo "usage: $0 [build|run|test|bench]" >&2; exit 2 ;;
+  fuzz) levels=(fuzz) ;;
+  *) echo "usage: $0 [build|run|test|bench|fuzz]" >&2; exit 2 ;;
 esac
 wants() { [[ " ${levels[*]} " == *" $1 "* ]]; }
 
 # --- Debian packages ---------------------------------------------------------------
 pkgs=()
-if [ "$(scripts/wasm-toolchain.sh)" = debian ]; then
+if wants build && [ "$(scripts/wasm-toolchain.sh)" = debian ]; then
   # No prebuilt wasm std in rustup: Debian's Rust with its std sources builds one.
   pkgs+=(rustc-web cargo-web rust-web-src rust-web-llvm lld-22 wasi-libc rust-web-clippy)
 fi
 if wants run; then pkgs+=(curl python3-venv); fi
 if wants test; then pkgs+=(redis-server nodejs); fi
 if wants bench; then pkgs+=(wrk); fi
+if wants fuzz; then pkgs+=(g++); fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -76,6 +82,26 @@ if wants test; then
   else
     log "installing wasm-bindgen-cli $want into .tools (a few minutes, once)"
     cargo install -q --root "$ROOT/.tools" wasm-bindgen-cli --version "$want"
+  fi
+fi
+# --- nightly toolchain and cargo-fuzz (make fuzz) ------------------------------------
+if wants fuzz; then
+  if ! command -v rustup >/dev/null 2>&1; then
+    echo "make fuzz needs rustup (for a nightly toolchain): https://rustup.rs" >&2
+    exit 1
+  fi
+  if rustup run nightly rustc --version >/dev/null 2>&1; then
+    log "nightly toolchain present ($(rustup run nightly rustc --version))"
+  else
+    log "installing rustup's nightly toolchain"
+    rustup toolchain install nightly --profile minimal
+  fi
+  have=$(.tools/bin/cargo-fuzz --version 2>/dev/null | awk '{print $2}' || true)
+  if [ "$have" = "$CARGO_FUZZ_VERSION" ]; then
+    log "cargo-fuzz $CARGO_FUZZ_VERSION present"
+  else
+    log "installing cargo-fuzz $CARGO_FUZZ_VERSION into .tools (a few minutes, once)"
+    cargo install -q --locked --root "$ROOT/.tools" cargo-fuzz --version "$CARGO_FUZZ_VERSION"
   fi
 fi
 log "done ($purpose)"

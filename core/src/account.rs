@@ -155,7 +155,9 @@ impl AccountSource {
         if trimmed.is_empty() {
             return Err(AccountError::Missing);
         }
-        Ok(truncate(trimmed.to_string(), MAX_ACCOUNT_BYTES))
+        // Trimmed again after the cut, which may end inside whitespace: the control plane
+        // trims what it receives, and both sides must read the same account.
+        Ok(truncate(trimmed.to_string(), MAX_ACCOUNT_BYTES).trim_end().to_string())
     }
 }
 
@@ -454,6 +456,18 @@ mod tests {
         let body = format!(r#"{{"u":"{}"}}"#, "é".repeat(400));
         let account = json.extract(&json_req(), body.as_bytes()).unwrap();
         assert_eq!(account.len(), MAX_ACCOUNT_BYTES);
+    }
+
+    #[test]
+    fn an_account_cut_inside_whitespace_keeps_none_at_its_end() {
+        // Found by the account_extract fuzz target: cut at MAX_ACCOUNT_BYTES right after
+        // inner spaces, the account ended in whitespace the control plane trims away.
+        let padded = format!("alice{}x", " ".repeat(MAX_ACCOUNT_BYTES));
+        let header = AccountSource::parse("header:x-user").unwrap();
+        assert_eq!(header.extract(&req(&[("x-user", &padded)]), b""), Ok("alice".into()));
+        let json = AccountSource::parse("json:u").unwrap();
+        let body = format!(r#"{{"u":"alice{}\r\tx"}}"#, " ".repeat(MAX_ACCOUNT_BYTES));
+        assert_eq!(json.extract(&json_req(), body.as_bytes()), Ok("alice".into()));
     }
 
     #[test]
