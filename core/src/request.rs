@@ -62,20 +62,43 @@ impl RequestParts {
         self.path.find('?').map(|i| &self.path[i + 1..])
     }
 
-    /// The host without a port.
+    /// The host without a port, and without the trailing dot of the absolute form
+    /// (`api.example.com.` names the same host as `api.example.com`; a rule for one must
+    /// not be escaped by writing the other).
     pub fn host(&self) -> &str {
         let a = self.authority.as_str();
         if a.starts_with('[') {
             // IPv6 literal: keep up to the closing bracket.
             return match a.find(']') {
-                Some(i) => &a[..=i],
+                Some(i) => a.get(..=i).unwrap_or(a),
                 None => a,
             };
         }
-        match a.rfind(':') {
-            Some(i) => &a[..i],
+        let host = match a.rfind(':') {
+            Some(i) => a.get(..i).unwrap_or(a),
             None => a,
-        }
+        };
+        host.strip_suffix('.').unwrap_or(host)
+    }
+}
+
+#[cfg(test)]
+mod host_tests {
+    use super::RequestParts;
+
+    fn host_of(authority: &str) -> String {
+        RequestParts::new("GET", authority, "/", Vec::new(), &Default::default())
+            .map(|r| r.host().to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn the_host_drops_its_port_and_the_trailing_dot_of_the_absolute_form() {
+        assert_eq!(host_of("api.example.com"), "api.example.com");
+        assert_eq!(host_of("api.example.com."), "api.example.com");
+        assert_eq!(host_of("api.example.com.:8443"), "api.example.com");
+        assert_eq!(host_of("[::1]:8080"), "[::1]");
+        assert_eq!(host_of("127.0.0.1:80"), "127.0.0.1");
     }
 }
 

@@ -159,6 +159,24 @@ fn rules_match_by_host_path_and_method_first_match_wins() {
 }
 
 #[test]
+fn a_host_rule_holds_for_the_absolute_form_and_any_case_of_its_host() {
+    let p = policy(json!([
+        { "name": "admin", "match": { "hosts": ["admin.example.com"] }, "requires": { "provider": "a" } },
+        { "name": "public", "match": { "pathPrefix": "/" }, "requires": "none" }
+    ]));
+    for authority in
+        ["admin.example.com", "admin.example.com.", "ADMIN.example.com.:443", "admin.example.com:8080"]
+    {
+        let mut r = request("GET", "/users", &[]);
+        r.authority = authority.into();
+        assert_eq!(p.match_rule(&r).map(|r| r.name.as_str()), Some("admin"), "{authority}");
+    }
+    let mut other = request("GET", "/users", &[]);
+    other.authority = "admin.example.com.evil".into();
+    assert_eq!(p.match_rule(&other).map(|r| r.name.as_str()), Some("public"));
+}
+
+#[test]
 fn rules_decide_on_the_normalised_path_not_the_raw_one() {
     let p = policy(json!([
         { "name": "login", "match": { "path": "/login", "methods": ["POST"] }, "requires": "none" },
