@@ -83,6 +83,16 @@ impl RequestParts {
 }
 
 #[cfg(test)]
+impl RequestParts {
+    /// A `POST` of `path` to `api.example.com` with `headers`, for tests.
+    pub(crate) fn post(path: &str, headers: &[(&str, &str)]) -> Self {
+        let headers = headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        RequestParts::new("POST", "api.example.com", path, headers, &Default::default())
+            .expect("a test path in normal form")
+    }
+}
+
+#[cfg(test)]
 mod host_tests {
     use super::RequestParts;
 
@@ -99,15 +109,5 @@ mod host_tests {
         assert_eq!(host_of("api.example.com.:8443"), "api.example.com");
         assert_eq!(host_of("[::1]:8080"), "[::1]");
         assert_eq!(host_of("127.0.0.1:80"), "127.0.0.1");
-    }
-}
-
-#[cfg(test)]
-impl RequestParts {
-    /// A `POST` of `path` to `api.example.com` with `headers`, for tests.
-    pub(crate) fn post(path: &str, headers: &[(&str, &str)]) -> Self {
-        let headers = headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
-        RequestParts::new("POST", "api.example.com", path, headers, &Default::default())
-            .expect("a test path in normal form")
     }
 }
