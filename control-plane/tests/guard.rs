@@ -937,7 +937,14 @@ async fn concurrent_checks_on_every_replica_reserve_at_most_the_attempts_left(ba
     assert_eq!(ids.len(), 3, "every reservation has its own id");
     for refused in replies.iter().filter(|r| r.reservation.is_none()) {
         assert_eq!((refused.locked_for_ms, refused.retry_after_ms), (0, 1_000), "{refused:?}");
-        assert_eq!((refused.subjects[0].failures, refused.subjects[0].in_flight), (2, 3), "{refused:?}");
+        // A check reserves on the account and the address in turn, so a refusal may read
+        // one of them while a competing check still holds (or is giving back) a slot on it:
+        // what holds is that some subject had no attempt left and none had more than three.
+        assert!(
+            refused.subjects.iter().any(|s| (s.failures, s.in_flight) == (2, 3)),
+            "a refusal names a subject with no attempt left: {refused:?}"
+        );
+        assert!(refused.subjects.iter().all(|s| s.failures == 2 && s.in_flight <= 3), "{refused:?}");
     }
     let now = h.check(alice()).await;
     assert_eq!((now.subjects[0].in_flight, now.subjects[1].in_flight), (3, 3));
