@@ -230,7 +230,9 @@ async fn maintain_periodically(state: AppState) {
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        match state.maintain().await {
+        let result = state.maintain().await;
+        state.metrics.record_maintenance(result.is_ok(), state.clock.now_ms() as f64 / 1000.0);
+        match result {
             Ok(done) => tracing::debug!(?done, "maintenance"),
             Err(error) => tracing::warn!(%error, "maintenance failed; retrying later"),
         }

@@ -54,6 +54,7 @@ async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiE
 }
 
 async fn render_metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    super::observe::sample_state(&state).await;
     let body =
         state.metrics.render().map_err(|e| ApiError::Internal(format!("cannot render metrics: {e}")))?;
     Ok(([(CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], body))
