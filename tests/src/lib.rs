@@ -953,6 +953,16 @@ pub fn missing_fields(actual: &Value, expected: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The `stats_config` of `envoy/demo.yaml`: the stat tags that turn the names inside the
+/// filter's counters into labels (docs/observability.md). Every Envoy the tests start
+/// uses it, so what they scrape is what a deployment scrapes.
+pub fn stats_config() -> Value {
+    let path = repo_root().join("envoy/demo.yaml");
+    let text = std::fs::read_to_string(&path).expect("read envoy/demo.yaml");
+    let demo: Value = serde_yaml::from_str(&text).expect("envoy/demo.yaml is YAML");
+    demo.get("stats_config").cloned().expect("envoy/demo.yaml has a stats_config")
+}
+
 /// Where the filter's clusters point.
 pub struct EnvoyClusters {
     pub upstream_port: u16,
@@ -988,6 +998,7 @@ impl Envoy {
         }
         let mut bootstrap = json!({
             "admin": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": admin_port } } },
+            "stats_config": stats_config(),
             "static_resources": {
                 "listeners": [{
                     "name": "ingress",
@@ -1131,6 +1142,18 @@ impl Envoy {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// The admin endpoint's Prometheus exposition (`/stats/prometheus`).
+    pub async fn prometheus(&self) -> String {
+        http()
+            .get(format!("http://127.0.0.1:{}/stats/prometheus", self.admin_port))
+            .send()
+            .await
+            .expect("stats/prometheus")
+            .text()
+            .await
+            .expect("stats/prometheus body")
     }
 
     /// A counter from the admin endpoint (0 when not defined yet).
