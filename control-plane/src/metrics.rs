@@ -114,7 +114,7 @@ impl Metrics {
         let tokens_issued = Counter::default();
         let token_status_requests = Family::<TokenStatusLabels, Counter>::default();
         for revoked in ["true", "false"] {
-            token_status_requests.get_or_create(&TokenStatusLabels { revoked });
+            token_status_requests.get_or_create(&TokenStatusLabels { revoked }).inc_by(0);
         }
         registry.register(
             "http_requests",
@@ -228,16 +228,16 @@ impl GuardMetrics {
             burst_ips_blocked: Counter::default(),
         };
         for result in ["locked", "in_flight", "open"] {
-            metrics.lockout_checks.get_or_create(&ResultLabels { result });
+            metrics.lockout_checks.get_or_create(&ResultLabels { result }).inc_by(0);
         }
         for outcome in ["failure", "success", "abandoned"] {
-            metrics.lockout_reports.get_or_create(&OutcomeLabels { outcome });
+            metrics.lockout_reports.get_or_create(&OutcomeLabels { outcome }).inc_by(0);
         }
         for kind in ["account", "ip"] {
-            metrics.lockouts_started.get_or_create(&KindLabels { kind });
+            metrics.lockouts_started.get_or_create(&KindLabels { kind }).inc_by(0);
         }
         for result in ["sent", "failed", "dead_lettered", "dropped"] {
-            metrics.burst_alerts.get_or_create(&ResultLabels { result });
+            metrics.burst_alerts.get_or_create(&ResultLabels { result }).inc_by(0);
         }
         registry.register(
             "lockout_checks",
@@ -345,10 +345,13 @@ impl RateLimitMetrics {
         };
         for op in ["lease", "check"] {
             for result in ["granted", "refused"] {
-                metrics.decisions.get_or_create(&RateLimitDecisionLabels { op, result });
+                metrics.decisions.get_or_create(&RateLimitDecisionLabels { op, result }).inc_by(0);
             }
         }
-        metrics.decisions.get_or_create(&RateLimitDecisionLabels { op: "release", result: "granted" });
+        metrics
+            .decisions
+            .get_or_create(&RateLimitDecisionLabels { op: "release", result: "granted" })
+            .inc_by(0);
         registry.register(
             "rate_limit_decisions",
             "Rate-limit asks answered, by op (lease, check, release) and result (granted, refused)",
@@ -431,7 +434,7 @@ impl StateGauges {
             maintenance_succeeded_at: Gauge::default(),
         };
         for result in ["ok", "failed"] {
-            gauges.maintenance_runs.get_or_create(&ResultLabels { result });
+            gauges.maintenance_runs.get_or_create(&ResultLabels { result }).inc_by(0);
         }
         registry.register(
             "store_backend",

@@ -43,7 +43,11 @@ async fn state(clock: Arc<FixedClock>, store: Arc<dyn Store>) -> AppState {
         rng: Arc::new(OsRandom),
         metrics: Arc::new(Metrics::new()),
         master_key: Arc::new(MasterKey::from_bytes([7; 32])),
-        key_policy: KeyPolicy { algorithm: SigningAlgorithm::Es256, overlap_ms: 86_400_000, rotate_every_ms: None },
+        key_policy: KeyPolicy {
+            algorithm: SigningAlgorithm::Es256,
+            overlap_ms: 86_400_000,
+            rotate_every_ms: None,
+        },
         feed_keep: 100_000,
     })
     .await
@@ -95,15 +99,21 @@ async fn metrics_carry_build_info_backend_key_age_and_request_and_store_latency(
     // Two requests on one route template; the 404 under `unmatched`, never its path.
     let route = r#"route="/admin/v1/keys",method="GET""#;
     assert_eq!(expect(&text, &format!("portcullis_http_request_duration_seconds_count{{{route}}}")), 2.0);
-    assert_eq!(expect(&text, &format!("portcullis_http_request_duration_seconds_bucket{{le=\"+Inf\",{route}}}")), 2.0);
+    assert_eq!(
+        expect(&text, &format!("portcullis_http_request_duration_seconds_bucket{{le=\"+Inf\",{route}}}")),
+        2.0
+    );
     let sum = expect(&text, &format!("portcullis_http_request_duration_seconds_sum{{{route}}}"));
     assert!((0.0..10.0).contains(&sum), "latency sum {sum}");
     assert!(text.contains(r#"route="unmatched""#));
     assert!(!text.contains("/no/such/route"), "a raw path became a label value");
 
     // Initialising the state read the store: those reads were timed.
-    assert!(expect(&text, r#"portcullis_store_operation_duration_seconds_count{operation="record_get"}"#) >= 1.0);
-    assert!(text.contains(r#"portcullis_store_operation_duration_seconds_bucket{le="+Inf",operation="record_get"}"#));
+    assert!(
+        expect(&text, r#"portcullis_store_operation_duration_seconds_count{operation="record_get"}"#) >= 1.0
+    );
+    assert!(text
+        .contains(r#"portcullis_store_operation_duration_seconds_bucket{le="+Inf",operation="record_get"}"#));
 
     // Families with known label values are there at zero before any event.
     assert_eq!(expect(&text, r#"portcullis_lockouts_started_total{kind="ip"}"#), 0.0);

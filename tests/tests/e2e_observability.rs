@@ -199,8 +199,19 @@ const SYNTHETIC: &[&str] = &["up"];
 /// keywords, label names or durations. Label matchers (`{...}`), ranges (`[5m]`),
 /// string literals and grouping clauses (`by (...)`, `on (...)`) are dropped first.
 fn promql_metric_names(expr: &str) -> BTreeSet<String> {
-    const KEYWORDS: &[&str] =
-        &["and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool"];
+    const KEYWORDS: &[&str] = &[
+        "and",
+        "or",
+        "unless",
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "offset",
+        "bool",
+    ];
     // Drop strings, then everything between brackets and braces.
     let mut plain = String::new();
     let (mut in_string, mut depth) = (false, 0usize);
@@ -328,7 +339,8 @@ fn prometheus_rule_is_a_well_formed_prometheus_operator_resource() {
             for key in map.keys() {
                 let key = key.as_str().unwrap_or_default();
                 assert!(
-                    ["alert", "record", "expr", "for", "keep_firing_for", "labels", "annotations"].contains(&key),
+                    ["alert", "record", "expr", "for", "keep_firing_for", "labels", "annotations"]
+                        .contains(&key),
                     "{at}: unknown field {key}"
                 );
             }
@@ -340,8 +352,14 @@ fn prometheus_rule_is_a_well_formed_prometheus_operator_resource() {
             let wait = rule["for"].as_str().unwrap_or_else(|| panic!("{alert}: for"));
             assert!(duration(wait), "{alert}: for `{wait}` is not a Prometheus duration");
             let severity = rule["labels"]["severity"].as_str().unwrap_or_default();
-            assert!(["critical", "warning", "info"].contains(&severity), "{alert}: labels.severity `{severity}`");
-            assert!(rule["annotations"]["summary"].as_str().is_some_and(|s| !s.is_empty()), "{alert}: summary");
+            assert!(
+                ["critical", "warning", "info"].contains(&severity),
+                "{alert}: labels.severity `{severity}`"
+            );
+            assert!(
+                rule["annotations"]["summary"].as_str().is_some_and(|s| !s.is_empty()),
+                "{alert}: summary"
+            );
         }
     }
     // What the alerts must cover.
@@ -486,5 +504,8 @@ fn istio_bootstrap_override_carries_the_same_stat_tags_as_the_demo_bootstrap() {
     let bootstrap: Value = serde_json::from_str(bootstrap).expect("custom_bootstrap.json is JSON");
     let tags = &portcullis_e2e::stats_config()["stats_tags"];
     assert!(tags.as_array().is_some_and(|t| !t.is_empty()), "envoy/demo.yaml has stats tags");
-    assert_eq!(&bootstrap["stats_config"]["stats_tags"], tags, "istio-stats.yaml drifted from envoy/demo.yaml");
+    assert_eq!(
+        &bootstrap["stats_config"]["stats_tags"], tags,
+        "istio-stats.yaml drifted from envoy/demo.yaml"
+    );
 }

@@ -56,7 +56,8 @@ pub async fn sample_state(state: &AppState) {
         .map(|k| (now_ms / 1000).saturating_sub(k.created_at));
     let store = state.store.as_ref();
     let feed = feed_extent(store).await.ok();
-    let lane = |lane| async move { store.queue_list(OUTBOX, lane, MAX_PAGE_SIZE).await.map(|e| e.len()).ok() };
+    let lane =
+        |lane| async move { store.queue_list(OUTBOX, lane, MAX_PAGE_SIZE).await.map(|e| e.len()).ok() };
     state.metrics.record_state(StateSample {
         signing_key_age_secs,
         feed_head: feed.map(|(head, _)| head),
