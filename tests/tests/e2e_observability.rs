@@ -212,6 +212,22 @@ fn promql_metric_names(expr: &str) -> BTreeSet<String> {
         "offset",
         "bool",
     ];
+    const AGGREGATIONS: &[&str] = &[
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "group",
+        "stddev",
+        "stdvar",
+        "count",
+        "count_values",
+        "bottomk",
+        "topk",
+        "quantile",
+        "limitk",
+        "limit_ratio",
+    ];
     // Drop strings, then everything between brackets and braces.
     let mut plain = String::new();
     let (mut in_string, mut depth) = (false, 0usize);
@@ -259,7 +275,8 @@ fn promql_metric_names(expr: &str) -> BTreeSet<String> {
             grouping = next == Some('(') && !matches!(ident.as_str(), "and" | "or" | "unless" | "bool");
             continue;
         }
-        if next != Some('(') {
+        // Aggregations may put their grouping first: `sum by (x) (expr)`.
+        if next != Some('(') && !AGGREGATIONS.contains(&ident.as_str()) {
             names.insert(ident);
         }
     }
