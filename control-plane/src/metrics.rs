@@ -534,7 +534,7 @@ mod tests {
     #[test]
     fn rendered_metrics_include_recorded_values() {
         let metrics = Metrics::new();
-        metrics.record_http_request("/healthz", "GET", 200);
+        metrics.record_http_request("/healthz", "GET", 200, 0.002);
         metrics.record_store_error("ping", "unavailable");
         metrics.record_token_issued();
         metrics.record_token_issued();
