@@ -42,7 +42,7 @@ help:
 	@echo "make test     run every test (installs what is missing first)"
 	@echo "make bench    benchmarks beside native Envoy filters (writes bench/RESULTS.md)"
 	@echo "make install  portcullis and portcullis-control-plane into $(BINDIR) (set PREFIX to change)"
-	@echo "make schema   regenerate docs/plugin-config.schema.json"
+	@echo "make schema   regenerate docs/plugin-config.schema.json and docs/openapi.json"
 	@echo "make fuzz     fuzz every parser of client bytes, FUZZ_SECONDS (60) per target (fuzz/README.md)"
 	@echo "make setup | build | lint | fmt | clean"
 
@@ -108,6 +108,8 @@ bench: setup-bench build
 schema:
 	cargo run -q -p portcullis-control-plane --bin portcullis -- config schema > docs/plugin-config.schema.json.tmp
 	mv docs/plugin-config.schema.json.tmp docs/plugin-config.schema.json
+	cargo run -q -p portcullis-control-plane --bin portcullis -- openapi > docs/openapi.json.tmp
+	mv docs/openapi.json.tmp docs/openapi.json
 
 # Release builds of the server and the CLI (profile `server`: see Cargo.toml).
 install:

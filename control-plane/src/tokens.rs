@@ -45,7 +45,7 @@ pub struct MintContext<'a> {
 }
 
 /// Body of `POST /admin/v1/tokens`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TokenRequest {
     pub sub: String,
@@ -77,7 +77,7 @@ pub struct IssuedToken {
 }
 
 /// Body of `POST /v1/token/refresh`.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RefreshRequest {
     pub refresh_token: String,

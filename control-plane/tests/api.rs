@@ -7,6 +7,7 @@ mod support;
 
 use support::{Backend, Listeners, FLEET_CREDENTIAL};
 
+use std::path::Path;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -755,4 +756,189 @@ async fn rate_limit_metrics_count_decisions_leases_and_releases() {
         assert!(text.contains(line), "missing {line} in\n{text}");
     }
     assert!(!text.contains(r#"portcullis_rate_limit_near_limit_total{op="lease"}"#), "{text}");
+}
+
+// --- the OpenAPI document ----------------------------------------------------------------
+
+const OPENAPI_FILE: &str = "docs/openapi.json";
+const HTTP_METHODS: [&str; 7] = ["get", "put", "post", "delete", "options", "patch", "trace"];
+
+fn openapi() -> Value {
+    serde_json::to_value(portcullis_control_plane::http::openapi::document()).unwrap()
+}
+
+/// Every documented operation: (path, method, listeners serving it, secured).
+fn documented_operations(document: &Value) -> Vec<(String, String, Vec<String>, bool)> {
+    let mut operations = Vec::new();
+    for (path, item) in document["paths"].as_object().unwrap() {
+        let servers: Vec<String> = item["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["url"].as_str().unwrap().to_owned())
+            .collect();
+        for method in HTTP_METHODS {
+            if let Some(operation) = item.get(method) {
+                let secured = operation.get("security").is_some();
+                operations.push((path.clone(), method.to_uppercase(), servers.clone(), secured));
+            }
+        }
+    }
+    operations
+}
+
+/// A documented path with its parameters filled in.
+fn concrete(path: &str) -> String {
+    path.split('/')
+        .map(|segment| if segment.starts_with('{') { "x" } else { segment })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[test]
+fn committed_openapi_document_is_what_the_handlers_generate() {
+    let committed =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(OPENAPI_FILE))
+            .unwrap_or_default();
+    assert!(
+        committed == portcullis_control_plane::http::openapi::document_text(),
+        "{OPENAPI_FILE} is not what the handlers generate: run `make schema` and commit it"
+    );
+}
+
+#[test]
+fn cli_prints_the_openapi_document() {
+    let output = support::command(support::CLI).arg("openapi").output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap(),
+        portcullis_control_plane::http::openapi::document_text()
+    );
+}
+
+#[tokio::test]
+async fn the_admin_listener_serves_the_openapi_document_without_a_token_and_the_internal_one_does_not() {
+    let state = test_state().await;
+    let response = oneshot(&admin_app(state.clone()), get("/openapi.json")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(body_json(response).await, openapi());
+    assert_problem(oneshot(&internal_app(state), get("/openapi.json")).await, StatusCode::NOT_FOUND).await;
+}
+
+#[test]
+fn the_openapi_document_is_3_1_with_problem_errors_and_credentials_on_every_operation() {
+    let document = openapi();
+    assert_eq!(document["openapi"], "3.1.0");
+    let problem = &document["components"]["schemas"]["Problem"];
+    assert_eq!(problem["required"], json!(["type", "title", "status", "detail"]), "{problem}");
+    let schemes = &document["components"]["securitySchemes"];
+    for scheme in ["adminToken", "fleetCredential"] {
+        assert_eq!(schemes[scheme]["scheme"], "bearer", "{scheme}");
+    }
+    for (path, method, servers, secured) in documented_operations(&document) {
+        let operation = &document["paths"][&path][method.to_lowercase()];
+        let at = format!("{method} {path}");
+        for status in ["4XX", "5XX"].iter().chain(if secured { ["401"].iter() } else { [].iter() }) {
+            let content = &operation["responses"][status]["content"]["application/problem+json"];
+            assert_eq!(content["schema"]["$ref"], "#/components/schemas/Problem", "{at} {status}");
+        }
+        let admin = path.starts_with("/admin/v1/");
+        let fleet = [
+            "/v1/feed",
+            "/v1/token-status",
+            "/v1/ratelimit",
+            "/v1/lockout/check",
+            "/v1/lockout/report",
+            "/v1/burst/report",
+        ]
+        .contains(&path.as_str());
+        let scheme = operation["security"][0].as_object().and_then(|s| s.keys().next().cloned());
+        match (admin, fleet) {
+            (true, _) => assert_eq!(scheme.as_deref(), Some("adminToken"), "{at}"),
+            (_, true) => assert_eq!(scheme.as_deref(), Some("fleetCredential"), "{at}"),
+            _ => assert_eq!(scheme, None, "{at}: public"),
+        }
+        assert!(!operation["summary"].as_str().unwrap_or("").is_empty(), "{at}: summary");
+        assert!(!servers.is_empty(), "{at}: which listener");
+    }
+}
+
+/// Both directions: every documented operation is answered by the listeners its
+/// `servers` name (a secured one with its credential's 401, which only a matched route
+/// gives) and by no other; on a documented path every undocumented method is a 405. And
+/// no route is registered around the document: the route tables use `routes!` only.
+#[tokio::test]
+async fn every_route_is_documented_and_every_documented_route_is_served() {
+    let state = test_state().await;
+    let admin = admin_app(state.clone());
+    let internal = internal_app(state);
+    let listeners = [("http://127.0.0.1:9091", &internal), ("http://127.0.0.1:9090", &admin)];
+    let document = openapi();
+    let operations = documented_operations(&document);
+    assert!(operations.len() >= 30, "only {} operations documented", operations.len());
+    for (path, method, servers, secured) in &operations {
+        for (server, app) in listeners {
+            let request =
+                Request::builder().method(method.as_str()).uri(concrete(path)).body(Body::empty()).unwrap();
+            let response = oneshot(app, request).await;
+            let at = format!("{method} {path} on {server}");
+            if !servers.contains(&server.to_owned()) {
+                assert_problem(response, StatusCode::NOT_FOUND).await;
+                continue;
+            }
+            let status = response.status();
+            if *secured {
+                assert_eq!(status, StatusCode::UNAUTHORIZED, "{at}");
+            } else if status == StatusCode::NOT_FOUND {
+                let problem = assert_problem(response, StatusCode::NOT_FOUND).await;
+                assert_ne!(problem["detail"], "There is no resource at this path.", "{at}: not served");
+            } else {
+                assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{at}: not served");
+            }
+        }
+    }
+    // The methods a documented path does not document are refused by the router.
+    for (path, item) in document["paths"].as_object().unwrap() {
+        let server = item["servers"][0]["url"].as_str().unwrap();
+        let app = listeners.iter().find(|(s, _)| *s == server).unwrap().1;
+        // The credential layer answers before the method does: present the right one.
+        let operation = HTTP_METHODS.iter().find_map(|m| item.get(*m)).unwrap();
+        let credential = match operation["security"][0].as_object().and_then(|s| s.keys().next().cloned()) {
+            Some(scheme) if scheme == "adminToken" => Some(bearer(ADMIN_TOKEN)),
+            Some(_) => Some(bearer(FLEET_CREDENTIAL)),
+            None => None,
+        };
+        for method in ["get", "post", "put", "delete", "patch"] {
+            if item.get(method).is_none() {
+                let mut request =
+                    Request::builder().method(method.to_uppercase().as_str()).uri(concrete(path));
+                if let Some(credential) = &credential {
+                    request = request.header(AUTHORIZATION, credential);
+                }
+                let request = request.body(Body::empty()).unwrap();
+                let response = oneshot(app, request).await;
+                assert_eq!(
+                    response.status(),
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "{method} {path}: served but not documented"
+                );
+            }
+        }
+    }
+    // Routes registered with plain axum calls would be served without being documented.
+    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/http");
+    for entry in std::fs::read_dir(&sources).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let code = text.lines().filter(|l| !l.trim_start().starts_with("//"));
+        for line in code {
+            for call in [".route(", ".route_service(", ".nest_service("] {
+                assert!(
+                    !line.contains(call),
+                    "{}: `{call}` registers a route the OpenAPI document does not see: {line}",
+                    path.display()
+                );
+            }
+        }
+    }
 }

@@ -132,9 +132,13 @@ pub async fn http1(port: u16, method: &str, path: &str, headers: &[(&str, &str)]
     http1_exchange(port, &request).await
 }
 
+/// The request head; `host` is Envoy's address unless `headers` name one.
 fn head(port: u16, method: &str, path: &str, headers: &[(&str, &str)], framing: &str) -> Vec<u8> {
-    let mut head =
-        format!("{method} {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nconnection: close\r\n{framing}\r\n");
+    let host = match headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        true => String::new(),
+        false => format!("host: 127.0.0.1:{port}\r\n"),
+    };
+    let mut head = format!("{method} {path} HTTP/1.1\r\n{host}connection: close\r\n{framing}\r\n");
     for (n, v) in headers {
         head.push_str(&format!("{n}: {v}\r\n"));
     }

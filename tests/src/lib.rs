@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 pub mod frames;
+pub mod manifests;
 pub mod tokens;
 
 pub fn repo_root() -> PathBuf {
@@ -1093,12 +1094,20 @@ impl Envoy {
     ) -> Envoy {
         // Port 0: Envoy binds free ports itself (no race with other tests picking ports);
         // the admin address comes from --admin-address-path, the listener's from /listeners.
+        let config = Envoy::bootstrap(plugin_config, clusters, hcm, 0, 0);
+        let env: Vec<(&str, &str)> = credential.map(|c| (FLEET_CREDENTIAL_ENV, c)).into_iter().collect();
+        Envoy::start_bootstrap(logdir, &config, &env).await
+    }
+
+    /// Starts Envoy with a bootstrap of the caller's (listener and admin on port 0) and
+    /// exactly `env` added to an environment without the fleet credential; waits until
+    /// it is ready.
+    pub async fn start_bootstrap(logdir: &Path, config: &Value, env: &[(&str, &str)]) -> Envoy {
         static STARTED: AtomicUsize = AtomicUsize::new(0);
         let n = STARTED.fetch_add(1, Ordering::SeqCst);
         let name = format!("envoy-{}-{n}", std::process::id());
-        let config = Envoy::bootstrap(plugin_config, clusters, hcm, 0, 0);
         let path = logdir.join(format!("{name}.json"));
-        std::fs::write(&path, serde_json::to_vec_pretty(&config).expect("json")).expect("write bootstrap");
+        std::fs::write(&path, serde_json::to_vec_pretty(config).expect("json")).expect("write bootstrap");
         let admin_file = logdir.join(format!("{name}.admin"));
         let mut cmd = Command::new(envoy_bin());
         cmd.arg("-c")
@@ -1107,10 +1116,8 @@ impl Envoy {
             .arg(&admin_file)
             .args(["--use-dynamic-base-id", "--concurrency", "2", "--log-level", "info"])
             .args(["--component-log-level", "wasm:debug"])
-            .env_remove(FLEET_CREDENTIAL_ENV);
-        if let Some(credential) = credential {
-            cmd.env(FLEET_CREDENTIAL_ENV, credential);
-        }
+            .env_remove(FLEET_CREDENTIAL_ENV)
+            .envs(env.iter().copied());
         let mut proc = Proc::spawn(&name, cmd, logdir);
 
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -1247,4 +1254,11 @@ impl GuardStack {
 /// The `WWW-Authenticate` header of a response ("" when absent).
 pub fn www_authenticate(r: &reqwest::Response) -> String {
     r.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
+}
+
+/// The `error_description` of a response's `WWW-Authenticate` header: the filter's reason
+/// for refusing a token ("" when there is none).
+pub fn error_description(r: &reqwest::Response) -> String {
+    let www = www_authenticate(r);
+    www.split("error_description=\"").nth(1).and_then(|s| s.split('"').next()).unwrap_or("").to_string()
 }

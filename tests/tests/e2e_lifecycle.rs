@@ -15,7 +15,7 @@ use portcullis_control_plane::store::redis::RedisTimeouts;
 use portcullis_control_plane::store::{EmbeddedStore, RedisStore, Store};
 use portcullis_control_plane::tokens::{self, MintContext, TokenPolicy, TokenRequest};
 use portcullis_e2e::{
-    control_plane_section, eventually, http, www_authenticate, Backend, ControlPlane, Envoy, EnvoyClusters,
+    control_plane_section, error_description, eventually, http, Backend, ControlPlane, Envoy, EnvoyClusters,
     Redis, StoreKind, TestServer, Workdir, FLEET_CREDENTIAL,
 };
 use serde_json::{json, Value};
@@ -97,9 +97,7 @@ where
 /// Status and `error_description` (or "") of a GET with a bearer token.
 async fn call(envoy: &Envoy, path: &str, token: &str) -> (u16, String) {
     let r = http().get(envoy.url(path)).bearer_auth(token).send().await.expect("request through envoy");
-    let www = www_authenticate(&r);
-    let reason = www.split("error_description=\"").nth(1).and_then(|s| s.split('"').next()).unwrap_or("");
-    (r.status().as_u16(), reason.to_string())
+    (r.status().as_u16(), error_description(&r))
 }
 
 fn issue(cp: &ControlPlane, sub: &str) -> Value {
@@ -435,9 +433,7 @@ async fn seed_leaked_key(dir: &Path, store: &StoreKind) -> SigningKeyPair {
 
 async fn post(envoy: &Envoy, path: &str, token: &str) -> (u16, String) {
     let r = http().post(envoy.url(path)).bearer_auth(token).send().await.expect("request through envoy");
-    let www = www_authenticate(&r);
-    let reason = www.split("error_description=\"").nth(1).and_then(|s| s.split('"').next()).unwrap_or("");
-    (r.status().as_u16(), reason.to_string())
+    (r.status().as_u16(), error_description(&r))
 }
 
 async fn a_leaked_signing_key_is_shut_out_within_two_seconds_of_keys_revoke(backend: Backend) {

@@ -162,3 +162,42 @@ async fn identity_headers_spelled_with_underscores_never_reach_the_upstream() {
     assert_eq!(a.status, Some(400), "{a:?}");
     assert_eq!(s.server.hits(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_rule_holds_for_the_absolute_form_of_its_host_with_a_trailing_dot() {
+    // Only requests for admin.example.com need a token; everything else is public. DNS
+    // reads `admin.example.com.` (and any case of it) as the same host, and so may the
+    // upstream's virtual hosting: none of these spellings may pass without a token.
+    let config = json!({
+        "realm": "e2e",
+        "providers": config()["providers"].clone(),
+        "controlPlane": control_plane_section(2000),
+        "rules": [
+            { "name": "admin", "match": { "hosts": ["admin.example.com"] }, "requires": { "provider": "portcullis" } },
+            { "name": "site", "match": { "pathPrefix": "/" }, "requires": "none" }
+        ]
+    });
+    let s = GuardStack::start(&config, Hcm::Hardened).await;
+    for host in ["admin.example.com", "admin.example.com.", "ADMIN.Example.COM.", "admin.example.com.:80"] {
+        let a = http1(s.envoy.port, "GET", "/api/orders", &[("host", host)], b"").await;
+        assert_eq!((a.status, a.reason()), (Some(401), "missing_token".to_string()), "Host: {host}: {a:?}");
+    }
+    assert_eq!(s.server.protected_hits(), 0, "a spelling of the admin host passed without a token");
+
+    // Other hosts stay public, and the admin host passes with a token.
+    for host in ["www.example.com", "admin.example.com.evil"] {
+        let a = http1(s.envoy.port, "GET", "/api/orders", &[("host", host)], b"").await;
+        assert_eq!(a.status, Some(200), "Host: {host}: {a:?}");
+    }
+    let token = format!("Bearer {}", s.cp.issue_token("alice", &[]).await);
+    let a = http1(
+        s.envoy.port,
+        "GET",
+        "/api/orders",
+        &[("host", "admin.example.com."), ("authorization", &token)],
+        b"",
+    )
+    .await;
+    assert_eq!(a.status, Some(200), "{a:?}");
+    assert_eq!(s.server.protected_hits(), 3);
+}

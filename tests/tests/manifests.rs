@@ -22,11 +22,12 @@
 //!   container runs the way `envoy/kubernetes/control-plane.yaml` promises.
 
 use std::collections::BTreeSet;
-use std::fs;
 use std::path::{Path, PathBuf};
 
-use portcullis_e2e::{hardened_connection_manager, missing_fields};
-use serde::Deserialize;
+use portcullis_e2e::manifests::{
+    env_var, istio_documents, kubernetes_documents, pod_spec, read_documents, Document,
+};
+use portcullis_e2e::{hardened_connection_manager, missing_fields, repo_root};
 use serde_json::{json, Value};
 
 const WASM_FILTER: &str = "envoy.filters.http.wasm";
@@ -43,10 +44,6 @@ const ADMIN_PORT: u64 = 9090;
 // Loading
 // ---------------------------------------------------------------------------------------
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn crd_file() -> PathBuf {
     // The shared copy when it is there (it follows Istio upgrades); otherwise the copy
     // kept with the tests, so a checkout on its own still validates.
@@ -57,62 +54,6 @@ fn crd_file() -> PathBuf {
     } else {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/istio-wasmplugin-envoyfilter-crds.yaml")
     }
-}
-
-/// One YAML document of a manifest file, as JSON.
-#[derive(Clone)]
-struct Document {
-    /// `file#index`, for messages.
-    origin: String,
-    value: Value,
-}
-
-impl Document {
-    fn kind(&self) -> &str {
-        self.value["kind"].as_str().unwrap_or("")
-    }
-
-    fn name(&self) -> &str {
-        self.value["metadata"]["name"].as_str().unwrap_or("")
-    }
-}
-
-/// All documents of a multi-document YAML file; empty documents are skipped.
-fn read_documents(path: &Path) -> Vec<Document> {
-    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    let file = path.strip_prefix(repo_root()).unwrap_or(path).display().to_string();
-    let mut documents = Vec::new();
-    for (index, deserializer) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-        let yaml = serde_yaml::Value::deserialize(deserializer)
-            .unwrap_or_else(|e| panic!("{file}: document {index} is not valid YAML: {e}"));
-        let value = serde_json::to_value(&yaml)
-            .unwrap_or_else(|e| panic!("{file}: document {index} is not JSON-compatible: {e}"));
-        if !value.is_null() {
-            documents.push(Document { origin: format!("{file}#{index}"), value });
-        }
-    }
-    documents
-}
-
-/// The `*.yaml`/`*.yml` files of a directory of the repository, sorted.
-fn yaml_files(dir: &str) -> Vec<PathBuf> {
-    let dir = repo_root().join(dir);
-    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "no YAML files in {}", dir.display());
-    files
-}
-
-fn istio_documents() -> Vec<Document> {
-    yaml_files("envoy/istio").iter().flat_map(|f| read_documents(f)).collect()
-}
-
-fn kubernetes_documents() -> Vec<Document> {
-    yaml_files("envoy/kubernetes").iter().flat_map(|f| read_documents(f)).collect()
 }
 
 /// The CRDs of the shared schema file, as JSON.
@@ -688,21 +629,6 @@ fn all_filter_resources_select_the_same_workload() {
 // Kubernetes
 // ---------------------------------------------------------------------------------------
 
-fn pod_spec(document: &Document) -> Option<&Value> {
-    match document.kind() {
-        "Pod" => Some(&document.value["spec"]),
-        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" => {
-            Some(&document.value["spec"]["template"]["spec"])
-        }
-        "CronJob" => Some(&document.value["spec"]["jobTemplate"]["spec"]["template"]["spec"]),
-        _ => None,
-    }
-}
-
-fn env_var<'a>(container: &'a Value, name: &str) -> Option<&'a Value> {
-    container["env"].as_array().into_iter().flatten().find(|e| e["name"] == name)
-}
-
 fn probe_path(container: &Value, probe: &str) -> Option<String> {
     container[probe]["httpGet"]["path"].as_str().map(str::to_string)
 }
@@ -785,7 +711,7 @@ fn control_plane_containers_run_as_documented() {
             s.name() == name && (!s.value["stringData"][key].is_null() || !s.value["data"][key].is_null())
         })
     };
-    let mut stores = BTreeSet::new();
+    let mut stores = Vec::new();
     for document in &documents {
         let Some(pod) = pod_spec(document) else { continue };
         for container in pod["containers"].as_array().into_iter().flatten() {
@@ -833,24 +759,26 @@ fn control_plane_containers_run_as_documented() {
             assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true, "{at}");
             assert_eq!(container["securityContext"]["allowPrivilegeEscalation"], false, "{at}");
 
-            // The data dir is a writable emptyDir mount.
-            let data_dir = env_var(container, "PORTCULLIS_DATA_DIR")
-                .and_then(|e| e["value"].as_str())
-                .unwrap_or_else(|| panic!("{at}: PORTCULLIS_DATA_DIR missing"));
-            let mount = container["volumeMounts"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|m| m["mountPath"] == data_dir)
-                .unwrap_or_else(|| panic!("{at}: nothing is mounted at the data dir {data_dir}"));
-            assert_ne!(mount["readOnly"], true, "{at}: the data dir must be writable");
-            let volume = pod["volumes"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|v| v["name"] == mount["name"])
-                .unwrap_or_else(|| panic!("{at}: volume {} not declared", mount["name"]));
-            assert!(volume["emptyDir"].is_object(), "{at}: the data dir should be an emptyDir");
+            // State survives the pod: no embedded store, nothing written to the pod's disk.
+            assert!(
+                env_var(container, "PORTCULLIS_DATA_DIR").is_none(),
+                "{at}: no data dir; the state is in Redis"
+            );
+            let master_key_file = value("PORTCULLIS_MASTER_KEY_FILE");
+            assert!(
+                secret_file(pod, container, master_key_file, &secret_has),
+                "{at}: PORTCULLIS_MASTER_KEY_FILE ({master_key_file}) must be a mounted key of a Secret in this file"
+            );
+            // What the control plane mints is what the filter next to it accepts.
+            let (_, plugin) = wasm_plugin_config(&istio_documents());
+            let provider = &plugin["providers"]["portcullis"];
+            assert_eq!(value("PORTCULLIS_ISSUER"), provider["issuer"], "{at}: issuer");
+            assert!(
+                provider["audiences"]
+                    .as_array()
+                    .is_some_and(|a| a.contains(&json!(value("PORTCULLIS_AUDIENCE")))),
+                "{at}: PORTCULLIS_AUDIENCE must be one of the filter's audiences"
+            );
 
             // The admin token comes from a Secret, never a literal in the manifest.
             if let Some(token) = env_var(container, "PORTCULLIS_ADMIN_TOKEN") {
@@ -869,34 +797,19 @@ fn control_plane_containers_run_as_documented() {
                 "{at}: the admin token must come from a Secret in this file"
             );
 
-            let store =
-                env_var(container, "PORTCULLIS_STORE").and_then(|e| e["value"].as_str()).unwrap_or("");
-            assert!(matches!(store, "embedded" | "redis"), "{at}: PORTCULLIS_STORE=embedded|redis");
-            if store == "redis" {
-                let url = env_var(container, "PORTCULLIS_REDIS_URL")
-                    .unwrap_or_else(|| panic!("{at}: PORTCULLIS_STORE=redis needs PORTCULLIS_REDIS_URL"));
-                let r = &url["valueFrom"]["secretKeyRef"];
-                assert!(
-                    url["value"].is_string()
-                        || secret_has(r["name"].as_str().unwrap_or(""), r["key"].as_str().unwrap_or("")),
-                    "{at}: PORTCULLIS_REDIS_URL refers to a missing Secret key"
-                );
-                // Redis state is shared, so this is the variant that may scale out.
-            } else {
-                let replicas = document.value["spec"]["replicas"].as_u64().unwrap_or(1);
-                assert!(
-                    replicas <= 1,
-                    "{at}: the embedded store is per pod; use redis with {replicas} replicas"
-                );
-            }
-            stores.insert(store.to_string());
+            let store = value("PORTCULLIS_STORE");
+            assert_eq!(store, "redis", "{at}: an embedded store in the pod loses its keys at every rollout");
+            let url = env_var(container, "PORTCULLIS_REDIS_URL")
+                .unwrap_or_else(|| panic!("{at}: PORTCULLIS_STORE=redis needs PORTCULLIS_REDIS_URL"));
+            let r = &url["valueFrom"]["secretKeyRef"];
+            assert!(
+                secret_has(r["name"].as_str().unwrap_or(""), r["key"].as_str().unwrap_or("")),
+                "{at}: PORTCULLIS_REDIS_URL must come from a Secret key in this file (it holds a password)"
+            );
+            stores.push(document.origin.clone());
         }
     }
-    assert_eq!(
-        stores,
-        BTreeSet::from(["embedded".to_string(), "redis".to_string()]),
-        "expected a sidecar (embedded) and a shared (redis) control plane example"
-    );
+    assert_eq!(stores.len(), 2, "expected a sidecar and a shared control plane example: {stores:?}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1076,7 +989,9 @@ fn the_control_plane_admits_only_the_workloads_service_accounts_on_its_internal_
     let service = kubernetes
         .iter()
         .find(|d| {
-            d.kind() == "Service" && d.value["metadata"]["namespace"] == policy.value["metadata"]["namespace"]
+            d.kind() == "Service"
+                && d.value["metadata"]["namespace"] == policy.value["metadata"]["namespace"]
+                && &d.value["spec"]["selector"] == labels
         })
         .expect("the control plane's Service");
     let ports: Vec<&Value> = service.value["spec"]["ports"].as_array().unwrap().iter().collect();

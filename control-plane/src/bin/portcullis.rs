@@ -91,6 +91,9 @@ enum Command {
         #[arg(long, value_name = "DURATION", value_parser = parse_duration_secs)]
         wait: Option<u64>,
     },
+    /// Print the OpenAPI 3.1 document of the admin and internal APIs (offline; the
+    /// control plane serves the same at `/openapi.json` on its admin listener).
+    Openapi,
     /// Plugin configurations, offline: check files, print the JSON Schema.
     Config {
         #[command(subcommand)]
@@ -358,7 +361,8 @@ enum CliError {
 
 async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let refresh = matches!(cli.command, Command::Token { command: TokenCommand::Refresh { .. } });
-    let needs_admin = !refresh && !matches!(cli.command, Command::Health { .. } | Command::Config { .. });
+    let needs_admin = !refresh
+        && !matches!(cli.command, Command::Health { .. } | Command::Config { .. } | Command::Openapi);
     let token = if needs_admin { Some(cli.admin_token.load()?) } else { None };
     let ca = cli.ca_file.as_deref().map(|path| CaBundle::load("--ca-file", path)).transpose()?;
     let client =
@@ -431,6 +435,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             println!("{}", serde_json::to_string_pretty(&status)?);
         }
         Command::Config { command } => return Ok(config_command(command)),
+        Command::Openapi => print!("{}", portcullis_control_plane::http::openapi::document_text()),
         Command::Health { wait } => {
             let deadline = Instant::now() + Duration::from_secs(wait.unwrap_or(0));
             let health = loop {

@@ -4,12 +4,13 @@
 
 use axum::extract::{Path, Request, State};
 use axum::http::header::AUTHORIZATION;
-use axum::middleware::{self, Next};
+use axum::middleware::Next;
 use axum::response::Response;
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::error::ApiJson;
 use super::health::store_is_ready;
@@ -22,28 +23,30 @@ use crate::sessions::{self, RevokedSession, SessionInfo, UserRevocation};
 use crate::tokens::{IssuedToken, TokenRequest};
 use crate::webhooks::{DeadLetterAction, DeadLetterList};
 
-pub fn routes(state: AppState) -> Router<AppState> {
-    Router::new()
-        .route("/tokens", post(issue_token))
-        .route("/status", get(status))
-        .route("/keys", get(list_keys))
-        .route("/keys/rotate", post(rotate_keys))
-        .route("/keys/revoke-all", post(revoke_all_keys))
-        .route("/keys/{kid}/revoke", post(revoke_key))
-        .route("/revocations", post(revoke_jti))
-        .route("/users/{sub}", get(user))
-        .route("/users/{sub}/sessions", get(user_sessions))
-        .route("/users/{sub}/revoke-all", post(revoke_user))
-        .route("/sessions/{sid}", delete(revoke_session))
-        .route("/global", get(global))
-        .route("/global/rotate", post(rotate_global))
-        .route("/webhooks/dead-letters", get(dead_letters).delete(purge_dead_letters))
-        .route("/webhooks/dead-letters/retry", post(retry_dead_letters))
-        .route("/webhooks/dead-letters/{id}", delete(purge_dead_letter))
-        .route("/webhooks/dead-letters/{id}/retry", post(retry_dead_letter))
-        .route("/lockouts", get(list_lockouts))
-        .route("/lockouts/{kind}/{value}", get(show_lockout).delete(clear_lockout))
-        .route_layer(middleware::from_fn_with_state(state, require_admin_token))
+/// The admin API's routes, relative to `/admin/v1`, each documented by its handler's
+/// `#[utoipa::path]` (so the OpenAPI document lists exactly these); the admin token layer
+/// is added by [`super::admin_app`].
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(issue_token))
+        .routes(routes!(status))
+        .routes(routes!(list_keys))
+        .routes(routes!(rotate_keys))
+        .routes(routes!(revoke_all_keys))
+        .routes(routes!(revoke_key))
+        .routes(routes!(revoke_jti))
+        .routes(routes!(user))
+        .routes(routes!(user_sessions))
+        .routes(routes!(revoke_user))
+        .routes(routes!(revoke_session))
+        .routes(routes!(global))
+        .routes(routes!(rotate_global))
+        .routes(routes!(dead_letters, purge_dead_letters))
+        .routes(routes!(retry_dead_letters))
+        .routes(routes!(purge_dead_letter))
+        .routes(routes!(retry_dead_letter))
+        .routes(routes!(list_lockouts))
+        .routes(routes!(show_lockout, clear_lockout))
 }
 
 /// The bearer token of an `Authorization` header; `None` when there is no bearer
@@ -54,7 +57,7 @@ pub(super) fn bearer_token(request: &Request) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }
 
-async fn require_admin_token(
+pub(super) async fn require_admin_token(
     State(state): State<AppState>,
     request: Request,
     next: Next,
@@ -67,6 +70,14 @@ async fn require_admin_token(
     Ok(next.run(request).await)
 }
 
+#[utoipa::path(
+    post,
+    path = "/tokens",
+    tag = "admin",
+    summary = "Mint an access token and start a session",
+    request_body(content = TokenRequest, content_type = "application/json"),
+    responses((status = 200, description = "The access token, its refresh token and session", content_type = "application/json"))
+)]
 async fn issue_token(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<TokenRequest>,
@@ -107,6 +118,13 @@ pub struct StatusReport {
     pub audience: String,
 }
 
+#[utoipa::path(
+    get,
+    path = "/status",
+    tag = "admin",
+    summary = "Version, store, current key, versions, issuer and audience",
+    responses((status = 200, description = "JSON document", content_type = "application/json"))
+)]
 async fn status(State(state): State<AppState>) -> Result<Json<StatusReport>, ApiError> {
     let now_ms = state.clock.now_ms();
     let keys = state.keys.current(now_ms).await;
@@ -135,12 +153,26 @@ pub struct KeyList {
     pub keys: Vec<KeyInfo>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/keys",
+    tag = "admin",
+    summary = "The signing keys and their status",
+    responses((status = 200, description = "JSON document", content_type = "application/json"))
+)]
 async fn list_keys(State(state): State<AppState>) -> Result<Json<KeyList>, ApiError> {
     let now_ms = state.clock.now_ms();
     let keys = state.keys.reload(now_ms).await?;
     Ok(Json(KeyList { key_set_version: keys.version, keys: keys.list(now_ms) }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/keys/rotate",
+    tag = "admin",
+    summary = "Make a new signing key current",
+    responses((status = 200, description = "JSON document", content_type = "application/json"))
+)]
 async fn rotate_keys(State(state): State<AppState>) -> Result<Json<Rotation>, ApiError> {
     let now_ms = state.clock.now_ms();
     let rotation = state
@@ -163,6 +195,14 @@ async fn rotate_keys(State(state): State<AppState>) -> Result<Json<Rotation>, Ap
 }
 
 /// Revokes one signing key at once (a leaked key): `POST /admin/v1/keys/{kid}/revoke`.
+#[utoipa::path(
+    post,
+    path = "/keys/{kid}/revoke",
+    tag = "admin",
+    summary = "Revoke one signing key at once",
+    params(("kid" = String, Path, description = "Key id")),
+    responses((status = 200, description = "JSON document", content_type = "application/json"))
+)]
 async fn revoke_key(
     State(state): State<AppState>,
     Path(kid): Path<String>,
@@ -172,6 +212,13 @@ async fn revoke_key(
 }
 
 /// Revokes every signing key, the current one included (the master key leaked).
+#[utoipa::path(
+    post,
+    path = "/keys/revoke-all",
+    tag = "admin",
+    summary = "Revoke every signing key; a fresh one becomes current",
+    responses((status = 200, description = "JSON document", content_type = "application/json"))
+)]
 async fn revoke_all_keys(State(state): State<AppState>) -> Result<Json<KeyRevocation>, ApiError> {
     revoke_keys(&state, KeySelection::All, "all").await
 }
@@ -193,7 +240,7 @@ async fn revoke_keys(
 }
 
 /// Body of `POST /admin/v1/revocations`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RevocationRequest {
     pub jti: String,
@@ -211,6 +258,14 @@ pub struct RevocationAccepted {
     pub cursor: u64,
 }
 
+#[utoipa::path(
+    post,
+    path = "/revocations",
+    tag = "admin",
+    summary = "Revoke one token by its jti until its exp",
+    request_body(content = RevocationRequest, content_type = "application/json"),
+    responses((status = 200, description = "JSON document", content_type = "application/json"))
+)]
 async fn revoke_jti(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<RevocationRequest>,
@@ -233,6 +288,14 @@ async fn revoke_jti(
 
 /// Raises the subject's minimum version and revokes all its sessions: one operation,
 /// one audit entry.
+#[utoipa::path(
+    post,
+    path = "/users/{sub}/revoke-all",
+    tag = "admin",
+    summary = "Revoke every token and session of a subject",
+    params(("sub" = String, Path, description = "Subject")),
+    responses((status = 200, description = "JSON document", content_type = "application/json"))
+)]
 async fn revoke_user(
     State(state): State<AppState>,
     Path(sub): Path<String>,
@@ -276,6 +339,14 @@ pub struct UserReport {
     pub sessions: Vec<SessionInfo>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/users/{sub}",
+    tag = "admin",
+    summary = "A subject's versions and sessions",
+    params(("sub" = String, Path, description = "Subject")),
+    responses((status = 200, description = "JSON document", content_type = "application/json"))
+)]
 async fn user(State(state): State<AppState>, Path(sub): Path<String>) -> Result<Json<UserReport>, ApiError> {
     revocations::validate_id("sub", &sub)?;
     let now_ms = state.clock.now_ms();
@@ -294,6 +365,14 @@ struct SessionList {
     sessions: Vec<SessionInfo>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/users/{sub}/sessions",
+    tag = "admin",
+    summary = "A subject's sessions",
+    params(("sub" = String, Path, description = "Subject")),
+    responses((status = 200, description = "JSON document", content_type = "application/json"))
+)]
 async fn user_sessions(
     State(state): State<AppState>,
     Path(sub): Path<String>,
@@ -303,6 +382,14 @@ async fn user_sessions(
     Ok(Json(SessionList { sessions }))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/sessions/{sid}",
+    tag = "admin",
+    summary = "Revoke a session (token family)",
+    params(("sid" = String, Path, description = "Session id")),
+    responses((status = 200, description = "JSON document", content_type = "application/json"))
+)]
 async fn revoke_session(
     State(state): State<AppState>,
     Path(sid): Path<String>,
@@ -327,6 +414,13 @@ async fn revoke_session(
     Ok(Json(revoked))
 }
 
+#[utoipa::path(
+    get,
+    path = "/global",
+    tag = "admin",
+    summary = "The global minimum version and grace",
+    responses((status = 200, description = "JSON document", content_type = "application/json"))
+)]
 async fn global(State(state): State<AppState>) -> Result<Json<GlobalState>, ApiError> {
     let mut global = revocations::global_state(state.store.as_ref(), state.clock.now_ms()).await?;
     global.min_version = global.min_version.max(revocations::BASE_TOKEN_VERSION);
@@ -334,7 +428,7 @@ async fn global(State(state): State<AppState>) -> Result<Json<GlobalState>, ApiE
 }
 
 /// Body of `POST /admin/v1/global/rotate`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GlobalRotateRequest {
     pub reason: String,
@@ -342,6 +436,14 @@ pub struct GlobalRotateRequest {
     pub grace_seconds: u64,
 }
 
+#[utoipa::path(
+    post,
+    path = "/global/rotate",
+    tag = "admin",
+    summary = "Breach rotation: refuse every token minted so far (after a grace)",
+    request_body(content = GlobalRotateRequest, content_type = "application/json"),
+    responses((status = 200, description = "JSON document", content_type = "application/json"))
+)]
 async fn rotate_global(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<GlobalRotateRequest>,
@@ -360,6 +462,13 @@ async fn rotate_global(
     Ok(Json(global))
 }
 
+#[utoipa::path(
+    get,
+    path = "/lockouts",
+    tag = "admin",
+    summary = "Locked and failing accounts and addresses",
+    responses((status = 200, description = "JSON document", content_type = "application/json"))
+)]
 async fn list_lockouts(State(state): State<AppState>) -> Result<Json<LockoutList>, ApiError> {
     Ok(Json(lockouts::list(state.store.as_ref(), state.clock.now_ms()).await?))
 }
@@ -384,6 +493,14 @@ fn no_lockout(key: &SubjectKey) -> ApiError {
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/lockouts/{kind}/{value}",
+    tag = "admin",
+    summary = "One account or address",
+    params(("kind" = String, Path, description = "`account` or `ip`"), ("value" = String, Path, description = "The account name or address")),
+    responses((status = 200, description = "JSON document", content_type = "application/json"))
+)]
 async fn show_lockout(
     State(state): State<AppState>,
     Path((kind, value)): Path<(String, String)>,
@@ -395,6 +512,14 @@ async fn show_lockout(
 
 /// Forgets a subject's failures and lock; answers what was cleared. Audited with the
 /// hash only.
+#[utoipa::path(
+    delete,
+    path = "/lockouts/{kind}/{value}",
+    tag = "admin",
+    summary = "Forget an account's or address's failures and lock",
+    params(("kind" = String, Path, description = "`account` or `ip`"), ("value" = String, Path, description = "The account name or address")),
+    responses((status = 200, description = "JSON document", content_type = "application/json"))
+)]
 async fn clear_lockout(
     State(state): State<AppState>,
     Path((kind, value)): Path<(String, String)>,
@@ -422,10 +547,25 @@ async fn clear_lockout(
 }
 
 /// Webhook deliveries given up on, oldest first.
+#[utoipa::path(
+    get,
+    path = "/webhooks/dead-letters",
+    tag = "admin",
+    summary = "Webhook deliveries given up on",
+    responses((status = 200, description = "JSON document", content_type = "application/json"))
+)]
 async fn dead_letters(State(state): State<AppState>) -> Result<Json<DeadLetterList>, ApiError> {
     Ok(Json(state.webhooks.dead_letters().await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/webhooks/dead-letters/{id}/retry",
+    tag = "admin",
+    summary = "Queue one dead letter again",
+    params(("id" = String, Path, description = "Dead letter id")),
+    responses((status = 200, description = "JSON document", content_type = "application/json"))
+)]
 async fn retry_dead_letter(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -434,10 +574,25 @@ async fn retry_dead_letter(
     dead_letter_action(&state, Some(&id), "webhook.retry").await
 }
 
+#[utoipa::path(
+    post,
+    path = "/webhooks/dead-letters/retry",
+    tag = "admin",
+    summary = "Queue every dead letter again",
+    responses((status = 200, description = "JSON document", content_type = "application/json"))
+)]
 async fn retry_dead_letters(State(state): State<AppState>) -> Result<Json<DeadLetterAction>, ApiError> {
     dead_letter_action(&state, None, "webhook.retry").await
 }
 
+#[utoipa::path(
+    delete,
+    path = "/webhooks/dead-letters/{id}",
+    tag = "admin",
+    summary = "Delete one dead letter",
+    params(("id" = String, Path, description = "Dead letter id")),
+    responses((status = 200, description = "JSON document", content_type = "application/json"))
+)]
 async fn purge_dead_letter(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -446,6 +601,13 @@ async fn purge_dead_letter(
     dead_letter_action(&state, Some(&id), "webhook.purge").await
 }
 
+#[utoipa::path(
+    delete,
+    path = "/webhooks/dead-letters",
+    tag = "admin",
+    summary = "Delete every dead letter",
+    responses((status = 200, description = "JSON document", content_type = "application/json"))
+)]
 async fn purge_dead_letters(State(state): State<AppState>) -> Result<Json<DeadLetterAction>, ApiError> {
     dead_letter_action(&state, None, "webhook.purge").await
 }

@@ -23,7 +23,7 @@ pub const ADMIN_REALM: &str = "portcullis-admin";
 const PROBLEM_TYPE_BASE: &str = "urn:portcullis:problem:";
 
 /// An RFC 9457 problem document.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Problem {
     #[serde(rename = "type")]
     pub type_: String,

@@ -3,17 +3,18 @@
 //! token id and subject with the caller's feed key ([`super::fleet::FleetCaller`]).
 
 use axum::extract::{Query, State};
-use axum::routing::get;
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use portcullis_core::revocation::{FeedPage, TokenStatus, MAX_PAGE_ENTRIES};
 use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::fleet::FleetCaller;
 use super::{ApiError, AppState};
 use crate::revocations::{self, FeedCursor, FeedRequest};
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route(FEED_PATH, get(feed)).route(TOKEN_STATUS_PATH, get(token_status))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(feed)).routes(routes!(token_status))
 }
 
 /// Route of the revocation feed (the filter's default `revocation.path`).
@@ -36,6 +37,14 @@ struct FeedQuery {
     limit: Option<usize>,
 }
 
+#[utoipa::path(
+    get,
+    path = FEED_PATH,
+    tag = "internal",
+    summary = "Revocation change feed (one page)",
+    params(("cursor" = Option<String>, Query, description = "The previous page's cursor; none to start"), ("limit" = Option<usize>, Query, description = "Entries per page")),
+    responses((status = 200, description = "JSON document", content_type = "application/json"))
+)]
 async fn feed(
     State(state): State<AppState>,
     Extension(caller): Extension<FleetCaller>,
@@ -89,6 +98,14 @@ fn status_param<'a>(name: &str, value: Option<&'a str>) -> Result<Option<&'a str
 
 /// The current revocation state for one token, read from the store (not the feed):
 /// three store reads at most, run concurrently, and nothing else.
+#[utoipa::path(
+    get,
+    path = TOKEN_STATUS_PATH,
+    tag = "internal",
+    summary = "One token's current revocation state",
+    params(("jti" = Option<String>, Query, description = "Token id"), ("sub" = Option<String>, Query, description = "Subject")),
+    responses((status = 200, description = "JSON document", content_type = "application/json"))
+)]
 async fn token_status(
     State(state): State<AppState>,
     query: Result<Query<TokenStatusQuery>, axum::extract::rejection::QueryRejection>,

@@ -10,12 +10,13 @@
 //!   the blocked addresses ([`BurstReply`]).
 
 use axum::extract::State;
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use portcullis_core::wire::{
     BurstReply, BurstReport, LockoutCheck, LockoutReply, LockoutReport, BURST_REPORT_PATH,
     LOCKOUT_CHECK_PATH, LOCKOUT_REPORT_PATH,
 };
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::error::ApiJson;
 use super::{ApiError, AppState};
@@ -24,11 +25,11 @@ use crate::lockouts::{self, LockoutError};
 use crate::master_key::hex;
 use crate::store::StoreError;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route(LOCKOUT_CHECK_PATH, post(lockout_check))
-        .route(LOCKOUT_REPORT_PATH, post(lockout_report))
-        .route(BURST_REPORT_PATH, post(burst_report))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(lockout_check))
+        .routes(routes!(lockout_report))
+        .routes(routes!(burst_report))
 }
 
 /// Routes logged at debug, not info: the filter calls them on every login and every
@@ -56,6 +57,14 @@ impl From<BurstError> for ApiError {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = LOCKOUT_CHECK_PATH,
+    tag = "internal",
+    summary = "Is an account or address locked; reserve an attempt",
+    request_body(content = Object, content_type = "application/json"),
+    responses((status = 200, description = "JSON document", content_type = "application/json"))
+)]
 async fn lockout_check(
     State(state): State<AppState>,
     ApiJson(check): ApiJson<LockoutCheck>,
@@ -88,6 +97,14 @@ fn reservation_id(state: &AppState) -> Result<String, ApiError> {
     Ok(hex(&bytes))
 }
 
+#[utoipa::path(
+    post,
+    path = LOCKOUT_REPORT_PATH,
+    tag = "internal",
+    summary = "Record a login attempt's outcome",
+    request_body(content = Object, content_type = "application/json"),
+    responses((status = 200, description = "JSON document", content_type = "application/json"))
+)]
 async fn lockout_report(
     State(state): State<AppState>,
     ApiJson(report): ApiJson<LockoutReport>,
@@ -118,6 +135,14 @@ async fn lockout_report(
     Ok(Json(result.reply))
 }
 
+#[utoipa::path(
+    post,
+    path = BURST_REPORT_PATH,
+    tag = "internal",
+    summary = "Per-address request counts; answers blocked addresses",
+    request_body(content = Object, content_type = "application/json"),
+    responses((status = 200, description = "JSON document", content_type = "application/json"))
+)]
 async fn burst_report(
     State(state): State<AppState>,
     ApiJson(report): ApiJson<BurstReport>,

@@ -5,9 +5,10 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{ApiError, AppState};
 
@@ -16,16 +17,23 @@ const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
 const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Liveness and readiness, on both listeners.
-pub fn probes() -> Router<AppState> {
-    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz))
+pub fn probes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz))
 }
 
 /// Prometheus metrics, on the admin listener.
-pub fn metrics() -> Router<AppState> {
-    Router::new().route("/metrics", get(render_metrics))
+pub fn metrics() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(render_metrics))
 }
 
 /// The process is up and serving HTTP.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "probes",
+    summary = "Liveness: the process serves HTTP",
+    responses((status = 200, description = "Alive", content_type = "application/json"))
+)]
 async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "alive" }))
 }
@@ -45,6 +53,13 @@ pub(super) async fn store_is_ready(state: &AppState) -> Result<(), String> {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "probes",
+    summary = "Readiness: the store answers",
+    responses((status = 200, description = "Ready; otherwise a 503 problem", content_type = "application/json"))
+)]
 async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     store_is_ready(&state).await.map_err(ApiError::NotReady)?;
     Ok(Json(json!({
@@ -53,6 +68,13 @@ async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiE
     })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "admin",
+    summary = "Metrics (OpenMetrics text)",
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"))
+)]
 async fn render_metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     super::observe::sample_state(&state).await;
     let body =

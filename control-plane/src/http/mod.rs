@@ -8,7 +8,9 @@
 //! - [`admin_app`], the admin listener: the admin API behind the admin token, metrics,
 //!   health and readiness.
 //!
-//! A route of one listener is a 404 on the other, whatever credential is sent.
+//! A route of one listener is a 404 on the other, whatever credential is sent. The
+//! routes come from the tables of [`route_groups`], which also make the OpenAPI document
+//! (`openapi.rs`, served at `/openapi.json` on the admin listener).
 
 mod admin;
 pub mod error;
@@ -18,6 +20,7 @@ mod guard;
 mod health;
 mod jwks;
 mod observe;
+pub mod openapi;
 mod ratelimit;
 mod refresh;
 
@@ -26,6 +29,7 @@ use std::sync::Arc;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::Router;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::admin_credential::{AdminCredential, FleetCredentials};
 use crate::audit::{self, ACTOR_SYSTEM};
@@ -46,6 +50,7 @@ pub use admin::{
     GlobalRotateRequest, KeyList, RevocationAccepted, RevocationRequest, StatusReport, UserReport,
 };
 pub use error::{ApiError, Problem, PROBLEM_CONTENT_TYPE};
+use openapi::{Credential, Listener, RouteGroup};
 
 /// Request bodies are small JSON documents; refuse anything bigger.
 const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -200,24 +205,55 @@ impl AppState {
     }
 }
 
+/// Every route of both listeners, by listener and credential: what the listeners serve
+/// and what the OpenAPI document lists.
+pub fn route_groups() -> Vec<RouteGroup> {
+    let group = |listener, credential, routes| RouteGroup { listener, credential, routes };
+    vec![
+        group(
+            Listener::Internal,
+            Credential::Fleet,
+            OpenApiRouter::new().merge(feed::routes()).merge(ratelimit::routes()).merge(guard::routes()),
+        ),
+        group(
+            Listener::Internal,
+            Credential::None,
+            OpenApiRouter::new().merge(health::probes()).merge(jwks::routes()).merge(refresh::routes()),
+        ),
+        group(Listener::Admin, Credential::Admin, OpenApiRouter::new().nest("/admin/v1", admin::routes())),
+        group(
+            Listener::Admin,
+            Credential::None,
+            OpenApiRouter::new().merge(health::probes()).merge(health::metrics()).merge(openapi::routes()),
+        ),
+    ]
+}
+
+/// One listener's routes from [`route_groups`], each group behind its credential.
+fn listener_routes(listener: Listener, state: &AppState) -> Router<AppState> {
+    let mut routes = Router::new();
+    for group in route_groups().into_iter().filter(|g| g.listener == listener) {
+        let (router, _) = group.routes.split_for_parts();
+        routes = routes.merge(match group.credential {
+            Credential::None => router,
+            Credential::Fleet => router
+                .route_layer(middleware::from_fn_with_state(state.clone(), fleet::require_fleet_credential)),
+            Credential::Admin => {
+                router.route_layer(middleware::from_fn_with_state(state.clone(), admin::require_admin_token))
+            }
+        });
+    }
+    routes
+}
+
 /// The internal listener's API: what Envoys call.
 pub fn internal_app(state: AppState) -> Router {
-    let fleet_only = Router::new()
-        .merge(feed::routes())
-        .merge(ratelimit::routes())
-        .merge(guard::routes())
-        .route_layer(middleware::from_fn_with_state(state.clone(), fleet::require_fleet_credential));
-    let public = Router::new().merge(health::probes()).merge(jwks::routes()).merge(refresh::routes());
-    finish(fleet_only.merge(public), state)
+    finish(listener_routes(Listener::Internal, &state), state)
 }
 
 /// The admin listener's API: operators and monitoring.
 pub fn admin_app(state: AppState) -> Router {
-    let routes = Router::new()
-        .merge(health::probes())
-        .merge(health::metrics())
-        .nest("/admin/v1", admin::routes(state.clone()));
-    finish(routes, state)
+    finish(listener_routes(Listener::Admin, &state), state)
 }
 
 /// What both listeners share: problem documents for every error (404s included), the

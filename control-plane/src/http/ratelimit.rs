@@ -11,18 +11,27 @@
 //! applies its failure mode instead of trusting a partial answer.
 
 use axum::extract::State;
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use portcullis_core::wire::{RateLimitBatch, RateLimitReply, RATE_LIMIT_PATH};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::error::ApiJson;
 use super::{ApiError, AppState};
 use crate::ratelimits::{self, RateLimitError};
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route(RATE_LIMIT_PATH, post(rate_limit))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(rate_limit))
 }
 
+#[utoipa::path(
+    post,
+    path = RATE_LIMIT_PATH,
+    tag = "internal",
+    summary = "Batched rate-limit counter operations",
+    request_body(content = Object, content_type = "application/json"),
+    responses((status = 200, description = "JSON document", content_type = "application/json"))
+)]
 async fn rate_limit(
     State(state): State<AppState>,
     ApiJson(batch): ApiJson<RateLimitBatch>,

@@ -2,17 +2,26 @@
 //! the refresh token is its own credential, and clients (not Envoys) call it.
 
 use axum::extract::State;
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::error::ApiJson;
 use super::{ApiError, AppState};
 use crate::tokens::{IssuedToken, RefreshRequest};
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/v1/token/refresh", post(refresh))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(refresh))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/token/refresh",
+    tag = "internal",
+    summary = "Exchange a refresh token for new tokens",
+    request_body(content = RefreshRequest, content_type = "application/json"),
+    responses((status = 200, description = "New access and refresh tokens", content_type = "application/json"))
+)]
 async fn refresh(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<RefreshRequest>,
