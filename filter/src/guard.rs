@@ -36,7 +36,8 @@ use portcullis_core::wire::{
 use portcullis_core::RequestParts;
 use sha2::{Digest, Sha256};
 
-use crate::host::{self, Upstream};
+use crate::host::shared::{SharedCell, Swap};
+use crate::host::Upstream;
 use crate::http::{apply_edits, Next};
 use crate::runtime::Runtime;
 
@@ -237,7 +238,7 @@ impl Runtime {
 
     /// Runs the stateful checks of an authenticated request on the current context.
     pub fn guard(&self, ctx: u32, mut pending: Pending) -> Next {
-        let now = host::now_unix_ms();
+        let now = self.host.now_unix_ms();
         if pending.deadline_ms == 0 {
             let timeout = self.policy.control_plane.as_ref().map(|c| c.timeout_ms).unwrap_or(200);
             pending.deadline_ms = now.saturating_add(timeout.saturating_mul(2)).saturating_add(1_000);
@@ -322,7 +323,7 @@ impl Runtime {
             self.guards.logins.borrow_mut().insert(ctx, login);
         }
         self.metrics.count("portcullis.requests.allowed");
-        apply_edits(&pending.request, &pending.edits);
+        apply_edits(&*self.host, &pending.request, &pending.edits);
         Next::Continue
     }
 
@@ -374,45 +375,46 @@ impl Runtime {
             LimitMode::Strict => LimitStep::Ask(RateLimitOp::Check { cost: 1 }),
             LimitMode::Lease => {
                 let key = slot_key(&applied.key);
-                for _ in 0..8 {
-                    let (data, cas) = host::shared_data(&key);
-                    let slot = data.map(|d| LeaseSlot::decode(&d)).unwrap_or_default();
+                let spend = SharedCell::new(&*self.host, &key).update(|data| {
+                    let slot = data.map(LeaseSlot::decode).unwrap_or_default();
                     match slot.spend(1, now) {
-                        SlotSpend::Spent(next) => {
-                            if host::set_shared_data(&key, &next.encode(), cas).is_err() {
-                                continue;
-                            }
-                            self.count_limit(applied.index, limit, "allowed");
-                            return LimitStep::Done(headers_if_wanted(limit, || {
-                                let remaining = next.visible_remaining(now);
-                                (remaining, limit_headers(applied, remaining, next.reset_at_ms, now))
-                            }));
-                        }
-                        SlotSpend::Refused { retry_after_ms } => {
-                            return LimitStep::Deny(self.rate_limited(
-                                applied,
-                                retry_after_ms,
-                                0,
-                                slot.reset_at_ms.saturating_sub(now),
-                                now,
-                            ));
-                        }
-                        SlotSpend::NeedLease => {
-                            if let Some(token) = self.guards.inflight.borrow().get(&applied.key).copied() {
-                                return LimitStep::Wait(token);
-                            }
-                            if pending.lease_rounds >= MAX_LEASE_ROUNDS {
-                                pending.unavailable = true;
-                                return self.limit_step(pending, i, applied, limit, now);
-                            }
-                            return LimitStep::Ask(RateLimitOp::Lease {
-                                release: 0,
-                                max_lease: limit.max_lease,
-                                holders: limit.expected_holders,
-                                ttl_ms: limit.lease_ttl_ms,
-                            });
-                        }
+                        SlotSpend::Spent(next) => Swap::Write(next.encode(), (slot, SlotSpend::Spent(next))),
+                        other => Swap::Keep((slot, other)),
                     }
+                });
+                match spend {
+                    Some((_, SlotSpend::Spent(next))) => {
+                        self.count_limit(applied.index, limit, "allowed");
+                        return LimitStep::Done(headers_if_wanted(limit, || {
+                            let remaining = next.visible_remaining(now);
+                            (remaining, limit_headers(applied, remaining, next.reset_at_ms, now))
+                        }));
+                    }
+                    Some((slot, SlotSpend::Refused { retry_after_ms })) => {
+                        return LimitStep::Deny(self.rate_limited(
+                            applied,
+                            retry_after_ms,
+                            0,
+                            slot.reset_at_ms.saturating_sub(now),
+                            now,
+                        ));
+                    }
+                    Some((_, SlotSpend::NeedLease)) => {
+                        if let Some(token) = self.guards.inflight.borrow().get(&applied.key).copied() {
+                            return LimitStep::Wait(token);
+                        }
+                        if pending.lease_rounds >= MAX_LEASE_ROUNDS {
+                            pending.unavailable = true;
+                            return self.limit_step(pending, i, applied, limit, now);
+                        }
+                        return LimitStep::Ask(RateLimitOp::Lease {
+                            release: 0,
+                            max_lease: limit.max_lease,
+                            holders: limit.expected_holders,
+                            ttl_ms: limit.lease_ttl_ms,
+                        });
+                    }
+                    None => {}
                 }
                 // Constant contention on the slot: let the control plane decide.
                 LimitStep::Ask(RateLimitOp::Check { cost: 1 })
@@ -548,7 +550,7 @@ impl Runtime {
             return None;
         }
         let queue = self.guards.queue.get()?;
-        if host::enqueue(queue, &ctx.to_be_bytes()).is_err() {
+        if self.host.enqueue(queue, &ctx.to_be_bytes()).is_err() {
             return None;
         }
         let taken = std::mem::replace(
@@ -573,14 +575,14 @@ impl Runtime {
     pub fn drain_guard_queue(&self, root: u32) {
         let Some(queue) = self.guards.queue.get() else { return };
         self.guards.root_dispatch.set(Some(root));
-        while let Some(bytes) = host::dequeue(queue) {
+        while let Some(bytes) = self.host.dequeue(queue) {
             let Ok(id) = <[u8; 4]>::try_from(bytes.as_slice()) else { continue };
             let ctx = u32::from_be_bytes(id);
             let Some(pending) = self.guards.waiters.borrow_mut().remove(&ctx) else { continue };
             self.finish_on(ctx, pending);
         }
         self.guards.root_dispatch.set(None);
-        let _ = host::set_effective_context(root);
+        let _ = self.host.set_effective_context(root);
     }
 
     /// Makes a call owned by the root context when it is the one working (so the call
@@ -594,11 +596,11 @@ impl Runtime {
         timeout_ms: u64,
     ) -> Result<u32, proxy_wasm::types::Status> {
         let Some(root) = self.guards.root_dispatch.get() else {
-            return host::dispatch_post_json(&Upstream::control_plane(cp), path, body, timeout_ms);
+            return self.host.dispatch_post_json(&Upstream::control_plane(cp), path, body, timeout_ms);
         };
-        let _ = host::set_effective_context(root);
-        let result = host::dispatch_post_json(&Upstream::control_plane(cp), path, body, timeout_ms);
-        let _ = host::set_effective_context(ctx);
+        let _ = self.host.set_effective_context(root);
+        let result = self.host.dispatch_post_json(&Upstream::control_plane(cp), path, body, timeout_ms);
+        let _ = self.host.set_effective_context(ctx);
         result
     }
 
@@ -627,7 +629,7 @@ impl Runtime {
         subjects
             .iter()
             .filter_map(|s| {
-                let (data, _) = host::shared_data(&lock_key(s));
+                let (data, _) = self.host.shared_data(&lock_key(s));
                 let (until, learned_at) = data.map(|d| decode_lock(&d)).unwrap_or((0, 0));
                 (until > now).then(|| (until - now, now.saturating_sub(learned_at) < LOCAL_LOCK_TRUST_MS))
             })
@@ -640,7 +642,7 @@ impl Runtime {
             let mut value = [0u8; 16];
             value[..8].copy_from_slice(&until.to_be_bytes());
             value[8..].copy_from_slice(&now.to_be_bytes());
-            let _ = host::set_shared_data(&lock_key(subject), &value, None);
+            let _ = self.host.set_shared_data(&lock_key(subject), &value, None);
         }
     }
 
@@ -689,7 +691,7 @@ impl Runtime {
         let Some(call) = self.guards.calls.borrow_mut().remove(&token) else {
             return false;
         };
-        let (status, body) = crate::http::call_response_capped(body_size, MAX_REPLY_BYTES);
+        let (status, body) = self.host.call_response(body_size, MAX_REPLY_BYTES);
         let ok_body = match (status.as_deref(), body) {
             (Some("200"), Some(b)) => Some(b),
             (s, _) => {
@@ -700,7 +702,7 @@ impl Runtime {
                 None
             }
         };
-        let now = host::now_unix_ms();
+        let now = self.host.now_unix_ms();
         match call {
             CallKind::Limits { owner, asks, waiters } => {
                 self.guards.inflight.borrow_mut().retain(|_, t| *t != token);
@@ -726,7 +728,7 @@ impl Runtime {
                     if let Some(id) = reply.and_then(|r| r.reservation) {
                         self.release_reservation(subjects, id);
                     }
-                    let _ = host::set_effective_context(current);
+                    let _ = self.host.set_effective_context(current);
                     return true;
                 };
                 match reply {
@@ -747,12 +749,12 @@ impl Runtime {
                                         self.metrics.count("portcullis.lockout.denied_in_flight");
                                     }
                                     let retry_ms = r.retry_after_ms.max(r.locked_for_ms);
-                                    if host::set_effective_context(owner).is_ok() {
+                                    if self.host.set_effective_context(owner).is_ok() {
                                         self.reply(&Denial::LockedOut {
                                             retry_after_secs: retry_ms.div_ceil(1000),
                                         });
                                     }
-                                    let _ = host::set_effective_context(current);
+                                    let _ = self.host.set_effective_context(current);
                                     return true;
                                 }
                             }
@@ -773,8 +775,8 @@ impl Runtime {
                     }
                 }
                 self.guards.logins.borrow_mut().remove(&owner);
-                if host::set_effective_context(owner).is_ok() {
-                    if let Err(status) = host::resume_response() {
+                if self.host.set_effective_context(owner).is_ok() {
+                    if let Err(status) = self.host.resume_response() {
                         log::warn!("could not resume the response ({status:?})");
                     }
                 }
@@ -788,7 +790,7 @@ impl Runtime {
                 }
             }
         }
-        let _ = host::set_effective_context(current);
+        let _ = self.host.set_effective_context(current);
         true
     }
 
@@ -811,14 +813,13 @@ impl Runtime {
             if result.granted > 0 {
                 self.metrics.count("portcullis.ratelimit.lease_grants");
             }
+            // Under constant contention the grant is lost here; its units come back to
+            // the counter when the lease expires in the control plane.
             let key = slot_key(&applied.key);
-            for _ in 0..8 {
-                let (data, cas) = host::shared_data(&key);
-                let slot = data.map(|d| LeaseSlot::decode(&d)).unwrap_or_default();
-                if host::set_shared_data(&key, &slot.granted(result, now).encode(), cas).is_ok() {
-                    break;
-                }
-            }
+            SharedCell::new(&*self.host, &key).update(|data| {
+                let slot = data.map(LeaseSlot::decode).unwrap_or_default();
+                Swap::Write(slot.granted(result, now).encode(), ())
+            });
             let mut known = self.guards.known.borrow_mut();
             if known.len() >= MAX_KNOWN_SLOTS {
                 known.clear();
@@ -830,7 +831,7 @@ impl Runtime {
     /// Re-runs the checks of a waiting request on its own context and carries out the
     /// outcome.
     fn finish_on(&self, ctx: u32, pending: Pending) {
-        if host::set_effective_context(ctx).is_err() {
+        if self.host.set_effective_context(ctx).is_err() {
             return;
         }
         if let Next::Continue = self.guard(ctx, pending) {
@@ -841,7 +842,7 @@ impl Runtime {
     /// Continues a paused request (the current effective context must be `ctx`).
     pub fn resume(&self, ctx: u32) {
         self.release(ctx);
-        if let Err(status) = host::resume_request() {
+        if let Err(status) = self.host.resume_request() {
             log::warn!("could not resume the request ({status:?})");
         }
     }
@@ -849,7 +850,7 @@ impl Runtime {
     /// Finishes requests whose calls are overdue (their answer went to a context that
     /// ended), under their failure modes.
     pub fn expire_guard_waiters(&self, current: u32) {
-        let now = host::now_unix_ms();
+        let now = self.host.now_unix_ms();
         self.guards
             .calls
             .borrow_mut()
@@ -879,7 +880,7 @@ impl Runtime {
             self.metrics.count("portcullis.guard.overdue");
             self.finish_on(ctx, pending);
         }
-        let _ = host::set_effective_context(current);
+        let _ = self.host.set_effective_context(current);
     }
 
     /// Whether the response of this request context is held for its login report.
@@ -907,7 +908,7 @@ impl Runtime {
     pub fn on_guarded_response(&self, ctx: u32) -> Next {
         if let Some(headers) = self.guards.response_headers.borrow_mut().remove(&ctx) {
             for (n, v) in headers {
-                let _ = host::add_response_header(&n, &v);
+                let _ = self.host.add_response_header(&n, &v);
             }
         }
         let Some(lockout) = self.policy.guards.lockout.as_ref() else {
@@ -918,7 +919,9 @@ impl Runtime {
         };
         // No verdict from the upstream (neither a failure nor a success status): the
         // reservation is only given back.
-        let outcome = host::response_status()
+        let outcome = self
+            .host
+            .response_status()
             .and_then(|s| login_outcome(lockout, s))
             .or(login.reservation.as_ref().map(|_| LoginOutcome::Abandoned));
         let Some(outcome) = outcome.filter(|_| !login.subjects.is_empty()) else {
@@ -956,7 +959,7 @@ impl Runtime {
         };
         let report = LockoutReport { policy: lockout.policy, outcome, subjects, reservation };
         let body = serde_json::to_vec(&report).unwrap_or_default();
-        match host::dispatch_post_json(
+        match self.host.dispatch_post_json(
             &Upstream::control_plane(cp),
             LOCKOUT_REPORT_PATH,
             &body,
@@ -1029,7 +1032,7 @@ impl Runtime {
         let mut cache = self.guards.blocked.borrow_mut();
         if now.saturating_sub(cache.checked_at_ms) >= BLOCKED_RECHECK_MS {
             cache.checked_at_ms = now;
-            let (data, cas) = host::shared_data(BLOCKED_KEY);
+            let (data, cas) = self.host.shared_data(BLOCKED_KEY);
             if cas != cache.cas {
                 cache.cas = cas;
                 cache.until = data.and_then(|d| serde_json::from_slice(&d).ok()).unwrap_or_default();
@@ -1046,19 +1049,20 @@ impl Runtime {
         if blocked.is_empty() {
             return;
         }
-        for _ in 0..8 {
-            let (data, cas) = host::shared_data(BLOCKED_KEY);
+        // Under constant contention the list is left as it is: the next report names
+        // the addresses again while they stay blocked.
+        SharedCell::new(&*self.host, BLOCKED_KEY).update(|data| {
             let mut map: HashMap<String, u64> =
-                data.and_then(|d| serde_json::from_slice(&d).ok()).unwrap_or_default();
+                data.and_then(|d| serde_json::from_slice(d).ok()).unwrap_or_default();
             map.retain(|_, until| *until > now);
             for b in blocked {
                 map.insert(b.ip.clone(), now.saturating_add(b.blocked_for_ms));
             }
-            let Ok(bytes) = serde_json::to_vec(&map) else { return };
-            if host::set_shared_data(BLOCKED_KEY, &bytes, cas).is_ok() {
-                return;
+            match serde_json::to_vec(&map) {
+                Ok(bytes) => Swap::Write(bytes, ()),
+                Err(_) => Swap::Keep(()),
             }
-        }
+        });
     }
 
     /// Root tick: overdue waiters, burst report, release of leases about to expire.
@@ -1067,7 +1071,7 @@ impl Runtime {
             return;
         }
         self.expire_guard_waiters(current);
-        let now = host::now_unix_ms();
+        let now = self.host.now_unix_ms();
         let Some(cp) = self.policy.control_plane.as_ref() else { return };
         if let Some(burst) = self.policy.guards.burst.as_ref() {
             let due = now.saturating_sub(self.guards.last_burst_report_ms.get()) >= burst.report_interval_ms;
@@ -1079,7 +1083,7 @@ impl Runtime {
                     for chunk in entries.chunks(portcullis_core::wire::MAX_BATCH) {
                         let report = BurstReport { entries: chunk.to_vec() };
                         let body = serde_json::to_vec(&report).unwrap_or_default();
-                        match host::dispatch_post_json(
+                        match self.host.dispatch_post_json(
                             &Upstream::control_plane(cp),
                             BURST_REPORT_PATH,
                             &body,
@@ -1107,7 +1111,7 @@ impl Runtime {
         let mut forget = Vec::new();
         for applied in known {
             let key = slot_key(&applied.key);
-            let (data, cas) = host::shared_data(&key);
+            let (data, cas) = self.host.shared_data(&key);
             let slot = data.map(|d| LeaseSlot::decode(&d)).unwrap_or_default();
             if now >= slot.expires_at_ms {
                 forget.push(applied.key.clone());
@@ -1117,7 +1121,7 @@ impl Runtime {
                 continue;
             }
             let emptied = LeaseSlot { units: 0, ..slot };
-            if host::set_shared_data(&key, &emptied.encode(), cas).is_ok() {
+            if self.host.set_shared_data(&key, &emptied.encode(), cas).is_ok() {
                 asks.push(RateLimitAsk {
                     key: applied.key.clone(),
                     limit: applied.limit,
@@ -1142,7 +1146,12 @@ impl Runtime {
         let units: u64 =
             asks.iter().map(|a| if let RateLimitOp::Release { units } = a.op { units } else { 0 }).sum();
         let body = serde_json::to_vec(&RateLimitBatch { asks }).unwrap_or_default();
-        match host::dispatch_post_json(&Upstream::control_plane(cp), RATE_LIMIT_PATH, &body, cp.timeout_ms) {
+        match self.host.dispatch_post_json(
+            &Upstream::control_plane(cp),
+            RATE_LIMIT_PATH,
+            &body,
+            cp.timeout_ms,
+        ) {
             Ok(token) => {
                 self.metrics.count("portcullis.ratelimit.release_calls");
                 log::debug!("releasing {units} unspent leased unit(s)");

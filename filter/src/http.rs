@@ -37,7 +37,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
 use crate::guard::{LoginAttempt, Pending};
-use crate::host;
+use crate::host::{Host, Upstream};
 use crate::revocation::MAX_FEED_BYTES;
 use crate::runtime::{Runtime, FEED_POLL, MAX_JWKS_BYTES};
 
@@ -46,6 +46,7 @@ const MAX_ROUNDS: usize = 4;
 
 pub struct AuthnContext {
     id: u32,
+    host: Rc<dyn Host>,
     runtime: Option<Rc<Runtime>>,
     request: Option<RequestParts>,
     rule: usize,
@@ -121,9 +122,10 @@ pub enum Next {
 }
 
 impl AuthnContext {
-    pub fn new(context_id: u32, runtime: Option<Rc<Runtime>>) -> Self {
+    pub fn new(context_id: u32, host: Rc<dyn Host>, runtime: Option<Rc<Runtime>>) -> Self {
         AuthnContext {
             id: context_id,
+            host,
             runtime,
             request: None,
             rule: 0,
@@ -148,7 +150,7 @@ pub fn decide(
         return Next::Continue;
     };
     for _ in 0..MAX_ROUNDS {
-        let now_ms = host::now_unix_ms();
+        let now_ms = rt.host.now_unix_ms();
         // The replica first: keys it revokes are dropped before the keys are read.
         rt.refresh_revocation(now_ms);
         let keys = rt.keys(now_ms, false);
@@ -288,7 +290,7 @@ fn allow(
     if rt.policy.guards.rate_limits.is_empty() && guard.login.is_none() {
         // Nothing stateful to check: no need to keep the request.
         rt.metrics.count("portcullis.requests.allowed");
-        apply_edits(request, edits);
+        apply_edits(&*rt.host, request, edits);
         return Next::Continue;
     }
     let tokens: Vec<&VerifiedToken> = identities.iter().map(|i| i.token.as_ref()).collect();
@@ -337,8 +339,8 @@ fn start_strict_check(
     let sub = current.token.subject.as_deref().unwrap_or("");
     let path = format!("{}?jti={}&sub={}", settings.status_path, percent_encode(jti), percent_encode(sub));
     rt.metrics.count("portcullis.revocation.strict_checks");
-    match host::dispatch_get(
-        &host::Upstream::control_plane(&settings.control_plane),
+    match rt.host.dispatch_get(
+        &Upstream::control_plane(&settings.control_plane),
         &path,
         settings.strict_timeout_ms,
     ) {
@@ -382,7 +384,7 @@ fn complete_strict_check(
     body_size: usize,
     progress: &mut Progress,
 ) -> Next {
-    let (status, body) = call_response_capped(body_size, 64 * 1024);
+    let (status, body) = rt.host.call_response(body_size, 64 * 1024);
     let answer = match (status.as_deref(), body) {
         (Some("200"), Some(bytes)) => serde_json::from_slice::<TokenStatus>(&bytes).ok(),
         _ => None,
@@ -390,7 +392,7 @@ fn complete_strict_check(
     let Some(answer) = answer else {
         return strict_unavailable(rt, rule, request, &check.identities, &check.edits, &progress.guard);
     };
-    let now_ms = host::now_unix_ms();
+    let now_ms = rt.host.now_unix_ms();
     if let Err(reason) = check_token_status(&rt.policy, &check.current, &answer, now_ms / 1000) {
         let provider = rt.policy.providers.get(check.current.provider).map(|p| p.name());
         return deny(rt, &rule.name, rule.shadow, &Denial::InvalidToken(reason), provider);
@@ -415,8 +417,8 @@ fn start_fetch(rt: &Runtime, p: usize, now_ms: u64) -> Option<u32> {
     if !rt.claim_fetch(p, FetchKind::OnDemand, now_ms) {
         return None;
     }
-    match host::dispatch_get(
-        &host::Upstream::public(&remote.cluster, &remote.authority),
+    match rt.host.dispatch_get(
+        &Upstream::public(&remote.cluster, &remote.authority),
         &remote.path,
         remote.timeout_ms,
     ) {
@@ -449,15 +451,15 @@ pub(crate) fn deny(rt: &Runtime, rule: &str, shadow: bool, denial: &Denial, prov
     rt.metrics.count(&format!("portcullis.requests.denied.{code}"));
     log::debug!("rule `{rule}` denied: {code}");
     let reply = denial.render(&rt.policy.realm);
-    if let Err(status) = host::send_local_reply(reply.status, &reply.headers, &reply.body) {
+    if let Err(status) = rt.host.send_local_reply(reply.status, &reply.headers, &reply.body) {
         log::error!("could not send the local reply ({status:?})");
     }
     Next::Paused
 }
 
-pub(crate) fn apply_edits(request: &RequestParts, edits: &UpstreamEdits) {
+pub(crate) fn apply_edits(host: &dyn Host, request: &RequestParts, edits: &UpstreamEdits) {
     for (name, value) in &edits.set_headers {
-        let _ = host::set_request_header(name, value);
+        let _ = host.set_request_header(name, value);
     }
     if edits.remove_tokens.is_empty() {
         return;
@@ -469,32 +471,26 @@ pub(crate) fn apply_edits(request: &RequestParts, edits: &UpstreamEdits) {
     }
     for location in &edits.remove_tokens {
         match location {
-            TokenLocation::Header { name, .. } => replace_header(&scrubbed, name),
-            TokenLocation::Cookie(_) => replace_header(&scrubbed, "cookie"),
+            TokenLocation::Header { name, .. } => replace_header(host, &scrubbed, name),
+            TokenLocation::Cookie(_) => replace_header(host, &scrubbed, "cookie"),
             TokenLocation::Query(_) => {
-                let _ = host::set_request_header(":path", &scrubbed.path);
+                let _ = host.set_request_header(":path", &scrubbed.path);
             }
         }
     }
 }
 
 /// Replaces every value of `name` with the values it has in `scrubbed`.
-fn replace_header(scrubbed: &RequestParts, name: &str) {
-    let _ = host::remove_request_header(name);
+fn replace_header(host: &dyn Host, scrubbed: &RequestParts, name: &str) {
+    let _ = host.remove_request_header(name);
     for value in scrubbed.header_values(name) {
-        let _ = host::add_request_header(name, value);
+        let _ = host.add_request_header(name, value);
     }
 }
 
 /// Status and body of the JWKS call whose response is being delivered.
-pub fn call_response(body_size: usize) -> (Option<String>, Option<Vec<u8>>) {
-    call_response_capped(body_size, MAX_JWKS_BYTES)
-}
-
-/// Status and body (`None` when larger than `cap`) of the call being delivered.
-pub fn call_response_capped(body_size: usize, cap: usize) -> (Option<String>, Option<Vec<u8>>) {
-    let status = host::http_call_response_headers().into_iter().find(|(n, _)| n == ":status").map(|(_, v)| v);
-    (status, host::http_call_response_body(body_size, cap))
+pub fn call_response(host: &dyn Host, body_size: usize) -> (Option<String>, Option<Vec<u8>>) {
+    host.call_response(body_size, MAX_JWKS_BYTES)
 }
 
 fn request_parts(headers: Vec<(String, String)>) -> RequestParts {
@@ -531,10 +527,10 @@ impl Context for AuthnContext {
         }
         if self.progress.feed_poll == Some(token_id) {
             self.progress.feed_poll = None;
-            let (status, body) = call_response_capped(body_size, MAX_FEED_BYTES);
+            let (status, body) = rt.host.call_response(body_size, MAX_FEED_BYTES);
             if let Some(sync) = &rt.revocation {
                 // One page is enough: every page carries the current ceiling.
-                sync.complete_poll(status.as_deref(), body, host::now_unix_ms(), false, &rt.metrics);
+                sync.complete_poll(status.as_deref(), body, rt.host.now_unix_ms(), false, &rt.metrics);
             }
             let Some(request) = self.request.take() else { return };
             let next = decide(&rt, self.id, &request, self.rule, &mut self.progress);
@@ -552,8 +548,8 @@ impl Context for AuthnContext {
             return;
         }
         self.progress.fetch = None;
-        let (status, body) = call_response(body_size);
-        rt.complete_fetch(provider, status.as_deref(), body, host::now_unix_ms());
+        let (status, body) = call_response(&*rt.host, body_size);
+        rt.complete_fetch(provider, status.as_deref(), body, rt.host.now_unix_ms());
         let Some(request) = self.request.take() else {
             return;
         };
@@ -631,16 +627,16 @@ impl AuthnContext {
     fn request_headers(&mut self, end_of_stream: bool) -> Next {
         let Some(rt) = self.runtime.clone() else {
             let reply = Denial::KeysUnavailable.render(portcullis_core::config::DEFAULT_REALM);
-            let _ = host::send_local_reply(503, &reply.headers, "{\"error\":\"filter_not_configured\"}");
+            let _ = self.host.send_local_reply(503, &reply.headers, "{\"error\":\"filter_not_configured\"}");
             return Next::Paused;
         };
-        let mut request = request_parts(host::request_headers());
+        let mut request = request_parts(rt.host.request_headers());
         strip_managed_headers(&rt, &mut request);
 
         let guards = &rt.policy.guards;
         self.progress.guard.ctx = self.id;
         let ip = if guards.needs_client_ip() {
-            let downstream = host::downstream_address();
+            let downstream = rt.host.downstream_address();
             client_ip(&request, downstream.as_deref(), guards.trusted_hops)
         } else {
             None
@@ -649,7 +645,7 @@ impl AuthnContext {
         // route the rules saw; a refused path still counts (with its raw path).
         let route = request.normalize_route(&rt.policy.paths);
         if !guards.is_empty() {
-            if let Some(denial) = rt.burst_check(&request, ip.as_deref(), host::now_unix_ms()) {
+            if let Some(denial) = rt.burst_check(&request, ip.as_deref(), rt.host.now_unix_ms()) {
                 return deny(&rt, "(burst)", false, &denial, None);
             }
         }
@@ -710,7 +706,7 @@ fn strip_managed_headers(rt: &Runtime, request: &mut RequestParts) {
         !managed
     });
     for name in forged {
-        let _ = host::remove_request_header(&name);
+        let _ = rt.host.remove_request_header(&name);
     }
 }
 
@@ -728,7 +724,7 @@ impl HttpContext for AuthnContext {
         if !end_of_stream && body_size <= cap {
             return Action::Pause;
         }
-        let body = (body_size <= cap).then(|| host::request_body(body_size).unwrap_or_default());
+        let body = (body_size <= cap).then(|| rt.host.request_body(body_size).unwrap_or_default());
         let next = self.login_body_complete(&rt, body);
         self.settle(next)
     }
@@ -740,7 +736,7 @@ impl HttpContext for AuthnContext {
         // Trailers end the body: decide on what is buffered (reads are capped by the host
         // at what there is; one byte more than the cap tells a body over it).
         let cap = Self::lockout_body_cap(&rt);
-        let body = host::request_body(cap.saturating_add(1)).unwrap_or_default();
+        let body = rt.host.request_body(cap.saturating_add(1)).unwrap_or_default();
         let next = self.login_body_complete(&rt, (body.len() <= cap).then_some(body));
         self.settle(next)
     }

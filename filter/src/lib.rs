@@ -20,6 +20,9 @@ use portcullis_core::keyfetch::FetchKind;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
 
+use crate::host::proxy::ProxyHost;
+use crate::host::shared::{SharedCell, Swap};
+use crate::host::{Host, Upstream};
 use crate::runtime::Runtime;
 
 /// How often each worker checks whether a remote JWKS is due for a refresh.
@@ -32,14 +35,15 @@ proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     // Installed after the SDK's own hook, so ours is the one that runs.
     std::panic::set_hook(Box::new(|info| {
-        host::log_critical(&format!("panic (this worker's filter is now unusable): {info}"));
+        ProxyHost.log_critical(&format!("panic (this worker's filter is now unusable): {info}"));
     }));
     proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
-        Box::new(PortcullisRoot { context_id, runtime: None, fetches: Vec::new(), feed_call: None, tick_ms: 500 })
+        Box::new(PortcullisRoot::new(context_id, Rc::new(ProxyHost)))
     });
 }}
 
 struct PortcullisRoot {
+    host: Rc<dyn Host>,
     context_id: u32,
     runtime: Option<Rc<Runtime>>,
     /// Outstanding periodic JWKS fetches: call token → provider index.
@@ -50,6 +54,10 @@ struct PortcullisRoot {
 }
 
 impl PortcullisRoot {
+    fn new(context_id: u32, host: Rc<dyn Host>) -> Self {
+        PortcullisRoot { host, context_id, runtime: None, fetches: Vec::new(), feed_call: None, tick_ms: 500 }
+    }
+
     fn poll_feed(&mut self, rt: &Runtime, path: String) {
         let Some(sync) = &rt.revocation else { return };
         match sync.dispatch(&path) {
@@ -59,7 +67,7 @@ impl PortcullisRoot {
                     "cannot call cluster `{}` for the revocation feed ({status:?}); is it defined?",
                     sync.settings.control_plane.cluster
                 );
-                sync.complete_poll(None, None, host::now_unix_ms(), true, &rt.metrics);
+                sync.complete_poll(None, None, self.host.now_unix_ms(), true, &rt.metrics);
             }
         }
     }
@@ -77,9 +85,9 @@ impl Context for PortcullisRoot {
             self.feed_call = None;
             let Some(rt) = self.runtime.clone() else { return };
             let Some(sync) = &rt.revocation else { return };
-            let (status, body) = http::call_response_capped(body_size, revocation::MAX_FEED_BYTES);
+            let (status, body) = self.host.call_response(body_size, revocation::MAX_FEED_BYTES);
             if let Some(next) =
-                sync.complete_poll(status.as_deref(), body, host::now_unix_ms(), true, &rt.metrics)
+                sync.complete_poll(status.as_deref(), body, self.host.now_unix_ms(), true, &rt.metrics)
             {
                 self.poll_feed(&rt, next);
             }
@@ -92,8 +100,8 @@ impl Context for PortcullisRoot {
         };
         let (_, provider) = self.fetches.swap_remove(pos);
         if let Some(rt) = &self.runtime {
-            let (status, body) = http::call_response(body_size);
-            rt.complete_fetch(provider, status.as_deref(), body, host::now_unix_ms());
+            let (status, body) = http::call_response(&*self.host, body_size);
+            rt.complete_fetch(provider, status.as_deref(), body, self.host.now_unix_ms());
             rt.wake_parked(Some(provider), self.context_id);
         }
     }
@@ -101,11 +109,13 @@ impl Context for PortcullisRoot {
 
 impl RootContext for PortcullisRoot {
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
-        let Some(bytes) = host::plugin_configuration(plugin_configuration_size) else {
+        let Some(bytes) = self.host.plugin_configuration(plugin_configuration_size) else {
             log::error!("no plugin configuration; the filter needs at least `providers` and `rules`");
             return false;
         };
-        match portcullis_core::config::compile_json_with(&bytes, &host::environment_variable) {
+        match portcullis_core::config::compile_json_with(&bytes, &|name: &str| {
+            self.host.environment_variable(name)
+        }) {
             Ok(policy) => {
                 log::info!(
                     "configured {} provider(s), {} rule(s)",
@@ -128,18 +138,18 @@ impl RootContext for PortcullisRoot {
                 let needs_tick = has_remote || policy.revocation.is_some() || !policy.guards.is_empty();
                 self.tick_ms = u64::try_from(tick.as_millis()).unwrap_or(500);
                 let guarded = !policy.guards.is_empty();
-                let vm = next_vm_number();
-                let rt = Rc::new(Runtime::new(policy, vm, host::now_unix_ms()));
+                let vm = next_vm_number(&*self.host);
+                let rt = Rc::new(Runtime::new(policy, vm, self.host.now_unix_ms(), self.host.clone()));
                 if guarded {
                     // One queue per VM: the name carries a number no other VM holds.
                     let name = format!("portcullis.guard.{vm}");
-                    match host::register_queue(&name) {
+                    match self.host.register_queue(&name) {
                         Some(q) => rt.guards.queue.set(Some(q)),
                         None => log::warn!("could not register the guard queue; calls are made by requests"),
                     }
                 }
                 self.runtime = Some(rt);
-                if needs_tick && host::set_tick_period(tick).is_err() {
+                if needs_tick && self.host.set_tick_period(tick).is_err() {
                     log::warn!("could not set the tick period; remote keys refresh on demand only");
                 }
                 true
@@ -162,7 +172,7 @@ impl RootContext for PortcullisRoot {
         // Requests waiting for a fetch that finished in another worker (or timed out).
         rt.wake_parked(None, self.context_id);
         rt.guard_tick(self.context_id, self.tick_ms);
-        let now = host::now_unix_ms();
+        let now = self.host.now_unix_ms();
         if let Some(sync) = &rt.revocation {
             rt.metrics.gauge("portcullis.revocation.staleness_seconds", sync.staleness_secs(now));
             if self.feed_call.is_none() {
@@ -181,8 +191,8 @@ impl RootContext for PortcullisRoot {
             if !rt.claim_fetch(p, FetchKind::Periodic, now) {
                 continue;
             }
-            match host::dispatch_get(
-                &host::Upstream::public(&remote.cluster, &remote.authority),
+            match self.host.dispatch_get(
+                &Upstream::public(&remote.cluster, &remote.authority),
                 &remote.path,
                 remote.timeout_ms,
             ) {
@@ -201,7 +211,7 @@ impl RootContext for PortcullisRoot {
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Never `None`: the SDK panics on it. Without a configuration the context fails closed.
-        Some(Box::new(http::AuthnContext::new(context_id, self.runtime.clone())))
+        Some(Box::new(http::AuthnContext::new(context_id, self.host.clone(), self.runtime.clone())))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -210,17 +220,14 @@ impl RootContext for PortcullisRoot {
 }
 
 /// A number no other VM of this Envoy got (a counter in shared data, bumped with
-/// compare-and-swap).
-fn next_vm_number() -> u64 {
-    const KEY: &str = "portcullis.v1.vm_counter";
-    for _ in 0..64 {
-        let (data, cas) = host::shared_data(KEY);
-        let n =
-            data.and_then(|d| <[u8; 8]>::try_from(d.as_slice()).ok()).map(u64::from_be_bytes).unwrap_or(0);
-        let next = n.wrapping_add(1);
-        if host::set_shared_data(KEY, &next.to_be_bytes(), cas).is_ok() {
-            return next;
-        }
-    }
-    host::now_unix_ms()
+/// compare-and-swap). Under constant contention, the clock stands in: VMs start
+/// milliseconds apart.
+fn next_vm_number(host: &dyn Host) -> u64 {
+    SharedCell::new(host, "portcullis.v1.vm_counter")
+        .update(|data| {
+            let n = data.and_then(|d| <[u8; 8]>::try_from(d).ok()).map(u64::from_be_bytes).unwrap_or(0);
+            let next = n.wrapping_add(1);
+            Swap::Write(next.to_be_bytes(), next)
+        })
+        .unwrap_or_else(|| host.now_unix_ms())
 }

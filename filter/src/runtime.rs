@@ -10,6 +10,7 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::rc::Rc;
 
 use portcullis_core::authn::Authenticated;
 
@@ -23,7 +24,8 @@ use portcullis_core::keyfetch::{FetchKind, FetchSchedule};
 use portcullis_core::RequestParts;
 
 use crate::guard::GuardState;
-use crate::host;
+use crate::host::shared::{SharedCell, Swap};
+use crate::host::Host;
 use crate::http::{decide, GuardInput, Next, Progress};
 use crate::metrics::Metrics;
 use crate::revocation::RevocationSync;
@@ -49,6 +51,7 @@ struct Parked {
 }
 
 pub struct Runtime {
+    pub host: Rc<dyn Host>,
     pub policy: Policy,
     keys: RefCell<Vec<KeySlot>>,
     pub versions: RefCell<Vec<VersionState>>,
@@ -77,7 +80,7 @@ struct KeySlot {
 
 impl Runtime {
     /// `vm`: this VM's number, unique among the VMs of this Envoy.
-    pub fn new(policy: Policy, vm: u64, now_ms: u64) -> Self {
+    pub fn new(policy: Policy, vm: u64, now_ms: u64, host: Rc<dyn Host>) -> Self {
         let keys = policy
             .providers
             .iter()
@@ -88,7 +91,7 @@ impl Runtime {
             .collect();
         let versions = policy.providers.iter().map(|p| p.initial_version_state()).collect();
         let cache = VerifiedTokenCache::new(policy.cache_capacity.max(1));
-        let revocation = policy.revocation.clone().map(|r| RevocationSync::new(r, vm, now_ms));
+        let revocation = policy.revocation.clone().map(|r| RevocationSync::new(r, vm, now_ms, host.clone()));
         Runtime {
             revocation,
             strict_ok: RefCell::new(HashMap::new()),
@@ -96,11 +99,12 @@ impl Runtime {
             keys: RefCell::new(keys),
             versions: RefCell::new(versions),
             cache: RefCell::new(cache),
-            metrics: Metrics::default(),
+            metrics: Metrics::new(host.clone()),
             parked: RefCell::new(Vec::new()),
             guards: GuardState::default(),
             released: RefCell::new(HashSet::new()),
             revoked_kids: RefCell::new(BTreeSet::new()),
+            host,
         }
     }
 
@@ -169,7 +173,7 @@ impl Runtime {
         let Some(provider) = self.policy.providers.get(p) else {
             return;
         };
-        let (data, cas) = host::shared_data(&jwks_key(provider));
+        let (data, cas) = self.host.shared_data(&jwks_key(provider));
         if cas.is_some() && cas == slot.cas {
             return;
         }
@@ -195,7 +199,7 @@ impl Runtime {
             return false;
         };
         let key = schedule_key(provider);
-        let (data, cas) = host::shared_data(&key);
+        let (data, cas) = self.host.shared_data(&key);
         let schedule = data.map(|d| FetchSchedule::decode(&d)).unwrap_or_default();
         let allowed = match kind {
             FetchKind::Periodic => {
@@ -208,7 +212,7 @@ impl Runtime {
             return false;
         }
         let next = schedule.started(kind, now_ms, remote.timeout_ms);
-        host::set_shared_data(&key, &next.encode(), cas).is_ok()
+        self.host.set_shared_data(&key, &next.encode(), cas).is_ok()
     }
 
     /// Handles a JWKS fetch response: a valid document is stored for every worker; a bad
@@ -246,31 +250,29 @@ impl Runtime {
         };
         let ok = parsed.is_some();
         if let Some((keys, bytes)) = parsed {
-            if host::set_shared_data(&jwks_key(provider), &bytes, None).is_err() {
+            if self.host.set_shared_data(&jwks_key(provider), &bytes, None).is_err() {
                 log::warn!("provider `{name}`: could not store the JWKS in shared data");
             }
             let keys = self.without_revoked(p, keys);
             let mut slots = self.keys.borrow_mut();
             if let Some(slot) = slots.get_mut(p) {
                 slot.keys = Some(keys);
-                slot.cas = host::shared_data(&jwks_key(provider)).1;
+                slot.cas = self.host.shared_data(&jwks_key(provider)).1;
                 slot.checked_at_ms = now_ms;
             }
             self.metrics.count(&format!("portcullis.jwks.{name}.fetch_ok"));
         } else {
             self.metrics.count(&format!("portcullis.jwks.{name}.fetch_failed"));
         }
-        // Record the outcome in the shared schedule; retry the CAS a few times since other
-        // workers may be updating it concurrently.
+        // Record the outcome in the shared schedule, which other workers may be
+        // updating too; under constant contention the schedule keeps its claim, which
+        // ends by itself when the fetch's timeout passes.
         let key = schedule_key(provider);
-        for _ in 0..4 {
-            let (data, cas) = host::shared_data(&key);
-            let schedule = data.map(|d| FetchSchedule::decode(&d)).unwrap_or_default();
+        SharedCell::new(&*self.host, &key).update(|data| {
+            let schedule = data.map(FetchSchedule::decode).unwrap_or_default();
             let next = if ok { schedule.succeeded(now_ms) } else { schedule.failed(now_ms) };
-            if host::set_shared_data(&key, &next.encode(), cas).is_ok() {
-                break;
-            }
-        }
+            Swap::Write(next.encode(), ())
+        });
         ok
     }
 
@@ -278,7 +280,11 @@ impl Runtime {
         let Some(provider) = self.policy.providers.get(p) else {
             return FetchSchedule::default();
         };
-        host::shared_data(&schedule_key(provider)).0.map(|d| FetchSchedule::decode(&d)).unwrap_or_default()
+        self.host
+            .shared_data(&schedule_key(provider))
+            .0
+            .map(|d| FetchSchedule::decode(&d))
+            .unwrap_or_default()
     }
 
     /// Whether some worker has a fetch of this provider's keys (or, for [`FEED_POLL`],
@@ -340,7 +346,7 @@ impl Runtime {
     /// in flight any more (completed in another worker, or timed out). Each is decided on
     /// its own context; `current` is the context to switch back to.
     pub fn wake_parked(&self, provider: Option<usize>, current: u32) {
-        let now_ms = host::now_unix_ms();
+        let now_ms = self.host.now_unix_ms();
         let ready: Vec<Parked> = {
             let Ok(mut parked) = self.parked.try_borrow_mut() else {
                 return;
@@ -381,7 +387,7 @@ impl Runtime {
         self.keys(now_ms, true);
         let remote: Vec<usize> = (0..self.policy.providers.len()).filter(|p| self.is_remote(*p)).collect();
         for waiter in ready {
-            if host::set_effective_context(waiter.context_id).is_err() {
+            if self.host.set_effective_context(waiter.context_id).is_err() {
                 continue;
             }
             // No further fetching for a parked request: decide with the keys there are.
@@ -392,7 +398,7 @@ impl Runtime {
                 self.resume(waiter.context_id);
             }
         }
-        let _ = host::set_effective_context(current);
+        let _ = self.host.set_effective_context(current);
     }
 
     /// Picks up a newer revocation replica from shared data (once synced, the request
