@@ -12,6 +12,9 @@ mod metrics;
 mod revocation;
 mod runtime;
 
+#[cfg(test)]
+mod tests;
+
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -56,6 +59,10 @@ struct PortcullisRoot {
 impl PortcullisRoot {
     fn new(context_id: u32, host: Rc<dyn Host>) -> Self {
         PortcullisRoot { host, context_id, runtime: None, fetches: Vec::new(), feed_call: None, tick_ms: 500 }
+    }
+
+    fn new_request_context(&self, context_id: u32) -> http::AuthnContext {
+        http::AuthnContext::new(context_id, self.host.clone(), self.runtime.clone())
     }
 
     fn poll_feed(&mut self, rt: &Runtime, path: String) {
@@ -211,7 +218,7 @@ impl RootContext for PortcullisRoot {
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Never `None`: the SDK panics on it. Without a configuration the context fails closed.
-        Some(Box::new(http::AuthnContext::new(context_id, self.host.clone(), self.runtime.clone())))
+        Some(Box::new(self.new_request_context(context_id)))
     }
 
     fn get_type(&self) -> Option<ContextType> {

@@ -28,7 +28,6 @@ pub struct Dispatched {
 pub struct Reply {
     pub context: u32,
     pub status: u16,
-    pub headers: Vec<(String, String)>,
 }
 
 #[derive(Default)]
@@ -53,6 +52,7 @@ pub struct FakeHost {
     pub log: RefCell<Vec<&'static str>>,
     /// Dispatches fail (an undefined cluster) while set.
     pub refuse_calls: Cell<bool>,
+    pub plugin_config: RefCell<Option<Vec<u8>>>,
 }
 
 impl FakeHost {
@@ -68,10 +68,6 @@ impl FakeHost {
 
     pub fn advance(&self, ms: u64) {
         self.now_ms.set(self.now_ms.get().saturating_add(ms));
-    }
-
-    pub fn host_calls(&self) -> usize {
-        self.log.borrow().len()
     }
 
     pub fn clear_log(&self) {
@@ -104,17 +100,6 @@ impl FakeHost {
     /// The call fails (timeout or reset): no `:status`.
     pub fn answer_nothing(&self) {
         *self.answer.borrow_mut() = None;
-    }
-
-    pub fn shared_value(&self, key: &str) -> Option<Vec<u8>> {
-        self.shared.borrow().get(key).map(|(v, _)| v.clone())
-    }
-
-    /// Another worker writes `key` (its version moves on).
-    pub fn write_shared(&self, key: &str, value: &[u8]) {
-        let mut shared = self.shared.borrow_mut();
-        let version = shared.get(key).map(|(_, v)| v.wrapping_add(1)).unwrap_or(1);
-        shared.insert(key.to_string(), (value.to_vec(), version));
     }
 }
 
@@ -164,13 +149,14 @@ impl Host for FakeHost {
         Ok(())
     }
 
-    fn send_local_reply(&self, status: u16, headers: &[(String, String)], _body: &str) -> Result<(), Status> {
+    fn send_local_reply(
+        &self,
+        status: u16,
+        _headers: &[(String, String)],
+        _body: &str,
+    ) -> Result<(), Status> {
         self.note("send_http_response");
-        self.replies.borrow_mut().push(Reply {
-            context: self.context.get(),
-            status,
-            headers: headers.to_vec(),
-        });
+        self.replies.borrow_mut().push(Reply { context: self.context.get(), status });
         Ok(())
     }
 
@@ -219,7 +205,7 @@ impl Host for FakeHost {
 
     fn plugin_configuration(&self, _size: usize) -> Option<Vec<u8>> {
         self.note("get_plugin_configuration");
-        None
+        self.plugin_config.borrow().clone()
     }
 
     fn shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
