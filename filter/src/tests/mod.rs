@@ -14,13 +14,13 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 
-use crate::http::AuthnContext;
+use crate::request::AuthnContext;
 use proxy_wasm::types::Action;
 use serde_json::{json, Value};
 use sha2::Sha256;
 
 use crate::host::fake::{Dispatched, FakeHost};
-use crate::PortcullisRoot;
+use crate::root::PortcullisRoot;
 
 pub const ROOT: u32 = 1;
 pub const NOW_MS: u64 = 1_700_000_000_000;

@@ -30,6 +30,7 @@ use portcullis_core::config::RevocationSettings;
 use portcullis_core::keyfetch::{FetchKind, FetchSchedule};
 use portcullis_core::revocation::{is_cursor, Applied, FeedFollower, RevocationReplica};
 
+use crate::calls::{Call, CallRouter};
 use crate::host::shared::{SharedCell, Swap};
 use crate::host::{Host, Upstream};
 use crate::metrics::Metrics;
@@ -210,9 +211,15 @@ impl RevocationSync {
         is_cursor(cursor).then(|| format!("{base}?cursor={cursor}&limit={PAGE_LIMIT}"))
     }
 
-    /// Dispatches a feed poll; the answer comes back through `complete_poll`.
-    pub fn dispatch(&self, path: &str) -> Result<u32, proxy_wasm::types::Status> {
-        self.host.dispatch_get(&self.upstream(), path, self.settings.timeout_ms)
+    /// Dispatches a feed poll for `requester` (`None`: the root context's periodic
+    /// poll); the answer comes back through `complete_poll`.
+    pub fn dispatch(
+        &self,
+        calls: &CallRouter,
+        path: &str,
+        requester: Option<u32>,
+    ) -> Result<u32, proxy_wasm::types::Status> {
+        calls.get(&*self.host, &self.upstream(), path, self.settings.timeout_ms, Call::Feed { requester })
     }
 
     /// Applies a poll's answer. With `follow_up`, returns the path of an immediate
