@@ -21,7 +21,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use portcullis_core::guard::AppliedLimit;
-use portcullis_core::wire::LockoutSubject;
+use portcullis_core::wire::{LockoutSubject, RateLimitOp};
 use proxy_wasm::types::Status;
 
 use crate::host::{Host, Upstream};
@@ -70,6 +70,16 @@ pub enum Call {
     /// Unspent leased units given back.
     Release,
     Burst,
+}
+
+/// The call a stateful check needs before it can answer (`check::Verdict::Call`).
+pub enum Ask {
+    /// Lease or strict asks: (limit index in the request, limit, strict, operation).
+    Limits(Vec<(usize, AppliedLimit, bool, RateLimitOp)>),
+    /// Join the lease ask already in flight for the counter (its token).
+    JoinLease(u32),
+    /// Reserve an attempt for the login.
+    LockCheck,
 }
 
 impl Call {

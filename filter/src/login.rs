@@ -4,45 +4,41 @@
 //! (the response waits for it, so the next attempt sees the new lock). The call of a
 //! lock check is made by `stateful.rs`, which holds the attempt meanwhile.
 
+use portcullis_core::check::Verdict;
 use portcullis_core::guard::login_outcome;
 use portcullis_core::response::Denial;
 use portcullis_core::wire::{LockoutReply, LockoutSubject, LoginOutcome, LOCKOUT_REPORT_PATH};
 use portcullis_core::RequestParts;
 
-use crate::calls::Call;
+use crate::calls::{Ask, Call};
 use crate::features::lockout;
 use crate::held::Pending;
 use crate::host::Upstream;
 use crate::reply::{refuse, Next};
 use crate::runtime::Runtime;
 
-pub enum LockStep {
-    Decided(Next),
-    Ask,
-}
-
-/// The lock check of a login attempt not checked yet: `None` when it passes here.
-pub fn lock_check(rt: &Runtime, pending: &mut Pending, now: u64) -> Option<LockStep> {
+/// The lock check of a login attempt not checked yet (passes without one).
+pub fn lock_check(rt: &Runtime, pending: &mut Pending, now: u64) -> Verdict<Ask> {
     let unavailable = pending.unavailable || rt.calls.circuit_open(now);
-    let login = pending.login.as_mut().filter(|l| !l.checked)?;
+    let Some(login) = pending.login.as_mut().filter(|l| !l.checked) else { return Verdict::Pass };
     let env = rt.env(now);
     if let Some((retry_ms, fresh)) = lockout::locally_locked(env, &login.subjects) {
         if fresh || unavailable {
             rt.metrics.count("portcullis.lockout.denied");
             let denial = Denial::LockedOut { retry_after_secs: retry_ms.div_ceil(1000) };
-            return Some(LockStep::Decided(refuse(rt, &denial)));
+            return Verdict::Deny(denial);
         }
     }
     if unavailable {
         login.checked = true;
         let denial = rt.policy.guards.lockout.as_ref().and_then(|l| lockout::unavailable(env, l));
-        return denial.map(|d| LockStep::Decided(refuse(rt, &d)));
+        return denial.map_or(Verdict::Pass, Verdict::Deny);
     }
     if login.subjects.is_empty() {
         login.checked = true;
-        return None;
+        return Verdict::Pass;
     }
-    Some(LockStep::Ask)
+    Verdict::Call(Ask::LockCheck)
 }
 
 /// A lock check's answer: the attempt goes on with its reservation (the pending

@@ -11,6 +11,7 @@
 //! deadline passes, under its checks' failure modes.
 
 use portcullis_core::authn::UpstreamEdits;
+use portcullis_core::check::{first_verdict, CheckFn, Phase, Verdict};
 use portcullis_core::guard::{AppliedLimit, LimitContext};
 use portcullis_core::jwt::VerifiedToken;
 use portcullis_core::response::Denial;
@@ -20,12 +21,12 @@ use portcullis_core::wire::{
 };
 use portcullis_core::RequestParts;
 
-use crate::calls::Call;
+use crate::calls::{Ask, Call};
 use crate::features::lockout::{self, LoginAttempt};
 use crate::features::ratelimit::{LimitStep, LimitsProgress};
 use crate::held::{CheckInput, Pending};
 use crate::host::Upstream;
-use crate::login::{self, LockStep};
+use crate::login;
 use crate::reply::{apply_edits, refuse, Next};
 use crate::runtime::Runtime;
 
@@ -64,17 +65,18 @@ pub fn run(rt: &Runtime, ctx: u32, mut pending: Pending) -> Next {
         let timeout = rt.policy.control_plane.as_ref().map(|c| c.timeout_ms).unwrap_or(200);
         pending.deadline_ms = now.saturating_add(timeout.saturating_mul(2)).saturating_add(1_000);
     }
-    match rate_limits(rt, &mut pending, now) {
-        Limits::Passed => {}
-        Limits::Denied(next) => return next,
-        Limits::Ask(asks) => return ask_limits(rt, ctx, pending, asks, now),
-        Limits::Wait(token) => return wait(rt, ctx, pending, token),
-    }
-    if let Some(next) = login::lock_check(rt, &mut pending, now) {
-        return match next {
-            LockStep::Decided(next) => next,
-            LockStep::Ask => ask_lockout(rt, ctx, pending, now),
-        };
+    let mut limits = |p: &mut Pending| rate_limits(rt, p, now);
+    let mut lock = |p: &mut Pending| login::lock_check(rt, p, now);
+    let checks: &mut [(Phase, CheckFn<'_, Pending, Ask>)] =
+        &mut [(Phase::RateLimit, &mut limits), (Phase::Lockout, &mut lock)];
+    match first_verdict(&mut pending, checks) {
+        Verdict::Pass => {}
+        Verdict::Deny(denial) => return refuse(rt, &denial),
+        Verdict::Call(Ask::Limits(asks)) => return ask_limits(rt, ctx, pending, asks, now),
+        Verdict::Call(Ask::JoinLease(token)) => return wait(rt, ctx, pending, token),
+        Verdict::Call(Ask::LockCheck) => return ask_lockout(rt, ctx, pending, now),
+        // Keys and the body are in hand before these checks run; fail closed anyway.
+        Verdict::WaitForKeys(_) | Verdict::WaitForBody => return refuse(rt, &Denial::RateLimitUnavailable),
     }
     // Allowed.
     if let Some((_, headers)) = pending.limits.headers.take() {
@@ -88,15 +90,8 @@ pub fn run(rt: &Runtime, ctx: u32, mut pending: Pending) -> Next {
     Next::Continue
 }
 
-enum Limits {
-    Passed,
-    Denied(Next),
-    Ask(Vec<(usize, AppliedLimit, bool, RateLimitOp)>),
-    Wait(u32),
-}
-
-/// Steps through the request's limits not decided yet.
-fn rate_limits(rt: &Runtime, pending: &mut Pending, now: u64) -> Limits {
+/// The rate-limit check: steps through the request's limits not decided yet.
+fn rate_limits(rt: &Runtime, pending: &mut Pending, now: u64) -> Verdict<Ask> {
     let env = rt.env(now);
     let mut asks = Vec::new();
     let mut wait_on = None;
@@ -130,7 +125,7 @@ fn rate_limits(rt: &Runtime, pending: &mut Pending, now: u64) -> Limits {
                     continue;
                 }
                 rt.rate_limits.count(env, applied.index, limit, "denied");
-                outcome = Some(Limits::Denied(refuse(rt, &denial)));
+                outcome = Some(Verdict::Deny(denial));
                 break;
             }
             LimitStep::Ask(op) => {
@@ -146,9 +141,9 @@ fn rate_limits(rt: &Runtime, pending: &mut Pending, now: u64) -> Limits {
         return outcome;
     }
     if !asks.is_empty() {
-        return Limits::Ask(asks);
+        return Verdict::Call(Ask::Limits(asks));
     }
-    wait_on.map_or(Limits::Passed, Limits::Wait)
+    wait_on.map_or(Verdict::Pass, |token| Verdict::Call(Ask::JoinLease(token)))
 }
 
 /// Outside the root context: holds the request for the root context, which makes its
