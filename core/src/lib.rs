@@ -6,6 +6,7 @@
 
 pub mod account;
 pub mod authn;
+pub mod check;
 pub mod config;
 pub mod control_plane;
 pub mod error;

@@ -4,28 +4,34 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use crate::host;
+use std::rc::Rc;
+
+use crate::host::Host;
 
 /// Distinct counter names are bounded by the configuration (providers × reasons), so
 /// the map stays small; this cap guards against a bug creating names without end.
 const MAX_COUNTERS: usize = 4096;
 
-#[derive(Default)]
 pub struct Metrics {
+    host: Rc<dyn Host>,
     ids: RefCell<HashMap<String, u32>>,
     gauges: RefCell<HashMap<String, u32>>,
 }
 
 impl Metrics {
+    pub fn new(host: Rc<dyn Host>) -> Self {
+        Metrics { host, ids: RefCell::default(), gauges: RefCell::default() }
+    }
+
     pub fn gauge(&self, name: &str, value: u64) {
         let existing = self.gauges.borrow().get(name).copied();
         let id = existing.or_else(|| {
-            let id = host::define_gauge(name)?;
+            let id = self.host.define_gauge(name)?;
             self.gauges.borrow_mut().insert(name.to_string(), id);
             Some(id)
         });
         if let Some(id) = id {
-            host::record(id, value);
+            self.host.record(id, value);
         }
     }
 
@@ -38,7 +44,7 @@ impl Metrics {
                 if ids.len() >= MAX_COUNTERS {
                     None
                 } else {
-                    let id = host::define_counter(name);
+                    let id = self.host.define_counter(name);
                     if let Some(id) = id {
                         ids.insert(name.to_string(), id);
                     }
@@ -47,7 +53,7 @@ impl Metrics {
             }
         };
         if let Some(id) = id {
-            host::increment(id);
+            self.host.increment(id);
         }
     }
 }

@@ -9,7 +9,8 @@
 //! key set loaded later), and the cached tokens they signed are dropped with them.
 
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
+use std::rc::Rc;
 
 use portcullis_core::authn::Authenticated;
 
@@ -20,49 +21,41 @@ use portcullis_core::jwt::provider::{KeySource, Provider};
 use portcullis_core::jwt::versions::VersionState;
 use portcullis_core::keyfetch::{FetchKind, FetchSchedule};
 
-use portcullis_core::RequestParts;
-
-use crate::guard::GuardState;
-use crate::host;
-use crate::http::{decide, GuardInput, Next, Progress};
+use crate::calls::CallRouter;
+use crate::features::burst::BurstState;
+use crate::features::lockout::LockoutState;
+use crate::features::ratelimit::RateLimitState;
+use crate::features::revocation::RevocationSync;
+use crate::features::Env;
+use crate::held::{Held, FEED_POLL};
+use crate::host::shared::{SharedCell, Swap};
+use crate::host::Host;
 use crate::metrics::Metrics;
-use crate::revocation::RevocationSync;
 
 /// Largest JWKS document accepted from a remote endpoint.
 pub const MAX_JWKS_BYTES: usize = 512 * 1024;
 /// How often a worker re-reads shared data for keys another worker may have fetched.
 const SHARED_KEYS_RECHECK_MS: u64 = 1_000;
-/// Requests one worker holds while a key fetch is in flight; more are decided at once.
-const MAX_PARKED: usize = 1024;
 /// Entries of the strict-check cache per worker.
 const MAX_STRICT_CACHE: usize = 10_000;
-/// What a request parked for the revocation feed (not a provider's keys) waits on.
-pub const FEED_POLL: usize = usize::MAX;
-
-/// A request waiting for a JWKS fetch that another context started.
-struct Parked {
-    context_id: u32,
-    provider: usize,
-    rule: usize,
-    request: RequestParts,
-    guard: GuardInput,
-}
 
 pub struct Runtime {
+    pub host: Rc<dyn Host>,
     pub policy: Policy,
     keys: RefCell<Vec<KeySlot>>,
     pub versions: RefCell<Vec<VersionState>>,
     pub cache: RefCell<VerifiedTokenCache>,
     pub metrics: Metrics,
-    parked: RefCell<Vec<Parked>>,
     pub revocation: Option<RevocationSync>,
     /// Tokens that passed a strict revocation check recently: key → until (ms).
     strict_ok: RefCell<HashMap<String, u64>>,
-    /// Rate limits, lockout and burst reports in progress.
-    pub guards: GuardState,
-    /// Request contexts the filter has let go. Every other request is undecided, and
-    /// each of its request-side callbacks holds it (`http.rs`).
-    released: RefCell<HashSet<u32>>,
+    /// Every outbound call in flight, the circuit breaker and the root's call queue.
+    pub calls: CallRouter,
+    /// The requests this worker holds (parked, waiting, or let go).
+    pub held: Held,
+    pub rate_limits: RateLimitState,
+    pub lockout: LockoutState,
+    pub burst: BurstState,
     /// Signing keys the feed revoked: never part of the keys of providers under it.
     revoked_kids: RefCell<BTreeSet<String>>,
 }
@@ -77,7 +70,7 @@ struct KeySlot {
 
 impl Runtime {
     /// `vm`: this VM's number, unique among the VMs of this Envoy.
-    pub fn new(policy: Policy, vm: u64, now_ms: u64) -> Self {
+    pub fn new(policy: Policy, vm: u64, now_ms: u64, host: Rc<dyn Host>) -> Self {
         let keys = policy
             .providers
             .iter()
@@ -88,7 +81,7 @@ impl Runtime {
             .collect();
         let versions = policy.providers.iter().map(|p| p.initial_version_state()).collect();
         let cache = VerifiedTokenCache::new(policy.cache_capacity.max(1));
-        let revocation = policy.revocation.clone().map(|r| RevocationSync::new(r, vm, now_ms));
+        let revocation = policy.revocation.clone().map(|r| RevocationSync::new(r, vm, now_ms, host.clone()));
         Runtime {
             revocation,
             strict_ok: RefCell::new(HashMap::new()),
@@ -96,11 +89,14 @@ impl Runtime {
             keys: RefCell::new(keys),
             versions: RefCell::new(versions),
             cache: RefCell::new(cache),
-            metrics: Metrics::default(),
-            parked: RefCell::new(Vec::new()),
-            guards: GuardState::default(),
-            released: RefCell::new(HashSet::new()),
+            metrics: Metrics::new(host.clone()),
+            calls: CallRouter::default(),
+            held: Held::default(),
+            rate_limits: RateLimitState::default(),
+            lockout: LockoutState::default(),
+            burst: BurstState::default(),
             revoked_kids: RefCell::new(BTreeSet::new()),
+            host,
         }
     }
 
@@ -142,7 +138,7 @@ impl Runtime {
         );
     }
 
-    fn is_remote(&self, p: usize) -> bool {
+    pub fn is_remote(&self, p: usize) -> bool {
         matches!(self.policy.providers.get(p).map(|pr| pr.key_source()), Some(KeySource::Remote(_)))
     }
 
@@ -169,7 +165,7 @@ impl Runtime {
         let Some(provider) = self.policy.providers.get(p) else {
             return;
         };
-        let (data, cas) = host::shared_data(&jwks_key(provider));
+        let (data, cas) = self.host.shared_data(&jwks_key(provider));
         if cas.is_some() && cas == slot.cas {
             return;
         }
@@ -195,7 +191,7 @@ impl Runtime {
             return false;
         };
         let key = schedule_key(provider);
-        let (data, cas) = host::shared_data(&key);
+        let (data, cas) = self.host.shared_data(&key);
         let schedule = data.map(|d| FetchSchedule::decode(&d)).unwrap_or_default();
         let allowed = match kind {
             FetchKind::Periodic => {
@@ -208,7 +204,7 @@ impl Runtime {
             return false;
         }
         let next = schedule.started(kind, now_ms, remote.timeout_ms);
-        host::set_shared_data(&key, &next.encode(), cas).is_ok()
+        self.host.set_shared_data(&key, &next.encode(), cas).is_ok()
     }
 
     /// Handles a JWKS fetch response: a valid document is stored for every worker; a bad
@@ -246,31 +242,29 @@ impl Runtime {
         };
         let ok = parsed.is_some();
         if let Some((keys, bytes)) = parsed {
-            if host::set_shared_data(&jwks_key(provider), &bytes, None).is_err() {
+            if self.host.set_shared_data(&jwks_key(provider), &bytes, None).is_err() {
                 log::warn!("provider `{name}`: could not store the JWKS in shared data");
             }
             let keys = self.without_revoked(p, keys);
             let mut slots = self.keys.borrow_mut();
             if let Some(slot) = slots.get_mut(p) {
                 slot.keys = Some(keys);
-                slot.cas = host::shared_data(&jwks_key(provider)).1;
+                slot.cas = self.host.shared_data(&jwks_key(provider)).1;
                 slot.checked_at_ms = now_ms;
             }
             self.metrics.count(&format!("portcullis.jwks.{name}.fetch_ok"));
         } else {
             self.metrics.count(&format!("portcullis.jwks.{name}.fetch_failed"));
         }
-        // Record the outcome in the shared schedule; retry the CAS a few times since other
-        // workers may be updating it concurrently.
+        // Record the outcome in the shared schedule, which other workers may be
+        // updating too; under constant contention the schedule keeps its claim, which
+        // ends by itself when the fetch's timeout passes.
         let key = schedule_key(provider);
-        for _ in 0..4 {
-            let (data, cas) = host::shared_data(&key);
-            let schedule = data.map(|d| FetchSchedule::decode(&d)).unwrap_or_default();
+        SharedCell::new(&*self.host, &key).update(|data| {
+            let schedule = data.map(FetchSchedule::decode).unwrap_or_default();
             let next = if ok { schedule.succeeded(now_ms) } else { schedule.failed(now_ms) };
-            if host::set_shared_data(&key, &next.encode(), cas).is_ok() {
-                break;
-            }
-        }
+            Swap::Write(next.encode(), ())
+        });
         ok
     }
 
@@ -278,7 +272,11 @@ impl Runtime {
         let Some(provider) = self.policy.providers.get(p) else {
             return FetchSchedule::default();
         };
-        host::shared_data(&schedule_key(provider)).0.map(|d| FetchSchedule::decode(&d)).unwrap_or_default()
+        self.host
+            .shared_data(&schedule_key(provider))
+            .0
+            .map(|d| FetchSchedule::decode(&d))
+            .unwrap_or_default()
     }
 
     /// Whether some worker has a fetch of this provider's keys (or, for [`FEED_POLL`],
@@ -290,109 +288,18 @@ impl Runtime {
         self.schedule(p).in_flight(now_ms)
     }
 
-    /// Holds a paused request until the in-flight fetch of `provider` (or the feed poll,
-    /// [`FEED_POLL`]) ends.
-    pub fn park(
-        &self,
-        context_id: u32,
-        provider: usize,
-        rule: usize,
-        request: RequestParts,
-        guard: GuardInput,
-    ) -> bool {
-        let mut parked = self.parked.borrow_mut();
-        if parked.len() >= MAX_PARKED {
-            return false;
-        }
-        parked.push(Parked { context_id, provider, rule, request, guard });
-        true
+    /// What checks read their surroundings through, at `now_ms`.
+    pub fn env(&self, now_ms: u64) -> Env<'_> {
+        Env { host: &*self.host, metrics: &self.metrics, now_ms }
     }
 
-    /// Lets a decided request go: from now on its callbacks continue.
-    pub fn release(&self, ctx: u32) {
-        if let Ok(mut set) = self.released.try_borrow_mut() {
-            set.insert(ctx);
+    /// Continues a paused request (the current effective context must be `ctx`): from
+    /// now on its callbacks continue.
+    pub fn resume(&self, ctx: u32) {
+        self.held.release(ctx);
+        if let Err(status) = self.host.resume_request() {
+            log::warn!("could not resume the request ({status:?})");
         }
-    }
-
-    /// Whether the filter has let this request go; a request it knows nothing of (or
-    /// whose state cannot be read) has not been.
-    pub fn is_released(&self, ctx: u32) -> bool {
-        self.released.try_borrow().map(|s| s.contains(&ctx)).unwrap_or(false)
-    }
-
-    /// A request context ended.
-    pub fn forget_released(&self, ctx: u32) {
-        if let Ok(mut set) = self.released.try_borrow_mut() {
-            set.remove(&ctx);
-        }
-    }
-
-    /// Forgets a request that ended (client gone) while parked.
-    pub fn unpark(&self, context_id: u32) {
-        if let Ok(mut parked) = self.parked.try_borrow_mut() {
-            parked.retain(|p| p.context_id != context_id);
-        }
-    }
-
-    /// Decides parked requests whose wait is over: those of `provider` when given (its
-    /// fetch just completed in this worker), otherwise those whose provider has no fetch
-    /// in flight any more (completed in another worker, or timed out). Each is decided on
-    /// its own context; `current` is the context to switch back to.
-    pub fn wake_parked(&self, provider: Option<usize>, current: u32) {
-        let now_ms = host::now_unix_ms();
-        let ready: Vec<Parked> = {
-            let Ok(mut parked) = self.parked.try_borrow_mut() else {
-                return;
-            };
-            if parked.is_empty() {
-                return;
-            }
-            let mut in_flight: Vec<(usize, bool)> = Vec::new();
-            let mut ready = Vec::new();
-            let mut i = 0;
-            while i < parked.len() {
-                let p = parked.get(i).map(|w| w.provider).unwrap_or(usize::MAX);
-                let wake = match provider {
-                    Some(done) => p == done,
-                    None => {
-                        let flying = match in_flight.iter().find(|(q, _)| *q == p) {
-                            Some((_, f)) => *f,
-                            None => {
-                                let f = self.fetch_in_flight(p, now_ms);
-                                in_flight.push((p, f));
-                                f
-                            }
-                        };
-                        !flying
-                    }
-                };
-                if wake {
-                    ready.push(parked.swap_remove(i));
-                } else {
-                    i += 1;
-                }
-            }
-            ready
-        };
-        if ready.is_empty() {
-            return;
-        }
-        self.keys(now_ms, true);
-        let remote: Vec<usize> = (0..self.policy.providers.len()).filter(|p| self.is_remote(*p)).collect();
-        for waiter in ready {
-            if host::set_effective_context(waiter.context_id).is_err() {
-                continue;
-            }
-            // No further fetching for a parked request: decide with the keys there are.
-            let mut progress = Progress::for_parked(remote.clone(), waiter.guard);
-            if let Next::Continue =
-                decide(self, waiter.context_id, &waiter.request, waiter.rule, &mut progress)
-            {
-                self.resume(waiter.context_id);
-            }
-        }
-        let _ = host::set_effective_context(current);
     }
 
     /// Picks up a newer revocation replica from shared data (once synced, the request

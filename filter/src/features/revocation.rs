@@ -24,12 +24,15 @@
 //!   and when its lease ends.
 
 use std::cell::{Ref, RefCell};
+use std::rc::Rc;
 
 use portcullis_core::config::RevocationSettings;
 use portcullis_core::keyfetch::{FetchKind, FetchSchedule};
 use portcullis_core::revocation::{is_cursor, Applied, FeedFollower, RevocationReplica};
 
-use crate::host::{self, Upstream};
+use crate::calls::{Call, CallRouter};
+use crate::host::shared::{SharedCell, Swap};
+use crate::host::{Host, Upstream};
 use crate::metrics::Metrics;
 
 const REPLICA_KEY: &str = "portcullis.v1.revocation.replica";
@@ -49,6 +52,7 @@ const PAGE_LIMIT: usize = 5_000;
 const ASSEMBLY_LEASE_MS: u64 = 30_000;
 
 pub struct RevocationSync {
+    host: Rc<dyn Host>,
     pub settings: RevocationSettings,
     /// This VM's number (unique among the VMs of this Envoy), for the assembly lease.
     vm: u64,
@@ -77,8 +81,9 @@ pub struct View<'a> {
 }
 
 impl RevocationSync {
-    pub fn new(settings: RevocationSettings, vm: u64, now_ms: u64) -> Self {
+    pub fn new(settings: RevocationSettings, vm: u64, now_ms: u64, host: Rc<dyn Host>) -> Self {
         RevocationSync {
+            host,
             settings,
             vm,
             local: RefCell::new(Local {
@@ -102,12 +107,12 @@ impl RevocationSync {
     /// replica at once.
     pub fn refresh(&self) {
         let Ok(mut local) = self.local.try_borrow_mut() else { return };
-        local.synced_at_ms = read_u64(SYNCED_AT_KEY);
-        let generation = read_u64(GENERATION_KEY);
+        local.synced_at_ms = self.read_u64(SYNCED_AT_KEY);
+        let generation = self.read_u64(GENERATION_KEY);
         if generation == local.generation {
             return;
         }
-        let Some(bytes) = host::shared_data(REPLICA_KEY).0 else { return };
+        let Some(bytes) = self.cell(REPLICA_KEY).get() else { return };
         match RevocationReplica::decode(&bytes) {
             // A replica hashed with another credential's key (a VM of an earlier
             // configuration wrote it) is useless here: start from nothing, which the
@@ -136,7 +141,7 @@ impl RevocationSync {
     /// Seconds since the published replica was last known current (since start when
     /// never synced).
     pub fn staleness_secs(&self, now_ms: u64) -> u64 {
-        let synced_at = read_u64(SYNCED_AT_KEY);
+        let synced_at = self.read_u64(SYNCED_AT_KEY);
         let since = match self.local.try_borrow() {
             Ok(l) if synced_at == 0 => l.started_at_ms,
             _ => synced_at,
@@ -155,7 +160,7 @@ impl RevocationSync {
 
     /// Whether some worker's poll is outstanding.
     pub fn poll_in_flight(&self, now_ms: u64) -> bool {
-        schedule().in_flight(now_ms)
+        self.schedule().in_flight(now_ms)
     }
 
     /// Claims the next poll for this worker; returns the path to GET when it is ours.
@@ -173,12 +178,13 @@ impl RevocationSync {
         now_ms: u64,
         allowed: impl Fn(&FetchSchedule) -> bool,
     ) -> Option<String> {
-        let (data, cas) = host::shared_data(SCHEDULE_KEY);
+        let schedule = self.cell(SCHEDULE_KEY);
+        let (data, cas) = schedule.read();
         let current = data.map(|d| FetchSchedule::decode(&d)).unwrap_or_default();
         if !allowed(&current) {
             return None;
         }
-        if let Some((vm, _)) = assembly_lease(now_ms) {
+        if let Some((vm, _)) = self.assembly_lease(now_ms) {
             if vm != self.vm {
                 // Another worker took over after this one's lease ran out.
                 if let Ok(mut l) = self.local.try_borrow_mut() {
@@ -188,7 +194,7 @@ impl RevocationSync {
             }
         }
         let next = current.started(kind, now_ms, self.settings.timeout_ms);
-        host::set_shared_data(SCHEDULE_KEY, &next.encode(), cas).ok()?;
+        schedule.put_if(&next.encode(), cas).ok()?;
         self.poll_path()
     }
 
@@ -205,9 +211,15 @@ impl RevocationSync {
         is_cursor(cursor).then(|| format!("{base}?cursor={cursor}&limit={PAGE_LIMIT}"))
     }
 
-    /// Dispatches a feed poll; the answer comes back through `complete_poll`.
-    pub fn dispatch(&self, path: &str) -> Result<u32, proxy_wasm::types::Status> {
-        host::dispatch_get(&self.upstream(), path, self.settings.timeout_ms)
+    /// Dispatches a feed poll for `requester` (`None`: the root context's periodic
+    /// poll); the answer comes back through `complete_poll`.
+    pub fn dispatch(
+        &self,
+        calls: &CallRouter,
+        path: &str,
+        requester: Option<u32>,
+    ) -> Result<u32, proxy_wasm::types::Status> {
+        calls.get(&*self.host, &self.upstream(), path, self.settings.timeout_ms, Call::Feed { requester })
     }
 
     /// Applies a poll's answer. With `follow_up`, returns the path of an immediate
@@ -229,7 +241,7 @@ impl RevocationSync {
         };
         match outcome {
             Ok(more) => {
-                update_schedule(|s| s.succeeded(now_ms));
+                self.update_schedule(|s| s.succeeded(now_ms));
                 metrics.count("portcullis.revocation.poll_ok");
                 if let Ok(mut l) = self.local.try_borrow_mut() {
                     if l.failures_logged > 0 {
@@ -238,20 +250,22 @@ impl RevocationSync {
                     l.failures_logged = 0;
                 }
                 if more && follow_up {
-                    update_schedule(|s| s.started(FetchKind::Periodic, now_ms, self.settings.timeout_ms));
+                    self.update_schedule(|s| {
+                        s.started(FetchKind::Periodic, now_ms, self.settings.timeout_ms)
+                    });
                     return self.poll_path();
                 }
                 None
             }
             Err(why) => {
                 metrics.count("portcullis.revocation.poll_failed");
-                update_schedule(|s| s.failed_with_cap(now_ms, MAX_BACKOFF_MS));
+                self.update_schedule(|s| s.failed_with_cap(now_ms, MAX_BACKOFF_MS));
                 if let Ok(mut l) = self.local.try_borrow_mut() {
                     // First failure after a success, then every 30th: enough to see, not a flood.
                     if l.failures_logged % 30 == 0 {
                         log::warn!(
                             "revocation feed poll failed ({why}); serving from the replica (stale for {} s)",
-                            now_ms.saturating_sub(read_u64(SYNCED_AT_KEY).max(l.started_at_ms)) / 1000
+                            now_ms.saturating_sub(self.read_u64(SYNCED_AT_KEY).max(l.started_at_ms)) / 1000
                         );
                     }
                     l.failures_logged = l.failures_logged.saturating_add(1);
@@ -277,100 +291,107 @@ impl RevocationSync {
                 metrics.count("portcullis.revocation.feed_invalid");
                 if was_assembling {
                     metrics.count("portcullis.revocation.snapshots_abandoned");
-                    release_assembly_lease(self.vm);
+                    self.release_assembly_lease();
                 }
                 return Err(e.to_string());
             }
         };
         match applied {
-            Applied::Current => write_u64(SYNCED_AT_KEY, now_ms),
+            Applied::Current => self.write_u64(SYNCED_AT_KEY, now_ms),
             Applied::Changed => {
-                if !publish(local, now_ms, metrics) {
+                if !self.publish(local, now_ms, metrics) {
                     return Err("could not store the revocation replica in shared data".to_string());
                 }
             }
             Applied::Assembled(replica) => {
                 local.replica = *replica;
-                release_assembly_lease(self.vm);
+                self.release_assembly_lease();
                 metrics.count("portcullis.revocation.snapshots_assembled");
-                if !publish(local, now_ms, metrics) {
+                if !self.publish(local, now_ms, metrics) {
                     return Err("could not store the revocation replica in shared data".to_string());
                 }
             }
             Applied::Assembling => {
                 metrics.count("portcullis.revocation.snapshot_pages");
-                take_assembly_lease(self.vm, now_ms);
+                self.take_assembly_lease(now_ms);
             }
         }
         Ok(more)
     }
 }
 
-/// Stores `local.replica` for every worker and marks it current. On failure, the local
-/// copy is dropped at the next refresh (its generation is forgotten), so this worker
-/// never follows a replica the others do not have.
-fn publish(local: &mut Local, now_ms: u64, metrics: &Metrics) -> bool {
-    let bytes = local.replica.encode();
-    if host::set_shared_data(REPLICA_KEY, &bytes, None).is_err() {
-        log::warn!("could not store the revocation replica ({} bytes) in shared data", bytes.len());
-        local.generation = 0;
-        return false;
+impl RevocationSync {
+    /// Stores `local.replica` for every worker and marks it current. On failure, the
+    /// local copy is dropped at the next refresh (its generation is forgotten), so this
+    /// worker never follows a replica the others do not have.
+    fn publish(&self, local: &mut Local, now_ms: u64, metrics: &Metrics) -> bool {
+        let bytes = local.replica.encode();
+        if self.cell(REPLICA_KEY).put(&bytes).is_err() {
+            log::warn!("could not store the revocation replica ({} bytes) in shared data", bytes.len());
+            local.generation = 0;
+            return false;
+        }
+        // One attempt: a lost race means another worker published, and the next
+        // refresh reads its replica.
+        let generation = self.cell(GENERATION_KEY);
+        let (data, cas) = generation.read();
+        let next = data.map(|b| decode_u64(&b)).unwrap_or(0).wrapping_add(1);
+        local.generation = if generation.put_if(&next.to_be_bytes(), cas).is_ok() { next } else { 0 };
+        self.write_u64(SYNCED_AT_KEY, now_ms);
+        local.synced_at_ms = now_ms;
+        metrics.gauge("portcullis.revocation.revoked_entries", local.replica.revoked.len() as u64);
+        metrics.gauge("portcullis.revocation.user_entries", local.replica.user_min_versions.len() as u64);
+        true
     }
-    let (data, cas) = host::shared_data(GENERATION_KEY);
-    let next = data.map(|b| decode_u64(&b)).unwrap_or(0).wrapping_add(1);
-    if host::set_shared_data(GENERATION_KEY, &next.to_be_bytes(), cas).is_ok() {
-        local.generation = next;
-    } else {
-        local.generation = 0;
+
+    fn cell<'a>(&'a self, key: &'a str) -> SharedCell<'a> {
+        SharedCell::new(&*self.host, key)
     }
-    write_u64(SYNCED_AT_KEY, now_ms);
-    local.synced_at_ms = now_ms;
-    metrics.gauge("portcullis.revocation.revoked_entries", local.replica.revoked.len() as u64);
-    metrics.gauge("portcullis.revocation.user_entries", local.replica.user_min_versions.len() as u64);
-    true
-}
 
-/// The live assembly lease: (VM number, until).
-fn assembly_lease(now_ms: u64) -> Option<(u64, u64)> {
-    let bytes = host::shared_data(ASSEMBLY_KEY).0?;
-    let vm = decode_u64(bytes.get(..8)?);
-    let until = decode_u64(bytes.get(8..16)?);
-    (now_ms < until && vm != 0).then_some((vm, until))
-}
-
-fn take_assembly_lease(vm: u64, now_ms: u64) {
-    let mut lease = vm.to_be_bytes().to_vec();
-    lease.extend_from_slice(&now_ms.saturating_add(ASSEMBLY_LEASE_MS).to_be_bytes());
-    let _ = host::set_shared_data(ASSEMBLY_KEY, &lease, None);
-}
-
-fn release_assembly_lease(vm: u64) {
-    let (data, cas) = host::shared_data(ASSEMBLY_KEY);
-    if data.and_then(|d| d.get(..8).map(decode_u64)) == Some(vm) {
-        let _ = host::set_shared_data(ASSEMBLY_KEY, &[0u8; 16], cas);
+    /// The live assembly lease: (VM number, until).
+    fn assembly_lease(&self, now_ms: u64) -> Option<(u64, u64)> {
+        let bytes = self.cell(ASSEMBLY_KEY).get()?;
+        let vm = decode_u64(bytes.get(..8)?);
+        let until = decode_u64(bytes.get(8..16)?);
+        (now_ms < until && vm != 0).then_some((vm, until))
     }
-}
 
-fn schedule() -> FetchSchedule {
-    host::shared_data(SCHEDULE_KEY).0.map(|d| FetchSchedule::decode(&d)).unwrap_or_default()
-}
+    fn take_assembly_lease(&self, now_ms: u64) {
+        let mut lease = self.vm.to_be_bytes().to_vec();
+        lease.extend_from_slice(&now_ms.saturating_add(ASSEMBLY_LEASE_MS).to_be_bytes());
+        let _ = self.cell(ASSEMBLY_KEY).put(&lease);
+    }
 
-fn update_schedule(change: impl Fn(FetchSchedule) -> FetchSchedule) {
-    for _ in 0..4 {
-        let (data, cas) = host::shared_data(SCHEDULE_KEY);
-        let next = change(data.map(|d| FetchSchedule::decode(&d)).unwrap_or_default());
-        if host::set_shared_data(SCHEDULE_KEY, &next.encode(), cas).is_ok() {
-            return;
+    /// Gives the assembly lease up if this VM holds it (one attempt: a lost race means
+    /// another worker took the lease over).
+    fn release_assembly_lease(&self) {
+        let lease = self.cell(ASSEMBLY_KEY);
+        let (data, cas) = lease.read();
+        if data.and_then(|d| d.get(..8).map(decode_u64)) == Some(self.vm) {
+            let _ = lease.put_if(&[0u8; 16], cas);
         }
     }
-}
 
-fn read_u64(key: &str) -> u64 {
-    host::shared_data(key).0.map(|b| decode_u64(&b)).unwrap_or(0)
-}
+    fn schedule(&self) -> FetchSchedule {
+        self.cell(SCHEDULE_KEY).get().map(|d| FetchSchedule::decode(&d)).unwrap_or_default()
+    }
 
-fn write_u64(key: &str, value: u64) {
-    let _ = host::set_shared_data(key, &value.to_be_bytes(), None);
+    /// Changes the shared poll schedule. Under constant contention the change is lost
+    /// and the claim in it ends by itself once the poll's timeout passes.
+    fn update_schedule(&self, change: impl Fn(FetchSchedule) -> FetchSchedule) {
+        self.cell(SCHEDULE_KEY).update(|data| {
+            let next = change(data.map(FetchSchedule::decode).unwrap_or_default());
+            Swap::Write(next.encode(), ())
+        });
+    }
+
+    fn read_u64(&self, key: &str) -> u64 {
+        self.cell(key).get().map(|b| decode_u64(&b)).unwrap_or(0)
+    }
+
+    fn write_u64(&self, key: &str, value: u64) {
+        let _ = self.cell(key).put(&value.to_be_bytes());
+    }
 }
 
 fn decode_u64(bytes: &[u8]) -> u64 {

@@ -1,0 +1,178 @@
+//! What the answer to each outbound call continues. Whichever context receives an
+//! answer takes its call from the router (`calls.rs`) and hands it to [`on_answer`]:
+//! keys and feed pages are stored for every worker, the request that waited on this
+//! context is decided again, requests parked behind the same fetch are woken on their
+//! own contexts, and the stateful checks' answers go to `stateful.rs`. The root
+//! context's periodic fetches and polls start here too.
+
+use portcullis_core::jwt::provider::KeySource;
+use portcullis_core::keyfetch::FetchKind;
+use portcullis_core::RequestParts;
+
+use crate::calls::Call;
+use crate::features::revocation::MAX_FEED_BYTES;
+use crate::held::FEED_POLL;
+use crate::host::Upstream;
+use crate::pipeline::{complete_strict_check, decide, Progress};
+use crate::reply::Next;
+use crate::runtime::{Runtime, MAX_JWKS_BYTES};
+use crate::stateful;
+
+/// Decides parked requests whose wait is over: those of `provider` when given (its
+/// fetch just completed in this worker), otherwise those whose provider has no fetch
+/// in flight any more (completed in another worker, or timed out). Each is decided on
+/// its own context; `current` is the context to switch back to.
+pub fn wake_parked(rt: &Runtime, provider: Option<usize>, current: u32) {
+    let now_ms = rt.host.now_unix_ms();
+    let mut in_flight: Vec<(usize, bool)> = Vec::new();
+    let ready = rt.held.unpark_where(|waiter| match provider {
+        Some(done) => waiter.provider == done,
+        None => match in_flight.iter().find(|(q, _)| *q == waiter.provider) {
+            Some((_, flying)) => !*flying,
+            None => {
+                let flying = rt.fetch_in_flight(waiter.provider, now_ms);
+                in_flight.push((waiter.provider, flying));
+                !flying
+            }
+        },
+    });
+    if ready.is_empty() {
+        return;
+    }
+    rt.keys(now_ms, true);
+    let remote: Vec<usize> = (0..rt.policy.providers.len()).filter(|p| rt.is_remote(*p)).collect();
+    for waiter in ready {
+        if rt.host.set_effective_context(waiter.context_id).is_err() {
+            continue;
+        }
+        // No further fetching for a parked request: decide with the keys there are.
+        let mut progress = Progress::for_parked(remote.clone(), waiter.input);
+        if let Next::Continue = decide(rt, waiter.context_id, &waiter.request, waiter.rule, &mut progress) {
+            rt.resume(waiter.context_id);
+        }
+    }
+    let _ = rt.host.set_effective_context(current);
+}
+
+/// What a request context keeps between its callbacks.
+#[derive(Default)]
+pub struct RequestState {
+    /// The request as the decision reads it (kept while it may be decided again).
+    pub request: Option<RequestParts>,
+    pub rule: usize,
+    pub progress: Progress,
+}
+
+impl RequestState {
+    /// Decides the request again (after the keys or the feed it waited for came) and
+    /// resumes it when it may go on. False when no request was kept.
+    fn decide_again(&mut self, rt: &Runtime, ctx: u32) -> bool {
+        let Some(request) = self.request.take() else { return false };
+        let next = decide(rt, ctx, &request, self.rule, &mut self.progress);
+        self.request = Some(request);
+        if let Next::Continue = next {
+            rt.resume(ctx);
+        }
+        true
+    }
+}
+
+/// The answer to call `token` (taken from the router) arrived on context `current`;
+/// `state` is that context's request, `None` on the root context.
+pub fn on_answer(
+    rt: &Runtime,
+    call: Call,
+    (token, body_size): (u32, usize),
+    current: u32,
+    state: Option<&mut RequestState>,
+) {
+    match call {
+        Call::Jwks { provider, requester } => {
+            let (status, body) = rt.host.call_response(body_size, MAX_JWKS_BYTES);
+            rt.complete_fetch(provider, status.as_deref(), body, rt.host.now_unix_ms());
+            if let (Some(_), Some(state)) = (requester, state) {
+                if !state.decide_again(rt, current) {
+                    return;
+                }
+            }
+            // Requests of this worker that waited for the same keys.
+            wake_parked(rt, Some(provider), current);
+        }
+        Call::Feed { requester } => {
+            let (status, body) = rt.host.call_response(body_size, MAX_FEED_BYTES);
+            let Some(sync) = &rt.revocation else { return };
+            let now = rt.host.now_unix_ms();
+            match (requester, state) {
+                (None, _) => {
+                    if let Some(next) = sync.complete_poll(status.as_deref(), body, now, true, &rt.metrics) {
+                        poll_feed(rt, next);
+                    }
+                }
+                (Some(_), state) => {
+                    // One page is enough: every page carries the current ceiling.
+                    sync.complete_poll(status.as_deref(), body, now, false, &rt.metrics);
+                    if !state.is_some_and(|s| s.decide_again(rt, current)) {
+                        return;
+                    }
+                }
+            }
+            // Requests that waited for a fresher replica (a version above its ceiling).
+            wake_parked(rt, Some(FEED_POLL), current);
+        }
+        Call::StrictRevocation { .. } => {
+            let Some(state) = state else { return };
+            let Some(check) = state.progress.strict.take() else { return };
+            let (Some(request), Some(rule)) = (state.request.as_ref(), rt.policy.rules.get(state.rule))
+            else {
+                return;
+            };
+            if let Next::Continue =
+                complete_strict_check(rt, rule, request, check, body_size, &mut state.progress)
+            {
+                rt.resume(current);
+            }
+        }
+        // A stateful check's call: on the root context, calls its answer leads to are
+        // the root's too.
+        call if state.is_none() => {
+            rt.calls.as_root(current, || stateful::on_answer(rt, call, token, body_size, current))
+        }
+        call => stateful::on_answer(rt, call, token, body_size, current),
+    }
+}
+
+/// Root context: polls the revocation feed at `path`.
+pub fn poll_feed(rt: &Runtime, path: String) {
+    let Some(sync) = &rt.revocation else { return };
+    if let Err(status) = sync.dispatch(&rt.calls, &path, None) {
+        log::warn!(
+            "cannot call cluster `{}` for the revocation feed ({status:?}); is it defined?",
+            sync.settings.control_plane.cluster
+        );
+        sync.complete_poll(None, None, rt.host.now_unix_ms(), true, &rt.metrics);
+    }
+}
+
+/// Root tick: starts the periodic JWKS fetches that are due (one per provider for the
+/// whole Envoy, claimed in shared data).
+pub fn refresh_keys(rt: &Runtime, now: u64) {
+    for (p, provider) in rt.policy.providers.iter().enumerate() {
+        let KeySource::Remote(remote) = provider.key_source() else {
+            continue;
+        };
+        let fetching = |c: &Call| matches!(c, Call::Jwks { provider, requester: None } if *provider == p);
+        if rt.calls.in_flight(fetching) || !rt.claim_fetch(p, FetchKind::Periodic, now) {
+            continue;
+        }
+        let upstream = Upstream::public(&remote.cluster, &remote.authority);
+        let call = Call::Jwks { provider: p, requester: None };
+        if let Err(status) = rt.calls.get(&*rt.host, &upstream, &remote.path, remote.timeout_ms, call) {
+            log::warn!(
+                "provider `{}`: cannot call cluster `{}` ({status:?}); is it defined?",
+                provider.name(),
+                remote.cluster
+            );
+            rt.complete_fetch(p, None, None, now);
+        }
+    }
+}

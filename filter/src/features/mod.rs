@@ -1,0 +1,23 @@
+//! The checks that need the host, one file each: the revocation replica
+//! ([`revocation`]), rate limits ([`ratelimit`]), account lockout ([`lockout`]) and
+//! burst reports ([`burst`]). (The keys for JWT verification are kept by the runtime.) Each
+//! holds its per-worker state and answers from it and shared data; none makes a call
+//! or carries a decision out itself: calls leave through the router (`calls.rs`), and
+//! the pipeline (`pipeline.rs`, `stateful.rs`) acts on what the checks answer.
+
+pub mod burst;
+pub mod lockout;
+pub mod ratelimit;
+pub mod revocation;
+
+use crate::host::Host;
+use crate::metrics::Metrics;
+
+/// What a check reads its surroundings through: the host, the metrics, and the time
+/// of this callback.
+#[derive(Clone, Copy)]
+pub struct Env<'a> {
+    pub host: &'a dyn Host,
+    pub metrics: &'a Metrics,
+    pub now_ms: u64,
+}

@@ -1,0 +1,375 @@
+//! The decision for one request: authentication by core (re-read keys, fetch them, or
+//! park behind a fetch another context started), the version ceiling's on-demand feed
+//! poll, the strict revocation check, then the stateful checks (`stateful.rs`). What
+//! the answers to its calls continue is in `answers.rs`.
+//!
+//! When the decision needs keys this worker does not have (a rotated key's `kid`, or
+//! keys not loaded yet) the request pauses while the JWKS is fetched, then is decided
+//! again. Likewise a token whose version is above the replica's ceiling
+//! (`version_unknown`) may be newer than the replica rather than forged (right after a
+//! breach rotation): the request pauses while the feed is polled once, then is decided
+//! again.
+
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use portcullis_core::authn::{
+    authenticate, check_token_status, Authenticated, AuthnInput, Outcome, RevocationInput, UpstreamEdits,
+};
+use portcullis_core::config::{RevocationCheck, StaleAction};
+use portcullis_core::jwt::provider::KeySource;
+use portcullis_core::jwt::{Reason, VerifiedToken};
+use portcullis_core::keyfetch::FetchKind;
+use portcullis_core::response::Denial;
+use portcullis_core::revocation::TokenStatus;
+use portcullis_core::rules::Rule;
+use portcullis_core::RequestParts;
+
+use crate::calls::Call;
+use crate::held::{CheckInput, Parked, FEED_POLL};
+use crate::host::Upstream;
+use crate::reply::{apply_edits, deny, Next};
+use crate::runtime::Runtime;
+use crate::stateful;
+
+/// Bound on decide → fetch → decide rounds for one request.
+const MAX_ROUNDS: usize = 4;
+/// Largest answer to a strict revocation check read.
+const MAX_STATUS_BYTES: usize = 64 * 1024;
+
+/// What one request has already tried while waiting for keys.
+#[derive(Default)]
+pub struct Progress {
+    /// Providers whose keys were already re-read from shared data for this request.
+    reloaded: Vec<usize>,
+    /// Providers whose keys this request fetched or could not fetch.
+    tried: Vec<usize>,
+    /// Outstanding strict revocation check.
+    pub(crate) strict: Option<StrictCheck>,
+    /// The feed was polled (or waited for) on this request's behalf already.
+    feed_refreshed: bool,
+    /// Decided from another context's callback: no calls may be started for it (their
+    /// answers would reach that other context).
+    no_callouts: bool,
+    /// What the stateful checks after authentication need.
+    pub(crate) input: CheckInput,
+}
+
+impl Progress {
+    /// For a parked request decided from another context: its keys were waited for
+    /// already, and no call may be started on its behalf.
+    pub(crate) fn for_parked(remote_providers: Vec<usize>, input: CheckInput) -> Self {
+        Progress {
+            reloaded: remote_providers.clone(),
+            tried: remote_providers,
+            strict: None,
+            feed_refreshed: true,
+            no_callouts: true,
+            input,
+        }
+    }
+}
+
+/// A request whose tokens verified, waiting for the control plane's word on them.
+pub struct StrictCheck {
+    current: Authenticated,
+    rest: Vec<Authenticated>,
+    identities: Vec<Authenticated>,
+    edits: UpstreamEdits,
+}
+
+/// Decides `request` under rule `rule` and carries the decision out on the current
+/// (effective) request context. `Paused`: a call was dispatched from this context (its
+/// answer continues in [`on_answer`]), the request was parked behind a fetch another
+/// context started, or it was refused.
+pub fn decide(
+    rt: &Runtime,
+    context_id: u32,
+    request: &RequestParts,
+    rule_index: usize,
+    progress: &mut Progress,
+) -> Next {
+    let Some(rule) = rt.policy.rules.get(rule_index) else {
+        return Next::Continue;
+    };
+    for _ in 0..MAX_ROUNDS {
+        let now_ms = rt.host.now_unix_ms();
+        // The replica first: keys it revokes are dropped before the keys are read.
+        rt.refresh_revocation(now_ms);
+        let outcome = authenticate_now(rt, rule, request, progress, now_ms);
+        match outcome {
+            Outcome::Allow { identities, edits } => {
+                if rule.revocation_check == RevocationCheck::Strict && !progress.no_callouts {
+                    let unchecked: Vec<Authenticated> = identities
+                        .iter()
+                        .filter(|i| rt.policy.revocation_applies(i.provider) && !rt.strict_cached(i, now_ms))
+                        .cloned()
+                        .collect();
+                    if !unchecked.is_empty() {
+                        return start_strict_check(rt, rule, request, unchecked, identities, edits, progress);
+                    }
+                }
+                return allow(rt, request, &identities, &edits, &progress.input);
+            }
+            Outcome::Deny { denial, provider } => {
+                if denial == Denial::InvalidToken(Reason::VersionUnknown)
+                    && provider.is_some_and(|p| rt.policy.revocation_applies(p))
+                    && !progress.feed_refreshed
+                {
+                    progress.feed_refreshed = true;
+                    if let Some(next) = refresh_feed(rt, context_id, request, rule_index, progress, now_ms) {
+                        return next;
+                    }
+                }
+                let provider_name = provider.and_then(|p| rt.policy.providers.get(p)).map(|p| p.name());
+                return deny(rt, rule.name.as_str(), rule.shadow, &denial, provider_name);
+            }
+            Outcome::FetchKeys(p) => {
+                // Another worker may already have fetched the new keys.
+                if !progress.reloaded.contains(&p) {
+                    progress.reloaded.push(p);
+                    rt.keys(now_ms, true);
+                    continue;
+                }
+                progress.tried.push(p);
+                if start_fetch(rt, p, now_ms, context_id) {
+                    return Next::Paused;
+                }
+                // A fetch some context already started will answer soon: wait for it
+                // rather than reject a token signed by a key just rotated in.
+                if rt.fetch_in_flight(p, now_ms) && park(rt, context_id, p, rule_index, request, progress) {
+                    rt.metrics.count("portcullis.requests.parked");
+                    return Next::Paused;
+                }
+                // A fetch may have finished between the reload above and now: decide
+                // once more with whatever shared data holds.
+                rt.keys(now_ms, true);
+            }
+        }
+    }
+    // Only reachable if core keeps asking for keys it cannot get.
+    deny(rt, rule.name.as_str(), rule.shadow, &Denial::KeysUnavailable, None)
+}
+
+/// Core's decision with this worker's keys, versions, replica and cache at `now_ms`.
+fn authenticate_now(
+    rt: &Runtime,
+    rule: &Rule,
+    request: &RequestParts,
+    progress: &Progress,
+    now_ms: u64,
+) -> Outcome {
+    let keys = rt.keys(now_ms, false);
+    let can_fetch = rt.fetchable(&progress.tried);
+    let view = rt.revocation.as_ref().and_then(|r| r.view(now_ms));
+    let revocation =
+        view.as_ref().map(|v| RevocationInput { replica: &v.replica, stale: v.stale, synced: v.synced });
+    let versions = rt.versions.borrow();
+    let input = AuthnInput {
+        policy: &rt.policy,
+        rule,
+        request,
+        keys: &keys,
+        versions: &versions,
+        can_fetch_keys: &can_fetch,
+        revocation,
+        now_unix_secs: now_ms / 1000,
+    };
+    authenticate(&input, &mut rt.cache.borrow_mut())
+}
+
+/// A token's version is above the replica's ceiling: polls the feed now (at most once
+/// per poll interval for the whole Envoy) or waits for the poll in flight, so a token
+/// minted after a breach rotation is not refused for the replica being a poll behind.
+/// `None`: neither is possible, decide with the replica as it is.
+fn refresh_feed(
+    rt: &Runtime,
+    context_id: u32,
+    request: &RequestParts,
+    rule_index: usize,
+    progress: &mut Progress,
+    now_ms: u64,
+) -> Option<Next> {
+    let sync = rt.revocation.as_ref()?;
+    if progress.no_callouts {
+        return None;
+    }
+    if let Some(path) = sync.claim_on_demand(now_ms) {
+        match sync.dispatch(&rt.calls, &path, Some(context_id)) {
+            Ok(_) => {
+                rt.metrics.count("portcullis.revocation.poll_on_demand");
+                return Some(Next::Paused);
+            }
+            Err(status) => {
+                log::warn!(
+                    "cannot call cluster `{}` for the revocation feed ({status:?})",
+                    sync.settings.control_plane.cluster
+                );
+                sync.complete_poll(None, None, now_ms, false, &rt.metrics);
+                return None;
+            }
+        }
+    }
+    if sync.poll_in_flight(now_ms) && park(rt, context_id, FEED_POLL, rule_index, request, progress) {
+        rt.metrics.count("portcullis.requests.parked");
+        return Some(Next::Paused);
+    }
+    None
+}
+
+/// Authentication passed: the stateful checks (rate limits, lockout) decide the rest.
+fn allow(
+    rt: &Runtime,
+    request: &RequestParts,
+    identities: &[Authenticated],
+    edits: &UpstreamEdits,
+    input: &CheckInput,
+) -> Next {
+    for i in identities {
+        if let Some(p) = rt.policy.providers.get(i.provider) {
+            rt.metrics.count(&format!("portcullis.provider.{}.allowed", p.name()));
+        }
+    }
+    if rt.policy.guards.rate_limits.is_empty() && input.login.is_none() {
+        // Nothing stateful to check: no need to keep the request.
+        rt.metrics.count("portcullis.requests.allowed");
+        apply_edits(&*rt.host, request, edits);
+        return Next::Continue;
+    }
+    let tokens: Vec<&VerifiedToken> = identities.iter().map(|i| i.token.as_ref()).collect();
+    stateful::run(rt, input.ctx, stateful::pending_for(rt, request, edits.clone(), &tokens, input))
+}
+
+/// Asks the control plane about the first unchecked token; the rest follow one by one.
+fn start_strict_check(
+    rt: &Runtime,
+    rule: &Rule,
+    request: &RequestParts,
+    mut unchecked: Vec<Authenticated>,
+    identities: Vec<Authenticated>,
+    edits: UpstreamEdits,
+    progress: &mut Progress,
+) -> Next {
+    let Some(settings) = rt.policy.revocation.as_ref() else {
+        return allow(rt, request, &identities, &edits, &progress.input);
+    };
+    if unchecked.is_empty() {
+        return allow(rt, request, &identities, &edits, &progress.input);
+    }
+    let current = unchecked.remove(0);
+    let jti = current.token.claim("jti").and_then(|v| v.as_str()).unwrap_or("");
+    let sub = current.token.subject.as_deref().unwrap_or("");
+    let path = format!("{}?jti={}&sub={}", settings.status_path, percent_encode(jti), percent_encode(sub));
+    rt.metrics.count("portcullis.revocation.strict_checks");
+    let call = Call::StrictRevocation { requester: progress.input.ctx };
+    let upstream = Upstream::control_plane(&settings.control_plane);
+    match rt.calls.get(&*rt.host, &upstream, &path, settings.strict_timeout_ms, call) {
+        Ok(_) => {
+            progress.strict = Some(StrictCheck { current, rest: unchecked, identities, edits });
+            Next::Paused
+        }
+        Err(status) => {
+            log::warn!(
+                "cannot call cluster `{}` for a strict revocation check ({status:?})",
+                settings.control_plane.cluster
+            );
+            strict_unavailable(rt, rule, request, &identities, &edits, &progress.input)
+        }
+    }
+}
+
+/// The control plane did not answer a strict check: the rule's failure mode decides.
+fn strict_unavailable(
+    rt: &Runtime,
+    rule: &Rule,
+    request: &RequestParts,
+    identities: &[Authenticated],
+    edits: &UpstreamEdits,
+    input: &CheckInput,
+) -> Next {
+    rt.metrics.count("portcullis.revocation.strict_unavailable");
+    match rule.on_stale {
+        // The replica already had its say when the token verified.
+        StaleAction::Allow => allow(rt, request, identities, edits, input),
+        StaleAction::Deny => deny(rt, &rule.name, rule.shadow, &Denial::RevocationUnavailable, None),
+    }
+}
+
+/// Handles the answer to a strict check: deny, check the next token, or allow.
+pub fn complete_strict_check(
+    rt: &Runtime,
+    rule: &Rule,
+    request: &RequestParts,
+    check: StrictCheck,
+    body_size: usize,
+    progress: &mut Progress,
+) -> Next {
+    let (status, body) = rt.host.call_response(body_size, MAX_STATUS_BYTES);
+    let answer = match (status.as_deref(), body) {
+        (Some("200"), Some(bytes)) => serde_json::from_slice::<TokenStatus>(&bytes).ok(),
+        _ => None,
+    };
+    let Some(answer) = answer else {
+        return strict_unavailable(rt, rule, request, &check.identities, &check.edits, &progress.input);
+    };
+    let now_ms = rt.host.now_unix_ms();
+    if let Err(reason) = check_token_status(&rt.policy, &check.current, &answer, now_ms / 1000) {
+        let provider = rt.policy.providers.get(check.current.provider).map(|p| p.name());
+        return deny(rt, &rule.name, rule.shadow, &Denial::InvalidToken(reason), provider);
+    }
+    rt.strict_remember(&check.current, now_ms);
+    start_strict_check(rt, rule, request, check.rest, check.identities, check.edits, progress)
+}
+
+/// Everything but RFC 3986 unreserved characters.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+fn percent_encode(s: &str) -> String {
+    utf8_percent_encode(s, QUERY_VALUE).to_string()
+}
+
+/// Claims and dispatches an on-demand JWKS fetch for the request on `context_id`;
+/// false when rate-limited or failed.
+fn start_fetch(rt: &Runtime, p: usize, now_ms: u64, context_id: u32) -> bool {
+    let Some(provider) = rt.policy.providers.get(p) else { return false };
+    let KeySource::Remote(remote) = provider.key_source() else {
+        return false;
+    };
+    if !rt.claim_fetch(p, FetchKind::OnDemand, now_ms) {
+        return false;
+    }
+    let upstream = Upstream::public(&remote.cluster, &remote.authority);
+    let call = Call::Jwks { provider: p, requester: Some(context_id) };
+    match rt.calls.get(&*rt.host, &upstream, &remote.path, remote.timeout_ms, call) {
+        Ok(_) => {
+            rt.metrics.count(&format!("portcullis.jwks.{}.fetch_on_demand", provider.name()));
+            true
+        }
+        Err(status) => {
+            log::warn!(
+                "provider `{}`: cannot call cluster `{}` ({status:?})",
+                provider.name(),
+                remote.cluster
+            );
+            rt.complete_fetch(p, None, None, now_ms);
+            false
+        }
+    }
+}
+
+/// Holds a paused request until the in-flight fetch of `provider` (or the feed poll,
+/// [`FEED_POLL`]) ends.
+fn park(
+    rt: &Runtime,
+    context_id: u32,
+    provider: usize,
+    rule: usize,
+    request: &RequestParts,
+    progress: &Progress,
+) -> bool {
+    rt.held.park(Parked {
+        context_id,
+        provider,
+        rule,
+        request: request.clone(),
+        input: progress.input.clone(),
+    })
+}

@@ -1,0 +1,162 @@
+//! Requests that wait for the control plane: lease spending and refill, call
+//! deadlines, the circuit breaker, and answers that arrive after the request ended.
+
+use portcullis_core::wire::{RateLimitBatch, RateLimitOp, RateLimitReply, RateLimitResult, RATE_LIMIT_PATH};
+use proxy_wasm::types::Action;
+use serde_json::{json, Value};
+
+use super::*;
+
+fn limited_config(mode: &str, on_error: &str) -> Value {
+    let mut config = inline_keys_config();
+    config["controlPlane"] = control_plane();
+    config["rateLimits"] = json!([
+        { "name": "per-user", "limit": 100, "unit": "minute", "descriptors": ["claim:sub"],
+          "mode": mode, "onError": on_error }
+    ]);
+    config
+}
+
+fn grant(units: u64) -> Vec<u8> {
+    let result = RateLimitResult {
+        granted: units,
+        expires_at_ms: NOW_MS + 60_000,
+        remaining: 50,
+        reset_after_ms: 1_000,
+        retry_after_ms: 0,
+    };
+    serde_json::to_vec(&RateLimitReply { results: vec![result] }).unwrap()
+}
+
+fn lease_asks(w: &Worker) -> usize {
+    w.host
+        .calls_to(RATE_LIMIT_PATH)
+        .iter()
+        .filter_map(|c| c.body.as_ref().and_then(|b| serde_json::from_slice::<RateLimitBatch>(b).ok()))
+        .filter(|b| b.asks.iter().any(|a| matches!(a.op, RateLimitOp::Lease { .. })))
+        .count()
+}
+
+/// A request that needs a lease: queued for the root context, which makes the call.
+fn request_needing_a_call(w: &mut Worker, sub: &str) -> u32 {
+    let auth = bearer(&token(sub));
+    let (id, action) = w.request("/api/x", &[("authorization", &auth)], true);
+    assert_eq!(action, Action::Pause, "the request waits for the control plane");
+    w.queue_ready();
+    id
+}
+
+#[test]
+fn lease_is_asked_once_spent_locally_and_asked_again_when_empty() {
+    let mut w = Worker::start(limited_config("lease", "deny"));
+    let first = request_needing_a_call(&mut w, "alice");
+    let call = w.last_call();
+    assert_eq!(call.context, ROOT, "the root context owns the call, so its answer has a receiver");
+    assert_eq!(call.timeout.as_millis(), 200, "the control plane's timeoutMs");
+    assert_eq!(lease_asks(&w), 1);
+    w.answer(&call, "200", &grant(3));
+    assert_eq!(w.host.resumes_of(first), 1);
+
+    // Two more units in the lease: spent from shared data, no call.
+    for _ in 0..2 {
+        let auth = bearer(&token("alice"));
+        let (_, action) = w.request("/api/x", &[("authorization", &auth)], true);
+        assert_eq!(action, Action::Continue);
+    }
+    assert_eq!(lease_asks(&w), 1, "the lease served both");
+
+    // The lease is empty: the next request asks again.
+    let fourth = request_needing_a_call(&mut w, "alice");
+    assert_eq!(lease_asks(&w), 2, "refill");
+    let call = w.last_call();
+    w.answer(&call, "200", &grant(1));
+    assert_eq!(w.host.resumes_of(fourth), 1);
+}
+
+#[test]
+fn requests_on_one_counter_share_the_lease_call_in_flight() {
+    let mut w = Worker::start(limited_config("lease", "deny"));
+    let first = request_needing_a_call(&mut w, "alice");
+    let second = request_needing_a_call(&mut w, "alice");
+    assert_eq!(lease_asks(&w), 1, "the second request waits for the first one's call");
+    let call = w.last_call();
+    w.answer(&call, "200", &grant(5));
+    assert_eq!(w.host.resumes_of(first), 1);
+    assert_eq!(w.host.resumes_of(second), 1);
+}
+
+#[test]
+fn unanswered_call_past_its_deadline_applies_the_failure_mode() {
+    let mut w = Worker::start(limited_config("lease", "deny"));
+    let id = request_needing_a_call(&mut w, "alice");
+    w.host.advance(100);
+    w.tick();
+    assert!(w.host.replies_on(id).is_empty(), "before the deadline the request waits");
+    w.host.advance(5_000);
+    w.tick();
+    let replies = w.host.replies_on(id);
+    assert_eq!(replies.iter().map(|r| r.status).collect::<Vec<_>>(), vec![503], "onError: deny");
+    assert_eq!(w.host.resumes_of(id), 0);
+}
+
+#[test]
+fn unanswered_call_with_on_error_allow_lets_the_request_go_at_its_deadline() {
+    let mut w = Worker::start(limited_config("lease", "allow"));
+    let id = request_needing_a_call(&mut w, "alice");
+    w.host.advance(5_000);
+    w.tick();
+    assert_eq!(w.host.resumes_of(id), 1);
+    assert!(w.host.replies_on(id).is_empty());
+}
+
+#[test]
+fn failed_call_opens_the_circuit_and_later_requests_skip_the_control_plane() {
+    let mut w = Worker::start(limited_config("strict", "allow"));
+    let first = request_needing_a_call(&mut w, "alice");
+    let call = w.last_call();
+    w.answer(&call, "500", b"");
+    assert_eq!(w.host.resumes_of(first), 1, "onError: allow");
+    let calls = w.call_count();
+
+    // Within the open circuit: decided at once under the failure mode, no call.
+    let auth = bearer(&token("bob"));
+    let (_, action) = w.request("/api/x", &[("authorization", &auth)], true);
+    assert_eq!(action, Action::Continue);
+    assert_eq!(w.call_count(), calls, "no call while the circuit is open");
+
+    // After it: the control plane is asked again.
+    w.host.advance(1_500);
+    request_needing_a_call(&mut w, "carol");
+    assert_eq!(w.call_count(), calls + 1);
+}
+
+#[test]
+fn lease_answer_after_the_request_ended_still_fills_the_lease() {
+    let mut w = Worker::start(limited_config("lease", "deny"));
+    let gone = request_needing_a_call(&mut w, "alice");
+    let call = w.last_call();
+    w.end(gone);
+    w.answer(&call, "200", &grant(2));
+    assert_eq!(w.host.resumes_of(gone), 0, "nobody to resume");
+    assert!(w.host.replies_on(gone).is_empty());
+    // The units came anyway: the next request spends one without a call.
+    let auth = bearer(&token("alice"));
+    let (_, action) = w.request("/api/x", &[("authorization", &auth)], true);
+    assert_eq!(action, Action::Continue);
+    assert_eq!(lease_asks(&w), 1);
+}
+
+#[test]
+fn trailers_and_body_of_a_request_waiting_for_a_lease_are_held() {
+    let mut w = Worker::start(limited_config("lease", "deny"));
+    let auth = bearer(&token("alice"));
+    let (id, action) = w.request("/api/x", &[("authorization", &auth)], false);
+    assert_eq!(action, Action::Pause);
+    assert_eq!(w.body(id, 5, false), Action::Pause);
+    w.queue_ready();
+    assert_eq!(w.trailers(id), Action::Pause);
+    let call = w.last_call();
+    w.answer(&call, "200", &grant(2));
+    assert_eq!(w.host.resumes_of(id), 1);
+    assert_eq!(w.trailers(id), Action::Continue);
+}
