@@ -144,10 +144,16 @@ async fn wait_http_ok(url: &str, name: &str, proc: &mut Proc) {
     }
 }
 
+/// How long a process may take to become ready before a test gives up on it. Only a
+/// failing start waits this long: a healthy one is ready in well under a second, but
+/// Envoy compiling the filter on a starved machine (CI beside other builds) has taken
+/// over 30 s.
+pub const STARTUP_BOUND: Duration = Duration::from_secs(180);
+
 /// Waits for a 2xx at `url`; false when the process exited first.
 async fn wait_http_ok_or_exit(url: &str, name: &str, proc: &mut Proc) -> bool {
     let client = http();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + STARTUP_BOUND;
     loop {
         if let Ok(r) = client.get(url).send().await {
             if r.status().is_success() {
@@ -157,7 +163,7 @@ async fn wait_http_ok_or_exit(url: &str, name: &str, proc: &mut Proc) -> bool {
         if proc.exited() {
             return false;
         }
-        assert!(Instant::now() < deadline, "{name} not ready at {url} after 30 s");
+        assert!(Instant::now() < deadline, "{name} not ready at {url} after {STARTUP_BOUND:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -1120,14 +1126,14 @@ impl Envoy {
             .envs(env.iter().copied());
         let mut proc = Proc::spawn(&name, cmd, logdir);
 
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + STARTUP_BOUND;
         let admin_port = loop {
             let text = std::fs::read_to_string(&admin_file).unwrap_or_default();
             if let Some(port) = text.trim().rsplit(':').next().and_then(|p| p.parse::<u16>().ok()) {
                 break port;
             }
             assert!(!proc.exited(), "envoy exited before becoming ready; log:\n{}", proc.log_text());
-            assert!(Instant::now() < deadline, "envoy wrote no admin address in 30 s");
+            assert!(Instant::now() < deadline, "envoy wrote no admin address in {STARTUP_BOUND:?}");
             tokio::time::sleep(Duration::from_millis(30)).await;
         };
         wait_http_ok(&format!("http://127.0.0.1:{admin_port}/ready"), "envoy", &mut proc).await;

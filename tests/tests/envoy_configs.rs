@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use portcullis_e2e::{
     envoy_bin, free_port, hardened_connection_manager, missing_fields, repo_root, Envoy, EnvoyClusters, Hcm,
-    Proc, TestServer, Workdir, FLEET_CREDENTIAL, FLEET_CREDENTIAL_ENV,
+    Proc, TestServer, Workdir, FLEET_CREDENTIAL, FLEET_CREDENTIAL_ENV, STARTUP_BOUND,
 };
 use serde_json::{json, Value};
 
@@ -198,7 +198,7 @@ async fn invalid_plugin_config_is_logged_with_the_field_and_envoy_refuses_the_co
         let dir = Workdir::new();
         let server = TestServer::start(json!({"keys": []})).await;
         let mut envoy = spawn_envoy(&dir, &config, server.port, credential);
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + STARTUP_BOUND;
         while !envoy.log_text().contains(expected) {
             assert!(Instant::now() < deadline, "Envoy never logged `{expected}`:\n{}", envoy.log_text());
             tokio::time::sleep(Duration::from_millis(100)).await;
