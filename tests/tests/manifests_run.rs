@@ -44,12 +44,11 @@ use base64::Engine as _;
 use portcullis_e2e::manifests::{istio_documents, kubernetes_documents, pod_spec, read_documents, Document};
 use portcullis_e2e::{
     bin, error_description, eventually, filter_wasm, free_port, http, repo_root, which, www_authenticate,
-    Envoy, EnvoyClusters, Hcm, Proc, TestServer, Workdir,
+    Envoy, EnvoyClusters, Hcm, Proc, TestServer, Workdir, FLEET_CREDENTIAL_ENV,
 };
 use serde_json::{json, Value};
 
 const CONTROL_PLANE_CONTAINER: &str = "portcullis-control-plane";
-const FLEET_CREDENTIAL_ENV: &str = "PORTCULLIS_FLEET_CREDENTIAL";
 const WASM_FILTER: &str = "envoy.filters.http.wasm";
 const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 const STRING_VALUE_TYPE: &str = "type.googleapis.com/google.protobuf.StringValue";
