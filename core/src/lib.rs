@@ -5,6 +5,7 @@
 //! wasm.
 
 pub mod account;
+pub mod api_token;
 pub mod authn;
 pub mod check;
 pub mod config;
