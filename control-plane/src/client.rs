@@ -9,8 +9,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::api_tokens::{ApiTokenInfo, CreateApiToken, CreatedApiToken};
 use crate::http::{
-    GlobalRotateRequest, KeyList, Problem, RevocationAccepted, RevocationRequest, StatusReport,
+    ApiTokenList, ApiTokensRevoked, GlobalRotateRequest, KeyList, Problem, RevocationAccepted,
+    RevocationRequest, StatusReport,
 };
 use crate::keys::{KeyRevocation, Rotation};
 use crate::lockouts::{LockoutInfo, LockoutList};
@@ -135,6 +137,29 @@ impl ControlPlaneClient {
     pub async fn refresh_token(&self, refresh_token: &str) -> Result<IssuedToken, ClientError> {
         let body = RefreshRequest { refresh_token: refresh_token.to_owned() };
         self.post_json("/v1/token/refresh", &body).await
+    }
+
+    pub async fn create_api_token(&self, request: &CreateApiToken) -> Result<CreatedApiToken, ClientError> {
+        self.post_json("/admin/v1/api-tokens", request).await
+    }
+
+    pub async fn list_api_tokens(&self, user: &str) -> Result<ApiTokenList, ClientError> {
+        self.get_json(&format!("/admin/v1/users/{}/api-tokens", path_segment(user))).await
+    }
+
+    pub async fn show_api_token(&self, id: &str) -> Result<ApiTokenInfo, ClientError> {
+        self.get_json(&format!("/admin/v1/api-tokens/{}", path_segment(id))).await
+    }
+
+    pub async fn revoke_api_token(&self, id: &str) -> Result<ApiTokenInfo, ClientError> {
+        self.post_json(&format!("/admin/v1/api-tokens/{}/revoke", path_segment(id)), &serde_json::json!({}))
+            .await
+    }
+
+    /// Revokes every API token of `user`.
+    pub async fn revoke_api_tokens_of(&self, user: &str) -> Result<ApiTokensRevoked, ClientError> {
+        let path = format!("/admin/v1/users/{}/api-tokens/revoke-all", path_segment(user));
+        self.post_json(&path, &serde_json::json!({})).await
     }
 
     pub async fn list_keys(&self) -> Result<KeyList, ClientError> {

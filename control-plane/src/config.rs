@@ -301,6 +301,16 @@ pub struct ServerConfig {
     #[arg(long, env = "PORTCULLIS_FEED_KEEP", default_value_t = crate::revocations::DEFAULT_FEED_KEEP)]
     pub feed_keep: usize,
 
+    /// Longest lifetime an API token may be created with (e.g. `365d`, `90d`); a longer
+    /// `expiresIn` is refused.
+    #[arg(long, env = "PORTCULLIS_API_TOKEN_MAX_TTL", default_value = "365d", value_parser = parse_duration_secs)]
+    pub api_token_max_ttl: u64,
+
+    /// What every API token starts with (`<prefix>_…`): 1 to 16 of a-z and 0-9, so leak
+    /// scanners can be told what to look for.
+    #[arg(long, env = "PORTCULLIS_API_TOKEN_PREFIX", default_value = portcullis_core::api_token::DEFAULT_PREFIX)]
+    pub api_token_prefix: String,
+
     /// Log output format; the level comes from RUST_LOG (default `info`).
     #[arg(long, env = "PORTCULLIS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -315,6 +325,16 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
+    /// The API token settings, checked.
+    pub fn api_token_policy(&self) -> Result<crate::api_tokens::ApiTokenPolicy, String> {
+        let policy = crate::api_tokens::ApiTokenPolicy {
+            prefix: self.api_token_prefix.clone(),
+            max_ttl_seconds: self.api_token_max_ttl,
+        };
+        policy.validate()?;
+        Ok(policy)
+    }
+
     /// The `--webhook-ca-file` certificates, checked.
     pub fn webhook_ca(&self) -> Result<Option<CaBundle>, TlsConfigError> {
         self.webhook_ca_file.as_deref().map(|path| CaBundle::load("--webhook-ca-file", path)).transpose()
@@ -612,6 +632,8 @@ mod tests {
         assert_eq!(config.rotate_every, None);
         assert_eq!(config.signing_alg, SigningAlgorithm::Es256);
         assert_eq!(config.feed_keep, 100_000);
+        assert_eq!(config.api_token_max_ttl, 365 * 86_400);
+        assert_eq!(config.api_token_policy().unwrap().prefix, "pct");
         let burst = config.burst.load().unwrap();
         assert_eq!(
             (burst.threshold, burst.window_secs, burst.cooldown_secs, burst.block_secs),

@@ -22,6 +22,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod admin_credential;
+pub mod api_tokens;
 pub mod audit;
 pub mod burst;
 pub mod client;

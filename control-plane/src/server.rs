@@ -65,6 +65,8 @@ pub enum StartupError {
     MissingMasterKey,
     #[error(transparent)]
     Burst(#[from] crate::burst::BurstConfigError),
+    #[error("{0}")]
+    ApiTokens(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("server failed: {0}")]
@@ -139,6 +141,7 @@ pub async fn run(config: ServerConfig) -> Result<(), StartupError> {
     if fleet.accepts(&admin_token) {
         return Err(StartupError::AdminTokenIsFleetCredential);
     }
+    let api_token_policy = config.api_token_policy().map_err(StartupError::ApiTokens)?;
     let mut burst = config.burst.load()?;
     burst.webhooks.ca = config.webhook_ca()?;
     let store = open_store(&config)?;
@@ -165,7 +168,10 @@ pub async fn run(config: ServerConfig) -> Result<(), StartupError> {
         },
         feed_keep: config.feed_keep,
     };
-    let state = initialise_with_patience(deps, previous_master_key).await?.with_burst_config(burst)?;
+    let state = initialise_with_patience(deps, previous_master_key)
+        .await?
+        .with_burst_config(burst)?
+        .with_api_token_policy(api_token_policy);
     let maintenance = tokio::spawn(maintain_periodically(state.clone()));
     let listeners = Listeners::bind(config.internal_listen, config.admin_listen).await?;
     tracing::info!(

@@ -478,11 +478,15 @@ pub struct UserRevocation {
     pub revoked_sessions: Vec<String>,
     /// Live access tokens of those sessions, put on the revocation list.
     pub revoked_jtis: Vec<String>,
+    /// The subject's API tokens revoked by this call (ids).
+    #[serde(default)]
+    pub revoked_api_tokens: Vec<String>,
 }
 
 /// Revokes everything of a subject: raises its minimum token version (every access
 /// token minted so far stops passing) and revokes each of its sessions (no refresh
-/// token of theirs works any more). See the module docs for refreshes racing it.
+/// token of theirs works any more) and every API token of theirs. See the module docs
+/// for refreshes racing it.
 pub async fn revoke_user(store: &dyn Store, sub: &str, now_ms: u64) -> Result<UserRevocation, SessionError> {
     let (min_version, cursor) = revocations::revoke_all_for_user(store, sub, now_ms).await?;
     let mut revoked = UserRevocation {
@@ -491,6 +495,7 @@ pub async fn revoke_user(store: &dyn Store, sub: &str, now_ms: u64) -> Result<Us
         cursor,
         revoked_sessions: Vec::new(),
         revoked_jtis: Vec::new(),
+        revoked_api_tokens: Vec::new(),
     };
     for member in store.set_members(&user_sessions_set(sub), now_ms).await? {
         if let Some(session) = revoke_session(store, &member.member, USER_REVOKED, now_ms).await? {
@@ -498,6 +503,16 @@ pub async fn revoke_user(store: &dyn Store, sub: &str, now_ms: u64) -> Result<Us
             revoked.revoked_jtis.extend(session.revoked_jtis);
         }
     }
+    revoked.revoked_api_tokens =
+        crate::api_tokens::revoke_all_of_user(store, sub, now_ms).await.map_err(|e| {
+            use crate::api_tokens::ApiTokenError as E;
+            match e {
+                E::InvalidRequest(m) => SessionError::InvalidRequest(m),
+                E::Store(e) => SessionError::Store(e),
+                E::Contended => SessionError::Contended,
+                other => SessionError::Encoding(other.to_string()),
+            }
+        })?;
     Ok(revoked)
 }
 

@@ -3,7 +3,8 @@
 //! and offline checks of plugin configurations (`portcullis config check|schema`, no
 //! control plane needed).
 //!
-//! `TOKEN=$(portcullis token issue --sub alice)` prints just the token; other commands
+//! `TOKEN=$(portcullis token issue --sub alice)` and `portcullis api-tokens create …`
+//! print just the token; other commands
 //! print the JSON answer. Errors go to stderr as `title: detail` with a non-zero exit
 //! code.
 
@@ -13,6 +14,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use portcullis_control_plane::api_tokens::CreateApiToken;
 use portcullis_control_plane::client::{ClientError, ControlPlaneClient};
 use portcullis_control_plane::config::{parse_duration_secs, AdminTokenArgs};
 use portcullis_control_plane::config_check::Outcome;
@@ -51,6 +53,11 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Long-lived API tokens of users.
+    ApiTokens {
+        #[command(subcommand)]
+        command: ApiTokensCommand,
     },
     /// Signing keys.
     Keys {
@@ -193,6 +200,47 @@ enum TokenCommand {
         #[arg(allow_hyphen_values = true)]
         refresh_token: String,
     },
+}
+
+#[derive(Subcommand)]
+enum ApiTokensCommand {
+    /// Create a token; prints it (shown this once: store it now).
+    Create {
+        /// The user it acts for.
+        #[arg(long, allow_hyphen_values = true)]
+        user: String,
+        /// What it is for ("CI deploy").
+        #[arg(long)]
+        name: String,
+        /// A scope; repeat for several (at least one).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// Lifetime (`90d`, `12h`, `30m`, `3600`), at most the server's maximum.
+        #[arg(long, value_parser = parse_duration_secs)]
+        expires_in: u64,
+        /// Print the record with the token as JSON instead of just the token.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a user's tokens (never their secrets).
+    List {
+        #[arg(long, allow_hyphen_values = true)]
+        user: String,
+    },
+    /// Show one token by id (the part between the two `_`).
+    Show { id: String },
+    /// Revoke one token by id, or every token of a user.
+    Revoke(ApiTokenRevokeArgs),
+}
+
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct ApiTokenRevokeArgs {
+    /// The token's id.
+    id: Option<String>,
+    /// Every token of this user.
+    #[arg(long, allow_hyphen_values = true)]
+    user: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -387,6 +435,26 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Token { command: TokenCommand::Refresh { refresh_token } } => {
             print_json(&client.refresh_token(&refresh_token).await?)?
         }
+        Command::ApiTokens { command } => match command {
+            ApiTokensCommand::Create { user, name, scopes, expires_in, json } => {
+                let request = CreateApiToken { user, name, scopes, expires_in: Some(expires_in) };
+                let created = client.create_api_token(&request).await?;
+                if json {
+                    print_json(&created)?;
+                } else {
+                    println!("{}", created.token);
+                }
+            }
+            ApiTokensCommand::List { user } => print_json(&client.list_api_tokens(&user).await?)?,
+            ApiTokensCommand::Show { id } => print_json(&client.show_api_token(&id).await?)?,
+            ApiTokensCommand::Revoke(ApiTokenRevokeArgs { id: Some(id), .. }) => {
+                print_json(&client.revoke_api_token(&id).await?)?
+            }
+            ApiTokensCommand::Revoke(ApiTokenRevokeArgs { id: None, user }) => {
+                // clap requires one of the two.
+                print_json(&client.revoke_api_tokens_of(user.as_deref().unwrap_or_default()).await?)?
+            }
+        },
         Command::Keys { command } => match command {
             KeysCommand::Rotate => print_json(&client.rotate_keys().await?)?,
             KeysCommand::List => print_json(&client.list_keys().await?)?,

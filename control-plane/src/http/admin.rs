@@ -314,6 +314,7 @@ async fn revoke_user(
             "minVersion": revoked.min_version,
             "revokedSessions": revoked.revoked_sessions,
             "revokedJtis": revoked.revoked_jtis,
+            "revokedApiTokens": revoked.revoked_api_tokens,
         })),
     )
     .await?;
@@ -322,6 +323,7 @@ async fn revoke_user(
         min_version = revoked.min_version,
         sessions = revoked.revoked_sessions.len(),
         tokens = revoked.revoked_jtis.len(),
+        api_tokens = revoked.revoked_api_tokens.len(),
         "revoked all tokens and sessions of a subject"
     );
     Ok(Json(revoked))

@@ -187,6 +187,20 @@ impl From<crate::revocations::RevocationError> for ApiError {
     }
 }
 
+impl From<crate::api_tokens::ApiTokenError> for ApiError {
+    fn from(e: crate::api_tokens::ApiTokenError) -> Self {
+        use crate::api_tokens::ApiTokenError as E;
+        match e {
+            E::InvalidRequest(m) => ApiError::InvalidRequest(m),
+            E::NotFound(_) => ApiError::NoSuchResource(e.to_string()),
+            E::Conflict(m) => ApiError::Conflict(m),
+            E::Store(e) => ApiError::Store(e),
+            E::Contended => ApiError::Store(StoreError::Busy(e.to_string())),
+            E::Random(_) | E::Config(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
 impl From<crate::sessions::SessionError> for ApiError {
     fn from(e: crate::sessions::SessionError) -> Self {
         use crate::sessions::SessionError as E;

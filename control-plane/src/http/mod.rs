@@ -3,7 +3,7 @@
 //!
 //! - [`internal_app`], the internal listener: what Envoys call, behind the fleet
 //!   credential (`fleet.rs`): the revocation feed and token status, rate-limit leases,
-//!   lockout and burst reports. Public there, without any credential: the JWKS, refresh
+//!   lockout and burst reports, the API token feed and usage reports. Public there, without any credential: the JWKS, refresh
 //!   token exchange, health and readiness.
 //! - [`admin_app`], the admin listener: the admin API behind the admin token, metrics,
 //!   health and readiness.
@@ -13,6 +13,7 @@
 //! (`openapi.rs`, served at `/openapi.json` on the admin listener).
 
 mod admin;
+mod api_tokens;
 pub mod error;
 mod feed;
 mod fleet;
@@ -32,6 +33,7 @@ use axum::Router;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::admin_credential::{AdminCredential, FleetCredentials};
+use crate::api_tokens::ApiTokenPolicy;
 use crate::audit::{self, ACTOR_SYSTEM};
 use crate::burst::{BurstConfig, BurstConfigError, BurstDetector};
 use crate::clock::Clock;
@@ -49,6 +51,7 @@ use crate::webhooks::Webhooks;
 pub use admin::{
     GlobalRotateRequest, KeyList, RevocationAccepted, RevocationRequest, StatusReport, UserReport,
 };
+pub use api_tokens::{ApiTokenList, ApiTokensRevoked};
 pub use error::{ApiError, Problem, PROBLEM_CONTENT_TYPE};
 use openapi::{Credential, Listener, RouteGroup};
 
@@ -91,6 +94,8 @@ pub struct AppState {
     pub burst: Arc<BurstDetector>,
     /// The webhook outbox, its delivery task and dead letters.
     pub webhooks: Arc<Webhooks>,
+    /// API token prefix and longest lifetime; [`AppState::with_api_token_policy`] sets it.
+    pub api_token_policy: Arc<ApiTokenPolicy>,
 }
 
 /// What one [`AppState::maintain`] pass did.
@@ -99,6 +104,7 @@ pub struct Maintenance {
     pub rotated_kid: Option<String>,
     pub retired_version: Option<u64>,
     pub trimmed_feed_entries: u64,
+    pub trimmed_api_token_feed_entries: u64,
 }
 
 impl AppState {
@@ -143,7 +149,14 @@ impl AppState {
             lockout_secret,
             burst,
             webhooks,
+            api_token_policy: Arc::new(ApiTokenPolicy::default()),
         })
+    }
+
+    /// Replaces the API token settings (default: prefix `pct`, at most 365 days).
+    pub fn with_api_token_policy(mut self, policy: ApiTokenPolicy) -> Self {
+        self.api_token_policy = Arc::new(policy);
+        self
     }
 
     /// Replaces the burst detection settings (defaults: 50 requests per 10 s, no
@@ -201,6 +214,7 @@ impl AppState {
             done.retired_version = Some(version);
         }
         done.trimmed_feed_entries = revocations::trim_feed(store, self.feed_keep).await?;
+        done.trimmed_api_token_feed_entries = crate::api_tokens::trim_feed(store, self.feed_keep).await?;
         Ok(done)
     }
 }
@@ -213,14 +227,22 @@ pub fn route_groups() -> Vec<RouteGroup> {
         group(
             Listener::Internal,
             Credential::Fleet,
-            OpenApiRouter::new().merge(feed::routes()).merge(ratelimit::routes()).merge(guard::routes()),
+            OpenApiRouter::new()
+                .merge(feed::routes())
+                .merge(ratelimit::routes())
+                .merge(guard::routes())
+                .merge(api_tokens::internal_routes()),
         ),
         group(
             Listener::Internal,
             Credential::None,
             OpenApiRouter::new().merge(health::probes()).merge(jwks::routes()).merge(refresh::routes()),
         ),
-        group(Listener::Admin, Credential::Admin, OpenApiRouter::new().nest("/admin/v1", admin::routes())),
+        group(
+            Listener::Admin,
+            Credential::Admin,
+            OpenApiRouter::new().nest("/admin/v1", admin::routes().merge(api_tokens::admin_routes())),
+        ),
         group(
             Listener::Admin,
             Credential::None,
