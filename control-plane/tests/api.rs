@@ -118,6 +118,8 @@ fn internal_requests() -> Vec<(&'static str, &'static str, Option<Value>)> {
         ("POST", "/v1/lockout/check", Some(json!({ "subjects": subjects }))),
         ("POST", "/v1/lockout/report", Some(json!({ "outcome": "failure", "subjects": subjects }))),
         ("POST", "/v1/burst/report", Some(json!({"entries": [{"ip": "192.0.2.1", "count": 1}]}))),
+        ("GET", "/v1/api-tokens/feed", None),
+        ("POST", "/v1/api-tokens/usage", Some(json!({"used": ["abcdEFGH"]}))),
     ]
 }
 
@@ -264,6 +266,11 @@ async fn each_listener_answers_404_for_the_other_listeners_routes_whatever_the_c
         ("POST", "/admin/v1/webhooks/dead-letters/some-id/retry", None),
         ("DELETE", "/admin/v1/webhooks/dead-letters/some-id", None),
         ("GET", "/admin/v1/lockouts", None),
+        ("POST", "/admin/v1/api-tokens", Some(json!({}))),
+        ("GET", "/admin/v1/api-tokens/abcdEFGH", None),
+        ("POST", "/admin/v1/api-tokens/abcdEFGH/revoke", None),
+        ("GET", "/admin/v1/users/alice/api-tokens", None),
+        ("POST", "/admin/v1/users/alice/api-tokens/revoke-all", None),
         ("GET", "/metrics", None),
     ];
     let mut internal_only = internal_requests();
