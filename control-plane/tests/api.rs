@@ -857,6 +857,8 @@ fn the_openapi_document_is_3_1_with_problem_errors_and_credentials_on_every_oper
             "/v1/lockout/check",
             "/v1/lockout/report",
             "/v1/burst/report",
+            "/v1/api-tokens/feed",
+            "/v1/api-tokens/usage",
         ]
         .contains(&path.as_str());
         let scheme = operation["security"][0].as_object().and_then(|s| s.keys().next().cloned());
