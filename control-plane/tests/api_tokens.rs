@@ -13,25 +13,19 @@ use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::{Request, StatusCode};
 use axum::response::Response;
 use base64::Engine as _;
-use portcullis_control_plane::admin_credential::AdminCredential;
 use portcullis_control_plane::api_tokens::{
     self, ApiTokenCursor, ApiTokenPolicy, CreateApiToken, CreatedApiToken, USAGE_INTERVAL_MS,
 };
 use portcullis_control_plane::audit::AUDIT_LOG;
 use portcullis_control_plane::clock::FixedClock;
-use portcullis_control_plane::keys::KeyPolicy;
-use portcullis_control_plane::master_key::MasterKey;
-use portcullis_control_plane::metrics::Metrics;
 use portcullis_control_plane::random::SeededRandom;
 use portcullis_control_plane::sessions;
-use portcullis_control_plane::signing::SigningAlgorithm;
 use portcullis_control_plane::store::redis::RedisTimeouts;
 use portcullis_control_plane::store::{EmbeddedStore, MemoryStore, RedisStore, Store};
-use portcullis_control_plane::tokens::TokenPolicy;
-use portcullis_control_plane::{AppState, Dependencies};
+use portcullis_control_plane::AppState;
 use portcullis_core::api_token::{self as format, ApiTokenFeedPage, ApiTokenReplica, Refusal, UsageReport};
 use serde_json::{json, Value};
-use support::{Listeners, Server};
+use support::{body_json, Listeners, Server};
 
 const NOW_MS: u64 = 1_800_000_000_000;
 const NOW: u64 = NOW_MS / 1000;
@@ -339,29 +333,9 @@ async fn the_secret_is_in_no_redis_key_or_value() {
 const ADMIN_TOKEN: &str = "api-token-test-admin-0123456789";
 
 async fn state_on(store: Arc<dyn Store>, clock: Arc<FixedClock>) -> AppState {
-    AppState::initialise(Dependencies {
-        store,
-        admin: Arc::new(AdminCredential::new(ADMIN_TOKEN).unwrap()),
-        fleet: support::fleet_credentials(),
-        token_policy: TokenPolicy {
-            issuer: "portcullis-test".into(),
-            default_audience: "demo-api".into(),
-            default_ttl_seconds: 900,
-            refresh_ttl_seconds: 604_800,
-        },
-        clock,
-        rng: Arc::new(SeededRandom::new(5)),
-        metrics: Arc::new(Metrics::new()),
-        master_key: Arc::new(MasterKey::from_bytes([7; 32])),
-        key_policy: KeyPolicy {
-            algorithm: SigningAlgorithm::Es256,
-            overlap_ms: 86_400_000,
-            rotate_every_ms: None,
-        },
-        feed_keep: 100_000,
-    })
-    .await
-    .unwrap()
+    AppState::initialise(support::dependencies(store, ADMIN_TOKEN, clock, Arc::new(SeededRandom::new(5))))
+        .await
+        .unwrap()
 }
 
 fn admin(method: &str, path: &str, body: Option<Value>) -> Request<Body> {
@@ -372,12 +346,6 @@ fn admin(method: &str, path: &str, body: Option<Value>) -> Request<Body> {
         None => builder.body(Body::empty()),
     }
     .unwrap()
-}
-
-async fn body_json(response: Response) -> Value {
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 22).await.unwrap();
-    serde_json::from_slice(&bytes)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)))
 }
 
 async fn problem(response: Response, status: StatusCode) -> String {

@@ -58,11 +58,17 @@ fn run(script: &str) -> String {
     stdout
 }
 
-/// The snippet printed a token (three base64url parts) and a status naming `store`.
+/// The snippet printed a token (three base64url parts), an API token and a status naming
+/// `store`.
 fn assert_token_and_status(stdout: &str, store: &str) {
     let token =
         stdout.lines().find(|l| l.starts_with("eyJ")).unwrap_or_else(|| panic!("no token in:\n{stdout}"));
     assert_eq!(token.split('.').count(), 3, "{token}");
+    let api_token = stdout
+        .lines()
+        .find(|l| l.starts_with("pct_"))
+        .unwrap_or_else(|| panic!("no API token in:\n{stdout}"));
+    assert!(portcullis_core::api_token::parse(api_token, "pct").is_ok(), "{api_token}");
     let status: serde_json::Value = serde_json::from_str(&stdout[stdout.find('{').unwrap()..]).unwrap();
     assert_eq!(status["store"], store, "{stdout}");
     assert_eq!(status["ready"], true, "{stdout}");

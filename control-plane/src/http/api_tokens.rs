@@ -13,6 +13,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ApiJson;
+use super::feed::FeedQuery;
 use super::{ApiError, AppState};
 use crate::api_tokens::{self, ApiTokenCursor, ApiTokenInfo, CreateApiToken, CreatedApiToken};
 use crate::audit::{self, ACTOR_ADMIN};
@@ -163,15 +164,6 @@ async fn revoke_all(
     .await?;
     tracing::info!(%user, count = revoked.len(), "revoked the API tokens of a user");
     Ok(Json(ApiTokensRevoked { user, revoked }))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FeedQuery {
-    #[serde(default)]
-    cursor: Option<String>,
-    #[serde(default)]
-    limit: Option<usize>,
 }
 
 #[utoipa::path(

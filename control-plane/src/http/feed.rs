@@ -28,13 +28,14 @@ pub(super) const TOKEN_STATUS_PATH: &str = "/v1/token-status";
 /// Longest `jti` or `sub` the status check accepts (bytes, after percent-decoding).
 const MAX_STATUS_PARAM_BYTES: usize = 512;
 
+/// The query of a feed page (this feed's and the API token feed's).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FeedQuery {
+pub(super) struct FeedQuery {
     #[serde(default)]
-    cursor: Option<String>,
+    pub cursor: Option<String>,
     #[serde(default)]
-    limit: Option<usize>,
+    pub limit: Option<usize>,
 }
 
 #[utoipa::path(
