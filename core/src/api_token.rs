@@ -429,7 +429,17 @@ pub enum ApiTokenFeedError {
 pub struct ApiTokenReplica {
     tokens: HashMap<[u8; LOOKUP_LEN], ReplicaToken>,
     cursor: String,
-    assembling: Option<(String, u32, HashMap<[u8; LOOKUP_LEN], ReplicaToken>, String)>,
+    assembling: Option<Assembly>,
+}
+
+/// A snapshot being read: its id, the last part applied, the tokens so far and the
+/// cursor to continue with.
+#[derive(Debug, Clone, Default)]
+struct Assembly {
+    id: String,
+    part: u32,
+    tokens: HashMap<[u8; LOOKUP_LEN], ReplicaToken>,
+    cursor: String,
 }
 
 fn lookup_key(lookup: &str) -> Option<[u8; LOOKUP_LEN]> {
@@ -456,7 +466,7 @@ impl ApiTokenReplica {
     /// The cursor to ask the next page with (empty: start with a snapshot).
     pub fn cursor(&self) -> &str {
         match &self.assembling {
-            Some((_, _, _, cursor)) => cursor,
+            Some(assembly) => &assembly.cursor,
             None => &self.cursor,
         }
     }
@@ -499,16 +509,16 @@ impl ApiTokenReplica {
                 // Part 0 always starts afresh; any other part must be the next of the
                 // snapshot under way.
                 let mut assembly = match self.assembling.take() {
-                    _ if part.part == 0 => (part.id.clone(), 0, HashMap::new(), String::new()),
-                    Some(a) if a.0 == part.id && a.1.checked_add(1) == Some(part.part) => a,
+                    _ if part.part == 0 => Assembly { id: part.id.clone(), ..Assembly::default() },
+                    Some(a) if a.id == part.id && a.part.checked_add(1) == Some(part.part) => a,
                     _ => return Err(ApiTokenFeedError::OutOfOrder),
                 };
-                assembly.1 = part.part;
-                assembly.2.extend(entries);
-                assembly.3.clone_from(&page.cursor);
+                assembly.part = part.part;
+                assembly.tokens.extend(entries);
+                assembly.cursor.clone_from(&page.cursor);
                 if part.last {
-                    self.tokens = assembly.2;
-                    self.cursor = assembly.3;
+                    self.tokens = assembly.tokens;
+                    self.cursor = assembly.cursor;
                 } else {
                     self.assembling = Some(assembly);
                 }
