@@ -434,7 +434,7 @@ pub async fn feed_epoch(
         }
         let mut random = [0u8; 8];
         rng.fill(&mut random).map_err(|e| RevocationError::Random(e.to_string()))?;
-        let epoch = crate::master_key::hex(&random);
+        let epoch = portcullis_core::codec::hex(&random);
         if store
             .record_compare_and_swap(EPOCH_RECORD, None, Some(epoch.clone().into_bytes()), None, now_ms)
             .await?

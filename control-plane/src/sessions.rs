@@ -184,7 +184,7 @@ fn user_sessions_set(sub: &str) -> String {
 }
 
 fn hash_refresh_token(token: &str) -> String {
-    Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    portcullis_core::codec::hex(&Sha256::digest(token.as_bytes()))
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, SessionError> {

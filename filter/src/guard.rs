@@ -22,11 +22,13 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use portcullis_core::authn::UpstreamEdits;
-use portcullis_core::control_plane::ControlPlane;
-use portcullis_core::guard::{
-    login_outcome, AppliedLimit, FailureMode, HeaderMode, LeaseSlot, LimitMode, RateLimit, SlotSpend,
+use portcullis_core::codec::{hex, read_u64s, write_u64s};
+use portcullis_core::control_plane::{ControlPlane, FailureMode};
+use portcullis_core::lockout::login_outcome;
+use portcullis_core::ratelimit::{
+    rate_limit_headers, retry_after_secs, AppliedLimit, HeaderMode, LeaseSlot, LimitMode, RateLimit,
+    SlotSpend,
 };
-use portcullis_core::ratelimit::{rate_limit_headers, retry_after_secs};
 use portcullis_core::response::Denial;
 use portcullis_core::wire::{
     BlockedIp, BurstEntry, BurstReply, BurstReport, LockoutCheck, LockoutReply, LockoutReport,
@@ -80,8 +82,7 @@ fn lock_key(subject: &LockoutSubject) -> String {
     };
     h.update(value.as_bytes());
     let digest = h.finalize();
-    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-    format!("portcullis.v1.lock.{hex}")
+    format!("portcullis.v1.lock.{}", hex(digest.get(..16).unwrap_or_default()))
 }
 
 /// A login attempt on a lockout route.
@@ -232,7 +233,7 @@ impl Runtime {
     }
 
     fn rate_limit(&self, index: usize) -> Option<&RateLimit> {
-        self.policy.guards.rate_limits.get(index)
+        self.policy.stateful_checks.rate_limits.get(index)
     }
 
     /// Runs the stateful checks of an authenticated request on the current context.
@@ -371,7 +372,7 @@ impl Runtime {
             };
         }
         match limit.mode {
-            LimitMode::Strict => LimitStep::Ask(RateLimitOp::Check { cost: 1 }),
+            LimitMode::PerRequest => LimitStep::Ask(RateLimitOp::Check { cost: 1 }),
             LimitMode::Lease => {
                 let key = slot_key(&applied.key);
                 for _ in 0..8 {
@@ -608,7 +609,7 @@ impl Runtime {
     }
 
     fn lockout_unavailable(&self) -> Option<Next> {
-        let lockout = self.policy.guards.lockout.as_ref()?;
+        let lockout = self.policy.stateful_checks.lockout.as_ref()?;
         match lockout.on_error {
             FailureMode::Allow => {
                 self.metrics.count("portcullis.lockout.unavailable_allowed");
@@ -638,16 +639,17 @@ impl Runtime {
         for (subject, lock) in subjects.iter().zip(&reply.subjects) {
             let until = if lock.locked_for_ms > 0 { now.saturating_add(lock.locked_for_ms) } else { 0 };
             let mut value = [0u8; 16];
-            value[..8].copy_from_slice(&until.to_be_bytes());
-            value[8..].copy_from_slice(&now.to_be_bytes());
+            write_u64s(&mut value, &[until, now]);
             let _ = host::set_shared_data(&lock_key(subject), &value, None);
         }
     }
 
     fn ask_lockout(&self, ctx: u32, mut pending: Pending, now: u64) -> Next {
-        let (Some(cp), Some(lockout), Some(login)) =
-            (self.policy.control_plane.as_ref(), self.policy.guards.lockout.as_ref(), pending.login.as_ref())
-        else {
+        let (Some(cp), Some(lockout), Some(login)) = (
+            self.policy.control_plane.as_ref(),
+            self.policy.stateful_checks.lockout.as_ref(),
+            pending.login.as_ref(),
+        ) else {
             pending.unavailable = true;
             return self.guard(ctx, pending);
         };
@@ -910,7 +912,7 @@ impl Runtime {
                 let _ = host::add_response_header(&n, &v);
             }
         }
-        let Some(lockout) = self.policy.guards.lockout.as_ref() else {
+        let Some(lockout) = self.policy.stateful_checks.lockout.as_ref() else {
             return Next::Continue;
         };
         let Some(login) = self.guards.logins.borrow().get(&ctx).cloned() else {
@@ -950,7 +952,7 @@ impl Runtime {
         kind: CallKind,
     ) -> bool {
         let (Some(lockout), Some(cp)) =
-            (self.policy.guards.lockout.as_ref(), self.policy.control_plane.as_ref())
+            (self.policy.stateful_checks.lockout.as_ref(), self.policy.control_plane.as_ref())
         else {
             return false;
         };
@@ -978,7 +980,7 @@ impl Runtime {
     /// `body` (`None`: larger than `maxBodyBytes`). `Err`: the attempt was refused (the
     /// reply is sent); carry out the returned [`Next`].
     pub fn login_account(&self, request: &RequestParts, body: Option<&[u8]>) -> Result<Option<String>, Next> {
-        let Some(lockout) = self.policy.guards.lockout.as_ref() else { return Ok(None) };
+        let Some(lockout) = self.policy.stateful_checks.lockout.as_ref() else { return Ok(None) };
         match lockout.account_of(request, body) {
             Ok(Some(account)) => Ok(Some(account)),
             Ok(None) => {
@@ -994,7 +996,7 @@ impl Runtime {
 
     /// Counts a request for the burst report and answers whether its address is blocked.
     pub fn burst_check(&self, request: &RequestParts, ip: Option<&str>, now: u64) -> Option<Denial> {
-        let burst = self.policy.guards.burst.as_ref()?;
+        let burst = self.policy.stateful_checks.burst.as_ref()?;
         let ip = ip?;
         let route = if request.route_path.is_empty() { request.path_only() } else { &request.route_path };
         {
@@ -1063,13 +1065,13 @@ impl Runtime {
 
     /// Root tick: overdue waiters, burst report, release of leases about to expire.
     pub fn guard_tick(&self, current: u32, tick_ms: u64) {
-        if self.policy.guards.is_empty() {
+        if self.policy.stateful_checks.is_empty() {
             return;
         }
         self.expire_guard_waiters(current);
         let now = host::now_unix_ms();
         let Some(cp) = self.policy.control_plane.as_ref() else { return };
-        if let Some(burst) = self.policy.guards.burst.as_ref() {
+        if let Some(burst) = self.policy.stateful_checks.burst.as_ref() {
             let due = now.saturating_sub(self.guards.last_burst_report_ms.get()) >= burst.report_interval_ms;
             if due && self.guards.burst_call.get().is_none() {
                 let entries: Vec<BurstEntry> =
@@ -1156,10 +1158,7 @@ impl Runtime {
 
 /// A locally known lock: (locked until, learned at), both ms; malformed reads as none.
 fn decode_lock(bytes: &[u8]) -> (u64, u64) {
-    match (bytes.get(..8), bytes.get(8..16)) {
-        (Some(until), Some(learned_at)) if bytes.len() == 16 => (decode_u64(until), decode_u64(learned_at)),
-        _ => (0, 0),
-    }
+    read_u64s::<2>(bytes).map(|[until, learned_at]| (until, learned_at)).unwrap_or((0, 0))
 }
 
 /// Builds the `RateLimit-*` headers of an allowed request only when they will be sent.
@@ -1168,10 +1167,6 @@ fn headers_if_wanted(
     build: impl FnOnce() -> (u64, Vec<(String, String)>),
 ) -> Option<(u64, Vec<(String, String)>)> {
     (limit.response_headers == HeaderMode::Always).then(build)
-}
-
-fn decode_u64(bytes: &[u8]) -> u64 {
-    <[u8; 8]>::try_from(bytes).map(u64::from_be_bytes).unwrap_or(0)
 }
 
 fn mark(done: &mut [bool], i: usize) {

@@ -19,19 +19,20 @@
 
 use std::rc::Rc;
 
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use portcullis_core::authn::{
     authenticate, check_token_status, Authenticated, AuthnInput, Outcome, RevocationInput, UpstreamEdits,
 };
+use portcullis_core::client_addr::client_ip;
+use portcullis_core::codec::percent_encode_query_value;
 use portcullis_core::config::NoMatchAction;
-use portcullis_core::config::{RevocationCheck, StaleAction};
-use portcullis_core::guard::{client_ip, LimitContext};
 use portcullis_core::jwt::provider::{KeySource, TokenLocation};
 use portcullis_core::jwt::{Reason, VerifiedToken};
 use portcullis_core::keyfetch::FetchKind;
+use portcullis_core::ratelimit::LimitContext;
 use portcullis_core::response::Denial;
 use portcullis_core::revocation::TokenStatus;
-use portcullis_core::rules::Rule;
+use portcullis_core::revocation::{RevocationCheck, StaleAction};
+use portcullis_core::route::Rule;
 use portcullis_core::RequestParts;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
@@ -175,7 +176,7 @@ pub fn decide(
         };
         match outcome {
             Outcome::Allow { identities, edits } => {
-                if rule.revocation_check == RevocationCheck::Strict && !progress.no_callouts {
+                if rule.revocation_check == RevocationCheck::PerRequest && !progress.no_callouts {
                     let unchecked: Vec<Authenticated> = identities
                         .iter()
                         .filter(|i| rt.policy.revocation_applies(i.provider) && !rt.strict_cached(i, now_ms))
@@ -285,7 +286,7 @@ fn allow(
             rt.metrics.count(&format!("portcullis.provider.{}.allowed", p.name()));
         }
     }
-    if rt.policy.guards.rate_limits.is_empty() && guard.login.is_none() {
+    if rt.policy.stateful_checks.rate_limits.is_empty() && guard.login.is_none() {
         // Nothing stateful to check: no need to keep the request.
         rt.metrics.count("portcullis.requests.allowed");
         apply_edits(request, edits);
@@ -303,7 +304,7 @@ pub(crate) fn pending_for(
     tokens: &[&VerifiedToken],
     guard: &GuardInput,
 ) -> Pending {
-    let guards = &rt.policy.guards;
+    let guards = &rt.policy.stateful_checks;
     let rule_name = guard.rule.and_then(|r| rt.policy.rules.get(r)).map(|r| r.name.as_str());
     let ctx = LimitContext { request, rule: rule_name, tokens, client_ip: guard.client_ip.as_deref() };
     let limits = guards.applicable(guard.rule, &ctx);
@@ -335,12 +336,17 @@ fn start_strict_check(
     let current = unchecked.remove(0);
     let jti = current.token.claim("jti").and_then(|v| v.as_str()).unwrap_or("");
     let sub = current.token.subject.as_deref().unwrap_or("");
-    let path = format!("{}?jti={}&sub={}", settings.status_path, percent_encode(jti), percent_encode(sub));
+    let path = format!(
+        "{}?jti={}&sub={}",
+        settings.status_path,
+        percent_encode_query_value(jti),
+        percent_encode_query_value(sub)
+    );
     rt.metrics.count("portcullis.revocation.strict_checks");
     match host::dispatch_get(
         &host::Upstream::control_plane(&settings.control_plane),
         &path,
-        settings.strict_timeout_ms,
+        settings.status_timeout_ms,
     ) {
         Ok(token_id) => {
             progress.strict = Some(StrictCheck { token_id, current, rest: unchecked, identities, edits });
@@ -397,13 +403,6 @@ fn complete_strict_check(
     }
     rt.strict_remember(&check.current, now_ms);
     start_strict_check(rt, rule, request, check.rest, check.identities, check.edits, progress)
-}
-
-/// Everything but RFC 3986 unreserved characters.
-const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
-
-fn percent_encode(s: &str) -> String {
-    utf8_percent_encode(s, QUERY_VALUE).to_string()
 }
 
 /// Claims and dispatches an on-demand JWKS fetch; `None` when rate-limited or failed.
@@ -585,7 +584,7 @@ impl AuthnContext {
             return match rt.policy.on_no_match {
                 NoMatchAction::Allow => {
                     rt.metrics.count("portcullis.requests.allowed_no_rule");
-                    if rt.policy.guards.is_empty() {
+                    if rt.policy.stateful_checks.is_empty() {
                         return Next::Continue;
                     }
                     let pending =
@@ -637,7 +636,7 @@ impl AuthnContext {
         let mut request = request_parts(host::request_headers());
         strip_managed_headers(&rt, &mut request);
 
-        let guards = &rt.policy.guards;
+        let guards = &rt.policy.stateful_checks;
         self.progress.guard.ctx = self.id;
         let ip = if guards.needs_client_ip() {
             let downstream = host::downstream_address();
@@ -692,7 +691,7 @@ impl AuthnContext {
     }
 
     fn lockout_body_cap(rt: &Runtime) -> usize {
-        rt.policy.guards.lockout.as_ref().map(|l| l.max_body_bytes).unwrap_or(0)
+        rt.policy.stateful_checks.lockout.as_ref().map(|l| l.max_body_bytes).unwrap_or(0)
     }
 }
 
@@ -747,7 +746,7 @@ impl HttpContext for AuthnContext {
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
         let Some(rt) = self.runtime.clone() else { return Action::Continue };
-        if rt.policy.guards.is_empty() {
+        if rt.policy.stateful_checks.is_empty() {
             return Action::Continue;
         }
         match rt.on_guarded_response(self.id) {

@@ -118,16 +118,21 @@ impl RootContext for PortcullisRoot {
                     Some(r) => TICK.min(Duration::from_millis((r.poll_interval_ms / 2).max(100))),
                     None => TICK,
                 };
-                let tick = if policy.guards.is_empty() {
+                let tick = if policy.stateful_checks.is_empty() {
                     tick
                 } else {
-                    let report =
-                        policy.guards.burst.as_ref().map(|b| b.report_interval_ms).unwrap_or(u64::MAX);
+                    let report = policy
+                        .stateful_checks
+                        .burst
+                        .as_ref()
+                        .map(|b| b.report_interval_ms)
+                        .unwrap_or(u64::MAX);
                     tick.min(GUARD_TICK).min(Duration::from_millis(report.max(100)))
                 };
-                let needs_tick = has_remote || policy.revocation.is_some() || !policy.guards.is_empty();
+                let needs_tick =
+                    has_remote || policy.revocation.is_some() || !policy.stateful_checks.is_empty();
                 self.tick_ms = u64::try_from(tick.as_millis()).unwrap_or(500);
-                let guarded = !policy.guards.is_empty();
+                let guarded = !policy.stateful_checks.is_empty();
                 let vm = next_vm_number();
                 let rt = Rc::new(Runtime::new(policy, vm, host::now_unix_ms()));
                 if guarded {
@@ -215,8 +220,7 @@ fn next_vm_number() -> u64 {
     const KEY: &str = "portcullis.v1.vm_counter";
     for _ in 0..64 {
         let (data, cas) = host::shared_data(KEY);
-        let n =
-            data.and_then(|d| <[u8; 8]>::try_from(d.as_slice()).ok()).map(u64::from_be_bytes).unwrap_or(0);
+        let n = data.and_then(|d| portcullis_core::codec::read_u64(&d)).unwrap_or(0);
         let next = n.wrapping_add(1);
         if host::set_shared_data(KEY, &next.to_be_bytes(), cas).is_ok() {
             return next;

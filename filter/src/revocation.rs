@@ -25,8 +25,8 @@
 
 use std::cell::{Ref, RefCell};
 
-use portcullis_core::config::RevocationSettings;
 use portcullis_core::keyfetch::{FetchKind, FetchSchedule};
+use portcullis_core::revocation::RevocationSettings;
 use portcullis_core::revocation::{is_cursor, Applied, FeedFollower, RevocationReplica};
 
 use crate::host::{self, Upstream};
@@ -333,14 +333,13 @@ fn publish(local: &mut Local, now_ms: u64, metrics: &Metrics) -> bool {
 /// The live assembly lease: (VM number, until).
 fn assembly_lease(now_ms: u64) -> Option<(u64, u64)> {
     let bytes = host::shared_data(ASSEMBLY_KEY).0?;
-    let vm = decode_u64(bytes.get(..8)?);
-    let until = decode_u64(bytes.get(8..16)?);
+    let [vm, until] = portcullis_core::codec::read_u64s::<2>(&bytes)?;
     (now_ms < until && vm != 0).then_some((vm, until))
 }
 
 fn take_assembly_lease(vm: u64, now_ms: u64) {
-    let mut lease = vm.to_be_bytes().to_vec();
-    lease.extend_from_slice(&now_ms.saturating_add(ASSEMBLY_LEASE_MS).to_be_bytes());
+    let mut lease = [0u8; 16];
+    portcullis_core::codec::write_u64s(&mut lease, &[vm, now_ms.saturating_add(ASSEMBLY_LEASE_MS)]);
     let _ = host::set_shared_data(ASSEMBLY_KEY, &lease, None);
 }
 
@@ -373,6 +372,7 @@ fn write_u64(key: &str, value: u64) {
     let _ = host::set_shared_data(key, &value.to_be_bytes(), None);
 }
 
+/// A big-endian `u64` in shared data; anything malformed reads as 0.
 fn decode_u64(bytes: &[u8]) -> u64 {
-    <[u8; 8]>::try_from(bytes).map(u64::from_be_bytes).unwrap_or(0)
+    portcullis_core::codec::read_u64(bytes).unwrap_or(0)
 }
