@@ -68,10 +68,6 @@ pub fn normalise_ip(s: &str) -> Option<String> {
     Some(ip.to_string())
 }
 
-/// A holder's view of one counter, kept in Envoy shared data so every worker spends the
-/// same lease: the unspent units of the current lease, and what the control plane last
-/// said about the counter.
-
 #[cfg(test)]
 mod tests {
     use super::*;
