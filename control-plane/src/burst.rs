@@ -351,7 +351,7 @@ fn estimate(current: i64, previous: i64, window_ms: u64, elapsed_ms: u64) -> u64
 }
 
 fn truncated(text: &str) -> String {
-    crate::webhooks::truncated(text, MAX_DETAIL_BYTES)
+    portcullis_core::codec::truncate(text, MAX_DETAIL_BYTES).to_owned()
 }
 
 /// Unix milliseconds as RFC 3339 in UTC with milliseconds (`1970-01-01T00:00:00.000Z`).

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::master_key::{MasterKey, Sealed, UnsealError};
 use crate::random::{RandomError, RandomSource};
 use crate::signing::{JwkSet, PublicJwk, SigningAlgorithm, SigningKeyError, SigningKeyPair};
-use crate::store::{Store, StoreError};
+use crate::store::{retry_compare_and_swap, CasRound, Store, StoreError};
 
 /// The record holding the key set.
 pub const KEY_SET_RECORD: &str = "signing-keys/set";
@@ -40,8 +40,6 @@ pub const LEGACY_KEY_RECORD: &str = "signing-keys/current";
 pub const KEY_SET_RECHECK_MS: u64 = 1000;
 /// How many retired keys are kept in the listing.
 const RETIRED_HISTORY: usize = 20;
-/// Compare-and-swap attempts before giving up on a contended key set.
-const CAS_ATTEMPTS: usize = 16;
 /// How long a revoked key stays in the key set (and the feed's snapshots): longer than
 /// the longest access token (24 h) and the longest JWKS cache of the filter (7 days).
 pub const REVOKED_KEY_MEMORY_MS: u64 = 8 * 86_400_000;
@@ -373,9 +371,9 @@ impl KeyRing {
         now_ms: u64,
         only_if_older_than_ms: Option<u64>,
     ) -> Result<Option<Rotation>, KeyRingError> {
-        let fresh = SigningKeyPair::generate(self.policy.algorithm, self.rng.as_ref())?;
-        let sealed = seal_key(&fresh, now_ms, &self.master, self.rng.as_ref())?;
-        for _ in 0..CAS_ATTEMPTS {
+        let fresh = &SigningKeyPair::generate(self.policy.algorithm, self.rng.as_ref())?;
+        let sealed = &seal_key(fresh, now_ms, &self.master, self.rng.as_ref())?;
+        retry_compare_and_swap(KeyRingError::Contended, || async move {
             let loaded = self.reload(now_ms).await?;
             let current_created = loaded.current().kid().to_owned();
             if let Some(min_age) = only_if_older_than_ms {
@@ -386,7 +384,7 @@ impl KeyRing {
                     .find(|k| k.status == KeyStatus::Current)
                     .map_or(0, |k| k.created_at_ms);
                 if now_ms.saturating_sub(created) < min_age {
-                    return Ok(None);
+                    return Ok(CasRound::Done(None));
                 }
             }
             let retires_at_ms = now_ms.saturating_add(self.policy.overlap_ms);
@@ -400,28 +398,29 @@ impl KeyRing {
             retire_expired(&mut set, now_ms);
             set.keys.insert(0, sealed.clone());
             set.version = loaded.version + 1;
-            if self.swap(&loaded, &set, now_ms).await?.is_some() {
-                let version = set.version;
-                tracing::info!(kid = fresh.kid(), previous = %current_created, version, "rotated the signing key");
-                return Ok(Some(Rotation {
-                    kid: fresh.kid().to_owned(),
-                    alg: fresh.alg(),
-                    previous_kid: Some(current_created),
-                    previous_retires_at: Some(retires_at_ms / 1000),
-                    key_set_version: version,
-                }));
+            if self.swap(&loaded, &set, now_ms).await?.is_none() {
+                return Ok(CasRound::Lost);
             }
-        }
-        Err(KeyRingError::Contended)
+            let version = set.version;
+            tracing::info!(kid = fresh.kid(), previous = %current_created, version, "rotated the signing key");
+            Ok(CasRound::Done(Some(Rotation {
+                kid: fresh.kid().to_owned(),
+                alg: fresh.alg(),
+                previous_kid: Some(current_created),
+                previous_retires_at: Some(retires_at_ms / 1000),
+                key_set_version: version,
+            })))
+        })
+        .await
     }
 
     /// Revokes keys at once: they leave the JWKS and lose their private part. When the
     /// current key is among them, a fresh key becomes current in the same write.
     /// Revoking a revoked key again changes nothing.
     pub async fn revoke(&self, which: KeySelection<'_>, now_ms: u64) -> Result<KeyRevocation, KeyRingError> {
-        let fresh = SigningKeyPair::generate(self.policy.algorithm, self.rng.as_ref())?;
-        let sealed = seal_key(&fresh, now_ms, &self.master, self.rng.as_ref())?;
-        for _ in 0..CAS_ATTEMPTS {
+        let fresh = &SigningKeyPair::generate(self.policy.algorithm, self.rng.as_ref())?;
+        let sealed = &seal_key(fresh, now_ms, &self.master, self.rng.as_ref())?;
+        retry_compare_and_swap(KeyRingError::Contended, || async move {
             let loaded = self.reload(now_ms).await?;
             let mut set = loaded.stored.clone();
             if let KeySelection::One(kid) = which {
@@ -448,47 +447,49 @@ impl KeyRing {
                 revoked.push(key.kid.clone());
             }
             if revoked.is_empty() {
-                return Ok(KeyRevocation {
+                return Ok(CasRound::Done(KeyRevocation {
                     revoked_kids: revoked,
                     current_kid: loaded.current().kid().to_owned(),
                     rotated: false,
                     key_set_version: loaded.version,
-                });
+                }));
             }
             if rotated {
                 set.keys.insert(0, sealed.clone());
             }
             retire_expired(&mut set, now_ms);
             set.version = loaded.version + 1;
-            if let Some(installed) = self.swap(&loaded, &set, now_ms).await? {
-                tracing::warn!(revoked = ?revoked, rotated, version = set.version, "revoked signing keys");
-                return Ok(KeyRevocation {
-                    revoked_kids: revoked,
-                    current_kid: installed.current().kid().to_owned(),
-                    rotated,
-                    key_set_version: set.version,
-                });
-            }
-        }
-        Err(KeyRingError::Contended)
+            let Some(installed) = self.swap(&loaded, &set, now_ms).await? else {
+                return Ok(CasRound::Lost);
+            };
+            tracing::warn!(revoked = ?revoked, rotated, version = set.version, "revoked signing keys");
+            Ok(CasRound::Done(KeyRevocation {
+                revoked_kids: revoked,
+                current_kid: installed.current().kid().to_owned(),
+                rotated,
+                key_set_version: set.version,
+            }))
+        })
+        .await
     }
 
     /// Marks previous keys whose overlap has ended as retired and drops their sealed
     /// private keys. Returns the new version when something changed.
     pub async fn retire_expired(&self, now_ms: u64) -> Result<Option<u64>, KeyRingError> {
-        for _ in 0..CAS_ATTEMPTS {
+        retry_compare_and_swap(KeyRingError::Contended, || async move {
             let loaded = self.reload(now_ms).await?;
             let mut set = loaded.stored.clone();
             if !retire_expired(&mut set, now_ms) {
-                return Ok(None);
+                return Ok(CasRound::Done(None));
             }
             set.version = loaded.version + 1;
-            if self.swap(&loaded, &set, now_ms).await?.is_some() {
-                tracing::info!(version = set.version, "retired signing keys past their overlap");
-                return Ok(Some(set.version));
+            if self.swap(&loaded, &set, now_ms).await?.is_none() {
+                return Ok(CasRound::Lost);
             }
-        }
-        Err(KeyRingError::Contended)
+            tracing::info!(version = set.version, "retired signing keys past their overlap");
+            Ok(CasRound::Done(Some(set.version)))
+        })
+        .await
     }
 }
 
@@ -528,12 +529,12 @@ pub async fn reseal_key_set(
     rng: &dyn RandomSource,
     now_ms: u64,
 ) -> Result<bool, KeyRingError> {
-    for _ in 0..CAS_ATTEMPTS {
+    retry_compare_and_swap(KeyRingError::Contended, || async move {
         let Some(raw) = store.record_get(KEY_SET_RECORD, now_ms).await? else {
-            return Ok(false);
+            return Ok(CasRound::Done(false));
         };
         match load(raw.clone(), master) {
-            Ok(_) => return Ok(false),
+            Ok(_) => return Ok(CasRound::Done(false)),
             Err(KeyRingError::WrongMasterKey { .. }) => {}
             Err(other) => return Err(other),
         }
@@ -549,12 +550,13 @@ pub async fn reseal_key_set(
         }
         set.version += 1;
         let new = encode(&set)?;
-        if store.record_compare_and_swap(KEY_SET_RECORD, Some(&raw), Some(new), None, now_ms).await? {
-            tracing::warn!(version = set.version, "re-sealed the signing keys under the new master key");
-            return Ok(true);
+        if !store.record_compare_and_swap(KEY_SET_RECORD, Some(&raw), Some(new), None, now_ms).await? {
+            return Ok(CasRound::Lost);
         }
-    }
-    Err(KeyRingError::Contended)
+        tracing::warn!(version = set.version, "re-sealed the signing keys under the new master key");
+        Ok(CasRound::Done(true))
+    })
+    .await
 }
 
 fn encode(set: &StoredKeySet) -> Result<Vec<u8>, KeyRingError> {

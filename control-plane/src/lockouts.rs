@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::master_key::MasterKey;
-use crate::store::{Store, StoreError};
+use crate::store::{retry_compare_and_swap, CasRound, Store, StoreError};
 
 /// Purpose string of the subkey that keys subject hashes.
 pub const LOCKOUT_KEY_PURPOSE: &str = "portcullis lockout v1";
@@ -55,9 +55,6 @@ pub const MAX_LISTED: usize = 1000;
 pub const MAX_RESERVATION_TTL_MS: u64 = 600_000;
 /// Longest reservation id a report may name.
 pub const MAX_RESERVATION_ID_LEN: usize = 64;
-/// Compare-and-swap rounds on one record before giving up. Every lost round means
-/// another writer got through, and while a subject is full its checks do not write.
-const CAS_ATTEMPTS: usize = 128;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockoutError {
@@ -506,16 +503,16 @@ async fn update(
     now_ms: u64,
     change: impl Fn(&LockoutState) -> Option<LockoutState>,
 ) -> Result<Updated, LockoutError> {
-    let record = key.record();
-    for _ in 0..CAS_ATTEMPTS {
+    let (record, change) = (&key.record(), &change);
+    // While a subject is full its checks do not write, so they never contend.
+    retry_compare_and_swap(LockoutError::Contended, || async move {
         let (raw, stored) = read(store, key, now_ms).await?;
         let before = policy.expire_reservations(&stored.state, now_ms);
         let Some(after) = change(&before) else {
-            return Ok(Updated { before, after: None });
+            return Ok(CasRound::Done(Updated { before, after: None }));
         };
         let swapped = if after == LockoutState::default() {
-            raw.is_none()
-                || store.record_compare_and_swap(&record, raw.as_deref(), None, None, now_ms).await?
+            raw.is_none() || store.record_compare_and_swap(record, raw.as_deref(), None, None, now_ms).await?
         } else {
             let next =
                 StoredState { state: after.clone(), policy: Some(*policy), window_ms: policy.window_ms };
@@ -523,21 +520,22 @@ async fn update(
                 .map_err(|e| StoreError::InvalidArgument(format!("cannot encode lockout state: {e}")))?;
             let expires_at_ms = expiry(policy, &after, now_ms);
             let swapped = store
-                .record_compare_and_swap(&record, raw.as_deref(), Some(bytes), Some(expires_at_ms), now_ms)
+                .record_compare_and_swap(record, raw.as_deref(), Some(bytes), Some(expires_at_ms), now_ms)
                 .await?;
             if swapped {
                 store.set_add(INDEX_SET, &key.index_member(), expires_at_ms, now_ms).await?;
             }
             swapped
         };
-        if swapped {
-            if raw.is_some() && after == LockoutState::default() {
-                store.set_remove(INDEX_SET, &key.index_member()).await?;
-            }
-            return Ok(Updated { before, after: Some(after) });
+        if !swapped {
+            return Ok(CasRound::Lost);
         }
-    }
-    Err(LockoutError::Contended)
+        if raw.is_some() && after == LockoutState::default() {
+            store.set_remove(INDEX_SET, &key.index_member()).await?;
+        }
+        Ok(CasRound::Done(Updated { before, after: Some(after) }))
+    })
+    .await
 }
 
 /// Deletes a subject's state (its in-flight reservations too) and its index entry.

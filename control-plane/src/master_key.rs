@@ -13,6 +13,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use portcullis_core::codec::hmac_sha256;
 use zeroize::Zeroizing;
 
 use crate::random::{RandomError, RandomSource};
@@ -182,41 +183,11 @@ impl Sealed {
     }
 }
 
-/// HMAC-SHA256 with a key of any length. The key is brought to the block size here
-/// (hashed when longer, zero-padded, as RFC 2104 does) so that the infallible
-/// constructor applies and no error path is needed.
-pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
-    use hmac::{Hmac, Mac as _};
-    use sha2::{Digest as _, Sha256};
-    let mut block = Zeroizing::new([0u8; 64]);
-    if key.len() > block.len() {
-        for (b, k) in block.iter_mut().zip(Sha256::digest(key)) {
-            *b = k;
-        }
-    } else {
-        for (b, k) in block.iter_mut().zip(key) {
-            *b = *k;
-        }
-    }
-    let mut mac = <Hmac<Sha256> as hmac::digest::KeyInit>::new(&(*block).into());
-    for part in parts {
-        mac.update(part);
-    }
-    mac.finalize().into_bytes().into()
-}
-
-/// Lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
-        out.push_str(&format!("{b:02x}"));
-        out
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::random::SeededRandom;
+    use portcullis_core::codec::hex;
 
     #[test]
     fn hmac_matches_rfc_4231_and_subkeys_differ_by_purpose() {

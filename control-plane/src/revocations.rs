@@ -56,7 +56,7 @@ use portcullis_core::revocation::{
 use serde::{Deserialize, Serialize};
 
 use crate::random::RandomSource;
-use crate::store::{SetMember, Store, StoreError, MAX_PAGE_SIZE};
+use crate::store::{retry_compare_and_swap, CasRound, SetMember, Store, StoreError, MAX_PAGE_SIZE};
 
 pub const FEED: &str = "revocations";
 pub const REVOKED_SET: &str = "revoked-jtis";
@@ -77,7 +77,6 @@ const MAX_REVOCATION_SECONDS: u64 = 10 * 366 * 86_400;
 /// Index members never expire (the year 9999).
 const NEVER_MS: u64 = 253_402_300_799_000;
 const SEPARATOR: char = '\u{1f}';
-const CAS_ATTEMPTS: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RevocationError {
@@ -291,17 +290,17 @@ pub async fn raise_issued_version(
     version: u64,
     now_ms: u64,
 ) -> Result<u64, RevocationError> {
-    for _ in 0..CAS_ATTEMPTS {
+    retry_compare_and_swap(RevocationError::Contended, || async move {
         let (raw, mark) = read_u64_record(store, ISSUED_VERSION_RECORD, now_ms).await?;
         if mark >= version {
-            return Ok(mark);
+            return Ok(CasRound::Done(mark));
         }
         let new = Some(version.to_string().into_bytes());
-        if store.record_compare_and_swap(ISSUED_VERSION_RECORD, raw.as_deref(), new, None, now_ms).await? {
-            return Ok(version);
-        }
-    }
-    Err(RevocationError::Contended)
+        let swapped =
+            store.record_compare_and_swap(ISSUED_VERSION_RECORD, raw.as_deref(), new, None, now_ms).await?;
+        Ok(if swapped { CasRound::Done(version) } else { CasRound::Lost })
+    })
+    .await
 }
 
 /// Seeds the issued-version mark from the minimums when there is none (state written
@@ -329,26 +328,27 @@ pub async fn revoke_all_for_user(
     now_ms: u64,
 ) -> Result<(u64, u64), RevocationError> {
     validate_id("sub", sub)?;
-    let key = user_record(sub);
-    for _ in 0..CAS_ATTEMPTS {
-        let (raw, user) = read_u64_record(store, &key, now_ms).await?;
+    let key = &user_record(sub);
+    retry_compare_and_swap(RevocationError::Contended, || async move {
+        let (raw, user) = read_u64_record(store, key, now_ms).await?;
         let global = global_state(store, now_ms).await?.min_version;
         let next = BASE_TOKEN_VERSION.max(global).max(user) + 1;
         // The mark first: a token at `next` may be minted as soon as the record changes.
         raise_issued_version(store, next, now_ms).await?;
-        if store
-            .record_compare_and_swap(&key, raw.as_deref(), Some(next.to_string().into_bytes()), None, now_ms)
+        if !store
+            .record_compare_and_swap(key, raw.as_deref(), Some(next.to_string().into_bytes()), None, now_ms)
             .await?
         {
-            store.set_add(USER_VERSIONS_SET, &format!("{sub}{SEPARATOR}{next}"), NEVER_MS, now_ms).await?;
-            if user > 0 {
-                store.set_remove(USER_VERSIONS_SET, &format!("{sub}{SEPARATOR}{user}")).await?;
-            }
-            let change = FeedChange::UserMinVersion { sub: sub.to_owned(), min_version: next };
-            return Ok((next, append(store, &change, now_ms).await?));
+            return Ok(CasRound::Lost);
         }
-    }
-    Err(RevocationError::Contended)
+        store.set_add(USER_VERSIONS_SET, &format!("{sub}{SEPARATOR}{next}"), NEVER_MS, now_ms).await?;
+        if user > 0 {
+            store.set_remove(USER_VERSIONS_SET, &format!("{sub}{SEPARATOR}{user}")).await?;
+        }
+        let change = FeedChange::UserMinVersion { sub: sub.to_owned(), min_version: next };
+        Ok(CasRound::Done((next, append(store, &change, now_ms).await?)))
+    })
+    .await
 }
 
 /// Raises the global minimum version above every version ever issued or accepted
@@ -367,7 +367,7 @@ pub async fn rotate_global(
     if grace_seconds > 30 * 86_400 {
         return Err(invalid("graceSeconds: at most 2592000 (30 days)"));
     }
-    for _ in 0..CAS_ATTEMPTS {
+    retry_compare_and_swap(RevocationError::Contended, || async move {
         let (raw, current) = read_global(store, now_ms).await?;
         let mark = issued_version_mark(store, now_ms).await?;
         let min_version = version_ceiling(mark).max(current.min_version) + 1;
@@ -380,17 +380,15 @@ pub async fn rotate_global(
         };
         let bytes = serde_json::to_vec(&next)
             .map_err(|e| StoreError::InvalidArgument(format!("cannot encode global state: {e}")))?;
-        if store.record_compare_and_swap(GLOBAL_RECORD, raw.as_deref(), Some(bytes), None, now_ms).await? {
-            let change = FeedChange::Global {
-                min_version: next.min_version,
-                rotated_at: next.rotated_at,
-                grace_seconds,
-            };
-            let cursor = append(store, &change, now_ms).await?;
-            return Ok((next, cursor));
+        if !store.record_compare_and_swap(GLOBAL_RECORD, raw.as_deref(), Some(bytes), None, now_ms).await? {
+            return Ok(CasRound::Lost);
         }
-    }
-    Err(RevocationError::Contended)
+        let change =
+            FeedChange::Global { min_version: next.min_version, rotated_at: next.rotated_at, grace_seconds };
+        let cursor = append(store, &change, now_ms).await?;
+        Ok(CasRound::Done((next, cursor)))
+    })
+    .await
 }
 
 /// Records a key set change in the feed, so followers see `keySetVersion` move.
@@ -426,23 +424,23 @@ pub async fn feed_epoch(
     rng: &dyn RandomSource,
     now_ms: u64,
 ) -> Result<String, RevocationError> {
-    for _ in 0..CAS_ATTEMPTS {
+    retry_compare_and_swap(RevocationError::Contended, || async move {
         if let Some(bytes) = store.record_get(EPOCH_RECORD, now_ms).await? {
-            return String::from_utf8(bytes).ok().filter(|e| is_epoch(e)).ok_or_else(|| {
-                StoreError::CorruptData(format!("record {EPOCH_RECORD} is not an epoch")).into()
-            });
+            let epoch = String::from_utf8(bytes)
+                .ok()
+                .filter(|e| is_epoch(e))
+                .ok_or_else(|| StoreError::CorruptData(format!("record {EPOCH_RECORD} is not an epoch")))?;
+            return Ok(CasRound::Done(epoch));
         }
         let mut random = [0u8; 8];
         rng.fill(&mut random).map_err(|e| RevocationError::Random(e.to_string()))?;
-        let epoch = crate::master_key::hex(&random);
-        if store
+        let epoch = portcullis_core::codec::hex(&random);
+        let swapped = store
             .record_compare_and_swap(EPOCH_RECORD, None, Some(epoch.clone().into_bytes()), None, now_ms)
-            .await?
-        {
-            return Ok(epoch);
-        }
-    }
-    Err(RevocationError::Contended)
+            .await?;
+        Ok(if swapped { CasRound::Done(epoch) } else { CasRound::Lost })
+    })
+    .await
 }
 
 fn is_epoch(text: &str) -> bool {

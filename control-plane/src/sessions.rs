@@ -37,10 +37,9 @@ use crate::audit::{self, ACTOR_SYSTEM};
 use crate::keys::KeyRing;
 use crate::random::{RandomError, RandomSource};
 use crate::revocations::{self, RevocationError};
-use crate::store::{Store, StoreError};
+use crate::store::{retry_compare_and_swap, CasRound, Store, StoreError};
 use crate::tokens::{self, IssuedToken, MintContext, TokenError, TokenPolicy, TokenRequest};
 
-const CAS_ATTEMPTS: usize = 32;
 /// Why the sessions of a revoked subject were revoked.
 const USER_REVOKED: &str = "all tokens of the user revoked";
 /// Access tokens remembered per session (expired ones are dropped first).
@@ -184,7 +183,7 @@ fn user_sessions_set(sub: &str) -> String {
 }
 
 fn hash_refresh_token(token: &str) -> String {
-    Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    portcullis_core::codec::hex(&Sha256::digest(token.as_bytes()))
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, SessionError> {
@@ -405,29 +404,27 @@ async fn update_session(
     now_ms: u64,
     change: impl Fn(&mut SessionRecord) -> bool,
 ) -> Result<Option<SessionRecord>, SessionError> {
-    let key = session_key(sid);
-    for _ in 0..CAS_ATTEMPTS {
-        let Some(raw) = store.record_get(&key, now_ms).await? else {
-            return Ok(None);
+    let (key, change) = (&session_key(sid), &change);
+    retry_compare_and_swap(SessionError::Contended, || async move {
+        let Some(raw) = store.record_get(key, now_ms).await? else {
+            return Ok(CasRound::Done(None));
         };
-        let mut session: SessionRecord = decode(&key, &raw)?;
+        let mut session: SessionRecord = decode(key, &raw)?;
         if !change(&mut session) {
-            return Ok(None);
+            return Ok(CasRound::Done(None));
         }
-        if store
+        let swapped = store
             .record_compare_and_swap(
-                &key,
+                key,
                 Some(&raw),
                 Some(encode(&session)?),
                 Some(session.expires_at_ms()),
                 now_ms,
             )
-            .await?
-        {
-            return Ok(Some(session));
-        }
-    }
-    Err(SessionError::Contended)
+            .await?;
+        Ok(if swapped { CasRound::Done(Some(session)) } else { CasRound::Lost })
+    })
+    .await
 }
 
 /// Revokes a session (token family): it can no longer be refreshed and its live

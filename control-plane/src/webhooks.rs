@@ -40,6 +40,7 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use portcullis_core::codec::{hex, hmac_sha256, truncate};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq as _;
@@ -47,7 +48,7 @@ use tokio::sync::Notify;
 use zeroize::Zeroizing;
 
 use crate::clock::Clock;
-use crate::master_key::{hex, hmac_sha256, MasterKey, Sealed};
+use crate::master_key::{MasterKey, Sealed};
 use crate::metrics::Metrics;
 use crate::random::RandomSource;
 use crate::store::{QueueEntry, QueueLane, QueueOutcome, QueueRevive, Store, StoreError, MAX_PAGE_SIZE};
@@ -578,7 +579,7 @@ impl Webhooks {
             Err(failure) => {
                 delivery.attempts = delivery.attempts.saturating_add(1);
                 delivery.last_attempt_at_ms = Some(now_ms);
-                delivery.last_error = Some(truncated(&failure.reason, MAX_ERROR_BYTES));
+                delivery.last_error = Some(truncate(&failure.reason, MAX_ERROR_BYTES).to_owned());
                 let next = now_ms.saturating_add(backoff_ms(delivery.attempts, self.rng.as_ref()));
                 if failure.permanent || next > delivery.deadline_ms {
                     tracing::warn!(id = %entry.id, webhook = %delivery.target, attempts = delivery.attempts, reason = failure.kind, error = %failure.reason, "webhook delivery given up; it is a dead letter now");
@@ -758,15 +759,6 @@ async fn deliver_until_stopped(webhooks: std::sync::Weak<Webhooks>) {
 fn encode(delivery: &Delivery) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(delivery)
         .map_err(|e| StoreError::InvalidArgument(format!("cannot encode a delivery: {e}")))
-}
-
-/// At most `max_bytes` of `text`, cut at a character boundary.
-pub(crate) fn truncated(text: &str, max_bytes: usize) -> String {
-    let mut end = text.len().min(max_bytes);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text.get(..end).unwrap_or_default().to_owned()
 }
 
 #[cfg(test)]

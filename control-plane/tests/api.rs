@@ -17,13 +17,7 @@ use axum::response::Response;
 use axum::Router;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use portcullis_control_plane::admin_credential::{AdminCredential, FleetCredentials};
-use portcullis_control_plane::clock::SystemClock;
-use portcullis_control_plane::keys::KeyPolicy;
-use portcullis_control_plane::master_key::MasterKey;
-use portcullis_control_plane::metrics::Metrics;
-use portcullis_control_plane::random::OsRandom;
-use portcullis_control_plane::signing::SigningAlgorithm;
+use portcullis_control_plane::admin_credential::FleetCredentials;
 use portcullis_control_plane::store::{MemoryStore, Store};
 use portcullis_control_plane::tokens::TokenPolicy;
 use portcullis_control_plane::{admin_app, internal_app, AppState, Dependencies};
@@ -36,25 +30,12 @@ const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
 fn dependencies(store: Arc<dyn Store>) -> Dependencies {
     Dependencies {
-        store,
-        admin: Arc::new(AdminCredential::new(ADMIN_TOKEN).unwrap()),
-        fleet: support::fleet_credentials(),
         token_policy: TokenPolicy {
             issuer: "portcullis-test".into(),
-            default_audience: "demo-api".into(),
-            default_ttl_seconds: 900,
             refresh_ttl_seconds: 604_800,
+            ..support::token_policy()
         },
-        clock: Arc::new(SystemClock),
-        rng: Arc::new(OsRandom),
-        metrics: Arc::new(Metrics::new()),
-        master_key: Arc::new(MasterKey::from_bytes([7; 32])),
-        key_policy: KeyPolicy {
-            algorithm: SigningAlgorithm::Es256,
-            overlap_ms: 86_400_000,
-            rotate_every_ms: None,
-        },
-        feed_keep: 100_000,
+        ..support::dependencies(store, ADMIN_TOKEN, [7; 32])
     }
 }
 

@@ -21,20 +21,14 @@ use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::{Request, StatusCode};
 use axum::response::Response;
 use hmac::{Hmac, Mac as _};
-use portcullis_control_plane::admin_credential::AdminCredential;
 use portcullis_control_plane::audit::AUDIT_LOG;
 use portcullis_control_plane::burst::BurstConfig;
 use portcullis_control_plane::clock::{Clock as _, FixedClock};
-use portcullis_control_plane::keys::KeyPolicy;
-use portcullis_control_plane::master_key::MasterKey;
 use portcullis_control_plane::metrics::Metrics;
-use portcullis_control_plane::random::OsRandom;
-use portcullis_control_plane::signing::SigningAlgorithm;
 use portcullis_control_plane::store::{
     FeedPage, LogAppendError, LogEntry, QueueEntry, QueueLane, QueueOutcome, QueueRevive, SetMember, Store,
     StoreBackend, StoreError,
 };
-use portcullis_control_plane::tokens::TokenPolicy;
 use portcullis_control_plane::webhooks::{
     verify_signature, WebhookConfig, WebhookSecret, DELIVERY_ID_HEADER, SIGNATURE_HEADER,
 };
@@ -277,27 +271,7 @@ struct Harness {
 }
 
 fn dependencies(store: Arc<dyn Store>, clock: Arc<FixedClock>, metrics: Arc<Metrics>) -> Dependencies {
-    Dependencies {
-        store,
-        admin: Arc::new(AdminCredential::new(ADMIN_TOKEN).unwrap()),
-        fleet: support::fleet_credentials(),
-        token_policy: TokenPolicy {
-            issuer: "portcullis".into(),
-            default_audience: "demo-api".into(),
-            default_ttl_seconds: 900,
-            refresh_ttl_seconds: 86_400,
-        },
-        clock,
-        rng: Arc::new(OsRandom),
-        metrics,
-        master_key: Arc::new(MasterKey::from_bytes([5; 32])),
-        key_policy: KeyPolicy {
-            algorithm: SigningAlgorithm::Es256,
-            overlap_ms: 86_400_000,
-            rotate_every_ms: None,
-        },
-        feed_keep: 100_000,
-    }
+    Dependencies { clock, metrics, ..support::dependencies(store, ADMIN_TOKEN, [5; 32]) }
 }
 
 async fn harness(backend: &Backend) -> Harness {

@@ -17,17 +17,14 @@ use axum::http::{Request, StatusCode};
 use axum::response::Response;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use portcullis_control_plane::admin_credential::AdminCredential;
 use portcullis_control_plane::audit::AUDIT_LOG;
 use portcullis_control_plane::clock::{Clock as _, FixedClock};
-use portcullis_control_plane::keys::{self, KeyPolicy, KeyRingError, KEY_SET_RECORD, REVOKED_KEY_MEMORY_MS};
+use portcullis_control_plane::keys::{self, KeyRingError, KEY_SET_RECORD, REVOKED_KEY_MEMORY_MS};
 use portcullis_control_plane::master_key::MasterKey;
-use portcullis_control_plane::metrics::Metrics;
 use portcullis_control_plane::random::OsRandom;
 use portcullis_control_plane::revocations::{
     self, FeedCursor, EPOCH_RECORD, REVOKED_SET, USER_VERSIONS_SET, VERSION_CEILING_MARGIN,
 };
-use portcullis_control_plane::signing::SigningAlgorithm;
 use portcullis_control_plane::store::Store;
 use portcullis_control_plane::tokens::TokenPolicy;
 use portcullis_control_plane::{AppState, Dependencies};
@@ -75,25 +72,9 @@ struct Harness {
 
 fn dependencies(store: Arc<dyn Store>, clock: Arc<FixedClock>, master: [u8; 32]) -> Dependencies {
     Dependencies {
-        store,
-        admin: Arc::new(AdminCredential::new(ADMIN_TOKEN).unwrap()),
-        fleet: support::fleet_credentials(),
-        token_policy: TokenPolicy {
-            issuer: "portcullis".into(),
-            default_audience: "demo-api".into(),
-            default_ttl_seconds: 900,
-            refresh_ttl_seconds: 7 * 86_400,
-        },
         clock,
-        rng: Arc::new(OsRandom),
-        metrics: Arc::new(Metrics::new()),
-        master_key: Arc::new(MasterKey::from_bytes(master)),
-        key_policy: KeyPolicy {
-            algorithm: SigningAlgorithm::Es256,
-            overlap_ms: DAY_MS,
-            rotate_every_ms: None,
-        },
-        feed_keep: 100_000,
+        token_policy: TokenPolicy { refresh_ttl_seconds: 7 * 86_400, ..support::token_policy() },
+        ..support::dependencies(store, ADMIN_TOKEN, master)
     }
 }
 

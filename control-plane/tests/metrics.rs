@@ -11,16 +11,9 @@ use axum::body::Body;
 use axum::http::header::AUTHORIZATION;
 use axum::http::{Request, StatusCode};
 use axum::Router;
-use portcullis_control_plane::admin_credential::AdminCredential;
 use portcullis_control_plane::clock::FixedClock;
-use portcullis_control_plane::keys::KeyPolicy;
-use portcullis_control_plane::master_key::MasterKey;
-use portcullis_control_plane::metrics::Metrics;
-use portcullis_control_plane::random::OsRandom;
 use portcullis_control_plane::revocations::FEED;
-use portcullis_control_plane::signing::SigningAlgorithm;
 use portcullis_control_plane::store::{MemoryStore, QueueOutcome, Store};
-use portcullis_control_plane::tokens::TokenPolicy;
 use portcullis_control_plane::webhooks::OUTBOX;
 use portcullis_control_plane::{admin_app, AppState, Dependencies};
 use tower::ServiceExt as _;
@@ -29,29 +22,9 @@ const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 const START_MS: u64 = 1_700_000_000_000;
 
 async fn state(clock: Arc<FixedClock>, store: Arc<dyn Store>) -> AppState {
-    AppState::initialise(Dependencies {
-        store,
-        admin: Arc::new(AdminCredential::new(ADMIN_TOKEN).unwrap()),
-        fleet: support::fleet_credentials(),
-        token_policy: TokenPolicy {
-            issuer: "portcullis-test".into(),
-            default_audience: "demo-api".into(),
-            default_ttl_seconds: 900,
-            refresh_ttl_seconds: 604_800,
-        },
-        clock,
-        rng: Arc::new(OsRandom),
-        metrics: Arc::new(Metrics::new()),
-        master_key: Arc::new(MasterKey::from_bytes([7; 32])),
-        key_policy: KeyPolicy {
-            algorithm: SigningAlgorithm::Es256,
-            overlap_ms: 86_400_000,
-            rotate_every_ms: None,
-        },
-        feed_keep: 100_000,
-    })
-    .await
-    .unwrap()
+    AppState::initialise(Dependencies { clock, ..support::dependencies(store, ADMIN_TOKEN, [7; 32]) })
+        .await
+        .unwrap()
 }
 
 async fn call(app: &Router, method: &str, path: &str) -> StatusCode {

@@ -10,13 +10,6 @@ use axum::body::Body;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{Request, StatusCode};
 use axum::Router;
-use portcullis_control_plane::admin_credential::AdminCredential;
-use portcullis_control_plane::clock::SystemClock;
-use portcullis_control_plane::keys::KeyPolicy;
-use portcullis_control_plane::master_key::MasterKey;
-use portcullis_control_plane::metrics::Metrics;
-use portcullis_control_plane::random::OsRandom;
-use portcullis_control_plane::signing::SigningAlgorithm;
 use portcullis_control_plane::store::redis::RedisTimeouts;
 use portcullis_control_plane::store::{RedisStore, Store};
 use portcullis_control_plane::tokens::TokenPolicy;
@@ -26,25 +19,12 @@ use tower::ServiceExt as _;
 
 fn dependencies(store: Arc<dyn Store>) -> Dependencies {
     Dependencies {
-        store,
-        admin: Arc::new(AdminCredential::new("readiness-admin-token-123").unwrap()),
-        fleet: support::fleet_credentials(),
         token_policy: TokenPolicy {
-            issuer: "portcullis".into(),
             default_audience: "portcullis".into(),
-            default_ttl_seconds: 900,
             refresh_ttl_seconds: 604_800,
+            ..support::token_policy()
         },
-        clock: Arc::new(SystemClock),
-        rng: Arc::new(OsRandom),
-        metrics: Arc::new(Metrics::new()),
-        master_key: Arc::new(MasterKey::from_bytes([7; 32])),
-        key_policy: KeyPolicy {
-            algorithm: SigningAlgorithm::Es256,
-            overlap_ms: 86_400_000,
-            rotate_every_ms: None,
-        },
-        feed_keep: 100_000,
+        ..support::dependencies(store, "readiness-admin-token-123", [7; 32])
     }
 }
 

@@ -16,17 +16,11 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::{Request, StatusCode};
-use portcullis_control_plane::admin_credential::AdminCredential;
 use portcullis_control_plane::audit::AUDIT_LOG;
 use portcullis_control_plane::burst::BurstConfig;
 use portcullis_control_plane::clock::{Clock as _, FixedClock};
-use portcullis_control_plane::keys::KeyPolicy;
-use portcullis_control_plane::master_key::MasterKey;
 use portcullis_control_plane::metrics::Metrics;
-use portcullis_control_plane::random::OsRandom;
-use portcullis_control_plane::signing::SigningAlgorithm;
 use portcullis_control_plane::store::QueueLane;
-use portcullis_control_plane::tokens::TokenPolicy;
 use portcullis_control_plane::webhooks::{
     verify_signature, PreviousSecret, WebhookConfig, WebhookSecret, BACKOFF_BASE_MS, DELIVERY_ID_HEADER,
     OUTBOX, SIGNATURE_HEADER,
@@ -64,25 +58,9 @@ fn webhooks_to(url: &str) -> WebhookConfig {
 async fn harness(backend: &Backend, clock: &Arc<FixedClock>, webhooks: WebhookConfig) -> Harness {
     let metrics = Arc::new(Metrics::new());
     let deps = Dependencies {
-        store: Arc::clone(&backend.store),
-        admin: Arc::new(AdminCredential::new(ADMIN_TOKEN).unwrap()),
-        fleet: support::fleet_credentials(),
-        token_policy: TokenPolicy {
-            issuer: "portcullis".into(),
-            default_audience: "demo-api".into(),
-            default_ttl_seconds: 900,
-            refresh_ttl_seconds: 86_400,
-        },
         clock: Arc::clone(clock) as _,
-        rng: Arc::new(OsRandom),
         metrics: Arc::clone(&metrics),
-        master_key: Arc::new(MasterKey::from_bytes([6; 32])),
-        key_policy: KeyPolicy {
-            algorithm: SigningAlgorithm::Es256,
-            overlap_ms: 86_400_000,
-            rotate_every_ms: None,
-        },
-        feed_keep: 100_000,
+        ..support::dependencies(Arc::clone(&backend.store), ADMIN_TOKEN, [6; 32])
     };
     let burst = BurstConfig { threshold: 5, webhooks, ..BurstConfig::default() };
     let state = AppState::initialise(deps).await.unwrap().with_burst_config(burst).unwrap();

@@ -30,8 +30,8 @@ use std::fmt;
 use serde::de::{DeserializeSeed, Error as _, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-use crate::guard::{is_token_byte, truncate};
-use crate::RequestParts;
+use crate::codec::truncate;
+use crate::request::{is_token_byte, RequestParts};
 
 /// Longest account kept (longer ones are cut before hashing; the control plane refuses
 /// longer values).
@@ -157,7 +157,7 @@ impl AccountSource {
         }
         // Trimmed again after the cut, which may end inside whitespace: the control plane
         // trims what it receives, and both sides must read the same account.
-        Ok(truncate(trimmed.to_string(), MAX_ACCOUNT_BYTES).trim_end().to_string())
+        Ok(truncate(trimmed, MAX_ACCOUNT_BYTES).trim_end().to_string())
     }
 }
 

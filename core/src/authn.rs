@@ -10,8 +10,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 
-use crate::config::StaleAction;
-use crate::config::{Policy, Requirement};
+use crate::config::Policy;
 use crate::jwt::cache::VerifiedTokenCache;
 use crate::jwt::jwks::KeySet;
 use crate::jwt::provider::TokenLocation;
@@ -20,8 +19,8 @@ use crate::jwt::versions::VersionState;
 use crate::jwt::VerifiedToken;
 use crate::request::RequestParts;
 use crate::response::Denial;
-use crate::revocation::RevocationReplica;
-use crate::rules::{is_cors_preflight, Rule};
+use crate::revocation::{RevocationReplica, StaleAction};
+use crate::route::{is_cors_preflight, Requirement, Rule};
 
 /// Everything one decision reads, indexed by provider where it is per provider.
 pub struct AuthnInput<'a> {

@@ -4,14 +4,26 @@
 //! Errors name the offending field (`rules[1].match.pathRegex`), because the only place
 //! an operator sees them is a line in the Envoy log.
 
+//!
+//! Each feature compiles its own section ([`crate::route`], [`crate::revocation`],
+//! [`crate::control_plane`], [`crate::stateful`] for rate limits, lockout and burst);
+//! this module parses the document and puts the compiled sections together.
+
 use std::collections::{BTreeMap, HashSet};
 
 use serde::Deserialize;
 
-use crate::error::ConfigError;
+use crate::burst::BurstConfig;
+use crate::client_addr::ClientIpConfig;
+use crate::control_plane::{ControlPlane, ControlPlaneConfig, Environment};
+use crate::error::{is_identifier, ConfigError};
 use crate::jwt::provider::{Provider, ProviderConfig};
-use crate::path::{normalize, PathOptions};
-use crate::rules::{HostMatcher, Matcher, PathMatcher, RolesRequirement, Rule};
+use crate::lockout::LockoutConfig;
+use crate::path::PathOptions;
+use crate::ratelimit::RateLimitConfig;
+use crate::revocation::{compile_revocation, RevocationCheck, RevocationConfig, RevocationSettings};
+use crate::route::{compile_rule, Rule, RuleConfig};
+use crate::stateful::{StatefulChecks, StatefulSections};
 
 pub const DEFAULT_REALM: &str = "portcullis";
 pub const DEFAULT_CACHE_CAPACITY: usize = 4096;
@@ -52,118 +64,18 @@ pub struct PluginConfig {
     /// The control plane's internal listener and the fleet credential: the revocation
     /// feed, token status, rate limits, lockout and burst reports all go there.
     #[serde(default)]
-    pub control_plane: Option<crate::control_plane::ControlPlaneConfig>,
+    pub control_plane: Option<ControlPlaneConfig>,
     #[serde(default)]
-    pub client_ip: Option<crate::guard::ClientIpConfig>,
+    pub client_ip: Option<ClientIpConfig>,
     #[serde(default)]
-    pub rate_limits: Vec<crate::guard::RateLimitConfig>,
+    pub rate_limits: Vec<RateLimitConfig>,
     #[serde(default)]
-    pub lockout: Option<crate::guard::LockoutConfig>,
+    pub lockout: Option<LockoutConfig>,
     #[serde(default)]
-    pub burst: Option<crate::guard::BurstConfig>,
+    pub burst: Option<BurstConfig>,
     /// How strictly request paths are read (only ever stricter than the default).
     #[serde(default)]
     pub paths: PathOptions,
-}
-
-/// How the revocation feed is followed and how fresh it must be. The control plane
-/// serving it is the `controlPlane` section's.
-#[derive(Debug, Clone, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RevocationConfig {
-    /// Moved to `controlPlane.cluster`; present only to say so.
-    #[serde(default)]
-    #[cfg_attr(feature = "schema", schemars(skip), serde(skip_serializing))]
-    pub cluster: Option<serde::de::IgnoredAny>,
-    /// Moved to `controlPlane.authority`; present only to say so.
-    #[serde(default)]
-    #[cfg_attr(feature = "schema", schemars(skip), serde(skip_serializing))]
-    pub authority: Option<serde::de::IgnoredAny>,
-    #[serde(default = "default_feed_path")]
-    pub path: String,
-    #[serde(default = "default_poll_interval_ms")]
-    pub poll_interval_ms: u64,
-    #[serde(default = "default_feed_timeout_ms")]
-    pub timeout_ms: u64,
-    /// Past this age without a successful poll, rules apply their `onStale` action.
-    #[serde(default = "default_max_staleness")]
-    pub max_staleness_seconds: u64,
-    /// Providers whose tokens are checked against the feed. Default: all of them.
-    #[serde(default)]
-    pub providers: Option<Vec<String>>,
-    /// Path of the per-request check used by rules with `"revocationCheck": "strict"`.
-    #[serde(default = "default_status_path")]
-    pub status_path: String,
-    #[serde(default = "default_strict_timeout_ms")]
-    pub strict_timeout_ms: u64,
-    /// How long a token that passed a strict check is not asked about again.
-    #[serde(default = "default_strict_cache_ms")]
-    pub strict_cache_ms: u64,
-}
-
-fn default_status_path() -> String {
-    "/v1/token-status".to_string()
-}
-fn default_strict_timeout_ms() -> u64 {
-    20
-}
-fn default_strict_cache_ms() -> u64 {
-    1_000
-}
-
-/// How a rule answers "is this token revoked?".
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
-#[serde(rename_all = "camelCase")]
-pub enum RevocationCheck {
-    /// From the local replica (at most a poll interval old): no call per request.
-    #[default]
-    Replica,
-    /// Ask the control plane on every request (briefly cached), for routes where a
-    /// second of staleness is too much.
-    Strict,
-}
-
-fn default_feed_path() -> String {
-    "/v1/feed".to_string()
-}
-fn default_poll_interval_ms() -> u64 {
-    1_000
-}
-fn default_feed_timeout_ms() -> u64 {
-    500
-}
-fn default_max_staleness() -> u64 {
-    300
-}
-
-/// What a rule does when the revocation replica is older than the max staleness.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
-#[serde(rename_all = "camelCase")]
-pub enum StaleAction {
-    /// Answer 503: a revoked token must not pass just because the feed is unreachable.
-    #[default]
-    Deny,
-    /// Keep deciding with the last replica received.
-    Allow,
-}
-
-/// Compiled [`RevocationConfig`].
-#[derive(Debug, Clone)]
-pub struct RevocationSettings {
-    /// The control plane serving the feed and the status check (`controlPlane`).
-    pub control_plane: crate::control_plane::ControlPlane,
-    pub path: String,
-    pub poll_interval_ms: u64,
-    pub timeout_ms: u64,
-    pub max_staleness_secs: u64,
-    /// Indexed by provider: whether its tokens are checked against the feed.
-    pub applies_to: Vec<bool>,
-    pub status_path: String,
-    pub strict_timeout_ms: u64,
-    pub strict_cache_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -185,75 +97,6 @@ fn default_cache_ttl() -> u64 {
     DEFAULT_CACHE_MAX_TTL_SECS
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RuleConfig {
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(rename = "match", default)]
-    pub matches: MatchConfig,
-    pub requires: RequirementConfig,
-    #[serde(default)]
-    pub scopes: Vec<String>,
-    #[serde(default)]
-    pub roles: Option<RolesConfig>,
-    #[serde(default)]
-    pub allow_cors_preflight: bool,
-    #[serde(default)]
-    pub shadow: bool,
-    #[serde(default)]
-    pub on_stale: StaleAction,
-    #[serde(default)]
-    pub revocation_check: RevocationCheck,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct MatchConfig {
-    /// Exact host names, or `*.example.com` for any subdomain. Empty: any host.
-    #[serde(default)]
-    pub hosts: Vec<String>,
-    #[serde(default)]
-    pub path: Option<String>,
-    #[serde(default)]
-    pub path_prefix: Option<String>,
-    #[serde(default)]
-    pub path_regex: Option<String>,
-    /// Upper-case method names. Empty: any method.
-    #[serde(default)]
-    pub methods: Vec<String>,
-}
-
-/// `"none"`, `{"provider": "p"}`, `{"anyOf": ["a", "b"]}` or `{"allOf": ["a", "b"]}`.
-#[derive(Debug, Clone, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub enum RequirementConfig {
-    None,
-    Provider(String),
-    AnyOf(Vec<String>),
-    AllOf(Vec<String>),
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct RolesConfig {
-    /// Dotted path of the claim holding the roles (a string or an array of strings).
-    pub claim: String,
-    pub any_of: Vec<String>,
-}
-
-/// What a rule demands, with providers resolved to indexes into [`Policy::providers`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Requirement {
-    None,
-    AnyOf(Vec<usize>),
-    AllOf(Vec<usize>),
-}
-
 /// The compiled, validated configuration.
 #[derive(Debug)]
 pub struct Policy {
@@ -266,10 +109,10 @@ pub struct Policy {
     /// Every header some provider sets upstream: stripped from incoming requests.
     pub managed_headers: Vec<String>,
     /// The control plane, when the configuration names one (`controlPlane`).
-    pub control_plane: Option<crate::control_plane::ControlPlane>,
+    pub control_plane: Option<ControlPlane>,
     pub revocation: Option<RevocationSettings>,
     /// Rate limits, lockout and burst reporting.
-    pub guards: crate::guard::Guards,
+    pub stateful_checks: StatefulChecks,
     /// How request paths are normalised and which are refused.
     pub paths: PathOptions,
 }
@@ -308,10 +151,7 @@ pub fn compile_json(bytes: &[u8]) -> Result<Policy, ConfigError> {
 
 /// Parses and compiles the plugin configuration bytes; `env` resolves
 /// `controlPlane.credential.env`.
-pub fn compile_json_with(
-    bytes: &[u8],
-    env: crate::control_plane::Environment<'_>,
-) -> Result<Policy, ConfigError> {
+pub fn compile_json_with(bytes: &[u8], env: Environment<'_>) -> Result<Policy, ConfigError> {
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(ConfigError::new("", "the plugin configuration is empty; expected a JSON object"));
     }
@@ -335,10 +175,7 @@ fn strip_position(message: &str) -> String {
 
 /// Validates a parsed configuration and resolves names into a [`Policy`]; `env`
 /// resolves `controlPlane.credential.env`.
-pub fn compile(
-    config: PluginConfig,
-    env: crate::control_plane::Environment<'_>,
-) -> Result<Policy, ConfigError> {
+pub fn compile(config: PluginConfig, env: Environment<'_>) -> Result<Policy, ConfigError> {
     let realm = config.realm.unwrap_or_else(|| DEFAULT_REALM.to_string());
     if realm.is_empty() || realm.len() > 128 || !realm.chars().all(is_quoted_string_safe) {
         return Err(ConfigError::new(
@@ -346,76 +183,19 @@ pub fn compile(
             "must be 1-128 printable ASCII characters without quotes or backslashes",
         ));
     }
-
-    let mut providers = Vec::with_capacity(config.providers.len());
-    for (name, provider_config) in config.providers {
-        if !is_identifier(&name) {
-            return Err(ConfigError::new(
-                format!("providers.{name}"),
-                "provider names use letters, digits, '-', '_' and '.' only",
-            ));
-        }
-        let provider =
-            Provider::compile(&name, provider_config).map_err(|e| e.within(&format!("providers.{name}")))?;
-        providers.push(provider);
-    }
-
-    if config.rules.len() > MAX_RULES {
-        return Err(ConfigError::new("rules", format!("at most {MAX_RULES} rules are supported")));
-    }
-    let mut rules = Vec::with_capacity(config.rules.len());
-    let mut names = HashSet::new();
-    for (i, rule_config) in config.rules.into_iter().enumerate() {
-        let at = format!("rules[{i}]");
-        let rule = compile_rule(i, rule_config, &providers).map_err(|e| e.within(&at))?;
-        if !names.insert(rule.name.clone()) {
-            return Err(ConfigError::new(
-                format!("{at}.name"),
-                format!("duplicate rule name `{}`", rule.name),
-            ));
-        }
-        rules.push(rule);
-    }
-
-    let (cache_capacity, cache_max_ttl_secs) = match config.verified_token_cache {
-        Some(c) => {
-            if c.capacity > 1_000_000 {
-                return Err(ConfigError::new("verifiedTokenCache.capacity", "must be at most 1000000"));
-            }
-            (c.capacity, c.max_ttl_seconds)
-        }
-        None => (DEFAULT_CACHE_CAPACITY, DEFAULT_CACHE_MAX_TTL_SECS),
-    };
-
+    let providers = compile_providers(config.providers)?;
+    let rules = compile_rules(config.rules, &providers)?;
+    let (cache_capacity, cache_max_ttl_secs) = compile_cache(config.verified_token_cache)?;
     let control_plane = match config.control_plane {
         None => None,
         Some(c) => Some(crate::control_plane::compile(c, env).map_err(|e| e.within("controlPlane"))?),
     };
-    let revocation = match (config.revocation, &control_plane) {
-        (None, _) => None,
-        (Some(_), None) => {
-            return Err(ConfigError::new(
-                "revocation",
-                "needs a top-level `controlPlane` section (cluster, authority, credential): the feed is \
-                 served by the control plane's internal listener",
-            ))
-        }
-        (Some(r), Some(cp)) => {
-            Some(compile_revocation(r, cp, &providers).map_err(|e| e.within("revocation"))?)
-        }
-    };
-    if revocation.is_none() {
-        if let Some(i) = rules.iter().position(|r| r.revocation_check == RevocationCheck::Strict) {
-            return Err(ConfigError::new(
-                format!("rules[{i}].revocationCheck"),
-                "`strict` needs a top-level `revocation` section naming the control plane",
-            ));
-        }
-    }
+    let revocation =
+        compile_revocation_section(config.revocation, control_plane.as_ref(), &providers, &rules)?;
 
     let rule_names: Vec<String> = rules.iter().map(|r| r.name.clone()).collect();
-    let guards = crate::guard::compile(
-        crate::guard::GuardSections {
+    let stateful_checks = crate::stateful::compile(
+        StatefulSections {
             has_control_plane: control_plane.is_some(),
             client_ip: config.client_ip,
             rate_limits: config.rate_limits,
@@ -439,228 +219,90 @@ pub fn compile(
         managed_headers,
         control_plane,
         revocation,
-        guards,
+        stateful_checks,
         paths: config.paths,
     })
 }
 
-fn compile_revocation(
-    config: RevocationConfig,
-    control_plane: &crate::control_plane::ControlPlane,
+fn compile_providers(configs: BTreeMap<String, ProviderConfig>) -> Result<Vec<Provider>, ConfigError> {
+    let mut providers = Vec::with_capacity(configs.len());
+    for (name, provider_config) in configs {
+        if !is_identifier(&name) {
+            return Err(ConfigError::new(
+                format!("providers.{name}"),
+                "provider names use letters, digits, '-', '_' and '.' only",
+            ));
+        }
+        let provider =
+            Provider::compile(&name, provider_config).map_err(|e| e.within(&format!("providers.{name}")))?;
+        providers.push(provider);
+    }
+    Ok(providers)
+}
+
+fn compile_rules(configs: Vec<RuleConfig>, providers: &[Provider]) -> Result<Vec<Rule>, ConfigError> {
+    if configs.len() > MAX_RULES {
+        return Err(ConfigError::new("rules", format!("at most {MAX_RULES} rules are supported")));
+    }
+    let mut rules = Vec::with_capacity(configs.len());
+    let mut names = HashSet::new();
+    for (i, rule_config) in configs.into_iter().enumerate() {
+        let at = format!("rules[{i}]");
+        let rule = compile_rule(i, rule_config, providers).map_err(|e| e.within(&at))?;
+        if !names.insert(rule.name.clone()) {
+            return Err(ConfigError::new(
+                format!("{at}.name"),
+                format!("duplicate rule name `{}`", rule.name),
+            ));
+        }
+        rules.push(rule);
+    }
+    Ok(rules)
+}
+
+/// The verified-token cache's capacity and longest entry life.
+fn compile_cache(config: Option<CacheConfig>) -> Result<(usize, u64), ConfigError> {
+    match config {
+        Some(c) => {
+            if c.capacity > 1_000_000 {
+                return Err(ConfigError::new("verifiedTokenCache.capacity", "must be at most 1000000"));
+            }
+            Ok((c.capacity, c.max_ttl_seconds))
+        }
+        None => Ok((DEFAULT_CACHE_CAPACITY, DEFAULT_CACHE_MAX_TTL_SECS)),
+    }
+}
+
+/// The `revocation` section, which needs the control plane serving the feed; without
+/// it no rule may ask for per-request checks.
+fn compile_revocation_section(
+    config: Option<RevocationConfig>,
+    control_plane: Option<&ControlPlane>,
     providers: &[Provider],
-) -> Result<RevocationSettings, ConfigError> {
-    for (field, set) in [("cluster", config.cluster.is_some()), ("authority", config.authority.is_some())] {
-        if set {
+    rules: &[Rule],
+) -> Result<Option<RevocationSettings>, ConfigError> {
+    let revocation = match (config, control_plane) {
+        (None, _) => None,
+        (Some(_), None) => {
             return Err(ConfigError::new(
-                field,
-                format!(
-                    "moved to `controlPlane.{field}`: the feed, the status check and the guards share one \
-                     control plane and its credential"
-                ),
+                "revocation",
+                "needs a top-level `controlPlane` section (cluster, authority, credential): the feed is \
+                 served by the control plane's internal listener",
+            ))
+        }
+        (Some(r), Some(cp)) => {
+            Some(compile_revocation(r, cp, providers).map_err(|e| e.within("revocation"))?)
+        }
+    };
+    if revocation.is_none() {
+        if let Some(i) = rules.iter().position(|r| r.revocation_check == RevocationCheck::PerRequest) {
+            return Err(ConfigError::new(
+                format!("rules[{i}].revocationCheck"),
+                "`strict` needs a top-level `revocation` section naming the control plane",
             ));
         }
     }
-    if !config.path.starts_with('/') || config.path.contains('?') {
-        return Err(ConfigError::new("path", "must start with '/' and have no query string"));
-    }
-    if !(100..=60_000).contains(&config.poll_interval_ms) {
-        return Err(ConfigError::new("pollIntervalMs", "must be between 100 and 60000"));
-    }
-    if !(1..=60_000).contains(&config.timeout_ms) {
-        return Err(ConfigError::new("timeoutMs", "must be between 1 and 60000"));
-    }
-    if !config.status_path.starts_with('/') || config.status_path.contains('?') {
-        return Err(ConfigError::new("statusPath", "must start with '/' and have no query string"));
-    }
-    if !(1..=10_000).contains(&config.strict_timeout_ms) {
-        return Err(ConfigError::new("strictTimeoutMs", "must be between 1 and 10000"));
-    }
-    if config.strict_cache_ms > 60_000 {
-        return Err(ConfigError::new("strictCacheMs", "must be at most 60000"));
-    }
-    if config.max_staleness_seconds == 0
-        || config.max_staleness_seconds.saturating_mul(1000) < config.poll_interval_ms
-    {
-        return Err(ConfigError::new("maxStalenessSeconds", "must be at least one poll interval"));
-    }
-    let applies_to = match &config.providers {
-        None => vec![true; providers.len()],
-        Some(names) => {
-            let mut applies = vec![false; providers.len()];
-            for (i, n) in names.iter().enumerate() {
-                let idx = providers.iter().position(|p| p.name() == n).ok_or_else(|| {
-                    ConfigError::new(format!("providers[{i}]"), format!("unknown provider `{n}`"))
-                })?;
-                if let Some(a) = applies.get_mut(idx) {
-                    *a = true;
-                }
-            }
-            applies
-        }
-    };
-    Ok(RevocationSettings {
-        control_plane: control_plane.clone(),
-        path: config.path,
-        poll_interval_ms: config.poll_interval_ms,
-        timeout_ms: config.timeout_ms,
-        max_staleness_secs: config.max_staleness_seconds,
-        applies_to,
-        status_path: config.status_path,
-        strict_timeout_ms: config.strict_timeout_ms,
-        strict_cache_ms: config.strict_cache_ms,
-    })
-}
-
-fn compile_rule(index: usize, config: RuleConfig, providers: &[Provider]) -> Result<Rule, ConfigError> {
-    let name = match config.name {
-        Some(n) if is_identifier(&n) => n,
-        Some(_) => {
-            return Err(ConfigError::new("name", "rule names use letters, digits, '-', '_' and '.' only"))
-        }
-        None => format!("rule{index}"),
-    };
-    let matcher = compile_match(config.matches).map_err(|e| e.within("match"))?;
-
-    let resolve = |names: &[String], field: &str| -> Result<Vec<usize>, ConfigError> {
-        if names.is_empty() {
-            return Err(ConfigError::new(field, "must name at least one provider"));
-        }
-        let mut out = Vec::with_capacity(names.len());
-        for (i, n) in names.iter().enumerate() {
-            let idx = providers.iter().position(|p| p.name() == n).ok_or_else(|| {
-                ConfigError::new(format!("{field}[{i}]"), format!("unknown provider `{n}`"))
-            })?;
-            if !out.contains(&idx) {
-                out.push(idx);
-            }
-        }
-        Ok(out)
-    };
-    let requirement = match config.requires {
-        RequirementConfig::None => Requirement::None,
-        RequirementConfig::Provider(n) => {
-            let idx = providers
-                .iter()
-                .position(|p| p.name() == n)
-                .ok_or_else(|| ConfigError::new("requires.provider", format!("unknown provider `{n}`")))?;
-            Requirement::AnyOf(vec![idx])
-        }
-        RequirementConfig::AnyOf(names) => Requirement::AnyOf(resolve(&names, "requires.anyOf")?),
-        RequirementConfig::AllOf(names) => Requirement::AllOf(resolve(&names, "requires.allOf")?),
-    };
-
-    let no_identity = requirement == Requirement::None;
-    if no_identity && (!config.scopes.is_empty() || config.roles.is_some()) {
-        return Err(ConfigError::new(
-            "scopes",
-            "scopes and roles need a provider requirement; `requires: \"none\"` has no token to read them from",
-        ));
-    }
-    for (i, s) in config.scopes.iter().enumerate() {
-        if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c == '"' || c == '\\') {
-            return Err(ConfigError::new(
-                format!("scopes[{i}]"),
-                "a scope is a non-empty token without spaces or quotes",
-            ));
-        }
-    }
-    let roles = match config.roles {
-        None => None,
-        Some(r) => {
-            if r.claim.is_empty() {
-                return Err(ConfigError::new("roles.claim", "must not be empty"));
-            }
-            if r.any_of.is_empty() {
-                return Err(ConfigError::new("roles.anyOf", "must list at least one role"));
-            }
-            Some(RolesRequirement { claim: r.claim, any_of: r.any_of })
-        }
-    };
-
-    Ok(Rule {
-        name,
-        matcher,
-        requirement,
-        scopes: config.scopes,
-        roles,
-        allow_cors_preflight: config.allow_cors_preflight,
-        shadow: config.shadow,
-        on_stale: config.on_stale,
-        revocation_check: config.revocation_check,
-    })
-}
-
-pub(crate) fn compile_match(config: MatchConfig) -> Result<Matcher, ConfigError> {
-    let set = [config.path.is_some(), config.path_prefix.is_some(), config.path_regex.is_some()]
-        .iter()
-        .filter(|b| **b)
-        .count();
-    if set > 1 {
-        return Err(ConfigError::new("path", "use at most one of `path`, `pathPrefix` and `pathRegex`"));
-    }
-    let path = if let Some(p) = config.path {
-        PathMatcher::Exact(normal_path(p, "path")?)
-    } else if let Some(p) = config.path_prefix {
-        PathMatcher::Prefix(normal_path(p, "pathPrefix")?)
-    } else if let Some(r) = config.path_regex {
-        if r.len() > 1024 {
-            return Err(ConfigError::new("pathRegex", "must be at most 1024 characters"));
-        }
-        let re = regex_lite::Regex::new(&r)
-            .map_err(|e| ConfigError::new("pathRegex", format!("not a valid regular expression: {e}")))?;
-        PathMatcher::Regex(re)
-    } else {
-        PathMatcher::Any
-    };
-
-    let mut hosts = Vec::with_capacity(config.hosts.len());
-    for (i, h) in config.hosts.iter().enumerate() {
-        let lower = h.to_ascii_lowercase();
-        let matcher = if let Some(suffix) = lower.strip_prefix("*.") {
-            HostMatcher::Subdomain(format!(".{suffix}"))
-        } else {
-            HostMatcher::Exact(lower.clone())
-        };
-        if lower.is_empty()
-            || lower.contains('/')
-            || lower.contains(' ')
-            || lower.chars().skip(1).any(|c| c == '*')
-        {
-            return Err(ConfigError::new(format!("hosts[{i}]"), "expected a host name or `*.domain`"));
-        }
-        hosts.push(matcher);
-    }
-
-    let mut methods = Vec::with_capacity(config.methods.len());
-    for (i, m) in config.methods.iter().enumerate() {
-        if m.is_empty() || !m.chars().all(|c| c.is_ascii_uppercase()) {
-            return Err(ConfigError::new(format!("methods[{i}]"), "methods are upper-case, e.g. \"GET\""));
-        }
-        methods.push(m.clone());
-    }
-
-    Ok(Matcher { hosts, path, methods })
-}
-
-/// A configured path: requests are compared in normal form, so it must be in it too.
-fn normal_path(p: String, field: &str) -> Result<String, ConfigError> {
-    if !p.starts_with('/') {
-        return Err(ConfigError::new(field, "must start with '/'"));
-    }
-    match normalize(&p, &PathOptions::default()) {
-        Ok(normal) if normal == p => Ok(p),
-        Ok(normal) => Err(ConfigError::new(
-            field,
-            format!("requests are matched in normal form; write `{normal}` (no dot segments, `//`, `;` parameters or needless escapes)"),
-        )),
-        Err(e) => Err(ConfigError::new(field, format!("not a usable path: {}", e.description()))),
-    }
-}
-
-fn is_identifier(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    Ok(revocation)
 }
 
 fn is_quoted_string_safe(c: char) -> bool {

@@ -41,6 +41,17 @@ fn default_cp_timeout_ms() -> u64 {
     200
 }
 
+/// What happens when the control plane cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
+#[serde(rename_all = "camelCase")]
+pub enum FailureMode {
+    /// Let the request through (counted as `unavailable_allowed`).
+    Allow,
+    /// Refuse it with 503 and `Retry-After: 1`.
+    Deny,
+}
+
 /// Where the fleet credential comes from.
 #[derive(Debug, Clone, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]

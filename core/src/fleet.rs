@@ -117,10 +117,10 @@ impl PartialEq for FeedKey {
 
 impl FeedKey {
     fn derive(credential: &[u8]) -> Self {
-        let key = crate::mac::hmac_sha256(credential, &[FEED_KEY_PURPOSE]);
-        let id_mac = crate::mac::hmac_sha256(&key, &[KEY_ID_LABEL]);
+        let key = crate::codec::hmac_sha256(credential, &[FEED_KEY_PURPOSE]);
+        let id_mac = crate::codec::hmac_sha256(&key, &[KEY_ID_LABEL]);
         let id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id_mac.get(..9).unwrap_or_default());
-        FeedKey { mac: crate::mac::keyed(&key), id }
+        FeedKey { mac: crate::codec::hmac_sha256_keyed(&key), id }
     }
 
     /// A public fingerprint of the key (12 characters): every feed page names the key
@@ -131,7 +131,7 @@ impl FeedKey {
 
     fn hash(&self, label: &[u8], value: &str) -> IdHash {
         let mut mac = self.mac.clone();
-        mac.update(&u64::try_from(label.len()).unwrap_or(u64::MAX).to_be_bytes());
+        mac.update(&crate::codec::length_prefix(label.len()));
         mac.update(label);
         mac.update(value.as_bytes());
         let full: [u8; 32] = mac.finalize().into_bytes().into();
@@ -206,8 +206,8 @@ mod tests {
         // Pinned so the control plane and every filter build agree: key =
         // HMAC(credential, "portcullis feed v1"); hash = first 16 bytes of
         // HMAC(key, len(label) as u64 BE ‖ label ‖ value).
-        let key = crate::mac::hmac_sha256(CREDENTIAL.as_bytes(), &[b"portcullis feed v1"]);
-        let full = crate::mac::hmac_sha256(&key, &[&3u64.to_be_bytes(), b"sub", b"alice"]);
+        let key = crate::codec::hmac_sha256(CREDENTIAL.as_bytes(), &[b"portcullis feed v1"]);
+        let full = crate::codec::hmac_sha256(&key, &[&3u64.to_be_bytes(), b"sub", b"alice"]);
         let expected: IdHash = full[..16].try_into().unwrap();
         assert_eq!(FleetCredential::new(CREDENTIAL).unwrap().feed_key().subject("alice"), expected);
     }

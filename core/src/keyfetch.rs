@@ -7,6 +7,8 @@
 //! - on-demand refetch when a token names an unknown `kid` (key rotation), at most once
 //!   per `unknownKidRefetchIntervalSeconds`, or whenever no keys were ever loaded.
 
+use crate::codec::{read_u64s, write_u64s};
+
 /// Longest wait between attempts after repeated failures.
 pub const MAX_BACKOFF_MS: u64 = 60_000;
 const BASE_BACKOFF_MS: u64 = 1_000;
@@ -94,11 +96,10 @@ impl FetchSchedule {
 
     pub fn encode(&self) -> [u8; ENCODED_LEN] {
         let mut out = [0u8; ENCODED_LEN];
-        let fields =
-            [self.in_flight_until_ms, self.retry_not_before_ms, self.last_on_demand_ms, self.fetched_at_ms];
-        for (chunk, v) in out.chunks_exact_mut(8).zip(fields) {
-            chunk.copy_from_slice(&v.to_be_bytes());
-        }
+        write_u64s(
+            &mut out,
+            &[self.in_flight_until_ms, self.retry_not_before_ms, self.last_on_demand_ms, self.fetched_at_ms],
+        );
         if let Some(tail) = out.get_mut(32..36) {
             tail.copy_from_slice(&self.failures.to_be_bytes());
         }
@@ -107,13 +108,10 @@ impl FetchSchedule {
 
     /// Decodes; anything malformed reads as the empty schedule.
     pub fn decode(bytes: &[u8]) -> Self {
-        let u64_at = |i: usize| -> Option<u64> {
-            let b: [u8; 8] = bytes.get(i..i + 8)?.try_into().ok()?;
-            Some(u64::from_be_bytes(b))
-        };
-        let failures = bytes.get(32..36).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(u32::from_be_bytes);
-        match (u64_at(0), u64_at(8), u64_at(16), u64_at(24), failures, bytes.len() == ENCODED_LEN) {
-            (Some(a), Some(b), Some(c), Some(d), Some(f), true) => FetchSchedule {
+        let times = bytes.get(..32).and_then(read_u64s::<4>);
+        let failures = bytes.get(32..).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(u32::from_be_bytes);
+        match (times, failures) {
+            (Some([a, b, c, d]), Some(f)) => FetchSchedule {
                 in_flight_until_ms: a,
                 retry_not_before_ms: b,
                 last_on_demand_ms: c,

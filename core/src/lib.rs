@@ -7,24 +7,26 @@
 pub mod account;
 pub mod api_token;
 pub mod authn;
+pub mod burst;
 pub mod check;
+pub mod client_addr;
+pub mod codec;
 pub mod config;
 pub mod control_plane;
 pub mod error;
 pub mod fleet;
-pub mod guard;
 pub mod jwt;
 pub mod keyfetch;
 pub mod lockout;
-mod mac;
 pub mod path;
 pub mod ratelimit;
 pub mod request;
 pub mod response;
 pub mod revocation;
-pub mod rules;
+pub mod route;
 #[cfg(feature = "schema")]
 pub mod schema;
+pub mod stateful;
 pub mod wire;
 
 pub use error::ConfigError;

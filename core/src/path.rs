@@ -23,7 +23,9 @@
 //! (`normalize(normalize(p)) == normalize(p)`); the output of a path starting with `/`
 //! starts with `/` and has no `//`, no dot segment and no `;`.
 
-use percent_encoding::{percent_decode_str, percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use percent_encoding::{percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+use crate::codec::percent_decode_bytes;
 use serde::Deserialize;
 
 /// Bytes written percent-encoded in the canonical form: all but RFC 3986 `pchar`
@@ -174,8 +176,8 @@ pub fn normalize(path: &str, options: &PathOptions) -> Result<String, PathReject
         if has_parameters && options.parameters == Parameters::Reject {
             return Err(PathRejection::Parameters);
         }
-        check_decoded(&percent_decode_str(segment).collect::<Vec<u8>>())?;
-        let decoded: Vec<u8> = percent_decode_str(name).collect();
+        check_decoded(&percent_decode_bytes(segment))?;
+        let decoded = percent_decode_bytes(name);
         // An encoded `;` is data, but an upstream that decodes before splitting
         // parameters would read `..%3B` as `..`.
         let before_semicolon = decoded.split(|b| *b == b';').next().unwrap_or_default();

@@ -2,6 +2,11 @@
 
 use crate::path::{normalize, PathOptions, PathRejection};
 
+/// An RFC 9110 `tchar`: what header names (and other HTTP tokens) are made of.
+pub fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 /// The parts of a request the decision logic reads. Header names are lower-case
 /// (HTTP/2 and Envoy normalise them), values as received.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -8,7 +8,6 @@
 //! `portcullis config check`, which runs the compiler itself. Behind the `schema`
 //! feature, which the filter never enables: the .wasm carries none of this.
 
-use schemars::{json_schema, Schema, SchemaGenerator};
 use serde_json::{Map, Value};
 
 use crate::config::PluginConfig;
@@ -26,17 +25,6 @@ pub fn json_schema_text() -> String {
     let mut text = serde_json::to_string_pretty(&json_schema()).unwrap_or_default();
     text.push('\n');
     text
-}
-
-/// `providers.<name>.jwks`: parsed by the JWKS loader, not by serde, so described here.
-/// Unusable keys are skipped with a warning, hence no constraint on the items.
-pub(crate) fn inline_jwks(_: &mut SchemaGenerator) -> Schema {
-    json_schema!({
-        "description": "An inline RFC 7517 JWKS: an object with a `keys` array. Unusable keys are skipped with a warning.",
-        "type": ["object", "null"],
-        "required": ["keys"],
-        "properties": { "keys": { "type": "array" } }
-    })
 }
 
 fn sorted(value: Value) -> Value {

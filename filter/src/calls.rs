@@ -20,7 +20,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
-use portcullis_core::guard::AppliedLimit;
+use portcullis_core::ratelimit::AppliedLimit;
 use portcullis_core::wire::{LockoutSubject, RateLimitOp};
 use proxy_wasm::types::Status;
 

@@ -5,7 +5,7 @@
 //! lock check is made by `stateful.rs`, which holds the attempt meanwhile.
 
 use portcullis_core::check::Verdict;
-use portcullis_core::guard::login_outcome;
+use portcullis_core::lockout::login_outcome;
 use portcullis_core::response::Denial;
 use portcullis_core::wire::{LockoutReply, LockoutSubject, LoginOutcome, LOCKOUT_REPORT_PATH};
 use portcullis_core::RequestParts;
@@ -31,7 +31,7 @@ pub fn lock_check(rt: &Runtime, pending: &mut Pending, now: u64) -> Verdict<Ask>
     }
     if unavailable {
         login.checked = true;
-        let denial = rt.policy.guards.lockout.as_ref().and_then(|l| lockout::unavailable(env, l));
+        let denial = rt.policy.stateful_checks.lockout.as_ref().and_then(|l| lockout::unavailable(env, l));
         return denial.map_or(Verdict::Pass, Verdict::Deny);
     }
     if login.subjects.is_empty() {
@@ -110,7 +110,8 @@ fn report_login(
     reservation: Option<String>,
     call: Call,
 ) -> bool {
-    let (Some(lockout), Some(cp)) = (rt.policy.guards.lockout.as_ref(), rt.policy.control_plane.as_ref())
+    let (Some(lockout), Some(cp)) =
+        (rt.policy.stateful_checks.lockout.as_ref(), rt.policy.control_plane.as_ref())
     else {
         return false;
     };
@@ -146,7 +147,7 @@ pub fn on_response_headers(rt: &Runtime, ctx: u32) -> Next {
     for (n, v) in rt.rate_limits.take_response_headers(ctx) {
         let _ = rt.host.add_response_header(&n, &v);
     }
-    let Some(lockout) = rt.policy.guards.lockout.as_ref() else {
+    let Some(lockout) = rt.policy.stateful_checks.lockout.as_ref() else {
         return Next::Continue;
     };
     let Some(login) = rt.lockout.attempt(ctx) else {
@@ -178,6 +179,6 @@ pub fn login_account(
     request: &RequestParts,
     body: Option<&[u8]>,
 ) -> Result<Option<String>, Next> {
-    let Some(lockout) = rt.policy.guards.lockout.as_ref() else { return Ok(None) };
+    let Some(lockout) = rt.policy.stateful_checks.lockout.as_ref() else { return Ok(None) };
     lockout::login_account(&rt.metrics, lockout, request, body).map_err(|denial| refuse(rt, &denial))
 }

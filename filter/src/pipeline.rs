@@ -10,17 +10,16 @@
 //! breach rotation): the request pauses while the feed is polled once, then is decided
 //! again.
 
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use portcullis_core::authn::{
     authenticate, check_token_status, Authenticated, AuthnInput, Outcome, RevocationInput, UpstreamEdits,
 };
-use portcullis_core::config::{RevocationCheck, StaleAction};
+use portcullis_core::codec::percent_encode_query_value;
 use portcullis_core::jwt::provider::KeySource;
 use portcullis_core::jwt::{Reason, VerifiedToken};
 use portcullis_core::keyfetch::FetchKind;
 use portcullis_core::response::Denial;
-use portcullis_core::revocation::TokenStatus;
-use portcullis_core::rules::Rule;
+use portcullis_core::revocation::{RevocationCheck, StaleAction, TokenStatus};
+use portcullis_core::route::Rule;
 use portcullis_core::RequestParts;
 
 use crate::calls::Call;
@@ -97,7 +96,7 @@ pub fn decide(
         let outcome = authenticate_now(rt, rule, request, progress, now_ms);
         match outcome {
             Outcome::Allow { identities, edits } => {
-                if rule.revocation_check == RevocationCheck::Strict && !progress.no_callouts {
+                if rule.revocation_check == RevocationCheck::PerRequest && !progress.no_callouts {
                     let unchecked: Vec<Authenticated> = identities
                         .iter()
                         .filter(|i| rt.policy.revocation_applies(i.provider) && !rt.strict_cached(i, now_ms))
@@ -228,7 +227,7 @@ fn allow(
             rt.metrics.count(&format!("portcullis.provider.{}.allowed", p.name()));
         }
     }
-    if rt.policy.guards.rate_limits.is_empty() && input.login.is_none() {
+    if rt.policy.stateful_checks.rate_limits.is_empty() && input.login.is_none() {
         // Nothing stateful to check: no need to keep the request.
         rt.metrics.count("portcullis.requests.allowed");
         apply_edits(&*rt.host, request, edits);
@@ -257,11 +256,16 @@ fn start_strict_check(
     let current = unchecked.remove(0);
     let jti = current.token.claim("jti").and_then(|v| v.as_str()).unwrap_or("");
     let sub = current.token.subject.as_deref().unwrap_or("");
-    let path = format!("{}?jti={}&sub={}", settings.status_path, percent_encode(jti), percent_encode(sub));
+    let path = format!(
+        "{}?jti={}&sub={}",
+        settings.status_path,
+        percent_encode_query_value(jti),
+        percent_encode_query_value(sub)
+    );
     rt.metrics.count("portcullis.revocation.strict_checks");
     let call = Call::StrictRevocation { requester: progress.input.ctx };
     let upstream = Upstream::control_plane(&settings.control_plane);
-    match rt.calls.get(&*rt.host, &upstream, &path, settings.strict_timeout_ms, call) {
+    match rt.calls.get(&*rt.host, &upstream, &path, settings.status_timeout_ms, call) {
         Ok(_) => {
             progress.strict = Some(StrictCheck { current, rest: unchecked, identities, edits });
             Next::Paused
@@ -317,13 +321,6 @@ pub fn complete_strict_check(
     }
     rt.strict_remember(&check.current, now_ms);
     start_strict_check(rt, rule, request, check.rest, check.identities, check.edits, progress)
-}
-
-/// Everything but RFC 3986 unreserved characters.
-const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
-
-fn percent_encode(s: &str) -> String {
-    utf8_percent_encode(s, QUERY_VALUE).to_string()
 }
 
 /// Claims and dispatches an on-demand JWKS fetch for the request on `context_id`;

@@ -17,8 +17,8 @@
 use std::rc::Rc;
 
 use portcullis_core::authn::UpstreamEdits;
+use portcullis_core::client_addr::client_ip;
 use portcullis_core::config::NoMatchAction;
-use portcullis_core::guard::client_ip;
 use portcullis_core::response::Denial;
 use portcullis_core::RequestParts;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -89,7 +89,7 @@ impl AuthnContext {
             return match rt.policy.on_no_match {
                 NoMatchAction::Allow => {
                     rt.metrics.count("portcullis.requests.allowed_no_rule");
-                    if rt.policy.guards.is_empty() {
+                    if rt.policy.stateful_checks.is_empty() {
                         return Next::Continue;
                     }
                     let pending = stateful::pending_for(
@@ -146,7 +146,7 @@ impl AuthnContext {
         let mut request = request_parts(rt.host.request_headers());
         strip_managed_headers(&rt, &mut request);
 
-        let guards = &rt.policy.guards;
+        let guards = &rt.policy.stateful_checks;
         self.state.progress.input.ctx = self.id;
         let ip = if guards.needs_client_ip() {
             let downstream = rt.host.downstream_address();
@@ -204,7 +204,7 @@ impl AuthnContext {
     }
 
     fn lockout_body_cap(rt: &Runtime) -> usize {
-        rt.policy.guards.lockout.as_ref().map(|l| l.max_body_bytes).unwrap_or(0)
+        rt.policy.stateful_checks.lockout.as_ref().map(|l| l.max_body_bytes).unwrap_or(0)
     }
 }
 
@@ -259,7 +259,7 @@ impl HttpContext for AuthnContext {
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
         let Some(rt) = self.runtime.clone() else { return Action::Continue };
-        if rt.policy.guards.is_empty() {
+        if rt.policy.stateful_checks.is_empty() {
             return Action::Continue;
         }
         match login::on_response_headers(&rt, self.id) {

@@ -72,16 +72,21 @@ impl RootContext for PortcullisRoot {
                     Some(r) => TICK.min(Duration::from_millis((r.poll_interval_ms / 2).max(100))),
                     None => TICK,
                 };
-                let tick = if policy.guards.is_empty() {
+                let tick = if policy.stateful_checks.is_empty() {
                     tick
                 } else {
-                    let report =
-                        policy.guards.burst.as_ref().map(|b| b.report_interval_ms).unwrap_or(u64::MAX);
+                    let report = policy
+                        .stateful_checks
+                        .burst
+                        .as_ref()
+                        .map(|b| b.report_interval_ms)
+                        .unwrap_or(u64::MAX);
                     tick.min(GUARD_TICK).min(Duration::from_millis(report.max(100)))
                 };
-                let needs_tick = has_remote || policy.revocation.is_some() || !policy.guards.is_empty();
+                let needs_tick =
+                    has_remote || policy.revocation.is_some() || !policy.stateful_checks.is_empty();
                 self.tick_ms = u64::try_from(tick.as_millis()).unwrap_or(500);
-                let guarded = !policy.guards.is_empty();
+                let guarded = !policy.stateful_checks.is_empty();
                 let vm = next_vm_number(&*self.host);
                 let rt = Rc::new(Runtime::new(policy, vm, self.host.now_unix_ms(), self.host.clone()));
                 if guarded {
@@ -144,7 +149,7 @@ impl RootContext for PortcullisRoot {
 fn next_vm_number(host: &dyn Host) -> u64 {
     SharedCell::new(host, "portcullis.v1.vm_counter")
         .update(|data| {
-            let n = data.and_then(|d| <[u8; 8]>::try_from(d).ok()).map(u64::from_be_bytes).unwrap_or(0);
+            let n = data.and_then(portcullis_core::codec::read_u64).unwrap_or(0);
             let next = n.wrapping_add(1);
             Swap::Write(next.to_be_bytes(), next)
         })

@@ -335,7 +335,7 @@ impl Runtime {
 
     pub fn strict_remember(&self, identity: &Authenticated, now_ms: u64) {
         let Some(settings) = &self.policy.revocation else { return };
-        if settings.strict_cache_ms == 0 {
+        if settings.status_cache_ms == 0 {
             return;
         }
         let Some(key) = Self::strict_key(identity) else { return };
@@ -346,7 +346,7 @@ impl Runtime {
                 cache.clear();
             }
         }
-        cache.insert(key, now_ms.saturating_add(settings.strict_cache_ms));
+        cache.insert(key, now_ms.saturating_add(settings.status_cache_ms));
     }
 
     /// Which providers' keys this request could fetch now (remote and not yet tried).

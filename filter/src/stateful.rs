@@ -12,8 +12,8 @@
 
 use portcullis_core::authn::UpstreamEdits;
 use portcullis_core::check::{first_verdict, CheckFn, Phase, Verdict};
-use portcullis_core::guard::{AppliedLimit, LimitContext};
 use portcullis_core::jwt::VerifiedToken;
+use portcullis_core::ratelimit::{AppliedLimit, LimitContext};
 use portcullis_core::response::Denial;
 use portcullis_core::wire::{
     BurstReply, LockoutReply, RateLimitAsk, RateLimitBatch, RateLimitOp, RateLimitReply, BURST_REPORT_PATH,
@@ -45,7 +45,7 @@ pub fn pending_for(
     tokens: &[&VerifiedToken],
     input: &CheckInput,
 ) -> Pending {
-    let guards = &rt.policy.guards;
+    let guards = &rt.policy.stateful_checks;
     let rule_name = input.rule.and_then(|r| rt.policy.rules.get(r)).map(|r| r.name.as_str());
     let ctx = LimitContext { request, rule: rule_name, tokens, client_ip: input.client_ip.as_deref() };
     let limits = guards.applicable(input.rule, &ctx);
@@ -102,7 +102,7 @@ fn rate_limits(rt: &Runtime, pending: &mut Pending, now: u64) -> Verdict<Ask> {
         if pending.limits.is_done(i) {
             continue;
         }
-        let Some(limit) = rt.policy.guards.rate_limits.get(applied.index) else {
+        let Some(limit) = rt.policy.stateful_checks.rate_limits.get(applied.index) else {
             pending.limits.mark_done(i);
             continue;
         };
@@ -193,7 +193,7 @@ fn ask_limits(
     let timeout = asks
         .iter()
         .filter(|(_, _, strict, _)| *strict)
-        .filter_map(|(_, a, _, _)| rt.policy.guards.rate_limits.get(a.index).map(|l| l.timeout_ms))
+        .filter_map(|(_, a, _, _)| rt.policy.stateful_checks.rate_limits.get(a.index).map(|l| l.timeout_ms))
         .min()
         .filter(|_| strict_only)
         .unwrap_or(cp.timeout_ms);
@@ -239,9 +239,11 @@ fn ask_limits(
 }
 
 fn ask_lockout(rt: &Runtime, ctx: u32, mut pending: Pending, now: u64) -> Next {
-    let (Some(cp), Some(lockout), Some(login)) =
-        (rt.policy.control_plane.as_ref(), rt.policy.guards.lockout.as_ref(), pending.login.as_ref())
-    else {
+    let (Some(cp), Some(lockout), Some(login)) = (
+        rt.policy.control_plane.as_ref(),
+        rt.policy.stateful_checks.lockout.as_ref(),
+        pending.login.as_ref(),
+    ) else {
         pending.unavailable = true;
         return run(rt, ctx, pending);
     };
@@ -377,14 +379,14 @@ fn expire_overdue(rt: &Runtime, current: u32) {
 
 /// Root tick: overdue waiters, burst report, release of leases about to expire.
 pub fn tick(rt: &Runtime, current: u32, tick_ms: u64) {
-    if rt.policy.guards.is_empty() {
+    if rt.policy.stateful_checks.is_empty() {
         return;
     }
     expire_overdue(rt, current);
     let now = rt.host.now_unix_ms();
     let Some(cp) = rt.policy.control_plane.as_ref() else { return };
     let upstream = Upstream::control_plane(cp);
-    if let Some(burst) = rt.policy.guards.burst.as_ref() {
+    if let Some(burst) = rt.policy.stateful_checks.burst.as_ref() {
         if !rt.calls.in_flight(|c| matches!(c, Call::Burst)) {
             for body in rt.burst.due_reports(rt.env(now), burst, MAX_BATCH).unwrap_or_default() {
                 let sent = rt.calls.post_json(

@@ -19,7 +19,8 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use portcullis_core::authn::{authenticate, AuthnInput, Outcome, UpstreamEdits};
-use portcullis_core::config::{compile_json, Policy, Requirement};
+use portcullis_core::config::{compile_json, Policy};
+use portcullis_core::route::Requirement;
 use portcullis_core::jwt::provider::KeySource;
 use portcullis_core::jwt::{KeySet, VerifiedTokenCache, VersionState};
 use portcullis_core::response::Denial;

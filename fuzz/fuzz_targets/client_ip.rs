@@ -1,4 +1,4 @@
-//! The client address (`guard::client_ip`, `guard::normalise_ip`) from the request's
+//! The client address (`client_addr::client_ip`, `client_addr::normalise_ip`) from the request's
 //! `x-forwarded-for` values and Envoy's downstream address (the `:downstream` line of
 //! the text request, see `TextRequest`), for every number of trusted hops the
 //! configuration allows (0-16).
@@ -13,7 +13,7 @@
 use std::net::IpAddr;
 
 use libfuzzer_sys::fuzz_target;
-use portcullis_core::guard::{client_ip, normalise_ip};
+use portcullis_core::client_addr::{client_ip, normalise_ip};
 use portcullis_fuzz::TextRequest;
 
 fn assert_canonical(ip: &str) {

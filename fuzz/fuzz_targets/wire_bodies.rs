@@ -1,5 +1,5 @@
 //! Bodies the filter reads from the control plane (`core/src/wire.rs`,
-//! `core/src/revocation.rs`): rate-limit, lockout and burst answers, token status, feed
+//! `core/src/revocation/`): rate-limit, lockout and burst answers, token status, feed
 //! pages applied to the revocation replica, and the fixed-size records the filter keeps
 //! in Envoy shared data (lease slots, fetch schedules). A control plane that is wrong,
 //! compromised or impersonated must not be able to crash the filter.
@@ -12,9 +12,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use portcullis_core::guard::LeaseSlot;
 use portcullis_core::keyfetch::FetchSchedule;
-use portcullis_core::ratelimit::{rate_limit_headers, retry_after_secs};
+use portcullis_core::ratelimit::{rate_limit_headers, retry_after_secs, LeaseSlot};
 use portcullis_core::response::Denial;
 use portcullis_core::revocation::{FeedPage, RevocationReplica, TokenStatus};
 use portcullis_core::wire::{BurstReply, LockoutReply, RateLimitReply};

@@ -22,8 +22,8 @@ use super::error::ApiJson;
 use super::{ApiError, AppState};
 use crate::burst::BurstError;
 use crate::lockouts::{self, LockoutError};
-use crate::master_key::hex;
 use crate::store::StoreError;
+use portcullis_core::codec::hex;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -22,6 +22,7 @@
 //! Backends are named by technology: [`MemoryStore`], [`EmbeddedStore`] (redb, the
 //! default) and [`RedisStore`].
 
+pub mod compare_and_swap;
 mod embedded;
 mod memory;
 mod metered;
@@ -35,6 +36,7 @@ use portcullis_core::ratelimit::Unit;
 use portcullis_core::wire::{RateLimitOp, RateLimitResult};
 
 pub use self::redis::RedisStore;
+pub use compare_and_swap::{retry_compare_and_swap, CasRound, CAS_ATTEMPTS};
 pub use embedded::EmbeddedStore;
 pub use memory::MemoryStore;
 pub use metered::MeteredStore;

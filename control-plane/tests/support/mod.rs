@@ -641,6 +641,51 @@ pub fn metric_value(text: &str, line_prefix: &str) -> u64 {
         .unwrap_or(0)
 }
 
+// --- the service's dependencies ---------------------------------------------------------
+
+use portcullis_control_plane::admin_credential::AdminCredential;
+use portcullis_control_plane::clock::SystemClock;
+use portcullis_control_plane::keys::KeyPolicy;
+use portcullis_control_plane::master_key::MasterKey;
+use portcullis_control_plane::metrics::Metrics;
+use portcullis_control_plane::random::OsRandom;
+use portcullis_control_plane::signing::SigningAlgorithm;
+use portcullis_control_plane::tokens::TokenPolicy;
+use portcullis_control_plane::Dependencies;
+
+/// The service's dependencies as the in-process tests use them: the system clock, the
+/// OS random source, fresh metrics, [`fleet_credentials`], ES256 signing keys with a
+/// day of overlap and no scheduled rotation, and [`token_policy`]. A test changes what
+/// it depends on with struct update syntax.
+pub fn dependencies(store: Arc<dyn Store>, admin_token: &str, master_key: [u8; 32]) -> Dependencies {
+    Dependencies {
+        store,
+        admin: Arc::new(AdminCredential::new(admin_token).unwrap()),
+        fleet: fleet_credentials(),
+        token_policy: token_policy(),
+        clock: Arc::new(SystemClock),
+        rng: Arc::new(OsRandom),
+        metrics: Arc::new(Metrics::new()),
+        master_key: Arc::new(MasterKey::from_bytes(master_key)),
+        key_policy: KeyPolicy {
+            algorithm: SigningAlgorithm::Es256,
+            overlap_ms: 86_400_000,
+            rotate_every_ms: None,
+        },
+        feed_keep: 100_000,
+    }
+}
+
+/// Tokens issued by `portcullis` for `demo-api`: 15 minutes, refreshable for a day.
+pub fn token_policy() -> TokenPolicy {
+    TokenPolicy {
+        issuer: "portcullis".into(),
+        default_audience: "demo-api".into(),
+        default_ttl_seconds: 900,
+        refresh_ttl_seconds: 86_400,
+    }
+}
+
 // --- a webhook receiver -----------------------------------------------------------------
 
 use axum::body::Bytes;

@@ -2,6 +2,9 @@
 //! `Bearer `), cookies (RFC 6265 `cookie` header syntax) and query parameters
 //! (percent-decoded), and removing them again when a provider must not forward them.
 
+// Invalid escapes stay and invalid UTF-8 is replaced: a garbled token then simply
+// fails verification.
+use crate::codec::percent_decode_query as percent_decode;
 use crate::request::RequestParts;
 
 /// Where a provider looks for tokens.
@@ -133,13 +136,6 @@ fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         (percent_decode(name), percent_decode(value))
     })
-}
-
-/// Percent-decodes a query component (`+` is a space); invalid escapes are kept
-/// literally and invalid UTF-8 is replaced, so this never fails (a garbled token then
-/// simply fails verification).
-pub(crate) fn percent_decode(s: &str) -> String {
-    percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned()
 }
 
 #[cfg(test)]

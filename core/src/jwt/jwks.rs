@@ -364,8 +364,8 @@ fn bit_length(bytes: &[u8]) -> usize {
 }
 
 /// Keeps warning messages short when a document carries absurd strings.
-fn truncate(s: &str) -> String {
-    s.chars().take(32).collect()
+fn truncate(s: &str) -> &str {
+    crate::codec::truncate(s, 32)
 }
 
 #[cfg(test)]

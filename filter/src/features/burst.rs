@@ -5,7 +5,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
-use portcullis_core::guard::Burst;
+use portcullis_core::burst::Burst;
 use portcullis_core::response::Denial;
 use portcullis_core::wire::{BlockedIp, BurstEntry, BurstReport};
 use portcullis_core::RequestParts;

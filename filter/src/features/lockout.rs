@@ -14,7 +14,9 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use portcullis_core::guard::{FailureMode, Lockout};
+use portcullis_core::codec::{hex, read_u64s, write_u64s};
+use portcullis_core::control_plane::FailureMode;
+use portcullis_core::lockout::Lockout;
 use portcullis_core::response::Denial;
 use portcullis_core::wire::{
     LockoutCheck, LockoutReply, LockoutReport, LockoutSubject, LoginOutcome, SubjectKind,
@@ -78,20 +80,12 @@ fn lock_key(subject: &LockoutSubject) -> String {
     };
     h.update(value.as_bytes());
     let digest = h.finalize();
-    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-    format!("portcullis.v1.lock.{hex}")
+    format!("portcullis.v1.lock.{}", hex(digest.get(..16).unwrap_or_default()))
 }
 
 /// A locally known lock: (locked until, learned at), both ms; malformed reads as none.
 fn decode_lock(bytes: &[u8]) -> (u64, u64) {
-    match (bytes.get(..8), bytes.get(8..16)) {
-        (Some(until), Some(learned_at)) if bytes.len() == 16 => (decode_u64(until), decode_u64(learned_at)),
-        _ => (0, 0),
-    }
-}
-
-fn decode_u64(bytes: &[u8]) -> u64 {
-    <[u8; 8]>::try_from(bytes).map(u64::from_be_bytes).unwrap_or(0)
+    read_u64s::<2>(bytes).map(|[until, learned_at]| (until, learned_at)).unwrap_or((0, 0))
 }
 
 /// The longest lock this Envoy knows of among the subjects (ms left), and whether one
@@ -114,8 +108,7 @@ pub fn remember_locks(env: Env<'_>, subjects: &[LockoutSubject], reply: &Lockout
     for (subject, lock) in subjects.iter().zip(&reply.subjects) {
         let until = if lock.locked_for_ms > 0 { now.saturating_add(lock.locked_for_ms) } else { 0 };
         let mut value = [0u8; 16];
-        value[..8].copy_from_slice(&until.to_be_bytes());
-        value[8..].copy_from_slice(&now.to_be_bytes());
+        write_u64s(&mut value, &[until, now]);
         let _ = env.host.set_shared_data(&lock_key(subject), &value, None);
     }
 }

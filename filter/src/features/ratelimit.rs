@@ -7,10 +7,11 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use portcullis_core::guard::{
-    AppliedLimit, FailureMode, HeaderMode, LeaseSlot, LimitMode, RateLimit, SlotSpend,
+use portcullis_core::control_plane::FailureMode;
+use portcullis_core::ratelimit::{
+    rate_limit_headers, retry_after_secs, AppliedLimit, HeaderMode, LeaseSlot, LimitMode, RateLimit,
+    SlotSpend,
 };
-use portcullis_core::ratelimit::{rate_limit_headers, retry_after_secs};
 use portcullis_core::response::Denial;
 use portcullis_core::wire::{RateLimitAsk, RateLimitOp, RateLimitReply, RateLimitResult};
 
@@ -157,7 +158,7 @@ impl RateLimitState {
             return self.failure_mode(env, applied, limit);
         }
         match limit.mode {
-            LimitMode::Strict => LimitStep::Ask(RateLimitOp::Check { cost: 1 }),
+            LimitMode::PerRequest => LimitStep::Ask(RateLimitOp::Check { cost: 1 }),
             LimitMode::Lease => self.spend(env, progress, applied, limit),
         }
     }

@@ -26,8 +26,8 @@
 use std::cell::{Ref, RefCell};
 use std::rc::Rc;
 
-use portcullis_core::config::RevocationSettings;
 use portcullis_core::keyfetch::{FetchKind, FetchSchedule};
+use portcullis_core::revocation::RevocationSettings;
 use portcullis_core::revocation::{is_cursor, Applied, FeedFollower, RevocationReplica};
 
 use crate::calls::{Call, CallRouter};
@@ -351,14 +351,13 @@ impl RevocationSync {
     /// The live assembly lease: (VM number, until).
     fn assembly_lease(&self, now_ms: u64) -> Option<(u64, u64)> {
         let bytes = self.cell(ASSEMBLY_KEY).get()?;
-        let vm = decode_u64(bytes.get(..8)?);
-        let until = decode_u64(bytes.get(8..16)?);
+        let [vm, until] = portcullis_core::codec::read_u64s::<2>(&bytes)?;
         (now_ms < until && vm != 0).then_some((vm, until))
     }
 
     fn take_assembly_lease(&self, now_ms: u64) {
-        let mut lease = self.vm.to_be_bytes().to_vec();
-        lease.extend_from_slice(&now_ms.saturating_add(ASSEMBLY_LEASE_MS).to_be_bytes());
+        let mut lease = [0u8; 16];
+        portcullis_core::codec::write_u64s(&mut lease, &[self.vm, now_ms.saturating_add(ASSEMBLY_LEASE_MS)]);
         let _ = self.cell(ASSEMBLY_KEY).put(&lease);
     }
 
@@ -394,6 +393,7 @@ impl RevocationSync {
     }
 }
 
+/// A big-endian `u64` in shared data; anything malformed reads as 0.
 fn decode_u64(bytes: &[u8]) -> u64 {
-    <[u8; 8]>::try_from(bytes).map(u64::from_be_bytes).unwrap_or(0)
+    portcullis_core::codec::read_u64(bytes).unwrap_or(0)
 }

@@ -1,44 +1,9 @@
-//! Account lockout after repeated failed logins: when an account (or a client address)
-//! is locked, for how long, and the keys it is tracked under.
-//!
-//! With the default [`LockoutPolicy`]:
-//!
-//! - 5 failures within any 15 minutes (a sliding window over the last 5 failure times)
-//!   lock for 30 s;
-//! - every further failure while locked, or within 15 minutes after the lock ended,
-//!   locks again for twice as long, from that failure: 60 s, 120 s, … capped at 1 h;
-//! - 15 minutes after the lock ended without a failure, the escalation is forgotten and
-//!   counting starts again from zero; a success forgets everything at once.
-//!
-//! Callers refuse attempts while [`LockoutPolicy::locked_for_ms`] is non-zero without
-//! checking the credentials. Whether such a refused attempt is recorded as a failure is
-//! the caller's choice: recording it doubles the lock, which punishes clients that
-//! ignore `Retry-After` (and lets an attacker keep a victim locked for up to
-//! `max_lock_ms` at a time, as any lockout does).
-//!
-//! # Attempts in flight
-//!
-//! Checking the lock before an attempt and recording its failure after it leaves a gap:
-//! attempts made in parallel would all pass the check. So an attempt first takes a
-//! [`Reservation`] ([`LockoutPolicy::reserve`]), which counts against the threshold like
-//! a failure until it is settled:
-//!
-//! - at most [`LockoutPolicy::attempts_left`] attempts may be in flight at once: the
-//!   failures still allowed before a lock (`max_failures` minus the recent failures; one
-//!   while an escalation is remembered; none while locked). So whatever the
-//!   concurrency, failures plus attempts in flight never exceed the threshold;
-//! - the outcome settles it: [`LockoutPolicy::release`] removes it, and the caller then
-//!   records the failure or success (or nothing, for an attempt that ended without a
-//!   verdict);
-//! - a reservation never settled (its report was lost) counts as a failure at its expiry
-//!   ([`LockoutPolicy::expire_reservations`]): the attempt reached the credentials check
-//!   and its outcome is unknown, so it is treated as the worst case, never as a free
-//!   attempt. The expiry bounds how long a lost report can hold a slot.
-//!
-//! State is stored under [`account_key`], a keyed hash, so that the store never holds
-//! raw usernames or client addresses.
+//! The lock arithmetic (see the [module docs](super)): when a subject is locked, for how
+//! long, the attempts it has left, and the key its state is stored under.
 
 use serde::{Deserialize, Serialize};
+
+use crate::codec::{hex, hmac_sha256, length_prefix};
 
 /// Most failure times one state keeps; a larger `max_failures` counts as this.
 pub const MAX_TRACKED_FAILURES: usize = 32;
@@ -220,17 +185,7 @@ impl LockoutPolicy {
 /// prefix keeps (`"ab"`, `"c"`) and (`"a"`, `"bc"`) apart. `value` is hashed byte for
 /// byte: normalise it first (e.g. case-fold usernames, canonical IP form).
 pub fn account_key(secret: &[u8], kind: &str, value: &str) -> String {
-    let kind_len = u64::try_from(kind.len()).unwrap_or(u64::MAX).to_be_bytes();
-    let mac = crate::mac::hmac_sha256(secret, &[&kind_len, kind.as_bytes(), value.as_bytes()]);
-    mac.iter().fold(String::with_capacity(64), |mut hex, b| {
-        hex.push(hex_digit(b >> 4));
-        hex.push(hex_digit(b & 0x0f));
-        hex
-    })
-}
-
-fn hex_digit(nibble: u8) -> char {
-    char::from_digit(u32::from(nibble), 16).unwrap_or('0')
+    hex(&hmac_sha256(secret, &[&length_prefix(kind.len()), kind.as_bytes(), value.as_bytes()]))
 }
 
 #[cfg(test)]
@@ -380,10 +335,6 @@ mod tests {
         assert_eq!(instant.locked_for_ms(&s, 0), 0, "a zero window never counts past failures");
     }
 
-    fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
     fn reservation(id: &str, expires_at_ms: u64) -> Reservation {
         Reservation { id: id.to_string(), expires_at_ms }
     }
@@ -487,6 +438,6 @@ mod tests {
         assert_ne!(account_key(b"s", "ab", "c"), account_key(b"s", "a", "bc"));
         let mut prefixed = 2u64.to_be_bytes().to_vec();
         prefixed.extend_from_slice(b"ip192.0.2.7");
-        assert_eq!(key, hex(&crate::mac::hmac_sha256(b"secret", &[&prefixed])));
+        assert_eq!(key, hex(&hmac_sha256(b"secret", &[&prefixed])));
     }
 }

@@ -1,11 +1,12 @@
-//! Property tests: the parsers of the stateful guards (descriptors, account sources,
+//! Property tests: the parsers of the stateful checks (descriptors, account sources,
 //! login bodies, client addresses, control-plane answers, shared-data slots) return a
 //! result, never panic, on any input.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg(not(target_arch = "wasm32"))]
 
 use portcullis_core::account::AccountSource;
-use portcullis_core::guard::{client_ip, normalise_ip, Descriptor, LeaseSlot};
+use portcullis_core::client_addr::{client_ip, normalise_ip};
+use portcullis_core::ratelimit::{Descriptor, LeaseSlot};
 use portcullis_core::wire::{LockoutReply, RateLimitBatch, RateLimitReply};
 use portcullis_core::RequestParts;
 use proptest::prelude::*;
