@@ -22,7 +22,7 @@ use portcullis_control_plane::random::SeededRandom;
 use portcullis_control_plane::sessions;
 use portcullis_control_plane::store::redis::RedisTimeouts;
 use portcullis_control_plane::store::{EmbeddedStore, MemoryStore, RedisStore, Store};
-use portcullis_control_plane::AppState;
+use portcullis_control_plane::{AppState, Dependencies};
 use portcullis_core::api_token::{self as format, ApiTokenFeedPage, ApiTokenReplica, Refusal, UsageReport};
 use serde_json::{json, Value};
 use support::{body_json, Listeners, Server};
@@ -333,9 +333,13 @@ async fn the_secret_is_in_no_redis_key_or_value() {
 const ADMIN_TOKEN: &str = "api-token-test-admin-0123456789";
 
 async fn state_on(store: Arc<dyn Store>, clock: Arc<FixedClock>) -> AppState {
-    AppState::initialise(support::dependencies(store, ADMIN_TOKEN, clock, Arc::new(SeededRandom::new(5))))
-        .await
-        .unwrap()
+    AppState::initialise(Dependencies {
+        clock,
+        rng: Arc::new(SeededRandom::new(5)),
+        ..support::dependencies(store, ADMIN_TOKEN, [7; 32])
+    })
+    .await
+    .unwrap()
 }
 
 fn admin(method: &str, path: &str, body: Option<Value>) -> Request<Body> {

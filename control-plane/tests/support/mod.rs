@@ -544,43 +544,6 @@ use portcullis_control_plane::{admin_app, internal_app, AppState};
 use portcullis_core::fleet::{FeedKey, FleetCredential};
 use tower::ServiceExt as _;
 
-/// What an in-process control plane needs, for `admin_token`, with the test fleet
-/// credential, a fixed master key and the given store, clock and randomness.
-pub fn dependencies(
-    store: Arc<dyn portcullis_control_plane::store::Store>,
-    admin_token: &str,
-    clock: Arc<dyn portcullis_control_plane::clock::Clock>,
-    rng: Arc<dyn portcullis_control_plane::random::RandomSource>,
-) -> portcullis_control_plane::Dependencies {
-    use portcullis_control_plane::admin_credential::AdminCredential;
-    use portcullis_control_plane::keys::KeyPolicy;
-    use portcullis_control_plane::master_key::MasterKey;
-    use portcullis_control_plane::metrics::Metrics;
-    use portcullis_control_plane::signing::SigningAlgorithm;
-    use portcullis_control_plane::tokens::TokenPolicy;
-    portcullis_control_plane::Dependencies {
-        store,
-        admin: Arc::new(AdminCredential::new(admin_token).unwrap()),
-        fleet: fleet_credentials(),
-        token_policy: TokenPolicy {
-            issuer: "portcullis-test".into(),
-            default_audience: "demo-api".into(),
-            default_ttl_seconds: 900,
-            refresh_ttl_seconds: 604_800,
-        },
-        clock,
-        rng,
-        metrics: Arc::new(Metrics::new()),
-        master_key: Arc::new(MasterKey::from_bytes([7; 32])),
-        key_policy: KeyPolicy {
-            algorithm: SigningAlgorithm::Es256,
-            overlap_ms: 86_400_000,
-            rotate_every_ms: None,
-        },
-        feed_keep: 100_000,
-    }
-}
-
 /// A response's body as JSON; panics with the body when it is not.
 pub async fn body_json(response: Response) -> serde_json::Value {
     let bytes = axum::body::to_bytes(response.into_body(), 1 << 22).await.unwrap();
