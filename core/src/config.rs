@@ -120,7 +120,12 @@ pub struct Policy {
 impl Policy {
     /// The first rule matching the request, if any.
     pub fn match_rule(&self, req: &crate::RequestParts) -> Option<&Rule> {
-        self.rules.iter().find(|r| r.matcher.matches(req))
+        self.match_rule_index(req).and_then(|i| self.rules.get(i))
+    }
+
+    /// The index in `rules` of the first rule matching the request, if any.
+    pub fn match_rule_index(&self, req: &crate::RequestParts) -> Option<usize> {
+        self.rules.iter().position(|r| r.matcher.matches(req))
     }
 
     /// Whether a request header is one of ours under any spelling an upstream may read

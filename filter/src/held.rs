@@ -48,6 +48,9 @@ pub struct Parked {
 
 /// An authenticated request going through the stateful checks.
 pub struct Pending {
+    /// The request's rule (index in `rules`; `None`: no rule matched): its decision is
+    /// counted under it.
+    pub rule: Option<usize>,
     pub request: RequestParts,
     pub edits: UpstreamEdits,
     pub limits: LimitsProgress,
@@ -59,12 +62,13 @@ pub struct Pending {
 
 impl Pending {
     pub fn new(
+        rule: Option<usize>,
         request: RequestParts,
         edits: UpstreamEdits,
         limits: LimitsProgress,
         login: Option<LoginAttempt>,
     ) -> Self {
-        Pending { request, edits, limits, login, unavailable: false, deadline_ms: 0 }
+        Pending { rule, request, edits, limits, login, unavailable: false, deadline_ms: 0 }
     }
 }
 

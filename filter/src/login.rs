@@ -78,7 +78,8 @@ pub fn lock_check_answered(
                         }
                         let retry_ms = r.retry_after_ms.max(r.locked_for_ms);
                         if rt.host.set_effective_context(owner).is_ok() {
-                            refuse(rt, &Denial::LockedOut { retry_after_secs: retry_ms.div_ceil(1000) });
+                            let denial = Denial::LockedOut { retry_after_secs: retry_ms.div_ceil(1000) };
+                            refuse(rt, pending.rule, &denial);
                         }
                         return None;
                     }
@@ -180,5 +181,6 @@ pub fn login_account(
     body: Option<&[u8]>,
 ) -> Result<Option<String>, Next> {
     let Some(lockout) = rt.policy.stateful_checks.lockout.as_ref() else { return Ok(None) };
-    lockout::login_account(&rt.metrics, lockout, request, body).map_err(|denial| refuse(rt, &denial))
+    lockout::login_account(&rt.metrics, lockout, request, body)
+        .map_err(|denial| refuse(rt, rt.policy.match_rule_index(request), &denial))
 }

@@ -8,8 +8,10 @@ use std::rc::Rc;
 
 use crate::host::Host;
 
-/// Distinct counter names are bounded by the configuration (providers × reasons), so
-/// the map stays small; this cap guards against a bug creating names without end.
+/// Distinct counter names are bounded by the configuration ((providers + rules) ×
+/// reasons, limits, ...: names come from the configuration and reasons from a fixed
+/// list, never from a request), so the map stays small; this cap guards against a bug
+/// creating names without end.
 const MAX_COUNTERS: usize = 4096;
 
 pub struct Metrics {

@@ -25,7 +25,7 @@ use portcullis_core::RequestParts;
 use crate::calls::Call;
 use crate::held::{CheckInput, Parked, FEED_POLL};
 use crate::host::Upstream;
-use crate::reply::{apply_edits, deny, Next};
+use crate::reply::{apply_edits, count_allowed, deny, Next};
 use crate::runtime::Runtime;
 use crate::stateful;
 
@@ -229,7 +229,7 @@ fn allow(
     }
     if rt.policy.stateful_checks.rate_limits.is_empty() && input.login.is_none() {
         // Nothing stateful to check: no need to keep the request.
-        rt.metrics.count("portcullis.requests.allowed");
+        count_allowed(rt, input.rule);
         apply_edits(&*rt.host, request, edits);
         return Next::Continue;
     }

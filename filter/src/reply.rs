@@ -16,28 +16,70 @@ pub enum Next {
     Paused,
 }
 
+/// Denies (or, for a shadow rule, only counts) a request that rule `rule` (a
+/// configured rule's name) decided; counted under that rule too.
 pub fn deny(rt: &Runtime, rule: &str, shadow: bool, denial: &Denial, provider: Option<&str>) -> Next {
+    carry_out(rt, (rule, Some(rule)), shadow, denial, provider)
+}
+
+/// Denies a request no rule decided: none matched (`(none)`), or it was refused
+/// before the rules were matched (`(burst)`, `(path)`). Counted under no rule.
+pub fn deny_outside_rules(rt: &Runtime, stage: &str, denial: &Denial) -> Next {
+    carry_out(rt, (stage, None), false, denial, None)
+}
+
+/// Refuses the request on the current context for a stateful check, counted under
+/// the request's rule (`rules[rule]`; `None`: no rule matched it).
+pub fn refuse(rt: &Runtime, rule: Option<usize>, denial: &Denial) -> Next {
+    match rule.and_then(|i| rt.policy.rules.get(i)) {
+        Some(r) => deny(rt, &r.name, false, denial, None),
+        None => deny_outside_rules(rt, "(no rule)", denial),
+    }
+}
+
+/// Counts a request let through after every check, and under its rule
+/// (`rules[rule]`; `None`: no rule matched it).
+pub fn count_allowed(rt: &Runtime, rule: Option<usize>) {
+    rt.metrics.count("portcullis.requests.allowed");
+    if let Some(r) = rule.and_then(|i| rt.policy.rules.get(i)) {
+        rt.metrics.count(&format!("portcullis.rule.allowed.{}", r.name));
+    }
+}
+
+/// `(label, counted_rule)`: the name logged, and the configured rule counted under.
+///
+/// Per-rule counters are `portcullis.rule.allowed.<rule>`,
+/// `portcullis.rule.denied.<reason>.<rule>` and `portcullis.rule.shadow_denied.<reason>.<rule>`.
+/// Rule names come from the configuration (letters, digits, `-`, `_`, `.`; unique) and
+/// reasons are [`Denial::code`]'s fixed snake_case words, so the names are bounded by the
+/// configuration. The rule name comes last, after fixed words and a reason without dots,
+/// so the stat tags split every name the same way, dots and all (docs/observability.md).
+fn carry_out(
+    rt: &Runtime,
+    (label, counted_rule): (&str, Option<&str>),
+    shadow: bool,
+    denial: &Denial,
+    provider: Option<&str>,
+) -> Next {
     let code = denial.code();
     if let Some(name) = provider {
         rt.metrics.count(&format!("portcullis.provider.{name}.denied.{code}"));
     }
+    let outcome = if shadow { "shadow_denied" } else { "denied" };
+    rt.metrics.count(&format!("portcullis.requests.{outcome}.{code}"));
+    if let Some(rule) = counted_rule {
+        rt.metrics.count(&format!("portcullis.rule.{outcome}.{code}.{rule}"));
+    }
     if shadow {
-        rt.metrics.count(&format!("portcullis.requests.shadow_denied.{code}"));
-        log::info!("rule `{rule}` (shadow) would deny: {code}");
+        log::info!("rule `{label}` (shadow) would deny: {code}");
         return Next::Continue;
     }
-    rt.metrics.count(&format!("portcullis.requests.denied.{code}"));
-    log::debug!("rule `{rule}` denied: {code}");
+    log::debug!("rule `{label}` denied: {code}");
     let reply = denial.render(&rt.policy.realm);
     if let Err(status) = rt.host.send_local_reply(reply.status, &reply.headers, &reply.body) {
         log::error!("could not send the local reply ({status:?})");
     }
     Next::Paused
-}
-
-/// Refuses the request on the current context for a stateful check.
-pub fn refuse(rt: &Runtime, denial: &Denial) -> Next {
-    deny(rt, "(guard)", false, denial, None)
 }
 
 pub fn apply_edits(host: &dyn Host, request: &RequestParts, edits: &UpstreamEdits) {

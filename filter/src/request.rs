@@ -28,7 +28,7 @@ use crate::answers::{on_answer, RequestState};
 use crate::host::Host;
 use crate::login;
 use crate::pipeline::decide;
-use crate::reply::{deny, Next};
+use crate::reply::{deny_outside_rules, Next};
 use crate::runtime::Runtime;
 use crate::stateful;
 
@@ -85,7 +85,7 @@ impl AuthnContext {
     /// Authenticates and checks the request (headers and, on a login route, the body
     /// are in hand).
     fn start(&mut self, rt: &Rc<Runtime>, request: RequestParts) -> Next {
-        let Some(rule) = rt.policy.rules.iter().position(|r| r.matcher.matches(&request)) else {
+        let Some(rule) = rt.policy.match_rule_index(&request) else {
             return match rt.policy.on_no_match {
                 NoMatchAction::Allow => {
                     rt.metrics.count("portcullis.requests.allowed_no_rule");
@@ -102,7 +102,7 @@ impl AuthnContext {
                     self.state.request = Some(request);
                     stateful::run(rt, self.id, pending)
                 }
-                NoMatchAction::Deny => deny(rt, "(none)", false, &Denial::NoMatchingRule, None),
+                NoMatchAction::Deny => deny_outside_rules(rt, "(none)", &Denial::NoMatchingRule),
             };
         };
         self.state.rule = rule;
@@ -161,12 +161,12 @@ impl AuthnContext {
             if let Some(burst) = guards.burst.as_ref() {
                 let env = rt.env(rt.host.now_unix_ms());
                 if let Some(denial) = rt.burst.check(env, burst, &request, ip.as_deref()) {
-                    return deny(&rt, "(burst)", false, &denial, None);
+                    return deny_outside_rules(&rt, "(burst)", &denial);
                 }
             }
         }
         if let Err(rejection) = route {
-            return deny(&rt, "(path)", false, &Denial::InvalidPath(rejection), None);
+            return deny_outside_rules(&rt, "(path)", &Denial::InvalidPath(rejection));
         }
         if !guards.is_empty() {
             self.state.progress.input.client_ip = ip;

@@ -27,7 +27,7 @@ use crate::features::ratelimit::{LimitStep, LimitsProgress};
 use crate::held::{CheckInput, Pending};
 use crate::host::Upstream;
 use crate::login;
-use crate::reply::{apply_edits, refuse, Next};
+use crate::reply::{apply_edits, count_allowed, refuse, Next};
 use crate::runtime::Runtime;
 
 /// How long past its deadline a lock check's answer is still awaited, to give back the
@@ -55,7 +55,7 @@ pub fn pending_for(
         }
         _ => None,
     };
-    Pending::new(request.clone(), edits, LimitsProgress::new(limits), login)
+    Pending::new(input.rule, request.clone(), edits, LimitsProgress::new(limits), login)
 }
 
 /// Runs the stateful checks of an authenticated request on the current context.
@@ -71,12 +71,14 @@ pub fn run(rt: &Runtime, ctx: u32, mut pending: Pending) -> Next {
         &mut [(Phase::RateLimit, &mut limits), (Phase::Lockout, &mut lock)];
     match first_verdict(&mut pending, checks) {
         Verdict::Pass => {}
-        Verdict::Deny(denial) => return refuse(rt, &denial),
+        Verdict::Deny(denial) => return refuse(rt, pending.rule, &denial),
         Verdict::Call(Ask::Limits(asks)) => return ask_limits(rt, ctx, pending, asks, now),
         Verdict::Call(Ask::JoinLease(token)) => return wait(rt, ctx, pending, token),
         Verdict::Call(Ask::LockCheck) => return ask_lockout(rt, ctx, pending, now),
         // Keys and the body are in hand before these checks run; fail closed anyway.
-        Verdict::WaitForKeys(_) | Verdict::WaitForBody => return refuse(rt, &Denial::RateLimitUnavailable),
+        Verdict::WaitForKeys(_) | Verdict::WaitForBody => {
+            return refuse(rt, pending.rule, &Denial::RateLimitUnavailable)
+        }
     }
     // Allowed.
     if let Some((_, headers)) = pending.limits.headers.take() {
@@ -85,7 +87,7 @@ pub fn run(rt: &Runtime, ctx: u32, mut pending: Pending) -> Next {
     if let Some(login) = pending.login.take() {
         rt.lockout.went_upstream(ctx, login);
     }
-    rt.metrics.count("portcullis.requests.allowed");
+    count_allowed(rt, pending.rule);
     apply_edits(&*rt.host, &pending.request, &pending.edits);
     Next::Continue
 }
@@ -152,12 +154,19 @@ fn hand_to_root(rt: &Runtime, ctx: u32, pending: &mut Pending, denial: Denial) -
     if !rt.calls.hand_to_root(&*rt.host, ctx) {
         return None;
     }
+    let rule = pending.rule;
     let taken = std::mem::replace(
         pending,
-        Pending::new(RequestParts::default(), UpstreamEdits::default(), LimitsProgress::default(), None),
+        Pending::new(
+            rule,
+            RequestParts::default(),
+            UpstreamEdits::default(),
+            LimitsProgress::default(),
+            None,
+        ),
     );
     if !rt.held.wait(ctx, taken) {
-        return Some(refuse(rt, &denial));
+        return Some(refuse(rt, rule, &denial));
     }
     Some(Next::Paused)
 }
@@ -169,8 +178,9 @@ fn wait(rt: &Runtime, ctx: u32, mut pending: Pending, token: u32) -> Next {
         pending.limits.lease_rounds = pending.limits.lease_rounds.saturating_add(1);
         return run(rt, ctx, pending);
     }
+    let rule = pending.rule;
     if !rt.held.wait(ctx, pending) {
-        return refuse(rt, &Denial::RateLimitUnavailable);
+        return refuse(rt, rule, &Denial::RateLimitUnavailable);
     }
     Next::Paused
 }
@@ -224,8 +234,9 @@ fn ask_limits(
             rt.rate_limits.asking(leases.into_iter(), token);
             pending.limits.lease_rounds = pending.limits.lease_rounds.saturating_add(1);
             pending.deadline_ms = now.saturating_add(timeout).saturating_add(1_000);
+            let rule = pending.rule;
             if !rt.held.wait(ctx, pending) {
-                return refuse(rt, &Denial::RateLimitUnavailable);
+                return refuse(rt, rule, &Denial::RateLimitUnavailable);
             }
             Next::Paused
         }
@@ -261,8 +272,9 @@ fn ask_lockout(rt: &Runtime, ctx: u32, mut pending: Pending, now: u64) -> Next {
         Ok(_) => {
             rt.metrics.count("portcullis.lockout.checks");
             pending.deadline_ms = deadline_ms;
+            let rule = pending.rule;
             if !rt.held.wait(ctx, pending) {
-                return refuse(rt, &Denial::LockoutUnavailable);
+                return refuse(rt, rule, &Denial::LockoutUnavailable);
             }
             Next::Paused
         }

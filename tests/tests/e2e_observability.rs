@@ -4,8 +4,10 @@
 //! both Prometheus endpoints are read:
 //!
 //! - Envoy's `/stats/prometheus` carries the names inside the filter's counters as
-//!   labels (`provider`, `reason`, `limit`, `outcome`), dotted names included, and no
-//!   family name embeds a provider or limit name;
+//!   labels (`provider`, `reason`, `limit`, `outcome`, `rule`), dotted names included,
+//!   every decision on a request a rule matched (a stateful refusal too) is counted
+//!   under that rule, no family name embeds a configured name, and Envoy logs no
+//!   `Skipping duplicate tag` for the tags;
 //! - every metric the shipped Grafana dashboard and PrometheusRule use
 //!   (`envoy/observability/`) is exported by one of the two, and every family Envoy
 //!   exports for the filter is documented in docs/observability.md.
@@ -20,10 +22,13 @@ use portcullis_e2e::{
 };
 use serde_json::{json, Value};
 
-/// Provider and limit names with dots: the tag regexes must keep them whole.
+/// Provider, limit and rule names with dots: the tag regexes must keep them whole.
 const INLINE_PROVIDER: &str = "partner.idp";
 const REMOTE_PROVIDER: &str = "cp.main";
 const LIMIT: &str = "per.sub";
+const API_RULE: &str = "api.v1";
+/// A shadow rule: counts what it would refuse, lets it through.
+const SHADOW_RULE: &str = "audit.shadow";
 
 fn plugin_config(key: &FixtureKey) -> Value {
     json!({
@@ -42,14 +47,16 @@ fn plugin_config(key: &FixtureKey) -> Value {
             }
         },
         "rules": [
-            { "name": "api", "match": { "pathPrefix": "/api/" }, "requires": { "provider": INLINE_PROVIDER } },
+            { "name": API_RULE, "match": { "pathPrefix": "/api/" }, "requires": { "provider": INLINE_PROVIDER } },
             { "name": "cp", "match": { "pathPrefix": "/cp/" }, "requires": { "provider": REMOTE_PROVIDER } },
-            { "name": "login", "match": { "path": "/login", "methods": ["POST"] }, "requires": "none" }
+            { "name": "login", "match": { "path": "/login", "methods": ["POST"] }, "requires": "none" },
+            { "name": SHADOW_RULE, "match": { "pathPrefix": "/audit/" }, "requires": { "provider": INLINE_PROVIDER },
+              "shadow": true }
         ],
         "controlPlane": control_plane_section(2000),
         "revocation": { "pollIntervalMs": 500, "maxStalenessSeconds": 60 },
         "rateLimits": [
-            { "name": LIMIT, "limit": 2, "unit": "minute", "descriptors": ["claim:sub"], "rules": ["api"] }
+            { "name": LIMIT, "limit": 2, "unit": "minute", "descriptors": ["claim:sub"], "rules": [API_RULE] }
         ],
         "lockout": {
             "routes": [{ "path": "/login", "methods": ["POST"] }],
@@ -97,6 +104,7 @@ async fn driven_stack() -> Scraped {
         assert_eq!(status(http().get(envoy.url("/api/a")).bearer_auth(&alice)).await, 200);
     }
     assert_eq!(status(http().get(envoy.url("/api/a")).bearer_auth(&alice)).await, 429, "third in a minute");
+    assert_eq!(status(http().get(envoy.url("/audit/a"))).await, 200, "a shadow rule lets it through");
 
     let minted = cp.issue_token("bob", &["read"]).await;
     assert_eq!(status(http().get(envoy.url("/cp/a")).bearer_auth(&minted)).await, 200, "remote JWKS");
@@ -153,7 +161,7 @@ fn families(text: &str) -> BTreeSet<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn envoy_prometheus_output_carries_provider_reason_limit_and_outcome_labels() {
+async fn envoy_prometheus_output_carries_provider_reason_limit_outcome_and_rule_labels() {
     let s = driven_stack().await;
     let text = s.envoy.prometheus().await;
     let expect = |name: &str, labels: &[(&str, &str)], at_least: f64| {
@@ -177,13 +185,40 @@ async fn envoy_prometheus_output_carries_provider_reason_limit_and_outcome_label
     expect("portcullis_lockout_refused", &[("reason", "login_content_type")], 1.0);
     expect("portcullis_requests_allowed", &[], 3.0);
 
+    // Per rule, exactly: every decision under the rule that took it, the rate limit's
+    // 429 (decided after the control plane's answer) and the lockout's included.
+    let exactly = |name: &str, labels: &[(&str, &str)], wanted: f64| {
+        assert_eq!(value(&text, name, labels), Some(wanted), "{name}{labels:?}");
+    };
+    exactly("portcullis_rule_allowed", &[("rule", API_RULE)], 2.0);
+    exactly("portcullis_rule_denied", &[("rule", API_RULE), ("reason", "missing_token")], 1.0);
+    exactly("portcullis_rule_denied", &[("rule", API_RULE), ("reason", "expired")], 1.0);
+    exactly("portcullis_rule_denied", &[("rule", API_RULE), ("reason", "rate_limited")], 1.0);
+    exactly("portcullis_rule_allowed", &[("rule", "cp")], 1.0);
+    exactly("portcullis_rule_allowed", &[("rule", "login")], 1.0);
+    exactly("portcullis_rule_denied", &[("rule", "login"), ("reason", "login_content_type")], 1.0);
+    exactly("portcullis_rule_denied", &[("rule", "login"), ("reason", "locked_out")], 1.0);
+    exactly("portcullis_rule_shadow_denied", &[("rule", SHADOW_RULE), ("reason", "missing_token")], 1.0);
+    let rule_series: Vec<&str> = samples(&text)
+        .into_iter()
+        .map(|(series, _)| series)
+        .filter(|series| series.starts_with("portcullis_rule_"))
+        .collect();
+    assert_eq!(rule_series.len(), 9, "no other per-rule series: {rule_series:#?}");
+
     // No family carries a configured name in its own name: every one was lifted out.
     let leaked: Vec<String> = families(&text)
         .into_iter()
         .filter(|f| f.starts_with("portcullis_"))
-        .filter(|f| ["partner", "idp", "cp_main", "per_sub"].iter().any(|n| f.contains(n)))
+        .filter(|f| ["partner", "idp", "cp_main", "per_sub", "api_v1", "audit"].iter().any(|n| f.contains(n)))
         .collect();
-    assert!(leaked.is_empty(), "families that embed a provider or limit name: {leaked:?}");
+    assert!(leaked.is_empty(), "families that embed a provider, limit or rule name: {leaked:?}");
+
+    // One regex per tag: Envoy skips (and warns of) a tag's second regex on a name the
+    // first one matched.
+    let log = s.envoy.proc.log_text();
+    let duplicates: Vec<&str> = log.lines().filter(|l| l.contains("Skipping duplicate tag")).collect();
+    assert!(duplicates.is_empty(), "Envoy skipped stat tags:\n{}", duplicates.join("\n"));
 }
 
 // ---------------------------------------------------------------------------------

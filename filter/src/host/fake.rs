@@ -53,6 +53,8 @@ pub struct FakeHost {
     /// Dispatches fail (an undefined cluster) while set.
     pub refuse_calls: Cell<bool>,
     pub plugin_config: RefCell<Option<Vec<u8>>>,
+    /// Counters defined, by name, with their values; a counter's id is its index.
+    counters: RefCell<Vec<(String, u64)>>,
 }
 
 impl FakeHost {
@@ -64,6 +66,16 @@ impl FakeHost {
 
     fn note(&self, call: &'static str) {
         self.log.borrow_mut().push(call);
+    }
+
+    /// A counter's value (0 when it was never defined).
+    pub fn counter(&self, name: &str) -> u64 {
+        self.counters.borrow().iter().find(|(n, _)| n == name).map_or(0, |(_, v)| *v)
+    }
+
+    /// The names of the counters defined so far that start with `prefix`.
+    pub fn counters_starting(&self, prefix: &str) -> Vec<String> {
+        self.counters.borrow().iter().map(|(n, _)| n.clone()).filter(|n| n.starts_with(prefix)).collect()
     }
 
     pub fn advance(&self, ms: u64) {
@@ -233,9 +245,17 @@ impl Host for FakeHost {
         Ok(())
     }
 
-    fn define_counter(&self, _name: &str) -> Option<u32> {
+    fn define_counter(&self, name: &str) -> Option<u32> {
         self.note("define_metric");
-        Some(1)
+        let mut counters = self.counters.borrow_mut();
+        let id = match counters.iter().position(|(n, _)| n == name) {
+            Some(i) => i,
+            None => {
+                counters.push((name.to_string(), 0));
+                counters.len() - 1
+            }
+        };
+        u32::try_from(id).ok()
     }
 
     fn define_gauge(&self, _name: &str) -> Option<u32> {
@@ -247,8 +267,11 @@ impl Host for FakeHost {
         self.note("record_metric");
     }
 
-    fn increment(&self, _metric: u32) {
+    fn increment(&self, metric: u32) {
         self.note("increment_metric");
+        if let Some((_, value)) = self.counters.borrow_mut().get_mut(metric as usize) {
+            *value += 1;
+        }
     }
 
     fn log_critical(&self, _message: &str) {

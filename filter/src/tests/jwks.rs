@@ -95,9 +95,16 @@ fn cached_token_request_makes_a_fixed_set_of_host_calls() {
     let (_, action) = w.request("/api/x", &[("authorization", &auth)], true);
     assert_eq!(action, Action::Continue);
     let log = w.host.log.borrow().clone();
+    // The counters: the provider's `allowed`, `requests.allowed` and the rule's `allowed`.
     assert_eq!(
         log,
-        vec!["get_request_headers", "get_current_time", "increment_metric", "increment_metric"],
+        vec![
+            "get_request_headers",
+            "get_current_time",
+            "increment_metric",
+            "increment_metric",
+            "increment_metric"
+        ],
         "host calls of one cached-token request"
     );
 }

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod jwks;
+mod rule_counters;
 mod stateful;
 
 use std::collections::HashMap;
