@@ -1169,6 +1169,19 @@ impl Envoy {
             .expect("stats/prometheus body")
     }
 
+    /// Waits until the filter has loaded `provider`'s remote JWKS (its `fetch_ok`
+    /// counter moved), not merely until the JWKS server saw a request: a request that
+    /// arrives while the first fetch is still in flight waits for that fetch, and that
+    /// wait is its one refetch, so a test that rotates keys right after must start from
+    /// loaded keys.
+    pub async fn wait_for_keys(&self, provider: &str) {
+        let name = format!("wasmcustom.portcullis.jwks.{provider}.fetch_ok");
+        eventually(STARTUP_BOUND, "the first JWKS loaded by the filter", || async {
+            self.counter(&name).await >= 1
+        })
+        .await;
+    }
+
     /// A counter from the admin endpoint (0 when not defined yet).
     pub async fn counter(&self, name: &str) -> u64 {
         let text = http()

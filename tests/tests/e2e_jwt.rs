@@ -141,7 +141,7 @@ async fn remote_jwks_is_fetched_once_and_shared_by_every_worker() {
     let key = FixtureKey::load("es256-a");
     let s = stack(&[&key]).await;
     // The periodic tick loads the keys shortly after start.
-    eventually(Duration::from_secs(10), "first JWKS fetch", || async { s.server.jwks_fetches() >= 1 }).await;
+    s.envoy.wait_for_keys("test").await;
     let token = key.sign(&claims("alice", "read"));
     for i in 0..40 {
         // Fresh connections spread requests over both workers.
@@ -157,7 +157,7 @@ async fn token_signed_by_a_rotated_key_passes_on_its_first_request() {
     let old = FixtureKey::load("es256-a");
     let new = FixtureKey::load("es256-b");
     let s = stack(&[&old]).await;
-    eventually(Duration::from_secs(10), "first JWKS fetch", || async { s.server.jwks_fetches() >= 1 }).await;
+    s.envoy.wait_for_keys("test").await;
     assert_eq!(get(&s.envoy, "/api/x", Some(&old.sign(&claims("a", "")))).await.status(), 200);
 
     // The issuer rotates: the JWKS now also has the new key.
@@ -199,7 +199,7 @@ async fn concurrent_requests_with_a_rotated_key_all_pass_with_a_single_refetch()
     let old = FixtureKey::load("es256-a");
     let new = FixtureKey::load("es256-b");
     let s = stack(&[&old]).await;
-    eventually(Duration::from_secs(10), "first JWKS fetch", || async { s.server.jwks_fetches() >= 1 }).await;
+    s.envoy.wait_for_keys("test").await;
     s.server.set_jwks(jwks(&[&old, &new]));
     let before = s.server.jwks_fetches();
 
@@ -242,7 +242,7 @@ async fn a_failing_or_garbage_jwks_response_keeps_the_last_good_keys() {
     let old = FixtureKey::load("es256-a");
     let new = FixtureKey::load("es256-b");
     let s = stack(&[&old]).await;
-    eventually(Duration::from_secs(10), "first JWKS fetch", || async { s.server.jwks_fetches() >= 1 }).await;
+    s.envoy.wait_for_keys("test").await;
     let old_token = old.sign(&claims("a", ""));
     assert_eq!(get(&s.envoy, "/api/x", Some(&old_token)).await.status(), 200);
 

@@ -109,7 +109,7 @@ async fn a_forged_token_waiting_for_a_refetch_is_refused_even_when_the_client_se
     let known = FixtureKey::load("es256-a");
     let s = GuardStack::start(&jwks_config(), Hcm::Hardened).await;
     s.server.set_jwks(jwks(&[&known]));
-    eventually(Duration::from_secs(10), "first JWKS fetch", || async { s.server.jwks_fetches() >= 1 }).await;
+    s.envoy.wait_for_keys("test").await;
     s.server.set_jwks_delay(STRETCH);
     let fetches = s.server.jwks_fetches();
 
