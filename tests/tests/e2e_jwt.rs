@@ -1,10 +1,9 @@
 //! JWT verification through a real Envoy loading the real filter, with a remote JWKS
 //! served by an in-process test server that counts its fetches.
 
-use std::time::Duration;
 
 use portcullis_e2e::tokens::{claims, jwks, now, FixtureKey};
-use portcullis_e2e::{eventually, http, www_authenticate, Envoy, FilterStack};
+use portcullis_e2e::{http, www_authenticate, Envoy, FilterStack};
 use serde_json::{json, Value};
 
 fn plugin_config() -> Value {
