@@ -23,6 +23,7 @@ use portcullis_core::route::Rule;
 use portcullis_core::RequestParts;
 
 use crate::calls::Call;
+use crate::features::jwt::fetchable;
 use crate::held::{CheckInput, Parked, FEED_POLL};
 use crate::host::Upstream;
 use crate::reply::{apply_edits, deny, Next};
@@ -125,7 +126,7 @@ pub fn decide(
                 // Another worker may already have fetched the new keys.
                 if !progress.reloaded.contains(&p) {
                     progress.reloaded.push(p);
-                    rt.keys(now_ms, true);
+                    rt.jwt.keys(rt.env(now_ms), &rt.policy, true);
                     continue;
                 }
                 progress.tried.push(p);
@@ -140,7 +141,7 @@ pub fn decide(
                 }
                 // A fetch may have finished between the reload above and now: decide
                 // once more with whatever shared data holds.
-                rt.keys(now_ms, true);
+                rt.jwt.keys(rt.env(now_ms), &rt.policy, true);
             }
         }
     }
@@ -156,12 +157,12 @@ fn authenticate_now(
     progress: &Progress,
     now_ms: u64,
 ) -> Outcome {
-    let keys = rt.keys(now_ms, false);
-    let can_fetch = rt.fetchable(&progress.tried);
+    let keys = rt.jwt.keys(rt.env(now_ms), &rt.policy, false);
+    let can_fetch = fetchable(&rt.policy, &progress.tried);
     let view = rt.revocation.as_ref().and_then(|r| r.view(now_ms));
     let revocation =
         view.as_ref().map(|v| RevocationInput { replica: &v.replica, stale: v.stale, synced: v.synced });
-    let versions = rt.versions.borrow();
+    let versions = rt.jwt.versions.borrow();
     let input = AuthnInput {
         policy: &rt.policy,
         rule,
@@ -172,7 +173,7 @@ fn authenticate_now(
         revocation,
         now_unix_secs: now_ms / 1000,
     };
-    authenticate(&input, &mut rt.cache.borrow_mut())
+    authenticate(&input, &mut rt.jwt.cache.borrow_mut())
 }
 
 /// A token's version is above the replica's ceiling: polls the feed now (at most once
@@ -330,7 +331,7 @@ fn start_fetch(rt: &Runtime, p: usize, now_ms: u64, context_id: u32) -> bool {
     let KeySource::Remote(remote) = provider.key_source() else {
         return false;
     };
-    if !rt.claim_fetch(p, FetchKind::OnDemand, now_ms) {
+    if !rt.jwt.claim_fetch(rt.env(now_ms), &rt.policy, p, FetchKind::OnDemand) {
         return false;
     }
     let upstream = Upstream::public(&remote.cluster, &remote.authority);
@@ -346,7 +347,7 @@ fn start_fetch(rt: &Runtime, p: usize, now_ms: u64, context_id: u32) -> bool {
                 provider.name(),
                 remote.cluster
             );
-            rt.complete_fetch(p, None, None, now_ms);
+            rt.jwt.complete_fetch(rt.env(now_ms), &rt.policy, p, (None, None));
             false
         }
     }
