@@ -1,7 +1,10 @@
-//! The decision for one request: authentication by core (re-read keys, fetch them, or
-//! park behind a fetch another context started), the version ceiling's on-demand feed
-//! poll, the strict revocation check, then the stateful checks (`stateful.rs`). What
-//! the answers to its calls continue is in `answers.rs`.
+//! The decision for one request: the authentication phases run as checks of
+//! `portcullis_core::check` in phase order (the JWT check, then the strict revocation
+//! check), and this module acts on the first verdict that does not pass: keys to wait
+//! for (re-read them, fetch them, or park behind a fetch another context started), the
+//! version ceiling's on-demand feed poll, the strict check's call, a denial. When they
+//! pass, the stateful checks follow (`stateful.rs`). What the answers to its calls
+//! continue is in `answers.rs`.
 //!
 //! When the decision needs keys this worker does not have (a rotated key's `kid`, or
 //! keys not loaded yet) the request pauses while the JWKS is fetched, then is decided
