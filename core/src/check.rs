@@ -108,7 +108,7 @@ mod tests {
     #[test]
     fn the_strict_revocation_check_runs_after_authentication_and_before_the_stateful_checks() {
         let mut ran: Vec<Phase> = Vec::new();
-        let mut record = |phase: Phase| {
+        let record = |phase: Phase| {
             move |ran: &mut Vec<Phase>| {
                 ran.push(phase);
                 Verdict::<()>::Pass
