@@ -83,6 +83,7 @@ test-wasm:
 
 lint: setup-build
 	cargo fmt --all -- --check
+	python3 scripts/code-shape.py
 	cargo clippy --workspace --all-targets -- -D warnings
 	PATH="$(WASM_PATH)" CARGO_TARGET_DIR=$(ROOT)/target/wasm-clippy $(WASIP1_ENV) $(WASM_CARGO) clippy \
 	  --target wasm32-wasip1 $(BUILD_STD) -p portcullis-core -p portcullis-filter -- -D warnings

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 
+use crate::check::Verdict;
 use crate::config::Policy;
 use crate::jwt::cache::VerifiedTokenCache;
 use crate::jwt::jwks::KeySet;
@@ -77,6 +78,24 @@ pub enum Outcome {
     FetchKeys(usize),
 }
 
+impl Outcome {
+    /// The outcome as the authentication check's verdict ([`Phase::Authenticate`]):
+    /// allowed passes (the identities and edits stay with the caller), a denial denies,
+    /// missing keys wait for them.
+    ///
+    /// [`Phase::Authenticate`]: crate::check::Phase::Authenticate
+    pub fn verdict<C>(&self) -> Verdict<C> {
+        match self {
+            Outcome::Allow { .. } => Verdict::Pass,
+            Outcome::Deny { denial, .. } => Verdict::Deny(denial.clone()),
+            Outcome::FetchKeys(p) => Verdict::WaitForKeys(*p),
+        }
+    }
+}
+
+/// A token found in the request: where, and which of the rule's providers may own it.
+type Found = (String, TokenLocation, Vec<usize>);
+
 /// Decides one request. The cache is updated with newly verified tokens.
 pub fn authenticate(input: &AuthnInput<'_>, cache: &mut VerifiedTokenCache) -> Outcome {
     let rule = input.rule;
@@ -89,10 +108,34 @@ pub fn authenticate(input: &AuthnInput<'_>, cache: &mut VerifiedTokenCache) -> O
     if rule.allow_cors_preflight && is_cors_preflight(input.request) {
         return Outcome::Allow { identities: Vec::new(), edits: UpstreamEdits::default() };
     }
+    let found = find_tokens(input, providers);
+    if found.is_empty() {
+        return Outcome::Deny { denial: Denial::MissingCredentials, provider: providers.first().copied() };
+    }
+    if let Some(rev) = &input.revocation {
+        let checked = providers.iter().any(|&p| input.policy.revocation_applies(p));
+        if rev.stale && checked && rule.on_stale == StaleAction::Deny {
+            return Outcome::Deny { denial: Denial::RevocationUnavailable, provider: None };
+        }
+    }
+    let mut identities: Vec<Authenticated> = Vec::with_capacity(found.len());
+    for found in &found {
+        match verify_found(input, cache, found) {
+            Ok(identity) => identities.push(identity),
+            Err(outcome) => return outcome,
+        }
+    }
+    if let Err(outcome) = meets_requirements(rule, &identities) {
+        return outcome;
+    }
+    let edits = upstream_edits(input.policy, &identities);
+    Outcome::Allow { identities, edits }
+}
 
-    // Every token at every location of the rule's providers; a token seen by several
-    // providers (same header) is checked once, against the provider(s) it may belong to.
-    let mut found: Vec<(String, TokenLocation, Vec<usize>)> = Vec::new();
+/// Every token at every location of the rule's providers; a token seen by several
+/// providers (same header) is checked once, against the provider(s) it may belong to.
+fn find_tokens(input: &AuthnInput<'_>, providers: &[usize]) -> Vec<Found> {
+    let mut found: Vec<Found> = Vec::new();
     for &p in providers {
         let Some(provider) = input.policy.providers.get(p) else {
             continue;
@@ -104,107 +147,88 @@ pub fn authenticate(input: &AuthnInput<'_>, cache: &mut VerifiedTokenCache) -> O
             }
         }
     }
-    if found.is_empty() {
-        return Outcome::Deny { denial: Denial::MissingCredentials, provider: providers.first().copied() };
-    }
-    if let Some(rev) = &input.revocation {
-        let checked = providers.iter().any(|&p| input.policy.revocation_applies(p));
-        if rev.stale && checked && rule.on_stale == StaleAction::Deny {
-            return Outcome::Deny { denial: Denial::RevocationUnavailable, provider: None };
-        }
-    }
+    found
+}
 
-    let mut identities: Vec<Authenticated> = Vec::new();
-    for (token, location, candidates) in &found {
-        // Route by the (unverified) issuer: only providers with that issuer can accept
-        // the token, and only they may trigger a key fetch.
-        let issuer = unverified_issuer(token);
-        let matching: Vec<usize> = candidates
-            .iter()
-            .copied()
-            .filter(|&p| {
-                input.policy.providers.get(p).is_some_and(|pr| Some(pr.issuer()) == issuer.as_deref())
-            })
-            .collect();
-        let routed = if matching.is_empty() { candidates.clone() } else { matching.clone() };
+/// Verifies one found token against the providers that may own it: the identity, or
+/// the outcome that ends the decision (a denial, or keys to fetch first).
+fn verify_found(
+    input: &AuthnInput<'_>,
+    cache: &mut VerifiedTokenCache,
+    (token, location, candidates): &Found,
+) -> Result<Authenticated, Outcome> {
+    // Route by the (unverified) issuer: only providers with that issuer can accept
+    // the token, and only they may trigger a key fetch.
+    let issuer = unverified_issuer(token);
+    let matching: Vec<usize> = candidates
+        .iter()
+        .copied()
+        .filter(|&p| input.policy.providers.get(p).is_some_and(|pr| Some(pr.issuer()) == issuer.as_deref()))
+        .collect();
+    let routed = if matching.is_empty() { candidates } else { &matching };
 
-        let mut first_failure: Option<(usize, Reason)> = None;
-        let mut accepted: Option<(usize, Arc<VerifiedToken>)> = None;
-        for p in routed {
-            match check_token(input, cache, p, token) {
-                Ok(v) => {
-                    accepted = Some((p, v));
-                    break;
+    let mut first_failure: Option<(usize, Reason)> = None;
+    for &p in routed {
+        match check_token(input, cache, p, token) {
+            Ok(token) => return Ok(Authenticated { provider: p, token, location: location.clone() }),
+            Err(reason) => {
+                let wants_keys = matches!(reason, Reason::UnknownKid | Reason::NoKeys);
+                if wants_keys && !matching.is_empty() && input.can_fetch_keys.get(p).copied().unwrap_or(false)
+                {
+                    return Err(Outcome::FetchKeys(p));
                 }
-                Err(reason) => {
-                    let wants_keys = matches!(reason, Reason::UnknownKid | Reason::NoKeys);
-                    if wants_keys
-                        && !matching.is_empty()
-                        && input.can_fetch_keys.get(p).copied().unwrap_or(false)
-                    {
-                        return Outcome::FetchKeys(p);
-                    }
-                    if first_failure.is_none() {
-                        first_failure = Some((p, reason));
-                    }
+                if first_failure.is_none() {
+                    first_failure = Some((p, reason));
                 }
             }
         }
-        match accepted {
-            Some((provider, token)) => {
-                identities.push(Authenticated { provider, token, location: location.clone() })
-            }
-            None => {
-                let (p, reason) =
-                    first_failure.unwrap_or((candidates.first().copied().unwrap_or(0), Reason::Malformed));
-                let denial = if reason == Reason::NoKeys {
-                    Denial::KeysUnavailable
-                } else {
-                    Denial::InvalidToken(reason)
-                };
-                return Outcome::Deny { denial, provider: Some(p) };
-            }
-        }
     }
+    let (p, reason) = first_failure.unwrap_or((candidates.first().copied().unwrap_or(0), Reason::Malformed));
+    let denial =
+        if reason == Reason::NoKeys { Denial::KeysUnavailable } else { Denial::InvalidToken(reason) };
+    Err(Outcome::Deny { denial, provider: Some(p) })
+}
 
+/// The rule's demands on the verified identities: every provider of `allOf`, the
+/// scopes, the roles.
+fn meets_requirements(rule: &Rule, identities: &[Authenticated]) -> Result<(), Outcome> {
     if let Requirement::AllOf(required) = &rule.requirement {
         if let Some(&missing) = required.iter().find(|p| !identities.iter().any(|i| i.provider == **p)) {
-            return Outcome::Deny { denial: Denial::MissingCredentials, provider: Some(missing) };
+            return Err(Outcome::Deny { denial: Denial::MissingCredentials, provider: Some(missing) });
         }
     }
-
+    let first_provider = identities.first().map(|i| i.provider);
     if !rule.scopes.is_empty() {
         let granted = identities.iter().any(|i| {
             let scopes = i.token.scopes();
             rule.scopes.iter().all(|s| scopes.contains(&s.as_str()))
         });
         if !granted {
-            return Outcome::Deny {
-                denial: Denial::InsufficientScope(rule.scopes.clone()),
-                provider: identities.first().map(|i| i.provider),
-            };
+            let denial = Denial::InsufficientScope(rule.scopes.clone());
+            return Err(Outcome::Deny { denial, provider: first_provider });
         }
     }
     if let Some(roles) = &rule.roles {
         let granted = identities.iter().any(|i| has_any_role(i.token.claim(&roles.claim), &roles.any_of));
         if !granted {
-            return Outcome::Deny {
-                denial: Denial::InsufficientRole,
-                provider: identities.first().map(|i| i.provider),
-            };
+            return Err(Outcome::Deny { denial: Denial::InsufficientRole, provider: first_provider });
         }
     }
+    Ok(())
+}
 
+/// The headers the identities' providers set upstream and the tokens they scrub.
+fn upstream_edits(policy: &Policy, identities: &[Authenticated]) -> UpstreamEdits {
     let mut edits = UpstreamEdits::default();
-    for identity in &identities {
-        if let Some(provider) = input.policy.providers.get(identity.provider) {
+    for identity in identities {
+        if let Some(provider) = policy.providers.get(identity.provider) {
             edits.set_headers.extend(provider.upstream_headers(&identity.token));
             if !provider.forward_token() && !edits.remove_tokens.contains(&identity.location) {
                 edits.remove_tokens.push(identity.location.clone());
             }
         }
     }
-    Outcome::Allow { identities, edits }
+    edits
 }
 
 /// Signature and claims (from the cache when possible), then the version check, which
@@ -320,4 +344,22 @@ pub fn check_token_status(
     let provider = policy.providers.get(identity.provider).ok_or(Reason::Malformed)?;
     let versions = status.versions(identity.token.subject.as_deref());
     provider.check_version(&identity.token, &versions, now_unix_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::Verdict;
+
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn outcomes_answer_as_the_authentication_checks_verdict() {
+        let allow = Outcome::Allow { identities: Vec::new(), edits: UpstreamEdits::default() };
+        assert_eq!(allow.verdict::<()>(), Verdict::Pass);
+        let deny = Outcome::Deny { denial: Denial::InvalidToken(Reason::Expired), provider: Some(1) };
+        assert_eq!(deny.verdict::<()>(), Verdict::Deny(Denial::InvalidToken(Reason::Expired)));
+        assert_eq!(Outcome::FetchKeys(2).verdict::<()>(), Verdict::WaitForKeys(2));
+    }
 }

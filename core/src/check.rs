@@ -10,14 +10,22 @@
 
 use crate::response::Denial;
 
-/// Where a check runs; a rule's checks run in this order.
+/// Where a check runs; a rule's checks run in this order. A new check takes the phase
+/// of what it decides (an API key or a signed request: [`Phase::Authenticate`]; a check
+/// that needs the body answers [`Verdict::WaitForBody`] until it is there); a check that
+/// only records (an audit) passes in the phase whose outcome it records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Phase {
     /// Before anything is read from the request beyond its address (burst reports,
     /// blocked addresses).
     Address,
-    /// The credentials: JWT verification, revocation.
+    /// The credentials: JWT verification (with the revocation replica's word on the
+    /// token).
     Authenticate,
+    /// The control plane's word on a verified token, per request
+    /// (`revocationCheck: strict`): after authentication, which says which tokens to ask
+    /// about.
+    Revocation,
     /// Rate limits.
     RateLimit,
     /// The lock check of a login attempt (last: it reserves an attempt, which only a
@@ -95,6 +103,29 @@ mod tests {
         );
         assert_eq!(verdict, Verdict::Call(7));
         assert_eq!(ran, vec![Phase::Address, Phase::RateLimit], "the lock check never ran");
+    }
+
+    #[test]
+    fn the_strict_revocation_check_runs_after_authentication_and_before_the_stateful_checks() {
+        let mut ran: Vec<Phase> = Vec::new();
+        let record = |phase: Phase| {
+            move |ran: &mut Vec<Phase>| {
+                ran.push(phase);
+                Verdict::<()>::Pass
+            }
+        };
+        let (mut limits, mut strict, mut jwt) =
+            (record(Phase::RateLimit), record(Phase::Revocation), record(Phase::Authenticate));
+        let verdict = first_verdict(
+            &mut ran,
+            &mut [
+                (Phase::RateLimit, &mut limits),
+                (Phase::Revocation, &mut strict),
+                (Phase::Authenticate, &mut jwt),
+            ],
+        );
+        assert_eq!(verdict, Verdict::Pass);
+        assert_eq!(ran, vec![Phase::Authenticate, Phase::Revocation, Phase::RateLimit]);
     }
 
     #[test]

@@ -76,66 +76,7 @@ impl Denial {
 
     /// The reply: status, headers and body.
     pub fn render(&self, realm: &str) -> LocalReply {
-        let realm = quote_safe(realm);
-        let (challenge, error, description) = match self {
-            Denial::MissingCredentials => (
-                Some(format!("Bearer realm=\"{realm}\"")),
-                "unauthorized",
-                "a bearer token is required".to_string(),
-            ),
-            Denial::InvalidToken(reason) => (
-                Some(format!(
-                    "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{}\"",
-                    reason.as_str()
-                )),
-                "invalid_token",
-                reason.description().to_string(),
-            ),
-            Denial::InsufficientScope(scopes) => {
-                let scope = scopes.iter().map(|s| quote_safe(s)).collect::<Vec<_>>().join(" ");
-                (
-                    Some(format!(
-                        "Bearer realm=\"{realm}\", error=\"insufficient_scope\", scope=\"{scope}\""
-                    )),
-                    "insufficient_scope",
-                    "the token lacks a required scope".to_string(),
-                )
-            }
-            Denial::InsufficientRole => (
-                Some(format!(
-                    "Bearer realm=\"{realm}\", error=\"insufficient_scope\", error_description=\"insufficient_role\""
-                )),
-                "insufficient_scope",
-                "the token lacks a required role".to_string(),
-            ),
-            Denial::NoMatchingRule => (None, "forbidden", "no rule allows this request".to_string()),
-            Denial::KeysUnavailable => (
-                None,
-                "temporarily_unavailable",
-                "the keys to verify the token are not available yet".to_string(),
-            ),
-            Denial::RevocationUnavailable => (
-                None,
-                "temporarily_unavailable",
-                "revocation state is out of date; try again shortly".to_string(),
-            ),
-            Denial::RateLimited { .. } => (None, "rate_limited", "too many requests".to_string()),
-            Denial::RateLimitUnavailable | Denial::LockoutUnavailable => (
-                None,
-                "temporarily_unavailable",
-                "the rate-limit service did not answer; try again shortly".to_string(),
-            ),
-            Denial::LockedOut { .. } => (
-                None,
-                "locked_out",
-                "too many failed login attempts; try again later".to_string(),
-            ),
-            Denial::AddressBlocked { .. } => {
-                (None, "address_blocked", "too many requests from this address".to_string())
-            }
-            Denial::LoginUnreadable(e) => (None, "invalid_request", e.description()),
-            Denial::InvalidPath(r) => (None, "invalid_request", r.description().to_string()),
-        };
+        let (error, description) = self.error_and_description();
         let body = serde_json::json!({
             "error": error,
             "reason": self.code(),
@@ -146,9 +87,67 @@ impl Denial {
             ("content-type".to_string(), "application/json".to_string()),
             ("cache-control".to_string(), "no-store".to_string()),
         ];
-        if let Some(c) = challenge {
+        if let Some(c) = self.challenge(&quote_safe(realm)) {
             headers.push(("www-authenticate".to_string(), c));
         }
+        self.push_retry_headers(&mut headers);
+        LocalReply { status: self.status(), headers, body }
+    }
+
+    /// The RFC 6750 `WWW-Authenticate` challenge, for the denials of a bearer token;
+    /// `realm` is quoted already.
+    fn challenge(&self, realm: &str) -> Option<String> {
+        match self {
+            Denial::MissingCredentials => Some(format!("Bearer realm=\"{realm}\"")),
+            Denial::InvalidToken(reason) => Some(format!(
+                "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{}\"",
+                reason.as_str()
+            )),
+            Denial::InsufficientScope(scopes) => {
+                let scope = scopes.iter().map(|s| quote_safe(s)).collect::<Vec<_>>().join(" ");
+                Some(format!("Bearer realm=\"{realm}\", error=\"insufficient_scope\", scope=\"{scope}\""))
+            }
+            Denial::InsufficientRole => Some(format!(
+                "Bearer realm=\"{realm}\", error=\"insufficient_scope\", error_description=\"insufficient_role\""
+            )),
+            _ => None,
+        }
+    }
+
+    /// The body's `error` and `error_description`.
+    fn error_and_description(&self) -> (&'static str, String) {
+        match self {
+            Denial::MissingCredentials => ("unauthorized", "a bearer token is required".to_string()),
+            Denial::InvalidToken(reason) => ("invalid_token", reason.description().to_string()),
+            Denial::InsufficientScope(_) => {
+                ("insufficient_scope", "the token lacks a required scope".to_string())
+            }
+            Denial::InsufficientRole => ("insufficient_scope", "the token lacks a required role".to_string()),
+            Denial::NoMatchingRule => ("forbidden", "no rule allows this request".to_string()),
+            Denial::KeysUnavailable => {
+                ("temporarily_unavailable", "the keys to verify the token are not available yet".to_string())
+            }
+            Denial::RevocationUnavailable => {
+                ("temporarily_unavailable", "revocation state is out of date; try again shortly".to_string())
+            }
+            Denial::RateLimited { .. } => ("rate_limited", "too many requests".to_string()),
+            Denial::RateLimitUnavailable | Denial::LockoutUnavailable => (
+                "temporarily_unavailable",
+                "the rate-limit service did not answer; try again shortly".to_string(),
+            ),
+            Denial::LockedOut { .. } => {
+                ("locked_out", "too many failed login attempts; try again later".to_string())
+            }
+            Denial::AddressBlocked { .. } => {
+                ("address_blocked", "too many requests from this address".to_string())
+            }
+            Denial::LoginUnreadable(e) => ("invalid_request", e.description()),
+            Denial::InvalidPath(r) => ("invalid_request", r.description().to_string()),
+        }
+    }
+
+    /// `Retry-After` (and a limit's `RateLimit-*` headers) for the denials worth retrying.
+    fn push_retry_headers(&self, headers: &mut Vec<(String, String)>) {
         match self {
             Denial::KeysUnavailable
             | Denial::RevocationUnavailable
@@ -163,7 +162,6 @@ impl Denial {
             }
             _ => {}
         }
-        LocalReply { status: self.status(), headers, body }
     }
 }
 

@@ -10,12 +10,13 @@ use portcullis_core::keyfetch::FetchKind;
 use portcullis_core::RequestParts;
 
 use crate::calls::Call;
+use crate::features::jwt::{is_remote, MAX_JWKS_BYTES};
 use crate::features::revocation::MAX_FEED_BYTES;
 use crate::held::FEED_POLL;
 use crate::host::Upstream;
 use crate::pipeline::{complete_strict_check, decide, Progress};
 use crate::reply::Next;
-use crate::runtime::{Runtime, MAX_JWKS_BYTES};
+use crate::runtime::Runtime;
 use crate::stateful;
 
 /// Decides parked requests whose wait is over: those of `provider` when given (its
@@ -39,8 +40,8 @@ pub fn wake_parked(rt: &Runtime, provider: Option<usize>, current: u32) {
     if ready.is_empty() {
         return;
     }
-    rt.keys(now_ms, true);
-    let remote: Vec<usize> = (0..rt.policy.providers.len()).filter(|p| rt.is_remote(*p)).collect();
+    rt.jwt.keys(rt.env(now_ms), &rt.policy, true);
+    let remote: Vec<usize> = (0..rt.policy.providers.len()).filter(|p| is_remote(&rt.policy, *p)).collect();
     for waiter in ready {
         if rt.host.set_effective_context(waiter.context_id).is_err() {
             continue;
@@ -89,7 +90,12 @@ pub fn on_answer(
     match call {
         Call::Jwks { provider, requester } => {
             let (status, body) = rt.host.call_response(body_size, MAX_JWKS_BYTES);
-            rt.complete_fetch(provider, status.as_deref(), body, rt.host.now_unix_ms());
+            rt.jwt.complete_fetch(
+                rt.env(rt.host.now_unix_ms()),
+                &rt.policy,
+                provider,
+                (status.as_deref(), body),
+            );
             if let (Some(_), Some(state)) = (requester, state) {
                 if !state.decide_again(rt, current) {
                     return;
@@ -161,7 +167,9 @@ pub fn refresh_keys(rt: &Runtime, now: u64) {
             continue;
         };
         let fetching = |c: &Call| matches!(c, Call::Jwks { provider, requester: None } if *provider == p);
-        if rt.calls.in_flight(fetching) || !rt.claim_fetch(p, FetchKind::Periodic, now) {
+        if rt.calls.in_flight(fetching)
+            || !rt.jwt.claim_fetch(rt.env(now), &rt.policy, p, FetchKind::Periodic)
+        {
             continue;
         }
         let upstream = Upstream::public(&remote.cluster, &remote.authority);
@@ -172,7 +180,7 @@ pub fn refresh_keys(rt: &Runtime, now: u64) {
                 provider.name(),
                 remote.cluster
             );
-            rt.complete_fetch(p, None, None, now);
+            rt.jwt.complete_fetch(rt.env(now), &rt.policy, p, (None, None));
         }
     }
 }

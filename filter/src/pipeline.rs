@@ -1,7 +1,10 @@
-//! The decision for one request: authentication by core (re-read keys, fetch them, or
-//! park behind a fetch another context started), the version ceiling's on-demand feed
-//! poll, the strict revocation check, then the stateful checks (`stateful.rs`). What
-//! the answers to its calls continue is in `answers.rs`.
+//! The decision for one request: the authentication phases run as checks of
+//! `portcullis_core::check` in phase order (the JWT check, then the strict revocation
+//! check), and this module acts on the first verdict that does not pass: keys to wait
+//! for (re-read them, fetch them, or park behind a fetch another context started), the
+//! version ceiling's on-demand feed poll, the strict check's call, a denial. When they
+//! pass, the stateful checks follow (`stateful.rs`). What the answers to its calls
+//! continue is in `answers.rs`.
 //!
 //! When the decision needs keys this worker does not have (a rotated key's `kid`, or
 //! keys not loaded yet) the request pauses while the JWKS is fetched, then is decided
@@ -13,6 +16,7 @@
 use portcullis_core::authn::{
     authenticate, check_token_status, Authenticated, AuthnInput, Outcome, RevocationInput, UpstreamEdits,
 };
+use portcullis_core::check::{first_verdict, CheckFn, Phase, Verdict};
 use portcullis_core::codec::percent_encode_query_value;
 use portcullis_core::jwt::provider::KeySource;
 use portcullis_core::jwt::{Reason, VerifiedToken};
@@ -23,6 +27,7 @@ use portcullis_core::route::Rule;
 use portcullis_core::RequestParts;
 
 use crate::calls::Call;
+use crate::features::jwt::fetchable;
 use crate::held::{CheckInput, Parked, FEED_POLL};
 use crate::host::Upstream;
 use crate::reply::{apply_edits, count_allowed, deny, Next};
@@ -75,9 +80,33 @@ pub struct StrictCheck {
     edits: UpstreamEdits,
 }
 
+/// The calls the authentication phases may need.
+enum AuthCall {
+    /// The token's version is above the replica's ceiling: poll the feed, then decide
+    /// again (the denial stands if that cannot be done).
+    FeedPoll(Denial),
+    /// Ask the control plane about these verified tokens (strict revocation check).
+    TokenStatus(Vec<Authenticated>),
+}
+
+/// One round of the authentication phases: what they read, and what they found.
+struct Round<'a> {
+    rule: &'a Rule,
+    request: &'a RequestParts,
+    progress: &'a mut Progress,
+    now_ms: u64,
+    /// Set when the JWT check passes.
+    identities: Vec<Authenticated>,
+    edits: UpstreamEdits,
+    /// The provider a denial names.
+    provider: Option<usize>,
+}
+
 /// Decides `request` under rule `rule` and carries the decision out on the current
-/// (effective) request context. `Paused`: a call was dispatched from this context (its
-/// answer continues in [`on_answer`]), the request was parked behind a fetch another
+/// (effective) request context: the authentication phases ([`Phase::Authenticate`]:
+/// JWT; [`Phase::Revocation`]: the strict check), then, when they pass, the stateful
+/// checks (`stateful.rs`). `Paused`: a call was dispatched from this context (its
+/// answer continues in `answers.rs`), the request was parked behind a fetch another
 /// context started, or it was refused.
 pub fn decide(
     rt: &Runtime,
@@ -93,59 +122,125 @@ pub fn decide(
         let now_ms = rt.host.now_unix_ms();
         // The replica first: keys it revokes are dropped before the keys are read.
         rt.refresh_revocation(now_ms);
-        let outcome = authenticate_now(rt, rule, request, progress, now_ms);
-        match outcome {
-            Outcome::Allow { identities, edits } => {
-                if rule.revocation_check == RevocationCheck::PerRequest && !progress.no_callouts {
-                    let unchecked: Vec<Authenticated> = identities
-                        .iter()
-                        .filter(|i| rt.policy.revocation_applies(i.provider) && !rt.strict_cached(i, now_ms))
-                        .cloned()
-                        .collect();
-                    if !unchecked.is_empty() {
-                        return start_strict_check(rt, rule, request, unchecked, identities, edits, progress);
-                    }
-                }
-                return allow(rt, request, &identities, &edits, &progress.input);
+        let mut round = Round {
+            rule,
+            request,
+            progress: &mut *progress,
+            now_ms,
+            identities: Vec::new(),
+            edits: UpstreamEdits::default(),
+            provider: None,
+        };
+        let mut jwt = |r: &mut Round<'_>| jwt_check(rt, r);
+        let mut strict = |r: &mut Round<'_>| strict_revocation_check(rt, r);
+        let checks: &mut [(Phase, CheckFn<'_, Round<'_>, AuthCall>)] =
+            &mut [(Phase::Authenticate, &mut jwt), (Phase::Revocation, &mut strict)];
+        let verdict = first_verdict(&mut round, checks);
+        let Round { identities, edits, provider, .. } = round;
+        match verdict {
+            Verdict::Pass => return allow(rt, request, &identities, &edits, &progress.input),
+            Verdict::Deny(denial) => return refuse(rt, rule, &denial, provider),
+            Verdict::Call(AuthCall::TokenStatus(unchecked)) => {
+                return start_strict_check(rt, rule, request, unchecked, identities, edits, progress)
             }
-            Outcome::Deny { denial, provider } => {
-                if denial == Denial::InvalidToken(Reason::VersionUnknown)
-                    && provider.is_some_and(|p| rt.policy.revocation_applies(p))
-                    && !progress.feed_refreshed
+            Verdict::Call(AuthCall::FeedPoll(denial)) => {
+                progress.feed_refreshed = true;
+                let polled = refresh_feed(rt, context_id, request, rule_index, progress, now_ms);
+                return polled.unwrap_or_else(|| refuse(rt, rule, &denial, provider));
+            }
+            Verdict::WaitForKeys(p) => {
+                if let Some(next) = wait_for_keys(rt, context_id, (request, rule_index), p, progress, now_ms)
                 {
-                    progress.feed_refreshed = true;
-                    if let Some(next) = refresh_feed(rt, context_id, request, rule_index, progress, now_ms) {
-                        return next;
-                    }
+                    return next;
                 }
-                let provider_name = provider.and_then(|p| rt.policy.providers.get(p)).map(|p| p.name());
-                return deny(rt, rule.name.as_str(), rule.shadow, &denial, provider_name);
             }
-            Outcome::FetchKeys(p) => {
-                // Another worker may already have fetched the new keys.
-                if !progress.reloaded.contains(&p) {
-                    progress.reloaded.push(p);
-                    rt.keys(now_ms, true);
-                    continue;
-                }
-                progress.tried.push(p);
-                if start_fetch(rt, p, now_ms, context_id) {
-                    return Next::Paused;
-                }
-                // A fetch some context already started will answer soon: wait for it
-                // rather than reject a token signed by a key just rotated in.
-                if rt.fetch_in_flight(p, now_ms) && park(rt, context_id, p, rule_index, request, progress) {
-                    rt.metrics.count("portcullis.requests.parked");
-                    return Next::Paused;
-                }
-                // A fetch may have finished between the reload above and now: decide
-                // once more with whatever shared data holds.
-                rt.keys(now_ms, true);
-            }
+            // The body is in hand before authentication runs; fail closed anyway.
+            Verdict::WaitForBody => return refuse(rt, rule, &Denial::KeysUnavailable, None),
         }
     }
     // Only reachable if core keeps asking for keys it cannot get.
     deny(rt, rule.name.as_str(), rule.shadow, &Denial::KeysUnavailable, None)
+}
+
+/// Refuses under `rule`, naming the provider the denial concerns.
+fn refuse(rt: &Runtime, rule: &Rule, denial: &Denial, provider: Option<usize>) -> Next {
+    let provider_name = provider.and_then(|p| rt.policy.providers.get(p)).map(|p| p.name());
+    deny(rt, rule.name.as_str(), rule.shadow, denial, provider_name)
+}
+
+/// The JWT check ([`Phase::Authenticate`]): core's decision with this worker's keys.
+/// A token above the replica's version ceiling asks for one feed poll first.
+fn jwt_check(rt: &Runtime, round: &mut Round<'_>) -> Verdict<AuthCall> {
+    let outcome = authenticate_now(rt, round.rule, round.request, round.progress, round.now_ms);
+    let verdict = outcome.verdict();
+    match outcome {
+        Outcome::Allow { identities, edits } => {
+            round.identities = identities;
+            round.edits = edits;
+        }
+        Outcome::Deny { denial, provider } => {
+            round.provider = provider;
+            if denial == Denial::InvalidToken(Reason::VersionUnknown)
+                && provider.is_some_and(|p| rt.policy.revocation_applies(p))
+                && !round.progress.feed_refreshed
+            {
+                return Verdict::Call(AuthCall::FeedPoll(denial));
+            }
+        }
+        Outcome::FetchKeys(_) => {}
+    }
+    verdict
+}
+
+/// The strict revocation check ([`Phase::Revocation`]): under `revocationCheck:
+/// strict`, the verified tokens under the feed not checked recently are asked about.
+fn strict_revocation_check(rt: &Runtime, round: &mut Round<'_>) -> Verdict<AuthCall> {
+    if round.rule.revocation_check != RevocationCheck::PerRequest || round.progress.no_callouts {
+        return Verdict::Pass;
+    }
+    let unchecked: Vec<Authenticated> = round
+        .identities
+        .iter()
+        .filter(|i| rt.policy.revocation_applies(i.provider) && !rt.strict_cached(i, round.now_ms))
+        .cloned()
+        .collect();
+    if unchecked.is_empty() {
+        Verdict::Pass
+    } else {
+        Verdict::Call(AuthCall::TokenStatus(unchecked))
+    }
+}
+
+/// Keys of provider `p` are needed: re-read shared data once, then fetch them, or park
+/// behind a fetch in flight. `None`: decide again with the keys there are.
+fn wait_for_keys(
+    rt: &Runtime,
+    context_id: u32,
+    (request, rule_index): (&RequestParts, usize),
+    p: usize,
+    progress: &mut Progress,
+    now_ms: u64,
+) -> Option<Next> {
+    // Another worker may already have fetched the new keys.
+    if !progress.reloaded.contains(&p) {
+        progress.reloaded.push(p);
+        rt.jwt.keys(rt.env(now_ms), &rt.policy, true);
+        return None;
+    }
+    progress.tried.push(p);
+    if start_fetch(rt, p, now_ms, context_id) {
+        return Some(Next::Paused);
+    }
+    // A fetch some context already started will answer soon: wait for it rather than
+    // reject a token signed by a key just rotated in.
+    if rt.fetch_in_flight(p, now_ms) && park(rt, context_id, p, rule_index, request, progress) {
+        rt.metrics.count("portcullis.requests.parked");
+        return Some(Next::Paused);
+    }
+    // A fetch may have finished between the reload above and now: decide once more
+    // with whatever shared data holds.
+    rt.jwt.keys(rt.env(now_ms), &rt.policy, true);
+    None
 }
 
 /// Core's decision with this worker's keys, versions, replica and cache at `now_ms`.
@@ -156,12 +251,12 @@ fn authenticate_now(
     progress: &Progress,
     now_ms: u64,
 ) -> Outcome {
-    let keys = rt.keys(now_ms, false);
-    let can_fetch = rt.fetchable(&progress.tried);
+    let keys = rt.jwt.keys(rt.env(now_ms), &rt.policy, false);
+    let can_fetch = fetchable(&rt.policy, &progress.tried);
     let view = rt.revocation.as_ref().and_then(|r| r.view(now_ms));
     let revocation =
         view.as_ref().map(|v| RevocationInput { replica: &v.replica, stale: v.stale, synced: v.synced });
-    let versions = rt.versions.borrow();
+    let versions = rt.jwt.versions.borrow();
     let input = AuthnInput {
         policy: &rt.policy,
         rule,
@@ -172,7 +267,7 @@ fn authenticate_now(
         revocation,
         now_unix_secs: now_ms / 1000,
     };
-    authenticate(&input, &mut rt.cache.borrow_mut())
+    authenticate(&input, &mut rt.jwt.cache.borrow_mut())
 }
 
 /// A token's version is above the replica's ceiling: polls the feed now (at most once
@@ -330,7 +425,7 @@ fn start_fetch(rt: &Runtime, p: usize, now_ms: u64, context_id: u32) -> bool {
     let KeySource::Remote(remote) = provider.key_source() else {
         return false;
     };
-    if !rt.claim_fetch(p, FetchKind::OnDemand, now_ms) {
+    if !rt.jwt.claim_fetch(rt.env(now_ms), &rt.policy, p, FetchKind::OnDemand) {
         return false;
     }
     let upstream = Upstream::public(&remote.cluster, &remote.authority);
@@ -346,7 +441,7 @@ fn start_fetch(rt: &Runtime, p: usize, now_ms: u64, context_id: u32) -> bool {
                 provider.name(),
                 remote.cluster
             );
-            rt.complete_fetch(p, None, None, now_ms);
+            rt.jwt.complete_fetch(rt.env(now_ms), &rt.policy, p, (None, None));
             false
         }
     }

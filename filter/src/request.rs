@@ -17,6 +17,7 @@
 use std::rc::Rc;
 
 use portcullis_core::authn::UpstreamEdits;
+use portcullis_core::check::{first_verdict, Phase, Verdict};
 use portcullis_core::client_addr::client_ip;
 use portcullis_core::config::NoMatchAction;
 use portcullis_core::response::Denial;
@@ -157,13 +158,8 @@ impl AuthnContext {
         // The route is normalised before the burst count, so a burst report names the
         // route the rules saw; a refused path still counts (with its raw path).
         let route = request.normalize_route(&rt.policy.paths);
-        if !guards.is_empty() {
-            if let Some(burst) = guards.burst.as_ref() {
-                let env = rt.env(rt.host.now_unix_ms());
-                if let Some(denial) = rt.burst.check(env, burst, &request, ip.as_deref()) {
-                    return deny_outside_rules(&rt, "(burst)", &denial);
-                }
-            }
+        if let Some(next) = address_checks(&rt, &request, ip.as_deref()) {
+            return next;
         }
         if let Err(rejection) = route {
             return deny_outside_rules(&rt, "(path)", &Denial::InvalidPath(rejection));
@@ -285,6 +281,23 @@ impl AuthnContext {
         match &self.runtime {
             Some(rt) if login::report_pending(rt, self.id) => Action::Pause,
             _ => Action::Continue,
+        }
+    }
+}
+
+/// The checks of [`Phase::Address`] (burst): `Some` with what to answer when one does
+/// not pass. They run before the path is judged, so a refused path still counts.
+fn address_checks(rt: &Runtime, request: &RequestParts, ip: Option<&str>) -> Option<Next> {
+    let burst = rt.policy.stateful_checks.burst.as_ref()?;
+    let env = rt.env(rt.host.now_unix_ms());
+    let mut burst_check = |_: &mut ()| rt.burst.check(env, burst, request, ip);
+    match first_verdict(&mut (), &mut [(Phase::Address, &mut burst_check)]) {
+        Verdict::Pass => None,
+        Verdict::Deny(denial) => Some(deny_outside_rules(rt, "(burst)", &denial)),
+        Verdict::Call(never) => match never {},
+        // Nothing in this phase waits; fail closed should one ever ask to.
+        Verdict::WaitForKeys(_) | Verdict::WaitForBody => {
+            Some(deny_outside_rules(rt, "(burst)", &Denial::RateLimitUnavailable))
         }
     }
 }

@@ -1,7 +1,6 @@
 //! JWT verification through a real Envoy loading the real filter, with a remote JWKS
 //! served by an in-process test server that counts its fetches.
 
-
 use portcullis_e2e::tokens::{claims, jwks, now, FixtureKey};
 use portcullis_e2e::{http, www_authenticate, Envoy, FilterStack};
 use serde_json::{json, Value};

@@ -239,6 +239,21 @@ fn decode_member(name: &str, value: Option<&String>) -> Result<Vec<u8>, String> 
 
 /// Works out the one algorithm a key may be used with, then builds its material.
 fn load_key(jwk: &RawJwk) -> Result<VerificationKey, String> {
+    check_key_use(jwk)?;
+    let declared = declared_algorithm(jwk)?;
+    let family = key_family(jwk)?;
+    let alg = key_algorithm(jwk, family, declared)?;
+    let material = match family {
+        KeyFamily::Hmac => hmac_material(jwk, alg)?,
+        KeyFamily::Rsa => rsa_material(jwk, alg)?,
+        KeyFamily::EcP256 => p256_material(jwk)?,
+        KeyFamily::Ed25519 => ed25519_material(jwk)?,
+    };
+    Ok(VerificationKey { kid: jwk.kid.clone(), alg, material })
+}
+
+/// A key for signatures, when `use` or `key_ops` say what it is for.
+fn check_key_use(jwk: &RawJwk) -> Result<(), String> {
     if let Some(use_) = &jwk.use_ {
         if use_ != "sig" {
             return Err(format!("`use` is {use_:?}, not \"sig\""));
@@ -249,13 +264,12 @@ fn load_key(jwk: &RawJwk) -> Result<VerificationKey, String> {
             return Err("`key_ops` does not include \"verify\"".to_owned());
         }
     }
-    let declared = match jwk.alg.as_deref() {
-        None => None,
-        Some(name) => Some(
-            Algorithm::from_name(name).ok_or_else(|| format!("unsupported `alg` {:?}", truncate(name)))?,
-        ),
-    };
-    let family = match (jwk.kty.as_str(), jwk.crv.as_deref()) {
+    Ok(())
+}
+
+/// The key's family from `kty` (and `crv`).
+fn key_family(jwk: &RawJwk) -> Result<KeyFamily, String> {
+    Ok(match (jwk.kty.as_str(), jwk.crv.as_deref()) {
         ("RSA", _) => KeyFamily::Rsa,
         ("oct", _) => KeyFamily::Hmac,
         ("EC", Some("P-256")) => KeyFamily::EcP256,
@@ -263,88 +277,98 @@ fn load_key(jwk: &RawJwk) -> Result<VerificationKey, String> {
         ("EC" | "OKP", Some(crv)) => return Err(format!("unsupported curve {:?}", truncate(crv))),
         ("EC" | "OKP", None) => return Err("missing `crv`".to_owned()),
         (kty, _) => return Err(format!("unsupported `kty` {:?}", truncate(kty))),
-    };
-    let alg = match (family, declared) {
-        (_, Some(alg)) if alg.family() != family => {
-            return Err(format!("`alg` {alg} does not fit `kty` {}", jwk.kty));
-        }
-        (_, Some(alg)) => alg,
-        (KeyFamily::EcP256, None) => Algorithm::ES256,
-        (KeyFamily::Ed25519, None) => Algorithm::EdDSA,
-        (KeyFamily::Rsa | KeyFamily::Hmac, None) => {
-            return Err(format!(
-                "`{}` keys must declare `alg` (a key is bound to exactly one algorithm)",
-                jwk.kty
-            ));
-        }
-    };
+    })
+}
 
-    let material = match family {
-        KeyFamily::Hmac => {
-            let secret = decode_member("k", jwk.k.as_ref())?;
-            // RFC 7518 §3.2: the secret must be at least as long as the hash output.
-            let min = match alg {
-                Algorithm::HS384 => 48,
-                Algorithm::HS512 => 64,
-                _ => 32,
-            };
-            if secret.len() < min {
-                return Err(format!("{alg} secret shorter than {min} bytes"));
-            }
-            match alg {
-                Algorithm::HS384 => KeyMaterial::Hs384(Hs384Key::new(&secret)),
-                Algorithm::HS512 => KeyMaterial::Hs512(Hs512Key::new(&secret)),
-                _ => KeyMaterial::Hs256(Hs256Key::new(&secret)),
-            }
+/// The key's `alg`, when it has one.
+fn declared_algorithm(jwk: &RawJwk) -> Result<Option<Algorithm>, String> {
+    match jwk.alg.as_deref() {
+        None => Ok(None),
+        Some(name) => Algorithm::from_name(name)
+            .map(Some)
+            .ok_or_else(|| format!("unsupported `alg` {:?}", truncate(name))),
+    }
+}
+
+/// The one algorithm the key is bound to: its `alg` when it fits the family, else the
+/// family's only algorithm; RSA and HMAC keys must declare theirs.
+fn key_algorithm(jwk: &RawJwk, family: KeyFamily, declared: Option<Algorithm>) -> Result<Algorithm, String> {
+    match (family, declared) {
+        (_, Some(alg)) if alg.family() != family => {
+            Err(format!("`alg` {alg} does not fit `kty` {}", jwk.kty))
         }
-        KeyFamily::Rsa => {
-            let n = decode_member("n", jwk.n.as_ref())?;
-            let e = decode_member("e", jwk.e.as_ref())?;
-            let n = strip_leading_zeros(&n);
-            let bits = bit_length(n);
-            if bits < MIN_RSA_BITS {
-                return Err(format!("RSA modulus of {bits} bits is under {MIN_RSA_BITS}"));
-            }
-            let jwk = JsonWebKey::Rsa {
-                modulus: n.into(),
-                public_exponent: strip_leading_zeros(&e).into(),
-                private_parts: None,
-            };
-            let key = RsaPublicKey::try_from(&jwk)
-                .map_err(|_| "invalid RSA public key (modulus over 4096 bits or bad exponent)")?;
-            let rsa = match alg {
-                Algorithm::RS384 => Rsa::rs384(),
-                Algorithm::RS512 => Rsa::rs512(),
-                Algorithm::PS256 => Rsa::ps256(),
-                Algorithm::PS384 => Rsa::ps384(),
-                Algorithm::PS512 => Rsa::ps512(),
-                _ => Rsa::rs256(),
-            };
-            KeyMaterial::Rsa { alg: rsa, key, modulus_len: n.len() }
+        (_, Some(alg)) => Ok(alg),
+        (KeyFamily::EcP256, None) => Ok(Algorithm::ES256),
+        (KeyFamily::Ed25519, None) => Ok(Algorithm::EdDSA),
+        (KeyFamily::Rsa | KeyFamily::Hmac, None) => {
+            Err(format!("`{}` keys must declare `alg` (a key is bound to exactly one algorithm)", jwk.kty))
         }
-        KeyFamily::EcP256 => {
-            let x = decode_member("x", jwk.x.as_ref())?;
-            let y = decode_member("y", jwk.y.as_ref())?;
-            if x.len() != 32 || y.len() != 32 {
-                return Err("P-256 coordinates must be 32 bytes each".to_owned());
-            }
-            let jwk =
-                JsonWebKey::EllipticCurve { curve: "P-256".into(), x: x.into(), y: y.into(), secret: None };
-            let key = Es256VerifyingKey::try_from(&jwk).map_err(|_| "not a valid P-256 point".to_owned())?;
-            KeyMaterial::Es256(key)
-        }
-        KeyFamily::Ed25519 => {
-            let x = decode_member("x", jwk.x.as_ref())?;
-            if x.len() != 32 {
-                return Err("Ed25519 public key must be 32 bytes".to_owned());
-            }
-            let jwk = JsonWebKey::KeyPair { curve: "Ed25519".into(), x: x.into(), secret: None };
-            let key = Ed25519VerifyingKey::try_from(&jwk)
-                .map_err(|_| "not a valid Ed25519 public key".to_owned())?;
-            KeyMaterial::Ed25519(key)
-        }
+    }
+}
+
+fn hmac_material(jwk: &RawJwk, alg: Algorithm) -> Result<KeyMaterial, String> {
+    let secret = decode_member("k", jwk.k.as_ref())?;
+    // RFC 7518 §3.2: the secret must be at least as long as the hash output.
+    let min = match alg {
+        Algorithm::HS384 => 48,
+        Algorithm::HS512 => 64,
+        _ => 32,
     };
-    Ok(VerificationKey { kid: jwk.kid.clone(), alg, material })
+    if secret.len() < min {
+        return Err(format!("{alg} secret shorter than {min} bytes"));
+    }
+    Ok(match alg {
+        Algorithm::HS384 => KeyMaterial::Hs384(Hs384Key::new(&secret)),
+        Algorithm::HS512 => KeyMaterial::Hs512(Hs512Key::new(&secret)),
+        _ => KeyMaterial::Hs256(Hs256Key::new(&secret)),
+    })
+}
+
+fn rsa_material(jwk: &RawJwk, alg: Algorithm) -> Result<KeyMaterial, String> {
+    let n = decode_member("n", jwk.n.as_ref())?;
+    let e = decode_member("e", jwk.e.as_ref())?;
+    let n = strip_leading_zeros(&n);
+    let bits = bit_length(n);
+    if bits < MIN_RSA_BITS {
+        return Err(format!("RSA modulus of {bits} bits is under {MIN_RSA_BITS}"));
+    }
+    let jwk = JsonWebKey::Rsa {
+        modulus: n.into(),
+        public_exponent: strip_leading_zeros(&e).into(),
+        private_parts: None,
+    };
+    let key = RsaPublicKey::try_from(&jwk)
+        .map_err(|_| "invalid RSA public key (modulus over 4096 bits or bad exponent)")?;
+    let rsa = match alg {
+        Algorithm::RS384 => Rsa::rs384(),
+        Algorithm::RS512 => Rsa::rs512(),
+        Algorithm::PS256 => Rsa::ps256(),
+        Algorithm::PS384 => Rsa::ps384(),
+        Algorithm::PS512 => Rsa::ps512(),
+        _ => Rsa::rs256(),
+    };
+    Ok(KeyMaterial::Rsa { alg: rsa, key, modulus_len: n.len() })
+}
+
+fn p256_material(jwk: &RawJwk) -> Result<KeyMaterial, String> {
+    let x = decode_member("x", jwk.x.as_ref())?;
+    let y = decode_member("y", jwk.y.as_ref())?;
+    if x.len() != 32 || y.len() != 32 {
+        return Err("P-256 coordinates must be 32 bytes each".to_owned());
+    }
+    let jwk = JsonWebKey::EllipticCurve { curve: "P-256".into(), x: x.into(), y: y.into(), secret: None };
+    let key = Es256VerifyingKey::try_from(&jwk).map_err(|_| "not a valid P-256 point".to_owned())?;
+    Ok(KeyMaterial::Es256(key))
+}
+
+fn ed25519_material(jwk: &RawJwk) -> Result<KeyMaterial, String> {
+    let x = decode_member("x", jwk.x.as_ref())?;
+    if x.len() != 32 {
+        return Err("Ed25519 public key must be 32 bytes".to_owned());
+    }
+    let jwk = JsonWebKey::KeyPair { curve: "Ed25519".into(), x: x.into(), secret: None };
+    let key = Ed25519VerifyingKey::try_from(&jwk).map_err(|_| "not a valid Ed25519 public key".to_owned())?;
+    Ok(KeyMaterial::Ed25519(key))
 }
 
 fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {

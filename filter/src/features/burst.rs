@@ -4,8 +4,10 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::convert::Infallible;
 
 use portcullis_core::burst::Burst;
+use portcullis_core::check::Verdict;
 use portcullis_core::response::Denial;
 use portcullis_core::wire::{BlockedIp, BurstEntry, BurstReport};
 use portcullis_core::RequestParts;
@@ -35,18 +37,19 @@ pub struct BurstState {
 }
 
 impl BurstState {
-    /// Counts a request for the burst report and answers whether its address is blocked.
+    /// The burst check (`Phase::Address`): counts a request for the burst report and
+    /// denies it when its address is blocked. It never needs a call.
     pub fn check(
         &self,
         env: Env<'_>,
         burst: &Burst,
         request: &RequestParts,
         ip: Option<&str>,
-    ) -> Option<Denial> {
-        let ip = ip?;
+    ) -> Verdict<Infallible> {
+        let Some(ip) = ip else { return Verdict::Pass };
         self.count(env, request, ip);
         if !burst.enforce_blocks {
-            return None;
+            return Verdict::Pass;
         }
         let now = env.now_ms;
         let mut cache = self.blocked.borrow_mut();
@@ -59,10 +62,11 @@ impl BurstState {
             }
         }
         let until = cache.until.get(ip).copied().unwrap_or(0);
-        (until > now).then(|| {
-            env.metrics.count("portcullis.burst.blocked_requests");
-            Denial::AddressBlocked { retry_after_secs: (until - now).div_ceil(1000) }
-        })
+        if until <= now {
+            return Verdict::Pass;
+        }
+        env.metrics.count("portcullis.burst.blocked_requests");
+        Verdict::Deny(Denial::AddressBlocked { retry_after_secs: (until - now).div_ceil(1000) })
     }
 
     fn count(&self, env: Env<'_>, request: &RequestParts, ip: &str) {
