@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde::Deserialize;
 
+use crate::api_auth::{compile_api_tokens, ApiTokenSettings, ApiTokensConfig};
 use crate::burst::BurstConfig;
 use crate::client_addr::ClientIpConfig;
 use crate::control_plane::{ControlPlane, ControlPlaneConfig, Environment};
@@ -76,6 +77,9 @@ pub struct PluginConfig {
     /// How strictly request paths are read (only ever stricter than the default).
     #[serde(default)]
     pub paths: PathOptions,
+    /// Long-lived API tokens, for rules with `acceptApiTokens` (needs `controlPlane`).
+    #[serde(default)]
+    pub api_tokens: Option<ApiTokensConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -115,6 +119,8 @@ pub struct Policy {
     pub stateful_checks: StatefulChecks,
     /// How request paths are normalised and which are refused.
     pub paths: PathOptions,
+    /// API tokens, when the configuration has an `apiTokens` section.
+    pub api_tokens: Option<ApiTokenSettings>,
 }
 
 impl Policy {
@@ -198,6 +204,8 @@ pub fn compile(config: PluginConfig, env: Environment<'_>) -> Result<Policy, Con
     let revocation =
         compile_revocation_section(config.revocation, control_plane.as_ref(), &providers, &rules)?;
 
+    let api_tokens = compile_api_tokens_section(config.api_tokens, control_plane.as_ref(), &rules)?;
+
     let rule_names: Vec<String> = rules.iter().map(|r| r.name.clone()).collect();
     let stateful_checks = crate::stateful::compile(
         StatefulSections {
@@ -211,6 +219,9 @@ pub fn compile(config: PluginConfig, env: Environment<'_>) -> Result<Policy, Con
     )?;
 
     let mut managed_headers: Vec<String> = providers.iter().flat_map(|p| p.managed_headers()).collect();
+    if let Some(settings) = &api_tokens {
+        managed_headers.extend(settings.managed_headers().iter().map(|h| h.to_string()));
+    }
     managed_headers.sort();
     managed_headers.dedup();
 
@@ -226,6 +237,7 @@ pub fn compile(config: PluginConfig, env: Environment<'_>) -> Result<Policy, Con
         revocation,
         stateful_checks,
         paths: config.paths,
+        api_tokens,
     })
 }
 
@@ -308,6 +320,34 @@ fn compile_revocation_section(
         }
     }
     Ok(revocation)
+}
+
+/// The `apiTokens` section, which needs the control plane serving the feed; a rule
+/// taking API tokens needs the section.
+fn compile_api_tokens_section(
+    config: Option<ApiTokensConfig>,
+    control_plane: Option<&ControlPlane>,
+    rules: &[Rule],
+) -> Result<Option<ApiTokenSettings>, ConfigError> {
+    let settings = match (config, control_plane) {
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                "apiTokens",
+                "needs a top-level `controlPlane` section: the token feed is served by the control plane",
+            ))
+        }
+        (Some(c), Some(cp)) => Some(compile_api_tokens(c, cp).map_err(|e| e.within("apiTokens"))?),
+    };
+    if settings.is_none() {
+        if let Some(i) = rules.iter().position(|r| r.accept_api_tokens) {
+            return Err(ConfigError::new(
+                format!("rules[{i}].acceptApiTokens"),
+                "needs a top-level `apiTokens` section (and `controlPlane`)",
+            ));
+        }
+    }
+    Ok(settings)
 }
 
 fn is_quoted_string_safe(c: char) -> bool {

@@ -5,6 +5,7 @@
 //! wasm.
 
 pub mod account;
+pub mod api_auth;
 pub mod api_token;
 pub mod authn;
 pub mod burst;

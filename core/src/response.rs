@@ -2,6 +2,7 @@
 //! tokens, with a small JSON body. Nothing from the token or the keys is echoed back.
 
 use crate::account::AccountError;
+use crate::api_token::Refusal;
 use crate::jwt::reason::Reason;
 use crate::path::PathRejection;
 
@@ -12,6 +13,14 @@ pub enum Denial {
     MissingCredentials,
     /// A token was presented and rejected.
     InvalidToken(Reason),
+    /// An API token was presented and refused (`unknown_token`, `bad_secret`,
+    /// `expired`, `revoked`, `malformed`).
+    InvalidApiToken(Refusal),
+    /// More than one credential (a JWT and an API token, or two API tokens): 400
+    /// `invalid_request` (RFC 6750 §2: one method per request).
+    MultipleCredentials,
+    /// The API token replica has not been synced yet: the rule fails closed.
+    ApiTokensUnavailable,
     /// The token is valid but lacks a required scope (listed).
     InsufficientScope(Vec<String>),
     /// The token is valid but carries none of the required roles.
@@ -45,6 +54,9 @@ impl Denial {
         match self {
             Denial::MissingCredentials => "missing_token",
             Denial::InvalidToken(r) => r.as_str(),
+            Denial::InvalidApiToken(r) => r.as_str(),
+            Denial::MultipleCredentials => "multiple_credentials",
+            Denial::ApiTokensUnavailable => "api_tokens_unavailable",
             Denial::InsufficientScope(_) => "insufficient_scope",
             Denial::InsufficientRole => "insufficient_role",
             Denial::NoMatchingRule => "no_matching_rule",
@@ -62,10 +74,12 @@ impl Denial {
 
     pub fn status(&self) -> u16 {
         match self {
-            Denial::MissingCredentials | Denial::InvalidToken(_) => 401,
+            Denial::MissingCredentials | Denial::InvalidToken(_) | Denial::InvalidApiToken(_) => 401,
+            Denial::MultipleCredentials => 400,
             Denial::InsufficientScope(_) | Denial::InsufficientRole | Denial::NoMatchingRule => 403,
             Denial::KeysUnavailable
             | Denial::RevocationUnavailable
+            | Denial::ApiTokensUnavailable
             | Denial::RateLimitUnavailable
             | Denial::LockoutUnavailable => 503,
             Denial::RateLimited { .. } | Denial::LockedOut { .. } | Denial::AddressBlocked { .. } => 429,
@@ -103,6 +117,13 @@ impl Denial {
                 "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{}\"",
                 reason.as_str()
             )),
+            Denial::InvalidApiToken(reason) => Some(format!(
+                "Bearer realm=\"{realm}\", error=\"invalid_token\", error_description=\"{}\"",
+                reason.as_str()
+            )),
+            Denial::MultipleCredentials => Some(format!(
+                "Bearer realm=\"{realm}\", error=\"invalid_request\", error_description=\"multiple_credentials\""
+            )),
             Denial::InsufficientScope(scopes) => {
                 let scope = scopes.iter().map(|s| quote_safe(s)).collect::<Vec<_>>().join(" ");
                 Some(format!("Bearer realm=\"{realm}\", error=\"insufficient_scope\", scope=\"{scope}\""))
@@ -119,6 +140,14 @@ impl Denial {
         match self {
             Denial::MissingCredentials => ("unauthorized", "a bearer token is required".to_string()),
             Denial::InvalidToken(reason) => ("invalid_token", reason.description().to_string()),
+            Denial::InvalidApiToken(reason) => ("invalid_token", reason.description().to_string()),
+            Denial::MultipleCredentials => {
+                ("invalid_request", "present one credential: a JWT or an API token, once".to_string())
+            }
+            Denial::ApiTokensUnavailable => (
+                "temporarily_unavailable",
+                "API tokens cannot be checked until the first sync with the control plane".to_string(),
+            ),
             Denial::InsufficientScope(_) => {
                 ("insufficient_scope", "the token lacks a required scope".to_string())
             }
@@ -151,6 +180,7 @@ impl Denial {
         match self {
             Denial::KeysUnavailable
             | Denial::RevocationUnavailable
+            | Denial::ApiTokensUnavailable
             | Denial::RateLimitUnavailable
             | Denial::LockoutUnavailable => headers.push(("retry-after".to_string(), "1".to_string())),
             Denial::RateLimited { retry_after_secs, headers: limit_headers } => {
@@ -265,6 +295,26 @@ mod tests {
         let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
         assert_eq!(body["error"], "invalid_request");
         assert_eq!(body["reason"], "path_encoded_slash");
+    }
+
+    #[test]
+    fn a_refused_api_token_is_401_invalid_token_with_its_reason_and_two_credentials_are_400() {
+        let r = Denial::InvalidApiToken(Refusal::Revoked).render("api");
+        assert_eq!(r.status, 401);
+        let www = r.headers.iter().find(|(n, _)| n == "www-authenticate").map(|(_, v)| v.as_str());
+        assert_eq!(www, Some("Bearer realm=\"api\", error=\"invalid_token\", error_description=\"revoked\""));
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(
+            (body["error"].as_str(), body["reason"].as_str()),
+            (Some("invalid_token"), Some("revoked"))
+        );
+        let r = Denial::MultipleCredentials.render("api");
+        assert_eq!(r.status, 400);
+        let www = r.headers.iter().find(|(n, _)| n == "www-authenticate").map(|(_, v)| v.as_str());
+        assert!(www.is_some_and(|w| w.contains("error=\"invalid_request\"")), "{www:?}");
+        let r = Denial::ApiTokensUnavailable.render("api");
+        assert_eq!(r.status, 503);
+        assert!(r.headers.iter().any(|(n, v)| n == "retry-after" && v == "1"));
     }
 
     #[test]

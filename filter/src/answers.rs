@@ -10,6 +10,7 @@ use portcullis_core::keyfetch::FetchKind;
 use portcullis_core::RequestParts;
 
 use crate::calls::Call;
+use crate::features::api_token::MAX_FEED_BYTES as MAX_API_TOKEN_FEED_BYTES;
 use crate::features::jwt::{is_remote, MAX_JWKS_BYTES};
 use crate::features::revocation::MAX_FEED_BYTES;
 use crate::held::FEED_POLL;
@@ -125,6 +126,19 @@ pub fn on_answer(
             // Requests that waited for a fresher replica (a version above its ceiling).
             wake_parked(rt, Some(FEED_POLL), current);
         }
+        Call::ApiTokenFeed => {
+            let (status, body) = rt.host.call_response(body_size, MAX_API_TOKEN_FEED_BYTES);
+            let Some(sync) = &rt.api_tokens else { return };
+            if sync.complete_poll(status.as_deref(), body, rt.host.now_unix_ms(), &rt.metrics) {
+                api_token_tick(rt, rt.host.now_unix_ms());
+            }
+        }
+        Call::ApiTokenUsage => {
+            let (status, _) = rt.host.call_response(body_size, 4096);
+            if status.as_deref() != Some("200") {
+                rt.metrics.count("portcullis.api_tokens.usage_failed");
+            }
+        }
         Call::StrictRevocation { .. } => {
             let Some(state) = state else { return };
             let Some(check) = state.progress.strict.take() else { return };
@@ -181,6 +195,36 @@ pub fn refresh_keys(rt: &Runtime, now: u64) {
                 remote.cluster
             );
             rt.jwt.complete_fetch(rt.env(now), &rt.policy, p, (None, None));
+        }
+    }
+}
+
+/// Root tick: the API token feed poll when this worker holds the lease and one is due,
+/// and this worker's usage report when one is due. Neither is on a request's path.
+pub fn api_token_tick(rt: &Runtime, now: u64) {
+    let Some(sync) = &rt.api_tokens else { return };
+    let upstream = Upstream::control_plane(&sync.settings.control_plane);
+    if !rt.calls.in_flight(|c| matches!(c, Call::ApiTokenFeed)) {
+        if let Some(path) = sync.claim_poll(now) {
+            let timeout = sync.settings.timeout_ms;
+            if let Err(status) = rt.calls.get(&*rt.host, &upstream, &path, timeout, Call::ApiTokenFeed) {
+                log::warn!(
+                    "cannot call cluster `{}` for the API token feed ({status:?}); is it defined?",
+                    sync.settings.control_plane.cluster
+                );
+                sync.complete_poll(None, None, now, &rt.metrics);
+            }
+        }
+    }
+    if let Some(body) = sync.take_usage_report(now) {
+        let path = sync.settings.usage_path.as_str();
+        let timeout = sync.settings.timeout_ms;
+        if rt
+            .calls
+            .post_json(&*rt.host, 0, &upstream, (path, body.as_slice()), timeout, Call::ApiTokenUsage)
+            .is_err()
+        {
+            rt.metrics.count("portcullis.api_tokens.usage_failed");
         }
     }
 }

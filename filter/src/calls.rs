@@ -70,6 +70,10 @@ pub enum Call {
     /// Unspent leased units given back.
     Release,
     Burst,
+    /// A poll of the API token feed (root context).
+    ApiTokenFeed,
+    /// A usage report of API tokens (root context).
+    ApiTokenUsage,
 }
 
 /// The call a stateful check needs before it can answer (`check::Verdict::Call`).

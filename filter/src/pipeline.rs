@@ -13,6 +13,7 @@
 //! breach rotation): the request pauses while the feed is polled once, then is decided
 //! again.
 
+use portcullis_core::api_auth::ApiAuth;
 use portcullis_core::authn::{
     authenticate, check_token_status, Authenticated, AuthnInput, Outcome, RevocationInput, UpstreamEdits,
 };
@@ -100,6 +101,8 @@ struct Round<'a> {
     edits: UpstreamEdits,
     /// The provider a denial names.
     provider: Option<usize>,
+    /// An API token decided the request (the JWT check then has nothing to do).
+    api_token: bool,
 }
 
 /// Decides `request` under rule `rule` and carries the decision out on the current
@@ -130,11 +133,16 @@ pub fn decide(
             identities: Vec::new(),
             edits: UpstreamEdits::default(),
             provider: None,
+            api_token: false,
         };
+        let mut api = |r: &mut Round<'_>| api_token_check(rt, r);
         let mut jwt = |r: &mut Round<'_>| jwt_check(rt, r);
         let mut strict = |r: &mut Round<'_>| strict_revocation_check(rt, r);
-        let checks: &mut [(Phase, CheckFn<'_, Round<'_>, AuthCall>)] =
-            &mut [(Phase::Authenticate, &mut jwt), (Phase::Revocation, &mut strict)];
+        let checks: &mut [(Phase, CheckFn<'_, Round<'_>, AuthCall>)] = &mut [
+            (Phase::Authenticate, &mut api),
+            (Phase::Authenticate, &mut jwt),
+            (Phase::Revocation, &mut strict),
+        ];
         let verdict = first_verdict(&mut round, checks);
         let Round { identities, edits, provider, .. } = round;
         match verdict {
@@ -171,6 +179,9 @@ fn refuse(rt: &Runtime, rule: &Rule, denial: &Denial, provider: Option<usize>) -
 /// The JWT check ([`Phase::Authenticate`]): core's decision with this worker's keys.
 /// A token above the replica's version ceiling asks for one feed poll first.
 fn jwt_check(rt: &Runtime, round: &mut Round<'_>) -> Verdict<AuthCall> {
+    if round.api_token {
+        return Verdict::Pass;
+    }
     let outcome = authenticate_now(rt, round.rule, round.request, round.progress, round.now_ms);
     let verdict = outcome.verdict();
     match outcome {
@@ -190,6 +201,25 @@ fn jwt_check(rt: &Runtime, round: &mut Round<'_>) -> Verdict<AuthCall> {
         Outcome::FetchKeys(_) => {}
     }
     verdict
+}
+
+/// The API token check ([`Phase::Authenticate`], before the JWT check): on a rule
+/// taking API tokens, a request carrying one is decided by it from the shared replica
+/// (no call); one without leaves the decision to the JWT check.
+fn api_token_check(rt: &Runtime, round: &mut Round<'_>) -> Verdict<AuthCall> {
+    let Some(sync) = &rt.api_tokens else { return Verdict::Pass };
+    match sync.authenticate(rt.env(round.now_ms), &rt.policy.providers, round.rule, round.request) {
+        ApiAuth::Absent => Verdict::Pass,
+        ApiAuth::Deny(denial) => Verdict::Deny(denial),
+        ApiAuth::Allow(identity) => {
+            round.api_token = true;
+            round.edits = UpstreamEdits {
+                set_headers: identity.set_headers,
+                remove_tokens: identity.remove.into_iter().collect(),
+            };
+            Verdict::Pass
+        }
+    }
 }
 
 /// The strict revocation check ([`Phase::Revocation`]): under `revocationCheck:

@@ -72,6 +72,10 @@ impl RootContext for PortcullisRoot {
                     Some(r) => TICK.min(Duration::from_millis((r.poll_interval_ms / 2).max(100))),
                     None => TICK,
                 };
+                let tick = match &policy.api_tokens {
+                    Some(a) => tick.min(Duration::from_millis((a.poll_interval_ms / 4).max(50))),
+                    None => tick,
+                };
                 let tick = if policy.stateful_checks.is_empty() {
                     tick
                 } else {
@@ -83,8 +87,10 @@ impl RootContext for PortcullisRoot {
                         .unwrap_or(u64::MAX);
                     tick.min(GUARD_TICK).min(Duration::from_millis(report.max(100)))
                 };
-                let needs_tick =
-                    has_remote || policy.revocation.is_some() || !policy.stateful_checks.is_empty();
+                let needs_tick = has_remote
+                    || policy.revocation.is_some()
+                    || policy.api_tokens.is_some()
+                    || !policy.stateful_checks.is_empty();
                 self.tick_ms = u64::try_from(tick.as_millis()).unwrap_or(500);
                 let guarded = !policy.stateful_checks.is_empty();
                 let vm = next_vm_number(&*self.host);
@@ -130,6 +136,7 @@ impl RootContext for PortcullisRoot {
                 }
             }
         }
+        answers::api_token_tick(&rt, now);
         answers::refresh_keys(&rt, now);
     }
 

@@ -11,6 +11,7 @@ use portcullis_core::authn::Authenticated;
 use portcullis_core::config::Policy;
 
 use crate::calls::CallRouter;
+use crate::features::api_token::ApiTokenSync;
 use crate::features::burst::BurstState;
 use crate::features::jwt::JwtState;
 use crate::features::lockout::LockoutState;
@@ -31,6 +32,8 @@ pub struct Runtime {
     pub jwt: JwtState,
     pub metrics: Metrics,
     pub revocation: Option<RevocationSync>,
+    /// The API token replica, with an `apiTokens` section.
+    pub api_tokens: Option<ApiTokenSync>,
     /// Tokens that passed a strict revocation check recently: key → until (ms).
     strict_ok: RefCell<HashMap<String, u64>>,
     /// Every outbound call in flight, the circuit breaker and the root's call queue.
@@ -46,8 +49,10 @@ impl Runtime {
     /// `vm`: this VM's number, unique among the VMs of this Envoy.
     pub fn new(policy: Policy, vm: u64, now_ms: u64, host: Rc<dyn Host>) -> Self {
         let revocation = policy.revocation.clone().map(|r| RevocationSync::new(r, vm, now_ms, host.clone()));
+        let api_tokens = policy.api_tokens.clone().map(|s| ApiTokenSync::new(s, vm, host.clone()));
         Runtime {
             revocation,
+            api_tokens,
             strict_ok: RefCell::new(HashMap::new()),
             jwt: JwtState::new(&policy),
             policy,

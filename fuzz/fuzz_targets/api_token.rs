@@ -8,15 +8,21 @@
 //! `MAX_TOKEN_LEN` bytes; parse is a function of the input only (a second parse agrees);
 //! a generated token parses to its own lookup and verifies; a page the replica refuses
 //! leaves its tokens and cursor as they were; a token the replica accepts was on the
-//! page and its secret matches the stored verifier.
+//! page and its secret matches the stored verifier. The whole input read as a shared
+//! replica cell (`api_auth::cells`) never panics, and what decodes re-encodes to a
+//! cell that decodes the same.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use portcullis_core::api_auth::cells;
 use portcullis_core::api_token::{
     generate, is_lookup, parse, verify, ApiTokenFeedPage, ApiTokenReplica, MAX_TOKEN_LEN, RANDOM_BYTES,
 };
 
 fuzz_target!(|data: &[u8]| {
+    let records = cells::decode_cell(data);
+    assert_eq!(cells::decode_cell(&cells::encode_cell(&records)), records);
+    let _ = cells::find_in_cell(data, "abcdEFGH");
     let (presented, page) = match data.iter().position(|b| *b == 0) {
         Some(i) => (&data[..i], Some(&data[i + 1..])),
         None => (data, None),

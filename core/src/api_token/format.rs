@@ -145,7 +145,7 @@ pub(super) fn push_base62(out: &mut String, bytes: &[u8], digits: usize) {
 }
 
 /// [`CHECKSUM_LEN`] base62 digits of the first 4 bytes of SHA-256(`body`).
-pub(super) fn checksum(body: &[u8]) -> String {
+pub fn checksum(body: &[u8]) -> String {
     let digest = Sha256::digest(body);
     let mut out = String::with_capacity(CHECKSUM_LEN);
     push_base62(&mut out, digest.get(..4).unwrap_or_default(), CHECKSUM_LEN);

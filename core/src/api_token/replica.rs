@@ -13,6 +13,8 @@ pub enum Refusal {
     BadSecret,
     Expired,
     Revoked,
+    /// Not of the format, or its checksum does not match: refused before any lookup.
+    Malformed,
 }
 
 impl Refusal {
@@ -23,6 +25,18 @@ impl Refusal {
             Refusal::BadSecret => "bad_secret",
             Refusal::Expired => "expired",
             Refusal::Revoked => "revoked",
+            Refusal::Malformed => "malformed",
+        }
+    }
+
+    /// What the reply's `error_description` says.
+    pub fn description(self) -> &'static str {
+        match self {
+            Refusal::UnknownToken => "the API token is not known",
+            Refusal::BadSecret => "the API token's secret does not match",
+            Refusal::Expired => "the API token has expired",
+            Refusal::Revoked => "the API token has been revoked",
+            Refusal::Malformed => "not an API token of the expected format",
         }
     }
 }
@@ -71,14 +85,17 @@ struct Assembly {
     cursor: String,
 }
 
-fn lookup_key(lookup: &str) -> Option<[u8; LOOKUP_LEN]> {
+/// The lookup id as the replica's key; `None` if it is not one.
+pub fn lookup_key(lookup: &str) -> Option<[u8; LOOKUP_LEN]> {
     if !is_lookup(lookup) {
         return None;
     }
     <[u8; LOOKUP_LEN]>::try_from(lookup.as_bytes()).ok()
 }
 
-fn replica_entry(entry: &ApiTokenEntry) -> Option<([u8; LOOKUP_LEN], ReplicaToken)> {
+/// A feed entry as the replica holds it; `None` if its lookup or verifier is not of the
+/// format.
+pub fn replica_entry(entry: &ApiTokenEntry) -> Option<([u8; LOOKUP_LEN], ReplicaToken)> {
     Some((
         lookup_key(&entry.lookup)?,
         ReplicaToken {

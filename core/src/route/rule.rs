@@ -17,7 +17,14 @@ pub struct RuleConfig {
     pub name: Option<String>,
     #[serde(rename = "match", default)]
     pub matches: MatchConfig,
-    pub requires: RequirementConfig,
+    /// Required, except on a rule taking API tokens only (`acceptApiTokens` without
+    /// `requires`).
+    #[serde(default)]
+    pub requires: Option<RequirementConfig>,
+    /// Also take API tokens (the top-level `apiTokens` section says where and how); a
+    /// request carrying one is decided by it, with the rule's `scopes`.
+    #[serde(default)]
+    pub accept_api_tokens: bool,
     #[serde(default)]
     pub scopes: Vec<String>,
     #[serde(default)]
@@ -84,6 +91,8 @@ pub struct Rule {
     /// the control plane does not answer in time).
     pub on_stale: StaleAction,
     pub revocation_check: RevocationCheck,
+    /// API tokens are taken too (see [`crate::api_auth`]).
+    pub accept_api_tokens: bool,
 }
 
 /// True for a CORS preflight request, which browsers send without credentials.
@@ -107,7 +116,18 @@ pub(crate) fn compile_rule(
     };
     let matcher = compile_match(config.matches).map_err(|e| e.within("match"))?;
 
-    let requirement = compile_requirement(config.requires, providers)?;
+    let requirement = match config.requires {
+        Some(requires) => compile_requirement(requires, providers)?,
+        // API tokens only: no provider, so a request without one is refused.
+        None if config.accept_api_tokens => Requirement::AnyOf(Vec::new()),
+        None => return Err(ConfigError::new("requires", "missing field `requires`")),
+    };
+    if config.accept_api_tokens && config.roles.is_some() {
+        return Err(ConfigError::new(
+            "roles",
+            "API tokens carry scopes, not roles: a rule taking them has no `roles`",
+        ));
+    }
 
     let no_identity = requirement == Requirement::None;
     if no_identity && (!config.scopes.is_empty() || config.roles.is_some()) {
@@ -147,6 +167,7 @@ pub(crate) fn compile_rule(
         shadow: config.shadow,
         on_stale: config.on_stale,
         revocation_check: config.revocation_check,
+        accept_api_tokens: config.accept_api_tokens,
     })
 }
 

@@ -4,6 +4,7 @@
 //! them, the way Envoy delivers them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod api_tokens;
 mod jwks;
 mod rule_counters;
 mod stateful;

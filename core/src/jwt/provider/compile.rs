@@ -154,7 +154,7 @@ fn compile_inline(
     Ok((keys, warnings))
 }
 
-fn compile_location(src: TokenSourceConfig) -> Result<TokenLocation, ConfigError> {
+pub(crate) fn compile_location(src: TokenSourceConfig) -> Result<TokenLocation, ConfigError> {
     match (src.header, src.cookie, src.query) {
         (Some(header), None, None) => {
             check_header_name("header", &header)?;
