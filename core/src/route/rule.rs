@@ -30,6 +30,9 @@ pub struct RuleConfig {
     pub on_stale: StaleAction,
     #[serde(default)]
     pub revocation_check: RevocationCheck,
+    /// Signed requests (HMAC): the schemes and what a signature must cover.
+    #[serde(default)]
+    pub signatures: Option<crate::signature::SignatureRuleConfig>,
 }
 
 /// `"none"`, `{"provider": "p"}`, `{"anyOf": ["a", "b"]}` or `{"allOf": ["a", "b"]}`.
@@ -84,6 +87,9 @@ pub struct Rule {
     /// the control plane does not answer in time).
     pub on_stale: StaleAction,
     pub revocation_check: RevocationCheck,
+    /// The signature this rule demands, if any (compiled with the keys, in
+    /// `config.rs`).
+    pub signatures: Option<crate::signature::SignaturePolicy>,
 }
 
 /// True for a CORS preflight request, which browsers send without credentials.
@@ -147,6 +153,7 @@ pub(crate) fn compile_rule(
         shadow: config.shadow,
         on_stale: config.on_stale,
         revocation_check: config.revocation_check,
+        signatures: None,
     })
 }
 
