@@ -1,15 +1,17 @@
 //! The checks that need the host, one file each: JWT verification's keys, versions and
 //! cache ([`jwt`]), the revocation replica ([`revocation`]), rate limits
-//! ([`ratelimit`]), account lockout ([`lockout`]) and burst reports ([`burst`]). Each
-//! holds its per-worker state and answers from it and shared data; none makes a call
-//! or carries a decision out itself: calls leave through the router (`calls.rs`), and
-//! the pipeline (`pipeline.rs`, `stateful.rs`) acts on what the checks answer.
+//! ([`ratelimit`]), account lockout ([`lockout`]), burst reports ([`burst`]) and signed
+//! requests' replay guard ([`signature`]). Each holds its per-worker state and answers
+//! from it and shared data; none makes a call or carries a decision out itself: calls
+//! leave through the router (`calls.rs`), and the pipeline (`pipeline.rs`,
+//! `stateful.rs`) acts on what the checks answer.
 
 pub mod burst;
 pub mod jwt;
 pub mod lockout;
 pub mod ratelimit;
 pub mod revocation;
+pub mod signature;
 
 use crate::host::Host;
 use crate::metrics::Metrics;

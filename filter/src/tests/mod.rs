@@ -6,6 +6,7 @@
 
 mod jwks;
 mod rule_counters;
+mod signatures;
 mod stateful;
 
 use std::collections::HashMap;
