@@ -24,6 +24,7 @@ use crate::path::PathOptions;
 use crate::ratelimit::RateLimitConfig;
 use crate::revocation::{compile_revocation, RevocationCheck, RevocationConfig, RevocationSettings};
 use crate::route::{compile_rule, Rule, RuleConfig};
+use crate::signature::{compile_keys, compile_signatures, KeyRing, SignatureKeyConfig};
 use crate::stateful::{StatefulChecks, StatefulSections};
 
 pub const DEFAULT_REALM: &str = "portcullis";
@@ -80,6 +81,10 @@ pub struct PluginConfig {
     /// Long-lived API tokens, for rules with `acceptApiTokens` (needs `controlPlane`).
     #[serde(default)]
     pub api_tokens: Option<ApiTokensConfig>,
+    /// Keys of signed requests, inline: for development only (whoever reads the plugin
+    /// configuration reads the secrets).
+    #[serde(default)]
+    pub signature_keys: Vec<SignatureKeyConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -121,6 +126,8 @@ pub struct Policy {
     pub paths: PathOptions,
     /// API tokens, when the configuration has an `apiTokens` section.
     pub api_tokens: Option<ApiTokenSettings>,
+    /// The keys of signed requests (rules' `signatures`).
+    pub signature_keys: KeyRing,
 }
 
 impl Policy {
@@ -195,7 +202,8 @@ pub fn compile(config: PluginConfig, env: Environment<'_>) -> Result<Policy, Con
         ));
     }
     let providers = compile_providers(config.providers)?;
-    let rules = compile_rules(config.rules, &providers)?;
+    let signature_keys = compile_keys(config.signature_keys)?;
+    let rules = compile_rules(config.rules, &providers, &signature_keys)?;
     let (cache_capacity, cache_max_ttl_secs) = compile_cache(config.verified_token_cache)?;
     let control_plane = match config.control_plane {
         None => None,
@@ -222,6 +230,10 @@ pub fn compile(config: PluginConfig, env: Environment<'_>) -> Result<Policy, Con
     if let Some(settings) = &api_tokens {
         managed_headers.extend(settings.managed_headers().iter().map(|h| h.to_string()));
     }
+    if rules.iter().any(|r| r.signatures.is_some()) {
+        managed_headers
+            .extend([crate::signature::KEY_ID_HEADER, crate::signature::OWNER_HEADER].map(str::to_string));
+    }
     managed_headers.sort();
     managed_headers.dedup();
 
@@ -238,6 +250,7 @@ pub fn compile(config: PluginConfig, env: Environment<'_>) -> Result<Policy, Con
         stateful_checks,
         paths: config.paths,
         api_tokens,
+        signature_keys,
     })
 }
 
@@ -257,15 +270,26 @@ fn compile_providers(configs: BTreeMap<String, ProviderConfig>) -> Result<Vec<Pr
     Ok(providers)
 }
 
-fn compile_rules(configs: Vec<RuleConfig>, providers: &[Provider]) -> Result<Vec<Rule>, ConfigError> {
+fn compile_rules(
+    configs: Vec<RuleConfig>,
+    providers: &[Provider],
+    keys: &KeyRing,
+) -> Result<Vec<Rule>, ConfigError> {
+    let key_ids: Vec<String> = keys.keys.iter().map(|k| k.id.clone()).collect();
     if configs.len() > MAX_RULES {
         return Err(ConfigError::new("rules", format!("at most {MAX_RULES} rules are supported")));
     }
     let mut rules = Vec::with_capacity(configs.len());
     let mut names = HashSet::new();
-    for (i, rule_config) in configs.into_iter().enumerate() {
+    for (i, mut rule_config) in configs.into_iter().enumerate() {
         let at = format!("rules[{i}]");
-        let rule = compile_rule(i, rule_config, providers).map_err(|e| e.within(&at))?;
+        let signatures = rule_config.signatures.take();
+        let mut rule = compile_rule(i, rule_config, providers).map_err(|e| e.within(&at))?;
+        if let Some(s) = signatures {
+            let compiled =
+                compile_signatures(s, &key_ids).map_err(|e| e.within(&format!("{at}.signatures")))?;
+            rule.signatures = Some(compiled);
+        }
         if !names.insert(rule.name.clone()) {
             return Err(ConfigError::new(
                 format!("{at}.name"),

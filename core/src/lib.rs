@@ -27,6 +27,7 @@ pub mod revocation;
 pub mod route;
 #[cfg(feature = "schema")]
 pub mod schema;
+pub mod signature;
 pub mod stateful;
 pub mod wire;
 

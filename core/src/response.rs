@@ -5,6 +5,7 @@ use crate::account::AccountError;
 use crate::api_token::Refusal;
 use crate::jwt::reason::Reason;
 use crate::path::PathRejection;
+use crate::signature::Reason as SignatureReason;
 
 /// Why a request was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +47,12 @@ pub enum Denial {
     LoginUnreadable(AccountError),
     /// The path is ambiguous (see [`crate::path`]): 400, whatever the rule.
     InvalidPath(PathRejection),
+    /// A signed request's signature was refused: 401 with a `Signature` challenge.
+    InvalidSignature(SignatureReason),
+    /// A signed request's body is over the rule's cap: 413.
+    SignedBodyTooLarge,
+    /// The replay guard could not answer: 503.
+    ReplayGuardUnavailable,
 }
 
 impl Denial {
@@ -69,6 +76,9 @@ impl Denial {
             Denial::AddressBlocked { .. } => "address_blocked",
             Denial::LoginUnreadable(e) => e.code(),
             Denial::InvalidPath(r) => r.code(),
+            Denial::InvalidSignature(r) => r.as_str(),
+            Denial::SignedBodyTooLarge => "body_too_large",
+            Denial::ReplayGuardUnavailable => "replay_guard_unavailable",
         }
     }
 
@@ -85,6 +95,9 @@ impl Denial {
             Denial::RateLimited { .. } | Denial::LockedOut { .. } | Denial::AddressBlocked { .. } => 429,
             Denial::LoginUnreadable(e) => e.status(),
             Denial::InvalidPath(_) => 400,
+            Denial::InvalidSignature(_) => 401,
+            Denial::SignedBodyTooLarge => 413,
+            Denial::ReplayGuardUnavailable => 503,
         }
     }
 
@@ -131,6 +144,9 @@ impl Denial {
             Denial::InsufficientRole => Some(format!(
                 "Bearer realm=\"{realm}\", error=\"insufficient_scope\", error_description=\"insufficient_role\""
             )),
+            Denial::InvalidSignature(reason) => {
+                Some(format!("Signature realm=\"{realm}\", error=\"{}\"", reason.as_str()))
+            }
             _ => None,
         }
     }
@@ -172,6 +188,13 @@ impl Denial {
             }
             Denial::LoginUnreadable(e) => ("invalid_request", e.description()),
             Denial::InvalidPath(r) => ("invalid_request", r.description().to_string()),
+            Denial::InvalidSignature(r) => ("invalid_signature", r.description().to_string()),
+            Denial::SignedBodyTooLarge => {
+                ("invalid_request", "the body is larger than a signed request may be here".to_string())
+            }
+            Denial::ReplayGuardUnavailable => {
+                ("temporarily_unavailable", "the replay guard did not answer; try again shortly".to_string())
+            }
         }
     }
 
@@ -182,7 +205,8 @@ impl Denial {
             | Denial::RevocationUnavailable
             | Denial::ApiTokensUnavailable
             | Denial::RateLimitUnavailable
-            | Denial::LockoutUnavailable => headers.push(("retry-after".to_string(), "1".to_string())),
+            | Denial::LockoutUnavailable
+            | Denial::ReplayGuardUnavailable => headers.push(("retry-after".to_string(), "1".to_string())),
             Denial::RateLimited { retry_after_secs, headers: limit_headers } => {
                 headers.push(("retry-after".to_string(), retry_after_secs.max(&1).to_string()));
                 headers.extend(limit_headers.iter().cloned());
@@ -315,6 +339,22 @@ mod tests {
         let r = Denial::ApiTokensUnavailable.render("api");
         assert_eq!(r.status, 503);
         assert!(r.headers.iter().any(|(n, v)| n == "retry-after" && v == "1"));
+    }
+
+    #[test]
+    fn a_refused_signature_is_401_with_a_signature_challenge_and_its_reason_only() {
+        let r = Denial::InvalidSignature(SignatureReason::BadSignature).render("api");
+        assert_eq!(r.status, 401);
+        let www = r.headers.iter().find(|(n, _)| n == "www-authenticate").map(|(_, v)| v.as_str());
+        assert_eq!(www, Some("Signature realm=\"api\", error=\"bad_signature\""));
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(
+            (body["error"].as_str(), body["reason"].as_str()),
+            (Some("invalid_signature"), Some("bad_signature"))
+        );
+        assert_eq!(Denial::SignedBodyTooLarge.render("api").status, 413);
+        let down = Denial::ReplayGuardUnavailable.render("api");
+        assert!(down.status == 503 && down.headers.iter().any(|(n, v)| n == "retry-after" && v == "1"));
     }
 
     #[test]

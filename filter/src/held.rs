@@ -16,6 +16,7 @@ use portcullis_core::RequestParts;
 
 use crate::features::lockout::LoginAttempt;
 use crate::features::ratelimit::LimitsProgress;
+use crate::features::signature::Signer;
 
 /// Requests one worker holds while a key fetch is in flight; more are decided at once.
 const MAX_PARKED: usize = 1024;
@@ -34,6 +35,9 @@ pub struct CheckInput {
     /// On a lockout route: `Some(account)`, or `Some(None)` when none could be read and
     /// the lockout counts such attempts by address only.
     pub login: Option<Option<String>>,
+    /// The key whose signature verified, once the signature check passed (it runs once
+    /// per request: its replay guard remembers the nonce).
+    pub signer: Option<Signer>,
 }
 
 /// A request waiting for a JWKS fetch (or, with [`FEED_POLL`], a feed poll) that

@@ -29,6 +29,7 @@ use portcullis_core::RequestParts;
 
 use crate::calls::Call;
 use crate::features::jwt::fetchable;
+use crate::features::signature::{self, SignedParts};
 use crate::held::{CheckInput, Parked, FEED_POLL};
 use crate::host::Upstream;
 use crate::reply::{apply_edits, count_allowed, deny, Next};
@@ -56,6 +57,8 @@ pub struct Progress {
     no_callouts: bool,
     /// What the stateful checks after authentication need.
     pub(crate) input: CheckInput,
+    /// On a rule with `signatures`: the scheme and buffered body the check reads.
+    pub(crate) signed: Option<SignedParts>,
 }
 
 impl Progress {
@@ -69,6 +72,7 @@ impl Progress {
             feed_refreshed: true,
             no_callouts: true,
             input,
+            signed: None,
         }
     }
 }
@@ -135,16 +139,20 @@ pub fn decide(
             provider: None,
             api_token: false,
         };
+        let mut signed = |r: &mut Round<'_>| signature_check(rt, r);
         let mut api = |r: &mut Round<'_>| api_token_check(rt, r);
         let mut jwt = |r: &mut Round<'_>| jwt_check(rt, r);
         let mut strict = |r: &mut Round<'_>| strict_revocation_check(rt, r);
+        // The signature first: it runs once, and a JWT round may start again.
         let checks: &mut [(Phase, CheckFn<'_, Round<'_>, AuthCall>)] = &mut [
+            (Phase::Authenticate, &mut signed),
             (Phase::Authenticate, &mut api),
             (Phase::Authenticate, &mut jwt),
             (Phase::Revocation, &mut strict),
         ];
         let verdict = first_verdict(&mut round, checks);
-        let Round { identities, edits, provider, .. } = round;
+        let Round { identities, mut edits, provider, .. } = round;
+        signature::upstream_headers(progress.input.signer.as_ref(), &mut edits);
         match verdict {
             Verdict::Pass => return allow(rt, request, &identities, &edits, &progress.input),
             Verdict::Deny(denial) => return refuse(rt, rule, &denial, provider),
@@ -174,6 +182,22 @@ pub fn decide(
 fn refuse(rt: &Runtime, rule: &Rule, denial: &Denial, provider: Option<usize>) -> Next {
     let provider_name = provider.and_then(|p| rt.policy.providers.get(p)).map(|p| p.name());
     deny(rt, rule.name.as_str(), rule.shadow, denial, provider_name)
+}
+
+/// The signature check ([`Phase::Authenticate`]) of a rule with `signatures`.
+fn signature_check(rt: &Runtime, round: &mut Round<'_>) -> Verdict<AuthCall> {
+    let (env, p) = (rt.env(round.now_ms), &mut *round.progress);
+    match signature::check_once(
+        env,
+        &rt.policy,
+        round.rule,
+        round.request,
+        p.signed.as_ref(),
+        &mut p.input.signer,
+    ) {
+        Ok(()) => Verdict::Pass,
+        Err(denial) => Verdict::Deny(denial),
+    }
 }
 
 /// The JWT check ([`Phase::Authenticate`]): core's decision with this worker's keys.

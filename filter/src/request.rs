@@ -26,10 +26,11 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
 use crate::answers::{on_answer, RequestState};
+use crate::features::signature::SignedParts;
 use crate::host::Host;
 use crate::login;
 use crate::pipeline::decide;
-use crate::reply::{deny_outside_rules, Next};
+use crate::reply::{deny, deny_outside_rules, Next};
 use crate::runtime::Runtime;
 use crate::stateful;
 
@@ -38,13 +39,23 @@ pub struct AuthnContext {
     host: Rc<dyn Host>,
     runtime: Option<Rc<Runtime>>,
     state: RequestState,
-    /// A login attempt whose account is in the body: the body is being buffered.
-    awaiting_body: bool,
+    /// The body is being buffered for the decision (a login's account, a signature).
+    awaiting_body: Option<BodyWait>,
+}
+
+/// Who waits for a request's body, and how much of it may be buffered.
+#[derive(Debug, Clone, Copy)]
+struct BodyWait {
+    cap: usize,
+    /// The login's account is in the body (lockout route).
+    login: bool,
+    /// The rule's signature covers the body: its cap (over it: 413).
+    signature: Option<usize>,
 }
 
 impl AuthnContext {
     pub fn new(context_id: u32, host: Rc<dyn Host>, runtime: Option<Rc<Runtime>>) -> Self {
-        AuthnContext { id: context_id, host, runtime, state: RequestState::default(), awaiting_body: false }
+        AuthnContext { id: context_id, host, runtime, state: RequestState::default(), awaiting_body: None }
     }
 }
 
@@ -144,7 +155,9 @@ impl AuthnContext {
             let _ = self.host.send_local_reply(503, &reply.headers, "{\"error\":\"filter_not_configured\"}");
             return Next::Paused;
         };
-        let mut request = request_parts(rt.host.request_headers());
+        let raw = rt.host.request_headers();
+        let scheme = raw.iter().find(|(n, _)| n == ":scheme").map(|(_, v)| v.clone()).unwrap_or_default();
+        let mut request = request_parts(raw);
         strip_managed_headers(&rt, &mut request);
 
         let guards = &rt.policy.stateful_checks;
@@ -164,37 +177,67 @@ impl AuthnContext {
         if let Err(rejection) = route {
             return deny_outside_rules(&rt, "(path)", &Denial::InvalidPath(rejection));
         }
+        let mut login_body = false;
         if !guards.is_empty() {
             self.state.progress.input.client_ip = ip;
             if let Some(lockout) = guards.lockout.as_ref().filter(|l| l.matches(&request)) {
-                if lockout.account.needs_body() && !end_of_stream {
-                    // Decide once the body (and the account in it) is here.
-                    self.awaiting_body = true;
-                    self.state.request = Some(request);
-                    return Next::Paused;
-                }
-                match login::login_account(&rt, &request, Some(&[])) {
-                    Ok(account) => self.state.progress.input.login = Some(account),
-                    Err(next) => return next,
+                login_body = lockout.account.needs_body() && !end_of_stream;
+                if !login_body {
+                    match login::login_account(&rt, &request, Some(&[])) {
+                        Ok(account) => self.state.progress.input.login = Some(account),
+                        Err(next) => return next,
+                    }
                 }
             }
+        }
+        // Rules with `signatures` need keys: without keys no rule is signed, no lookup.
+        let signature = match rt.policy.signature_keys.keys.is_empty() {
+            true => None,
+            false => {
+                rt.policy.match_rule(&request).and_then(|r| r.signatures.as_ref()).map(|s| s.max_body_bytes)
+            }
+        };
+        if signature.is_some() {
+            self.state.progress.signed = Some(SignedParts { scheme, body: Vec::new() });
+        }
+        if (login_body || signature.is_some()) && !end_of_stream {
+            // Decide once the body (the account in it, what the signature covers) is here.
+            let login_cap = if login_body { Self::lockout_body_cap(&rt) } else { 0 };
+            let cap = login_cap.max(signature.unwrap_or(0));
+            self.awaiting_body = Some(BodyWait { cap, login: login_body, signature });
+            self.state.request = Some(request);
+            return Next::Paused;
         }
         self.start(&rt, request)
     }
 
-    /// The login body is complete (end of stream, trailers, or past the cap: `None`).
-    fn login_body_complete(&mut self, rt: &Rc<Runtime>, body: Option<Vec<u8>>) -> Next {
-        self.awaiting_body = false;
+    /// The awaited body is complete (end of stream, trailers, or past the cap: `None`).
+    fn body_complete(&mut self, rt: &Rc<Runtime>, wait: BodyWait, body: Option<Vec<u8>>) -> Next {
         let Some(request) = self.state.request.take() else {
-            log::error!("a login body arrived for a request that was not kept; holding it");
+            log::error!("a body arrived for a request that was not kept; holding it");
             return Next::Paused;
         };
-        if body.is_none() {
-            rt.metrics.count("portcullis.lockout.body_too_large");
+        if let Some(cap) = wait.signature {
+            match (&body, &mut self.state.progress.signed) {
+                (Some(b), Some(signed)) if b.len() <= cap => signed.body = b.clone(),
+                _ => {
+                    rt.metrics.count("portcullis.signature.body_too_large");
+                    let rule = rt.policy.match_rule(&request);
+                    let (name, shadow) = rule.map_or(("(none)", false), |r| (r.name.as_str(), r.shadow));
+                    return deny(rt, name, shadow, &Denial::SignedBodyTooLarge, None);
+                }
+            }
         }
-        match login::login_account(rt, &request, body.as_deref()) {
-            Ok(account) => self.state.progress.input.login = Some(account),
-            Err(next) => return next,
+        if wait.login {
+            let cap = Self::lockout_body_cap(rt);
+            let body = body.filter(|b| b.len() <= cap);
+            if body.is_none() {
+                rt.metrics.count("portcullis.lockout.body_too_large");
+            }
+            match login::login_account(rt, &request, body.as_deref()) {
+                Ok(account) => self.state.progress.input.login = Some(account),
+                Err(next) => return next,
+            }
         }
         self.start(rt, request)
     }
@@ -229,27 +272,27 @@ impl HttpContext for AuthnContext {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Some(rt) = self.runtime.clone().filter(|_| self.awaiting_body) else {
+        let (Some(rt), Some(wait)) = (self.runtime.clone(), self.awaiting_body) else {
             return self.hold_unless_released();
         };
-        let cap = Self::lockout_body_cap(&rt);
-        if !end_of_stream && body_size <= cap {
+        if !end_of_stream && body_size <= wait.cap {
             return Action::Pause;
         }
-        let body = (body_size <= cap).then(|| rt.host.request_body(body_size).unwrap_or_default());
-        let next = self.login_body_complete(&rt, body);
+        self.awaiting_body = None;
+        let body = (body_size <= wait.cap).then(|| rt.host.request_body(body_size).unwrap_or_default());
+        let next = self.body_complete(&rt, wait, body);
         self.settle(next)
     }
 
     fn on_http_request_trailers(&mut self, _: usize) -> Action {
-        let Some(rt) = self.runtime.clone().filter(|_| self.awaiting_body) else {
+        let (Some(rt), Some(wait)) = (self.runtime.clone(), self.awaiting_body) else {
             return self.hold_unless_released();
         };
+        self.awaiting_body = None;
         // Trailers end the body: decide on what is buffered (reads are capped by the host
         // at what there is; one byte more than the cap tells a body over it).
-        let cap = Self::lockout_body_cap(&rt);
-        let body = rt.host.request_body(cap.saturating_add(1)).unwrap_or_default();
-        let next = self.login_body_complete(&rt, (body.len() <= cap).then_some(body));
+        let body = rt.host.request_body(wait.cap.saturating_add(1)).unwrap_or_default();
+        let next = self.body_complete(&rt, wait, (body.len() <= wait.cap).then_some(body));
         self.settle(next)
     }
 

@@ -37,6 +37,9 @@ pub struct RuleConfig {
     pub on_stale: StaleAction,
     #[serde(default)]
     pub revocation_check: RevocationCheck,
+    /// Signed requests (HMAC): the schemes and what a signature must cover.
+    #[serde(default)]
+    pub signatures: Option<crate::signature::SignatureRuleConfig>,
 }
 
 /// `"none"`, `{"provider": "p"}`, `{"anyOf": ["a", "b"]}` or `{"allOf": ["a", "b"]}`.
@@ -93,6 +96,9 @@ pub struct Rule {
     pub revocation_check: RevocationCheck,
     /// API tokens are taken too (see [`crate::api_auth`]).
     pub accept_api_tokens: bool,
+    /// The signature this rule demands, if any (compiled with the keys, in
+    /// `config.rs`).
+    pub signatures: Option<crate::signature::SignaturePolicy>,
 }
 
 /// True for a CORS preflight request, which browsers send without credentials.
@@ -168,6 +174,7 @@ pub(crate) fn compile_rule(
         on_stale: config.on_stale,
         revocation_check: config.revocation_check,
         accept_api_tokens: config.accept_api_tokens,
+        signatures: None,
     })
 }
 

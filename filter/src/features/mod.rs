@@ -1,10 +1,10 @@
 //! The checks that need the host, one file each: JWT verification's keys, versions and
 //! cache ([`jwt`]), the revocation replica ([`revocation`]), the API token replica
-//! ([`api_token`]), rate limits
-//! ([`ratelimit`]), account lockout ([`lockout`]) and burst reports ([`burst`]). Each
-//! holds its per-worker state and answers from it and shared data; none makes a call
-//! or carries a decision out itself: calls leave through the router (`calls.rs`), and
-//! the pipeline (`pipeline.rs`, `stateful.rs`) acts on what the checks answer.
+//! ([`api_token`]), rate limits ([`ratelimit`]), account lockout ([`lockout`]), burst
+//! reports ([`burst`]) and signed requests' replay guard ([`signature`]). Each holds its
+//! per-worker state and answers from it and shared data; none makes a call or carries a
+//! decision out itself: calls leave through the router (`calls.rs`), and the pipeline
+//! (`pipeline.rs`, `stateful.rs`) acts on what the checks answer.
 
 pub mod api_token;
 pub mod burst;
@@ -12,6 +12,7 @@ pub mod jwt;
 pub mod lockout;
 pub mod ratelimit;
 pub mod revocation;
+pub mod signature;
 
 use crate::host::Host;
 use crate::metrics::Metrics;

@@ -7,6 +7,7 @@
 mod api_tokens;
 mod jwks;
 mod rule_counters;
+mod signatures;
 mod stateful;
 
 use std::collections::HashMap;
