@@ -96,6 +96,9 @@ pub struct AppState {
     pub webhooks: Arc<Webhooks>,
     /// API token prefix and longest lifetime; [`AppState::with_api_token_policy`] sets it.
     pub api_token_policy: Arc<ApiTokenPolicy>,
+    /// Audit records older than this are purged by [`AppState::maintain`] (`None`:
+    /// kept forever); [`AppState::with_audit_retention`] sets it.
+    pub audit_retention_ms: Option<u64>,
 }
 
 /// What one [`AppState::maintain`] pass did.
@@ -105,6 +108,9 @@ pub struct Maintenance {
     pub retired_version: Option<u64>,
     pub trimmed_feed_entries: u64,
     pub trimmed_api_token_feed_entries: u64,
+    /// The periodic audit checkpoint made, if the chain had grown since the last one.
+    pub audit_checkpoint_seq: Option<u64>,
+    pub purged_audit_records: u64,
 }
 
 impl AppState {
@@ -150,12 +156,19 @@ impl AppState {
             burst,
             webhooks,
             api_token_policy: Arc::new(ApiTokenPolicy::default()),
+            audit_retention_ms: None,
         })
     }
 
     /// Replaces the API token settings (default: prefix `pct`, at most 365 days).
     pub fn with_api_token_policy(mut self, policy: ApiTokenPolicy) -> Self {
         self.api_token_policy = Arc::new(policy);
+        self
+    }
+
+    /// Purges audit records older than `retention_ms` on every maintenance pass.
+    pub fn with_audit_retention(mut self, retention_ms: Option<u64>) -> Self {
+        self.audit_retention_ms = retention_ms;
         self
     }
 
@@ -180,7 +193,8 @@ impl AppState {
     }
 
     /// Periodic upkeep, safe to run on every replica at once: scheduled rotation,
-    /// retiring keys past their overlap, trimming the change feed.
+    /// retiring keys past their overlap, trimming the change feed, an audit checkpoint
+    /// and audit retention.
     pub async fn maintain(&self) -> Result<Maintenance, error::ApiError> {
         let now_ms = self.clock.now_ms();
         let store = self.store.as_ref();
@@ -215,6 +229,12 @@ impl AppState {
         }
         done.trimmed_feed_entries = revocations::trim_feed(store, self.feed_keep).await?;
         done.trimmed_api_token_feed_entries = crate::api_tokens::trim_feed(store, self.feed_keep).await?;
+        let signer = Arc::clone(self.keys.current(now_ms).await.current());
+        if let Some(retention_ms) = self.audit_retention_ms {
+            done.purged_audit_records =
+                audit::retention::purge(store, Arc::clone(&signer), retention_ms, now_ms).await?;
+        }
+        done.audit_checkpoint_seq = audit::checkpoint_if_due(store, signer, now_ms).await?;
         Ok(done)
     }
 }
@@ -241,7 +261,10 @@ pub fn route_groups() -> Vec<RouteGroup> {
         group(
             Listener::Admin,
             Credential::Admin,
-            OpenApiRouter::new().nest("/admin/v1", admin::routes().merge(api_tokens::admin_routes())),
+            OpenApiRouter::new().nest(
+                "/admin/v1",
+                admin::routes().merge(api_tokens::admin_routes()),
+            ),
         ),
         group(
             Listener::Admin,
