@@ -14,6 +14,7 @@
 
 mod admin;
 mod api_tokens;
+mod audit_log;
 pub mod error;
 mod feed;
 mod fleet;
@@ -251,7 +252,8 @@ pub fn route_groups() -> Vec<RouteGroup> {
                 .merge(feed::routes())
                 .merge(ratelimit::routes())
                 .merge(guard::routes())
-                .merge(api_tokens::internal_routes()),
+                .merge(api_tokens::internal_routes())
+                .merge(audit_log::internal_routes()),
         ),
         group(
             Listener::Internal,
@@ -263,7 +265,7 @@ pub fn route_groups() -> Vec<RouteGroup> {
             Credential::Admin,
             OpenApiRouter::new().nest(
                 "/admin/v1",
-                admin::routes().merge(api_tokens::admin_routes()),
+                admin::routes().merge(api_tokens::admin_routes()).merge(audit_log::admin_routes()),
             ),
         ),
         group(
