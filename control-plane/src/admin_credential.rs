@@ -42,19 +42,41 @@ pub enum AdminCredentialError {
 }
 
 #[derive(Debug)]
-pub struct AdminCredential(SecretDigest);
+pub struct AdminCredential {
+    digest: SecretDigest,
+    identity: String,
+}
 
 impl AdminCredential {
     pub fn new(token: &str) -> Result<Self, AdminCredentialError> {
         if token.chars().count() < MIN_ADMIN_TOKEN_LEN {
             return Err(AdminCredentialError::TooShort);
         }
-        Ok(Self(SecretDigest::new(token)))
+        let digest = SecretDigest::new(token);
+        let identity = admin_identity(&digest);
+        Ok(Self { digest, identity })
     }
 
     pub fn verify(&self, presented: &str) -> bool {
-        self.0.matches(&SecretDigest::new(presented)).into()
+        self.digest.matches(&SecretDigest::new(presented)).into()
     }
+
+    /// Who the audit log says acted when this credential was presented:
+    /// `admin:<fingerprint>`, the first 8 bytes (hex) of a SHA-256 over the token's
+    /// digest under a label of its own. Names the credential (records made before and
+    /// after an admin token change tell which token was used) without revealing anything
+    /// that helps guess it: 64 bits of a hash of a hash of a 16+ character secret.
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+}
+
+fn admin_identity(digest: &SecretDigest) -> String {
+    let mut fingerprint = Sha256::new();
+    fingerprint.update(b"portcullis admin identity\0");
+    fingerprint.update(digest.0);
+    let fingerprint = fingerprint.finalize();
+    format!("admin:{}", portcullis_core::codec::hex(fingerprint.get(..8).unwrap_or_default()))
 }
 
 /// One accepted fleet credential and the feed key its callers get hashes under.
@@ -126,6 +148,18 @@ mod tests {
         assert!(credential.verify("0123456789abcdef-secret"));
         assert!(!credential.verify("0123456789abcdef-secreT"));
         assert!(!credential.verify(""));
+    }
+
+    #[test]
+    fn the_identity_names_the_token_without_revealing_it() {
+        let token = "0123456789abcdef-secret";
+        let identity = AdminCredential::new(token).unwrap().identity().to_owned();
+        assert_eq!(identity, AdminCredential::new(token).unwrap().identity(), "stable");
+        assert_ne!(identity, AdminCredential::new("0123456789abcdef-other").unwrap().identity());
+        let digest = portcullis_core::codec::hex(&Sha256::digest(token.as_bytes()));
+        let fingerprint = identity.strip_prefix("admin:").unwrap();
+        assert_eq!(fingerprint.len(), 16);
+        assert!(!digest.contains(fingerprint) && !identity.contains(token));
     }
 
     #[test]

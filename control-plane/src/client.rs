@@ -10,6 +10,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::api_tokens::{ApiTokenInfo, CreateApiToken, CreatedApiToken};
+use crate::audit::query::{AuditPage, AuditQuery};
+use crate::audit::verify::Verification;
+use crate::audit::AuditRecord;
 use crate::http::{
     ApiTokenList, ApiTokensRevoked, GlobalRotateRequest, KeyList, Problem, RevocationAccepted,
     RevocationRequest, StatusReport,
@@ -252,6 +255,25 @@ impl ControlPlaneClient {
         let response =
             self.authorised(self.http.delete(self.url(&path))).send().await.map_err(|e| self.transport(e))?;
         self.decode(response).await
+    }
+
+    /// One page of the audit log (`query` holds the filters, the cursor and the order).
+    pub async fn audit_page(&self, query: &AuditQuery) -> Result<AuditPage, ClientError> {
+        let response = self
+            .authorised(self.http.get(self.url("/admin/v1/audit")))
+            .query(query)
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        self.decode(response).await
+    }
+
+    pub async fn audit_verify(&self) -> Result<Verification, ClientError> {
+        self.get_json("/admin/v1/audit/verify").await
+    }
+
+    pub async fn audit_checkpoint(&self) -> Result<AuditRecord, ClientError> {
+        self.post_json("/admin/v1/audit/checkpoint", &serde_json::json!({})).await
     }
 
     pub async fn health(&self) -> Result<HealthReport, ClientError> {

@@ -297,6 +297,11 @@ pub struct ServerConfig {
     #[arg(long, env = "PORTCULLIS_ROTATE_EVERY", value_parser = parse_duration_secs)]
     pub rotate_every: Option<u64>,
 
+    /// Purge audit records older than this many days (behind a signed checkpoint, so
+    /// the rest still verifies). Unset: keep them forever.
+    #[arg(long, env = "PORTCULLIS_AUDIT_RETENTION_DAYS", value_parser = clap::value_parser!(u64).range(1..=36500))]
+    pub audit_retention_days: Option<u64>,
+
     /// Change feed entries kept; followers further behind get a snapshot.
     #[arg(long, env = "PORTCULLIS_FEED_KEEP", default_value_t = crate::revocations::DEFAULT_FEED_KEEP)]
     pub feed_keep: usize,

@@ -157,6 +157,20 @@ impl LoadedKeySet {
         }
     }
 
+    /// Keys audit checkpoints verify against: every key not revoked, retired ones
+    /// included (a checkpoint outlives its key's overlap).
+    pub fn audit_jwks(&self) -> JwkSet {
+        JwkSet {
+            keys: self
+                .stored
+                .keys
+                .iter()
+                .filter(|k| k.status != KeyStatus::Revoked)
+                .filter_map(|k| k.public.clone())
+                .collect(),
+        }
+    }
+
     pub fn list(&self, now_ms: u64) -> Vec<KeyInfo> {
         self.stored
             .keys

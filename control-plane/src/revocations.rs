@@ -916,6 +916,15 @@ mod tests {
             self.note("log_append_if_last");
             self.inner.log_append_if_last(log, expected_last_seq, entry).await
         }
+        async fn log_append_batch_if_last(
+            &self,
+            log: &str,
+            expected_last_seq: Option<u64>,
+            entries: Vec<Vec<u8>>,
+        ) -> Result<u64, LogAppendError> {
+            self.note("log_append_batch_if_last");
+            self.inner.log_append_batch_if_last(log, expected_last_seq, entries).await
+        }
         async fn log_range(
             &self,
             log: &str,
@@ -928,6 +937,10 @@ mod tests {
         async fn log_last(&self, log: &str) -> Result<Option<LogEntry>, StoreError> {
             self.note("log_last");
             self.inner.log_last(log).await
+        }
+        async fn log_trim(&self, log: &str, before_seq: u64) -> Result<u64, StoreError> {
+            self.note("log_trim");
+            self.inner.log_trim(log, before_seq).await
         }
         async fn gcra(
             &self,

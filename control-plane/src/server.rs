@@ -171,7 +171,8 @@ pub async fn run(config: ServerConfig) -> Result<(), StartupError> {
     let state = initialise_with_patience(deps, previous_master_key)
         .await?
         .with_burst_config(burst)?
-        .with_api_token_policy(api_token_policy);
+        .with_api_token_policy(api_token_policy)
+        .with_audit_retention(config.audit_retention_days.map(|days| days.saturating_mul(86_400_000)));
     let maintenance = tokio::spawn(maintain_periodically(state.clone()));
     let listeners = Listeners::bind(config.internal_listen, config.admin_listen).await?;
     tracing::info!(

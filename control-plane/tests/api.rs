@@ -101,6 +101,11 @@ fn internal_requests() -> Vec<(&'static str, &'static str, Option<Value>)> {
         ("POST", "/v1/burst/report", Some(json!({"entries": [{"ip": "192.0.2.1", "count": 1}]}))),
         ("GET", "/v1/api-tokens/feed", None),
         ("POST", "/v1/api-tokens/usage", Some(json!({"used": ["abcdEFGH"]}))),
+        (
+            "POST",
+            "/v1/audit/decisions",
+            Some(json!({"batchId": "b1", "decisions": [{"timeMs": 1, "decision": "deny"}]})),
+        ),
     ]
 }
 
@@ -252,6 +257,9 @@ async fn each_listener_answers_404_for_the_other_listeners_routes_whatever_the_c
         ("POST", "/admin/v1/api-tokens/abcdEFGH/revoke", None),
         ("GET", "/admin/v1/users/alice/api-tokens", None),
         ("POST", "/admin/v1/users/alice/api-tokens/revoke-all", None),
+        ("GET", "/admin/v1/audit", None),
+        ("GET", "/admin/v1/audit/verify", None),
+        ("POST", "/admin/v1/audit/checkpoint", None),
         ("GET", "/metrics", None),
     ];
     let mut internal_only = internal_requests();
@@ -840,6 +848,7 @@ fn the_openapi_document_is_3_1_with_problem_errors_and_credentials_on_every_oper
             "/v1/burst/report",
             "/v1/api-tokens/feed",
             "/v1/api-tokens/usage",
+            "/v1/audit/decisions",
         ]
         .contains(&path.as_str());
         let scheme = operation["security"][0].as_object().and_then(|s| s.keys().next().cloned());

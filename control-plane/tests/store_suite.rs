@@ -17,8 +17,8 @@ use std::sync::Arc;
 use portcullis_control_plane::store::rate_limit::{MAX_LIMIT, MAX_NOW_MS};
 use portcullis_control_plane::store::redis::{KeySpace, RedisOptions, RedisTimeouts};
 use portcullis_control_plane::store::{
-    EmbeddedStore, LogAppendError, QueueEntry, QueueLane, QueueOutcome, QueueRevive, RedisStore, SetMember,
-    Store, StoreError,
+    EmbeddedStore, LogAppendError, LogEntry, QueueEntry, QueueLane, QueueOutcome, QueueRevive, RedisStore,
+    SetMember, Store, StoreError,
 };
 use portcullis_core::ratelimit::{Gcra, GcraState, Unit};
 use portcullis_core::wire::{RateLimitOp, RateLimitResult};
@@ -46,6 +46,8 @@ support::backends!(
     log_appends_are_sequential_and_ranges_read_back,
     log_append_if_last_detects_conflicts,
     concurrent_conditional_appends_build_one_unbroken_chain,
+    log_trim_drops_old_entries_keeps_the_newest_and_the_sequence,
+    log_batches_append_whole_onto_the_expected_head_or_not_at_all,
     names_are_isolated_across_primitives_and_escaped,
     binary_values_round_trip,
     lease_sizes_shrink_near_the_limit,
@@ -515,6 +517,46 @@ async fn concurrent_conditional_appends_build_one_unbroken_chain(store: Arc<dyn 
         assert_eq!(previous.parse::<u64>().unwrap(), entry.seq - 1, "broken link at {}", entry.seq);
         assert!(writers_seen.insert(writer.to_owned()));
     }
+}
+
+async fn log_trim_drops_old_entries_keeps_the_newest_and_the_sequence(store: Arc<dyn Store>) {
+    assert_eq!(store.log_trim("kept", 10).await.unwrap(), 0, "an absent log has nothing to trim");
+    for i in 1..=5u64 {
+        store.log_append("kept", format!("e{i}").into_bytes()).await.unwrap();
+    }
+    assert_eq!(store.log_trim("kept", 3).await.unwrap(), 2);
+    assert_eq!(store.log_trim("kept", 3).await.unwrap(), 0, "a second trim to the same point drops nothing");
+    let seqs = |entries: Vec<LogEntry>| entries.iter().map(|e| e.seq).collect::<Vec<_>>();
+    assert_eq!(
+        seqs(store.log_range("kept", 1, 10).await.unwrap()),
+        vec![3, 4, 5],
+        "reads start at the oldest kept"
+    );
+    assert_eq!(seqs(store.log_range("kept", 4, 1).await.unwrap()), vec![4]);
+    assert_eq!(store.log_range("kept", 3, 1).await.unwrap()[0].data, b"e3");
+
+    // Trimming past the end keeps the newest entry, and the sequence continues.
+    assert_eq!(store.log_trim("kept", 100).await.unwrap(), 2);
+    assert_eq!(seqs(store.log_range("kept", 0, 10).await.unwrap()), vec![5]);
+    assert_eq!(store.log_last("kept").await.unwrap().unwrap().seq, 5);
+    assert_eq!(store.log_append_if_last("kept", Some(5), b"e6".to_vec()).await.unwrap(), 6);
+    assert_eq!(seqs(store.log_range("kept", 1, 10).await.unwrap()), vec![5, 6]);
+}
+
+async fn log_batches_append_whole_onto_the_expected_head_or_not_at_all(store: Arc<dyn Store>) {
+    let batch = |names: &[&str]| names.iter().map(|n| n.as_bytes().to_vec()).collect::<Vec<_>>();
+    assert_eq!(store.log_append_batch_if_last("batched", None, batch(&["a", "b"])).await.unwrap(), 2);
+    let conflict = store.log_append_batch_if_last("batched", Some(1), batch(&["x", "y"])).await.unwrap_err();
+    assert!(matches!(conflict, LogAppendError::Conflict { last_seq: Some(2) }), "{conflict:?}");
+    assert_eq!(store.log_append_batch_if_last("batched", Some(2), batch(&["c", "d", "e"])).await.unwrap(), 5);
+    let entries = store.log_range("batched", 1, 10).await.unwrap();
+    let data: Vec<&[u8]> = entries.iter().map(|e| e.data.as_slice()).collect();
+    assert_eq!(data, vec![&b"a"[..], b"b", b"c", b"d", b"e"], "nothing of the refused batch");
+    assert_eq!(store.log_last("batched").await.unwrap().unwrap().seq, 5);
+    assert!(matches!(
+        store.log_append_batch_if_last("batched", Some(5), Vec::new()).await,
+        Err(LogAppendError::Store(StoreError::InvalidArgument(_)))
+    ));
 }
 
 async fn names_are_isolated_across_primitives_and_escaped(store: Arc<dyn Store>) {

@@ -7,6 +7,7 @@
 pub mod account;
 pub mod api_auth;
 pub mod api_token;
+pub mod audit;
 pub mod authn;
 pub mod burst;
 pub mod check;

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use portcullis_control_plane::api_tokens::CreateApiToken;
+use portcullis_control_plane::audit::query::{AuditQuery, Order, MAX_LIMIT};
+use portcullis_control_plane::audit::{time_text, AuditRecord};
 use portcullis_control_plane::client::{ClientError, ControlPlaneClient};
 use portcullis_control_plane::config::{parse_duration_secs, AdminTokenArgs};
 use portcullis_control_plane::config_check::Outcome;
@@ -83,6 +85,11 @@ enum Command {
     Lockouts {
         #[command(subcommand)]
         command: LockoutsCommand,
+    },
+    /// The audit log: query, export, verify, checkpoint.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
     },
     /// Webhook deliveries given up on (dead letters).
     Webhooks {
@@ -317,6 +324,172 @@ enum SessionsCommand {
 }
 
 #[derive(Subcommand)]
+enum AuditCommand {
+    /// Records, newest first, one line each (`--json`: the JSON records).
+    List {
+        #[command(flatten)]
+        filters: AuditFilters,
+        /// At most this many records.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every record since a time, oldest first, as JSON lines on stdout.
+    Export {
+        #[command(flatten)]
+        filters: AuditFilters,
+    },
+    /// Walk the chain and its checkpoints; exits 1 when a record fails.
+    Verify,
+    /// Sign a checkpoint over the chain's head now.
+    Checkpoint,
+}
+
+/// Filters of `audit list` and `audit export`; every one given must match.
+#[derive(clap::Args)]
+struct AuditFilters {
+    /// A decision's token subject, or an admin record's target.
+    #[arg(long, allow_hyphen_values = true)]
+    subject: Option<String>,
+    /// A decision's client address.
+    #[arg(long)]
+    ip: Option<String>,
+    /// A decision's rule.
+    #[arg(long)]
+    rule: Option<String>,
+    #[arg(long, value_parser = ["allow", "deny"])]
+    decision: Option<String>,
+    /// A decision's reason (e.g. `expired_token`).
+    #[arg(long)]
+    reason: Option<String>,
+    /// An action or its prefix up to a dot (`keys` matches `keys.rotate`).
+    #[arg(long)]
+    action: Option<String>,
+    /// An actor (`admin:<fingerprint>`) or its kind (`admin`, `system`, `fleet`).
+    #[arg(long)]
+    actor: Option<String>,
+    /// From this time: RFC 3339 (`2026-01-31T12:00:00Z`), Unix milliseconds, or a
+    /// duration ago (`24h`, `7d`).
+    #[arg(long, value_parser = parse_time_ms)]
+    since: Option<u64>,
+    /// Before this time (same forms as --since).
+    #[arg(long, value_parser = parse_time_ms)]
+    until: Option<u64>,
+}
+
+impl AuditFilters {
+    fn query(self, order: Order) -> AuditQuery {
+        AuditQuery {
+            subject: self.subject,
+            ip: self.ip,
+            rule: self.rule,
+            decision: self.decision,
+            reason: self.reason,
+            action: self.action,
+            actor: self.actor,
+            since: self.since,
+            until: self.until,
+            limit: None,
+            cursor: None,
+            order: Some(order),
+        }
+    }
+}
+
+/// RFC 3339 in UTC, Unix milliseconds (13 digits or more), or a duration before now.
+fn parse_time_ms(text: &str) -> Result<u64, String> {
+    if text.contains('T') {
+        return time_text::parse_rfc3339_ms(text);
+    }
+    if text.len() >= 13 && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse().map_err(|_| format!("{text:?} is not a time"));
+    }
+    let ago = parse_duration_secs(text)?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    Ok(now_ms.saturating_sub(ago.saturating_mul(1000)))
+}
+
+/// One line of `audit list`.
+fn audit_line(record: &AuditRecord) -> String {
+    let mut line = format!(
+        "{:>6}  {}  {:<9} {:<26} {:<28} {}",
+        record.seq,
+        time_text::format_rfc3339_ms(record.time),
+        record.kind.as_str(),
+        record.actor,
+        record.action,
+        record.target
+    );
+    if let Some(decision) = &record.decision {
+        for (name, value) in
+            [("ip", &decision.client), ("rule", &decision.rule), ("reason", &decision.reason)]
+        {
+            if let Some(value) = value {
+                line.push_str(&format!("  {name}={value}"));
+            }
+        }
+    }
+    line
+}
+
+async fn audit_command(client: &ControlPlaneClient, command: AuditCommand) -> Result<ExitCode, CliError> {
+    match command {
+        AuditCommand::List { filters, limit, json } => {
+            let mut query = filters.query(Order::Desc);
+            let mut records = Vec::new();
+            while records.len() < limit {
+                query.limit = Some((limit - records.len()).min(MAX_LIMIT));
+                let page = client.audit_page(&query).await?;
+                records.extend(page.records);
+                match page.next_cursor {
+                    Some(cursor) => query.cursor = Some(cursor),
+                    None => break,
+                }
+            }
+            if json {
+                print_json(&records)?;
+            } else {
+                records.iter().for_each(|r| println!("{}", audit_line(r)));
+            }
+        }
+        AuditCommand::Export { filters } => {
+            let mut query = filters.query(Order::Asc);
+            query.limit = Some(MAX_LIMIT);
+            loop {
+                let page = client.audit_page(&query).await?;
+                for record in &page.records {
+                    println!("{}", serde_json::to_string(record)?);
+                }
+                match page.next_cursor {
+                    Some(cursor) => query.cursor = Some(cursor),
+                    None => break,
+                }
+            }
+        }
+        AuditCommand::Verify => {
+            let verification = client.audit_verify().await?;
+            print_json(&verification)?;
+            if let Some(failure) = &verification.failure {
+                eprintln!(
+                    "audit log NOT intact: record {} fails ({:?}): {}",
+                    failure.seq, failure.kind, failure.message
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            match verification.intact_through {
+                Some(seq) => eprintln!("audit log intact through record {seq}"),
+                None => eprintln!("audit log empty"),
+            }
+        }
+        AuditCommand::Checkpoint => print_json(&client.audit_checkpoint().await?)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Subcommand)]
 enum WebhooksCommand {
     /// List the dead letters (oldest first) with their last error and payload.
     DeadLetters,
@@ -489,6 +662,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 print_json(&client.clear_lockout(kind, value).await?)?
             }
         },
+        Command::Audit { command } => return audit_command(&client, command).await,
         Command::Webhooks { command } => match command {
             WebhooksCommand::DeadLetters => print_json(&client.dead_letters().await?)?,
             WebhooksCommand::Retry(DeadLetterArgs { id, .. }) => {

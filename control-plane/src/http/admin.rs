@@ -15,7 +15,7 @@ use utoipa_axum::routes;
 use super::error::ApiJson;
 use super::health::store_is_ready;
 use super::{ApiError, AppState};
-use crate::audit::{self, ACTOR_ADMIN};
+use crate::audit;
 use crate::keys::{KeyInfo, KeyRevocation, KeySelection, Rotation};
 use crate::lockouts::{self, LockoutInfo, LockoutList, SubjectKey};
 use crate::revocations::{self, GlobalState};
@@ -89,7 +89,7 @@ async fn issue_token(
     audit::record(
         state.store.as_ref(),
         now_ms,
-        ACTOR_ADMIN,
+        state.admin.identity(),
         "token.issue",
         &request.sub,
         Some(json!({ "jti": issued.jti, "sid": sid })),
@@ -185,7 +185,7 @@ async fn rotate_keys(State(state): State<AppState>) -> Result<Json<Rotation>, Ap
     audit::record(
         store,
         now_ms,
-        ACTOR_ADMIN,
+        state.admin.identity(),
         "keys.rotate",
         &rotation.kid,
         serde_json::to_value(&rotation).ok(),
@@ -234,8 +234,15 @@ async fn revoke_keys(
     let store = state.store.as_ref();
     revocations::record_key_revocations(store, &revocation.revoked_kids, revocation.key_set_version, now_ms)
         .await?;
-    audit::record(store, now_ms, ACTOR_ADMIN, "keys.revoke", target, serde_json::to_value(&revocation).ok())
-        .await?;
+    audit::record(
+        store,
+        now_ms,
+        state.admin.identity(),
+        "keys.revoke",
+        target,
+        serde_json::to_value(&revocation).ok(),
+    )
+    .await?;
     Ok(Json(revocation))
 }
 
@@ -276,7 +283,7 @@ async fn revoke_jti(
     audit::record(
         store,
         now_ms,
-        ACTOR_ADMIN,
+        state.admin.identity(),
         "revocation.jti",
         &request.jti,
         Some(json!({ "exp": request.exp })),
@@ -307,7 +314,7 @@ async fn revoke_user(
     audit::record(
         store,
         now_ms,
-        ACTOR_ADMIN,
+        state.admin.identity(),
         "revocation.user",
         &sub,
         Some(json!({
@@ -406,7 +413,7 @@ async fn revoke_session(
     audit::record(
         store,
         now_ms,
-        ACTOR_ADMIN,
+        state.admin.identity(),
         "session.revoke",
         &sid,
         Some(json!({ "sub": revoked.sub, "revokedJtis": revoked.revoked_jtis })),
@@ -454,8 +461,15 @@ async fn rotate_global(
     let store = state.store.as_ref();
     let (global, _cursor) =
         revocations::rotate_global(store, &request.reason, request.grace_seconds, now_ms).await?;
-    audit::record(store, now_ms, ACTOR_ADMIN, "global.rotate", "global", serde_json::to_value(&global).ok())
-        .await?;
+    audit::record(
+        store,
+        now_ms,
+        state.admin.identity(),
+        "global.rotate",
+        "global",
+        serde_json::to_value(&global).ok(),
+    )
+    .await?;
     tracing::warn!(
         min_version = global.min_version,
         grace_seconds = global.grace_seconds,
@@ -533,7 +547,7 @@ async fn clear_lockout(
     audit::record(
         store,
         now_ms,
-        ACTOR_ADMIN,
+        state.admin.identity(),
         "lockout.clear",
         &format!("{}:{}", key.kind.as_str(), key.hash),
         Some(json!({
@@ -629,7 +643,7 @@ async fn dead_letter_action(
     audit::record(
         state.store.as_ref(),
         now_ms,
-        ACTOR_ADMIN,
+        state.admin.identity(),
         action,
         id.unwrap_or("all"),
         serde_json::to_value(&done).ok(),

@@ -16,7 +16,7 @@ use super::error::ApiJson;
 use super::feed::FeedQuery;
 use super::{ApiError, AppState};
 use crate::api_tokens::{self, ApiTokenCursor, ApiTokenInfo, CreateApiToken, CreatedApiToken};
-use crate::audit::{self, ACTOR_ADMIN};
+use crate::audit;
 
 /// Admin routes, relative to `/admin/v1`.
 pub fn admin_routes() -> OpenApiRouter<AppState> {
@@ -53,7 +53,7 @@ async fn create(
     audit::record(
         store,
         now_ms,
-        ACTOR_ADMIN,
+        state.admin.identity(),
         "api_token.create",
         &info.id,
         Some(json!({ "user": info.user, "name": info.name, "scopes": info.scopes, "expiresAt": info.expires_at })),
@@ -94,7 +94,7 @@ async fn revoke(
         audit::record(
             store,
             now_ms,
-            ACTOR_ADMIN,
+            state.admin.identity(),
             "api_token.revoke",
             &info.id,
             Some(json!({ "user": info.user })),
@@ -156,7 +156,7 @@ async fn revoke_all(
     audit::record(
         store,
         now_ms,
-        ACTOR_ADMIN,
+        state.admin.identity(),
         "api_token.revoke_user",
         &user,
         Some(json!({ "revoked": revoked })),

@@ -14,6 +14,7 @@
 
 mod admin;
 mod api_tokens;
+mod audit_log;
 pub mod error;
 mod feed;
 mod fleet;
@@ -96,6 +97,9 @@ pub struct AppState {
     pub webhooks: Arc<Webhooks>,
     /// API token prefix and longest lifetime; [`AppState::with_api_token_policy`] sets it.
     pub api_token_policy: Arc<ApiTokenPolicy>,
+    /// Audit records older than this are purged by [`AppState::maintain`] (`None`:
+    /// kept forever); [`AppState::with_audit_retention`] sets it.
+    pub audit_retention_ms: Option<u64>,
 }
 
 /// What one [`AppState::maintain`] pass did.
@@ -105,6 +109,9 @@ pub struct Maintenance {
     pub retired_version: Option<u64>,
     pub trimmed_feed_entries: u64,
     pub trimmed_api_token_feed_entries: u64,
+    /// The periodic audit checkpoint made, if the chain had grown since the last one.
+    pub audit_checkpoint_seq: Option<u64>,
+    pub purged_audit_records: u64,
 }
 
 impl AppState {
@@ -150,12 +157,19 @@ impl AppState {
             burst,
             webhooks,
             api_token_policy: Arc::new(ApiTokenPolicy::default()),
+            audit_retention_ms: None,
         })
     }
 
     /// Replaces the API token settings (default: prefix `pct`, at most 365 days).
     pub fn with_api_token_policy(mut self, policy: ApiTokenPolicy) -> Self {
         self.api_token_policy = Arc::new(policy);
+        self
+    }
+
+    /// Purges audit records older than `retention_ms` on every maintenance pass.
+    pub fn with_audit_retention(mut self, retention_ms: Option<u64>) -> Self {
+        self.audit_retention_ms = retention_ms;
         self
     }
 
@@ -180,7 +194,8 @@ impl AppState {
     }
 
     /// Periodic upkeep, safe to run on every replica at once: scheduled rotation,
-    /// retiring keys past their overlap, trimming the change feed.
+    /// retiring keys past their overlap, trimming the change feed, an audit checkpoint
+    /// and audit retention.
     pub async fn maintain(&self) -> Result<Maintenance, error::ApiError> {
         let now_ms = self.clock.now_ms();
         let store = self.store.as_ref();
@@ -215,6 +230,12 @@ impl AppState {
         }
         done.trimmed_feed_entries = revocations::trim_feed(store, self.feed_keep).await?;
         done.trimmed_api_token_feed_entries = crate::api_tokens::trim_feed(store, self.feed_keep).await?;
+        let signer = Arc::clone(self.keys.current(now_ms).await.current());
+        if let Some(retention_ms) = self.audit_retention_ms {
+            done.purged_audit_records =
+                audit::retention::purge(store, Arc::clone(&signer), retention_ms, now_ms).await?;
+        }
+        done.audit_checkpoint_seq = audit::checkpoint_if_due(store, signer, now_ms).await?;
         Ok(done)
     }
 }
@@ -231,7 +252,8 @@ pub fn route_groups() -> Vec<RouteGroup> {
                 .merge(feed::routes())
                 .merge(ratelimit::routes())
                 .merge(guard::routes())
-                .merge(api_tokens::internal_routes()),
+                .merge(api_tokens::internal_routes())
+                .merge(audit_log::internal_routes()),
         ),
         group(
             Listener::Internal,
@@ -241,7 +263,10 @@ pub fn route_groups() -> Vec<RouteGroup> {
         group(
             Listener::Admin,
             Credential::Admin,
-            OpenApiRouter::new().nest("/admin/v1", admin::routes().merge(api_tokens::admin_routes())),
+            OpenApiRouter::new().nest(
+                "/admin/v1",
+                admin::routes().merge(api_tokens::admin_routes()).merge(audit_log::admin_routes()),
+            ),
         ),
         group(
             Listener::Admin,

@@ -15,9 +15,10 @@ use portcullis_core::wire::{RateLimitOp, RateLimitResult};
 use redb::{Database, ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::{
-    feed_page, feed_window, is_live, is_live_opt, rate_limit, require_positive_lease, require_positive_ttl,
-    FeedEntry, FeedPage, LogAppendError, LogEntry, QueueEntry, QueueLane, QueueOutcome, QueueRevive,
-    SetMember, Store, StoreBackend, StoreError, MAX_PAGE_SIZE, MAX_SCAN_SIZE,
+    feed_page, feed_window, is_live, is_live_opt, log_trim_point, rate_limit, require_batch_size,
+    require_positive_lease, require_positive_ttl, FeedEntry, FeedPage, LogAppendError, LogEntry, QueueEntry,
+    QueueLane, QueueOutcome, QueueRevive, SetMember, Store, StoreBackend, StoreError, MAX_PAGE_SIZE,
+    MAX_SCAN_SIZE,
 };
 
 /// The database file inside the data directory.
@@ -283,6 +284,10 @@ fn queue_order(
         }
     }
     Ok(out)
+}
+
+fn log_last_seq(txn: &WriteTransaction, log: &str) -> Result<u64, StoreError> {
+    Ok(txn.open_table(LOGS)?.get(log)?.map_or(0, |g| g.value()))
 }
 
 fn log_push(txn: &WriteTransaction, log: &str, entry: &[u8]) -> Result<u64, StoreError> {
@@ -564,6 +569,28 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn log_append_batch_if_last(
+        &self,
+        log: &str,
+        expected_last_seq: Option<u64>,
+        entries: Vec<Vec<u8>>,
+    ) -> Result<u64, LogAppendError> {
+        require_batch_size(&entries)?;
+        let log = log.to_owned();
+        self.write(move |txn| {
+            let last = log_last_seq(txn, &log)?;
+            if last != expected_last_seq.unwrap_or(0) {
+                return Err(LogAppendError::Conflict { last_seq: (last > 0).then_some(last) });
+            }
+            let mut seq = last;
+            for entry in &entries {
+                seq = log_push(txn, &log, entry)?;
+            }
+            Ok(seq)
+        })
+        .await
+    }
+
     async fn log_range(&self, log: &str, from_seq: u64, limit: usize) -> Result<Vec<LogEntry>, StoreError> {
         let log = log.to_owned();
         let limit = limit.min(MAX_PAGE_SIZE);
@@ -598,6 +625,24 @@ impl Store for EmbeddedStore {
                 .value()
                 .to_vec();
             Ok(Some(LogEntry { seq, data }))
+        })
+        .await
+    }
+
+    async fn log_trim(&self, log: &str, before_seq: u64) -> Result<u64, StoreError> {
+        let log = log.to_owned();
+        self.write(move |txn| {
+            let last = txn.open_table(LOGS)?.get(log.as_str())?.map_or(0, |g| g.value());
+            let mut entries = txn.open_table(LOG_ENTRIES)?;
+            let trimmed = match entries.range((log.as_str(), 1)..=(log.as_str(), u64::MAX))?.next() {
+                Some(first) => first?.0.value().1 - 1,
+                None => return Ok(0),
+            };
+            let upto = log_trim_point(before_seq, last, trimmed);
+            for seq in trimmed + 1..=upto {
+                entries.remove((log.as_str(), seq))?;
+            }
+            Ok(upto.saturating_sub(trimmed))
         })
         .await
     }

@@ -1,7 +1,7 @@
 //! [`MemoryStore`]: everything in one mutex-guarded struct. For tests and throwaway
 //! runs; nothing survives a restart and nothing is shared between replicas.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -9,9 +9,10 @@ use portcullis_core::ratelimit::{GcraState, Unit};
 use portcullis_core::wire::{RateLimitOp, RateLimitResult};
 
 use super::{
-    feed_page, feed_window, is_live, is_live_opt, rate_limit, require_positive_lease, require_positive_ttl,
-    FeedEntry, FeedPage, LogAppendError, LogEntry, QueueEntry, QueueLane, QueueOutcome, QueueRevive,
-    SetMember, Store, StoreBackend, StoreError, MAX_PAGE_SIZE, MAX_SCAN_SIZE,
+    feed_page, feed_window, is_live, is_live_opt, log_trim_point, rate_limit, require_batch_size,
+    require_positive_lease, require_positive_ttl, FeedEntry, FeedPage, LogAppendError, LogEntry, QueueEntry,
+    QueueLane, QueueOutcome, QueueRevive, SetMember, Store, StoreBackend, StoreError, MAX_PAGE_SIZE,
+    MAX_SCAN_SIZE,
 };
 
 #[derive(Default)]
@@ -25,10 +26,23 @@ struct State {
     sets: HashMap<String, BTreeMap<String, u64>>,
     records: HashMap<String, Record>,
     feeds: HashMap<String, Feed>,
-    logs: HashMap<String, Vec<Vec<u8>>>,
+    logs: HashMap<String, Log>,
     /// Rate-limit counter -> TAT in µs; full buckets are removed.
     rate_limits: HashMap<String, u64>,
     queues: HashMap<String, Queue>,
+}
+
+/// An append-only log: entries `trimmed + 1 ..= trimmed + entries.len()`.
+#[derive(Default)]
+struct Log {
+    trimmed: u64,
+    entries: VecDeque<Vec<u8>>,
+}
+
+impl Log {
+    fn last_seq(&self) -> u64 {
+        self.trimmed + self.entries.len() as u64
+    }
 }
 
 /// A work queue: every entry is in exactly one lane's ordered index.
@@ -125,13 +139,25 @@ impl State {
     }
 
     fn log_push(&mut self, log: &str, entry: Vec<u8>) -> u64 {
-        let entries = self.logs.entry(log.to_owned()).or_default();
-        entries.push(entry);
-        entries.len() as u64
+        let log = self.logs.entry(log.to_owned()).or_default();
+        log.entries.push_back(entry);
+        log.last_seq()
     }
 
     fn log_len(&self, log: &str) -> u64 {
-        self.logs.get(log).map_or(0, |e| e.len() as u64)
+        self.logs.get(log).map_or(0, Log::last_seq)
+    }
+}
+
+#[cfg(test)]
+impl MemoryStore {
+    /// Overwrites a stored log entry behind the trait's back: tampering, for tests of
+    /// what detects it.
+    pub(crate) fn overwrite_log_entry(&self, log: &str, seq: u64, data: Vec<u8>) {
+        let mut state = self.state().unwrap_or_else(|e| panic!("{e}"));
+        let log = state.logs.get_mut(log).unwrap_or_else(|| panic!("no log {log:?}"));
+        let index = usize::try_from(seq - log.trimmed - 1).unwrap_or(usize::MAX);
+        *log.entries.get_mut(index).unwrap_or_else(|| panic!("no entry {seq}")) = data;
     }
 }
 
@@ -334,26 +360,60 @@ impl Store for MemoryStore {
         Ok(state.log_push(log, entry))
     }
 
+    async fn log_append_batch_if_last(
+        &self,
+        log: &str,
+        expected_last_seq: Option<u64>,
+        entries: Vec<Vec<u8>>,
+    ) -> Result<u64, LogAppendError> {
+        require_batch_size(&entries)?;
+        let mut state = self.state()?;
+        let last = state.log_len(log);
+        if last != expected_last_seq.unwrap_or(0) {
+            return Err(LogAppendError::Conflict { last_seq: (last > 0).then_some(last) });
+        }
+        let mut seq = last;
+        for entry in entries {
+            seq = state.log_push(log, entry);
+        }
+        Ok(seq)
+    }
+
     async fn log_range(&self, log: &str, from_seq: u64, limit: usize) -> Result<Vec<LogEntry>, StoreError> {
         let state = self.state()?;
-        let Some(entries) = state.logs.get(log) else {
+        let Some(log) = state.logs.get(log) else {
             return Ok(Vec::new());
         };
-        let start = from_seq.max(1);
-        Ok(entries
+        let start = from_seq.max(log.trimmed + 1);
+        Ok(log
+            .entries
             .iter()
-            .enumerate()
-            .skip(usize::try_from(start - 1).unwrap_or(usize::MAX))
+            .zip(log.trimmed + 1..)
+            .skip(usize::try_from(start - log.trimmed - 1).unwrap_or(usize::MAX))
             .take(limit.min(MAX_PAGE_SIZE))
-            .map(|(i, data)| LogEntry { seq: i as u64 + 1, data: data.clone() })
+            .map(|(data, seq)| LogEntry { seq, data: data.clone() })
             .collect())
     }
 
     async fn log_last(&self, log: &str) -> Result<Option<LogEntry>, StoreError> {
         let state = self.state()?;
-        Ok(state.logs.get(log).and_then(|entries| {
-            entries.last().map(|data| LogEntry { seq: entries.len() as u64, data: data.clone() })
+        Ok(state.logs.get(log).and_then(|log| {
+            log.entries.back().map(|data| LogEntry { seq: log.last_seq(), data: data.clone() })
         }))
+    }
+
+    async fn log_trim(&self, log: &str, before_seq: u64) -> Result<u64, StoreError> {
+        let mut state = self.state()?;
+        let Some(log) = state.logs.get_mut(log) else {
+            return Ok(0);
+        };
+        let upto = log_trim_point(before_seq, log.last_seq(), log.trimmed);
+        let removed = upto.saturating_sub(log.trimmed);
+        for _ in 0..removed {
+            log.entries.pop_front();
+        }
+        log.trimmed = log.trimmed.max(upto);
+        Ok(removed)
     }
 
     async fn queue_push(

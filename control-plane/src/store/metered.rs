@@ -156,12 +156,31 @@ impl Store for MeteredStore {
         result
     }
 
+    async fn log_append_batch_if_last(
+        &self,
+        log: &str,
+        expected_last_seq: Option<u64>,
+        entries: Vec<Vec<u8>>,
+    ) -> Result<u64, LogAppendError> {
+        let started = Instant::now();
+        let result = self.inner.log_append_batch_if_last(log, expected_last_seq, entries).await;
+        self.metrics.record_store_operation("log_append_batch_if_last", started.elapsed().as_secs_f64());
+        if let Err(LogAppendError::Store(error)) = &result {
+            self.metrics.record_store_error("log_append_batch_if_last", error.kind());
+        }
+        result
+    }
+
     async fn log_range(&self, log: &str, from_seq: u64, limit: usize) -> Result<Vec<LogEntry>, StoreError> {
         self.timed("log_range", self.inner.log_range(log, from_seq, limit)).await
     }
 
     async fn log_last(&self, log: &str) -> Result<Option<LogEntry>, StoreError> {
         self.timed("log_last", self.inner.log_last(log)).await
+    }
+
+    async fn log_trim(&self, log: &str, before_seq: u64) -> Result<u64, StoreError> {
+        self.timed("log_trim", self.inner.log_trim(log, before_seq)).await
     }
 
     async fn queue_push(

@@ -44,6 +44,8 @@ pub use metered::MeteredStore;
 /// Reads of feeds and logs return at most this many entries per call, whatever the
 /// caller asks for, so one call can never stall a backend.
 pub const MAX_PAGE_SIZE: usize = 1000;
+/// [`Store::log_trim`] drops at most this many entries per call.
+pub const MAX_TRIM_SIZE: u64 = 10_000;
 /// [`Store::set_scan`] returns at most this many members per call.
 pub const MAX_SCAN_SIZE: usize = 10_000;
 
@@ -327,11 +329,28 @@ pub trait Store: Send + Sync {
         entry: Vec<u8>,
     ) -> Result<u64, LogAppendError>;
 
+    /// [`Store::log_append_if_last`] for several entries at once: all are appended, in
+    /// order and with consecutive sequence numbers, or none. Returns the last one's
+    /// sequence number. At most [`MAX_PAGE_SIZE`] entries, at least one.
+    async fn log_append_batch_if_last(
+        &self,
+        log: &str,
+        expected_last_seq: Option<u64>,
+        entries: Vec<Vec<u8>>,
+    ) -> Result<u64, LogAppendError>;
+
     /// Up to `limit` (capped at [`MAX_PAGE_SIZE`]) entries starting at `from_seq`.
     async fn log_range(&self, log: &str, from_seq: u64, limit: usize) -> Result<Vec<LogEntry>, StoreError>;
 
     /// The newest entry, `None` for an empty log.
     async fn log_last(&self, log: &str) -> Result<Option<LogEntry>, StoreError>;
+
+    /// Drops the entries before `before_seq` (retention); returns how many were dropped.
+    /// The newest entry is always kept, so sequence numbers continue where they were
+    /// and [`Store::log_append_if_last`] keeps working. Reads start at the oldest kept
+    /// entry. At most [`MAX_TRIM_SIZE`] entries go per call (one call never stalls a
+    /// backend): call again until it returns 0.
+    async fn log_trim(&self, log: &str, before_seq: u64) -> Result<u64, StoreError>;
 
     // --- work queues ----------------------------------------------------------------
 
@@ -425,6 +444,13 @@ fn require_positive_lease(lease_ms: u64) -> Result<(), StoreError> {
     Ok(())
 }
 
+fn require_batch_size(entries: &[Vec<u8>]) -> Result<(), StoreError> {
+    if entries.is_empty() || entries.len() > MAX_PAGE_SIZE {
+        return Err(StoreError::InvalidArgument(format!("a log batch holds 1 to {MAX_PAGE_SIZE} entries")));
+    }
+    Ok(())
+}
+
 fn require_positive_ttl(ttl_ms: u64) -> Result<(), StoreError> {
     if ttl_ms == 0 {
         return Err(StoreError::InvalidArgument("a counter TTL must be positive".to_owned()));
@@ -451,6 +477,13 @@ fn feed_window(after: u64, limit: usize, head: u64, trimmed: u64) -> Option<(u64
     let limit = limit.min(MAX_PAGE_SIZE) as u64;
     let last = head.min(after.saturating_add(limit));
     Some((after.saturating_add(1), last))
+}
+
+/// The last sequence number [`Store::log_trim`] may drop in one call, for a log whose
+/// newest entry is `last_seq`: before `before_seq`, never the newest entry, at most
+/// [`MAX_TRIM_SIZE`] past `trimmed` (the last dropped so far).
+fn log_trim_point(before_seq: u64, last_seq: u64, trimmed: u64) -> u64 {
+    before_seq.saturating_sub(1).min(last_seq.saturating_sub(1)).min(trimmed.saturating_add(MAX_TRIM_SIZE))
 }
 
 fn feed_page(after: u64, head: u64, cursor_too_old: bool, entries: Vec<FeedEntry>) -> FeedPage {

@@ -102,6 +102,11 @@ impl KeySpace {
         self.key("log", name, Some("entries"))
     }
 
+    /// String: the last sequence number trimmed away (absent: none).
+    pub fn log_trimmed(&self, name: &str) -> String {
+        self.key("log", name, Some("trimmed"))
+    }
+
     /// Sorted set: a work queue's pending entries, id -> due time ms. A queue's keys
     /// share one hash tag: claims and settles move entries between them atomically.
     pub fn queue_pending(&self, name: &str) -> String {
@@ -142,6 +147,7 @@ mod tests {
         assert_eq!(hash_tag(&keys.feed_meta("revocations")), "feed:revocations");
         assert_eq!(hash_tag(&keys.feed_meta("revocations")), hash_tag(&keys.feed_entries("revocations")));
         assert_eq!(hash_tag(&keys.log_seq("audit")), hash_tag(&keys.log_entries("audit")));
+        assert_eq!(hash_tag(&keys.log_seq("audit")), hash_tag(&keys.log_trimmed("audit")));
         assert_eq!(hash_tag(&keys.queue_pending("webhooks")), "queue:webhooks");
         assert_eq!(hash_tag(&keys.queue_pending("webhooks")), hash_tag(&keys.queue_dead("webhooks")));
         assert_eq!(hash_tag(&keys.queue_pending("webhooks")), hash_tag(&keys.queue_data("webhooks")));

@@ -37,9 +37,9 @@ use tokio::sync::OnceCell;
 pub use keys::KeySpace;
 
 use super::{
-    feed_page, is_live, is_live_opt, rate_limit, require_positive_lease, require_positive_ttl, FeedEntry,
-    FeedPage, LogAppendError, LogEntry, QueueEntry, QueueLane, QueueOutcome, QueueRevive, SetMember, Store,
-    StoreBackend, StoreError, MAX_PAGE_SIZE, MAX_SCAN_SIZE,
+    feed_page, is_live, is_live_opt, rate_limit, require_batch_size, require_positive_lease,
+    require_positive_ttl, FeedEntry, FeedPage, LogAppendError, LogEntry, QueueEntry, QueueLane, QueueOutcome,
+    QueueRevive, SetMember, Store, StoreBackend, StoreError, MAX_PAGE_SIZE, MAX_SCAN_SIZE, MAX_TRIM_SIZE,
 };
 use crate::tls::{rustls_error, CaBundle, ClientIdentity};
 
@@ -660,22 +660,50 @@ impl Store for RedisStore {
         }
     }
 
+    async fn log_append_batch_if_last(
+        &self,
+        log: &str,
+        expected_last_seq: Option<u64>,
+        entries: Vec<Vec<u8>>,
+    ) -> Result<u64, LogAppendError> {
+        require_batch_size(&entries)?;
+        let mut script = scripts::LOG_APPEND_BATCH_IF_LAST.prepare_invoke();
+        script
+            .key(self.keys.log_seq(log))
+            .key(self.keys.log_entries(log))
+            .arg(expected_last_seq.unwrap_or(0));
+        for entry in entries {
+            script.arg(entry);
+        }
+        let (appended, seq): (i64, u64) = self.invoke(script).await?;
+        if appended == 1 {
+            Ok(seq)
+        } else {
+            Err(LogAppendError::Conflict { last_seq: (seq > 0).then_some(seq) })
+        }
+    }
+
     async fn log_range(&self, log: &str, from_seq: u64, limit: usize) -> Result<Vec<LogEntry>, StoreError> {
-        let limit = limit.min(MAX_PAGE_SIZE) as u64;
+        let limit = limit.min(MAX_PAGE_SIZE);
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let first = from_seq.max(1);
-        let seqs: Vec<u64> = (first..first.saturating_add(limit)).collect();
-        // Entries are immutable and sequence numbers have no gaps, so one HMGET is a
-        // consistent read: the first missing entry is the end of the log.
-        let values: Vec<Option<Vec<u8>>> =
-            self.query(redis::cmd("HMGET").arg(self.keys.log_entries(log)).arg(&seqs)).await?;
-        Ok(seqs
-            .into_iter()
-            .zip(values)
-            .map_while(|(seq, data)| data.map(|data| LogEntry { seq, data }))
-            .collect())
+        let mut script = scripts::LOG_RANGE.prepare_invoke();
+        script
+            .key(self.keys.log_seq(log))
+            .key(self.keys.log_entries(log))
+            .key(self.keys.log_trimmed(log))
+            .arg(from_seq.max(1))
+            .arg(limit);
+        let reply: Vec<Value> = self.invoke(script).await?;
+        let mut items = reply.into_iter();
+        let mut entries = Vec::new();
+        while let Some(seq) = items.next() {
+            let seq = int(&seq, "log seq")?;
+            let raw = items.next().ok_or_else(|| StoreError::CorruptData("log entry missing".to_owned()))?;
+            entries.push(LogEntry { seq, data: bytes(raw, "log entry")? });
+        }
+        Ok(entries)
     }
 
     async fn log_last(&self, log: &str) -> Result<Option<LogEntry>, StoreError> {
@@ -689,6 +717,17 @@ impl Store for RedisStore {
             self.query(redis::cmd("HGET").arg(self.keys.log_entries(log)).arg(seq)).await?;
         let data = data.ok_or_else(|| StoreError::CorruptData(format!("log {log:?} has no entry {seq}")))?;
         Ok(Some(LogEntry { seq, data }))
+    }
+
+    async fn log_trim(&self, log: &str, before_seq: u64) -> Result<u64, StoreError> {
+        let mut script = scripts::LOG_TRIM.prepare_invoke();
+        script
+            .key(self.keys.log_seq(log))
+            .key(self.keys.log_entries(log))
+            .key(self.keys.log_trimmed(log))
+            .arg(before_seq)
+            .arg(MAX_TRIM_SIZE);
+        self.invoke(script).await
     }
 
     async fn queue_push(

@@ -319,6 +319,92 @@ return {1, seq}
     )
 });
 
+/// Append several entries to a log, only if its last sequence number is as expected.
+///
+/// KEYS[1]: log sequence string; KEYS[2]: log entries hash
+/// ARGV[1]: expected last seq (0: empty log); ARGV[2..]: the entries, in order
+/// Returns {1, last new seq} or, on conflict, {0, actual last seq}.
+///
+/// Cluster: both keys carry the hash tag `{log:<name>}`, so one slot.
+///
+/// Why a script: a batch is appended whole or not at all, onto the expected head.
+pub static LOG_APPEND_BATCH_IF_LAST: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local last = tonumber(redis.call('GET', KEYS[1]) or '0')
+if last ~= tonumber(ARGV[1]) then
+  return {0, last}
+end
+local seq = last
+for i = 2, #ARGV do
+  seq = seq + 1
+  redis.call('HSET', KEYS[2], seq, ARGV[i])
+end
+redis.call('SET', KEYS[1], seq)
+return {1, seq}
+",
+    )
+});
+
+/// Read a range of a log, starting at its oldest kept entry.
+///
+/// KEYS[1]: log sequence string; KEYS[2]: log entries hash; KEYS[3]: log trimmed string
+/// ARGV[1]: first seq wanted; ARGV[2]: how many (positive)
+/// Returns {seq, entry, seq, entry, ...}: the entries of ARGV[2] sequence numbers from
+/// the first wanted (or the oldest kept); an entry missing from the hash (deleted
+/// behind the store's back) is skipped, so the gap shows.
+///
+/// Cluster: all keys carry the hash tag `{log:<name>}`, so one slot.
+///
+/// Why a script: the trim point, the last seq and the entries must come from one moment,
+/// or a trim running meanwhile could make the range look empty.
+pub static LOG_RANGE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local last = tonumber(redis.call('GET', KEYS[1]) or '0')
+local trimmed = tonumber(redis.call('GET', KEYS[3]) or '0')
+local first = math.max(tonumber(ARGV[1]), trimmed + 1)
+local stop = math.min(last, first + tonumber(ARGV[2]) - 1)
+local out = {}
+for seq = first, stop do
+  local entry = redis.call('HGET', KEYS[2], seq)
+  if entry then
+    out[#out + 1] = seq
+    out[#out + 1] = entry
+  end
+end
+return out
+",
+    )
+});
+
+/// Drop a log's entries before a sequence number, never the newest.
+///
+/// KEYS[1]: log sequence string; KEYS[2]: log entries hash; KEYS[3]: log trimmed string
+/// ARGV[1]: drop entries before this seq; ARGV[2]: most entries to drop in this call
+/// Returns how many entries were dropped.
+///
+/// Cluster: all keys carry the hash tag `{log:<name>}`, so one slot.
+///
+/// Why a script: the entries and the trim point readers start from change together.
+pub static LOG_TRIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local last = tonumber(redis.call('GET', KEYS[1]) or '0')
+local trimmed = tonumber(redis.call('GET', KEYS[3]) or '0')
+local upto = math.min(tonumber(ARGV[1]) - 1, last - 1, trimmed + tonumber(ARGV[2]))
+if upto <= trimmed then
+  return 0
+end
+for seq = trimmed + 1, upto do
+  redis.call('HDEL', KEYS[2], seq)
+end
+redis.call('SET', KEYS[3], upto)
+return upto - trimmed
+",
+    )
+});
+
 /// Add a pending entry to a work queue, within a bound.
 ///
 /// KEYS[1]: pending sorted set (id -> due ms); KEYS[2]: data hash (id -> data)
