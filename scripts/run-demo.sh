@@ -76,6 +76,12 @@ Try, in another terminal from $ROOT:
   # a public route: 200, no token needed
   curl -i http://127.0.0.1:10000/public/hello
 
+  # a signed route (RFC 9421, hmac-sha256; inline demo key, development only): 200, and
+  # the upstream sees x-portcullis-signature-key: demo-partner. Unsigned: 401 Signature
+  scripts/sign-request.py http://127.0.0.1:10000/webhooks/demo demo-partner \
+    ZGVtby1vbmx5LXNlY3JldC1kby1ub3QtdXNlLWluLXByb2R1Y3Rpb24h '{"hello":"world"}'
+  curl -i -X POST http://127.0.0.1:10000/webhooks/demo
+
   # a protected route without a token: 401 with WWW-Authenticate: Bearer realm="portcullis-demo"
   curl -i http://127.0.0.1:10000/api/orders
 
