@@ -88,6 +88,10 @@ def setups(algs, stores=()):
                     "cached": True, "store": stores[0]})
         out.append({"id": f"dl-portcullis-{alg}-cached-lease-{stores[0]}", "group": "dl", "alg": alg,
                     "cached": True, "store": stores[0]})
+        # (t): an API token from the filter's shared replica, in the same run as (c)'s
+        # cached JWT path of the same algorithm, which it is compared with.
+        out.append({"id": f"t-portcullis-apitoken-{stores[0]}", "group": "t", "alg": alg,
+                    "cached": True, "store": stores[0]})
     out.append({"id": "e-local_ratelimit", "group": "e", "alg": None, "cached": None})
     return out
 
@@ -143,6 +147,10 @@ def http_filters(setup, bench_input, wasm_path):
     }
     if not setup["cached"]:
         plugin["verifiedTokenCache"] = {"capacity": 0}
+    if setup["group"] == "t":
+        plugin["controlPlane"] = dict(CONTROL_PLANE_SECTION)
+        plugin["apiTokens"] = {}
+        plugin["rules"] = [{"name": "all", "match": {"pathPrefix": "/"}, "acceptApiTokens": True}]
     if setup["group"] in ("d", "dl", "dr"):
         plugin["controlPlane"] = dict(CONTROL_PLANE_SECTION)
     if setup["group"] in ("d", "dl"):
@@ -437,6 +445,19 @@ class ControlPlane(Service):
         self.redis_url = redis_url
         self.internal_port = None
         self.head = None
+        self._api_token = None
+
+    def api_token(self):
+        """One API token (created once, through the admin API) for the (t) setup."""
+        if self._api_token is None:
+            body = json.dumps({"user": "bench", "name": "bench", "scopes": ["bench"], "expiresIn": 86400})
+            status, text = http_request(("127.0.0.1", self.port), "POST", "/admin/v1/api-tokens", body=body,
+                                        headers={"content-type": "application/json",
+                                                 "authorization": f"Bearer {CP_ADMIN_TOKEN}"})
+            if status not in (200, 201):
+                raise BenchError(f"{self.name}: creating an API token answered {status}: {text[:300]}")
+            self._api_token = json.loads(text)["token"]
+        return self._api_token
 
     def internal(self, path, timeout=30):
         """A GET on the internal listener, with the fleet credential."""
@@ -541,8 +562,23 @@ def forge(token):
     return f"{head}.{payload}.{flipped}"
 
 
+def forge_api_token(token):
+    """The same token with its last character changed (the checksum no longer matches)."""
+    return token[:-1] + ("A" if token[-1] != "A" else "B")
+
+
 def sanity_check(envoy, token):
     addr = ("127.0.0.1", envoy.port)
+    if envoy.setup["group"] == "t":
+        # The filter's replica syncs within a poll interval of the Envoy's start.
+        deadline = time.time() + 15
+        while http_get(addr, "/bench", {"authorization": f"Bearer {token}"})[0] != 200 and time.time() < deadline:
+            time.sleep(0.2)
+        for what, headers in (("no token", {}), ("a forged API token",
+                                                 {"authorization": f"Bearer {forge_api_token(token)}"})):
+            status, _ = http_get(addr, "/bench", headers)
+            if status != 401:
+                raise BenchError(f"{envoy.name}: {what} got {status}, not 401: the filter is not checking")
     status, _ = http_get(addr, "/bench", {"authorization": f"Bearer {token}"})
     if status != 200:
         raise BenchError(f"{envoy.name}: the bench token got {status}, not 200: this setup rejects it\n{envoy.log_tail()}")
@@ -559,7 +595,7 @@ def filter_counters(setup, delta):
     if group == "b":
         return (delta.get(f"http.{STAT_PREFIX}.jwt_authn.allowed", 0),
                 delta.get(f"http.{STAT_PREFIX}.jwt_authn.denied", 0))
-    if group in ("c", "c0", "d", "dr", "dl"):
+    if group in ("c", "c0", "d", "dr", "dl", "t"):
         denied = sum(v for k, v in delta.items() if k.startswith("wasmcustom.portcullis.requests.denied."))
         return delta.get("wasmcustom.portcullis.requests.allowed", 0), denied
     if group == "e":
@@ -682,7 +718,8 @@ def bench_concurrency(args, bench_input, concurrency, pid_dir, cps):
             e.start()
         for e in envoys:
             e.wait_ready()
-        token_of = {e.name: tokens.get(e.setup["alg"], default_token) for e in envoys}
+        token_of = {e.name: (cps[e.setup["store"]].api_token() if e.setup["group"] == "t"
+                             else tokens.get(e.setup["alg"], default_token)) for e in envoys}
         for e in envoys:
             sanity_check(e, token_of[e.name])
         log(f"workers={concurrency}: all setups answer 200 to the token (and 401 without it / forged); warming up")
@@ -718,6 +755,7 @@ def bench_concurrency(args, bench_input, concurrency, pid_dir, cps):
                                                       "bench_rl.http_local_rate_limit.",
                                                       "wasmcustom.portcullis.ratelimit.",
                                                       "wasmcustom.portcullis.revocation.",
+                                                      "wasmcustom.portcullis.api_tokens.",
                                                       "wasmcustom.portcullis.guard."))}
             res["command"] = " ".join(e.cmd)
             res["wrk_command"] = (f"wrk -t1 -c{args.connections} -d{args.duration}s --latency "

@@ -30,6 +30,7 @@ GROUP_NAME = {
     "d": "(d) Portcullis + revocation feed + lease limit",
     "dr": "(d-feed) diagnostic: (c) + revocation feed only",
     "dl": "(d-lease) diagnostic: (c) + lease limit only",
+    "t": "(t) Portcullis, API token (shared replica)",
 }
 D_GROUPS = ("d", "dr", "dl")
 STORE_NAME = {"embedded": "embedded store", "redis": "Redis store", "memory": "memory store"}
@@ -113,7 +114,7 @@ def envoy_rows(envoy):
                 order += [("b", alg, cached, None), ("c", alg, cached, None)]
                 if cached:
                     order += [("d", alg, cached, store) for store in d_stores]
-                    order += [(g, alg, cached, store) for g in ("dr", "dl") for store in d_stores]
+                    order += [(g, alg, cached, store) for g in ("dr", "dl", "t") for store in d_stores]
         order.append(("e", None, None, None))
         a = ref("a", None, None, conc)
         for group, alg, cached, store in order:
@@ -121,12 +122,12 @@ def envoy_rows(envoy):
             if res is None:
                 continue
             b = ref("b", alg, cached, conc) if group == "c" else None
-            c = ref("c", alg, cached, conc) if group in D_GROUPS else None
+            c = ref("c", alg, cached, conc) if group in D_GROUPS + ("t",) else None
             requests = sum(r["requests"] for r in res["runs"])
             allowed = None
             for r in res["runs"]:
                 cnt = r["counters"]
-                v = (cnt.get("wasmcustom.portcullis.requests.allowed") if group in ("c", "c0") + D_GROUPS
+                v = (cnt.get("wasmcustom.portcullis.requests.allowed") if group in ("c", "c0", "t") + D_GROUPS
                      else cnt.get("http.ingress.jwt_authn.allowed") if group == "b"
                      else cnt.get("bench_rl.http_local_rate_limit.ok") if group == "e"
                      else cnt.get("http.ingress.downstream_rq_2xx"))
@@ -161,6 +162,8 @@ def envoy_rows(envoy):
                 "group": group, "alg": alg, "cached": cached, "conc": conc, "store": store, "limit": lim,
                 "rps": res["rps"], "p50": res["p50_us"], "p99": res["p99_us"],
                 "vs_a": res["rps"] / a["rps"] if a else None,
+                "vs_c": res["rps"] / c["rps"] if c and group == "t" else None,
+                "p99_vs_c": res["p99_us"] / c["p99_us"] if c and group == "t" else None,
                 "vs_b": res["rps"] / b["rps"] if b and group == "c" else None,
                 "p99_vs_b": res["p99_us"] / b["p99_us"] if b and group == "c" else None,
                 "requests": requests, "allowed": allowed, "cache_hits": cache_hits,
@@ -169,6 +172,20 @@ def envoy_rows(envoy):
                 "rss_warm": res["rss_kb_after_warmup"], "rss_end": res["rss_kb_end"],
             })
     return rows
+
+
+def api_token_table(rows):
+    """(t) against (c) cached with the same algorithm, same run."""
+    trows = [r for r in rows if r["group"] == "t"]
+    if not trows:
+        return ""
+    lines = ["", "API tokens (t) against the cached JWT path (c) of the same run:", "",
+             "| Setup | Workers | RPS (median) | p99 | RPS vs (c) cached | p99 vs (c) cached |",
+             "|---|---|---|---|---|---|"]
+    for r in trows:
+        lines.append(f"| {setup_name(r['group'], r.get('store'))} | {r['conc']} | {r['rps']:,.0f} | {fmt_us(r['p99'])} "
+                     f"| {fmt_ratio(r.get('vs_c'))} | {fmt_ratio(r.get('p99_vs_c'))} |")
+    return "\n".join(lines)
 
 
 def main_table(rows, cp=None, params=None):
@@ -619,7 +636,7 @@ def main():
     ttable, missed = targets(rows, ratios, wasm_bytes)
     mem, mem_base = memory_table(rows)
     cp = envoy.get("control_plane")
-    table = main_table(rows, cp, prm)
+    table = main_table(rows, cp, prm) + api_token_table(rows)
     dtable = d_table(rows)
     crow = cp_rows(cp) if cp else []
     elapsed = args.elapsed_s if args.elapsed_s is not None else int(time.time()) - args.started

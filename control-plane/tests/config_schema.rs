@@ -252,3 +252,17 @@ fn schema_carries_the_parsers_defaults() {
         serde_json::to_value(policy).unwrap()
     );
 }
+
+#[test]
+fn a_rule_may_leave_requires_out_only_when_it_takes_api_tokens() {
+    let validator = validator();
+    let mut config = with("/apiTokens", json!({}));
+    let rule = config.pointer_mut("/rules/0").unwrap().as_object_mut().unwrap();
+    rule.remove("requires");
+    rule.insert("acceptApiTokens".to_owned(), json!(true));
+    assert!(compile_offline(config.to_string().as_bytes()).is_ok(), "the compiler accepts it: {config}");
+    assert_eq!(errors(&validator, &config), Vec::<String>::new());
+    config["rules"][0]["acceptApiTokens"] = json!(false);
+    assert!(compile_offline(config.to_string().as_bytes()).is_err());
+    assert!(!validator.is_valid(&config), "the schema accepts a rule without requires: {config}");
+}

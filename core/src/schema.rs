@@ -17,7 +17,24 @@ use crate::config::PluginConfig;
 pub fn json_schema() -> Value {
     let mut schema = schemars::schema_for!(PluginConfig);
     schema.insert("title".to_owned(), Value::from("Portcullis plugin configuration"));
-    sorted(Value::from(schema))
+    let mut schema = Value::from(schema);
+    require_requires_without_api_tokens(&mut schema);
+    sorted(schema)
+}
+
+/// A rule's `requires` may be left out only on a rule taking API tokens alone
+/// (`acceptApiTokens: true`), which serde alone cannot say.
+fn require_requires_without_api_tokens(schema: &mut Value) {
+    let Some(rule) = schema.pointer_mut("/$defs/RuleConfig").and_then(Value::as_object_mut) else {
+        return;
+    };
+    rule.insert(
+        "if".to_owned(),
+        serde_json::json!({
+            "not": { "properties": { "acceptApiTokens": { "const": true } }, "required": ["acceptApiTokens"] }
+        }),
+    );
+    rule.insert("then".to_owned(), serde_json::json!({ "required": ["requires"] }));
 }
 
 /// [`json_schema`] as the text of the committed file: pretty-printed, ending in a newline.

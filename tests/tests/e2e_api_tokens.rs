@@ -226,6 +226,8 @@ async fn each_refusal_reason(store: Store) {
     let bearer = format!("Bearer {token}");
     let two = get(&s.envoy, "/api/x", &[("authorization", bearer.as_str()), ("x-api-key", &narrow)]).await;
     assert_eq!(two.0, 400);
+    let jwt = "Bearer eyJhbGciOiJIUzI1NiJ9.e30.c2ln";
+    assert_eq!(get(&s.envoy, "/api/x", &[("authorization", jwt), ("x-api-key", &token)]).await.0, 400);
     assert_eq!(get(&s.envoy, "/api/x", &[]).await.0, 401);
     eventually(Duration::from_secs(10), "the short-lived token to expire", || async {
         with_key(&s.envoy, &short).await == (401, "expired".to_string())

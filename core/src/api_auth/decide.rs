@@ -42,14 +42,17 @@ pub enum ApiAuth {
 }
 
 /// The API tokens in the request: at an `authorization` location only values with the
-/// token prefix (others are JWTs); elsewhere (`x-api-key`) every value.
-fn candidates(settings: &ApiTokenSettings, request: &RequestParts) -> Vec<(String, TokenLocation)> {
+/// token prefix; elsewhere (`x-api-key`) every value. Second: whether an
+/// `authorization` location carries another bearer credential (a JWT).
+fn candidates(settings: &ApiTokenSettings, request: &RequestParts) -> (Vec<(String, TokenLocation)>, bool) {
     let marker = format!("{}_", settings.prefix);
+    let mut others = false;
     let mut found: Vec<(String, TokenLocation)> = Vec::new();
     for location in &settings.locations {
         let shared = matches!(location, TokenLocation::Header { name, .. } if name.eq_ignore_ascii_case("authorization"));
         for value in location.extract(request) {
             if shared && !value.starts_with(&marker) {
+                others = true;
                 continue;
             }
             if !found.iter().any(|(v, l)| *v == value && l == location) {
@@ -57,7 +60,7 @@ fn candidates(settings: &ApiTokenSettings, request: &RequestParts) -> Vec<(Strin
             }
         }
     }
-    found
+    (found, others)
 }
 
 /// Whether the request carries a credential of the rule's JWT providers other than
@@ -89,13 +92,13 @@ pub fn authenticate_api_token(
     if !input.rule.accept_api_tokens {
         return ApiAuth::Absent;
     }
-    let found = candidates(input.settings, input.request);
+    let (found, other_bearer) = candidates(input.settings, input.request);
     let (presented, location) = match found.as_slice() {
         [] => return ApiAuth::Absent,
         [one] => one,
         _ => return ApiAuth::Deny(Denial::MultipleCredentials),
     };
-    if other_credential(input, presented) {
+    if other_bearer || other_credential(input, presented) {
         return ApiAuth::Deny(Denial::MultipleCredentials);
     }
     let Ok(parsed) = parse(presented, &input.settings.prefix) else {

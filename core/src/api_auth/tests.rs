@@ -178,6 +178,10 @@ fn two_credentials_are_refused_and_a_rule_without_api_tokens_ignores_them() {
     let with_jwt =
         request("/both/x", &[("authorization", "Bearer eyJhbGciOi.x.y"), ("x-api-key", a.expose())]);
     assert_eq!(denial(&decide(&policy, &with_jwt, &entries, 1_000).0), Some(&Denial::MultipleCredentials));
+    // On a rule taking API tokens only, a bearer JWT beside an API token is two too.
+    let api_only =
+        request("/api/x", &[("authorization", "Bearer eyJhbGciOi.x.y"), ("x-api-key", a.expose())]);
+    assert_eq!(denial(&decide(&policy, &api_only, &entries, 1_000).0), Some(&Denial::MultipleCredentials));
     // The API token in the JWT provider's own location is the same credential, not two.
     let same = request("/both/x", &[("authorization", &bearer)]);
     assert!(matches!(decide(&policy, &same, &entries, 1_000).0, ApiAuth::Allow(_)));
