@@ -28,6 +28,12 @@ pub struct ApiTokensConfig {
     pub poll_interval_ms: u64,
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Past this age without a successful poll, rules apply their `onStale` action:
+    /// `deny` (the default) answers 503, so a token revoked while the control plane is
+    /// unreachable does not pass for longer than this; `allow` keeps deciding from the
+    /// replica as it is.
+    #[serde(default = "default_max_staleness")]
+    pub max_staleness_seconds: u64,
     /// Header carrying the token's user upstream.
     #[serde(default = "default_user_header")]
     pub user_header: String,
@@ -62,6 +68,9 @@ fn default_poll_interval_ms() -> u64 {
 fn default_timeout_ms() -> u64 {
     1_000
 }
+fn default_max_staleness() -> u64 {
+    300
+}
 fn default_user_header() -> String {
     "x-portcullis-user".to_string()
 }
@@ -79,6 +88,8 @@ pub struct ApiTokenSettings {
     pub locations: Vec<TokenLocation>,
     pub poll_interval_ms: u64,
     pub timeout_ms: u64,
+    /// `maxStalenessSeconds`.
+    pub max_staleness_secs: u64,
     pub feed_path: String,
     pub usage_path: String,
     pub user_header: String,
@@ -115,6 +126,9 @@ pub fn compile_api_tokens(
     if !(1..=60_000).contains(&config.timeout_ms) {
         return Err(ConfigError::new("timeoutMs", "must be between 1 and 60000"));
     }
+    if config.max_staleness_seconds.saturating_mul(1000) < config.poll_interval_ms {
+        return Err(ConfigError::new("maxStalenessSeconds", "must be at least one poll interval"));
+    }
     let mut headers = Vec::with_capacity(3);
     for (field, name) in [
         ("userHeader", &config.user_header),
@@ -138,6 +152,7 @@ pub fn compile_api_tokens(
         locations,
         poll_interval_ms: config.poll_interval_ms,
         timeout_ms: config.timeout_ms,
+        max_staleness_secs: config.max_staleness_seconds,
         feed_path: FEED_PATH.to_string(),
         usage_path: USAGE_PATH.to_string(),
         user_header,

@@ -224,6 +224,8 @@ fn configuration_errors_name_the_field() {
     assert_eq!(err.field, "apiTokens.prefix");
     let err = bad(&format!(r#"{{{cp}, "apiTokens": {{"pollIntervalMs": 5}}}}"#));
     assert_eq!(err.field, "apiTokens.pollIntervalMs");
+    let err = bad(&format!(r#"{{{cp}, "apiTokens": {{"pollIntervalMs": 2000, "maxStalenessSeconds": 1}}}}"#));
+    assert_eq!(err.field, "apiTokens.maxStalenessSeconds");
     let err = bad(&format!(r#"{{{cp}, "apiTokens": {{"userHeader": "authorization"}}}}"#));
     assert_eq!(err.field, "apiTokens.userHeader");
     let settings = policy().api_tokens.unwrap();

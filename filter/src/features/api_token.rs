@@ -12,9 +12,11 @@
 //! snapshot is assembled privately and then written over every cell. The cursor of
 //! what the cells hold is in `portcullis.v1.api_tokens.cursor`, so another worker can
 //! take over when the lease runs out. `portcullis.v1.api_tokens.synced_at` is set once
-//! the cells hold a complete snapshot: before that, API tokens are refused with 503
-//! (fail closed). When the control plane is unreachable the cells keep deciding
-//! (expiry is checked against the host's clock on every request).
+//! the cells hold a complete snapshot, and again on every successful poll: before the
+//! first, API tokens are refused with 503 (fail closed). When the control plane is
+//! unreachable the cells keep deciding (expiry is checked against the host's clock on
+//! every request) for `maxStalenessSeconds`; past that a rule with `onStale: deny`
+//! (the default) answers 503, one with `onStale: allow` goes on deciding.
 //!
 //! Usage goes back off the request path: each worker remembers the lookup ids it let
 //! through and posts them at most once per poll interval.
@@ -31,6 +33,7 @@ use portcullis_core::api_auth::{
 use portcullis_core::api_token::{lookup_key, ApiTokenFeedPage, ReplicaToken, UsageReport, MAX_USAGE_BATCH};
 use portcullis_core::codec::percent_encode_query_value;
 use portcullis_core::jwt::provider::Provider;
+use portcullis_core::revocation::StaleAction;
 use portcullis_core::route::Rule;
 use portcullis_core::RequestParts;
 
@@ -85,9 +88,28 @@ impl ApiTokenSync {
         SharedCell::new(&*self.host, key)
     }
 
+    /// When a poll last succeeded (host ms; 0: the cells never held a complete
+    /// snapshot). One shared-data read.
+    fn synced_at_ms(&self) -> u64 {
+        self.cell(SYNCED_AT_KEY).get().and_then(|b| portcullis_core::codec::read_u64(&b)).unwrap_or(0)
+    }
+
     /// Whether the cells ever held a complete snapshot (one shared-data read).
     pub fn synced(&self) -> bool {
-        self.cell(SYNCED_AT_KEY).get().and_then(|b| portcullis_core::codec::read_u64(&b)).unwrap_or(0) != 0
+        self.synced_at_ms() != 0
+    }
+
+    /// Whether `rule` may decide from the cells at `now_ms`: they hold a snapshot, and
+    /// the last successful poll is within `maxStalenessSeconds` or the rule's `onStale`
+    /// is `allow`. Otherwise API tokens get 503, so a token revoked while the control
+    /// plane is unreachable stops passing after at most the staleness bound.
+    fn usable(&self, rule: &Rule, now_ms: u64) -> bool {
+        let at = self.synced_at_ms();
+        if at == 0 {
+            return false;
+        }
+        let fresh = now_ms.saturating_sub(at) <= self.settings.max_staleness_secs.saturating_mul(1000);
+        fresh || rule.on_stale == StaleAction::Allow
     }
 
     /// The record of `lookup`, from its cell (one shared-data read).
@@ -115,7 +137,7 @@ impl ApiTokenSync {
             rule,
             providers,
             request,
-            synced: self.synced(),
+            synced: self.usable(rule, env.now_ms),
             now_unix_secs: env.now_ms / 1000,
         };
         let outcome = authenticate_api_token(&input, &mut |lookup| self.lookup(lookup));

@@ -91,3 +91,49 @@ fn a_malformed_token_is_refused_without_reading_the_replica() {
     let reads = w.host.log.borrow().iter().filter(|c| **c == "get_shared_data").count();
     assert!(reads <= 1, "only the sync mark is read: {reads}");
 }
+
+/// Synced, then the feed fails for longer than `maxStalenessSeconds`: a rule with the
+/// default `onStale: deny` answers 503 (a revocation made meanwhile cannot be missed
+/// for longer than the bound), one with `onStale: allow` goes on deciding; the next
+/// successful poll makes the replica fresh again.
+#[test]
+fn a_replica_older_than_the_staleness_bound_answers_503_unless_the_rule_allows_stale() {
+    let mut config = config();
+    config["apiTokens"]["maxStalenessSeconds"] = json!(5);
+    let stale_ok = json!({ "name": "kiosk", "match": { "pathPrefix": "/kiosk/" }, "acceptApiTokens": true,
+                           "scopes": ["deploy"], "onStale": "allow" });
+    config["rules"].as_array_mut().unwrap().push(stale_ok);
+    let mut w = Worker::start(config);
+    let token = generate("pct", &[5u8; 48]).unwrap();
+    w.tick();
+    let poll = w.last_call();
+    w.answer(&poll, "200", &page("d.1", true, vec![entry(&token, None)]));
+    let key = [("x-api-key", token.expose())];
+    let (fresh, action) = w.request("/api/x", &key, true);
+    assert_eq!(action, Action::Continue, "{:?}", w.host.replies_on(fresh));
+
+    // Every poll fails from here on, for 6 s (past the 5 s bound).
+    let mut failed = w.host.calls_to("/v1/api-tokens/feed").len();
+    for _ in 0..6 {
+        w.host.advance(1_000);
+        w.tick();
+        let polls = w.host.calls_to("/v1/api-tokens/feed");
+        if polls.len() > failed {
+            failed = polls.len();
+            w.fail(&polls[failed - 1]);
+        }
+    }
+    assert!(failed >= 2, "the feed was polled while failing");
+    let (stale, _) = w.request("/api/x", &key, true);
+    assert_eq!(w.host.replies_on(stale)[0].status, 503);
+    let (allowed, action) = w.request("/kiosk/x", &key, true);
+    assert_eq!(action, Action::Continue, "{:?}", w.host.replies_on(allowed));
+
+    // The control plane answers again: fresh.
+    w.host.advance(5_000);
+    w.tick();
+    let next = w.host.calls_to("/v1/api-tokens/feed").last().cloned().unwrap();
+    w.answer(&next, "200", &page("d.2", false, vec![]));
+    let (again, action) = w.request("/api/x", &key, true);
+    assert_eq!(action, Action::Continue, "{:?}", w.host.replies_on(again));
+}
