@@ -39,6 +39,7 @@ struct Stack {
 #[derive(Clone, Copy, Debug)]
 enum Store {
     Memory,
+    Embedded,
     Redis,
 }
 
@@ -46,6 +47,7 @@ async fn stack(store: Store) -> Stack {
     let dir = Workdir::new();
     let (redis, kind) = match store {
         Store::Memory => (None, StoreKind::Memory),
+        Store::Embedded => (None, StoreKind::Embedded),
         Store::Redis => {
             let r = Redis::start(dir.path()).await;
             let url = r.url();
@@ -196,6 +198,9 @@ async fn create_use_and_revoke(store: Store) {
     if let Some(redis) = &s.redis {
         secret_absent_from_redis(redis, &token);
     }
+    if matches!(store, Store::Embedded) {
+        secret_absent_from_files(&s.cp.data_dir, &token);
+    }
 }
 
 async fn each_refusal_reason(store: Store) {
@@ -236,6 +241,27 @@ async fn each_refusal_reason(store: Store) {
     assert_eq!(with_key(&s.envoy, &token).await.0, 200);
 }
 
+/// Every file of the embedded store's data directory, scanned byte by byte for the
+/// secret.
+fn secret_absent_from_files(dir: &std::path::Path, token: &str) {
+    let secret = token.rsplit('_').next().unwrap();
+    let lookup = token.split('_').nth(1).unwrap();
+    let (mut files, mut seen_lookup) = (0, false);
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        if path.is_dir() {
+            pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        files += 1;
+        seen_lookup |= bytes.windows(lookup.len()).any(|w| w == lookup.as_bytes());
+        let found = bytes.windows(32).any(|w| w == &secret.as_bytes()[..32]);
+        assert!(!found, "the secret is in {}", path.display());
+    }
+    assert!(files > 0 && seen_lookup, "the scan sees the token's record ({files} files)");
+}
+
 /// Every Redis key and value, scanned for the secret (and the whole token).
 fn secret_absent_from_redis(redis: &Redis, token: &str) {
     let cli = |args: &[&str]| {
@@ -269,6 +295,11 @@ fn secret_absent_from_redis(redis: &Redis, token: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_use_and_revoke_in_memory() {
     create_use_and_revoke(Store::Memory).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_use_and_revoke_on_the_embedded_store() {
+    create_use_and_revoke(Store::Embedded).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
