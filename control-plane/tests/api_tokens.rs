@@ -343,13 +343,7 @@ async fn state_on(store: Arc<dyn Store>, clock: Arc<FixedClock>) -> AppState {
 }
 
 fn admin(method: &str, path: &str, body: Option<Value>) -> Request<Body> {
-    let builder =
-        Request::builder().method(method).uri(path).header(AUTHORIZATION, format!("Bearer {ADMIN_TOKEN}"));
-    match body {
-        Some(b) => builder.header(CONTENT_TYPE, "application/json").body(Body::from(b.to_string())),
-        None => builder.body(Body::empty()),
-    }
-    .unwrap()
+    support::admin_request(ADMIN_TOKEN, method, path, body)
 }
 
 async fn problem(response: Response, status: StatusCode) -> String {

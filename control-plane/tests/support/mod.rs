@@ -544,6 +544,27 @@ use portcullis_control_plane::{admin_app, internal_app, AppState};
 use portcullis_core::fleet::{FeedKey, FleetCredential};
 use tower::ServiceExt as _;
 
+/// An admin API request with `admin_token` as bearer, and `body` as JSON when given.
+pub fn admin_request(
+    admin_token: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> axum::http::Request<axum::body::Body> {
+    use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+    let builder = axum::http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(AUTHORIZATION, format!("Bearer {admin_token}"));
+    match body {
+        Some(b) => {
+            builder.header(CONTENT_TYPE, "application/json").body(axum::body::Body::from(b.to_string()))
+        }
+        None => builder.body(axum::body::Body::empty()),
+    }
+    .unwrap()
+}
+
 /// A response's body as JSON; panics with the body when it is not.
 pub async fn body_json(response: Response) -> serde_json::Value {
     let bytes = axum::body::to_bytes(response.into_body(), 1 << 22).await.unwrap();
