@@ -979,6 +979,18 @@ pub struct EnvoyClusters {
     pub control_plane_port: Option<u16>,
 }
 
+impl EnvoyClusters {
+    /// The upstream on `upstream_port` and `control_plane`'s internal listener; no
+    /// separate JWKS server.
+    pub fn beside(upstream_port: u16, control_plane: &ControlPlane) -> Self {
+        EnvoyClusters {
+            upstream_port,
+            jwks_port: None,
+            control_plane_port: Some(control_plane.internal_port),
+        }
+    }
+}
+
 impl Envoy {
     /// The bootstrap the end-to-end tests use: one listener (HTTP/1.1 and HTTP/2 with
     /// prior knowledge), the filter with `plugin_config`, then the router to the upstream.

@@ -56,11 +56,7 @@ async fn stack(store: Store) -> Stack {
     };
     let cp = ControlPlane::start(dir.path(), kind).await;
     let server = TestServer::start(json!({"keys": []})).await;
-    let clusters = EnvoyClusters {
-        upstream_port: server.port,
-        jwks_port: None,
-        control_plane_port: Some(cp.internal_port),
-    };
+    let clusters = EnvoyClusters::beside(server.port, &cp);
     let envoy = Envoy::start(dir.path(), &plugin_config(), &clusters).await;
     Stack { envoy, cp, server, redis, _dir: dir }
 }

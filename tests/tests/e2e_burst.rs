@@ -52,11 +52,7 @@ async fn stack(backend: Backend, extra: &[(&str, &str)]) -> Stack {
     ];
     env.extend_from_slice(extra);
     let cp = ControlPlane::start_env(dir.path(), store, &env).await;
-    let clusters = EnvoyClusters {
-        upstream_port: server.port,
-        jwks_port: None,
-        control_plane_port: Some(cp.internal_port),
-    };
+    let clusters = EnvoyClusters::beside(server.port, &cp);
     let envoy = Envoy::start(dir.path(), &plugin_config(true), &clusters).await;
     Stack { envoy, cp, server, _redis: redis, dir }
 }

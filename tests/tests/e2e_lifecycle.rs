@@ -85,11 +85,7 @@ where
     let seeded = seed(dir.path().to_path_buf(), store.clone()).await;
     let cp = ControlPlane::start(dir.path(), store).await;
     let upstream = TestServer::start(json!({"keys": []})).await;
-    let clusters = EnvoyClusters {
-        upstream_port: upstream.port,
-        jwks_port: None,
-        control_plane_port: Some(cp.internal_port),
-    };
+    let clusters = EnvoyClusters::beside(upstream.port, &cp);
     let envoy = Envoy::start(dir.path(), &config, &clusters).await;
     (Stack { envoy, cp, upstream, _redis: redis, dir }, seeded)
 }

@@ -59,11 +59,7 @@ async fn stack(backend: Backend, lockout: Value) -> Stack {
     let (redis, store) = backend.store(dir.path()).await;
     let cp = ControlPlane::start(dir.path(), store).await;
     let server = TestServer::start(json!({"keys": []})).await;
-    let clusters = EnvoyClusters {
-        upstream_port: server.port,
-        jwks_port: None,
-        control_plane_port: Some(cp.internal_port),
-    };
+    let clusters = EnvoyClusters::beside(server.port, &cp);
     let envoy = Envoy::start(dir.path(), &plugin_config(lockout), &clusters).await;
     Stack { envoy, cp, server, _redis: redis, _dir: dir }
 }

@@ -85,11 +85,7 @@ async fn driven_stack() -> Scraped {
     let dir = Workdir::new();
     let cp = ControlPlane::start(dir.path(), StoreKind::Embedded).await;
     let server = TestServer::start(json!({ "keys": [] })).await;
-    let clusters = EnvoyClusters {
-        upstream_port: server.port,
-        jwks_port: None,
-        control_plane_port: Some(cp.internal_port),
-    };
+    let clusters = EnvoyClusters::beside(server.port, &cp);
     let envoy = Envoy::start(dir.path(), &plugin_config(&key), &clusters).await;
 
     let alice = key.sign(&claims("alice", "read"));

@@ -28,11 +28,7 @@ fn plugin_config() -> Value {
 async fn control_plane_token_is_admitted_by_envoy(store: StoreKind, dir: &Workdir) {
     let cp = ControlPlane::start(dir.path(), store).await;
     let server = TestServer::start(json!({"keys": []})).await;
-    let clusters = EnvoyClusters {
-        upstream_port: server.port,
-        jwks_port: None,
-        control_plane_port: Some(cp.internal_port),
-    };
+    let clusters = EnvoyClusters::beside(server.port, &cp);
     let envoy = Envoy::start(dir.path(), &plugin_config(), &clusters).await;
 
     let r = http().get(envoy.url("/api/me")).send().await.unwrap();
@@ -110,11 +106,7 @@ async fn cli_issues_a_token_that_envoy_admits() {
     let dir = Workdir::new();
     let cp = ControlPlane::start(dir.path(), StoreKind::Memory).await;
     let server = TestServer::start(json!({"keys": []})).await;
-    let clusters = EnvoyClusters {
-        upstream_port: server.port,
-        jwks_port: None,
-        control_plane_port: Some(cp.internal_port),
-    };
+    let clusters = EnvoyClusters::beside(server.port, &cp);
     let envoy = Envoy::start(dir.path(), &plugin_config(), &clusters).await;
 
     let out = Command::new(portcullis_e2e::bin("portcullis"))
