@@ -15,6 +15,7 @@ mod host;
 mod login;
 mod metrics;
 mod pipeline;
+mod progress;
 mod reply;
 mod request;
 mod root;

@@ -29,61 +29,19 @@ use portcullis_core::RequestParts;
 
 use crate::calls::Call;
 use crate::features::jwt::fetchable;
-use crate::features::signature::{self, SignedParts};
+use crate::features::signature;
 use crate::held::{CheckInput, Parked, FEED_POLL};
 use crate::host::Upstream;
 use crate::reply::{apply_edits, count_allowed, deny, Next};
 use crate::runtime::Runtime;
 use crate::stateful;
 
+pub use crate::progress::{Progress, StrictCheck};
+
 /// Bound on decide → fetch → decide rounds for one request.
 const MAX_ROUNDS: usize = 4;
 /// Largest answer to a strict revocation check read.
 const MAX_STATUS_BYTES: usize = 64 * 1024;
-
-/// What one request has already tried while waiting for keys.
-#[derive(Default)]
-pub struct Progress {
-    /// Providers whose keys were already re-read from shared data for this request.
-    reloaded: Vec<usize>,
-    /// Providers whose keys this request fetched or could not fetch.
-    tried: Vec<usize>,
-    /// Outstanding strict revocation check.
-    pub(crate) strict: Option<StrictCheck>,
-    /// The feed was polled (or waited for) on this request's behalf already.
-    feed_refreshed: bool,
-    /// Decided from another context's callback: no calls may be started for it (their
-    /// answers would reach that other context).
-    no_callouts: bool,
-    /// What the stateful checks after authentication need.
-    pub(crate) input: CheckInput,
-    /// On a rule with `signatures`: the scheme and buffered body the check reads.
-    pub(crate) signed: Option<SignedParts>,
-}
-
-impl Progress {
-    /// For a parked request decided from another context: its keys were waited for
-    /// already, and no call may be started on its behalf.
-    pub(crate) fn for_parked(remote_providers: Vec<usize>, input: CheckInput) -> Self {
-        Progress {
-            reloaded: remote_providers.clone(),
-            tried: remote_providers,
-            strict: None,
-            feed_refreshed: true,
-            no_callouts: true,
-            input,
-            signed: None,
-        }
-    }
-}
-
-/// A request whose tokens verified, waiting for the control plane's word on them.
-pub struct StrictCheck {
-    current: Authenticated,
-    rest: Vec<Authenticated>,
-    identities: Vec<Authenticated>,
-    edits: UpstreamEdits,
-}
 
 /// The calls the authentication phases may need.
 enum AuthCall {
