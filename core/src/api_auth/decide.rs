@@ -45,13 +45,14 @@ pub enum ApiAuth {
 /// token prefix; elsewhere (`x-api-key`) every value. Second: whether an
 /// `authorization` location carries another bearer credential (a JWT).
 fn candidates(settings: &ApiTokenSettings, request: &RequestParts) -> (Vec<(String, TokenLocation)>, bool) {
-    let marker = format!("{}_", settings.prefix);
+    let prefix = settings.prefix.as_str();
     let mut others = false;
     let mut found: Vec<(String, TokenLocation)> = Vec::new();
     for location in &settings.locations {
         let shared = matches!(location, TokenLocation::Header { name, .. } if name.eq_ignore_ascii_case("authorization"));
         for value in location.extract(request) {
-            if shared && !value.starts_with(&marker) {
+            let marked = value.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('_'));
+            if shared && !marked {
                 others = true;
                 continue;
             }
