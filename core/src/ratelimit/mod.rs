@@ -92,7 +92,7 @@ pub(crate) use config::compile_limits;
 pub use config::{HeaderMode, LimitMode, Override, OverrideConfig, RateLimit, RateLimitConfig, MAX_LIMITS};
 pub use descriptor::{AppliedLimit, Descriptor, LimitContext, MAX_DESCRIPTOR_VALUE};
 pub use gcra::{lease_size, Gcra, GcraDecision, GcraState, Lease, LeaseGrant, Unit};
-pub use lease_slot::{LeaseSlot, SlotSpend};
+pub use lease_slot::{LeaseSlot, LocalSlice, SliceTake, SlotSpend, MAX_SLICE};
 
 /// The `RateLimit-*` response headers (lowercase names). `reset_secs` is the time until
 /// the quota is full again (`ceil(reset_after_ms / 1000)`). `policy` is left out when it

@@ -1,16 +1,19 @@
 //! Rate limits in the filter: quota leased from the control plane is kept in Envoy
 //! shared data (one slot per counter, spent by every worker with compare-and-swap);
-//! `mode: strict` limits and empty slots ask the control plane. Requests on one
-//! counter share the lease ask in flight. Unspent units of leases about to expire are
-//! given back on the tick.
+//! each worker moves a slice of a slot into its own memory when it spends from it, so
+//! most requests spend without a host call (`LocalSlice`: the units were taken from
+//! the slot, so none is spent twice). `mode: strict` limits and empty slots ask the
+//! control plane. Requests on one counter share the lease ask in flight. Unspent units
+//! of leases about to expire (slices first given back to their slots) are given back
+//! on the tick.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 
 use portcullis_core::control_plane::FailureMode;
 use portcullis_core::ratelimit::{
-    rate_limit_headers, retry_after_secs, AppliedLimit, HeaderMode, LeaseSlot, LimitMode, RateLimit,
-    SlotSpend,
+    rate_limit_headers, retry_after_secs, AppliedLimit, HeaderMode, LeaseSlot, LimitMode, LocalSlice,
+    RateLimit, SliceTake,
 };
 use portcullis_core::response::Denial;
 use portcullis_core::wire::{RateLimitAsk, RateLimitOp, RateLimitReply, RateLimitResult};
@@ -98,6 +101,8 @@ pub struct RateLimitState {
     inflight: RefCell<HashMap<String, u32>>,
     /// Counters this worker leased from, for releasing unspent units.
     known: RefCell<HashMap<String, AppliedLimit>>,
+    /// Counter key → the slice of its lease this worker spends from.
+    slices: RefCell<HashMap<String, LocalSlice>>,
     /// Metric names per (limit, outcome).
     metric_names: RefCell<HashMap<(usize, &'static str), String>>,
     /// Per request context: `RateLimit-*` headers for the response.
@@ -176,7 +181,8 @@ impl RateLimitState {
         }
     }
 
-    /// Spends one unit of the shared lease, or says what to do without one.
+    /// Spends one unit of this worker's slice or of the shared lease (taking a new
+    /// slice), or says what to do without one.
     fn spend(
         &self,
         env: Env<'_>,
@@ -185,30 +191,53 @@ impl RateLimitState {
         limit: &RateLimit,
     ) -> LimitStep {
         let now = env.now_ms;
+        let from_slice =
+            self.slices.borrow_mut().get_mut(&applied.key).and_then(|slice| {
+                slice.spend(1, now).then(|| (slice.visible_remaining(now), slice.reset_at_ms))
+            });
+        if let Some((remaining, reset_at_ms)) = from_slice {
+            self.count(env, applied.index, limit, "allowed");
+            return LimitStep::Done(headers_if_wanted(limit, || {
+                (remaining, limit_headers(applied, remaining, reset_at_ms, now))
+            }));
+        }
         let key = slot_key(&applied.key);
-        let spend = SharedCell::new(env.host, &key).update(|data| {
+        let room = self.slice_room(now);
+        let take = SharedCell::new(env.host, &key).update(|data| {
             let slot = data.map(LeaseSlot::decode).unwrap_or_default();
-            match slot.spend(1, now) {
-                SlotSpend::Spent(next) => Swap::Write(next.encode(), (slot, SlotSpend::Spent(next))),
+            match slot.take_slice(1, now) {
+                SliceTake::Taken { slot: next, slice } if room || slice.units == 0 => {
+                    Swap::Write(next.encode(), (slot, SliceTake::Taken { slot: next, slice }))
+                }
+                SliceTake::Taken { .. } => {
+                    // No room for another slice: spend the request's unit only.
+                    let next = LeaseSlot { units: slot.units.saturating_sub(1), ..slot };
+                    let slice = LocalSlice::default();
+                    Swap::Write(next.encode(), (slot, SliceTake::Taken { slot: next, slice }))
+                }
                 other => Swap::Keep((slot, other)),
             }
         });
-        match spend {
-            Some((_, SlotSpend::Spent(next))) => {
+        match take {
+            Some((_, SliceTake::Taken { slot: next, slice })) => {
                 self.count(env, applied.index, limit, "allowed");
+                if slice.units > 0 {
+                    self.slices.borrow_mut().insert(applied.key.clone(), slice);
+                    self.remember(applied);
+                }
                 LimitStep::Done(headers_if_wanted(limit, || {
-                    let remaining = next.visible_remaining(now);
+                    let remaining = next.visible_remaining(now).saturating_add(slice.units);
                     (remaining, limit_headers(applied, remaining, next.reset_at_ms, now))
                 }))
             }
-            Some((slot, SlotSpend::Refused { retry_after_ms })) => LimitStep::Deny(rate_limited(
+            Some((slot, SliceTake::Refused { retry_after_ms })) => LimitStep::Deny(rate_limited(
                 applied,
                 retry_after_ms,
                 0,
                 slot.reset_at_ms.saturating_sub(now),
                 now,
             )),
-            Some((_, SlotSpend::NeedLease)) => {
+            Some((_, SliceTake::NeedLease)) => {
                 if let Some(token) = self.inflight.borrow().get(&applied.key).copied() {
                     return LimitStep::Wait(token);
                 }
@@ -264,12 +293,48 @@ impl RateLimitState {
                 let slot = data.map(LeaseSlot::decode).unwrap_or_default();
                 Swap::Write(slot.granted(result, env.now_ms).encode(), ())
             });
-            let mut known = self.known.borrow_mut();
-            if known.len() >= MAX_KNOWN_SLOTS {
-                known.clear();
-            }
-            known.insert(applied.key.clone(), applied.clone());
+            self.remember(applied);
         }
+    }
+
+    /// Remembers a counter this worker holds units of, to release them before they expire.
+    fn remember(&self, applied: &AppliedLimit) {
+        let mut known = self.known.borrow_mut();
+        if known.contains_key(&applied.key) {
+            return;
+        }
+        if known.len() >= MAX_KNOWN_SLOTS {
+            known.clear();
+        }
+        known.insert(applied.key.clone(), applied.clone());
+    }
+
+    /// Whether this worker may keep one more slice: slices are bounded like the known
+    /// counters; when full, the spent ones are forgotten first, and if none is, the
+    /// request spends its unit from the shared slot without taking a slice.
+    fn slice_room(&self, now_ms: u64) -> bool {
+        let mut slices = self.slices.borrow_mut();
+        if slices.len() < MAX_KNOWN_SLOTS {
+            return true;
+        }
+        slices.retain(|_, s| s.live_units(now_ms) > 0);
+        slices.len() < MAX_KNOWN_SLOTS
+    }
+
+    /// Gives this worker's slice of `key` back to its shared slot; a slice whose lease
+    /// has expired is forfeited. One attempt per tick: false when another worker wrote
+    /// the slot in between (the slice is kept for the next tick).
+    fn give_back_slice(&self, cell: &SharedCell<'_>, key: &str, now_ms: u64) -> bool {
+        let Some(slice) = self.slices.borrow().get(key).copied() else { return true };
+        let (data, cas) = cell.read();
+        let slot = data.map(|d| LeaseSlot::decode(&d)).unwrap_or_default();
+        if let Some(back) = slot.give_back(&slice, now_ms) {
+            if cell.put_if(&back.encode(), cas).is_err() {
+                return false;
+            }
+        }
+        self.slices.borrow_mut().remove(key);
+        true
     }
 
     /// Empties the leases that expire before the next tick (in about `tick_ms`) and
@@ -282,6 +347,12 @@ impl RateLimitState {
         for applied in known {
             let key = slot_key(&applied.key);
             let cell = SharedCell::new(env.host, &key);
+            let slice_due = self.slices.borrow().get(&applied.key).is_some_and(|s| {
+                s.units == 0 || s.expires_at_ms.saturating_sub(now) <= tick_ms.saturating_mul(2)
+            });
+            if slice_due && !self.give_back_slice(&cell, &applied.key, now) {
+                continue; // another worker wrote the slot in between: next tick
+            }
             let (data, cas) = cell.read();
             let slot = data.map(|d| LeaseSlot::decode(&d)).unwrap_or_default();
             if now >= slot.expires_at_ms {
@@ -308,7 +379,9 @@ impl RateLimitState {
             }
         }
         let mut known = self.known.borrow_mut();
+        let mut slices = self.slices.borrow_mut();
         for key in forget {
+            slices.remove(&key);
             known.remove(&key);
         }
         asks

@@ -160,3 +160,47 @@ fn trailers_and_body_of_a_request_waiting_for_a_lease_are_held() {
     assert_eq!(w.host.resumes_of(id), 1);
     assert_eq!(w.trailers(id), Action::Continue);
 }
+
+fn releases(w: &Worker) -> Vec<u64> {
+    w.host
+        .calls_to(RATE_LIMIT_PATH)
+        .iter()
+        .filter_map(|c| c.body.as_ref().and_then(|b| serde_json::from_slice::<RateLimitBatch>(b).ok()))
+        .flat_map(|b| b.asks)
+        .filter_map(|a| if let RateLimitOp::Release { units } = a.op { Some(units) } else { None })
+        .collect()
+}
+
+#[test]
+fn a_worker_spends_its_slice_of_the_lease_without_host_calls_and_gives_it_back_before_expiry() {
+    let mut w = Worker::start(limited_config("lease", "deny"));
+    let first = request_needing_a_call(&mut w, "alice");
+    let call = w.last_call();
+    w.answer(&call, "200", &grant(100));
+    assert_eq!(w.host.resumes_of(first), 1);
+
+    // The first request took its unit and a slice of (100 - 1) / 2 = 49 units: the next
+    // 49 requests on the counter read and write no shared data.
+    w.host.clear_log();
+    for _ in 0..49 {
+        let auth = bearer(&token("alice"));
+        let (_, action) = w.request("/api/x", &[("authorization", &auth)], true);
+        assert_eq!(action, Action::Continue);
+    }
+    let shared_calls = w.host.log.borrow().iter().filter(|c| c.contains("shared_data")).count();
+    assert_eq!(shared_calls, 0, "49 requests spent from the worker's slice");
+    // The 51st request takes from the slot again (and a new slice), still without a call.
+    let auth = bearer(&token("alice"));
+    assert_eq!(w.request("/api/x", &[("authorization", &auth)], true).1, Action::Continue);
+    assert!(w.host.log.borrow().iter().any(|c| c.contains("shared_data")));
+    assert_eq!(lease_asks(&w), 1, "one lease served 51 requests");
+    assert_eq!(w.host.counter("portcullis.ratelimit.per-user.allowed"), 51);
+
+    // Near the lease's expiry the tick gives the slice back to the slot and releases
+    // every unspent unit: 100 granted - 51 spent, none lost in the slice.
+    w.tick();
+    assert!(releases(&w).is_empty(), "far from expiry nothing is released");
+    w.host.advance(60_000 - 400);
+    w.tick();
+    assert_eq!(releases(&w), vec![49], "slot and slice released together");
+}
