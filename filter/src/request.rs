@@ -354,8 +354,9 @@ impl HttpContext for AuthnContext {
                 client_ip(&request, downstream.as_deref(), rt.policy.stateful_checks.trusted_hops)
             }
         };
+        let request_id = request.header_values("x-request-id").next().map(str::to_string);
         let seen = Seen {
-            request_id: request.header_values("x-request-id").next().map(str::to_string),
+            request_id,
             method: request.method,
             path: request.path,
             client_ip,
