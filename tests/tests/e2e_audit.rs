@@ -151,7 +151,7 @@ async fn wait_for_records(cp: &ControlPlane, n: usize) -> Vec<Value> {
 }
 
 /// Waits until the filter recorded `n` decisions in all (each request's record is
-/// built when it ends), so that the next phase's records come after.
+/// built when it ends).
 async fn recorded(envoy: &Envoy, n: u64) {
     eventually(SETTLE, &format!("{n} decisions recorded"), || async {
         envoy.counter("wasmcustom.portcullis.audit.recorded").await >= n
@@ -208,7 +208,9 @@ async fn mixed_stream_is_recorded_exactly(store: Option<Backend>) {
             sent.push((id, phase, rule, subject, seen));
             n += 1;
         }
-        recorded(&s.envoy, n as u64).await;
+        // The next phase starts once this one is in the log: records reach it in batches,
+        // each worker's in the order its requests ended (docs/audit.md).
+        wait_for_records(&s.cp, n).await;
     }
     let count = |p: &dyn Fn(&Seen) -> bool| sent.iter().filter(|x| p(&x.4)).count();
     let carol_allowed = sent.iter().filter(|x| x.3 == Some("carol") && x.4.status == 200).count();
