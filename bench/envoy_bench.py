@@ -92,6 +92,11 @@ def setups(algs, stores=()):
         # cached JWT path of the same algorithm, which it is compared with.
         out.append({"id": f"t-portcullis-apitoken-{stores[0]}", "group": "t", "alg": alg,
                     "cached": True, "store": stores[0]})
+        # (u): (c) cached plus the audit log at its default sampling (every allow decided,
+        # one in a thousand recorded and batched to the control plane), compared with (c)
+        # of the same run; the target is at least 0.95x.
+        out.append({"id": f"u-portcullis-{alg}-cached-audit-{stores[0]}", "group": "u", "alg": alg,
+                    "cached": True, "store": stores[0]})
     out.append({"id": "e-local_ratelimit", "group": "e", "alg": None, "cached": None})
     return out
 
@@ -151,6 +156,9 @@ def http_filters(setup, bench_input, wasm_path):
         plugin["controlPlane"] = dict(CONTROL_PLANE_SECTION)
         plugin["apiTokens"] = {}
         plugin["rules"] = [{"name": "all", "match": {"pathPrefix": "/"}, "acceptApiTokens": True}]
+    if setup["group"] == "u":
+        plugin["controlPlane"] = dict(CONTROL_PLANE_SECTION)
+        plugin["audit"] = {}
     if setup["group"] in ("d", "dl", "dr"):
         plugin["controlPlane"] = dict(CONTROL_PLANE_SECTION)
     if setup["group"] in ("d", "dl"):
@@ -595,7 +603,7 @@ def filter_counters(setup, delta):
     if group == "b":
         return (delta.get(f"http.{STAT_PREFIX}.jwt_authn.allowed", 0),
                 delta.get(f"http.{STAT_PREFIX}.jwt_authn.denied", 0))
-    if group in ("c", "c0", "d", "dr", "dl", "t"):
+    if group in ("c", "c0", "d", "dr", "dl", "t", "u"):
         denied = sum(v for k, v in delta.items() if k.startswith("wasmcustom.portcullis.requests.denied."))
         return delta.get("wasmcustom.portcullis.requests.allowed", 0), denied
     if group == "e":
@@ -756,6 +764,7 @@ def bench_concurrency(args, bench_input, concurrency, pid_dir, cps):
                                                       "wasmcustom.portcullis.ratelimit.",
                                                       "wasmcustom.portcullis.revocation.",
                                                       "wasmcustom.portcullis.api_tokens.",
+                                                      "wasmcustom.portcullis.audit.",
                                                       "wasmcustom.portcullis.guard."))}
             res["command"] = " ".join(e.cmd)
             res["wrk_command"] = (f"wrk -t1 -c{args.connections} -d{args.duration}s --latency "
