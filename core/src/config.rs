@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde::Deserialize;
 
-use crate::audit::config::{compile_audit, AuditConfig, AuditSettings};
 use crate::api_auth::{compile_api_tokens, ApiTokenSettings, ApiTokensConfig};
+use crate::audit::config::{compile_audit, AuditConfig, AuditSettings};
 use crate::burst::BurstConfig;
 use crate::client_addr::ClientIpConfig;
 use crate::control_plane::{ControlPlane, ControlPlaneConfig, Environment};

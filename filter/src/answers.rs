@@ -133,12 +133,7 @@ pub fn on_answer(
                 api_token_tick(rt, rt.host.now_unix_ms());
             }
         }
-        Call::AuditBatch { id } => {
-            let (status, _) = rt.host.call_response(body_size, 4096);
-            if let Some(audit) = &rt.audit {
-                audit.complete_send(&id, status.as_deref(), rt.host.now_unix_ms(), &rt.metrics);
-            }
-        }
+        Call::AuditBatch { id } => audit_answer(rt, &id, body_size),
         Call::ApiTokenUsage => {
             let (status, _) = rt.host.call_response(body_size, 4096);
             if status.as_deref() != Some("200") {
@@ -232,6 +227,14 @@ pub fn api_token_tick(rt: &Runtime, now: u64) {
         {
             rt.metrics.count("portcullis.api_tokens.usage_failed");
         }
+    }
+}
+
+/// The control plane's answer to audit batch `id`.
+fn audit_answer(rt: &Runtime, id: &str, body_size: usize) {
+    let (status, _) = rt.host.call_response(body_size, 4096);
+    if let Some(audit) = &rt.audit {
+        audit.complete_send(id, status.as_deref(), rt.host.now_unix_ms(), &rt.metrics);
     }
 }
 

@@ -53,7 +53,8 @@ impl Runtime {
     pub fn new(policy: Policy, vm: u64, now_ms: u64, host: Rc<dyn Host>) -> Self {
         let revocation = policy.revocation.clone().map(|r| RevocationSync::new(r, vm, now_ms, host.clone()));
         let api_tokens = policy.api_tokens.clone().map(|s| ApiTokenSync::new(s, vm, host.clone()));
-        let audit = policy.audit.clone().map(|s| AuditState::new(s, vm, random_seed(vm, now_ms), host.clone()));
+        let audit =
+            policy.audit.clone().map(|s| AuditState::new(s, vm, random_seed(vm, now_ms), host.clone()));
         Runtime {
             audit,
             revocation,

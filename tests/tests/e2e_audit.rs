@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use portcullis_e2e::tokens::{claims, jwks, now, FixtureKey};
 use portcullis_e2e::{
-    control_plane_section, eventually, free_port, http, Backend, ControlPlane, Envoy, EnvoyClusters, Hcm, Redis,
-    StoreKind, TestServer, Workdir, FLEET_CREDENTIAL, FLEET_CREDENTIAL_ENV,
+    control_plane_section, eventually, free_port, http, Backend, ControlPlane, Envoy, EnvoyClusters, Hcm,
+    Redis, StoreKind, TestServer, Workdir, FLEET_CREDENTIAL, FLEET_CREDENTIAL_ENV,
 };
 use serde_json::{json, Value};
 
@@ -101,7 +101,14 @@ struct Seen {
 }
 
 /// One request with `x-request-id: id`.
-async fn send(envoy: &Envoy, id: &str, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Seen {
+async fn send(
+    envoy: &Envoy,
+    id: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> Seen {
     let mut req = match method {
         "POST" => http().post(envoy.url(path)),
         _ => http().get(envoy.url(path)),
@@ -164,8 +171,13 @@ async fn recorded(envoy: &Envoy, n: u64) {
 /// the phases in the order they were sent.
 async fn mixed_stream_is_recorded_exactly(store: Option<Backend>) {
     let key = FixtureKey::load("es256-a");
-    let s = stack(store, &key, json!({ "allowSampleRate": 1, "batchSize": 50, "flushIntervalMs": 200 })).await;
-    let (alice, bob, carol) = (key.sign(&claims("alice", "read")), key.sign(&claims("bob", "read")), key.sign(&claims("carol", "read")));
+    let s =
+        stack(store, &key, json!({ "allowSampleRate": 1, "batchSize": 50, "flushIntervalMs": 200 })).await;
+    let (alice, bob, carol) = (
+        key.sign(&claims("alice", "read")),
+        key.sign(&claims("bob", "read")),
+        key.sign(&claims("carol", "read")),
+    );
     let mut expired = claims("dave", "read");
     expired["exp"] = json!(now() - 3_600);
     expired["iat"] = json!(now() - 7_200);
@@ -257,7 +269,8 @@ async fn mixed_stream_is_recorded_exactly(store: Option<Backend>) {
     assert_eq!(decisions(&s.cp, "&rule=limited").await.len(), 100);
     assert_eq!(decisions(&s.cp, "&reason=locked_out").await.len(), 195);
     assert_eq!(decisions(&s.cp, "&reason=rate_limited").await.len(), 100 - carol_allowed);
-    let cli = s.cp.cli(&["audit", "list", "--ip", "127.0.0.1", "--reason", "expired", "--limit", "1000", "--json"]);
+    let cli =
+        s.cp.cli(&["audit", "list", "--ip", "127.0.0.1", "--reason", "expired", "--limit", "1000", "--json"]);
     assert_eq!(serde_json::from_str::<Vec<Value>>(&cli).unwrap().len(), 100);
     let verified = s.cp.cli(&["audit", "verify"]);
     assert!(verified.contains("intact"), "{verified}");
@@ -267,7 +280,12 @@ async fn mixed_stream_is_recorded_exactly(store: Option<Backend>) {
 /// record is stored once.
 async fn restart_mid_stream_loses_and_duplicates_nothing(backend: Backend) {
     let key = FixtureKey::load("es256-a");
-    let mut s = stack(Some(backend), &key, json!({ "batchSize": 10, "flushIntervalMs": 200, "retryInitialMs": 50, "retryMaxMs": 500 })).await;
+    let mut s = stack(
+        Some(backend),
+        &key,
+        json!({ "batchSize": 10, "flushIntervalMs": 200, "retryInitialMs": 50, "retryMaxMs": 500 }),
+    )
+    .await;
     let mut ids = BTreeSet::new();
     for i in 0..300 {
         if i == 100 {

@@ -199,7 +199,8 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn event(i: u64) -> Vec<u8> {
-        let record = DecisionRecord { request_id: Some(format!("r{i}")), ..DecisionRecord::new(i, Decision::Deny) };
+        let record =
+            DecisionRecord { request_id: Some(format!("r{i}")), ..DecisionRecord::new(i, Decision::Deny) };
         serde_json::to_vec(&record).unwrap()
     }
 

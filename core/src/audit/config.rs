@@ -108,13 +108,19 @@ pub struct AuditSettings {
 }
 
 /// Validates the section (field paths relative to it).
-pub fn compile_audit(config: AuditConfig, control_plane: &ControlPlane) -> Result<AuditSettings, ConfigError> {
+pub fn compile_audit(
+    config: AuditConfig,
+    control_plane: &ControlPlane,
+) -> Result<AuditSettings, ConfigError> {
     let rate = config.allow_sample_rate;
     if !(0.0..=1.0).contains(&rate) {
         return Err(ConfigError::new("allowSampleRate", "must be between 0 and 1"));
     }
     if !(1..=MAX_DECISIONS_PER_BATCH).contains(&config.batch_size) {
-        return Err(ConfigError::new("batchSize", format!("must be between 1 and {MAX_DECISIONS_PER_BATCH}")));
+        return Err(ConfigError::new(
+            "batchSize",
+            format!("must be between 1 and {MAX_DECISIONS_PER_BATCH}"),
+        ));
     }
     if !(100..=60_000).contains(&config.flush_interval_ms) {
         return Err(ConfigError::new("flushIntervalMs", "must be between 100 and 60000"));

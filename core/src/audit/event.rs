@@ -139,7 +139,10 @@ mod tests {
             subject: Some((SubjectKind::Jwt, "alice".into())),
         };
         let r = build(&s, &seen(), &outcome, Some(429), 1_012);
-        assert_eq!((r.decision, r.reason.as_deref(), r.status), (Decision::Deny, Some("locked_out"), Some(429)));
+        assert_eq!(
+            (r.decision, r.reason.as_deref(), r.status),
+            (Decision::Deny, Some("locked_out"), Some(429))
+        );
         assert!(r.locked_out && !r.rate_limited && !r.burst);
         assert_eq!(r.path.as_deref(), Some("/login"));
         assert_eq!(r.client, Some(s.control_plane.feed_key.client_address("192.0.2.7")));
@@ -151,7 +154,8 @@ mod tests {
     #[test]
     fn shadow_denies_raw_addresses_and_kept_queries_are_as_configured() {
         let s = settings(r#"{"clientAddress":"raw","keepQuery":true}"#);
-        let outcome = Outcome { denial: Some(Denied { reason: "rate_limited", shadow: true }), ..Outcome::default() };
+        let outcome =
+            Outcome { denial: Some(Denied { reason: "rate_limited", shadow: true }), ..Outcome::default() };
         let r = build(&s, &seen(), &outcome, Some(200), 900);
         assert_eq!(r.decision, Decision::ShadowDeny);
         assert!(r.rate_limited);

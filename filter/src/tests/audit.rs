@@ -26,7 +26,8 @@ fn decisions_are_batched_resent_with_their_id_and_acknowledged() {
     let (denied, _) = w.request("/api/x?secret=1", &[("x-request-id", "req-1")], true);
     assert_eq!(w.host.replies_on(denied)[0].status, 401);
     let bearer = bearer(&token("alice"));
-    let (allowed, action) = w.request("/api/y", &[("authorization", &bearer), ("x-request-id", "req-2")], true);
+    let (allowed, action) =
+        w.request("/api/y", &[("authorization", &bearer), ("x-request-id", "req-2")], true);
     assert_eq!(action, Action::Continue);
     assert_eq!(w.call_count(), 0, "nothing leaves on the request path");
     w.log(denied, 401);
@@ -40,7 +41,10 @@ fn decisions_are_batched_resent_with_their_id_and_acknowledged() {
     let [deny, allow] = &batch.decisions[..] else { panic!("two decisions: {batch:?}") };
     assert_eq!((deny.decision, deny.reason.as_deref()), (Decision::Deny, Some("missing_token")));
     assert_eq!((deny.request_id.as_deref(), deny.path.as_deref()), (Some("req-1"), Some("/api/x")));
-    assert_eq!((deny.status, deny.rule.as_deref(), deny.method.as_deref()), (Some(401), Some("api"), Some("GET")));
+    assert_eq!(
+        (deny.status, deny.rule.as_deref(), deny.method.as_deref()),
+        (Some(401), Some("api"), Some("GET"))
+    );
     let key = FleetCredential::new("unit-test-fleet-credential-0123456789abcdef").unwrap().feed_key();
     assert_eq!(deny.client, Some(key.client_address("192.0.2.7")), "the address is hashed");
     assert_eq!((allow.decision, allow.subject.as_deref()), (Decision::Allow, Some("alice")));
@@ -99,6 +103,7 @@ fn a_full_buffer_drops_the_oldest_and_counts_them_exactly() {
     let first = first.unwrap();
     w.answer(&first, "200", b"{}");
     w.tick();
-    let ids: Vec<_> = batch_of(&w.last_call()).decisions.iter().map(|d| d.request_id.clone().unwrap()).collect();
+    let ids: Vec<_> =
+        batch_of(&w.last_call()).decisions.iter().map(|d| d.request_id.clone().unwrap()).collect();
     assert_eq!(ids, ["r4"]);
 }
