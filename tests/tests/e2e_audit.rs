@@ -166,6 +166,9 @@ async fn recorded(envoy: &Envoy, n: u64) {
     .await;
 }
 
+/// A kind of request: method, path, token, body, the rule that decides it, its subject.
+type Kind<'a> = (&'a str, &'a str, Option<&'a str>, Option<Value>, &'a str, Option<&'a str>);
+
 /// 1,000 mixed requests, each recorded once with the decision, reason, status and
 /// subject the client's answer implies; found by subject, address, rule and reason;
 /// the phases in the order they were sent.
@@ -186,7 +189,7 @@ async fn mixed_stream_is_recorded_exactly(store: Option<Backend>) {
     // (id, phase, rule, subject, what the client saw)
     let mut sent: Vec<(String, usize, &str, Option<&str>, Seen)> = Vec::new();
     let mut n = 0usize;
-    let phases: [Vec<(&str, &str, Option<&str>, Option<Value>, &str, Option<&str>)>; 4] = [
+    let phases: [Vec<Kind<'_>>; 4] = [
         // Allowed: no token on a public route, alice and bob on the API.
         vec![
             ("GET", "/public/x", None, None, "public", None),
