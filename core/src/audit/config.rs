@@ -175,21 +175,19 @@ impl AuditSettings {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
-    fn control_plane() -> ControlPlane {
+    /// The section in `json`, compiled beside a test control plane.
+    pub(crate) fn settings(json: &str) -> Result<AuditSettings, ConfigError> {
         let config: crate::control_plane::ControlPlaneConfig = serde_json::from_str(
             r#"{"cluster":"cp","authority":"cp","credential":{"inline":"fleet-credential-0123456789abcdef0123"}}"#,
         )
         .unwrap();
-        crate::control_plane::compile(config, &|_| None).unwrap()
-    }
-
-    fn settings(json: &str) -> Result<AuditSettings, ConfigError> {
-        compile_audit(serde_json::from_str(json).unwrap(), &control_plane())
+        let control_plane = crate::control_plane::compile(config, &|_| None).unwrap();
+        compile_audit(serde_json::from_str(json).unwrap(), &control_plane)
     }
 
     #[test]

@@ -107,17 +107,11 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::config::{compile_audit, AuditConfig};
     #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     fn settings(json: &str) -> AuditSettings {
-        let cp: crate::control_plane::ControlPlaneConfig = serde_json::from_str(
-            r#"{"cluster":"cp","authority":"cp","credential":{"inline":"fleet-credential-0123456789abcdef0123"}}"#,
-        )
-        .unwrap();
-        let cp = crate::control_plane::compile(cp, &|_| None).unwrap();
-        compile_audit(serde_json::from_str::<AuditConfig>(json).unwrap(), &cp).unwrap()
+        crate::audit::config::tests::settings(json).unwrap()
     }
 
     fn seen() -> Seen {
