@@ -4,11 +4,12 @@
 //! request's context ([`AuditState::subject`], [`AuditState::decided`]); an allow is
 //! kept or forgotten then (sampling), a denial is always kept. When the request ends
 //! (`on_log`: status and latency are known, every outcome — a 429, a lockout, a local
-//! reply — is seen once) the record is built and put in this worker's small staging
-//! list ([`AuditState::finish`]), which goes to the Envoy-wide buffer in shared data
-//! (`portcullis.v1.audit.buffer`, `portcullis_core::audit::buffer`) on the root tick
-//! or when a batch's worth is staged. No host call is added to a request that is
-//! allowed and sampled out.
+//! reply — is seen once) the record is built and put in this worker's staging list
+//! ([`AuditState::finish`]), which goes to the Envoy-wide buffer in shared data
+//! (`portcullis.v1.audit.buffer`, `portcullis_core::audit::buffer`) on the root tick:
+//! the buffer is rewritten once per tick and worker, never per request. A request
+//! that is allowed and sampled out costs a clock read, a random draw and, with a
+//! verified subject, one short-lived map entry.
 //!
 //! One worker at a time sends (the lease `portcullis.v1.audit.leader`: VM number and
 //! until when, compare-and-swap): on its tick, when a batch is full or the flush
@@ -149,8 +150,9 @@ impl AuditState {
         self.notes.try_borrow().is_ok_and(|n| n.get(&ctx).is_some_and(|n| n.decided))
     }
 
-    /// The request on `ctx` ended: its record is staged (and the staged records go to
-    /// the shared buffer once a batch's worth is there).
+    /// The request on `ctx` ended: its record is staged (the root tick moves it to the
+    /// shared buffer). At most `bufferEvents` are staged: beyond, the oldest are
+    /// dropped (counted), as the buffer would drop them.
     pub fn finish(&self, ctx: u32, seen: &Seen, status: Option<u16>, now_ms: u64, metrics: &Metrics) {
         let Some(note) = self.notes.try_borrow_mut().ok().and_then(|mut n| n.remove(&ctx)) else { return };
         if !note.decided {
@@ -159,14 +161,12 @@ impl AuditState {
         let record = event::build(&self.settings, seen, &note.outcome, status, now_ms);
         let Ok(json) = serde_json::to_vec(&record) else { return };
         metrics.count("portcullis.audit.recorded");
-        let full = {
-            let Ok(mut staged) = self.staged.try_borrow_mut() else { return };
-            staged.push(json);
-            staged.len() >= self.settings.batch_size
-        };
-        if full {
-            self.flush_staged(metrics);
+        let Ok(mut staged) = self.staged.try_borrow_mut() else { return };
+        if staged.len() >= self.settings.buffer_events {
+            staged.remove(0);
+            metrics.add("portcullis.audit.dropped", 1);
         }
+        staged.push(json);
     }
 
     /// The context `ctx` ended (after `on_log`, or reset before it).

@@ -107,3 +107,24 @@ fn a_full_buffer_drops_the_oldest_and_counts_them_exactly() {
         batch_of(&w.last_call()).decisions.iter().map(|d| d.request_id.clone().unwrap()).collect();
     assert_eq!(ids, ["r4"]);
 }
+
+#[test]
+fn a_worker_stages_at_most_the_buffer_and_a_shadow_denial_is_recorded_as_one() {
+    let mut config = config(json!({ "bufferEvents": 2, "allowSampleRate": 0 }));
+    config["rules"][0]["shadow"] = json!(true);
+    let mut w = Worker::start(config);
+    for i in 0..4 {
+        let (id, action) = w.request("/api/y", &[("x-request-id", &format!("s{i}"))], true);
+        assert_eq!(action, Action::Continue, "a shadow rule lets the request go");
+        w.log(id, 200);
+    }
+    assert_eq!(w.host.counter("portcullis.audit.dropped"), 2, "the two oldest, before any tick");
+    assert_eq!(w.host.counter("portcullis.audit.sampled_out"), 0, "a shadow denial is not an allow");
+    w.host.advance(1_000);
+    w.tick();
+    let batch = batch_of(&w.last_call());
+    let ids: Vec<_> = batch.decisions.iter().map(|d| d.request_id.clone().unwrap()).collect();
+    assert_eq!(ids, ["s2", "s3"]);
+    assert!(batch.decisions.iter().all(|d| d.decision == Decision::ShadowDeny && d.status == Some(200)));
+    assert_eq!(w.host.counter("portcullis.audit.dropped"), 2);
+}
