@@ -261,26 +261,39 @@ impl AuditState {
         lease.put_if(&next, cas).is_ok()
     }
 
-    /// The control plane answered batch `id` (`status`; `None`: no answer).
+    /// Takes batch `id` out of the buffer; how many records it held.
+    fn take_batch(&self, id: &str, metrics: &Metrics) -> u64 {
+        let fresh = self.random();
+        let taken = self.buffer().update(|data| {
+            let mut ring = Ring::decode_or_new(data, fresh);
+            let n = ring.acknowledge(id) as u64;
+            let len = ring.len() as u64;
+            if n == 0 {
+                return Swap::Keep((0, len));
+            }
+            Swap::Write(ring.encode(), (n, len))
+        });
+        let (n, len) = taken.unwrap_or((0, 0));
+        metrics.gauge("portcullis.audit.buffered", len);
+        n
+    }
+
+    /// The control plane answered batch `id` (`status`; `None`: no answer). A batch it
+    /// refuses as invalid (400, 413) would be refused again: it is dropped (counted and
+    /// logged) rather than block the buffer.
     pub fn complete_send(&self, id: &str, status: Option<&str>, now_ms: u64, metrics: &Metrics) {
         let ok = status == Some("200");
         if ok {
-            let fresh = self.random();
-            let acknowledged = self.buffer().update(|data| {
-                let mut ring = Ring::decode_or_new(data, fresh);
-                let n = ring.acknowledge(id);
-                let len = ring.len() as u64;
-                if n == 0 {
-                    return Swap::Keep((0, len));
-                }
-                Swap::Write(ring.encode(), (n, len))
-            });
-            if let Some((n, len)) = acknowledged {
-                metrics.add("portcullis.audit.sent", n as u64);
-                metrics.gauge("portcullis.audit.buffered", len);
-            }
+            metrics.add("portcullis.audit.sent", self.take_batch(id, metrics));
         } else {
             metrics.count("portcullis.audit.send_failed");
+            if matches!(status, Some("400" | "413")) {
+                let n = self.take_batch(id, metrics);
+                metrics.add("portcullis.audit.dropped", n);
+                log::error!(
+                    "the control plane refused audit batch {id} as invalid; its {n} record(s) are dropped"
+                );
+            }
         }
         let Ok(mut s) = self.sender.try_borrow_mut() else { return };
         s.in_flight_until_ms = 0;

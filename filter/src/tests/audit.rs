@@ -64,6 +64,17 @@ fn decisions_are_batched_resent_with_their_id_and_acknowledged() {
     w.host.advance(5_000);
     w.tick();
     assert_eq!(w.call_count(), 2, "an acknowledged batch is not sent again");
+
+    // A batch refused as invalid would be refused forever: dropped, counted.
+    let (id, _) = w.request("/api/z", &[], true);
+    w.log(id, 401);
+    w.host.advance(5_000);
+    w.tick();
+    w.answer(&w.last_call(), "400", b"{}");
+    assert_eq!(w.host.counter("portcullis.audit.dropped"), 1);
+    w.host.advance(60_000);
+    w.tick();
+    assert_eq!(w.call_count(), 3, "not sent again");
 }
 
 #[test]
