@@ -430,9 +430,16 @@ fn audit_line(record: &AuditRecord) -> String {
         record.target
     );
     if let Some(decision) = &record.decision {
-        for (name, value) in
-            [("ip", &decision.client), ("rule", &decision.rule), ("reason", &decision.reason)]
-        {
+        let status = decision.status.map(|s| s.to_string());
+        let request = decision.method.as_ref().zip(decision.path.as_ref()).map(|(m, p)| format!("{m} {p}"));
+        for (name, value) in [
+            ("ip", &decision.client),
+            ("rule", &decision.rule),
+            ("reason", &decision.reason),
+            ("status", &status),
+            ("request", &request),
+            ("id", &decision.request_id),
+        ] {
             if let Some(value) = value {
                 line.push_str(&format!("  {name}={value}"));
             }
