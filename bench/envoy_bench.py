@@ -628,6 +628,22 @@ def check_rate_limit(delta):
     return problems
 
 
+def check_audit(delta, wrk):
+    """(u): every allowed request went through the audit log's sampling (recorded, or
+    counted as sampled out; the last requests' records may still be on their way when
+    the counters are read, one per connection at most) and nothing was dropped."""
+    allowed = delta.get("wasmcustom.portcullis.requests.allowed", 0)
+    seen = (delta.get("wasmcustom.portcullis.audit.recorded", 0)
+            + delta.get("wasmcustom.portcullis.audit.sampled_out", 0))
+    problems = []
+    if abs(allowed - seen) > wrk.get("connections", 0) + 16:
+        problems.append(f"the audit log saw {seen} of {allowed} allowed requests")
+    dropped = delta.get("wasmcustom.portcullis.audit.dropped", 0)
+    if dropped:
+        problems.append(f"the audit log dropped {dropped} records")
+    return problems
+
+
 def check_run(envoy, wrk, before, after):
     """Raises unless every request of the run was answered 2xx and, where there is a
     filter, allowed by it. Returns the counters worth recording."""
@@ -652,6 +668,8 @@ def check_run(envoy, wrk, before, after):
             problems.append(f"the filter allowed {allowed} requests for {wrk['requests']} wrk requests")
     if envoy.setup["group"] in ("d", "dl"):
         problems += check_rate_limit(delta)
+    if envoy.setup["group"] == "u":
+        problems += check_audit(delta, wrk)
     if problems:
         raise BenchError(f"{envoy.name}: " + "; ".join(problems) + f"\n{envoy.log_tail()}")
     keep = {k: v for k, v in delta.items()
