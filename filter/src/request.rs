@@ -122,10 +122,10 @@ impl AuthnContext {
             return match rt.policy.on_no_match {
                 NoMatchAction::Allow => {
                     rt.metrics.count("portcullis.requests.allowed_no_rule");
-                    if let Some(audit) = &rt.audit {
-                        audit.decided(None, None, &rt.metrics);
-                    }
                     if rt.policy.stateful_checks.is_empty() {
+                        if let Some(audit) = &rt.audit {
+                            audit.decided(None, None, &rt.metrics);
+                        }
                         return Next::Continue;
                     }
                     let pending = stateful::pending_for(
