@@ -178,6 +178,8 @@ pub struct DecisionBatchReply {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
 
     #[test]
     fn a_batch_round_trips_and_refuses_unknown_fields() {
