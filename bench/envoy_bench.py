@@ -92,6 +92,11 @@ def setups(algs, stores=()):
         # cached JWT path of the same algorithm, which it is compared with.
         out.append({"id": f"t-portcullis-apitoken-{stores[0]}", "group": "t", "alg": alg,
                     "cached": True, "store": stores[0]})
+        # (u): (c) cached plus the audit log at its default sampling (every allow decided,
+        # one in a thousand recorded and batched to the control plane), compared with (c)
+        # of the same run; the target is at least 0.95x.
+        out.append({"id": f"u-portcullis-{alg}-cached-audit-{stores[0]}", "group": "u", "alg": alg,
+                    "cached": True, "store": stores[0]})
     out.append({"id": "e-local_ratelimit", "group": "e", "alg": None, "cached": None})
     return out
 
@@ -151,6 +156,9 @@ def http_filters(setup, bench_input, wasm_path):
         plugin["controlPlane"] = dict(CONTROL_PLANE_SECTION)
         plugin["apiTokens"] = {}
         plugin["rules"] = [{"name": "all", "match": {"pathPrefix": "/"}, "acceptApiTokens": True}]
+    if setup["group"] == "u":
+        plugin["controlPlane"] = dict(CONTROL_PLANE_SECTION)
+        plugin["audit"] = {}
     if setup["group"] in ("d", "dl", "dr"):
         plugin["controlPlane"] = dict(CONTROL_PLANE_SECTION)
     if setup["group"] in ("d", "dl"):
@@ -595,7 +603,7 @@ def filter_counters(setup, delta):
     if group == "b":
         return (delta.get(f"http.{STAT_PREFIX}.jwt_authn.allowed", 0),
                 delta.get(f"http.{STAT_PREFIX}.jwt_authn.denied", 0))
-    if group in ("c", "c0", "d", "dr", "dl", "t"):
+    if group in ("c", "c0", "d", "dr", "dl", "t", "u"):
         denied = sum(v for k, v in delta.items() if k.startswith("wasmcustom.portcullis.requests.denied."))
         return delta.get("wasmcustom.portcullis.requests.allowed", 0), denied
     if group == "e":
@@ -617,6 +625,22 @@ def check_rate_limit(delta):
         n = delta.get(f"wasmcustom.portcullis.ratelimit.{name}.{what}", 0)
         if n:
             problems.append(f"ratelimit.{name}.{what} = {n}")
+    return problems
+
+
+def check_audit(delta, wrk):
+    """(u): every allowed request went through the audit log's sampling (recorded, or
+    counted as sampled out; the last requests' records may still be on their way when
+    the counters are read, one per connection at most) and nothing was dropped."""
+    allowed = delta.get("wasmcustom.portcullis.requests.allowed", 0)
+    seen = (delta.get("wasmcustom.portcullis.audit.recorded", 0)
+            + delta.get("wasmcustom.portcullis.audit.sampled_out", 0))
+    problems = []
+    if abs(allowed - seen) > wrk.get("connections", 0) + 16:
+        problems.append(f"the audit log saw {seen} of {allowed} allowed requests")
+    dropped = delta.get("wasmcustom.portcullis.audit.dropped", 0)
+    if dropped:
+        problems.append(f"the audit log dropped {dropped} records")
     return problems
 
 
@@ -644,6 +668,8 @@ def check_run(envoy, wrk, before, after):
             problems.append(f"the filter allowed {allowed} requests for {wrk['requests']} wrk requests")
     if envoy.setup["group"] in ("d", "dl"):
         problems += check_rate_limit(delta)
+    if envoy.setup["group"] == "u":
+        problems += check_audit(delta, wrk)
     if problems:
         raise BenchError(f"{envoy.name}: " + "; ".join(problems) + f"\n{envoy.log_tail()}")
     keep = {k: v for k, v in delta.items()
@@ -756,6 +782,7 @@ def bench_concurrency(args, bench_input, concurrency, pid_dir, cps):
                                                       "wasmcustom.portcullis.ratelimit.",
                                                       "wasmcustom.portcullis.revocation.",
                                                       "wasmcustom.portcullis.api_tokens.",
+                                                      "wasmcustom.portcullis.audit.",
                                                       "wasmcustom.portcullis.guard."))}
             res["command"] = " ".join(e.cmd)
             res["wrk_command"] = (f"wrk -t1 -c{args.connections} -d{args.duration}s --latency "

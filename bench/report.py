@@ -31,6 +31,7 @@ GROUP_NAME = {
     "dr": "(d-feed) diagnostic: (c) + revocation feed only",
     "dl": "(d-lease) diagnostic: (c) + lease limit only",
     "t": "(t) Portcullis, API token (shared replica)",
+    "u": "(u) (c) + audit log, default sampling",
 }
 D_GROUPS = ("d", "dr", "dl")
 STORE_NAME = {"embedded": "embedded store", "redis": "Redis store", "memory": "memory store"}
@@ -114,7 +115,7 @@ def envoy_rows(envoy):
                 order += [("b", alg, cached, None), ("c", alg, cached, None)]
                 if cached:
                     order += [("d", alg, cached, store) for store in d_stores]
-                    order += [(g, alg, cached, store) for g in ("dr", "dl", "t") for store in d_stores]
+                    order += [(g, alg, cached, store) for g in ("dr", "dl", "t", "u") for store in d_stores]
         order.append(("e", None, None, None))
         a = ref("a", None, None, conc)
         for group, alg, cached, store in order:
@@ -122,12 +123,12 @@ def envoy_rows(envoy):
             if res is None:
                 continue
             b = ref("b", alg, cached, conc) if group == "c" else None
-            c = ref("c", alg, cached, conc) if group in D_GROUPS + ("t",) else None
+            c = ref("c", alg, cached, conc) if group in D_GROUPS + ("t", "u") else None
             requests = sum(r["requests"] for r in res["runs"])
             allowed = None
             for r in res["runs"]:
                 cnt = r["counters"]
-                v = (cnt.get("wasmcustom.portcullis.requests.allowed") if group in ("c", "c0", "t") + D_GROUPS
+                v = (cnt.get("wasmcustom.portcullis.requests.allowed") if group in ("c", "c0", "t", "u") + D_GROUPS
                      else cnt.get("http.ingress.jwt_authn.allowed") if group == "b"
                      else cnt.get("bench_rl.http_local_rate_limit.ok") if group == "e"
                      else cnt.get("http.ingress.downstream_rq_2xx"))
@@ -162,8 +163,11 @@ def envoy_rows(envoy):
                 "group": group, "alg": alg, "cached": cached, "conc": conc, "store": store, "limit": lim,
                 "rps": res["rps"], "p50": res["p50_us"], "p99": res["p99_us"],
                 "vs_a": res["rps"] / a["rps"] if a else None,
-                "vs_c": res["rps"] / c["rps"] if c and group == "t" else None,
-                "p99_vs_c": res["p99_us"] / c["p99_us"] if c and group == "t" else None,
+                "vs_c": res["rps"] / c["rps"] if c and group in ("t", "u") else None,
+                "p99_vs_c": res["p99_us"] / c["p99_us"] if c and group in ("t", "u") else None,
+                "audit": ({k: sum(r["counters"].get(f"wasmcustom.portcullis.audit.{k}", 0) for r in res["runs"])
+                           for k in ("recorded", "sampled_out", "sent", "dropped", "send_failed")}
+                          if group == "u" else None),
                 "vs_b": res["rps"] / b["rps"] if b and group == "c" else None,
                 "p99_vs_b": res["p99_us"] / b["p99_us"] if b and group == "c" else None,
                 "requests": requests, "allowed": allowed, "cache_hits": cache_hits,
@@ -185,6 +189,23 @@ def api_token_table(rows):
     for r in trows:
         lines.append(f"| {setup_name(r['group'], r.get('store'))} | {r['conc']} | {r['rps']:,.0f} | {fmt_us(r['p99'])} "
                      f"| {fmt_ratio(r.get('vs_c'))} | {fmt_ratio(r.get('p99_vs_c'))} |")
+    return "\n".join(lines)
+
+
+def audit_table(rows):
+    """(u) against (c) cached with the same algorithm, same run (target: at least 0.95x)."""
+    urows = [r for r in rows if r["group"] == "u"]
+    if not urows:
+        return ""
+    lines = ["", "Audit log (u) against the same setup without it, (c) cached, same run (target >= 0.95x):", "",
+             "| Setup | Workers | RPS (median) | p99 | RPS vs (c) cached | p99 vs (c) cached "
+             "| recorded / sampled out / sent / dropped |",
+             "|---|---|---|---|---|---|---|"]
+    for r in urows:
+        a = r["audit"] or {}
+        counts = " / ".join(fmt_int(a.get(k)) for k in ("recorded", "sampled_out", "sent", "dropped"))
+        lines.append(f"| {setup_name(r['group'], r.get('store'))} | {r['conc']} | {r['rps']:,.0f} | {fmt_us(r['p99'])} "
+                     f"| {fmt_ratio(r.get('vs_c'))} | {fmt_ratio(r.get('p99_vs_c'))} | {counts} |")
     return "\n".join(lines)
 
 
@@ -636,7 +657,7 @@ def main():
     ttable, missed = targets(rows, ratios, wasm_bytes)
     mem, mem_base = memory_table(rows)
     cp = envoy.get("control_plane")
-    table = main_table(rows, cp, prm) + api_token_table(rows)
+    table = main_table(rows, cp, prm) + api_token_table(rows) + audit_table(rows)
     dtable = d_table(rows)
     crow = cp_rows(cp) if cp else []
     elapsed = args.elapsed_s if args.elapsed_s is not None else int(time.time()) - args.started

@@ -132,6 +132,12 @@ impl FleetCredentials {
         }
     }
 
+    /// The feed keys of the accepted credentials, current first (what the filters hash
+    /// client addresses with).
+    pub fn feed_keys(&self) -> impl Iterator<Item = &FeedKey> {
+        std::iter::once(&*self.current.feed_key).chain(self.previous.as_ref().map(|p| &*p.feed_key))
+    }
+
     /// Whether `secret` is one of the fleet credentials (the admin token must not be).
     pub fn accepts(&self, secret: &str) -> bool {
         self.verify(secret).is_some()

@@ -62,6 +62,7 @@ fn seqs(page: &Value) -> Vec<u64> {
 support::backends!(
     admin_writes_are_chained_with_the_admin_identity,
     decision_batches_are_stored_once_and_found_by_filters_and_pages,
+    hashed_addresses_are_found_by_the_address_and_request_ids_by_id,
     two_replicas_appending_at_once_keep_one_chain,
     retention_purges_old_records_and_the_rest_still_verifies,
 );
@@ -170,6 +171,28 @@ async fn decision_batches_are_stored_once_and_found_by_filters_and_pages(store: 
         ))
         .unwrap();
     assert_eq!(app.send(anonymous).await.status(), StatusCode::UNAUTHORIZED);
+}
+
+async fn hashed_addresses_are_found_by_the_address_and_request_ids_by_id(store: Arc<dyn Store>) {
+    let app = Listeners::new(state_on(store, Arc::new(FixedClock::new(NOW_MS))).await);
+    let key = support::fleet_credential().feed_key();
+    let (hashed, other) = (key.client_address("198.51.100.9"), key.client_address("198.51.100.10"));
+    let decisions = json!([
+        {"timeMs": 1, "decision": "deny", "client": hashed, "reason": "rate_limited", "rateLimited": true,
+         "requestId": "r-1", "method": "GET", "path": "/a", "status": 429, "latencyMs": 2},
+        {"timeMs": 2, "decision": "shadow_deny", "client": other, "reason": "missing_token", "requestId": "r-2"},
+        {"timeMs": 3, "decision": "allow", "client": "198.51.100.9", "subject": "k1", "subjectKind": "api_token"},
+    ]);
+    assert_eq!(app.send(batch("filter-h-1", decisions)).await.status(), StatusCode::OK);
+    assert_eq!(seqs(&get(&app, "/admin/v1/audit?ip=198.51.100.9").await), vec![3, 1], "raw or hashed");
+    assert_eq!(seqs(&get(&app, &format!("/admin/v1/audit?ip={hashed}")).await), vec![1]);
+    assert_eq!(seqs(&get(&app, "/admin/v1/audit?requestId=r-2").await), vec![2]);
+    assert_eq!(seqs(&get(&app, "/admin/v1/audit?decision=shadow_deny").await), vec![2]);
+    let record = &get(&app, "/admin/v1/audit?requestId=r-1").await["records"][0];
+    assert_eq!(record["decision"]["rateLimited"], json!(true));
+    assert_eq!(record["decision"]["status"], json!(429));
+    let verified = get(&app, "/admin/v1/audit/verify").await;
+    assert_eq!(verified["intact"], json!(true));
 }
 
 async fn two_replicas_appending_at_once_keep_one_chain(backend: Backend) {

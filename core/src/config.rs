@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashSet};
 use serde::Deserialize;
 
 use crate::api_auth::{compile_api_tokens, ApiTokenSettings, ApiTokensConfig};
+use crate::audit::config::{compile_audit, AuditConfig, AuditSettings};
 use crate::burst::BurstConfig;
 use crate::client_addr::ClientIpConfig;
 use crate::control_plane::{ControlPlane, ControlPlaneConfig, Environment};
@@ -85,6 +86,9 @@ pub struct PluginConfig {
     /// configuration reads the secrets).
     #[serde(default)]
     pub signature_keys: Vec<SignatureKeyConfig>,
+    /// Decisions recorded in the control plane's audit log (needs `controlPlane`).
+    #[serde(default)]
+    pub audit: Option<AuditConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -128,6 +132,8 @@ pub struct Policy {
     pub api_tokens: Option<ApiTokenSettings>,
     /// The keys of signed requests (rules' `signatures`).
     pub signature_keys: KeyRing,
+    /// Decision records, when the configuration has an `audit` section.
+    pub audit: Option<AuditSettings>,
 }
 
 impl Policy {
@@ -213,6 +219,16 @@ pub fn compile(config: PluginConfig, env: Environment<'_>) -> Result<Policy, Con
         compile_revocation_section(config.revocation, control_plane.as_ref(), &providers, &rules)?;
 
     let api_tokens = compile_api_tokens_section(config.api_tokens, control_plane.as_ref(), &rules)?;
+    let audit = match (config.audit, control_plane.as_ref()) {
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                "audit",
+                "needs a top-level `controlPlane` section (cluster, authority, credential): decisions are sent there",
+            ))
+        }
+        (Some(a), Some(cp)) => Some(compile_audit(a, cp).map_err(|e| e.within("audit"))?),
+    };
 
     let rule_names: Vec<String> = rules.iter().map(|r| r.name.clone()).collect();
     let stateful_checks = crate::stateful::compile(
@@ -251,6 +267,7 @@ pub fn compile(config: PluginConfig, env: Environment<'_>) -> Result<Policy, Con
         paths: config.paths,
         api_tokens,
         signature_keys,
+        audit,
     })
 }
 

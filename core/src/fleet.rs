@@ -47,6 +47,7 @@ const FEED_KEY_PURPOSE: &[u8] = b"portcullis feed v1";
 const KEY_ID_LABEL: &[u8] = b"key id";
 const TOKEN_ID_LABEL: &[u8] = b"jti";
 const SUBJECT_LABEL: &[u8] = b"sub";
+const CLIENT_LABEL: &[u8] = b"client";
 
 /// The secret the Envoys of a fleet present to the control plane. `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq)]
@@ -151,7 +152,16 @@ impl FeedKey {
     pub fn subject(&self, sub: &str) -> IdHash {
         self.hash(SUBJECT_LABEL, sub)
     }
+
+    /// The audit log's name for a client address (`hash:` and [`encode_hash`]): the
+    /// filter records it, the control plane computes it for an address asked about.
+    pub fn client_address(&self, ip: &str) -> String {
+        format!("{CLIENT_PREFIX}{}", encode_hash(&self.hash(CLIENT_LABEL, ip)))
+    }
 }
+
+/// How a hashed client address starts in the audit log.
+pub const CLIENT_PREFIX: &str = "hash:";
 
 /// A hash as the feed spells it: base64url without padding (22 characters).
 pub fn encode_hash(hash: &IdHash) -> String {
@@ -195,6 +205,11 @@ mod tests {
         assert_ne!(key.token_id("alice"), other.token_id("alice"));
         assert_ne!(key.token_id("alice"), key.token_id("alicf"));
         assert_ne!(key.token_id("alice"), key.subject("alice"), "token ids and subjects are apart");
+        let client = key.client_address("192.0.2.1");
+        assert_eq!(client.len(), 5 + 22);
+        assert_eq!(client, key.client_address("192.0.2.1"));
+        assert_ne!(client, other.client_address("192.0.2.1"));
+        assert_ne!(client, key.client_address("192.0.2.2"));
         assert_ne!(key.id(), other.id());
         assert_eq!(key.id().len(), 12);
         assert_eq!(key, FleetCredential::new(CREDENTIAL).unwrap().feed_key());

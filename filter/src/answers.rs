@@ -44,7 +44,7 @@ pub fn wake_parked(rt: &Runtime, provider: Option<usize>, current: u32) {
     rt.jwt.keys(rt.env(now_ms), &rt.policy, true);
     let remote: Vec<usize> = (0..rt.policy.providers.len()).filter(|p| is_remote(&rt.policy, *p)).collect();
     for waiter in ready {
-        if rt.host.set_effective_context(waiter.context_id).is_err() {
+        if rt.switch_context(waiter.context_id).is_err() {
             continue;
         }
         // No further fetching for a parked request: decide with the keys there are.
@@ -53,7 +53,7 @@ pub fn wake_parked(rt: &Runtime, provider: Option<usize>, current: u32) {
             rt.resume(waiter.context_id);
         }
     }
-    let _ = rt.host.set_effective_context(current);
+    let _ = rt.switch_context(current);
 }
 
 /// What a request context keeps between its callbacks.
@@ -133,6 +133,7 @@ pub fn on_answer(
                 api_token_tick(rt, rt.host.now_unix_ms());
             }
         }
+        Call::AuditBatch { id } => audit_answer(rt, &id, body_size),
         Call::ApiTokenUsage => {
             let (status, _) = rt.host.call_response(body_size, 4096);
             if status.as_deref() != Some("200") {
@@ -226,5 +227,42 @@ pub fn api_token_tick(rt: &Runtime, now: u64) {
         {
             rt.metrics.count("portcullis.api_tokens.usage_failed");
         }
+    }
+}
+
+/// The control plane's answer to audit batch `id`.
+fn audit_answer(rt: &Runtime, id: &str, body_size: usize) {
+    let (status, _) = rt.host.call_response(body_size, 4096);
+    if let Some(audit) = &rt.audit {
+        audit.complete_send(id, status.as_deref(), rt.host.now_unix_ms(), &rt.metrics);
+    }
+}
+
+/// Root context: moves this worker's staged decision records to the shared buffer and,
+/// when this worker sends and a batch is due, posts it.
+pub fn audit_tick(rt: &Runtime, now: u64) {
+    let Some(audit) = &rt.audit else { return };
+    audit.flush_staged(&rt.metrics);
+    if rt.calls.in_flight(|c| matches!(c, Call::AuditBatch { .. })) {
+        return;
+    }
+    let Some(batch) = audit.claim_send(now) else { return };
+    let settings = &audit.settings;
+    let upstream = Upstream::control_plane(&settings.control_plane);
+    let call = Call::AuditBatch { id: batch.id.clone() };
+    let sent = rt.calls.post_json(
+        &*rt.host,
+        0,
+        &upstream,
+        (settings.path.as_str(), batch.body.as_slice()),
+        settings.timeout_ms,
+        call,
+    );
+    if let Err(status) = sent {
+        log::warn!(
+            "cannot call cluster `{}` for audit batches ({status:?}); is it defined?",
+            settings.control_plane.cluster
+        );
+        audit.complete_send(&batch.id, None, now, &rt.metrics);
     }
 }

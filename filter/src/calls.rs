@@ -1,6 +1,6 @@
 //! The one way out: every outbound `http_call` (JWKS fetches, feed polls, strict
 //! revocation checks, lease and strict rate-limit asks, lock checks, login reports,
-//! lease releases, burst reports) is dispatched here and registered under its token
+//! lease releases, burst reports, audit batches) is dispatched here and registered under its token
 //! with what it continues ([`Call`]); whichever context receives an answer takes the
 //! call back from here ([`CallRouter::take`]) and hands it to the pipeline. A token
 //! not found here is an answer nobody waits for any more, and is dropped.
@@ -74,6 +74,10 @@ pub enum Call {
     ApiTokenFeed,
     /// A usage report of API tokens (root context).
     ApiTokenUsage,
+    /// A batch of decision records (root context).
+    AuditBatch {
+        id: String,
+    },
 }
 
 /// The call a stateful check needs before it can answer (`check::Verdict::Call`).

@@ -77,7 +77,7 @@ pub fn lock_check_answered(
                             rt.metrics.count("portcullis.lockout.denied_in_flight");
                         }
                         let retry_ms = r.retry_after_ms.max(r.locked_for_ms);
-                        if rt.host.set_effective_context(owner).is_ok() {
+                        if rt.switch_context(owner).is_ok() {
                             let denial = Denial::LockedOut { retry_after_secs: retry_ms.div_ceil(1000) };
                             refuse(rt, pending.rule, &denial);
                         }

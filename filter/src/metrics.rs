@@ -38,6 +38,11 @@ impl Metrics {
     }
 
     pub fn count(&self, name: &str) {
+        self.add(name, 1);
+    }
+
+    /// Adds `by` to a counter.
+    pub fn add(&self, name: &str, by: u64) {
         let existing = self.ids.borrow().get(name).copied();
         let id = match existing {
             Some(id) => Some(id),
@@ -55,7 +60,7 @@ impl Metrics {
             }
         };
         if let Some(id) = id {
-            self.host.increment(id);
+            self.host.increment(id, by);
         }
     }
 }

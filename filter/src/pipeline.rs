@@ -14,6 +14,7 @@
 //! again.
 
 use portcullis_core::api_auth::ApiAuth;
+use portcullis_core::audit::SubjectKind;
 use portcullis_core::authn::{
     authenticate, check_token_status, Authenticated, AuthnInput, Outcome, RevocationInput, UpstreamEdits,
 };
@@ -153,7 +154,12 @@ fn signature_check(rt: &Runtime, round: &mut Round<'_>) -> Verdict<AuthCall> {
         p.signed.as_ref(),
         &mut p.input.signer,
     ) {
-        Ok(()) => Verdict::Pass,
+        Ok(()) => {
+            if let (Some(audit), Some(signer)) = (&rt.audit, &p.input.signer) {
+                audit.subject(p.input.ctx, SubjectKind::HmacKey, &signer.key_id);
+            }
+            Verdict::Pass
+        }
         Err(denial) => Verdict::Deny(denial),
     }
 }
@@ -168,6 +174,10 @@ fn jwt_check(rt: &Runtime, round: &mut Round<'_>) -> Verdict<AuthCall> {
     let verdict = outcome.verdict();
     match outcome {
         Outcome::Allow { identities, edits } => {
+            let sub = identities.iter().find_map(|i| i.token.subject.as_deref());
+            if let (Some(audit), Some(sub)) = (&rt.audit, sub) {
+                audit.subject(round.progress.input.ctx, SubjectKind::Jwt, sub);
+            }
             round.identities = identities;
             round.edits = edits;
         }
@@ -194,6 +204,9 @@ fn api_token_check(rt: &Runtime, round: &mut Round<'_>) -> Verdict<AuthCall> {
         ApiAuth::Absent => Verdict::Pass,
         ApiAuth::Deny(denial) => Verdict::Deny(denial),
         ApiAuth::Allow(identity) => {
+            if let Some(audit) = &rt.audit {
+                audit.subject(round.progress.input.ctx, SubjectKind::ApiToken, &identity.lookup);
+            }
             round.api_token = true;
             round.edits = UpstreamEdits {
                 set_headers: identity.set_headers,

@@ -41,8 +41,12 @@ pub fn refuse(rt: &Runtime, rule: Option<usize>, denial: &Denial) -> Next {
 /// (`rules[rule]`; `None`: no rule matched it).
 pub fn count_allowed(rt: &Runtime, rule: Option<usize>) {
     rt.metrics.count("portcullis.requests.allowed");
-    if let Some(r) = rule.and_then(|i| rt.policy.rules.get(i)) {
+    let rule = rule.and_then(|i| rt.policy.rules.get(i));
+    if let Some(r) = rule {
         rt.metrics.count(&format!("portcullis.rule.allowed.{}", r.name));
+    }
+    if let Some(audit) = &rt.audit {
+        audit.decided(rule.map(|r| r.name.as_str()), None, &rt.metrics);
     }
 }
 
@@ -69,6 +73,9 @@ fn carry_out(
     rt.metrics.count(&format!("portcullis.requests.{outcome}.{code}"));
     if let Some(rule) = counted_rule {
         rt.metrics.count(&format!("portcullis.rule.{outcome}.{code}.{rule}"));
+    }
+    if let Some(audit) = &rt.audit {
+        audit.decided(Some(label), Some((code, shadow)), &rt.metrics);
     }
     if shadow {
         log::info!("rule `{label}` (shadow) would deny: {code}");

@@ -16,6 +16,8 @@
 
 use std::rc::Rc;
 
+use portcullis_core::audit::config::ClientAddressMode;
+use portcullis_core::audit::event::Seen;
 use portcullis_core::authn::UpstreamEdits;
 use portcullis_core::check::{first_verdict, Phase, Verdict};
 use portcullis_core::client_addr::client_ip;
@@ -41,6 +43,8 @@ pub struct AuthnContext {
     state: RequestState,
     /// The body is being buffered for the decision (a login's account, a signature).
     awaiting_body: Option<BodyWait>,
+    /// When the request's headers arrived (with an `audit` section: its latency).
+    started_ms: u64,
 }
 
 /// Who waits for a request's body, and how much of it may be buffered.
@@ -55,7 +59,21 @@ struct BodyWait {
 
 impl AuthnContext {
     pub fn new(context_id: u32, host: Rc<dyn Host>, runtime: Option<Rc<Runtime>>) -> Self {
-        AuthnContext { id: context_id, host, runtime, state: RequestState::default(), awaiting_body: None }
+        AuthnContext {
+            id: context_id,
+            host,
+            runtime,
+            state: RequestState::default(),
+            awaiting_body: None,
+            started_ms: 0,
+        }
+    }
+
+    /// A callback of this context runs: the runtime is told whose it is.
+    fn enter(&self) -> Option<Rc<Runtime>> {
+        let rt = self.runtime.clone()?;
+        rt.enter(self.id);
+        Some(rt)
     }
 }
 
@@ -75,7 +93,7 @@ fn request_parts(headers: Vec<(String, String)>) -> RequestParts {
 
 impl Context for AuthnContext {
     fn on_http_call_response(&mut self, token_id: u32, _: usize, body_size: usize, _: usize) {
-        let Some(rt) = self.runtime.clone() else { return };
+        let Some(rt) = self.enter() else { return };
         // Not found: nobody waits for this answer any more.
         let Some(call) = rt.calls.take(token_id) else { return };
         on_answer(&rt, call, (token_id, body_size), self.id, Some(&mut self.state));
@@ -89,6 +107,9 @@ impl Drop for AuthnContext {
             rt.calls.forget_owner(self.id);
             rt.rate_limits.take_response_headers(self.id);
             rt.lockout.take(self.id);
+            if let Some(audit) = &rt.audit {
+                audit.forget(self.id);
+            }
         }
     }
 }
@@ -102,6 +123,9 @@ impl AuthnContext {
                 NoMatchAction::Allow => {
                     rt.metrics.count("portcullis.requests.allowed_no_rule");
                     if rt.policy.stateful_checks.is_empty() {
+                        if let Some(audit) = &rt.audit {
+                            audit.decided(None, None, &rt.metrics);
+                        }
                         return Next::Continue;
                     }
                     let pending = stateful::pending_for(
@@ -150,11 +174,14 @@ impl AuthnContext {
     /// Headers: strip forged identity headers, refuse ambiguous paths, count the
     /// address, then decide (or wait for a login body).
     fn request_headers(&mut self, end_of_stream: bool) -> Next {
-        let Some(rt) = self.runtime.clone() else {
+        let Some(rt) = self.enter() else {
             let reply = Denial::KeysUnavailable.render(portcullis_core::config::DEFAULT_REALM);
             let _ = self.host.send_local_reply(503, &reply.headers, "{\"error\":\"filter_not_configured\"}");
             return Next::Paused;
         };
+        if rt.audit.is_some() {
+            self.started_ms = rt.host.now_unix_ms();
+        }
         let raw = rt.host.request_headers();
         let scheme = raw.iter().find(|(n, _)| n == ":scheme").map(|(_, v)| v.clone()).unwrap_or_default();
         let mut request = request_parts(raw);
@@ -272,7 +299,7 @@ impl HttpContext for AuthnContext {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let (Some(rt), Some(wait)) = (self.runtime.clone(), self.awaiting_body) else {
+        let (Some(rt), Some(wait)) = (self.enter(), self.awaiting_body) else {
             return self.hold_unless_released();
         };
         if !end_of_stream && body_size <= wait.cap {
@@ -285,7 +312,7 @@ impl HttpContext for AuthnContext {
     }
 
     fn on_http_request_trailers(&mut self, _: usize) -> Action {
-        let (Some(rt), Some(wait)) = (self.runtime.clone(), self.awaiting_body) else {
+        let (Some(rt), Some(wait)) = (self.enter(), self.awaiting_body) else {
             return self.hold_unless_released();
         };
         self.awaiting_body = None;
@@ -297,7 +324,7 @@ impl HttpContext for AuthnContext {
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
-        let Some(rt) = self.runtime.clone() else { return Action::Continue };
+        let Some(rt) = self.enter() else { return Action::Continue };
         if rt.policy.stateful_checks.is_empty() {
             return Action::Continue;
         }
@@ -314,6 +341,30 @@ impl HttpContext for AuthnContext {
     fn on_http_response_trailers(&mut self, _: usize) -> Action {
         self.hold_response_for_report()
     }
+
+    /// The request is over: its decision is recorded (with an `audit` section).
+    fn on_log(&mut self) {
+        let Some(rt) = self.enter() else { return };
+        let Some(audit) = rt.audit.as_ref().filter(|a| a.wants(self.id)) else { return };
+        let request = request_parts(rt.host.request_headers());
+        let client_ip = match audit.settings.client_address {
+            ClientAddressMode::Omit => None,
+            _ => {
+                let downstream = rt.host.downstream_address();
+                client_ip(&request, downstream.as_deref(), rt.policy.stateful_checks.trusted_hops)
+            }
+        };
+        let request_id = request.header_values("x-request-id").next().map(str::to_string);
+        let seen = Seen {
+            request_id,
+            method: request.method,
+            path: request.path,
+            client_ip,
+            start_ms: self.started_ms,
+        };
+        let status = rt.host.response_status();
+        audit.finish(self.id, &seen, status, rt.host.now_unix_ms(), &rt.metrics);
+    }
 }
 
 impl AuthnContext {
@@ -321,7 +372,7 @@ impl AuthnContext {
     /// held too (one answered with Continue would let the held headers through before
     /// the report is in).
     fn hold_response_for_report(&self) -> Action {
-        match &self.runtime {
+        match &self.enter() {
             Some(rt) if login::report_pending(rt, self.id) => Action::Pause,
             _ => Action::Continue,
         }

@@ -45,6 +45,7 @@ impl PortcullisRoot {
 impl Context for PortcullisRoot {
     fn on_http_call_response(&mut self, token_id: u32, _: usize, body_size: usize, _: usize) {
         let Some(rt) = self.runtime.clone() else { return };
+        rt.enter(self.context_id);
         // Not found: nobody waits for this answer any more.
         let Some(call) = rt.calls.take(token_id) else { return };
         answers::on_answer(&rt, call, (token_id, body_size), self.context_id, None);
@@ -87,7 +88,12 @@ impl RootContext for PortcullisRoot {
                         .unwrap_or(u64::MAX);
                     tick.min(GUARD_TICK).min(Duration::from_millis(report.max(100)))
                 };
+                let tick = match &policy.audit {
+                    Some(a) => tick.min(Duration::from_millis((a.flush_interval_ms / 4).clamp(50, 250))),
+                    None => tick,
+                };
                 let needs_tick = has_remote
+                    || policy.audit.is_some()
                     || policy.revocation.is_some()
                     || policy.api_tokens.is_some()
                     || !policy.stateful_checks.is_empty();
@@ -118,12 +124,14 @@ impl RootContext for PortcullisRoot {
 
     fn on_queue_ready(&mut self, _queue_id: u32) {
         if let Some(rt) = self.runtime.clone() {
+            rt.enter(self.context_id);
             stateful::drain_queue(&rt, self.context_id);
         }
     }
 
     fn on_tick(&mut self) {
         let Some(rt) = self.runtime.clone() else { return };
+        rt.enter(self.context_id);
         // Requests waiting for a fetch that finished in another worker (or timed out).
         answers::wake_parked(&rt, None, self.context_id);
         stateful::tick(&rt, self.context_id, self.tick_ms);
@@ -137,6 +145,7 @@ impl RootContext for PortcullisRoot {
             }
         }
         answers::api_token_tick(&rt, now);
+        answers::audit_tick(&rt, now);
         answers::refresh_keys(&rt, now);
     }
 

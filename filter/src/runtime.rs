@@ -12,6 +12,7 @@ use portcullis_core::config::Policy;
 
 use crate::calls::CallRouter;
 use crate::features::api_token::ApiTokenSync;
+use crate::features::audit::AuditState;
 use crate::features::burst::BurstState;
 use crate::features::jwt::JwtState;
 use crate::features::lockout::LockoutState;
@@ -43,6 +44,8 @@ pub struct Runtime {
     pub rate_limits: RateLimitState,
     pub lockout: LockoutState,
     pub burst: BurstState,
+    /// Decision records, with an `audit` section.
+    pub audit: Option<AuditState>,
 }
 
 impl Runtime {
@@ -50,7 +53,10 @@ impl Runtime {
     pub fn new(policy: Policy, vm: u64, now_ms: u64, host: Rc<dyn Host>) -> Self {
         let revocation = policy.revocation.clone().map(|r| RevocationSync::new(r, vm, now_ms, host.clone()));
         let api_tokens = policy.api_tokens.clone().map(|s| ApiTokenSync::new(s, vm, host.clone()));
+        let audit =
+            policy.audit.clone().map(|s| AuditState::new(s, vm, random_seed(vm, now_ms), host.clone()));
         Runtime {
+            audit,
             revocation,
             api_tokens,
             strict_ok: RefCell::new(HashMap::new()),
@@ -78,6 +84,21 @@ impl Runtime {
     /// What checks read their surroundings through, at `now_ms`.
     pub fn env(&self, now_ms: u64) -> Env<'_> {
         Env { host: &*self.host, metrics: &self.metrics, now_ms }
+    }
+
+    /// A callback of context `ctx` runs: what is decided now is decided for it.
+    pub fn enter(&self, ctx: u32) {
+        if let Some(audit) = &self.audit {
+            audit.enter(ctx);
+        }
+    }
+
+    /// Makes `ctx` the effective context (to decide or resume the request on it from a
+    /// callback of another context).
+    pub fn switch_context(&self, ctx: u32) -> Result<(), proxy_wasm::types::Status> {
+        self.host.set_effective_context(ctx)?;
+        self.enter(ctx);
+        Ok(())
     }
 
     /// Continues a paused request (the current effective context must be `ctx`): from
@@ -133,5 +154,15 @@ impl Runtime {
             }
         }
         cache.insert(key, now_ms.saturating_add(settings.status_cache_ms));
+    }
+}
+
+/// Random bits from the system (WASI `random_get` inside Envoy), or, should there be
+/// none, from this VM's number and the clock.
+fn random_seed(vm: u64, now_ms: u64) -> u64 {
+    let mut bytes = [0u8; 8];
+    match getrandom::getrandom(&mut bytes) {
+        Ok(()) => u64::from_be_bytes(bytes),
+        Err(_) => now_ms.rotate_left(17) ^ vm.wrapping_mul(0x9e37_79b9_7f4a_7c15),
     }
 }

@@ -290,7 +290,7 @@ fn ask_lockout(rt: &Runtime, ctx: u32, mut pending: Pending, now: u64) -> Next {
 /// Re-runs the checks of a waiting request on its own context and carries out the
 /// outcome.
 fn finish_on(rt: &Runtime, ctx: u32, pending: Pending) {
-    if rt.host.set_effective_context(ctx).is_err() {
+    if rt.switch_context(ctx).is_err() {
         return;
     }
     if let Next::Continue = run(rt, ctx, pending) {
@@ -307,7 +307,7 @@ pub fn drain_queue(rt: &Runtime, root: u32) {
             }
         }
     });
-    let _ = rt.host.set_effective_context(root);
+    let _ = rt.switch_context(root);
 }
 
 /// The answer to a stateful check's call (taken from the router), on context `current`.
@@ -355,7 +355,7 @@ pub fn on_answer(rt: &Runtime, call: Call, token: u32, body_size: usize, current
             if let (Some(r), Some(login)) = (reply, login) {
                 lockout::remember_locks(rt.env(now), &login.subjects, &r);
             }
-            if rt.host.set_effective_context(owner).is_ok() {
+            if rt.switch_context(owner).is_ok() {
                 if let Err(status) = rt.host.resume_response() {
                     log::warn!("could not resume the response ({status:?})");
                 }
@@ -368,7 +368,7 @@ pub fn on_answer(rt: &Runtime, call: Call, token: u32, body_size: usize, current
         }
         _ => {}
     }
-    let _ = rt.host.set_effective_context(current);
+    let _ = rt.switch_context(current);
 }
 
 /// Finishes requests whose calls are overdue (their answer went to a context that
@@ -386,7 +386,7 @@ fn expire_overdue(rt: &Runtime, current: u32) {
         rt.metrics.count("portcullis.guard.overdue");
         finish_on(rt, ctx, pending);
     }
-    let _ = rt.host.set_effective_context(current);
+    let _ = rt.switch_context(current);
 }
 
 /// Root tick: overdue waiters, burst report, release of leases about to expire.

@@ -107,13 +107,11 @@ mod tests {
     fn batch(id: &str, n: u64) -> DecisionBatch {
         let decisions = (0..n)
             .map(|i| DecisionRecord {
-                time_ms: i,
-                decision: Decision::Deny,
                 subject: Some(format!("user{i}")),
                 client: Some("192.0.2.1".to_owned()),
                 rule: Some("api".to_owned()),
                 reason: Some("expired_token".to_owned()),
-                route: None,
+                ..DecisionRecord::new(i, Decision::Deny)
             })
             .collect();
         DecisionBatch { batch_id: id.to_owned(), decisions }

@@ -36,11 +36,18 @@ pub enum Order {
 pub struct AuditQuery {
     /// The token subject of a decision, or the target of an admin record.
     pub subject: Option<String>,
-    /// The client address of a decision.
+    /// The client address of a decision: as recorded (`hash:…` or the address), or an
+    /// address whose keyed hashes are in [`AuditQuery::ip_hashes`].
     pub ip: Option<String>,
+    /// A decision's `x-request-id`.
+    pub request_id: Option<String>,
+    /// What `ip` is recorded as when the filter hashes addresses (one per fleet
+    /// credential accepted); filled in by the handler, never from the query string.
+    #[serde(skip)]
+    pub ip_hashes: Vec<String>,
     /// The rule of a decision.
     pub rule: Option<String>,
-    /// `allow` or `deny`.
+    /// `allow`, `deny` or `shadow_deny`.
     pub decision: Option<String>,
     /// A decision's reason.
     pub reason: Option<String>,
@@ -68,7 +75,8 @@ impl AuditQuery {
             Some(_) => None,
         });
         field(&self.subject, subject)
-            && field(&self.ip, decision.and_then(|d| d.client.as_deref()))
+            && self.ip_matches(decision.and_then(|d| d.client.as_deref()))
+            && field(&self.request_id, decision.and_then(|d| d.request_id.as_deref()))
             && field(&self.rule, decision.and_then(|d| d.rule.as_deref()))
             && field(&self.decision, decision.map(|d| d.decision.as_str()))
             && field(&self.reason, decision.and_then(|d| d.reason.as_deref()))
@@ -76,6 +84,13 @@ impl AuditQuery {
             && self.actor.as_deref().is_none_or(|a| dotted_prefix(&record.actor, a, ':'))
             && self.since.is_none_or(|since| record.time >= since)
             && self.until.is_none_or(|until| record.time < until)
+    }
+}
+
+impl AuditQuery {
+    fn ip_matches(&self, client: Option<&str>) -> bool {
+        let Some(wanted) = self.ip.as_deref() else { return true };
+        client.is_some_and(|c| c == wanted || self.ip_hashes.iter().any(|h| h == c))
     }
 }
 

@@ -352,13 +352,17 @@ struct AuditFilters {
     /// A decision's token subject, or an admin record's target.
     #[arg(long, allow_hyphen_values = true)]
     subject: Option<String>,
-    /// A decision's client address.
+    /// A decision's client address (also found when the filter recorded its keyed hash:
+    /// the control plane hashes it with the fleet credentials).
     #[arg(long)]
     ip: Option<String>,
+    /// A decision's `x-request-id`.
+    #[arg(long)]
+    request_id: Option<String>,
     /// A decision's rule.
     #[arg(long)]
     rule: Option<String>,
-    #[arg(long, value_parser = ["allow", "deny"])]
+    #[arg(long, value_parser = ["allow", "deny", "shadow_deny"])]
     decision: Option<String>,
     /// A decision's reason (e.g. `expired_token`).
     #[arg(long)]
@@ -383,6 +387,8 @@ impl AuditFilters {
         AuditQuery {
             subject: self.subject,
             ip: self.ip,
+            request_id: self.request_id,
+            ip_hashes: Vec::new(),
             rule: self.rule,
             decision: self.decision,
             reason: self.reason,
@@ -424,9 +430,16 @@ fn audit_line(record: &AuditRecord) -> String {
         record.target
     );
     if let Some(decision) = &record.decision {
-        for (name, value) in
-            [("ip", &decision.client), ("rule", &decision.rule), ("reason", &decision.reason)]
-        {
+        let status = decision.status.map(|s| s.to_string());
+        let request = decision.method.as_ref().zip(decision.path.as_ref()).map(|(m, p)| format!("{m} {p}"));
+        for (name, value) in [
+            ("ip", &decision.client),
+            ("rule", &decision.rule),
+            ("reason", &decision.reason),
+            ("status", &status),
+            ("request", &request),
+            ("id", &decision.request_id),
+        ] {
             if let Some(value) = value {
                 line.push_str(&format!("  {name}={value}"));
             }

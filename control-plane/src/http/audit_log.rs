@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use axum::extract::{Query, State};
 use axum::Json;
-use portcullis_core::audit::{DecisionBatch, DecisionBatchReply, DECISIONS_PATH};
+use portcullis_core::audit::{Decision, DecisionBatch, DecisionBatchReply, DECISIONS_PATH};
+use portcullis_core::fleet::CLIENT_PREFIX;
 use portcullis_core::jwt::KeySet;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -26,8 +27,14 @@ pub fn admin_routes() -> OpenApiRouter<AppState> {
 
 /// Internal routes (what Envoys call).
 pub fn internal_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(decision_batch))
+    OpenApiRouter::new()
+        .routes(routes!(decision_batch))
+        .route_layer(axum::extract::DefaultBodyLimit::max(MAX_BATCH_BYTES))
 }
+
+/// Largest decision batch body: [`portcullis_core::audit::MAX_DECISIONS_PER_BATCH`]
+/// records of bounded fields.
+const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 impl From<DecisionsError> for ApiError {
     fn from(e: DecisionsError) -> Self {
@@ -46,9 +53,10 @@ impl From<DecisionsError> for ApiError {
     summary = "Audit records, newest first (oldest first with order=asc), filtered, one page",
     params(
         ("subject" = Option<String>, Query, description = "Token subject of a decision, or target of an admin record"),
-        ("ip" = Option<String>, Query, description = "Client address of a decision"),
+        ("ip" = Option<String>, Query, description = "Client address of a decision (an address is also matched in its keyed-hash form)"),
+        ("requestId" = Option<String>, Query, description = "x-request-id of a decision"),
         ("rule" = Option<String>, Query, description = "Rule of a decision"),
-        ("decision" = Option<String>, Query, description = "allow or deny"),
+        ("decision" = Option<String>, Query, description = "allow, deny or shadow_deny"),
         ("reason" = Option<String>, Query, description = "Reason of a decision"),
         ("action" = Option<String>, Query, description = "Action, or its prefix up to a dot"),
         ("actor" = Option<String>, Query, description = "Actor, or its kind (admin, system, fleet)"),
@@ -64,7 +72,10 @@ async fn list(
     State(state): State<AppState>,
     query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<AuditPage>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
+    let Query(mut query) = query.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
+    if let Some(ip) = query.ip.as_deref().filter(|ip| !ip.starts_with(CLIENT_PREFIX)) {
+        query.ip_hashes = state.fleet.feed_keys().map(|k| k.client_address(ip)).collect();
+    }
     if let Some(limit) = query.limit {
         if !(1..=query::MAX_LIMIT).contains(&limit) {
             return Err(ApiError::InvalidRequest(format!(
@@ -74,8 +85,8 @@ async fn list(
         }
     }
     if let Some(decision) = query.decision.as_deref() {
-        if !matches!(decision, "allow" | "deny") {
-            return Err(ApiError::InvalidRequest("decision: must be allow or deny".to_owned()));
+        if Decision::parse(decision).is_none() {
+            return Err(ApiError::InvalidRequest("decision: must be allow, deny or shadow_deny".to_owned()));
         }
     }
     Ok(Json(query::list(state.store.as_ref(), &query).await?))

@@ -267,10 +267,10 @@ impl Host for FakeHost {
         self.note("record_metric");
     }
 
-    fn increment(&self, metric: u32) {
+    fn increment(&self, metric: u32, by: u64) {
         self.note("increment_metric");
         if let Some((_, value)) = self.counters.borrow_mut().get_mut(metric as usize) {
-            *value += 1;
+            *value += by;
         }
     }
 

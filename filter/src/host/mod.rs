@@ -51,7 +51,8 @@ pub trait Host {
     fn define_counter(&self, name: &str) -> Option<u32>;
     fn define_gauge(&self, name: &str) -> Option<u32>;
     fn record(&self, metric: u32, value: u64);
-    fn increment(&self, metric: u32);
+    /// Adds `by` to a counter.
+    fn increment(&self, metric: u32, by: u64);
     fn log_critical(&self, message: &str);
     /// Makes later host calls act on another context (to finish a paused request from a
     /// callback that belongs to a different context).

@@ -104,8 +104,8 @@ impl Host for ProxyHost {
         let _ = hostcalls::record_metric(metric, value);
     }
 
-    fn increment(&self, metric: u32) {
-        let _ = hostcalls::increment_metric(metric, 1);
+    fn increment(&self, metric: u32, by: u64) {
+        let _ = hostcalls::increment_metric(metric, i64::try_from(by).unwrap_or(i64::MAX));
     }
 
     fn log_critical(&self, message: &str) {

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod api_tokens;
+mod audit;
 mod jwks;
 mod rule_counters;
 mod signatures;
@@ -97,6 +98,13 @@ impl Worker {
         } else if let Some(ctx) = self.requests.get_mut(&call.context) {
             ctx.on_http_call_response(call.token, 0, size, 0);
         }
+    }
+
+    /// The request is over (`status`: what the client got): Envoy calls `on_log`.
+    pub fn log(&mut self, id: u32, status: u16) {
+        self.host.response_status.borrow_mut().insert(id, status);
+        self.host.context.set(id);
+        self.requests.get_mut(&id).expect("a live request").on_log();
     }
 
     /// The client went away: Envoy drops the request's context.
