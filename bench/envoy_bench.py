@@ -20,7 +20,9 @@ Writes one JSON document (see `main`) and exits non-zero on any failed check.
 """
 
 import argparse
+import base64
 import hashlib
+import hmac
 import http.client
 import json
 import os
@@ -61,6 +63,7 @@ def log(msg):
 # (d): the limit never refuses (10^8 per second) and lease sizes are capped at 1000 units.
 D_LIMIT = {"name": "bench", "limit": 100000000, "unit": "second", "descriptors": ["claim:sub"], "maxLease": 1000}
 D_ALG = "ES256"  # (d) uses this algorithm when it is benchmarked, else the first one
+MANY_SUBJECTS = 1000  # (d-many): distinct subjects, each its own counter of the lease limit
 
 
 def d_alg(algs):
@@ -88,6 +91,11 @@ def setups(algs, stores=()):
                     "cached": True, "store": stores[0]})
         out.append({"id": f"dl-portcullis-{alg}-cached-lease-{stores[0]}", "group": "dl", "alg": alg,
                     "cached": True, "store": stores[0]})
+        # (d-many): the lease limit alone with wrk cycling over MANY_SUBJECTS subjects (one
+        # counter each), so leases are many and small; HS256 tokens, minted here.
+        if "HS256" in algs:
+            out.append({"id": f"dm-portcullis-HS256-cached-lease-{MANY_SUBJECTS}-subjects-{stores[0]}",
+                        "group": "dm", "alg": "HS256", "cached": True, "store": stores[0]})
         # (t): an API token from the filter's shared replica, in the same run as (c)'s
         # cached JWT path of the same algorithm, which it is compared with.
         out.append({"id": f"t-portcullis-apitoken-{stores[0]}", "group": "t", "alg": alg,
@@ -159,9 +167,9 @@ def http_filters(setup, bench_input, wasm_path):
     if setup["group"] == "u":
         plugin["controlPlane"] = dict(CONTROL_PLANE_SECTION)
         plugin["audit"] = {}
-    if setup["group"] in ("d", "dl", "dr"):
+    if setup["group"] in ("d", "dl", "dm", "dr"):
         plugin["controlPlane"] = dict(CONTROL_PLANE_SECTION)
-    if setup["group"] in ("d", "dl"):
+    if setup["group"] in ("d", "dl", "dm"):
         plugin["rateLimits"] = [dict(D_LIMIT)]
     if setup["group"] in ("d", "dr"):
         plugin["revocation"] = {}
@@ -590,7 +598,7 @@ def sanity_check(envoy, token):
     status, _ = http_get(addr, "/bench", {"authorization": f"Bearer {token}"})
     if status != 200:
         raise BenchError(f"{envoy.name}: the bench token got {status}, not 200: this setup rejects it\n{envoy.log_tail()}")
-    if envoy.setup["group"] in ("b", "c", "d", "dr", "dl"):
+    if envoy.setup["group"] in ("b", "c", "d", "dr", "dl", "dm"):
         for what, headers in (("no token", {}), ("a forged signature", {"authorization": f"Bearer {forge(token)}"})):
             status, _ = http_get(addr, "/bench", headers)
             if status != 401:
@@ -603,7 +611,7 @@ def filter_counters(setup, delta):
     if group == "b":
         return (delta.get(f"http.{STAT_PREFIX}.jwt_authn.allowed", 0),
                 delta.get(f"http.{STAT_PREFIX}.jwt_authn.denied", 0))
-    if group in ("c", "c0", "d", "dr", "dl", "t", "u"):
+    if group in ("c", "c0", "d", "dr", "dl", "dm", "t", "u"):
         denied = sum(v for k, v in delta.items() if k.startswith("wasmcustom.portcullis.requests.denied."))
         return delta.get("wasmcustom.portcullis.requests.allowed", 0), denied
     if group == "e":
@@ -666,7 +674,7 @@ def check_run(envoy, wrk, before, after):
             problems.append(f"the filter denied {denied} requests")
         if allowed < wrk["requests"]:
             problems.append(f"the filter allowed {allowed} requests for {wrk['requests']} wrk requests")
-    if envoy.setup["group"] in ("d", "dl"):
+    if envoy.setup["group"] in ("d", "dl", "dm"):
         problems += check_rate_limit(delta)
     if envoy.setup["group"] == "u":
         problems += check_audit(delta, wrk)
@@ -691,7 +699,49 @@ def parse_latency(text):
     return float(m.group(1)) * UNIT_US[m.group(2)]
 
 
-def run_wrk(wrk_bin, port, token, seconds, connections):
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def subject_tokens(case, n):
+    """`n` HS256 tokens with the claims of `case`'s token and subjects bench-subject-0000..,
+    signed with its key (the JWK's `k`)."""
+    head, payload, _ = case["token"].split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    key = base64.urlsafe_b64decode(case["jwk"]["k"] + "=" * (-len(case["jwk"]["k"]) % 4))
+    out = []
+    for i in range(n):
+        body = b64url(json.dumps({**claims, "sub": f"bench-subject-{i:04d}"}, separators=(",", ":")).encode())
+        mac = hmac.new(key, f"{head}.{body}".encode(), hashlib.sha256).digest()
+        out.append(f"{head}.{body}.{b64url(mac)}")
+    return out
+
+
+SUBJECTS_SCRIPT = """-- GET /bench cycling over %(n)d bearer tokens, one subject each (bench/envoy_bench.py).
+local tokens = {%(tokens)s}
+local reqs = {}
+local i = 0
+function init(args)
+  for k = 1, #tokens do
+    reqs[k] = wrk.format("GET", "/bench", {["Authorization"] = "Bearer " .. tokens[k]})
+  end
+end
+function request()
+  i = i %% #reqs + 1
+  return reqs[i]
+end
+"""
+
+
+def subjects_script(workdir, tokens):
+    path = workdir / "subjects.lua"
+    path.write_text(SUBJECTS_SCRIPT % {"n": len(tokens), "tokens": ",".join(f'"{t}"' for t in tokens)})
+    return path
+
+
+def run_wrk(wrk_bin, port, token, seconds, connections, script=None):
+    if script is not None:
+        return run_wrk_url(wrk_bin, f"http://127.0.0.1:{port}/bench", seconds, connections, script=script)
     return run_wrk_url(wrk_bin, f"http://127.0.0.1:{port}/bench", seconds, connections,
                        headers=[f"Authorization: Bearer {token}"])
 
@@ -746,12 +796,17 @@ def bench_concurrency(args, bench_input, concurrency, pid_dir, cps):
             e.wait_ready()
         token_of = {e.name: (cps[e.setup["store"]].api_token() if e.setup["group"] == "t"
                              else tokens.get(e.setup["alg"], default_token)) for e in envoys}
+        many = next((subject_tokens(c, MANY_SUBJECTS) for c in bench_input["cases"] if c["alg"] == "HS256"), None)
+        script_of = {e.name: subjects_script(args.workdir, many) for e in envoys if e.setup["group"] == "dm"}
+        for e in envoys:
+            if e.setup["group"] == "dm":
+                token_of[e.name] = many[0]
         for e in envoys:
             sanity_check(e, token_of[e.name])
         log(f"workers={concurrency}: all setups answer 200 to the token (and 401 without it / forged); warming up")
         for e in envoys:
             before = e.stats()
-            w = run_wrk(args.wrk, e.port, token_of[e.name], args.warmup, args.connections)
+            w = run_wrk(args.wrk, e.port, token_of[e.name], args.warmup, args.connections, script_of.get(e.name))
             check_run(e, w, before, e.stats())
             if e.setup["group"] in ("d", "dr"):
                 check_feed_synced(e)
@@ -763,7 +818,8 @@ def bench_concurrency(args, bench_input, concurrency, pid_dir, cps):
             log(f"workers={concurrency}: round {r + 1}/{args.runs} ({len(order)} setups x {args.duration}s)")
             for e in order:
                 before = e.stats()
-                w = run_wrk(args.wrk, e.port, token_of[e.name], args.duration, args.connections)
+                w = run_wrk(args.wrk, e.port, token_of[e.name], args.duration, args.connections,
+                            script_of.get(e.name))
                 w["counters"] = check_run(e, w, before, e.stats())
                 w["round"] = r + 1
                 results[e.name]["runs"].append(w)
