@@ -23,6 +23,7 @@
 
 pub mod admin_credential;
 pub mod api_tokens;
+pub mod hmac_keys;
 pub mod audit;
 pub mod burst;
 pub mod client;

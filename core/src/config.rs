@@ -24,6 +24,7 @@ use crate::path::PathOptions;
 use crate::ratelimit::RateLimitConfig;
 use crate::revocation::{compile_revocation, RevocationCheck, RevocationConfig, RevocationSettings};
 use crate::route::{compile_rule, Rule, RuleConfig};
+use crate::signature::key_set::{compile_hmac_keys, HmacKeySettings, HmacKeysConfig};
 use crate::signature::{compile_keys, compile_signatures, KeyRing, SignatureKeyConfig};
 use crate::stateful::{StatefulChecks, StatefulSections};
 
@@ -85,6 +86,10 @@ pub struct PluginConfig {
     /// configuration reads the secrets).
     #[serde(default)]
     pub signature_keys: Vec<SignatureKeyConfig>,
+    /// Keys of signed requests held by the control plane (`portcullis hmac-keys`),
+    /// followed by one worker per Envoy (needs `controlPlane`).
+    #[serde(default)]
+    pub hmac_keys: Option<HmacKeysConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -126,8 +131,10 @@ pub struct Policy {
     pub paths: PathOptions,
     /// API tokens, when the configuration has an `apiTokens` section.
     pub api_tokens: Option<ApiTokenSettings>,
-    /// The keys of signed requests (rules' `signatures`).
+    /// The keys of signed requests (rules' `signatures`), inline.
     pub signature_keys: KeyRing,
+    /// The control plane's HMAC keys, with an `hmacKeys` section.
+    pub hmac_keys: Option<HmacKeySettings>,
 }
 
 impl Policy {
@@ -203,12 +210,22 @@ pub fn compile(config: PluginConfig, env: Environment<'_>) -> Result<Policy, Con
     }
     let providers = compile_providers(config.providers)?;
     let signature_keys = compile_keys(config.signature_keys)?;
-    let rules = compile_rules(config.rules, &providers, &signature_keys)?;
-    let (cache_capacity, cache_max_ttl_secs) = compile_cache(config.verified_token_cache)?;
     let control_plane = match config.control_plane {
         None => None,
         Some(c) => Some(crate::control_plane::compile(c, env).map_err(|e| e.within("controlPlane"))?),
     };
+    let hmac_keys = match (config.hmac_keys, control_plane.as_ref()) {
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                "hmacKeys",
+                "needs a top-level `controlPlane` section: the keys are served by the control plane",
+            ))
+        }
+        (Some(c), Some(cp)) => Some(compile_hmac_keys(c, cp).map_err(|e| e.within("hmacKeys"))?),
+    };
+    let rules = compile_rules(config.rules, &providers, &signature_keys, hmac_keys.is_some())?;
+    let (cache_capacity, cache_max_ttl_secs) = compile_cache(config.verified_token_cache)?;
     let revocation =
         compile_revocation_section(config.revocation, control_plane.as_ref(), &providers, &rules)?;
 
@@ -251,6 +268,7 @@ pub fn compile(config: PluginConfig, env: Environment<'_>) -> Result<Policy, Con
         paths: config.paths,
         api_tokens,
         signature_keys,
+        hmac_keys,
     })
 }
 
@@ -274,6 +292,7 @@ fn compile_rules(
     configs: Vec<RuleConfig>,
     providers: &[Provider],
     keys: &KeyRing,
+    from_control_plane: bool,
 ) -> Result<Vec<Rule>, ConfigError> {
     let key_ids: Vec<String> = keys.keys.iter().map(|k| k.id.clone()).collect();
     if configs.len() > MAX_RULES {
@@ -287,7 +306,7 @@ fn compile_rules(
         let mut rule = compile_rule(i, rule_config, providers).map_err(|e| e.within(&at))?;
         if let Some(s) = signatures {
             let compiled =
-                compile_signatures(s, &key_ids).map_err(|e| e.within(&format!("{at}.signatures")))?;
+                compile_signatures(s, &key_ids, from_control_plane).map_err(|e| e.within(&format!("{at}.signatures")))?;
             rule.signatures = Some(compiled);
         }
         if !names.insert(rule.name.clone()) {

@@ -82,26 +82,26 @@ pub struct SignaturePolicy {
     pub tag: Option<String>,
 }
 
-/// One entry of `signatureKeys`.
-#[derive(Debug, Clone, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
+/// One entry of `signatureKeys` (and of the key set the control plane delivers).
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SignatureKeyConfig {
     pub id: String,
     /// Who the key belongs to: passed upstream with the key id.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
     pub secrets: Vec<SecretConfig>,
 }
 
 /// A secret: `whsec_<base64>` or plain standard base64.
-#[derive(Clone, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
+#[derive(Clone, Deserialize, serde::Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SecretConfig {
     pub secret: String,
     /// Unix seconds after which this secret no longer verifies (rotation window).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_after: Option<u64>,
 }
 
@@ -171,10 +171,13 @@ fn is_component(name: &str) -> bool {
         && name.bytes().all(|b| crate::request::is_token_byte(b) && !b.is_ascii_uppercase()))
 }
 
-/// Compiles a rule's `signatures` section; `key_ids` are the ids `signatureKeys` defines.
+/// Compiles a rule's `signatures` section; `key_ids` are the ids `signatureKeys` defines;
+/// with `from_control_plane` (an `hmacKeys` section) any key id may be named, since
+/// the control plane's keys are known only at run time.
 pub fn compile_signatures(
     config: SignatureRuleConfig,
     key_ids: &[String],
+    from_control_plane: bool,
 ) -> Result<SignaturePolicy, ConfigError> {
     if config.schemes.is_empty() {
         return Err(ConfigError::new("schemes", "must name at least one scheme"));
@@ -201,6 +204,9 @@ pub fn compile_signatures(
     }
     if let Some(keys) = &config.keys {
         for (i, k) in keys.iter().enumerate() {
+            if from_control_plane && is_identifier(k) {
+                continue;
+            }
             if !key_ids.contains(k) {
                 return Err(ConfigError::new(
                     format!("keys[{i}]"),
@@ -209,8 +215,12 @@ pub fn compile_signatures(
             }
         }
     }
-    if key_ids.is_empty() {
-        return Err(ConfigError::new("", "needs keys: a top-level `signatureKeys` list"));
+    if key_ids.is_empty() && !from_control_plane {
+        return Err(ConfigError::new(
+            "",
+            "needs keys: a top-level `hmacKeys` section (keys held by the control plane) or a \
+             `signatureKeys` list",
+        ));
     }
     Ok(SignaturePolicy {
         schemes: config.schemes,

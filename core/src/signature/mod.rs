@@ -19,6 +19,7 @@
 //! or which component failed to match.
 
 pub mod config;
+pub mod key_set;
 pub mod replay;
 pub mod rfc9421;
 pub mod sfv;

@@ -33,7 +33,7 @@ fn policy(schemes: Vec<Scheme>, components: &[&str], replay: ReplayMode) -> Sign
         keys: None,
         tag: None,
     };
-    compile_signatures(config, &["k".to_string()]).unwrap()
+    compile_signatures(config, &["k".to_string()], false).unwrap()
 }
 
 fn ring(id: &str, secrets: &[(&str, Option<u64>)]) -> KeyRing {
