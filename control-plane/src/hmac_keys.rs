@@ -217,8 +217,10 @@ impl SecretSeal {
         rng: &dyn RandomSource,
         now: u64,
     ) -> Result<StoredSecret, HmacKeyError> {
-        let sealed =
-            self.0.seal(text.as_bytes(), id.as_bytes(), rng).map_err(|e| HmacKeyError::Random(e.to_string()))?;
+        let sealed = self
+            .0
+            .seal(text.as_bytes(), id.as_bytes(), rng)
+            .map_err(|e| HmacKeyError::Random(e.to_string()))?;
         Ok(StoredSecret {
             nonce: sealed.nonce_base64(),
             sealed: sealed.ciphertext_base64(),
@@ -230,8 +232,10 @@ impl SecretSeal {
     fn open(&self, id: &str, secret: &StoredSecret) -> Result<Zeroizing<String>, HmacKeyError> {
         let sealed = Sealed::from_base64(&secret.nonce, &secret.sealed)
             .map_err(|e| HmacKeyError::Sealing(format!("key {id}: {e}")))?;
-        let bytes =
-            self.0.open(&sealed, id.as_bytes()).map_err(|e| HmacKeyError::Sealing(format!("key {id}: {e}")))?;
+        let bytes = self
+            .0
+            .open(&sealed, id.as_bytes())
+            .map_err(|e| HmacKeyError::Sealing(format!("key {id}: {e}")))?;
         String::from_utf8(bytes.to_vec())
             .map(Zeroizing::new)
             .map_err(|_| HmacKeyError::Sealing(format!("key {id}: not text")))
@@ -386,7 +390,8 @@ pub async fn revoke(store: &dyn Store, id: &str, now_ms: u64) -> Result<(HmacKey
         Some(_) => {}
     }
     let info = modify(store, now_ms, |keys| {
-        let key = keys.keys.iter_mut().find(|k| k.id == id).ok_or_else(|| HmacKeyError::NotFound(id.to_owned()))?;
+        let key =
+            keys.keys.iter_mut().find(|k| k.id == id).ok_or_else(|| HmacKeyError::NotFound(id.to_owned()))?;
         key.revoked_at.get_or_insert(now_ms / 1000);
         key.secrets.clear();
         Ok(key.info())
@@ -411,7 +416,10 @@ pub async fn key_set(store: &dyn Store, seal: &SecretSeal, now_ms: u64) -> Resul
     for key in current.keys.iter().filter(|k| k.revoked_at.is_none()) {
         let mut secrets = Vec::with_capacity(key.secrets.len());
         for s in key.secrets.iter().filter(|s| s.not_after.is_none_or(|t| now <= t)) {
-            secrets.push(SecretConfig { secret: seal.open(&key.id, s)?.as_str().to_owned(), not_after: s.not_after });
+            secrets.push(SecretConfig {
+                secret: seal.open(&key.id, s)?.as_str().to_owned(),
+                not_after: s.not_after,
+            });
         }
         if !secrets.is_empty() {
             keys.push(SignatureKeyConfig { id: key.id.clone(), owner: key.owner.clone(), secrets });

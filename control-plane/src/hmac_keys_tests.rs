@@ -17,9 +17,11 @@ fn create_request(id: &str, format: SecretFormat) -> CreateHmacKey {
 /// Create, rotate, revoke and the served set, on one backend.
 async fn lifecycle(store: &dyn Store) {
     let (seal, rng) = (seal(), SeededRandom::new(1));
-    let created = create(store, &seal, &rng, &create_request("partner-a", SecretFormat::Base64), NOW_MS).await.unwrap();
+    let created =
+        create(store, &seal, &rng, &create_request("partner-a", SecretFormat::Base64), NOW_MS).await.unwrap();
     assert!(STANDARD.decode(&created.secret).unwrap().len() >= 32);
-    let hooks = create(store, &seal, &rng, &create_request("hooks", SecretFormat::Whsec), NOW_MS).await.unwrap();
+    let hooks =
+        create(store, &seal, &rng, &create_request("hooks", SecretFormat::Whsec), NOW_MS).await.unwrap();
     let raw = hooks.secret.strip_prefix("whsec_").unwrap();
     assert!(STANDARD.decode(raw).unwrap().len() >= 24);
 
@@ -83,7 +85,10 @@ async fn lifecycle_on_the_embedded_store_keeps_no_secret_in_clear_on_disk() {
         let store = EmbeddedStore::open(dir.path()).unwrap();
         lifecycle(&store).await;
         let (seal, rng) = (seal(), SeededRandom::new(9));
-        create(&store, &seal, &rng, &create_request("disk", SecretFormat::Base64), NOW_MS).await.unwrap().secret
+        create(&store, &seal, &rng, &create_request("disk", SecretFormat::Base64), NOW_MS)
+            .await
+            .unwrap()
+            .secret
     };
     for entry in std::fs::read_dir(dir.path()).unwrap() {
         let bytes = std::fs::read(entry.unwrap().path()).unwrap();
@@ -100,11 +105,17 @@ async fn rotation_is_bounded_and_sealed_secrets_are_bound_to_their_key_and_maste
     for _ in 1..MAX_SECRETS_PER_KEY {
         rotate(&store, &seal, &rng, "k", &request, NOW_MS).await.unwrap();
     }
-    assert!(matches!(rotate(&store, &seal, &rng, "k", &request, NOW_MS).await, Err(HmacKeyError::Conflict(_))));
+    assert!(matches!(
+        rotate(&store, &seal, &rng, "k", &request, NOW_MS).await,
+        Err(HmacKeyError::Conflict(_))
+    ));
     // Once the overlaps end, old secrets are dropped and rotation works again.
     rotate(&store, &seal, &rng, "k", &request, NOW_MS + 61_000).await.unwrap();
     let too_long = RotateHmacKey { overlap_seconds: Some(MAX_OVERLAP_SECONDS + 1) };
-    assert!(matches!(rotate(&store, &seal, &rng, "k", &too_long, NOW_MS).await, Err(HmacKeyError::InvalidRequest(_))));
+    assert!(matches!(
+        rotate(&store, &seal, &rng, "k", &too_long, NOW_MS).await,
+        Err(HmacKeyError::InvalidRequest(_))
+    ));
 
     let other = SecretSeal::derive(&MasterKey::from_bytes([8; MASTER_KEY_LEN]));
     assert!(matches!(key_set(&store, &other, NOW_MS).await, Err(HmacKeyError::Sealing(_))));

@@ -23,13 +23,13 @@
 
 pub mod admin_credential;
 pub mod api_tokens;
-pub mod hmac_keys;
 pub mod audit;
 pub mod burst;
 pub mod client;
 pub mod clock;
 pub mod config;
 pub mod config_check;
+pub mod hmac_keys;
 pub mod http;
 pub mod keys;
 pub mod lockouts;

@@ -305,8 +305,8 @@ fn compile_rules(
         let signatures = rule_config.signatures.take();
         let mut rule = compile_rule(i, rule_config, providers).map_err(|e| e.within(&at))?;
         if let Some(s) = signatures {
-            let compiled =
-                compile_signatures(s, &key_ids, from_control_plane).map_err(|e| e.within(&format!("{at}.signatures")))?;
+            let compiled = compile_signatures(s, &key_ids, from_control_plane)
+                .map_err(|e| e.within(&format!("{at}.signatures")))?;
             rule.signatures = Some(compiled);
         }
         if !names.insert(rule.name.clone()) {

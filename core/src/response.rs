@@ -201,7 +201,8 @@ impl Denial {
             }
             Denial::SignatureKeysUnavailable => (
                 "temporarily_unavailable",
-                "the signature keys are not available from the control plane yet; try again shortly".to_string(),
+                "the signature keys are not available from the control plane yet; try again shortly"
+                    .to_string(),
             ),
         }
     }

@@ -7,6 +7,7 @@
 
 use portcullis_core::jwt::provider::KeySource;
 use portcullis_core::keyfetch::FetchKind;
+use portcullis_core::signature::key_set::MAX_KEY_SET_BYTES;
 use portcullis_core::RequestParts;
 
 use crate::calls::Call;
@@ -133,6 +134,12 @@ pub fn on_answer(
                 api_token_tick(rt, rt.host.now_unix_ms());
             }
         }
+        Call::HmacKeys => {
+            let (status, body) = rt.host.call_response(body_size, MAX_KEY_SET_BYTES);
+            if let Some(sync) = &rt.hmac_keys {
+                sync.complete_poll(status.as_deref(), body, rt.host.now_unix_ms(), &rt.metrics);
+            }
+        }
         Call::ApiTokenUsage => {
             let (status, _) = rt.host.call_response(body_size, 4096);
             if status.as_deref() != Some("200") {
@@ -226,5 +233,22 @@ pub fn api_token_tick(rt: &Runtime, now: u64) {
         {
             rt.metrics.count("portcullis.api_tokens.usage_failed");
         }
+    }
+}
+
+/// Root tick: the HMAC key set fetch, when this worker holds the lease and one is due.
+pub fn hmac_keys_tick(rt: &Runtime, now: u64) {
+    let Some(sync) = &rt.hmac_keys else { return };
+    if rt.calls.in_flight(|c| matches!(c, Call::HmacKeys)) {
+        return;
+    }
+    let Some(path) = sync.claim_poll(now) else { return };
+    let upstream = Upstream::control_plane(&sync.settings.control_plane);
+    if let Err(status) = rt.calls.get(&*rt.host, &upstream, &path, sync.settings.timeout_ms, Call::HmacKeys) {
+        log::warn!(
+            "cannot call cluster `{}` for the HMAC key set ({status:?}); is it defined?",
+            sync.settings.control_plane.cluster
+        );
+        sync.complete_poll(None, None, now, &rt.metrics);
     }
 }

@@ -74,6 +74,8 @@ pub enum Call {
     ApiTokenFeed,
     /// A usage report of API tokens (root context).
     ApiTokenUsage,
+    /// A fetch of the control plane's HMAC key set (root context).
+    HmacKeys,
 }
 
 /// The call a stateful check needs before it can answer (`check::Verdict::Call`).

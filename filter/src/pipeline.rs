@@ -152,6 +152,7 @@ fn signature_check(rt: &Runtime, round: &mut Round<'_>) -> Verdict<AuthCall> {
         round.request,
         p.signed.as_ref(),
         &mut p.input.signer,
+        rt.hmac_keys.as_ref(),
     ) {
         Ok(()) => Verdict::Pass,
         Err(denial) => Verdict::Deny(denial),

@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use portcullis_control_plane::api_tokens::CreateApiToken;
-use portcullis_control_plane::hmac_keys::{CreateHmacKey, HmacKeySecret, RotateHmacKey, SecretFormat};
 use portcullis_control_plane::audit::query::{AuditQuery, Order, MAX_LIMIT};
 use portcullis_control_plane::audit::{time_text, AuditRecord};
 use portcullis_control_plane::client::{ClientError, ControlPlaneClient};
 use portcullis_control_plane::config::{parse_duration_secs, AdminTokenArgs};
 use portcullis_control_plane::config_check::Outcome;
+use portcullis_control_plane::hmac_keys::{CreateHmacKey, HmacKeySecret, RotateHmacKey, SecretFormat};
 use portcullis_control_plane::tls::CaBundle;
 use portcullis_control_plane::tokens::TokenRequest;
 use portcullis_core::wire::SubjectKind;

@@ -82,7 +82,8 @@ async fn rotate(
 ) -> Result<Json<HmacKeySecret>, ApiError> {
     let now_ms = state.clock.now_ms();
     let store = state.store.as_ref();
-    let rotated = hmac_keys::rotate(store, &state.hmac_seal, state.rng.as_ref(), &id, &request, now_ms).await?;
+    let rotated =
+        hmac_keys::rotate(store, &state.hmac_seal, state.rng.as_ref(), &id, &request, now_ms).await?;
     let previous_not_after = rotated.key.secrets.iter().rev().nth(1).and_then(|s| s.not_after);
     audit::record(
         store,
@@ -105,7 +106,10 @@ async fn rotate(
     params(("id" = String, Path, description = "Key id")),
     responses((status = 200, description = "JSON document", content_type = "application/json"))
 )]
-async fn revoke(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<HmacKeyInfo>, ApiError> {
+async fn revoke(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<HmacKeyInfo>, ApiError> {
     let now_ms = state.clock.now_ms();
     let store = state.store.as_ref();
     let (info, changed) = hmac_keys::revoke(store, &id, now_ms).await?;

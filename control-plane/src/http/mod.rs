@@ -14,13 +14,13 @@
 
 mod admin;
 mod api_tokens;
-mod hmac_keys;
 mod audit_log;
 pub mod error;
 mod feed;
 mod fleet;
 mod guard;
 mod health;
+mod hmac_keys;
 mod jwks;
 mod observe;
 pub mod openapi;

@@ -12,10 +12,11 @@ use portcullis_core::response::Denial;
 use portcullis_core::route::{is_cors_preflight, Rule};
 use portcullis_core::signature::replay::{self, fingerprint, remember, Remember};
 use portcullis_core::signature::{
-    verify, Reason, ReplayMode, SignaturePolicy, SignedRequest, KEY_ID_HEADER, OWNER_HEADER,
+    verify, KeyRing, Reason, ReplayMode, SignaturePolicy, SignedRequest, KEY_ID_HEADER, OWNER_HEADER,
 };
 use portcullis_core::RequestParts;
 
+use super::hmac_keys::HmacKeySync;
 use super::Env;
 use crate::host::shared::{SharedCell, Swap};
 
@@ -38,7 +39,8 @@ pub struct Signer {
 /// The signature check of `rule` (`Phase::Authenticate`), once per request: `signer`
 /// keeps the key that verified, for the rounds that follow (a JWT round may run again
 /// after keys arrive; the replay guard must not see the nonce twice). A signed rule
-/// without a buffered body fails closed.
+/// without a buffered body fails closed. With `hmac_keys` (an `hmacKeys` section) the
+/// control plane's keys verify too, and a rule answers 503 until they are synced.
 pub fn check_once(
     env: Env<'_>,
     policy: &Policy,
@@ -46,6 +48,7 @@ pub fn check_once(
     request: &RequestParts,
     parts: Option<&SignedParts>,
     signer: &mut Option<Signer>,
+    hmac_keys: Option<&HmacKeySync>,
 ) -> Result<(), Denial> {
     let Some(signatures) = &rule.signatures else { return Ok(()) };
     // A CORS preflight carries no credentials; the rule lets it through as it does tokens.
@@ -53,7 +56,13 @@ pub fn check_once(
         return Ok(());
     }
     let parts = parts.ok_or(Denial::InvalidSignature(Reason::Malformed))?;
-    *signer = Some(check(env, policy, signatures, request, parts)?);
+    let verified = match hmac_keys {
+        Some(sync) => {
+            check(env, &*sync.keys(&policy.signature_keys, rule, env.now_ms)?, signatures, request, parts)
+        }
+        None => check(env, &policy.signature_keys, signatures, request, parts),
+    };
+    *signer = Some(verified?);
     Ok(())
 }
 
@@ -69,7 +78,7 @@ pub fn upstream_headers(signer: Option<&Signer>, edits: &mut UpstreamEdits) {
 /// The signature check (`Phase::Authenticate`): the signer, or why the request is refused.
 pub fn check(
     env: Env<'_>,
-    policy: &Policy,
+    keys: &KeyRing,
     rule: &SignaturePolicy,
     request: &RequestParts,
     parts: &SignedParts,
@@ -83,7 +92,7 @@ pub fn check(
         body: &parts.body,
     };
     let now = env.now_ms / 1000;
-    let verified = match verify(rule, &policy.signature_keys, &signed, now) {
+    let verified = match verify(rule, keys, &signed, now) {
         Ok(v) => v,
         Err(reason) => {
             env.metrics.count(&format!("portcullis.signature.refused.{}", reason.as_str()));

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod api_tokens;
+mod hmac_keys;
 mod jwks;
 mod rule_counters;
 mod signatures;
