@@ -15,6 +15,8 @@ use serde_json::{json, Value};
 
 pub mod frames;
 pub mod manifests;
+pub mod secrets;
+pub mod signing;
 pub mod tokens;
 
 pub fn repo_root() -> PathBuf {
