@@ -24,6 +24,7 @@ use base64::Engine as _;
 use portcullis_core::error::is_identifier;
 use portcullis_core::signature::config::MAX_SECRETS_PER_KEY;
 use portcullis_core::signature::key_set::{KeySet, MAX_KEYS};
+use portcullis_core::signature::replay::{is_claim_id, ReplayClaim};
 use portcullis_core::signature::{SecretConfig, SignatureKeyConfig};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -426,6 +427,25 @@ pub async fn key_set(store: &dyn Store, seal: &SecretSeal, now_ms: u64) -> Resul
         }
     }
     Ok(KeySet { version: current.version, keys })
+}
+
+/// Claims of replay ids (`replay: global`) live under this prefix.
+pub const REPLAY_CLAIM_PREFIX: &str = "signature-replay/";
+/// Longest a replay id is remembered: a signature's time may be up to the largest
+/// tolerance (one day) ahead, and is remembered for the tolerance after it.
+pub const MAX_REPLAY_WINDOW_MS: u64 = 2 * 86_400_000;
+
+/// Claims a replay id across the fleet until `claim.until` (at least one second from
+/// now, at most [`MAX_REPLAY_WINDOW_MS`]): true the first time within its window.
+pub async fn claim_replay(store: &dyn Store, claim: &ReplayClaim, now_ms: u64) -> Result<bool, HmacKeyError> {
+    if !is_claim_id(&claim.id) {
+        return Err(invalid("id: 64 lower-case hex digits (SHA-256 of the replay id)"));
+    }
+    let until_ms = claim.until.saturating_mul(1000);
+    let expires_at_ms =
+        until_ms.clamp(now_ms.saturating_add(1000), now_ms.saturating_add(MAX_REPLAY_WINDOW_MS));
+    let key = format!("{REPLAY_CLAIM_PREFIX}{}", claim.id);
+    Ok(store.claim_once(&key, expires_at_ms, now_ms).await?)
 }
 
 #[cfg(test)]

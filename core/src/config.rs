@@ -25,7 +25,7 @@ use crate::ratelimit::RateLimitConfig;
 use crate::revocation::{compile_revocation, RevocationCheck, RevocationConfig, RevocationSettings};
 use crate::route::{compile_rule, Rule, RuleConfig};
 use crate::signature::key_set::{compile_hmac_keys, HmacKeySettings, HmacKeysConfig};
-use crate::signature::{compile_keys, compile_signatures, KeyRing, SignatureKeyConfig};
+use crate::signature::{compile_keys, compile_signatures, KeyRing, ReplayMode, SignatureKeyConfig};
 use crate::stateful::{StatefulChecks, StatefulSections};
 
 pub const DEFAULT_REALM: &str = "portcullis";
@@ -225,6 +225,15 @@ pub fn compile(config: PluginConfig, env: Environment<'_>) -> Result<Policy, Con
         (Some(c), Some(cp)) => Some(compile_hmac_keys(c, cp).map_err(|e| e.within("hmacKeys"))?),
     };
     let rules = compile_rules(config.rules, &providers, &signature_keys, hmac_keys.is_some())?;
+    if control_plane.is_none() {
+        let global = |r: &Rule| r.signatures.as_ref().is_some_and(|s| s.replay == ReplayMode::Global);
+        if let Some(i) = rules.iter().position(global) {
+            return Err(ConfigError::new(
+                format!("rules[{i}].signatures.replay"),
+                "`global` needs a top-level `controlPlane` section: ids are claimed there",
+            ));
+        }
+    }
     let (cache_capacity, cache_max_ttl_secs) = compile_cache(config.verified_token_cache)?;
     let revocation =
         compile_revocation_section(config.revocation, control_plane.as_ref(), &providers, &rules)?;

@@ -1,12 +1,14 @@
 //! HMAC keys over HTTP. Admin listener (admin token, under `/admin/v1`): create, list,
 //! rotate, revoke; every write audited with the admin identity (ids, owners and
 //! times, never a secret). Internal listener (fleet credential): the key set Envoys
-//! follow.
+//! follow, and the fleet-wide replay guard of `replay: global` (one claim per signed
+//! request).
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use portcullis_core::signature::key_set::{KeySet, KEY_SET_PATH};
+use portcullis_core::signature::replay::{ReplayClaim, ReplayClaimAnswer, CLAIM_PATH};
 use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -23,7 +25,7 @@ pub fn admin_routes() -> OpenApiRouter<AppState> {
 
 /// Internal routes (what Envoys call).
 pub fn internal_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(key_set))
+    OpenApiRouter::new().routes(routes!(key_set)).routes(routes!(replay_claim))
 }
 
 #[utoipa::path(
@@ -129,4 +131,19 @@ async fn revoke(
 )]
 async fn key_set(State(state): State<AppState>) -> Result<Json<KeySet>, ApiError> {
     Ok(Json(hmac_keys::key_set(state.store.as_ref(), &state.hmac_seal, state.clock.now_ms()).await?))
+}
+
+#[utoipa::path(
+    post,
+    path = CLAIM_PATH,
+    tag = "internal",
+    summary = "Claim a signed request's replay id across the fleet (replay: global): fresh the first time within its window",
+    responses((status = 200, description = "JSON document", content_type = "application/json"))
+)]
+async fn replay_claim(
+    State(state): State<AppState>,
+    ApiJson(claim): ApiJson<ReplayClaim>,
+) -> Result<Json<ReplayClaimAnswer>, ApiError> {
+    let fresh = hmac_keys::claim_replay(state.store.as_ref(), &claim, state.clock.now_ms()).await?;
+    Ok(Json(ReplayClaimAnswer { fresh }))
 }

@@ -39,8 +39,23 @@ pub enum ReplayMode {
     /// another Envoy of the fleet is not seen.
     #[default]
     Local,
+    /// Claimed across the fleet: one control-plane call per signed request (needs
+    /// `controlPlane`); a replay to any Envoy sharing the control plane is refused.
+    Global,
     /// No replay guard (the upstream deduplicates by nonce or message id itself).
     None,
+}
+
+/// What a rule with `replay: global` does when the control plane cannot answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
+#[serde(rename_all = "camelCase")]
+pub enum ReplayGuardFailure {
+    /// 503 with `Retry-After` (a possible replay does not pass).
+    #[default]
+    Deny,
+    /// Let the request through unguarded (the upstream deduplicates).
+    Allow,
 }
 
 /// A rule's `signatures` section.
@@ -62,6 +77,9 @@ pub struct SignatureRuleConfig {
     pub max_body_bytes: Option<usize>,
     #[serde(default)]
     pub replay: ReplayMode,
+    /// With `replay: global`, what happens when the control plane cannot answer.
+    #[serde(default)]
+    pub on_replay_guard_unavailable: ReplayGuardFailure,
     /// The key ids accepted on this rule (default: every key of `signatureKeys`).
     #[serde(default)]
     pub keys: Option<Vec<String>>,
@@ -78,6 +96,7 @@ pub struct SignaturePolicy {
     pub tolerance_secs: u64,
     pub max_body_bytes: usize,
     pub replay: ReplayMode,
+    pub on_replay_guard_unavailable: ReplayGuardFailure,
     pub keys: Option<Vec<String>>,
     pub tag: Option<String>,
 }
@@ -228,6 +247,7 @@ pub fn compile_signatures(
         tolerance_secs,
         max_body_bytes,
         replay: config.replay,
+        on_replay_guard_unavailable: config.on_replay_guard_unavailable,
         keys: config.keys,
         tag: config.tag,
     })

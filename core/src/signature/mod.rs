@@ -33,8 +33,8 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq as _;
 
 pub use config::{
-    compile_keys, compile_signatures, KeyRing, ReplayMode, Scheme, SecretConfig, SignatureKey,
-    SignatureKeyConfig, SignaturePolicy, SignatureRuleConfig,
+    compile_keys, compile_signatures, KeyRing, ReplayGuardFailure, ReplayMode, Scheme, SecretConfig,
+    SignatureKey, SignatureKeyConfig, SignaturePolicy, SignatureRuleConfig,
 };
 
 /// Shortest secret accepted, in bytes (HMAC-SHA256's output size).
