@@ -69,7 +69,7 @@ pub struct RequestState {
 impl RequestState {
     /// Decides the request again (after the keys or the feed it waited for came) and
     /// resumes it when it may go on. False when no request was kept.
-    fn decide_again(&mut self, rt: &Runtime, ctx: u32) -> bool {
+    pub fn decide_again(&mut self, rt: &Runtime, ctx: u32) -> bool {
         let Some(request) = self.request.take() else { return false };
         let next = decide(rt, ctx, &request, self.rule, &mut self.progress);
         self.request = Some(request);
@@ -144,6 +144,11 @@ pub fn on_answer(
             let (status, _) = rt.host.call_response(body_size, 4096);
             if status.as_deref() != Some("200") {
                 rt.metrics.count("portcullis.api_tokens.usage_failed");
+            }
+        }
+        Call::ReplayClaim { .. } => {
+            if let Some(state) = state {
+                crate::replay_claim::complete(rt, body_size, state, current);
             }
         }
         Call::StrictRevocation { .. } => {

@@ -47,6 +47,11 @@ pub enum Call {
     StrictRevocation {
         requester: u32,
     },
+    /// The claim of a signed request's replay id (`replay: global`) for the request on
+    /// context `requester`.
+    ReplayClaim {
+        requester: u32,
+    },
     /// Lease and strict asks: `asks[i]` is limit `i` of the waiter `owner` (strict) or
     /// a shared lease (for every waiter on the counter).
     Limits {
@@ -93,7 +98,7 @@ impl Call {
     fn requester(&self) -> Option<u32> {
         match self {
             Call::Jwks { requester, .. } | Call::Feed { requester } => *requester,
-            Call::StrictRevocation { requester } => Some(*requester),
+            Call::StrictRevocation { requester } | Call::ReplayClaim { requester } => Some(*requester),
             _ => None,
         }
     }

@@ -1,6 +1,8 @@
 //! Signed requests in the filter: core checks the signature against the body the
-//! request context buffered, then the replay guard remembers its nonce or message id
-//! in this Envoy's shared data (`replay: local`), spread over
+//! request context buffered, then the replay guard remembers its nonce or message id:
+//! under `replay: global` the pipeline claims it at the control plane (one call, the
+//! request held meanwhile: [`PendingClaim`]); under `replay: local` in this Envoy's
+//! shared data, spread over
 //! [`replay::CELLS`] cells, each changed with the one compare-and-swap loop. A cell
 //! that cannot take the id (full of live entries, or every attempt lost the race)
 //! refuses the request with 503: a replay guard that cannot answer does not let a
@@ -10,9 +12,10 @@ use portcullis_core::authn::UpstreamEdits;
 use portcullis_core::config::Policy;
 use portcullis_core::response::Denial;
 use portcullis_core::route::{is_cors_preflight, Rule};
-use portcullis_core::signature::replay::{self, fingerprint, remember, Remember};
+use portcullis_core::signature::replay::{self, claim_id, fingerprint, remember, Remember, ReplayClaim};
 use portcullis_core::signature::{
-    verify, KeyRing, Reason, ReplayMode, SignaturePolicy, SignedRequest, KEY_ID_HEADER, OWNER_HEADER,
+    verify, KeyRing, Reason, ReplayGuardFailure, ReplayMode, SignaturePolicy, SignedRequest, KEY_ID_HEADER,
+    OWNER_HEADER,
 };
 use portcullis_core::RequestParts;
 
@@ -36,6 +39,22 @@ pub struct Signer {
     pub owner: Option<String>,
 }
 
+/// A signature that verified under `replay: global`: its replay id still to be
+/// claimed at the control plane before the signer counts.
+#[derive(Debug, Clone)]
+pub struct PendingClaim {
+    pub signer: Signer,
+    pub claim: ReplayClaim,
+    pub on_unavailable: ReplayGuardFailure,
+}
+
+/// What a signature check found.
+pub enum Checked {
+    Signed(Signer),
+    /// `replay: global`: the claim to make first.
+    Claim(PendingClaim),
+}
+
 /// The signature check of `rule` (`Phase::Authenticate`), once per request: `signer`
 /// keeps the key that verified, for the rounds that follow (a JWT round may run again
 /// after keys arrive; the replay guard must not see the nonce twice). A signed rule
@@ -49,11 +68,11 @@ pub fn check_once(
     parts: Option<&SignedParts>,
     signer: &mut Option<Signer>,
     hmac_keys: Option<&HmacKeySync>,
-) -> Result<(), Denial> {
-    let Some(signatures) = &rule.signatures else { return Ok(()) };
+) -> Result<Option<PendingClaim>, Denial> {
+    let Some(signatures) = &rule.signatures else { return Ok(None) };
     // A CORS preflight carries no credentials; the rule lets it through as it does tokens.
     if signer.is_some() || (rule.allow_cors_preflight && is_cors_preflight(request)) {
-        return Ok(());
+        return Ok(None);
     }
     let parts = parts.ok_or(Denial::InvalidSignature(Reason::Malformed))?;
     let verified = match hmac_keys {
@@ -62,8 +81,13 @@ pub fn check_once(
         }
         None => check(env, &policy.signature_keys, signatures, request, parts),
     };
-    *signer = Some(verified?);
-    Ok(())
+    match verified? {
+        Checked::Signed(s) => {
+            *signer = Some(s);
+            Ok(None)
+        }
+        Checked::Claim(pending) => Ok(Some(pending)),
+    }
 }
 
 /// The headers telling the upstream who signed (the client's copies were stripped).
@@ -75,14 +99,15 @@ pub fn upstream_headers(signer: Option<&Signer>, edits: &mut UpstreamEdits) {
     }
 }
 
-/// The signature check (`Phase::Authenticate`): the signer, or why the request is refused.
+/// The signature check (`Phase::Authenticate`): the signer (or, under `replay:
+/// global`, the claim to make first), or why the request is refused.
 pub fn check(
     env: Env<'_>,
     keys: &KeyRing,
     rule: &SignaturePolicy,
     request: &RequestParts,
     parts: &SignedParts,
-) -> Result<Signer, Denial> {
+) -> Result<Checked, Denial> {
     let signed = SignedRequest {
         method: &request.method,
         scheme: &parts.scheme,
@@ -99,13 +124,21 @@ pub fn check(
             return Err(Denial::InvalidSignature(reason));
         }
     };
-    if rule.replay == ReplayMode::Local {
-        if let Some((id, until)) = &verified.replay {
-            guard(env, id, *until, now)?;
+    let signer = Signer { key_id: verified.key_id, owner: verified.owner };
+    match (rule.replay, &verified.replay) {
+        (ReplayMode::Global, Some((id, until))) => {
+            let claim = ReplayClaim { id: claim_id(id), until: *until };
+            return Ok(Checked::Claim(PendingClaim {
+                signer,
+                claim,
+                on_unavailable: rule.on_replay_guard_unavailable,
+            }));
         }
+        (ReplayMode::Local, Some((id, until))) => guard(env, id, *until, now)?,
+        _ => {}
     }
     env.metrics.count("portcullis.signature.verified");
-    Ok(Signer { key_id: verified.key_id, owner: verified.owner })
+    Ok(Checked::Signed(signer))
 }
 
 /// Remembers `id` until `until`; a denial when it was seen, or cannot be remembered.
