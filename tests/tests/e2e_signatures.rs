@@ -125,6 +125,14 @@ async fn signed_requests_pass_and_every_changed_byte_stale_time_and_replay_is_re
         http().post(format!("http://127.0.0.1:{port}/signed/orders")).body("{}").send().await.unwrap();
     assert_eq!(unsigned.status(), 401);
     assert_eq!(www_authenticate(&unsigned), "Signature realm=\"e2e\", error=\"missing_signature\"");
+    // RFC 9421 §5.1: what a signature must cover and carry here.
+    let accept = unsigned.headers().get("accept-signature").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let expected = "sig1=(\"@method\" \"@target-uri\" \"@authority\" \"content-digest\" \"x-tenant\");created;nonce;alg=\"hmac-sha256\"";
+    assert_eq!(accept.as_deref(), Some(expected));
+    let hook =
+        http().post(format!("http://127.0.0.1:{port}/webhooks/billing")).body("{}").send().await.unwrap();
+    assert_eq!(hook.status(), 401);
+    assert!(hook.headers().get("accept-signature").is_none(), "not for Standard Webhooks rules");
 }
 
 #[tokio::test]

@@ -99,6 +99,9 @@ pub struct SignaturePolicy {
     pub on_replay_guard_unavailable: ReplayGuardFailure,
     pub keys: Option<Vec<String>>,
     pub tag: Option<String>,
+    /// The RFC 9421 §5.1 `Accept-Signature` value sent with this rule's 401s (rules
+    /// accepting HTTP Message Signatures): what a signature must cover and carry.
+    pub accept_signature: Option<String>,
 }
 
 /// One entry of `signatureKeys` (and of the key set the control plane delivers).
@@ -241,7 +244,12 @@ pub fn compile_signatures(
              `signatureKeys` list",
         ));
     }
+    let accept_signature = config
+        .schemes
+        .contains(&Scheme::HttpMessageSignatures)
+        .then(|| accept_signature(&components, config.replay, config.tag.as_deref()));
     Ok(SignaturePolicy {
+        accept_signature,
         schemes: config.schemes,
         components,
         tolerance_secs,
@@ -251,6 +259,22 @@ pub fn compile_signatures(
         keys: config.keys,
         tag: config.tag,
     })
+}
+
+/// The `Accept-Signature` value (RFC 9421 §5.1) for a rule: its components, `created`,
+/// `nonce` when a replay guard needs one, `alg`, and its `tag` (when it is an sf-string).
+fn accept_signature(components: &[String], replay: ReplayMode, tag: Option<&str>) -> String {
+    let list = components.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(" ");
+    let mut value = format!("sig1=({list});created");
+    if replay != ReplayMode::None {
+        value.push_str(";nonce");
+    }
+    value.push_str(";alg=\"hmac-sha256\"");
+    if let Some(tag) = tag.filter(|t| t.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\'))
+    {
+        value.push_str(&format!(";tag=\"{tag}\""));
+    }
+    value
 }
 
 /// Compiles `signatureKeys` (errors name `signatureKeys[i]...`).
