@@ -285,7 +285,7 @@ def hmac_headers(port, secret=HMAC_SECRET):
     params = "(" + " ".join(f'"{c}"' for c in HMAC_COMPONENTS) + f');created={int(time.time())};keyid="bench"'
     base = "".join(f'"{c}": {values[c]}\n' for c in HMAC_COMPONENTS) + f'"@signature-params": {params}'
     mac = base64.b64encode(hmac_mod.new(secret, base.encode(), hashlib.sha256).digest()).decode()
-    return {"host": authority, "content-type": "application/json", "content-digest": digest,
+    return {"Host": authority, "content-type": "application/json", "content-digest": digest,
             "signature-input": f"sig1={params}", "signature": f"sig1=:{mac}:"}
 
 
@@ -296,7 +296,7 @@ def hmac_group(setup):
 def hmac_request_headers(envoy, token):
     if envoy.setup["group"] == "h":
         return hmac_headers(envoy.port)
-    return {"host": f"127.0.0.1:{envoy.port}", "content-type": "application/json",
+    return {"Host": f"127.0.0.1:{envoy.port}", "content-type": "application/json",
             "authorization": f"Bearer {token}"}
 
 
