@@ -17,7 +17,8 @@ use crate::features::revocation::MAX_FEED_BYTES;
 use crate::held::FEED_POLL;
 use crate::host::Upstream;
 use crate::pipeline::{complete_strict_check, decide, Progress};
-use crate::reply::Next;
+use crate::replay_claim;
+use crate::reply::{deny, Next};
 use crate::runtime::Runtime;
 use crate::stateful;
 
@@ -69,7 +70,7 @@ pub struct RequestState {
 impl RequestState {
     /// Decides the request again (after the keys or the feed it waited for came) and
     /// resumes it when it may go on. False when no request was kept.
-    pub fn decide_again(&mut self, rt: &Runtime, ctx: u32) -> bool {
+    fn decide_again(&mut self, rt: &Runtime, ctx: u32) -> bool {
         let Some(request) = self.request.take() else { return false };
         let next = decide(rt, ctx, &request, self.rule, &mut self.progress);
         self.request = Some(request);
@@ -127,30 +128,15 @@ pub fn on_answer(
             // Requests that waited for a fresher replica (a version above its ceiling).
             wake_parked(rt, Some(FEED_POLL), current);
         }
-        Call::ApiTokenFeed => {
-            let (status, body) = rt.host.call_response(body_size, MAX_API_TOKEN_FEED_BYTES);
-            let Some(sync) = &rt.api_tokens else { return };
-            if sync.complete_poll(status.as_deref(), body, rt.host.now_unix_ms(), &rt.metrics) {
-                api_token_tick(rt, rt.host.now_unix_ms());
-            }
-        }
-        Call::HmacKeys => {
-            let (status, body) = rt.host.call_response(body_size, MAX_KEY_SET_BYTES);
-            if let Some(sync) = &rt.hmac_keys {
-                sync.complete_poll(status.as_deref(), body, rt.host.now_unix_ms(), &rt.metrics);
-            }
-        }
+        Call::ApiTokenFeed => api_token_feed_answer(rt, body_size),
+        Call::HmacKeys => hmac_keys_answer(rt, body_size),
         Call::ApiTokenUsage => {
             let (status, _) = rt.host.call_response(body_size, 4096);
             if status.as_deref() != Some("200") {
                 rt.metrics.count("portcullis.api_tokens.usage_failed");
             }
         }
-        Call::ReplayClaim { .. } => {
-            if let Some(state) = state {
-                crate::replay_claim::complete(rt, body_size, state, current);
-            }
-        }
+        Call::ReplayClaim { .. } => replay_claim_answer(rt, body_size, state, current),
         Call::StrictRevocation { .. } => {
             let Some(state) = state else { return };
             let Some(check) = state.progress.strict.take() else { return };
@@ -170,6 +156,43 @@ pub fn on_answer(
             rt.calls.as_root(current, || stateful::on_answer(rt, call, token, body_size, current))
         }
         call => stateful::on_answer(rt, call, token, body_size, current),
+    }
+}
+
+/// Root context: a page of the API token feed arrived; poll again at once when more waits.
+fn api_token_feed_answer(rt: &Runtime, body_size: usize) {
+    let (status, body) = rt.host.call_response(body_size, MAX_API_TOKEN_FEED_BYTES);
+    let Some(sync) = &rt.api_tokens else { return };
+    if sync.complete_poll(status.as_deref(), body, rt.host.now_unix_ms(), &rt.metrics) {
+        api_token_tick(rt, rt.host.now_unix_ms());
+    }
+}
+
+/// Root context: the HMAC key set fetched.
+fn hmac_keys_answer(rt: &Runtime, body_size: usize) {
+    let (status, body) = rt.host.call_response(body_size, MAX_KEY_SET_BYTES);
+    if let Some(sync) = &rt.hmac_keys {
+        sync.complete_poll(status.as_deref(), body, rt.host.now_unix_ms(), &rt.metrics);
+    }
+}
+
+/// The claim of the replay id of the request on `current` answered: decide it again
+/// with its signer, or refuse it.
+fn replay_claim_answer(rt: &Runtime, body_size: usize, state: Option<&mut RequestState>, current: u32) {
+    let Some(state) = state else { return };
+    let Some(pending) = state.progress.replay.take() else { return };
+    match replay_claim::complete(rt, body_size, pending) {
+        Ok(signer) => {
+            state.progress.input.signer = Some(signer);
+            state.decide_again(rt, current);
+        }
+        Err(denial) => {
+            let rule = rt.policy.rules.get(state.rule);
+            let (name, shadow) = rule.map_or(("(none)", false), |r| (r.name.as_str(), r.shadow));
+            if let Next::Continue = deny(rt, name, shadow, &denial, None) {
+                rt.resume(current);
+            }
+        }
     }
 }
 

@@ -10,12 +10,10 @@ use portcullis_core::response::Denial;
 use portcullis_core::signature::replay::{ReplayClaimAnswer, CLAIM_PATH};
 use portcullis_core::signature::{Reason, ReplayGuardFailure};
 
-use crate::answers::RequestState;
 use crate::calls::Call;
-use crate::features::signature::PendingClaim;
+use crate::features::signature::{PendingClaim, Signer};
 use crate::host::Upstream;
 use crate::progress::Progress;
-use crate::reply::{deny, Next};
 use crate::runtime::Runtime;
 
 /// Largest answer read.
@@ -52,34 +50,22 @@ pub fn unavailable(rt: &Runtime, pending: PendingClaim) -> Result<PendingClaim, 
     }
 }
 
-/// The answer to the claim of the request on `current` arrived.
-pub fn complete(rt: &Runtime, body_size: usize, state: &mut RequestState, current: u32) {
-    let Some(pending) = state.progress.replay.take() else { return };
+/// The answer to a claim arrived: the signer when the id was fresh (or the control
+/// plane did not answer and the rule allows that), else the denial.
+pub fn complete(rt: &Runtime, body_size: usize, pending: PendingClaim) -> Result<Signer, Denial> {
     let (status, body) = rt.host.call_response(body_size, MAX_ANSWER_BYTES);
     let answer = match (status.as_deref(), body) {
         (Some("200"), Some(bytes)) => serde_json::from_slice::<ReplayClaimAnswer>(&bytes).ok(),
         _ => None,
     };
-    let outcome = match answer {
-        Some(ReplayClaimAnswer { fresh: true }) => Ok(pending),
+    let pending = match answer {
+        Some(ReplayClaimAnswer { fresh: true }) => pending,
         Some(ReplayClaimAnswer { fresh: false }) => {
             rt.metrics.count("portcullis.signature.refused.replayed");
-            Err(Denial::InvalidSignature(Reason::Replayed))
+            return Err(Denial::InvalidSignature(Reason::Replayed));
         }
-        None => unavailable(rt, pending),
+        None => unavailable(rt, pending)?,
     };
-    match outcome {
-        Ok(pending) => {
-            rt.metrics.count("portcullis.signature.verified");
-            state.progress.input.signer = Some(pending.signer);
-            state.decide_again(rt, current);
-        }
-        Err(denial) => {
-            let rule = rt.policy.rules.get(state.rule);
-            let (name, shadow) = rule.map_or(("(none)", false), |r| (r.name.as_str(), r.shadow));
-            if let Next::Continue = deny(rt, name, shadow, &denial, None) {
-                rt.resume(current);
-            }
-        }
-    }
+    rt.metrics.count("portcullis.signature.verified");
+    Ok(pending.signer)
 }
