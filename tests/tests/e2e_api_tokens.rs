@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use portcullis_core::api_token::{checksum, generate, RANDOM_BYTES};
 use portcullis_e2e::secrets::{assert_absent_from_files, assert_absent_from_redis};
 use portcullis_e2e::{
-    control_plane_section, error_description, eventually, http, ControlPlane, Envoy, EnvoyClusters, Redis,
-    StoreKind, TestServer, Workdir,
+    control_plane_section, error_description, eventually, http, ControlPlane, CpStack as Stack, Envoy, Redis,
+    StackStore as Store,
 };
 use serde_json::{json, Value};
 
@@ -28,38 +28,8 @@ fn plugin_config() -> Value {
     })
 }
 
-// Fields drop in order: the work directory (with the logs a failing test prints) last.
-struct Stack {
-    envoy: Envoy,
-    cp: ControlPlane,
-    server: TestServer,
-    redis: Option<Redis>,
-    _dir: Workdir,
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Store {
-    Memory,
-    Embedded,
-    Redis,
-}
-
 async fn stack(store: Store) -> Stack {
-    let dir = Workdir::new();
-    let (redis, kind) = match store {
-        Store::Memory => (None, StoreKind::Memory),
-        Store::Embedded => (None, StoreKind::Embedded),
-        Store::Redis => {
-            let r = Redis::start(dir.path()).await;
-            let url = r.url();
-            (Some(r), StoreKind::Redis(url))
-        }
-    };
-    let cp = ControlPlane::start(dir.path(), kind).await;
-    let server = TestServer::start(json!({"keys": []})).await;
-    let clusters = EnvoyClusters::beside(server.port, &cp);
-    let envoy = Envoy::start(dir.path(), &plugin_config(), &clusters).await;
-    Stack { envoy, cp, server, redis, _dir: dir }
+    Stack::start(store, &plugin_config()).await
 }
 
 /// A token made with the CLI: (token, id).
