@@ -126,3 +126,26 @@ async fn rotation_is_bounded_and_sealed_secrets_are_bound_to_their_key_and_maste
     keys.keys[0].id = "renamed".into();
     assert!(seal.open(&keys.keys[0].id, &moved).is_err());
 }
+
+#[tokio::test]
+async fn replay_ids_are_claimed_once_within_their_window_and_bounded() {
+    let store = MemoryStore::new();
+    let id = "ab".repeat(32);
+    let claim = |until: u64| ReplayClaim { id: id.clone(), until };
+    let now = NOW_MS / 1000;
+    assert!(claim_replay(&store, &claim(now + 300), NOW_MS).await.unwrap());
+    assert!(!claim_replay(&store, &claim(now + 300), NOW_MS + 299_000).await.unwrap(), "a replay");
+    assert!(claim_replay(&store, &claim(now + 600), NOW_MS + 300_000).await.unwrap(), "its window ended");
+    // A window already over (clock skew) is still remembered for a second.
+    let other = ReplayClaim { id: "cd".repeat(32), until: now - 10 };
+    assert!(claim_replay(&store, &other, NOW_MS).await.unwrap());
+    assert!(!claim_replay(&store, &other, NOW_MS + 999).await.unwrap());
+    // A window far ahead is cut to two days.
+    let far = ReplayClaim { id: "ef".repeat(32), until: u64::MAX };
+    assert!(claim_replay(&store, &far, NOW_MS).await.unwrap());
+    assert!(claim_replay(&store, &far, NOW_MS + MAX_REPLAY_WINDOW_MS).await.unwrap());
+    for bad in ["", "AB".repeat(32).as_str(), "ab".repeat(33).as_str(), "zz".repeat(32).as_str()] {
+        let refused = claim_replay(&store, &ReplayClaim { id: bad.to_owned(), until: now }, NOW_MS).await;
+        assert!(matches!(refused, Err(HmacKeyError::InvalidRequest(_))), "{bad}");
+    }
+}
