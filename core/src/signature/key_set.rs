@@ -125,4 +125,42 @@ mod tests {
         assert!(KeySet::compile(br#"{"version":1,"keys":[],"extra":1}"#).is_err());
         assert!(KeySet::compile(&vec![b' '; MAX_KEY_SET_BYTES + 1]).is_err());
     }
+
+    fn compile(config: serde_json::Value) -> Result<crate::config::Policy, ConfigError> {
+        crate::config::compile_json(config.to_string().as_bytes())
+    }
+
+    fn control_plane() -> serde_json::Value {
+        serde_json::json!({ "cluster": "cp", "authority": "cp",
+                            "credential": { "inline": "unit-test-fleet-credential-0123456789abcdef" } })
+    }
+
+    fn signed_rule(signatures: serde_json::Value) -> serde_json::Value {
+        serde_json::json!([{ "name": "s", "match": { "pathPrefix": "/" }, "requires": "none", "signatures": signatures }])
+    }
+
+    #[test]
+    fn the_control_plane_sections_are_checked_where_they_are_needed() {
+        let rules = signed_rule(serde_json::json!({ "schemes": ["standardWebhooks"], "keys": ["partner"] }));
+        // Key ids are known at run time with `hmacKeys`, checked at load time without.
+        let with =
+            compile(serde_json::json!({ "controlPlane": control_plane(), "hmacKeys": {}, "rules": rules }));
+        assert!(with.unwrap().hmac_keys.is_some());
+        let without = compile(serde_json::json!({ "rules": rules })).unwrap_err();
+        assert_eq!(without.field, "rules[0].signatures.keys[0]");
+        let alone = compile(serde_json::json!({ "hmacKeys": {}, "rules": rules })).unwrap_err();
+        assert_eq!(alone.field, "hmacKeys");
+        let fast = compile(serde_json::json!({ "controlPlane": control_plane(),
+                                               "hmacKeys": { "pollIntervalMs": 50 }, "rules": rules }));
+        assert_eq!(fast.unwrap_err().field, "hmacKeys.pollIntervalMs");
+        // A fleet-wide replay guard needs the control plane.
+        let global = signed_rule(serde_json::json!({ "schemes": ["standardWebhooks"], "replay": "global" }));
+        let keys = serde_json::json!([{ "id": "k", "secrets": [{ "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" }] }]);
+        let refused = compile(serde_json::json!({ "signatureKeys": keys, "rules": global })).unwrap_err();
+        assert_eq!(refused.field, "rules[0].signatures.replay");
+        let accepted = compile(
+            serde_json::json!({ "controlPlane": control_plane(), "signatureKeys": keys, "rules": global }),
+        );
+        assert!(accepted.is_ok());
+    }
 }
