@@ -170,12 +170,19 @@ pub struct SecretInfo {
 }
 
 /// Response of `create` and `rotate`: the new secret, shown this once, and the key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// (`Debug` leaves the secret out.)
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HmacKeySecret {
     pub secret: String,
     #[serde(flatten)]
     pub key: HmacKeyInfo,
+}
+
+impl std::fmt::Debug for HmacKeySecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HmacKeySecret").field("key", &self.key).finish_non_exhaustive()
+    }
 }
 
 /// Response of `GET /admin/v1/hmac-keys`.

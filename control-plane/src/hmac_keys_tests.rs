@@ -20,6 +20,7 @@ async fn lifecycle(store: &dyn Store) {
     let created =
         create(store, &seal, &rng, &create_request("partner-a", SecretFormat::Base64), NOW_MS).await.unwrap();
     assert!(STANDARD.decode(&created.secret).unwrap().len() >= 32);
+    assert!(!format!("{created:?}").contains(&created.secret), "Debug leaves the secret out");
     let hooks =
         create(store, &seal, &rng, &create_request("hooks", SecretFormat::Whsec), NOW_MS).await.unwrap();
     let raw = hooks.secret.strip_prefix("whsec_").unwrap();
