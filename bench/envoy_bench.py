@@ -105,6 +105,7 @@ def setups(algs, stores=()):
         # of the same run; the target is at least 0.95x.
         out.append({"id": f"u-portcullis-{alg}-cached-audit-{stores[0]}", "group": "u", "alg": alg,
                     "cached": True, "store": stores[0]})
+    out += hmac_setups(algs)
     out.append({"id": "e-local_ratelimit", "group": "e", "alg": None, "cached": None})
     return out
 
@@ -160,6 +161,8 @@ def http_filters(setup, bench_input, wasm_path):
     }
     if not setup["cached"]:
         plugin["verifiedTokenCache"] = {"capacity": 0}
+    if setup["group"] == "h":
+        hmac_plugin(plugin)
     if setup["group"] == "t":
         plugin["controlPlane"] = dict(CONTROL_PLANE_SECTION)
         plugin["apiTokens"] = {}
@@ -173,7 +176,11 @@ def http_filters(setup, bench_input, wasm_path):
         plugin["rateLimits"] = [dict(D_LIMIT)]
     if setup["group"] in ("d", "dr"):
         plugin["revocation"] = {}
-    return [wasm_filter(plugin, wasm_path)]
+    filters = [wasm_filter(plugin, wasm_path)]
+    if hmac_group(setup):
+        # The filter reads the body before the headers go on (see hmac_setups).
+        filters[0]["typed_config"]["config"]["allow_on_headers_stop_iteration"] = True
+    return filters
 
 
 def wasm_filter(plugin, wasm_path):
@@ -253,6 +260,87 @@ def bootstrap(setup, bench_input, wasm_path, cp_port=None, filters=None):
             }]}],
         }], "clusters": clusters},
     }
+
+
+# ---------------------------------------------------------------------------------
+# (h): a signed POST with a 1 KiB body (RFC 9421 hmac-sha256 over @method,
+# @target-uri, @authority and content-digest, the digest checked against the body),
+# against (hj): the same POST through the cached JWT path (c) of the same algorithm, in
+# the same run. The request is signed once: the rule has `replay: none` and a day of
+# tolerance, so wrk may send it again and again (the replay guard is not measured).
+# Both Envoys set `allow_on_headers_stop_iteration` (as signed routes must, and as the
+# other cells do not: their filter never holds the headers).
+
+HMAC_SECRET = bytes(range(32))
+HMAC_BODY = b'{"bench":"' + b"x" * 1011 + b'"}'  # 1024 bytes
+HMAC_COMPONENTS = ["@method", "@target-uri", "@authority", "content-digest"]
+
+
+def hmac_setups(algs):
+    alg = d_alg(algs)
+    return [{"id": "h-portcullis-hmac-post", "group": "h", "alg": alg, "cached": None},
+            {"id": f"hj-portcullis-{alg}-cached-post", "group": "hj", "alg": alg, "cached": True}]
+
+
+def hmac_plugin(plugin):
+    import base64
+    plugin["signatureKeys"] = [{"id": "bench", "secrets": [{"secret": base64.b64encode(HMAC_SECRET).decode()}]}]
+    plugin["rules"] = [{"name": "all", "match": {"pathPrefix": "/"}, "requires": "none",
+                        "signatures": {"schemes": ["httpMessageSignatures"], "components": HMAC_COMPONENTS,
+                                       "replay": "none", "toleranceSeconds": 86400, "maxBodyBytes": 4096}}]
+
+
+def hmac_headers(port, secret=HMAC_SECRET):
+    """The headers of the signed POST to the Envoy on `port` (signed now)."""
+    import base64
+    import hmac as hmac_mod
+    authority = f"127.0.0.1:{port}"
+    digest = "sha-256=:" + base64.b64encode(hashlib.sha256(HMAC_BODY).digest()).decode() + ":"
+    values = {"@method": "POST", "@target-uri": f"http://{authority}/bench", "@authority": authority,
+              "content-digest": digest}
+    params = "(" + " ".join(f'"{c}"' for c in HMAC_COMPONENTS) + f');created={int(time.time())};keyid="bench"'
+    base = "".join(f'"{c}": {values[c]}\n' for c in HMAC_COMPONENTS) + f'"@signature-params": {params}'
+    mac = base64.b64encode(hmac_mod.new(secret, base.encode(), hashlib.sha256).digest()).decode()
+    return {"Host": authority, "content-type": "application/json", "content-digest": digest,
+            "signature-input": f"sig1={params}", "signature": f"sig1=:{mac}:"}
+
+
+def hmac_group(setup):
+    return setup["group"] in ("h", "hj")
+
+
+def hmac_request_headers(envoy, token):
+    if envoy.setup["group"] == "h":
+        return hmac_headers(envoy.port)
+    return {"Host": f"127.0.0.1:{envoy.port}", "content-type": "application/json",
+            "authorization": f"Bearer {token}"}
+
+
+def hmac_sanity_check(envoy, token):
+    """200 for the signed (or bearer) POST; 401 unsigned, with a wrong secret, or a
+    changed body."""
+    addr = ("127.0.0.1", envoy.port)
+    headers = hmac_request_headers(envoy, token)
+    status, _ = http_request(addr, "POST", "/bench", HMAC_BODY, headers)
+    if status != 200:
+        raise BenchError(f"{envoy.name}: the bench POST got {status}, not 200\n{envoy.log_tail()}")
+    bad = [("no credentials", {"content-type": "application/json"}, HMAC_BODY)]
+    if envoy.setup["group"] == "h":
+        bad += [("a wrong secret", hmac_headers(envoy.port, bytes(32)), HMAC_BODY),
+                ("a changed body", headers, HMAC_BODY[:-2] + b"!}")]
+    for what, h, body in bad:
+        status, _ = http_request(addr, "POST", "/bench", body, h)
+        if status != 401:
+            raise BenchError(f"{envoy.name}: {what} got {status}, not 401: the filter is not checking")
+
+
+def hmac_wrk(args, envoy, token, seconds):
+    """wrk sending the POST (a script: method, headers, 1 KiB body)."""
+    script = args.workdir / f"{envoy.setup['id']}.lua"
+    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(HMAC_BODY.decode())}"]
+    lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in hmac_request_headers(envoy, token).items()]
+    script.write_text("\n".join(lines) + "\n")
+    return run_wrk_url(args.wrk, f"http://127.0.0.1:{envoy.port}/bench", seconds, args.connections, script=script)
 
 
 # ---------------------------------------------------------------------------------
@@ -611,7 +699,7 @@ def filter_counters(setup, delta):
     if group == "b":
         return (delta.get(f"http.{STAT_PREFIX}.jwt_authn.allowed", 0),
                 delta.get(f"http.{STAT_PREFIX}.jwt_authn.denied", 0))
-    if group in ("c", "c0", "d", "dr", "dl", "dm", "t", "u"):
+    if group in ("c", "c0", "d", "dr", "dl", "dm", "t", "u", "h", "hj"):
         denied = sum(v for k, v in delta.items() if k.startswith("wasmcustom.portcullis.requests.denied."))
         return delta.get("wasmcustom.portcullis.requests.allowed", 0), denied
     if group == "e":
@@ -802,11 +890,13 @@ def bench_concurrency(args, bench_input, concurrency, pid_dir, cps):
             if e.setup["group"] == "dm":
                 token_of[e.name] = many[0]
         for e in envoys:
-            sanity_check(e, token_of[e.name])
+            (hmac_sanity_check if hmac_group(e.setup) else sanity_check)(e, token_of[e.name])
         log(f"workers={concurrency}: all setups answer 200 to the token (and 401 without it / forged); warming up")
         for e in envoys:
             before = e.stats()
-            w = run_wrk(args.wrk, e.port, token_of[e.name], args.warmup, args.connections, script_of.get(e.name))
+            w = (hmac_wrk(args, e, token_of[e.name], args.warmup) if hmac_group(e.setup)
+                 else run_wrk(args.wrk, e.port, token_of[e.name], args.warmup, args.connections,
+                              script_of.get(e.name)))
             check_run(e, w, before, e.stats())
             if e.setup["group"] in ("d", "dr"):
                 check_feed_synced(e)
@@ -818,8 +908,9 @@ def bench_concurrency(args, bench_input, concurrency, pid_dir, cps):
             log(f"workers={concurrency}: round {r + 1}/{args.runs} ({len(order)} setups x {args.duration}s)")
             for e in order:
                 before = e.stats()
-                w = run_wrk(args.wrk, e.port, token_of[e.name], args.duration, args.connections,
-                            script_of.get(e.name))
+                w = (hmac_wrk(args, e, token_of[e.name], args.duration) if hmac_group(e.setup)
+                     else run_wrk(args.wrk, e.port, token_of[e.name], args.duration, args.connections,
+                                  script_of.get(e.name)))
                 w["counters"] = check_run(e, w, before, e.stats())
                 w["round"] = r + 1
                 results[e.name]["runs"].append(w)

@@ -33,6 +33,8 @@ GROUP_NAME = {
     "dm": "(d-many) (c) + lease limit, wrk cycling over 1,000 subjects",
     "t": "(t) Portcullis, API token (shared replica)",
     "u": "(u) (c) + audit log, default sampling",
+    "h": "(h) Portcullis, HMAC-signed POST, 1 KiB body",
+    "hj": "(hj) Portcullis, cached JWT, the same POST",
 }
 D_GROUPS = ("d", "dr", "dl", "dm")
 STORE_NAME = {"embedded": "embedded store", "redis": "Redis store", "memory": "memory store"}
@@ -117,6 +119,7 @@ def envoy_rows(envoy):
                 if cached:
                     order += [("d", alg, cached, store) for store in d_stores]
                     order += [(g, alg, cached, store) for g in ("dr", "dl", "dm", "t", "u") for store in d_stores]
+        order += [("h", alg, None, None) for alg in algs] + [("hj", alg, True, None) for alg in algs]
         order.append(("e", None, None, None))
         a = ref("a", None, None, conc)
         for group, alg, cached, store in order:
@@ -129,7 +132,7 @@ def envoy_rows(envoy):
             allowed = None
             for r in res["runs"]:
                 cnt = r["counters"]
-                v = (cnt.get("wasmcustom.portcullis.requests.allowed") if group in ("c", "c0", "t", "u") + D_GROUPS
+                v = (cnt.get("wasmcustom.portcullis.requests.allowed") if group in ("c", "c0", "t", "u", "h", "hj") + D_GROUPS
                      else cnt.get("http.ingress.jwt_authn.allowed") if group == "b"
                      else cnt.get("bench_rl.http_local_rate_limit.ok") if group == "e"
                      else cnt.get("http.ingress.downstream_rq_2xx"))
@@ -208,6 +211,21 @@ def audit_table(rows):
         lines.append(f"| {setup_name(r['group'], r.get('store'))} | {r['conc']} | {r['rps']:,.0f} | {fmt_us(r['p99'])} "
                      f"| {fmt_ratio(r.get('vs_c'))} | {fmt_ratio(r.get('p99_vs_c'))} | {counts} |")
     return "\n".join(lines)
+
+
+def hmac_table(rows):
+    """(h) against (hj): the same 1 KiB POST, signed or with a cached JWT, same run."""
+    jwt = {(r["alg"], r["conc"]): r for r in rows if r["group"] == "hj"}
+    lines = ["", "Signed requests (h) against the cached JWT path with the same POST (hj), same run:", "",
+             "| Workers | (h) RPS | (h) p99 | (hj) RPS | (hj) p99 | RPS (h)/(hj) | p99 (h)/(hj) |",
+             "|---|---|---|---|---|---|---|"]
+    for h in (r for r in rows if r["group"] == "h"):
+        j = jwt.get((h["alg"], h["conc"]))
+        if j is None:
+            continue
+        lines.append(f"| {h['conc']} | {h['rps']:,.0f} | {fmt_us(h['p99'])} | {j['rps']:,.0f} | {fmt_us(j['p99'])} "
+                     f"| {fmt_ratio(h['rps'] / j['rps'])} | {fmt_ratio(h['p99'] / j['p99'])} |")
+    return "\n".join(lines) if len(lines) > 5 else ""
 
 
 def main_table(rows, cp=None, params=None):
@@ -662,7 +680,7 @@ def main():
     ttable, missed = targets(rows, ratios, wasm_bytes)
     mem, mem_base = memory_table(rows)
     cp = envoy.get("control_plane")
-    table = main_table(rows, cp, prm) + api_token_table(rows) + audit_table(rows)
+    table = main_table(rows, cp, prm) + api_token_table(rows) + audit_table(rows) + hmac_table(rows)
     dtable = d_table(rows)
     crow = cp_rows(cp) if cp else []
     elapsed = args.elapsed_s if args.elapsed_s is not None else int(time.time()) - args.started

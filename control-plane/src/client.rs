@@ -165,6 +165,30 @@ impl ControlPlaneClient {
         self.post_json(&path, &serde_json::json!({})).await
     }
 
+    pub async fn create_hmac_key(
+        &self,
+        request: &crate::hmac_keys::CreateHmacKey,
+    ) -> Result<crate::hmac_keys::HmacKeySecret, ClientError> {
+        self.post_json("/admin/v1/hmac-keys", request).await
+    }
+
+    pub async fn rotate_hmac_key(
+        &self,
+        id: &str,
+        request: &crate::hmac_keys::RotateHmacKey,
+    ) -> Result<crate::hmac_keys::HmacKeySecret, ClientError> {
+        self.post_json(&format!("/admin/v1/hmac-keys/{}/rotate", path_segment(id)), request).await
+    }
+
+    pub async fn list_hmac_keys(&self) -> Result<crate::hmac_keys::HmacKeyList, ClientError> {
+        self.get_json("/admin/v1/hmac-keys").await
+    }
+
+    pub async fn revoke_hmac_key(&self, id: &str) -> Result<crate::hmac_keys::HmacKeyInfo, ClientError> {
+        self.post_json(&format!("/admin/v1/hmac-keys/{}/revoke", path_segment(id)), &serde_json::json!({}))
+            .await
+    }
+
     pub async fn list_keys(&self) -> Result<KeyList, ClientError> {
         self.get_json("/admin/v1/keys").await
     }

@@ -29,6 +29,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod config_check;
+pub mod hmac_keys;
 pub mod http;
 pub mod keys;
 pub mod lockouts;

@@ -942,6 +942,10 @@ mod tests {
             self.note("log_trim");
             self.inner.log_trim(log, before_seq).await
         }
+        async fn claim_once(&self, key: &str, expires_at_ms: u64, now_ms: u64) -> Result<bool, StoreError> {
+            self.note("claim_once");
+            self.inner.claim_once(key, expires_at_ms, now_ms).await
+        }
         async fn gcra(
             &self,
             key: &str,

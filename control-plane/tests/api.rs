@@ -849,6 +849,8 @@ fn the_openapi_document_is_3_1_with_problem_errors_and_credentials_on_every_oper
             "/v1/api-tokens/feed",
             "/v1/api-tokens/usage",
             "/v1/audit/decisions",
+            "/v1/hmac-keys",
+            "/v1/signature-replay",
         ]
         .contains(&path.as_str());
         let scheme = operation["security"][0].as_object().and_then(|s| s.keys().next().cloned());

@@ -203,6 +203,10 @@ impl Store for Recording {
     async fn log_trim(&self, log: &str, before_seq: u64) -> Result<u64, StoreError> {
         self.inner.log_trim(log, before_seq).await
     }
+    async fn claim_once(&self, key: &str, expires_at_ms: u64, now_ms: u64) -> Result<bool, StoreError> {
+        self.note(&[key]);
+        self.inner.claim_once(key, expires_at_ms, now_ms).await
+    }
     async fn gcra(
         &self,
         key: &str,

@@ -63,6 +63,8 @@ support::backends!(
     queue_dead_letters_are_bounded_listed_revived_and_deleted,
     queue_pushes_are_bounded_and_idempotent,
     concurrent_claims_take_each_queue_entry_once,
+    one_time_claims_are_won_once_until_they_expire,
+    concurrent_one_time_claims_have_exactly_one_winner,
 );
 
 async fn ping_succeeds_on_a_healthy_store(store: Arc<dyn Store>) {
@@ -1254,4 +1256,44 @@ fn redis_cluster_nodes_cannot_name_a_database() {
     assert!(error.to_string().contains("must all be redis:// or all rediss://"), "{error}");
     let error = RedisStore::open(RedisOptions::cluster::<&str>(&[])).err().unwrap();
     assert!(matches!(error, StoreError::InvalidArgument(_)), "{error}");
+}
+
+fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+// Wall-clock times: Redis ends a claim with its own clock (`PX`).
+async fn one_time_claims_are_won_once_until_they_expire(store: Arc<dyn Store>) {
+    let now = wall_clock_ms();
+    assert!(store.claim_once("nonce", now + 300, now).await.unwrap());
+    assert!(!store.claim_once("nonce", now + 300, now + 10).await.unwrap(), "a replay");
+    assert!(!store.claim_once("nonce", now + 60_000, now + 10).await.unwrap(), "a longer claim loses too");
+    assert!(store.claim_once("other", now + 300, now).await.unwrap(), "claims are per key");
+    assert_eq!(store.record_get("nonce", now).await.unwrap(), None, "claims are not records");
+    assert!(matches!(store.claim_once("past", now, now).await, Err(StoreError::InvalidArgument(_))));
+    // Once its window is over the id may be claimed again (polled: Redis expires it).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let t = wall_clock_ms().max(now + 60_001);
+        if store.claim_once("other", t + 300, t).await.unwrap() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the claim never expired");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+async fn concurrent_one_time_claims_have_exactly_one_winner(store: Arc<dyn Store>) {
+    let now = wall_clock_ms();
+    let attempts: Vec<_> = (0..50u32)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.claim_once("contested", now + 60_000, now).await.unwrap() })
+        })
+        .collect();
+    let mut winners = 0;
+    for attempt in attempts {
+        winners += usize::from(attempt.await.unwrap());
+    }
+    assert_eq!(winners, 1);
 }

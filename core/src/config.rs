@@ -25,7 +25,8 @@ use crate::path::PathOptions;
 use crate::ratelimit::RateLimitConfig;
 use crate::revocation::{compile_revocation, RevocationCheck, RevocationConfig, RevocationSettings};
 use crate::route::{compile_rule, Rule, RuleConfig};
-use crate::signature::{compile_keys, compile_signatures, KeyRing, SignatureKeyConfig};
+use crate::signature::key_set::{compile_hmac_keys, HmacKeySettings, HmacKeysConfig};
+use crate::signature::{compile_keys, compile_signatures, KeyRing, ReplayMode, SignatureKeyConfig};
 use crate::stateful::{StatefulChecks, StatefulSections};
 
 pub const DEFAULT_REALM: &str = "portcullis";
@@ -89,6 +90,10 @@ pub struct PluginConfig {
     /// Decisions recorded in the control plane's audit log (needs `controlPlane`).
     #[serde(default)]
     pub audit: Option<AuditConfig>,
+    /// Keys of signed requests held by the control plane (`portcullis hmac-keys`),
+    /// followed by one worker per Envoy (needs `controlPlane`).
+    #[serde(default)]
+    pub hmac_keys: Option<HmacKeysConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -130,10 +135,12 @@ pub struct Policy {
     pub paths: PathOptions,
     /// API tokens, when the configuration has an `apiTokens` section.
     pub api_tokens: Option<ApiTokenSettings>,
-    /// The keys of signed requests (rules' `signatures`).
+    /// The keys of signed requests (rules' `signatures`), inline.
     pub signature_keys: KeyRing,
     /// Decision records, when the configuration has an `audit` section.
     pub audit: Option<AuditSettings>,
+    /// The control plane's HMAC keys, with an `hmacKeys` section.
+    pub hmac_keys: Option<HmacKeySettings>,
 }
 
 impl Policy {
@@ -209,12 +216,31 @@ pub fn compile(config: PluginConfig, env: Environment<'_>) -> Result<Policy, Con
     }
     let providers = compile_providers(config.providers)?;
     let signature_keys = compile_keys(config.signature_keys)?;
-    let rules = compile_rules(config.rules, &providers, &signature_keys)?;
-    let (cache_capacity, cache_max_ttl_secs) = compile_cache(config.verified_token_cache)?;
     let control_plane = match config.control_plane {
         None => None,
         Some(c) => Some(crate::control_plane::compile(c, env).map_err(|e| e.within("controlPlane"))?),
     };
+    let hmac_keys = match (config.hmac_keys, control_plane.as_ref()) {
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                "hmacKeys",
+                "needs a top-level `controlPlane` section: the keys are served by the control plane",
+            ))
+        }
+        (Some(c), Some(cp)) => Some(compile_hmac_keys(c, cp).map_err(|e| e.within("hmacKeys"))?),
+    };
+    let rules = compile_rules(config.rules, &providers, &signature_keys, hmac_keys.is_some())?;
+    if control_plane.is_none() {
+        let global = |r: &Rule| r.signatures.as_ref().is_some_and(|s| s.replay == ReplayMode::Global);
+        if let Some(i) = rules.iter().position(global) {
+            return Err(ConfigError::new(
+                format!("rules[{i}].signatures.replay"),
+                "`global` needs a top-level `controlPlane` section: ids are claimed there",
+            ));
+        }
+    }
+    let (cache_capacity, cache_max_ttl_secs) = compile_cache(config.verified_token_cache)?;
     let revocation =
         compile_revocation_section(config.revocation, control_plane.as_ref(), &providers, &rules)?;
 
@@ -268,6 +294,7 @@ pub fn compile(config: PluginConfig, env: Environment<'_>) -> Result<Policy, Con
         api_tokens,
         signature_keys,
         audit,
+        hmac_keys,
     })
 }
 
@@ -291,6 +318,7 @@ fn compile_rules(
     configs: Vec<RuleConfig>,
     providers: &[Provider],
     keys: &KeyRing,
+    from_control_plane: bool,
 ) -> Result<Vec<Rule>, ConfigError> {
     let key_ids: Vec<String> = keys.keys.iter().map(|k| k.id.clone()).collect();
     if configs.len() > MAX_RULES {
@@ -303,8 +331,8 @@ fn compile_rules(
         let signatures = rule_config.signatures.take();
         let mut rule = compile_rule(i, rule_config, providers).map_err(|e| e.within(&at))?;
         if let Some(s) = signatures {
-            let compiled =
-                compile_signatures(s, &key_ids).map_err(|e| e.within(&format!("{at}.signatures")))?;
+            let compiled = compile_signatures(s, &key_ids, from_control_plane)
+                .map_err(|e| e.within(&format!("{at}.signatures")))?;
             rule.signatures = Some(compiled);
         }
         if !names.insert(rule.name.clone()) {

@@ -44,7 +44,7 @@ impl std::error::Error for ConfigError {}
 
 /// Whether `s` may name a provider, a rule or a rate limit: 1-64 letters, digits, `-`,
 /// `_` and `.` (names reach logs, metrics and counter keys).
-pub(crate) fn is_identifier(s: &str) -> bool {
+pub fn is_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))

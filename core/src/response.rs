@@ -53,6 +53,9 @@ pub enum Denial {
     SignedBodyTooLarge,
     /// The replay guard could not answer: 503.
     ReplayGuardUnavailable,
+    /// The control plane's HMAC keys have not been synced yet (or are older than the
+    /// rule accepts): 503.
+    SignatureKeysUnavailable,
 }
 
 impl Denial {
@@ -79,6 +82,7 @@ impl Denial {
             Denial::InvalidSignature(r) => r.as_str(),
             Denial::SignedBodyTooLarge => "body_too_large",
             Denial::ReplayGuardUnavailable => "replay_guard_unavailable",
+            Denial::SignatureKeysUnavailable => "signature_keys_unavailable",
         }
     }
 
@@ -97,7 +101,7 @@ impl Denial {
             Denial::InvalidPath(_) => 400,
             Denial::InvalidSignature(_) => 401,
             Denial::SignedBodyTooLarge => 413,
-            Denial::ReplayGuardUnavailable => 503,
+            Denial::ReplayGuardUnavailable | Denial::SignatureKeysUnavailable => 503,
         }
     }
 
@@ -195,6 +199,11 @@ impl Denial {
             Denial::ReplayGuardUnavailable => {
                 ("temporarily_unavailable", "the replay guard did not answer; try again shortly".to_string())
             }
+            Denial::SignatureKeysUnavailable => (
+                "temporarily_unavailable",
+                "the signature keys are not available from the control plane yet; try again shortly"
+                    .to_string(),
+            ),
         }
     }
 
@@ -206,7 +215,8 @@ impl Denial {
             | Denial::ApiTokensUnavailable
             | Denial::RateLimitUnavailable
             | Denial::LockoutUnavailable
-            | Denial::ReplayGuardUnavailable => headers.push(("retry-after".to_string(), "1".to_string())),
+            | Denial::ReplayGuardUnavailable
+            | Denial::SignatureKeysUnavailable => headers.push(("retry-after".to_string(), "1".to_string())),
             Denial::RateLimited { retry_after_secs, headers: limit_headers } => {
                 headers.push(("retry-after".to_string(), retry_after_secs.max(&1).to_string()));
                 headers.extend(limit_headers.iter().cloned());

@@ -7,6 +7,7 @@
 
 use portcullis_core::jwt::provider::KeySource;
 use portcullis_core::keyfetch::FetchKind;
+use portcullis_core::signature::key_set::MAX_KEY_SET_BYTES;
 use portcullis_core::RequestParts;
 
 use crate::calls::Call;
@@ -16,7 +17,8 @@ use crate::features::revocation::MAX_FEED_BYTES;
 use crate::held::FEED_POLL;
 use crate::host::Upstream;
 use crate::pipeline::{complete_strict_check, decide, Progress};
-use crate::reply::Next;
+use crate::replay_claim;
+use crate::reply::{deny, Next};
 use crate::runtime::Runtime;
 use crate::stateful;
 
@@ -126,20 +128,16 @@ pub fn on_answer(
             // Requests that waited for a fresher replica (a version above its ceiling).
             wake_parked(rt, Some(FEED_POLL), current);
         }
-        Call::ApiTokenFeed => {
-            let (status, body) = rt.host.call_response(body_size, MAX_API_TOKEN_FEED_BYTES);
-            let Some(sync) = &rt.api_tokens else { return };
-            if sync.complete_poll(status.as_deref(), body, rt.host.now_unix_ms(), &rt.metrics) {
-                api_token_tick(rt, rt.host.now_unix_ms());
-            }
-        }
+        Call::ApiTokenFeed => api_token_feed_answer(rt, body_size),
         Call::AuditBatch { id } => audit_answer(rt, &id, body_size),
+        Call::HmacKeys => hmac_keys_answer(rt, body_size),
         Call::ApiTokenUsage => {
             let (status, _) = rt.host.call_response(body_size, 4096);
             if status.as_deref() != Some("200") {
                 rt.metrics.count("portcullis.api_tokens.usage_failed");
             }
         }
+        Call::ReplayClaim { .. } => replay_claim_answer(rt, body_size, state, current),
         Call::StrictRevocation { .. } => {
             let Some(state) = state else { return };
             let Some(check) = state.progress.strict.take() else { return };
@@ -159,6 +157,43 @@ pub fn on_answer(
             rt.calls.as_root(current, || stateful::on_answer(rt, call, token, body_size, current))
         }
         call => stateful::on_answer(rt, call, token, body_size, current),
+    }
+}
+
+/// Root context: a page of the API token feed arrived; poll again at once when more waits.
+fn api_token_feed_answer(rt: &Runtime, body_size: usize) {
+    let (status, body) = rt.host.call_response(body_size, MAX_API_TOKEN_FEED_BYTES);
+    let Some(sync) = &rt.api_tokens else { return };
+    if sync.complete_poll(status.as_deref(), body, rt.host.now_unix_ms(), &rt.metrics) {
+        api_token_tick(rt, rt.host.now_unix_ms());
+    }
+}
+
+/// Root context: the HMAC key set fetched.
+fn hmac_keys_answer(rt: &Runtime, body_size: usize) {
+    let (status, body) = rt.host.call_response(body_size, MAX_KEY_SET_BYTES);
+    if let Some(sync) = &rt.hmac_keys {
+        sync.complete_poll(status.as_deref(), body, rt.host.now_unix_ms(), &rt.metrics);
+    }
+}
+
+/// The claim of the replay id of the request on `current` answered: decide it again
+/// with its signer, or refuse it.
+fn replay_claim_answer(rt: &Runtime, body_size: usize, state: Option<&mut RequestState>, current: u32) {
+    let Some(state) = state else { return };
+    let Some(pending) = state.progress.replay.take() else { return };
+    match replay_claim::complete(rt, body_size, pending) {
+        Ok(signer) => {
+            state.progress.input.signer = Some(signer);
+            state.decide_again(rt, current);
+        }
+        Err(denial) => {
+            let rule = rt.policy.rules.get(state.rule);
+            let (name, shadow) = rule.map_or(("(none)", false), |r| (r.name.as_str(), r.shadow));
+            if let Next::Continue = deny(rt, name, shadow, &denial, None) {
+                rt.resume(current);
+            }
+        }
     }
 }
 
@@ -264,5 +299,22 @@ pub fn audit_tick(rt: &Runtime, now: u64) {
             settings.control_plane.cluster
         );
         audit.complete_send(&batch.id, None, now, &rt.metrics);
+    }
+}
+
+/// Root tick: the HMAC key set fetch, when this worker holds the lease and one is due.
+pub fn hmac_keys_tick(rt: &Runtime, now: u64) {
+    let Some(sync) = &rt.hmac_keys else { return };
+    if rt.calls.in_flight(|c| matches!(c, Call::HmacKeys)) {
+        return;
+    }
+    let Some(path) = sync.claim_poll(now) else { return };
+    let upstream = Upstream::control_plane(&sync.settings.control_plane);
+    if let Err(status) = rt.calls.get(&*rt.host, &upstream, &path, sync.settings.timeout_ms, Call::HmacKeys) {
+        log::warn!(
+            "cannot call cluster `{}` for the HMAC key set ({status:?}); is it defined?",
+            sync.settings.control_plane.cluster
+        );
+        sync.complete_poll(None, None, now, &rt.metrics);
     }
 }

@@ -47,6 +47,11 @@ pub enum Call {
     StrictRevocation {
         requester: u32,
     },
+    /// The claim of a signed request's replay id (`replay: global`) for the request on
+    /// context `requester`.
+    ReplayClaim {
+        requester: u32,
+    },
     /// Lease and strict asks: `asks[i]` is limit `i` of the waiter `owner` (strict) or
     /// a shared lease (for every waiter on the counter).
     Limits {
@@ -78,6 +83,8 @@ pub enum Call {
     AuditBatch {
         id: String,
     },
+    /// A fetch of the control plane's HMAC key set (root context).
+    HmacKeys,
 }
 
 /// The call a stateful check needs before it can answer (`check::Verdict::Call`).
@@ -95,7 +102,7 @@ impl Call {
     fn requester(&self) -> Option<u32> {
         match self {
             Call::Jwks { requester, .. } | Call::Feed { requester } => *requester,
-            Call::StrictRevocation { requester } => Some(*requester),
+            Call::StrictRevocation { requester } | Call::ReplayClaim { requester } => Some(*requester),
             _ => None,
         }
     }

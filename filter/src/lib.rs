@@ -16,6 +16,7 @@ mod login;
 mod metrics;
 mod pipeline;
 mod progress;
+mod replay_claim;
 mod reply;
 mod request;
 mod root;

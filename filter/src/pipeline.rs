@@ -30,9 +30,10 @@ use portcullis_core::RequestParts;
 
 use crate::calls::Call;
 use crate::features::jwt::fetchable;
-use crate::features::signature;
+use crate::features::signature::{self, PendingClaim};
 use crate::held::{CheckInput, Parked, FEED_POLL};
 use crate::host::Upstream;
+use crate::replay_claim;
 use crate::reply::{apply_edits, count_allowed, deny, Next};
 use crate::runtime::Runtime;
 use crate::stateful;
@@ -51,6 +52,8 @@ enum AuthCall {
     FeedPoll(Denial),
     /// Ask the control plane about these verified tokens (strict revocation check).
     TokenStatus(Vec<Authenticated>),
+    /// Claim a verified signature's replay id across the fleet (`replay: global`).
+    ReplayClaim(PendingClaim),
 }
 
 /// One round of the authentication phases: what they read, and what they found.
@@ -118,6 +121,16 @@ pub fn decide(
             Verdict::Call(AuthCall::TokenStatus(unchecked)) => {
                 return start_strict_check(rt, rule, request, unchecked, identities, edits, progress)
             }
+            Verdict::Call(AuthCall::ReplayClaim(pending)) => {
+                if replay_claim::start(rt, context_id, &pending, progress) {
+                    progress.replay = Some(pending);
+                    return Next::Paused;
+                }
+                match replay_claim::unavailable(rt, pending) {
+                    Ok(pending) => progress.input.signer = Some(pending.signer),
+                    Err(denial) => return refuse(rt, rule, &denial, None),
+                }
+            }
             Verdict::Call(AuthCall::FeedPoll(denial)) => {
                 progress.feed_refreshed = true;
                 let polled = refresh_feed(rt, context_id, request, rule_index, progress, now_ms);
@@ -153,12 +166,16 @@ fn signature_check(rt: &Runtime, round: &mut Round<'_>) -> Verdict<AuthCall> {
         round.request,
         p.signed.as_ref(),
         &mut p.input.signer,
+        rt.hmac_keys.as_ref(),
     ) {
-        Ok(()) => {
+        Ok(pending) => {
             if let (Some(audit), Some(signer)) = (&rt.audit, &p.input.signer) {
                 audit.subject(p.input.ctx, SubjectKind::HmacKey, &signer.key_id);
             }
-            Verdict::Pass
+            match pending {
+                None => Verdict::Pass,
+                Some(pending) => Verdict::Call(AuthCall::ReplayClaim(pending)),
+            }
         }
         Err(denial) => Verdict::Deny(denial),
     }

@@ -1,10 +1,10 @@
 //! What one request's decision carries between rounds (`pipeline.rs`): keys already
 //! waited for, an outstanding strict revocation check, the inputs of the stateful
-//! checks and a signed request's buffered parts.
+//! checks and a signed request's buffered parts and pending replay claim.
 
 use portcullis_core::authn::{Authenticated, UpstreamEdits};
 
-use crate::features::signature::SignedParts;
+use crate::features::signature::{PendingClaim, SignedParts};
 use crate::held::CheckInput;
 
 /// What one request has already tried while waiting for keys.
@@ -25,6 +25,8 @@ pub struct Progress {
     pub(crate) input: CheckInput,
     /// On a rule with `signatures`: the scheme and buffered body the check reads.
     pub(crate) signed: Option<SignedParts>,
+    /// A verified signature whose replay id is being claimed at the control plane.
+    pub(crate) replay: Option<PendingClaim>,
 }
 
 impl Progress {
@@ -39,6 +41,7 @@ impl Progress {
             no_callouts: true,
             input,
             signed: None,
+            replay: None,
         }
     }
 }

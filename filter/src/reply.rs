@@ -82,7 +82,13 @@ fn carry_out(
         return Next::Continue;
     }
     log::debug!("rule `{label}` denied: {code}");
-    let reply = denial.render(&rt.policy.realm);
+    let mut reply = denial.render(&rt.policy.realm);
+    if let (Denial::InvalidSignature(_), Some(rule)) = (denial, counted_rule) {
+        let accept = rt.policy.rules.iter().find(|r| r.name == rule).and_then(|r| r.signatures.as_ref());
+        if let Some(value) = accept.and_then(|s| s.accept_signature.as_ref()) {
+            reply.headers.push(("accept-signature".to_string(), value.clone()));
+        }
+    }
     if let Err(status) = rt.host.send_local_reply(reply.status, &reply.headers, &reply.body) {
         log::error!("could not send the local reply ({status:?})");
     }

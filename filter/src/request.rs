@@ -217,8 +217,9 @@ impl AuthnContext {
                 }
             }
         }
-        // Rules with `signatures` need keys: without keys no rule is signed, no lookup.
-        let signature = match rt.policy.signature_keys.keys.is_empty() {
+        // Rules with `signatures` need keys (inline or the control plane's): without
+        // either, no rule is signed and there is no lookup.
+        let signature = match rt.policy.signature_keys.keys.is_empty() && rt.policy.hmac_keys.is_none() {
             true => None,
             false => {
                 rt.policy.match_rule(&request).and_then(|r| r.signatures.as_ref()).map(|s| s.max_body_bytes)

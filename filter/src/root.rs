@@ -77,6 +77,10 @@ impl RootContext for PortcullisRoot {
                     Some(a) => tick.min(Duration::from_millis((a.poll_interval_ms / 4).max(50))),
                     None => tick,
                 };
+                let tick = match &policy.hmac_keys {
+                    Some(h) => tick.min(Duration::from_millis((h.poll_interval_ms / 4).max(50))),
+                    None => tick,
+                };
                 let tick = if policy.stateful_checks.is_empty() {
                     tick
                 } else {
@@ -96,6 +100,7 @@ impl RootContext for PortcullisRoot {
                     || policy.audit.is_some()
                     || policy.revocation.is_some()
                     || policy.api_tokens.is_some()
+                    || policy.hmac_keys.is_some()
                     || !policy.stateful_checks.is_empty();
                 self.tick_ms = u64::try_from(tick.as_millis()).unwrap_or(500);
                 let guarded = !policy.stateful_checks.is_empty();
@@ -146,6 +151,7 @@ impl RootContext for PortcullisRoot {
         }
         answers::api_token_tick(&rt, now);
         answers::audit_tick(&rt, now);
+        answers::hmac_keys_tick(&rt, now);
         answers::refresh_keys(&rt, now);
     }
 

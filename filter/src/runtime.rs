@@ -14,6 +14,7 @@ use crate::calls::CallRouter;
 use crate::features::api_token::ApiTokenSync;
 use crate::features::audit::AuditState;
 use crate::features::burst::BurstState;
+use crate::features::hmac_keys::HmacKeySync;
 use crate::features::jwt::JwtState;
 use crate::features::lockout::LockoutState;
 use crate::features::ratelimit::RateLimitState;
@@ -35,6 +36,8 @@ pub struct Runtime {
     pub revocation: Option<RevocationSync>,
     /// The API token replica, with an `apiTokens` section.
     pub api_tokens: Option<ApiTokenSync>,
+    /// The control plane's HMAC keys, with an `hmacKeys` section.
+    pub hmac_keys: Option<HmacKeySync>,
     /// Tokens that passed a strict revocation check recently: key → until (ms).
     strict_ok: RefCell<HashMap<String, u64>>,
     /// Every outbound call in flight, the circuit breaker and the root's call queue.
@@ -55,10 +58,12 @@ impl Runtime {
         let api_tokens = policy.api_tokens.clone().map(|s| ApiTokenSync::new(s, vm, host.clone()));
         let audit =
             policy.audit.clone().map(|s| AuditState::new(s, vm, random_seed(vm, now_ms), host.clone()));
+        let hmac_keys = policy.hmac_keys.clone().map(|s| HmacKeySync::new(s, vm, host.clone()));
         Runtime {
             audit,
             revocation,
             api_tokens,
+            hmac_keys,
             strict_ok: RefCell::new(HashMap::new()),
             jwt: JwtState::new(&policy),
             policy,

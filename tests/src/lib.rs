@@ -15,6 +15,8 @@ use serde_json::{json, Value};
 
 pub mod frames;
 pub mod manifests;
+pub mod secrets;
+pub mod signing;
 pub mod tokens;
 
 pub fn repo_root() -> PathBuf {
@@ -366,6 +368,40 @@ impl Backend {
                 (Some(r), StoreKind::Redis(url))
             }
         }
+    }
+}
+
+/// The store of a [`CpStack`]'s control plane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StackStore {
+    Memory,
+    Embedded,
+    Redis,
+}
+
+/// An upstream, a control plane on `store` and one Envoy loading `plugin` beside them.
+/// Fields drop in order: the work directory (with the logs a failing test prints) last.
+pub struct CpStack {
+    pub envoy: Envoy,
+    pub cp: ControlPlane,
+    pub server: TestServer,
+    pub redis: Option<Redis>,
+    pub dir: Workdir,
+}
+
+impl CpStack {
+    pub async fn start(store: StackStore, plugin: &Value) -> CpStack {
+        let dir = Workdir::new();
+        let (redis, kind) = match store {
+            StackStore::Memory => (None, StoreKind::Memory),
+            StackStore::Embedded => Backend::Embedded.store(dir.path()).await,
+            StackStore::Redis => Backend::Redis.store(dir.path()).await,
+        };
+        let cp = ControlPlane::start(dir.path(), kind).await;
+        let server = TestServer::start(json!({"keys": []})).await;
+        let clusters = EnvoyClusters::beside(server.port, &cp);
+        let envoy = Envoy::start(dir.path(), plugin, &clusters).await;
+        CpStack { envoy, cp, server, redis, dir }
     }
 }
 

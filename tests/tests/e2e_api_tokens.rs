@@ -6,9 +6,10 @@
 use std::time::{Duration, Instant};
 
 use portcullis_core::api_token::{checksum, generate, RANDOM_BYTES};
+use portcullis_e2e::secrets::{assert_absent_from_files, assert_absent_from_redis};
 use portcullis_e2e::{
-    control_plane_section, error_description, eventually, http, ControlPlane, Envoy, EnvoyClusters, Redis,
-    StoreKind, TestServer, Workdir,
+    control_plane_section, error_description, eventually, http, ControlPlane, CpStack as Stack, Envoy, Redis,
+    StackStore as Store,
 };
 use serde_json::{json, Value};
 
@@ -27,38 +28,8 @@ fn plugin_config() -> Value {
     })
 }
 
-// Fields drop in order: the work directory (with the logs a failing test prints) last.
-struct Stack {
-    envoy: Envoy,
-    cp: ControlPlane,
-    server: TestServer,
-    redis: Option<Redis>,
-    _dir: Workdir,
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Store {
-    Memory,
-    Embedded,
-    Redis,
-}
-
 async fn stack(store: Store) -> Stack {
-    let dir = Workdir::new();
-    let (redis, kind) = match store {
-        Store::Memory => (None, StoreKind::Memory),
-        Store::Embedded => (None, StoreKind::Embedded),
-        Store::Redis => {
-            let r = Redis::start(dir.path()).await;
-            let url = r.url();
-            (Some(r), StoreKind::Redis(url))
-        }
-    };
-    let cp = ControlPlane::start(dir.path(), kind).await;
-    let server = TestServer::start(json!({"keys": []})).await;
-    let clusters = EnvoyClusters::beside(server.port, &cp);
-    let envoy = Envoy::start(dir.path(), &plugin_config(), &clusters).await;
-    Stack { envoy, cp, server, redis, _dir: dir }
+    Stack::start(store, &plugin_config()).await
 }
 
 /// A token made with the CLI: (token, id).
@@ -237,55 +208,17 @@ async fn each_refusal_reason(store: Store) {
     assert_eq!(with_key(&s.envoy, &token).await.0, 200);
 }
 
-/// Every file of the embedded store's data directory, scanned byte by byte for the
-/// secret.
+/// The token's secret is nowhere in the embedded store's files (its lookup id is).
 fn secret_absent_from_files(dir: &std::path::Path, token: &str) {
     let secret = token.rsplit('_').next().unwrap();
     let lookup = token.split('_').nth(1).unwrap();
-    let (mut files, mut seen_lookup) = (0, false);
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(path) = pending.pop() {
-        if path.is_dir() {
-            pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
-            continue;
-        }
-        let bytes = std::fs::read(&path).unwrap();
-        files += 1;
-        seen_lookup |= bytes.windows(lookup.len()).any(|w| w == lookup.as_bytes());
-        let found = bytes.windows(32).any(|w| w == &secret.as_bytes()[..32]);
-        assert!(!found, "the secret is in {}", path.display());
-    }
-    assert!(files > 0 && seen_lookup, "the scan sees the token's record ({files} files)");
+    assert_absent_from_files(dir, &secret.as_bytes()[..32], lookup.as_bytes());
 }
 
-/// Every Redis key and value, scanned for the secret (and the whole token).
+/// The token's secret is nowhere in Redis keys and values (its lookup id is).
 fn secret_absent_from_redis(redis: &Redis, token: &str) {
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new("redis-cli")
-            .args(["-p", &redis.port.to_string(), "--raw"])
-            .args(args)
-            .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
     let secret = token.rsplit('_').next().unwrap();
-    let mut everything = String::new();
-    for key in cli(&["KEYS", "*"]).lines() {
-        everything.push_str(key);
-        let values = match cli(&["TYPE", key]).trim() {
-            "string" => cli(&["GET", key]),
-            "hash" => cli(&["HGETALL", key]),
-            "set" => cli(&["SMEMBERS", key]),
-            "zset" => cli(&["ZRANGE", key, "0", "-1"]),
-            "list" => cli(&["LRANGE", key, "0", "-1"]),
-            "stream" => cli(&["XRANGE", key, "-", "+"]),
-            other => panic!("unexpected Redis type {other}"),
-        };
-        everything.push_str(&values);
-    }
-    let lookup = token.split('_').nth(1).unwrap();
-    assert!(everything.contains(lookup), "the scan sees the token's record");
-    assert!(!everything.contains(&secret[..32]), "the secret is in Redis");
+    assert_absent_from_redis(redis, &secret[..32], token.split('_').nth(1).unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

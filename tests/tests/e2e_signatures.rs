@@ -9,11 +9,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use hmac::{Hmac, Mac};
 use portcullis_e2e::frames::{h2, http1, http1_chunked_with_trailers, Answer, Ending};
+use portcullis_e2e::signing::{digest, mac, signed, Req};
 use portcullis_e2e::{http, www_authenticate, FilterStack};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 const CURRENT: [u8; 32] = [0x11; 32];
 const OLD: [u8; 32] = [0x22; 32];
@@ -48,69 +47,6 @@ fn config() -> Value {
             { "name": "site", "match": { "pathPrefix": "/" }, "requires": "none" }
         ]
     })
-}
-
-/// A request and how it was signed.
-#[derive(Clone)]
-struct Req {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Req {
-    async fn send(&self, port: u16) -> Answer {
-        let headers: Vec<(&str, &str)> = self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-        http1(port, &self.method, &self.path, &headers, &self.body).await
-    }
-    fn set(mut self, name: &str, value: &str) -> Req {
-        self.headers.retain(|(n, _)| n != name);
-        self.headers.push((name.to_string(), value.to_string()));
-        self
-    }
-}
-
-fn digest(body: &[u8]) -> String {
-    format!("sha-256=:{}:", STANDARD.encode(Sha256::digest(body)))
-}
-
-fn mac(secret: &[u8], content: &[u8]) -> String {
-    let mut m = Hmac::<Sha256>::new_from_slice(secret).unwrap();
-    m.update(content);
-    STANDARD.encode(m.finalize().into_bytes())
-}
-
-/// Signs `POST path` with `body` under RFC 9421 covering `components`.
-fn signed(
-    port: u16,
-    key: (&str, &[u8]),
-    components: &[&str],
-    created: i64,
-    nonce: &str,
-    path: &str,
-    body: &[u8],
-) -> Req {
-    let authority = format!("127.0.0.1:{port}");
-    let headers = vec![
-        ("content-type".to_string(), "application/json".to_string()),
-        ("content-digest".to_string(), digest(body)),
-        ("x-tenant".to_string(), "blue".to_string()),
-    ];
-    let value = |c: &str| match c {
-        "@method" => "POST".to_string(),
-        "@target-uri" => format!("http://{authority}{path}"),
-        "@authority" => authority.clone(),
-        h => headers.iter().find(|(n, _)| n == h).map(|(_, v)| v.clone()).unwrap(),
-    };
-    let list = components.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(" ");
-    let params = format!("({list});created={created};keyid=\"{}\";nonce=\"{nonce}\"", key.0);
-    let mut base: String = components.iter().map(|c| format!("\"{c}\": {}\n", value(c))).collect();
-    base.push_str(&format!("\"@signature-params\": {params}"));
-    let signature = format!("sig1=:{}:", mac(key.1, base.as_bytes()));
-    Req { method: "POST".into(), path: path.into(), headers, body: body.to_vec() }
-        .set("signature-input", &format!("sig1={params}"))
-        .set("signature", &signature)
 }
 
 fn refused(a: &Answer, reason: &str, what: &str) {
@@ -189,6 +125,14 @@ async fn signed_requests_pass_and_every_changed_byte_stale_time_and_replay_is_re
         http().post(format!("http://127.0.0.1:{port}/signed/orders")).body("{}").send().await.unwrap();
     assert_eq!(unsigned.status(), 401);
     assert_eq!(www_authenticate(&unsigned), "Signature realm=\"e2e\", error=\"missing_signature\"");
+    // RFC 9421 §5.1: what a signature must cover and carry here.
+    let accept = unsigned.headers().get("accept-signature").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let expected = "sig1=(\"@method\" \"@target-uri\" \"@authority\" \"content-digest\" \"x-tenant\");created;nonce;alg=\"hmac-sha256\"";
+    assert_eq!(accept.as_deref(), Some(expected));
+    let hook =
+        http().post(format!("http://127.0.0.1:{port}/webhooks/billing")).body("{}").send().await.unwrap();
+    assert_eq!(hook.status(), 401);
+    assert!(hook.headers().get("accept-signature").is_none(), "not for Standard Webhooks rules");
 }
 
 #[tokio::test]

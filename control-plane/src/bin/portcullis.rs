@@ -3,8 +3,8 @@
 //! and offline checks of plugin configurations (`portcullis config check|schema`, no
 //! control plane needed).
 //!
-//! `TOKEN=$(portcullis token issue --sub alice)` and `portcullis api-tokens create …`
-//! print just the token; other commands
+//! `TOKEN=$(portcullis token issue --sub alice)`, `portcullis api-tokens create …` and
+//! `portcullis hmac-keys create|rotate …` print just the token or secret; other commands
 //! print the JSON answer. Errors go to stderr as `title: detail` with a non-zero exit
 //! code.
 
@@ -20,6 +20,7 @@ use portcullis_control_plane::audit::{time_text, AuditRecord};
 use portcullis_control_plane::client::{ClientError, ControlPlaneClient};
 use portcullis_control_plane::config::{parse_duration_secs, AdminTokenArgs};
 use portcullis_control_plane::config_check::Outcome;
+use portcullis_control_plane::hmac_keys::{CreateHmacKey, HmacKeySecret, RotateHmacKey, SecretFormat};
 use portcullis_control_plane::tls::CaBundle;
 use portcullis_control_plane::tokens::TokenRequest;
 use portcullis_core::wire::SubjectKind;
@@ -60,6 +61,11 @@ enum Command {
     ApiTokens {
         #[command(subcommand)]
         command: ApiTokensCommand,
+    },
+    /// HMAC keys of signed requests (RFC 9421, Standard Webhooks).
+    HmacKeys {
+        #[command(subcommand)]
+        command: HmacKeysCommand,
     },
     /// Signing keys.
     Keys {
@@ -248,6 +254,46 @@ struct ApiTokenRevokeArgs {
     /// Every token of this user.
     #[arg(long, allow_hyphen_values = true)]
     user: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum HmacKeysCommand {
+    /// Create a key; prints its secret (shown this once: hand it to the client now).
+    Create {
+        /// The key id clients send (`keyid`).
+        id: String,
+        /// Who the key belongs to (sent upstream with the key id).
+        #[arg(long)]
+        owner: Option<String>,
+        /// `base64` (32 random bytes, RFC 9421 clients) or `whsec` (`whsec_…`, Standard
+        /// Webhooks senders).
+        #[arg(long, default_value = "base64", value_parser = parse_secret_format)]
+        format: SecretFormat,
+        /// Print the key with the secret as JSON instead of just the secret.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a new secret; prints it. The current secrets keep verifying for the overlap.
+    Rotate {
+        id: String,
+        /// How long the current secrets keep verifying (`24h`, `2s`, `3600`).
+        #[arg(long, default_value = "24h", value_parser = parse_duration_secs)]
+        overlap: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the keys with their secrets' times (never the secrets).
+    List,
+    /// Revoke a key at once: every Envoy refuses it within a poll.
+    Revoke { id: String },
+}
+
+fn parse_secret_format(text: &str) -> Result<SecretFormat, String> {
+    match text {
+        "base64" => Ok(SecretFormat::Base64),
+        "whsec" => Ok(SecretFormat::Whsec),
+        _ => Err("`base64` or `whsec`".to_owned()),
+    }
 }
 
 #[derive(Subcommand)]
@@ -641,6 +687,18 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 print_json(&client.revoke_api_tokens_of(user.as_deref().unwrap_or_default()).await?)?
             }
         },
+        Command::HmacKeys { command } => match command {
+            HmacKeysCommand::Create { id, owner, format, json } => {
+                let created = client.create_hmac_key(&CreateHmacKey { id, owner, format }).await?;
+                print_secret(&created, json)?;
+            }
+            HmacKeysCommand::Rotate { id, overlap, json } => {
+                let request = RotateHmacKey { overlap_seconds: Some(overlap) };
+                print_secret(&client.rotate_hmac_key(&id, &request).await?, json)?;
+            }
+            HmacKeysCommand::List => print_json(&client.list_hmac_keys().await?)?,
+            HmacKeysCommand::Revoke { id } => print_json(&client.revoke_hmac_key(&id).await?)?,
+        },
         Command::Keys { command } => match command {
             KeysCommand::Rotate => print_json(&client.rotate_keys().await?)?,
             KeysCommand::List => print_json(&client.list_keys().await?)?,
@@ -711,6 +769,16 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A new HMAC secret: just the secret, or the key with it as JSON.
+fn print_secret(created: &HmacKeySecret, json: bool) -> Result<(), CliError> {
+    if json {
+        print_json(created)
+    } else {
+        println!("{}", created.secret);
+        Ok(())
+    }
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> Result<(), CliError> {

@@ -201,6 +201,20 @@ impl From<crate::api_tokens::ApiTokenError> for ApiError {
     }
 }
 
+impl From<crate::hmac_keys::HmacKeyError> for ApiError {
+    fn from(e: crate::hmac_keys::HmacKeyError) -> Self {
+        use crate::hmac_keys::HmacKeyError as E;
+        match e {
+            E::InvalidRequest(m) => ApiError::InvalidRequest(m),
+            E::NotFound(_) => ApiError::NoSuchResource(e.to_string()),
+            E::Conflict(m) => ApiError::Conflict(m),
+            E::Store(e) => ApiError::Store(e),
+            E::Contended => ApiError::Store(StoreError::Busy(e.to_string())),
+            E::Random(_) | E::Sealing(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
 impl From<crate::sessions::SessionError> for ApiError {
     fn from(e: crate::sessions::SessionError) -> Self {
         use crate::sessions::SessionError as E;

@@ -20,6 +20,7 @@ mod feed;
 mod fleet;
 mod guard;
 mod health;
+mod hmac_keys;
 mod jwks;
 mod observe;
 pub mod openapi;
@@ -100,6 +101,8 @@ pub struct AppState {
     /// Audit records older than this are purged by [`AppState::maintain`] (`None`:
     /// kept forever); [`AppState::with_audit_retention`] sets it.
     pub audit_retention_ms: Option<u64>,
+    /// Seals HMAC keys' secrets at rest (derived from the master key).
+    pub hmac_seal: Arc<crate::hmac_keys::SecretSeal>,
 }
 
 /// What one [`AppState::maintain`] pass did.
@@ -119,6 +122,7 @@ impl AppState {
     pub async fn initialise(deps: Dependencies) -> Result<Self, KeyRingError> {
         let store: Arc<dyn Store> = Arc::new(MeteredStore::new(deps.store, Arc::clone(&deps.metrics)));
         let lockout_secret = Arc::new(LockoutSecret::derive(&deps.master_key));
+        let hmac_seal = Arc::new(crate::hmac_keys::SecretSeal::derive(&deps.master_key));
         let webhooks = Arc::new(Webhooks::new(
             Arc::clone(&store),
             Arc::clone(&deps.clock),
@@ -158,6 +162,7 @@ impl AppState {
             webhooks,
             api_token_policy: Arc::new(ApiTokenPolicy::default()),
             audit_retention_ms: None,
+            hmac_seal,
         })
     }
 
@@ -253,6 +258,7 @@ pub fn route_groups() -> Vec<RouteGroup> {
                 .merge(ratelimit::routes())
                 .merge(guard::routes())
                 .merge(api_tokens::internal_routes())
+                .merge(hmac_keys::internal_routes())
                 .merge(audit_log::internal_routes()),
         ),
         group(
@@ -265,7 +271,10 @@ pub fn route_groups() -> Vec<RouteGroup> {
             Credential::Admin,
             OpenApiRouter::new().nest(
                 "/admin/v1",
-                admin::routes().merge(api_tokens::admin_routes()).merge(audit_log::admin_routes()),
+                admin::routes()
+                    .merge(api_tokens::admin_routes())
+                    .merge(hmac_keys::admin_routes())
+                    .merge(audit_log::admin_routes()),
             ),
         ),
         group(

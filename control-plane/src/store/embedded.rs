@@ -43,6 +43,12 @@ const LOGS: TableDefinition<&str, u64> = TableDefinition::new("logs");
 const LOG_ENTRIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("log_entries");
 /// rate-limit counter -> TAT in µs (full buckets are removed)
 const RATE_LIMITS: TableDefinition<&str, u64> = TableDefinition::new("rate_limits");
+/// One-time claims: name -> expiry ms.
+const CLAIMS: TableDefinition<&str, u64> = TableDefinition::new("claims");
+/// The claims by expiry, to drop expired ones: (expiry ms, name).
+const CLAIM_EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("claim_expiry");
+/// Expired claims dropped per new claim (more than one: the tables shrink under load).
+const CLAIM_PRUNE: usize = 8;
 /// (queue, id) -> (lane, at_ms, data)
 const QUEUE_ENTRIES: TableDefinition<(&str, &str), (u8, u64, &[u8])> = TableDefinition::new("queue_entries");
 /// (queue, lane, at_ms, id) -> (): each lane's entries in order
@@ -481,6 +487,38 @@ impl Store for EmbeddedStore {
                 return Ok(false);
             }
             write_record(&mut table, &key, new.as_deref(), expires_at_ms, now_ms)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn claim_once(&self, key: &str, expires_at_ms: u64, now_ms: u64) -> Result<bool, StoreError> {
+        super::require_future_claim(expires_at_ms, now_ms)?;
+        let key = key.to_owned();
+        self.write(move |txn| {
+            let mut claims = txn.open_table(CLAIMS)?;
+            let mut by_expiry = txn.open_table(CLAIM_EXPIRY)?;
+            let held = claims.get(key.as_str())?.map(|g| g.value());
+            if held.is_some_and(|at| is_live(at, now_ms)) {
+                return Ok(false);
+            }
+            let mut expired = Vec::new();
+            for entry in by_expiry.range::<(u64, &str)>(..=(now_ms, ""))?.take(CLAIM_PRUNE) {
+                let (key, _) = entry?;
+                let (at, name) = key.value();
+                expired.push((at, name.to_owned()));
+            }
+            for (at, name) in expired {
+                by_expiry.remove((at, name.as_str()))?;
+                if claims.get(name.as_str())?.is_some_and(|g| g.value() == at) {
+                    claims.remove(name.as_str())?;
+                }
+            }
+            if let Some(at) = held {
+                by_expiry.remove((at, key.as_str()))?;
+            }
+            claims.insert(key.as_str(), expires_at_ms)?;
+            by_expiry.insert((expires_at_ms, key.as_str()), ())?;
             Ok(true)
         })
         .await

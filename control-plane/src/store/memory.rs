@@ -30,6 +30,9 @@ struct State {
     /// Rate-limit counter -> TAT in µs; full buckets are removed.
     rate_limits: HashMap<String, u64>,
     queues: HashMap<String, Queue>,
+    /// One-time claims -> expiry ms; expired ones dropped when the map doubles.
+    claims: HashMap<String, u64>,
+    claims_after_prune: usize,
 }
 
 /// An append-only log: entries `trimmed + 1 ..= trimmed + entries.len()`.
@@ -549,6 +552,20 @@ impl Store for MemoryStore {
             return Ok(false);
         }
         queue.remove(id);
+        Ok(true)
+    }
+
+    async fn claim_once(&self, key: &str, expires_at_ms: u64, now_ms: u64) -> Result<bool, StoreError> {
+        super::require_future_claim(expires_at_ms, now_ms)?;
+        let mut state = self.state()?;
+        if state.claims.get(key).is_some_and(|&at| is_live(at, now_ms)) {
+            return Ok(false);
+        }
+        if state.claims.len() >= state.claims_after_prune.saturating_mul(2).max(1024) {
+            state.claims.retain(|_, at| is_live(*at, now_ms));
+            state.claims_after_prune = state.claims.len();
+        }
+        state.claims.insert(key.to_owned(), expires_at_ms);
         Ok(true)
     }
 

@@ -124,6 +124,10 @@ impl Store for MeteredStore {
         self.timed("record_compare_and_swap", swap).await
     }
 
+    async fn claim_once(&self, key: &str, expires_at_ms: u64, now_ms: u64) -> Result<bool, StoreError> {
+        self.timed("claim_once", self.inner.claim_once(key, expires_at_ms, now_ms)).await
+    }
+
     async fn feed_append(&self, feed: &str, entry: Vec<u8>, now_ms: u64) -> Result<u64, StoreError> {
         self.timed("feed_append", self.inner.feed_append(feed, entry, now_ms)).await
     }

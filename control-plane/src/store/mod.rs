@@ -11,7 +11,8 @@
 //! - ordered change feeds read by cursor ([`Store::feed_read`]),
 //! - append-only logs with optimistic appends ([`Store::log_append_if_last`]),
 //! - rate-limit counters, one GCRA step per call ([`Store::gcra`], `rate_limit.rs`),
-//! - work queues with claims, retries and dead letters ([`Store::queue_claim`]).
+//! - work queues with claims, retries and dead letters ([`Store::queue_claim`]),
+//! - one-time claims that expire ([`Store::claim_once`]: set-if-absent with a TTL).
 //!
 //! Time is always an argument (`now_ms`, milliseconds since the Unix epoch): no
 //! backend reads a clock to decide whether something has expired, so every backend
@@ -415,6 +416,15 @@ pub trait Store: Send + Sync {
     /// Removes an entry of `lane`; false when there was none.
     async fn queue_delete(&self, queue: &str, lane: QueueLane, id: &str) -> Result<bool, StoreError>;
 
+    // --- one-time claims ------------------------------------------------------------
+
+    /// Claims `key` until `expires_at_ms`: true when no live claim held it (this caller
+    /// is the first), false otherwise; a lost claim changes nothing. `expires_at_ms`
+    /// must be after `now_ms`. Redis: `SET NX PX` with the remaining time, so Redis's
+    /// clock ends the claim there (claims only need to outlive their window). Expired
+    /// claims are dropped as new ones are made.
+    async fn claim_once(&self, key: &str, expires_at_ms: u64, now_ms: u64) -> Result<bool, StoreError>;
+
     // --- rate-limit counters ------------------------------------------------------
 
     /// Applies `op` to the GCRA counter `key` of `limit` per `unit` at `now_ms`, as one
@@ -447,6 +457,13 @@ fn require_positive_lease(lease_ms: u64) -> Result<(), StoreError> {
 fn require_batch_size(entries: &[Vec<u8>]) -> Result<(), StoreError> {
     if entries.is_empty() || entries.len() > MAX_PAGE_SIZE {
         return Err(StoreError::InvalidArgument(format!("a log batch holds 1 to {MAX_PAGE_SIZE} entries")));
+    }
+    Ok(())
+}
+
+fn require_future_claim(expires_at_ms: u64, now_ms: u64) -> Result<(), StoreError> {
+    if !is_live(expires_at_ms, now_ms) {
+        return Err(StoreError::InvalidArgument("a claim must expire after now".to_owned()));
     }
     Ok(())
 }

@@ -39,8 +39,23 @@ pub enum ReplayMode {
     /// another Envoy of the fleet is not seen.
     #[default]
     Local,
+    /// Claimed across the fleet: one control-plane call per signed request (needs
+    /// `controlPlane`); a replay to any Envoy sharing the control plane is refused.
+    Global,
     /// No replay guard (the upstream deduplicates by nonce or message id itself).
     None,
+}
+
+/// What a rule with `replay: global` does when the control plane cannot answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
+#[serde(rename_all = "camelCase")]
+pub enum ReplayGuardFailure {
+    /// 503 with `Retry-After` (a possible replay does not pass).
+    #[default]
+    Deny,
+    /// Let the request through unguarded (the upstream deduplicates).
+    Allow,
 }
 
 /// A rule's `signatures` section.
@@ -62,6 +77,9 @@ pub struct SignatureRuleConfig {
     pub max_body_bytes: Option<usize>,
     #[serde(default)]
     pub replay: ReplayMode,
+    /// With `replay: global`, what happens when the control plane cannot answer.
+    #[serde(default)]
+    pub on_replay_guard_unavailable: ReplayGuardFailure,
     /// The key ids accepted on this rule (default: every key of `signatureKeys`).
     #[serde(default)]
     pub keys: Option<Vec<String>>,
@@ -78,30 +96,34 @@ pub struct SignaturePolicy {
     pub tolerance_secs: u64,
     pub max_body_bytes: usize,
     pub replay: ReplayMode,
+    pub on_replay_guard_unavailable: ReplayGuardFailure,
     pub keys: Option<Vec<String>>,
     pub tag: Option<String>,
+    /// The RFC 9421 §5.1 `Accept-Signature` value sent with this rule's 401s (rules
+    /// accepting HTTP Message Signatures): what a signature must cover and carry.
+    pub accept_signature: Option<String>,
 }
 
-/// One entry of `signatureKeys`.
-#[derive(Debug, Clone, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
+/// One entry of `signatureKeys` (and of the key set the control plane delivers).
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SignatureKeyConfig {
     pub id: String,
     /// Who the key belongs to: passed upstream with the key id.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
     pub secrets: Vec<SecretConfig>,
 }
 
 /// A secret: `whsec_<base64>` or plain standard base64.
-#[derive(Clone, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
+#[derive(Clone, Deserialize, serde::Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SecretConfig {
     pub secret: String,
     /// Unix seconds after which this secret no longer verifies (rotation window).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_after: Option<u64>,
 }
 
@@ -171,10 +193,13 @@ fn is_component(name: &str) -> bool {
         && name.bytes().all(|b| crate::request::is_token_byte(b) && !b.is_ascii_uppercase()))
 }
 
-/// Compiles a rule's `signatures` section; `key_ids` are the ids `signatureKeys` defines.
+/// Compiles a rule's `signatures` section; `key_ids` are the ids `signatureKeys` defines;
+/// with `from_control_plane` (an `hmacKeys` section) any key id may be named, since
+/// the control plane's keys are known only at run time.
 pub fn compile_signatures(
     config: SignatureRuleConfig,
     key_ids: &[String],
+    from_control_plane: bool,
 ) -> Result<SignaturePolicy, ConfigError> {
     if config.schemes.is_empty() {
         return Err(ConfigError::new("schemes", "must name at least one scheme"));
@@ -201,6 +226,9 @@ pub fn compile_signatures(
     }
     if let Some(keys) = &config.keys {
         for (i, k) in keys.iter().enumerate() {
+            if from_control_plane && is_identifier(k) {
+                continue;
+            }
             if !key_ids.contains(k) {
                 return Err(ConfigError::new(
                     format!("keys[{i}]"),
@@ -209,18 +237,44 @@ pub fn compile_signatures(
             }
         }
     }
-    if key_ids.is_empty() {
-        return Err(ConfigError::new("", "needs keys: a top-level `signatureKeys` list"));
+    if key_ids.is_empty() && !from_control_plane {
+        return Err(ConfigError::new(
+            "",
+            "needs keys: a top-level `hmacKeys` section (keys held by the control plane) or a \
+             `signatureKeys` list",
+        ));
     }
+    let accept_signature = config
+        .schemes
+        .contains(&Scheme::HttpMessageSignatures)
+        .then(|| accept_signature(&components, config.replay, config.tag.as_deref()));
     Ok(SignaturePolicy {
+        accept_signature,
         schemes: config.schemes,
         components,
         tolerance_secs,
         max_body_bytes,
         replay: config.replay,
+        on_replay_guard_unavailable: config.on_replay_guard_unavailable,
         keys: config.keys,
         tag: config.tag,
     })
+}
+
+/// The `Accept-Signature` value (RFC 9421 §5.1) for a rule: its components, `created`,
+/// `nonce` when a replay guard needs one, `alg`, and its `tag` (when it is an sf-string).
+fn accept_signature(components: &[String], replay: ReplayMode, tag: Option<&str>) -> String {
+    let list = components.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(" ");
+    let mut value = format!("sig1=({list});created");
+    if replay != ReplayMode::None {
+        value.push_str(";nonce");
+    }
+    value.push_str(";alg=\"hmac-sha256\"");
+    if let Some(tag) = tag.filter(|t| t.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\'))
+    {
+        value.push_str(&format!(";tag=\"{tag}\""));
+    }
+    value
 }
 
 /// Compiles `signatureKeys` (errors name `signatureKeys[i]...`).

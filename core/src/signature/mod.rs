@@ -19,6 +19,7 @@
 //! or which component failed to match.
 
 pub mod config;
+pub mod key_set;
 pub mod replay;
 pub mod rfc9421;
 pub mod sfv;
@@ -32,8 +33,8 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq as _;
 
 pub use config::{
-    compile_keys, compile_signatures, KeyRing, ReplayMode, Scheme, SecretConfig, SignatureKey,
-    SignatureKeyConfig, SignaturePolicy, SignatureRuleConfig,
+    compile_keys, compile_signatures, KeyRing, ReplayGuardFailure, ReplayMode, Scheme, SecretConfig,
+    SignatureKey, SignatureKeyConfig, SignaturePolicy, SignatureRuleConfig,
 };
 
 /// Shortest secret accepted, in bytes (HMAC-SHA256's output size).

@@ -11,7 +11,41 @@
 //! answers [`Remember::Full`] and the filter refuses with 503 rather than let a
 //! replay through.
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+/// Where the control plane claims replay ids for `replay: global` (internal listener,
+/// fleet credential): `POST` a [`ReplayClaim`], answered by a [`ReplayClaimAnswer`].
+pub const CLAIM_PATH: &str = "/v1/signature-replay";
+
+/// A claim of one replay id across the fleet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReplayClaim {
+    /// [`claim_id`] of the replay id: 64 lower-case hex digits (no client text).
+    pub id: String,
+    /// Unix seconds until which the id must be remembered (its signature's time plus
+    /// the tolerance).
+    pub until: u64,
+}
+
+/// The control plane's answer to a [`ReplayClaim`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplayClaimAnswer {
+    /// True for the first claim of the id within its window; false for a replay.
+    pub fresh: bool,
+}
+
+/// What a replay id is claimed as: hex SHA-256 of it.
+pub fn claim_id(id: &str) -> String {
+    crate::codec::hex(&Sha256::digest(id.as_bytes()))
+}
+
+/// Whether `id` is what [`claim_id`] makes.
+pub fn is_claim_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
 
 /// Shared-data cells the ids are spread over.
 pub const CELLS: usize = 64;

@@ -30,10 +30,38 @@ fn policy(schemes: Vec<Scheme>, components: &[&str], replay: ReplayMode) -> Sign
         tolerance_seconds: None,
         max_body_bytes: None,
         replay,
+        on_replay_guard_unavailable: Default::default(),
         keys: None,
         tag: None,
     };
-    compile_signatures(config, &["k".to_string()]).unwrap()
+    compile_signatures(config, &["k".to_string()], false).unwrap()
+}
+
+#[test]
+fn accept_signature_names_what_the_rule_requires() {
+    let p = policy(vec![Scheme::HttpMessageSignatures], &["@method", "content-digest"], ReplayMode::Local);
+    assert_eq!(
+        p.accept_signature.as_deref(),
+        Some("sig1=(\"@method\" \"content-digest\");created;nonce;alg=\"hmac-sha256\"")
+    );
+    let p = policy(vec![Scheme::HttpMessageSignatures], &["@path"], ReplayMode::None);
+    assert_eq!(p.accept_signature.as_deref(), Some("sig1=(\"@path\");created;alg=\"hmac-sha256\""));
+    let mut config = SignatureRuleConfig {
+        schemes: vec![Scheme::HttpMessageSignatures],
+        components: Some(vec!["@method".into()]),
+        tolerance_seconds: None,
+        max_body_bytes: None,
+        replay: ReplayMode::Global,
+        on_replay_guard_unavailable: Default::default(),
+        keys: None,
+        tag: Some("app-1".into()),
+    };
+    let tagged = compile_signatures(config.clone(), &["k".to_string()], false).unwrap();
+    assert!(tagged.accept_signature.unwrap().ends_with(";nonce;alg=\"hmac-sha256\";tag=\"app-1\""));
+    config.tag = Some("bad\"tag".into());
+    let unsafe_tag = compile_signatures(config, &["k".to_string()], false).unwrap();
+    assert!(!unsafe_tag.accept_signature.unwrap().contains("tag="));
+    assert_eq!(policy(vec![Scheme::StandardWebhooks], &[], ReplayMode::Local).accept_signature, None);
 }
 
 fn ring(id: &str, secrets: &[(&str, Option<u64>)]) -> KeyRing {

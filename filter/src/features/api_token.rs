@@ -38,7 +38,7 @@ use portcullis_core::route::Rule;
 use portcullis_core::RequestParts;
 
 use super::Env;
-use crate::host::shared::{SharedCell, Swap};
+use crate::host::shared::{Lease, SharedCell, Swap};
 use crate::host::Host;
 use crate::metrics::Metrics;
 
@@ -176,11 +176,10 @@ impl ApiTokenSync {
                 return None;
             }
         }
-        let lease = self.cell(LEADER_KEY);
-        let (data, cas) = lease.read();
-        let held = data.and_then(|d| portcullis_core::codec::read_u64s::<2>(&d));
-        if let Some([vm, until]) = held {
-            if vm != self.vm && now_ms < until {
+        match self.cell(LEADER_KEY).claim_lease(self.vm, now_ms, self.lease_ms()) {
+            Lease::Ours => {}
+            Lease::Lost => return None,
+            Lease::Theirs => {
                 // Another worker follows the feed; a snapshot half read here is void.
                 if let Ok(mut l) = self.local.try_borrow_mut() {
                     l.feed.abandon();
@@ -189,10 +188,6 @@ impl ApiTokenSync {
                 return None;
             }
         }
-        let mut next = [0u8; 16];
-        let until = now_ms.saturating_add(self.lease_ms());
-        portcullis_core::codec::write_u64s(&mut next, &[self.vm, until]);
-        lease.put_if(&next, cas).ok()?;
         let mut local = self.local.try_borrow_mut().ok()?;
         local.polling_until_ms = now_ms.saturating_add(self.settings.timeout_ms).saturating_add(100);
         let published =

@@ -1,7 +1,8 @@
 //! The checks that need the host, one file each: JWT verification's keys, versions and
 //! cache ([`jwt`]), the revocation replica ([`revocation`]), the API token replica
 //! ([`api_token`]), rate limits ([`ratelimit`]), account lockout ([`lockout`]), burst
-//! reports ([`burst`]), decision records ([`audit`]) and signed requests' replay guard ([`signature`]). Each holds its
+//! reports ([`burst`]), decision records ([`audit`]), signed requests' replay guard
+//! ([`signature`]) and the control plane's HMAC keys ([`hmac_keys`]). Each holds its
 //! per-worker state and answers from it and shared data; none makes a call or carries a
 //! decision out itself: calls leave through the router (`calls.rs`), and the pipeline
 //! (`pipeline.rs`, `stateful.rs`) acts on what the checks answer.
@@ -9,6 +10,7 @@
 pub mod api_token;
 pub mod audit;
 pub mod burst;
+pub mod hmac_keys;
 pub mod jwt;
 pub mod lockout;
 pub mod ratelimit;

@@ -1,6 +1,8 @@
 //! Signed requests in the filter: core checks the signature against the body the
-//! request context buffered, then the replay guard remembers its nonce or message id
-//! in this Envoy's shared data (`replay: local`), spread over
+//! request context buffered, then the replay guard remembers its nonce or message id:
+//! under `replay: global` the pipeline claims it at the control plane (one call, the
+//! request held meanwhile: [`PendingClaim`]); under `replay: local` in this Envoy's
+//! shared data, spread over
 //! [`replay::CELLS`] cells, each changed with the one compare-and-swap loop. A cell
 //! that cannot take the id (full of live entries, or every attempt lost the race)
 //! refuses the request with 503: a replay guard that cannot answer does not let a
@@ -10,12 +12,14 @@ use portcullis_core::authn::UpstreamEdits;
 use portcullis_core::config::Policy;
 use portcullis_core::response::Denial;
 use portcullis_core::route::{is_cors_preflight, Rule};
-use portcullis_core::signature::replay::{self, fingerprint, remember, Remember};
+use portcullis_core::signature::replay::{self, claim_id, fingerprint, remember, Remember, ReplayClaim};
 use portcullis_core::signature::{
-    verify, Reason, ReplayMode, SignaturePolicy, SignedRequest, KEY_ID_HEADER, OWNER_HEADER,
+    verify, KeyRing, Reason, ReplayGuardFailure, ReplayMode, SignaturePolicy, SignedRequest, KEY_ID_HEADER,
+    OWNER_HEADER,
 };
 use portcullis_core::RequestParts;
 
+use super::hmac_keys::HmacKeySync;
 use super::Env;
 use crate::host::shared::{SharedCell, Swap};
 
@@ -35,10 +39,27 @@ pub struct Signer {
     pub owner: Option<String>,
 }
 
+/// A signature that verified under `replay: global`: its replay id still to be
+/// claimed at the control plane before the signer counts.
+#[derive(Debug, Clone)]
+pub struct PendingClaim {
+    pub signer: Signer,
+    pub claim: ReplayClaim,
+    pub on_unavailable: ReplayGuardFailure,
+}
+
+/// What a signature check found.
+pub enum Checked {
+    Signed(Signer),
+    /// `replay: global`: the claim to make first.
+    Claim(PendingClaim),
+}
+
 /// The signature check of `rule` (`Phase::Authenticate`), once per request: `signer`
 /// keeps the key that verified, for the rounds that follow (a JWT round may run again
 /// after keys arrive; the replay guard must not see the nonce twice). A signed rule
-/// without a buffered body fails closed.
+/// without a buffered body fails closed. With `hmac_keys` (an `hmacKeys` section) the
+/// control plane's keys verify too, and a rule answers 503 until they are synced.
 pub fn check_once(
     env: Env<'_>,
     policy: &Policy,
@@ -46,15 +67,27 @@ pub fn check_once(
     request: &RequestParts,
     parts: Option<&SignedParts>,
     signer: &mut Option<Signer>,
-) -> Result<(), Denial> {
-    let Some(signatures) = &rule.signatures else { return Ok(()) };
+    hmac_keys: Option<&HmacKeySync>,
+) -> Result<Option<PendingClaim>, Denial> {
+    let Some(signatures) = &rule.signatures else { return Ok(None) };
     // A CORS preflight carries no credentials; the rule lets it through as it does tokens.
     if signer.is_some() || (rule.allow_cors_preflight && is_cors_preflight(request)) {
-        return Ok(());
+        return Ok(None);
     }
     let parts = parts.ok_or(Denial::InvalidSignature(Reason::Malformed))?;
-    *signer = Some(check(env, policy, signatures, request, parts)?);
-    Ok(())
+    let verified = match hmac_keys {
+        Some(sync) => {
+            check(env, &*sync.keys(&policy.signature_keys, rule, env.now_ms)?, signatures, request, parts)
+        }
+        None => check(env, &policy.signature_keys, signatures, request, parts),
+    };
+    match verified? {
+        Checked::Signed(s) => {
+            *signer = Some(s);
+            Ok(None)
+        }
+        Checked::Claim(pending) => Ok(Some(pending)),
+    }
 }
 
 /// The headers telling the upstream who signed (the client's copies were stripped).
@@ -66,14 +99,15 @@ pub fn upstream_headers(signer: Option<&Signer>, edits: &mut UpstreamEdits) {
     }
 }
 
-/// The signature check (`Phase::Authenticate`): the signer, or why the request is refused.
+/// The signature check (`Phase::Authenticate`): the signer (or, under `replay:
+/// global`, the claim to make first), or why the request is refused.
 pub fn check(
     env: Env<'_>,
-    policy: &Policy,
+    keys: &KeyRing,
     rule: &SignaturePolicy,
     request: &RequestParts,
     parts: &SignedParts,
-) -> Result<Signer, Denial> {
+) -> Result<Checked, Denial> {
     let signed = SignedRequest {
         method: &request.method,
         scheme: &parts.scheme,
@@ -83,20 +117,28 @@ pub fn check(
         body: &parts.body,
     };
     let now = env.now_ms / 1000;
-    let verified = match verify(rule, &policy.signature_keys, &signed, now) {
+    let verified = match verify(rule, keys, &signed, now) {
         Ok(v) => v,
         Err(reason) => {
             env.metrics.count(&format!("portcullis.signature.refused.{}", reason.as_str()));
             return Err(Denial::InvalidSignature(reason));
         }
     };
-    if rule.replay == ReplayMode::Local {
-        if let Some((id, until)) = &verified.replay {
-            guard(env, id, *until, now)?;
+    let signer = Signer { key_id: verified.key_id, owner: verified.owner };
+    match (rule.replay, &verified.replay) {
+        (ReplayMode::Global, Some((id, until))) => {
+            let claim = ReplayClaim { id: claim_id(id), until: *until };
+            return Ok(Checked::Claim(PendingClaim {
+                signer,
+                claim,
+                on_unavailable: rule.on_replay_guard_unavailable,
+            }));
         }
+        (ReplayMode::Local, Some((id, until))) => guard(env, id, *until, now)?,
+        _ => {}
     }
     env.metrics.count("portcullis.signature.verified");
-    Ok(Signer { key_id: verified.key_id, owner: verified.owner })
+    Ok(Checked::Signed(signer))
 }
 
 /// Remembers `id` until `until`; a denial when it was seen, or cannot be remembered.

@@ -76,3 +76,35 @@ impl<'a> SharedCell<'a> {
         None
     }
 }
+
+/// What [`SharedCell::claim_lease`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lease {
+    /// This VM holds the lease now (taken or renewed).
+    Ours,
+    /// Another VM holds it and it has not run out.
+    Theirs,
+    /// Another worker wrote the lease between the read and the write.
+    Lost,
+}
+
+impl SharedCell<'_> {
+    /// Takes or renews a lease held in this cell (VM number and until when, in ms)
+    /// for `vm` until `now_ms + lease_ms`, unless another VM holds one not yet run out:
+    /// one worker per Envoy does a periodic job, and another takes over when its
+    /// holder stops renewing.
+    pub fn claim_lease(&self, vm: u64, now_ms: u64, lease_ms: u64) -> Lease {
+        let (data, cas) = self.read();
+        if let Some([holder, until]) = data.and_then(|d| portcullis_core::codec::read_u64s::<2>(&d)) {
+            if holder != vm && now_ms < until {
+                return Lease::Theirs;
+            }
+        }
+        let mut next = [0u8; 16];
+        portcullis_core::codec::write_u64s(&mut next, &[vm, now_ms.saturating_add(lease_ms)]);
+        match self.put_if(&next, cas) {
+            Ok(()) => Lease::Ours,
+            Err(_) => Lease::Lost,
+        }
+    }
+}

@@ -6,6 +6,7 @@
 
 mod api_tokens;
 mod audit;
+mod hmac_keys;
 mod jwks;
 mod rule_counters;
 mod signatures;

@@ -72,6 +72,11 @@ impl KeySpace {
         self.key("counter", name, None)
     }
 
+    /// String set with `NX PX`: a one-time claim.
+    pub fn claim(&self, name: &str) -> String {
+        self.key("claim", name, None)
+    }
+
     /// Sorted set, member -> expiry ms as score.
     pub fn set(&self, name: &str) -> String {
         self.key("set", name, None)

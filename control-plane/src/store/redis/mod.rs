@@ -594,6 +594,15 @@ impl Store for RedisStore {
         Ok(swapped == 1)
     }
 
+    async fn claim_once(&self, key: &str, expires_at_ms: u64, now_ms: u64) -> Result<bool, StoreError> {
+        super::require_future_claim(expires_at_ms, now_ms)?;
+        let ttl_ms = expires_at_ms.saturating_sub(now_ms);
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.keys.claim(key)).arg(expires_at_ms).arg("NX").arg("PX").arg(ttl_ms);
+        let set: Option<String> = self.query(&cmd).await?;
+        Ok(set.is_some())
+    }
+
     async fn feed_append(&self, feed: &str, entry: Vec<u8>, now_ms: u64) -> Result<u64, StoreError> {
         let mut script = scripts::FEED_APPEND.prepare_invoke();
         script
