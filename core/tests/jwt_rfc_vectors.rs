@@ -6,6 +6,8 @@
 
 mod common;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use common::*;
 use portcullis_core::jwt::jws::{self, verify_compact};
 use portcullis_core::jwt::{Algorithm, KeySet, Reason};
@@ -230,4 +232,39 @@ fn decode_exposes_kid_and_signing_input() {
     assert_eq!(jws.signing_input, format!("eyJhbGciOiJSUzI1NiJ9.{PAYLOAD_B64}"));
     assert_eq!(jws.header.kid, None);
     assert_eq!(jws.signature.len(), 256);
+}
+
+/// `S + L` (L the order of the Ed25519 base point) in the RFC 8037 A.4 signature: the same
+/// signature to a verifier that reduces `S`, refused by one that demands `S < L`.
+#[test]
+fn ed25519_signature_with_a_non_canonical_s_is_refused() {
+    const L: [u8; 32] = [
+        0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14, 0, 0,
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+    ];
+    let (signed, sig) = ED_TOKEN.rsplit_once('.').unwrap();
+    let mut sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
+    let mut carry = 0u16;
+    for (s, l) in sig[32..].iter_mut().zip(L) {
+        let sum = u16::from(*s) + u16::from(l) + carry;
+        *s = sum as u8;
+        carry = sum >> 8;
+    }
+    assert_eq!(carry, 0, "S + L still fits in 32 bytes for this vector");
+    let forged = format!("{signed}.{}", URL_SAFE_NO_PAD.encode(&sig));
+    assert!(verify_compact(&forged, &ed_keys(), None, 8192).is_err());
+    assert!(verify_compact(ED_TOKEN, &ed_keys(), None, 8192).is_ok(), "the canonical one verifies");
+}
+
+/// A small-order public key (here the identity point) verifies signatures nobody made
+/// under a lax verifier: it is not loaded.
+#[test]
+fn weak_ed25519_public_key_is_not_loaded() {
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let jwks = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode(identity)}]});
+    let (set, warnings) = KeySet::from_jwks_json(jwks.to_string().as_bytes()).unwrap();
+    assert!(set.is_empty());
+    assert_eq!(warnings.len(), 1);
+    assert!(warnings[0].message.contains("weak"), "{}", warnings[0]);
 }

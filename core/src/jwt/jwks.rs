@@ -17,7 +17,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use base64::Engine as _;
-use jwt_compact::alg::{Ed25519, Es256, Hs256Key, Hs384Key, Hs512Key, Rsa, RsaPublicKey};
+use jwt_compact::alg::{Es256, Hs256Key, Hs384Key, Hs512Key, Rsa, RsaPublicKey};
 use jwt_compact::jwk::JsonWebKey;
 use serde::Deserialize;
 use serde_json::Value;
@@ -32,7 +32,7 @@ pub const MAX_KEYS: usize = 64;
 pub const MIN_RSA_BITS: usize = 2048;
 
 pub(crate) type Es256VerifyingKey = <Es256 as jwt_compact::Algorithm>::VerifyingKey;
-pub(crate) type Ed25519VerifyingKey = <Ed25519 as jwt_compact::Algorithm>::VerifyingKey;
+pub(crate) type Ed25519VerifyingKey = ed25519_dalek::VerifyingKey;
 
 /// The public (or shared secret) part of a key, typed for its one algorithm.
 pub(crate) enum KeyMaterial {
@@ -366,8 +366,15 @@ fn ed25519_material(jwk: &RawJwk) -> Result<KeyMaterial, String> {
     if x.len() != 32 {
         return Err("Ed25519 public key must be 32 bytes".to_owned());
     }
-    let jwk = JsonWebKey::KeyPair { curve: "Ed25519".into(), x: x.into(), secret: None };
-    let key = Ed25519VerifyingKey::try_from(&jwk).map_err(|_| "not a valid Ed25519 public key".to_owned())?;
+    let bytes: [u8; 32] =
+        x.as_slice().try_into().map_err(|_| "Ed25519 public key must be 32 bytes".to_owned())?;
+    let key =
+        Ed25519VerifyingKey::from_bytes(&bytes).map_err(|_| "not a valid Ed25519 public key".to_owned())?;
+    // A small-order key verifies signatures nobody made (RFC 8032 §5.1.7 leaves it to
+    // the verifier): refused at load, and `verify_strict` refuses it again.
+    if key.is_weak() {
+        return Err("a weak (small-order) Ed25519 public key".to_owned());
+    }
     Ok(KeyMaterial::Ed25519(key))
 }
 
