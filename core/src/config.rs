@@ -220,16 +220,7 @@ pub fn compile(config: PluginConfig, env: Environment<'_>) -> Result<Policy, Con
         None => None,
         Some(c) => Some(crate::control_plane::compile(c, env).map_err(|e| e.within("controlPlane"))?),
     };
-    let hmac_keys = match (config.hmac_keys, control_plane.as_ref()) {
-        (None, _) => None,
-        (Some(_), None) => {
-            return Err(ConfigError::new(
-                "hmacKeys",
-                "needs a top-level `controlPlane` section: the keys are served by the control plane",
-            ))
-        }
-        (Some(c), Some(cp)) => Some(compile_hmac_keys(c, cp).map_err(|e| e.within("hmacKeys"))?),
-    };
+    let hmac_keys = compile_hmac_keys_section(config.hmac_keys, control_plane.as_ref())?;
     let rules = compile_rules(config.rules, &providers, &signature_keys, hmac_keys.is_some())?;
     if control_plane.is_none() {
         let global = |r: &Rule| r.signatures.as_ref().is_some_and(|s| s.replay == ReplayMode::Global);
@@ -268,16 +259,7 @@ pub fn compile(config: PluginConfig, env: Environment<'_>) -> Result<Policy, Con
         &rule_names,
     )?;
 
-    let mut managed_headers: Vec<String> = providers.iter().flat_map(|p| p.managed_headers()).collect();
-    if let Some(settings) = &api_tokens {
-        managed_headers.extend(settings.managed_headers().iter().map(|h| h.to_string()));
-    }
-    if rules.iter().any(|r| r.signatures.is_some()) {
-        managed_headers
-            .extend([crate::signature::KEY_ID_HEADER, crate::signature::OWNER_HEADER].map(str::to_string));
-    }
-    managed_headers.sort();
-    managed_headers.dedup();
+    let managed_headers = managed_headers(&providers, api_tokens.as_ref(), &rules);
 
     Ok(Policy {
         realm,
@@ -296,6 +278,39 @@ pub fn compile(config: PluginConfig, env: Environment<'_>) -> Result<Policy, Con
         audit,
         hmac_keys,
     })
+}
+
+/// The `hmacKeys` section, which needs the control plane that serves the keys.
+fn compile_hmac_keys_section(
+    config: Option<HmacKeysConfig>,
+    control_plane: Option<&ControlPlane>,
+) -> Result<Option<HmacKeySettings>, ConfigError> {
+    match (config, control_plane) {
+        (None, _) => Ok(None),
+        (Some(_), None) => Err(ConfigError::new(
+            "hmacKeys",
+            "needs a top-level `controlPlane` section: the keys are served by the control plane",
+        )),
+        (Some(c), Some(cp)) => Ok(Some(compile_hmac_keys(c, cp).map_err(|e| e.within("hmacKeys"))?)),
+    }
+}
+
+/// Headers the filter owns: removed from every request before its own are added.
+fn managed_headers(
+    providers: &[Provider],
+    api_tokens: Option<&ApiTokenSettings>,
+    rules: &[Rule],
+) -> Vec<String> {
+    let mut headers: Vec<String> = providers.iter().flat_map(|p| p.managed_headers()).collect();
+    if let Some(settings) = api_tokens {
+        headers.extend(settings.managed_headers().iter().map(|h| h.to_string()));
+    }
+    if rules.iter().any(|r| r.signatures.is_some()) {
+        headers.extend([crate::signature::KEY_ID_HEADER, crate::signature::OWNER_HEADER].map(str::to_string));
+    }
+    headers.sort();
+    headers.dedup();
+    headers
 }
 
 fn compile_providers(configs: BTreeMap<String, ProviderConfig>) -> Result<Vec<Provider>, ConfigError> {

@@ -12,6 +12,7 @@ mod calls;
 mod features;
 mod held;
 mod host;
+mod key_wait;
 mod login;
 mod metrics;
 mod pipeline;

@@ -20,9 +20,7 @@ use portcullis_core::authn::{
 };
 use portcullis_core::check::{first_verdict, CheckFn, Phase, Verdict};
 use portcullis_core::codec::percent_encode_query_value;
-use portcullis_core::jwt::provider::KeySource;
 use portcullis_core::jwt::{Reason, VerifiedToken};
-use portcullis_core::keyfetch::FetchKind;
 use portcullis_core::response::Denial;
 use portcullis_core::revocation::{RevocationCheck, StaleAction, TokenStatus};
 use portcullis_core::route::Rule;
@@ -31,8 +29,9 @@ use portcullis_core::RequestParts;
 use crate::calls::Call;
 use crate::features::jwt::fetchable;
 use crate::features::signature::{self, PendingClaim};
-use crate::held::{CheckInput, Parked, FEED_POLL};
+use crate::held::{CheckInput, FEED_POLL};
 use crate::host::Upstream;
+use crate::key_wait::{park, wait_for_keys};
 use crate::replay_claim;
 use crate::reply::{apply_edits, count_allowed, deny, Next};
 use crate::runtime::Runtime;
@@ -253,38 +252,6 @@ fn strict_revocation_check(rt: &Runtime, round: &mut Round<'_>) -> Verdict<AuthC
     }
 }
 
-/// Keys of provider `p` are needed: re-read shared data once, then fetch them, or park
-/// behind a fetch in flight. `None`: decide again with the keys there are.
-fn wait_for_keys(
-    rt: &Runtime,
-    context_id: u32,
-    (request, rule_index): (&RequestParts, usize),
-    p: usize,
-    progress: &mut Progress,
-    now_ms: u64,
-) -> Option<Next> {
-    // Another worker may already have fetched the new keys.
-    if !progress.reloaded.contains(&p) {
-        progress.reloaded.push(p);
-        rt.jwt.keys(rt.env(now_ms), &rt.policy, true);
-        return None;
-    }
-    progress.tried.push(p);
-    if start_fetch(rt, p, now_ms, context_id) {
-        return Some(Next::Paused);
-    }
-    // A fetch some context already started will answer soon: wait for it rather than
-    // reject a token signed by a key just rotated in.
-    if rt.fetch_in_flight(p, now_ms) && park(rt, context_id, p, rule_index, request, progress) {
-        rt.metrics.count("portcullis.requests.parked");
-        return Some(Next::Paused);
-    }
-    // A fetch may have finished between the reload above and now: decide once more
-    // with whatever shared data holds.
-    rt.jwt.keys(rt.env(now_ms), &rt.policy, true);
-    None
-}
-
 /// Core's decision with this worker's keys, versions, replica and cache at `now_ms`.
 fn authenticate_now(
     rt: &Runtime,
@@ -458,52 +425,4 @@ pub fn complete_strict_check(
     }
     rt.strict_remember(&check.current, now_ms);
     start_strict_check(rt, rule, request, check.rest, check.identities, check.edits, progress)
-}
-
-/// Claims and dispatches an on-demand JWKS fetch for the request on `context_id`;
-/// false when rate-limited or failed.
-fn start_fetch(rt: &Runtime, p: usize, now_ms: u64, context_id: u32) -> bool {
-    let Some(provider) = rt.policy.providers.get(p) else { return false };
-    let KeySource::Remote(remote) = provider.key_source() else {
-        return false;
-    };
-    if !rt.jwt.claim_fetch(rt.env(now_ms), &rt.policy, p, FetchKind::OnDemand) {
-        return false;
-    }
-    let upstream = Upstream::public(&remote.cluster, &remote.authority);
-    let call = Call::Jwks { provider: p, requester: Some(context_id) };
-    match rt.calls.get(&*rt.host, &upstream, &remote.path, remote.timeout_ms, call) {
-        Ok(_) => {
-            rt.metrics.count(&format!("portcullis.jwks.{}.fetch_on_demand", provider.name()));
-            true
-        }
-        Err(status) => {
-            log::warn!(
-                "provider `{}`: cannot call cluster `{}` ({status:?})",
-                provider.name(),
-                remote.cluster
-            );
-            rt.jwt.complete_fetch(rt.env(now_ms), &rt.policy, p, (None, None));
-            false
-        }
-    }
-}
-
-/// Holds a paused request until the in-flight fetch of `provider` (or the feed poll,
-/// [`FEED_POLL`]) ends.
-fn park(
-    rt: &Runtime,
-    context_id: u32,
-    provider: usize,
-    rule: usize,
-    request: &RequestParts,
-    progress: &Progress,
-) -> bool {
-    rt.held.park(Parked {
-        context_id,
-        provider,
-        rule,
-        request: request.clone(),
-        input: progress.input.clone(),
-    })
 }
