@@ -31,12 +31,14 @@ GROUP_NAME = {
     "dr": "(d-feed) diagnostic: (c) + revocation feed only",
     "dl": "(d-lease) diagnostic: (c) + lease limit only",
     "dm": "(d-many) (c) + lease limit, wrk cycling over 1,000 subjects",
+    "dn": "(d-near) (c) + lease limit, one subject, load paced at ~90 % of the limit",
     "t": "(t) Portcullis, API token (shared replica)",
     "u": "(u) (c) + audit log, default sampling",
     "h": "(h) Portcullis, HMAC-signed POST, 1 KiB body",
     "hj": "(hj) Portcullis, cached JWT, the same POST",
 }
-D_GROUPS = ("d", "dr", "dl", "dm")
+D_GROUPS = ("d", "dr", "dl", "dm", "dn")
+TARGET_MEMORY_GROWTH_KB = 1024  # (m): VmRSS growth from 1 M requests to the last checkpoint
 STORE_NAME = {"embedded": "embedded store", "redis": "Redis store", "memory": "memory store"}
 
 
@@ -118,7 +120,8 @@ def envoy_rows(envoy):
                 order += [("b", alg, cached, None), ("c", alg, cached, None)]
                 if cached:
                     order += [("d", alg, cached, store) for store in d_stores]
-                    order += [(g, alg, cached, store) for g in ("dr", "dl", "dm", "t", "u") for store in d_stores]
+                    order += [(g, alg, cached, store) for g in ("dr", "dl", "dm", "dn", "t", "u")
+                              for store in d_stores]
         order += [("h", alg, None, None) for alg in algs] + [("hj", alg, True, None) for alg in algs]
         order.append(("e", None, None, None))
         a = ref("a", None, None, conc)
@@ -160,9 +163,15 @@ def envoy_rows(envoy):
                     "overdue": total("wasmcustom.portcullis.guard.overdue"),
                     "unavailable": total("wasmcustom.portcullis.guard.control_plane_unavailable"),
                     "parked": total("wasmcustom.portcullis.requests.parked"),
-                    "vs_c": res["rps"] / c["rps"] if c else None,
-                    "p99_vs_c": res["p99_us"] / c["p99_us"] if c else None,
+                    # (d-near) is paced, so its RPS says nothing against (c).
+                    "vs_c": res["rps"] / c["rps"] if c and group != "dn" else None,
+                    "p99_vs_c": res["p99_us"] / c["p99_us"] if c and group != "dn" else None,
+                    "limited": total(f"wasmcustom.portcullis.ratelimit.{limit_name}.denied"),
                 }
+                near = envoy["params"].get("near_limit")
+                if group == "dn" and near:
+                    seconds = envoy["params"]["duration_s"] * len(res["runs"])
+                    lim["load_of_limit"] = served / (near["limit"] * seconds) if seconds else None
             rows.append({
                 "group": group, "alg": alg, "cached": cached, "conc": conc, "store": store, "limit": lim,
                 "rps": res["rps"], "p50": res["p50_us"], "p99": res["p99_us"],
@@ -275,7 +284,9 @@ def d_table(rows):
         calls = f"**{fmt_calls(lim['calls_per_request'])}** ({fmt_int(lim['calls'])} + {fmt_int(lim['release_calls'])})"
         if r["group"] == "dr":
             calls = "— (no limit)"
-        polls = "— (no feed)" if r["group"] in ("dl", "dm") else f"{fmt_int(lim['poll_ok'])} / {fmt_int(lim['poll_failed'])}"
+        if r["group"] == "dn" and lim.get("load_of_limit") is not None:
+            calls += f"; load {lim['load_of_limit'] * 100:.0f} % of the limit, {fmt_int(lim['limited'])} refused (429)"
+        polls = "— (no feed)" if r["group"] in ("dl", "dm", "dn") else f"{fmt_int(lim['poll_ok'])} / {fmt_int(lim['poll_failed'])}"
         rl_check = (f"{fmt_int(lim['limit_allowed'])} / " if r["group"] != "dr" else "— / ")
         lines.append(
             f"| {GROUP_NAME[r['group']].split(' ', 1)[0]} | {STORE_NAME.get(r['store'], r['store'])} | {r['alg']} | {r['conc']} "
@@ -377,7 +388,9 @@ def summary_df(rows, crow):
                 if c_rps:
                     what = {"d": f"feed + lease ({STORE_NAME.get(r['store'], r['store'])})",
                             "dr": "feed only", "dl": "lease only",
-                            "dm": "lease only, 1,000 subjects"}[r["group"]]
+                            "dm": "lease only, 1,000 subjects", "dn": None}[r["group"]]
+                    if what is None:
+                        continue
                     parts.append(f"{what} {1e6 / r['rps'] - 1e6 / c_rps:+.1f} µs")
             if parts:
                 out.append(f"- Cost per request over (c) (1/RPS, {conc} worker{'s' if conc > 1 else ''}; "
@@ -465,7 +478,39 @@ def micro_table(m):
     return "\n".join(lines), ratios
 
 
-def targets(rows, ratios, wasm_bytes):
+def memory_growth(memory):
+    """kB of VmRSS gained from the 1 M checkpoint (or the first after the warm-up) to the last."""
+    samples = memory["samples"]
+    base = next((x for x in samples if x["requests"] >= 1_000_000), samples[min(1, len(samples) - 1)])
+    return samples[-1]["rss_kb"] - base["rss_kb"]
+
+
+def memory_section(memory):
+    if not memory:
+        return ("\n## (m) Memory over a long run\n\nNot measured (`BENCH_MEMORY_REQUESTS=0`, "
+                "or HS256 not among `BENCH_ALGS`).\n")
+    rows = "\n".join(f"| {x['what']} | {x['requests']:,} | {x['rss_kb'] / 1024:.1f} MiB | "
+                     f"{(x['rss_kb'] - memory['samples'][0]['rss_kb']) / 1024:+.1f} MiB |"
+                     for x in memory["samples"])
+    allowed = memory["counters"].get("wasmcustom.portcullis.requests.allowed", 0)
+    return f"""
+## (m) Memory over a long run
+
+One Envoy (1 worker) with the (c) cached HS256 configuration (verified-token cache at its
+default capacity, {memory['cache_capacity']:,} entries) under wrk cycling over {memory['tokens']:,} distinct
+tokens (one subject each, minted by bench/envoy_bench.py), so the cache is full after the
+first {memory['cache_capacity']:,} requests and every later miss evicts. wrk runs of at most 60 s, each
+checked like the cells above (all 2xx, all allowed); VmRSS of the Envoy process read after
+a warm-up and at each checkpoint. The filter allowed {allowed:,} requests in all. Took
+{memory['elapsed_s']:.0f} s.
+
+| When | Requests | VmRSS | Δ since the warm-up |
+|---|---:|---:|---:|
+{rows}
+"""
+
+
+def targets(rows, ratios, wasm_bytes, memory=None):
     lines = ["| Target | Measured | Verdict |", "|---|---|---|"]
     missed = []
 
@@ -493,14 +538,21 @@ def targets(rows, ratios, wasm_bytes):
                      + verdict(v <= TARGET_WASM_NATIVE_ES256, f"ES256 wasm/native {v:.2f}×, {(v / TARGET_WASM_NATIVE_ES256 - 1) * 100:.0f}% over")
                      + " |")
     for r in rows:
-        if r["group"] != "d" or r["limit"]["calls_per_request"] is None:
+        if r["group"] not in ("d", "dm", "dn") or r["limit"]["calls_per_request"] is None:
             continue
         label = f"{STORE_NAME.get(r['store'], r['store'])}, {r['conc']} worker{'s' if r['conc'] > 1 else ''}"
+        if r["group"] != "d":
+            label = GROUP_NAME[r["group"]].split(" ", 1)[0] + ", " + label
         v = r["limit"]["calls_per_request"]
         lines.append(f"| (d) control-plane calls per request ≤ {TARGET_CALLS_PER_REQUEST}, {label} | {v:.4f} | "
                      + verdict(v <= TARGET_CALLS_PER_REQUEST,
                                f"calls/request {label}: {v:.4f}, {(v / TARGET_CALLS_PER_REQUEST - 1) * 100:.0f}% over")
                      + " |")
+    if memory and len(memory["samples"]) >= 3:
+        grow = memory_growth(memory)
+        lines.append(f"| (m) VmRSS growth from 1 M requests to the last checkpoint ≤ {TARGET_MEMORY_GROWTH_KB // 1024} MiB "
+                     f"| {grow / 1024:+.1f} MiB | "
+                     + verdict(grow <= TARGET_MEMORY_GROWTH_KB, f"memory grew {grow / 1024:+.1f} MiB") + " |")
     lines.append(f"| .wasm ≤ 1.5 MB | {wasm_bytes:,} bytes ({wasm_bytes / 1e6:.2f} MB) | "
                  + verdict(wasm_bytes <= TARGET_WASM_BYTES, f".wasm {wasm_bytes / 1e6:.2f} MB") + " |")
     return "\n".join(lines), missed
@@ -539,7 +591,12 @@ measured runs. Two diagnostics split (c) → (d) on the first store: (d-feed) ad
 revocation feed, (d-lease) only the lease limit (and `controlPlane`). (d-many) is
 (d-lease) with HS256 tokens for 1,000 subjects (minted by bench/envoy_bench.py with the
 HS256 bench key), wrk cycling over them with a Lua script: 1,000 counters, so each lease
-serves fewer requests; compared with (c) HS256 cached.
+serves fewer requests; compared with (c) HS256 cached. (d-near) is (d-lease) with one
+subject and the limit `{json.dumps(prm.get("near_limit"))}`, and wrk paced by a Lua `delay()` of
+{prm.get("near_delay_ms")} ms before each request on each of the {prm["connections"]} connections (at most
+{prm["connections"] * 1000 // max(prm.get("near_delay_ms") or 1, 1):,} requests per second, about 90 % of the limit): leases are sized from what
+remains of the limit, so they shrink as it nears. Refusals (429) are allowed there, up to
+5 % of a run, and counted; its RPS is set by the pacing, so it has no ratio to (c).
 """
     else:
         missing.append(f"- (d) revocation feed + quota leases: not measured: {not_measured_why(prm)}.")
@@ -677,7 +734,7 @@ def main():
     mtable, ratios = micro_table(m)
     wasm_info = envoy.get("wasm") or {"bytes": args.wasm.stat().st_size, "sha256": "(not recorded)"}
     wasm_bytes = wasm_info["bytes"]
-    ttable, missed = targets(rows, ratios, wasm_bytes)
+    ttable, missed = targets(rows, ratios, wasm_bytes, envoy.get("memory"))
     mem, mem_base = memory_table(rows)
     cp = envoy.get("control_plane")
     table = main_table(rows, cp, prm) + api_token_table(rows) + audit_table(rows) + hmac_table(rows)
@@ -756,7 +813,7 @@ cache setting and worker count.
 {d_section}RPS of each measured run (spread):
 
 {spread_table(rows)}
-{f_section}{sync_section(envoy.get("feed_sync"), prm)}
+{f_section}{sync_section(envoy.get("feed_sync"), prm)}{memory_section(envoy.get("memory"))}
 ## Targets (reported, not asserted)
 
 {ttable}

@@ -17,6 +17,8 @@
 #   BENCH_CP_STORES=embedded,redis (stores for (d) and (f); empty: skip both and (g))
 #   BENCH_SYNC_ENTRIES=100000 (revoked ids and users for (g); 0: skip (g), which also
 #     needs redis-server)
+#   BENCH_MEMORY_REQUESTS=10000000 (requests of the (m) memory cell over 100,000 distinct
+#     tokens, VmRSS read after 100,000, 1 M and this many; 0: skip (m))
 #   BENCH_KEEP=1 (keep the work directory with configs and Envoy logs)
 #   PORTCULLIS_ENVOY, PORTCULLIS_WASM (as for the tests)
 #   PORTCULLIS_CONTROL_PLANE (a control-plane binary to use instead of building
@@ -163,7 +165,8 @@ run_child python3 "$ROOT/bench/envoy_bench.py" \
   --envoy "$ENVOY" --wasm "$WASM" --wrk "$WRK" --input "$WORK/input.json" \
   --workdir "$WORK/envoy" --pid-dir "$PIDS" --out "$WORK/envoy.json" \
   --concurrency "$CONCURRENCY" --algs "$ALGS" --connections "$CONNECTIONS" \
-  --duration "$DURATION" --warmup "$WARMUP" --runs "$RUNS" "${CP_ARGS[@]}"
+  --duration "$DURATION" --warmup "$WARMUP" --runs "$RUNS" \
+  --memory-requests "${BENCH_MEMORY_REQUESTS:-10000000}" "${CP_ARGS[@]}"
 
 # --- 4. report -------------------------------------------------------------------------
 run_child python3 "$ROOT/bench/report.py" \

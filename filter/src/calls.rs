@@ -72,8 +72,12 @@ pub enum Call {
     },
     /// A report settling a reservation nobody waits for.
     LockRelease,
-    /// Unspent leased units given back.
-    Release,
+    /// The tick's batch: unspent leased units given back, and leases renewed (position
+    /// in the batch of `asks` asks, counter).
+    Release {
+        asks: usize,
+        renewals: Vec<(usize, AppliedLimit)>,
+    },
     Burst,
     /// A poll of the API token feed (root context).
     ApiTokenFeed,

@@ -36,6 +36,8 @@ use crate::runtime::Runtime;
 const FORGET_UNANSWERED_MS: u64 = 10_000;
 /// Largest control-plane answer read.
 const MAX_REPLY_BYTES: usize = 256 * 1024;
+/// Most batches of lease releases and renewals one tick sends.
+const MAX_TICK_BATCHES: usize = 4;
 
 /// The stateful checks a request goes through.
 pub fn pending_for(
@@ -361,6 +363,12 @@ pub fn on_answer(rt: &Runtime, call: Call, token: u32, body_size: usize, current
                 }
             }
         }
+        Call::Release { asks, renewals } => {
+            let reply = ok_body.and_then(|b| serde_json::from_slice::<RateLimitReply>(&b).ok());
+            if let Some(r) = reply.filter(|r| r.results.len() == asks) {
+                rt.rate_limits.apply_renewals(rt.env(now), &renewals, &r);
+            }
+        }
         Call::Burst => {
             if let Some(r) = ok_body.and_then(|b| serde_json::from_slice::<BurstReply>(&b).ok()) {
                 rt.burst.store_blocked(rt.env(now), &r.blocked);
@@ -415,28 +423,31 @@ pub fn tick(rt: &Runtime, current: u32, tick_ms: u64) {
             }
         }
     }
-    if rt.calls.in_flight(|c| matches!(c, Call::Release)) {
+    if rt.calls.in_flight(|c| matches!(c, Call::Release { .. })) {
         return;
     }
-    let asks = rt.rate_limits.expiring_releases(rt.env(now), tick_ms, MAX_BATCH);
-    if asks.is_empty() {
-        return;
-    }
-    let units: u64 =
-        asks.iter().map(|a| if let RateLimitOp::Release { units } = a.op { units } else { 0 }).sum();
-    let body = serde_json::to_vec(&RateLimitBatch { asks }).unwrap_or_default();
-    match rt.calls.post_json(
-        &*rt.host,
-        current,
-        &upstream,
-        (RATE_LIMIT_PATH, &body),
-        cp.timeout_ms,
-        Call::Release,
-    ) {
-        Ok(_) => {
-            rt.metrics.count("portcullis.ratelimit.release_calls");
-            log::debug!("releasing {units} unspent leased unit(s)");
+    let limits = &rt.policy.stateful_checks.rate_limits;
+    let due = rt.rate_limits.expiring_asks(rt.env(now), tick_ms, MAX_BATCH * MAX_TICK_BATCHES, limits);
+    let mut renewals = due.renewals.into_iter().peekable();
+    for (n, chunk) in due.asks.chunks(MAX_BATCH).enumerate() {
+        let first = n * MAX_BATCH;
+        let mut mine = Vec::new();
+        while let Some((pos, applied)) = renewals.next_if(|(pos, _)| *pos < first + chunk.len()) {
+            mine.push((pos - first, applied));
         }
-        Err(status) => log::warn!("cannot release leased units ({status:?})"),
+        let renewed = mine.len();
+        let body = serde_json::to_vec(&RateLimitBatch { asks: chunk.to_vec() }).unwrap_or_default();
+        let call = Call::Release { asks: chunk.len(), renewals: mine };
+        match rt.calls.post_json(&*rt.host, current, &upstream, (RATE_LIMIT_PATH, &body), cp.timeout_ms, call)
+        {
+            Ok(_) => {
+                rt.metrics.count("portcullis.ratelimit.release_calls");
+                log::debug!("{} lease(s) released, {renewed} renewed", chunk.len() - renewed);
+            }
+            Err(status) => {
+                log::warn!("cannot release or renew leases ({status:?})");
+                break;
+            }
+        }
     }
 }

@@ -2,12 +2,15 @@
 //! request's replay id is claimed there, so the same webhook sent to the second Envoy
 //! is refused as `replayed`; with the control plane down a rule answers 503 with
 //! `Retry-After` (`onReplayGuardUnavailable: deny`) or lets the request through
-//! (`allow`).
+//! (`allow`). The claim is a pause point: replays ended by trailers or an empty DATA
+//! frame are held until its answer and refused, and a stream reset before its body
+//! ends claims nothing.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use portcullis_e2e::frames::{h2, http1_chunked_with_trailers, Ending};
 use portcullis_e2e::signing::webhook;
 use portcullis_e2e::{
     control_plane_section, ControlPlane, Envoy, EnvoyClusters, StoreKind, TestServer, Workdir,
@@ -57,6 +60,42 @@ async fn a_replay_to_another_envoy_is_refused_and_an_unreachable_guard_follows_t
     assert_eq!(server.hits(), hits, "no replay reached the upstream");
     let other = webhook("/strict/billing", &SECRET, "msg_2", now(), body).send(b.port).await;
     assert_eq!(other.status, Some(200), "{other:?}");
+
+    // Replays ending in trailers, HTTP/1.1 chunked trailers or an empty DATA frame: the
+    // request waits for the claim's answer whatever the client sends after its body.
+    let hits = server.hits();
+    let headers: Vec<(&str, &str)> = first.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    for ending in [Ending::Trailers, Ending::EmptyData] {
+        let held = h2(b.port, "POST", &first.path, &headers, &first.body, ending).await;
+        assert_eq!((held.status, held.reason().as_str()), (Some(401), "replayed"), "{ending:?}: {held:?}");
+    }
+    let chunked = http1_chunked_with_trailers(b.port, "POST", &first.path, &headers, &first.body).await;
+    assert_eq!((chunked.status, chunked.reason().as_str()), (Some(401), "replayed"), "{chunked:?}");
+    // A fresh id ended by trailers passes once, on either Envoy.
+    let fresh = webhook("/strict/billing", &SECRET, "msg_t", now(), body);
+    let fresh_headers: Vec<(&str, &str)> =
+        fresh.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    let once = h2(a.port, "POST", &fresh.path, &fresh_headers, &fresh.body, Ending::Trailers).await;
+    assert_eq!(once.status, Some(200), "{once:?}");
+    let twice = h2(b.port, "POST", &fresh.path, &fresh_headers, &fresh.body, Ending::Trailers).await;
+    assert_eq!((twice.status, twice.reason().as_str()), (Some(401), "replayed"), "{twice:?}");
+    assert_eq!(server.hits(), hits + 1, "only the first delivery of msg_t reached the upstream");
+    // A stream reset before its body ends is never claimed: the id stays usable.
+    let reset = webhook("/strict/billing", &SECRET, "msg_r", now(), body);
+    let reset_headers: Vec<(&str, &str)> =
+        reset.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    let gone = h2(
+        a.port,
+        "POST",
+        &reset.path,
+        &reset_headers,
+        &reset.body,
+        Ending::ResetAfter(Duration::from_millis(200)),
+    )
+    .await;
+    assert!(gone.status.is_none(), "{gone:?}");
+    let later = reset.send(b.port).await;
+    assert_eq!(later.status, Some(200), "{later:?}");
     // A bad signature is refused before any claim: it cannot burn an id.
     let mut forged = webhook("/strict/billing", &[0x11; 24], "msg_3", now(), body);
     assert_eq!(forged.send(a.port).await.status, Some(401));

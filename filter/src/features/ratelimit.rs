@@ -3,9 +3,11 @@
 //! each worker moves a slice of a slot into its own memory when it spends from it, so
 //! most requests spend without a host call (`LocalSlice`: the units were taken from
 //! the slot, so none is spent twice). `mode: strict` limits and empty slots ask the
-//! control plane. Requests on one counter share the lease ask in flight. Unspent units
-//! of leases about to expire (slices first given back to their slots) are given back
-//! on the tick.
+//! control plane. Requests on one counter share the lease ask in flight. On the tick,
+//! leases about to expire (slices first given back to their slots) are renewed when
+//! the counter was spent from in the last half of the lease TTL (their unspent units
+//! given back in the same ask), and otherwise released; the asks of one tick go in
+//! batches, so many counters cost a few calls per TTL instead of one each.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -103,6 +105,9 @@ pub struct RateLimitState {
     known: RefCell<HashMap<String, AppliedLimit>>,
     /// Counter key → the slice of its lease this worker spends from.
     slices: RefCell<HashMap<String, LocalSlice>>,
+    /// Counter key → when this worker last spent a unit of it (ms): whether its lease is
+    /// renewed or released on the tick.
+    last_spent: RefCell<HashMap<String, u64>>,
     /// Metric names per (limit, outcome).
     metric_names: RefCell<HashMap<(usize, &'static str), String>>,
     /// Per request context: `RateLimit-*` headers for the response.
@@ -196,6 +201,7 @@ impl RateLimitState {
                 slice.spend(1, now).then(|| (slice.visible_remaining(now), slice.reset_at_ms))
             });
         if let Some((remaining, reset_at_ms)) = from_slice {
+            self.spent(&applied.key, now);
             self.count(env, applied.index, limit, "allowed");
             return LimitStep::Done(headers_if_wanted(limit, || {
                 (remaining, limit_headers(applied, remaining, reset_at_ms, now))
@@ -220,6 +226,7 @@ impl RateLimitState {
         });
         match take {
             Some((_, SliceTake::Taken { slot: next, slice })) => {
+                self.spent(&applied.key, now);
                 self.count(env, applied.index, limit, "allowed");
                 if slice.units > 0 {
                     self.slices.borrow_mut().insert(applied.key.clone(), slice);
@@ -283,18 +290,71 @@ impl RateLimitState {
                 strict(*i, *result);
                 continue;
             }
-            if result.granted > 0 {
-                env.metrics.count("portcullis.ratelimit.lease_grants");
-            }
-            // Under constant contention the grant is lost here; its units come back to
-            // the counter when the lease expires in the control plane.
-            let key = slot_key(&applied.key);
-            SharedCell::new(env.host, &key).update(|data| {
-                let slot = data.map(LeaseSlot::decode).unwrap_or_default();
-                Swap::Write(slot.granted(result, env.now_ms).encode(), ())
-            });
-            self.remember(applied);
+            self.merge_grant(env, applied, result);
         }
+    }
+
+    /// Stores the leases granted by the tick's renewal asks: `renewals` are (position in
+    /// the batch, counter).
+    pub fn apply_renewals(&self, env: Env<'_>, renewals: &[(usize, AppliedLimit)], reply: &RateLimitReply) {
+        for (pos, applied) in renewals {
+            if let Some(result) = reply.results.get(*pos) {
+                self.merge_grant(env, applied, result);
+            }
+        }
+    }
+
+    fn merge_grant(&self, env: Env<'_>, applied: &AppliedLimit, result: &RateLimitResult) {
+        if result.granted > 0 {
+            env.metrics.count("portcullis.ratelimit.lease_grants");
+        }
+        // Under constant contention the grant is lost here; its units come back to
+        // the counter when the lease expires in the control plane.
+        let key = slot_key(&applied.key);
+        SharedCell::new(env.host, &key).update(|data| {
+            let slot = data.map(LeaseSlot::decode).unwrap_or_default();
+            Swap::Write(slot.granted(result, env.now_ms).encode(), ())
+        });
+        self.remember(applied);
+    }
+
+    fn spent(&self, key: &str, now_ms: u64) {
+        let mut last = self.last_spent.borrow_mut();
+        if let Some(t) = last.get_mut(key) {
+            *t = now_ms;
+            return;
+        }
+        if last.len() >= MAX_KNOWN_SLOTS {
+            last.clear();
+        }
+        last.insert(key.to_string(), now_ms);
+    }
+
+    /// The renewal ask for `applied`, when this worker spent from it in the last half of
+    /// the lease TTL, and the slot is not refused; `release` unspent units go back in it.
+    fn renewal(
+        &self,
+        applied: &AppliedLimit,
+        limits: &[RateLimit],
+        slot: &LeaseSlot,
+        now: u64,
+    ) -> Option<RateLimitAsk> {
+        let limit = limits.get(applied.index)?;
+        let last = self.last_spent.borrow().get(&applied.key).copied()?;
+        if now.saturating_sub(last) > limit.lease_ttl_ms / 2 || now < slot.refused_until_ms {
+            return None;
+        }
+        Some(RateLimitAsk {
+            key: applied.key.clone(),
+            limit: applied.limit,
+            unit: applied.unit,
+            op: RateLimitOp::Lease {
+                release: slot.units,
+                max_lease: limit.max_lease,
+                holders: limit.expected_holders,
+                ttl_ms: limit.lease_ttl_ms,
+            },
+        })
     }
 
     /// Remembers a counter this worker holds units of, to release them before they expire.
@@ -338,11 +398,13 @@ impl RateLimitState {
     }
 
     /// Empties the leases that expire before the next tick (in about `tick_ms`) and
-    /// answers the release asks giving their units back.
-    pub fn expiring_releases(&self, env: Env<'_>, tick_ms: u64, max: usize) -> Vec<RateLimitAsk> {
+    /// answers the asks giving their units back: a renewal (a lease ask releasing them)
+    /// for counters spent from lately, a release for the others. At most `max` asks.
+    pub fn expiring_asks(&self, env: Env<'_>, tick_ms: u64, max: usize, limits: &[RateLimit]) -> TickAsks {
         let now = env.now_ms;
         let known: Vec<AppliedLimit> = self.known.borrow().values().cloned().collect();
         let mut asks = Vec::new();
+        let mut renewals = Vec::new();
         let mut forget = Vec::new();
         for applied in known {
             let key = slot_key(&applied.key);
@@ -359,13 +421,19 @@ impl RateLimitState {
                 forget.push(applied.key.clone());
                 continue;
             }
-            if slot.units == 0 || slot.expires_at_ms.saturating_sub(now) > tick_ms.saturating_mul(2) {
+            if slot.expires_at_ms.saturating_sub(now) > tick_ms.saturating_mul(2) {
                 continue;
             }
+            let renewal = self.renewal(&applied, limits, &slot, now);
             // One attempt: a worker that wrote in between spent from it, and the next
             // tick looks again.
             let emptied = LeaseSlot { units: 0, ..slot };
-            if cell.put_if(&emptied.encode(), cas).is_ok() {
+            if let Some(ask) = renewal {
+                if slot.units == 0 || cell.put_if(&emptied.encode(), cas).is_ok() {
+                    renewals.push((asks.len(), applied.clone()));
+                    asks.push(ask);
+                }
+            } else if slot.units > 0 && cell.put_if(&emptied.encode(), cas).is_ok() {
                 asks.push(RateLimitAsk {
                     key: applied.key.clone(),
                     limit: applied.limit,
@@ -384,8 +452,16 @@ impl RateLimitState {
             slices.remove(&key);
             known.remove(&key);
         }
-        asks
+        TickAsks { asks, renewals }
     }
+}
+
+/// What the tick sends: release and renewal asks, and which of them are renewals
+/// (position in `asks`, counter) whose grants go back into the slots.
+#[derive(Default)]
+pub struct TickAsks {
+    pub asks: Vec<RateLimitAsk>,
+    pub renewals: Vec<(usize, AppliedLimit)>,
 }
 
 pub fn rate_limited(

@@ -171,6 +171,65 @@ fn releases(w: &Worker) -> Vec<u64> {
         .collect()
 }
 
+/// Lease asks after the first call (the tick's renewals): what each gave back.
+fn renewals(w: &Worker) -> Vec<u64> {
+    w.host
+        .calls_to(RATE_LIMIT_PATH)
+        .iter()
+        .skip(1)
+        .filter_map(|c| c.body.as_ref().and_then(|b| serde_json::from_slice::<RateLimitBatch>(b).ok()))
+        .flat_map(|b| b.asks)
+        .filter_map(|a| if let RateLimitOp::Lease { release, .. } = a.op { Some(release) } else { None })
+        .collect()
+}
+
+#[test]
+fn a_lease_spent_from_lately_is_renewed_on_the_tick_and_an_idle_one_released() {
+    let mut config = limited_config("lease", "deny");
+    config["rateLimits"][0]["leaseTtlMs"] = json!(60_000);
+    let mut w = Worker::start(config);
+    let first = request_needing_a_call(&mut w, "alice");
+    let call = w.last_call();
+    w.answer(&call, "200", &grant(100));
+    assert_eq!(w.host.resumes_of(first), 1);
+    let auth = bearer(&token("alice"));
+
+    // Spent from in the last half of the TTL: near expiry the tick renews the lease,
+    // giving back its 98 unspent units (slot and slice) in the same ask.
+    w.host.advance(45_000);
+    assert_eq!(w.request("/api/x", &[("authorization", &auth)], true).1, Action::Continue);
+    w.host.advance(15_000 - 400);
+    let calls = w.call_count();
+    w.tick();
+    assert_eq!(w.call_count(), calls + 1, "one batch");
+    assert_eq!(renewals(&w), vec![98]);
+    assert!(releases(&w).is_empty(), "renewed, not released");
+    let renewal = w.last_call();
+    let result = RateLimitResult {
+        granted: 100,
+        expires_at_ms: NOW_MS + 120_000,
+        remaining: 50,
+        reset_after_ms: 1_000,
+        retry_after_ms: 0,
+    };
+    w.answer(&renewal, "200", &serde_json::to_vec(&RateLimitReply { results: vec![result] }).unwrap());
+
+    // Past the first lease's expiry, requests spend from the renewed one: no call.
+    w.host.advance(1_000);
+    let calls = w.call_count();
+    for _ in 0..10 {
+        assert_eq!(w.request("/api/x", &[("authorization", &auth)], true).1, Action::Continue);
+    }
+    assert_eq!(w.call_count(), calls, "the renewed lease served them");
+    assert_eq!(w.host.counter("portcullis.ratelimit.per-user.allowed"), 12);
+
+    // Not spent from in the last 30 s before its expiry: released, not renewed.
+    w.host.advance(59_000);
+    w.tick();
+    assert_eq!(renewals(&w), vec![98], "no second renewal");
+    assert_eq!(releases(&w), vec![90], "100 - 10 spent");
+}
+
 #[test]
 fn a_worker_spends_its_slice_of_the_lease_without_host_calls_and_gives_it_back_before_expiry() {
     let mut w = Worker::start(limited_config("lease", "deny"));
