@@ -216,6 +216,74 @@ fn es256_zero_signatures_are_bad_signature() {
     }
 }
 
+/// The order `n` of the P-256 group, big-endian.
+const P256_N: [u8; 32] = [
+    0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xbc,
+    0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+];
+
+/// `a - b` on 32-byte big-endian numbers, `a ≥ b`.
+fn sub(a: &[u8], b: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; 32];
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let v = i16::from(a[i]) - i16::from(b[i]) - borrow;
+        out[i] = v.rem_euclid(256) as u8;
+        borrow = i16::from(v < 0);
+    }
+    out
+}
+
+/// `R` or `S` of `n` or more is refused, not reduced mod n (`n + 1` would name 1).
+#[test]
+fn es256_scalars_not_below_the_order_are_bad_signature() {
+    let sig = unb64(A3_TOKEN.rsplit_once('.').unwrap().1);
+    let (r, s) = sig.split_at(32);
+    let mut n_plus_1 = P256_N;
+    n_plus_1[31] += 1;
+    let zero = [0u8; 32];
+    for bad in [
+        [&P256_N[..], s].concat(),
+        [r, &P256_N[..]].concat(),
+        [r, &n_plus_1[..]].concat(),
+        [&n_plus_1[..], s].concat(),
+        [r, &[0xff; 32][..]].concat(),
+        [&zero[..], s].concat(),
+        [r, &zero[..]].concat(),
+    ] {
+        let token = with_signature(A3_TOKEN, &bad);
+        assert_eq!(verify_compact(&token, &a3_keys(), None, 8192).err(), Some(Reason::BadSignature));
+    }
+}
+
+/// ECDSA on P-256 has no low-S rule: `(R, n - S)` is as valid as `(R, S)`, and it is
+/// accepted (as it was with the previous P-256 implementation).
+#[test]
+fn es256_high_s_twin_of_a_valid_signature_is_accepted() {
+    let (signed, sig_b64) = A3_TOKEN.rsplit_once('.').unwrap();
+    let sig = unb64(sig_b64);
+    let (r, s) = sig.split_at(32);
+    let twin = [r, &sub(&P256_N, s)[..]].concat();
+    assert_ne!(twin, sig);
+    let token = format!("{signed}.{}", b64(&twin));
+    assert!(verify_compact(&token, &a3_keys(), None, 8192).is_ok());
+}
+
+/// An EC key whose point is off the curve, or the identity written as (0, 0), is not loaded.
+#[test]
+fn es256_off_curve_or_identity_key_is_not_loaded() {
+    let mut y = unb64(A3_Y);
+    y[31] ^= 1;
+    for (x, y) in [(A3_X.to_owned(), b64(&y)), (b64([0u8; 32]), b64([0u8; 32]))] {
+        let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k", "x": x, "y": y}]});
+        let (set, warnings) = KeySet::from_jwks_json(jwks.to_string().as_bytes()).unwrap();
+        assert!(set.is_empty());
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].message.contains("not a valid P-256 public key"), "{}", warnings[0]);
+        assert_eq!(verify_compact(A3_TOKEN, &set, None, 8192).err(), Some(Reason::NoKeys));
+    }
+}
+
 #[test]
 fn allow_list_excluding_the_algorithm_is_unsupported_algorithm() {
     let only_es = [Algorithm::ES256];

@@ -17,12 +17,13 @@ use std::fmt;
 use std::sync::Arc;
 
 use base64::Engine as _;
-use jwt_compact::alg::{Es256, Hs256Key, Hs384Key, Hs512Key, Rsa, RsaPublicKey};
+use jwt_compact::alg::{Hs256Key, Hs384Key, Hs512Key, Rsa, RsaPublicKey};
 use jwt_compact::jwk::JsonWebKey;
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::alg::{Algorithm, KeyFamily};
+use super::es256::{self, Es256VerifyingKey};
 
 /// At most this many keys are loaded from one document; the rest are skipped with a
 /// warning. Bounds memory and the work of an unknown-kid lookup.
@@ -31,7 +32,6 @@ pub const MAX_KEYS: usize = 64;
 /// RSA keys shorter than this are refused (RFC 7518 §3.3).
 pub const MIN_RSA_BITS: usize = 2048;
 
-pub(crate) type Es256VerifyingKey = <Es256 as jwt_compact::Algorithm>::VerifyingKey;
 pub(crate) type Ed25519VerifyingKey = ed25519_dalek::VerifyingKey;
 
 /// The public (or shared secret) part of a key, typed for its one algorithm.
@@ -353,12 +353,7 @@ fn rsa_material(jwk: &RawJwk, alg: Algorithm) -> Result<KeyMaterial, String> {
 fn p256_material(jwk: &RawJwk) -> Result<KeyMaterial, String> {
     let x = decode_member("x", jwk.x.as_ref())?;
     let y = decode_member("y", jwk.y.as_ref())?;
-    if x.len() != 32 || y.len() != 32 {
-        return Err("P-256 coordinates must be 32 bytes each".to_owned());
-    }
-    let jwk = JsonWebKey::EllipticCurve { curve: "P-256".into(), x: x.into(), y: y.into(), secret: None };
-    let key = Es256VerifyingKey::try_from(&jwk).map_err(|_| "not a valid P-256 point".to_owned())?;
-    Ok(KeyMaterial::Es256(key))
+    Ok(KeyMaterial::Es256(es256::verifying_key(&x, &y)?))
 }
 
 fn ed25519_material(jwk: &RawJwk) -> Result<KeyMaterial, String> {

@@ -1,7 +1,7 @@
 //! Compact JWS (RFC 7515 §7.1) parsing and signature verification.
 //!
-//! Parsing is our own so every rejection maps to an exact [`Reason`]; `jwt-compact` only
-//! supplies the cryptographic primitives. The rules:
+//! Parsing is our own so every rejection maps to an exact [`Reason`]; `jwt-compact`,
+//! `p256` ([`super::es256`]) and `ed25519-dalek` only supply the cryptographic primitives. The rules:
 //! - the size limit is checked before anything else (`too_large`);
 //! - exactly three `.`-separated segments, each strict unpadded base64url (`malformed`);
 //! - the header is a JSON object without duplicate known members, with a string `alg`
@@ -16,7 +16,7 @@
 //!   so an RSA public key can never be used as an HMAC secret.
 
 use base64::Engine as _;
-use jwt_compact::alg::{Es256, Hs256, Hs384, Hs512, RsaSignature};
+use jwt_compact::alg::{Hs256, Hs384, Hs512, RsaSignature};
 use jwt_compact::{Algorithm as _, AlgorithmSignature};
 use serde::Deserialize;
 
@@ -172,7 +172,8 @@ pub fn verify_compact(
 }
 
 /// Length-checks the signature before handing it to `jwt-compact`, whose fixed-size
-/// `try_from_slice` implementations assume the length was checked.
+/// `try_from_slice` implementations assume the length was checked. ES256 and EdDSA go to
+/// `p256` and `ed25519-dalek` directly.
 fn verify_with_key(key: &VerificationKey, input: &[u8], sig: &[u8]) -> bool {
     match &key.material {
         KeyMaterial::Hs256(k) => {
@@ -194,18 +195,7 @@ fn verify_with_key(key: &VerificationKey, input: &[u8], sig: &[u8]) -> bool {
             sig.len() == *modulus_len
                 && RsaSignature::try_from_slice(sig).is_ok_and(|s| alg.verify_signature(&s, key, input))
         }
-        KeyMaterial::Es256(k) => {
-            // JWS ECDSA signatures are R || S (RFC 7518 §3.4), never DER. R = 0 or S = 0
-            // is invalid; p256 refuses it too, but say so explicitly.
-            let (Some(r), Some(s)) = (sig.get(..32), sig.get(32..)) else {
-                return false;
-            };
-            sig.len() == 64
-                && r.iter().any(|&b| b != 0)
-                && s.iter().any(|&b| b != 0)
-                && <Es256 as jwt_compact::Algorithm>::Signature::try_from_slice(sig)
-                    .is_ok_and(|s| Es256.verify_signature(&s, k, input))
-        }
+        KeyMaterial::Es256(k) => super::es256::verify(k, input, sig),
         KeyMaterial::Ed25519(k) => {
             ed25519_dalek::Signature::from_slice(sig).is_ok_and(|s| k.verify_strict(input, &s).is_ok())
         }
