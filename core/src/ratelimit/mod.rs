@@ -61,9 +61,9 @@
 //!   gives back the unspent units ([`LeaseSlot::live_units`]); the control
 //!   plane credits them back with [`Gcra::refund`] (moving TAT back by `units·T`, never
 //!   below `now`). This is exact as long as each release is applied once. A holder
-//!   still spending renews instead: one lease ask whose `release` gives the unspent
-//!   units back before the new lease is sized and debited, so no unit outlives the TTL
-//!   of the lease it came with.
+//!   still spending renews instead: it asks for a new lease before the old one expires,
+//!   and when the new lease replaces the old one it releases the old one's unspent
+//!   units, so no unit outlives the TTL of the lease it came with.
 //! - **Expired leases** release nothing: their unspent units are forfeited, which
 //!   under-admits by at most one lease per holder per TTL and never over-admits. A
 //!   holder that cannot reach the store therefore stops at the end of its lease; whether

@@ -194,16 +194,18 @@ fn a_lease_spent_from_lately_is_renewed_on_the_tick_and_an_idle_one_released() {
     assert_eq!(w.host.resumes_of(first), 1);
     let auth = bearer(&token("alice"));
 
-    // Spent from in the last half of the TTL: near expiry the tick renews the lease,
-    // giving back its 98 unspent units (slot and slice) in the same ask.
+    // Spent from in the last half of the TTL: near expiry the tick asks for a new lease
+    // while the old one (98 units: slot and slice) keeps serving.
     w.host.advance(45_000);
     assert_eq!(w.request("/api/x", &[("authorization", &auth)], true).1, Action::Continue);
     w.host.advance(15_000 - 400);
     let calls = w.call_count();
     w.tick();
     assert_eq!(w.call_count(), calls + 1, "one batch");
-    assert_eq!(renewals(&w), vec![98]);
+    assert_eq!(renewals(&w), vec![0]);
     assert!(releases(&w).is_empty(), "renewed, not released");
+    assert_eq!(w.request("/api/x", &[("authorization", &auth)], true).1, Action::Continue);
+    assert_eq!(w.call_count(), calls + 1, "the old lease serves while the renewal is out");
     let renewal = w.last_call();
     let result = RateLimitResult {
         granted: 100,
@@ -214,20 +216,27 @@ fn a_lease_spent_from_lately_is_renewed_on_the_tick_and_an_idle_one_released() {
     };
     w.answer(&renewal, "200", &serde_json::to_vec(&RateLimitReply { results: vec![result] }).unwrap());
 
-    // Past the first lease's expiry, requests spend from the renewed one: no call.
+    // The renewed lease replaced the old one, whose 97 unspent units (49 in the slot,
+    // 48 in the slice the last request took) go back on the next tick. Past the old
+    // lease's expiry, requests spend from the new one: no call.
+    w.tick();
+    assert_eq!(releases(&w), vec![49, 48]);
+    let released = w.last_call();
+    let results = vec![RateLimitResult::default(); 2];
+    w.answer(&released, "200", &serde_json::to_vec(&RateLimitReply { results }).unwrap());
     w.host.advance(1_000);
     let calls = w.call_count();
     for _ in 0..10 {
         assert_eq!(w.request("/api/x", &[("authorization", &auth)], true).1, Action::Continue);
     }
     assert_eq!(w.call_count(), calls, "the renewed lease served them");
-    assert_eq!(w.host.counter("portcullis.ratelimit.per-user.allowed"), 12);
+    assert_eq!(w.host.counter("portcullis.ratelimit.per-user.allowed"), 13);
 
     // Not spent from in the last 30 s before its expiry: released, not renewed.
     w.host.advance(59_000);
     w.tick();
-    assert_eq!(renewals(&w), vec![98], "no second renewal");
-    assert_eq!(releases(&w), vec![90], "100 - 10 spent");
+    assert_eq!(renewals(&w), vec![0], "no second renewal");
+    assert_eq!(releases(&w), vec![49, 48, 90], "then 100 - 10 spent");
 }
 
 #[test]

@@ -5,9 +5,10 @@
 //! the slot, so none is spent twice). `mode: strict` limits and empty slots ask the
 //! control plane. Requests on one counter share the lease ask in flight. On the tick,
 //! leases about to expire (slices first given back to their slots) are renewed when
-//! the counter was spent from in the last half of the lease TTL (their unspent units
-//! given back in the same ask), and otherwise released; the asks of one tick go in
-//! batches, so many counters cost a few calls per TTL instead of one each.
+//! the counter was spent from in the last half of the lease TTL (the new lease
+//! replaces the old one, whose unspent units go back on the next tick), and otherwise
+//! released; the asks of one tick go in batches, so many counters cost a few calls per
+//! TTL instead of one each.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -18,10 +19,12 @@ use portcullis_core::ratelimit::{
     RateLimit, SliceTake,
 };
 use portcullis_core::response::Denial;
-use portcullis_core::wire::{RateLimitAsk, RateLimitOp, RateLimitReply, RateLimitResult};
+use portcullis_core::wire::{RateLimitOp, RateLimitReply, RateLimitResult};
 
 use super::Env;
 use crate::host::shared::{SharedCell, Swap};
+
+mod tick;
 
 /// Rounds of lease asks for one request (another worker may spend a fresh lease first).
 pub const MAX_LEASE_ROUNDS: u8 = 4;
@@ -108,6 +111,9 @@ pub struct RateLimitState {
     /// Counter key → when this worker last spent a unit of it (ms): whether its lease is
     /// renewed or released on the tick.
     last_spent: RefCell<HashMap<String, u64>>,
+    /// Unspent units of replaced leases (a renewed lease, a slice of an older lease), to
+    /// give back on the next tick.
+    leftovers: RefCell<Vec<(AppliedLimit, u64)>>,
     /// Metric names per (limit, outcome).
     metric_names: RefCell<HashMap<(usize, &'static str), String>>,
     /// Per request context: `RateLimit-*` headers for the response.
@@ -294,16 +300,6 @@ impl RateLimitState {
         }
     }
 
-    /// Stores the leases granted by the tick's renewal asks: `renewals` are (position in
-    /// the batch, counter).
-    pub fn apply_renewals(&self, env: Env<'_>, renewals: &[(usize, AppliedLimit)], reply: &RateLimitReply) {
-        for (pos, applied) in renewals {
-            if let Some(result) = reply.results.get(*pos) {
-                self.merge_grant(env, applied, result);
-            }
-        }
-    }
-
     fn merge_grant(&self, env: Env<'_>, applied: &AppliedLimit, result: &RateLimitResult) {
         if result.granted > 0 {
             env.metrics.count("portcullis.ratelimit.lease_grants");
@@ -330,33 +326,6 @@ impl RateLimitState {
         last.insert(key.to_string(), now_ms);
     }
 
-    /// The renewal ask for `applied`, when this worker spent from it in the last half of
-    /// the lease TTL, and the slot is not refused; `release` unspent units go back in it.
-    fn renewal(
-        &self,
-        applied: &AppliedLimit,
-        limits: &[RateLimit],
-        slot: &LeaseSlot,
-        now: u64,
-    ) -> Option<RateLimitAsk> {
-        let limit = limits.get(applied.index)?;
-        let last = self.last_spent.borrow().get(&applied.key).copied()?;
-        if now.saturating_sub(last) > limit.lease_ttl_ms / 2 || now < slot.refused_until_ms {
-            return None;
-        }
-        Some(RateLimitAsk {
-            key: applied.key.clone(),
-            limit: applied.limit,
-            unit: applied.unit,
-            op: RateLimitOp::Lease {
-                release: slot.units,
-                max_lease: limit.max_lease,
-                holders: limit.expected_holders,
-                ttl_ms: limit.lease_ttl_ms,
-            },
-        })
-    }
-
     /// Remembers a counter this worker holds units of, to release them before they expire.
     fn remember(&self, applied: &AppliedLimit) {
         let mut known = self.known.borrow_mut();
@@ -380,88 +349,6 @@ impl RateLimitState {
         slices.retain(|_, s| s.live_units(now_ms) > 0);
         slices.len() < MAX_KNOWN_SLOTS
     }
-
-    /// Gives this worker's slice of `key` back to its shared slot; a slice whose lease
-    /// has expired is forfeited. One attempt per tick: false when another worker wrote
-    /// the slot in between (the slice is kept for the next tick).
-    fn give_back_slice(&self, cell: &SharedCell<'_>, key: &str, now_ms: u64) -> bool {
-        let Some(slice) = self.slices.borrow().get(key).copied() else { return true };
-        let (data, cas) = cell.read();
-        let slot = data.map(|d| LeaseSlot::decode(&d)).unwrap_or_default();
-        if let Some(back) = slot.give_back(&slice, now_ms) {
-            if cell.put_if(&back.encode(), cas).is_err() {
-                return false;
-            }
-        }
-        self.slices.borrow_mut().remove(key);
-        true
-    }
-
-    /// Empties the leases that expire before the next tick (in about `tick_ms`) and
-    /// answers the asks giving their units back: a renewal (a lease ask releasing them)
-    /// for counters spent from lately, a release for the others. At most `max` asks.
-    pub fn expiring_asks(&self, env: Env<'_>, tick_ms: u64, max: usize, limits: &[RateLimit]) -> TickAsks {
-        let now = env.now_ms;
-        let known: Vec<AppliedLimit> = self.known.borrow().values().cloned().collect();
-        let mut asks = Vec::new();
-        let mut renewals = Vec::new();
-        let mut forget = Vec::new();
-        for applied in known {
-            let key = slot_key(&applied.key);
-            let cell = SharedCell::new(env.host, &key);
-            let slice_due = self.slices.borrow().get(&applied.key).is_some_and(|s| {
-                s.units == 0 || s.expires_at_ms.saturating_sub(now) <= tick_ms.saturating_mul(2)
-            });
-            if slice_due && !self.give_back_slice(&cell, &applied.key, now) {
-                continue; // another worker wrote the slot in between: next tick
-            }
-            let (data, cas) = cell.read();
-            let slot = data.map(|d| LeaseSlot::decode(&d)).unwrap_or_default();
-            if now >= slot.expires_at_ms {
-                forget.push(applied.key.clone());
-                continue;
-            }
-            if slot.expires_at_ms.saturating_sub(now) > tick_ms.saturating_mul(2) {
-                continue;
-            }
-            let renewal = self.renewal(&applied, limits, &slot, now);
-            // One attempt: a worker that wrote in between spent from it, and the next
-            // tick looks again.
-            let emptied = LeaseSlot { units: 0, ..slot };
-            if let Some(ask) = renewal {
-                if slot.units == 0 || cell.put_if(&emptied.encode(), cas).is_ok() {
-                    renewals.push((asks.len(), applied.clone()));
-                    asks.push(ask);
-                }
-            } else if slot.units > 0 && cell.put_if(&emptied.encode(), cas).is_ok() {
-                asks.push(RateLimitAsk {
-                    key: applied.key.clone(),
-                    limit: applied.limit,
-                    unit: applied.unit,
-                    op: RateLimitOp::Release { units: slot.units },
-                });
-                forget.push(applied.key.clone());
-            }
-            if asks.len() >= max {
-                break;
-            }
-        }
-        let mut known = self.known.borrow_mut();
-        let mut slices = self.slices.borrow_mut();
-        for key in forget {
-            slices.remove(&key);
-            known.remove(&key);
-        }
-        TickAsks { asks, renewals }
-    }
-}
-
-/// What the tick sends: release and renewal asks, and which of them are renewals
-/// (position in `asks`, counter) whose grants go back into the slots.
-#[derive(Default)]
-pub struct TickAsks {
-    pub asks: Vec<RateLimitAsk>,
-    pub renewals: Vec<(usize, AppliedLimit)>,
 }
 
 pub fn rate_limited(
