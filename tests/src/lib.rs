@@ -48,8 +48,20 @@ pub fn bin(name: &str) -> PathBuf {
     path_from_env(&format!("{name} binary"), dir.join(name), "run `make build-native`")
 }
 
+/// A loopback port free right now, and never handed out before in this process: the
+/// kernel may give the same ephemeral port to two binds in a row, and two listeners of
+/// one test (or of two tests running in parallel) must not be told the same port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    static GIVEN: Mutex<std::collections::BTreeSet<u16>> = Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// A child process whose output goes to a log file; killed on drop.
