@@ -591,7 +591,10 @@ measured runs. Two diagnostics split (c) → (d) on the first store: (d-feed) ad
 revocation feed, (d-lease) only the lease limit (and `controlPlane`). (d-many) is
 (d-lease) with HS256 tokens for 1,000 subjects (minted by bench/envoy_bench.py with the
 HS256 bench key), wrk cycling over them with a Lua script: 1,000 counters, so each lease
-serves fewer requests; compared with (c) HS256 cached. (d-near) is (d-lease) with one
+serves fewer requests; compared with (c) HS256 cached. Its leases are released while the
+other setups run, so each of its measured runs follows 1 s of unmeasured load that takes
+them again: the run measures the steady state (renewals), not each subject's first lease
+(about one call per subject, once). (d-near) is (d-lease) with one
 subject and the limit `{json.dumps(prm.get("near_limit"))}`, and wrk paced by a Lua `delay()` of
 {prm.get("near_delay_ms")} ms before each request on each of the {prm["connections"]} connections (at most
 {prm["connections"] * 1000 // max(prm.get("near_delay_ms") or 1, 1):,} requests per second, about 90 % of the limit): leases are sized from what
