@@ -106,6 +106,8 @@ fn internal_requests() -> Vec<(&'static str, &'static str, Option<Value>)> {
             "/v1/audit/decisions",
             Some(json!({"batchId": "b1", "decisions": [{"timeMs": 1, "decision": "deny"}]})),
         ),
+        ("GET", "/v1/hmac-keys", None),
+        ("POST", "/v1/signature-replay", Some(json!({"id": "ab".repeat(32), "until": 1}))),
     ]
 }
 
