@@ -48,20 +48,27 @@ pub fn bin(name: &str) -> PathBuf {
     path_from_env(&format!("{name} binary"), dir.join(name), "run `make build-native`")
 }
 
-/// A loopback port free right now, and never handed out before in this process: the
-/// kernel may give the same ephemeral port to two binds in a row, and two listeners of
-/// one test (or of two tests running in parallel) must not be told the same port.
+/// A loopback port free right now, never handed out before in this process, and below
+/// the kernel's ephemeral range (32768–60999 by default). A port from that range, once
+/// released, can be taken again before the process it was meant for binds it: by any
+/// `bind(0)` (Envoy's own listeners) or as the source port of an outgoing connection
+/// (a control plane connecting to Redis). Ports are tried from an offset that depends
+/// on the process id, so two test processes rarely try the same ones.
 pub fn free_port() -> u16 {
-    static GIVEN: Mutex<std::collections::BTreeSet<u16>> = Mutex::new(std::collections::BTreeSet::new());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
+    const FIRST: u16 = 15_000;
+    const COUNT: u16 = 17_000;
+    static NEXT: Mutex<Option<u16>> = Mutex::new(None);
+    let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut offset = next.unwrap_or((std::process::id() % u32::from(COUNT)) as u16);
+    for _ in 0..COUNT {
+        let port = FIRST + offset;
+        offset = (offset + 1) % COUNT;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            *next = Some(offset);
             return port;
         }
     }
+    panic!("no free loopback port in {FIRST}..{}", FIRST + COUNT)
 }
 
 /// A child process whose output goes to a log file; killed on drop.

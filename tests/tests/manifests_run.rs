@@ -332,8 +332,13 @@ async fn probes_pass(workload: &Document, container: &Value, started: &mut Start
             eventually(STARTUP, &format!("{what}: 200 from {url}"), || {
                 let (url, what) = (url.clone(), what.clone());
                 let gone = exited.exited();
+                let log = if gone {
+                    std::fs::read_to_string(&exited.log).unwrap_or_default()
+                } else {
+                    String::new()
+                };
                 async move {
-                    assert!(!gone, "{what}: the container exited");
+                    assert!(!gone, "{what}: the container exited; its log:\n{log}");
                     matches!(http().get(&url).send().await, Ok(r) if r.status() == 200)
                 }
             })
