@@ -1311,7 +1311,10 @@ def sync_once(args, bench_input, cp, name, round_no, expected):
         deadline = ready + 300
         while True:
             st = envoy.stats()
-            if st.get("wasmcustom.portcullis.revocation.snapshots_assembled", 0) >= 1:
+            # The gauges are set right after the counter: wait for both.
+            if (st.get("wasmcustom.portcullis.revocation.snapshots_assembled", 0) >= 1
+                    and (st.get("wasmcustom.portcullis.revocation.revoked_entries"),
+                         st.get("wasmcustom.portcullis.revocation.user_entries")) == expected):
                 synced = time.monotonic()
                 break
             if time.monotonic() > deadline:

@@ -689,8 +689,8 @@ def sync_section(sync, prm):
 A fresh Envoy ({sync['workers']} workers; the filter with the bench provider, `controlPlane` with the
 fleet credential and `"revocation": {{"pollIntervalMs": 1000, "timeoutMs": 5000}}`) starts against a
 control plane (release build) on Redis and is timed until its filter has published the
-replica (counter `wasmcustom.portcullis.revocation.snapshots_assembled` = 1, polled every
-20 ms; the gauges `revoked_entries` and `user_entries` must then equal the seeded state),
+replica (counter `wasmcustom.portcullis.revocation.snapshots_assembled` = 1 and the gauges
+`revoked_entries` and `user_entries` equal to the seeded state, polled every 20 ms),
 then its VmRSS is read. The large state ({sync['entries']:,} revoked token ids and {sync['entries']:,} revoked
 users, seeded straight into Redis with pipelined ZADD/HSET, no feed entries) reaches a
 follower only as a snapshot: parts of up to 5000 entries (what the filter asks for) that
