@@ -21,6 +21,7 @@ Writes one JSON document (see `main`) and exits non-zero on any failed check.
 
 import argparse
 import base64
+import copy
 import hashlib
 import hmac
 import http.client
@@ -71,6 +72,10 @@ DM_REWARM_S = 1  # (d-many): unmeasured load right before each measured run
 # load reached is measured and reported beside the calls per request.
 NEAR_LIMIT = {"name": "bench", "limit": 2222, "unit": "second", "descriptors": ["claim:sub"], "maxLease": 1000}
 NEAR_DELAY_MS = 8
+# The load-shape cell: the headline rows again with this many wrk connections per worker
+# (4 at 1 worker, 8 at 2), so their ratios are not an artefact of 16 connections.
+SHAPE_CONNECTIONS_PER_WORKER = 4
+SHAPE_ALGS = ("HS256", "ES256")
 
 
 def d_alg(algs):
@@ -119,6 +124,15 @@ def setups(algs, stores=()):
     out += hmac_setups(algs)
     out.append({"id": "e-local_ratelimit", "group": "e", "alg": None, "cached": None})
     return out
+
+
+def headline(setup, stores):
+    """The rows the load-shape cell measures again: (a), (c0), (b) and (c) cached for
+    HS256 and ES256, and (d) on the first store."""
+    g = setup["group"]
+    return (g in ("a", "c0")
+            or (g in ("b", "c") and setup["cached"] and setup["alg"] in SHAPE_ALGS)
+            or (g == "d" and stores and setup.get("store") == stores[0]))
 
 
 def http_filters(setup, bench_input, wasm_path):
@@ -361,10 +375,10 @@ def hmac_wrk(args, envoy, token, seconds):
 
 
 class Envoy:
-    def __init__(self, setup, concurrency, workdir, envoy_bin, pid_dir, config):
+    def __init__(self, setup, concurrency, workdir, envoy_bin, pid_dir, config, tag=""):
         self.setup = setup
         self.concurrency = concurrency
-        self.name = f"{setup['id']}-w{concurrency}"
+        self.name = f"{setup['id']}-w{concurrency}{tag}"
         self.dir = workdir / self.name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.dir / "envoy.json"
@@ -906,7 +920,9 @@ def run_wrk_url(wrk_bin, url, seconds, connections, headers=(), script=None):
 # ---------------------------------------------------------------------------------
 
 
-def bench_concurrency(args, bench_input, concurrency, pid_dir, cps):
+def bench_concurrency(args, bench_input, concurrency, pid_dir, cps, keep=None, tag=""):
+    """Every setup `keep` accepts (all by default) at `concurrency` workers, with
+    `args.connections` wrk connections; `tag` tells the Envoys' work directories apart."""
     tokens = {c["alg"]: c["token"] for c in bench_input["cases"]}
     # Setups without a JWT check still receive a token (the first one's, HS256 unless
     # filtered), so every setup parses the same request.
@@ -915,9 +931,11 @@ def bench_concurrency(args, bench_input, concurrency, pid_dir, cps):
     results = {}
     try:
         for setup in setups(args.algs, list(cps)):
+            if (args.groups and setup["group"] not in args.groups) or (keep and not keep(setup)):
+                continue
             cp = cps[setup["store"]] if setup.get("store") else None
             cfg = bootstrap(setup, bench_input, args.wasm, cp.internal_port if cp else None)
-            envoys.append(Envoy(setup, concurrency, args.workdir, args.envoy, pid_dir, cfg))
+            envoys.append(Envoy(setup, concurrency, args.workdir, args.envoy, pid_dir, cfg, tag))
         log(f"workers={concurrency}: starting {len(envoys)} Envoys")
         for e in envoys:
             e.start()
@@ -1363,7 +1381,16 @@ def main():
                    help="(g): revoked ids and revoked users a fresh Envoy syncs (0: skip (g))")
     p.add_argument("--memory-requests", type=int, default=10_000_000,
                    help="(m): requests over 100,000 distinct tokens before the last VmRSS reading (0: skip (m))")
+    p.add_argument("--groups", default="",
+                   help="only these setup groups (comma-separated letters: a,c0,b,c,d,dr,dl,dm,dn,t,u,h,hj,e; "
+                        "f, g, m for the control plane's throughput, the feed sync, memory); empty: all")
+    p.add_argument("--shape", type=int, default=1,
+                   help=f"1: also measure the headline rows at {SHAPE_CONNECTIONS_PER_WORKER} connections per worker")
     args = p.parse_args()
+    args.groups = {g for g in args.groups.split(",") if g}
+
+    def wanted(group):
+        return not args.groups or group in args.groups
     args.algs = [a for a in args.algs.split(",") if a]
     unknown = [a for a in args.algs if a not in ALGS]
     if unknown:
@@ -1404,20 +1431,30 @@ def main():
                 cp.start()
                 cp.seed()
             log(f"control plane `{args.control_plane}` on stores {', '.join(f'{s}:{c.port}' for s, c in cps.items())}")
-        for c in [int(x) for x in args.concurrency.split(",") if x]:
+        concurrencies = [int(x) for x in args.concurrency.split(",") if x]
+        for c in concurrencies:
             all_results.update(bench_concurrency(args, bench_input, c, args.pid_dir, cps))
-        if cps:
+        shape_results = {}
+        if args.shape:
+            for c in concurrencies:
+                shape_args = copy.copy(args)
+                shape_args.connections = SHAPE_CONNECTIONS_PER_WORKER * c
+                log(f"load shape: workers={c}, {shape_args.connections} connections")
+                shape_results.update(bench_concurrency(shape_args, bench_input, c, args.pid_dir, cps,
+                                                       keep=lambda s: headline(s, list(cps)), tag="-shape"))
+        if cps and wanted("f"):
             t0 = time.time()
             cp_doc = bench_control_plane(args, cps)
             cp_doc["elapsed_s"] = round(time.time() - t0, 1)
             cp_doc["binary"] = str(args.control_plane)
             cp_doc["redis_version"] = redis.version() if redis else None
             cp_doc["skipped"] = skipped
-        if args.control_plane and args.sync_entries > 0 and args.redis_server and args.redis_server.exists():
+        if (wanted("g") and args.control_plane and args.sync_entries > 0 and args.redis_server
+                and args.redis_server.exists()):
             t0 = time.time()
             sync_doc = bench_feed_sync(args, bench_input, args.redis_server)
             sync_doc["elapsed_s"] = round(time.time() - t0, 1)
-        if args.memory_requests > 0 and "HS256" in args.algs:
+        if wanted("m") and args.memory_requests > 0 and "HS256" in args.algs:
             t0 = time.time()
             memory_doc = bench_memory(args, bench_input)
             memory_doc["elapsed_s"] = round(time.time() - t0, 1)
@@ -1433,11 +1470,13 @@ def main():
         "params": {"connections": args.connections, "duration_s": args.duration, "warmup_s": args.warmup,
                    "runs": args.runs, "concurrency": args.concurrency, "algs": args.algs,
                    "jwt_cache_size": CACHE_SIZE, "d_limit": D_LIMIT, "near_limit": NEAR_LIMIT,
-                   "near_delay_ms": NEAR_DELAY_MS, "cp_stores": list(cps),
+                   "near_delay_ms": NEAR_DELAY_MS, "cp_stores": list(cps), "groups": sorted(args.groups),
                    "cp_skipped": skipped},
         "elapsed_s": round(time.time() - started, 1),
         "wasm": wasm_info,
         "results": all_results,
+        "shape": {"connections_per_worker": SHAPE_CONNECTIONS_PER_WORKER, "results": shape_results}
+        if args.shape else None,
         "control_plane": cp_doc,
         "feed_sync": sync_doc,
         "memory": memory_doc,

@@ -19,6 +19,10 @@
 #     needs redis-server)
 #   BENCH_MEMORY_REQUESTS=10000000 (requests of the (m) memory cell over 100,000 distinct
 #     tokens, VmRSS read after 100,000, 1 M and this many; 0: skip (m))
+#   BENCH_GROUPS= (only these setup groups, comma-separated: a,c0,b,c,d,dr,dl,dm,dn,t,u,h,hj,e,
+#     and f, g, m for the control plane's throughput, the feed sync and memory; empty: all.
+#     For a quick look at one cell: BENCH_GROUPS=c,dm BENCH_ALGS=HS256 BENCH_CONCURRENCY=2)
+#   BENCH_SHAPE=1 (also measure the headline rows at 4 wrk connections per worker; 0: skip)
 #   BENCH_KEEP=1 (keep the work directory with configs and Envoy logs)
 #   PORTCULLIS_ENVOY, PORTCULLIS_WASM (as for the tests)
 #   PORTCULLIS_CONTROL_PLANE (a control-plane binary to use instead of building
@@ -166,7 +170,8 @@ run_child python3 "$ROOT/bench/envoy_bench.py" \
   --workdir "$WORK/envoy" --pid-dir "$PIDS" --out "$WORK/envoy.json" \
   --concurrency "$CONCURRENCY" --algs "$ALGS" --connections "$CONNECTIONS" \
   --duration "$DURATION" --warmup "$WARMUP" --runs "$RUNS" \
-  --memory-requests "${BENCH_MEMORY_REQUESTS:-10000000}" "${CP_ARGS[@]}"
+  --memory-requests "${BENCH_MEMORY_REQUESTS:-10000000}" --groups "${BENCH_GROUPS:-}" \
+  --shape "${BENCH_SHAPE:-1}" "${CP_ARGS[@]}"
 
 # --- 4. report -------------------------------------------------------------------------
 run_child python3 "$ROOT/bench/report.py" \

@@ -37,7 +37,7 @@ const FORGET_UNANSWERED_MS: u64 = 10_000;
 /// Largest control-plane answer read.
 const MAX_REPLY_BYTES: usize = 256 * 1024;
 /// Most batches of lease releases and renewals one tick sends.
-const MAX_TICK_BATCHES: usize = 2;
+const MAX_TICK_BATCHES: usize = 4;
 
 /// The stateful checks a request goes through.
 pub fn pending_for(

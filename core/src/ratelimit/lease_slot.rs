@@ -20,6 +20,9 @@ pub struct LeaseSlot {
     pub remaining: u64,
     /// When the counter is full again, per the last answer (ms).
     pub reset_at_ms: u64,
+    /// One worker is renewing this lease until then (ms): the others neither renew nor
+    /// release it meanwhile. Cleared by the grant that replaces the lease.
+    pub renewing_until_ms: u64,
 }
 
 /// The result of [`LeaseSlot::spend`].
@@ -89,7 +92,7 @@ impl LocalSlice {
     }
 }
 
-const SLOT_LEN: usize = 40;
+const SLOT_LEN: usize = 48;
 
 impl LeaseSlot {
     pub fn spend(&self, cost: u64, now_ms: u64) -> SlotSpend {
@@ -147,6 +150,7 @@ impl LeaseSlot {
                 refused_until_ms: now_ms.saturating_add(result.retry_after_ms.max(1)),
                 remaining: result.remaining,
                 reset_at_ms,
+                renewing_until_ms: 0,
             };
         }
         LeaseSlot {
@@ -155,7 +159,19 @@ impl LeaseSlot {
             refused_until_ms: 0,
             remaining: result.remaining,
             reset_at_ms,
+            renewing_until_ms: 0,
         }
+    }
+
+    /// Whether a worker is renewing this lease at `now_ms`.
+    pub fn renewing(&self, now_ms: u64) -> bool {
+        now_ms < self.renewing_until_ms
+    }
+
+    /// The slot claimed for one worker's renewal: until the lease expires, when the
+    /// claim dies with it (a renewal that failed leaves requests to ask themselves).
+    pub fn claimed_for_renewal(&self) -> LeaseSlot {
+        LeaseSlot { renewing_until_ms: self.expires_at_ms, ..*self }
     }
 
     /// `RateLimit-Remaining` as this holder sees it: its unspent units plus what the
@@ -178,16 +194,30 @@ impl LeaseSlot {
         let mut out = [0u8; SLOT_LEN];
         write_u64s(
             &mut out,
-            &[self.units, self.expires_at_ms, self.refused_until_ms, self.remaining, self.reset_at_ms],
+            &[
+                self.units,
+                self.expires_at_ms,
+                self.refused_until_ms,
+                self.remaining,
+                self.reset_at_ms,
+                self.renewing_until_ms,
+            ],
         );
         out
     }
 
     /// Anything malformed (or empty) reads as an empty slot.
     pub fn decode(bytes: &[u8]) -> Self {
-        match read_u64s::<5>(bytes) {
-            Some([units, expires_at_ms, refused_until_ms, remaining, reset_at_ms]) => {
-                LeaseSlot { units, expires_at_ms, refused_until_ms, remaining, reset_at_ms }
+        match read_u64s::<6>(bytes) {
+            Some([units, expires_at_ms, refused_until_ms, remaining, reset_at_ms, renewing_until_ms]) => {
+                LeaseSlot {
+                    units,
+                    expires_at_ms,
+                    refused_until_ms,
+                    remaining,
+                    reset_at_ms,
+                    renewing_until_ms,
+                }
             }
             None => LeaseSlot::default(),
         }
@@ -232,7 +262,30 @@ mod tests {
     }
 
     fn live(units: u64) -> LeaseSlot {
-        LeaseSlot { units, expires_at_ms: 5_000, refused_until_ms: 0, remaining: 7, reset_at_ms: 9_000 }
+        LeaseSlot { units, expires_at_ms: 5_000, remaining: 7, reset_at_ms: 9_000, ..LeaseSlot::default() }
+    }
+
+    #[test]
+    fn a_renewal_claim_lasts_until_the_lease_expires_and_a_grant_clears_it() {
+        let slot = live(10);
+        assert!(!slot.renewing(100));
+        let claimed = slot.claimed_for_renewal();
+        assert!(claimed.renewing(100) && claimed.renewing(4_999));
+        assert!(!claimed.renewing(5_000), "the claim dies with the lease");
+        assert_eq!(LeaseSlot::decode(&claimed.encode()), claimed);
+        assert_eq!(
+            claimed.spend(1, 100),
+            SlotSpend::Spent(LeaseSlot { units: 9, ..claimed }),
+            "it still serves"
+        );
+        let grant = RateLimitResult { granted: 5, expires_at_ms: 7_000, ..Default::default() };
+        assert!(!claimed.granted(&grant, 200).renewing(200));
+        assert!(!LeaseSlot::default().granted(&grant, 200).renewing(200));
+        assert_eq!(
+            LeaseSlot::decode(&[0u8; 40]),
+            LeaseSlot::default(),
+            "a slot of another layout reads as empty"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::Duration;
 
 use proxy_wasm::types::Status;
@@ -30,11 +31,15 @@ pub struct Reply {
     pub status: u16,
 }
 
+/// Shared data: key → (value, CAS version).
+type SharedData = HashMap<String, (Vec<u8>, u32)>;
+
 #[derive(Default)]
 pub struct FakeHost {
     pub now_ms: Cell<u64>,
     pub context: Cell<u32>,
-    shared: RefCell<HashMap<String, (Vec<u8>, u32)>>,
+    /// Envoy's shared data: one map for every worker of the Envoy.
+    shared: Rc<RefCell<SharedData>>,
     pub request_headers: RefCell<HashMap<u32, Vec<(String, String)>>>,
     pub request_bodies: RefCell<HashMap<u32, Vec<u8>>>,
     pub response_status: RefCell<HashMap<u32, u16>>,
@@ -61,6 +66,13 @@ impl FakeHost {
     pub fn at(now_ms: u64) -> Self {
         let host = FakeHost::default();
         host.now_ms.set(now_ms);
+        host
+    }
+
+    /// Another worker of the same Envoy: its own calls and contexts, the same shared data.
+    pub fn beside(other: &FakeHost) -> Self {
+        let host = FakeHost { shared: other.shared.clone(), ..FakeHost::default() };
+        host.now_ms.set(other.now_ms.get());
         host
     }
 

@@ -43,7 +43,17 @@ pub struct Worker {
 
 impl Worker {
     pub fn start(config: Value) -> Worker {
-        let host = Rc::new(FakeHost::at(NOW_MS));
+        Worker::start_on(config, FakeHost::at(NOW_MS))
+    }
+
+    /// A second worker of the same Envoy as `other` (same shared data), started with
+    /// `config`; each worker's clock is advanced on its own.
+    pub fn start_beside(config: Value, other: &Worker) -> Worker {
+        Worker::start_on(config, FakeHost::beside(&other.host))
+    }
+
+    fn start_on(config: Value, host: FakeHost) -> Worker {
+        let host = Rc::new(host);
         let bytes = config.to_string().into_bytes();
         let size = bytes.len();
         *host.plugin_config.borrow_mut() = Some(bytes);

@@ -240,6 +240,51 @@ fn a_lease_spent_from_lately_is_renewed_on_the_tick_and_an_idle_one_released() {
 }
 
 #[test]
+fn two_workers_spending_from_one_lease_renew_it_once_and_neither_releases_it_meanwhile() {
+    let mut config = limited_config("lease", "deny");
+    config["rateLimits"][0]["leaseTtlMs"] = json!(60_000);
+    let mut a = Worker::start(config.clone());
+    let mut b = Worker::start_beside(config, &a);
+    let first = request_needing_a_call(&mut a, "alice");
+    let call = a.last_call();
+    a.answer(&call, "200", &grant(100));
+    assert_eq!(a.host.resumes_of(first), 1);
+    let auth = bearer(&token("alice"));
+    assert_eq!(b.request("/api/x", &[("authorization", &auth)], true).1, Action::Continue);
+    assert_eq!(b.call_count(), 0, "the second worker spends the same lease");
+
+    // Both spent from it lately; near expiry both ticks run, and one renewal goes out.
+    for w in [&mut a, &mut b] {
+        w.host.advance(45_000);
+        assert_eq!(w.request("/api/x", &[("authorization", &auth)], true).1, Action::Continue);
+        w.host.advance(15_000 - 400);
+    }
+    a.tick();
+    b.tick();
+    assert_eq!(renewals(&a), vec![0], "the first tick claims the renewal");
+    assert_eq!(b.call_count(), 0, "the other worker neither renews nor releases the lease");
+    b.tick();
+    assert_eq!(b.call_count(), 0, "nor on its next tick");
+    assert_eq!(b.request("/api/x", &[("authorization", &auth)], true).1, Action::Continue);
+    assert_eq!(b.call_count(), 0, "the old lease serves both workers meanwhile");
+
+    let result = RateLimitResult {
+        granted: 100,
+        expires_at_ms: NOW_MS + 120_000,
+        remaining: 50,
+        reset_after_ms: 1_000,
+        retry_after_ms: 0,
+    };
+    a.answer(&a.last_call(), "200", &serde_json::to_vec(&RateLimitReply { results: vec![result] }).unwrap());
+    // Past the old lease's expiry the second worker spends from the renewed one.
+    b.host.advance(1_000);
+    for _ in 0..5 {
+        assert_eq!(b.request("/api/x", &[("authorization", &auth)], true).1, Action::Continue);
+    }
+    assert_eq!(lease_asks(&b), 0, "no lease asked by the second worker");
+}
+
+#[test]
 fn a_worker_spends_its_slice_of_the_lease_without_host_calls_and_gives_it_back_before_expiry() {
     let mut w = Worker::start(limited_config("lease", "deny"));
     let first = request_needing_a_call(&mut w, "alice");

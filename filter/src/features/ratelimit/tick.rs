@@ -110,15 +110,20 @@ impl RateLimitState {
                 forget.push(applied.key.clone());
                 continue;
             }
-            if slot.expires_at_ms.saturating_sub(now) > tick_ms.saturating_mul(2) {
+            if slot.expires_at_ms.saturating_sub(now) > tick_ms.saturating_mul(2) || slot.renewing(now) {
+                // Not due yet, or a worker (maybe this one) is renewing it.
                 continue;
             }
             let renewal = self.renewal(&applied, limits, &slot, now);
-            // One attempt: a worker that wrote in between spent from it, and the next
-            // tick looks again.
+            // One attempt each: a worker that wrote in between spent from it, and the
+            // next tick looks again.
             let emptied = LeaseSlot { units: 0, ..slot };
             if let Some(ask) = renewal {
-                // The slot keeps serving requests until the new lease replaces it.
+                // One worker claims the renewal, so the lease is renewed once per Envoy;
+                // the slot keeps serving requests until the new lease replaces it.
+                if cell.put_if(&slot.claimed_for_renewal().encode(), cas).is_err() {
+                    continue;
+                }
                 renewals.push((asks.len(), applied.clone()));
                 asks.push(ask);
             } else if slot.units > 0 && cell.put_if(&emptied.encode(), cas).is_ok() {
