@@ -35,12 +35,13 @@ export PORTCULLIS_ENVOY := $(ENVOY)
 export PORTCULLIS_WASM  := $(WASM)
 export PORTCULLIS_BIN_DIR := $(ROOT)/target/debug
 
-.PHONY: help setup setup-build setup-run setup-test setup-bench setup-fuzz fuzz build build-native build-wasm run test test-native test-wasm lint fmt bench clean schema install
+.PHONY: help setup setup-build setup-run setup-test setup-bench setup-fuzz fuzz build build-native build-wasm run test test-native test-wasm lint fmt bench bench-profile clean schema install
 
 help:
 	@echo "make run      start the demo stack (control plane + Envoy with the filter + demo upstream)"
 	@echo "make test     run every test (installs what is missing first)"
 	@echo "make bench    benchmarks beside native Envoy filters (writes bench/RESULTS.md)"
+	@echo "make bench-profile  CPU per request with and without the filter, by code object (perf)"
 	@echo "make install  portcullis and portcullis-control-plane into $(BINDIR) (set PREFIX to change)"
 	@echo "make schema   regenerate docs/plugin-config.schema.json and docs/openapi.json"
 	@echo "make fuzz     fuzz every parser of client bytes, FUZZ_SECONDS (60) per target (fuzz/README.md)"
@@ -103,6 +104,10 @@ fuzz: setup-fuzz
 # Side-by-side benchmarks against native Envoy filters; regenerates bench/RESULTS.md.
 bench: setup-bench build
 	bench/run.sh
+
+# Where Envoy's CPU goes per request with and without the filter (perf, cpu-clock).
+bench-profile: setup-bench build
+	bench/profile.sh
 
 # The plugin configuration's JSON Schema, generated from the config types; a test fails
 # when the committed copy is not what they generate.

@@ -423,8 +423,9 @@ def summary_df(rows, crow):
         va = [r["vs_a"] for r in drows if r["vs_a"] is not None]
         pc = [r["limit"]["p99_vs_c"] for r in drows if r["limit"]["p99_vs_c"] is not None]
         if vc:
-            out.append(f"- (d) RPS vs (c) of the same algorithm and worker count: {min(vc):.2f}–{max(vc):.2f}× "
-                       f"(vs (a): {min(va):.2f}–{max(va):.2f}×); p99 vs (c): {min(pc):.2f}–{max(pc):.2f}×.")
+            vs_a = f" (vs (a): {min(va):.2f}–{max(va):.2f}×)" if va else ""
+            out.append(f"- (d) RPS vs (c) of the same algorithm and worker count: {min(vc):.2f}–{max(vc):.2f}×"
+                       f"{vs_a}; p99 vs (c): {min(pc):.2f}–{max(pc):.2f}×.")
         bad = [r for r in drows if r["limit"]["limit_allowed"] != r["limit"]["served"]]
         out.append("- (d) every request the filter allowed was counted by the lease limit "
                    "(`ratelimit.bench.allowed` = `requests.allowed` in every run)" if not bad else
@@ -814,7 +815,9 @@ def main():
     elapsed = args.elapsed_s if args.elapsed_s is not None else int(time.time()) - args.started
 
     envoy_version = cmd_out([args.envoy, "--version"]).replace("\n", " ").strip()
-    first = next(iter(envoy["results"].values()))
+    first = next(iter(envoy["results"].values()), None) or {
+        "command": "envoy -c <setup>/envoy.json --concurrency 1", "concurrency": 1,
+        "wrk_command": "(no Envoy setup in this run: BENCH_GROUPS)"}
     # The per-setup paths live in a temporary work directory: show them generically.
     envoy_cmd = " ".join(
         "<setup>/" + Path(a).name if "/bench-run." in a else a for a in first["command"].split(" ")

@@ -10,7 +10,7 @@
 #                            in a project-local venv, .venv/ (make run)
 #   scripts/setup.sh test    run + redis-server, node and wasm-bindgen-cli at exactly the
 #                            version in Cargo.lock, in .tools/bin/ (make test; the default)
-#   scripts/setup.sh bench   test + wrk (make bench)
+#   scripts/setup.sh bench   test + wrk and perf (make bench, make bench-profile)
 #   scripts/setup.sh fuzz    rustup's nightly toolchain, a C++ compiler (libFuzzer is
 #                            built from source) and cargo-fuzz, pinned, in .tools/bin/
 #                            (make fuzz; nothing else)
@@ -42,7 +42,7 @@ if wants build && [ "$(scripts/wasm-toolchain.sh)" = debian ]; then
 fi
 if wants run; then pkgs+=(curl python3-venv); fi
 if wants test; then pkgs+=(redis-server nodejs); fi
-if wants bench; then pkgs+=(wrk); fi
+if wants bench; then pkgs+=(wrk linux-perf); fi
 if wants fuzz; then pkgs+=(g++); fi
 missing=()
 for p in "${pkgs[@]}"; do

@@ -1084,15 +1084,16 @@ async fn embedded_store_rate_limits_committed_to_memory_are_kept_by_the_next_dur
     let lease = lease(0, 3, 1, 60_000);
     {
         let store = EmbeddedStore::open(dir.path()).unwrap();
-        // The first rate-limit commit goes to disk, the next ones (within a second) to
-        // memory only, until a durable commit of anything takes them along.
-        for now in [1_000, 1_010, 1_020] {
+        // The first rate-limit commit goes to disk, the next ones (within
+        // RATE_LIMIT_SYNC_MS) to memory only, until a durable commit of anything takes
+        // them along.
+        for now in [1_000, 1_001, 1_002] {
             assert_eq!(store.gcra("rl", 100, Unit::Minute, lease, now).await.unwrap().granted, 3);
         }
-        store.record_put("key", b"v".to_vec(), None, 1_030).await.unwrap();
+        store.record_put("key", b"v".to_vec(), None, 1_003).await.unwrap();
     }
     let store = EmbeddedStore::open(dir.path()).unwrap();
-    let after = store.gcra("rl", 100, Unit::Minute, check(1), 1_040).await.unwrap();
+    let after = store.gcra("rl", 100, Unit::Minute, check(1), 1_004).await.unwrap();
     assert_eq!(after.remaining, 90, "9 units leased before the reopen, 1 checked now");
 }
 
