@@ -136,23 +136,26 @@ def main():
     us = {n: {g: t["groups"][g] / args.frequency / t["requests"] * 1e6 if t["requests"] else 0.0
               for g in order} for n, t in totals.items()}
     base = us.get("a")
-    print(f"CPU µs per request of the Envoy process (1 worker, {args.connections} connections, "
-          f"cpu-clock at {args.frequency} Hz, {args.rounds} x {args.seconds} s per setup):\n")
-    print("| setup | requests | " + " | ".join(order) + " | total | total − (a) |")
-    print("|---|---|" + "---|" * (len(order) + 2))
+    lines = [f"CPU µs per request of the Envoy process (1 worker, {args.connections} connections, "
+             f"cpu-clock at {args.frequency} Hz, {args.rounds} × {args.seconds} s per setup; "
+             "in brackets: the difference to (a)):", "",
+             "| setup | requests | " + " | ".join(order) + " | total | total − (a) |",
+             "|---|---|" + "---|" * (len(order) + 2)]
     for n in names:
         row = us[n]
         total = sum(row.values())
         delta = f"{total - sum(base.values()):+.1f}" if base else "—"
         cells = " | ".join(f"{row[g]:.1f}" + (f" ({row[g] - base[g]:+.1f})" if base and n != "a" else "")
                            for g in order)
-        print(f"| {SETUPS[n]['id']} | {totals[n]['requests']:,} | {cells} | {total:.1f} | {delta} |")
-    print("\nTop code objects by samples:")
+        lines.append(f"| {SETUPS[n]['id']} | {totals[n]['requests']:,} | {cells} | {total:.1f} | {delta} |")
+    lines += ["", "Top code objects by samples:", ""]
     for n in names:
-        top = ", ".join(f"{d} {c}" for d, c in totals[n]["dsos"].most_common(6))
-        print(f"- {SETUPS[n]['id']}: {top}")
+        top = ", ".join(f"`{d}` {c:,}" for d, c in totals[n]["dsos"].most_common(6))
+        lines.append(f"- {SETUPS[n]['id']}: {top}")
+    text = "\n".join(lines)
+    print(text)
     if args.out:
-        args.out.write_text(json.dumps({"us_per_request": us, "totals": {
+        args.out.write_text(json.dumps({"markdown": text, "us_per_request": us, "totals": {
             n: {"requests": t["requests"], "groups": dict(t["groups"]), "dsos": dict(t["dsos"])}
             for n, t in totals.items()}}, indent=2))
     return 0

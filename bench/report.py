@@ -319,6 +319,26 @@ queueing in Envoy, so latencies are lower and RPS depends more on per-request co
 """
 
 
+def profile_section(path):
+    """(p): where the Envoy process's CPU goes per request, from bench/profile.py."""
+    if not path or not path.exists():
+        return ""
+    doc = json.loads(path.read_text())
+    return f"""
+### (p) Profile: CPU per request by code object
+
+`bench/profile.py` (also `make bench-profile`): one Envoy per setup with 1 worker, loaded
+by wrk as above, while `perf record -e cpu-clock` samples that Envoy process alone; the
+samples are grouped by the code they ran in. `envoy` is the Envoy binary: its HTTP path,
+the proxy-wasm host functions and the V8 runtime (V8's builtins are part of the binary,
+which is stripped, so there is no finer split); `wasm/JIT` is code V8 generated, i.e.
+the filter's compiled wasm. CPU µs per request = samples / frequency / requests served
+while perf sampled. The setups run one after another, rotated per round.
+
+{doc["markdown"]}
+"""
+
+
 def d_table(rows):
     """(d): the rate-limit and revocation path's own numbers."""
     drows = [r for r in rows if r["group"] in D_GROUPS]
@@ -797,6 +817,7 @@ def main():
     p.add_argument("--analysis", type=Path)
     p.add_argument("--micro-ms", type=int, default=500)
     p.add_argument("--elapsed-s", type=int, help="override the measured duration (when regenerating)")
+    p.add_argument("--profile", type=Path, help="profile (p) results written by bench/profile.py")
     args = p.parse_args()
 
     envoy = json.loads(args.envoy_results.read_text())
@@ -888,7 +909,7 @@ cache setting and worker count.
 RPS of each measured run (spread):
 
 {spread_table(rows)}
-{f_section}{sync_section(envoy.get("feed_sync"), prm)}{memory_section(envoy.get("memory"))}
+{f_section}{sync_section(envoy.get("feed_sync"), prm)}{memory_section(envoy.get("memory"))}{profile_section(args.profile)}
 ## Targets (reported, not asserted)
 
 {ttable}

@@ -23,6 +23,8 @@
 #     and f, g, m for the control plane's throughput, the feed sync and memory; empty: all.
 #     For a quick look at one cell: BENCH_GROUPS=c,dm BENCH_ALGS=HS256 BENCH_CONCURRENCY=2)
 #   BENCH_SHAPE=1 (also measure the headline rows at 4 wrk connections per worker; 0: skip)
+#   BENCH_PROFILE=1 (profile (p): perf samples of (a), (c0), (c), (b), CPU per request by
+#     code object; skipped without perf; 0: skip)
 #   BENCH_KEEP=1 (keep the work directory with configs and Envoy logs)
 #   PORTCULLIS_ENVOY, PORTCULLIS_WASM (as for the tests)
 #   PORTCULLIS_CONTROL_PLANE (a control-plane binary to use instead of building
@@ -173,10 +175,22 @@ run_child python3 "$ROOT/bench/envoy_bench.py" \
   --memory-requests "${BENCH_MEMORY_REQUESTS:-10000000}" --groups "${BENCH_GROUPS:-}" \
   --shape "${BENCH_SHAPE:-1}" "${CP_ARGS[@]}"
 
+# --- 3b. profile: CPU per request by code object (perf), when perf can sample -----------
+PROFILE_ARGS=()
+if [[ ${BENCH_PROFILE:-1} == 1 ]] && PERF=$(command -v perf) \
+    && "$PERF" record -q -e cpu-clock -o "$WORK/perf-probe.data" -- true >/dev/null 2>&1; then
+  say "profile (p): perf cpu-clock over (a), (c0), (c) HS256 cached, (b) HS256 cached"
+  run_child python3 "$ROOT/bench/profile.py" --envoy "$ENVOY" --wasm "$WASM" --wrk "$WRK" --perf "$PERF" \
+    --input "$WORK/input.json" --connections "$CONNECTIONS" --out "$WORK/profile.json" >"$WORK/profile.txt"
+  PROFILE_ARGS=(--profile "$WORK/profile.json")
+else
+  say "profile (p) skipped: perf missing or not allowed to sample (BENCH_PROFILE=0 skips it too)"
+fi
+
 # --- 4. report -------------------------------------------------------------------------
 run_child python3 "$ROOT/bench/report.py" \
   --envoy-results "$WORK/envoy.json" --micro "$WORK"/micro-native-*.json "$WORK"/micro-wasm-*.json \
   --envoy "$ENVOY" --wasm "$WASM" --wasm-bench "$WASM_BENCH" --rustc "$RUSTC_BIN" --node "$NODE" \
   --started "$STARTED" --out "$RESULTS" --micro-ms "$MICRO_MS" \
-  --analysis "$ROOT/bench/ANALYSIS.md"
+  --analysis "$ROOT/bench/ANALYSIS.md" "${PROFILE_ARGS[@]}"
 say "wrote ${RESULTS#"$ROOT"/} in $(( $(date +%s) - STARTED ))s"
