@@ -12,6 +12,9 @@ alone. Samples are grouped by what they ran in:
   trampolines); perf sees it as anonymous memory;
 - `kernel`, `libc` and the rest.
 
+With `--control-plane`, (d-lease) joins: (c) plus one quota-lease limit on `sub`, leased
+from a control plane on the embedded store (the control plane's own CPU is not counted).
+
 Each group is reported as CPU µs per request (samples / frequency / requests), beside
 (a), so a filter's cost splits into what it spends in its own code and what it costs
 Envoy and V8 to run it. The Envoy binary is stripped, so there is no finer split inside
@@ -42,6 +45,9 @@ SETUPS = {
     "c0": {"id": "c0-portcullis-no-jwt", "group": "c0", "alg": None, "cached": None},
     "c": {"id": "c-portcullis-HS256-cached", "group": "c", "alg": "HS256", "cached": True},
     "b": {"id": "b-jwt_authn-HS256-cached", "group": "b", "alg": "HS256", "cached": True},
+    # Needs --control-plane: (c) plus the quota-lease limit of (d), embedded store.
+    "dl": {"id": "dl-portcullis-HS256-cached-lease", "group": "dl", "alg": "HS256", "cached": True,
+           "store": "embedded"},
 }
 
 
@@ -87,17 +93,25 @@ def main():
     p.add_argument("--connections", type=int, default=16)
     p.add_argument("--frequency", type=int, default=2000, help="cpu-clock samples per second")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
+    p.add_argument("--control-plane", type=Path, help="portcullis-control-plane binary: adds (d-lease)")
     args = p.parse_args()
     bench_input = json.loads(args.input.read_text())
     token = next(c["token"] for c in bench_input["cases"] if c["alg"] == "HS256")
     names = [s for s in args.setups.split(",") if s]
+    if args.control_plane and "dl" not in names:
+        names.append("dl")
+    names = [n for n in names if n != "dl" or args.control_plane]
     work = Path(tempfile.mkdtemp(prefix="portcullis-profile."))
     envoys = {}
+    cp = None
     totals = {n: {"requests": 0, "groups": collections.Counter(), "dsos": collections.Counter()} for n in names}
     try:
+        if "dl" in names:
+            cp = eb.ControlPlane(Path(os.path.abspath(args.control_plane)), "embedded", work, work)
+            cp.start()
         for n in names:
             setup = SETUPS[n]
-            cfg = eb.bootstrap(setup, bench_input, args.wasm)
+            cfg = eb.bootstrap(setup, bench_input, args.wasm, cp.internal_port if setup.get("store") else None)
             envoys[n] = eb.Envoy(setup, 1, work, args.envoy, work, cfg)
             envoys[n].start()
         for e in envoys.values():
@@ -131,6 +145,8 @@ def main():
     finally:
         for e in envoys.values():
             e.stop()
+        if cp:
+            cp.stop()
         shutil.rmtree(work, ignore_errors=True)
     order = ["envoy", "wasm/JIT", "kernel", "libc", "other"]
     us = {n: {g: t["groups"][g] / args.frequency / t["requests"] * 1e6 if t["requests"] else 0.0

@@ -25,4 +25,7 @@ CARGO_TARGET_DIR="$ROOT/target/bench" cargo build --quiet --release \
 args=(--envoy "$ENVOY" --wasm "$WASM" --perf "$PERF" --input "$WORK/input.json"
   --setups "${PROFILE_SETUPS:-a,c0,c,b}" --seconds "${PROFILE_SECONDS:-5}" --rounds "${PROFILE_ROUNDS:-2}")
 if [[ -n ${PROFILE_OUT:-} ]]; then args+=(--out "$PROFILE_OUT"); fi
+# (d-lease) needs the control plane's release build (make bench builds it).
+CP=${PORTCULLIS_CONTROL_PLANE:-$ROOT/target/bench-cp/release/portcullis-control-plane}
+if [[ -x $CP ]]; then args+=(--control-plane "$CP"); fi
 python3 bench/profile.py "${args[@]}"

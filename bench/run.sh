@@ -179,9 +179,12 @@ run_child python3 "$ROOT/bench/envoy_bench.py" \
 PROFILE_ARGS=()
 if [[ ${BENCH_PROFILE:-1} == 1 ]] && PERF=$(command -v perf) \
     && "$PERF" record -q -e cpu-clock -o "$WORK/perf-probe.data" -- true >/dev/null 2>&1; then
-  say "profile (p): perf cpu-clock over (a), (c0), (c) HS256 cached, (b) HS256 cached"
+  say "profile (p): perf cpu-clock over (a), (c0), (c) HS256 cached, (b) HS256 cached (and (d-lease))"
+  CP_PROFILE=()
+  if [[ -n ${CONTROL_PLANE:-} ]]; then CP_PROFILE=(--control-plane "$CONTROL_PLANE"); fi
   run_child python3 "$ROOT/bench/profile.py" --envoy "$ENVOY" --wasm "$WASM" --wrk "$WRK" --perf "$PERF" \
-    --input "$WORK/input.json" --connections "$CONNECTIONS" --out "$WORK/profile.json" >"$WORK/profile.txt"
+    --input "$WORK/input.json" --connections "$CONNECTIONS" --out "$WORK/profile.json" "${CP_PROFILE[@]}" \
+    >"$WORK/profile.txt"
   PROFILE_ARGS=(--profile "$WORK/profile.json")
 else
   say "profile (p) skipped: perf missing or not allowed to sample (BENCH_PROFILE=0 skips it too)"
