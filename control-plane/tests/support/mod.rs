@@ -12,20 +12,34 @@ use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// A port nothing listens on right now.
+/// A loopback port nothing listens on right now, never handed out twice by this test
+/// process. Ports come from below the kernel's ephemeral range (32768 and up on Linux):
+/// a port from that range, free when probed, can be taken as the source port of any
+/// outgoing connection before the server meant for it binds. The range is not the
+/// end-to-end tests' (15000 and up), and starts at an offset from the process id.
 pub fn free_port() -> u16 {
-    free_ports(1)[0]
+    const FIRST: u16 = 10_000;
+    const COUNT: u16 = 5_000;
+    static NEXT: Mutex<Option<u16>> = Mutex::new(None);
+    let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut offset = next.unwrap_or((std::process::id() % u32::from(COUNT)) as u16);
+    for _ in 0..COUNT {
+        let port = FIRST + offset;
+        offset = (offset + 1) % COUNT;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            *next = Some(offset);
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FIRST}..{}", FIRST + COUNT)
 }
 
-/// `n` different ports nothing listens on right now (all bound at once, so never
-/// the same twice).
+/// `n` different ports nothing listens on right now.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> =
-        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").expect("no free local port")).collect();
-    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+    (0..n).map(|_| free_port()).collect()
 }
 
 /// Runs `command` to its end, or kills it after `limit`; its output and whether it
