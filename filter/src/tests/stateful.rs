@@ -18,9 +18,14 @@ fn limited_config(mode: &str, on_error: &str) -> Value {
 }
 
 fn grant(units: u64) -> Vec<u8> {
+    grant_until(units, NOW_MS + 60_000)
+}
+
+/// A reply granting `units` leased until `expires_at_ms`.
+fn grant_until(units: u64, expires_at_ms: u64) -> Vec<u8> {
     let result = RateLimitResult {
         granted: units,
-        expires_at_ms: NOW_MS + 60_000,
+        expires_at_ms,
         remaining: 50,
         reset_after_ms: 1_000,
         retry_after_ms: 0,
@@ -207,14 +212,7 @@ fn a_lease_spent_from_lately_is_renewed_on_the_tick_and_an_idle_one_released() {
     assert_eq!(w.request("/api/x", &[("authorization", &auth)], true).1, Action::Continue);
     assert_eq!(w.call_count(), calls + 1, "the old lease serves while the renewal is out");
     let renewal = w.last_call();
-    let result = RateLimitResult {
-        granted: 100,
-        expires_at_ms: NOW_MS + 120_000,
-        remaining: 50,
-        reset_after_ms: 1_000,
-        retry_after_ms: 0,
-    };
-    w.answer(&renewal, "200", &serde_json::to_vec(&RateLimitReply { results: vec![result] }).unwrap());
+    w.answer(&renewal, "200", &grant_until(100, NOW_MS + 120_000));
 
     // The renewed lease replaced the old one, whose 97 unspent units (49 in the slot,
     // 48 in the slice the last request took) go back on the next tick. Past the old
@@ -268,14 +266,7 @@ fn two_workers_spending_from_one_lease_renew_it_once_and_neither_releases_it_mea
     assert_eq!(b.request("/api/x", &[("authorization", &auth)], true).1, Action::Continue);
     assert_eq!(b.call_count(), 0, "the old lease serves both workers meanwhile");
 
-    let result = RateLimitResult {
-        granted: 100,
-        expires_at_ms: NOW_MS + 120_000,
-        remaining: 50,
-        reset_after_ms: 1_000,
-        retry_after_ms: 0,
-    };
-    a.answer(&a.last_call(), "200", &serde_json::to_vec(&RateLimitReply { results: vec![result] }).unwrap());
+    a.answer(&a.last_call(), "200", &grant_until(100, NOW_MS + 120_000));
     // Past the old lease's expiry the second worker spends from the renewed one.
     b.host.advance(1_000);
     for _ in 0..5 {
